@@ -1,0 +1,32 @@
+//! The ledger: fincore's double-entry accounting core as a pure, deterministic state machine.
+//!
+//! It owns the account and transfer model (field for field the model users know from
+//! TigerBeetle), the per-event result codes and their precedence, the rules for linked chains,
+//! idempotent ids, two-phase transfers with timeouts, balance limits and closing accounts, the
+//! history queries, and the canonical snapshot of all of it.
+//!
+//! It must not do I/O, read a clock, draw random numbers or let hash-map iteration order reach
+//! its results: `(state, batch) -> (state', results)` is a pure function, which is what lets the
+//! journal replay, replicas and the simulator agree bit for bit. Time enters only as the
+//! timestamp a batch was sealed with.
+
+mod batch;
+mod codec;
+mod query;
+mod results;
+mod snapshot;
+mod state;
+mod types;
+
+pub use batch::{Batch, BatchBody, BatchDecodeError, Operation};
+pub use codec::{
+    ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
+};
+pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError};
+pub use results::{CreateAccountResult, CreateTransferResult, EventResult};
+pub use snapshot::{SnapshotError, StateDigest};
+pub use state::{BATCH_EVENTS_MAX, BatchResults, StateMachine};
+pub use types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
+
+/// Largest timestamp fincore assigns or accepts (`2^63 - 1` nanoseconds since the epoch).
+pub const TIMESTAMP_MAX: u64 = (1 << 63) - 1;

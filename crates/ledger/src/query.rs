@@ -1,0 +1,261 @@
+//! Read-only queries: lookups by id, an account's transfers, an account's balance history.
+//!
+//! Queries never change state. Filters are validated and a bad one is a typed error naming
+//! the field, so an API can answer 4xx instead of an empty list that hides the mistake.
+
+use bitflags::bitflags;
+
+use crate::TIMESTAMP_MAX;
+use crate::state::{BATCH_EVENTS_MAX, StateMachine};
+use crate::types::{Account, Transfer};
+
+bitflags! {
+    /// Which side of the account to include, and in which order.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct AccountFilterFlags: u32 {
+        /// Include transfers where the account is the debit account.
+        const DEBITS = 1 << 0;
+        /// Include transfers where the account is the credit account.
+        const CREDITS = 1 << 1;
+        /// Newest first.
+        const REVERSED = 1 << 2;
+    }
+}
+
+/// The filter of `get_account_transfers` and `get_account_balances`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AccountFilter {
+    pub account_id: u128,
+    /// Only transfers with this `user_data_128` (0: any).
+    pub user_data_128: u128,
+    /// Only transfers with this `user_data_64` (0: any).
+    pub user_data_64: u64,
+    /// Only transfers with this `user_data_32` (0: any).
+    pub user_data_32: u32,
+    /// Only transfers with this `code` (0: any).
+    pub code: u16,
+    /// Inclusive lower bound (0: none).
+    pub timestamp_min: u64,
+    /// Inclusive upper bound (0: none).
+    pub timestamp_max: u64,
+    /// Most rows to return; at most [`BATCH_EVENTS_MAX`].
+    pub limit: u32,
+    pub flags: AccountFilterFlags,
+}
+
+/// An account's balances just after one change (from `get_account_balances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AccountBalance {
+    pub debits_pending: u128,
+    pub debits_posted: u128,
+    pub credits_pending: u128,
+    pub credits_posted: u128,
+    pub timestamp: u64,
+}
+
+/// Why a query filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("{field}: {reason}")]
+    InvalidFilter {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+fn invalid(field: &'static str, reason: &'static str) -> QueryError {
+    QueryError::InvalidFilter { field, reason }
+}
+
+impl AccountFilter {
+    /// Checks the filter; the error names the first field that is wrong.
+    pub fn validate(&self) -> Result<(), QueryError> {
+        if self.account_id == 0 || self.account_id == u128::MAX {
+            return Err(invalid("account_id", "must not be 0 or 2^128-1"));
+        }
+        if self.timestamp_min > TIMESTAMP_MAX {
+            return Err(invalid("timestamp_min", "must be below 2^63"));
+        }
+        if self.timestamp_max > TIMESTAMP_MAX {
+            return Err(invalid("timestamp_max", "must be below 2^63"));
+        }
+        if self.timestamp_max != 0 && self.timestamp_min > self.timestamp_max {
+            return Err(invalid("timestamp_min", "must not exceed timestamp_max"));
+        }
+        if self.limit == 0 {
+            return Err(invalid("limit", "must be at least 1"));
+        }
+        if !self
+            .flags
+            .intersects(AccountFilterFlags::DEBITS | AccountFilterFlags::CREDITS)
+        {
+            return Err(invalid(
+                "flags",
+                "at least one of debits and credits must be set",
+            ));
+        }
+        Ok(())
+    }
+
+    fn limit(&self) -> usize {
+        (self.limit as usize).min(BATCH_EVENTS_MAX)
+    }
+
+    fn timestamp_max_or_all(&self) -> u64 {
+        if self.timestamp_max == 0 {
+            u64::MAX
+        } else {
+            self.timestamp_max
+        }
+    }
+
+    fn matches(&self, account_id: u128, transfer: &Transfer) -> bool {
+        let side = (self.flags.contains(AccountFilterFlags::DEBITS)
+            && transfer.debit_account_id == account_id)
+            || (self.flags.contains(AccountFilterFlags::CREDITS)
+                && transfer.credit_account_id == account_id);
+        side && (self.user_data_128 == 0 || self.user_data_128 == transfer.user_data_128)
+            && (self.user_data_64 == 0 || self.user_data_64 == transfer.user_data_64)
+            && (self.user_data_32 == 0 || self.user_data_32 == transfer.user_data_32)
+            && (self.code == 0 || self.code == transfer.code)
+    }
+}
+
+/// Positions `lo..hi` of a timestamp-sorted sequence that fall inside `[min, max]`.
+fn timestamp_range(
+    len: usize,
+    timestamp_at: impl Fn(usize) -> u64,
+    min: u64,
+    max: u64,
+) -> (usize, usize) {
+    let lo = partition_point(len, |i| timestamp_at(i) < min);
+    let hi = partition_point(len, |i| timestamp_at(i) <= max);
+    (lo, hi.max(lo))
+}
+
+fn partition_point(len: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) { lo = mid + 1 } else { hi = mid }
+    }
+    lo
+}
+
+impl StateMachine {
+    /// The accounts that exist among `ids`, in the order asked.
+    pub fn lookup_accounts(&self, ids: &[u128]) -> Vec<Account> {
+        ids.iter()
+            .filter_map(|id| self.account(*id).copied())
+            .collect()
+    }
+
+    /// The transfers that exist among `ids`, in the order asked.
+    pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
+        ids.iter()
+            .filter_map(|id| self.transfer(*id).copied())
+            .collect()
+    }
+
+    /// Transfers touching `filter.account_id`, by timestamp (newest first if reversed).
+    /// An unknown account gives an empty list.
+    pub fn get_account_transfers(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<Transfer>, QueryError> {
+        filter.validate()?;
+        let Some(slot_index) = self.account_slot_index(filter.account_id) else {
+            return Ok(Vec::new());
+        };
+        let list = &self.accounts[slot_index as usize].transfers;
+        let (lo, hi) = timestamp_range(
+            list.len(),
+            |i| self.transfers[list[i] as usize].timestamp,
+            filter.timestamp_min,
+            filter.timestamp_max_or_all(),
+        );
+        let candidates = list[lo..hi]
+            .iter()
+            .map(|&index| &self.transfers[index as usize]);
+        let matching = |t: &&Transfer| filter.matches(filter.account_id, t);
+        let out = if filter.flags.contains(AccountFilterFlags::REVERSED) {
+            candidates
+                .rev()
+                .filter(matching)
+                .take(filter.limit())
+                .copied()
+                .collect()
+        } else {
+            candidates
+                .filter(matching)
+                .take(filter.limit())
+                .copied()
+                .collect()
+        };
+        Ok(out)
+    }
+
+    /// Balances of `filter.account_id` after each change, by timestamp (newest first if
+    /// reversed). Empty for an unknown account or one without the `history` flag.
+    pub fn get_account_balances(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<AccountBalance>, QueryError> {
+        filter.validate()?;
+        let Some(slot_index) = self.account_slot_index(filter.account_id) else {
+            return Ok(Vec::new());
+        };
+        let history = &self.accounts[slot_index as usize].history;
+        let (lo, hi) = timestamp_range(
+            history.len(),
+            |i| history[i].timestamp,
+            filter.timestamp_min,
+            filter.timestamp_max_or_all(),
+        );
+        let candidates = history[lo..hi].iter();
+        let matching = |entry: &&crate::state::BalanceEntry| {
+            filter.matches(
+                filter.account_id,
+                &self.transfers[entry.transfer_index as usize],
+            )
+        };
+        let to_balance = |entry: &crate::state::BalanceEntry| AccountBalance {
+            debits_pending: entry.debits_pending,
+            debits_posted: entry.debits_posted,
+            credits_pending: entry.credits_pending,
+            credits_posted: entry.credits_posted,
+            timestamp: entry.timestamp,
+        };
+        let out = if filter.flags.contains(AccountFilterFlags::REVERSED) {
+            candidates
+                .rev()
+                .filter(matching)
+                .take(filter.limit())
+                .map(to_balance)
+                .collect()
+        } else {
+            candidates
+                .filter(matching)
+                .take(filter.limit())
+                .map(to_balance)
+                .collect()
+        };
+        Ok(out)
+    }
+
+    /// Per ledger: (Σ debits_pending, Σ debits_posted, Σ credits_pending, Σ credits_posted),
+    /// in ledger order, summed modulo 2^128. Double entry means debits equal credits on every
+    /// ledger, always.
+    pub fn ledger_totals(&self) -> std::collections::BTreeMap<u32, [u128; 4]> {
+        let mut totals = std::collections::BTreeMap::<u32, [u128; 4]>::new();
+        for slot in &self.accounts {
+            let a = &slot.account;
+            let entry = totals.entry(a.ledger).or_default();
+            entry[0] = entry[0].wrapping_add(a.debits_pending);
+            entry[1] = entry[1].wrapping_add(a.debits_posted);
+            entry[2] = entry[2].wrapping_add(a.credits_pending);
+            entry[3] = entry[3].wrapping_add(a.credits_posted);
+        }
+        totals
+    }
+}

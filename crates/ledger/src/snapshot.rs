@@ -1,0 +1,285 @@
+//! The canonical snapshot of the whole ledger state, and its digest.
+//!
+//! A snapshot is written in one fixed order with fixed-width little-endian fields, so two
+//! states are equal exactly when their snapshots are byte-identical; the SHA-256 of those bytes
+//! is the state digest that checkpoints, replay and replicas compare. Only what cannot be
+//! derived is stored: hash indexes, per-account transfer lists and the expiry index are rebuilt
+//! on load. The snapshot code writes to any `io::Write` and reads from any `io::Read`; opening
+//! files is the caller's business.
+
+use std::io::{self, Read, Write};
+
+use hashbrown::HashTable;
+use sha2::{Digest, Sha256};
+
+use crate::codec::{
+    ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
+};
+use crate::state::{AccountSlot, BalanceEntry, IndexSlot, StateMachine, expand};
+use crate::types::{TransferFlags, TransferPendingStatus};
+
+const SNAPSHOT_MAGIC: [u8; 8] = *b"FCLEDGR1";
+const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+/// SHA-256 of a state's canonical snapshot.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct StateDigest(pub [u8; 32]);
+
+impl std::fmt::Display for StateDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for StateDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateDigest({self})")
+    }
+}
+
+/// Why a snapshot could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("reading the snapshot failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("not a ledger snapshot (bad magic bytes)")]
+    Magic,
+    #[error(
+        "snapshot format version {0} is not supported (this build reads version {SNAPSHOT_FORMAT_VERSION})"
+    )]
+    Version(u32),
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(&'static str),
+}
+
+struct HashingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+const BALANCE_ENTRY_SIZE: usize = 8 + 4 + 4 * 16;
+/// Room for one encoded account or transfer plus its status byte.
+const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
+    ACCOUNT_SIZE
+} else {
+    TRANSFER_SIZE
+} + 1;
+
+impl StateMachine {
+    /// Writes the canonical snapshot to `out` and returns its digest.
+    pub fn write_snapshot<W: Write>(&self, out: &mut W) -> io::Result<StateDigest> {
+        let mut w = HashingWriter {
+            inner: out,
+            hasher: Sha256::new(),
+        };
+        w.write_all(&SNAPSHOT_MAGIC)?;
+        w.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
+        w.write_all(&self.timestamp_last.to_le_bytes())?;
+        w.write_all(&self.expiry_timestamp_last.to_le_bytes())?;
+        w.write_all(&self.batches_applied.to_le_bytes())?;
+
+        w.write_all(&(self.accounts.len() as u64).to_le_bytes())?;
+        let mut record = [0u8; RECORD_BUFFER_SIZE];
+        for slot in &self.accounts {
+            encode_account(&slot.account, &mut record);
+            w.write_all(&record[..ACCOUNT_SIZE])?;
+            w.write_all(&(slot.history.len() as u64).to_le_bytes())?;
+            for entry in &slot.history {
+                let mut bytes = [0u8; BALANCE_ENTRY_SIZE];
+                bytes[0..8].copy_from_slice(&entry.timestamp.to_le_bytes());
+                bytes[8..12].copy_from_slice(&entry.transfer_index.to_le_bytes());
+                bytes[12..28].copy_from_slice(&entry.debits_pending.to_le_bytes());
+                bytes[28..44].copy_from_slice(&entry.debits_posted.to_le_bytes());
+                bytes[44..60].copy_from_slice(&entry.credits_pending.to_le_bytes());
+                bytes[60..76].copy_from_slice(&entry.credits_posted.to_le_bytes());
+                w.write_all(&bytes)?;
+            }
+        }
+
+        w.write_all(&(self.transfers.len() as u64).to_le_bytes())?;
+        for (transfer, status) in self.transfers.iter().zip(&self.transfer_status) {
+            encode_transfer(transfer, &mut record);
+            record[TRANSFER_SIZE] = *status as u8;
+            w.write_all(&record[..TRANSFER_SIZE + 1])?;
+        }
+
+        // Sorted, so that the hash set's iteration order cannot reach the bytes.
+        let mut failed: Vec<u128> = self.failed_transfer_ids.iter().copied().collect();
+        failed.sort_unstable();
+        w.write_all(&(failed.len() as u64).to_le_bytes())?;
+        for id in failed {
+            w.write_all(&id.to_le_bytes())?;
+        }
+        w.flush()?;
+        Ok(StateDigest(w.hasher.finalize().into()))
+    }
+
+    /// The digest of the current state (the snapshot's bytes are hashed, not kept).
+    pub fn digest(&self) -> StateDigest {
+        self.write_snapshot(&mut io::sink())
+            .expect("writing to a sink cannot fail")
+    }
+
+    /// Reads a snapshot written by [`StateMachine::write_snapshot`] and rebuilds the indexes.
+    /// Returns the state and the digest of the bytes read.
+    pub fn read_snapshot<R: Read>(
+        input: &mut R,
+    ) -> Result<(StateMachine, StateDigest), SnapshotError> {
+        let mut r = HashingReader {
+            inner: input,
+            hasher: Sha256::new(),
+        };
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        if magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::Magic);
+        }
+        let version = r.u32()?;
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        let timestamp_last = r.u64()?;
+        let expiry_timestamp_last = r.u64()?;
+        let batches_applied = r.u64()?;
+
+        let accounts_count = r.count()?;
+        let mut state = StateMachine::with_capacity(accounts_count, 0);
+        state.timestamp_last = timestamp_last;
+        state.expiry_timestamp_last = expiry_timestamp_last;
+        state.batches_applied = batches_applied;
+        let mut record = [0u8; RECORD_BUFFER_SIZE];
+        for index in 0..accounts_count {
+            r.read_exact(&mut record[..ACCOUNT_SIZE])?;
+            let account = decode_account(&record);
+            let history_len = r.count()?;
+            let mut history = Vec::with_capacity(history_len);
+            for _ in 0..history_len {
+                let mut b = [0u8; BALANCE_ENTRY_SIZE];
+                r.read_exact(&mut b)?;
+                let u128_at =
+                    |at: usize| u128::from_le_bytes(b[at..at + 16].try_into().expect("16 bytes"));
+                history.push(BalanceEntry {
+                    timestamp: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+                    transfer_index: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+                    debits_pending: u128_at(12),
+                    debits_posted: u128_at(28),
+                    credits_pending: u128_at(44),
+                    credits_posted: u128_at(60),
+                });
+            }
+            let hash32 = state.hash32(account.id);
+            let index = index as u32;
+            if state.account_slot_index(account.id).is_some() {
+                return Err(SnapshotError::Inconsistent("an account id appears twice"));
+            }
+            state.accounts.push(AccountSlot {
+                account,
+                transfers: Vec::new(),
+                history,
+            });
+            state
+                .account_index
+                .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
+                    expand(s.hash32)
+                });
+        }
+
+        let transfers_count = r.count()?;
+        state.transfers.reserve_exact(transfers_count);
+        state.transfer_status.reserve_exact(transfers_count);
+        state.transfer_index = HashTable::with_capacity(transfers_count);
+        for index in 0..transfers_count {
+            r.read_exact(&mut record[..TRANSFER_SIZE + 1])?;
+            let transfer = decode_transfer(&record);
+            let status = TransferPendingStatus::from_u8(record[TRANSFER_SIZE])
+                .ok_or(SnapshotError::Inconsistent("unknown pending status"))?;
+            let index = u32::try_from(index)
+                .map_err(|_| SnapshotError::Inconsistent("too many transfers"))?;
+            let hash32 = state.hash32(transfer.id);
+            state
+                .transfer_index
+                .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
+                    expand(s.hash32)
+                });
+            for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
+                let slot =
+                    state
+                        .account_slot_index(account_id)
+                        .ok_or(SnapshotError::Inconsistent(
+                            "a transfer names an unknown account",
+                        ))?;
+                state.accounts[slot as usize].transfers.push(index);
+            }
+            if status == TransferPendingStatus::Pending
+                && transfer.timeout > 0
+                && transfer.flags.contains(TransferFlags::PENDING)
+            {
+                state
+                    .expiries
+                    .insert((transfer.timestamp + transfer.timeout_ns(), index));
+            }
+            state.transfers.push(transfer);
+            state.transfer_status.push(status);
+        }
+
+        let failed_count = r.count()?;
+        for _ in 0..failed_count {
+            let mut id = [0u8; 16];
+            r.read_exact(&mut id)?;
+            state.failed_transfer_ids.insert(u128::from_le_bytes(id));
+        }
+        let digest = StateDigest(r.hasher.finalize().into());
+        let mut trailing = [0u8; 1];
+        if r.inner.read(&mut trailing)? != 0 {
+            return Err(SnapshotError::Inconsistent(
+                "bytes after the end of the snapshot",
+            ));
+        }
+        Ok((state, digest))
+    }
+}
+
+struct HashingReader<'a, R: Read> {
+    inner: &'a mut R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<'_, R> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf)?;
+        self.hasher.update(&*buf);
+        Ok(())
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// A length prefix, bounded so that a damaged one cannot ask for absurd memory.
+    fn count(&mut self) -> Result<usize, SnapshotError> {
+        let count = self.u64()?;
+        if count > u64::from(u32::MAX) {
+            return Err(SnapshotError::Inconsistent("a length prefix exceeds 2^32"));
+        }
+        Ok(count as usize)
+    }
+}
