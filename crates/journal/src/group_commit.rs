@@ -1,0 +1,212 @@
+//! Group commit: one writer thread that appends queued records and makes them durable with a
+//! single `fdatasync` per group, then acknowledges each of them.
+//!
+//! The queue is bounded: a caller that finds it full either waits ([`GroupCommitter::append`])
+//! or is told at once ([`GroupCommitter::try_append`]) so it can answer "busy". After any write
+//! or sync error the writer refuses everything that follows: a failed `fsync` leaves the page
+//! cache in an unknown state, and only recovery from disk may continue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::error::{JournalError, Result};
+use crate::journal::{Journal, Position};
+
+/// Most records one group may hold.
+pub const GROUP_RECORDS_MAX: usize = 256;
+/// Most body bytes one group may hold before it is synced.
+pub const GROUP_BYTES_MAX: usize = 32 << 20;
+
+/// A durable record: where it landed in the journal.
+pub type Appended = Position;
+
+struct Request {
+    term: u64,
+    index: u64,
+    body: Vec<u8>,
+    done: SyncSender<Result<Appended, String>>,
+}
+
+/// Counters of the writer, for metrics.
+#[derive(Debug, Default)]
+pub struct GroupCommitStats {
+    pub groups: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub sync_nanos_total: AtomicU64,
+    pub sync_nanos_last: AtomicU64,
+}
+
+/// The handle to the writer thread.
+pub struct GroupCommitter {
+    sender: Option<SyncSender<Request>>,
+    thread: Option<JoinHandle<Journal>>,
+    stats: Arc<GroupCommitStats>,
+}
+
+/// The promise of a durable append.
+#[must_use = "a record is not durable until its ticket says so"]
+pub struct Ticket(Receiver<Result<Appended, String>>);
+
+impl Ticket {
+    /// Waits until the record is durable (or the writer failed).
+    pub fn wait(self) -> Result<Appended> {
+        match self.0.recv() {
+            Ok(Ok(position)) => Ok(position),
+            Ok(Err(reason)) => Err(JournalError::Failed(reason)),
+            Err(_) => Err(JournalError::Failed("the journal writer stopped".into())),
+        }
+    }
+}
+
+impl GroupCommitter {
+    /// Starts the writer thread, which owns `journal` until [`GroupCommitter::shutdown`].
+    pub fn spawn(journal: Journal, queue_depth: usize) -> GroupCommitter {
+        assert!(queue_depth > 0);
+        let (sender, receiver) = mpsc::sync_channel::<Request>(queue_depth);
+        let stats = Arc::new(GroupCommitStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer_loop(journal, receiver, &thread_stats))
+            .expect("spawning the journal writer thread");
+        GroupCommitter {
+            sender: Some(sender),
+            thread: Some(thread),
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<GroupCommitStats> {
+        &self.stats
+    }
+
+    /// Queues record `index`, waiting for room if the queue is full.
+    pub fn append(&self, term: u64, index: u64, body: Vec<u8>) -> Result<Ticket> {
+        let (done, ticket) = mpsc::sync_channel(1);
+        self.sender
+            .as_ref()
+            .expect("running")
+            .send(Request {
+                term,
+                index,
+                body,
+                done,
+            })
+            .map_err(|_| JournalError::Failed("the journal writer stopped".into()))?;
+        Ok(Ticket(ticket))
+    }
+
+    /// Queues record `index`, or gives the body back at once if the queue is full.
+    pub fn try_append(
+        &self,
+        term: u64,
+        index: u64,
+        body: Vec<u8>,
+    ) -> Result<Result<Ticket, Vec<u8>>> {
+        let (done, ticket) = mpsc::sync_channel(1);
+        match self.sender.as_ref().expect("running").try_send(Request {
+            term,
+            index,
+            body,
+            done,
+        }) {
+            Ok(()) => Ok(Ok(Ticket(ticket))),
+            Err(TrySendError::Full(request)) => Ok(Err(request.body)),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(JournalError::Failed("the journal writer stopped".into()))
+            }
+        }
+    }
+
+    /// Finishes everything queued, stops the thread and hands the journal back.
+    pub fn shutdown(mut self) -> Journal {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Journal {
+        drop(self.sender.take());
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("the journal writer thread panicked")
+    }
+}
+
+impl Drop for GroupCommitter {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn writer_loop(
+    mut journal: Journal,
+    receiver: Receiver<Request>,
+    stats: &GroupCommitStats,
+) -> Journal {
+    let mut failed: Option<String> = None;
+    let mut group: Vec<Request> = Vec::with_capacity(GROUP_RECORDS_MAX);
+    while let Ok(first) = receiver.recv() {
+        let mut group_bytes = first.body.len();
+        group.push(first);
+        while group.len() < GROUP_RECORDS_MAX && group_bytes < GROUP_BYTES_MAX {
+            match receiver.try_recv() {
+                Ok(request) => {
+                    group_bytes += request.body.len();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = &failed {
+            for request in group.drain(..) {
+                let _ = request.done.send(Err(reason.clone()));
+            }
+            continue;
+        }
+        let mut positions = Vec::with_capacity(group.len());
+        let mut outcome = Ok(());
+        for request in &group {
+            match journal.append(request.term, request.index, &request.body) {
+                Ok(position) => positions.push(position),
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+        }
+        let started = Instant::now();
+        let outcome = outcome.and_then(|()| journal.sync());
+        let sync_nanos = started.elapsed().as_nanos() as u64;
+        match outcome {
+            Ok(()) => {
+                stats.groups.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .records
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                stats.bytes.fetch_add(group_bytes as u64, Ordering::Relaxed);
+                stats
+                    .sync_nanos_total
+                    .fetch_add(sync_nanos, Ordering::Relaxed);
+                stats.sync_nanos_last.store(sync_nanos, Ordering::Relaxed);
+                for (request, position) in group.drain(..).zip(positions) {
+                    let _ = request.done.send(Ok(position));
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                for request in group.drain(..) {
+                    let _ = request.done.send(Err(reason.clone()));
+                }
+                failed = Some(reason);
+            }
+        }
+    }
+    journal
+}
