@@ -55,12 +55,12 @@ pub enum SnapshotError {
     Inconsistent(&'static str),
 }
 
-struct HashingWriter<'a, W: Write> {
+struct HashingWriter<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     hasher: Sha256,
 }
 
-impl<W: Write> Write for HashingWriter<'_, W> {
+impl<W: Write + ?Sized> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(buf)?;
         self.hasher.update(&buf[..written]);
@@ -68,6 +68,22 @@ impl<W: Write> Write for HashingWriter<'_, W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+impl StateDigest {
+    /// The digest of snapshot bytes read from `input`, without decoding them (for checking a
+    /// stored checkpoint cheaply).
+    pub fn of_snapshot_bytes<R: Read + ?Sized>(input: &mut R) -> io::Result<StateDigest> {
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buffer)?;
+            if n == 0 {
+                return Ok(StateDigest(hasher.finalize().into()));
+            }
+            hasher.update(&buffer[..n]);
+        }
     }
 }
 
@@ -81,7 +97,7 @@ const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
 
 impl StateMachine {
     /// Writes the canonical snapshot to `out` and returns its digest.
-    pub fn write_snapshot<W: Write>(&self, out: &mut W) -> io::Result<StateDigest> {
+    pub fn write_snapshot<W: Write + ?Sized>(&self, out: &mut W) -> io::Result<StateDigest> {
         let mut w = HashingWriter {
             inner: out,
             hasher: Sha256::new(),
@@ -253,12 +269,12 @@ impl StateMachine {
     }
 }
 
-struct HashingReader<'a, R: Read> {
+struct HashingReader<'a, R: Read + ?Sized> {
     inner: &'a mut R,
     hasher: Sha256,
 }
 
-impl<R: Read> HashingReader<'_, R> {
+impl<R: Read + ?Sized> HashingReader<'_, R> {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.inner.read_exact(buf)?;
         self.hasher.update(&*buf);
