@@ -82,17 +82,17 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, EngineError> {
         .as_ref()
         .map(|c| (c.meta.position.index, c.meta.state_digest));
     let mut compare = |index: u64, state: &StateMachine| {
-        if let Some((at, expected)) = checkpoint_at {
-            if index == at {
-                let digest = state.digest();
-                if digest.0 != expected {
-                    return Err(EngineError::Inconsistent(format!(
-                        "replaying the journal to record {at} gives state digest {digest}, but the checkpoint recorded {}",
-                        StateDigest(expected)
-                    )));
-                }
-                checked = Some((at, digest));
+        if let Some((at, expected)) = checkpoint_at
+            && index == at
+        {
+            let digest = state.digest();
+            if digest.0 != expected {
+                return Err(EngineError::Inconsistent(format!(
+                    "replaying the journal to record {at} gives state digest {digest}, but the checkpoint recorded {}",
+                    StateDigest(expected)
+                )));
             }
+            checked = Some((at, digest));
         }
         Ok(())
     };
