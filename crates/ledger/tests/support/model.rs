@@ -238,16 +238,16 @@ impl Model {
                 Err(result) => (result, ts),
             };
             if result != created {
-                if let Some((start, saved)) = &chain {
-                    if !broken {
-                        broken = true;
-                        let start = *start;
-                        let failed_before = self.failed.clone();
-                        *self = saved.clone();
-                        self.failed = failed_before;
-                        for earlier in &mut out[start..i] {
-                            earlier.0 = linked_failed;
-                        }
+                if let Some((start, saved)) = &chain
+                    && !broken
+                {
+                    broken = true;
+                    let start = *start;
+                    let failed_before = self.failed.clone();
+                    *self = saved.clone();
+                    self.failed = failed_before;
+                    for earlier in &mut out[start..i] {
+                        earlier.0 = linked_failed;
                     }
                 }
                 on_failure(self, e, result);
