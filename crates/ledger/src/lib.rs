@@ -12,6 +12,7 @@
 
 mod batch;
 mod codec;
+mod history;
 mod query;
 mod results;
 mod snapshot;

@@ -6,8 +6,9 @@
 use bitflags::bitflags;
 
 use crate::TIMESTAMP_MAX;
+use crate::history::{Balance, EXPIRY_BIT};
 use crate::state::{BATCH_EVENTS_MAX, StateMachine};
-use crate::types::{Account, Transfer};
+use crate::types::{Account, AccountFlags, Transfer};
 
 bitflags! {
     /// Which side of the account to include, and in which order.
@@ -157,6 +158,17 @@ impl StateMachine {
             .collect()
     }
 
+    /// Positions `lo..hi` of an account's entries inside the filter's timestamp range.
+    fn entry_range(&self, slot_index: u32, filter: &AccountFilter) -> (usize, usize) {
+        let entries = &self.accounts[slot_index as usize].entries;
+        timestamp_range(
+            entries.len(),
+            |i| self.entry_timestamp(entries[i]),
+            filter.timestamp_min,
+            filter.timestamp_max_or_all(),
+        )
+    }
+
     /// Transfers touching `filter.account_id`, by timestamp (newest first if reversed).
     /// An unknown account gives an empty list.
     pub fn get_account_transfers(
@@ -167,26 +179,22 @@ impl StateMachine {
         let Some(slot_index) = self.account_slot_index(filter.account_id) else {
             return Ok(Vec::new());
         };
-        let list = &self.accounts[slot_index as usize].transfers;
-        let (lo, hi) = timestamp_range(
-            list.len(),
-            |i| self.transfers[list[i] as usize].timestamp,
-            filter.timestamp_min,
-            filter.timestamp_max_or_all(),
-        );
-        let candidates = list[lo..hi]
+        let (lo, hi) = self.entry_range(slot_index, filter);
+        let entries = &self.accounts[slot_index as usize].entries[lo..hi];
+        let transfers = entries
             .iter()
-            .map(|&index| &self.transfers[index as usize]);
+            .filter(|&&entry| entry & EXPIRY_BIT == 0)
+            .map(|&entry| &self.transfers[entry as usize]);
         let matching = |t: &&Transfer| filter.matches(filter.account_id, t);
         let out = if filter.flags.contains(AccountFilterFlags::REVERSED) {
-            candidates
+            transfers
                 .rev()
                 .filter(matching)
                 .take(filter.limit())
                 .copied()
                 .collect()
         } else {
-            candidates
+            transfers
                 .filter(matching)
                 .take(filter.limit())
                 .copied()
@@ -205,41 +213,55 @@ impl StateMachine {
         let Some(slot_index) = self.account_slot_index(filter.account_id) else {
             return Ok(Vec::new());
         };
-        let history = &self.accounts[slot_index as usize].history;
-        let (lo, hi) = timestamp_range(
-            history.len(),
-            |i| history[i].timestamp,
-            filter.timestamp_min,
-            filter.timestamp_max_or_all(),
-        );
-        let candidates = history[lo..hi].iter();
-        let matching = |entry: &&crate::state::BalanceEntry| {
+        let slot = &self.accounts[slot_index as usize];
+        if !slot.account.flags.contains(AccountFlags::HISTORY) {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = self.entry_range(slot_index, filter);
+        let mut out = Vec::new();
+        if lo == hi {
+            return Ok(out);
+        }
+        let row = |position: usize, balance: Balance| AccountBalance {
+            debits_pending: balance.debits_pending,
+            debits_posted: balance.debits_posted,
+            credits_pending: balance.credits_pending,
+            credits_posted: balance.credits_posted,
+            timestamp: self.entry_timestamp(slot.entries[position]),
+        };
+        let wanted = |position: usize| {
             filter.matches(
                 filter.account_id,
-                &self.transfers[entry.transfer_index as usize],
+                self.entry_transfer(slot.entries[position]),
             )
         };
-        let to_balance = |entry: &crate::state::BalanceEntry| AccountBalance {
-            debits_pending: entry.debits_pending,
-            debits_posted: entry.debits_posted,
-            credits_pending: entry.credits_pending,
-            credits_posted: entry.credits_posted,
-            timestamp: entry.timestamp,
-        };
-        let out = if filter.flags.contains(AccountFilterFlags::REVERSED) {
-            candidates
-                .rev()
-                .filter(matching)
-                .take(filter.limit())
-                .map(to_balance)
-                .collect()
+        if filter.flags.contains(AccountFilterFlags::REVERSED) {
+            let mut balance = self.balance_after(slot_index, hi - 1);
+            for position in (lo..hi).rev() {
+                if wanted(position) {
+                    out.push(row(position, balance));
+                    if out.len() == filter.limit() {
+                        break;
+                    }
+                }
+                if position > lo {
+                    balance = self.balance_before(slot_index, position, balance);
+                }
+            }
         } else {
-            candidates
-                .filter(matching)
-                .take(filter.limit())
-                .map(to_balance)
-                .collect()
-        };
+            let mut balance = self.balance_after(slot_index, lo);
+            for position in lo..hi {
+                if position > lo {
+                    balance = self.balance_step(filter.account_id, slot.entries[position], balance);
+                }
+                if wanted(position) {
+                    out.push(row(position, balance));
+                    if out.len() == filter.limit() {
+                        break;
+                    }
+                }
+            }
+        }
         Ok(out)
     }
 

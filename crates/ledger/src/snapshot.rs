@@ -9,17 +9,17 @@
 
 use std::io::{self, Read, Write};
 
-use hashbrown::HashTable;
 use sha2::{Digest, Sha256};
 
 use crate::codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
-use crate::state::{AccountSlot, BalanceEntry, IndexSlot, StateMachine, expand};
-use crate::types::{TransferFlags, TransferPendingStatus};
+use crate::history::{Balance, EXPIRY_BIT};
+use crate::state::{AccountSlot, IndexSlot, StateMachine, expand};
+use crate::types::{Account, TransferFlags, TransferPendingStatus};
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"FCLEDGR1";
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// SHA-256 of a state's canonical snapshot.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -87,7 +87,6 @@ impl StateDigest {
     }
 }
 
-const BALANCE_ENTRY_SIZE: usize = 8 + 4 + 4 * 16;
 /// Room for one encoded account or transfer plus its status byte.
 const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
     ACCOUNT_SIZE
@@ -108,31 +107,23 @@ impl StateMachine {
         w.write_all(&self.expiry_timestamp_last.to_le_bytes())?;
         w.write_all(&self.batches_applied.to_le_bytes())?;
 
-        w.write_all(&(self.accounts.len() as u64).to_le_bytes())?;
         let mut record = [0u8; RECORD_BUFFER_SIZE];
+        w.write_all(&(self.accounts.len() as u64).to_le_bytes())?;
         for slot in &self.accounts {
             encode_account(&slot.account, &mut record);
             w.write_all(&record[..ACCOUNT_SIZE])?;
-            w.write_all(&(slot.history.len() as u64).to_le_bytes())?;
-            for entry in &slot.history {
-                let mut bytes = [0u8; BALANCE_ENTRY_SIZE];
-                bytes[0..8].copy_from_slice(&entry.timestamp.to_le_bytes());
-                bytes[8..12].copy_from_slice(&entry.transfer_index.to_le_bytes());
-                bytes[12..28].copy_from_slice(&entry.debits_pending.to_le_bytes());
-                bytes[28..44].copy_from_slice(&entry.debits_posted.to_le_bytes());
-                bytes[44..60].copy_from_slice(&entry.credits_pending.to_le_bytes());
-                bytes[60..76].copy_from_slice(&entry.credits_posted.to_le_bytes());
-                w.write_all(&bytes)?;
-            }
         }
-
         w.write_all(&(self.transfers.len() as u64).to_le_bytes())?;
         for (transfer, status) in self.transfers.iter().zip(&self.transfer_status) {
             encode_transfer(transfer, &mut record);
             record[TRANSFER_SIZE] = *status as u8;
             w.write_all(&record[..TRANSFER_SIZE + 1])?;
         }
-
+        w.write_all(&(self.expiry_events.len() as u64).to_le_bytes())?;
+        for (timestamp, index) in &self.expiry_events {
+            w.write_all(&timestamp.to_le_bytes())?;
+            w.write_all(&index.to_le_bytes())?;
+        }
         // Sorted, so that the hash set's iteration order cannot reach the bytes.
         let mut failed: Vec<u128> = self.failed_transfer_ids.iter().copied().collect();
         failed.sort_unstable();
@@ -150,9 +141,10 @@ impl StateMachine {
             .expect("writing to a sink cannot fail")
     }
 
-    /// Reads a snapshot written by [`StateMachine::write_snapshot`] and rebuilds the indexes.
-    /// Returns the state and the digest of the bytes read.
-    pub fn read_snapshot<R: Read>(
+    /// Reads a snapshot written by [`StateMachine::write_snapshot`] and rebuilds everything
+    /// derived (indexes, per-account entries, balance history), checking that the rebuilt
+    /// balances equal the stored ones. Returns the state and the digest of the bytes read.
+    pub fn read_snapshot<R: Read + ?Sized>(
         input: &mut R,
     ) -> Result<(StateMachine, StateDigest), SnapshotError> {
         let mut r = HashingReader {
@@ -173,73 +165,62 @@ impl StateMachine {
         let batches_applied = r.u64()?;
 
         let accounts_count = r.count()?;
-        let mut state = StateMachine::with_capacity(accounts_count, 0);
+        let mut record = [0u8; RECORD_BUFFER_SIZE];
+        let mut stored_accounts = Vec::with_capacity(accounts_count);
+        for _ in 0..accounts_count {
+            r.read_exact(&mut record[..ACCOUNT_SIZE])?;
+            stored_accounts.push(decode_account(&record));
+        }
+        let transfers_count = r.count()?;
+        let mut state = StateMachine::with_capacity(accounts_count, transfers_count);
         state.timestamp_last = timestamp_last;
         state.expiry_timestamp_last = expiry_timestamp_last;
         state.batches_applied = batches_applied;
-        let mut record = [0u8; RECORD_BUFFER_SIZE];
-        for index in 0..accounts_count {
-            r.read_exact(&mut record[..ACCOUNT_SIZE])?;
-            let account = decode_account(&record);
-            let history_len = r.count()?;
-            let mut history = Vec::with_capacity(history_len);
-            for _ in 0..history_len {
-                let mut b = [0u8; BALANCE_ENTRY_SIZE];
-                r.read_exact(&mut b)?;
-                let u128_at =
-                    |at: usize| u128::from_le_bytes(b[at..at + 16].try_into().expect("16 bytes"));
-                history.push(BalanceEntry {
-                    timestamp: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
-                    transfer_index: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
-                    debits_pending: u128_at(12),
-                    debits_posted: u128_at(28),
-                    credits_pending: u128_at(44),
-                    credits_posted: u128_at(60),
-                });
-            }
-            let hash32 = state.hash32(account.id);
-            let index = index as u32;
+        for (index, account) in stored_accounts.iter().enumerate() {
             if state.account_slot_index(account.id).is_some() {
                 return Err(SnapshotError::Inconsistent("an account id appears twice"));
             }
+            let hash32 = state.hash32(account.id);
+            // Balances start at zero and are rebuilt from the entries below.
+            let opening = Account {
+                debits_pending: 0,
+                debits_posted: 0,
+                credits_pending: 0,
+                credits_posted: 0,
+                ..*account
+            };
             state.accounts.push(AccountSlot {
-                account,
-                transfers: Vec::new(),
-                history,
+                account: opening,
+                entries: Vec::new(),
+                balance_checkpoints: Vec::new(),
             });
-            state
-                .account_index
-                .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
-                    expand(s.hash32)
-                });
+            state.account_index.insert_unique(
+                expand(hash32),
+                IndexSlot {
+                    index: index as u32,
+                    hash32,
+                },
+                |s| expand(s.hash32),
+            );
         }
-
-        let transfers_count = r.count()?;
-        state.transfers.reserve_exact(transfers_count);
-        state.transfer_status.reserve_exact(transfers_count);
-        state.transfer_index = HashTable::with_capacity(transfers_count);
         for index in 0..transfers_count {
             r.read_exact(&mut record[..TRANSFER_SIZE + 1])?;
             let transfer = decode_transfer(&record);
             let status = TransferPendingStatus::from_u8(record[TRANSFER_SIZE])
                 .ok_or(SnapshotError::Inconsistent("unknown pending status"))?;
             let index = u32::try_from(index)
-                .map_err(|_| SnapshotError::Inconsistent("too many transfers"))?;
+                .ok()
+                .filter(|i| i & EXPIRY_BIT == 0)
+                .ok_or(SnapshotError::Inconsistent("too many transfers"))?;
+            if state.transfer_slot_index(transfer.id).is_some() {
+                return Err(SnapshotError::Inconsistent("a transfer id appears twice"));
+            }
             let hash32 = state.hash32(transfer.id);
             state
                 .transfer_index
                 .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
                     expand(s.hash32)
                 });
-            for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
-                let slot =
-                    state
-                        .account_slot_index(account_id)
-                        .ok_or(SnapshotError::Inconsistent(
-                            "a transfer names an unknown account",
-                        ))?;
-                state.accounts[slot as usize].transfers.push(index);
-            }
             if status == TransferPendingStatus::Pending
                 && transfer.timeout > 0
                 && transfer.flags.contains(TransferFlags::PENDING)
@@ -251,7 +232,18 @@ impl StateMachine {
             state.transfers.push(transfer);
             state.transfer_status.push(status);
         }
-
+        let expiries_count = r.count()?;
+        state.expiry_events.reserve_exact(expiries_count);
+        for _ in 0..expiries_count {
+            let timestamp = r.u64()?;
+            let index = r.u32()?;
+            if index as usize >= state.transfers.len() {
+                return Err(SnapshotError::Inconsistent(
+                    "an expiry names an unknown transfer",
+                ));
+            }
+            state.expiry_events.push((timestamp, index));
+        }
         let failed_count = r.count()?;
         for _ in 0..failed_count {
             let mut id = [0u8; 16];
@@ -265,7 +257,55 @@ impl StateMachine {
                 "bytes after the end of the snapshot",
             ));
         }
+
+        state.rebuild_entries()?;
+        for (slot, stored) in state.accounts.iter().zip(&stored_accounts) {
+            if slot.account != *stored {
+                return Err(SnapshotError::Inconsistent(
+                    "an account's balances disagree with its transfers",
+                ));
+            }
+        }
         Ok((state, digest))
+    }
+
+    /// Replays transfers and expiries in timestamp order into per-account entries, balances and
+    /// balance checkpoints.
+    fn rebuild_entries(&mut self) -> Result<(), SnapshotError> {
+        let (mut t, mut e) = (0usize, 0usize);
+        while t < self.transfers.len() || e < self.expiry_events.len() {
+            let take_transfer = match (self.transfers.get(t), self.expiry_events.get(e)) {
+                (Some(transfer), Some(&(expiry_timestamp, _))) => {
+                    transfer.timestamp < expiry_timestamp
+                }
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let entry = if take_transfer {
+                t += 1;
+                (t - 1) as u32
+            } else {
+                e += 1;
+                (e - 1) as u32 | EXPIRY_BIT
+            };
+            let transfer = *self.entry_transfer(entry);
+            for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
+                let slot_index =
+                    self.account_slot_index(account_id)
+                        .ok_or(SnapshotError::Inconsistent(
+                            "a transfer names an unknown account",
+                        ))?;
+                let before = Balance::of(&self.accounts[slot_index as usize].account);
+                let after = self.balance_step(account_id, entry, before);
+                let account = &mut self.accounts[slot_index as usize].account;
+                account.debits_pending = after.debits_pending;
+                account.debits_posted = after.debits_posted;
+                account.credits_pending = after.credits_pending;
+                account.credits_posted = after.credits_posted;
+                self.record_entry(slot_index, entry);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use hashbrown::HashTable;
 
 use crate::TIMESTAMP_MAX;
 use crate::batch::{Batch, BatchBody};
+use crate::history::{Balance, EXPIRY_BIT};
 use crate::results::{CreateAccountResult, CreateTransferResult, EventResult};
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
 
@@ -31,27 +32,14 @@ pub enum BatchResults {
     CreateTransfers(Vec<EventResult<CreateTransferResult>>),
 }
 
-/// One row of an account's balance history (kept only for accounts with `history`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BalanceEntry {
-    pub timestamp: u64,
-    pub debits_pending: u128,
-    pub debits_posted: u128,
-    pub credits_pending: u128,
-    pub credits_posted: u128,
-    /// The transfer that changed the balance (for an expiry: the pending transfer).
-    pub transfer_index: u32,
-}
-
 /// An account with its indexes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AccountSlot {
     pub account: Account,
-    /// Indexes into `StateMachine::transfers` of every transfer touching this account, in
-    /// timestamp order.
-    pub transfers: Vec<u32>,
-    /// Balance after each change, only for accounts with `history`.
-    pub history: Vec<BalanceEntry>,
+    /// Every change, in timestamp order (see the `history` module for the encoding).
+    pub entries: Vec<u32>,
+    /// Balance after every 64th change, only for accounts with `history`.
+    pub balance_checkpoints: Vec<Balance>,
 }
 
 /// A hash-table slot: the index of an object plus 32 bits of its id's hash, so the table can
@@ -98,6 +86,8 @@ pub struct StateMachine {
     pub(crate) failed_transfer_ids: hashbrown::HashSet<u128, foldhash::fast::RandomState>,
     /// Open pending transfers with a timeout: (expires_at, transfer index).
     pub(crate) expiries: BTreeSet<(u64, u32)>,
+    /// Every expiry that happened: (timestamp, transfer index), in timestamp order.
+    pub(crate) expiry_events: Vec<(u64, u32)>,
     /// The last timestamp assigned to anything (event, expiry).
     pub(crate) timestamp_last: u64,
     /// The last timestamp assigned to an expiry.
@@ -138,6 +128,7 @@ impl StateMachine {
             transfer_index: HashTable::with_capacity(transfers_capacity),
             failed_transfer_ids: hashbrown::HashSet::with_hasher(Default::default()),
             expiries: BTreeSet::new(),
+            expiry_events: Vec::new(),
             timestamp_last: 0,
             expiry_timestamp_last: 0,
             batches_applied: 0,
@@ -278,27 +269,17 @@ impl StateMachine {
                     account.flags.remove(AccountFlags::CLOSED);
                 }
             }
-            self.record_history(dr, index, timestamp);
-            self.record_history(cr, index, timestamp);
+            let entry = u32::try_from(self.expiry_events.len())
+                .ok()
+                .filter(|e| e & EXPIRY_BIT == 0)
+                .expect("expiries fit in 31 bits");
+            self.expiry_events.push((timestamp, index));
+            self.record_entry(dr, entry | EXPIRY_BIT);
+            self.record_entry(cr, entry | EXPIRY_BIT);
             self.expiry_timestamp_last = timestamp;
             expired += 1;
         }
         expired
-    }
-
-    fn record_history(&mut self, slot_index: u32, transfer_index: u32, timestamp: u64) {
-        let slot = &mut self.accounts[slot_index as usize];
-        if slot.account.flags.contains(AccountFlags::HISTORY) {
-            let a = &slot.account;
-            slot.history.push(BalanceEntry {
-                timestamp,
-                debits_pending: a.debits_pending,
-                debits_posted: a.debits_posted,
-                credits_pending: a.credits_pending,
-                credits_posted: a.credits_posted,
-                transfer_index,
-            });
-        }
     }
 
     /// The batch loop shared by both operations: imported-mode checks, linked chains,
@@ -415,16 +396,8 @@ impl StateMachine {
                         let slot_index = self
                             .account_slot_index(account_id)
                             .expect("accounts of a created transfer exist");
-                        let slot = &mut self.accounts[slot_index as usize];
-                        let popped = slot.transfers.pop();
+                        let popped = self.pop_entry(slot_index);
                         debug_assert_eq!(popped, Some(index));
-                        if slot
-                            .history
-                            .last()
-                            .is_some_and(|entry| entry.transfer_index == index)
-                        {
-                            slot.history.pop();
-                        }
                     }
                 }
                 Undo::PendingStatusChanged {
@@ -514,8 +487,8 @@ impl StateMachine {
                 timestamp,
                 ..*a
             },
-            transfers: Vec::new(),
-            history: Vec::new(),
+            entries: Vec::new(),
+            balance_checkpoints: Vec::new(),
         });
         self.account_index
             .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
@@ -759,17 +732,15 @@ impl StateMachine {
     ) -> u32 {
         let index = u32::try_from(self.transfers.len()).expect("transfers fit in u32 indexes");
         let hash32 = self.hash32(transfer.id);
-        let timestamp = transfer.timestamp;
+        assert!(index & EXPIRY_BIT == 0, "transfers fit in 31-bit indexes");
         self.transfers.push(transfer);
         self.transfer_status.push(status);
         self.transfer_index
             .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
                 expand(s.hash32)
             });
-        for slot_index in [dr_index, cr_index] {
-            self.accounts[slot_index as usize].transfers.push(index);
-            self.record_history(slot_index, index, timestamp);
-        }
+        self.record_entry(dr_index, index);
+        self.record_entry(cr_index, index);
         self.note(Undo::TransferCreated);
         index
     }

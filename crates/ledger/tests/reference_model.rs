@@ -202,7 +202,7 @@ fn compare_everything(state: &StateMachine, model: &Model) -> Result<(), TestCas
             id
         );
     }
-    for id in 0..=31u128 {
+    for id in (0..=31u128).chain(1000..1600) {
         let real = state
             .transfer(id)
             .copied()
@@ -332,7 +332,88 @@ fn run(batches: Vec<(u64, Spec)>) -> Result<(), TestCaseError> {
         check_ledger_balances(&state)?;
         compare_everything(&state, &model)?;
     }
+    // A snapshot round trip rebuilds an identical state: same digest, same answers.
+    let mut bytes = Vec::new();
+    let written = state.write_snapshot(&mut bytes).unwrap();
+    let (reloaded, read) = StateMachine::read_snapshot(&mut bytes.as_slice()).unwrap();
+    prop_assert_eq!(written, read);
+    prop_assert_eq!(reloaded.digest(), written);
+    compare_everything(&reloaded, &model)?;
     Ok(())
+}
+
+/// Long runs of mostly valid transfers among the `history` accounts (2, 4, 6, 8), so that every
+/// account has hundreds of changes and balance queries cross many balance checkpoints.
+fn long_histories() -> impl Strategy<Value = Vec<(u64, Spec)>> {
+    let history_accounts = [2u128, 4, 6, 8];
+    let flags = prop_oneof![
+        6 => Just(TransferFlags::empty()),
+        3 => Just(TransferFlags::PENDING),
+        2 => Just(TransferFlags::POST_PENDING_TRANSFER),
+        1 => Just(TransferFlags::VOID_PENDING_TRANSFER),
+        1 => Just(TransferFlags::BALANCING_DEBIT),
+    ];
+    let transfer = (
+        0u128..1500,
+        0usize..4,
+        1usize..4,
+        1u128..100,
+        flags,
+        0u32..3,
+        0u128..1500,
+    )
+        .prop_map(
+            move |(id, debit, offset, amount, flags, timeout, pending_id)| {
+                let post_or_void = flags.intersects(
+                    TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER,
+                );
+                Transfer {
+                    id: 1000 + id,
+                    debit_account_id: if post_or_void {
+                        0
+                    } else {
+                        history_accounts[debit]
+                    },
+                    credit_account_id: if post_or_void {
+                        0
+                    } else {
+                        history_accounts[(debit + offset) % 4]
+                    },
+                    amount: if post_or_void && amount % 3 == 0 {
+                        0
+                    } else {
+                        amount
+                    },
+                    pending_id: if post_or_void { 1000 + pending_id } else { 0 },
+                    timeout: if flags == TransferFlags::PENDING {
+                        timeout
+                    } else {
+                        0
+                    },
+                    ledger: if post_or_void { 0 } else { 1 },
+                    code: if post_or_void { 0 } else { 1 },
+                    flags,
+                    ..Default::default()
+                }
+            },
+        );
+    let delta = prop_oneof![Just(0u64), Just(1_000_000_000), Just(2_000_000_000)];
+    prop::collection::vec(
+        (
+            delta,
+            prop::collection::vec(transfer, 1..12).prop_map(Spec::Transfers),
+        ),
+        150..200,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn balance_history_agrees_with_the_model_across_many_checkpoints(batches in long_histories()) {
+        run(batches)?;
+    }
 }
 
 proptest! {

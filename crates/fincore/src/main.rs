@@ -1,0 +1,46 @@
+//! `fincore`: the single command-line entry point of the system.
+//!
+//! Owns argument parsing and turning errors into messages and exit codes. Each subcommand
+//! lives in its own module; the work itself is done by the library crates.
+
+mod bench;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fincore",
+    version,
+    about = "A financial-grade double-entry ledger core."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check every checksum and the whole hash chain of a data directory, replay it from
+    /// genesis and compare with the latest checkpoint.
+    Verify(verify::VerifyArgs),
+    /// Run the TigerBeetle-equivalent benchmark workload.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Verify(args) => verify::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Per-account event lists and the balance history derived from them.
+//!
+//! Every account keeps one `u32` per change, in timestamp order: either the index of a
+//! transfer that touched it, or (high bit set) the index of an expiry in
+//! `StateMachine::expiry_events`. Accounts with the `history` flag also keep their balance after
+//! every 64th change; the balance after any change is that checkpoint plus the few deltas since,
+//! each derived from the transfer behind it. This keeps history at about one byte per change
+//! instead of a full 64-byte balance, which is what lets ten million transfers fit in memory.
+
+use crate::state::StateMachine;
+use crate::types::{Account, AccountFlags, Transfer, TransferFlags};
+
+/// Marks an entry that refers to an expiry rather than a transfer.
+pub(crate) const EXPIRY_BIT: u32 = 1 << 31;
+/// A full balance is kept after every this many changes of a `history` account.
+pub(crate) const BALANCE_CHECKPOINT_EVERY: usize = 64;
+
+/// The four balances of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Balance {
+    pub debits_pending: u128,
+    pub debits_posted: u128,
+    pub credits_pending: u128,
+    pub credits_posted: u128,
+}
+
+impl Balance {
+    pub fn of(account: &Account) -> Balance {
+        Balance {
+            debits_pending: account.debits_pending,
+            debits_posted: account.debits_posted,
+            credits_pending: account.credits_pending,
+            credits_posted: account.credits_posted,
+        }
+    }
+
+    /// `self + add - sub`, field by field (wrapping, so that a step can be undone exactly).
+    fn step(self, add: Balance, sub: Balance) -> Balance {
+        Balance {
+            debits_pending: self
+                .debits_pending
+                .wrapping_add(add.debits_pending)
+                .wrapping_sub(sub.debits_pending),
+            debits_posted: self
+                .debits_posted
+                .wrapping_add(add.debits_posted)
+                .wrapping_sub(sub.debits_posted),
+            credits_pending: self
+                .credits_pending
+                .wrapping_add(add.credits_pending)
+                .wrapping_sub(sub.credits_pending),
+            credits_posted: self
+                .credits_posted
+                .wrapping_add(add.credits_posted)
+                .wrapping_sub(sub.credits_posted),
+        }
+    }
+}
+
+/// What one entry changed on one side of a transfer, as (added, subtracted).
+fn side_delta(
+    debit: bool,
+    pending_add: u128,
+    pending_sub: u128,
+    posted_add: u128,
+) -> (Balance, Balance) {
+    let mut add = Balance::default();
+    let mut sub = Balance::default();
+    if debit {
+        add.debits_pending = pending_add;
+        sub.debits_pending = pending_sub;
+        add.debits_posted = posted_add;
+    } else {
+        add.credits_pending = pending_add;
+        sub.credits_pending = pending_sub;
+        add.credits_posted = posted_add;
+    }
+    (add, sub)
+}
+
+impl StateMachine {
+    /// The transfer behind an entry (for an expiry: the pending transfer that expired).
+    pub(crate) fn entry_transfer(&self, entry: u32) -> &Transfer {
+        let index = if entry & EXPIRY_BIT != 0 {
+            self.expiry_events[(entry & !EXPIRY_BIT) as usize].1
+        } else {
+            entry
+        };
+        &self.transfers[index as usize]
+    }
+
+    pub(crate) fn entry_timestamp(&self, entry: u32) -> u64 {
+        if entry & EXPIRY_BIT != 0 {
+            self.expiry_events[(entry & !EXPIRY_BIT) as usize].0
+        } else {
+            self.transfers[entry as usize].timestamp
+        }
+    }
+
+    /// How an entry changed the balances of `account_id`, as (added, subtracted).
+    pub(crate) fn entry_delta(&self, account_id: u128, entry: u32) -> (Balance, Balance) {
+        let t = self.entry_transfer(entry);
+        let debit = t.debit_account_id == account_id;
+        debug_assert!(debit || t.credit_account_id == account_id);
+        if entry & EXPIRY_BIT != 0 {
+            return side_delta(debit, 0, t.amount, 0);
+        }
+        if t.flags
+            .intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)
+        {
+            let pending = self
+                .transfer(t.pending_id)
+                .expect("a post/void names an existing pending transfer");
+            let posted = if t.flags.contains(TransferFlags::POST_PENDING_TRANSFER) {
+                t.amount
+            } else {
+                0
+            };
+            return side_delta(debit, 0, pending.amount, posted);
+        }
+        if t.flags.contains(TransferFlags::PENDING) {
+            side_delta(debit, t.amount, 0, 0)
+        } else {
+            side_delta(debit, 0, 0, t.amount)
+        }
+    }
+
+    /// Appends an entry to an account, after the account's balances were updated for it.
+    pub(crate) fn record_entry(&mut self, slot_index: u32, entry: u32) {
+        let slot = &mut self.accounts[slot_index as usize];
+        let position = slot.entries.len();
+        slot.entries.push(entry);
+        if slot.account.flags.contains(AccountFlags::HISTORY)
+            && position % BALANCE_CHECKPOINT_EVERY == 0
+        {
+            slot.balance_checkpoints.push(Balance::of(&slot.account));
+        }
+    }
+
+    /// Removes an account's newest entry (rolling back a linked chain).
+    pub(crate) fn pop_entry(&mut self, slot_index: u32) -> Option<u32> {
+        let slot = &mut self.accounts[slot_index as usize];
+        let entry = slot.entries.pop()?;
+        if slot.account.flags.contains(AccountFlags::HISTORY)
+            && slot.entries.len() % BALANCE_CHECKPOINT_EVERY == 0
+        {
+            slot.balance_checkpoints.pop();
+        }
+        Some(entry)
+    }
+
+    /// The balance of a `history` account right after its entry at `position`.
+    pub(crate) fn balance_after(&self, slot_index: u32, position: usize) -> Balance {
+        let slot = &self.accounts[slot_index as usize];
+        let base = position - position % BALANCE_CHECKPOINT_EVERY;
+        let mut balance = slot.balance_checkpoints[base / BALANCE_CHECKPOINT_EVERY];
+        for &entry in &slot.entries[base + 1..=position] {
+            let (add, sub) = self.entry_delta(slot.account.id, entry);
+            balance = balance.step(add, sub);
+        }
+        balance
+    }
+
+    /// The balance just before the entry at `position`, given the balance right after it.
+    pub(crate) fn balance_before(
+        &self,
+        slot_index: u32,
+        position: usize,
+        after: Balance,
+    ) -> Balance {
+        let slot = &self.accounts[slot_index as usize];
+        let (add, sub) = self.entry_delta(slot.account.id, slot.entries[position]);
+        after.step(sub, add)
+    }
+
+    /// Applies an entry's delta to a running balance (used when rebuilding from a snapshot).
+    pub(crate) fn balance_step(&self, account_id: u128, entry: u32, balance: Balance) -> Balance {
+        let (add, sub) = self.entry_delta(account_id, entry);
+        balance.step(add, sub)
+    }
+}
