@@ -131,7 +131,7 @@ impl StateMachine {
         let position = slot.entries.len();
         slot.entries.push(entry);
         if slot.account.flags.contains(AccountFlags::HISTORY)
-            && position % BALANCE_CHECKPOINT_EVERY == 0
+            && position.is_multiple_of(BALANCE_CHECKPOINT_EVERY)
         {
             slot.balance_checkpoints.push(Balance::of(&slot.account));
         }
@@ -142,7 +142,7 @@ impl StateMachine {
         let slot = &mut self.accounts[slot_index as usize];
         let entry = slot.entries.pop()?;
         if slot.account.flags.contains(AccountFlags::HISTORY)
-            && slot.entries.len() % BALANCE_CHECKPOINT_EVERY == 0
+            && slot.entries.len().is_multiple_of(BALANCE_CHECKPOINT_EVERY)
         {
             slot.balance_checkpoints.pop();
         }
