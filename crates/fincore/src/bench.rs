@@ -69,6 +69,20 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Afterwards, measure restarts: a crash (no checkpoint, the whole journal replayed), then
+    /// writing a checkpoint, then a restart from it.
+    #[arg(long)]
+    restart: bool,
+}
+
+/// Seconds spent on the restart measurements of `--restart`.
+#[derive(Debug, Serialize)]
+struct RestartReport {
+    replay_records: u64,
+    replay_seconds: f64,
+    checkpoint_seconds: f64,
+    checkpoint_bytes: u64,
+    from_checkpoint_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +111,7 @@ struct Report {
     journal_bytes: u64,
     peak_rss_bytes: u64,
     data_dir: Option<PathBuf>,
+    restart: Option<RestartReport>,
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`).
@@ -143,6 +158,32 @@ impl AccountPicker {
             }
         }
     }
+}
+
+/// Reopens the data directory as after a crash, then checkpoints and reopens again.
+fn measure_restart(data_dir: &std::path::Path) -> anyhow::Result<RestartReport> {
+    let options = EngineOptions {
+        checkpoint_interval_batches: 0,
+        ..EngineOptions::new(data_dir)
+    };
+    let started = Instant::now();
+    let (mut engine, report) = Engine::open(options.clone()).context("reopening after the run")?;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let checkpoint = engine.checkpoint().context("writing a checkpoint")?;
+    let checkpoint_seconds = started.elapsed().as_secs_f64();
+    drop(engine);
+    let started = Instant::now();
+    let (engine, _) = Engine::open(options).context("reopening from the checkpoint")?;
+    let from_checkpoint_seconds = started.elapsed().as_secs_f64();
+    drop(engine);
+    Ok(RestartReport {
+        replay_records: report.replayed_records,
+        replay_seconds,
+        checkpoint_seconds,
+        checkpoint_bytes: checkpoint.meta.state_len,
+        from_checkpoint_seconds,
+    })
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -291,15 +332,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             sync_nanos as f64 / syncs as f64 / 1e6
         },
         journal_bytes,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: 0,
         data_dir: args.data_dir.clone(),
+        restart: None,
     };
-    if args.data_dir.is_some() {
+    let restart = if args.restart {
+        drop(engine);
+        Some(measure_restart(&data_dir)?)
+    } else if args.data_dir.is_some() {
         // Leave a checkpoint so the directory restarts fast and `verify` can compare with it.
         engine.close().context("closing the engine")?;
+        None
     } else {
-        drop(engine);
-    }
+        None
+    };
+    let report = Report {
+        peak_rss_bytes: peak_rss_bytes(),
+        restart,
+        ..report
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -330,6 +381,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         );
         println!("  peak RSS      {} MiB", report.peak_rss_bytes >> 20);
         println!("  failed        {} transfers", report.transfers_failed);
+        if let Some(r) = &report.restart {
+            println!(
+                "  restart       after a crash: {:.2} s replaying {} records",
+                r.replay_seconds, r.replay_records
+            );
+            println!(
+                "                checkpoint: {:.2} s to write {} MiB",
+                r.checkpoint_seconds,
+                r.checkpoint_bytes >> 20
+            );
+            println!(
+                "                from the checkpoint: {:.2} s",
+                r.from_checkpoint_seconds
+            );
+        }
     }
     Ok(if report.transfers_failed == 0 {
         ExitCode::SUCCESS

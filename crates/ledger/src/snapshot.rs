@@ -7,7 +7,7 @@
 //! on load. The snapshot code writes to any `io::Write` and reads from any `io::Read`; opening
 //! files is the caller's business.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -20,6 +20,8 @@ use crate::types::{Account, TransferFlags, TransferPendingStatus};
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"FCLEDGR1";
 const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// Snapshots are hashed and moved in chunks of this size.
+const IO_CHUNK_BYTES: usize = 1 << 20;
 
 /// SHA-256 of a state's canonical snapshot.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -97,10 +99,14 @@ const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
 impl StateMachine {
     /// Writes the canonical snapshot to `out` and returns its digest.
     pub fn write_snapshot<W: Write + ?Sized>(&self, out: &mut W) -> io::Result<StateDigest> {
-        let mut w = HashingWriter {
-            inner: out,
-            hasher: Sha256::new(),
-        };
+        // Buffered in front of the hasher, so that hashing and writing happen in large chunks.
+        let mut w = io::BufWriter::with_capacity(
+            IO_CHUNK_BYTES,
+            HashingWriter {
+                inner: out,
+                hasher: Sha256::new(),
+            },
+        );
         w.write_all(&SNAPSHOT_MAGIC)?;
         w.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
         w.write_all(&self.timestamp_last.to_le_bytes())?;
@@ -131,8 +137,9 @@ impl StateMachine {
         for id in failed {
             w.write_all(&id.to_le_bytes())?;
         }
-        w.flush()?;
-        Ok(StateDigest(w.hasher.finalize().into()))
+        let hashing = w.into_inner().map_err(|e| e.into_error())?;
+        hashing.inner.flush()?;
+        Ok(StateDigest(hashing.hasher.finalize().into()))
     }
 
     /// The digest of the current state (the snapshot's bytes are hashed, not kept).
@@ -147,9 +154,14 @@ impl StateMachine {
     pub fn read_snapshot<R: Read + ?Sized>(
         input: &mut R,
     ) -> Result<(StateMachine, StateDigest), SnapshotError> {
-        let mut r = HashingReader {
-            inner: input,
-            hasher: Sha256::new(),
+        let mut r = SnapshotReader {
+            buffered: io::BufReader::with_capacity(
+                IO_CHUNK_BYTES,
+                HashingReader {
+                    inner: input,
+                    hasher: Sha256::new(),
+                },
+            ),
         };
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
@@ -212,15 +224,6 @@ impl StateMachine {
                 .ok()
                 .filter(|i| i & EXPIRY_BIT == 0)
                 .ok_or(SnapshotError::Inconsistent("too many transfers"))?;
-            if state.transfer_slot_index(transfer.id).is_some() {
-                return Err(SnapshotError::Inconsistent("a transfer id appears twice"));
-            }
-            let hash32 = state.hash32(transfer.id);
-            state
-                .transfer_index
-                .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
-                    expand(s.hash32)
-                });
             if status == TransferPendingStatus::Pending
                 && transfer.timeout > 0
                 && transfer.flags.contains(TransferFlags::PENDING)
@@ -232,6 +235,7 @@ impl StateMachine {
             state.transfers.push(transfer);
             state.transfer_status.push(status);
         }
+        state.index_transfers()?;
         let expiries_count = r.count()?;
         state.expiry_events.reserve_exact(expiries_count);
         for _ in 0..expiries_count {
@@ -250,13 +254,12 @@ impl StateMachine {
             r.read_exact(&mut id)?;
             state.failed_transfer_ids.insert(u128::from_le_bytes(id));
         }
-        let digest = StateDigest(r.hasher.finalize().into());
-        let mut trailing = [0u8; 1];
-        if r.inner.read(&mut trailing)? != 0 {
+        if !r.buffered.fill_buf()?.is_empty() {
             return Err(SnapshotError::Inconsistent(
                 "bytes after the end of the snapshot",
             ));
         }
+        let digest = StateDigest(r.buffered.into_inner().hasher.finalize().into());
 
         state.rebuild_entries()?;
         for (slot, stored) in state.accounts.iter().zip(&stored_accounts) {
@@ -267,6 +270,42 @@ impl StateMachine {
             }
         }
         Ok((state, digest))
+    }
+
+    /// Builds the id index of all transfers, a chunk at a time: the chunk's slots are probed
+    /// first in a tight loop (the CPU overlaps those cache misses), then filled.
+    fn index_transfers(&mut self) -> Result<(), SnapshotError> {
+        const CHUNK: usize = 4096;
+        let mut hashes = Vec::with_capacity(CHUNK);
+        for start in (0..self.transfers.len()).step_by(CHUNK) {
+            let end = (start + CHUNK).min(self.transfers.len());
+            hashes.clear();
+            hashes.extend(self.transfers[start..end].iter().map(|t| self.hash32(t.id)));
+            for &hash32 in &hashes {
+                std::hint::black_box(
+                    self.transfer_index
+                        .find(expand(hash32), |s| s.hash32 == hash32),
+                );
+            }
+            for (offset, &hash32) in hashes.iter().enumerate() {
+                let index = (start + offset) as u32;
+                let id = self.transfers[index as usize].id;
+                let transfers = &self.transfers;
+                match self.transfer_index.entry(
+                    expand(hash32),
+                    |s| s.hash32 == hash32 && transfers[s.index as usize].id == id,
+                    |s| expand(s.hash32),
+                ) {
+                    hashbrown::hash_table::Entry::Occupied(_) => {
+                        return Err(SnapshotError::Inconsistent("a transfer id appears twice"));
+                    }
+                    hashbrown::hash_table::Entry::Vacant(slot) => {
+                        slot.insert(IndexSlot { index, hash32 });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Replays transfers and expiries in timestamp order into per-account entries, balances and
@@ -309,16 +348,28 @@ impl StateMachine {
     }
 }
 
+/// Hashes every byte read through it.
 struct HashingReader<'a, R: Read + ?Sized> {
     inner: &'a mut R,
     hasher: Sha256,
 }
 
-impl<R: Read + ?Sized> HashingReader<'_, R> {
+impl<R: Read + ?Sized> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Fixed-width fields from a buffered, hashing reader.
+struct SnapshotReader<'a, R: Read + ?Sized> {
+    buffered: io::BufReader<HashingReader<'a, R>>,
+}
+
+impl<R: Read + ?Sized> SnapshotReader<'_, R> {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_exact(buf)?;
-        self.hasher.update(&*buf);
-        Ok(())
+        self.buffered.read_exact(buf)
     }
     fn u32(&mut self) -> io::Result<u32> {
         let mut b = [0u8; 4];
