@@ -236,13 +236,15 @@ impl StateMachine {
         results
     }
 
-    /// Probes the transfer index for every id of the batch in one tight loop, so that the CPU
+    /// Probes the indexes for every transfer and account of the batch in one tight loop, so that the CPU
     /// overlaps the cache misses that would otherwise stall each event in turn. Only warms the
     /// caches: the answers are thrown away, because events of the batch may create ids that
     /// later events look up.
     fn prefetch_transfers(&self, events: &[Transfer]) {
         for event in events {
             std::hint::black_box(self.transfer_slot_index(event.id));
+            std::hint::black_box(self.account_slot_index(event.debit_account_id));
+            std::hint::black_box(self.account_slot_index(event.credit_account_id));
         }
     }
 

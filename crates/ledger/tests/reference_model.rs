@@ -240,15 +240,27 @@ fn compare_everything(state: &StateMachine, model: &Model) -> Result<(), TestCas
     Ok(())
 }
 
+/// Applies a batch and keeps it, for the replay-determinism check.
+fn apply_logged(state: &mut StateMachine, applied: &mut Vec<Batch>, batch: Batch) -> BatchResults {
+    let results = state.apply(&batch);
+    applied.push(batch);
+    results
+}
+
 fn run(batches: Vec<(u64, Spec)>) -> Result<(), TestCaseError> {
     let mut state = StateMachine::default();
     let mut model = Model::default();
     let mut timestamp = 1_000_000_000u64;
     let genesis = genesis();
-    let real = state.apply(&Batch {
-        timestamp,
-        body: BatchBody::CreateAccounts(genesis.clone()),
-    });
+    let mut applied: Vec<Batch> = Vec::new();
+    let real = apply_logged(
+        &mut state,
+        &mut applied,
+        Batch {
+            timestamp,
+            body: BatchBody::CreateAccounts(genesis.clone()),
+        },
+    );
     let expected = model.apply_accounts(timestamp, &genesis);
     let BatchResults::CreateAccounts(real) = real else {
         unreachable!()
@@ -265,10 +277,14 @@ fn run(batches: Vec<(u64, Spec)>) -> Result<(), TestCaseError> {
         timestamp += delta;
         match spec {
             Spec::Accounts(events) => {
-                let BatchResults::CreateAccounts(real) = state.apply(&Batch {
-                    timestamp,
-                    body: BatchBody::CreateAccounts(events.clone()),
-                }) else {
+                let BatchResults::CreateAccounts(real) = apply_logged(
+                    &mut state,
+                    &mut applied,
+                    Batch {
+                        timestamp,
+                        body: BatchBody::CreateAccounts(events.clone()),
+                    },
+                ) else {
                     unreachable!()
                 };
                 let expected = model.apply_accounts(timestamp, &events);
@@ -313,10 +329,14 @@ fn run(batches: Vec<(u64, Spec)>) -> Result<(), TestCaseError> {
                     Spec::Accounts(_) => unreachable!(),
                 };
                 history.push(events.clone());
-                let BatchResults::CreateTransfers(real) = state.apply(&Batch {
-                    timestamp,
-                    body: BatchBody::CreateTransfers(events.clone()),
-                }) else {
+                let BatchResults::CreateTransfers(real) = apply_logged(
+                    &mut state,
+                    &mut applied,
+                    Batch {
+                        timestamp,
+                        body: BatchBody::CreateTransfers(events.clone()),
+                    },
+                ) else {
                     unreachable!()
                 };
                 let expected = model.apply_transfers(timestamp, &events);
@@ -332,6 +352,13 @@ fn run(batches: Vec<(u64, Spec)>) -> Result<(), TestCaseError> {
         check_ledger_balances(&state)?;
         compare_everything(&state, &model)?;
     }
+    // Replay determinism: the same batches applied to a fresh state machine (with its own
+    // randomly seeded hash tables) give a byte-identical state.
+    let mut replayed = StateMachine::default();
+    for batch in &applied {
+        replayed.apply(batch);
+    }
+    prop_assert_eq!(replayed.digest(), state.digest());
     // A snapshot round trip rebuilds an identical state: same digest, same answers.
     let mut bytes = Vec::new();
     let written = state.write_snapshot(&mut bytes).unwrap();
