@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journal::{
     Checkpoint, CheckpointStore, GroupCommitStats, GroupCommitter, Journal, JournalOptions,
-    Position, Recovery,
+    Position, Recovery, SyncObserver, Ticket,
 };
 use ledger::{BATCH_EVENTS_MAX, Batch, BatchBody, BatchResults, StateMachine};
 
@@ -16,7 +16,7 @@ use crate::error::EngineError;
 const SINGLE_NODE_TERM: u64 = 1;
 
 /// How an engine is opened.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineOptions {
     pub data_dir: PathBuf,
     /// Write a checkpoint after this many batches (0: only on close).
@@ -27,6 +27,22 @@ pub struct EngineOptions {
     /// Room to reserve up front, so that growing indexes does not stall a batch.
     pub accounts_capacity: usize,
     pub transfers_capacity: usize,
+    /// Told the duration of every journal sync and how many records it made durable.
+    pub sync_observer: Option<SyncObserver>,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "checkpoint_interval_batches",
+                &self.checkpoint_interval_batches,
+            )
+            .field("segment_bytes_max", &self.segment_bytes_max)
+            .field("journal_queue_depth", &self.journal_queue_depth)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EngineOptions {
@@ -38,6 +54,7 @@ impl EngineOptions {
             journal_queue_depth: 64,
             accounts_capacity: 0,
             transfers_capacity: 0,
+            sync_observer: None,
         }
     }
 }
@@ -59,8 +76,10 @@ pub struct Engine {
     state: StateMachine,
     committer: Option<GroupCommitter>,
     checkpoints: CheckpointStore,
-    /// The last durable record.
+    /// The last record known to be durable.
     durable: Position,
+    /// The index of the last record handed to the journal writer.
+    appended_index: u64,
     batches_since_checkpoint: u64,
     failed: Option<String>,
     _lock: File,
@@ -196,7 +215,11 @@ impl Engine {
         let (replayed_records, replayed_events) =
             replay(&journal, from, false, &mut state, |_, _| Ok(()))?;
         let durable = journal.last();
-        let committer = GroupCommitter::spawn(journal, options.journal_queue_depth);
+        let committer = GroupCommitter::spawn(
+            journal,
+            options.journal_queue_depth,
+            options.sync_observer.clone(),
+        );
         let report = OpenReport {
             journal: recovery,
             checkpoint_index: checkpoint.map(|c| c.meta.position.index),
@@ -210,6 +233,7 @@ impl Engine {
             committer: Some(committer),
             checkpoints,
             durable,
+            appended_index: durable.index,
             batches_since_checkpoint: replayed_records,
             failed: None,
             _lock: lock,
@@ -237,6 +261,26 @@ impl Engine {
     /// are handed out only after the sync. If the journal fails, the in-memory state may be
     /// ahead of the disk, so the engine refuses all further work until it is reopened.
     pub fn submit(&mut self, body: BatchBody) -> Result<BatchResults, EngineError> {
+        let (results, ticket) = self.submit_pipelined(body)?;
+        match ticket.wait() {
+            Ok(position) => {
+                self.durable = position;
+                Ok(results)
+            }
+            Err(error) => {
+                self.failed = Some(error.to_string());
+                Err(EngineError::Failed(error.to_string()))
+            }
+        }
+    }
+
+    /// Seals, journals and applies one batch without waiting for it to be durable: the caller
+    /// must not release the results (nor answer reads of the state) before `ticket.wait()`
+    /// succeeds, and must stop using the engine if it fails.
+    pub fn submit_pipelined(
+        &mut self,
+        body: BatchBody,
+    ) -> Result<(BatchResults, Ticket), EngineError> {
         if let Some(reason) = &self.failed {
             return Err(EngineError::Failed(reason.clone()));
         }
@@ -247,34 +291,51 @@ impl Engine {
         if batch.events_count() > BATCH_EVENTS_MAX {
             return Err(EngineError::TooManyEvents(batch.events_count()));
         }
-        let index = self.durable.index + 1;
+        let index = self.appended_index + 1;
         let committer = self.committer.as_ref().expect("open");
-        let ticket = committer.append(SINGLE_NODE_TERM, index, batch.encode());
-        let results = self.state.apply(&batch);
-        match ticket.and_then(|ticket| ticket.wait()) {
-            Ok(position) => {
-                debug_assert_eq!(position.index, index);
-                self.durable = position;
-            }
+        let ticket = match committer.append(SINGLE_NODE_TERM, index, batch.encode()) {
+            Ok(ticket) => ticket,
             Err(error) => {
                 self.failed = Some(error.to_string());
                 return Err(EngineError::Failed(error.to_string()));
             }
-        }
+        };
+        self.appended_index = index;
+        let results = self.state.apply(&batch);
         self.batches_since_checkpoint += 1;
         let interval = self.options.checkpoint_interval_batches;
         if interval > 0 && self.batches_since_checkpoint >= interval {
             self.checkpoint()?;
         }
-        Ok(results)
+        Ok((results, ticket))
     }
 
-    /// Writes a checkpoint of the current (durable) state.
+    /// The index of the last batch applied (durable or about to be).
+    pub fn applied_index(&self) -> u64 {
+        self.appended_index
+    }
+
+    /// Writes a checkpoint of the current state, after waiting until all of it is durable.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, EngineError> {
+        let barrier = self
+            .committer
+            .as_ref()
+            .expect("open")
+            .barrier()
+            .and_then(|ticket| ticket.wait());
+        let position = match barrier {
+            Ok(position) => position,
+            Err(error) => {
+                self.failed = Some(error.to_string());
+                return Err(EngineError::Failed(error.to_string()));
+            }
+        };
+        debug_assert_eq!(position.index, self.appended_index);
+        self.durable = position;
         let state = &self.state;
         let checkpoint = self
             .checkpoints
-            .write(self.durable, |out| Ok(state.write_snapshot(out)?.0))?;
+            .write(position, |out| Ok(state.write_snapshot(out)?.0))?;
         self.batches_since_checkpoint = 0;
         Ok(checkpoint)
     }

@@ -1,14 +1,14 @@
 //! Group commit: one writer thread that appends queued records and makes them durable with a
 //! single `fdatasync` per group, then acknowledges each of them.
 //!
-//! The queue is bounded: a caller that finds it full either waits ([`GroupCommitter::append`])
-//! or is told at once ([`GroupCommitter::try_append`]) so it can answer "busy". After any write
+//! The queue is bounded: a caller that finds it full waits, which pushes back on whoever feeds
+//! it (the server's own bounded queues answer "busy"). After any write
 //! or sync error the writer refuses everything that follows: a failed `fsync` leaves the page
 //! cache in an unknown state, and only recovery from disk may continue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -23,21 +23,56 @@ pub const GROUP_BYTES_MAX: usize = 32 << 20;
 /// A durable record: where it landed in the journal.
 pub type Appended = Position;
 
-struct Request {
-    term: u64,
-    index: u64,
-    body: Vec<u8>,
-    done: SyncSender<Result<Appended, String>>,
+enum Request {
+    Append {
+        term: u64,
+        index: u64,
+        body: Vec<u8>,
+        done: SyncSender<Result<Appended, String>>,
+    },
+    /// Completes once every record queued before it is durable, with the last position.
+    Barrier {
+        done: SyncSender<Result<Appended, String>>,
+    },
 }
 
+impl Request {
+    fn body_len(&self) -> usize {
+        match self {
+            Request::Append { body, .. } => body.len(),
+            Request::Barrier { .. } => 0,
+        }
+    }
+
+    fn done(self) -> SyncSender<Result<Appended, String>> {
+        match self {
+            Request::Append { done, .. } | Request::Barrier { done } => done,
+        }
+    }
+}
+
+/// Called after every successful sync with its duration and the records it made durable.
+pub type SyncObserver = Arc<dyn Fn(std::time::Duration, u64) + Send + Sync>;
+
 /// Counters of the writer, for metrics.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct GroupCommitStats {
     pub groups: AtomicU64,
     pub records: AtomicU64,
     pub bytes: AtomicU64,
     pub sync_nanos_total: AtomicU64,
     pub sync_nanos_last: AtomicU64,
+    observer: Option<SyncObserver>,
+}
+
+impl std::fmt::Debug for GroupCommitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommitStats")
+            .field("groups", &self.groups)
+            .field("records", &self.records)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The handle to the writer thread.
@@ -64,10 +99,17 @@ impl Ticket {
 
 impl GroupCommitter {
     /// Starts the writer thread, which owns `journal` until [`GroupCommitter::shutdown`].
-    pub fn spawn(journal: Journal, queue_depth: usize) -> GroupCommitter {
+    pub fn spawn(
+        journal: Journal,
+        queue_depth: usize,
+        observer: Option<SyncObserver>,
+    ) -> GroupCommitter {
         assert!(queue_depth > 0);
         let (sender, receiver) = mpsc::sync_channel::<Request>(queue_depth);
-        let stats = Arc::new(GroupCommitStats::default());
+        let stats = Arc::new(GroupCommitStats {
+            observer,
+            ..GroupCommitStats::default()
+        });
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -90,7 +132,7 @@ impl GroupCommitter {
         self.sender
             .as_ref()
             .expect("running")
-            .send(Request {
+            .send(Request::Append {
                 term,
                 index,
                 body,
@@ -100,26 +142,16 @@ impl GroupCommitter {
         Ok(Ticket(ticket))
     }
 
-    /// Queues record `index`, or gives the body back at once if the queue is full.
-    pub fn try_append(
-        &self,
-        term: u64,
-        index: u64,
-        body: Vec<u8>,
-    ) -> Result<Result<Ticket, Vec<u8>>> {
+    /// A ticket that completes once every record queued so far is durable; it carries the
+    /// journal's last position at that moment.
+    pub fn barrier(&self) -> Result<Ticket> {
         let (done, ticket) = mpsc::sync_channel(1);
-        match self.sender.as_ref().expect("running").try_send(Request {
-            term,
-            index,
-            body,
-            done,
-        }) {
-            Ok(()) => Ok(Ok(Ticket(ticket))),
-            Err(TrySendError::Full(request)) => Ok(Err(request.body)),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(JournalError::Failed("the journal writer stopped".into()))
-            }
-        }
+        self.sender
+            .as_ref()
+            .expect("running")
+            .send(Request::Barrier { done })
+            .map_err(|_| JournalError::Failed("the journal writer stopped".into()))?;
+        Ok(Ticket(ticket))
     }
 
     /// Finishes everything queued, stops the thread and hands the journal back.
@@ -153,12 +185,12 @@ fn writer_loop(
     let mut failed: Option<String> = None;
     let mut group: Vec<Request> = Vec::with_capacity(GROUP_RECORDS_MAX);
     while let Ok(first) = receiver.recv() {
-        let mut group_bytes = first.body.len();
+        let mut group_bytes = first.body_len();
         group.push(first);
         while group.len() < GROUP_RECORDS_MAX && group_bytes < GROUP_BYTES_MAX {
             match receiver.try_recv() {
                 Ok(request) => {
-                    group_bytes += request.body.len();
+                    group_bytes += request.body_len();
                     group.push(request);
                 }
                 Err(_) => break,
@@ -166,19 +198,29 @@ fn writer_loop(
         }
         if let Some(reason) = &failed {
             for request in group.drain(..) {
-                let _ = request.done.send(Err(reason.clone()));
+                let _ = request.done().send(Err(reason.clone()));
             }
             continue;
         }
         let mut positions = Vec::with_capacity(group.len());
         let mut outcome = Ok(());
+        let mut records = 0u64;
         for request in &group {
-            match journal.append(request.term, request.index, &request.body) {
-                Ok(position) => positions.push(position),
-                Err(error) => {
-                    outcome = Err(error);
-                    break;
-                }
+            match request {
+                Request::Append {
+                    term, index, body, ..
+                } => match journal.append(*term, *index, body) {
+                    Ok(position) => {
+                        positions.push(position);
+                        records += 1;
+                    }
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                },
+                // Answered after the sync, with the position of everything before it.
+                Request::Barrier { .. } => positions.push(journal.last()),
             }
         }
         let started = Instant::now();
@@ -187,22 +229,23 @@ fn writer_loop(
         match outcome {
             Ok(()) => {
                 stats.groups.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .records
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                stats.records.fetch_add(records, Ordering::Relaxed);
                 stats.bytes.fetch_add(group_bytes as u64, Ordering::Relaxed);
                 stats
                     .sync_nanos_total
                     .fetch_add(sync_nanos, Ordering::Relaxed);
                 stats.sync_nanos_last.store(sync_nanos, Ordering::Relaxed);
+                if let Some(observer) = &stats.observer {
+                    observer(std::time::Duration::from_nanos(sync_nanos), records);
+                }
                 for (request, position) in group.drain(..).zip(positions) {
-                    let _ = request.done.send(Ok(position));
+                    let _ = request.done().send(Ok(position));
                 }
             }
             Err(error) => {
                 let reason = error.to_string();
                 for request in group.drain(..) {
-                    let _ = request.done.send(Err(reason.clone()));
+                    let _ = request.done().send(Err(reason.clone()));
                 }
                 failed = Some(reason);
             }

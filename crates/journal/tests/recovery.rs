@@ -210,13 +210,15 @@ fn segments_roll_over_and_truncate_and_purge_keep_the_chain() {
 fn group_commit_acknowledges_only_durable_records_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
-    let committer = GroupCommitter::spawn(journal, 8);
+    let committer = GroupCommitter::spawn(journal, 8, None);
     let tickets: Vec<_> = (1..=50u64)
         .map(|i| committer.append(1, i, body(i)).unwrap())
         .collect();
     for (i, ticket) in tickets.into_iter().enumerate() {
         assert_eq!(ticket.wait().unwrap().index, i as u64 + 1);
     }
+    let barrier = committer.barrier().unwrap().wait().unwrap();
+    assert_eq!(barrier.index, 50);
     // An out-of-order index fails, and the writer refuses everything after it.
     assert!(committer.append(1, 99, body(1)).unwrap().wait().is_err());
     assert!(committer.append(1, 51, body(1)).unwrap().wait().is_err());

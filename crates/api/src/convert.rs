@@ -1,0 +1,336 @@
+//! Conversions between protobuf messages and ledger types, with validation.
+//!
+//! Every value that does not fit its ledger field (a 16-bit `code` given as 70000, a malformed
+//! packed batch) is a [`WireError`] naming the field, e.g. `transfers[3].code`.
+
+use ledger::{
+    ACCOUNT_SIZE, Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags,
+    BATCH_EVENTS_MAX, TRANSFER_SIZE, Transfer, TransferFlags, decode_account, decode_transfer,
+    encode_account, encode_transfer,
+};
+
+use crate::proto;
+
+/// A request field that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct WireError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl WireError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> WireError {
+        WireError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub fn u128_from(value: Option<proto::Uint128>) -> u128 {
+    value.map_or(0, |v| (u128::from(v.hi) << 64) | u128::from(v.lo))
+}
+
+pub fn u128_to(value: u128) -> Option<proto::Uint128> {
+    Some(proto::Uint128 {
+        lo: value as u64,
+        hi: (value >> 64) as u64,
+    })
+}
+
+fn u16_field(value: u32, field: impl FnOnce() -> String) -> Result<u16, WireError> {
+    u16::try_from(value)
+        .map_err(|_| WireError::new(field(), format!("{value} does not fit in 16 bits")))
+}
+
+fn check_batch_len(len: usize, field: &str) -> Result<(), WireError> {
+    if len > BATCH_EVENTS_MAX {
+        return Err(WireError::new(
+            field,
+            format!("{len} events; a batch holds at most {BATCH_EVENTS_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits a packed batch into fixed-size records.
+fn unpack<T>(packed: &[u8], size: usize, decode: fn(&[u8]) -> T) -> Result<Vec<T>, WireError> {
+    if packed.len() % size != 0 {
+        return Err(WireError::new(
+            "packed",
+            format!(
+                "{} bytes is not a whole number of {size}-byte events",
+                packed.len()
+            ),
+        ));
+    }
+    check_batch_len(packed.len() / size, "packed")?;
+    Ok(packed.chunks_exact(size).map(decode).collect())
+}
+
+pub fn account_from(a: &proto::Account, at: usize) -> Result<Account, WireError> {
+    Ok(Account {
+        id: u128_from(a.id),
+        debits_pending: u128_from(a.debits_pending),
+        debits_posted: u128_from(a.debits_posted),
+        credits_pending: u128_from(a.credits_pending),
+        credits_posted: u128_from(a.credits_posted),
+        user_data_128: u128_from(a.user_data_128),
+        user_data_64: a.user_data_64,
+        user_data_32: a.user_data_32,
+        ledger: a.ledger,
+        code: u16_field(a.code, || format!("accounts[{at}].code"))?,
+        flags: AccountFlags::from_bits_retain(u16_field(a.flags, || {
+            format!("accounts[{at}].flags")
+        })?),
+        timestamp: a.timestamp,
+    })
+}
+
+pub fn account_to(a: &Account) -> proto::Account {
+    proto::Account {
+        id: u128_to(a.id),
+        debits_pending: u128_to(a.debits_pending),
+        debits_posted: u128_to(a.debits_posted),
+        credits_pending: u128_to(a.credits_pending),
+        credits_posted: u128_to(a.credits_posted),
+        user_data_128: u128_to(a.user_data_128),
+        user_data_64: a.user_data_64,
+        user_data_32: a.user_data_32,
+        ledger: a.ledger,
+        code: a.code.into(),
+        flags: a.flags.bits().into(),
+        timestamp: a.timestamp,
+    }
+}
+
+pub fn transfer_from(t: &proto::Transfer, at: usize) -> Result<Transfer, WireError> {
+    Ok(Transfer {
+        id: u128_from(t.id),
+        debit_account_id: u128_from(t.debit_account_id),
+        credit_account_id: u128_from(t.credit_account_id),
+        amount: u128_from(t.amount),
+        pending_id: u128_from(t.pending_id),
+        user_data_128: u128_from(t.user_data_128),
+        user_data_64: t.user_data_64,
+        user_data_32: t.user_data_32,
+        timeout: t.timeout,
+        ledger: t.ledger,
+        code: u16_field(t.code, || format!("transfers[{at}].code"))?,
+        flags: TransferFlags::from_bits_retain(u16_field(t.flags, || {
+            format!("transfers[{at}].flags")
+        })?),
+        timestamp: t.timestamp,
+    })
+}
+
+pub fn transfer_to(t: &Transfer) -> proto::Transfer {
+    proto::Transfer {
+        id: u128_to(t.id),
+        debit_account_id: u128_to(t.debit_account_id),
+        credit_account_id: u128_to(t.credit_account_id),
+        amount: u128_to(t.amount),
+        pending_id: u128_to(t.pending_id),
+        user_data_128: u128_to(t.user_data_128),
+        user_data_64: t.user_data_64,
+        user_data_32: t.user_data_32,
+        timeout: t.timeout,
+        ledger: t.ledger,
+        code: t.code.into(),
+        flags: t.flags.bits().into(),
+        timestamp: t.timestamp,
+    }
+}
+
+/// The accounts of a request (messages or packed, not both).
+pub fn accounts_from_request(
+    request: &proto::CreateAccountsRequest,
+) -> Result<Vec<Account>, WireError> {
+    match (request.accounts.is_empty(), request.packed.is_empty()) {
+        (false, false) => Err(WireError::new(
+            "packed",
+            "give events either as messages or packed, not both",
+        )),
+        (true, false) => unpack(&request.packed, ACCOUNT_SIZE, decode_account),
+        _ => {
+            check_batch_len(request.accounts.len(), "accounts")?;
+            request
+                .accounts
+                .iter()
+                .enumerate()
+                .map(|(at, a)| account_from(a, at))
+                .collect()
+        }
+    }
+}
+
+/// The transfers of a request (messages or packed, not both).
+pub fn transfers_from_request(
+    request: &proto::CreateTransfersRequest,
+) -> Result<Vec<Transfer>, WireError> {
+    match (request.transfers.is_empty(), request.packed.is_empty()) {
+        (false, false) => Err(WireError::new(
+            "packed",
+            "give events either as messages or packed, not both",
+        )),
+        (true, false) => unpack(&request.packed, TRANSFER_SIZE, decode_transfer),
+        _ => {
+            check_batch_len(request.transfers.len(), "transfers")?;
+            request
+                .transfers
+                .iter()
+                .enumerate()
+                .map(|(at, t)| transfer_from(t, at))
+                .collect()
+        }
+    }
+}
+
+/// Packs accounts into a request's `packed` bytes.
+pub fn pack_accounts(accounts: &[Account]) -> Vec<u8> {
+    let mut packed = vec![0u8; accounts.len() * ACCOUNT_SIZE];
+    for (account, slot) in accounts.iter().zip(packed.chunks_exact_mut(ACCOUNT_SIZE)) {
+        encode_account(account, slot);
+    }
+    packed
+}
+
+/// Packs transfers into a request's `packed` bytes.
+pub fn pack_transfers(transfers: &[Transfer]) -> Vec<u8> {
+    let mut packed = vec![0u8; transfers.len() * TRANSFER_SIZE];
+    for (transfer, slot) in transfers.iter().zip(packed.chunks_exact_mut(TRANSFER_SIZE)) {
+        encode_transfer(transfer, slot);
+    }
+    packed
+}
+
+pub fn ids_from(request: &proto::LookupRequest) -> Result<Vec<u128>, WireError> {
+    check_batch_len(request.ids.len(), "ids")?;
+    Ok(request.ids.iter().map(|id| u128_from(Some(*id))).collect())
+}
+
+pub fn filter_from(f: &proto::AccountFilter) -> Result<AccountFilter, WireError> {
+    let mut flags = AccountFilterFlags::empty();
+    flags.set(AccountFilterFlags::DEBITS, f.debits);
+    flags.set(AccountFilterFlags::CREDITS, f.credits);
+    flags.set(AccountFilterFlags::REVERSED, f.reversed);
+    let filter = AccountFilter {
+        account_id: u128_from(f.account_id),
+        user_data_128: u128_from(f.user_data_128),
+        user_data_64: f.user_data_64,
+        user_data_32: f.user_data_32,
+        code: u16_field(f.code, || "code".to_string())?,
+        timestamp_min: f.timestamp_min,
+        timestamp_max: f.timestamp_max,
+        limit: f.limit,
+        flags,
+    };
+    filter
+        .validate()
+        .map_err(|ledger::QueryError::InvalidFilter { field, reason }| {
+            WireError::new(field, reason)
+        })?;
+    Ok(filter)
+}
+
+pub fn filter_to(f: &AccountFilter) -> proto::AccountFilter {
+    proto::AccountFilter {
+        account_id: u128_to(f.account_id),
+        user_data_128: u128_to(f.user_data_128),
+        user_data_64: f.user_data_64,
+        user_data_32: f.user_data_32,
+        code: f.code.into(),
+        timestamp_min: f.timestamp_min,
+        timestamp_max: f.timestamp_max,
+        limit: f.limit,
+        debits: f.flags.contains(AccountFilterFlags::DEBITS),
+        credits: f.flags.contains(AccountFilterFlags::CREDITS),
+        reversed: f.flags.contains(AccountFilterFlags::REVERSED),
+    }
+}
+
+pub fn balance_to(b: &AccountBalance) -> proto::AccountBalance {
+    proto::AccountBalance {
+        debits_pending: u128_to(b.debits_pending),
+        debits_posted: u128_to(b.debits_posted),
+        credits_pending: u128_to(b.credits_pending),
+        credits_posted: u128_to(b.credits_posted),
+        timestamp: b.timestamp,
+    }
+}
+
+pub fn balance_from(b: &proto::AccountBalance) -> AccountBalance {
+    AccountBalance {
+        debits_pending: u128_from(b.debits_pending),
+        debits_posted: u128_from(b.debits_posted),
+        credits_pending: u128_from(b.credits_pending),
+        credits_posted: u128_from(b.credits_posted),
+        timestamp: b.timestamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u128_survives_the_two_halves() {
+        for value in [
+            0,
+            1,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            u128::MAX,
+        ] {
+            assert_eq!(u128_from(u128_to(value)), value);
+        }
+    }
+
+    #[test]
+    fn oversized_fields_and_mixed_or_ragged_batches_are_named() {
+        let transfer = proto::Transfer {
+            code: 70_000,
+            ..Default::default()
+        };
+        let request = proto::CreateTransfersRequest {
+            transfers: vec![Default::default(), transfer],
+            packed: vec![].into(),
+        };
+        assert_eq!(
+            transfers_from_request(&request).unwrap_err().field,
+            "transfers[1].code"
+        );
+
+        let ragged = proto::CreateTransfersRequest {
+            transfers: vec![],
+            packed: vec![0u8; 129].into(),
+        };
+        assert_eq!(transfers_from_request(&ragged).unwrap_err().field, "packed");
+
+        let both = proto::CreateTransfersRequest {
+            transfers: vec![Default::default()],
+            packed: vec![0u8; 128].into(),
+        };
+        assert!(
+            transfers_from_request(&both)
+                .unwrap_err()
+                .reason
+                .contains("not both")
+        );
+
+        let packed = pack_transfers(&[Transfer {
+            id: 5,
+            amount: u128::MAX,
+            ..Default::default()
+        }]);
+        let request = proto::CreateTransfersRequest {
+            transfers: vec![],
+            packed: packed.into(),
+        };
+        assert_eq!(
+            transfers_from_request(&request).unwrap()[0].amount,
+            u128::MAX
+        );
+    }
+}

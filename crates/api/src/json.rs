@@ -1,0 +1,412 @@
+//! HTTP/JSON types: what people and scripts send and get back.
+//!
+//! Field names are the ledger's. Integers of 64 bits and wider (ids, amounts, user data,
+//! timestamps) are written as decimal strings, so JavaScript loses nothing, and accepted as
+//! strings or JSON integers of any size. Flags are arrays of snake_case names. Unknown fields
+//! are refused, so a typo is an error instead of a silently ignored field.
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use ledger::{
+    Account, AccountBalance, AccountFlags, CreateAccountResult, CreateTransferResult, EventResult,
+    Transfer, TransferFlags,
+};
+
+/// Parses an unsigned integer given as a JSON integer or a decimal string.
+fn parse_unsigned<'de, D: Deserializer<'de>>(deserializer: D, bits: u32) -> Result<u128, D::Error> {
+    let raw: Box<RawValue> = Deserialize::deserialize(deserializer)?;
+    let text = raw.get().trim();
+    let digits = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner,
+        None => text,
+    };
+    if digits.starts_with('-') {
+        return Err(D::Error::custom(format!(
+            "{text} is negative; it must be an unsigned integer"
+        )));
+    }
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(D::Error::custom(format!(
+            "{text} is not an unsigned integer (give digits, as a number or a string)"
+        )));
+    }
+    let value: u128 = digits
+        .parse()
+        .map_err(|_| D::Error::custom(format!("{digits} does not fit in {bits} bits")))?;
+    if bits < 128 && value >> bits != 0 {
+        return Err(D::Error::custom(format!(
+            "{digits} does not fit in {bits} bits"
+        )));
+    }
+    Ok(value)
+}
+
+/// `u128` as a decimal string; accepts strings and integers.
+pub mod u128_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+        parse_unsigned(deserializer, 128)
+    }
+}
+
+/// `u64` as a decimal string; accepts strings and integers.
+pub mod u64_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        parse_unsigned(deserializer, 64).map(|v| v as u64)
+    }
+}
+
+macro_rules! flag_names {
+    ($name:ident, $flags:ty { $($variant:ident = $bit:ident,)+ }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn flag(self) -> $flags {
+                match self {
+                    $($name::$variant => <$flags>::$bit,)+
+                }
+            }
+
+            pub fn to_flags(names: &[$name]) -> $flags {
+                names.iter().fold(<$flags>::empty(), |flags, name| flags | name.flag())
+            }
+
+            /// Names of the known bits (unknown bits cannot be stored, so none are lost).
+            pub fn from_flags(flags: $flags) -> Vec<$name> {
+                Self::ALL.iter().copied().filter(|name| flags.contains(name.flag())).collect()
+            }
+        }
+    };
+}
+
+flag_names!(AccountFlagName, AccountFlags {
+    Linked = LINKED,
+    DebitsMustNotExceedCredits = DEBITS_MUST_NOT_EXCEED_CREDITS,
+    CreditsMustNotExceedDebits = CREDITS_MUST_NOT_EXCEED_DEBITS,
+    History = HISTORY,
+    Imported = IMPORTED,
+    Closed = CLOSED,
+});
+
+flag_names!(TransferFlagName, TransferFlags {
+    Linked = LINKED,
+    Pending = PENDING,
+    PostPendingTransfer = POST_PENDING_TRANSFER,
+    VoidPendingTransfer = VOID_PENDING_TRANSFER,
+    BalancingDebit = BALANCING_DEBIT,
+    BalancingCredit = BALANCING_CREDIT,
+    ClosingDebit = CLOSING_DEBIT,
+    ClosingCredit = CLOSING_CREDIT,
+    Imported = IMPORTED,
+});
+
+/// An account, as sent to `POST /v1/accounts` and returned by the lookups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountJson {
+    #[serde(with = "u128_text")]
+    pub id: u128,
+    #[serde(default, with = "u128_text")]
+    pub debits_pending: u128,
+    #[serde(default, with = "u128_text")]
+    pub debits_posted: u128,
+    #[serde(default, with = "u128_text")]
+    pub credits_pending: u128,
+    #[serde(default, with = "u128_text")]
+    pub credits_posted: u128,
+    #[serde(default, with = "u128_text")]
+    pub user_data_128: u128,
+    #[serde(default, with = "u64_text")]
+    pub user_data_64: u64,
+    #[serde(default)]
+    pub user_data_32: u32,
+    #[serde(default)]
+    pub ledger: u32,
+    #[serde(default)]
+    pub code: u16,
+    #[serde(default)]
+    pub flags: Vec<AccountFlagName>,
+    #[serde(default, with = "u64_text")]
+    pub timestamp: u64,
+}
+
+impl From<&AccountJson> for Account {
+    fn from(a: &AccountJson) -> Account {
+        Account {
+            id: a.id,
+            debits_pending: a.debits_pending,
+            debits_posted: a.debits_posted,
+            credits_pending: a.credits_pending,
+            credits_posted: a.credits_posted,
+            user_data_128: a.user_data_128,
+            user_data_64: a.user_data_64,
+            user_data_32: a.user_data_32,
+            ledger: a.ledger,
+            code: a.code,
+            flags: AccountFlagName::to_flags(&a.flags),
+            timestamp: a.timestamp,
+        }
+    }
+}
+
+impl From<&Account> for AccountJson {
+    fn from(a: &Account) -> AccountJson {
+        AccountJson {
+            id: a.id,
+            debits_pending: a.debits_pending,
+            debits_posted: a.debits_posted,
+            credits_pending: a.credits_pending,
+            credits_posted: a.credits_posted,
+            user_data_128: a.user_data_128,
+            user_data_64: a.user_data_64,
+            user_data_32: a.user_data_32,
+            ledger: a.ledger,
+            code: a.code,
+            flags: AccountFlagName::from_flags(a.flags),
+            timestamp: a.timestamp,
+        }
+    }
+}
+
+/// A transfer, as sent to `POST /v1/transfers` and returned by the lookups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferJson {
+    #[serde(with = "u128_text")]
+    pub id: u128,
+    #[serde(default, with = "u128_text")]
+    pub debit_account_id: u128,
+    #[serde(default, with = "u128_text")]
+    pub credit_account_id: u128,
+    #[serde(default, with = "u128_text")]
+    pub amount: u128,
+    #[serde(default, with = "u128_text")]
+    pub pending_id: u128,
+    #[serde(default, with = "u128_text")]
+    pub user_data_128: u128,
+    #[serde(default, with = "u64_text")]
+    pub user_data_64: u64,
+    #[serde(default)]
+    pub user_data_32: u32,
+    #[serde(default)]
+    pub timeout: u32,
+    #[serde(default)]
+    pub ledger: u32,
+    #[serde(default)]
+    pub code: u16,
+    #[serde(default)]
+    pub flags: Vec<TransferFlagName>,
+    #[serde(default, with = "u64_text")]
+    pub timestamp: u64,
+}
+
+impl From<&TransferJson> for Transfer {
+    fn from(t: &TransferJson) -> Transfer {
+        Transfer {
+            id: t.id,
+            debit_account_id: t.debit_account_id,
+            credit_account_id: t.credit_account_id,
+            amount: t.amount,
+            pending_id: t.pending_id,
+            user_data_128: t.user_data_128,
+            user_data_64: t.user_data_64,
+            user_data_32: t.user_data_32,
+            timeout: t.timeout,
+            ledger: t.ledger,
+            code: t.code,
+            flags: TransferFlagName::to_flags(&t.flags),
+            timestamp: t.timestamp,
+        }
+    }
+}
+
+impl From<&Transfer> for TransferJson {
+    fn from(t: &Transfer) -> TransferJson {
+        TransferJson {
+            id: t.id,
+            debit_account_id: t.debit_account_id,
+            credit_account_id: t.credit_account_id,
+            amount: t.amount,
+            pending_id: t.pending_id,
+            user_data_128: t.user_data_128,
+            user_data_64: t.user_data_64,
+            user_data_32: t.user_data_32,
+            timeout: t.timeout,
+            ledger: t.ledger,
+            code: t.code,
+            flags: TransferFlagName::from_flags(t.flags),
+            timestamp: t.timestamp,
+        }
+    }
+}
+
+/// One event's result in a create response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultJson {
+    pub index: usize,
+    #[serde(with = "u128_text")]
+    pub id: u128,
+    pub result: String,
+    #[serde(with = "u64_text")]
+    pub timestamp: u64,
+}
+
+/// The body of a create response: one result per event, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultsJson {
+    pub results: Vec<ResultJson>,
+}
+
+impl ResultsJson {
+    pub fn accounts(ids: &[u128], results: &[EventResult<CreateAccountResult>]) -> ResultsJson {
+        Self::build(
+            ids,
+            results.iter().map(|r| (r.result.as_str(), r.timestamp)),
+        )
+    }
+
+    pub fn transfers(ids: &[u128], results: &[EventResult<CreateTransferResult>]) -> ResultsJson {
+        Self::build(
+            ids,
+            results.iter().map(|r| (r.result.as_str(), r.timestamp)),
+        )
+    }
+
+    fn build<'a>(ids: &[u128], results: impl Iterator<Item = (&'a str, u64)>) -> ResultsJson {
+        ResultsJson {
+            results: ids
+                .iter()
+                .zip(results)
+                .enumerate()
+                .map(|(index, (id, (result, timestamp)))| ResultJson {
+                    index,
+                    id: *id,
+                    result: result.to_string(),
+                    timestamp,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A balance row of `GET /v1/accounts/{id}/balances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceJson {
+    #[serde(with = "u128_text")]
+    pub debits_pending: u128,
+    #[serde(with = "u128_text")]
+    pub debits_posted: u128,
+    #[serde(with = "u128_text")]
+    pub credits_pending: u128,
+    #[serde(with = "u128_text")]
+    pub credits_posted: u128,
+    #[serde(with = "u64_text")]
+    pub timestamp: u64,
+}
+
+impl From<&AccountBalance> for BalanceJson {
+    fn from(b: &AccountBalance) -> BalanceJson {
+        BalanceJson {
+            debits_pending: b.debits_pending,
+            debits_posted: b.debits_posted,
+            credits_pending: b.credits_pending,
+            credits_posted: b.credits_posted,
+            timestamp: b.timestamp,
+        }
+    }
+}
+
+/// The body of `POST /v1/accounts/lookup` and `POST /v1/transfers/lookup`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupJson {
+    pub ids: Vec<IdJson>,
+}
+
+/// An id inside a lookup body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct IdJson(#[serde(with = "u128_text")] pub u128);
+
+/// Every error answer: what is wrong and, where it applies, which field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorJson {
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+    /// True when the same request may simply be sent again later.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub retryable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<TransferJson, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn big_numbers_are_accepted_as_strings_or_integers_and_emitted_as_strings() {
+        let max = u128::MAX.to_string();
+        let t = parse(&format!(
+            r#"{{"id":"{max}","amount":{max},"flags":["linked","pending"]}}"#
+        ))
+        .unwrap();
+        assert_eq!((t.id, t.amount), (u128::MAX, u128::MAX));
+        assert_eq!(
+            Transfer::from(&t).flags,
+            TransferFlags::LINKED | TransferFlags::PENDING
+        );
+        let out = serde_json::to_value(&t).unwrap();
+        assert_eq!(out["amount"], serde_json::Value::String(max));
+        assert_eq!(out["flags"], serde_json::json!(["linked", "pending"]));
+    }
+
+    #[test]
+    fn negative_fractional_overflowing_and_unknown_values_are_refused_with_a_reason() {
+        assert!(parse(r#"{"id":-1}"#).unwrap_err().contains("negative"));
+        assert!(
+            parse(r#"{"id":1.5}"#)
+                .unwrap_err()
+                .contains("not an unsigned integer")
+        );
+        let too_big = format!("{}0", u128::MAX);
+        assert!(
+            parse(&format!(r#"{{"id":"{too_big}"}}"#))
+                .unwrap_err()
+                .contains("does not fit in 128 bits")
+        );
+        assert!(
+            parse(r#"{"id":1,"user_data_64":"18446744073709551616"}"#)
+                .unwrap_err()
+                .contains("64 bits")
+        );
+        assert!(
+            parse(r#"{"id":1,"flags":["pendng"]}"#)
+                .unwrap_err()
+                .contains("unknown variant `pendng`")
+        );
+        assert!(
+            parse(r#"{"id":1,"amout":5}"#)
+                .unwrap_err()
+                .contains("unknown field `amout`")
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Wire types: the gRPC protocol (generated from `proto/fincore/v1/ledger.proto`) and the
+//! HTTP/JSON types, with conversions to and from `ledger` types.
+//!
+//! Owns the wire formats and their validation (a malformed field is an error naming it); must
+//! not contain server logic.
+
+pub mod convert;
+pub mod json;
+
+/// Generated protobuf types and the `Ledger` gRPC service.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("fincore.v1");
+}
