@@ -56,7 +56,7 @@ fn check_batch_len(len: usize, field: &str) -> Result<(), WireError> {
 
 /// Splits a packed batch into fixed-size records.
 fn unpack<T>(packed: &[u8], size: usize, decode: fn(&[u8]) -> T) -> Result<Vec<T>, WireError> {
-    if packed.len() % size != 0 {
+    if !packed.len().is_multiple_of(size) {
         return Err(WireError::new(
             "packed",
             format!(
