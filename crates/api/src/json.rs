@@ -331,6 +331,24 @@ impl From<&AccountBalance> for BalanceJson {
     }
 }
 
+/// `{"accounts": [...]}`: lookups of accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountsJson {
+    pub accounts: Vec<AccountJson>,
+}
+
+/// `{"transfers": [...]}`: lookups of transfers and an account's transfers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransfersJson {
+    pub transfers: Vec<TransferJson>,
+}
+
+/// `{"balances": [...]}`: an account's balance history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancesJson {
+    pub balances: Vec<BalanceJson>,
+}
+
 /// The body of `POST /v1/accounts/lookup` and `POST /v1/transfers/lookup`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

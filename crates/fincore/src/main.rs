@@ -4,6 +4,7 @@
 //! lives in its own module; the work itself is done by the library crates.
 
 mod bench;
+mod serve;
 mod verify;
 
 use std::process::ExitCode;
@@ -23,6 +24,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one ledger node (gRPC and HTTP/JSON) on a data directory.
+    Serve(serve::ServeArgs),
+    /// Run the embedded single-node ledger for development (data in ./fincore-data).
+    Dev(serve::DevArgs),
     /// Check every checksum and the whole hash chain of a data directory, replay it from
     /// genesis and compare with the latest checkpoint.
     Verify(verify::VerifyArgs),
@@ -33,6 +38,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Serve(args) => serve::serve(&args),
+        Command::Dev(args) => serve::dev(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Bench(args) => bench::run(&args),
     };

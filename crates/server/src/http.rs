@@ -1,0 +1,489 @@
+//! The HTTP/JSON front end (axum), for people and scripts, plus `/healthz`, `/metrics` and
+//! `/openapi.json`.
+//!
+//! Every error is JSON `{"error": "...", "field": "..."}` with a 4xx status for bad input
+//! (nothing changed) and 503 with `"retryable": true` and `Retry-After` when the node is busy or
+//! unavailable.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use api::json::{
+    AccountJson, AccountsJson, BalancesJson, ErrorJson, LookupJson, ResultsJson, TransferJson,
+    TransfersJson,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
+use serde::de::DeserializeOwned;
+
+use crate::pipeline::{Command, Pipeline, PipelineError, Reply};
+
+/// Largest request body accepted (a full batch of JSON transfers is about 3 MiB).
+pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
+/// Rows returned by the history queries when `limit` is not given.
+const QUERY_LIMIT_DEFAULT: u32 = 100;
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorJson,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorJson {
+                error: error.into(),
+                field,
+                retryable: false,
+            },
+        }
+    }
+
+    fn bad_request(field: impl Into<String>, error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error, Some(field.into()))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::SERVICE_UNAVAILABLE if self.body.error.contains("busy") => "busy",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "invalid",
+        }
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(error: PipelineError) -> ApiError {
+        match error {
+            PipelineError::Invalid { field, reason } => ApiError::bad_request(field, reason),
+            PipelineError::Busy | PipelineError::Unavailable(_) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: ErrorJson {
+                    error: error.to_string(),
+                    field: None,
+                    retryable: true,
+                },
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let retry = self.body.retryable;
+        let mut response = (self.status, Json(self.body)).into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn observed(
+    pipeline: &Pipeline,
+    operation: &'static str,
+    work: impl Future<Output = ApiResult>,
+) -> Response {
+    let started = Instant::now();
+    let outcome = work.await;
+    let error = outcome.as_ref().err().map(ApiError::kind);
+    pipeline
+        .metrics()
+        .request("http", operation, started.elapsed(), error);
+    outcome.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Reads a JSON body: checks the content type and size, and names the field of any error.
+async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "the body must be JSON with Content-Type: application/json (got {content_type:?})"
+            ),
+            None,
+        ));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, HTTP_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body exceeds {HTTP_BODY_BYTES_MAX} bytes"),
+                None,
+            )
+        })?;
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        ApiError::new(StatusCode::BAD_REQUEST, error.inner().to_string(), field)
+    })?;
+    deserializer.end().map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("trailing characters after the JSON value: {error}"),
+            None,
+        )
+    })?;
+    Ok(value)
+}
+
+fn check_batch(len: usize) -> Result<(), ApiError> {
+    if len > BATCH_EVENTS_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the batch has {len} events; the limit is {BATCH_EVENTS_MAX}"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
+    text.parse::<u128>().map_err(|_| {
+        ApiError::bad_request(
+            field,
+            format!("{text:?} is not an unsigned 128-bit decimal integer"),
+        )
+    })
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected reply from the pipeline: {reply:?}"),
+        None,
+    )
+}
+
+pub fn router(pipeline: Pipeline) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(create_accounts))
+        .route("/v1/transfers", post(create_transfers))
+        .route("/v1/accounts/lookup", post(lookup_accounts))
+        .route("/v1/transfers/lookup", post(lookup_transfers))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/transfers/{id}", get(get_transfer))
+        .route("/v1/accounts/{id}/transfers", get(account_transfers))
+        .route("/v1/accounts/{id}/balances", get(account_balances))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(pipeline)
+}
+
+async fn create_accounts(
+    State(pipeline): State<Pipeline>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    observed(&pipeline, "create_accounts", async {
+        let events: Vec<AccountJson> = json_body(&headers, body).await?;
+        check_batch(events.len())?;
+        let ids: Vec<u128> = events.iter().map(|a| a.id).collect();
+        match pipeline
+            .submit(Command::CreateAccounts(
+                events.iter().map(Into::into).collect(),
+            ))
+            .await?
+        {
+            Reply::CreateAccounts(results) => {
+                Ok(Json(ResultsJson::accounts(&ids, &results)).into_response())
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+async fn create_transfers(
+    State(pipeline): State<Pipeline>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    observed(&pipeline, "create_transfers", async {
+        let events: Vec<TransferJson> = json_body(&headers, body).await?;
+        check_batch(events.len())?;
+        let ids: Vec<u128> = events.iter().map(|t| t.id).collect();
+        match pipeline
+            .submit(Command::CreateTransfers(
+                events.iter().map(Into::into).collect(),
+            ))
+            .await?
+        {
+            Reply::CreateTransfers(results) => {
+                Ok(Json(ResultsJson::transfers(&ids, &results)).into_response())
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+async fn lookup_accounts(
+    State(pipeline): State<Pipeline>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    observed(&pipeline, "lookup_accounts", async {
+        let lookup: LookupJson = json_body(&headers, body).await?;
+        check_batch(lookup.ids.len())?;
+        match pipeline
+            .submit(Command::LookupAccounts(
+                lookup.ids.iter().map(|id| id.0).collect(),
+            ))
+            .await?
+        {
+            Reply::Accounts(accounts) => Ok(Json(AccountsJson {
+                accounts: accounts.iter().map(Into::into).collect(),
+            })
+            .into_response()),
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+async fn lookup_transfers(
+    State(pipeline): State<Pipeline>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    observed(&pipeline, "lookup_transfers", async {
+        let lookup: LookupJson = json_body(&headers, body).await?;
+        check_batch(lookup.ids.len())?;
+        match pipeline
+            .submit(Command::LookupTransfers(
+                lookup.ids.iter().map(|id| id.0).collect(),
+            ))
+            .await?
+        {
+            Reply::Transfers(transfers) => Ok(Json(TransfersJson {
+                transfers: transfers.iter().map(Into::into).collect(),
+            })
+            .into_response()),
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
+    observed(&pipeline, "lookup_accounts", async {
+        let id = parse_id(&id, "id")?;
+        match pipeline.submit(Command::LookupAccounts(vec![id])).await? {
+            Reply::Accounts(accounts) => match accounts.first() {
+                Some(account) => Ok(Json(AccountJson::from(account)).into_response()),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("account {id} does not exist"),
+                    Some("id".into()),
+                )),
+            },
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
+    observed(&pipeline, "lookup_transfers", async {
+        let id = parse_id(&id, "id")?;
+        match pipeline.submit(Command::LookupTransfers(vec![id])).await? {
+            Reply::Transfers(transfers) => match transfers.first() {
+                Some(transfer) => Ok(Json(TransferJson::from(transfer)).into_response()),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("transfer {id} does not exist"),
+                    Some("id".into()),
+                )),
+            },
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+/// Builds a filter from the path id and query parameters; unknown parameters are refused.
+fn filter_from_query(
+    id: &str,
+    params: &HashMap<String, String>,
+) -> Result<AccountFilter, ApiError> {
+    const KNOWN: [&str; 10] = [
+        "limit",
+        "timestamp_min",
+        "timestamp_max",
+        "debits",
+        "credits",
+        "reversed",
+        "user_data_128",
+        "user_data_64",
+        "user_data_32",
+        "code",
+    ];
+    if let Some(unknown) = params.keys().find(|key| !KNOWN.contains(&key.as_str())) {
+        return Err(ApiError::bad_request(
+            unknown.clone(),
+            format!(
+                "unknown query parameter; known ones are {}",
+                KNOWN.join(", ")
+            ),
+        ));
+    }
+    fn number<T: std::str::FromStr>(
+        params: &HashMap<String, String>,
+        name: &str,
+        default: T,
+    ) -> Result<T, ApiError> {
+        match params.get(name) {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|_| {
+                ApiError::bad_request(
+                    name,
+                    format!("{text:?} is not a valid unsigned integer for {name}"),
+                )
+            }),
+        }
+    }
+    fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
+        match params.get(name).map(String::as_str) {
+            None => Ok(default),
+            Some("true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(other) => Err(ApiError::bad_request(
+                name,
+                format!("{other:?} is not a boolean (true or false)"),
+            )),
+        }
+    }
+    let limit: u32 = number(params, "limit", QUERY_LIMIT_DEFAULT)?;
+    if limit == 0 || limit as usize > BATCH_EVENTS_MAX {
+        return Err(ApiError::bad_request(
+            "limit",
+            format!("must be between 1 and {BATCH_EVENTS_MAX}"),
+        ));
+    }
+    let mut flags = AccountFilterFlags::empty();
+    flags.set(AccountFilterFlags::DEBITS, flag(params, "debits", true)?);
+    flags.set(AccountFilterFlags::CREDITS, flag(params, "credits", true)?);
+    flags.set(
+        AccountFilterFlags::REVERSED,
+        flag(params, "reversed", false)?,
+    );
+    let filter = AccountFilter {
+        account_id: parse_id(id, "id")?,
+        user_data_128: number(params, "user_data_128", 0)?,
+        user_data_64: number(params, "user_data_64", 0)?,
+        user_data_32: number(params, "user_data_32", 0)?,
+        code: number(params, "code", 0)?,
+        timestamp_min: number(params, "timestamp_min", 0)?,
+        timestamp_max: number(params, "timestamp_max", 0)?,
+        limit,
+        flags,
+    };
+    filter
+        .validate()
+        .map_err(|ledger::QueryError::InvalidFilter { field, reason }| {
+            ApiError::bad_request(field, reason)
+        })?;
+    Ok(filter)
+}
+
+async fn account_transfers(
+    State(pipeline): State<Pipeline>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    observed(&pipeline, "get_account_transfers", async {
+        let filter = filter_from_query(&id, &params)?;
+        match pipeline
+            .submit(Command::GetAccountTransfers(filter))
+            .await?
+        {
+            Reply::Transfers(transfers) => Ok(Json(TransfersJson {
+                transfers: transfers.iter().map(Into::into).collect(),
+            })
+            .into_response()),
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+async fn account_balances(
+    State(pipeline): State<Pipeline>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    observed(&pipeline, "get_account_balances", async {
+        let filter = filter_from_query(&id, &params)?;
+        match pipeline.submit(Command::GetAccountBalances(filter)).await? {
+            Reply::Balances(balances) => Ok(Json(BalancesJson {
+                balances: balances.iter().map(Into::into).collect(),
+            })
+            .into_response()),
+            other => Err(unexpected(other)),
+        }
+    })
+    .await
+}
+
+async fn healthz(State(pipeline): State<Pipeline>) -> Response {
+    if pipeline.has_failed() {
+        let body = serde_json::json!({ "status": "failed", "error": "a storage failure stopped the node; restart it" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else {
+        Json(serde_json::json!({ "status": "ok" })).into_response()
+    }
+}
+
+async fn metrics(State(pipeline): State<Pipeline>) -> Response {
+    (
+        [(header::CONTENT_TYPE, telemetry::METRICS_CONTENT_TYPE)],
+        pipeline.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route; see /openapi.json",
+        None,
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route; see /openapi.json",
+        None,
+    )
+}

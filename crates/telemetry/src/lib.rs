@@ -1,0 +1,220 @@
+//! Telemetry: the metrics a node exports and the process's log setup.
+//!
+//! Owns metric names, labels and buckets (one [`Metrics`] per node, no global registry, so
+//! several nodes can live in one test process) and their text exposition for `GET /metrics`.
+//! Per operation it exports a request counter, an error counter by kind and a latency
+//! histogram, from which qps, p99 and error rate follow; plus queue depths, batch sizes and
+//! journal sync latency. Must not know about the ledger's types.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    operation: &'static str,
+    protocol: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// All metrics of one node.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OperationLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    queue_depth: Family<QueueLabels, Gauge>,
+    batch_events: Histogram,
+    batches: Counter,
+    journal_sync_seconds: Histogram,
+    journal_records: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("fincore");
+        let requests = Family::<OperationLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let latency = Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        let batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        let batches = Counter::default();
+        let journal_sync_seconds = latency_histogram();
+        let journal_records = Counter::default();
+        registry.register(
+            "requests",
+            "Requests received, by operation and protocol",
+            requests.clone(),
+        );
+        registry.register(
+            "request_errors",
+            "Requests answered with an error, by operation, protocol and kind (invalid, busy, unavailable, not_found)",
+            errors.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to answering it",
+            latency.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests or batches waiting in a pipeline queue",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "batch_events",
+            "Events per sealed batch",
+            batch_events.clone(),
+        );
+        registry.register("batches", "Batches sealed and applied", batches.clone());
+        registry.register(
+            "journal_sync_seconds",
+            "Duration of each journal fdatasync (one per group)",
+            journal_sync_seconds.clone(),
+        );
+        registry.register(
+            "journal_records",
+            "Journal records made durable",
+            journal_records.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            errors,
+            latency,
+            queue_depth,
+            batch_events,
+            batches,
+            journal_sync_seconds,
+            journal_records,
+        })
+    }
+
+    /// Counts one request and its latency; `error` is the kind of error it was answered with.
+    pub fn request(
+        &self,
+        protocol: &'static str,
+        operation: &'static str,
+        elapsed: Duration,
+        error: Option<&'static str>,
+    ) {
+        let labels = OperationLabels {
+            operation,
+            protocol,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    operation,
+                    protocol,
+                    kind,
+                })
+                .inc();
+        }
+    }
+
+    pub fn queue_depth(&self, queue: &'static str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&QueueLabels { queue })
+            .set(depth as i64);
+    }
+
+    pub fn batch(&self, events: usize) {
+        self.batches.inc();
+        self.batch_events.observe(events as f64);
+    }
+
+    pub fn journal_sync(&self, elapsed: Duration, records: u64) {
+        self.journal_sync_seconds.observe(elapsed.as_secs_f64());
+        self.journal_records.inc_by(records);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`). Safe to call twice.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_metrics_carry_rate_latency_and_errors_per_operation() {
+        let metrics = Metrics::new();
+        metrics.request("grpc", "create_transfers", Duration::from_millis(3), None);
+        metrics.request(
+            "grpc",
+            "create_transfers",
+            Duration::from_millis(5),
+            Some("busy"),
+        );
+        metrics.queue_depth("pipeline", 7);
+        metrics.batch(8189);
+        metrics.journal_sync(Duration::from_micros(700), 2);
+        let text = metrics.render();
+        for expected in [
+            r#"fincore_requests_total{operation="create_transfers",protocol="grpc"} 2"#,
+            r#"fincore_request_errors_total{operation="create_transfers",protocol="grpc",kind="busy"} 1"#,
+            r#"fincore_request_duration_seconds_count{operation="create_transfers",protocol="grpc"} 2"#,
+            r#"fincore_queue_depth{queue="pipeline"} 7"#,
+            "fincore_batch_events_count 1",
+            "fincore_journal_sync_seconds_count 1",
+            "fincore_journal_records_total 2",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+}
