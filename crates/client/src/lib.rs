@@ -1,0 +1,376 @@
+//! The Rust client of a fincore node (gRPC).
+//!
+//! - Typed: ledger types in, per-event result codes out.
+//! - Safe to retry: a request that failed transiently (node busy, unavailable, connection
+//!   lost, timed out) is sent again with the *same* events; ids make that idempotent, and an
+//!   event that did land the first time answers `exists`.
+//! - Batching: [`Client::create_transfer`] calls from many tasks are coalesced into batches of
+//!   up to 8,189 events; [`Client::create_transfers`] sends large slices packed (128 bytes an
+//!   event) and splits them into full batches.
+//!
+//! A linked chain must be sent whole through `create_transfers`: single events are batched with
+//! strangers' events, so they may not carry the `linked` flag.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::convert;
+use api::proto::{self, ledger_client::LedgerClient};
+use ledger::{
+    Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, CreateAccountResult,
+    CreateTransferResult, EventResult, Transfer, TransferFlags,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Largest gRPC message sent or accepted.
+const MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// Single transfers waiting to be batched.
+const PENDING_SINGLES_MAX: usize = 4 * BATCH_EVENTS_MAX;
+/// Batches of single transfers in flight at once.
+const SINGLE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+
+/// How hard the client tries.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Give up after this many attempts of one request.
+    pub attempts_max: u32,
+    /// Give up once this much time has passed since the first attempt.
+    pub elapsed_max: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Each attempt is abandoned (and retried) after this long.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts_max: 50,
+            elapsed_max: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(500),
+            attempt_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a request did not get an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The request is malformed: sending it again will not help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Every attempt failed transiently. The request may or may not have been applied;
+    /// sending it again with the same ids is safe.
+    #[error("no answer after {attempts} attempts over {elapsed:?}; last error: {last}")]
+    GaveUp {
+        attempts: u32,
+        elapsed: Duration,
+        last: String,
+    },
+    /// The node answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::ResourceExhausted
+            | Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Unknown
+    )
+}
+
+type SingleReply = oneshot::Sender<Result<EventResult<CreateTransferResult>, ClientError>>;
+
+/// A connection to a fincore node. Cheap to clone; clones share the connection and batcher.
+#[derive(Clone)]
+pub struct Client {
+    inner: LedgerClient<Channel>,
+    policy: Arc<RetryPolicy>,
+    singles: mpsc::Sender<(Transfer, SingleReply)>,
+}
+
+impl Client {
+    /// A client of the node at `addr` (`http://host:port`). Connects lazily and reconnects by
+    /// itself, so it survives node restarts.
+    pub fn connect(addr: &str, policy: RetryPolicy) -> Result<Client, ClientError> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2));
+        let inner = LedgerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let (singles, queue) = mpsc::channel(PENDING_SINGLES_MAX);
+        let client = Client {
+            inner,
+            policy: Arc::new(policy),
+            singles,
+        };
+        tokio::spawn(batch_singles(client.clone(), queue));
+        Ok(client)
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the retry policy runs out.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(LedgerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = self.policy.backoff_initial;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let outcome =
+                match tokio::time::timeout(self.policy.attempt_timeout, call(self.inner.clone()))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Status::deadline_exceeded("attempt timed out")),
+                };
+            let status = match outcome {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if !transient(&status) => {
+                    return Err(ClientError::Invalid(status.message().to_string()));
+                }
+                Err(status) => status,
+            };
+            let elapsed = started.elapsed();
+            if attempts >= self.policy.attempts_max || elapsed + backoff > self.policy.elapsed_max {
+                return Err(ClientError::GaveUp {
+                    attempts,
+                    elapsed,
+                    last: format!("{:?}: {}", status.code(), status.message()),
+                });
+            }
+            tracing::debug!(attempts, code = ?status.code(), "retrying with the same events");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.policy.backoff_max);
+        }
+    }
+
+    /// Creates accounts; one result per account, in order. More than one batch is split.
+    pub async fn create_accounts(
+        &self,
+        accounts: &[Account],
+    ) -> Result<Vec<EventResult<CreateAccountResult>>, ClientError> {
+        let mut out = Vec::with_capacity(accounts.len());
+        for chunk in accounts.chunks(BATCH_EVENTS_MAX) {
+            let packed = bytes_of(convert::pack_accounts(chunk));
+            let response = self
+                .retrying(|mut inner| {
+                    let request = proto::CreateAccountsRequest {
+                        accounts: vec![],
+                        packed: packed.clone(),
+                    };
+                    async move { inner.create_accounts(request).await }
+                })
+                .await?;
+            out.extend(decode_results(
+                &response,
+                chunk.len(),
+                CreateAccountResult::from_code,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Creates transfers; one result per transfer, in order. A slice longer than one batch is
+    /// split into batches (a linked chain must not straddle 8,189-event boundaries).
+    pub async fn create_transfers(
+        &self,
+        transfers: &[Transfer],
+    ) -> Result<Vec<EventResult<CreateTransferResult>>, ClientError> {
+        let mut out = Vec::with_capacity(transfers.len());
+        for chunk in transfers.chunks(BATCH_EVENTS_MAX) {
+            let packed = bytes_of(convert::pack_transfers(chunk));
+            let response = self
+                .retrying(|mut inner| {
+                    let request = proto::CreateTransfersRequest {
+                        transfers: vec![],
+                        packed: packed.clone(),
+                    };
+                    async move { inner.create_transfers(request).await }
+                })
+                .await?;
+            out.extend(decode_results(
+                &response,
+                chunk.len(),
+                CreateTransferResult::from_code,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Creates one transfer, batched together with other tasks' single transfers.
+    pub async fn create_transfer(
+        &self,
+        transfer: Transfer,
+    ) -> Result<EventResult<CreateTransferResult>, ClientError> {
+        if transfer.flags.contains(TransferFlags::LINKED) {
+            return Err(ClientError::Invalid(
+                "flags: a single transfer cannot be linked; send the whole chain with create_transfers".into(),
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.singles
+            .send((transfer, reply))
+            .await
+            .map_err(|_| ClientError::Protocol("the batching task stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ClientError::Protocol("the batching task stopped".into()))?
+    }
+
+    pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Account>, ClientError> {
+        let request = proto::LookupRequest {
+            ids: ids
+                .iter()
+                .map(|id| convert::u128_to(*id).expect("some"))
+                .collect(),
+        };
+        let response = self.retrying(|mut inner| {
+            let request = request.clone();
+            async move { inner.lookup_accounts(request).await }
+        });
+        let response = response.await?;
+        response
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(at, a)| {
+                convert::account_from(a, at).map_err(|e| ClientError::Protocol(e.to_string()))
+            })
+            .collect()
+    }
+
+    pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Transfer>, ClientError> {
+        let request = proto::LookupRequest {
+            ids: ids
+                .iter()
+                .map(|id| convert::u128_to(*id).expect("some"))
+                .collect(),
+        };
+        let response = self
+            .retrying(|mut inner| {
+                let request = request.clone();
+                async move { inner.lookup_transfers(request).await }
+            })
+            .await?;
+        transfers_from(&response.transfers)
+    }
+
+    pub async fn get_account_transfers(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<Transfer>, ClientError> {
+        let request = convert::filter_to(filter);
+        let response = self
+            .retrying(|mut inner| {
+                let request = request;
+                async move { inner.get_account_transfers(request).await }
+            })
+            .await?;
+        transfers_from(&response.transfers)
+    }
+
+    pub async fn get_account_balances(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<AccountBalance>, ClientError> {
+        let request = convert::filter_to(filter);
+        let response = self
+            .retrying(|mut inner| {
+                let request = request;
+                async move { inner.get_account_balances(request).await }
+            })
+            .await?;
+        Ok(response
+            .balances
+            .iter()
+            .map(convert::balance_from)
+            .collect())
+    }
+}
+
+fn bytes_of(packed: Vec<u8>) -> tonic::codegen::Bytes {
+    tonic::codegen::Bytes::from(packed)
+}
+
+fn transfers_from(transfers: &[proto::Transfer]) -> Result<Vec<Transfer>, ClientError> {
+    transfers
+        .iter()
+        .enumerate()
+        .map(|(at, t)| {
+            convert::transfer_from(t, at).map_err(|e| ClientError::Protocol(e.to_string()))
+        })
+        .collect()
+}
+
+fn decode_results<R>(
+    response: &proto::CreateResponse,
+    expected: usize,
+    from_code: fn(u32) -> Option<R>,
+) -> Result<Vec<EventResult<R>>, ClientError> {
+    if response.results.len() != expected || response.timestamps.len() != expected {
+        return Err(ClientError::Protocol(format!(
+            "{} results and {} timestamps for {expected} events",
+            response.results.len(),
+            response.timestamps.len()
+        )));
+    }
+    response
+        .results
+        .iter()
+        .zip(&response.timestamps)
+        .map(|(&code, &timestamp)| {
+            let result = from_code(code)
+                .ok_or_else(|| ClientError::Protocol(format!("unknown result code {code}")))?;
+            Ok(EventResult { result, timestamp })
+        })
+        .collect()
+}
+
+/// Coalesces single transfers into batches and answers each caller.
+async fn batch_singles(client: Client, mut queue: mpsc::Receiver<(Transfer, SingleReply)>) {
+    let in_flight = Arc::new(Semaphore::new(SINGLE_BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = queue.recv().await {
+        let permit = Arc::clone(&in_flight)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        // Take whatever else queued up meanwhile, up to one batch.
+        let mut group = vec![first];
+        while group.len() < BATCH_EVENTS_MAX {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let client = client.clone();
+        tokio::spawn(async move {
+            let transfers: Vec<Transfer> = group.iter().map(|(t, _)| *t).collect();
+            match client.create_transfers(&transfers).await {
+                Ok(results) => {
+                    for ((_, reply), result) in group.into_iter().zip(results) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Err(error) => {
+                    for (_, reply) in group {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}

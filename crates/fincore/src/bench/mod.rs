@@ -1,0 +1,259 @@
+//! `fincore bench`: TigerBeetle's benchmark workload, against the in-process engine
+//! (`--embedded`) or a node over gRPC (its own, or `--addr`).
+//!
+//! Workload (TigerBeetle's `tigerbeetle benchmark` defaults): 10,000 accounts with `history`,
+//! then transfers with ids 1..N, debit and credit accounts drawn (distinct) uniformly or by a
+//! Zipf law over all accounts, amount = floor(Exp(mean 10,000)) + 1, ledger 2, batches of
+//! 8,189, one batch in flight per client. The journal syncs for real; the time to build each
+//! batch counts against throughput, as it would for a client.
+
+mod embedded;
+mod network;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ledger::BATCH_EVENTS_MAX;
+use serde::Serialize;
+
+pub use workload::{AccountDistribution, IdOrder};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Run the engine in this process (journal with real fsync, no network).
+    #[arg(long)]
+    embedded: bool,
+    /// Benchmark a running node at this gRPC address instead of starting one.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "embedded")]
+    addr: Option<String>,
+    /// Concurrent clients, each with one batch in flight (network mode).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    clients: u64,
+    /// Number of accounts.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..=100_000_000))]
+    accounts: u64,
+    /// Number of transfers.
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=4_000_000_000))]
+    transfers: u64,
+    /// Events per batch.
+    #[arg(long, default_value_t = BATCH_EVENTS_MAX as u64, value_parser = clap::value_parser!(u64).range(1..=BATCH_EVENTS_MAX as u64))]
+    batch: u64,
+    /// How debit and credit accounts are drawn.
+    #[arg(long, value_enum, default_value_t = AccountDistribution::Uniform)]
+    distribution: AccountDistribution,
+    /// Transfer ids 1..N in order, or random 128-bit ids.
+    #[arg(long, value_enum, default_value_t = IdOrder::Sequential)]
+    id_order: IdOrder,
+    /// Data directory to use (must be empty or absent; kept afterwards). Default: a
+    /// temporary directory, removed afterwards.
+    #[arg(long, value_name = "DIR", conflicts_with = "addr")]
+    data_dir: Option<PathBuf>,
+    /// Seed of the workload generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Embedded mode: afterwards, measure restarts (a crash replaying the whole journal, then
+    /// writing a checkpoint, then a restart from it).
+    #[arg(long, requires = "embedded")]
+    restart: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatencyMs {
+    pub p1: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p100: f64,
+}
+
+impl LatencyMs {
+    fn of(mut latencies: Vec<Duration>) -> LatencyMs {
+        latencies.sort_unstable();
+        let at = |fraction: f64| {
+            if latencies.is_empty() {
+                return 0.0;
+            }
+            let index = ((latencies.len() - 1) as f64 * fraction).round() as usize;
+            latencies[index].as_secs_f64() * 1e3
+        };
+        LatencyMs {
+            p1: at(0.01),
+            p50: at(0.50),
+            p99: at(0.99),
+            p100: at(1.0),
+        }
+    }
+}
+
+/// Seconds spent on the restart measurements of `--restart`.
+#[derive(Debug, Serialize)]
+pub struct RestartReport {
+    pub replay_records: u64,
+    pub replay_seconds: f64,
+    pub checkpoint_seconds: f64,
+    pub checkpoint_bytes: u64,
+    pub from_checkpoint_seconds: f64,
+}
+
+/// What the transfer phase measured.
+#[derive(Debug)]
+pub struct Measured {
+    pub seconds: f64,
+    pub latencies: Vec<Duration>,
+    pub transfers_failed: u64,
+    pub peak_rss_bytes: u64,
+    pub journal: Option<JournalFigures>,
+    pub restart: Option<RestartReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JournalFigures {
+    pub syncs: u64,
+    pub sync_ms_mean: f64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: &'static str,
+    clients: u64,
+    accounts: u64,
+    transfers: u64,
+    batch: u64,
+    distribution: AccountDistribution,
+    id_order: IdOrder,
+    seed: u64,
+    transfers_per_second: f64,
+    seconds: f64,
+    batch_latency_ms: LatencyMs,
+    transfers_failed: u64,
+    /// Of this process (embedded) or of the node (network, when it was started here).
+    peak_rss_bytes: u64,
+    journal: Option<JournalFigures>,
+    restart: Option<RestartReport>,
+}
+
+/// Peak resident set size of a process (Linux `VmHWM`), 0 if unknown.
+pub fn peak_rss_bytes(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let (mode, measured) = if args.embedded {
+        ("embedded", embedded::run(args)?)
+    } else {
+        ("network", network::run(args)?)
+    };
+    let report = Report {
+        mode,
+        clients: if args.embedded { 1 } else { args.clients },
+        accounts: args.accounts,
+        transfers: args.transfers,
+        batch: args.batch,
+        distribution: args.distribution,
+        id_order: args.id_order,
+        seed: args.seed,
+        transfers_per_second: args.transfers as f64 / measured.seconds,
+        seconds: measured.seconds,
+        batch_latency_ms: LatencyMs::of(measured.latencies),
+        transfers_failed: measured.transfers_failed,
+        peak_rss_bytes: measured.peak_rss_bytes,
+        journal: measured.journal,
+        restart: measured.restart,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let l = &report.batch_latency_ms;
+        println!("fincore bench ({mode}, real fsync)");
+        println!(
+            "  workload      {} accounts, {} transfers, batch {}, {:?}, {:?} ids, seed {}, {} client(s)",
+            report.accounts,
+            report.transfers,
+            report.batch,
+            report.distribution,
+            report.id_order,
+            report.seed,
+            report.clients
+        );
+        println!(
+            "  throughput    {:.0} transfers/s over {:.2} s",
+            report.transfers_per_second, report.seconds
+        );
+        println!(
+            "  batch latency p1 {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, p100 {:.2} ms",
+            l.p1, l.p50, l.p99, l.p100
+        );
+        if let Some(j) = &report.journal {
+            println!(
+                "  journal       {} syncs, mean {:.2} ms, {} MiB",
+                j.syncs,
+                j.sync_ms_mean,
+                j.bytes >> 20
+            );
+        }
+        println!("  peak RSS      {} MiB", report.peak_rss_bytes >> 20);
+        println!("  failed        {} transfers", report.transfers_failed);
+        if let Some(r) = &report.restart {
+            println!(
+                "  restart       after a crash: {:.2} s replaying {} records",
+                r.replay_seconds, r.replay_records
+            );
+            println!(
+                "                checkpoint: {:.2} s to write {} MiB",
+                r.checkpoint_seconds,
+                r.checkpoint_bytes >> 20
+            );
+            println!(
+                "                from the checkpoint: {:.2} s",
+                r.from_checkpoint_seconds
+            );
+        }
+    }
+    Ok(if report.transfers_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The data directory to use: the one given (must be empty) or a temporary one.
+pub fn data_dir(given: &Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    use anyhow::Context;
+    match given {
+        Some(dir) => {
+            if dir.exists()
+                && dir
+                    .read_dir()
+                    .with_context(|| format!("--data-dir {}", dir.display()))?
+                    .next()
+                    .is_some()
+            {
+                anyhow::bail!(
+                    "--data-dir {} is not empty: the benchmark creates its own ledger",
+                    dir.display()
+                );
+            }
+            Ok((dir.clone(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("fincore-bench-")
+                .tempdir()
+                .context("creating a temporary data directory")?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
