@@ -274,10 +274,7 @@ impl Client {
     ) -> Result<Vec<Transfer>, ClientError> {
         let request = convert::filter_to(filter);
         let response = self
-            .retrying(|mut inner| {
-                let request = request;
-                async move { inner.get_account_transfers(request).await }
-            })
+            .retrying(|mut inner| async move { inner.get_account_transfers(request).await })
             .await?;
         transfers_from(&response.transfers)
     }
@@ -288,10 +285,7 @@ impl Client {
     ) -> Result<Vec<AccountBalance>, ClientError> {
         let request = convert::filter_to(filter);
         let response = self
-            .retrying(|mut inner| {
-                let request = request;
-                async move { inner.get_account_balances(request).await }
-            })
+            .retrying(|mut inner| async move { inner.get_account_balances(request).await })
             .await?;
         Ok(response
             .balances
