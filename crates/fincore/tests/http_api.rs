@@ -1,0 +1,385 @@
+//! The HTTP/JSON API through the real binary: every operation and every error path, and that a
+//! refused request changes nothing.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{NodeProcess, get, http, post_json};
+
+fn results(answer: &support::Answer) -> Vec<String> {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn setup(node: &NodeProcess) {
+    let accounts = json!([
+        {"id": "1", "ledger": 1, "code": 10},
+        {"id": 2, "ledger": 1, "code": 10, "flags": ["history"]},
+        {"id": "3", "ledger": 1, "code": 10, "flags": ["debits_must_not_exceed_credits"]},
+    ]);
+    let answer = post_json(&node.http, "/v1/accounts", &accounts.to_string());
+    assert_eq!(results(&answer), ["created", "created", "created"]);
+    let first = &answer.json()["results"][0];
+    assert_eq!(first["index"], 0);
+    assert_eq!(first["id"], "1");
+    assert!(first["timestamp"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+}
+
+#[test]
+fn every_operation_works_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path());
+    setup(&node);
+    // Idempotent resubmission.
+    let again = post_json(
+        &node.http,
+        "/v1/accounts",
+        r#"[{"id":"1","ledger":1,"code":10}]"#,
+    );
+    assert_eq!(results(&again), ["exists"]);
+
+    let max = u128::MAX.to_string();
+    let transfers = json!([
+        {"id": "10", "debit_account_id": "1", "credit_account_id": "2", "amount": "100", "ledger": 1, "code": 1, "user_data_128": max},
+        {"id": "11", "debit_account_id": "1", "credit_account_id": "2", "amount": 40, "ledger": 1, "code": 1, "flags": ["pending"], "timeout": 3600},
+        {"id": "12", "pending_id": "11", "amount": "30", "flags": ["post_pending_transfer"]},
+        {"id": "13", "debit_account_id": "3", "credit_account_id": "1", "amount": "1", "ledger": 1, "code": 1},
+        {"id": "14", "debit_account_id": "1", "credit_account_id": "2", "amount": "1", "ledger": 1, "code": 1, "flags": ["linked"]},
+        {"id": "15", "debit_account_id": "1", "credit_account_id": "1", "amount": "1", "ledger": 1, "code": 1},
+    ]);
+    let answer = post_json(&node.http, "/v1/transfers", &transfers.to_string());
+    assert_eq!(
+        results(&answer),
+        [
+            "created",
+            "created",
+            "created",
+            "exceeds_credits",
+            "linked_event_failed",
+            "accounts_must_be_different"
+        ]
+    );
+
+    let account = get(&node.http, "/v1/accounts/2");
+    assert_eq!(account.status, 200);
+    let account = account.json();
+    assert_eq!(account["credits_posted"], "130");
+    assert_eq!(account["credits_pending"], "0");
+    assert_eq!(account["flags"], json!(["history"]));
+
+    let transfer = get(&node.http, "/v1/transfers/10").json();
+    assert_eq!(transfer["user_data_128"], Value::String(max.clone()));
+    assert_eq!(transfer["amount"], "100");
+    assert_eq!(
+        get(&node.http, "/v1/transfers/11").json()["flags"],
+        json!(["pending"])
+    );
+
+    let lookup = post_json(
+        &node.http,
+        "/v1/accounts/lookup",
+        r#"{"ids":["1", 3, "999"]}"#,
+    );
+    assert_eq!(lookup.status, 200);
+    let lookup = lookup.json();
+    let ids: Vec<&str> = lookup["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["1", "3"]);
+    let lookup = post_json(&node.http, "/v1/transfers/lookup", r#"{"ids":["12","13"]}"#).json();
+    assert_eq!(
+        lookup["transfers"].as_array().unwrap().len(),
+        1,
+        "13 failed, so it does not exist"
+    );
+
+    let history = get(
+        &node.http,
+        "/v1/accounts/1/transfers?limit=10&reversed=true",
+    )
+    .json();
+    let ids: Vec<&str> = history["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["12", "11", "10"]);
+    let credits_only = get(
+        &node.http,
+        "/v1/accounts/1/transfers?debits=false&credits=true",
+    )
+    .json();
+    assert_eq!(credits_only["transfers"].as_array().unwrap().len(), 0);
+    let balances = get(&node.http, "/v1/accounts/2/balances?limit=2").json();
+    let rows = balances["balances"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["credits_posted"], "100");
+    assert_eq!(rows[1]["credits_pending"], "40");
+    let newest = get(&node.http, "/v1/accounts/2/balances?reversed=true&limit=1").json();
+    assert_eq!(newest["balances"][0]["credits_posted"], "130");
+
+    let health = get(&node.http, "/healthz");
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("ok"))
+    );
+
+    let metrics = get(&node.http, "/metrics");
+    assert_eq!(metrics.status, 200);
+    for expected in [
+        r#"fincore_requests_total{operation="create_transfers",protocol="http"}"#,
+        r#"fincore_request_duration_seconds_bucket{le="0.0001",operation="create_transfers",protocol="http"}"#,
+        "fincore_queue_depth",
+        "fincore_batch_events_bucket",
+        "fincore_journal_sync_seconds_bucket",
+    ] {
+        assert!(
+            metrics.body.contains(expected),
+            "metrics lack {expected}:\n{}",
+            metrics.body
+        );
+    }
+
+    let openapi = get(&node.http, "/openapi.json");
+    assert_eq!(openapi.status, 200);
+    let paths = openapi.json()["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    for path in [
+        "/v1/accounts",
+        "/v1/transfers",
+        "/v1/accounts/{id}",
+        "/v1/accounts/{id}/balances",
+        "/metrics",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == path),
+            "openapi.json lacks {path}: {paths:?}"
+        );
+    }
+    node.stop();
+}
+
+#[test]
+fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path());
+    setup(&node);
+    let transfer = |extra: &str| {
+        format!(
+            r#"[{{"id":"50","debit_account_id":"1","credit_account_id":"2","ledger":1,"code":1{extra}}}]"#
+        )
+    };
+
+    let cases: Vec<(&str, String, Option<&str>, u16, Option<&str>, &str)> = vec![
+        (
+            "bad JSON",
+            "[{\"id\":".into(),
+            Some("application/json"),
+            400,
+            Some("[0].id"),
+            "EOF",
+        ),
+        (
+            "unknown flag",
+            transfer(r#","amount":"1","flags":["pendng"]"#),
+            Some("application/json"),
+            400,
+            Some("[0].flags[0]"),
+            "pendng",
+        ),
+        (
+            "negative number",
+            transfer(r#","amount":-5"#),
+            Some("application/json"),
+            400,
+            Some("[0].amount"),
+            "negative",
+        ),
+        (
+            "overflowing number",
+            transfer(&format!(r#","amount":"{}0""#, u128::MAX)),
+            Some("application/json"),
+            400,
+            Some("[0].amount"),
+            "128 bits",
+        ),
+        (
+            "overflowing u32",
+            transfer(r#","amount":"1","user_data_32":4294967296"#),
+            Some("application/json"),
+            400,
+            Some("[0].user_data_32"),
+            "",
+        ),
+        (
+            "unknown field",
+            transfer(r#","amont":"1""#),
+            Some("application/json"),
+            400,
+            Some("[0].amont"),
+            "amont",
+        ),
+        (
+            "wrong content type",
+            transfer(r#","amount":"1""#),
+            Some("text/plain"),
+            415,
+            None,
+            "application/json",
+        ),
+        (
+            "no content type",
+            transfer(r#","amount":"1""#),
+            None,
+            415,
+            None,
+            "application/json",
+        ),
+        (
+            "not an array",
+            r#"{"id":"50"}"#.into(),
+            Some("application/json"),
+            400,
+            None,
+            "sequence",
+        ),
+    ];
+    for (what, body, content_type, status, field, needle) in cases {
+        let answer = http(&node.http, "POST", "/v1/transfers", content_type, &body);
+        assert_eq!(answer.status, status, "{what}: {}", answer.body);
+        let error = answer.json();
+        assert!(
+            error["error"].as_str().unwrap().contains(needle),
+            "{what}: {error}"
+        );
+        assert_eq!(error["field"].as_str(), field, "{what}: {error}");
+    }
+
+    let too_many: Vec<Value> = (0..8190).map(|i| json!({"id": (1000 + i).to_string(), "debit_account_id": "1", "credit_account_id": "2", "amount": "1", "ledger": 1, "code": 1})).collect();
+    let answer = post_json(
+        &node.http,
+        "/v1/transfers",
+        &Value::Array(too_many).to_string(),
+    );
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert!(
+        answer.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("8190 events; the limit is 8189")
+    );
+
+    // Path and query errors.
+    let answer = get(&node.http, "/v1/accounts/abc");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("id"))
+    );
+    let answer = get(&node.http, "/v1/accounts/77");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (404, Some("id"))
+    );
+    let answer = get(&node.http, "/v1/transfers/77");
+    assert_eq!(answer.status, 404);
+    let answer = get(&node.http, "/v1/accounts/1/transfers?limit=0");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("limit"))
+    );
+    let answer = get(&node.http, "/v1/accounts/1/transfers?limit=9000");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("limit"))
+    );
+    let answer = get(&node.http, "/v1/accounts/1/transfers?debits=maybe");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("debits"))
+    );
+    let answer = get(
+        &node.http,
+        "/v1/accounts/1/transfers?debits=false&credits=false",
+    );
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("flags"))
+    );
+    let answer = get(
+        &node.http,
+        "/v1/accounts/1/balances?timestamp_min=5&timestamp_max=4",
+    );
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("timestamp_min"))
+    );
+    let answer = get(&node.http, "/v1/accounts/1/balances?sort=asc");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("sort"))
+    );
+    let answer = post_json(&node.http, "/v1/accounts/lookup", r#"{"ids":[-1]}"#);
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("ids[0]"))
+    );
+    let answer = get(&node.http, "/v2/nothing");
+    assert_eq!(answer.status, 404);
+    assert!(
+        answer.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("openapi.json")
+    );
+    let answer = http(&node.http, "DELETE", "/v1/accounts/1", None, "");
+    assert_eq!(answer.status, 405);
+    assert!(answer.json()["error"].is_string());
+
+    // None of it changed the ledger.
+    assert_eq!(get(&node.http, "/v1/transfers/50").status, 404);
+    assert_eq!(get(&node.http, "/v1/transfers/1000").status, 404);
+    let account = get(&node.http, "/v1/accounts/1").json();
+    assert_eq!(
+        (
+            account["debits_posted"].as_str(),
+            account["debits_pending"].as_str()
+        ),
+        (Some("0"), Some("0"))
+    );
+    node.stop();
+}
+
+#[test]
+fn a_clean_restart_keeps_everything_and_replays_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path());
+    setup(&node);
+    let answer = post_json(
+        &node.http,
+        "/v1/transfers",
+        r#"[{"id":"9","debit_account_id":"1","credit_account_id":"2","amount":"7","ledger":1,"code":1}]"#,
+    );
+    assert_eq!(results(&answer), ["created"]);
+    let before = get(&node.http, "/v1/transfers/9").json();
+    node.stop();
+    let node = NodeProcess::start(dir.path());
+    assert_eq!(get(&node.http, "/v1/transfers/9").json(), before);
+    assert_eq!(
+        get(&node.http, "/v1/accounts/2").json()["credits_posted"],
+        "7"
+    );
+    node.stop();
+}
