@@ -183,7 +183,16 @@ fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
         )
     };
 
-    let cases: Vec<(&str, String, Option<&str>, u16, Option<&str>, &str)> = vec![
+    // (what, body, content type, status, field named, text in the error)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        u16,
+        Option<&'a str>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "bad JSON",
             "[{\"id\":".into(),
