@@ -1,0 +1,234 @@
+//! Crash safety through the real binary: a client keeps submitting transfers and records every
+//! acknowledged one while the node is killed with SIGKILL at random moments, 20 times. After
+//! every restart each acknowledged transfer is present with identical fields (timestamp
+//! included), and the money on the accounts is exactly the sum of the transfers that exist:
+//! nothing lost, nothing applied twice.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientError, RetryPolicy};
+use ledger::{Account, CreateAccountResult as AR, CreateTransferResult as TR, Transfer};
+use support::NodeProcess;
+
+const ACCOUNTS: u128 = 8;
+const KILLS: usize = 20;
+const BATCH: u128 = 64;
+
+/// A small deterministic generator, so a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts_max: 1000,
+        elapsed_max: Duration::from_secs(30),
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(100),
+        attempt_timeout: Duration::from_secs(3),
+    }
+}
+
+async fn check(client: &Client, acked: &[(Transfer, u64)], highest_id: u128) {
+    for chunk in acked.chunks(8000) {
+        let ids: Vec<u128> = chunk.iter().map(|(t, _)| t.id).collect();
+        let found = client.lookup_transfers(&ids).await.unwrap();
+        assert_eq!(
+            found.len(),
+            chunk.len(),
+            "acknowledged transfers are missing after a crash"
+        );
+        for ((sent, timestamp), stored) in chunk.iter().zip(&found) {
+            assert_eq!(
+                stored,
+                &Transfer {
+                    timestamp: *timestamp,
+                    ..*sent
+                },
+                "an acknowledged transfer changed"
+            );
+        }
+    }
+    // Every transfer that exists (acknowledged or not), against the balances.
+    let mut moved = 0u128;
+    let mut id = 1;
+    while id <= highest_id {
+        let ids: Vec<u128> = (id..=(id + 7999).min(highest_id)).collect();
+        moved += client
+            .lookup_transfers(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.amount)
+            .sum::<u128>();
+        id += 8000;
+    }
+    let accounts = client
+        .lookup_accounts(&(1..=ACCOUNTS).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let debits: u128 = accounts.iter().map(|a| a.debits_posted).sum();
+    let credits: u128 = accounts.iter().map(|a| a.credits_posted).sum();
+    assert_eq!(debits, credits, "debits and credits diverged");
+    assert_eq!(
+        credits, moved,
+        "balances do not equal the transfers that exist: something was applied twice or lost"
+    );
+}
+
+#[test]
+fn acknowledged_transfers_survive_repeated_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_on(
+        dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--checkpoint-interval", "25"],
+    );
+    let (grpc, http) = (node.grpc.clone(), node.http.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = runtime.block_on(async { Client::connect(&node.grpc_url(), policy()).unwrap() });
+    runtime.block_on(async {
+        let accounts: Vec<Account> = (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        assert!(
+            client
+                .create_accounts(&accounts)
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.result == AR::Created)
+        );
+    });
+
+    let acked: Arc<Mutex<Vec<(Transfer, u64)>>> = Arc::default();
+    let highest_id = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // The checker holds this exclusively, so that it sees balances and transfers at rest.
+    let quiet = Arc::new(tokio::sync::RwLock::new(()));
+    let writer = runtime.spawn({
+        let (client, acked, highest_id, stop) = (
+            client.clone(),
+            Arc::clone(&acked),
+            Arc::clone(&highest_id),
+            Arc::clone(&stop),
+        );
+        let quiet = Arc::clone(&quiet);
+        async move {
+            let mut random = Lcg(7);
+            let mut next_id = 1u128;
+            let mut gave_up = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<Transfer> = (next_id..next_id + BATCH)
+                    .map(|id| {
+                        let debit = u128::from(random.next()) % ACCOUNTS + 1;
+                        let credit =
+                            (debit + u128::from(random.next()) % (ACCOUNTS - 1)) % ACCOUNTS + 1;
+                        let amount = u128::from(random.next() % 1000 + 1);
+                        Transfer {
+                            id,
+                            debit_account_id: debit,
+                            credit_account_id: credit,
+                            amount,
+                            ledger: 1,
+                            code: 1,
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let _writing = quiet.read().await;
+                highest_id.store((next_id + BATCH - 1) as u64, Ordering::Relaxed);
+                match client.create_transfers(&batch).await {
+                    Ok(results) => {
+                        let mut acked = acked.lock().unwrap();
+                        for (transfer, result) in batch.iter().zip(results) {
+                            assert!(
+                                matches!(result.result, TR::Created | TR::Exists),
+                                "unexpected {}",
+                                result.result
+                            );
+                            acked.push((*transfer, result.timestamp));
+                        }
+                        next_id += BATCH;
+                    }
+                    // The outcome is unknown: retrying the same batch later is safe.
+                    Err(ClientError::GaveUp { .. }) => gave_up += 1,
+                    Err(other) => panic!("unexpected client error: {other}"),
+                }
+            }
+            gave_up
+        }
+    });
+
+    let started = Instant::now();
+    let mut random = Lcg(11);
+    let mut node = Some(node);
+    for round in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(50 + random.next() % 350));
+        node.take().unwrap().kill9();
+        node = Some(NodeProcess::start_on(
+            dir.path(),
+            &grpc,
+            &http,
+            &["--checkpoint-interval", "25"],
+        ));
+        let acked_now = runtime.block_on(async {
+            let _at_rest = quiet.write().await;
+            let acked_now = acked.lock().unwrap().clone();
+            check(
+                &client,
+                &acked_now,
+                u128::from(highest_id.load(Ordering::Relaxed)),
+            )
+            .await;
+            acked_now
+        });
+        eprintln!(
+            "round {round}: {} acknowledged transfers intact",
+            acked_now.len()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the crash test is taking too long"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let gave_up = runtime.block_on(writer).unwrap();
+    let acked_all = acked.lock().unwrap().clone();
+    runtime.block_on(check(
+        &client,
+        &acked_all,
+        u128::from(highest_id.load(Ordering::Relaxed)),
+    ));
+    assert!(
+        acked_all.len() > 20 * BATCH as usize,
+        "too little was acknowledged to prove anything: {}",
+        acked_all.len()
+    );
+    eprintln!(
+        "{} acknowledged transfers survived {KILLS} kills ({gave_up} batches gave up and were retried)",
+        acked_all.len()
+    );
+    node.unwrap().stop();
+}
