@@ -34,19 +34,34 @@ enum Request {
     Barrier {
         done: SyncSender<Result<Appended, String>>,
     },
+    /// Removes every record after `index` (durable on completion).
+    TruncateAfter {
+        index: u64,
+        done: SyncSender<Result<Appended, String>>,
+    },
+    /// Deletes whole segments before `index`.
+    PurgeBefore {
+        index: u64,
+        done: SyncSender<Result<Appended, String>>,
+    },
 }
 
 impl Request {
     fn body_len(&self) -> usize {
         match self {
             Request::Append { body, .. } => body.len(),
-            Request::Barrier { .. } => 0,
+            Request::Barrier { .. }
+            | Request::TruncateAfter { .. }
+            | Request::PurgeBefore { .. } => 0,
         }
     }
 
     fn done(self) -> SyncSender<Result<Appended, String>> {
         match self {
-            Request::Append { done, .. } | Request::Barrier { done } => done,
+            Request::Append { done, .. }
+            | Request::Barrier { done }
+            | Request::TruncateAfter { done, .. }
+            | Request::PurgeBefore { done, .. } => done,
         }
     }
 }
@@ -154,6 +169,30 @@ impl GroupCommitter {
         Ok(Ticket(ticket))
     }
 
+    /// Removes every record after `index`, in order with the appends around it; the ticket
+    /// completes (with the new last position) once that is durable.
+    pub fn truncate_after(&self, index: u64) -> Result<Ticket> {
+        self.control(|done| Request::TruncateAfter { index, done })
+    }
+
+    /// Deletes whole segments whose records are all before `index`.
+    pub fn purge_before(&self, index: u64) -> Result<Ticket> {
+        self.control(|done| Request::PurgeBefore { index, done })
+    }
+
+    fn control(
+        &self,
+        request: impl FnOnce(SyncSender<Result<Appended, String>>) -> Request,
+    ) -> Result<Ticket> {
+        let (done, ticket) = mpsc::sync_channel(1);
+        self.sender
+            .as_ref()
+            .expect("running")
+            .send(request(done))
+            .map_err(|_| JournalError::Failed("the journal writer stopped".into()))?;
+        Ok(Ticket(ticket))
+    }
+
     /// Finishes everything queued, stops the thread and hands the journal back.
     pub fn shutdown(mut self) -> Journal {
         self.stop()
@@ -221,6 +260,20 @@ fn writer_loop(
                 },
                 // Answered after the sync, with the position of everything before it.
                 Request::Barrier { .. } => positions.push(journal.last()),
+                Request::TruncateAfter { index, .. } => match journal.truncate_after(*index) {
+                    Ok(()) => positions.push(journal.last()),
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                },
+                Request::PurgeBefore { index, .. } => match journal.purge_before(*index) {
+                    Ok(_) => positions.push(journal.last()),
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                },
             }
         }
         let started = Instant::now();

@@ -1,0 +1,25 @@
+//! Replication: the ledger as a Raft state machine, with the journal as the Raft log.
+//!
+//! Owns the one place where openraft (pinned to an exact version) meets fincore: the type
+//! configuration, the log storage on top of `journal` (one Raft entry = one journal record =
+//! one sealed batch; votes kept durable beside it), the state machine wrapper around
+//! `ledger::StateMachine` with its snapshots, and the replica-to-replica transport over gRPC.
+//! Nothing outside this crate names an openraft type, so a version bump touches only here.
+
+mod log_store;
+mod network;
+mod replica;
+mod state_machine;
+mod types;
+
+pub use log_store::LogStore;
+pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory};
+pub use replica::{Replica, ReplicaConfig, WriteError};
+pub use state_machine::{LedgerStateMachine, SharedState};
+pub use types::{BatchOutcome, NodeId, SealedBatch, TypeConfig};
+
+/// Generated transport protocol.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("fincore.raft.v1");
+}

@@ -1,0 +1,229 @@
+//! Replica-to-replica transport: openraft's RPCs over gRPC (tonic), bodies encoded with
+//! postcard. A remote failure travels back as text and is treated as "unreachable" (openraft
+//! backs off and retries); only fincore replicas of the same build talk this protocol.
+
+use std::future::Future;
+use std::io::Cursor;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::{AnyError, BasicNode, OptionalSend};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::{
+    self, raft_transport_client::RaftTransportClient, raft_transport_server::RaftTransport,
+};
+use crate::state_machine::LedgerStateMachine;
+use crate::types::{NodeId, TypeConfig};
+
+/// The Raft instance of a replica.
+pub type Raft = openraft::Raft<TypeConfig, LedgerStateMachine>;
+
+/// Largest transport message (a whole snapshot travels in one for now).
+const MESSAGE_BYTES_MAX: usize = 4 << 30 >> 2;
+
+type SnapshotFrame = (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>);
+
+fn encode<T: Serialize>(value: &T) -> Result<proto::RaftMessage, tonic::Status> {
+    postcard::to_allocvec(value)
+        .map(|body| proto::RaftMessage { body: body.into() })
+        .map_err(|e| tonic::Status::internal(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(message: &proto::RaftMessage) -> Result<T, tonic::Status> {
+    postcard::from_bytes(&message.body)
+        .map_err(|e| tonic::Status::invalid_argument(format!("decoding: {e}")))
+}
+
+/// Makes a transport client for each peer.
+#[derive(Debug, Clone, Default)]
+pub struct TransportFactory;
+
+impl RaftNetworkFactory<TypeConfig> for TransportFactory {
+    type Network = TransportClient;
+
+    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> TransportClient {
+        TransportClient {
+            addr: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct TransportClient {
+    addr: String,
+    client: Option<RaftTransportClient<Channel>>,
+}
+
+fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(error.to_string())))
+}
+
+impl TransportClient {
+    fn client(&mut self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
+        if self.client.is_none() {
+            let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+                .map_err(unreachable)?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_millis(500));
+            self.client = Some(
+                RaftTransportClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            );
+        }
+        Ok(self.client.clone().expect("just set"))
+    }
+
+    async fn call<Req, Resp, F, Fut>(
+        &mut self,
+        request: &Req,
+        timeout: Duration,
+        send: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, proto::RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<proto::RaftMessage>, tonic::Status>>,
+    {
+        let message = postcard::to_allocvec(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e.to_string()))))?;
+        let client = self.client()?;
+        let answer = match tokio::time::timeout(
+            timeout,
+            send(
+                client,
+                proto::RaftMessage {
+                    body: message.into(),
+                },
+            ),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => answer.into_inner(),
+            Ok(Err(status)) => {
+                return Err(unreachable(format!("{}: {}", self.addr, status.message())));
+            }
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "{}: timed out after {timeout:?}",
+                    self.addr
+                )));
+            }
+        };
+        let result: Result<Resp, String> =
+            postcard::from_bytes(&answer.body).map_err(unreachable)?;
+        result.map_err(|remote| unreachable(format!("{}: {remote}", self.addr)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for TransportClient {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, m| async move {
+            c.vote(m).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Self::SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let frame: SnapshotFrame = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        tokio::pin!(cancel);
+        tokio::select! {
+            closed = &mut cancel => Err(StreamingError::Closed(closed)),
+            answer = self.call(&frame, option.hard_ttl(), |mut c, m| async move { c.full_snapshot(m).await }) => Ok(answer?),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, m| async move {
+            c.transfer_leader(m).await
+        })
+        .await
+    }
+}
+
+/// The receiving side: hands peers' RPCs to the local Raft.
+pub struct RaftTransportService {
+    raft: Raft,
+}
+
+impl RaftTransportService {
+    pub fn new(
+        raft: Raft,
+    ) -> proto::raft_transport_server::RaftTransportServer<RaftTransportService> {
+        proto::raft_transport_server::RaftTransportServer::new(RaftTransportService { raft })
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+}
+
+type Answer = Result<tonic::Response<proto::RaftMessage>, tonic::Status>;
+
+fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Answer {
+    encode(&result.map_err(|e| e.to_string())).map(tonic::Response::new)
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftTransportService {
+    async fn append_entries(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
+        answer(self.raft.append_entries(decode(request.get_ref())?).await)
+    }
+
+    async fn vote(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
+        answer(self.raft.vote(decode(request.get_ref())?).await)
+    }
+
+    async fn full_snapshot(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
+        let (vote, meta, data): SnapshotFrame = decode(request.get_ref())?;
+        let snapshot = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+            meta,
+            snapshot: Cursor::new(data),
+        };
+        answer(self.raft.install_full_snapshot(vote, snapshot).await)
+    }
+
+    async fn transfer_leader(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
+        answer(
+            self.raft
+                .handle_transfer_leader(decode(request.get_ref())?)
+                .await,
+        )
+    }
+}

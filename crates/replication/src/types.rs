@@ -1,0 +1,91 @@
+//! The openraft type configuration: what a log entry carries and what applying it answers.
+
+use std::fmt;
+
+use bytes::Bytes;
+use ledger::{BatchResults, CreateAccountResult, CreateTransferResult, EventResult};
+use serde::{Deserialize, Serialize};
+
+/// Replica ids.
+pub type NodeId = u64;
+
+/// The application data of one Raft entry: a sealed ledger batch, encoded (`ledger::Batch`).
+/// The leader seals it (events + timestamp) before proposing, so every replica applies the
+/// very same bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedBatch(pub Bytes);
+
+impl fmt::Debug for SealedBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedBatch({} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Display for SealedBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What applying an entry answered: the per-event results of its batch (empty for entries
+/// that carry no batch).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    pub accounts: bool,
+    pub codes: Vec<u32>,
+    pub timestamps: Vec<u64>,
+}
+
+impl BatchOutcome {
+    pub fn from_results(results: &BatchResults) -> BatchOutcome {
+        match results {
+            BatchResults::CreateAccounts(r) => BatchOutcome {
+                accounts: true,
+                codes: r.iter().map(|r| r.result.code()).collect(),
+                timestamps: r.iter().map(|r| r.timestamp).collect(),
+            },
+            BatchResults::CreateTransfers(r) => BatchOutcome {
+                accounts: false,
+                codes: r.iter().map(|r| r.result.code()).collect(),
+                timestamps: r.iter().map(|r| r.timestamp).collect(),
+            },
+        }
+    }
+
+    /// The typed results (codes come from this build's own state machine, so they are known).
+    pub fn to_results(&self) -> BatchResults {
+        let pairs = self.codes.iter().zip(&self.timestamps);
+        if self.accounts {
+            BatchResults::CreateAccounts(
+                pairs
+                    .map(|(&code, &timestamp)| EventResult {
+                        result: CreateAccountResult::from_code(code)
+                            .expect("a code this build produced"),
+                        timestamp,
+                    })
+                    .collect(),
+            )
+        } else {
+            BatchResults::CreateTransfers(
+                pairs
+                    .map(|(&code, &timestamp)| EventResult {
+                        result: CreateTransferResult::from_code(code)
+                            .expect("a code this build produced"),
+                        timestamp,
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// fincore's Raft types: standard Raft leader ids (a log id is term + index, exactly what
+    /// a journal record header holds).
+    pub TypeConfig:
+        D = SealedBatch,
+        R = BatchOutcome,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
+);
