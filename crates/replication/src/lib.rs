@@ -16,7 +16,7 @@ pub use log_store::LogStore;
 pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory};
 pub use replica::{Replica, ReplicaConfig, WriteError};
 pub use state_machine::{LedgerStateMachine, SharedState};
-pub use types::{BatchOutcome, NodeId, SealedBatch, TypeConfig};
+pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch, TypeConfig};
 
 /// Generated transport protocol.
 pub mod proto {

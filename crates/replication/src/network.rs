@@ -13,7 +13,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::{AnyError, BasicNode, OptionalSend};
+use openraft::{AnyError, OptionalSend};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -22,7 +22,7 @@ use crate::proto::{
     self, raft_transport_client::RaftTransportClient, raft_transport_server::RaftTransport,
 };
 use crate::state_machine::LedgerStateMachine;
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{NodeId, PeerNode, TypeConfig};
 
 /// The Raft instance of a replica.
 pub type Raft = openraft::Raft<TypeConfig, LedgerStateMachine>;
@@ -50,9 +50,9 @@ pub struct TransportFactory;
 impl RaftNetworkFactory<TypeConfig> for TransportFactory {
     type Network = TransportClient;
 
-    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> TransportClient {
+    async fn new_client(&mut self, _target: NodeId, node: &PeerNode) -> TransportClient {
         TransportClient {
-            addr: node.addr.clone(),
+            addr: node.grpc.clone(),
             client: None,
         }
     }

@@ -1,23 +1,23 @@
-//! One replica of a Raft group: its log, its ledger, its Raft instance and its transport server.
+//! One replica of a Raft group: its log, its ledger and its Raft instance. The transport
+//! service it returns is mounted by whoever owns the gRPC server (the node shares one port
+//! between the ledger API and the replica transport).
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ledger::{Batch, BatchBody, BatchResults, StateDigest};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, Config, SnapshotPolicy};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use openraft::raft::ReadPolicy;
+use openraft::{Config, SnapshotPolicy};
 
 use crate::log_store::LogStore;
 use crate::network::{Raft, RaftTransportService, TransportFactory};
+use crate::proto::raft_transport_server::RaftTransportServer;
 use crate::state_machine::{LedgerStateMachine, SharedState};
-use crate::types::{NodeId, SealedBatch};
+use crate::types::{NodeId, PeerNode, SealedBatch};
 
 /// Timing of a replica group.
 #[derive(Debug, Clone)]
@@ -40,15 +40,15 @@ impl Default for ReplicaConfig {
     }
 }
 
-/// Why a write was not committed.
+/// Why a write or a linearizable read was not served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     #[error("this replica is not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<(NodeId, String)> },
+    NotLeader { leader: Option<(NodeId, PeerNode)> },
     #[error(
         "the entry was discarded by a leader change; its outcome is unknown, resubmit with the same ids"
     )]
-    Unknown { leader: Option<(NodeId, String)> },
+    Unknown { leader: Option<(NodeId, PeerNode)> },
     #[error("replication failed: {0}")]
     Failed(String),
 }
@@ -58,9 +58,6 @@ pub struct Replica {
     id: NodeId,
     raft: Raft,
     machine: LedgerStateMachine,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<()>,
 }
 
 fn now_ns() -> u64 {
@@ -69,16 +66,20 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+fn leader_of<E>(
+    error: &openraft::errors::RaftError<crate::TypeConfig, E>,
+) -> Option<(NodeId, PeerNode)>
+where
+    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::TypeConfig>> + std::error::Error,
+{
+    error
+        .forward_to_leader()
+        .and_then(|f| f.leader_id.zip(f.leader_node.clone()))
+}
+
 impl Replica {
-    /// Starts replica `id` with its data in `dir`, serving its peers on `listen`.
-    pub async fn start(
-        id: NodeId,
-        dir: &Path,
-        listen: SocketAddr,
-        config: &ReplicaConfig,
-    ) -> io::Result<Replica> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
+    /// Opens replica `id` with its data in `dir` (its log, its newest snapshot).
+    pub async fn open(id: NodeId, dir: &Path, config: &ReplicaConfig) -> io::Result<Replica> {
         let log = LogStore::open(dir)?;
         let machine = LedgerStateMachine::open(dir)?;
         let raft_config = Config {
@@ -101,39 +102,16 @@ impl Replica {
         )
         .await
         .map_err(io::Error::other)?;
-        let (stop, mut stopped) = watch::channel(false);
-        let service = RaftTransportService::new(raft.clone());
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(async move {
-            let signal = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(error) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, signal)
-                .await
-            {
-                tracing::error!(%error, "the replica transport stopped");
-            }
-        });
-        Ok(Replica {
-            id,
-            raft,
-            machine,
-            addr,
-            stop,
-            server,
-        })
+        Ok(Replica { id, raft, machine })
+    }
+
+    /// The service peers send this replica's Raft RPCs to; mount it on the node's gRPC server.
+    pub fn transport_service(&self) -> RaftTransportServer<RaftTransportService> {
+        RaftTransportService::new(self.raft.clone())
     }
 
     pub fn id(&self) -> NodeId {
         self.id
-    }
-
-    /// Where peers reach this replica.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     pub fn raft(&self) -> &Raft {
@@ -150,31 +128,41 @@ impl Replica {
         self.machine.applied()
     }
 
+    /// True once the group was initialized (by this or another replica).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
     /// Makes `members` the initial voters (call on one replica of a new group).
-    pub async fn initialize(
-        &self,
-        members: &BTreeMap<NodeId, SocketAddr>,
-    ) -> Result<(), WriteError> {
-        let members: BTreeMap<NodeId, BasicNode> = members
-            .iter()
-            .map(|(id, addr)| {
-                (
-                    *id,
-                    BasicNode {
-                        addr: addr.to_string(),
-                    },
-                )
-            })
-            .collect();
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, PeerNode>) -> Result<(), WriteError> {
         self.raft
-            .initialize(members)
+            .initialize(members.clone())
             .await
             .map_err(|e| WriteError::Failed(e.to_string()))
     }
 
-    /// The leader this replica knows of.
-    pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
+    /// The leader this replica knows of, with how to reach it.
+    pub fn leader(&self) -> Option<(NodeId, PeerNode)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .unwrap_or_default();
+        Some((leader, node))
+    }
+
+    /// The current members.
+    pub fn members(&self) -> BTreeMap<NodeId, PeerNode> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect()
     }
 
     /// Seals a batch with the leader's clock and commits it through the group: one log entry,
@@ -189,10 +177,7 @@ impl Replica {
         match self.raft.client_write(sealed).await {
             Ok(response) => Ok(response.data.to_results()),
             Err(error) => {
-                let leader = error.forward_to_leader().and_then(|f| {
-                    f.leader_id
-                        .zip(f.leader_node.as_ref().map(|n| n.addr.clone()))
-                });
+                let leader = leader_of(&error);
                 match error.api_error() {
                     Some(openraft::errors::ClientWriteError::ForwardToLeader(_)) => {
                         Err(WriteError::NotLeader { leader })
@@ -201,6 +186,22 @@ impl Replica {
                         Err(WriteError::Unknown { leader })
                     }
                     _ => Err(WriteError::Failed(error.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Returns once this replica is the leader and has applied everything committed before the
+    /// call (read index), so a read of the state now is linearizable.
+    pub async fn linearizable(&self) -> Result<(), WriteError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let leader = leader_of(&error);
+                if error.forward_to_leader().is_some() {
+                    Err(WriteError::NotLeader { leader })
+                } else {
+                    Err(WriteError::Failed(error.to_string()))
                 }
             }
         }
@@ -227,10 +228,8 @@ impl Replica {
         .is_ok()
     }
 
-    /// Stops Raft and the transport.
+    /// Stops Raft.
     pub async fn shutdown(self) {
         let _ = self.raft.shutdown().await;
-        let _ = self.stop.send(true);
-        let _ = self.server.await;
     }
 }

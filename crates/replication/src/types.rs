@@ -79,6 +79,20 @@ impl BatchOutcome {
     }
 }
 
+/// How to reach a replica: its gRPC address (the ledger API and the replica transport share
+/// it) and, for redirecting HTTP clients, its HTTP address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub grpc: String,
+    pub http: String,
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grpc={} http={}", self.grpc, self.http)
+    }
+}
+
 openraft::declare_raft_types!(
     /// fincore's Raft types: standard Raft leader ids (a log id is term + index, exactly what
     /// a journal record header holds).
@@ -86,6 +100,6 @@ openraft::declare_raft_types!(
         D = SealedBatch,
         R = BatchOutcome,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = PeerNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
 );

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ledger::{Account, BatchBody, BatchResults, CreateTransferResult, Transfer};
-use replication::{Replica, ReplicaConfig, WriteError};
+use replication::{PeerNode, Replica, ReplicaConfig, WriteError};
+use tokio::task::JoinHandle;
 
 fn config() -> ReplicaConfig {
     ReplicaConfig {
@@ -17,17 +18,55 @@ fn config() -> ReplicaConfig {
     }
 }
 
-async fn start(id: u64, dir: &Path, addr: &str) -> Replica {
-    Replica::start(id, dir, addr.parse().unwrap(), &config())
-        .await
-        .unwrap()
+/// A replica with its transport served on a loopback socket.
+struct Running {
+    replica: Replica,
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Replica;
+    fn deref(&self) -> &Replica {
+        &self.replica
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.replica.shutdown().await;
+        self.server.abort();
+        let _ = self.server.await;
+    }
+}
+
+async fn start(id: u64, dir: &Path, addr: &str) -> Running {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let replica = Replica::open(id, dir, &config()).await.unwrap();
+    let service = replica.transport_service();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    Running {
+        replica,
+        addr,
+        server,
+    }
 }
 
 /// Waits (bounded) until some replica in `replicas` is the leader that all of them agree on.
-async fn leader_of(replicas: &[&Replica]) -> usize {
+async fn leader_of(replicas: &[&Running]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let leaders: Vec<Option<u64>> = replicas.iter().map(|r| r.leader()).collect();
+        let leaders: Vec<Option<u64>> = replicas
+            .iter()
+            .map(|r| r.leader().map(|(id, _)| id))
+            .collect();
         if let Some(Some(leader)) = leaders.first()
             && leaders.iter().all(|l| *l == Some(*leader))
             && let Some(position) = replicas.iter().position(|r| r.id() == *leader)
@@ -58,7 +97,7 @@ fn transfers(first_id: u128, count: u128) -> BatchBody {
     )
 }
 
-async fn write_until_accepted(leader: &Replica, body: BatchBody) -> BatchResults {
+async fn write_until_accepted(leader: &Running, body: BatchBody) -> BatchResults {
     for _ in 0..50 {
         match leader.write(body.clone()).await {
             Ok(results) => return results,
@@ -71,7 +110,7 @@ async fn write_until_accepted(leader: &Replica, body: BatchBody) -> BatchResults
     panic!("the leader never accepted the write");
 }
 
-async fn converge(replicas: &[&Replica]) {
+async fn converge(replicas: &[&Running]) {
     let target = replicas.iter().map(|r| r.applied().0).max().unwrap();
     for replica in replicas {
         assert!(
@@ -98,10 +137,18 @@ async fn a_three_replica_group_commits_fails_over_and_converges() {
     for (i, dir) in dirs.iter().enumerate() {
         replicas.push(Some(start(i as u64 + 1, dir.path(), "127.0.0.1:0").await));
     }
-    let members: BTreeMap<u64, SocketAddr> = replicas
+    let members: BTreeMap<u64, PeerNode> = replicas
         .iter()
         .flatten()
-        .map(|r| (r.id(), r.addr()))
+        .map(|r| {
+            (
+                r.id(),
+                PeerNode {
+                    grpc: r.addr.to_string(),
+                    http: String::new(),
+                },
+            )
+        })
         .collect();
     replicas[0]
         .as_ref()
@@ -109,7 +156,7 @@ async fn a_three_replica_group_commits_fails_over_and_converges() {
         .initialize(&members)
         .await
         .unwrap();
-    let all: Vec<&Replica> = replicas.iter().flatten().collect();
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
     let leader = leader_of(&all).await;
     let accounts = BatchBody::CreateAccounts(
         (1..=5)
@@ -138,11 +185,11 @@ async fn a_three_replica_group_commits_fails_over_and_converges() {
 
     // The leader goes away; the other two elect a new one and keep committing.
     let old_leader_id = all[leader].id();
-    let old_addr = all[leader].addr();
+    let old_addr = all[leader].addr;
     drop(all);
-    replicas[leader].take().unwrap().shutdown().await;
+    replicas[leader].take().unwrap().stop().await;
     let stopped = Instant::now();
-    let survivors: Vec<&Replica> = replicas.iter().flatten().collect();
+    let survivors: Vec<&Running> = replicas.iter().flatten().collect();
     let new_leader = leader_of(&survivors).await;
     let results = write_until_accepted(survivors[new_leader], transfers(10_000, 50)).await;
     let pause = stopped.elapsed();
@@ -168,11 +215,11 @@ async fn a_three_replica_group_commits_fails_over_and_converges() {
     // The old leader comes back on its old address and catches up.
     let dir = dirs[leader].path();
     replicas[leader] = Some(start(old_leader_id, dir, &old_addr.to_string()).await);
-    let all: Vec<&Replica> = replicas.iter().flatten().collect();
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
     converge(&all).await;
     assert_eq!(all[0].state().read().unwrap().transfers_count(), 2050);
     drop(all);
     for replica in replicas.into_iter().flatten() {
-        replica.shutdown().await;
+        replica.stop().await;
     }
 }
