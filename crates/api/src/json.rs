@@ -370,6 +370,13 @@ pub struct ErrorJson {
     /// True when the same request may simply be sent again later.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub retryable: bool,
+    /// When this node is not the leader: the leader's id and addresses, if known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub leader_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub leader_grpc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub leader_http: Option<String>,
 }
 
 #[cfg(test)]

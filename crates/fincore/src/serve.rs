@@ -1,4 +1,5 @@
-//! `fincore serve` and `fincore dev`: run one node until Ctrl-C or SIGTERM, then stop cleanly.
+//! `fincore serve` and `fincore dev`: run one node (a replica of its group) until Ctrl-C or
+//! SIGTERM, then stop cleanly.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,6 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::collections::BTreeMap;
+
+use replication::PeerNode;
 use server::{Node, NodeConfig};
 
 #[derive(Debug, clap::Args)]
@@ -13,8 +17,50 @@ pub struct ServeArgs {
     /// Data directory (created if absent).
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
+    /// This node's id in its replica group.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// Every member of the replica group, this node included: `ID=GRPC_ADDR[/HTTP_ADDR]`,
+    /// comma-separated (e.g. `1=127.0.0.1:7700/127.0.0.1:7780,2=...`). Default: a group of
+    /// one. The lowest id initializes a new group.
+    #[arg(long, value_name = "PEERS", value_parser = parse_peers)]
+    peers: Option<BTreeMap<u64, PeerNode>>,
     #[command(flatten)]
     listen: ListenArgs,
+}
+
+fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (id, addrs) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected ID=GRPC_ADDR[/HTTP_ADDR]"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} is not a node id (an unsigned integer)"))?;
+        let (grpc, http) = addrs.split_once('/').unwrap_or((addrs, ""));
+        for addr in [grpc, http].into_iter().filter(|a| !a.is_empty()) {
+            addr.parse::<SocketAddr>()
+                .map_err(|_| format!("{addr:?} is not an address (HOST:PORT)"))?;
+        }
+        if peers
+            .insert(
+                id,
+                PeerNode {
+                    grpc: grpc.to_string(),
+                    http: http.to_string(),
+                },
+            )
+            .is_some()
+        {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
 }
 
 #[derive(Debug, clap::Args)]
@@ -37,17 +83,18 @@ pub struct ListenArgs {
     /// Requests that may queue for the engine before new ones are answered "busy".
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     queue_depth: u64,
-    /// Write a checkpoint every this many batches (0: only at shutdown).
+    /// Write a snapshot (and purge the log behind it) every this many batches (0: never).
     #[arg(long, default_value_t = 4096)]
     checkpoint_interval: u64,
 }
 
 fn config(data_dir: PathBuf, listen: &ListenArgs) -> NodeConfig {
-    NodeConfig {
+    let mut config = NodeConfig {
         queue_depth: listen.queue_depth as usize,
-        checkpoint_interval_batches: listen.checkpoint_interval,
         ..NodeConfig::new(data_dir, listen.grpc, listen.http)
-    }
+    };
+    config.replica.snapshot_every_entries = listen.checkpoint_interval;
+    config
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -89,31 +136,31 @@ fn run_node(config: NodeConfig, banner: impl FnOnce(&Node)) -> anyhow::Result<Ex
         banner(&node);
         std::io::stdout().flush().ok();
         stop_signal().await;
-        println!("fincore: stopping (finishing requests in progress, writing a checkpoint)");
-        node.shutdown().await.context("stopping the node")?;
+        println!("fincore: stopping (finishing requests in progress)");
+        node.shutdown().await;
         println!("fincore: stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })
 }
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    run_node(config(args.data_dir.clone(), &args.listen), |_| {})
+    let mut config = config(args.data_dir.clone(), &args.listen);
+    config.node_id = args.node_id;
+    config.peers = args.peers.clone().unwrap_or_default();
+    run_node(config, |_| {})
 }
 
 pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone();
     run_node(config(args.data_dir.clone(), &args.listen), move |node| {
         let http = node.http_addr();
-        let report = node.open_report();
+        let (applied, _) = node.replica().applied();
         println!();
         println!(
             "fincore dev: a single-node ledger with its data in {}",
             data_dir.display()
         );
-        println!(
-            "  recovered {} batches from the journal",
-            report.replayed_records
-        );
+        println!("  recovered up to log index {applied}");
         println!("  try:");
         println!(
             r#"    curl -s -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#

@@ -12,9 +12,10 @@ mod replica;
 mod state_machine;
 mod types;
 
+pub use journal::SyncObserver;
 pub use log_store::LogStore;
 pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory};
-pub use replica::{Replica, ReplicaConfig, WriteError};
+pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteError};
 pub use state_machine::{LedgerStateMachine, SharedState};
 pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch, TypeConfig};
 

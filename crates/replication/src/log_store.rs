@@ -14,7 +14,7 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
-use journal::{GroupCommitter, Journal, JournalOptions, Ticket};
+use journal::{GroupCommitter, Journal, JournalOptions, SyncObserver, Ticket};
 use openraft::RaftLogReader;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, LogIdOf, VoteOf};
@@ -78,7 +78,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 impl LogStore {
     /// Opens the log in `dir` (journal in `dir/journal`, votes in `dir/raft-meta.json`),
     /// recovering it like any journal.
-    pub fn open(dir: &Path) -> io::Result<LogStore> {
+    pub fn open(dir: &Path, sync_observer: Option<SyncObserver>) -> io::Result<LogStore> {
         fs::create_dir_all(dir)?;
         let meta_path = dir.join("raft-meta.json");
         let meta: Meta = match fs::read(&meta_path) {
@@ -101,7 +101,12 @@ impl LogStore {
         if first <= journal.last().index {
             for record in journal.read_from(first, false).map_err(other)? {
                 let record = record.map_err(other)?;
-                let entry: Entry = postcard::from_bytes(&record.body).map_err(invalid)?;
+                let entry: Entry = postcard::from_bytes(&record.body).map_err(|e| {
+                    invalid(format!(
+                        "journal record {} is not a Raft entry ({e}); was this data directory written by an older fincore?",
+                        record.index
+                    ))
+                })?;
                 if journal_index(entry.log_id.index()) != record.index
                     || entry.log_id.committed_leader_id().term != record.term
                 {
@@ -113,7 +118,7 @@ impl LogStore {
                 entries.insert(entry.log_id.index(), entry);
             }
         }
-        let committer = GroupCommitter::spawn(journal, 64, None);
+        let committer = GroupCommitter::spawn(journal, 64, sync_observer);
         let (flusher, flushes) = mpsc::channel::<(Vec<Ticket>, IOFlushed<TypeConfig>)>();
         std::thread::Builder::new()
             .name("raft-log-flusher".into())

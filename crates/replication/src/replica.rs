@@ -19,14 +19,27 @@ use crate::proto::raft_transport_server::RaftTransportServer;
 use crate::state_machine::{LedgerStateMachine, SharedState};
 use crate::types::{NodeId, PeerNode, SealedBatch};
 
-/// Timing of a replica group.
-#[derive(Debug, Clone)]
+/// Timing of a replica group, and a hook for metrics.
+#[derive(Clone)]
 pub struct ReplicaConfig {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot (and purge the log behind it) every this many entries.
+    /// Build a snapshot (and purge the log behind it) every this many entries (0: never).
     pub snapshot_every_entries: u64,
+    /// Told the duration of every log fsync and how many entries it made durable.
+    pub sync_observer: Option<journal::SyncObserver>,
+}
+
+impl std::fmt::Debug for ReplicaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaConfig")
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("election_timeout_min_ms", &self.election_timeout_min_ms)
+            .field("election_timeout_max_ms", &self.election_timeout_max_ms)
+            .field("snapshot_every_entries", &self.snapshot_every_entries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ReplicaConfig {
@@ -36,6 +49,7 @@ impl Default for ReplicaConfig {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             snapshot_every_entries: 4096,
+            sync_observer: None,
         }
     }
 }
@@ -51,6 +65,18 @@ pub enum WriteError {
     Unknown { leader: Option<(NodeId, PeerNode)> },
     #[error("replication failed: {0}")]
     Failed(String),
+}
+
+/// What [`Replica::status`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaStatus {
+    pub id: NodeId,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: u64,
+    pub state_digest: String,
 }
 
 /// A running replica.
@@ -80,14 +106,17 @@ where
 impl Replica {
     /// Opens replica `id` with its data in `dir` (its log, its newest snapshot).
     pub async fn open(id: NodeId, dir: &Path, config: &ReplicaConfig) -> io::Result<Replica> {
-        let log = LogStore::open(dir)?;
+        let log = LogStore::open(dir, config.sync_observer.clone())?;
         let machine = LedgerStateMachine::open(dir)?;
         let raft_config = Config {
             cluster_name: "fincore".into(),
             heartbeat_interval: config.heartbeat_interval_ms,
             election_timeout_min: config.election_timeout_min_ms,
             election_timeout_max: config.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            snapshot_policy: match config.snapshot_every_entries {
+                0 => SnapshotPolicy::Never,
+                entries => SnapshotPolicy::LogsSinceLast(entries),
+            },
             max_in_snapshot_log_to_keep: 64,
             ..Default::default()
         }
@@ -152,6 +181,26 @@ impl Replica {
             .cloned()
             .unwrap_or_default();
         Some((leader, node))
+    }
+
+    /// True while Raft runs (false after a fatal error, e.g. a failed fsync).
+    pub fn is_running(&self) -> bool {
+        self.raft.metrics().borrow_watched().running_state.is_ok()
+    }
+
+    /// A one-line view of this replica for operators: role, term, leader, applied index.
+    pub fn status(&self) -> ReplicaStatus {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let (applied_index, digest) = self.applied();
+        ReplicaStatus {
+            id: self.id,
+            role: format!("{:?}", metrics.state).to_lowercase(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index,
+            state_digest: digest.to_string(),
+        }
     }
 
     /// The current members.

@@ -38,11 +38,28 @@ impl LedgerService {
     }
 }
 
+/// Metadata keys that tell a client where the leader is.
+pub const LEADER_ID_KEY: &str = "fincore-leader-id";
+pub const LEADER_GRPC_KEY: &str = "fincore-leader-grpc";
+
 fn status(error: PipelineError) -> Status {
     match &error {
         PipelineError::Busy => Status::resource_exhausted(error.to_string()),
         PipelineError::Unavailable(_) => Status::unavailable(error.to_string()),
         PipelineError::Invalid { .. } => Status::invalid_argument(error.to_string()),
+        PipelineError::NotLeader { leader } => {
+            let mut status = Status::unavailable(error.to_string());
+            if let Some((id, node)) = leader {
+                let metadata = status.metadata_mut();
+                if let Ok(id) = id.to_string().parse() {
+                    metadata.insert(LEADER_ID_KEY, id);
+                }
+                if let Ok(grpc) = node.grpc.parse() {
+                    metadata.insert(LEADER_GRPC_KEY, grpc);
+                }
+            }
+            status
+        }
     }
 }
 

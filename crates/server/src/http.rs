@@ -39,14 +39,15 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>, field: Option<String>) -> ApiError {
-        ApiError {
-            status,
-            body: ErrorJson {
-                error: error.into(),
-                field,
-                retryable: false,
-            },
-        }
+        let body = ErrorJson {
+            error: error.into(),
+            field,
+            retryable: false,
+            leader_id: None,
+            leader_grpc: None,
+            leader_http: None,
+        };
+        ApiError { status, body }
     }
 
     fn bad_request(field: impl Into<String>, error: impl Into<String>) -> ApiError {
@@ -58,6 +59,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::SERVICE_UNAVAILABLE if self.body.error.contains("busy") => "busy",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::TEMPORARY_REDIRECT => "not_leader",
             _ => "invalid",
         }
     }
@@ -65,31 +67,70 @@ impl ApiError {
 
 impl From<PipelineError> for ApiError {
     fn from(error: PipelineError) -> ApiError {
+        let message = error.to_string();
         match error {
             PipelineError::Invalid { field, reason } => ApiError::bad_request(field, reason),
-            PipelineError::Busy | PipelineError::Unavailable(_) => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                body: ErrorJson {
-                    error: error.to_string(),
-                    field: None,
-                    retryable: true,
-                },
-            },
+            PipelineError::NotLeader {
+                leader: Some((id, node)),
+            } if !node.http.is_empty() => {
+                let mut answer = ApiError::new(StatusCode::TEMPORARY_REDIRECT, message, None);
+                answer.body.retryable = true;
+                answer.body.leader_id = Some(id);
+                answer.body.leader_grpc = Some(node.grpc);
+                answer.body.leader_http = Some(node.http);
+                answer
+            }
+            PipelineError::Busy
+            | PipelineError::Unavailable(_)
+            | PipelineError::NotLeader { .. } => {
+                let mut answer = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message, None);
+                answer.body.retryable = true;
+                answer
+            }
         }
     }
 }
 
+/// Carries the leader's HTTP address from an error to [`redirect_to_leader`], which knows the
+/// request's path.
+#[derive(Clone)]
+struct LeaderHttp(String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry = self.body.retryable;
+        let retry = self.body.retryable && self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let leader_http = self.body.leader_http.clone();
         let mut response = (self.status, Json(self.body)).into_response();
         if retry {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
+        if let Some(leader_http) = leader_http {
+            response.extensions_mut().insert(LeaderHttp(leader_http));
+        }
         response
     }
+}
+
+/// Completes a "not the leader" answer with `Location:` the same path on the leader, so that a
+/// client following redirects (307 keeps the method and body) lands there.
+async fn redirect_to_leader(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let mut response = next.run(request).await;
+    if let Some(LeaderHttp(leader)) = response.extensions().get::<LeaderHttp>().cloned()
+        && let Ok(location) = header::HeaderValue::from_str(&format!("http://{leader}{path}"))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -190,8 +231,10 @@ pub fn router(pipeline: Pipeline) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/v1/status", get(status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(redirect_to_leader))
         .with_state(pipeline)
 }
 
@@ -458,6 +501,18 @@ async fn healthz(State(pipeline): State<Pipeline>) -> Response {
     } else {
         Json(serde_json::json!({ "status": "ok" })).into_response()
     }
+}
+
+/// This replica's role, term, leader, applied index and state digest (replicas that applied
+/// the same index must show the same digest), with the group's members.
+async fn status(State(pipeline): State<Pipeline>) -> Response {
+    let replica = pipeline.replica();
+    let members: Vec<serde_json::Value> = replica
+        .members()
+        .iter()
+        .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
+        .collect();
+    Json(serde_json::json!({ "replica": replica.status(), "members": members })).into_response()
 }
 
 async fn metrics(State(pipeline): State<Pipeline>) -> Response {

@@ -1,11 +1,15 @@
-//! A running node: engine + pipeline + gRPC and HTTP listeners, started and stopped as one.
+//! A running node: one replica of a Raft group (a group of one by default) with the gRPC
+//! ledger API, the replica transport (same gRPC port) and the HTTP API, started and stopped
+//! as one.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::proto::ledger_server::LedgerServer;
-use engine::{Engine, EngineError, EngineOptions, OpenReport};
+use replication::{NodeId, PeerNode, Replica, ReplicaConfig};
 use telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
 use crate::http;
-use crate::pipeline::{Pipeline, PipelineThreads};
+use crate::pipeline::{Pipeline, PipelineTask};
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -22,11 +26,14 @@ pub struct NodeConfig {
     /// Port 0 picks a free port; [`Node::grpc_addr`] tells which.
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    /// Requests that may wait for the engine before new ones are refused as busy.
+    /// This replica's id in its group.
+    pub node_id: NodeId,
+    /// Every member of the group, this node included. Empty: a group of one (this node, at the
+    /// addresses it actually listens on).
+    pub peers: BTreeMap<NodeId, PeerNode>,
+    /// Write requests that may wait to be batched before new ones are refused as busy.
     pub queue_depth: usize,
-    /// Batches that may wait for their fsync before the engine thread waits.
-    pub in_flight_batches: usize,
-    pub checkpoint_interval_batches: u64,
+    pub replica: ReplicaConfig,
 }
 
 impl NodeConfig {
@@ -39,9 +46,10 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             grpc_addr,
             http_addr,
+            node_id: 1,
+            peers: BTreeMap::new(),
             queue_depth: 256,
-            in_flight_batches: 16,
-            checkpoint_interval_batches: EngineOptions::new(".").checkpoint_interval_batches,
+            replica: ReplicaConfig::default(),
         }
     }
 }
@@ -49,8 +57,12 @@ impl NodeConfig {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
+    #[error("opening the replica in {dir}: {source}")]
+    Replica {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: &'static str,
@@ -58,15 +70,16 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--peers must include this node's own id {0}")]
+    NotAPeer(NodeId),
 }
 
 /// A running node.
 pub struct Node {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
-    open_report: OpenReport,
     pipeline: Pipeline,
-    threads: PipelineThreads,
+    task: PipelineTask,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -78,8 +91,8 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
 }
 
 impl Node {
-    /// Recovers the data directory, then starts serving. Listeners are bound before recovery,
-    /// so a taken port fails fast.
+    /// Opens the replica, starts serving, and (on the lowest-numbered member of a new group)
+    /// initializes the group.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let grpc_listener = bind("gRPC", config.grpc_addr).await?;
         let http_listener = bind("HTTP", config.http_addr).await?;
@@ -89,37 +102,44 @@ impl Node {
         let http_addr = http_listener
             .local_addr()
             .expect("a bound listener has an address");
+        let peers = if config.peers.is_empty() {
+            BTreeMap::from([(
+                config.node_id,
+                PeerNode {
+                    grpc: grpc_addr.to_string(),
+                    http: http_addr.to_string(),
+                },
+            )])
+        } else {
+            config.peers.clone()
+        };
+        if !peers.contains_key(&config.node_id) {
+            return Err(NodeError::NotAPeer(config.node_id));
+        }
 
         let metrics = Metrics::new();
         let sync_metrics = Arc::clone(&metrics);
-        let options = EngineOptions {
-            checkpoint_interval_batches: config.checkpoint_interval_batches,
+        let replica_config = ReplicaConfig {
             sync_observer: Some(Arc::new(move |elapsed, records| {
                 sync_metrics.journal_sync(elapsed, records)
             })),
-            ..EngineOptions::new(&config.data_dir)
+            ..config.replica.clone()
         };
-        let (engine, open_report) = tokio::task::spawn_blocking(move || Engine::open(options))
+        let replica = Replica::open(config.node_id, &config.data_dir, &replica_config)
             .await
-            .expect("the engine open task panicked")?;
-        tracing::info!(
-            data_dir = %config.data_dir.display(),
-            checkpoint = ?open_report.checkpoint_index,
-            replayed_records = open_report.replayed_records,
-            elapsed_ms = open_report.elapsed.as_millis() as u64,
-            "recovered"
-        );
-        let (pipeline, threads) = Pipeline::start(
-            engine,
-            config.queue_depth,
-            config.in_flight_batches,
-            metrics,
-        );
+            .map_err(|source| NodeError::Replica {
+                dir: config.data_dir.clone(),
+                source,
+            })?;
+        let replica = Arc::new(replica);
+        tracing::info!(data_dir = %config.data_dir.display(), node_id = config.node_id, members = peers.len(), "replica opened");
+        let (pipeline, task) = Pipeline::start(Arc::clone(&replica), config.queue_depth, metrics);
         let (stop, stopped) = watch::channel(false);
 
-        let service = LedgerServer::new(LedgerService::new(pipeline.clone()))
+        let ledger = LedgerServer::new(LedgerService::new(pipeline.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let transport = replica.transport_service();
         let mut grpc_stop = stopped.clone();
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
@@ -127,11 +147,10 @@ impl Node {
             let signal = async move {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, signal)
-                .await
-            {
+            let server = tonic::transport::Server::builder()
+                .add_service(ledger)
+                .add_service(transport);
+            if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
                 tracing::error!(%error, "the gRPC server stopped");
             }
         });
@@ -148,12 +167,25 @@ impl Node {
                 tracing::error!(%error, "the HTTP server stopped");
             }
         });
+
+        let lowest = *peers.keys().next().expect("peers is not empty");
+        if lowest == config.node_id && !replica.is_initialized().await {
+            if let Err(error) = replica.initialize(&peers).await {
+                tracing::warn!(%error, "initializing the group failed (another member may have done it)");
+            }
+        }
+        // A group of one elects itself at once; wait for that so the first request succeeds.
+        if peers.len() == 1 {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while replica.leader().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         Ok(Node {
             grpc_addr,
             http_addr,
-            open_report,
             pipeline,
-            threads,
+            task,
             stop,
             servers: vec![grpc, http],
         })
@@ -167,21 +199,24 @@ impl Node {
         self.http_addr
     }
 
-    /// What recovery did at start.
-    pub fn open_report(&self) -> &OpenReport {
-        &self.open_report
+    pub fn replica(&self) -> &Arc<Replica> {
+        self.pipeline.replica()
     }
 
-    /// Stops accepting requests, lets the ones in progress finish, flushes and checkpoints.
-    pub async fn shutdown(self) -> Result<(), EngineError> {
+    /// Stops accepting requests, lets the ones in progress finish, stops Raft.
+    pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for server in self.servers {
             let _ = server.await;
         }
-        self.pipeline.shutdown().await;
-        let threads = self.threads;
-        tokio::task::spawn_blocking(move || threads.join())
-            .await
-            .expect("joining the pipeline threads panicked")
+        let replica = Arc::clone(self.pipeline.replica());
+        drop(self.pipeline);
+        self.task.join().await;
+        match Arc::try_unwrap(replica) {
+            Ok(replica) => replica.shutdown().await,
+            Err(replica) => {
+                let _ = replica.raft().shutdown().await;
+            }
+        }
     }
 }

@@ -1,31 +1,31 @@
-//! The request pipeline: a bounded queue in front of one engine thread, and a reply thread.
+//! The request pipeline on top of the node's replica.
 //!
 //! ```text
-//! handlers (many tasks) ──try_send──▶ [queue, bounded] ──▶ engine thread ──▶ [in flight, bounded] ──▶ reply thread
-//!        ▲  full: Busy                                      coalesce requests     batches wait for their
-//!        │                                                  into one batch,       fsync, then every
-//!        └──────────────────── oneshot replies ◀──────────  journal ∥ apply       request is answered
+//! handlers (many tasks) ──try_send──▶ [queue, bounded] ──▶ batcher ──▶ up to N batches in flight
+//!        ▲  full: Busy                                     coalesces      through Raft (one entry,
+//!        │                                                 queued creates one round, one fsync per
+//!        └────────────── oneshot replies ◀──────────────── into a batch   replica, then applied)
 //! ```
 //!
-//! Reads are answered from the engine thread's state but travel through the same in-flight
-//! queue, so a read is released only after every batch before it is durable: nobody ever sees
-//! a state that a crash could take back. After any storage failure every later request is
-//! answered `Unavailable`.
+//! A write is answered only after its batch is stored on a majority and applied here. Reads are
+//! linearizable: the leader confirms it still leads and has applied everything committed before
+//! the read (read index) and then reads its state. A replica that is not the leader answers
+//! `NotLeader` with the leader it knows of, so clients can go there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc as std_mpsc;
-use std::thread::JoinHandle;
-use std::time::Instant;
 
-use engine::{Engine, EngineError};
-use journal::Ticket;
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults,
     CreateAccountResult, CreateTransferResult, EventResult, Transfer,
 };
+use replication::{NodeId, PeerNode, Replica, WriteError};
 use telemetry::Metrics;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Batches in flight through Raft at once; further requests queue (and coalesce) meanwhile.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
 
 /// What a client asks of the ledger.
 #[derive(Debug, Clone)]
@@ -49,6 +49,14 @@ impl Command {
             Command::GetAccountBalances(_) => "get_account_balances",
         }
     }
+
+    fn create_len(&self) -> Option<usize> {
+        match self {
+            Command::CreateAccounts(events) => Some(events.len()),
+            Command::CreateTransfers(events) => Some(events.len()),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to a [`Command`].
@@ -61,8 +69,8 @@ pub enum Reply {
     Balances(Vec<AccountBalance>),
 }
 
-/// Why a command was not carried out. In every case nothing changed, so the same command
-/// (same ids) may be sent again.
+/// Why a command was not carried out. Except for `Invalid`, the same command (same ids) may
+/// be sent again, here or to the leader named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
     #[error("the node is busy (its request queue is full); retry later with the same ids")]
@@ -71,6 +79,15 @@ pub enum PipelineError {
     Unavailable(String),
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    #[error("this node is not the leader{}; send the request there", leader_text(.leader))]
+    NotLeader { leader: Option<(NodeId, PeerNode)> },
+}
+
+fn leader_text(leader: &Option<(NodeId, PeerNode)>) -> String {
+    match leader {
+        Some((id, node)) => format!(" (the leader is node {id} at {})", node.grpc),
+        None => " (no leader is known yet)".to_string(),
+    }
 }
 
 impl PipelineError {
@@ -80,108 +97,87 @@ impl PipelineError {
             PipelineError::Busy => "busy",
             PipelineError::Unavailable(_) => "unavailable",
             PipelineError::Invalid { .. } => "invalid",
+            PipelineError::NotLeader { .. } => "not_leader",
+        }
+    }
+}
+
+impl From<WriteError> for PipelineError {
+    fn from(error: WriteError) -> PipelineError {
+        match error {
+            WriteError::NotLeader { leader } => PipelineError::NotLeader { leader },
+            WriteError::Unknown { .. } => PipelineError::Unavailable(
+                "the leader changed while the batch was in flight; its outcome is unknown".into(),
+            ),
+            WriteError::Failed(reason) => PipelineError::Unavailable(reason),
         }
     }
 }
 
 type Responder = oneshot::Sender<Result<Reply, PipelineError>>;
 
-enum Request {
-    Run {
-        command: Command,
-        respond: Responder,
-    },
-    /// Stop taking requests, answer what is queued with `Unavailable`, close the engine.
-    Shutdown,
+struct Request {
+    command: Command,
+    respond: Responder,
 }
 
-/// Work handed from the engine thread to the reply thread, in order.
-enum Outgoing {
-    /// Answers to release once `ticket` says their batch is durable.
-    Batch {
-        ticket: Ticket,
-        answers: Vec<(Responder, Reply)>,
-    },
-    /// An answer computed from a state whose batches all precede it in this queue.
-    Ready {
-        respond: Responder,
-        answer: Result<Reply, PipelineError>,
-    },
-}
-
-/// The handle that request handlers use.
+/// The handle request handlers use. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
     sender: mpsc::Sender<Request>,
+    replica: Arc<Replica>,
     failed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
 
-/// The threads behind a pipeline; joined at shutdown.
-pub struct PipelineThreads {
-    engine: JoinHandle<Result<(), EngineError>>,
-    replies: JoinHandle<()>,
-}
+/// The batcher task behind a pipeline; awaited at shutdown.
+pub struct PipelineTask(JoinHandle<()>);
 
-impl PipelineThreads {
-    /// Waits for both threads; returns the engine's closing result (its final checkpoint).
-    pub fn join(self) -> Result<(), EngineError> {
-        let closed = self.engine.join().expect("the engine thread panicked");
-        self.replies.join().expect("the reply thread panicked");
-        closed
+impl PipelineTask {
+    /// Waits until every batch taken in was answered.
+    pub async fn join(self) {
+        let _ = self.0.await;
     }
 }
 
 impl Pipeline {
-    /// Starts the engine and reply threads. `queue_depth` bounds the requests waiting for the
-    /// engine; `in_flight_batches` bounds the batches waiting for their fsync.
+    /// Starts the batcher. `queue_depth` bounds the writes waiting to be batched.
     pub fn start(
-        engine: Engine,
+        replica: Arc<Replica>,
         queue_depth: usize,
-        in_flight_batches: usize,
         metrics: Arc<Metrics>,
-    ) -> (Pipeline, PipelineThreads) {
+    ) -> (Pipeline, PipelineTask) {
         let (sender, receiver) = mpsc::channel(queue_depth);
-        let (outgoing_sender, outgoing_receiver) = std_mpsc::sync_channel(in_flight_batches);
         let failed = Arc::new(AtomicBool::new(false));
-        let engine_failed = Arc::clone(&failed);
-        let engine_metrics = Arc::clone(&metrics);
-        let engine = std::thread::Builder::new()
-            .name("ledger-engine".into())
-            .spawn(move || {
-                engine_loop(
-                    engine,
-                    receiver,
-                    outgoing_sender,
-                    &engine_failed,
-                    &engine_metrics,
-                )
-            })
-            .expect("spawning the engine thread");
-        let reply_failed = Arc::clone(&failed);
-        let replies = std::thread::Builder::new()
-            .name("ledger-replies".into())
-            .spawn(move || reply_loop(outgoing_receiver, &reply_failed))
-            .expect("spawning the reply thread");
+        let task = tokio::spawn(batcher(
+            Arc::clone(&replica),
+            receiver,
+            Arc::clone(&metrics),
+        ));
         (
             Pipeline {
                 sender,
+                replica,
                 failed,
                 metrics,
             },
-            PipelineThreads { engine, replies },
+            PipelineTask(task),
         )
     }
 
-    /// Runs a command: queued if there is room (else `Busy` at once), answered once durable.
+    /// Runs a command: writes are queued if there is room (else `Busy` at once) and answered
+    /// once committed and applied; reads are answered from a linearizable state.
     pub async fn submit(&self, command: Command) -> Result<Reply, PipelineError> {
-        if self.failed.load(Ordering::Acquire) {
+        if self.has_failed() {
             return Err(PipelineError::Unavailable(
                 "it stopped after a storage failure".into(),
             ));
         }
+        if command.create_len().is_none() {
+            return self.read(command).await;
+        }
         let (respond, answer) = oneshot::channel();
-        match self.sender.try_send(Request::Run { command, respond }) {
+        match self.sender.try_send(Request { command, respond }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(PipelineError::Busy),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -197,27 +193,47 @@ impl Pipeline {
             .unwrap_or_else(|_| Err(PipelineError::Unavailable("it is shutting down".into())))
     }
 
-    /// True once a storage failure stopped the node.
-    pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+    async fn read(&self, command: Command) -> Result<Reply, PipelineError> {
+        self.replica.linearizable().await?;
+        let state = self
+            .replica
+            .state()
+            .read()
+            .expect("the ledger lock is never poisoned");
+        let invalid =
+            |ledger::QueryError::InvalidFilter { field, reason }| PipelineError::Invalid {
+                field: field.to_string(),
+                reason: reason.to_string(),
+            };
+        Ok(match command {
+            Command::LookupAccounts(ids) => Reply::Accounts(state.lookup_accounts(&ids)),
+            Command::LookupTransfers(ids) => Reply::Transfers(state.lookup_transfers(&ids)),
+            Command::GetAccountTransfers(filter) => {
+                Reply::Transfers(state.get_account_transfers(&filter).map_err(invalid)?)
+            }
+            Command::GetAccountBalances(filter) => {
+                Reply::Balances(state.get_account_balances(&filter).map_err(invalid)?)
+            }
+            Command::CreateAccounts(_) | Command::CreateTransfers(_) => {
+                unreachable!("writes are batched")
+            }
+        })
     }
 
-    /// Asks the engine thread to finish: queued requests are answered `Unavailable`.
-    pub async fn shutdown(&self) {
-        let _ = self.sender.send(Request::Shutdown).await;
+    /// True once a storage failure stopped the node.
+    pub fn has_failed(&self) -> bool {
+        if !self.replica.is_running() {
+            self.failed.store(true, Ordering::Release);
+        }
+        self.failed.load(Ordering::Acquire)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
-}
 
-/// Events of a create command, for coalescing.
-fn create_len(command: &Command) -> Option<usize> {
-    match command {
-        Command::CreateAccounts(events) => Some(events.len()),
-        Command::CreateTransfers(events) => Some(events.len()),
-        _ => None,
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
     }
 }
 
@@ -225,207 +241,113 @@ fn same_operation(a: &Command, b: &Command) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
-fn engine_loop(
-    mut engine: Engine,
+/// Takes queued writes, coalesces those of one kind into a batch, and sends it through Raft;
+/// at most `BATCHES_IN_FLIGHT_MAX` batches are in flight. Ends when every sender is gone.
+async fn batcher(
+    replica: Arc<Replica>,
     mut receiver: mpsc::Receiver<Request>,
-    outgoing: std_mpsc::SyncSender<Outgoing>,
-    failed: &AtomicBool,
-    metrics: &Metrics,
-) -> Result<(), EngineError> {
-    let mut carried: Option<(Command, Responder)> = None;
-    let mut shutting_down = false;
+    metrics: Arc<Metrics>,
+) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    let mut carried: Option<Request> = None;
     loop {
-        let (command, respond) = match carried.take() {
-            Some(next) => next,
-            None => match receiver.blocking_recv() {
-                Some(Request::Run { command, respond }) => (command, respond),
-                Some(Request::Shutdown) | None => break,
+        let first = match carried.take() {
+            Some(request) => request,
+            None => match receiver.recv().await {
+                Some(request) => request,
+                None => break,
             },
         };
-        if failed.load(Ordering::Acquire) {
-            let _ = respond.send(Err(PipelineError::Unavailable(
-                "it stopped after a storage failure".into(),
-            )));
-            continue;
-        }
-        let Some(len) = create_len(&command) else {
-            let answer = read(&engine, command);
-            if outgoing.send(Outgoing::Ready { respond, answer }).is_err() {
-                break;
-            }
-            continue;
-        };
-        // Coalesce queued creates of the same kind into one batch, up to the batch limit.
-        let mut members = vec![(command, respond, len)];
-        let mut total = len;
+        // Waiting for a free slot is what lets requests pile up and be coalesced under load.
+        let permit = Arc::clone(&in_flight)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let mut total = first.command.create_len().expect("only writes are queued");
+        let mut members = vec![first];
         while total < BATCH_EVENTS_MAX {
             match receiver.try_recv() {
-                Ok(Request::Run { command, respond }) => match create_len(&command) {
-                    Some(len)
-                        if same_operation(&command, &members[0].0)
-                            && total + len <= BATCH_EVENTS_MAX =>
+                Ok(next) => {
+                    let len = next.command.create_len().expect("only writes are queued");
+                    if same_operation(&next.command, &members[0].command)
+                        && total + len <= BATCH_EVENTS_MAX
                     {
                         total += len;
-                        members.push((command, respond, len));
-                    }
-                    _ => {
-                        carried = Some((command, respond));
+                        members.push(next);
+                    } else {
+                        carried = Some(next);
                         break;
                     }
-                },
-                Ok(Request::Shutdown) => {
-                    shutting_down = true;
-                    break;
                 }
                 Err(_) => break,
             }
         }
         metrics.batch(total);
-        let body = match &members[0].0 {
-            Command::CreateAccounts(_) => BatchBody::CreateAccounts(
-                members
-                    .iter_mut()
-                    .flat_map(|(command, _, _)| match command {
-                        Command::CreateAccounts(events) => std::mem::take(events),
-                        _ => unreachable!("coalesced commands share one operation"),
-                    })
-                    .collect(),
-            ),
-            _ => BatchBody::CreateTransfers(
-                members
-                    .iter_mut()
-                    .flat_map(|(command, _, _)| match command {
-                        Command::CreateTransfers(events) => std::mem::take(events),
-                        _ => unreachable!("coalesced commands share one operation"),
-                    })
-                    .collect(),
-            ),
-        };
-        let (results, ticket) = match engine.submit_pipelined(body) {
-            Ok(submitted) => submitted,
-            Err(error) => {
-                tracing::error!(%error, "the engine failed; refusing all further requests");
-                failed.store(true, Ordering::Release);
-                for (_, respond, _) in members {
-                    let _ = respond.send(Err(PipelineError::Unavailable(error.to_string())));
+        let replica = Arc::clone(&replica);
+        tokio::spawn(async move {
+            let accounts = matches!(members[0].command, Command::CreateAccounts(_));
+            let mut lens = Vec::with_capacity(members.len());
+            let mut responders = Vec::with_capacity(members.len());
+            let body = if accounts {
+                let mut events = Vec::with_capacity(total);
+                for Request { command, respond } in members {
+                    let Command::CreateAccounts(mut batch) = command else {
+                        unreachable!("one operation per batch")
+                    };
+                    lens.push(batch.len());
+                    responders.push(respond);
+                    events.append(&mut batch);
                 }
-                continue;
+                BatchBody::CreateAccounts(events)
+            } else {
+                let mut events = Vec::with_capacity(total);
+                for Request { command, respond } in members {
+                    let Command::CreateTransfers(mut batch) = command else {
+                        unreachable!("one operation per batch")
+                    };
+                    lens.push(batch.len());
+                    responders.push(respond);
+                    events.append(&mut batch);
+                }
+                BatchBody::CreateTransfers(events)
+            };
+            match replica.write(body).await {
+                Ok(results) => {
+                    for (respond, reply) in
+                        responders.into_iter().zip(split_results(results, &lens))
+                    {
+                        let _ = respond.send(Ok(reply));
+                    }
+                }
+                Err(error) => {
+                    let error = PipelineError::from(error);
+                    for respond in responders {
+                        let _ = respond.send(Err(error.clone()));
+                    }
+                }
             }
-        };
-        let answers = split_results(results, members);
-        if outgoing.send(Outgoing::Batch { ticket, answers }).is_err() {
-            break;
-        }
-        if shutting_down {
-            break;
-        }
+            drop(permit);
+        });
     }
-    // Answer whatever is still queued, then close: the reply thread drains what is in flight.
-    receiver.close();
-    if let Some((_, respond)) = carried {
-        let _ = respond.send(Err(PipelineError::Unavailable(
-            "it is shutting down".into(),
-        )));
-    }
-    while let Ok(request) = receiver.try_recv() {
-        if let Request::Run { respond, .. } = request {
-            let _ = respond.send(Err(PipelineError::Unavailable(
-                "it is shutting down".into(),
-            )));
-        }
-    }
-    drop(outgoing);
-    if failed.load(Ordering::Acquire) {
-        return Ok(());
-    }
-    engine.close()
+    // Wait for the batches still in flight.
+    let _ = in_flight.acquire_many(BATCHES_IN_FLIGHT_MAX as u32).await;
 }
 
-fn split_results(
-    results: BatchResults,
-    members: Vec<(Command, Responder, usize)>,
-) -> Vec<(Responder, Reply)> {
-    let mut answers = Vec::with_capacity(members.len());
+fn split_results(results: BatchResults, lens: &[usize]) -> Vec<Reply> {
+    let mut replies = Vec::with_capacity(lens.len());
     match results {
         BatchResults::CreateAccounts(results) => {
             let mut rest = results.into_iter();
-            for (_, respond, len) in members {
-                answers.push((
-                    respond,
-                    Reply::CreateAccounts(rest.by_ref().take(len).collect()),
-                ));
+            for &len in lens {
+                replies.push(Reply::CreateAccounts(rest.by_ref().take(len).collect()));
             }
         }
         BatchResults::CreateTransfers(results) => {
             let mut rest = results.into_iter();
-            for (_, respond, len) in members {
-                answers.push((
-                    respond,
-                    Reply::CreateTransfers(rest.by_ref().take(len).collect()),
-                ));
+            for &len in lens {
+                replies.push(Reply::CreateTransfers(rest.by_ref().take(len).collect()));
             }
         }
     }
-    answers
-}
-
-fn read(engine: &Engine, command: Command) -> Result<Reply, PipelineError> {
-    let state = engine.state();
-    let invalid = |ledger::QueryError::InvalidFilter { field, reason }| PipelineError::Invalid {
-        field: field.to_string(),
-        reason: reason.to_string(),
-    };
-    Ok(match command {
-        Command::LookupAccounts(ids) => Reply::Accounts(state.lookup_accounts(&ids)),
-        Command::LookupTransfers(ids) => Reply::Transfers(state.lookup_transfers(&ids)),
-        Command::GetAccountTransfers(filter) => {
-            Reply::Transfers(state.get_account_transfers(&filter).map_err(invalid)?)
-        }
-        Command::GetAccountBalances(filter) => {
-            Reply::Balances(state.get_account_balances(&filter).map_err(invalid)?)
-        }
-        Command::CreateAccounts(_) | Command::CreateTransfers(_) => {
-            unreachable!("creates are batched")
-        }
-    })
-}
-
-fn reply_loop(receiver: std_mpsc::Receiver<Outgoing>, failed: &AtomicBool) {
-    let started = Instant::now();
-    while let Ok(item) = receiver.recv() {
-        match item {
-            Outgoing::Batch { ticket, answers } => match ticket.wait() {
-                Ok(_) if !failed.load(Ordering::Acquire) => {
-                    for (respond, reply) in answers {
-                        let _ = respond.send(Ok(reply));
-                    }
-                }
-                outcome => {
-                    if let Err(error) = &outcome {
-                        tracing::error!(%error, "a batch could not be made durable; refusing all further requests");
-                    }
-                    failed.store(true, Ordering::Release);
-                    for (respond, _) in answers {
-                        let _ = respond.send(Err(PipelineError::Unavailable(
-                            "a storage failure stopped it".into(),
-                        )));
-                    }
-                }
-            },
-            Outgoing::Ready { respond, answer } => {
-                let answer = if failed.load(Ordering::Acquire) {
-                    Err(PipelineError::Unavailable(
-                        "a storage failure stopped it".into(),
-                    ))
-                } else {
-                    answer
-                };
-                let _ = respond.send(answer);
-            }
-        }
-    }
-    tracing::debug!(
-        uptime_s = started.elapsed().as_secs(),
-        "reply thread finished"
-    );
+    replies
 }
