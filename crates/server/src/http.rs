@@ -34,7 +34,7 @@ const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    body: ErrorJson,
+    body: Box<ErrorJson>,
 }
 
 impl ApiError {
@@ -47,7 +47,10 @@ impl ApiError {
             leader_grpc: None,
             leader_http: None,
         };
-        ApiError { status, body }
+        ApiError {
+            status,
+            body: Box::new(body),
+        }
     }
 
     fn bad_request(field: impl Into<String>, error: impl Into<String>) -> ApiError {
@@ -100,7 +103,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry = self.body.retryable && self.status == StatusCode::SERVICE_UNAVAILABLE;
         let leader_http = self.body.leader_http.clone();
-        let mut response = (self.status, Json(self.body)).into_response();
+        let mut response = (self.status, Json(*self.body)).into_response();
         if retry {
             response
                 .headers_mut()
