@@ -169,10 +169,11 @@ impl Node {
         });
 
         let lowest = *peers.keys().next().expect("peers is not empty");
-        if lowest == config.node_id && !replica.is_initialized().await {
-            if let Err(error) = replica.initialize(&peers).await {
-                tracing::warn!(%error, "initializing the group failed (another member may have done it)");
-            }
+        if lowest == config.node_id
+            && !replica.is_initialized().await
+            && let Err(error) = replica.initialize(&peers).await
+        {
+            tracing::warn!(%error, "initializing the group failed (another member may have done it)");
         }
         // A group of one elects itself at once; wait for that so the first request succeeds.
         if peers.len() == 1 {
