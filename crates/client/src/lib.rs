@@ -89,28 +89,54 @@ fn transient(status: &Status) -> bool {
 
 type SingleReply = oneshot::Sender<Result<EventResult<CreateTransferResult>, ClientError>>;
 
-/// A connection to a fincore node. Cheap to clone; clones share the connection and batcher.
+/// Metadata key of a "not the leader" answer that names the leader's gRPC address.
+const LEADER_GRPC_KEY: &str = "fincore-leader-grpc";
+
+/// A connection to a fincore replica group. Cheap to clone; clones share the connection and
+/// batcher. Requests go to the leader: a replica that is not the leader names it, and the
+/// client moves there and retries; a replica that does not answer is skipped for the next
+/// address given.
 #[derive(Clone)]
 pub struct Client {
-    inner: LedgerClient<Channel>,
+    inner: Arc<std::sync::RwLock<LedgerClient<Channel>>>,
+    /// Every address given, tried in turn when the current one does not answer.
+    addrs: Arc<Vec<String>>,
+    next_addr: Arc<std::sync::atomic::AtomicUsize>,
     policy: Arc<RetryPolicy>,
     singles: mpsc::Sender<(Transfer, SingleReply)>,
+}
+
+fn ledger_client(addr: &str) -> Result<LedgerClient<Channel>, ClientError> {
+    let endpoint = Endpoint::from_shared(addr.to_string())
+        .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2));
+    Ok(LedgerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX))
 }
 
 impl Client {
     /// A client of the node at `addr` (`http://host:port`). Connects lazily and reconnects by
     /// itself, so it survives node restarts.
     pub fn connect(addr: &str, policy: RetryPolicy) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2));
-        let inner = LedgerClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        Client::connect_any(&[addr], policy)
+    }
+
+    /// A client of a replica group reachable at any of `addrs` (`http://host:port` each).
+    pub fn connect_any(addrs: &[&str], policy: RetryPolicy) -> Result<Client, ClientError> {
+        let first = addrs
+            .first()
+            .ok_or_else(|| ClientError::Invalid("no address given".into()))?;
+        for addr in addrs {
+            ledger_client(addr)?;
+        }
+        let inner = Arc::new(std::sync::RwLock::new(ledger_client(first)?));
         let (singles, queue) = mpsc::channel(PENDING_SINGLES_MAX);
         let client = Client {
             inner,
+            addrs: Arc::new(addrs.iter().map(|a| a.to_string()).collect()),
+            next_addr: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             policy: Arc::new(policy),
             singles,
         };
@@ -129,10 +155,9 @@ impl Client {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            let current = self.inner.read().expect("never poisoned").clone();
             let outcome =
-                match tokio::time::timeout(self.policy.attempt_timeout, call(self.inner.clone()))
-                    .await
-                {
+                match tokio::time::timeout(self.policy.attempt_timeout, call(current)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(Status::deadline_exceeded("attempt timed out")),
                 };
@@ -143,6 +168,33 @@ impl Client {
                 }
                 Err(status) => status,
             };
+            // Not the leader, and it says who is: go there and retry at once.
+            if let Some(leader) = status
+                .metadata()
+                .get(LEADER_GRPC_KEY)
+                .and_then(|v| v.to_str().ok())
+                && attempts < self.policy.attempts_max
+                && let Ok(client) = ledger_client(&format!("http://{leader}"))
+            {
+                tracing::debug!(leader, "following the leader");
+                *self.inner.write().expect("never poisoned") = client;
+                continue;
+            }
+            // No answer (or no leader known there): try the next address given.
+            if self.addrs.len() > 1
+                && matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+                )
+            {
+                let next = self
+                    .next_addr
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    % self.addrs.len();
+                if let Ok(client) = ledger_client(&self.addrs[next]) {
+                    *self.inner.write().expect("never poisoned") = client;
+                }
+            }
             let elapsed = started.elapsed();
             if attempts >= self.policy.attempts_max || elapsed + backoff > self.policy.elapsed_max {
                 return Err(ClientError::GaveUp {

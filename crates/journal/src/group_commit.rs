@@ -44,6 +44,11 @@ enum Request {
         index: u64,
         done: SyncSender<Result<Appended, String>>,
     },
+    /// Drops every record; the next append is `next_index`.
+    RestartAt {
+        next_index: u64,
+        done: SyncSender<Result<Appended, String>>,
+    },
 }
 
 impl Request {
@@ -52,7 +57,8 @@ impl Request {
             Request::Append { body, .. } => body.len(),
             Request::Barrier { .. }
             | Request::TruncateAfter { .. }
-            | Request::PurgeBefore { .. } => 0,
+            | Request::PurgeBefore { .. }
+            | Request::RestartAt { .. } => 0,
         }
     }
 
@@ -61,7 +67,8 @@ impl Request {
             Request::Append { done, .. }
             | Request::Barrier { done }
             | Request::TruncateAfter { done, .. }
-            | Request::PurgeBefore { done, .. } => done,
+            | Request::PurgeBefore { done, .. }
+            | Request::RestartAt { done, .. } => done,
         }
     }
 }
@@ -180,6 +187,12 @@ impl GroupCommitter {
         self.control(|done| Request::PurgeBefore { index, done })
     }
 
+    /// Drops every record, in order with the appends around it; the next append must be
+    /// `next_index`.
+    pub fn restart_at(&self, next_index: u64) -> Result<Ticket> {
+        self.control(|done| Request::RestartAt { next_index, done })
+    }
+
     fn control(
         &self,
         request: impl FnOnce(SyncSender<Result<Appended, String>>) -> Request,
@@ -261,6 +274,13 @@ fn writer_loop(
                 // Answered after the sync, with the position of everything before it.
                 Request::Barrier { .. } => positions.push(journal.last()),
                 Request::TruncateAfter { index, .. } => match journal.truncate_after(*index) {
+                    Ok(()) => positions.push(journal.last()),
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                },
+                Request::RestartAt { next_index, .. } => match journal.restart_at(*next_index) {
                     Ok(()) => positions.push(journal.last()),
                     Err(error) => {
                         outcome = Err(error);

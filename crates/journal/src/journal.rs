@@ -386,6 +386,26 @@ impl Journal {
         Ok(purged)
     }
 
+    /// Drops every record and makes `next_index` the index of the next append (Raft: a
+    /// snapshot installed from the leader covers more than this log holds). The chain starts
+    /// afresh: the next record links to a zero hash, and a later open takes that link as found.
+    pub fn restart_at(&mut self, next_index: u64) -> Result<()> {
+        assert!(next_index >= 1);
+        for segment in self.segments.drain(..) {
+            fs::remove_file(&segment.path)
+                .map_err(JournalError::io("removing journal segment", &segment.path))?;
+        }
+        self.active = None;
+        sync_dir(&self.dir)?;
+        self.base = Position {
+            index: next_index - 1,
+            term: 0,
+            hash: RecordHash::default(),
+        };
+        self.last = self.base;
+        Ok(())
+    }
+
     /// Reads records from `index` on, checking checksums (and, with `verify_hashes`, recomputing
     /// every hash of the chain).
     pub fn read_from(&self, index: u64, verify_hashes: bool) -> Result<RecordReader> {

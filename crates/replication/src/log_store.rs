@@ -40,6 +40,8 @@ struct Meta {
 
 struct Inner {
     committer: GroupCommitter,
+    /// Journal index of the last record appended (or the base after a restart).
+    journal_last: u64,
     entries: BTreeMap<u64, Entry>,
     meta: Meta,
     meta_path: PathBuf,
@@ -118,6 +120,17 @@ impl LogStore {
                 entries.insert(entry.log_id.index(), entry);
             }
         }
+        // Reconcile with a purge that went past the journal's end (a crash between recording the
+        // purge and restarting the journal): restart it now.
+        let mut journal = journal;
+        if let Some(purged) = &meta.last_purged
+            && journal.last().index < journal_index(purged.index())
+        {
+            journal
+                .restart_at(journal_index(purged.index()) + 1)
+                .map_err(other)?;
+        }
+        let journal_last = journal.last().index;
         let committer = GroupCommitter::spawn(journal, 64, sync_observer);
         let (flusher, flushes) = mpsc::channel::<(Vec<Ticket>, IOFlushed<TypeConfig>)>();
         std::thread::Builder::new()
@@ -138,6 +151,7 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 committer,
+                journal_last,
                 entries,
                 meta,
                 meta_path,
@@ -229,6 +243,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .append(term, journal_index(index), body)
                     .map_err(other)?,
             );
+            inner.journal_last = journal_index(index);
             inner.entries.insert(index, entry);
         }
         inner
@@ -243,10 +258,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let ticket = match last_log_id {
             Some(last) => {
                 inner.entries.retain(|&index, _| index <= last.index());
+                inner.journal_last = inner.journal_last.min(journal_index(last.index()));
                 inner.committer.truncate_after(journal_index(last.index()))
             }
             None => {
                 inner.entries.clear();
+                inner.journal_last = 0;
                 inner.committer.truncate_after(0)
             }
         }
@@ -261,10 +278,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner.entries.retain(|&index, _| index > log_id.index());
         inner.meta.last_purged = Some(log_id);
         LogStore::save_meta(&inner)?;
-        let ticket = inner
-            .committer
-            .purge_before(journal_index(log_id.index()) + 1)
-            .map_err(other)?;
+        // A snapshot from the leader may cover more than this log holds: then the journal
+        // restarts right after it, so that the next entry Raft appends fits.
+        let ticket = if inner.journal_last < journal_index(log_id.index()) {
+            inner.journal_last = journal_index(log_id.index());
+            inner
+                .committer
+                .restart_at(journal_index(log_id.index()) + 1)
+        } else {
+            inner
+                .committer
+                .purge_before(journal_index(log_id.index()) + 1)
+        }
+        .map_err(other)?;
         drop(inner);
         ticket.wait().map_err(other)?;
         Ok(())

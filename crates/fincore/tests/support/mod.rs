@@ -19,13 +19,19 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node on `data_dir`; `listen` is (grpc, http), "127.0.0.1:0" for any free port.
     pub fn start_on(data_dir: &Path, grpc: &str, http: &str, extra: &[&str]) -> NodeProcess {
+        // The node's log goes beside its data directory (kept across restarts), for post-mortems.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .expect("opening the node's log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_fincore"))
             .args(["serve", "--grpc", grpc, "--http", http, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting fincore serve");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
