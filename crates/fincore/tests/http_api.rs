@@ -384,6 +384,18 @@ fn a_clean_restart_keeps_everything_and_replays_nothing() {
     assert_eq!(results(&answer), ["created"]);
     let before = get(&node.http, "/v1/transfers/9").json();
     node.stop();
+    // The stopped node's data directory verifies: chain, entries, replay, double entry.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
+        .args(["verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("fincore verify: OK (replica data directory)") && text.contains("4 events"),
+        "{text}"
+    );
     let node = NodeProcess::start(dir.path());
     assert_eq!(get(&node.http, "/v1/transfers/9").json(), before);
     assert_eq!(

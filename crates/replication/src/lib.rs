@@ -11,6 +11,7 @@ mod network;
 mod replica;
 mod state_machine;
 mod types;
+mod verify;
 
 pub use journal::SyncObserver;
 pub use log_store::LogStore;
@@ -18,6 +19,7 @@ pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory}
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteError};
 pub use state_machine::{LedgerStateMachine, SharedState};
 pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch, TypeConfig};
+pub use verify::{VerifyReport, is_replica_dir, verify};
 
 /// Generated transport protocol.
 pub mod proto {

@@ -27,7 +27,7 @@ type StoredMembership = StoredMembershipOf<TypeConfig>;
 pub type SharedState = Arc<RwLock<StateMachine>>;
 
 /// The file the newest snapshot lives in.
-const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
+pub(crate) const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotFileHeader {
@@ -39,6 +39,38 @@ struct Inner {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     current: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+}
+
+/// A snapshot file's contents, checked: its metadata, the state it holds, and their digest.
+pub(crate) type SnapshotFile = (SnapshotMeta, StateMachine, StateDigest);
+
+/// Reads and checks the snapshot file in `dir`, if there is one.
+pub(crate) fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let bad = |what: String| invalid(format!("{}: {what}", path.display()));
+    let header_len = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or_else(|| bad("too short".into()))?;
+    let header: SnapshotFileHeader = postcard::from_bytes(
+        bytes
+            .get(4..4 + header_len)
+            .ok_or_else(|| bad("header cut short".into()))?,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let (state, digest) = StateMachine::read_snapshot(&mut &bytes[4 + header_len..])
+        .map_err(|e| bad(e.to_string()))?;
+    if digest.0 != header.digest {
+        return Err(bad(
+            "the state does not match the digest stored with it".into()
+        ));
+    }
+    Ok(Some((header.meta, state, digest)))
 }
 
 /// The state machine of one replica. Clones share it.
@@ -58,7 +90,7 @@ impl LedgerStateMachine {
     /// one, else an empty ledger.
     pub fn open(dir: &Path) -> io::Result<LedgerStateMachine> {
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let mut machine = LedgerStateMachine {
+        let machine = LedgerStateMachine {
             state: Arc::new(RwLock::new(StateMachine::default())),
             inner: Arc::new(Mutex::new(Inner {
                 last_applied: None,
@@ -67,26 +99,14 @@ impl LedgerStateMachine {
             })),
             snapshot_path,
         };
-        match std::fs::read(&machine.snapshot_path) {
-            Ok(bytes) => {
-                let header_len = u32::from_le_bytes(
-                    bytes
-                        .get(..4)
-                        .ok_or_else(|| invalid("snapshot file too short"))?
-                        .try_into()
-                        .expect("4 bytes"),
-                ) as usize;
-                let header: SnapshotFileHeader = postcard::from_bytes(
-                    bytes
-                        .get(4..4 + header_len)
-                        .ok_or_else(|| invalid("snapshot header cut short"))?,
-                )
-                .map_err(invalid)?;
-                let data = bytes[4 + header_len..].to_vec();
-                machine.load(&header.meta, data, Some(header.digest))?;
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
+        if let Some((meta, state, _)) = read_snapshot_file(dir)? {
+            let mut data = Vec::new();
+            state.write_snapshot(&mut data)?;
+            *machine.state.write().expect("never poisoned") = state;
+            let mut inner = machine.inner.lock().expect("never poisoned");
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.current = Some((meta, Arc::new(data)));
         }
         Ok(machine)
     }
