@@ -50,7 +50,7 @@ impl Default for RetryPolicy {
             attempts_max: 50,
             elapsed_max: Duration::from_secs(60),
             backoff_initial: Duration::from_millis(5),
-            backoff_max: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(100),
             attempt_timeout: Duration::from_secs(10),
         }
     }

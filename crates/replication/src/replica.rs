@@ -46,8 +46,8 @@ impl Default for ReplicaConfig {
     fn default() -> Self {
         ReplicaConfig {
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
             snapshot_every_entries: 4096,
             sync_observer: None,
         }

@@ -89,6 +89,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         peak_rss_bytes: peak_rss_bytes("self"),
         journal: Some(journal),
         restart,
+        write_pause_ms_max: None,
     })
 }
 

@@ -28,6 +28,13 @@ pub struct BenchArgs {
     /// Benchmark a running node at this gRPC address instead of starting one.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "embedded")]
     addr: Option<String>,
+    /// Network mode: start a replica group of this many nodes (1, 3 or 5).
+    #[arg(long, default_value_t = 1, value_parser = parse_replicas)]
+    replicas: u64,
+    /// Network mode: kill -9 the leader this many seconds into the transfers, and report the
+    /// longest write pause (`write_pause_ms_max`).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "addr")]
+    kill_leader_at: Option<f64>,
     /// Concurrent clients, each with one batch in flight (network mode).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     clients: u64,
@@ -60,6 +67,13 @@ pub struct BenchArgs {
     /// writing a checkpoint, then a restart from it).
     #[arg(long, requires = "embedded")]
     restart: bool,
+}
+
+fn parse_replicas(text: &str) -> Result<u64, String> {
+    match text {
+        "1" | "3" | "5" => Ok(text.parse().expect("a listed number")),
+        _ => Err(format!("{text:?}: a replica group has 1, 3 or 5 nodes")),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +122,7 @@ pub struct Measured {
     pub peak_rss_bytes: u64,
     pub journal: Option<JournalFigures>,
     pub restart: Option<RestartReport>,
+    pub write_pause_ms_max: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +135,7 @@ pub struct JournalFigures {
 #[derive(Debug, Serialize)]
 struct Report {
     mode: &'static str,
+    replicas: u64,
     clients: u64,
     accounts: u64,
     transfers: u64,
@@ -135,6 +151,8 @@ struct Report {
     peak_rss_bytes: u64,
     journal: Option<JournalFigures>,
     restart: Option<RestartReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_pause_ms_max: Option<f64>,
 }
 
 /// Peak resident set size of a process (Linux `VmHWM`), 0 if unknown.
@@ -158,6 +176,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let report = Report {
         mode,
+        replicas: if args.embedded { 1 } else { args.replicas },
         clients: if args.embedded { 1 } else { args.clients },
         accounts: args.accounts,
         transfers: args.transfers,
@@ -172,6 +191,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         peak_rss_bytes: measured.peak_rss_bytes,
         journal: measured.journal,
         restart: measured.restart,
+        write_pause_ms_max: measured.write_pause_ms_max,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -206,6 +226,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
         println!("  peak RSS      {} MiB", report.peak_rss_bytes >> 20);
         println!("  failed        {} transfers", report.transfers_failed);
+        if let Some(pause) = report.write_pause_ms_max {
+            println!("  failover      longest write pause after killing the leader: {pause:.0} ms");
+        }
         if let Some(r) = &report.restart {
             println!(
                 "  restart       after a crash: {:.2} s replaying {} records",

@@ -1,9 +1,12 @@
-//! The network benchmark: a node over gRPC (started here as a child process, or `--addr`),
-//! `--clients` clients each with one batch in flight.
+//! The network benchmark: a replica group over gRPC (started here as child processes, or
+//! `--addr`), `--clients` clients each with one batch in flight; optionally the leader is
+//! killed mid-run and the longest write pause measured.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -13,32 +16,26 @@ use ledger::{CreateAccountResult, CreateTransferResult};
 use super::workload::{TransferGenerator, accounts};
 use super::{BenchArgs, Measured, data_dir, peak_rss_bytes};
 
-/// A `fincore serve` child process on a data directory, listening on free ports.
+/// A `fincore serve` child process.
 pub struct ChildNode {
     child: Child,
     pub grpc_addr: String,
+    pub http_addr: String,
 }
 
 impl ChildNode {
-    pub fn start(data_dir: &Path) -> anyhow::Result<ChildNode> {
+    /// Starts a node on `data_dir` with `args` (listen addresses, peers, ...).
+    pub fn start(data_dir: &Path, args: &[String]) -> anyhow::Result<ChildNode> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let log_path = data_dir.join("node.log");
+        let log_path = data_dir.with_extension("log");
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let exe = std::env::current_exe().context("finding the fincore executable")?;
         let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--grpc",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--checkpoint-interval",
-                "0",
-                "--data-dir",
-            ])
+            .args(["serve", "--checkpoint-interval", "0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -46,11 +43,15 @@ impl ChildNode {
             .context("starting `fincore serve`")?;
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
-        let grpc_addr = loop {
+        let (mut grpc_addr, mut http_addr) = (None, None);
+        while grpc_addr.is_none() || http_addr.is_none() {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("fincore: gRPC listening on ") {
-                        break addr.to_string();
+                        grpc_addr = Some(addr.to_string());
+                    }
+                    if let Some(addr) = line.strip_prefix("fincore: HTTP listening on http://") {
+                        http_addr = Some(addr.to_string());
                     }
                 }
                 _ => {
@@ -59,14 +60,24 @@ impl ChildNode {
                     bail!("the node did not start; its log:\n{log}");
                 }
             }
-        };
+        }
         // Keep reading its stdout so that it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Ok(ChildNode { child, grpc_addr })
+        Ok(ChildNode {
+            child,
+            grpc_addr: grpc_addr.expect("read"),
+            http_addr: http_addr.expect("read"),
+        })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Asks the node to stop cleanly (SIGTERM) and waits for it.
@@ -95,20 +106,147 @@ impl Drop for ChildNode {
     }
 }
 
+fn free_addr() -> anyhow::Result<String> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+/// Starts `replicas` nodes forming one group (node i in `dir/node-i`).
+fn start_group(dir: &Path, replicas: u64) -> anyhow::Result<Vec<ChildNode>> {
+    if replicas == 1 {
+        let listen = ["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"].map(String::from);
+        return Ok(vec![ChildNode::start(&dir.join("node-1"), &listen)?]);
+    }
+    let addrs: Vec<(String, String)> = (0..replicas)
+        .map(|_| Ok((free_addr()?, free_addr()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (g, h))| format!("{}={g}/{h}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (grpc, http))| {
+            let args = [
+                "--node-id",
+                &(i + 1).to_string(),
+                "--peers",
+                &peers,
+                "--grpc",
+                grpc,
+                "--http",
+                http,
+            ]
+            .map(String::from);
+            ChildNode::start(&dir.join(format!("node-{}", i + 1)), &args)
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET, enough to read a node's status.
+fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or("");
+    Ok(serde_json::from_str(body)?)
+}
+
+/// The longest gap between consecutive batch completions at or after `from`.
+fn longest_pause(completions: &mut [Instant], from: Instant) -> Duration {
+    completions.sort_unstable();
+    let mut previous = from;
+    let mut longest = Duration::ZERO;
+    for &done in completions.iter().filter(|&&done| done >= from) {
+        longest = longest.max(done - previous);
+        previous = done;
+    }
+    longest
+}
+
+/// Kills the leader `after` the transfers started; returns when it did (or `None`).
+fn spawn_leader_killer(
+    nodes: Arc<Mutex<Vec<Option<ChildNode>>>>,
+    transfers_started: Arc<Mutex<Option<Instant>>>,
+    after: Duration,
+) -> std::thread::JoinHandle<anyhow::Result<Option<Instant>>> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let started = loop {
+            if let Some(started) = *transfers_started.lock().expect("never poisoned") {
+                break started;
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        std::thread::sleep((started + after).saturating_duration_since(Instant::now()));
+        let mut nodes = nodes.lock().expect("never poisoned");
+        let addrs: Vec<String> = nodes
+            .iter()
+            .flatten()
+            .map(|n| n.http_addr.clone())
+            .collect();
+        let leader_http = addrs[leader_of(&addrs)?].clone();
+        let position = nodes
+            .iter()
+            .position(|n| n.as_ref().is_some_and(|n| n.http_addr == leader_http))
+            .expect("the leader is one of ours");
+        nodes[position].take().expect("running").kill();
+        Ok(Some(Instant::now()))
+    })
+}
+
+/// The index (in `http_addrs`) of the node the group agrees is leader (bounded wait).
+fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for addr in http_addrs {
+            if let Ok(status) = http_get_json(addr, "/v1/status")
+                && let Some(leader) = status["replica"]["leader"].as_u64()
+                && let Some(members) = status["members"].as_array()
+                && let Some(member) = members.iter().find(|m| m["id"].as_u64() == Some(leader))
+                && let Some(position) = http_addrs
+                    .iter()
+                    .position(|a| Some(a.as_str()) == member["http"].as_str())
+            {
+                return Ok(position);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("no leader was elected within 20 s")
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     let (dir, _temp) = data_dir(&args.data_dir)?;
-    let node = match &args.addr {
-        Some(_) => None,
-        None => Some(ChildNode::start(&dir)?),
+    let nodes = match &args.addr {
+        Some(_) => Vec::new(),
+        None => start_group(&dir, args.replicas)?,
     };
-    let addr = format!(
-        "http://{}",
-        args.addr
-            .clone()
-            .unwrap_or_else(|| node.as_ref().expect("started").grpc_addr.clone())
-    );
+    let addrs: Vec<String> = match &args.addr {
+        Some(addr) => vec![format!("http://{addr}")],
+        None => nodes
+            .iter()
+            .map(|n| format!("http://{}", n.grpc_addr))
+            .collect(),
+    };
+    let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
+    let nodes = Arc::new(Mutex::new(nodes.into_iter().map(Some).collect::<Vec<_>>()));
     // Against a node that may already hold a previous run, transfer ids start past any earlier
-    // run's; against our own fresh node they are 1..N, as in TigerBeetle's benchmark.
+    // run's; against our own fresh group they are 1..N, as in TigerBeetle's benchmark.
     let id_offset = if args.addr.is_some() {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -118,11 +256,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     } else {
         0
     };
+    let completions = Arc::new(Mutex::new(Vec::new()));
+    let transfers_started = Arc::new(Mutex::new(None));
+    let killer = args.kill_leader_at.map(|seconds| {
+        spawn_leader_killer(
+            Arc::clone(&nodes),
+            Arc::clone(&transfers_started),
+            Duration::from_secs_f64(seconds),
+        )
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let (seconds, latencies, transfers_failed) = runtime.block_on(async {
-        let setup = Client::connect(&addr, RetryPolicy::default())?;
+        let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let setup = Client::connect_any(&addr_refs, RetryPolicy::default())?;
         let mut first = 1;
         while first <= args.accounts {
             let last = (first + args.batch - 1).min(args.accounts);
@@ -139,9 +287,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         }
         let batches = args.transfers.div_ceil(args.batch);
         let started = Instant::now();
+        *transfers_started.lock().expect("never poisoned") = Some(started);
         let mut tasks = Vec::new();
         for k in 0..args.clients {
-            let client = Client::connect(&addr, RetryPolicy::default())?;
+            let client = Client::connect_any(&addr_refs, RetryPolicy::default())?;
             let mut generator = TransferGenerator::new(
                 args.seed.wrapping_add(k),
                 args.accounts,
@@ -149,6 +298,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
                 args.id_order,
             )?;
             let (batch, transfers, clients) = (args.batch, args.transfers, args.clients as usize);
+            let completions = Arc::clone(&completions);
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut failed = 0u64;
@@ -159,9 +309,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
                     let sent = Instant::now();
                     let results = client.create_transfers(&events).await?;
                     latencies.push(sent.elapsed());
+                    completions
+                        .lock()
+                        .expect("never poisoned")
+                        .push(Instant::now());
+                    // A batch retried across a failover may answer `exists` for events that had
+                    // landed the first time: that is the same transfer, not a failure.
                     failed += results
                         .iter()
-                        .filter(|r| r.result != CreateTransferResult::Created)
+                        .filter(|r| {
+                            !matches!(
+                                r.result,
+                                CreateTransferResult::Created | CreateTransferResult::Exists
+                            )
+                        })
                         .count() as u64;
                 }
                 anyhow::Ok((latencies, failed))
@@ -176,10 +337,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         }
         anyhow::Ok((started.elapsed().as_secs_f64(), latencies, failed))
     })?;
-    let peak_rss_bytes = node
-        .as_ref()
-        .map_or(0, |node| peak_rss_bytes(&node.pid().to_string()));
-    if let Some(node) = node {
+    let peak_rss_bytes = pids
+        .iter()
+        .map(|pid| peak_rss_bytes(pid))
+        .max()
+        .unwrap_or(0);
+    let write_pause_ms_max = match killer {
+        Some(killer) => {
+            let killed_at = killer.join().expect("the killer thread panicked")?;
+            killed_at.map(|killed_at| {
+                let mut completions = completions.lock().expect("never poisoned").clone();
+                longest_pause(&mut completions, killed_at).as_secs_f64() * 1e3
+            })
+        }
+        None => None,
+    };
+    for node in nodes.lock().expect("never poisoned").drain(..).flatten() {
         node.stop()?;
     }
     Ok(Measured {
@@ -189,5 +362,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         peak_rss_bytes,
         journal: None,
         restart: None,
+        write_pause_ms_max,
     })
 }
