@@ -75,6 +75,10 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// HTTP/2 flow-control windows, sized for full batches.
+const HTTP2_STREAM_WINDOW_BYTES: u32 = 16 << 20;
+const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+
 fn transient(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -110,6 +114,10 @@ fn ledger_client(addr: &str) -> Result<LedgerClient<Channel>, ClientError> {
     let endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
         .tcp_nodelay(true)
+        // Whole batches are ~1 MiB: HTTP/2's default 64 KiB windows would cost a round trip
+        // per 64 KiB.
+        .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .connect_timeout(Duration::from_secs(2));
     Ok(LedgerClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MESSAGE_BYTES_MAX)

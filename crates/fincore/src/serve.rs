@@ -65,9 +65,13 @@ fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Data directory (created if absent).
+    /// Data directory (created if absent; with --replicas, node i uses DIR/node-i).
     #[arg(long, value_name = "DIR", default_value = "fincore-data")]
     data_dir: PathBuf,
+    /// Run a local replica group of this many nodes (1, 3 or 5), as child processes on
+    /// consecutive ports from --grpc and --http.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    replicas: u64,
     #[command(flatten)]
     listen: ListenArgs,
 }
@@ -150,7 +154,83 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     run_node(config, |_| {})
 }
 
+/// `fincore dev --replicas N`: N `fincore serve` children forming one group on this machine.
+fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    if args.replicas.is_multiple_of(2) {
+        anyhow::bail!(
+            "--replicas {}: a replica group needs an odd number of nodes (1, 3 or 5)",
+            args.replicas
+        );
+    }
+    let shifted = |addr: SocketAddr, by: u64| SocketAddr::new(addr.ip(), addr.port() + by as u16);
+    let nodes: Vec<(u64, SocketAddr, SocketAddr)> = (0..args.replicas)
+        .map(|i| {
+            (
+                i + 1,
+                shifted(args.listen.grpc, i),
+                shifted(args.listen.http, i),
+            )
+        })
+        .collect();
+    let peers = nodes
+        .iter()
+        .map(|(id, grpc, http)| format!("{id}={grpc}/{http}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let exe = std::env::current_exe().context("finding the fincore executable")?;
+    let mut children = Vec::new();
+    for (id, grpc, http) in &nodes {
+        let dir = args.data_dir.join(format!("node-{id}"));
+        let child = std::process::Command::new(&exe)
+            .args([
+                "serve",
+                "--node-id",
+                &id.to_string(),
+                "--peers",
+                &peers,
+                "--grpc",
+                &grpc.to_string(),
+                "--http",
+                &http.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        children.push(child);
+    }
+    println!(
+        "fincore dev: a {}-node replica group, data under {}",
+        args.replicas,
+        args.data_dir.display()
+    );
+    for (id, grpc, http) in &nodes {
+        println!("  node {id}: gRPC {grpc}  HTTP http://{http}  (status: http://{http}/v1/status)");
+    }
+    println!(
+        "  writes go to the leader; other nodes answer with a redirect to it (HTTP 307) or a leader hint (gRPC)."
+    );
+    println!("  Ctrl-C stops every node cleanly.");
+    std::io::stdout().flush().ok();
+    runtime()?.block_on(stop_signal());
+    for child in &children {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    println!("fincore dev: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    if args.replicas > 1 {
+        return dev_group(args);
+    }
     let data_dir = args.data_dir.clone();
     run_node(config(args.data_dir.clone(), &args.listen), move |node| {
         let http = node.http_addr();

@@ -17,12 +17,16 @@ use support::{NodeProcess, get};
 const ACCOUNTS: u128 = 6;
 const ROUNDS: usize = 4;
 
-fn free_addr() -> String {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
+/// `count` distinct free loopback addresses (all held open until every one is chosen, so the
+/// kernel cannot hand out the same port twice).
+fn free_addrs(count: usize) -> Vec<String> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
 }
 
 struct Group {
@@ -35,7 +39,7 @@ struct Group {
 
 impl Group {
     fn peers(&self) -> String {
-        (0..3)
+        (0..self.grpc.len())
             .map(|i| format!("{}={}/{}", i + 1, self.grpc[i], self.http[i]))
             .collect::<Vec<_>>()
             .join(",")
@@ -63,7 +67,7 @@ impl Group {
     fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let leaders: Vec<Option<u64>> = (0..3)
+            let leaders: Vec<Option<u64>> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].is_some())
                 .map(|i| get(&self.http[i], "/v1/status").json()["replica"]["leader"].as_u64())
                 .collect();
@@ -81,11 +85,31 @@ impl Group {
         }
     }
 
+    fn dump_logs(&self) {
+        for (i, dir) in self.dirs.iter().enumerate() {
+            let log = std::fs::read_to_string(dir.path().join("data.log")).unwrap_or_default();
+            // Panics first (with the lines after them), then the newest errors.
+            let lines: Vec<&str> = log.lines().collect();
+            let mut tail: Vec<&str> = Vec::new();
+            for (at, line) in lines.iter().enumerate() {
+                if line.contains("panicked at") {
+                    tail.extend(lines[at..(at + 3).min(lines.len())].iter());
+                }
+            }
+            tail.extend(lines.iter().rev().filter(|l| l.contains("ERROR")).take(3));
+            eprintln!(
+                "--- node {} log (last warnings, newest first):\n{}",
+                i + 1,
+                tail.join("\n")
+            );
+        }
+    }
+
     /// Waits until every live node applied the same index with the same digest.
     fn converged(&self) -> (u64, String) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let states: Vec<(u64, String)> = (0..3)
+            let states: Vec<(u64, String)> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].is_some())
                 .map(|i| {
                     let status = get(&self.http[i], "/v1/status").json();
@@ -99,10 +123,10 @@ impl Group {
             if states.windows(2).all(|w| w[0] == w[1]) {
                 return states[0].clone();
             }
-            assert!(
-                Instant::now() < deadline,
-                "replicas did not converge within 30 s: {states:?}"
-            );
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("replicas did not converge within 30 s: {states:?}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -153,12 +177,7 @@ async fn check(client: &Client, acked: &[(Transfer, u64)], highest_id: u128) {
 
 #[test]
 fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_money() {
-    let mut group = Group {
-        dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
-        grpc: (0..3).map(|_| free_addr()).collect(),
-        http: (0..3).map(|_| free_addr()).collect(),
-        nodes: vec![None, None, None],
-    };
+    let mut group = group_of(3);
     for i in 0..3 {
         group.start(i);
     }
@@ -291,6 +310,171 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
         acked.lock().unwrap().len() > 1000,
         "too little was acknowledged to prove anything"
     );
+    for node in group.nodes.iter_mut() {
+        node.take().unwrap().stop();
+    }
+}
+
+/// Writes `count` batches of 16 transfers with ids from `first_id`, through `client`.
+async fn write_batches(client: &Client, first_id: u128, count: u128) {
+    for b in 0..count {
+        let batch: Vec<Transfer> = (0..16u128)
+            .map(|i| {
+                let id = first_id + b * 16 + i;
+                Transfer {
+                    id,
+                    debit_account_id: id % ACCOUNTS + 1,
+                    credit_account_id: (id + 1) % ACCOUNTS + 1,
+                    amount: 1,
+                    ledger: 1,
+                    code: 1,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let results = client.create_transfers(&batch).await.unwrap();
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r.result, TR::Created | TR::Exists))
+        );
+    }
+}
+
+fn group_of(size: usize) -> Group {
+    let mut addrs = free_addrs(2 * size);
+    let http = addrs.split_off(size);
+    Group {
+        dirs: (0..size).map(|_| tempfile::tempdir().unwrap()).collect(),
+        grpc: addrs,
+        http,
+        nodes: (0..size).map(|_| None).collect(),
+    }
+}
+
+#[test]
+fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
+    let mut group = group_of(3);
+    for i in 0..3 {
+        group.start(i);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addrs: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let client = runtime.block_on(async {
+        Client::connect_any(
+            &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
+            RetryPolicy::default(),
+        )
+        .unwrap()
+    });
+    runtime.block_on(async {
+        let accounts: Vec<Account> = (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        client.create_accounts(&accounts).await.unwrap();
+        // More than the snapshot interval (50), so the log behind the snapshot gets purged.
+        write_batches(&client, 1, 150).await;
+    });
+    let leader = group.leader();
+    // A follower other than node 1 (node 1 initializes new groups).
+    let victim = (0..3).find(|&i| i != leader && i != 0).unwrap();
+    group.nodes[victim].take().unwrap().kill9();
+    std::fs::remove_dir_all(group.dirs[victim].path().join("data")).unwrap();
+    runtime.block_on(write_batches(&client, 100_000, 20));
+    group.start(victim);
+    let (index, digest) = group.converged();
+    let status = get(&group.http[victim], "/v1/status").json();
+    assert_eq!(status["replica"]["applied_index"].as_u64(), Some(index));
+    assert_eq!(
+        status["replica"]["state_digest"].as_str(),
+        Some(digest.as_str())
+    );
+    runtime.block_on(async {
+        let found = client
+            .lookup_transfers(&[1, 150 * 16, 100_000])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 3);
+    });
+    for node in group.nodes.iter_mut() {
+        node.take().unwrap().stop();
+    }
+}
+
+#[test]
+fn a_five_node_group_keeps_committing_with_any_two_nodes_down() {
+    let mut group = group_of(5);
+    for i in 0..5 {
+        group.start(i);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addrs: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let client = runtime.block_on(async {
+        Client::connect_any(
+            &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
+            RetryPolicy::default(),
+        )
+        .unwrap()
+    });
+    runtime.block_on(async {
+        let accounts: Vec<Account> = (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        client.create_accounts(&accounts).await.unwrap();
+        write_batches(&client, 1, 10).await;
+    });
+    // Two down, the leader among them; then back, and two others down.
+    let leader = group.leader();
+    let other = (0..5).find(|&i| i != leader).unwrap();
+    for i in [leader, other] {
+        group.nodes[i].take().unwrap().kill9();
+    }
+    runtime.block_on(write_batches(&client, 10_000, 10));
+    for i in [leader, other] {
+        group.start(i);
+    }
+    group.converged();
+    let down: Vec<usize> = (0..5)
+        .filter(|&i| i != leader && i != other)
+        .take(2)
+        .collect();
+    for &i in &down {
+        group.nodes[i].take().unwrap().kill9();
+    }
+    runtime.block_on(write_batches(&client, 20_000, 10));
+    for &i in &down {
+        group.start(i);
+    }
+    let (index, _) = group.converged();
+    assert!(index > 0);
+    runtime.block_on(async {
+        let accounts = client
+            .lookup_accounts(&(1..=ACCOUNTS).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let credits: u128 = accounts.iter().map(|a| a.credits_posted).sum();
+        assert_eq!(
+            credits,
+            30 * 16,
+            "every committed transfer applied exactly once"
+        );
+    });
     for node in group.nodes.iter_mut() {
         node.take().unwrap().stop();
     }

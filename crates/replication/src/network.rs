@@ -32,6 +32,10 @@ const MESSAGE_BYTES_MAX: usize = 4 << 30 >> 2;
 
 type SnapshotFrame = (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>);
 
+/// HTTP/2 flow-control windows, sized for full batches.
+const HTTP2_STREAM_WINDOW_BYTES: u32 = 16 << 20;
+const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+
 fn encode<T: Serialize>(value: &T) -> Result<proto::RaftMessage, tonic::Status> {
     postcard::to_allocvec(value)
         .map(|body| proto::RaftMessage { body: body.into() })
@@ -74,6 +78,10 @@ impl TransportClient {
             let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
                 .map_err(unreachable)?
                 .tcp_nodelay(true)
+                // Whole batches are ~1 MiB: HTTP/2's default 64 KiB windows would cost a round trip
+                // per 64 KiB.
+                .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
+                .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
                 .connect_timeout(Duration::from_millis(500));
             self.client = Some(
                 RaftTransportClient::new(endpoint.connect_lazy())

@@ -118,6 +118,9 @@ impl Replica {
                 entries => SnapshotPolicy::LogsSinceLast(entries),
             },
             max_in_snapshot_log_to_keep: 64,
+            // A replica whose disk was wiped comes back with an empty log; the leader must
+            // start it over (from a snapshot) instead of treating that as a bug and stopping.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()

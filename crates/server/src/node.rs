@@ -148,6 +148,9 @@ impl Node {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
             };
             let server = tonic::transport::Server::builder()
+                // Whole batches are ~1 MiB: default 64 KiB HTTP/2 windows would stall them.
+                .initial_stream_window_size(Some(16 << 20))
+                .initial_connection_window_size(Some(64 << 20))
                 .add_service(ledger)
                 .add_service(transport);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {

@@ -106,8 +106,15 @@ impl Drop for ChildNode {
     }
 }
 
-fn free_addr() -> anyhow::Result<String> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+/// `count` distinct free loopback addresses (held open together so none repeats).
+fn free_addrs(count: usize) -> anyhow::Result<Vec<String>> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.to_string()))
+        .collect()
 }
 
 /// Starts `replicas` nodes forming one group (node i in `dir/node-i`).
@@ -116,9 +123,9 @@ fn start_group(dir: &Path, replicas: u64) -> anyhow::Result<Vec<ChildNode>> {
         let listen = ["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"].map(String::from);
         return Ok(vec![ChildNode::start(&dir.join("node-1"), &listen)?]);
     }
-    let addrs: Vec<(String, String)> = (0..replicas)
-        .map(|_| Ok((free_addr()?, free_addr()?)))
-        .collect::<anyhow::Result<_>>()?;
+    let mut free = free_addrs(2 * replicas as usize)?;
+    let http = free.split_off(replicas as usize);
+    let addrs: Vec<(String, String)> = free.into_iter().zip(http).collect();
     let peers = addrs
         .iter()
         .enumerate()

@@ -37,10 +37,14 @@ impl NodeProcess {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut grpc_addr, mut http_addr) = (None, None);
         while grpc_addr.is_none() || http_addr.is_none() {
-            let line = lines
-                .next()
-                .expect("the node exited before listening")
-                .unwrap();
+            let Some(Ok(line)) = lines.next() else {
+                let log =
+                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                panic!(
+                    "the node exited before listening; its log:
+{log}"
+                );
+            };
             if let Some(addr) = line.strip_prefix("fincore: gRPC listening on ") {
                 grpc_addr = Some(addr.to_string());
             }
