@@ -25,8 +25,29 @@ pub struct ServeArgs {
     /// one. The lowest id initializes a new group.
     #[arg(long, value_name = "PEERS", value_parser = parse_peers)]
     peers: Option<BTreeMap<u64, PeerNode>>,
+    /// How this node reaches some peers' gRPC ports when not at the address in --peers (a
+    /// local proxy or sidecar): `ID=ADDR`, comma-separated.
+    #[arg(long, value_name = "ROUTES", value_parser = parse_routes)]
+    peer_routes: Option<BTreeMap<u64, String>>,
     #[command(flatten)]
     listen: ListenArgs,
+}
+
+fn parse_routes(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut routes = BTreeMap::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected ID=ADDR"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} is not a node id (an unsigned integer)"))?;
+        addr.parse::<SocketAddr>()
+            .map_err(|_| format!("{addr:?} is not an address (HOST:PORT)"))?;
+        routes.insert(id, addr.to_string());
+    }
+    Ok(routes)
 }
 
 fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String> {
@@ -151,6 +172,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = config(args.data_dir.clone(), &args.listen);
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();
+    config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
     run_node(config, |_| {})
 }
 

@@ -479,3 +479,144 @@ fn a_five_node_group_keeps_committing_with_any_two_nodes_down() {
         node.take().unwrap().stop();
     }
 }
+
+#[test]
+fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = group_of(3);
+    // proxies[i][j]: how node i reaches node j.
+    let proxies: Vec<Vec<Option<support::Proxy>>> = (0..3)
+        .map(|i| {
+            (0..3)
+                .map(|j| (i != j).then(|| support::Proxy::start(&runtime, group.grpc[j].clone())))
+                .collect()
+        })
+        .collect();
+    let peers = group.peers();
+    for i in 0..3 {
+        let routes = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("{}={}", j + 1, proxies[i][j].as_ref().unwrap().addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = NodeProcess::start_on(
+            &group.dirs[i].path().join("data"),
+            &group.grpc[i],
+            &group.http[i],
+            &[
+                "--node-id",
+                &(i + 1).to_string(),
+                "--peers",
+                &peers,
+                "--peer-routes",
+                &routes,
+            ],
+        );
+        group.nodes[i] = Some(node);
+    }
+    let leader = group.leader();
+    let all: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let client = runtime.block_on(async {
+        Client::connect_any(
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+            RetryPolicy::default(),
+        )
+        .unwrap()
+    });
+    runtime.block_on(async {
+        let accounts: Vec<Account> = (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        client.create_accounts(&accounts).await.unwrap();
+        write_batches(&client, 1, 5).await;
+    });
+
+    // Cut the leader off from both others, in both directions.
+    for other in (0..3).filter(|&j| j != leader) {
+        proxies[leader][other].as_ref().unwrap().block();
+        proxies[other][leader].as_ref().unwrap().block();
+    }
+    // A write sent straight to the old leader is never acknowledged.
+    let stranded: Vec<Transfer> = (500_000..500_016u128)
+        .map(|id| Transfer {
+            id,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 1,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
+        .collect();
+    let answer = runtime.block_on(async {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", group.grpc[leader]))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut raw = api::proto::ledger_client::LedgerClient::new(channel);
+        let request = api::proto::CreateTransfersRequest {
+            transfers: vec![],
+            packed: api::convert::pack_transfers(&stranded).into(),
+        };
+        tokio::time::timeout(Duration::from_secs(3), raw.create_transfers(request)).await
+    });
+    assert!(
+        !matches!(answer, Ok(Ok(_))),
+        "the partitioned leader acknowledged a write: {answer:?}"
+    );
+
+    // The other two elect a leader and keep committing.
+    let majority: Vec<String> = (0..3)
+        .filter(|&j| j != leader)
+        .map(|j| format!("http://{}", group.grpc[j]))
+        .collect();
+    let majority_client = runtime.block_on(async {
+        Client::connect_any(
+            &majority.iter().map(String::as_str).collect::<Vec<_>>(),
+            RetryPolicy::default(),
+        )
+        .unwrap()
+    });
+    runtime.block_on(write_batches(&majority_client, 1_000, 5));
+
+    // Heal: the old leader steps down, drops what it never committed, and converges.
+    for row in &proxies {
+        for proxy in row.iter().flatten() {
+            proxy.unblock();
+        }
+    }
+    group.converged();
+    runtime.block_on(async {
+        assert!(
+            client
+                .lookup_transfers(&stranded.iter().map(|t| t.id).collect::<Vec<_>>())
+                .await
+                .unwrap()
+                .is_empty(),
+            "an unacknowledged write from the minority side survived"
+        );
+        let found = client
+            .lookup_transfers(&[1, 80, 1_000, 1_079])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 4);
+        let accounts = client
+            .lookup_accounts(&(1..=ACCOUNTS).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(accounts.iter().map(|a| a.credits_posted).sum::<u128>(), 160);
+    });
+    for node in group.nodes.iter_mut() {
+        node.take().unwrap().stop();
+    }
+}

@@ -47,18 +47,23 @@ fn decode<T: DeserializeOwned>(message: &proto::RaftMessage) -> Result<T, tonic:
         .map_err(|e| tonic::Status::invalid_argument(format!("decoding: {e}")))
 }
 
-/// Makes a transport client for each peer.
+/// Makes a transport client for each peer. A route given for a peer (this node's own view of
+/// how to reach it, e.g. through a local proxy) wins over the address in the membership.
 #[derive(Debug, Clone, Default)]
-pub struct TransportFactory;
+pub struct TransportFactory {
+    pub routes: std::collections::BTreeMap<NodeId, String>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for TransportFactory {
     type Network = TransportClient;
 
-    async fn new_client(&mut self, _target: NodeId, node: &PeerNode) -> TransportClient {
-        TransportClient {
-            addr: node.grpc.clone(),
-            client: None,
-        }
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> TransportClient {
+        let addr = self
+            .routes
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.grpc.clone());
+        TransportClient { addr, client: None }
     }
 }
 

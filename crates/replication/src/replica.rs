@@ -29,6 +29,9 @@ pub struct ReplicaConfig {
     pub snapshot_every_entries: u64,
     /// Told the duration of every log fsync and how many entries it made durable.
     pub sync_observer: Option<journal::SyncObserver>,
+    /// How this replica reaches each peer's gRPC port, when that differs from the address in
+    /// the group's membership (a local proxy, a sidecar).
+    pub peer_routes: BTreeMap<NodeId, String>,
 }
 
 impl std::fmt::Debug for ReplicaConfig {
@@ -50,6 +53,7 @@ impl Default for ReplicaConfig {
             election_timeout_max_ms: 600,
             snapshot_every_entries: 4096,
             sync_observer: None,
+            peer_routes: BTreeMap::new(),
         }
     }
 }
@@ -128,7 +132,9 @@ impl Replica {
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
-            TransportFactory,
+            TransportFactory {
+                routes: config.peer_routes.clone(),
+            },
             log,
             machine.clone(),
         )

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub replica: ReplicaConfig,
 }
 
+// `replica.peer_routes` overrides how this node reaches peers (e.g. through local proxies),
+// while `peers` stays what the group advertises to clients.
+
 impl NodeConfig {
     pub fn new(
         data_dir: impl Into<PathBuf>,

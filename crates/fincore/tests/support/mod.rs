@@ -188,3 +188,49 @@ pub fn post_json(addr: &str, path: &str, body: &str) -> Answer {
 pub fn get(addr: &str, path: &str) -> Answer {
     http(addr, "GET", path, None, "")
 }
+
+/// A TCP proxy that can cut its link: while blocked it drops every connection through it and
+/// refuses new ones. Runs on the given runtime.
+pub struct Proxy {
+    pub addr: String,
+    blocked: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    pub fn start(runtime: &tokio::runtime::Runtime, target: String) -> Proxy {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (blocked, _) = tokio::sync::watch::channel(false);
+        let blocked = std::sync::Arc::new(blocked);
+        let watcher = std::sync::Arc::clone(&blocked);
+        runtime.spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watcher.borrow() {
+                    continue; // dropped at once
+                }
+                let target = target.clone();
+                let mut cut = watcher.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|blocked| *blocked) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, blocked }
+    }
+
+    pub fn block(&self) {
+        self.blocked.send_replace(true);
+    }
+
+    pub fn unblock(&self) {
+        self.blocked.send_replace(false);
+    }
+}
