@@ -3,6 +3,7 @@
 //! Owns argument parsing and turning errors into messages and exit codes. Each subcommand
 //! lives in its own module; the work itself is done by the library crates.
 
+mod admin;
 mod bench;
 mod serve;
 mod verify;
@@ -31,6 +32,9 @@ enum Command {
     /// Check every checksum and the whole hash chain of a data directory, replay it from
     /// genesis and compare with the latest checkpoint.
     Verify(verify::VerifyArgs),
+    /// Operate a running group: add or remove replicas, show status.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Run the TigerBeetle-equivalent benchmark workload.
     Bench(bench::BenchArgs),
 }
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Dev(args) => serve::dev(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Admin(command) => admin::run(&command),
         Command::Bench(args) => bench::run(&args),
     };
     match outcome {

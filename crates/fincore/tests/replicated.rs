@@ -496,6 +496,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         })
         .collect();
     let peers = group.peers();
+    #[allow(clippy::needless_range_loop)] // i names both the node and its row of proxies
     for i in 0..3 {
         let routes = (0..3)
             .filter(|&j| j != i)
@@ -618,5 +619,112 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
     });
     for node in group.nodes.iter_mut() {
         node.take().unwrap().stop();
+    }
+}
+
+#[test]
+fn replicas_are_added_and_removed_at_run_time() {
+    let mut group = group_of(4);
+    let peers_of = |group: &Group, count: usize| {
+        (0..count)
+            .map(|i| format!("{}={}/{}", i + 1, group.grpc[i], group.http[i]))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let start = |group: &mut Group, i: usize, peers: &str| {
+        let node = NodeProcess::start_on(
+            &group.dirs[i].path().join("data"),
+            &group.grpc[i],
+            &group.http[i],
+            &["--node-id", &(i + 1).to_string(), "--peers", peers],
+        );
+        group.nodes[i] = Some(node);
+    };
+    let three = peers_of(&group, 3);
+    for i in 0..3 {
+        start(&mut group, i, &three);
+    }
+    group.leader();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let all: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let client = runtime.block_on(async {
+        Client::connect_any(
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+            RetryPolicy::default(),
+        )
+        .unwrap()
+    });
+    runtime.block_on(async {
+        let accounts: Vec<Account> = (1..=ACCOUNTS)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        client.create_accounts(&accounts).await.unwrap();
+        write_batches(&client, 1, 5).await;
+    });
+    let admin = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
+            .arg("admin")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "fincore admin {args:?}: {text}");
+        text
+    };
+
+    // Node 4 starts empty (it does not initialize anything) and is added through node 2.
+    let four = peers_of(&group, 4);
+    start(&mut group, 3, &four);
+    let text = admin(&[
+        "add-replica",
+        "--addr",
+        &group.http[1],
+        "--id",
+        "4",
+        "--grpc",
+        &group.grpc[3],
+        "--http",
+        &group.http[3],
+    ]);
+    assert!(text.contains(&group.grpc[3]), "{text}");
+    group.converged();
+
+    // Node 2 leaves; the group of 1, 3, 4 goes on.
+    let text = admin(&["remove-replica", "--addr", &group.http[0], "--id", "2"]);
+    assert!(!text.contains("\"id\":2"), "{text}");
+    group.nodes[1].take().unwrap().stop();
+    runtime.block_on(write_batches(&client, 1_000, 5));
+    group.converged();
+    let status = get(&group.http[3], "/v1/status").json();
+    let ids: Vec<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 3, 4]);
+    runtime.block_on(async {
+        let accounts = client
+            .lookup_accounts(&(1..=ACCOUNTS).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(accounts.iter().map(|a| a.credits_posted).sum::<u128>(), 160);
+    });
+    for node in group.nodes.iter_mut() {
+        if let Some(node) = node.take() {
+            node.stop();
+        }
     }
 }

@@ -212,6 +212,53 @@ impl Replica {
         }
     }
 
+    /// Adds replica `id` at `node` to the group: first as a learner that catches up (from a
+    /// snapshot if needed), then as a voter. Only the leader can do it.
+    pub async fn add_replica(&self, id: NodeId, node: PeerNode) -> Result<(), WriteError> {
+        let failed = |error: openraft::errors::RaftError<
+            crate::TypeConfig,
+            openraft::errors::ClientWriteError<crate::TypeConfig>,
+        >| {
+            let leader = leader_of(&error);
+            if error.forward_to_leader().is_some() {
+                WriteError::NotLeader { leader }
+            } else {
+                WriteError::Failed(error.to_string())
+            }
+        };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(failed)?;
+        let voters = std::collections::BTreeSet::from([id]);
+        self.raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// Removes replica `id` from the group (it stops receiving entries). Only the leader can
+    /// do it.
+    pub async fn remove_replica(&self, id: NodeId) -> Result<(), WriteError> {
+        let ids = std::collections::BTreeSet::from([id]);
+        match self
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters(ids), false)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let leader = leader_of(&error);
+                if error.forward_to_leader().is_some() {
+                    Err(WriteError::NotLeader { leader })
+                } else {
+                    Err(WriteError::Failed(error.to_string()))
+                }
+            }
+        }
+    }
+
     /// The current members.
     pub fn members(&self) -> BTreeMap<NodeId, PeerNode> {
         let metrics = self.raft.metrics().borrow_watched().clone();

@@ -235,6 +235,11 @@ pub fn router(pipeline: Pipeline) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/v1/status", get(status))
+        .route("/v1/admin/replicas", post(add_replica))
+        .route(
+            "/v1/admin/replicas/{id}",
+            axum::routing::delete(remove_replica),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(redirect_to_leader))
@@ -516,6 +521,80 @@ async fn status(State(pipeline): State<Pipeline>) -> Response {
         .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
         .collect();
     Json(serde_json::json!({ "replica": replica.status(), "members": members })).into_response()
+}
+
+/// The body of `POST /v1/admin/replicas`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewReplica {
+    id: u64,
+    grpc: String,
+    #[serde(default)]
+    http: String,
+}
+
+fn members_json(pipeline: &Pipeline) -> Response {
+    let members: Vec<serde_json::Value> = pipeline
+        .replica()
+        .members()
+        .iter()
+        .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
+        .collect();
+    Json(serde_json::json!({ "members": members })).into_response()
+}
+
+fn membership_error(error: replication::WriteError) -> ApiError {
+    match error {
+        replication::WriteError::Failed(reason) => {
+            ApiError::new(StatusCode::CONFLICT, reason, Some("id".into()))
+        }
+        other => ApiError::from(crate::pipeline::PipelineError::from(other)),
+    }
+}
+
+/// Adds a replica: it catches up as a learner, then becomes a voter. Leader only (others
+/// redirect).
+async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Body) -> Response {
+    observed(&pipeline, "add_replica", async {
+        let new: NewReplica = json_body(&headers, body).await?;
+        for (field, addr) in [("grpc", &new.grpc), ("http", &new.http)] {
+            if (field == "grpc" || !addr.is_empty())
+                && addr.parse::<std::net::SocketAddr>().is_err()
+            {
+                return Err(ApiError::bad_request(
+                    field,
+                    format!("{addr:?} is not an address (HOST:PORT)"),
+                ));
+            }
+        }
+        let node = replication::PeerNode {
+            grpc: new.grpc,
+            http: new.http,
+        };
+        pipeline
+            .replica()
+            .add_replica(new.id, node)
+            .await
+            .map_err(membership_error)?;
+        Ok(members_json(&pipeline))
+    })
+    .await
+}
+
+/// Removes a replica from the group. Leader only (others redirect).
+async fn remove_replica(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
+    observed(&pipeline, "remove_replica", async {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a node id")))?;
+        pipeline
+            .replica()
+            .remove_replica(id)
+            .await
+            .map_err(membership_error)?;
+        Ok(members_json(&pipeline))
+    })
+    .await
 }
 
 async fn metrics(State(pipeline): State<Pipeline>) -> Response {

@@ -1,0 +1,119 @@
+//! `fincore admin`: operator commands against a running group over its HTTP API.
+//!
+//! Membership changes go to any node; one that is not the leader redirects (307) and the
+//! command follows the redirect once.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Add a replica to the group: it catches up as a learner, then becomes a voter. Start the
+    /// new node first (`fincore serve --node-id ID --peers …` listing the whole new group).
+    AddReplica {
+        /// HTTP address of any node of the group.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// The new replica's id.
+        #[arg(long)]
+        id: u64,
+        /// The new replica's gRPC address.
+        #[arg(long, value_name = "HOST:PORT")]
+        grpc: String,
+        /// The new replica's HTTP address.
+        #[arg(long, value_name = "HOST:PORT", default_value = "")]
+        http: String,
+    },
+    /// Remove a replica from the group.
+    RemoveReplica {
+        /// HTTP address of any node of the group.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// The replica to remove.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Show a node's view of the group (role, term, leader, applied index, digest, members).
+    Status {
+        /// HTTP address of a node.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+    },
+}
+
+/// One HTTP/1.1 request; returns (status, Location header, body).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, Option<String>, String)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .context("a malformed HTTP answer")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("a malformed HTTP status")?;
+    let location = head.lines().find_map(|line| {
+        line.to_ascii_lowercase()
+            .starts_with("location:")
+            .then(|| line[9..].trim().to_string())
+    });
+    Ok((status, location, body.to_string()))
+}
+
+/// Sends the request, following one redirect to the leader.
+fn to_leader(addr: &str, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<ExitCode> {
+    let (mut status, location, mut answer) = request(addr, method, path, body)?;
+    if status == 307
+        && let Some(location) = location
+    {
+        let leader = location
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        (status, _, answer) = request(&leader, method, path, body)?;
+    }
+    println!("{answer}");
+    if status == 200 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("the group answered HTTP {status}")
+    }
+}
+
+pub fn run(command: &AdminCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AdminCommand::AddReplica {
+            addr,
+            id,
+            grpc,
+            http,
+        } => {
+            let body = serde_json::json!({ "id": id, "grpc": grpc, "http": http }).to_string();
+            to_leader(addr, "POST", "/v1/admin/replicas", Some(&body))
+        }
+        AdminCommand::RemoveReplica { addr, id } => {
+            to_leader(addr, "DELETE", &format!("/v1/admin/replicas/{id}"), None)
+        }
+        AdminCommand::Status { addr } => to_leader(addr, "GET", "/v1/status", None),
+    }
+}
