@@ -41,53 +41,6 @@ fn policy() -> RetryPolicy {
     }
 }
 
-async fn check(client: &Client, acked: &[(Transfer, u64)], highest_id: u128) {
-    for chunk in acked.chunks(8000) {
-        let ids: Vec<u128> = chunk.iter().map(|(t, _)| t.id).collect();
-        let found = client.lookup_transfers(&ids).await.unwrap();
-        assert_eq!(
-            found.len(),
-            chunk.len(),
-            "acknowledged transfers are missing after a crash"
-        );
-        for ((sent, timestamp), stored) in chunk.iter().zip(&found) {
-            assert_eq!(
-                stored,
-                &Transfer {
-                    timestamp: *timestamp,
-                    ..*sent
-                },
-                "an acknowledged transfer changed"
-            );
-        }
-    }
-    // Every transfer that exists (acknowledged or not), against the balances.
-    let mut moved = 0u128;
-    let mut id = 1;
-    while id <= highest_id {
-        let ids: Vec<u128> = (id..=(id + 7999).min(highest_id)).collect();
-        moved += client
-            .lookup_transfers(&ids)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.amount)
-            .sum::<u128>();
-        id += 8000;
-    }
-    let accounts = client
-        .lookup_accounts(&(1..=ACCOUNTS).collect::<Vec<_>>())
-        .await
-        .unwrap();
-    let debits: u128 = accounts.iter().map(|a| a.debits_posted).sum();
-    let credits: u128 = accounts.iter().map(|a| a.credits_posted).sum();
-    assert_eq!(debits, credits, "debits and credits diverged");
-    assert_eq!(
-        credits, moved,
-        "balances do not equal the transfers that exist: something was applied twice or lost"
-    );
-}
-
 #[test]
 fn acknowledged_transfers_survive_repeated_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,10 +149,11 @@ fn acknowledged_transfers_survive_repeated_kill_9() {
         let acked_now = runtime.block_on(async {
             let _at_rest = quiet.write().await;
             let acked_now = acked.lock().unwrap().clone();
-            check(
+            support::check_acknowledged(
                 &client,
                 &acked_now,
                 u128::from(highest_id.load(Ordering::Relaxed)),
+                ACCOUNTS,
             )
             .await;
             acked_now
@@ -216,10 +170,11 @@ fn acknowledged_transfers_survive_repeated_kill_9() {
     stop.store(true, Ordering::Relaxed);
     let gave_up = runtime.block_on(writer).unwrap();
     let acked_all = acked.lock().unwrap().clone();
-    runtime.block_on(check(
+    runtime.block_on(support::check_acknowledged(
         &client,
         &acked_all,
         u128::from(highest_id.load(Ordering::Relaxed)),
+        ACCOUNTS,
     ));
     assert!(
         acked_all.len() > 20 * BATCH as usize,

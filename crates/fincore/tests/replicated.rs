@@ -132,49 +132,6 @@ impl Group {
     }
 }
 
-async fn check(client: &Client, acked: &[(Transfer, u64)], highest_id: u128) {
-    for chunk in acked.chunks(8000) {
-        let ids: Vec<u128> = chunk.iter().map(|(t, _)| t.id).collect();
-        let found = client.lookup_transfers(&ids).await.unwrap();
-        assert_eq!(
-            found.len(),
-            chunk.len(),
-            "acknowledged transfers are missing after a failover"
-        );
-        for ((sent, timestamp), stored) in chunk.iter().zip(&found) {
-            assert_eq!(
-                stored,
-                &Transfer {
-                    timestamp: *timestamp,
-                    ..*sent
-                }
-            );
-        }
-    }
-    let ids: Vec<u128> = (1..=highest_id).collect();
-    let mut moved = 0u128;
-    for chunk in ids.chunks(8000) {
-        moved += client
-            .lookup_transfers(chunk)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.amount)
-            .sum::<u128>();
-    }
-    let accounts = client
-        .lookup_accounts(&(1..=ACCOUNTS).collect::<Vec<_>>())
-        .await
-        .unwrap();
-    let credits: u128 = accounts.iter().map(|a| a.credits_posted).sum();
-    let debits: u128 = accounts.iter().map(|a| a.debits_posted).sum();
-    assert_eq!(debits, credits);
-    assert_eq!(
-        credits, moved,
-        "balances differ from the transfers that exist"
-    );
-}
-
 #[test]
 fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_money() {
     let mut group = group_of(3);
@@ -293,7 +250,7 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
             let _at_rest = quiet.write().await;
             let acked_now = acked.lock().unwrap().clone();
             let highest = u128::from(highest_id.load(Ordering::Relaxed));
-            check(&client, &acked_now, highest).await;
+            support::check_acknowledged(&client, &acked_now, highest, ACCOUNTS).await;
             (acked_now, highest)
         });
         eprintln!(
@@ -341,21 +298,11 @@ async fn write_batches(client: &Client, first_id: u128, count: u128) {
     }
 }
 
-fn group_of(size: usize) -> Group {
-    let mut addrs = free_addrs(2 * size);
-    let http = addrs.split_off(size);
-    Group {
-        dirs: (0..size).map(|_| tempfile::tempdir().unwrap()).collect(),
-        grpc: addrs,
-        http,
-        nodes: (0..size).map(|_| None).collect(),
-    }
-}
-
-#[test]
-fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
-    let mut group = group_of(3);
-    for i in 0..3 {
+/// A group of `size` nodes, all started, with a runtime, a client of every node, and the
+/// accounts created.
+fn started_group(size: usize) -> (Group, tokio::runtime::Runtime, Client) {
+    let mut group = group_of(size);
+    for i in 0..size {
         group.start(i);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -380,6 +327,26 @@ fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
             })
             .collect();
         client.create_accounts(&accounts).await.unwrap();
+    });
+    (group, runtime, client)
+}
+
+fn group_of(size: usize) -> Group {
+    let mut addrs = free_addrs(2 * size);
+    let http = addrs.split_off(size);
+    Group {
+        dirs: (0..size).map(|_| tempfile::tempdir().unwrap()).collect(),
+        grpc: addrs,
+        http,
+        nodes: (0..size).map(|_| None).collect(),
+    }
+}
+
+#[test]
+fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
+    let (group, runtime, client) = started_group(3);
+    let mut group = group;
+    runtime.block_on(async {
         // More than the snapshot interval (50), so the log behind the snapshot gets purged.
         write_batches(&client, 1, 150).await;
     });
@@ -411,32 +378,9 @@ fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
 
 #[test]
 fn a_five_node_group_keeps_committing_with_any_two_nodes_down() {
-    let mut group = group_of(5);
-    for i in 0..5 {
-        group.start(i);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let addrs: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
-    let client = runtime.block_on(async {
-        Client::connect_any(
-            &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
-            RetryPolicy::default(),
-        )
-        .unwrap()
-    });
+    let (group, runtime, client) = started_group(5);
+    let mut group = group;
     runtime.block_on(async {
-        let accounts: Vec<Account> = (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect();
-        client.create_accounts(&accounts).await.unwrap();
         write_batches(&client, 1, 10).await;
     });
     // Two down, the leader among them; then back, and two others down.

@@ -265,6 +265,15 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// The first ledger whose debits and credits (pending or posted) differ, if any. Always
+    /// `None` for a correct state: a check for tests, `verify` and replicas.
+    pub fn unbalanced_ledger(&self) -> Option<u32> {
+        self.ledger_totals()
+            .into_iter()
+            .find(|(_, [dp, dpo, cp, cpo])| dp != cp || dpo != cpo)
+            .map(|(ledger, _)| ledger)
+    }
+
     /// Per ledger: (Σ debits_pending, Σ debits_posted, Σ credits_pending, Σ credits_posted),
     /// in ledger order, summed modulo 2^128. Double entry means debits equal credits on every
     /// ledger, always.

@@ -113,21 +113,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
             }
         }
     }
-    for (
-        ledger,
-        [
-            debits_pending,
-            debits_posted,
-            credits_pending,
-            credits_posted,
-        ],
-    ) in state.ledger_totals()
-    {
-        if debits_pending != credits_pending || debits_posted != credits_posted {
-            return Err(format!(
-                "ledger {ledger}: debits and credits do not balance"
-            ));
-        }
+    if let Some(ledger) = state.unbalanced_ledger() {
+        return Err(format!(
+            "ledger {ledger}: debits and credits do not balance"
+        ));
     }
     report.accounts = state.accounts_count();
     report.transfers = state.transfers_count();

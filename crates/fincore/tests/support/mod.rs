@@ -234,3 +234,56 @@ impl Proxy {
         self.blocked.send_replace(false);
     }
 }
+
+/// After a crash or a failover: every acknowledged transfer (with the timestamp it was
+/// acknowledged with) is present and unchanged, debits equal credits, and the accounts
+/// `1..=accounts` hold exactly the money of the transfers that exist among ids
+/// `1..=highest_id` — nothing lost, nothing applied twice.
+pub async fn check_acknowledged(
+    client: &client::Client,
+    acked: &[(ledger::Transfer, u64)],
+    highest_id: u128,
+    accounts: u128,
+) {
+    for chunk in acked.chunks(8000) {
+        let ids: Vec<u128> = chunk.iter().map(|(t, _)| t.id).collect();
+        let found = client.lookup_transfers(&ids).await.unwrap();
+        assert_eq!(
+            found.len(),
+            chunk.len(),
+            "acknowledged transfers are missing"
+        );
+        for ((sent, timestamp), stored) in chunk.iter().zip(&found) {
+            assert_eq!(
+                stored,
+                &ledger::Transfer {
+                    timestamp: *timestamp,
+                    ..*sent
+                },
+                "an acknowledged transfer changed"
+            );
+        }
+    }
+    let ids: Vec<u128> = (1..=highest_id).collect();
+    let mut moved = 0u128;
+    for chunk in ids.chunks(8000) {
+        moved += client
+            .lookup_transfers(chunk)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.amount)
+            .sum::<u128>();
+    }
+    let found = client
+        .lookup_accounts(&(1..=accounts).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let debits: u128 = found.iter().map(|a| a.debits_posted).sum();
+    let credits: u128 = found.iter().map(|a| a.credits_posted).sum();
+    assert_eq!(debits, credits, "debits and credits diverged");
+    assert_eq!(
+        credits, moved,
+        "balances differ from the transfers that exist: something was lost or applied twice"
+    );
+}
