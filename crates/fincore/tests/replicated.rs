@@ -344,8 +344,7 @@ fn group_of(size: usize) -> Group {
 
 #[test]
 fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
-    let (group, runtime, client) = started_group(3);
-    let mut group = group;
+    let (mut group, runtime, client) = started_group(3);
     runtime.block_on(async {
         // More than the snapshot interval (50), so the log behind the snapshot gets purged.
         write_batches(&client, 1, 150).await;
@@ -378,8 +377,7 @@ fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
 
 #[test]
 fn a_five_node_group_keeps_committing_with_any_two_nodes_down() {
-    let (group, runtime, client) = started_group(5);
-    let mut group = group;
+    let (mut group, runtime, client) = started_group(5);
     runtime.block_on(async {
         write_batches(&client, 1, 10).await;
     });
