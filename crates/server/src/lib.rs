@@ -1,10 +1,11 @@
-//! The server: one ledger node reachable over gRPC and HTTP/JSON.
+//! The server: one ledger node (a replica of its Raft group) reachable over gRPC and HTTP/JSON.
 //!
-//! Owns the request pipeline (receive on many tasks → a bounded queue → one engine thread that
-//! coalesces requests into sealed batches, journals and applies them → a reply thread that
-//! answers only once a batch is durable), the two protocol front ends, `/metrics`,
-//! `/healthz`, `/openapi.json`, and orderly shutdown. Must not contain ledger rules (they are
-//! in `ledger`) or storage formats (in `journal`).
+//! Owns the request pipeline (receive on many tasks → a bounded queue → a batcher that
+//! coalesces requests into sealed batches and commits them through the replica, with a bounded
+//! number in flight → answers once committed and applied; linearizable reads), the two
+//! protocol front ends, `/metrics`, `/healthz`, `/v1/status`, the membership endpoints,
+//! `/openapi.json`, and orderly shutdown. Must not contain ledger rules (they are in `ledger`),
+//! storage formats (in `journal`) or Raft details (in `replication`).
 
 mod grpc;
 mod http;
