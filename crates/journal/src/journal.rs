@@ -4,9 +4,11 @@
 //! runs). Appends are buffered in the OS until [`Journal::sync`]; nothing appended may be
 //! acknowledged to anyone before the `sync` that covers it returns.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use crate::error::{JournalError, Result};
 use crate::record::{HEADER_SIZE, Header, RECORD_BODY_BYTES_MAX, RecordHash, record_hash};
@@ -58,12 +60,79 @@ pub struct StoredRecord {
     pub body: Vec<u8>,
 }
 
+/// Where a record lives, for readers on other threads.
+#[derive(Debug, Clone)]
+struct Spot {
+    path: Arc<PathBuf>,
+    offset: u64,
+}
+
+type Spots = Arc<RwLock<BTreeMap<u64, Spot>>>;
+
+/// Reads records by index from another thread while the journal's owner appends. Records that
+/// were truncated or purged meanwhile are simply not found.
+#[derive(Debug, Clone)]
+pub struct JournalReader {
+    spots: Spots,
+}
+
+impl JournalReader {
+    /// Record `index`, checked (header, body CRC, index), or `None` if the journal does not
+    /// hold it.
+    pub fn read(&self, index: u64) -> Result<Option<StoredRecord>> {
+        let Some(spot) = self
+            .spots
+            .read()
+            .expect("never poisoned")
+            .get(&index)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let path = spot.path.as_ref();
+        let mut file =
+            File::open(path).map_err(JournalError::io("opening journal segment", path))?;
+        file.seek(SeekFrom::Start(spot.offset))
+            .map_err(JournalError::io("seeking in", path))?;
+        let mut header_bytes = [0u8; HEADER_SIZE];
+        file.read_exact(&mut header_bytes)
+            .map_err(JournalError::io("reading journal segment", path))?;
+        let corrupt = |reason: String| JournalError::Corrupt {
+            path: path.clone(),
+            offset: spot.offset,
+            reason,
+        };
+        let header =
+            Header::decode(&header_bytes).map_err(|problem| corrupt(problem.to_string()))?;
+        if header.index != index {
+            return Err(corrupt(format!(
+                "record {} found where record {index} was expected",
+                header.index
+            )));
+        }
+        let mut body = vec![0u8; header.body_len as usize];
+        file.read_exact(&mut body)
+            .map_err(JournalError::io("reading journal segment", path))?;
+        if crc32c::crc32c(&body) != header.body_crc {
+            return Err(corrupt(format!("body checksum mismatch in record {index}")));
+        }
+        Ok(Some(StoredRecord {
+            index,
+            term: header.term,
+            hash: header.hash,
+            body,
+        }))
+    }
+}
+
 /// The durable log.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     options: JournalOptions,
     segments: Vec<Segment>,
+    /// Every record's spot, shared with [`JournalReader`]s.
+    spots: Spots,
     /// The newest segment, open for appending.
     active: Option<File>,
     /// The position just before the first record kept (index 0 for a journal never purged).
@@ -174,11 +243,25 @@ impl Journal {
             ),
             _ => None,
         };
+        let mut spots = BTreeMap::new();
+        for segment in &segments {
+            let path = Arc::new(segment.path.clone());
+            for (n, record) in segment.records.iter().enumerate() {
+                spots.insert(
+                    segment.first_index + n as u64,
+                    Spot {
+                        path: Arc::clone(&path),
+                        offset: record.offset,
+                    },
+                );
+            }
+        }
         Ok((
             Journal {
                 dir,
                 options,
                 segments,
+                spots: Arc::new(RwLock::new(spots)),
                 active,
                 base,
                 last,
@@ -267,6 +350,13 @@ impl Journal {
                 source,
             });
         }
+        self.spots.write().expect("never poisoned").insert(
+            index,
+            Spot {
+                path: Arc::new(segment.path.clone()),
+                offset: segment.len,
+            },
+        );
         segment.records.push(RecordLocation {
             offset: segment.len,
             len: header.record_len(),
@@ -356,6 +446,10 @@ impl Journal {
         }
         sync_dir(&self.dir)?;
         self.last = self.position(index).unwrap_or(self.base);
+        self.spots
+            .write()
+            .expect("never poisoned")
+            .split_off(&(index + 1));
         Ok(())
     }
 
@@ -382,6 +476,9 @@ impl Journal {
         }
         if purged > 0 {
             sync_dir(&self.dir)?;
+            let first = self.first_index();
+            let mut spots = self.spots.write().expect("never poisoned");
+            *spots = spots.split_off(&first);
         }
         Ok(purged)
     }
@@ -403,7 +500,15 @@ impl Journal {
             hash: RecordHash::default(),
         };
         self.last = self.base;
+        self.spots.write().expect("never poisoned").clear();
         Ok(())
+    }
+
+    /// A reader other threads can use while this journal keeps appending.
+    pub fn reader(&self) -> JournalReader {
+        JournalReader {
+            spots: Arc::clone(&self.spots),
+        }
     }
 
     /// Reads records from `index` on, checking checksums (and, with `verify_hashes`, recomputing

@@ -19,5 +19,7 @@ mod segment;
 pub use checkpoint::{Checkpoint, CheckpointMeta, CheckpointStore};
 pub use error::JournalError;
 pub use group_commit::{Appended, GroupCommitStats, GroupCommitter, SyncObserver, Ticket};
-pub use journal::{Journal, JournalOptions, Position, RecordReader, Recovery, StoredRecord};
+pub use journal::{
+    Journal, JournalOptions, JournalReader, Position, RecordReader, Recovery, StoredRecord,
+};
 pub use record::{HEADER_SIZE, RECORD_BODY_BYTES_MAX, RecordHash};

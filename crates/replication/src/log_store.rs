@@ -26,6 +26,10 @@ type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
 type Vote = VoteOf<TypeConfig>;
 
+/// Entries kept in memory (about 1 MiB each when full): what replication to followers that keep
+/// up and applying read. Anything older is read back from the journal.
+const CACHED_ENTRIES_MAX: usize = 256;
+
 /// The journal index of a Raft log index.
 fn journal_index(raft_index: u64) -> u64 {
     raft_index + 1
@@ -42,7 +46,11 @@ struct Inner {
     committer: GroupCommitter,
     /// Journal index of the last record appended (or the base after a restart).
     journal_last: u64,
+    /// The newest entries (at most `CACHED_ENTRIES_MAX`); older ones are read from the journal.
     entries: BTreeMap<u64, Entry>,
+    reader: journal::JournalReader,
+    /// The last entry in the log (the cache may hold none of the log after a truncation).
+    last_log_id: Option<LogId>,
     meta: Meta,
     meta_path: PathBuf,
     flusher: mpsc::Sender<(Vec<Ticket>, IOFlushed<TypeConfig>)>,
@@ -95,6 +103,7 @@ impl LogStore {
             tracing::warn!(path = %torn.path.display(), bytes = torn.bytes, "cut a torn write off the end of the Raft log");
         }
         let mut entries = BTreeMap::new();
+        let mut last_log_id: Option<LogId> = None;
         let first = journal.first_index().max(
             meta.last_purged
                 .as_ref()
@@ -117,7 +126,12 @@ impl LogStore {
                         record.index, entry.log_id
                     )));
                 }
+                last_log_id = Some(entry.log_id);
                 entries.insert(entry.log_id.index(), entry);
+                // Older entries stay on disk; the cache keeps the newest.
+                if entries.len() > CACHED_ENTRIES_MAX {
+                    entries.pop_first();
+                }
             }
         }
         // Reconcile with a purge that went past the journal's end (a crash between recording the
@@ -131,6 +145,7 @@ impl LogStore {
                 .map_err(other)?;
         }
         let journal_last = journal.last().index;
+        let reader = journal.reader();
         let committer = GroupCommitter::spawn(journal, 64, sync_observer);
         let (flusher, flushes) = mpsc::channel::<(Vec<Ticket>, IOFlushed<TypeConfig>)>();
         std::thread::Builder::new()
@@ -153,6 +168,8 @@ impl LogStore {
                 committer,
                 journal_last,
                 entries,
+                reader,
+                last_log_id: last_log_id.or(meta.last_purged),
                 meta,
                 meta_path,
                 flusher,
@@ -179,12 +196,51 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(self
-            .lock()
-            .entries
-            .range(range)
-            .map(|(_, entry)| entry.clone())
-            .collect())
+        use std::ops::Bound;
+        let (reader, cached_from, first, last) = {
+            let inner = self.lock();
+            let first = inner.meta.last_purged.map_or(0, |l| l.index() + 1);
+            let last = inner.last_log_id.map(|l| l.index());
+            let cached_from = inner.entries.keys().next().copied().unwrap_or(u64::MAX);
+            (inner.reader.clone(), cached_from, first, last)
+        };
+        let Some(last) = last.or_else(|| first.checked_sub(1)) else {
+            return Ok(Vec::new());
+        };
+        let lo = match range.start_bound() {
+            Bound::Included(&a) => a,
+            Bound::Excluded(&a) => a + 1,
+            Bound::Unbounded => first,
+        }
+        .max(first);
+        let hi = match range.end_bound() {
+            Bound::Included(&b) => b,
+            Bound::Excluded(&0) => return Ok(Vec::new()),
+            Bound::Excluded(&b) => b - 1,
+            Bound::Unbounded => last,
+        }
+        .min(last);
+        let mut out = Vec::new();
+        // The part older than the cache comes from the journal.
+        let mut index = lo;
+        while index <= hi && index < cached_from {
+            let Some(record) = reader.read(journal_index(index)).map_err(other)? else {
+                break;
+            };
+            let entry: Entry = postcard::from_bytes(&record.body).map_err(invalid)?;
+            out.push(entry);
+            index += 1;
+        }
+        if index <= hi {
+            let inner = self.lock();
+            out.extend(
+                inner
+                    .entries
+                    .range(index..=hi)
+                    .map(|(_, entry)| entry.clone()),
+            );
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -198,12 +254,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let inner = self.lock();
         let last_purged_log_id = inner.meta.last_purged;
-        let last_log_id = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(last_purged_log_id);
+        let last_log_id = inner.last_log_id.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -244,7 +295,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(other)?,
             );
             inner.journal_last = journal_index(index);
+            inner.last_log_id = Some(entry.log_id);
             inner.entries.insert(index, entry);
+            if inner.entries.len() > CACHED_ENTRIES_MAX {
+                inner.entries.pop_first();
+            }
         }
         inner
             .flusher
@@ -258,11 +313,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let ticket = match last_log_id {
             Some(last) => {
                 inner.entries.retain(|&index, _| index <= last.index());
+                inner.last_log_id = Some(last);
                 inner.journal_last = inner.journal_last.min(journal_index(last.index()));
                 inner.committer.truncate_after(journal_index(last.index()))
             }
             None => {
                 inner.entries.clear();
+                inner.last_log_id = inner.meta.last_purged;
                 inner.journal_last = 0;
                 inner.committer.truncate_after(0)
             }
@@ -277,6 +334,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         inner.entries.retain(|&index, _| index > log_id.index());
         inner.meta.last_purged = Some(log_id);
+        if inner.last_log_id < Some(log_id) {
+            inner.last_log_id = Some(log_id);
+        }
         LogStore::save_meta(&inner)?;
         // A snapshot from the leader may cover more than this log holds: then the journal
         // restarts right after it, so that the next entry Raft appends fits.

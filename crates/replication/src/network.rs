@@ -125,9 +125,13 @@ impl TransportClient {
         {
             Ok(Ok(answer)) => answer.into_inner(),
             Ok(Err(status)) => {
+                // Start over with a fresh connection: the peer may have been replaced at the
+                // same address while this connection still reaches its old self.
+                self.client = None;
                 return Err(unreachable(format!("{}: {}", self.addr, status.message())));
             }
             Err(_) => {
+                self.client = None;
                 return Err(unreachable(format!(
                     "{}: timed out after {timeout:?}",
                     self.addr
@@ -136,7 +140,10 @@ impl TransportClient {
         };
         let result: Result<Resp, String> =
             postcard::from_bytes(&answer.body).map_err(unreachable)?;
-        result.map_err(|remote| unreachable(format!("{}: {remote}", self.addr)))
+        result.map_err(|remote| {
+            self.client = None;
+            unreachable(format!("{}: {remote}", self.addr))
+        })
     }
 }
 

@@ -223,3 +223,106 @@ async fn a_three_replica_group_commits_fails_over_and_converges() {
         replica.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_far_behind_catches_up_from_entries_read_back_from_the_journal() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    // No snapshots, and more entries written while the follower is away than the leader keeps
+    // in memory (256): catching up must read the older ones back from the leader's journal.
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let no_snapshots = ReplicaConfig {
+        snapshot_every_entries: 0,
+        ..ReplicaConfig::default()
+    };
+    let start_with = |id: u64, dir: &Path, addr: String| {
+        let config = no_snapshots.clone();
+        let dir = dir.to_path_buf();
+        async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let replica = Replica::open(id, &dir, &config).await.unwrap();
+            let service = replica.transport_service();
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let server = tokio::spawn(async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming)
+                    .await;
+            });
+            Running {
+                replica,
+                addr,
+                server,
+            }
+        }
+    };
+    let mut replicas = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        replicas.push(Some(
+            start_with(i as u64 + 1, dir.path(), "127.0.0.1:0".into()).await,
+        ));
+    }
+    let members: BTreeMap<u64, PeerNode> = replicas
+        .iter()
+        .flatten()
+        .map(|r| {
+            (
+                r.id(),
+                PeerNode {
+                    grpc: r.addr.to_string(),
+                    http: String::new(),
+                },
+            )
+        })
+        .collect();
+    replicas[0]
+        .as_ref()
+        .unwrap()
+        .initialize(&members)
+        .await
+        .unwrap();
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
+    let leader = leader_of(&all).await;
+    let accounts = BatchBody::CreateAccounts(
+        (1..=5)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect(),
+    );
+    write_until_accepted(all[leader], accounts).await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let (follower_id, follower_addr) = (all[follower].id(), all[follower].addr);
+    drop(all);
+    replicas[follower].take().unwrap().stop().await;
+    let survivors: Vec<&Running> = replicas.iter().flatten().collect();
+    let leader = leader_of(&survivors).await;
+    for batch in 0..300u128 {
+        write_until_accepted(survivors[leader], transfers(1 + batch * 10, 10)).await;
+    }
+    drop(survivors);
+    replicas[follower] = Some(
+        start_with(
+            follower_id,
+            dirs[follower].path(),
+            follower_addr.to_string(),
+        )
+        .await,
+    );
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
+    converge(&all).await;
+    assert_eq!(
+        all[follower].state().read().unwrap().transfers_count(),
+        3000
+    );
+    drop(all);
+    for replica in replicas.into_iter().flatten() {
+        replica.stop().await;
+    }
+}
