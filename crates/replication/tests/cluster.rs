@@ -41,9 +41,13 @@ impl Running {
 }
 
 async fn start(id: u64, dir: &Path, addr: &str) -> Running {
+    start_with(id, dir, addr, &config()).await
+}
+
+async fn start_with(id: u64, dir: &Path, addr: &str, config: &ReplicaConfig) -> Running {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let replica = Replica::open(id, dir, &config()).await.unwrap();
+    let replica = Replica::open(id, dir, config).await.unwrap();
     let service = replica.transport_service();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let server = tokio::spawn(async move {
@@ -237,32 +241,10 @@ async fn a_follower_far_behind_catches_up_from_entries_read_back_from_the_journa
         snapshot_every_entries: 0,
         ..ReplicaConfig::default()
     };
-    let start_with = |id: u64, dir: &Path, addr: String| {
-        let config = no_snapshots.clone();
-        let dir = dir.to_path_buf();
-        async move {
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let replica = Replica::open(id, &dir, &config).await.unwrap();
-            let service = replica.transport_service();
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let server = tokio::spawn(async move {
-                let _ = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming(incoming)
-                    .await;
-            });
-            Running {
-                replica,
-                addr,
-                server,
-            }
-        }
-    };
     let mut replicas = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         replicas.push(Some(
-            start_with(i as u64 + 1, dir.path(), "127.0.0.1:0".into()).await,
+            start_with(i as u64 + 1, dir.path(), "127.0.0.1:0", &no_snapshots).await,
         ));
     }
     let members: BTreeMap<u64, PeerNode> = replicas
@@ -311,7 +293,8 @@ async fn a_follower_far_behind_catches_up_from_entries_read_back_from_the_journa
         start_with(
             follower_id,
             dirs[follower].path(),
-            follower_addr.to_string(),
+            &follower_addr.to_string(),
+            &no_snapshots,
         )
         .await,
     );
