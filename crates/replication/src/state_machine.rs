@@ -49,8 +49,14 @@ fn replicated(mut state: StateMachine) -> StateMachine {
     state
 }
 
-/// A snapshot file's contents, checked: its metadata, the state it holds, and their digest.
-pub(crate) type SnapshotFile = (SnapshotMeta, StateMachine, StateDigest);
+/// A snapshot file's contents, checked.
+pub(crate) struct SnapshotFile {
+    pub meta: SnapshotMeta,
+    pub state: StateMachine,
+    pub digest: StateDigest,
+    /// The state's snapshot bytes as stored (what is sent to peers).
+    pub data: Vec<u8>,
+}
 
 /// Reads and checks the snapshot file in `dir`, if there is one.
 pub(crate) fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
@@ -78,7 +84,13 @@ pub(crate) fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>>
             "the state does not match the digest stored with it".into()
         ));
     }
-    Ok(Some((header.meta, state, digest)))
+    let data = bytes[4 + header_len..].to_vec();
+    Ok(Some(SnapshotFile {
+        meta: header.meta,
+        state,
+        digest,
+        data,
+    }))
 }
 
 /// The state machine of one replica. Clones share it.
@@ -107,9 +119,11 @@ impl LedgerStateMachine {
             })),
             snapshot_path,
         };
-        if let Some((meta, state, _)) = read_snapshot_file(dir)? {
-            let mut data = Vec::new();
-            state.write_snapshot(&mut data)?;
+        // The stored bytes are kept as the current snapshot, not encoded again from the state.
+        if let Some(SnapshotFile {
+            meta, state, data, ..
+        }) = read_snapshot_file(dir)?
+        {
             *machine.state.write().expect("never poisoned") = replicated(state);
             let mut inner = machine.inner.lock().expect("never poisoned");
             inner.last_applied = meta.last_log_id;

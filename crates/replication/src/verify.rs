@@ -53,12 +53,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
     let snapshot = read_snapshot_file(dir).map_err(|e| e.to_string())?;
     let snapshot_info = snapshot
         .as_ref()
-        .map(|(meta, _, digest)| (meta.last_log_id.map_or(0, |l| l.index()), *digest));
+        .map(|file| (file.meta.last_log_id.map_or(0, |l| l.index()), file.digest));
 
     // Raft entry i is journal record i + 1; a log that starts at record 1 reaches genesis.
     let from_genesis = journal.first_index() == 1;
     let (mut state, mut applied) = match snapshot {
-        Some((meta, state, _)) if !from_genesis => (state, meta.last_log_id.map(|l| l.index())),
+        Some(file) if !from_genesis => (file.state, file.meta.last_log_id.map(|l| l.index())),
         _ => (StateMachine::default(), None),
     };
     let mut report = VerifyReport {

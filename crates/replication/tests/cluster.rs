@@ -63,6 +63,50 @@ async fn start_with(id: u64, dir: &Path, addr: &str, config: &ReplicaConfig) -> 
     }
 }
 
+/// Starts a replica on each of `dirs`, initializes them as one group and creates accounts
+/// 1..=5 through its leader.
+async fn start_group(dirs: &[tempfile::TempDir], config: &ReplicaConfig) -> Vec<Option<Running>> {
+    let mut replicas = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        replicas.push(Some(
+            start_with(i as u64 + 1, dir.path(), "127.0.0.1:0", config).await,
+        ));
+    }
+    let members: BTreeMap<u64, PeerNode> = replicas
+        .iter()
+        .flatten()
+        .map(|r| {
+            (
+                r.id(),
+                PeerNode {
+                    grpc: r.addr.to_string(),
+                    http: String::new(),
+                },
+            )
+        })
+        .collect();
+    replicas[0]
+        .as_ref()
+        .unwrap()
+        .initialize(&members)
+        .await
+        .unwrap();
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
+    let leader = leader_of(&all).await;
+    let accounts = BatchBody::CreateAccounts(
+        (1..=5)
+            .map(|id| Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect(),
+    );
+    write_until_accepted(all[leader], accounts).await;
+    replicas
+}
+
 /// Waits (bounded) until some replica in `replicas` is the leader that all of them agree on.
 async fn leader_of(replicas: &[&Running]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -137,42 +181,9 @@ async fn a_three_replica_group_commits_fails_over_and_converges() {
         .with_test_writer()
         .try_init();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut replicas = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        replicas.push(Some(start(i as u64 + 1, dir.path(), "127.0.0.1:0").await));
-    }
-    let members: BTreeMap<u64, PeerNode> = replicas
-        .iter()
-        .flatten()
-        .map(|r| {
-            (
-                r.id(),
-                PeerNode {
-                    grpc: r.addr.to_string(),
-                    http: String::new(),
-                },
-            )
-        })
-        .collect();
-    replicas[0]
-        .as_ref()
-        .unwrap()
-        .initialize(&members)
-        .await
-        .unwrap();
+    let mut replicas = start_group(&dirs, &config()).await;
     let all: Vec<&Running> = replicas.iter().flatten().collect();
     let leader = leader_of(&all).await;
-    let accounts = BatchBody::CreateAccounts(
-        (1..=5)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect(),
-    );
-    write_until_accepted(all[leader], accounts).await;
     for batch in 0..20u128 {
         let BatchResults::CreateTransfers(results) =
             write_until_accepted(all[leader], transfers(1 + batch * 100, 100)).await
@@ -241,44 +252,9 @@ async fn a_follower_far_behind_catches_up_from_entries_read_back_from_the_journa
         snapshot_every_entries: 0,
         ..ReplicaConfig::default()
     };
-    let mut replicas = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        replicas.push(Some(
-            start_with(i as u64 + 1, dir.path(), "127.0.0.1:0", &no_snapshots).await,
-        ));
-    }
-    let members: BTreeMap<u64, PeerNode> = replicas
-        .iter()
-        .flatten()
-        .map(|r| {
-            (
-                r.id(),
-                PeerNode {
-                    grpc: r.addr.to_string(),
-                    http: String::new(),
-                },
-            )
-        })
-        .collect();
-    replicas[0]
-        .as_ref()
-        .unwrap()
-        .initialize(&members)
-        .await
-        .unwrap();
+    let mut replicas = start_group(&dirs, &no_snapshots).await;
     let all: Vec<&Running> = replicas.iter().flatten().collect();
     let leader = leader_of(&all).await;
-    let accounts = BatchBody::CreateAccounts(
-        (1..=5)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect(),
-    );
-    write_until_accepted(all[leader], accounts).await;
     let follower = (0..3).find(|&i| i != leader).unwrap();
     let (follower_id, follower_addr) = (all[follower].id(), all[follower].addr);
     drop(all);
