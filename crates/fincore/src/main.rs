@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod serve;
+mod sim;
 mod verify;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Admin(admin::AdminCommand),
     /// Run the TigerBeetle-equivalent benchmark workload.
     Bench(bench::BenchArgs),
+    /// Run the deterministic cluster simulator: one seed, or a swarm of seeds.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args),
         Command::Admin(command) => admin::run(&command),
         Command::Bench(args) => bench::run(&args),
+        Command::Sim(args) => sim::run(&args),
     };
     match outcome {
         Ok(code) => code,

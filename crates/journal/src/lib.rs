@@ -22,4 +22,4 @@ pub use group_commit::{Appended, GroupCommitStats, GroupCommitter, SyncObserver,
 pub use journal::{
     Journal, JournalOptions, JournalReader, Position, RecordReader, Recovery, StoredRecord,
 };
-pub use record::{HEADER_SIZE, RECORD_BODY_BYTES_MAX, RecordHash};
+pub use record::{HEADER_SIZE, Header, HeaderProblem, RECORD_BODY_BYTES_MAX, RecordHash};

@@ -2,14 +2,12 @@
 //! the naive reference model in `support/model.rs`, must give identical results, objects,
 //! balances, history and query answers, and keep debits equal to credits on every ledger.
 
-mod support;
-
 use ledger::{
     Account, AccountFilter, AccountFilterFlags, AccountFlags, Batch, BatchBody, BatchResults,
     StateMachine, Transfer, TransferFlags,
 };
+use ledger_model::Model;
 use proptest::prelude::*;
-use support::model::Model;
 
 #[derive(Debug, Clone)]
 enum Spec {

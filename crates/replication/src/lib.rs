@@ -14,7 +14,7 @@ mod types;
 mod verify;
 
 pub use journal::SyncObserver;
-pub use log_store::LogStore;
+pub use log_store::{LogStore, clamp_range};
 pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory};
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteError};
 pub use state_machine::{LedgerStateMachine, SharedState};

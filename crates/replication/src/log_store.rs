@@ -35,6 +35,25 @@ fn journal_index(raft_index: u64) -> u64 {
     raft_index + 1
 }
 
+/// The inclusive bounds of the log indexes `range` asks for, within the log's `first..=last`
+/// (`None` when it asks for nothing).
+pub fn clamp_range(range: &impl RangeBounds<u64>, first: u64, last: u64) -> Option<(u64, u64)> {
+    use std::ops::Bound;
+    let lo = match range.start_bound() {
+        Bound::Included(&a) => a,
+        Bound::Excluded(&a) => a.checked_add(1)?,
+        Bound::Unbounded => first,
+    }
+    .max(first);
+    let hi = match range.end_bound() {
+        Bound::Included(&b) => b,
+        Bound::Excluded(&b) => b.checked_sub(1)?,
+        Bound::Unbounded => last,
+    }
+    .min(last);
+    (lo <= hi).then_some((lo, hi))
+}
+
 /// What must survive a restart besides the entries.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
@@ -196,7 +215,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        use std::ops::Bound;
         let (reader, cached_from, first, last) = {
             let inner = self.lock();
             let first = inner.meta.last_purged.map_or(0, |l| l.index() + 1);
@@ -207,19 +225,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some(last) = last.or_else(|| first.checked_sub(1)) else {
             return Ok(Vec::new());
         };
-        let lo = match range.start_bound() {
-            Bound::Included(&a) => a,
-            Bound::Excluded(&a) => a + 1,
-            Bound::Unbounded => first,
-        }
-        .max(first);
-        let hi = match range.end_bound() {
-            Bound::Included(&b) => b,
-            Bound::Excluded(&0) => return Ok(Vec::new()),
-            Bound::Excluded(&b) => b - 1,
-            Bound::Unbounded => last,
-        }
-        .min(last);
+        let Some((lo, hi)) = clamp_range(&range, first, last) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         // The part older than the cache comes from the journal.
         let mut index = lo;

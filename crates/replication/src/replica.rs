@@ -125,6 +125,10 @@ impl Replica {
             // A replica whose disk was wiped comes back with an empty log; the leader must
             // start it over (from a snapshot) instead of treating that as a bug and stopping.
             allow_log_reversion: Some(true),
+            // A restarted leader must win a new election (standard Raft). Resuming its old term
+            // is unsafe when the crash lost entries it had already sent to followers: it would
+            // then write different entries under the same (term, index). Found by `fincore sim`.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

@@ -6,8 +6,6 @@
 //! transfers and the moments their pending status changed. If the real state machine's
 //! incremental bookkeeping ever drifts, the two disagree.
 
-#![allow(dead_code)]
-
 use ledger::{
     Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags,
     CreateAccountResult as AR, CreateTransferResult as TR, Transfer, TransferFlags,
