@@ -5,6 +5,8 @@
 
 mod admin;
 mod bench;
+mod chaos;
+mod nodes;
 mod serve;
 mod sim;
 mod verify;
@@ -38,6 +40,8 @@ enum Command {
     Admin(admin::AdminCommand),
     /// Run the TigerBeetle-equivalent benchmark workload.
     Bench(bench::BenchArgs),
+    /// Run a Jepsen-style bank test against a real local group while a nemesis injects faults.
+    Chaos(chaos::ChaosArgs),
     /// Run the deterministic cluster simulator: one seed, or a swarm of seeds.
     Sim(sim::SimArgs),
 }
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Admin(command) => admin::run(&command),
         Command::Bench(args) => bench::run(&args),
         Command::Sim(args) => sim::run(&args),
+        Command::Chaos(args) => chaos::run(&args),
     };
     match outcome {
         Ok(code) => code,

@@ -77,6 +77,14 @@ pub struct JournalReader {
 }
 
 impl JournalReader {
+    /// True once record `index` has been written (it can be read back).
+    pub fn holds(&self, index: u64) -> bool {
+        self.spots
+            .read()
+            .expect("never poisoned")
+            .contains_key(&index)
+    }
+
     /// Record `index`, checked (header, body CRC, index), or `None` if the journal does not
     /// hold it.
     pub fn read(&self, index: u64) -> Result<Option<StoredRecord>> {

@@ -215,38 +215,51 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let (reader, cached_from, first, last) = {
+        // The cached part is taken under the same lock as the bounds: taken later, appends in
+        // between could have evicted its head, and the answer would skip entries.
+        let (reader, lo, cached) = {
             let inner = self.lock();
             let first = inner.meta.last_purged.map_or(0, |l| l.index() + 1);
             let last = inner.last_log_id.map(|l| l.index());
-            let cached_from = inner.entries.keys().next().copied().unwrap_or(u64::MAX);
-            (inner.reader.clone(), cached_from, first, last)
-        };
-        let Some(last) = last.or_else(|| first.checked_sub(1)) else {
-            return Ok(Vec::new());
-        };
-        let Some((lo, hi)) = clamp_range(&range, first, last) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        // The part older than the cache comes from the journal.
-        let mut index = lo;
-        while index <= hi && index < cached_from {
-            let Some(record) = reader.read(journal_index(index)).map_err(other)? else {
-                break;
+            let Some(last) = last.or_else(|| first.checked_sub(1)) else {
+                return Ok(Vec::new());
             };
-            let entry: Entry = postcard::from_bytes(&record.body).map_err(invalid)?;
-            out.push(entry);
-            index += 1;
+            let Some((lo, hi)) = clamp_range(&range, first, last) else {
+                return Ok(Vec::new());
+            };
+            let cached: Vec<Entry> = inner
+                .entries
+                .range(lo..=hi)
+                .map(|(_, entry)| entry.clone())
+                .collect();
+            let hi_exclusive = cached.first().map_or(hi + 1, |e| e.log_id.index());
+            (inner.reader.clone(), lo..hi_exclusive, cached)
+        };
+        let mut out = Vec::with_capacity((lo.end - lo.start) as usize + cached.len());
+        // The part older than the cache comes from the journal.
+        for index in lo.clone() {
+            // Older than the cache means written: a miss is a hole, which openraft must never
+            // be given (on the apply path it would skip the entry).
+            let record = reader
+                .read(journal_index(index))
+                .map_err(other)?
+                .ok_or_else(|| {
+                    other(format!(
+                        "Raft log entry {index} is neither cached nor in the journal"
+                    ))
+                })?;
+            out.push(postcard::from_bytes::<Entry>(&record.body).map_err(invalid)?);
         }
-        if index <= hi {
-            let inner = self.lock();
-            out.extend(
-                inner
-                    .entries
-                    .range(index..=hi)
-                    .map(|(_, entry)| entry.clone()),
-            );
+        out.extend(cached);
+        if let Some(hole) = out
+            .iter()
+            .enumerate()
+            .find(|(k, e)| e.log_id.index() != lo.start + *k as u64)
+        {
+            return Err(other(format!(
+                "Raft log read from {} found entry {} out of place",
+                lo.start, hole.1.log_id
+            )));
         }
         Ok(out)
     }
@@ -305,7 +318,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             inner.journal_last = journal_index(index);
             inner.last_log_id = Some(entry.log_id);
             inner.entries.insert(index, entry);
-            if inner.entries.len() > CACHED_ENTRIES_MAX {
+            // An entry leaves the cache only once the journal writer wrote it: until then a
+            // read would not find it anywhere (and a short read silently skips entries).
+            while inner.entries.len() > CACHED_ENTRIES_MAX
+                && let Some(&oldest) = inner.entries.keys().next()
+                && inner.reader.holds(journal_index(oldest))
+            {
                 inner.entries.pop_first();
             }
         }

@@ -1,0 +1,213 @@
+//! The group under test: three `fincore serve` children on loopback whose replica traffic goes
+//! through one fault-injecting proxy per directed link, and the faults the nemesis can cause
+//! (kill -9 and restart, SIGSTOP/SIGCONT, partitions, slow links).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::proxy::{LinkProxy, LinkState};
+use crate::nodes::{ChildNode, free_addrs, http_get_json};
+
+pub struct Cluster {
+    dirs: Vec<PathBuf>,
+    args: Vec<Vec<String>>,
+    nodes: Vec<Option<ChildNode>>,
+    paused: Vec<bool>,
+    pub grpc: Vec<String>,
+    pub http: Vec<String>,
+    /// (from, to) → the proxy `from` reaches `to` through.
+    links: BTreeMap<(usize, usize), LinkProxy>,
+}
+
+impl Cluster {
+    /// Starts `replicas` nodes in `dir/node-N`.
+    pub async fn start(dir: &Path, replicas: usize) -> anyhow::Result<Cluster> {
+        let mut free = free_addrs(2 * replicas)?;
+        let http = free.split_off(replicas);
+        let grpc = free;
+        let mut links = BTreeMap::new();
+        for from in 0..replicas {
+            for to in (0..replicas).filter(|&to| to != from) {
+                links.insert((from, to), LinkProxy::start(grpc[to].clone()).await?);
+            }
+        }
+        let peers = (0..replicas)
+            .map(|i| format!("{}={}/{}", i + 1, grpc[i], http[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args: Vec<Vec<String>> = (0..replicas)
+            .map(|i| {
+                let routes = (0..replicas)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("{}={}", j + 1, links[&(i, j)].addr))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                [
+                    "--node-id",
+                    &(i + 1).to_string(),
+                    "--peers",
+                    &peers,
+                    "--peer-routes",
+                    &routes,
+                    "--grpc",
+                    &grpc[i],
+                    "--http",
+                    &http[i],
+                ]
+                .map(String::from)
+                .to_vec()
+            })
+            .collect();
+        let dirs: Vec<PathBuf> = (0..replicas)
+            .map(|i| dir.join(format!("node-{}", i + 1)))
+            .collect();
+        let mut cluster = Cluster {
+            dirs,
+            args,
+            nodes: (0..replicas).map(|_| None).collect(),
+            paused: vec![false; replicas],
+            grpc,
+            http,
+            links,
+        };
+        for i in 0..replicas {
+            cluster.restart(i)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].is_some()
+    }
+
+    /// Starts node `i` again on its data directory (same addresses).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        // A port just released may take a moment to be free again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ChildNode::start(&self.dirs[i], &self.args[i]) {
+                Ok(node) => {
+                    self.nodes[i] = Some(node);
+                    self.paused[i] = false;
+                    return Ok(());
+                }
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(node) = &self.nodes[i] {
+            node.signal("STOP")?;
+            self.paused[i] = true;
+        }
+        Ok(())
+    }
+
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(node) = &self.nodes[i]
+            && self.paused[i]
+        {
+            node.signal("CONT")?;
+            self.paused[i] = false;
+        }
+        Ok(())
+    }
+
+    /// Cuts node `i` off from the others, both ways (`one_way`: only what it sends).
+    pub fn isolate(&self, i: usize, one_way: bool) {
+        for (&(from, to), link) in &self.links {
+            if from == i || (to == i && !one_way) {
+                link.set(LinkState {
+                    cut: true,
+                    delay: Duration::ZERO,
+                });
+            }
+        }
+    }
+
+    /// Every link from and to node `i` delays each chunk by `delay`.
+    pub fn slow(&self, i: usize, delay: Duration) {
+        for (&(from, to), link) in &self.links {
+            if from == i || to == i {
+                link.set(LinkState { cut: false, delay });
+            }
+        }
+    }
+
+    /// Every link delivers promptly again.
+    pub fn heal_links(&self) {
+        for link in self.links.values() {
+            link.set(LinkState::default());
+        }
+    }
+
+    /// Every link delivers promptly again, every paused node runs, every killed node restarts.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        self.heal_links();
+        for i in 0..self.len() {
+            self.resume(i)?;
+            if !self.is_running(i) {
+                self.restart(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every node reports the same leader and the same applied index (bounded).
+    pub fn wait_converged(&self, within: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let statuses: Vec<_> = self
+                .http
+                .iter()
+                .map(|addr| http_get_json(addr, "/v1/status").ok())
+                .collect();
+            let views: Vec<(Option<u64>, Option<u64>, Option<String>)> = statuses
+                .iter()
+                .map(|s| {
+                    let replica = s.as_ref().map(|s| &s["replica"]);
+                    (
+                        replica.and_then(|r| r["leader"].as_u64()),
+                        replica.and_then(|r| r["applied_index"].as_u64()),
+                        replica.and_then(|r| r["state_digest"].as_str().map(String::from)),
+                    )
+                })
+                .collect();
+            last = format!("{views:?}");
+            if views[0].0.is_some() && views[0].1.is_some() && views.iter().all(|v| *v == views[0])
+            {
+                return Ok(views[0].1.expect("checked"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "the nodes did not agree on a leader, applied index and digest within {within:?}: {last}"
+        )
+    }
+
+    /// Clean shutdown of every node.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.heal()?;
+        for node in self.nodes.iter_mut().filter_map(Option::take) {
+            node.stop()?;
+        }
+        Ok(())
+    }
+}

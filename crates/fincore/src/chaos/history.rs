@@ -1,0 +1,140 @@
+//! The history of a chaos run: every operation's invocation and completion (ok, fail or
+//! unknown) and every fault, in memory for the checker and as JSON lines in a file.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ledger::Account;
+use serde_json::json;
+
+/// What an operation does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Transfer {
+        id: u128,
+        debit: u128,
+        credit: u128,
+        amount: u128,
+    },
+    /// A linearizable read of every account.
+    Read,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Transfer created, or it already existed (a retry): it must be on the books.
+    Applied { timestamp: u64 },
+    /// The ledger answered a failure: it must not be on the books.
+    Failed { code: String },
+    /// The read's accounts.
+    Read { accounts: Vec<Account> },
+    /// No answer: it may or may not have happened.
+    Unknown { error: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub client: u64,
+    pub action: Action,
+    /// Nanoseconds since the run started.
+    pub invoked: u64,
+    pub completed: u64,
+    pub outcome: Outcome,
+}
+
+/// Collects operations and faults, writing each line as it happens.
+pub struct History {
+    started: Instant,
+    inner: Mutex<(Vec<Op>, std::io::BufWriter<std::fs::File>)>,
+}
+
+fn account_json(a: &Account) -> serde_json::Value {
+    json!({
+        "id": a.id.to_string(),
+        "debits_pending": a.debits_pending.to_string(),
+        "debits_posted": a.debits_posted.to_string(),
+        "credits_pending": a.credits_pending.to_string(),
+        "credits_posted": a.credits_posted.to_string(),
+    })
+}
+
+impl History {
+    pub fn create(path: &std::path::Path) -> anyhow::Result<History> {
+        Ok(History {
+            started: Instant::now(),
+            inner: Mutex::new((
+                Vec::new(),
+                std::io::BufWriter::new(std::fs::File::create(path)?),
+            )),
+        })
+    }
+
+    pub fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn write(&self, line: serde_json::Value) {
+        let mut inner = self.inner.lock().expect("never poisoned");
+        let _ = writeln!(inner.1, "{line}");
+    }
+
+    /// Records an invocation; returns its time.
+    pub fn invoke(&self, client: u64, action: &Action) -> u64 {
+        let at = self.now();
+        let what = match action {
+            Action::Transfer {
+                id,
+                debit,
+                credit,
+                amount,
+            } => json!({"f": "transfer", "id": id.to_string(), "debit": debit.to_string(),
+                        "credit": credit.to_string(), "amount": amount.to_string()}),
+            Action::Read => json!({"f": "read"}),
+        };
+        self.write(json!({"type": "invoke", "client": client, "t_ns": at, "op": what}));
+        at
+    }
+
+    /// Records a completion.
+    pub fn complete(&self, client: u64, action: Action, invoked: u64, outcome: Outcome) {
+        let completed = self.now();
+        let (kind, detail) = match &outcome {
+            Outcome::Applied { timestamp } => ("ok", json!({"timestamp": timestamp.to_string()})),
+            Outcome::Failed { code } => ("fail", json!({"result": code})),
+            Outcome::Read { accounts } => (
+                "ok",
+                json!({"accounts": accounts.iter().map(account_json).collect::<Vec<_>>()}),
+            ),
+            Outcome::Unknown { error } => ("unknown", json!({"error": error})),
+        };
+        let id = match &action {
+            Action::Transfer { id, .. } => json!(id.to_string()),
+            Action::Read => json!("read"),
+        };
+        self.write(
+            json!({"type": kind, "client": client, "t_ns": completed, "op": id, "detail": detail}),
+        );
+        self.inner.lock().expect("never poisoned").0.push(Op {
+            client,
+            action,
+            invoked,
+            completed,
+            outcome,
+        });
+    }
+
+    /// Records a fault the nemesis injected or healed.
+    pub fn fault(&self, what: &str, node: Option<usize>) {
+        self.write(json!({"type": "nemesis", "t_ns": self.now(), "fault": what,
+                          "node": node.map(|n| n + 1)}));
+    }
+
+    /// Everything recorded so far (the file is flushed).
+    pub fn ops(&self) -> Vec<Op> {
+        let mut inner = self.inner.lock().expect("never poisoned");
+        let _ = inner.1.flush();
+        inner.0.clone()
+    }
+}

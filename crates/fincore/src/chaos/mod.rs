@@ -1,0 +1,284 @@
+//! `fincore chaos`: a Jepsen-style bank test against a real three-node group on loopback.
+//!
+//! Clients move money between accounts that may not overdraw and read every balance, while a
+//! nemesis kills (-9) and restarts nodes, pauses them (SIGSTOP/SIGCONT), partitions them and
+//! slows their links, on a schedule drawn from `--seed`. Every operation is recorded (invoke,
+//! then ok / fail / unknown) in a JSON-lines history. After a quiet period the nodes must agree,
+//! and a final read decides every unknown outcome; the checker then judges the history.
+
+mod checker;
+mod cluster;
+mod history;
+mod proxy;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use client::Client;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use cluster::Cluster;
+use history::History;
+
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// How long clients and the nemesis run (then a quiet period and the final checks).
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Seed of the fault schedule and the workload (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent clients, each with one operation in flight.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=64))]
+    clients: u64,
+    /// Where the nodes' data, their logs and the history go (default: a temporary directory,
+    /// kept if the check fails).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the nemesis did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FaultCounts {
+    pub kills: u64,
+    pub pauses: u64,
+    pub partitions: u64,
+    pub one_way_partitions: u64,
+    pub slow_links: u64,
+}
+
+/// Plays faults on `cluster` until `until`, each held for a while and then healed.
+fn nemesis(
+    cluster: &Mutex<Cluster>,
+    history: &History,
+    seed: u64,
+    until: Instant,
+) -> anyhow::Result<FaultCounts> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
+    let mut counts = FaultCounts::default();
+    let replicas = cluster.lock().expect("never poisoned").len();
+    loop {
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..2_000)));
+        if Instant::now() >= until {
+            return Ok(counts);
+        }
+        let node = rng.random_range(0..replicas);
+        let hold = Duration::from_millis(rng.random_range(1_000..4_000));
+        let fault = rng.random_range(0..4);
+        {
+            let mut cluster = cluster.lock().expect("never poisoned");
+            match fault {
+                0 => {
+                    cluster.kill(node);
+                    counts.kills += 1;
+                    history.fault("kill", Some(node));
+                }
+                1 => {
+                    cluster.pause(node)?;
+                    counts.pauses += 1;
+                    history.fault("pause", Some(node));
+                }
+                2 => {
+                    let one_way = rng.random_bool(0.3);
+                    cluster.isolate(node, one_way);
+                    if one_way {
+                        counts.one_way_partitions += 1;
+                        history.fault("partition-outbound", Some(node));
+                    } else {
+                        counts.partitions += 1;
+                        history.fault("partition", Some(node));
+                    }
+                }
+                _ => {
+                    let delay = Duration::from_millis(rng.random_range(50..400));
+                    cluster.slow(node, delay);
+                    counts.slow_links += 1;
+                    history.fault(&format!("slow-links-{}ms", delay.as_millis()), Some(node));
+                }
+            }
+        }
+        std::thread::sleep(hold);
+        let mut cluster = cluster.lock().expect("never poisoned");
+        match fault {
+            0 => cluster.restart(node)?,
+            1 => cluster.resume(node)?,
+            _ => cluster.heal_links(),
+        }
+        history.fault("heal", Some(node));
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    valid: bool,
+    seed: u64,
+    seconds: u64,
+    clients: u64,
+    faults: FaultCounts,
+    #[serde(flatten)]
+    verdict: checker::Verdict,
+    history: String,
+}
+
+pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let temp = match &args.dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("fincore-chaos-")
+                .tempdir()?,
+        ),
+    };
+    let dir = match (&args.dir, &temp) {
+        (Some(dir), _) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        (None, Some(temp)) => temp.path().to_path_buf(),
+        (None, None) => unreachable!("a temporary directory is made when none is given"),
+    };
+    let history_path = dir.join("history.jsonl");
+    let history = Arc::new(History::create(&history_path)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let cluster = runtime.block_on(Cluster::start(&dir, 3))?;
+    let addrs: Vec<String> = cluster.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let connect = || Client::connect_any(&addr_refs, workload::retry_policy());
+    let _guard = runtime.enter();
+    let setup = connect()?;
+    runtime
+        .block_on(workload::set_up(&setup))
+        .context("setting up the bank")?;
+
+    // Clients and nemesis run together until the deadline.
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let cluster = Arc::new(Mutex::new(cluster));
+    let nemesis = {
+        let (cluster, history) = (Arc::clone(&cluster), Arc::clone(&history));
+        std::thread::spawn(move || nemesis(&cluster, &history, seed, until))
+    };
+    let clients: Vec<_> = (1..=args.clients)
+        .map(|id| {
+            let client = connect();
+            let history = Arc::clone(&history);
+            runtime.spawn(async move {
+                if let Ok(client) = client {
+                    workload::run_client(client, id, seed.wrapping_add(id), history, until).await;
+                }
+            })
+        })
+        .collect();
+    runtime.block_on(async {
+        for client in clients {
+            let _ = client.await;
+        }
+    });
+    let faults = nemesis
+        .join()
+        .map_err(|_| anyhow::anyhow!("the nemesis panicked"))??;
+
+    // Quiet period: everything heals, the nodes must agree, then the final read.
+    let mut cluster = Arc::into_inner(cluster)
+        .expect("the nemesis is done")
+        .into_inner()
+        .expect("never poisoned");
+    history.fault("quiet", None);
+    cluster.heal()?;
+    let converged = cluster.wait_converged(Duration::from_secs(60));
+    let ops = history.ops();
+    let reader = connect()?;
+    let (accounts, found) = runtime.block_on(async {
+        let accounts = reader.lookup_accounts(&workload::account_ids()).await?;
+        let mut ids: Vec<u128> = workload::funding().iter().map(|t| t.id).collect();
+        ids.extend(ops.iter().filter_map(|op| match op.action {
+            history::Action::Transfer { id, .. } => Some(id),
+            history::Action::Read => None,
+        }));
+        let mut found = BTreeMap::new();
+        for chunk in ids.chunks(8_000) {
+            for transfer in reader.lookup_transfers(chunk).await? {
+                found.insert(transfer.id, transfer);
+            }
+        }
+        anyhow::Ok((accounts, found))
+    })?;
+    let mut verdict = checker::check(&ops, &accounts, &found);
+    if let Err(error) = converged {
+        verdict
+            .violations
+            .insert(0, format!("after the quiet period: {error}"));
+        verdict.violations_total += 1;
+    }
+    let valid = verdict.valid();
+    let report = Report {
+        valid,
+        seed,
+        seconds: args.seconds,
+        clients: args.clients,
+        faults,
+        verdict,
+        history: history_path.display().to_string(),
+    };
+    cluster.stop()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let v = &report.verdict;
+        let f = &report.faults;
+        println!(
+            "chaos: {} — {} operations: transfers {} ok, {} failed, {} unknown ({} resolved as applied, {} as not applied); reads {} ok, {} unknown; faults: {} kills, {} pauses, {} partitions, {} one-way partitions, {} slow links; seed {}; history {}",
+            if valid { "VALID" } else { "INVALID" },
+            v.operations,
+            v.transfers_ok,
+            v.transfers_failed,
+            v.transfers_unknown,
+            v.unknown_resolved_applied,
+            v.unknown_resolved_not_applied,
+            v.reads_ok,
+            v.reads_unknown,
+            f.kills,
+            f.pauses,
+            f.partitions,
+            f.one_way_partitions,
+            f.slow_links,
+            report.seed,
+            report.history,
+        );
+        for violation in &v.violations {
+            println!("  - {violation}");
+        }
+        if v.violations_total > v.violations.len() as u64 {
+            println!("  ... {} violations in all", v.violations_total);
+        }
+    }
+    if valid {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        // Keep the evidence.
+        if let Some(temp) = temp {
+            let kept = temp.keep();
+            eprintln!(
+                "chaos: data, node logs and history kept in {}",
+                kept.display()
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
