@@ -16,8 +16,8 @@ use serde::Serialize;
 use super::history::{Action, Op, Outcome};
 use super::workload::{BANK, CUSTOMERS, FUNDING};
 
-/// More violations than this are counted, not listed.
-const LISTED_MAX: usize = 25;
+/// Of each kind of violation, this many are listed; the rest are counted.
+const LISTED_PER_KIND: u64 = 5;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Verdict {
@@ -29,15 +29,20 @@ pub struct Verdict {
     pub unknown_resolved_not_applied: u64,
     pub reads_ok: u64,
     pub reads_unknown: u64,
+    /// Examples of each kind of violation found.
     pub violations: Vec<String>,
+    /// How many of each kind.
+    pub violation_counts: BTreeMap<&'static str, u64>,
     pub violations_total: u64,
 }
 
 impl Verdict {
-    fn violation(&mut self, what: String) {
+    pub fn violation(&mut self, kind: &'static str, what: String) {
         self.violations_total += 1;
-        if self.violations.len() < LISTED_MAX {
-            self.violations.push(what);
+        let count = self.violation_counts.entry(kind).or_default();
+        *count += 1;
+        if *count <= LISTED_PER_KIND {
+            self.violations.push(format!("{kind}: {what}"));
         }
     }
 
@@ -49,17 +54,23 @@ impl Verdict {
 /// Money and limits in one consistent view of every account.
 fn check_view(verdict: &mut Verdict, what: &str, accounts: &[Account]) {
     if accounts.len() as u128 != CUSTOMERS + 1 {
-        verdict.violation(format!(
-            "{what}: {} accounts instead of {}",
-            accounts.len(),
-            CUSTOMERS + 1
-        ));
+        verdict.violation(
+            "incomplete read",
+            format!(
+                "{what}: {} accounts instead of {}",
+                accounts.len(),
+                CUSTOMERS + 1
+            ),
+        );
         return;
     }
     let debits: u128 = accounts.iter().map(|a| a.debits_posted).sum();
     let credits: u128 = accounts.iter().map(|a| a.credits_posted).sum();
     if debits != credits {
-        verdict.violation(format!("{what}: debits {debits} != credits {credits}"));
+        verdict.violation(
+            "unbalanced",
+            format!("{what}: debits {debits} != credits {credits}"),
+        );
     }
     let held: i128 = accounts
         .iter()
@@ -67,17 +78,23 @@ fn check_view(verdict: &mut Verdict, what: &str, accounts: &[Account]) {
         .map(|a| a.credits_posted as i128 - a.debits_posted as i128)
         .sum();
     if held != (CUSTOMERS * FUNDING) as i128 {
-        verdict.violation(format!(
-            "{what}: customers hold {held}, not the {} they were funded with",
-            CUSTOMERS * FUNDING
-        ));
+        verdict.violation(
+            "money not conserved",
+            format!(
+                "{what}: customers hold {held}, not the {} they were funded with",
+                CUSTOMERS * FUNDING
+            ),
+        );
     }
     for a in accounts.iter().filter(|a| a.id != BANK) {
         if a.debits_posted + a.debits_pending > a.credits_posted {
-            verdict.violation(format!(
-                "{what}: account {} debits {} + pending {} exceed credits {}",
-                a.id, a.debits_posted, a.debits_pending, a.credits_posted
-            ));
+            verdict.violation(
+                "limit broken",
+                format!(
+                    "{what}: account {} debits {} + pending {} exceed credits {}",
+                    a.id, a.debits_posted, a.debits_pending, a.credits_posted
+                ),
+            );
         }
     }
 }
@@ -113,17 +130,22 @@ pub fn check(ops: &[Op], accounts: &[Account], found: &BTreeMap<u128, Transfer>)
                     Outcome::Applied { timestamp } => {
                         verdict.transfers_ok += 1;
                         if !same {
-                            verdict.violation(format!(
-                                "acknowledged transfer {id} is {}",
-                                if stored.is_some() {
-                                    "different on the books"
-                                } else {
-                                    "missing"
-                                }
-                            ));
+                            verdict.violation(
+                                "acknowledged transfer lost or changed",
+                                format!(
+                                    "acknowledged transfer {id} is {}",
+                                    if stored.is_some() {
+                                        "different on the books"
+                                    } else {
+                                        "missing"
+                                    }
+                                ),
+                            );
                         } else if *timestamp != 0 && stored.map(|t| t.timestamp) != Some(*timestamp)
                         {
-                            verdict.violation(format!(
+                            verdict.violation(
+                                "acknowledged timestamp changed",
+                                format!(
                                 "transfer {id} was acknowledged at {timestamp} but is stored at {:?}",
                                 stored.map(|t| t.timestamp)
                             ));
@@ -132,17 +154,20 @@ pub fn check(ops: &[Op], accounts: &[Account], found: &BTreeMap<u128, Transfer>)
                     Outcome::Failed { code } => {
                         verdict.transfers_failed += 1;
                         if stored.is_some() {
-                            verdict.violation(format!(
-                                "transfer {id} failed ({code}) but is on the books"
-                            ));
+                            verdict.violation(
+                                "failed transfer applied",
+                                format!("transfer {id} failed ({code}) but is on the books"),
+                            );
                         }
                     }
                     Outcome::Unknown { .. } => {
                         verdict.transfers_unknown += 1;
                         match stored {
                             Some(_) if same => verdict.unknown_resolved_applied += 1,
-                            Some(_) => verdict
-                                .violation(format!("transfer {id} is different on the books")),
+                            Some(_) => verdict.violation(
+                                "transfer changed",
+                                format!("transfer {id} is different on the books"),
+                            ),
                             None => verdict.unknown_resolved_not_applied += 1,
                         }
                     }
@@ -170,7 +195,9 @@ pub fn check(ops: &[Op], accounts: &[Account], found: &BTreeMap<u128, Transfer>)
             .map(|t| t.amount)
             .sum();
         if (debits, credits) != (account.debits_posted, account.credits_posted) {
-            verdict.violation(format!(
+            verdict.violation(
+                "not exactly once",
+                format!(
                 "account {}: the books hold debits {debits} / credits {credits} of transfers, the balances say {} / {}",
                 account.id, account.debits_posted, account.credits_posted
             ));
@@ -249,20 +276,26 @@ fn check_linearizable(
             let Some(&position) =
                 position_of_volume.get(&(seen.debits_posted + seen.credits_posted))
             else {
-                verdict.violation(format!(
+                verdict.violation(
+                    "impossible read",
+                    format!(
                     "a read by client {} saw account {} in a state no prefix of its transfers produces (debits {}, credits {})",
                     read.client, account.id, seen.debits_posted, seen.credits_posted
                 ));
                 continue;
             };
             if position < must_see {
-                verdict.violation(format!(
-                    "stale read: client {} read account {} after {} of its transfers, but transfer {} of them had been acknowledged before the read began",
+                verdict.violation(
+                    "stale read",
+                    format!(
+                    "client {} read account {} after {} of its transfers, but transfer {} of them had been acknowledged before the read began",
                     read.client, account.id, position, must_see
                 ));
             }
             if latest_invoked[position] > read.completed {
-                verdict.violation(format!(
+                verdict.violation(
+                    "read from the future",
+                    format!(
                     "a read by client {} of account {} saw a transfer invoked after the read returned",
                     read.client, account.id
                 ));

@@ -174,13 +174,15 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
         let (cluster, history) = (Arc::clone(&cluster), Arc::clone(&history));
         std::thread::spawn(move || nemesis(&cluster, &history, seed, until))
     };
+    let nodes = Arc::new(addrs.clone());
     let clients: Vec<_> = (1..=args.clients)
         .map(|id| {
             let client = connect();
-            let history = Arc::clone(&history);
+            let (history, nodes) = (Arc::clone(&history), Arc::clone(&nodes));
             runtime.spawn(async move {
                 if let Ok(client) = client {
-                    workload::run_client(client, id, seed.wrapping_add(id), history, until).await;
+                    let seed = seed.wrapping_add(id);
+                    workload::run_client(client, nodes, id, seed, history, until).await;
                 }
             })
         })
@@ -221,10 +223,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     })?;
     let mut verdict = checker::check(&ops, &accounts, &found);
     if let Err(error) = converged {
-        verdict
-            .violations
-            .insert(0, format!("after the quiet period: {error}"));
-        verdict.violations_total += 1;
+        verdict.violation("no convergence", format!("after the quiet period: {error}"));
     }
     let valid = verdict.valid();
     let report = Report {
@@ -261,11 +260,11 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
             report.seed,
             report.history,
         );
+        for (kind, count) in &v.violation_counts {
+            println!("  {count} × {kind}");
+        }
         for violation in &v.violations {
             println!("  - {violation}");
-        }
-        if v.violations_total > v.violations.len() as u64 {
-            println!("  ... {} violations in all", v.violations_total);
         }
     }
     if valid {

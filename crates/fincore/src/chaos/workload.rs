@@ -104,15 +104,30 @@ pub async fn set_up(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-/// One client: until `until`, one operation at a time, each recorded in `history`.
-pub async fn run_client(client: Client, id: u64, seed: u64, history: Arc<History>, until: Instant) {
+/// One client: until `until`, one operation at a time, each recorded in `history`. Transfers
+/// go through `client` (which sticks to the leader); each read starts at a node picked at
+/// random from `nodes`, as a client that reaches any node would (a follower must send it to
+/// the leader rather than answer from its own, possibly older, state).
+pub async fn run_client(
+    client: Client,
+    nodes: Arc<Vec<String>>,
+    id: u64,
+    seed: u64,
+    history: Arc<History>,
+    until: Instant,
+) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut sequence = 0u64;
     let ids = account_ids();
     while Instant::now() < until {
         if rng.random_bool(0.2) {
+            let node = &nodes[rng.random_range(0..nodes.len())];
             let invoked = history.invoke(id, &Action::Read);
-            let outcome = match client.lookup_accounts(&ids).await {
+            let read = match Client::connect(node, retry_policy()) {
+                Ok(reader) => reader.lookup_accounts(&ids).await,
+                Err(error) => Err(error),
+            };
+            let outcome = match read {
                 Ok(accounts) => Outcome::Read { accounts },
                 Err(error) => Outcome::Unknown {
                     error: error.to_string(),
