@@ -122,12 +122,13 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     } else {
         let f = &report.faults;
         println!(
-            "swarm: {} seeds from {} in {:.0} s ({} s simulated): {} failed; {} entries committed, {} transfers acknowledged; faults: {} msgs ({} lost, {} duplicated), {} partitions, {} crashes ({} power losses), {} restarts, {} torn writes ({} torn tails cut), {} unsynced records lost, {} corruptions injected ({} detected), {} clock jumps",
+            "swarm: {} seeds from {} in {:.0} s ({} s simulated): {} failed, {} never formed; {} entries committed, {} transfers acknowledged; faults: {} msgs ({} lost, {} duplicated), {} partitions, {} crashes ({} power losses), {} restarts, {} torn writes ({} torn tails cut), {} unsynced records lost, {} corruptions injected ({} detected), {} clock jumps",
             report.seeds_run,
             report.first_seed,
             report.wall_seconds,
             report.simulated_seconds,
             report.failures.len(),
+            report.never_formed,
             report.committed_entries,
             report.transfers_acknowledged,
             f.messages,

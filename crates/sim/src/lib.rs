@@ -51,6 +51,8 @@ pub struct SwarmReport {
     pub faults: FaultCounts,
     pub committed_entries: u64,
     pub transfers_acknowledged: u64,
+    /// Runs whose group never formed (its only copy of the initial membership rotted).
+    pub never_formed: u64,
     pub simulated_seconds: u64,
     pub wall_seconds: f64,
 }
@@ -108,6 +110,7 @@ pub fn swarm(options: &SwarmOptions, progress: impl Fn(&SimReport) + Sync) -> Sw
                     add_counts(&mut report.faults, &run.faults);
                     report.committed_entries += run.committed_entries;
                     report.transfers_acknowledged += run.transfers_acknowledged;
+                    report.never_formed += u64::from(run.never_formed);
                     report.simulated_seconds += run.simulated_ms / 1000;
                     if !run.ok {
                         report.failures.push(run);

@@ -68,6 +68,8 @@ pub struct SimReport {
     pub transfers_acknowledged: u64,
     /// Simulated time from the end of the faults to the first new commit.
     pub recovery_ms: Option<u64>,
+    /// The initializer's disk lost the initial membership before anyone else stored it.
+    pub never_formed: bool,
     pub ops: OpCounts,
     pub faults: FaultCounts,
     pub profile: Option<FaultProfile>,
@@ -107,6 +109,7 @@ pub fn run(options: &SimOptions) -> SimReport {
                 applies_checked: 0,
                 transfers_acknowledged: 0,
                 recovery_ms: None,
+                never_formed: false,
                 ops: OpCounts::default(),
                 faults: FaultCounts::default(),
                 profile: None,
@@ -497,8 +500,15 @@ async fn simulate(options: SimOptions) -> SimReport {
         group.inject_faults().await;
     }
 
-    // The faults stop; the group must commit again and converge.
+    // The faults stop; the group must commit again and converge. A group that never committed
+    // anything, because the one replica holding its initial membership (the initializer) found
+    // that record corrupt before any other replica stored it, cannot form: that is not a
+    // recovery the protocol can make (see ARCHITECTURE.md), and is reported as such.
     group.heal().await;
+    let never_formed = {
+        let world = world.lock();
+        world.oracle.last_index().is_none() && world.nodes[&1].refused
+    };
     stop.store(true, Ordering::Relaxed);
     for client in running {
         let _ = client.await;
@@ -517,6 +527,9 @@ async fn simulate(options: SimOptions) -> SimReport {
     })
     .await;
     match committed {
+        _ if never_formed => world
+            .lock()
+            .trace("the group never formed: its initial membership was lost"),
         Ok(index) => {
             recovery_ms = Some((tokio::time::Instant::now() - healed_at).as_millis() as u64);
             match group.converge(index).await {
@@ -544,6 +557,7 @@ async fn simulate(options: SimOptions) -> SimReport {
         applies_checked: world.oracle.applies_checked,
         transfers_acknowledged: world.oracle.transfers_acknowledged() as u64,
         recovery_ms,
+        never_formed,
         ops: world.ops.clone(),
         faults: world.counts.clone(),
         profile: Some(world.profile.clone()),
