@@ -104,6 +104,11 @@ impl SimDisk {
             .unwrap_or_default()
     }
 
+    /// Holds no log record and no snapshot.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.snapshot.is_none()
+    }
+
     /// Writes an entry at the end of the log, unsynced.
     pub fn append(&mut self, entry: &Entry) {
         let index = journal_index(entry.log_id.index());

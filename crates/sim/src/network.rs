@@ -131,7 +131,13 @@ impl SimLink {
         }
         let response = match tokio::time::timeout(ttl, request.handle(raft)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(unreachable(error)),
+            Ok(Err(error)) => {
+                self.world.lock().trace(format_args!(
+                    "{kind} {}->{} refused: {error}",
+                    self.from, self.to
+                ));
+                return Err(unreachable(error));
+            }
             Err(_) => return Err(unreachable("timed out")),
         };
         let reply = self.world.lock().message_fate(self.to, self.from, "reply");
