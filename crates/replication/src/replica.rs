@@ -107,6 +107,20 @@ where
         .and_then(|f| f.leader_id.zip(f.leader_node.clone()))
 }
 
+/// "Not the leader" (with the leader's address when known), or a plain failure.
+fn not_leader_or_failed<E>(error: openraft::errors::RaftError<crate::TypeConfig, E>) -> WriteError
+where
+    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::TypeConfig>> + std::error::Error,
+{
+    if error.forward_to_leader().is_some() {
+        WriteError::NotLeader {
+            leader: leader_of(&error),
+        }
+    } else {
+        WriteError::Failed(error.to_string())
+    }
+}
+
 impl Replica {
     /// Opens replica `id` with its data in `dir` (its log, its newest snapshot).
     pub async fn open(id: NodeId, dir: &Path, config: &ReplicaConfig) -> io::Result<Replica> {
@@ -219,26 +233,15 @@ impl Replica {
     /// Adds replica `id` at `node` to the group: first as a learner that catches up (from a
     /// snapshot if needed), then as a voter. Only the leader can do it.
     pub async fn add_replica(&self, id: NodeId, node: PeerNode) -> Result<(), WriteError> {
-        let failed = |error: openraft::errors::RaftError<
-            crate::TypeConfig,
-            openraft::errors::ClientWriteError<crate::TypeConfig>,
-        >| {
-            let leader = leader_of(&error);
-            if error.forward_to_leader().is_some() {
-                WriteError::NotLeader { leader }
-            } else {
-                WriteError::Failed(error.to_string())
-            }
-        };
         self.raft
             .add_learner(id, node, true)
             .await
-            .map_err(failed)?;
+            .map_err(not_leader_or_failed)?;
         let voters = std::collections::BTreeSet::from([id]);
         self.raft
             .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
             .await
-            .map_err(failed)?;
+            .map_err(not_leader_or_failed)?;
         Ok(())
     }
 
@@ -246,21 +249,11 @@ impl Replica {
     /// do it.
     pub async fn remove_replica(&self, id: NodeId) -> Result<(), WriteError> {
         let ids = std::collections::BTreeSet::from([id]);
-        match self
-            .raft
+        self.raft
             .change_membership(openraft::ChangeMembers::RemoveVoters(ids), false)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                let leader = leader_of(&error);
-                if error.forward_to_leader().is_some() {
-                    Err(WriteError::NotLeader { leader })
-                } else {
-                    Err(WriteError::Failed(error.to_string()))
-                }
-            }
-        }
+            .map(drop)
+            .map_err(not_leader_or_failed)
     }
 
     /// The current members.
@@ -303,17 +296,11 @@ impl Replica {
     /// Returns once this replica is the leader and has applied everything committed before the
     /// call (read index), so a read of the state now is linearizable.
     pub async fn linearizable(&self) -> Result<(), WriteError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                let leader = leader_of(&error);
-                if error.forward_to_leader().is_some() {
-                    Err(WriteError::NotLeader { leader })
-                } else {
-                    Err(WriteError::Failed(error.to_string()))
-                }
-            }
-        }
+        self.raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map(drop)
+            .map_err(not_leader_or_failed)
     }
 
     /// Waits until this replica has applied at least `index` (bounded by `timeout`).
