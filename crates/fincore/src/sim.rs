@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use sim::{Bug, SimOptions, SimReport, SwarmOptions};
+use sim::{Bug, FaultCounts, SimOptions, SimReport, SwarmOptions};
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -43,27 +43,36 @@ fn clock_seed() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn describe(report: &SimReport) -> String {
-    let f = &report.faults;
+/// Every fault count of a run or a swarm, on one line.
+fn faults(f: &FaultCounts) -> String {
     format!(
-        "seed {} replicas {}: {} — {} entries committed, {} transfers acknowledged, {} applies checked; faults: {} msgs ({} lost, {} duplicated), {} partitions, {} crashes ({} power losses, {} torn writes, {} unsynced records lost), {} corruptions ({} detected), {} clock jumps; trace {}",
-        report.seed,
-        report.replicas,
-        if report.ok { "ok" } else { "FAILED" },
-        report.committed_entries,
-        report.transfers_acknowledged,
-        report.applies_checked,
+        "{} msgs ({} lost, {} duplicated), {} partitions, {} crashes ({} power losses, {} restarts, {} torn writes, {} torn tails cut, {} unsynced records lost), {} corruptions ({} detected), {} clock jumps",
         f.messages,
         f.messages_lost,
         f.messages_duplicated,
         f.partitions,
         f.crashes,
         f.power_losses,
+        f.restarts,
         f.torn_writes,
+        f.torn_tails_cut,
         f.unsynced_records_lost,
         f.corruptions_injected,
         f.corruptions_detected,
         f.clock_jumps,
+    )
+}
+
+fn describe(report: &SimReport) -> String {
+    format!(
+        "seed {} replicas {}: {} — {} entries committed, {} transfers acknowledged, {} applies checked; faults: {}; trace {}",
+        report.seed,
+        report.replicas,
+        if report.ok { "ok" } else { "FAILED" },
+        report.committed_entries,
+        report.transfers_acknowledged,
+        report.applies_checked,
+        faults(&report.faults),
         &report.trace_hash[..report.trace_hash.len().min(16)],
     )
 }
@@ -120,9 +129,8 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        let f = &report.faults;
         println!(
-            "swarm: {} seeds from {} in {:.0} s ({} s simulated): {} failed, {} never formed; {} entries committed, {} transfers acknowledged; faults: {} msgs ({} lost, {} duplicated), {} partitions, {} crashes ({} power losses), {} restarts, {} torn writes ({} torn tails cut), {} unsynced records lost, {} corruptions injected ({} detected), {} clock jumps",
+            "swarm: {} seeds from {} in {:.0} s ({} s simulated): {} failed, {} never formed; {} entries committed, {} transfers acknowledged; faults: {}",
             report.seeds_run,
             report.first_seed,
             report.wall_seconds,
@@ -131,19 +139,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
             report.never_formed,
             report.committed_entries,
             report.transfers_acknowledged,
-            f.messages,
-            f.messages_lost,
-            f.messages_duplicated,
-            f.partitions,
-            f.crashes,
-            f.power_losses,
-            f.restarts,
-            f.torn_writes,
-            f.torn_tails_cut,
-            f.unsynced_records_lost,
-            f.corruptions_injected,
-            f.corruptions_detected,
-            f.clock_jumps,
+            faults(&report.faults),
         );
         for failure in &report.failures {
             println!("failed: {}", failure.reproduce);
