@@ -204,7 +204,7 @@ impl Engine {
         let lock = lock_data_dir(&options.data_dir)?;
         let journal_options = JournalOptions {
             segment_bytes_max: options.segment_bytes_max,
-            read_only: false,
+            ..Default::default()
         };
         let (journal, recovery) = Journal::open(options.data_dir.join("journal"), journal_options)?;
         let checkpoints = CheckpointStore::new(options.data_dir.join("checkpoints"));

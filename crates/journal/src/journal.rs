@@ -23,6 +23,10 @@ pub struct JournalOptions {
     pub segment_bytes_max: u64,
     /// Open without changing anything: a torn tail is reported, not cut off, and appends fail.
     pub read_only: bool,
+    /// Keep what was written in the OS page cache after it is synced. Off by default: records
+    /// are written once and read back rarely (a lagging replica, a restart), so caching them
+    /// only crowds out memory that the next writes and the ledger state must then take fresh.
+    pub keep_synced_in_page_cache: bool,
 }
 
 impl Default for JournalOptions {
@@ -30,6 +34,7 @@ impl Default for JournalOptions {
         JournalOptions {
             segment_bytes_max: 256 << 20,
             read_only: false,
+            keep_synced_in_page_cache: false,
         }
     }
 }
@@ -133,6 +138,17 @@ impl JournalReader {
     }
 }
 
+/// Tells the OS it may drop the pages of `file` in `from..to` from its cache (they are synced,
+/// so this costs no write). Only advice: where it is refused or unsupported, the pages stay.
+fn drop_from_page_cache(file: &File, from: u64, to: u64) {
+    #[cfg(target_os = "linux")]
+    if let Some(len) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
+        let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, to);
+}
+
 /// The durable log.
 #[derive(Debug)]
 pub struct Journal {
@@ -143,6 +159,8 @@ pub struct Journal {
     spots: Spots,
     /// The newest segment, open for appending.
     active: Option<File>,
+    /// How far into the newest segment the OS was told to drop synced pages from its cache.
+    uncached_len: u64,
     /// The position just before the first record kept (index 0 for a journal never purged).
     base: Position,
     last: Position,
@@ -271,6 +289,7 @@ impl Journal {
                 segments,
                 spots: Arc::new(RwLock::new(spots)),
                 active,
+                uncached_len: 0,
                 base,
                 last,
             },
@@ -399,15 +418,22 @@ impl Journal {
             len: 0,
         });
         self.active = Some(file);
+        self.uncached_len = 0;
         Ok(())
     }
 
     /// Makes every appended record durable (`fdatasync`).
     pub fn sync(&mut self) -> Result<()> {
         match (&self.active, self.segments.last()) {
-            (Some(file), Some(segment)) => file
-                .sync_data()
-                .map_err(JournalError::io("syncing", &segment.path)),
+            (Some(file), Some(segment)) => {
+                file.sync_data()
+                    .map_err(JournalError::io("syncing", &segment.path))?;
+                if !self.options.keep_synced_in_page_cache {
+                    drop_from_page_cache(file, self.uncached_len, segment.len);
+                    self.uncached_len = segment.len;
+                }
+                Ok(())
+            }
             (None, Some(segment)) if !self.options.read_only => Err(JournalError::Failed(format!(
                 "an earlier write to {} failed",
                 segment.path.display()
@@ -450,6 +476,7 @@ impl Journal {
             file.sync_all()
                 .map_err(JournalError::io("syncing", &segment.path))?;
             self.active = Some(file);
+            self.uncached_len = self.uncached_len.min(new_len);
             break;
         }
         sync_dir(&self.dir)?;

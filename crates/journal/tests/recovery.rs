@@ -175,7 +175,7 @@ fn segments_roll_over_and_truncate_and_purge_keep_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let options = JournalOptions {
         segment_bytes_max: 1000,
-        read_only: false,
+        ..Default::default()
     };
     write_records(dir.path(), 10, options.clone());
     let segments = fs::read_dir(dir.path()).unwrap().count();
