@@ -131,7 +131,8 @@ pub fn free_addrs(count: usize) -> anyhow::Result<Vec<String>> {
 pub fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // Long enough for a status with the digest of a large state.
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"

@@ -149,6 +149,20 @@ fn every_operation_works_over_http() {
         );
     }
 
+    // Status: with the state digest by default, without it on request, at the same index.
+    let full = get(&node.http, "/v1/status").json();
+    let light = get(&node.http, "/v1/status?digest=false").json();
+    assert_eq!(
+        full["replica"]["state_digest"].as_str().map(str::len),
+        Some(64)
+    );
+    assert!(light["replica"]["state_digest"].is_null(), "{light}");
+    assert_eq!(
+        full["replica"]["applied_index"],
+        light["replica"]["applied_index"]
+    );
+    assert!(light["replica"]["applied_index"].as_u64().unwrap() > 0);
+
     let openapi = get(&node.http, "/openapi.json");
     assert_eq!(openapi.status, 200);
     let paths = openapi.json()["paths"]
@@ -344,6 +358,16 @@ fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
     assert_eq!(
         (answer.status, answer.json()["field"].as_str()),
         (400, Some("ids[0]"))
+    );
+    let answer = get(&node.http, "/v1/status?digest=maybe");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("digest"))
+    );
+    let answer = get(&node.http, "/v1/status?verbose=true");
+    assert_eq!(
+        (answer.status, answer.json()["field"].as_str()),
+        (400, Some("verbose"))
     );
     let answer = get(&node.http, "/v2/nothing");
     assert_eq!(answer.status, 404);

@@ -6,6 +6,7 @@
 //! `ledger::StateMachine` with its snapshots, and the replica-to-replica transport over gRPC.
 //! Nothing outside this crate names an openraft type, so a version bump touches only here.
 
+mod applier;
 mod log_store;
 mod network;
 mod replica;

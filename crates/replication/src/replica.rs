@@ -80,7 +80,9 @@ pub struct ReplicaStatus {
     pub leader: Option<NodeId>,
     pub last_log_index: Option<u64>,
     pub applied_index: u64,
-    pub state_digest: String,
+    /// The digest of the state at `applied_index`; `None` when not asked for (computing it
+    /// reads the whole state).
+    pub state_digest: Option<String>,
 }
 
 /// A running replica.
@@ -215,10 +217,16 @@ impl Replica {
         self.raft.metrics().borrow_watched().running_state.is_ok()
     }
 
-    /// A one-line view of this replica for operators: role, term, leader, applied index.
-    pub fn status(&self) -> ReplicaStatus {
+    /// A one-line view of this replica for operators: role, term, leader, applied index, and
+    /// with `with_digest` the state digest there (which costs a pass over the whole state).
+    pub fn status(&self, with_digest: bool) -> ReplicaStatus {
         let metrics = self.raft.metrics().borrow_watched().clone();
-        let (applied_index, digest) = self.applied();
+        let (applied_index, digest) = if with_digest {
+            let (index, digest) = self.applied();
+            (index, Some(digest.to_string()))
+        } else {
+            (self.machine.applied_index(), None)
+        };
         ReplicaStatus {
             id: self.id,
             role: format!("{:?}", metrics.state).to_lowercase(),
@@ -226,7 +234,7 @@ impl Replica {
             leader: metrics.current_leader,
             last_log_index: metrics.last_log_index,
             applied_index,
-            state_digest: digest.to_string(),
+            state_digest: digest,
         }
     }
 

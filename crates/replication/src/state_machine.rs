@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
-use ledger::{Batch, StateDigest, StateMachine};
+use ledger::{StateDigest, StateMachine};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::applier::Applier;
 use crate::log_store::write_atomically;
 use crate::types::{BatchOutcome, TypeConfig};
 
@@ -97,6 +98,7 @@ pub(crate) fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>>
 #[derive(Clone)]
 pub struct LedgerStateMachine {
     state: SharedState,
+    applier: Arc<Applier>,
     inner: Arc<Mutex<Inner>>,
     snapshot_path: PathBuf,
 }
@@ -110,8 +112,10 @@ impl LedgerStateMachine {
     /// one, else an empty ledger.
     pub fn open(dir: &Path) -> io::Result<LedgerStateMachine> {
         let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let state = Arc::new(RwLock::new(replicated(StateMachine::default())));
         let machine = LedgerStateMachine {
-            state: Arc::new(RwLock::new(replicated(StateMachine::default()))),
+            applier: Arc::new(Applier::spawn(Arc::clone(&state))?),
+            state,
             inner: Arc::new(Mutex::new(Inner {
                 last_applied: None,
                 membership: StoredMembership::default(),
@@ -136,6 +140,15 @@ impl LedgerStateMachine {
     /// The ledger state (read it for queries; only this state machine writes it).
     pub fn state(&self) -> &SharedState {
         &self.state
+    }
+
+    /// The last applied log index.
+    pub fn applied_index(&self) -> u64 {
+        self.inner
+            .lock()
+            .expect("never poisoned")
+            .last_applied
+            .map_or(0, |l| l.index())
     }
 
     /// The last applied log index and the state digest at it.
@@ -234,9 +247,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let outcome = match &entry.payload {
                 EntryPayload::Normal(sealed) => {
-                    let batch = Batch::decode(&sealed.0).map_err(invalid)?;
-                    let results = self.state.write().expect("never poisoned").apply(&batch);
-                    BatchOutcome::from_results(&results)
+                    // Urgent when a client waits for the outcome (the leader's own writes).
+                    self.applier
+                        .apply(sealed.0.clone(), responder.is_some())
+                        .await?
                 }
                 EntryPayload::Membership(membership) => {
                     self.inner.lock().expect("never poisoned").membership =

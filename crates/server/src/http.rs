@@ -378,6 +378,19 @@ async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) 
     .await
 }
 
+/// A boolean query parameter (`true`/`1`, `false`/`0`), `default` when absent.
+fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None => Ok(default),
+        Some("true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(
+            name,
+            format!("{other:?} is not a boolean (true or false)"),
+        )),
+    }
+}
+
 /// Builds a filter from the path id and query parameters; unknown parameters are refused.
 fn filter_from_query(
     id: &str,
@@ -417,17 +430,6 @@ fn filter_from_query(
                     format!("{text:?} is not a valid unsigned integer for {name}"),
                 )
             }),
-        }
-    }
-    fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
-        match params.get(name).map(String::as_str) {
-            None => Ok(default),
-            Some("true" | "1") => Ok(true),
-            Some("false" | "0") => Ok(false),
-            Some(other) => Err(ApiError::bad_request(
-                name,
-                format!("{other:?} is not a boolean (true or false)"),
-            )),
         }
     }
     let limit: u32 = number(params, "limit", QUERY_LIMIT_DEFAULT)?;
@@ -512,15 +514,31 @@ async fn healthz(State(pipeline): State<Pipeline>) -> Response {
 }
 
 /// This replica's role, term, leader, applied index and state digest (replicas that applied
-/// the same index must show the same digest), with the group's members.
-async fn status(State(pipeline): State<Pipeline>) -> Response {
+/// the same index must show the same digest), with the group's members. `?digest=false` leaves
+/// the digest out (it costs a pass over the whole state).
+async fn status(
+    State(pipeline): State<Pipeline>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(unknown) = params.keys().find(|key| key.as_str() != "digest") {
+        return ApiError::bad_request(
+            unknown.clone(),
+            "unknown query parameter; the known one is digest",
+        )
+        .into_response();
+    }
+    let with_digest = match flag(&params, "digest", true) {
+        Ok(with_digest) => with_digest,
+        Err(error) => return error.into_response(),
+    };
     let replica = pipeline.replica();
     let members: Vec<serde_json::Value> = replica
         .members()
         .iter()
         .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
         .collect();
-    Json(serde_json::json!({ "replica": replica.status(), "members": members })).into_response()
+    Json(serde_json::json!({ "replica": replica.status(with_digest), "members": members }))
+        .into_response()
 }
 
 /// The body of `POST /v1/admin/replicas`.

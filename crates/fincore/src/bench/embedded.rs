@@ -90,6 +90,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         journal: Some(journal),
         restart,
         write_pause_ms_max: None,
+        replicas_caught_up_ms: None,
     })
 }
 

@@ -123,6 +123,9 @@ pub struct Measured {
     pub journal: Option<JournalFigures>,
     pub restart: Option<RestartReport>,
     pub write_pause_ms_max: Option<f64>,
+    /// How long after the last acknowledgement every replica had applied it (replicated runs;
+    /// part of `seconds`).
+    pub replicas_caught_up_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,6 +156,8 @@ struct Report {
     restart: Option<RestartReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     write_pause_ms_max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas_caught_up_ms: Option<f64>,
 }
 
 /// Peak resident set size of a process (Linux `VmHWM`), 0 if unknown.
@@ -192,6 +197,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         journal: measured.journal,
         restart: measured.restart,
         write_pause_ms_max: measured.write_pause_ms_max,
+        replicas_caught_up_ms: measured.replicas_caught_up_ms,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -226,6 +232,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
         println!("  peak RSS      {} MiB", report.peak_rss_bytes >> 20);
         println!("  failed        {} transfers", report.transfers_failed);
+        if let Some(caught_up) = report.replicas_caught_up_ms {
+            println!(
+                "  replicas      all applied the last batch {caught_up:.0} ms after its acknowledgement (counted in the time)"
+            );
+        }
         if let Some(pause) = report.write_pause_ms_max {
             println!("  failover      longest write pause after killing the leader: {pause:.0} ms");
         }

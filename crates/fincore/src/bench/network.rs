@@ -100,7 +100,7 @@ fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         for addr in http_addrs {
-            if let Ok(status) = http_get_json(addr, "/v1/status")
+            if let Ok(status) = http_get_json(addr, "/v1/status?digest=false")
                 && let Some(leader) = status["replica"]["leader"].as_u64()
                 && let Some(members) = status["members"].as_array()
                 && let Some(member) = members.iter().find(|m| m["id"].as_u64() == Some(leader))
@@ -114,6 +114,57 @@ fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("no leader was elected within 20 s")
+}
+
+/// Waits (bounded) until every node in `http_addrs` has applied its whole log and all applied the
+/// same index: the group has caught up with everything it acknowledged.
+fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen = http_addrs
+            .iter()
+            .map(|addr| {
+                let status = http_get_json(addr, "/v1/status?digest=false").ok()?;
+                let replica = &status["replica"];
+                Some((
+                    replica["applied_index"].as_u64()?,
+                    replica["last_log_index"].as_u64()?,
+                ))
+            })
+            .collect::<Vec<_>>();
+        let caught_up = seen.iter().all(|node| {
+            node.is_some_and(|(applied, last)| applied == last && Some(node) == seen.first())
+        });
+        if caught_up {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!("the replicas did not catch up within 120 s (applied, last log index): {seen:?}")
+}
+
+/// Checks that every node in `http_addrs` shows the same state digest at the same applied
+/// index (call once they caught up).
+fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
+    let states = http_addrs
+        .iter()
+        .map(|addr| {
+            let status = http_get_json(addr, "/v1/status")?;
+            let replica = &status["replica"];
+            Ok((
+                replica["applied_index"].as_u64(),
+                replica["state_digest"].as_str().map(String::from),
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if states
+        .iter()
+        .any(|state| state.1.is_none() || state != &states[0])
+    {
+        bail!("the replicas disagree after catching up (applied index, digest): {states:?}");
+    }
+    Ok(())
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
@@ -154,7 +205,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (seconds, latencies, transfers_failed) = runtime.block_on(async {
+    let (started, latencies, transfers_failed) = runtime.block_on(async {
         let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
         let setup = Client::connect_any(&addr_refs, RetryPolicy::default())?;
         let mut first = 1;
@@ -221,8 +272,28 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
             latencies.extend(task_latencies);
             failed += task_failed;
         }
-        anyhow::Ok((started.elapsed().as_secs_f64(), latencies, failed))
+        anyhow::Ok((started, latencies, failed))
     })?;
+    // A replicated run ends when every running replica has applied the last batch, not at its
+    // acknowledgement: followers that fell behind would owe that work to the next run.
+    let acknowledged = Instant::now();
+    let running_http: Vec<String> = nodes
+        .lock()
+        .expect("never poisoned")
+        .iter()
+        .flatten()
+        .map(|node| node.http_addr.clone())
+        .collect();
+    let replicas_caught_up_ms = if running_http.len() > 1 {
+        wait_caught_up(&running_http)?;
+        Some(acknowledged.elapsed().as_secs_f64() * 1e3)
+    } else {
+        None
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if running_http.len() > 1 {
+        check_digests(&running_http)?;
+    }
     let peak_rss_bytes = pids
         .iter()
         .map(|pid| peak_rss_bytes(pid))
@@ -249,5 +320,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         journal: None,
         restart: None,
         write_pause_ms_max,
+        replicas_caught_up_ms,
     })
 }
