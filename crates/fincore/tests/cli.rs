@@ -21,20 +21,21 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// A small workload: 100 accounts, 20,000 transfers in batches of 1,000, JSON out.
+const SMALL_WORKLOAD: [&str; 7] = [
+    "--accounts",
+    "100",
+    "--transfers",
+    "20000",
+    "--batch",
+    "1000",
+    "--json",
+];
+
 fn small_bench(dir: &Path) -> serde_json::Value {
-    let output = fincore(&[
-        "bench",
-        "--embedded",
-        "--accounts",
-        "100",
-        "--transfers",
-        "20000",
-        "--batch",
-        "1000",
-        "--json",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let mut args = vec!["bench", "--embedded", "--data-dir", dir.to_str().unwrap()];
+    args.extend(SMALL_WORKLOAD);
+    let output = fincore(&args);
     assert!(output.status.success(), "{}", text(&output));
     serde_json::from_slice(&output.stdout).expect("bench --json prints one JSON object")
 }
@@ -172,4 +173,56 @@ fn bad_arguments_get_clear_errors_not_panics() {
     for output in [missing, oversized, output] {
         assert!(!text(&output).contains("panicked"), "{}", text(&output));
     }
+}
+
+#[test]
+fn a_replicated_bench_compares_with_a_single_node_and_waits_for_every_replica() {
+    let mut args = vec!["bench", "--replicas", "3", "--vs-single", "1"];
+    args.extend(SMALL_WORKLOAD);
+    let output = fincore(&args);
+    assert!(output.status.success(), "{}", text(&output));
+    let comparison: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let single = &comparison["single"][0];
+    let replicated = &comparison["replicated"][0];
+    assert_eq!(
+        (single["replicas"].as_u64(), replicated["replicas"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert!(single["replicas_caught_up_ms"].is_null(), "{comparison}");
+    assert!(replicated["replicas_caught_up_ms"].as_f64().unwrap() >= 0.0);
+    for report in [single, replicated] {
+        assert_eq!(report["transfers_failed"], 0, "{comparison}");
+    }
+    let ratio = comparison["ratio"].as_f64().unwrap();
+    let expected = replicated["transfers_per_second"].as_f64().unwrap()
+        / single["transfers_per_second"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{comparison}");
+}
+
+#[test]
+fn a_replicated_bench_measures_the_write_pause_when_the_leader_is_killed() {
+    let output = fincore(&[
+        "bench",
+        "--replicas",
+        "3",
+        "--kill-leader-at",
+        "0.3",
+        "--accounts",
+        "100",
+        "--transfers",
+        "300000",
+        "--batch",
+        "1000",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["transfers_failed"], 0, "{report}");
+    let pause = report["write_pause_ms_max"].as_f64().unwrap();
+    assert!(pause > 0.0 && pause < 10_000.0, "{report}");
+    // The two survivors caught up and agreed (the bench checks their digests).
+    assert!(
+        report["replicas_caught_up_ms"].as_f64().is_some(),
+        "{report}"
+    );
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 pub use workload::{AccountDistribution, IdOrder};
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Run the engine in this process (journal with real fsync, no network).
     #[arg(long)]
@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// Seed of the workload generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Network mode: run this many rounds, each a single node then the `--replicas` group
+    /// (alternating, so both see the same machine), and report the medians and their ratio.
+    #[arg(long, value_name = "ROUNDS", value_parser = clap::value_parser!(u64).range(1..=100),
+          conflicts_with_all = ["embedded", "addr", "data_dir", "kill_leader_at"])]
+    vs_single: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -173,13 +178,88 @@ pub fn peak_rss_bytes(pid: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let (mode, measured) = if args.embedded {
-        ("embedded", embedded::run(args)?)
-    } else {
-        ("network", network::run(args)?)
+/// Both sides of one `--vs-single` comparison, and every run.
+#[derive(Debug, Serialize)]
+struct Comparison {
+    replicas: u64,
+    rounds: u64,
+    single_transfers_per_second_median: f64,
+    replicated_transfers_per_second_median: f64,
+    /// Replicated median / single-node median.
+    ratio: f64,
+    single: Vec<Report>,
+    replicated: Vec<Report>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `--vs-single`: single node and replica group, alternating, on the same machine.
+fn compare(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
+    let mut single = Vec::new();
+    let mut replicated = Vec::new();
+    for round in 1..=rounds {
+        for replicas in [1, args.replicas] {
+            let run_args = BenchArgs {
+                replicas,
+                ..args.clone()
+            };
+            let report = report(&run_args, "network", network::run(&run_args)?);
+            if !args.json {
+                println!(
+                    "round {round}/{rounds}: {replicas} replica(s) {:.0} transfers/s (batch p50 {:.2} ms)",
+                    report.transfers_per_second, report.batch_latency_ms.p50
+                );
+            }
+            if replicas == 1 {
+                single.push(report);
+            } else {
+                replicated.push(report);
+            }
+        }
+    }
+    let rate =
+        |reports: &[Report]| median(reports.iter().map(|r| r.transfers_per_second).collect());
+    let comparison = Comparison {
+        replicas: args.replicas,
+        rounds,
+        single_transfers_per_second_median: rate(&single),
+        replicated_transfers_per_second_median: rate(&replicated),
+        ratio: rate(&replicated) / rate(&single),
+        single,
+        replicated,
     };
-    let report = Report {
+    if args.json {
+        println!("{}", serde_json::to_string(&comparison)?);
+    } else {
+        println!(
+            "medians over {rounds} round(s): single node {:.0} transfers/s, {} replicas {:.0} transfers/s, ratio {:.3}",
+            comparison.single_transfers_per_second_median,
+            args.replicas,
+            comparison.replicated_transfers_per_second_median,
+            comparison.ratio
+        );
+    }
+    let failed = comparison
+        .single
+        .iter()
+        .chain(&comparison.replicated)
+        .any(|r| r.transfers_failed > 0);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn report(args: &BenchArgs, mode: &'static str, measured: Measured) -> Report {
+    Report {
         mode,
         replicas: if args.embedded { 1 } else { args.replicas },
         clients: if args.embedded { 1 } else { args.clients },
@@ -198,7 +278,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         restart: measured.restart,
         write_pause_ms_max: measured.write_pause_ms_max,
         replicas_caught_up_ms: measured.replicas_caught_up_ms,
+    }
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(rounds) = args.vs_single {
+        return compare(args, rounds);
+    }
+    let (mode, measured) = if args.embedded {
+        ("embedded", embedded::run(args)?)
+    } else {
+        ("network", network::run(args)?)
     };
+    let report = report(args, mode, measured);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
