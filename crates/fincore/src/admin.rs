@@ -114,6 +114,6 @@ pub fn run(command: &AdminCommand) -> anyhow::Result<ExitCode> {
         AdminCommand::RemoveReplica { addr, id } => {
             to_leader(addr, "DELETE", &format!("/v1/admin/replicas/{id}"), None)
         }
-        AdminCommand::Status { addr } => to_leader(addr, "GET", "/v1/status", None),
+        AdminCommand::Status { addr } => to_leader(addr, "GET", "/v1/status?digest=true", None),
     }
 }

@@ -112,7 +112,7 @@ impl Group {
             let states: Vec<(u64, String)> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].is_some())
                 .map(|i| {
-                    let status = get(&self.http[i], "/v1/status").json();
+                    let status = get(&self.http[i], "/v1/status?digest=true").json();
                     let replica = &status["replica"];
                     (
                         replica["applied_index"].as_u64().unwrap(),
@@ -357,7 +357,7 @@ fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
     runtime.block_on(write_batches(&client, 100_000, 20));
     group.start(victim);
     let (index, digest) = group.converged();
-    let status = get(&group.http[victim], "/v1/status").json();
+    let status = get(&group.http[victim], "/v1/status?digest=true").json();
     assert_eq!(status["replica"]["applied_index"].as_u64(), Some(index));
     assert_eq!(
         status["replica"]["state_digest"].as_str(),

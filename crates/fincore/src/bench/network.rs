@@ -100,7 +100,7 @@ fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         for addr in http_addrs {
-            if let Ok(status) = http_get_json(addr, "/v1/status?digest=false")
+            if let Ok(status) = http_get_json(addr, "/v1/status")
                 && let Some(leader) = status["replica"]["leader"].as_u64()
                 && let Some(members) = status["members"].as_array()
                 && let Some(member) = members.iter().find(|m| m["id"].as_u64() == Some(leader))
@@ -125,7 +125,7 @@ fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<()> {
         seen = http_addrs
             .iter()
             .map(|addr| {
-                let status = http_get_json(addr, "/v1/status?digest=false").ok()?;
+                let status = http_get_json(addr, "/v1/status").ok()?;
                 let replica = &status["replica"];
                 Some((
                     replica["applied_index"].as_u64()?,
@@ -150,7 +150,7 @@ fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
     let states = http_addrs
         .iter()
         .map(|addr| {
-            let status = http_get_json(addr, "/v1/status")?;
+            let status = http_get_json(addr, "/v1/status?digest=true")?;
             let replica = &status["replica"];
             Ok((
                 replica["applied_index"].as_u64(),

@@ -177,7 +177,7 @@ impl Cluster {
             let statuses: Vec<_> = self
                 .http
                 .iter()
-                .map(|addr| http_get_json(addr, "/v1/status").ok())
+                .map(|addr| http_get_json(addr, "/v1/status?digest=true").ok())
                 .collect();
             let views: Vec<(Option<u64>, Option<u64>, Option<String>)> = statuses
                 .iter()
