@@ -92,75 +92,82 @@ impl Model {
         self.find_transfer(id).map(|mt| (mt.transfer, mt.status))
     }
 
-    pub fn apply_accounts(&mut self, timestamp: u64, events: &[Account]) -> Vec<(AR, u64)> {
+    /// One batch of `count` events sealed at `timestamp`: expires what is due, gives `events` the
+    /// first event timestamp, and moves `timestamp_last` past every timestamp the batch used.
+    fn batch<R>(
+        &mut self,
+        timestamp: u64,
+        count: usize,
+        events: impl FnOnce(&mut Model, u64) -> Vec<R>,
+    ) -> Vec<R> {
         let now = timestamp.max(self.timestamp_last + 1);
         let expired = self.expire(now);
-        let first = now + expired;
-        let out = self.run(
-            events,
-            first,
-            |e| e.flags.contains(AccountFlags::LINKED),
-            |e| e.flags.contains(AccountFlags::IMPORTED),
-            |e| e.timestamp,
-            Model::create_account,
-            AR::Created,
-            AR::LinkedEventFailed,
-            AR::LinkedEventChainOpen,
-            [
-                AR::ImportedEventExpected,
-                AR::ImportedEventNotExpected,
-                AR::TimestampMustBeZero,
-                AR::ImportedEventTimestampOutOfRange,
-                AR::ImportedEventTimestampMustNotAdvance,
-            ],
-            |_, _, _| {},
-        );
-        if expired + events.len() as u64 > 0 {
-            self.timestamp_last = now + expired + events.len() as u64 - 1;
+        let out = events(self, now + expired);
+        if expired + count as u64 > 0 {
+            self.timestamp_last = now + expired + count as u64 - 1;
         }
         out
     }
 
+    pub fn apply_accounts(&mut self, timestamp: u64, events: &[Account]) -> Vec<(AR, u64)> {
+        self.batch(timestamp, events.len(), |model, first| {
+            model.run(
+                events,
+                first,
+                |e| e.flags.contains(AccountFlags::LINKED),
+                |e| e.flags.contains(AccountFlags::IMPORTED),
+                |e| e.timestamp,
+                Model::create_account,
+                AR::Created,
+                AR::LinkedEventFailed,
+                AR::LinkedEventChainOpen,
+                [
+                    AR::ImportedEventExpected,
+                    AR::ImportedEventNotExpected,
+                    AR::TimestampMustBeZero,
+                    AR::ImportedEventTimestampOutOfRange,
+                    AR::ImportedEventTimestampMustNotAdvance,
+                ],
+                |_, _, _| {},
+            )
+        })
+    }
+
     pub fn apply_transfers(&mut self, timestamp: u64, events: &[Transfer]) -> Vec<(TR, u64)> {
-        let now = timestamp.max(self.timestamp_last + 1);
-        let expired = self.expire(now);
-        let first = now + expired;
-        let out = self.run(
-            events,
-            first,
-            |e| e.flags.contains(TransferFlags::LINKED),
-            |e| e.flags.contains(TransferFlags::IMPORTED),
-            |e| e.timestamp,
-            Model::create_transfer,
-            TR::Created,
-            TR::LinkedEventFailed,
-            TR::LinkedEventChainOpen,
-            [
-                TR::ImportedEventExpected,
-                TR::ImportedEventNotExpected,
-                TR::TimestampMustBeZero,
-                TR::ImportedEventTimestampOutOfRange,
-                TR::ImportedEventTimestampMustNotAdvance,
-            ],
-            |model, event, result| {
-                if matches!(
-                    result,
-                    TR::DebitAccountNotFound
-                        | TR::CreditAccountNotFound
-                        | TR::PendingTransferNotFound
-                        | TR::ExceedsCredits
-                        | TR::ExceedsDebits
-                        | TR::DebitAccountAlreadyClosed
-                        | TR::CreditAccountAlreadyClosed
-                ) {
-                    model.failed.push(event.id);
-                }
-            },
-        );
-        if expired + events.len() as u64 > 0 {
-            self.timestamp_last = now + expired + events.len() as u64 - 1;
-        }
-        out
+        self.batch(timestamp, events.len(), |model, first| {
+            model.run(
+                events,
+                first,
+                |e| e.flags.contains(TransferFlags::LINKED),
+                |e| e.flags.contains(TransferFlags::IMPORTED),
+                |e| e.timestamp,
+                Model::create_transfer,
+                TR::Created,
+                TR::LinkedEventFailed,
+                TR::LinkedEventChainOpen,
+                [
+                    TR::ImportedEventExpected,
+                    TR::ImportedEventNotExpected,
+                    TR::TimestampMustBeZero,
+                    TR::ImportedEventTimestampOutOfRange,
+                    TR::ImportedEventTimestampMustNotAdvance,
+                ],
+                |model, event, result| {
+                    if matches!(
+                        result,
+                        TR::DebitAccountNotFound
+                            | TR::CreditAccountNotFound
+                            | TR::PendingTransferNotFound
+                            | TR::ExceedsCredits
+                            | TR::ExceedsDebits
+                            | TR::DebitAccountAlreadyClosed
+                            | TR::CreditAccountAlreadyClosed
+                    ) {
+                        model.failed.push(event.id);
+                    }
+                },
+            )
+        })
     }
 
     fn expire(&mut self, now: u64) -> u64 {
