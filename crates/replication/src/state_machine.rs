@@ -151,16 +151,11 @@ impl LedgerStateMachine {
             .map_or(0, |l| l.index())
     }
 
-    /// The last applied log index and the state digest at it.
+    /// The last applied log index and the state digest at it (the index is read under the
+    /// state's read lock, so no apply slips in between).
     pub fn applied(&self) -> (u64, StateDigest) {
         let state = self.state.read().expect("never poisoned");
-        let index = self
-            .inner
-            .lock()
-            .expect("never poisoned")
-            .last_applied
-            .map_or(0, |l| l.index());
-        (index, state.digest())
+        (self.applied_index(), state.digest())
     }
 
     fn load(

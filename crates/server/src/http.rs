@@ -378,6 +378,20 @@ async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) 
     .await
 }
 
+/// Refuses a query parameter that is not one of `known`, naming it.
+fn refuse_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|key| !known.contains(&key.as_str())) {
+        Some(unknown) => Err(ApiError::bad_request(
+            unknown.clone(),
+            format!(
+                "unknown query parameter; known ones are {}",
+                known.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A boolean query parameter (`true`/`1`, `false`/`0`), `default` when absent.
 fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
     match params.get(name).map(String::as_str) {
@@ -408,15 +422,7 @@ fn filter_from_query(
         "user_data_32",
         "code",
     ];
-    if let Some(unknown) = params.keys().find(|key| !KNOWN.contains(&key.as_str())) {
-        return Err(ApiError::bad_request(
-            unknown.clone(),
-            format!(
-                "unknown query parameter; known ones are {}",
-                KNOWN.join(", ")
-            ),
-        ));
-    }
+    refuse_unknown(params, &KNOWN)?;
     fn number<T: std::str::FromStr>(
         params: &HashMap<String, String>,
         name: &str,
@@ -521,17 +527,11 @@ async fn status(
     State(pipeline): State<Pipeline>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(unknown) = params.keys().find(|key| key.as_str() != "digest") {
-        return ApiError::bad_request(
-            unknown.clone(),
-            "unknown query parameter; the known one is digest",
-        )
-        .into_response();
-    }
-    let with_digest = match flag(&params, "digest", false) {
-        Ok(with_digest) => with_digest,
-        Err(error) => return error.into_response(),
-    };
+    let with_digest =
+        match refuse_unknown(&params, &["digest"]).and_then(|()| flag(&params, "digest", false)) {
+            Ok(with_digest) => with_digest,
+            Err(error) => return error.into_response(),
+        };
     let replica = pipeline.replica();
     let members: Vec<serde_json::Value> = replica
         .members()
