@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use journal::{
-    Checkpoint, CheckpointStore, GroupCommitStats, GroupCommitter, Journal, JournalOptions,
+    Checkpoint, CheckpointStore, GroupCommitStats, GroupCommitter, Journal, JournalOptions, Op,
     Position, Recovery, SyncObserver, Ticket,
 };
 use ledger::{BATCH_EVENTS_MAX, Batch, BatchBody, BatchResults, StateMachine};
@@ -293,7 +293,11 @@ impl Engine {
         }
         let index = self.appended_index + 1;
         let committer = self.committer.as_ref().expect("open");
-        let ticket = match committer.append(SINGLE_NODE_TERM, index, batch.encode()) {
+        let ticket = match committer.send_blocking(Op::Append {
+            term: SINGLE_NODE_TERM,
+            index,
+            body: batch.encode(),
+        }) {
             Ok(ticket) => ticket,
             Err(error) => {
                 self.failed = Some(error.to_string());
@@ -321,7 +325,7 @@ impl Engine {
             .committer
             .as_ref()
             .expect("open")
-            .barrier()
+            .send_blocking(Op::Barrier)
             .and_then(|ticket| ticket.wait());
         let position = match barrier {
             Ok(position) => position,

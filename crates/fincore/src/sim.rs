@@ -29,7 +29,8 @@ pub struct SimArgs {
     /// With --swarm: runs in parallel (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Plant a known bug to check that the checkers catch it: ack-before-fsync, apply-twice.
+    /// Plant a known bug to check that the checkers catch it: ack-before-fsync, apply-twice,
+    /// short-read.
     #[arg(long)]
     bug: Option<Bug>,
     /// Print one JSON object instead of text.
@@ -46,7 +47,7 @@ fn clock_seed() -> u64 {
 /// Every fault count of a run or a swarm, on one line.
 fn faults(f: &FaultCounts) -> String {
     format!(
-        "{} msgs ({} lost, {} duplicated), {} partitions, {} crashes ({} power losses, {} restarts, {} torn writes, {} torn tails cut, {} unsynced records lost), {} corruptions ({} detected), {} clock jumps",
+        "{} msgs ({} lost, {} duplicated), {} partitions, {} crashes ({} power losses, {} restarts, {} torn writes, {} unsynced writes lost), {} corruptions ({} detected), {} clock jumps",
         f.messages,
         f.messages_lost,
         f.messages_duplicated,
@@ -55,8 +56,7 @@ fn faults(f: &FaultCounts) -> String {
         f.power_losses,
         f.restarts,
         f.torn_writes,
-        f.torn_tails_cut,
-        f.unsynced_records_lost,
+        f.unsynced_writes_lost,
         f.corruptions_injected,
         f.corruptions_detected,
         f.clock_jumps,

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{JournalError, Result};
 use crate::journal::{Journal, Position};
@@ -23,52 +24,35 @@ pub const GROUP_BYTES_MAX: usize = 32 << 20;
 /// A durable record: where it landed in the journal.
 pub type Appended = Position;
 
-enum Request {
+/// What the writer is asked to do, in order with everything else queued.
+#[derive(Debug)]
+pub enum Op {
+    /// Appends record `index` (which must follow the last one).
     Append {
         term: u64,
         index: u64,
         body: Vec<u8>,
-        done: SyncSender<Result<Appended, String>>,
     },
-    /// Completes once every record queued before it is durable, with the last position.
-    Barrier {
-        done: SyncSender<Result<Appended, String>>,
-    },
-    /// Removes every record after `index` (durable on completion).
-    TruncateAfter {
-        index: u64,
-        done: SyncSender<Result<Appended, String>>,
-    },
-    /// Deletes whole segments before `index`.
-    PurgeBefore {
-        index: u64,
-        done: SyncSender<Result<Appended, String>>,
-    },
-    /// Drops every record; the next append is `next_index`.
-    RestartAt {
-        next_index: u64,
-        done: SyncSender<Result<Appended, String>>,
-    },
+    /// Nothing: completes once every record queued before it is durable, with the last position.
+    Barrier,
+    /// Removes every record after this index.
+    TruncateAfter(u64),
+    /// Deletes whole segments before this index.
+    PurgeBefore(u64),
+    /// Drops every record; the next append is this index.
+    RestartAt(u64),
+}
+
+struct Request {
+    op: Op,
+    done: oneshot::Sender<Result<Appended, String>>,
 }
 
 impl Request {
     fn body_len(&self) -> usize {
-        match self {
-            Request::Append { body, .. } => body.len(),
-            Request::Barrier { .. }
-            | Request::TruncateAfter { .. }
-            | Request::PurgeBefore { .. }
-            | Request::RestartAt { .. } => 0,
-        }
-    }
-
-    fn done(self) -> SyncSender<Result<Appended, String>> {
-        match self {
-            Request::Append { done, .. }
-            | Request::Barrier { done }
-            | Request::TruncateAfter { done, .. }
-            | Request::PurgeBefore { done, .. }
-            | Request::RestartAt { done, .. } => done,
+        match &self.op {
+            Op::Append { body, .. } => body.len(),
+            Op::Barrier | Op::TruncateAfter(_) | Op::PurgeBefore(_) | Op::RestartAt(_) => 0,
         }
     }
 }
@@ -97,213 +81,251 @@ impl std::fmt::Debug for GroupCommitStats {
     }
 }
 
-/// The handle to the writer thread.
+/// The handle to the writer: queue operations, get tickets.
 pub struct GroupCommitter {
-    sender: Option<SyncSender<Request>>,
+    sender: Option<mpsc::Sender<Request>>,
+    /// The writer thread, when the committer runs its own ([`GroupCommitter::spawn`]).
     thread: Option<JoinHandle<Journal>>,
     stats: Arc<GroupCommitStats>,
 }
 
-/// The promise of a durable append.
+/// The promise of a durable append (or of a completed control operation).
 #[must_use = "a record is not durable until its ticket says so"]
-pub struct Ticket(Receiver<Result<Appended, String>>);
+pub struct Ticket(oneshot::Receiver<Result<Appended, String>>);
+
+fn writer_stopped() -> JournalError {
+    JournalError::Failed("the journal writer stopped".into())
+}
 
 impl Ticket {
-    /// Waits until the record is durable (or the writer failed).
+    /// Waits, blocking the thread, until the record is durable (or the writer failed). Not on
+    /// an async runtime's threads: use [`Ticket::durable`] there.
     pub fn wait(self) -> Result<Appended> {
-        match self.0.recv() {
+        Self::outcome(self.0.blocking_recv())
+    }
+
+    /// Waits until the record is durable (or the writer failed).
+    pub async fn durable(self) -> Result<Appended> {
+        Self::outcome(self.0.await)
+    }
+
+    fn outcome(
+        received: std::result::Result<Result<Appended, String>, oneshot::error::RecvError>,
+    ) -> Result<Appended> {
+        match received {
             Ok(Ok(position)) => Ok(position),
             Ok(Err(reason)) => Err(JournalError::Failed(reason)),
-            Err(_) => Err(JournalError::Failed("the journal writer stopped".into())),
+            Err(_) => Err(writer_stopped()),
         }
     }
 }
 
 impl GroupCommitter {
-    /// Starts the writer thread, which owns `journal` until [`GroupCommitter::shutdown`].
+    /// Starts a writer thread, which owns `journal` until [`GroupCommitter::shutdown`].
     pub fn spawn(
         journal: Journal,
         queue_depth: usize,
         observer: Option<SyncObserver>,
     ) -> GroupCommitter {
+        let (mut committer, writer) = GroupCommitter::driven(journal, queue_depth, observer);
+        committer.thread = Some(
+            std::thread::Builder::new()
+                .name("journal-writer".into())
+                .spawn(move || writer.run_blocking())
+                .expect("spawning the journal writer thread"),
+        );
+        committer
+    }
+
+    /// A committer whose writer the caller drives (the simulator runs it as a task on its
+    /// simulated runtime, so that a sync takes simulated time).
+    pub fn driven(
+        journal: Journal,
+        queue_depth: usize,
+        observer: Option<SyncObserver>,
+    ) -> (GroupCommitter, JournalWriter) {
         assert!(queue_depth > 0);
-        let (sender, receiver) = mpsc::sync_channel::<Request>(queue_depth);
+        let (sender, receiver) = mpsc::channel::<Request>(queue_depth);
         let stats = Arc::new(GroupCommitStats {
             observer,
             ..GroupCommitStats::default()
         });
-        let thread_stats = Arc::clone(&stats);
-        let thread = std::thread::Builder::new()
-            .name("journal-writer".into())
-            .spawn(move || writer_loop(journal, receiver, &thread_stats))
-            .expect("spawning the journal writer thread");
-        GroupCommitter {
+        let writer = JournalWriter {
+            journal,
+            receiver,
+            stats: Arc::clone(&stats),
+            failed: None,
+        };
+        let committer = GroupCommitter {
             sender: Some(sender),
-            thread: Some(thread),
+            thread: None,
             stats,
-        }
+        };
+        (committer, writer)
     }
 
     pub fn stats(&self) -> &Arc<GroupCommitStats> {
         &self.stats
     }
 
-    /// Queues record `index`, waiting for room if the queue is full.
-    pub fn append(&self, term: u64, index: u64, body: Vec<u8>) -> Result<Ticket> {
-        let (done, ticket) = mpsc::sync_channel(1);
-        self.sender
-            .as_ref()
-            .expect("running")
-            .send(Request::Append {
-                term,
-                index,
-                body,
-                done,
-            })
-            .map_err(|_| JournalError::Failed("the journal writer stopped".into()))?;
+    fn sender(&self) -> Result<&mpsc::Sender<Request>> {
+        self.sender.as_ref().ok_or_else(writer_stopped)
+    }
+
+    /// Queues `op`, waiting for room if the queue is full.
+    pub async fn send(&self, op: Op) -> Result<Ticket> {
+        let (done, ticket) = oneshot::channel();
+        self.sender()?
+            .send(Request { op, done })
+            .await
+            .map_err(|_| writer_stopped())?;
         Ok(Ticket(ticket))
     }
 
-    /// A ticket that completes once every record queued so far is durable; it carries the
-    /// journal's last position at that moment.
-    pub fn barrier(&self) -> Result<Ticket> {
-        let (done, ticket) = mpsc::sync_channel(1);
-        self.sender
-            .as_ref()
-            .expect("running")
-            .send(Request::Barrier { done })
-            .map_err(|_| JournalError::Failed("the journal writer stopped".into()))?;
+    /// Queues `op`, blocking the thread while the queue is full. Not on an async runtime's
+    /// threads: use [`GroupCommitter::send`] there.
+    pub fn send_blocking(&self, op: Op) -> Result<Ticket> {
+        let (done, ticket) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Request { op, done })
+            .map_err(|_| writer_stopped())?;
         Ok(Ticket(ticket))
     }
 
-    /// Removes every record after `index`, in order with the appends around it; the ticket
-    /// completes (with the new last position) once that is durable.
-    pub fn truncate_after(&self, index: u64) -> Result<Ticket> {
-        self.control(|done| Request::TruncateAfter { index, done })
-    }
-
-    /// Deletes whole segments whose records are all before `index`.
-    pub fn purge_before(&self, index: u64) -> Result<Ticket> {
-        self.control(|done| Request::PurgeBefore { index, done })
-    }
-
-    /// Drops every record, in order with the appends around it; the next append must be
-    /// `next_index`.
-    pub fn restart_at(&self, next_index: u64) -> Result<Ticket> {
-        self.control(|done| Request::RestartAt { next_index, done })
-    }
-
-    fn control(
-        &self,
-        request: impl FnOnce(SyncSender<Result<Appended, String>>) -> Request,
-    ) -> Result<Ticket> {
-        let (done, ticket) = mpsc::sync_channel(1);
-        self.sender
-            .as_ref()
-            .expect("running")
-            .send(request(done))
-            .map_err(|_| JournalError::Failed("the journal writer stopped".into()))?;
-        Ok(Ticket(ticket))
-    }
-
-    /// Finishes everything queued, stops the thread and hands the journal back.
-    pub fn shutdown(mut self) -> Journal {
+    /// Finishes everything queued, stops the writer and hands the journal back (when the
+    /// committer runs its own thread; a driven writer keeps it).
+    pub fn shutdown(mut self) -> Option<Journal> {
         self.stop()
     }
 
-    fn stop(&mut self) -> Journal {
+    fn stop(&mut self) -> Option<Journal> {
         drop(self.sender.take());
         self.thread
             .take()
-            .expect("running")
-            .join()
-            .expect("the journal writer thread panicked")
+            .map(|thread| thread.join().expect("the journal writer thread panicked"))
     }
 }
 
 impl Drop for GroupCommitter {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.stop();
-        }
+        self.stop();
     }
 }
 
-fn writer_loop(
-    mut journal: Journal,
-    receiver: Receiver<Request>,
-    stats: &GroupCommitStats,
-) -> Journal {
-    let mut failed: Option<String> = None;
-    let mut group: Vec<Request> = Vec::with_capacity(GROUP_RECORDS_MAX);
-    while let Ok(first) = receiver.recv() {
-        let mut group_bytes = first.body_len();
-        group.push(first);
-        while group.len() < GROUP_RECORDS_MAX && group_bytes < GROUP_BYTES_MAX {
-            match receiver.try_recv() {
+/// One group of queued operations, written together and made durable by one sync.
+pub struct Group {
+    requests: Vec<Request>,
+    positions: Vec<Appended>,
+    bytes: usize,
+    records: u64,
+    outcome: Result<()>,
+}
+
+/// The writer's side: owns the journal, takes groups from the queue, writes and syncs them.
+pub struct JournalWriter {
+    journal: Journal,
+    receiver: mpsc::Receiver<Request>,
+    stats: Arc<GroupCommitStats>,
+    /// After a failed write or sync, everything that follows is refused with this reason.
+    failed: Option<String>,
+}
+
+impl JournalWriter {
+    /// The writer thread's loop: until every handle is gone.
+    pub fn run_blocking(mut self) -> Journal {
+        while let Some(first) = self.receiver.blocking_recv() {
+            let mut group = self.gather(first);
+            self.write(&mut group);
+            self.sync_and_complete(group);
+        }
+        self.journal
+    }
+
+    /// Waits for the next operation and takes it with whatever else is queued (up to the group
+    /// limits). `None` once every handle is gone.
+    pub async fn next_group(&mut self) -> Option<Group> {
+        let first = self.receiver.recv().await?;
+        Some(self.gather(first))
+    }
+
+    fn gather(&mut self, first: Request) -> Group {
+        let mut bytes = first.body_len();
+        let mut requests = Vec::with_capacity(GROUP_RECORDS_MAX);
+        requests.push(first);
+        while requests.len() < GROUP_RECORDS_MAX && bytes < GROUP_BYTES_MAX {
+            match self.receiver.try_recv() {
                 Ok(request) => {
-                    group_bytes += request.body_len();
-                    group.push(request);
+                    bytes += request.body_len();
+                    requests.push(request);
                 }
                 Err(_) => break,
             }
         }
-        if let Some(reason) = &failed {
-            for request in group.drain(..) {
-                let _ = request.done().send(Err(reason.clone()));
-            }
-            continue;
+        Group {
+            positions: Vec::with_capacity(requests.len()),
+            requests,
+            bytes,
+            records: 0,
+            outcome: Ok(()),
         }
-        let mut positions = Vec::with_capacity(group.len());
-        let mut outcome = Ok(());
-        let mut records = 0u64;
-        for request in &group {
-            match request {
-                Request::Append {
-                    term, index, body, ..
-                } => match journal.append(*term, *index, body) {
-                    Ok(position) => {
-                        positions.push(position);
-                        records += 1;
-                    }
-                    Err(error) => {
-                        outcome = Err(error);
-                        break;
-                    }
-                },
+    }
+
+    /// Carries out the group's operations on the journal (appends are not durable yet).
+    pub fn write(&mut self, group: &mut Group) {
+        if self.failed.is_some() {
+            return;
+        }
+        let journal = &mut self.journal;
+        for request in &group.requests {
+            let done = match &request.op {
+                Op::Append { term, index, body } => {
+                    let appended = journal.append(*term, *index, body);
+                    group.records += u64::from(appended.is_ok());
+                    appended
+                }
                 // Answered after the sync, with the position of everything before it.
-                Request::Barrier { .. } => positions.push(journal.last()),
-                Request::TruncateAfter { index, .. } => match journal.truncate_after(*index) {
-                    Ok(()) => positions.push(journal.last()),
-                    Err(error) => {
-                        outcome = Err(error);
-                        break;
-                    }
-                },
-                Request::RestartAt { next_index, .. } => match journal.restart_at(*next_index) {
-                    Ok(()) => positions.push(journal.last()),
-                    Err(error) => {
-                        outcome = Err(error);
-                        break;
-                    }
-                },
-                Request::PurgeBefore { index, .. } => match journal.purge_before(*index) {
-                    Ok(_) => positions.push(journal.last()),
-                    Err(error) => {
-                        outcome = Err(error);
-                        break;
-                    }
-                },
+                Op::Barrier => Ok(journal.last()),
+                Op::TruncateAfter(index) => journal.truncate_after(*index).map(|()| journal.last()),
+                Op::RestartAt(next_index) => {
+                    journal.restart_at(*next_index).map(|()| journal.last())
+                }
+                Op::PurgeBefore(index) => journal.purge_before(*index).map(|_| journal.last()),
+            };
+            match done {
+                Ok(position) => group.positions.push(position),
+                Err(error) => {
+                    group.outcome = Err(error);
+                    return;
+                }
             }
+        }
+    }
+
+    /// Makes the written group durable with one sync, then completes its tickets (or fails
+    /// them, and everything after them, if a write or the sync failed).
+    pub fn sync_and_complete(&mut self, group: Group) {
+        let Group {
+            requests,
+            positions,
+            bytes,
+            records,
+            outcome,
+        } = group;
+        if let Some(reason) = &self.failed {
+            for request in requests {
+                let _ = request.done.send(Err(reason.clone()));
+            }
+            return;
         }
         let started = Instant::now();
-        let outcome = outcome.and_then(|()| journal.sync());
+        let outcome = outcome.and_then(|()| self.journal.sync());
         let sync_nanos = started.elapsed().as_nanos() as u64;
         match outcome {
             Ok(()) => {
+                let stats = &self.stats;
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats.records.fetch_add(records, Ordering::Relaxed);
-                stats.bytes.fetch_add(group_bytes as u64, Ordering::Relaxed);
+                stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 stats
                     .sync_nanos_total
                     .fetch_add(sync_nanos, Ordering::Relaxed);
@@ -311,18 +333,22 @@ fn writer_loop(
                 if let Some(observer) = &stats.observer {
                     observer(std::time::Duration::from_nanos(sync_nanos), records);
                 }
-                for (request, position) in group.drain(..).zip(positions) {
-                    let _ = request.done().send(Ok(position));
+                for (request, position) in requests.into_iter().zip(positions) {
+                    let _ = request.done.send(Ok(position));
                 }
             }
             Err(error) => {
                 let reason = error.to_string();
-                for request in group.drain(..) {
-                    let _ = request.done().send(Err(reason.clone()));
+                for request in requests {
+                    let _ = request.done.send(Err(reason.clone()));
                 }
-                failed = Some(reason);
+                self.failed = Some(reason);
             }
         }
     }
-    journal
+
+    /// The journal, once the writer is done with it.
+    pub fn into_journal(self) -> Journal {
+        self.journal
+    }
 }

@@ -5,8 +5,7 @@
 //! acknowledged to anyone before the `sync` that covers it returns.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -15,6 +14,7 @@ use crate::record::{HEADER_SIZE, Header, RECORD_BODY_BYTES_MAX, RecordHash, reco
 use crate::segment::{
     RecordLocation, Segment, TornTail, parse_segment_file_name, scan_segment, segment_file_name,
 };
+use crate::storage::{FileCursor, OpenMode, RealStorage, Storage, StorageFile};
 
 /// How a journal is opened.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct JournalOptions {
     /// are written once and read back rarely (a lagging replica, a restart), so caching them
     /// only crowds out memory that the next writes and the ledger state must then take fresh.
     pub keep_synced_in_page_cache: bool,
+    /// The files the journal lives on (the operating system's, or the simulator's).
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for JournalOptions {
@@ -35,6 +37,7 @@ impl Default for JournalOptions {
             segment_bytes_max: 256 << 20,
             read_only: false,
             keep_synced_in_page_cache: false,
+            storage: RealStorage::shared(),
         }
     }
 }
@@ -79,6 +82,7 @@ type Spots = Arc<RwLock<BTreeMap<u64, Spot>>>;
 #[derive(Debug, Clone)]
 pub struct JournalReader {
     spots: Spots,
+    storage: Arc<dyn Storage>,
 }
 
 impl JournalReader {
@@ -103,12 +107,12 @@ impl JournalReader {
             return Ok(None);
         };
         let path = spot.path.as_ref();
-        let mut file =
-            File::open(path).map_err(JournalError::io("opening journal segment", path))?;
-        file.seek(SeekFrom::Start(spot.offset))
-            .map_err(JournalError::io("seeking in", path))?;
+        let file = self
+            .storage
+            .open(path, OpenMode::Read)
+            .map_err(JournalError::io("opening journal segment", path))?;
         let mut header_bytes = [0u8; HEADER_SIZE];
-        file.read_exact(&mut header_bytes)
+        file.read_exact_at(spot.offset, &mut header_bytes)
             .map_err(JournalError::io("reading journal segment", path))?;
         let corrupt = |reason: String| JournalError::Corrupt {
             path: path.clone(),
@@ -124,7 +128,7 @@ impl JournalReader {
             )));
         }
         let mut body = vec![0u8; header.body_len as usize];
-        file.read_exact(&mut body)
+        file.read_exact_at(spot.offset + HEADER_SIZE as u64, &mut body)
             .map_err(JournalError::io("reading journal segment", path))?;
         if crc32c::crc32c(&body) != header.body_crc {
             return Err(corrupt(format!("body checksum mismatch in record {index}")));
@@ -138,17 +142,6 @@ impl JournalReader {
     }
 }
 
-/// Tells the OS it may drop the pages of `file` in `from..to` from its cache (they are synced,
-/// so this costs no write). Only advice: where it is refused or unsupported, the pages stay.
-fn drop_from_page_cache(file: &File, from: u64, to: u64) {
-    #[cfg(target_os = "linux")]
-    if let Some(len) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
-        let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, from, to);
-}
-
 /// The durable log.
 #[derive(Debug)]
 pub struct Journal {
@@ -158,7 +151,7 @@ pub struct Journal {
     /// Every record's spot, shared with [`JournalReader`]s.
     spots: Spots,
     /// The newest segment, open for appending.
-    active: Option<File>,
+    active: Option<Box<dyn StorageFile>>,
     /// How far into the newest segment the OS was told to drop synced pages from its cache.
     uncached_len: u64,
     /// The position just before the first record kept (index 0 for a journal never purged).
@@ -166,9 +159,9 @@ pub struct Journal {
     last: Position,
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    storage
+        .sync_dir(dir)
         .map_err(JournalError::io("syncing directory", dir))
 }
 
@@ -176,19 +169,18 @@ impl Journal {
     /// Opens (creating if needed) the journal in `dir` and recovers it.
     pub fn open(dir: impl AsRef<Path>, options: JournalOptions) -> Result<(Journal, Recovery)> {
         let dir = dir.as_ref().to_path_buf();
+        let storage = Arc::clone(&options.storage);
         if !options.read_only {
-            fs::create_dir_all(&dir)
+            storage
+                .create_dir_all(&dir)
                 .map_err(JournalError::io("creating journal directory", &dir))?;
         }
-        let mut firsts = Vec::new();
-        for entry in
-            fs::read_dir(&dir).map_err(JournalError::io("listing journal directory", &dir))?
-        {
-            let entry = entry.map_err(JournalError::io("listing journal directory", &dir))?;
-            if let Some(first) = entry.file_name().to_str().and_then(parse_segment_file_name) {
-                firsts.push(first);
-            }
-        }
+        let mut firsts: Vec<u64> = storage
+            .list(&dir)
+            .map_err(JournalError::io("listing journal directory", &dir))?
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .collect();
         firsts.sort_unstable();
 
         let mut recovery = Recovery {
@@ -215,18 +207,16 @@ impl Journal {
                 None if first == 1 => Some(RecordHash::default()),
                 None => None,
             };
-            let scan = scan_segment(&path, first, prev_hash, is_last)?;
+            let scan = scan_segment(storage.as_ref(), &path, first, prev_hash, is_last)?;
             recovery.records += scan.segment.records.len() as u64;
             if let Some(torn) = scan.torn {
                 if !options.read_only {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
+                    let mut file = storage
+                        .open(&path, OpenMode::Append)
                         .map_err(JournalError::io("opening", &path))?;
                     file.set_len(torn.offset)
                         .map_err(JournalError::io("truncating torn tail of", &path))?;
-                    file.sync_all()
-                        .map_err(JournalError::io("syncing", &path))?;
+                    file.sync().map_err(JournalError::io("syncing", &path))?;
                 }
                 recovery.torn_tail = Some(torn);
             }
@@ -236,9 +226,10 @@ impl Journal {
         // append can start a segment named after its own index.
         if !options.read_only && segments.last().is_some_and(|s| s.records.is_empty()) {
             let empty = segments.pop().expect("checked");
-            fs::remove_file(&empty.path)
+            storage
+                .remove(&empty.path)
                 .map_err(JournalError::io("removing empty segment", &empty.path))?;
-            sync_dir(&dir)?;
+            sync_dir(storage.as_ref(), &dir)?;
         }
 
         let base = match segments.first() {
@@ -262,9 +253,8 @@ impl Journal {
             .unwrap_or(base);
         let active = match segments.last() {
             Some(segment) if !options.read_only => Some(
-                OpenOptions::new()
-                    .append(true)
-                    .open(&segment.path)
+                storage
+                    .open(&segment.path, OpenMode::Append)
                     .map_err(JournalError::io("opening for append", &segment.path))?,
             ),
             _ => None,
@@ -365,9 +355,7 @@ impl Journal {
         }
         let segment = self.segments.last_mut().expect("a segment is active");
         let file = self.active.as_mut().expect("a segment is open");
-        let written = file
-            .write_all(&header.encode())
-            .and_then(|()| file.write_all(body));
+        let written = file.append(&[&header.encode(), body]);
         if let Err(source) = written {
             // The file may now end in a partial record; only a restart (recovery) may go on.
             self.active = None;
@@ -404,12 +392,12 @@ impl Journal {
         // corruption, never as a torn tail.
         self.sync()?;
         let path = self.dir.join(segment_file_name(first_index));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
+        let file = self
+            .options
+            .storage
+            .open(&path, OpenMode::CreateNew)
             .map_err(JournalError::io("creating journal segment", &path))?;
-        sync_dir(&self.dir)?;
+        sync_dir(self.options.storage.as_ref(), &self.dir)?;
         self.segments.push(Segment {
             path,
             first_index,
@@ -424,12 +412,12 @@ impl Journal {
 
     /// Makes every appended record durable (`fdatasync`).
     pub fn sync(&mut self) -> Result<()> {
-        match (&self.active, self.segments.last()) {
+        match (&mut self.active, self.segments.last()) {
             (Some(file), Some(segment)) => {
-                file.sync_data()
+                file.sync()
                     .map_err(JournalError::io("syncing", &segment.path))?;
                 if !self.options.keep_synced_in_page_cache {
-                    drop_from_page_cache(file, self.uncached_len, segment.len);
+                    file.drop_from_cache(self.uncached_len, segment.len);
                     self.uncached_len = segment.len;
                 }
                 Ok(())
@@ -459,7 +447,9 @@ impl Journal {
                 let path = segment.path.clone();
                 self.segments.pop();
                 self.active = None;
-                fs::remove_file(&path)
+                self.options
+                    .storage
+                    .remove(&path)
                     .map_err(JournalError::io("removing journal segment", &path))?;
                 continue;
             }
@@ -467,19 +457,20 @@ impl Journal {
             let new_len = segment.records.get(keep).map_or(segment.len, |r| r.offset);
             segment.records.truncate(keep);
             segment.len = new_len;
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&segment.path)
+            let mut file = self
+                .options
+                .storage
+                .open(&segment.path, OpenMode::Append)
                 .map_err(JournalError::io("opening for append", &segment.path))?;
             file.set_len(new_len)
                 .map_err(JournalError::io("truncating", &segment.path))?;
-            file.sync_all()
+            file.sync()
                 .map_err(JournalError::io("syncing", &segment.path))?;
             self.active = Some(file);
             self.uncached_len = self.uncached_len.min(new_len);
             break;
         }
-        sync_dir(&self.dir)?;
+        sync_dir(self.options.storage.as_ref(), &self.dir)?;
         self.last = self.position(index).unwrap_or(self.base);
         self.spots
             .write()
@@ -499,7 +490,9 @@ impl Journal {
                 break;
             }
             let removed = self.segments.remove(0);
-            fs::remove_file(&removed.path)
+            self.options
+                .storage
+                .remove(&removed.path)
                 .map_err(JournalError::io("removing journal segment", &removed.path))?;
             let next = &self.segments[0];
             self.base = Position {
@@ -510,7 +503,7 @@ impl Journal {
             purged += removed.records.len() as u64;
         }
         if purged > 0 {
-            sync_dir(&self.dir)?;
+            sync_dir(self.options.storage.as_ref(), &self.dir)?;
             let first = self.first_index();
             let mut spots = self.spots.write().expect("never poisoned");
             *spots = spots.split_off(&first);
@@ -524,11 +517,13 @@ impl Journal {
     pub fn restart_at(&mut self, next_index: u64) -> Result<()> {
         assert!(next_index >= 1);
         for segment in self.segments.drain(..) {
-            fs::remove_file(&segment.path)
+            self.options
+                .storage
+                .remove(&segment.path)
                 .map_err(JournalError::io("removing journal segment", &segment.path))?;
         }
         self.active = None;
-        sync_dir(&self.dir)?;
+        sync_dir(self.options.storage.as_ref(), &self.dir)?;
         self.base = Position {
             index: next_index - 1,
             term: 0,
@@ -543,6 +538,7 @@ impl Journal {
     pub fn reader(&self) -> JournalReader {
         JournalReader {
             spots: Arc::clone(&self.spots),
+            storage: Arc::clone(&self.options.storage),
         }
     }
 
@@ -560,6 +556,7 @@ impl Journal {
             .position(index - 1)
             .expect("the record before a kept one is known");
         Ok(RecordReader {
+            storage: Arc::clone(&self.options.storage),
             segments: self.segments.clone(),
             next_index: index,
             end_index: self.last.index,
@@ -572,12 +569,13 @@ impl Journal {
 
 /// Sequential reader over a journal's records (see [`Journal::read_from`]).
 pub struct RecordReader {
+    storage: Arc<dyn Storage>,
     segments: Vec<Segment>,
     next_index: u64,
     end_index: u64,
     prev_hash: RecordHash,
     verify_hashes: bool,
-    open: Option<(usize, BufReader<File>)>,
+    open: Option<(usize, BufReader<FileCursor>)>,
 }
 
 impl RecordReader {
@@ -588,11 +586,12 @@ impl RecordReader {
         let location = segment.records[(index - segment.first_index) as usize];
         let path = segment.path.clone();
         if self.open.as_ref().is_none_or(|(open_n, _)| *open_n != n) {
-            let mut file =
-                File::open(&path).map_err(JournalError::io("opening journal segment", &path))?;
-            file.seek(SeekFrom::Start(location.offset))
-                .map_err(JournalError::io("seeking in", &path))?;
-            self.open = Some((n, BufReader::with_capacity(1 << 20, file)));
+            let file = self
+                .storage
+                .open(&path, OpenMode::Read)
+                .map_err(JournalError::io("opening journal segment", &path))?;
+            let cursor = FileCursor::new(file, location.offset);
+            self.open = Some((n, BufReader::with_capacity(1 << 20, cursor)));
         }
         let (_, reader) = self.open.as_mut().expect("opened above");
         let mut header_bytes = [0u8; HEADER_SIZE];

@@ -15,10 +15,13 @@ mod group_commit;
 mod journal;
 mod record;
 mod segment;
+pub mod storage;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, CheckpointStore};
 pub use error::JournalError;
-pub use group_commit::{Appended, GroupCommitStats, GroupCommitter, SyncObserver, Ticket};
+pub use group_commit::{
+    Appended, Group, GroupCommitStats, GroupCommitter, JournalWriter, Op, SyncObserver, Ticket,
+};
 pub use journal::{
     Journal, JournalOptions, JournalReader, Position, RecordReader, Recovery, StoredRecord,
 };

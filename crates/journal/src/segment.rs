@@ -4,12 +4,12 @@
 //! holds consecutive records. Only the newest segment can end in a torn write: older ones were
 //! synced before the next one was created, so any damage in them is corruption.
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{JournalError, Result};
 use crate::record::{HEADER_SIZE, Header, RecordHash};
+use crate::storage::{FileCursor, OpenMode, Storage};
 
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 
@@ -80,17 +80,19 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> JournalError 
 /// `prev_hash` is the hash of the record before this segment (from the previous segment) or
 /// `None` when this is the oldest segment kept, whose first link is taken as found.
 pub(crate) fn scan_segment(
+    storage: &dyn Storage,
     path: &Path,
     first_index: u64,
     prev_hash: Option<RecordHash>,
     is_last: bool,
 ) -> Result<Scan> {
-    let file = File::open(path).map_err(JournalError::io("opening journal segment", path))?;
+    let file = storage
+        .open(path, OpenMode::Read)
+        .map_err(JournalError::io("opening journal segment", path))?;
     let file_len = file
-        .metadata()
-        .map_err(JournalError::io("reading metadata of", path))?
-        .len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+        .size()
+        .map_err(JournalError::io("reading metadata of", path))?;
+    let mut reader = BufReader::with_capacity(1 << 20, FileCursor::new(file, 0));
     let mut segment = Segment {
         path: path.to_path_buf(),
         first_index,

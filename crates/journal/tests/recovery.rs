@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use journal::{GroupCommitter, HEADER_SIZE, Journal, JournalError, JournalOptions};
+use journal::{GroupCommitter, HEADER_SIZE, Journal, JournalError, JournalOptions, Op};
 
 fn body(index: u64) -> Vec<u8> {
     (0..300 + index as usize * 7)
@@ -206,23 +206,41 @@ fn segments_roll_over_and_truncate_and_purge_keep_the_chain() {
     );
 }
 
+fn append(
+    committer: &GroupCommitter,
+    index: u64,
+    body_of: u64,
+) -> Result<journal::Ticket, JournalError> {
+    committer.send_blocking(Op::Append {
+        term: 1,
+        index,
+        body: body(body_of),
+    })
+}
+
 #[test]
 fn group_commit_acknowledges_only_durable_records_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();
     let committer = GroupCommitter::spawn(journal, 8, None);
     let tickets: Vec<_> = (1..=50u64)
-        .map(|i| committer.append(1, i, body(i)).unwrap())
+        .map(|i| append(&committer, i, i).unwrap())
         .collect();
     for (i, ticket) in tickets.into_iter().enumerate() {
         assert_eq!(ticket.wait().unwrap().index, i as u64 + 1);
     }
-    let barrier = committer.barrier().unwrap().wait().unwrap();
+    let barrier = committer
+        .send_blocking(Op::Barrier)
+        .unwrap()
+        .wait()
+        .unwrap();
     assert_eq!(barrier.index, 50);
     // An out-of-order index fails, and the writer refuses everything after it.
-    assert!(committer.append(1, 99, body(1)).unwrap().wait().is_err());
-    assert!(committer.append(1, 51, body(1)).unwrap().wait().is_err());
-    let journal = committer.shutdown();
+    assert!(append(&committer, 99, 1).unwrap().wait().is_err());
+    assert!(append(&committer, 51, 1).unwrap().wait().is_err());
+    let journal = committer
+        .shutdown()
+        .expect("the committer ran its own writer thread");
     assert_eq!(journal.last().index, 50);
     drop(journal);
     let (journal, _) = Journal::open(dir.path(), JournalOptions::default()).unwrap();

@@ -9,17 +9,23 @@
 mod applier;
 mod log_store;
 mod network;
+mod raft_config;
 mod replica;
 mod state_machine;
+mod storage_options;
 mod types;
 mod verify;
 
 pub use journal::SyncObserver;
-pub use log_store::{LogStore, clamp_range};
+pub use log_store::{LogStore, clamp_range, journal_index};
 pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory};
+pub use raft_config::{RaftTiming, initializes_group, raft_config};
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteError};
 pub use state_machine::{LedgerStateMachine, SharedState};
-pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch, TypeConfig};
+pub use storage_options::{ApplyObserver, PlantedBug, StorageOptions, SyncDelay};
+pub use types::{
+    BatchOutcome, LedgerConfig, LedgerEntry, NodeId, PeerNode, SealedBatch, StdLeaderId, TypeConfig,
+};
 pub use verify::{VerifyReport, is_replica_dir, verify};
 
 /// Generated transport protocol.

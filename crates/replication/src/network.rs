@@ -25,7 +25,7 @@ use crate::state_machine::LedgerStateMachine;
 use crate::types::{NodeId, PeerNode, TypeConfig};
 
 /// The Raft instance of a replica.
-pub type Raft = openraft::Raft<TypeConfig, LedgerStateMachine>;
+pub type Raft = openraft::Raft<TypeConfig, LedgerStateMachine<TypeConfig>>;
 
 /// Largest transport message (a whole snapshot travels in one for now).
 const MESSAGE_BYTES_MAX: usize = 4 << 30 >> 2;

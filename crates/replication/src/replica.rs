@@ -11,13 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ledger::{Batch, BatchBody, BatchResults, StateDigest};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::ReadPolicy;
-use openraft::{Config, SnapshotPolicy};
 
 use crate::log_store::LogStore;
 use crate::network::{Raft, RaftTransportService, TransportFactory};
 use crate::proto::raft_transport_server::RaftTransportServer;
+use crate::raft_config::{RaftTiming, raft_config};
 use crate::state_machine::{LedgerStateMachine, SharedState};
-use crate::types::{NodeId, PeerNode, SealedBatch};
+use crate::storage_options::StorageOptions;
+use crate::types::{NodeId, PeerNode, SealedBatch, TypeConfig};
 
 /// Timing of a replica group, and a hook for metrics.
 #[derive(Clone)]
@@ -89,7 +90,7 @@ pub struct ReplicaStatus {
 pub struct Replica {
     id: NodeId,
     raft: Raft,
-    machine: LedgerStateMachine,
+    machine: LedgerStateMachine<TypeConfig>,
 }
 
 fn now_ns() -> u64 {
@@ -126,29 +127,22 @@ where
 impl Replica {
     /// Opens replica `id` with its data in `dir` (its log, its newest snapshot).
     pub async fn open(id: NodeId, dir: &Path, config: &ReplicaConfig) -> io::Result<Replica> {
-        let log = LogStore::open(dir, config.sync_observer.clone())?;
-        let machine = LedgerStateMachine::open(dir)?;
-        let raft_config = Config {
-            cluster_name: "fincore".into(),
-            heartbeat_interval: config.heartbeat_interval_ms,
-            election_timeout_min: config.election_timeout_min_ms,
-            election_timeout_max: config.election_timeout_max_ms,
-            snapshot_policy: match config.snapshot_every_entries {
-                0 => SnapshotPolicy::Never,
-                entries => SnapshotPolicy::LogsSinceLast(entries),
+        let storage = StorageOptions {
+            sync_observer: config.sync_observer.clone(),
+            ..StorageOptions::default()
+        };
+        let log = LogStore::<TypeConfig>::open(dir, &storage)?;
+        let machine = LedgerStateMachine::open(dir, &storage)?;
+        let raft_config = raft_config(
+            "fincore",
+            &RaftTiming {
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                election_timeout_min_ms: config.election_timeout_min_ms,
+                election_timeout_max_ms: config.election_timeout_max_ms,
+                snapshot_every_entries: config.snapshot_every_entries,
+                entries_kept_behind_snapshot: 64,
             },
-            max_in_snapshot_log_to_keep: 64,
-            // A replica whose disk was wiped comes back with an empty log; the leader must
-            // start it over (from a snapshot) instead of treating that as a bug and stopping.
-            allow_log_reversion: Some(true),
-            // A restarted leader must win a new election (standard Raft). Resuming its old term
-            // is unsafe when the crash lost entries it had already sent to followers: it would
-            // then write different entries under the same (term, index). Found by `fincore sim`.
-            enable_leader_restore: Some(false),
-            ..Default::default()
-        }
-        .validate()
-        .map_err(io::Error::other)?;
+        )?;
         let raft = Raft::new(
             id,
             Arc::new(raft_config),

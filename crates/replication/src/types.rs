@@ -103,3 +103,43 @@ openraft::declare_raft_types!(
         Node = PeerNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
 );
+
+/// The leader id kind every replica uses (standard Raft: a term and the node that won it).
+pub type StdLeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>;
+/// One Raft log entry (the same type under every [`LedgerConfig`]).
+pub type LedgerEntry = openraft::Entry<
+    <StdLeaderId as openraft::vote::RaftLeaderId>::Committed,
+    openraft::EntryPayload<SealedBatch, NodeId, PeerNode>,
+>;
+
+/// The openraft configurations a replica's log and state machine run under: everything but the
+/// async runtime is fixed. Production uses [`TypeConfig`] (tokio); the simulator the same types
+/// on a runtime whose random choices come from the run's seed, so it drives this crate's very
+/// log store and state machine.
+pub trait LedgerConfig:
+    openraft::RaftTypeConfig<
+        D = SealedBatch,
+        R = BatchOutcome,
+        NodeId = NodeId,
+        Node = PeerNode,
+        Term = u64,
+        LeaderId = StdLeaderId,
+        Vote = openraft::impls::Vote<StdLeaderId>,
+        Entry = LedgerEntry,
+    >
+{
+}
+
+impl<C> LedgerConfig for C where
+    C: openraft::RaftTypeConfig<
+            D = SealedBatch,
+            R = BatchOutcome,
+            NodeId = NodeId,
+            Node = PeerNode,
+            Term = u64,
+            LeaderId = StdLeaderId,
+            Vote = openraft::impls::Vote<StdLeaderId>,
+            Entry = LedgerEntry,
+        >
+{
+}

@@ -13,10 +13,9 @@ use std::path::Path;
 use journal::{Journal, JournalOptions, Position};
 use ledger::{Batch, StateDigest, StateMachine};
 use openraft::EntryPayload;
-use openraft::type_config::alias::EntryOf;
 
+use crate::log_store::{decode_entry, journal_index};
 use crate::state_machine::read_snapshot_file;
-use crate::types::TypeConfig;
 
 /// What [`verify`] proved.
 #[derive(Debug, Clone)]
@@ -50,13 +49,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let snapshot = read_snapshot_file(dir).map_err(|e| e.to_string())?;
+    let snapshot =
+        read_snapshot_file(&journal::storage::RealStorage, dir).map_err(|e| e.to_string())?;
     let snapshot_info = snapshot
         .as_ref()
         .map(|file| (file.meta.last_log_id.map_or(0, |l| l.index()), file.digest));
 
-    // Raft entry i is journal record i + 1; a log that starts at record 1 reaches genesis.
-    let from_genesis = journal.first_index() == 1;
+    // A log that starts at Raft entry 0 reaches genesis.
+    let from_genesis = journal.first_index() == journal_index(0);
     let (mut state, mut applied) = match snapshot {
         Some(file) if !from_genesis => (file.state, file.meta.last_log_id.map(|l| l.index())),
         _ => (StateMachine::default(), None),
@@ -80,15 +80,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
         {
             let record = record.map_err(|e| e.to_string())?;
             report.records += 1;
-            let entry: EntryOf<TypeConfig> = postcard::from_bytes(&record.body)
-                .map_err(|e| format!("journal record {} is not a Raft entry: {e}", record.index))?;
+            let entry = decode_entry(&record).map_err(|e| e.to_string())?;
             let index = entry.log_id.index();
-            if index + 1 != record.index || entry.log_id.committed_leader_id().term != record.term {
-                return Err(format!(
-                    "journal record {} (term {}) holds entry {}",
-                    record.index, record.term, entry.log_id
-                ));
-            }
             if applied.is_some_and(|applied| index <= applied) {
                 continue;
             }

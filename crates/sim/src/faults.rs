@@ -37,6 +37,8 @@ pub struct FaultProfile {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot (few: lagging replicas then need the snapshot).
     pub log_kept_behind_snapshot: u64,
+    /// Newest entries the Raft log keeps in memory (few: reads go to the journal often).
+    pub log_cached_entries: usize,
 }
 
 fn maybe(rng: &mut SmallRng, low: f64, high: f64) -> f64 {
@@ -68,6 +70,7 @@ impl FaultProfile {
             fsync_max_us: rng.random_range(100..20_000),
             snapshot_every: rng.random_range(5..60),
             log_kept_behind_snapshot: rng.random_range(0..8),
+            log_cached_entries: [1, 2, 4, 16, 256][rng.random_range(0..5)],
         }
     }
 
@@ -98,8 +101,7 @@ pub struct FaultCounts {
     pub power_losses: u64,
     pub restarts: u64,
     pub torn_writes: u64,
-    pub torn_tails_cut: u64,
-    pub unsynced_records_lost: u64,
+    pub unsynced_writes_lost: u64,
     pub corruptions_injected: u64,
     pub corruptions_detected: u64,
     pub clock_jumps: u64,

@@ -1,19 +1,19 @@
 //! fincore's deterministic cluster simulator (`fincore sim`).
 //!
-//! A whole replica group (real openraft, the real ledger, the real journal record format) and
-//! its clients run in one process on a single-threaded tokio runtime whose clock is simulated
-//! (paused time: it jumps to the next timer whenever every task waits). The network and the
-//! disks are simulated at openraft's storage and network boundary. Every random choice (the
-//! faults, the workload, message delays, and openraft's own election timeouts through its
-//! seeded runtime) comes from the run's seed, so a seed replays the same run exactly; the trace
-//! hash proves it. Checkers compare every apply and every reply with a naive reference model.
+//! A whole replica group (real openraft, and the production Raft log store, journal and ledger
+//! state machine) and its clients run in one process on a single-threaded tokio runtime whose
+//! clock is simulated (paused time: it jumps to the next timer whenever every task waits). Only
+//! the network (at openraft's network trait) and the disks (under the journal's file-I/O seam)
+//! are simulated. Every random choice (the faults, the workload, message delays, and openraft's
+//! own election timeouts through its seeded runtime) comes from the run's seed, so a seed
+//! replays the same run exactly; the trace hash proves it. Checkers compare every apply and
+//! every reply with a naive reference model.
 
 mod disk;
 mod faults;
 mod network;
 mod oracle;
 mod run;
-mod storage;
 mod types;
 mod workload;
 mod world;
@@ -66,8 +66,7 @@ fn add_counts(total: &mut FaultCounts, run: &FaultCounts) {
     total.power_losses += run.power_losses;
     total.restarts += run.restarts;
     total.torn_writes += run.torn_writes;
-    total.torn_tails_cut += run.torn_tails_cut;
-    total.unsynced_records_lost += run.unsynced_records_lost;
+    total.unsynced_writes_lost += run.unsynced_writes_lost;
     total.corruptions_injected += run.corruptions_injected;
     total.corruptions_detected += run.corruptions_detected;
     total.clock_jumps += run.clock_jumps;

@@ -28,7 +28,7 @@ pub struct SimNetwork {
 impl RaftNetworkFactory<SimConfig> for SimNetwork {
     type Network = SimLink;
 
-    async fn new_client(&mut self, target: NodeId, _node: &()) -> SimLink {
+    async fn new_client(&mut self, target: NodeId, _node: &replication::PeerNode) -> SimLink {
         SimLink {
             from: self.from,
             to: target,

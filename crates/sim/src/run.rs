@@ -8,16 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use journal::{Journal, JournalOptions};
 use ledger::BatchBody;
+use openraft::Config;
 use openraft::async_runtime::WatchReceiver;
-use openraft::{Config, SnapshotPolicy};
 use rand::Rng;
+use replication::{LogStore, PeerNode, RaftTiming, StorageOptions, initializes_group};
 use serde::Serialize;
 
+use crate::disk::SimDisk;
 use crate::faults::{FaultCounts, FaultProfile};
 use crate::network::SimNetwork;
-use crate::storage::{SimLog, SimMachine};
-use crate::types::{NodeId, SimRaft, SimRuntime};
+use crate::types::{NodeId, SimConfig, SimMachine, SimRaft, SimRuntime};
 use crate::workload::{Client, OpCounts, Submitted, accounts};
 use crate::world::{Bug, Shared, World};
 
@@ -40,11 +42,9 @@ pub struct SimOptions {
 impl SimOptions {
     /// The command that replays this scenario.
     pub fn command(&self) -> String {
-        let bug = match self.bug {
-            Some(Bug::AckBeforeFsync) => " --bug ack-before-fsync",
-            Some(Bug::ApplyTwice) => " --bug apply-twice",
-            None => "",
-        };
+        let bug = self
+            .bug
+            .map_or(String::new(), |bug| format!(" --bug {}", bug.name()));
         format!(
             "fincore sim --seed {} --replicas {} --ticks {}{bug}",
             self.seed, self.replicas, self.ticks
@@ -121,26 +121,21 @@ pub fn run(options: &SimOptions) -> SimReport {
     }
 }
 
+/// Production's Raft settings, with the simulation's faster timing and the seed's snapshot
+/// cadence.
 fn raft_config(profile: &FaultProfile) -> Arc<Config> {
-    Arc::new(
-        Config {
-            cluster_name: "fincore-sim".into(),
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(profile.snapshot_every),
-            max_in_snapshot_log_to_keep: profile.log_kept_behind_snapshot,
-            allow_log_reversion: Some(true),
-            // A restarted leader must win a new election (standard Raft). Resuming its old term
-            // is unsafe when the crash lost entries it had already sent to followers: it would
-            // then write different entries under the same (term, index). Found by `fincore sim`.
-            enable_leader_restore: Some(false),
-            ..Default::default()
-        }
-        .validate()
-        .expect("a valid Raft config"),
-    )
+    let timing = RaftTiming {
+        heartbeat_interval_ms: 50,
+        election_timeout_min_ms: 150,
+        election_timeout_max_ms: 300,
+        snapshot_every_entries: profile.snapshot_every,
+        entries_kept_behind_snapshot: profile.log_kept_behind_snapshot,
+    };
+    Arc::new(replication::raft_config("fincore-sim", &timing).expect("a valid Raft config"))
 }
+
+/// Where a replica's files live on its simulated disk.
+const DATA_DIR: &str = "/data";
 
 /// The group being simulated.
 struct Group {
@@ -156,17 +151,51 @@ impl Group {
         ((self.replicas - 1) / 2) as usize
     }
 
-    /// Starts replica `id` from its disk; a corrupt disk makes it refuse.
+    /// How replica `id`'s production storage is set up on its simulated disk.
+    fn storage_options(&self, id: NodeId) -> StorageOptions {
+        let (disk, cached_entries_max, bug) = {
+            let world = self.world.lock();
+            (
+                world.nodes[&id].disk.clone(),
+                world.profile.log_cached_entries,
+                world.bug,
+            )
+        };
+        let sync_world = self.world.clone();
+        let apply_world = self.world.clone();
+        StorageOptions {
+            storage: Arc::new(SimDisk::storage(&disk)),
+            sync_observer: None,
+            cached_entries_max,
+            simulated_sync: Some(Arc::new(move || {
+                let mut world = sync_world.lock();
+                let max = world.profile.fsync_max_us;
+                world.draw_micros(50, max)
+            })),
+            apply_on_threads: false,
+            apply_observer: Some(Arc::new(move |entry, outcome, state| {
+                // Digests cost a pass over the state: compare them every 8 entries.
+                let digest = entry
+                    .log_id
+                    .index()
+                    .is_multiple_of(8)
+                    .then(|| state.digest());
+                apply_world.lock().check_apply(id, entry, outcome, digest);
+            })),
+            planted_bug: bug.map(Bug::planted),
+        }
+    }
+
+    /// Starts replica `id` from its disk (the production log store and state machine); a
+    /// corrupt disk makes it refuse.
     async fn start(&self, id: NodeId) {
-        let disk = self.world.lock().nodes[&id].disk.clone();
-        let opened = SimLog::open(id, disk.clone(), self.world.clone()).and_then(|log| {
-            SimMachine::open(id, disk, self.world.clone())
-                .map(|machine| (log, machine))
-                .map_err(|e| e.to_string())
-        });
+        let options = self.storage_options(id);
+        let dir = std::path::Path::new(DATA_DIR);
+        let opened = LogStore::<SimConfig>::open(dir, &options)
+            .and_then(|log| SimMachine::open(dir, &options).map(|machine| (log, machine)));
         let (log, machine) = match opened {
             Ok(opened) => opened,
-            Err(error) => return self.refuse(id, &error),
+            Err(error) => return self.refuse(id, &error.to_string()),
         };
         let network = SimNetwork {
             from: id,
@@ -176,9 +205,12 @@ impl Group {
             Ok(raft) => {
                 // As a production node does: the lowest id initializes a group that is not
                 // (or, after losing its unsynced first entry, no longer) initialized.
-                if id == 1 && !raft.is_initialized().await.unwrap_or(true) {
-                    let members: BTreeMap<NodeId, ()> =
-                        (1..=self.replicas).map(|id| (id, ())).collect();
+                if initializes_group(id, 1..=self.replicas)
+                    && !raft.is_initialized().await.unwrap_or(true)
+                {
+                    let members: BTreeMap<NodeId, PeerNode> = (1..=self.replicas)
+                        .map(|id| (id, PeerNode::default()))
+                        .collect();
                     if let Err(error) = raft.initialize(members).await {
                         self.world
                             .lock()
@@ -203,12 +235,7 @@ impl Group {
         slot.raft = None;
         slot.machine = None;
         slot.restart_at = None;
-        let corrupt = slot
-            .disk
-            .lock()
-            .expect("never poisoned")
-            .corruption_detected;
-        if corrupt {
+        if slot.corrupted {
             slot.refused = true;
             world.counts.corruptions_detected += 1;
             world.trace(format_args!("replica {id} refuses to serve: {error}"));
@@ -234,7 +261,7 @@ impl Group {
                 .expect("never poisoned")
                 .crash(&mut world.rng, torn_write);
             world.counts.crashes += 1;
-            world.counts.unsynced_records_lost += damage.unsynced_lost;
+            world.counts.unsynced_writes_lost += damage.unsynced_writes_lost;
             world.counts.torn_writes += u64::from(damage.torn);
             world.trace(format_args!("replica {id} crashed: {damage:?}"));
             raft
@@ -343,11 +370,14 @@ impl Group {
                 let victim = ids[world.rng.random_range(0..ids.len())];
                 let disk = world.nodes[&victim].disk.clone();
                 let hit = disk.lock().expect("never poisoned").corrupt(&mut world.rng);
-                if let Some(index) = hit {
+                if let Some(place) = hit {
                     world.counts.corruptions_injected += 1;
-                    world.trace(format_args!(
-                        "corrupted journal record {index} on replica {victim}"
-                    ));
+                    world
+                        .nodes
+                        .get_mut(&victim)
+                        .expect("a slot per replica")
+                        .corrupted = true;
+                    world.trace(format_args!("corrupted {place} on replica {victim}"));
                 }
             }
             if world.rng.random_bool(world.profile.clock_jump_rate) {
@@ -400,13 +430,7 @@ impl Group {
         world
             .nodes
             .iter()
-            .filter_map(|(id, slot)| {
-                let machine = slot.machine.as_ref()?;
-                Some((
-                    *id,
-                    machine.with_state(|applied, _| applied.map(|l| l.index())),
-                ))
-            })
+            .filter_map(|(id, slot)| Some((*id, slot.machine.as_ref()?.last_applied_index())))
             .collect()
     }
 
@@ -434,8 +458,9 @@ impl Group {
         }
     }
 
-    /// Every stored record of every running replica still reads back (a scrub): latent
-    /// corruption is found even where no read happened to hit it.
+    /// Every stored record of every running replica still reads back, checksums and hash
+    /// chain recomputed (a scrub, with the journal's own reader): latent corruption is found
+    /// even where no read happened to hit it.
     fn scrub(&self) {
         let mut world = self.world.lock();
         let mut found = Vec::new();
@@ -443,13 +468,18 @@ impl Group {
             if slot.raft.is_none() {
                 continue;
             }
-            let mut disk = slot.disk.lock().expect("never poisoned");
-            let purged = disk.purged.map_or(0, |l| l.index() + 1);
-            let mut index = purged;
-            while let Ok(Some(_)) = disk.read(index) {
-                index += 1;
-            }
-            if disk.corruption_detected {
+            let options = JournalOptions {
+                read_only: true,
+                storage: Arc::new(SimDisk::storage(&slot.disk)),
+                ..JournalOptions::default()
+            };
+            let dir = std::path::Path::new(DATA_DIR).join("journal");
+            let intact = Journal::open(dir, options).is_ok_and(|(journal, _)| {
+                journal
+                    .read_from(journal.first_index(), true)
+                    .is_ok_and(|mut records| records.all(|record| record.is_ok()))
+            });
+            if !intact {
                 found.push(*id);
             }
         }
@@ -514,10 +544,13 @@ async fn simulate(options: SimOptions) -> SimReport {
     group.heal().await;
     let never_formed = {
         let world = world.lock();
-        let nothing_stored = world
-            .nodes
-            .values()
-            .all(|slot| slot.disk.lock().expect("never poisoned").is_empty());
+        let nothing_stored = world.nodes.values().all(|slot| {
+            !slot
+                .disk
+                .lock()
+                .expect("never poisoned")
+                .holds_log_or_snapshot()
+        });
         world.oracle.last_index().is_none() && (world.nodes[&1].refused || nothing_stored)
     };
     stop.store(true, Ordering::Relaxed);
@@ -588,11 +621,10 @@ fn final_checks(group: &Group, at: u64) {
         .collect();
     let mut digests = BTreeMap::new();
     for (id, machine) in machines {
-        machine.with_state(|applied, state| {
-            debug_assert_eq!(applied.map(|l| l.index()), Some(at));
-            digests.insert(id, state.digest());
-            world.oracle.check_final_state(id, state);
-        });
+        debug_assert_eq!(machine.last_applied_index(), Some(at));
+        let state = machine.state().read().expect("never poisoned");
+        digests.insert(id, state.digest());
+        world.oracle.check_final_state(id, &state);
     }
     let distinct: BTreeSet<[u8; 32]> = digests.values().map(|d| d.0).collect();
     if distinct.len() > 1 {

@@ -1,34 +1,33 @@
-//! The simulator's openraft configuration: the production entry and reply types, and a runtime
-//! whose random choices (election timeouts) come from the run's seed.
+//! The simulator's openraft configuration: the production types (the replication crate's
+//! `LedgerConfig`: sealed batches in, batch outcomes out, standard Raft leader ids, peer
+//! addresses) on a runtime whose random choices (election timeouts) come from the run's seed.
 
 use openraft::impls::TokioRuntime;
 use openraft_rt::deterministic_rng::DeterministicRng;
-use replication::{BatchOutcome, SealedBatch};
-
-use crate::storage::SimMachine;
+use replication::{BatchOutcome, LedgerStateMachine, PeerNode, SealedBatch, StdLeaderId};
 
 /// Tokio (on one thread, with paused time) with openraft's seeded RNG.
 pub type SimRuntime = DeterministicRng<TokioRuntime>;
 
 openraft::declare_raft_types!(
-    /// The production types (sealed batches in, batch outcomes out, standard Raft leader ids)
-    /// on the deterministic runtime.
+    /// The production types on the deterministic runtime.
     pub SimConfig:
         D = SealedBatch,
         R = BatchOutcome,
         NodeId = u64,
-        Node = (),
-        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+        Node = PeerNode,
+        LeaderId = StdLeaderId,
         AsyncRuntime = SimRuntime,
 );
 
 pub type NodeId = u64;
+/// The production state machine, driven by the simulator.
+pub type SimMachine = LedgerStateMachine<SimConfig>;
 pub type SimRaft = openraft::Raft<SimConfig, SimMachine>;
 pub type Entry = openraft::type_config::alias::EntryOf<SimConfig>;
 pub type LogId = openraft::type_config::alias::LogIdOf<SimConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<SimConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<SimConfig>;
-pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<SimConfig>;
 
 /// Spawns a task on the simulation's runtime (it inherits a seed for openraft's RNG).
 pub fn spawn<F>(future: F)

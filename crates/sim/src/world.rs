@@ -17,31 +17,56 @@ use sha2::{Digest, Sha256};
 use crate::disk::SimDisk;
 use crate::faults::{FaultCounts, FaultProfile};
 use crate::oracle::Oracle;
-use crate::storage::SimMachine;
-use crate::types::{Entry, NodeId, SimRaft};
+use crate::types::{Entry, NodeId, SimMachine, SimRaft};
 use crate::workload::OpCounts;
 use ledger::StateDigest;
-use replication::BatchOutcome;
+use replication::{BatchOutcome, PlantedBug};
 
-/// A deliberate bug, to prove the checkers catch it (`fincore sim --bug …`).
+/// A deliberate bug planted in the production log store or state machine, to prove the
+/// checkers catch it (`fincore sim --bug …`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
     /// The log tells Raft an append is durable before its fsync completed.
     AckBeforeFsync,
     /// A replica applies every 16th batch twice.
     ApplyTwice,
+    /// The log's old defect: entries leave the cache before the journal writer wrote them, and
+    /// a read that misses one answers short.
+    ShortRead,
+}
+
+impl Bug {
+    const ALL: [Bug; 3] = [Bug::AckBeforeFsync, Bug::ApplyTwice, Bug::ShortRead];
+
+    /// The name `--bug` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::ApplyTwice => "apply-twice",
+            Bug::ShortRead => "short-read",
+        }
+    }
+
+    /// The production code's switch for it.
+    pub fn planted(self) -> PlantedBug {
+        match self {
+            Bug::AckBeforeFsync => PlantedBug::AckBeforeFsync,
+            Bug::ApplyTwice => PlantedBug::ApplyTwice,
+            Bug::ShortRead => PlantedBug::ShortRead,
+        }
+    }
 }
 
 impl std::str::FromStr for Bug {
     type Err = String;
     fn from_str(s: &str) -> Result<Bug, String> {
-        match s {
-            "ack-before-fsync" => Ok(Bug::AckBeforeFsync),
-            "apply-twice" => Ok(Bug::ApplyTwice),
-            other => Err(format!(
-                "unknown bug {other:?} (expected ack-before-fsync or apply-twice)"
-            )),
-        }
+        Bug::ALL
+            .into_iter()
+            .find(|bug| bug.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Bug::ALL.iter().map(|bug| bug.name()).collect();
+                format!("unknown bug {s:?} (expected one of {})", names.join(", "))
+            })
     }
 }
 
@@ -57,6 +82,8 @@ pub struct NodeSlot {
     pub disk: Arc<Mutex<SimDisk>>,
     /// How far this replica's wall clock is off (clock jumps).
     pub clock_offset_ns: i128,
+    /// A record on this disk was corrupted on purpose (so the replica may rightly refuse).
+    pub corrupted: bool,
     /// The replica found a corrupt record and refuses to serve for the rest of the run.
     pub refused: bool,
     /// When a crashed replica comes back.
@@ -118,6 +145,7 @@ impl World {
                         machine: None,
                         disk: Arc::new(Mutex::new(SimDisk::default())),
                         clock_offset_ns: 0,
+                        corrupted: false,
                         refused: false,
                         restart_at: None,
                     },
