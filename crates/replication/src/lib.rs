@@ -15,12 +15,18 @@ mod types;
 mod verify;
 
 pub use journal::SyncObserver;
-pub use log_store::{LogStore, clamp_range};
-pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory};
-pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteError};
-pub use state_machine::{LedgerStateMachine, SharedState};
-pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch, TypeConfig};
+pub use log_store::clamp_range;
+pub use network::RaftTransportService;
+pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
+pub use state_machine::SharedState;
+pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};
 pub use verify::{VerifyReport, is_replica_dir, verify};
+
+/// openraft's side of the log storage, public only so that this crate's own tests
+/// (`tests/log_store.rs`) can drive it through openraft's storage traits. Not API: nothing
+/// outside `replication` may use it.
+#[doc(hidden)]
+pub use {log_store::LogStore, types::TypeConfig};
 
 /// Generated transport protocol.
 pub mod proto {

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use api::json::{
-    AccountJson, AccountsJson, BalancesJson, ErrorJson, LookupJson, ResultsJson, TransferJson,
-    TransfersJson,
+    AccountJson, AccountsJson, BalancesJson, ErrorJson, LookupJson, MemberJson, MembersJson,
+    ReplicaStatusJson, ResultsJson, RoleJson, StatusJson, TransferJson, TransfersJson,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
+use replication::{Replica, Role};
 use serde::de::DeserializeOwned;
 
 use crate::pipeline::{Command, Pipeline, PipelineError, Reply};
@@ -533,13 +534,45 @@ async fn status(
             Err(error) => return error.into_response(),
         };
     let replica = pipeline.replica();
-    let members: Vec<serde_json::Value> = replica
+    let status = StatusJson {
+        members: members(replica),
+        replica: replica_status_json(replica.status(with_digest)),
+    };
+    Json(status).into_response()
+}
+
+fn replica_status_json(status: replication::ReplicaStatus) -> ReplicaStatusJson {
+    ReplicaStatusJson {
+        applied_index: status.applied_index,
+        id: status.id,
+        last_log_index: status.last_log_index,
+        leader: status.leader,
+        role: role_json(status.role),
+        state_digest: status.state_digest,
+        term: status.term,
+    }
+}
+
+fn role_json(role: Role) -> RoleJson {
+    match role {
+        Role::Leader => RoleJson::Leader,
+        Role::Follower => RoleJson::Follower,
+        Role::Candidate => RoleJson::Candidate,
+        Role::Learner => RoleJson::Learner,
+        Role::Shutdown => RoleJson::Shutdown,
+    }
+}
+
+fn members(replica: &Replica) -> Vec<MemberJson> {
+    replica
         .members()
-        .iter()
-        .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
-        .collect();
-    Json(serde_json::json!({ "replica": replica.status(with_digest), "members": members }))
-        .into_response()
+        .into_iter()
+        .map(|(id, node)| MemberJson {
+            grpc: node.grpc,
+            http: node.http,
+            id,
+        })
+        .collect()
 }
 
 /// The body of `POST /v1/admin/replicas`.
@@ -553,13 +586,10 @@ struct NewReplica {
 }
 
 fn members_json(pipeline: &Pipeline) -> Response {
-    let members: Vec<serde_json::Value> = pipeline
-        .replica()
-        .members()
-        .iter()
-        .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
-        .collect();
-    Json(serde_json::json!({ "members": members })).into_response()
+    Json(MembersJson {
+        members: members(pipeline.replica()),
+    })
+    .into_response()
 }
 
 fn membership_error(error: replication::WriteError) -> ApiError {
@@ -642,4 +672,24 @@ async fn method_not_allowed() -> ApiError {
         "method not allowed on this route; see /openapi.json",
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_is_shown_by_its_own_word_and_documented_in_openapi() {
+        let openapi: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let documented = &openapi["components"]["schemas"]["Role"]["enum"];
+        let shown: Vec<serde_json::Value> = Role::ALL
+            .iter()
+            .map(|&role| {
+                let shown = serde_json::to_value(role_json(role)).unwrap();
+                assert_eq!(shown, role.as_str());
+                shown
+            })
+            .collect();
+        assert_eq!(documented, &serde_json::Value::Array(shown));
+    }
 }

@@ -219,11 +219,6 @@ impl Node {
         let replica = Arc::clone(self.pipeline.replica());
         drop(self.pipeline);
         self.task.join().await;
-        match Arc::try_unwrap(replica) {
-            Ok(replica) => replica.shutdown().await,
-            Err(replica) => {
-                let _ = replica.raft().shutdown().await;
-            }
-        }
+        replica.shutdown().await;
     }
 }
