@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use api::json::{
-    AccountJson, AccountsJson, BalancesJson, ErrorJson, LookupJson, MemberJson, MembersJson,
-    ReplicaStatusJson, ResultsJson, RoleJson, StatusJson, TransferJson, TransfersJson,
+    AccountJson, AccountsJson, AddReplicaJson, BalancesJson, ErrorJson, HealthJson,
+    HealthStatusJson, LookupJson, MemberJson, MembersJson, ReplicaStatusJson, ResultsJson,
+    RoleJson, StatusJson, TransferJson, TransfersJson,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -513,10 +514,17 @@ async fn account_balances(
 
 async fn healthz(State(pipeline): State<Pipeline>) -> Response {
     if pipeline.has_failed() {
-        let body = serde_json::json!({ "status": "failed", "error": "a storage failure stopped the node; restart it" });
+        let body = HealthJson {
+            error: Some("a storage failure stopped the node; restart it".into()),
+            status: HealthStatusJson::Failed,
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else {
-        Json(serde_json::json!({ "status": "ok" })).into_response()
+        let body = HealthJson {
+            error: None,
+            status: HealthStatusJson::Ok,
+        };
+        Json(body).into_response()
     }
 }
 
@@ -575,16 +583,6 @@ fn members(replica: &Replica) -> Vec<MemberJson> {
         .collect()
 }
 
-/// The body of `POST /v1/admin/replicas`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewReplica {
-    id: u64,
-    grpc: String,
-    #[serde(default)]
-    http: String,
-}
-
 fn members_json(pipeline: &Pipeline) -> Response {
     Json(MembersJson {
         members: members(pipeline.replica()),
@@ -605,7 +603,7 @@ fn membership_error(error: replication::WriteError) -> ApiError {
 /// redirect).
 async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Body) -> Response {
     observed(&pipeline, "add_replica", async {
-        let new: NewReplica = json_body(&headers, body).await?;
+        let new: AddReplicaJson = json_body(&headers, body).await?;
         for (field, addr) in [("grpc", &new.grpc), ("http", &new.http)] {
             if (field == "grpc" || !addr.is_empty())
                 && addr.parse::<std::net::SocketAddr>().is_err()
