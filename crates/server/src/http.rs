@@ -23,7 +23,7 @@ use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
 use replication::{Replica, Role};
 use serde::de::DeserializeOwned;
 
-use crate::pipeline::{Command, Pipeline, PipelineError, Reply};
+use crate::pipeline::{Pipeline, PipelineError};
 
 /// Largest request body accepted (a full batch of JSON transfers is about 3 MiB).
 pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
@@ -215,14 +215,6 @@ fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
     })
 }
 
-fn unexpected(reply: Reply) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("unexpected reply from the pipeline: {reply:?}"),
-        None,
-    )
-}
-
 pub fn router(pipeline: Pipeline) -> Router {
     Router::new()
         .route("/v1/accounts", post(create_accounts))
@@ -257,17 +249,10 @@ async fn create_accounts(
         let events: Vec<AccountJson> = json_body(&headers, body).await?;
         check_batch(events.len())?;
         let ids: Vec<u128> = events.iter().map(|a| a.id).collect();
-        match pipeline
-            .submit(Command::CreateAccounts(
-                events.iter().map(Into::into).collect(),
-            ))
-            .await?
-        {
-            Reply::CreateAccounts(results) => {
-                Ok(Json(ResultsJson::accounts(&ids, &results)).into_response())
-            }
-            other => Err(unexpected(other)),
-        }
+        let results = pipeline
+            .create_accounts(events.iter().map(Into::into).collect())
+            .await?;
+        Ok(Json(ResultsJson::accounts(&ids, &results)).into_response())
     })
     .await
 }
@@ -281,17 +266,10 @@ async fn create_transfers(
         let events: Vec<TransferJson> = json_body(&headers, body).await?;
         check_batch(events.len())?;
         let ids: Vec<u128> = events.iter().map(|t| t.id).collect();
-        match pipeline
-            .submit(Command::CreateTransfers(
-                events.iter().map(Into::into).collect(),
-            ))
-            .await?
-        {
-            Reply::CreateTransfers(results) => {
-                Ok(Json(ResultsJson::transfers(&ids, &results)).into_response())
-            }
-            other => Err(unexpected(other)),
-        }
+        let results = pipeline
+            .create_transfers(events.iter().map(Into::into).collect())
+            .await?;
+        Ok(Json(ResultsJson::transfers(&ids, &results)).into_response())
     })
     .await
 }
@@ -304,18 +282,12 @@ async fn lookup_accounts(
     observed(&pipeline, "lookup_accounts", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
         check_batch(lookup.ids.len())?;
-        match pipeline
-            .submit(Command::LookupAccounts(
-                lookup.ids.iter().map(|id| id.0).collect(),
-            ))
-            .await?
-        {
-            Reply::Accounts(accounts) => Ok(Json(AccountsJson {
-                accounts: accounts.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
+        let accounts = pipeline.lookup_accounts(&ids).await?;
+        Ok(Json(AccountsJson {
+            accounts: accounts.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
@@ -328,18 +300,12 @@ async fn lookup_transfers(
     observed(&pipeline, "lookup_transfers", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
         check_batch(lookup.ids.len())?;
-        match pipeline
-            .submit(Command::LookupTransfers(
-                lookup.ids.iter().map(|id| id.0).collect(),
-            ))
-            .await?
-        {
-            Reply::Transfers(transfers) => Ok(Json(TransfersJson {
-                transfers: transfers.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
+        let transfers = pipeline.lookup_transfers(&ids).await?;
+        Ok(Json(TransfersJson {
+            transfers: transfers.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
@@ -347,16 +313,13 @@ async fn lookup_transfers(
 async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
     observed(&pipeline, "lookup_accounts", async {
         let id = parse_id(&id, "id")?;
-        match pipeline.submit(Command::LookupAccounts(vec![id])).await? {
-            Reply::Accounts(accounts) => match accounts.first() {
-                Some(account) => Ok(Json(AccountJson::from(account)).into_response()),
-                None => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("account {id} does not exist"),
-                    Some("id".into()),
-                )),
-            },
-            other => Err(unexpected(other)),
+        match pipeline.lookup_accounts(&[id]).await?.first() {
+            Some(account) => Ok(Json(AccountJson::from(account)).into_response()),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("account {id} does not exist"),
+                Some("id".into()),
+            )),
         }
     })
     .await
@@ -365,16 +328,13 @@ async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -
 async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
     observed(&pipeline, "lookup_transfers", async {
         let id = parse_id(&id, "id")?;
-        match pipeline.submit(Command::LookupTransfers(vec![id])).await? {
-            Reply::Transfers(transfers) => match transfers.first() {
-                Some(transfer) => Ok(Json(TransferJson::from(transfer)).into_response()),
-                None => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("transfer {id} does not exist"),
-                    Some("id".into()),
-                )),
-            },
-            other => Err(unexpected(other)),
+        match pipeline.lookup_transfers(&[id]).await?.first() {
+            Some(transfer) => Ok(Json(TransferJson::from(transfer)).into_response()),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("transfer {id} does not exist"),
+                Some("id".into()),
+            )),
         }
     })
     .await
@@ -480,16 +440,11 @@ async fn account_transfers(
 ) -> Response {
     observed(&pipeline, "get_account_transfers", async {
         let filter = filter_from_query(&id, &params)?;
-        match pipeline
-            .submit(Command::GetAccountTransfers(filter))
-            .await?
-        {
-            Reply::Transfers(transfers) => Ok(Json(TransfersJson {
-                transfers: transfers.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let transfers = pipeline.get_account_transfers(&filter).await?;
+        Ok(Json(TransfersJson {
+            transfers: transfers.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
@@ -501,13 +456,11 @@ async fn account_balances(
 ) -> Response {
     observed(&pipeline, "get_account_balances", async {
         let filter = filter_from_query(&id, &params)?;
-        match pipeline.submit(Command::GetAccountBalances(filter)).await? {
-            Reply::Balances(balances) => Ok(Json(BalancesJson {
-                balances: balances.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let balances = pipeline.get_account_balances(&filter).await?;
+        Ok(Json(BalancesJson {
+            balances: balances.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
