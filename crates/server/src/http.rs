@@ -22,6 +22,7 @@ use axum::{Json, Router};
 use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
 use replication::{Replica, Role};
 use serde::de::DeserializeOwned;
+use telemetry::ErrorKind;
 
 use crate::pipeline::{Pipeline, PipelineError};
 
@@ -36,10 +37,13 @@ const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
+    /// What the metrics count it as.
+    kind: ErrorKind,
     body: Box<ErrorJson>,
 }
 
 impl ApiError {
+    /// An answer refusing the request as invalid (its metrics kind); `status` says how.
     fn new(status: StatusCode, error: impl Into<String>, field: Option<String>) -> ApiError {
         let body = ErrorJson {
             error: error.into(),
@@ -51,7 +55,16 @@ impl ApiError {
         };
         ApiError {
             status,
+            kind: ErrorKind::Invalid,
             body: Box::new(body),
+        }
+    }
+
+    /// 404: what the request names does not exist.
+    fn not_found(error: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError {
+            kind: ErrorKind::NotFound,
+            ..ApiError::new(StatusCode::NOT_FOUND, error, field)
         }
     }
 
@@ -59,21 +72,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error, Some(field.into()))
     }
 
-    fn kind(&self) -> &'static str {
-        match self.status {
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::SERVICE_UNAVAILABLE if self.body.error.contains("busy") => "busy",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            StatusCode::TEMPORARY_REDIRECT => "not_leader",
-            _ => "invalid",
-        }
+    fn kind(&self) -> ErrorKind {
+        self.kind
     }
 }
 
 impl From<PipelineError> for ApiError {
     fn from(error: PipelineError) -> ApiError {
         let message = error.to_string();
-        match error {
+        let kind = error.kind();
+        let mut answer = match error {
             PipelineError::Invalid { field, reason } => ApiError::bad_request(field, reason),
             PipelineError::NotLeader {
                 leader: Some((id, node)),
@@ -92,7 +100,9 @@ impl From<PipelineError> for ApiError {
                 answer.body.retryable = true;
                 answer
             }
-        }
+        };
+        answer.kind = kind;
+        answer
     }
 }
 
@@ -315,8 +325,7 @@ async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -
         let id = parse_id(&id, "id")?;
         match pipeline.lookup_accounts(&[id]).await?.first() {
             Some(account) => Ok(Json(AccountJson::from(account)).into_response()),
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
+            None => Err(ApiError::not_found(
                 format!("account {id} does not exist"),
                 Some("id".into()),
             )),
@@ -330,8 +339,7 @@ async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) 
         let id = parse_id(&id, "id")?;
         match pipeline.lookup_transfers(&[id]).await?.first() {
             Some(transfer) => Ok(Json(TransferJson::from(transfer)).into_response()),
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
+            None => Err(ApiError::not_found(
                 format!("transfer {id} does not exist"),
                 Some("id".into()),
             )),
@@ -610,11 +618,7 @@ async fn openapi() -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no such route; see /openapi.json",
-        None,
-    )
+    ApiError::not_found("no such route; see /openapi.json", None)
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -642,5 +646,42 @@ mod tests {
             })
             .collect();
         assert_eq!(documented, &serde_json::Value::Array(shown));
+    }
+
+    #[test]
+    fn an_error_is_counted_by_its_kind_not_by_the_words_of_its_message() {
+        let cases = [
+            (
+                PipelineError::Busy,
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Busy,
+            ),
+            (
+                PipelineError::Unavailable("the disk is busy".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
+            ),
+            (
+                PipelineError::NotLeader { leader: None },
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::NotLeader,
+            ),
+            (
+                PipelineError::Invalid {
+                    field: "id".into(),
+                    reason: "busy".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Invalid,
+            ),
+        ];
+        for (error, status, kind) in cases {
+            let answer = ApiError::from(error);
+            assert_eq!((answer.status, answer.kind()), (status, kind));
+        }
+        assert_eq!(
+            ApiError::not_found("gone", None).kind(),
+            ErrorKind::NotFound
+        );
     }
 }

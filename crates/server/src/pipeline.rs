@@ -23,7 +23,7 @@ use ledger::{
     CreateAccountResult, CreateTransferResult, EventResult, StateMachine, Transfer,
 };
 use replication::{NodeId, PeerNode, Replica, WriteError};
-use telemetry::Metrics;
+use telemetry::{ErrorKind, Metrics};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -52,13 +52,13 @@ fn leader_text(leader: &Option<(NodeId, PeerNode)>) -> String {
 }
 
 impl PipelineError {
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// What the metrics count it as.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            PipelineError::Busy => "busy",
-            PipelineError::Unavailable(_) => "unavailable",
-            PipelineError::Invalid { .. } => "invalid",
-            PipelineError::NotLeader { .. } => "not_leader",
+            PipelineError::Busy => ErrorKind::Busy,
+            PipelineError::Unavailable(_) => ErrorKind::Unavailable,
+            PipelineError::Invalid { .. } => ErrorKind::Invalid,
+            PipelineError::NotLeader { .. } => ErrorKind::NotLeader,
         }
     }
 }
