@@ -379,12 +379,145 @@ pub struct ErrorJson {
     pub leader_http: Option<String>,
 }
 
+// Operator endpoints (`/healthz`, `/v1/status`, `/v1/admin/replicas`). Their integers are node
+// ids, terms and log indexes: plain JSON integers, unlike the ledger's decimal strings. Fields
+// are declared in alphabetical order, the order these bodies have always been written in.
+
+/// The body of `GET /healthz`: `{"status": "ok"}`, or `{"status": "failed", "error": ...}`
+/// when a storage failure stopped the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthJson {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    pub status: HealthStatusJson,
+}
+
+/// Whether the node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatusJson {
+    Ok,
+    Failed,
+}
+
+/// What a replica is doing in its group, as a stable lower-case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleJson {
+    /// Takes writes and replicates them.
+    Leader,
+    /// Votes and follows a leader.
+    Follower,
+    /// Campaigns to become the leader.
+    Candidate,
+    /// Receives the log but does not vote (catching up before it becomes a voter).
+    Learner,
+    /// Raft has stopped (shutting down, or stopped by a storage failure).
+    Shutdown,
+}
+
+/// One replica of the group and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberJson {
+    /// gRPC address (ledger API and replica transport), `HOST:PORT`.
+    pub grpc: String,
+    /// HTTP address, `HOST:PORT`; empty when the replica was added without one.
+    pub http: String,
+    pub id: u64,
+}
+
+/// `{"members": [...]}`: the group after a membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersJson {
+    pub members: Vec<MemberJson>,
+}
+
+/// One replica's view of itself, in `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatusJson {
+    /// The last log index applied to this replica's ledger.
+    pub applied_index: u64,
+    pub id: u64,
+    pub last_log_index: Option<u64>,
+    /// The leader this replica knows of.
+    pub leader: Option<u64>,
+    pub role: RoleJson,
+    /// The state digest at `applied_index` (64 hex digits); `null` unless `?digest=true`.
+    pub state_digest: Option<String>,
+    pub term: u64,
+}
+
+/// The body of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusJson {
+    pub members: Vec<MemberJson>,
+    pub replica: ReplicaStatusJson,
+}
+
+/// The body of `POST /v1/admin/replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddReplicaJson {
+    pub id: u64,
+    /// The new replica's gRPC address, `HOST:PORT`.
+    pub grpc: String,
+    /// The new replica's HTTP address, `HOST:PORT` (optional).
+    #[serde(default)]
+    pub http: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<TransferJson, String> {
         serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn operator_bodies_are_written_with_sorted_keys_plain_integers_and_lower_case_roles() {
+        let status = StatusJson {
+            members: vec![MemberJson {
+                grpc: "127.0.0.1:7001".into(),
+                http: String::new(),
+                id: 1,
+            }],
+            replica: ReplicaStatusJson {
+                applied_index: 9,
+                id: 1,
+                last_log_index: Some(9),
+                leader: None,
+                role: RoleJson::Candidate,
+                state_digest: None,
+                term: 3,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            r#"{"members":[{"grpc":"127.0.0.1:7001","http":"","id":1}],"replica":{"applied_index":9,"id":1,"last_log_index":9,"leader":null,"role":"candidate","state_digest":null,"term":3}}"#
+        );
+        let failed = HealthJson {
+            error: Some("disk".into()),
+            status: HealthStatusJson::Failed,
+        };
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            r#"{"error":"disk","status":"failed"}"#
+        );
+        let ok = HealthJson {
+            error: None,
+            status: HealthStatusJson::Ok,
+        };
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"status":"ok"}"#);
+    }
+
+    #[test]
+    fn a_new_replica_without_http_is_accepted_and_an_unknown_field_is_refused() {
+        let new: AddReplicaJson = serde_json::from_str(r#"{"id":4,"grpc":"h:1"}"#).unwrap();
+        assert_eq!(new.http, "");
+        let error = serde_json::from_str::<AddReplicaJson>(r#"{"id":4,"grpc":"h:1","htp":""}"#)
+            .unwrap_err();
+        assert!(error.to_string().contains("unknown field `htp`"), "{error}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use api::json::AddReplicaJson;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
@@ -108,7 +109,11 @@ pub fn run(command: &AdminCommand) -> anyhow::Result<ExitCode> {
             grpc,
             http,
         } => {
-            let body = serde_json::json!({ "id": id, "grpc": grpc, "http": http }).to_string();
+            let body = serde_json::to_string(&AddReplicaJson {
+                id: *id,
+                grpc: grpc.clone(),
+                http: http.clone(),
+            })?;
             to_leader(addr, "POST", "/v1/admin/replicas", Some(&body))
         }
         AdminCommand::RemoveReplica { addr, id } => {

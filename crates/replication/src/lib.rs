@@ -17,16 +17,24 @@ mod types;
 mod verify;
 
 pub use journal::SyncObserver;
-pub use log_store::{LogStore, clamp_range, journal_index};
-pub use network::{Raft, RaftTransportService, TransportClient, TransportFactory};
-pub use raft_config::{RaftTiming, initializes_group, raft_config};
-pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteError};
-pub use state_machine::{LedgerStateMachine, SharedState};
-pub use storage_options::{ApplyObserver, PlantedBug, StorageOptions, SyncDelay};
-pub use types::{
-    BatchOutcome, LedgerConfig, LedgerEntry, NodeId, PeerNode, SealedBatch, StdLeaderId, TypeConfig,
-};
+pub use log_store::clamp_range;
+pub use network::RaftTransportService;
+pub use raft_config::initializes_group;
+pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
+pub use state_machine::SharedState;
+pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};
 pub use verify::{VerifyReport, is_replica_dir, verify};
+
+/// openraft's side of a replica, public for the deterministic simulator (`sim`), which drives
+/// this very log store and state machine under openraft on its seeded runtime, and for this
+/// crate's storage tests. Not the node's API: nothing else outside `replication` uses it.
+pub mod openraft_side {
+    pub use crate::log_store::{LogStore, journal_index};
+    pub use crate::raft_config::{RaftTiming, raft_config};
+    pub use crate::state_machine::LedgerStateMachine;
+    pub use crate::storage_options::{ApplyObserver, PlantedBug, StorageOptions, SyncDelay};
+    pub use crate::types::{LedgerConfig, LedgerEntry, StdLeaderId, TypeConfig};
+}
 
 /// Generated transport protocol.
 pub mod proto {

@@ -24,8 +24,8 @@ use crate::proto::{
 use crate::state_machine::LedgerStateMachine;
 use crate::types::{NodeId, PeerNode, TypeConfig};
 
-/// The Raft instance of a replica.
-pub type Raft = openraft::Raft<TypeConfig, LedgerStateMachine<TypeConfig>>;
+/// The Raft instance of a replica (crate-private: nothing outside names an openraft type).
+pub(crate) type Raft = openraft::Raft<TypeConfig, LedgerStateMachine<TypeConfig>>;
 
 /// Largest transport message (a whole snapshot travels in one for now).
 const MESSAGE_BYTES_MAX: usize = 4 << 30 >> 2;
@@ -205,7 +205,7 @@ pub struct RaftTransportService {
 }
 
 impl RaftTransportService {
-    pub fn new(
+    pub(crate) fn new(
         raft: Raft,
     ) -> proto::raft_transport_server::RaftTransportServer<RaftTransportService> {
         proto::raft_transport_server::RaftTransportServer::new(RaftTransportService { raft })

@@ -1,6 +1,10 @@
 //! One replica of a Raft group: its log, its ledger and its Raft instance. The transport
 //! service it returns is mounted by whoever owns the gRPC server (the node shares one port
 //! between the ledger API and the replica transport).
+//!
+//! Owns the only handle on the openraft instance. Its public methods speak fincore's types
+//! (`Role`, `ReplicaStatus`, members as `PeerNode`s, `WriteError`); none may return or take an
+//! openraft type, so the rest of fincore never sees one.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -72,11 +76,64 @@ pub enum WriteError {
     Failed(String),
 }
 
+/// What a replica is doing in its group right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Takes writes and replicates them.
+    Leader,
+    /// Votes and follows a leader.
+    Follower,
+    /// Campaigns to become the leader.
+    Candidate,
+    /// Receives the log but does not vote (a replica catching up before it becomes a voter).
+    Learner,
+    /// Raft has stopped (shutdown, or a fatal error such as a failed fsync).
+    Shutdown,
+}
+
+impl Role {
+    /// Every role, for documentation and tests.
+    pub const ALL: [Role; 5] = [
+        Role::Leader,
+        Role::Follower,
+        Role::Candidate,
+        Role::Learner,
+        Role::Shutdown,
+    ];
+
+    /// The role as a stable lower-case word (what `/v1/status` shows).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+
+    fn from_server_state(state: openraft::ServerState) -> Role {
+        match state {
+            openraft::ServerState::Leader => Role::Leader,
+            openraft::ServerState::Follower => Role::Follower,
+            openraft::ServerState::Candidate => Role::Candidate,
+            openraft::ServerState::Learner => Role::Learner,
+            openraft::ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What [`Replica::status`] reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaStatus {
     pub id: NodeId,
-    pub role: String,
+    pub role: Role,
     pub term: u64,
     pub leader: Option<NodeId>,
     pub last_log_index: Option<u64>,
@@ -100,10 +157,10 @@ fn now_ns() -> u64 {
 }
 
 fn leader_of<E>(
-    error: &openraft::errors::RaftError<crate::TypeConfig, E>,
+    error: &openraft::errors::RaftError<TypeConfig, E>,
 ) -> Option<(NodeId, PeerNode)>
 where
-    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::TypeConfig>> + std::error::Error,
+    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>> + std::error::Error,
 {
     error
         .forward_to_leader()
@@ -111,9 +168,9 @@ where
 }
 
 /// "Not the leader" (with the leader's address when known), or a plain failure.
-fn not_leader_or_failed<E>(error: openraft::errors::RaftError<crate::TypeConfig, E>) -> WriteError
+fn not_leader_or_failed<E>(error: openraft::errors::RaftError<TypeConfig, E>) -> WriteError
 where
-    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::TypeConfig>> + std::error::Error,
+    E: openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>> + std::error::Error,
 {
     if error.forward_to_leader().is_some() {
         WriteError::NotLeader {
@@ -164,10 +221,6 @@ impl Replica {
 
     pub fn id(&self) -> NodeId {
         self.id
-    }
-
-    pub fn raft(&self) -> &Raft {
-        &self.raft
     }
 
     /// The ledger state (for reads).
@@ -223,7 +276,7 @@ impl Replica {
         };
         ReplicaStatus {
             id: self.id,
-            role: format!("{:?}", metrics.state).to_lowercase(),
+            role: Role::from_server_state(metrics.state),
             term: metrics.current_term,
             leader: metrics.current_leader,
             last_log_index: metrics.last_log_index,
@@ -326,8 +379,33 @@ impl Replica {
         .is_ok()
     }
 
-    /// Stops Raft.
-    pub async fn shutdown(self) {
+    /// Stops Raft. Takes `&self` so that a replica shared with request handlers can be stopped
+    /// while they still hold it; calls after the first do nothing.
+    pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_is_shown_as_the_lower_case_word_openraft_used_to_print() {
+        for state in [
+            openraft::ServerState::Leader,
+            openraft::ServerState::Follower,
+            openraft::ServerState::Candidate,
+            openraft::ServerState::Learner,
+            openraft::ServerState::Shutdown,
+        ] {
+            let role = Role::from_server_state(state);
+            assert_eq!(role.as_str(), format!("{state:?}").to_lowercase());
+        }
+        let words: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            words,
+            ["leader", "follower", "candidate", "learner", "shutdown"]
+        );
     }
 }

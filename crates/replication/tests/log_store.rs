@@ -6,7 +6,8 @@ use openraft::RaftLogReader;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::testing::log_id;
-use replication::{LogStore, SealedBatch, StorageOptions, TypeConfig};
+use replication::SealedBatch;
+use replication::openraft_side::{LogStore, StorageOptions, TypeConfig};
 
 type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 

@@ -6,7 +6,7 @@ use api::convert::{self, WireError};
 use api::proto::{self, ledger_server::Ledger};
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::{Command, Pipeline, PipelineError, Reply};
+use crate::pipeline::{Pipeline, PipelineError};
 
 /// Largest gRPC message accepted or sent (a full batch of message-encoded events fits easily).
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 16 << 20;
@@ -20,22 +20,26 @@ impl LedgerService {
         LedgerService { pipeline }
     }
 
-    async fn run(
+    /// Runs `work` (decoding the request and calling the pipeline), counts it in the metrics
+    /// and turns its error into a gRPC status.
+    async fn observed<T>(
         &self,
         operation: &'static str,
-        command: Result<Command, WireError>,
-    ) -> Result<Reply, Status> {
+        work: impl Future<Output = Result<T, PipelineError>>,
+    ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let outcome = match command {
-            Ok(command) => self.pipeline.submit(command).await,
-            Err(WireError { field, reason }) => Err(PipelineError::Invalid { field, reason }),
-        };
+        let outcome = work.await;
         let error = outcome.as_ref().err().map(PipelineError::kind);
         self.pipeline
             .metrics()
             .request("grpc", operation, started.elapsed(), error);
-        outcome.map_err(status)
+        outcome.map(Response::new).map_err(status)
     }
+}
+
+/// A request field that does not decode: the request is refused naming it.
+fn invalid(WireError { field, reason }: WireError) -> PipelineError {
+    PipelineError::Invalid { field, reason }
 }
 
 /// Metadata keys that tell a client where the leader is.
@@ -73,89 +77,85 @@ fn create_response<R: Copy>(
     }
 }
 
-fn unexpected(reply: Reply) -> Status {
-    Status::internal(format!("the pipeline gave an unexpected reply: {reply:?}"))
-}
-
 #[tonic::async_trait]
 impl Ledger for LedgerService {
     async fn create_accounts(
         &self,
         request: Request<proto::CreateAccountsRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
-        let command =
-            convert::accounts_from_request(request.get_ref()).map(Command::CreateAccounts);
-        match self.run("create_accounts", command).await? {
-            Reply::CreateAccounts(results) => {
-                Ok(Response::new(create_response(&results, |r| r.code())))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.observed("create_accounts", async {
+            let events = convert::accounts_from_request(request.get_ref()).map_err(invalid)?;
+            let results = self.pipeline.create_accounts(events).await?;
+            Ok(create_response(&results, |r| r.code()))
+        })
+        .await
     }
 
     async fn create_transfers(
         &self,
         request: Request<proto::CreateTransfersRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
-        let command =
-            convert::transfers_from_request(request.get_ref()).map(Command::CreateTransfers);
-        match self.run("create_transfers", command).await? {
-            Reply::CreateTransfers(results) => {
-                Ok(Response::new(create_response(&results, |r| r.code())))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.observed("create_transfers", async {
+            let events = convert::transfers_from_request(request.get_ref()).map_err(invalid)?;
+            let results = self.pipeline.create_transfers(events).await?;
+            Ok(create_response(&results, |r| r.code()))
+        })
+        .await
     }
 
     async fn lookup_accounts(
         &self,
         request: Request<proto::LookupRequest>,
     ) -> Result<Response<proto::LookupAccountsResponse>, Status> {
-        let command = convert::ids_from(request.get_ref()).map(Command::LookupAccounts);
-        match self.run("lookup_accounts", command).await? {
-            Reply::Accounts(accounts) => Ok(Response::new(proto::LookupAccountsResponse {
+        self.observed("lookup_accounts", async {
+            let ids = convert::ids_from(request.get_ref()).map_err(invalid)?;
+            let accounts = self.pipeline.lookup_accounts(&ids).await?;
+            Ok(proto::LookupAccountsResponse {
                 accounts: accounts.iter().map(convert::account_to).collect(),
-            })),
-            other => Err(unexpected(other)),
-        }
+            })
+        })
+        .await
     }
 
     async fn lookup_transfers(
         &self,
         request: Request<proto::LookupRequest>,
     ) -> Result<Response<proto::LookupTransfersResponse>, Status> {
-        let command = convert::ids_from(request.get_ref()).map(Command::LookupTransfers);
-        match self.run("lookup_transfers", command).await? {
-            Reply::Transfers(transfers) => Ok(Response::new(proto::LookupTransfersResponse {
+        self.observed("lookup_transfers", async {
+            let ids = convert::ids_from(request.get_ref()).map_err(invalid)?;
+            let transfers = self.pipeline.lookup_transfers(&ids).await?;
+            Ok(proto::LookupTransfersResponse {
                 transfers: transfers.iter().map(convert::transfer_to).collect(),
-            })),
-            other => Err(unexpected(other)),
-        }
+            })
+        })
+        .await
     }
 
     async fn get_account_transfers(
         &self,
         request: Request<proto::AccountFilter>,
     ) -> Result<Response<proto::AccountTransfersResponse>, Status> {
-        let command = convert::filter_from(request.get_ref()).map(Command::GetAccountTransfers);
-        match self.run("get_account_transfers", command).await? {
-            Reply::Transfers(transfers) => Ok(Response::new(proto::AccountTransfersResponse {
+        self.observed("get_account_transfers", async {
+            let filter = convert::filter_from(request.get_ref()).map_err(invalid)?;
+            let transfers = self.pipeline.get_account_transfers(&filter).await?;
+            Ok(proto::AccountTransfersResponse {
                 transfers: transfers.iter().map(convert::transfer_to).collect(),
-            })),
-            other => Err(unexpected(other)),
-        }
+            })
+        })
+        .await
     }
 
     async fn get_account_balances(
         &self,
         request: Request<proto::AccountFilter>,
     ) -> Result<Response<proto::AccountBalancesResponse>, Status> {
-        let command = convert::filter_from(request.get_ref()).map(Command::GetAccountBalances);
-        match self.run("get_account_balances", command).await? {
-            Reply::Balances(balances) => Ok(Response::new(proto::AccountBalancesResponse {
+        self.observed("get_account_balances", async {
+            let filter = convert::filter_from(request.get_ref()).map_err(invalid)?;
+            let balances = self.pipeline.get_account_balances(&filter).await?;
+            Ok(proto::AccountBalancesResponse {
                 balances: balances.iter().map(convert::balance_to).collect(),
-            })),
-            other => Err(unexpected(other)),
-        }
+            })
+        })
+        .await
     }
 }

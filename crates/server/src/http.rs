@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use api::json::{
-    AccountJson, AccountsJson, BalancesJson, ErrorJson, LookupJson, ResultsJson, TransferJson,
-    TransfersJson,
+    AccountJson, AccountsJson, AddReplicaJson, BalancesJson, ErrorJson, HealthJson,
+    HealthStatusJson, LookupJson, MemberJson, MembersJson, ReplicaStatusJson, ResultsJson,
+    RoleJson, StatusJson, TransferJson, TransfersJson,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -19,9 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
+use replication::{Replica, Role};
 use serde::de::DeserializeOwned;
+use telemetry::ErrorKind;
 
-use crate::pipeline::{Command, Pipeline, PipelineError, Reply};
+use crate::pipeline::{Pipeline, PipelineError};
 
 /// Largest request body accepted (a full batch of JSON transfers is about 3 MiB).
 pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
@@ -34,10 +37,13 @@ const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
+    /// What the metrics count it as.
+    kind: ErrorKind,
     body: Box<ErrorJson>,
 }
 
 impl ApiError {
+    /// An answer refusing the request as invalid (its metrics kind); `status` says how.
     fn new(status: StatusCode, error: impl Into<String>, field: Option<String>) -> ApiError {
         let body = ErrorJson {
             error: error.into(),
@@ -49,7 +55,16 @@ impl ApiError {
         };
         ApiError {
             status,
+            kind: ErrorKind::Invalid,
             body: Box::new(body),
+        }
+    }
+
+    /// 404: what the request names does not exist.
+    fn not_found(error: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError {
+            kind: ErrorKind::NotFound,
+            ..ApiError::new(StatusCode::NOT_FOUND, error, field)
         }
     }
 
@@ -57,21 +72,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error, Some(field.into()))
     }
 
-    fn kind(&self) -> &'static str {
-        match self.status {
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::SERVICE_UNAVAILABLE if self.body.error.contains("busy") => "busy",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            StatusCode::TEMPORARY_REDIRECT => "not_leader",
-            _ => "invalid",
-        }
+    fn kind(&self) -> ErrorKind {
+        self.kind
     }
 }
 
 impl From<PipelineError> for ApiError {
     fn from(error: PipelineError) -> ApiError {
         let message = error.to_string();
-        match error {
+        let kind = error.kind();
+        let mut answer = match error {
             PipelineError::Invalid { field, reason } => ApiError::bad_request(field, reason),
             PipelineError::NotLeader {
                 leader: Some((id, node)),
@@ -90,7 +100,9 @@ impl From<PipelineError> for ApiError {
                 answer.body.retryable = true;
                 answer
             }
-        }
+        };
+        answer.kind = kind;
+        answer
     }
 }
 
@@ -213,14 +225,6 @@ fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
     })
 }
 
-fn unexpected(reply: Reply) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("unexpected reply from the pipeline: {reply:?}"),
-        None,
-    )
-}
-
 pub fn router(pipeline: Pipeline) -> Router {
     Router::new()
         .route("/v1/accounts", post(create_accounts))
@@ -255,17 +259,10 @@ async fn create_accounts(
         let events: Vec<AccountJson> = json_body(&headers, body).await?;
         check_batch(events.len())?;
         let ids: Vec<u128> = events.iter().map(|a| a.id).collect();
-        match pipeline
-            .submit(Command::CreateAccounts(
-                events.iter().map(Into::into).collect(),
-            ))
-            .await?
-        {
-            Reply::CreateAccounts(results) => {
-                Ok(Json(ResultsJson::accounts(&ids, &results)).into_response())
-            }
-            other => Err(unexpected(other)),
-        }
+        let results = pipeline
+            .create_accounts(events.iter().map(Into::into).collect())
+            .await?;
+        Ok(Json(ResultsJson::accounts(&ids, &results)).into_response())
     })
     .await
 }
@@ -279,17 +276,10 @@ async fn create_transfers(
         let events: Vec<TransferJson> = json_body(&headers, body).await?;
         check_batch(events.len())?;
         let ids: Vec<u128> = events.iter().map(|t| t.id).collect();
-        match pipeline
-            .submit(Command::CreateTransfers(
-                events.iter().map(Into::into).collect(),
-            ))
-            .await?
-        {
-            Reply::CreateTransfers(results) => {
-                Ok(Json(ResultsJson::transfers(&ids, &results)).into_response())
-            }
-            other => Err(unexpected(other)),
-        }
+        let results = pipeline
+            .create_transfers(events.iter().map(Into::into).collect())
+            .await?;
+        Ok(Json(ResultsJson::transfers(&ids, &results)).into_response())
     })
     .await
 }
@@ -302,18 +292,12 @@ async fn lookup_accounts(
     observed(&pipeline, "lookup_accounts", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
         check_batch(lookup.ids.len())?;
-        match pipeline
-            .submit(Command::LookupAccounts(
-                lookup.ids.iter().map(|id| id.0).collect(),
-            ))
-            .await?
-        {
-            Reply::Accounts(accounts) => Ok(Json(AccountsJson {
-                accounts: accounts.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
+        let accounts = pipeline.lookup_accounts(&ids).await?;
+        Ok(Json(AccountsJson {
+            accounts: accounts.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
@@ -326,18 +310,12 @@ async fn lookup_transfers(
     observed(&pipeline, "lookup_transfers", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
         check_batch(lookup.ids.len())?;
-        match pipeline
-            .submit(Command::LookupTransfers(
-                lookup.ids.iter().map(|id| id.0).collect(),
-            ))
-            .await?
-        {
-            Reply::Transfers(transfers) => Ok(Json(TransfersJson {
-                transfers: transfers.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
+        let transfers = pipeline.lookup_transfers(&ids).await?;
+        Ok(Json(TransfersJson {
+            transfers: transfers.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
@@ -345,16 +323,12 @@ async fn lookup_transfers(
 async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
     observed(&pipeline, "lookup_accounts", async {
         let id = parse_id(&id, "id")?;
-        match pipeline.submit(Command::LookupAccounts(vec![id])).await? {
-            Reply::Accounts(accounts) => match accounts.first() {
-                Some(account) => Ok(Json(AccountJson::from(account)).into_response()),
-                None => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("account {id} does not exist"),
-                    Some("id".into()),
-                )),
-            },
-            other => Err(unexpected(other)),
+        match pipeline.lookup_accounts(&[id]).await?.first() {
+            Some(account) => Ok(Json(AccountJson::from(account)).into_response()),
+            None => Err(ApiError::not_found(
+                format!("account {id} does not exist"),
+                Some("id".into()),
+            )),
         }
     })
     .await
@@ -363,16 +337,12 @@ async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -
 async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
     observed(&pipeline, "lookup_transfers", async {
         let id = parse_id(&id, "id")?;
-        match pipeline.submit(Command::LookupTransfers(vec![id])).await? {
-            Reply::Transfers(transfers) => match transfers.first() {
-                Some(transfer) => Ok(Json(TransferJson::from(transfer)).into_response()),
-                None => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("transfer {id} does not exist"),
-                    Some("id".into()),
-                )),
-            },
-            other => Err(unexpected(other)),
+        match pipeline.lookup_transfers(&[id]).await?.first() {
+            Some(transfer) => Ok(Json(TransferJson::from(transfer)).into_response()),
+            None => Err(ApiError::not_found(
+                format!("transfer {id} does not exist"),
+                Some("id".into()),
+            )),
         }
     })
     .await
@@ -478,16 +448,11 @@ async fn account_transfers(
 ) -> Response {
     observed(&pipeline, "get_account_transfers", async {
         let filter = filter_from_query(&id, &params)?;
-        match pipeline
-            .submit(Command::GetAccountTransfers(filter))
-            .await?
-        {
-            Reply::Transfers(transfers) => Ok(Json(TransfersJson {
-                transfers: transfers.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let transfers = pipeline.get_account_transfers(&filter).await?;
+        Ok(Json(TransfersJson {
+            transfers: transfers.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
@@ -499,23 +464,28 @@ async fn account_balances(
 ) -> Response {
     observed(&pipeline, "get_account_balances", async {
         let filter = filter_from_query(&id, &params)?;
-        match pipeline.submit(Command::GetAccountBalances(filter)).await? {
-            Reply::Balances(balances) => Ok(Json(BalancesJson {
-                balances: balances.iter().map(Into::into).collect(),
-            })
-            .into_response()),
-            other => Err(unexpected(other)),
-        }
+        let balances = pipeline.get_account_balances(&filter).await?;
+        Ok(Json(BalancesJson {
+            balances: balances.iter().map(Into::into).collect(),
+        })
+        .into_response())
     })
     .await
 }
 
 async fn healthz(State(pipeline): State<Pipeline>) -> Response {
     if pipeline.has_failed() {
-        let body = serde_json::json!({ "status": "failed", "error": "a storage failure stopped the node; restart it" });
+        let body = HealthJson {
+            error: Some("a storage failure stopped the node; restart it".into()),
+            status: HealthStatusJson::Failed,
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else {
-        Json(serde_json::json!({ "status": "ok" })).into_response()
+        let body = HealthJson {
+            error: None,
+            status: HealthStatusJson::Ok,
+        };
+        Json(body).into_response()
     }
 }
 
@@ -533,33 +503,52 @@ async fn status(
             Err(error) => return error.into_response(),
         };
     let replica = pipeline.replica();
-    let members: Vec<serde_json::Value> = replica
-        .members()
-        .iter()
-        .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
-        .collect();
-    Json(serde_json::json!({ "replica": replica.status(with_digest), "members": members }))
-        .into_response()
+    let status = StatusJson {
+        members: members(replica),
+        replica: replica_status_json(replica.status(with_digest)),
+    };
+    Json(status).into_response()
 }
 
-/// The body of `POST /v1/admin/replicas`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewReplica {
-    id: u64,
-    grpc: String,
-    #[serde(default)]
-    http: String,
+fn replica_status_json(status: replication::ReplicaStatus) -> ReplicaStatusJson {
+    ReplicaStatusJson {
+        applied_index: status.applied_index,
+        id: status.id,
+        last_log_index: status.last_log_index,
+        leader: status.leader,
+        role: role_json(status.role),
+        state_digest: status.state_digest,
+        term: status.term,
+    }
+}
+
+fn role_json(role: Role) -> RoleJson {
+    match role {
+        Role::Leader => RoleJson::Leader,
+        Role::Follower => RoleJson::Follower,
+        Role::Candidate => RoleJson::Candidate,
+        Role::Learner => RoleJson::Learner,
+        Role::Shutdown => RoleJson::Shutdown,
+    }
+}
+
+fn members(replica: &Replica) -> Vec<MemberJson> {
+    replica
+        .members()
+        .into_iter()
+        .map(|(id, node)| MemberJson {
+            grpc: node.grpc,
+            http: node.http,
+            id,
+        })
+        .collect()
 }
 
 fn members_json(pipeline: &Pipeline) -> Response {
-    let members: Vec<serde_json::Value> = pipeline
-        .replica()
-        .members()
-        .iter()
-        .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
-        .collect();
-    Json(serde_json::json!({ "members": members })).into_response()
+    Json(MembersJson {
+        members: members(pipeline.replica()),
+    })
+    .into_response()
 }
 
 fn membership_error(error: replication::WriteError) -> ApiError {
@@ -575,7 +564,7 @@ fn membership_error(error: replication::WriteError) -> ApiError {
 /// redirect).
 async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Body) -> Response {
     observed(&pipeline, "add_replica", async {
-        let new: NewReplica = json_body(&headers, body).await?;
+        let new: AddReplicaJson = json_body(&headers, body).await?;
         for (field, addr) in [("grpc", &new.grpc), ("http", &new.http)] {
             if (field == "grpc" || !addr.is_empty())
                 && addr.parse::<std::net::SocketAddr>().is_err()
@@ -629,11 +618,7 @@ async fn openapi() -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no such route; see /openapi.json",
-        None,
-    )
+    ApiError::not_found("no such route; see /openapi.json", None)
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -642,4 +627,61 @@ async fn method_not_allowed() -> ApiError {
         "method not allowed on this route; see /openapi.json",
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_is_shown_by_its_own_word_and_documented_in_openapi() {
+        let openapi: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let documented = &openapi["components"]["schemas"]["Role"]["enum"];
+        let shown: Vec<serde_json::Value> = Role::ALL
+            .iter()
+            .map(|&role| {
+                let shown = serde_json::to_value(role_json(role)).unwrap();
+                assert_eq!(shown, role.as_str());
+                shown
+            })
+            .collect();
+        assert_eq!(documented, &serde_json::Value::Array(shown));
+    }
+
+    #[test]
+    fn an_error_is_counted_by_its_kind_not_by_the_words_of_its_message() {
+        let cases = [
+            (
+                PipelineError::Busy,
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Busy,
+            ),
+            (
+                PipelineError::Unavailable("the disk is busy".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
+            ),
+            (
+                PipelineError::NotLeader { leader: None },
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::NotLeader,
+            ),
+            (
+                PipelineError::Invalid {
+                    field: "id".into(),
+                    reason: "busy".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Invalid,
+            ),
+        ];
+        for (error, status, kind) in cases {
+            let answer = ApiError::from(error);
+            assert_eq!((answer.status, answer.kind()), (status, kind));
+        }
+        assert_eq!(
+            ApiError::not_found("gone", None).kind(),
+            ErrorKind::NotFound
+        );
+    }
 }

@@ -13,4 +13,4 @@ mod node;
 mod pipeline;
 
 pub use node::{Node, NodeConfig, NodeError};
-pub use pipeline::{Command, Pipeline, PipelineError, Reply};
+pub use pipeline::{CreateResults, Pipeline, PipelineError};

@@ -174,8 +174,7 @@ impl Node {
             }
         });
 
-        let lowest = *peers.keys().next().expect("peers is not empty");
-        if lowest == config.node_id
+        if replication::initializes_group(config.node_id, peers.keys().copied())
             && !replica.is_initialized().await
             && let Err(error) = replica.initialize(&peers).await
         {
@@ -219,11 +218,6 @@ impl Node {
         let replica = Arc::clone(self.pipeline.replica());
         drop(self.pipeline);
         self.task.join().await;
-        match Arc::try_unwrap(replica) {
-            Ok(replica) => replica.shutdown().await,
-            Err(replica) => {
-                let _ = replica.raft().shutdown().await;
-            }
-        }
+        replica.shutdown().await;
     }
 }

@@ -11,65 +11,26 @@
 //! linearizable: the leader confirms it still leads and has applied everything committed before
 //! the read (read index) and then reads its state. A replica that is not the leader answers
 //! `NotLeader` with the leader it knows of, so clients can go there.
+//!
+//! Each operation is its own method with its own result type, and a queued write carries the
+//! channel for exactly its own results, so no caller ever handles an answer of the wrong kind.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults,
-    CreateAccountResult, CreateTransferResult, EventResult, Transfer,
+    CreateAccountResult, CreateTransferResult, EventResult, StateMachine, Transfer,
 };
 use replication::{NodeId, PeerNode, Replica, WriteError};
-use telemetry::Metrics;
+use telemetry::{ErrorKind, Metrics};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Batches in flight through Raft at once; further requests queue (and coalesce) meanwhile.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
 
-/// What a client asks of the ledger.
-#[derive(Debug, Clone)]
-pub enum Command {
-    CreateAccounts(Vec<Account>),
-    CreateTransfers(Vec<Transfer>),
-    LookupAccounts(Vec<u128>),
-    LookupTransfers(Vec<u128>),
-    GetAccountTransfers(AccountFilter),
-    GetAccountBalances(AccountFilter),
-}
-
-impl Command {
-    pub fn operation(&self) -> &'static str {
-        match self {
-            Command::CreateAccounts(_) => "create_accounts",
-            Command::CreateTransfers(_) => "create_transfers",
-            Command::LookupAccounts(_) => "lookup_accounts",
-            Command::LookupTransfers(_) => "lookup_transfers",
-            Command::GetAccountTransfers(_) => "get_account_transfers",
-            Command::GetAccountBalances(_) => "get_account_balances",
-        }
-    }
-
-    fn create_len(&self) -> Option<usize> {
-        match self {
-            Command::CreateAccounts(events) => Some(events.len()),
-            Command::CreateTransfers(events) => Some(events.len()),
-            _ => None,
-        }
-    }
-}
-
-/// The answer to a [`Command`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    CreateAccounts(Vec<EventResult<CreateAccountResult>>),
-    CreateTransfers(Vec<EventResult<CreateTransferResult>>),
-    Accounts(Vec<Account>),
-    Transfers(Vec<Transfer>),
-    Balances(Vec<AccountBalance>),
-}
-
-/// Why a command was not carried out. Except for `Invalid`, the same command (same ids) may
+/// Why a request was not carried out. Except for `Invalid`, the same request (same ids) may
 /// be sent again, here or to the leader named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
@@ -91,13 +52,13 @@ fn leader_text(leader: &Option<(NodeId, PeerNode)>) -> String {
 }
 
 impl PipelineError {
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// What the metrics count it as.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            PipelineError::Busy => "busy",
-            PipelineError::Unavailable(_) => "unavailable",
-            PipelineError::Invalid { .. } => "invalid",
-            PipelineError::NotLeader { .. } => "not_leader",
+            PipelineError::Busy => ErrorKind::Busy,
+            PipelineError::Unavailable(_) => ErrorKind::Unavailable,
+            PipelineError::Invalid { .. } => ErrorKind::Invalid,
+            PipelineError::NotLeader { .. } => ErrorKind::NotLeader,
         }
     }
 }
@@ -114,17 +75,95 @@ impl From<WriteError> for PipelineError {
     }
 }
 
-type Responder = oneshot::Sender<Result<Reply, PipelineError>>;
+fn invalid(
+    ledger::QueryError::InvalidFilter { field, reason }: ledger::QueryError,
+) -> PipelineError {
+    PipelineError::Invalid {
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
+}
 
-struct Request {
-    command: Command,
-    respond: Responder,
+/// The answer to a create request: one result per event, in the order sent.
+pub type CreateResults<R> = Result<Vec<EventResult<R>>, PipelineError>;
+
+/// One create request waiting to be batched, with the channel its own results go back on.
+struct Pending<E: Event> {
+    events: Vec<E>,
+    respond: oneshot::Sender<CreateResults<E::Result>>,
+}
+
+/// What the request queue holds: create requests of either kind.
+enum Queued {
+    Accounts(Pending<Account>),
+    Transfers(Pending<Transfer>),
+}
+
+impl Queued {
+    fn events_count(&self) -> usize {
+        match self {
+            Queued::Accounts(pending) => pending.events.len(),
+            Queued::Transfers(pending) => pending.events.len(),
+        }
+    }
+}
+
+/// The kinds of event a batch is made of: each knows its queue entry, its batch body and its
+/// results.
+trait Event: Sized + Send + 'static {
+    type Result: Send + 'static;
+    fn queued(pending: Pending<Self>) -> Queued;
+    fn body(events: Vec<Self>) -> BatchBody;
+    /// The results of a batch of this kind (a batch is always answered in its own kind).
+    fn results(results: BatchResults) -> Vec<EventResult<Self::Result>>;
+}
+
+impl Event for Account {
+    type Result = CreateAccountResult;
+
+    fn queued(pending: Pending<Account>) -> Queued {
+        Queued::Accounts(pending)
+    }
+
+    fn body(events: Vec<Account>) -> BatchBody {
+        BatchBody::CreateAccounts(events)
+    }
+
+    fn results(results: BatchResults) -> Vec<EventResult<CreateAccountResult>> {
+        match results {
+            BatchResults::CreateAccounts(results) => results,
+            BatchResults::CreateTransfers(_) => {
+                unreachable!("the ledger answers a batch of accounts with account results")
+            }
+        }
+    }
+}
+
+impl Event for Transfer {
+    type Result = CreateTransferResult;
+
+    fn queued(pending: Pending<Transfer>) -> Queued {
+        Queued::Transfers(pending)
+    }
+
+    fn body(events: Vec<Transfer>) -> BatchBody {
+        BatchBody::CreateTransfers(events)
+    }
+
+    fn results(results: BatchResults) -> Vec<EventResult<CreateTransferResult>> {
+        match results {
+            BatchResults::CreateTransfers(results) => results,
+            BatchResults::CreateAccounts(_) => {
+                unreachable!("the ledger answers a batch of transfers with transfer results")
+            }
+        }
+    }
 }
 
 /// The handle request handlers use. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
-    sender: mpsc::Sender<Request>,
+    sender: mpsc::Sender<Queued>,
     replica: Arc<Replica>,
     failed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -165,19 +204,65 @@ impl Pipeline {
         )
     }
 
-    /// Runs a command: writes are queued if there is room (else `Busy` at once) and answered
-    /// once committed and applied; reads are answered from a linearizable state.
-    pub async fn submit(&self, command: Command) -> Result<Reply, PipelineError> {
+    /// Creates accounts: queued if there is room (else `Busy` at once), answered once
+    /// committed and applied.
+    pub async fn create_accounts(
+        &self,
+        events: Vec<Account>,
+    ) -> CreateResults<CreateAccountResult> {
+        self.write(events).await
+    }
+
+    /// Creates transfers: queued if there is room (else `Busy` at once), answered once
+    /// committed and applied.
+    pub async fn create_transfers(
+        &self,
+        events: Vec<Transfer>,
+    ) -> CreateResults<CreateTransferResult> {
+        self.write(events).await
+    }
+
+    /// The accounts of `ids` that exist, in the order asked.
+    pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Account>, PipelineError> {
+        self.read(|state| Ok(state.lookup_accounts(ids))).await
+    }
+
+    /// The transfers of `ids` that exist, in the order asked.
+    pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Transfer>, PipelineError> {
+        self.read(|state| Ok(state.lookup_transfers(ids))).await
+    }
+
+    /// The transfers of an account that match `filter`.
+    pub async fn get_account_transfers(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<Transfer>, PipelineError> {
+        self.read(|state| state.get_account_transfers(filter).map_err(invalid))
+            .await
+    }
+
+    /// The balance history of an account (kept for accounts with the `history` flag).
+    pub async fn get_account_balances(
+        &self,
+        filter: &AccountFilter,
+    ) -> Result<Vec<AccountBalance>, PipelineError> {
+        self.read(|state| state.get_account_balances(filter).map_err(invalid))
+            .await
+    }
+
+    fn refuse_if_failed(&self) -> Result<(), PipelineError> {
         if self.has_failed() {
             return Err(PipelineError::Unavailable(
                 "it stopped after a storage failure".into(),
             ));
         }
-        if command.create_len().is_none() {
-            return self.read(command).await;
-        }
+        Ok(())
+    }
+
+    async fn write<E: Event>(&self, events: Vec<E>) -> CreateResults<E::Result> {
+        self.refuse_if_failed()?;
         let (respond, answer) = oneshot::channel();
-        match self.sender.try_send(Request { command, respond }) {
+        match self.sender.try_send(E::queued(Pending { events, respond })) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(PipelineError::Busy),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -193,31 +278,20 @@ impl Pipeline {
             .unwrap_or_else(|_| Err(PipelineError::Unavailable("it is shutting down".into())))
     }
 
-    async fn read(&self, command: Command) -> Result<Reply, PipelineError> {
+    /// Runs `query` on a linearizable state: after this replica confirmed it leads and applied
+    /// everything committed before the call.
+    async fn read<T>(
+        &self,
+        query: impl FnOnce(&StateMachine) -> Result<T, PipelineError>,
+    ) -> Result<T, PipelineError> {
+        self.refuse_if_failed()?;
         self.replica.linearizable().await?;
         let state = self
             .replica
             .state()
             .read()
             .expect("the ledger lock is never poisoned");
-        let invalid =
-            |ledger::QueryError::InvalidFilter { field, reason }| PipelineError::Invalid {
-                field: field.to_string(),
-                reason: reason.to_string(),
-            };
-        Ok(match command {
-            Command::LookupAccounts(ids) => Reply::Accounts(state.lookup_accounts(&ids)),
-            Command::LookupTransfers(ids) => Reply::Transfers(state.lookup_transfers(&ids)),
-            Command::GetAccountTransfers(filter) => {
-                Reply::Transfers(state.get_account_transfers(&filter).map_err(invalid)?)
-            }
-            Command::GetAccountBalances(filter) => {
-                Reply::Balances(state.get_account_balances(&filter).map_err(invalid)?)
-            }
-            Command::CreateAccounts(_) | Command::CreateTransfers(_) => {
-                unreachable!("writes are batched")
-            }
-        })
+        query(&state)
     }
 
     /// True once a storage failure stopped the node.
@@ -237,24 +311,52 @@ impl Pipeline {
     }
 }
 
-fn same_operation(a: &Command, b: &Command) -> bool {
-    std::mem::discriminant(a) == std::mem::discriminant(b)
+/// Queued requests of one kind, coalesced into one batch.
+enum Coalesced {
+    Accounts(Vec<Pending<Account>>),
+    Transfers(Vec<Pending<Transfer>>),
+}
+
+impl Coalesced {
+    fn new(first: Queued) -> Coalesced {
+        match first {
+            Queued::Accounts(pending) => Coalesced::Accounts(vec![pending]),
+            Queued::Transfers(pending) => Coalesced::Transfers(vec![pending]),
+        }
+    }
+
+    /// Adds `next` when it is of this batch's kind; gives it back otherwise.
+    fn push(&mut self, next: Queued) -> Result<(), Queued> {
+        match (self, next) {
+            (Coalesced::Accounts(members), Queued::Accounts(pending)) => members.push(pending),
+            (Coalesced::Transfers(members), Queued::Transfers(pending)) => members.push(pending),
+            (_, other) => return Err(other),
+        }
+        Ok(())
+    }
+
+    async fn commit(self, replica: &Replica, events_count: usize) {
+        match self {
+            Coalesced::Accounts(members) => commit(replica, members, events_count).await,
+            Coalesced::Transfers(members) => commit(replica, members, events_count).await,
+        }
+    }
 }
 
 /// Takes queued writes, coalesces those of one kind into a batch, and sends it through Raft;
 /// at most `BATCHES_IN_FLIGHT_MAX` batches are in flight. Ends when every sender is gone.
 async fn batcher(
     replica: Arc<Replica>,
-    mut receiver: mpsc::Receiver<Request>,
+    mut receiver: mpsc::Receiver<Queued>,
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    let mut carried: Option<Request> = None;
+    let mut carried: Option<Queued> = None;
     loop {
         let first = match carried.take() {
-            Some(request) => request,
+            Some(queued) => queued,
             None => match receiver.recv().await {
-                Some(request) => request,
+                Some(queued) => queued,
                 None => break,
             },
         };
@@ -263,20 +365,22 @@ async fn batcher(
             .acquire_owned()
             .await
             .expect("never closed");
-        let mut total = first.command.create_len().expect("only writes are queued");
-        let mut members = vec![first];
+        let mut total = first.events_count();
+        let mut batch = Coalesced::new(first);
         while total < BATCH_EVENTS_MAX {
             match receiver.try_recv() {
                 Ok(next) => {
-                    let len = next.command.create_len().expect("only writes are queued");
-                    if same_operation(&next.command, &members[0].command)
-                        && total + len <= BATCH_EVENTS_MAX
-                    {
-                        total += len;
-                        members.push(next);
-                    } else {
+                    let len = next.events_count();
+                    if total + len > BATCH_EVENTS_MAX {
                         carried = Some(next);
                         break;
+                    }
+                    match batch.push(next) {
+                        Ok(()) => total += len,
+                        Err(other_kind) => {
+                            carried = Some(other_kind);
+                            break;
+                        }
                     }
                 }
                 Err(_) => break,
@@ -285,47 +389,7 @@ async fn batcher(
         metrics.batch(total);
         let replica = Arc::clone(&replica);
         tokio::spawn(async move {
-            let accounts = matches!(members[0].command, Command::CreateAccounts(_));
-            let mut lens = Vec::with_capacity(members.len());
-            let mut responders = Vec::with_capacity(members.len());
-            let body = if accounts {
-                let mut events = Vec::with_capacity(total);
-                for Request { command, respond } in members {
-                    let Command::CreateAccounts(mut batch) = command else {
-                        unreachable!("one operation per batch")
-                    };
-                    lens.push(batch.len());
-                    responders.push(respond);
-                    events.append(&mut batch);
-                }
-                BatchBody::CreateAccounts(events)
-            } else {
-                let mut events = Vec::with_capacity(total);
-                for Request { command, respond } in members {
-                    let Command::CreateTransfers(mut batch) = command else {
-                        unreachable!("one operation per batch")
-                    };
-                    lens.push(batch.len());
-                    responders.push(respond);
-                    events.append(&mut batch);
-                }
-                BatchBody::CreateTransfers(events)
-            };
-            match replica.write(body).await {
-                Ok(results) => {
-                    for (respond, reply) in
-                        responders.into_iter().zip(split_results(results, &lens))
-                    {
-                        let _ = respond.send(Ok(reply));
-                    }
-                }
-                Err(error) => {
-                    let error = PipelineError::from(error);
-                    for respond in responders {
-                        let _ = respond.send(Err(error.clone()));
-                    }
-                }
-            }
+            batch.commit(&replica, total).await;
             drop(permit);
         });
     }
@@ -333,21 +397,31 @@ async fn batcher(
     let _ = in_flight.acquire_many(BATCHES_IN_FLIGHT_MAX as u32).await;
 }
 
-fn split_results(results: BatchResults, lens: &[usize]) -> Vec<Reply> {
-    let mut replies = Vec::with_capacity(lens.len());
-    match results {
-        BatchResults::CreateAccounts(results) => {
-            let mut rest = results.into_iter();
-            for &len in lens {
-                replies.push(Reply::CreateAccounts(rest.by_ref().take(len).collect()));
+/// Commits one batch made of `members` and answers each its own share of the results.
+async fn commit<E: Event>(replica: &Replica, members: Vec<Pending<E>>, events_count: usize) {
+    let mut events = Vec::with_capacity(events_count);
+    let mut answers = Vec::with_capacity(members.len());
+    for Pending {
+        events: mut more,
+        respond,
+    } in members
+    {
+        answers.push((more.len(), respond));
+        events.append(&mut more);
+    }
+    debug_assert_eq!(events.len(), events_count);
+    match replica.write(E::body(events)).await {
+        Ok(results) => {
+            let mut results = E::results(results).into_iter();
+            for (len, respond) in answers {
+                let _ = respond.send(Ok(results.by_ref().take(len).collect()));
             }
         }
-        BatchResults::CreateTransfers(results) => {
-            let mut rest = results.into_iter();
-            for &len in lens {
-                replies.push(Reply::CreateTransfers(rest.by_ref().take(len).collect()));
+        Err(error) => {
+            let error = PipelineError::from(error);
+            for (_, respond) in answers {
+                let _ = respond.send(Err(error.clone()));
             }
         }
     }
-    replies
 }

@@ -13,7 +13,10 @@ use ledger::BatchBody;
 use openraft::Config;
 use openraft::async_runtime::WatchReceiver;
 use rand::Rng;
-use replication::{LogStore, PeerNode, RaftTiming, StorageOptions, initializes_group};
+use replication::openraft_side::{
+    LogStore, RaftTiming, StorageOptions, raft_config as production_raft_config,
+};
+use replication::{PeerNode, initializes_group};
 use serde::Serialize;
 
 use crate::disk::SimDisk;
@@ -131,7 +134,7 @@ fn raft_config(profile: &FaultProfile) -> Arc<Config> {
         snapshot_every_entries: profile.snapshot_every,
         entries_kept_behind_snapshot: profile.log_kept_behind_snapshot,
     };
-    Arc::new(replication::raft_config("fincore-sim", &timing).expect("a valid Raft config"))
+    Arc::new(production_raft_config("fincore-sim", &timing).expect("a valid Raft config"))
 }
 
 /// Where a replica's files live on its simulated disk.

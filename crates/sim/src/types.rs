@@ -4,7 +4,8 @@
 
 use openraft::impls::TokioRuntime;
 use openraft_rt::deterministic_rng::DeterministicRng;
-use replication::{BatchOutcome, LedgerStateMachine, PeerNode, SealedBatch, StdLeaderId};
+use replication::openraft_side::{LedgerStateMachine, StdLeaderId};
+use replication::{BatchOutcome, PeerNode, SealedBatch};
 
 /// Tokio (on one thread, with paused time) with openraft's seeded RNG.
 pub type SimRuntime = DeterministicRng<TokioRuntime>;

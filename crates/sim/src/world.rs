@@ -20,7 +20,8 @@ use crate::oracle::Oracle;
 use crate::types::{Entry, NodeId, SimMachine, SimRaft};
 use crate::workload::OpCounts;
 use ledger::StateDigest;
-use replication::{BatchOutcome, PlantedBug};
+use replication::BatchOutcome;
+use replication::openraft_side::PlantedBug;
 
 /// A deliberate bug planted in the production log store or state machine, to prove the
 /// checkers catch it (`fincore sim --bug …`).

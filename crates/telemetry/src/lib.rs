@@ -4,7 +4,8 @@
 //! several nodes can live in one test process) and their text exposition for `GET /metrics`.
 //! Per operation it exports a request counter, an error counter by kind and a latency
 //! histogram, from which qps, p99 and error rate follow; plus queue depths, batch sizes and
-//! journal sync latency. Must not know about the ledger's types.
+//! journal sync latency. Error labels come from [`ErrorKind`], a closed set, never from
+//! error text. Must not know about the ledger's types.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,43 @@ struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     queue: &'static str,
+}
+
+/// Why a request was answered with an error: the `kind` label of
+/// `fincore_request_errors_total`. A closed set, so dashboards can list every value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request was malformed or refused (nothing changed); sending it again will not help.
+    Invalid,
+    /// What the request names does not exist.
+    NotFound,
+    /// The request queue was full; retry later.
+    Busy,
+    /// The node could not serve it now (no quorum, shutting down, stopped); retry.
+    Unavailable,
+    /// This node is not the leader; the client should go there.
+    NotLeader,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Invalid,
+        ErrorKind::NotFound,
+        ErrorKind::Busy,
+        ErrorKind::Unavailable,
+        ErrorKind::NotLeader,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NotLeader => "not_leader",
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -81,7 +119,7 @@ impl Metrics {
         );
         registry.register(
             "request_errors",
-            "Requests answered with an error, by operation, protocol and kind (invalid, busy, unavailable, not_found)",
+            "Requests answered with an error, by operation, protocol and kind (invalid, not_found, busy, unavailable, not_leader)",
             errors.clone(),
         );
         registry.register(
@@ -129,7 +167,7 @@ impl Metrics {
         protocol: &'static str,
         operation: &'static str,
         elapsed: Duration,
-        error: Option<&'static str>,
+        error: Option<ErrorKind>,
     ) {
         let labels = OperationLabels {
             operation,
@@ -144,7 +182,7 @@ impl Metrics {
                 .get_or_create(&ErrorLabels {
                     operation,
                     protocol,
-                    kind,
+                    kind: kind.label(),
                 })
                 .inc();
         }
@@ -199,7 +237,7 @@ mod tests {
             "grpc",
             "create_transfers",
             Duration::from_millis(5),
-            Some("busy"),
+            Some(ErrorKind::Busy),
         );
         metrics.queue_depth("pipeline", 7);
         metrics.batch(8189);
@@ -215,6 +253,21 @@ mod tests {
             "fincore_journal_records_total 2",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_error_counter_help_lists_every_error_kind() {
+        let metrics = Metrics::new();
+        // A family is rendered (with its help) once it has a sample.
+        metrics.request("http", "status", Duration::ZERO, Some(ErrorKind::Invalid));
+        let text = metrics.render();
+        let help = text
+            .lines()
+            .find(|line| line.starts_with("# HELP fincore_request_errors"))
+            .unwrap_or_else(|| panic!("the error counter is not described in\n{text}"));
+        for kind in ErrorKind::ALL {
+            assert!(help.contains(kind.label()), "{help} lacks {kind:?}");
         }
     }
 }
