@@ -156,9 +156,7 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn leader_of<E>(
-    error: &openraft::errors::RaftError<TypeConfig, E>,
-) -> Option<(NodeId, PeerNode)>
+fn leader_of<E>(error: &openraft::errors::RaftError<TypeConfig, E>) -> Option<(NodeId, PeerNode)>
 where
     E: openraft::TryAsRef<openraft::errors::ForwardToLeader<TypeConfig>> + std::error::Error,
 {

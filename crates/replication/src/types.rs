@@ -114,8 +114,8 @@ pub type LedgerEntry = openraft::Entry<
 
 /// The openraft configurations a replica's log and state machine run under: everything but the
 /// async runtime is fixed. Production uses [`TypeConfig`] (tokio); the simulator the same types
-/// on a runtime whose random choices come from the run's seed, so it drives this crate's very
-/// log store and state machine.
+/// on a runtime whose random choices come from the run's seed (it implements this trait for its
+/// own configuration), so it drives this crate's very log store and state machine.
 pub trait LedgerConfig:
     openraft::RaftTypeConfig<
         D = SealedBatch,
@@ -130,16 +130,4 @@ pub trait LedgerConfig:
 {
 }
 
-impl<C> LedgerConfig for C where
-    C: openraft::RaftTypeConfig<
-            D = SealedBatch,
-            R = BatchOutcome,
-            NodeId = NodeId,
-            Node = PeerNode,
-            Term = u64,
-            LeaderId = StdLeaderId,
-            Vote = openraft::impls::Vote<StdLeaderId>,
-            Entry = LedgerEntry,
-        >
-{
-}
+impl LedgerConfig for TypeConfig {}

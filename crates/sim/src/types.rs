@@ -4,7 +4,7 @@
 
 use openraft::impls::TokioRuntime;
 use openraft_rt::deterministic_rng::DeterministicRng;
-use replication::openraft_side::{LedgerStateMachine, StdLeaderId};
+use replication::openraft_side::{LedgerConfig, LedgerStateMachine, StdLeaderId};
 use replication::{BatchOutcome, PeerNode, SealedBatch};
 
 /// Tokio (on one thread, with paused time) with openraft's seeded RNG.
@@ -20,6 +20,8 @@ openraft::declare_raft_types!(
         LeaderId = StdLeaderId,
         AsyncRuntime = SimRuntime,
 );
+
+impl LedgerConfig for SimConfig {}
 
 pub type NodeId = u64;
 /// The production state machine, driven by the simulator.
