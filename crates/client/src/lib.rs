@@ -24,12 +24,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-/// Largest gRPC message sent or accepted.
-const MESSAGE_BYTES_MAX: usize = 16 << 20;
-/// Single transfers waiting to be batched.
-const PENDING_SINGLES_MAX: usize = 4 * BATCH_EVENTS_MAX;
-/// Batches of single transfers in flight at once.
-const SINGLE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+use limits::{
+    CLIENT_PENDING_SINGLES_MAX as PENDING_SINGLES_MAX,
+    CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX as SINGLE_BATCHES_IN_FLIGHT_MAX,
+    GRPC_MESSAGE_BYTES_MAX as MESSAGE_BYTES_MAX, HTTP2_CONNECTION_WINDOW_BYTES,
+    HTTP2_STREAM_WINDOW_BYTES,
+};
 
 /// How hard the client tries.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            attempts_max: 50,
+            attempts_max: limits::CLIENT_ATTEMPTS_MAX_DEFAULT,
             elapsed_max: Duration::from_secs(60),
             backoff_initial: Duration::from_millis(5),
             backoff_max: Duration::from_millis(100),
@@ -74,10 +74,6 @@ pub enum ClientError {
     #[error("protocol error: {0}")]
     Protocol(String),
 }
-
-/// HTTP/2 flow-control windows, sized for full batches.
-const HTTP2_STREAM_WINDOW_BYTES: u32 = 16 << 20;
-const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 
 fn transient(status: &Status) -> bool {
     matches!(

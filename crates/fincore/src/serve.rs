@@ -106,10 +106,14 @@ pub struct ListenArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7780")]
     http: SocketAddr,
     /// Requests that may queue for the engine before new ones are answered "busy".
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    #[arg(
+        long,
+        default_value_t = limits::SERVER_QUEUE_REQUESTS_DEFAULT as u64,
+        value_parser = clap::value_parser!(u64).range(1..=limits::SERVER_QUEUE_REQUESTS_MAX as u64)
+    )]
     queue_depth: u64,
     /// Write a snapshot (and purge the log behind it) every this many batches (0: never).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = limits::RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT)]
     checkpoint_interval: u64,
 }
 

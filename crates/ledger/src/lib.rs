@@ -23,10 +23,11 @@ pub use batch::{Batch, BatchBody, BatchDecodeError, Operation};
 pub use codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
+pub use limits::BATCH_EVENTS_MAX;
 pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError};
 pub use results::{CreateAccountResult, CreateTransferResult, EventResult};
 pub use snapshot::{SnapshotError, StateDigest};
-pub use state::{BATCH_EVENTS_MAX, BatchResults, StateMachine};
+pub use state::{BatchResults, StateMachine};
 pub use types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
 
 /// Largest timestamp fincore assigns or accepts (`2^63 - 1` nanoseconds since the epoch).

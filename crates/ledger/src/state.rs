@@ -12,18 +12,13 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+use limits::{BATCH_EVENTS_MAX, BATCH_EXPIRIES_MAX};
 
 use crate::TIMESTAMP_MAX;
 use crate::batch::{Batch, BatchBody};
 use crate::history::{Balance, EXPIRY_BIT};
 use crate::results::{CreateAccountResult, CreateTransferResult, EventResult};
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
-
-/// Most events one batch may carry (TigerBeetle's limit for 1 MiB messages, kept for parity).
-pub const BATCH_EVENTS_MAX: usize = 8189;
-
-/// Most pending transfers expired at the start of one batch; the rest expire in later batches.
-pub(crate) const EXPIRIES_PER_BATCH_MAX: usize = BATCH_EVENTS_MAX;
 
 /// The results of one applied batch, one per event, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +258,7 @@ impl StateMachine {
     /// Expires open pending transfers whose deadline is at or before `now`; returns how many.
     fn expire_pending_transfers(&mut self, now: u64) -> u64 {
         let mut expired = 0u64;
-        while expired < EXPIRIES_PER_BATCH_MAX as u64 {
+        while expired < BATCH_EXPIRIES_MAX as u64 {
             let Some(&(expires_at, index)) = self.expiries.first() else {
                 break;
             };

@@ -51,7 +51,7 @@ impl Default for ReplicaConfig {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
-            snapshot_every_entries: 4096,
+            snapshot_every_entries: limits::RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT,
             sync_observer: None,
             peer_routes: BTreeMap::new(),
         }
@@ -137,7 +137,9 @@ impl Replica {
                 0 => SnapshotPolicy::Never,
                 entries => SnapshotPolicy::LogsSinceLast(entries),
             },
-            max_in_snapshot_log_to_keep: 64,
+            max_in_snapshot_log_to_keep: limits::RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
+            // Bounds one AppendEntries message (checked against the peer message limit).
+            max_payload_entries: limits::RAFT_APPEND_ENTRIES_MAX,
             // A replica whose disk was wiped comes back with an empty log; the leader must
             // start it over (from a snapshot) instead of treating that as a bug and stopping.
             allow_log_reversion: Some(true),

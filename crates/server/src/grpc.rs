@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::pipeline::{Command, Pipeline, PipelineError, Reply};
 
 /// Largest gRPC message accepted or sent (a full batch of message-encoded events fits easily).
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 16 << 20;
+pub use limits::GRPC_MESSAGE_BYTES_MAX;
 
 pub struct LedgerService {
     pipeline: Pipeline,

@@ -19,14 +19,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
+use limits::QUERY_ROWS_MAX;
 use serde::de::DeserializeOwned;
 
 use crate::pipeline::{Command, Pipeline, PipelineError, Reply};
 
 /// Largest request body accepted (a full batch of JSON transfers is about 3 MiB).
-pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
+pub use limits::HTTP_BODY_BYTES_MAX;
 /// Rows returned by the history queries when `limit` is not given.
-const QUERY_LIMIT_DEFAULT: u32 = 100;
+const QUERY_LIMIT_DEFAULT: u32 = limits::QUERY_ROWS_DEFAULT as u32;
 
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -439,10 +440,10 @@ fn filter_from_query(
         }
     }
     let limit: u32 = number(params, "limit", QUERY_LIMIT_DEFAULT)?;
-    if limit == 0 || limit as usize > BATCH_EVENTS_MAX {
+    if limit == 0 || limit as usize > QUERY_ROWS_MAX {
         return Err(ApiError::bad_request(
             "limit",
-            format!("must be between 1 and {BATCH_EVENTS_MAX}"),
+            format!("must be between 1 and {QUERY_ROWS_MAX}"),
         ));
     }
     let mut flags = AccountFilterFlags::empty();

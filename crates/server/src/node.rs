@@ -51,7 +51,7 @@ impl NodeConfig {
             http_addr,
             node_id: 1,
             peers: BTreeMap::new(),
-            queue_depth: 256,
+            queue_depth: limits::SERVER_QUEUE_REQUESTS_DEFAULT,
             replica: ReplicaConfig::default(),
         }
     }
@@ -152,8 +152,8 @@ impl Node {
             };
             let server = tonic::transport::Server::builder()
                 // Whole batches are ~1 MiB: default 64 KiB HTTP/2 windows would stall them.
-                .initial_stream_window_size(Some(16 << 20))
-                .initial_connection_window_size(Some(64 << 20))
+                .initial_stream_window_size(Some(limits::HTTP2_STREAM_WINDOW_BYTES))
+                .initial_connection_window_size(Some(limits::HTTP2_CONNECTION_WINDOW_BYTES))
                 .add_service(ledger)
                 .add_service(transport);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {

@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Batches in flight through Raft at once; further requests queue (and coalesce) meanwhile.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+pub const BATCHES_IN_FLIGHT_MAX: usize = limits::SERVER_BATCHES_IN_FLIGHT_MAX;
 
 /// What a client asks of the ledger.
 #[derive(Debug, Clone)]
