@@ -3,7 +3,8 @@
 //! It owns the account and transfer model (field for field the model users know from
 //! TigerBeetle), the per-event result codes and their precedence, the rules for linked chains,
 //! idempotent ids, two-phase transfers with timeouts, balance limits and closing accounts, the
-//! history queries, and the canonical snapshot of all of it.
+//! history queries, the canonical snapshot of all of it, and the arithmetic of its declared
+//! capacity (what an account and a transfer cost in memory, and the admission check).
 //!
 //! It must not do I/O, read a clock, draw random numbers or let hash-map iteration order reach
 //! its results: `(state, batch) -> (state', results)` is a pure function, which is what lets the
@@ -11,6 +12,7 @@
 //! timestamp a batch was sealed with.
 
 mod batch;
+mod capacity;
 mod codec;
 mod history;
 mod query;
@@ -20,6 +22,7 @@ mod state;
 mod types;
 
 pub use batch::{Batch, BatchBody, BatchDecodeError, Operation};
+pub use capacity::{Capacity, CapacityError, Occupancy};
 pub use codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
