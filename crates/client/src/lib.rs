@@ -70,6 +70,11 @@ pub enum ClientError {
         elapsed: Duration,
         last: String,
     },
+    /// The ledger's declared capacity would be passed: `limit` names it (`accounts_max` or
+    /// `transfers_max`). Nothing was applied, and sending the request again will not help
+    /// until the operator raises the capacity.
+    #[error("{message}")]
+    CapacityReached { limit: String, message: String },
     /// The node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -91,6 +96,23 @@ type SingleReply = oneshot::Sender<Result<EventResult<CreateTransferResult>, Cli
 
 /// Metadata key of a "not the leader" answer that names the leader's gRPC address.
 const LEADER_GRPC_KEY: &str = "fincore-leader-grpc";
+/// Metadata key of a refusal that names the limit the request would have passed.
+const LIMIT_KEY: &str = "fincore-limit";
+
+/// What a failure that retrying cannot fix means to the caller.
+fn permanent(status: &Status) -> ClientError {
+    let limit = status
+        .metadata()
+        .get(LIMIT_KEY)
+        .and_then(|v| v.to_str().ok());
+    match (status.code(), limit) {
+        (Code::FailedPrecondition, Some(limit)) => ClientError::CapacityReached {
+            limit: limit.to_string(),
+            message: status.message().to_string(),
+        },
+        _ => ClientError::Invalid(status.message().to_string()),
+    }
+}
 
 /// A connection to a fincore replica group. Cheap to clone; clones share the connection and
 /// batcher. Requests go to the leader: a replica that is not the leader names it, and the
@@ -167,9 +189,7 @@ impl Client {
                 };
             let status = match outcome {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if !transient(&status) => {
-                    return Err(ClientError::Invalid(status.message().to_string()));
-                }
+                Err(status) if !transient(&status) => return Err(permanent(&status)),
                 Err(status) => status,
             };
             // Not the leader, and it says who is: go there and retry at once.

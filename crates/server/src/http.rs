@@ -2,8 +2,9 @@
 //! `/openapi.json`.
 //!
 //! Every error is JSON `{"error": "...", "field": "..."}` with a 4xx status for bad input
-//! (nothing changed) and 503 with `"retryable": true` and `Retry-After` when the node is busy or
-//! unavailable.
+//! (nothing changed), 503 with `"retryable": true` and `Retry-After` when the node is busy or
+//! unavailable, and 507 naming the limit (`"field": "transfers_max"`) when the ledger's declared
+//! capacity would be passed (nothing changed; not retryable until the operator raises it).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -64,6 +65,7 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE if self.body.error.contains("busy") => "busy",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             StatusCode::TEMPORARY_REDIRECT => "not_leader",
+            StatusCode::INSUFFICIENT_STORAGE => "capacity",
             _ => "invalid",
         }
     }
@@ -74,6 +76,13 @@ impl From<PipelineError> for ApiError {
         let message = error.to_string();
         match error {
             PipelineError::Invalid { field, reason } => ApiError::bad_request(field, reason),
+            // 507: the server cannot store what the request would create, and waiting will not
+            // change that (so no `retryable`, no `Retry-After`).
+            PipelineError::CapacityReached(capacity) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                message,
+                Some(capacity.field.to_string()),
+            ),
             PipelineError::NotLeader {
                 leader: Some((id, node)),
             } if !node.http.is_empty() => {

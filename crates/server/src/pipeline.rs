@@ -16,13 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ledger::{
-    Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults,
-    CreateAccountResult, CreateTransferResult, EventResult, Transfer,
+    Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults, Capacity,
+    CapacityError, CreateAccountResult, CreateTransferResult, EventResult, Occupancy, Transfer,
 };
 use replication::{NodeId, PeerNode, Replica, WriteError};
 use telemetry::Metrics;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::admission::{Admission, Reservation};
 
 /// Batches in flight through Raft at once; further requests queue (and coalesce) meanwhile.
 pub const BATCHES_IN_FLIGHT_MAX: usize = limits::SERVER_BATCHES_IN_FLIGHT_MAX;
@@ -50,6 +52,20 @@ impl Command {
         }
     }
 
+    /// The most objects this write could add to the ledger: one per event (a failed event adds
+    /// none, or one burnt transfer id).
+    fn occupancy_max(&self) -> Occupancy {
+        let (accounts, transfers) = match self {
+            Command::CreateAccounts(events) => (events.len(), 0),
+            Command::CreateTransfers(events) => (0, events.len()),
+            _ => (0, 0),
+        };
+        Occupancy {
+            accounts: accounts as u64,
+            transfers: transfers as u64,
+        }
+    }
+
     fn create_len(&self) -> Option<usize> {
         match self {
             Command::CreateAccounts(events) => Some(events.len()),
@@ -69,8 +85,8 @@ pub enum Reply {
     Balances(Vec<AccountBalance>),
 }
 
-/// Why a command was not carried out. Except for `Invalid`, the same command (same ids) may
-/// be sent again, here or to the leader named.
+/// Why a command was not carried out. Except for `Invalid` and `CapacityReached`, the same
+/// command (same ids) may be sent again, here or to the leader named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
     #[error("the node is busy (its request queue is full); retry later with the same ids")]
@@ -81,6 +97,9 @@ pub enum PipelineError {
     Invalid { field: String, reason: String },
     #[error("this node is not the leader{}; send the request there", leader_text(.leader))]
     NotLeader { leader: Option<(NodeId, PeerNode)> },
+    /// The write could take the ledger past its declared capacity; nothing was proposed.
+    #[error(transparent)]
+    CapacityReached(CapacityError),
 }
 
 fn leader_text(leader: &Option<(NodeId, PeerNode)>) -> String {
@@ -98,6 +117,7 @@ impl PipelineError {
             PipelineError::Unavailable(_) => "unavailable",
             PipelineError::Invalid { .. } => "invalid",
             PipelineError::NotLeader { .. } => "not_leader",
+            PipelineError::CapacityReached(_) => "capacity",
         }
     }
 }
@@ -141,10 +161,12 @@ impl PipelineTask {
 }
 
 impl Pipeline {
-    /// Starts the batcher. `queue_depth` bounds the writes waiting to be batched.
+    /// Starts the batcher. `queue_depth` bounds the writes waiting to be batched; a write
+    /// that could take the ledger past `capacity` is refused before it is proposed.
     pub fn start(
         replica: Arc<Replica>,
         queue_depth: usize,
+        capacity: Capacity,
         metrics: Arc<Metrics>,
     ) -> (Pipeline, PipelineTask) {
         let (sender, receiver) = mpsc::channel(queue_depth);
@@ -152,6 +174,7 @@ impl Pipeline {
         let task = tokio::spawn(batcher(
             Arc::clone(&replica),
             receiver,
+            Admission::new(capacity),
             Arc::clone(&metrics),
         ));
         (
@@ -246,6 +269,7 @@ fn same_operation(a: &Command, b: &Command) -> bool {
 async fn batcher(
     replica: Arc<Replica>,
     mut receiver: mpsc::Receiver<Request>,
+    admission: Arc<Admission>,
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
@@ -282,6 +306,9 @@ async fn batcher(
                 Err(_) => break,
             }
         }
+        let Some((members, total, reservation)) = admit(&admission, &replica, members) else {
+            continue;
+        };
         metrics.batch(total);
         let replica = Arc::clone(&replica);
         tokio::spawn(async move {
@@ -326,11 +353,52 @@ async fn batcher(
                     }
                 }
             }
+            // Applied here (or failed): the ledger's own counts now include what it added.
+            drop(reservation);
             drop(permit);
         });
     }
     // Wait for the batches still in flight.
     let _ = in_flight.acquire_many(BATCHES_IN_FLIGHT_MAX as u32).await;
+}
+
+/// Admits the members of a batch against the ledger's capacity, in order, and answers those
+/// that could pass it; returns the rest with their event count and reservation (`None` when
+/// none is left).
+fn admit(
+    admission: &Arc<Admission>,
+    replica: &Replica,
+    members: Vec<Request>,
+) -> Option<(Vec<Request>, usize, Reservation)> {
+    let held = replica
+        .state()
+        .read()
+        .expect("the ledger lock is never poisoned")
+        .occupancy();
+    let mut admitted = Vec::with_capacity(members.len());
+    let mut total = 0;
+    let mut reservation: Option<Reservation> = None;
+    for request in members {
+        match admission.reserve(held, request.command.occupancy_max()) {
+            Ok(more) => {
+                match &mut reservation {
+                    Some(reservation) => reservation.absorb(more),
+                    None => reservation = Some(more),
+                }
+                total += request
+                    .command
+                    .create_len()
+                    .expect("only writes are queued");
+                admitted.push(request);
+            }
+            Err(error) => {
+                let _ = request
+                    .respond
+                    .send(Err(PipelineError::CapacityReached(error)));
+            }
+        }
+    }
+    reservation.map(|reservation| (admitted, total, reservation))
 }
 
 fn split_results(results: BatchResults, lens: &[usize]) -> Vec<Reply> {
