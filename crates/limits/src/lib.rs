@@ -114,6 +114,20 @@ pub const RAFT_ENTRY_BYTES_MAX: usize = BATCH_BYTES_MAX + RAFT_ENTRY_OVERHEAD_BY
 /// served without reading the disk.
 pub const RAFT_LOG_CACHED_ENTRIES_MAX: usize = 256;
 
+/// Append calls of the Raft log store waiting for their records to become durable (the queue
+/// to its flusher thread). Each holds records the journal writer has not yet made durable, of
+/// which there are at most a full writer queue plus the group being written; so a sender waits
+/// only when the flusher falls behind by more than the writer can hold, and that wait pushes
+/// back on appends as the writer's own queue does. (For `replication/src/log_store.rs`, whose
+/// queue is unbounded today.)
+pub const RAFT_LOG_FLUSHES_QUEUED_MAX: usize =
+    JOURNAL_QUEUE_RECORDS_MAX + JOURNAL_GROUP_RECORDS_MAX;
+
+/// Batches waiting for one ledger apply thread: openraft hands over one batch and awaits its
+/// outcome before the next, so one is all a queue ever holds. (For
+/// `replication/src/applier.rs`, whose queues are unbounded today.)
+pub const LEDGER_APPLY_JOBS_QUEUED_MAX: usize = 1;
+
 /// Most entries one AppendEntries message carries (openraft's `max_payload_entries`, whose
 /// default it is): bounds a replication message to about 300 MiB of full batches.
 pub const RAFT_APPEND_ENTRIES_MAX: u64 = 300;
@@ -206,6 +220,7 @@ const _: () = assert!(JOURNAL_SEGMENT_BYTES_MAX_DEFAULT >= JOURNAL_RECORD_BODY_B
 // A full AppendEntries message fits the peer transport.
 const _: () =
     assert!(RAFT_APPEND_ENTRIES_MAX as usize * RAFT_ENTRY_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(LEDGER_APPLY_JOBS_QUEUED_MAX >= 1);
 // Entries behind a snapshot fit in the log cache, so catching up from them reads no disk.
 const _: () =
     assert!(RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES as usize <= RAFT_LOG_CACHED_ENTRIES_MAX);
