@@ -54,6 +54,19 @@ fn check_batch_len(len: usize, field: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_ids_len(len: usize, field: &str) -> Result<(), WireError> {
+    if len > limits::LOOKUP_IDS_MAX {
+        return Err(WireError::new(
+            field,
+            format!(
+                "{len} ids; a lookup takes at most {}",
+                limits::LOOKUP_IDS_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Splits a packed batch into fixed-size records.
 fn unpack<T>(packed: &[u8], size: usize, decode: fn(&[u8]) -> T) -> Result<Vec<T>, WireError> {
     if !packed.len().is_multiple_of(size) {
@@ -206,7 +219,7 @@ pub fn pack_transfers(transfers: &[Transfer]) -> Vec<u8> {
 }
 
 pub fn ids_from(request: &proto::LookupRequest) -> Result<Vec<u128>, WireError> {
-    check_batch_len(request.ids.len(), "ids")?;
+    check_ids_len(request.ids.len(), "ids")?;
     Ok(request.ids.iter().map(|id| u128_from(Some(*id))).collect())
 }
 
@@ -273,6 +286,33 @@ pub fn balance_from(b: &proto::AccountBalance) -> AccountBalance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::widest::{widest_account, widest_transfer};
+    use prost::Message;
+
+    #[test]
+    fn a_message_encoded_event_at_its_widest_fits_grpc_event_bytes_max() {
+        let transfer = transfer_to(&widest_transfer()).encoded_len();
+        let account = account_to(&widest_account()).encoded_len();
+        // Each travels in a repeated field: one tag byte and a length of at most 2 bytes.
+        for (what, len) in [("transfer", transfer), ("account", account)] {
+            assert!(
+                len + 3 <= limits::GRPC_EVENT_BYTES_MAX,
+                "a {what} takes {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_packed_batch_request_fits_a_grpc_message() {
+        let request = proto::CreateTransfersRequest {
+            packed: pack_transfers(&vec![widest_transfer(); BATCH_EVENTS_MAX]).into(),
+            ..Default::default()
+        };
+        assert!(
+            request.encoded_len()
+                <= BATCH_EVENTS_MAX * limits::EVENT_BYTES + limits::GRPC_REQUEST_OVERHEAD_BYTES_MAX
+        );
+    }
 
     #[test]
     fn u128_survives_the_two_halves() {

@@ -469,6 +469,21 @@ pub struct AddReplicaJson {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::widest::{widest_account, widest_transfer};
+
+    #[test]
+    fn a_compact_json_event_at_its_widest_fits_json_event_bytes_max() {
+        let (transfer, account) = (widest_transfer(), widest_account());
+        let transfer = serde_json::to_string(&TransferJson::from(&transfer)).unwrap();
+        let account = serde_json::to_string(&AccountJson::from(&account)).unwrap();
+        for json in [transfer, account] {
+            assert!(
+                json.len() <= limits::JSON_EVENT_BYTES_MAX,
+                "{} bytes: {json}",
+                json.len()
+            );
+        }
+    }
 
     fn parse(json: &str) -> Result<TransferJson, String> {
         serde_json::from_str(json).map_err(|e| e.to_string())

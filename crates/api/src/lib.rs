@@ -8,6 +8,8 @@
 
 pub mod convert;
 pub mod json;
+#[cfg(test)]
+mod widest;
 
 /// Generated protobuf types and the `Ledger` gRPC service.
 pub mod proto {

@@ -24,12 +24,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-/// Largest gRPC message sent or accepted.
-const MESSAGE_BYTES_MAX: usize = 16 << 20;
-/// Single transfers waiting to be batched.
-const PENDING_SINGLES_MAX: usize = 4 * BATCH_EVENTS_MAX;
-/// Batches of single transfers in flight at once.
-const SINGLE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+use limits::{
+    CLIENT_PENDING_SINGLES_MAX as PENDING_SINGLES_MAX,
+    CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX as SINGLE_BATCHES_IN_FLIGHT_MAX,
+    GRPC_MESSAGE_BYTES_MAX as MESSAGE_BYTES_MAX, HTTP2_CONNECTION_WINDOW_BYTES,
+    HTTP2_STREAM_WINDOW_BYTES,
+};
 
 /// How hard the client tries.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            attempts_max: 50,
+            attempts_max: limits::CLIENT_ATTEMPTS_MAX_DEFAULT,
             elapsed_max: Duration::from_secs(60),
             backoff_initial: Duration::from_millis(5),
             backoff_max: Duration::from_millis(100),
@@ -70,14 +70,15 @@ pub enum ClientError {
         elapsed: Duration,
         last: String,
     },
+    /// The ledger's declared capacity would be passed: `limit` names it (`accounts_max` or
+    /// `transfers_max`). Nothing was applied, and sending the request again will not help
+    /// until the operator raises the capacity.
+    #[error("{message}")]
+    CapacityReached { limit: String, message: String },
     /// The node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
 }
-
-/// HTTP/2 flow-control windows, sized for full batches.
-const HTTP2_STREAM_WINDOW_BYTES: u32 = 16 << 20;
-const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 
 fn transient(status: &Status) -> bool {
     matches!(
@@ -95,6 +96,23 @@ type SingleReply = oneshot::Sender<Result<EventResult<CreateTransferResult>, Cli
 
 /// Metadata key of a "not the leader" answer that names the leader's gRPC address.
 const LEADER_GRPC_KEY: &str = "fincore-leader-grpc";
+/// Metadata key of a refusal that names the limit the request would have passed.
+const LIMIT_KEY: &str = "fincore-limit";
+
+/// What a failure that retrying cannot fix means to the caller.
+fn permanent(status: &Status) -> ClientError {
+    let limit = status
+        .metadata()
+        .get(LIMIT_KEY)
+        .and_then(|v| v.to_str().ok());
+    match (status.code(), limit) {
+        (Code::FailedPrecondition, Some(limit)) => ClientError::CapacityReached {
+            limit: limit.to_string(),
+            message: status.message().to_string(),
+        },
+        _ => ClientError::Invalid(status.message().to_string()),
+    }
+}
 
 /// A connection to a fincore replica group. Cheap to clone; clones share the connection and
 /// batcher. Requests go to the leader: a replica that is not the leader names it, and the
@@ -171,9 +189,7 @@ impl Client {
                 };
             let status = match outcome {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if !transient(&status) => {
-                    return Err(ClientError::Invalid(status.message().to_string()));
-                }
+                Err(status) if !transient(&status) => return Err(permanent(&status)),
                 Err(status) => status,
             };
             // Not the leader, and it says who is: go there and retry at once.

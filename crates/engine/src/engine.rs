@@ -49,9 +49,9 @@ impl EngineOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> EngineOptions {
         EngineOptions {
             data_dir: data_dir.into(),
-            checkpoint_interval_batches: 4096,
+            checkpoint_interval_batches: limits::ENGINE_CHECKPOINT_INTERVAL_BATCHES_DEFAULT,
             segment_bytes_max: JournalOptions::default().segment_bytes_max,
-            journal_queue_depth: 64,
+            journal_queue_depth: limits::JOURNAL_QUEUE_RECORDS_MAX,
             accounts_capacity: 0,
             transfers_capacity: 0,
             sync_observer: None,

@@ -106,20 +106,99 @@ pub struct ListenArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7780")]
     http: SocketAddr,
     /// Requests that may queue for the engine before new ones are answered "busy".
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    #[arg(
+        long,
+        default_value_t = limits::SERVER_QUEUE_REQUESTS_DEFAULT as u64,
+        value_parser = clap::value_parser!(u64).range(1..=limits::SERVER_QUEUE_REQUESTS_MAX as u64)
+    )]
     queue_depth: u64,
     /// Write a snapshot (and purge the log behind it) every this many batches (0: never).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = limits::RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT)]
     checkpoint_interval: u64,
+    #[command(flatten)]
+    capacity: CapacityArgs,
 }
 
-fn config(data_dir: PathBuf, listen: &ListenArgs) -> NodeConfig {
+/// The ledger's declared capacity. A write that could pass it is refused before it is
+/// proposed (HTTP 507, gRPC FAILED_PRECONDITION, naming the limit) and changes nothing.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct CapacityArgs {
+    /// Most accounts the ledger may hold. Default: what fits in the share of the memory
+    /// available at start planned for accounts (printed at start). Give every replica of a
+    /// group the same value.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=limits::LEDGER_ACCOUNTS_MAX))]
+    accounts_max: Option<u64>,
+    /// Most transfers (plus transfer ids burnt by transient failures) the ledger may hold.
+    /// Default: what fits in the share of the memory available at start planned for transfers
+    /// (printed at start). Give every replica of a group the same value.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=limits::LEDGER_TRANSFERS_MAX))]
+    transfers_max: Option<u64>,
+}
+
+/// The capacity as `serve` arguments, for the children of `dev --replicas`.
+fn capacity_args(capacity: ledger::Capacity) -> [String; 4] {
+    [
+        "--accounts-max".to_string(),
+        capacity.accounts_max.to_string(),
+        "--transfers-max".to_string(),
+        capacity.transfers_max.to_string(),
+    ]
+}
+
+/// Bytes of memory available now (Linux: `MemAvailable` in `/proc/meminfo`, else `MemTotal`).
+fn memory_available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        meminfo.lines().find_map(|line| {
+            let kib = line.strip_prefix(name)?.strip_prefix(':')?;
+            kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        })
+    };
+    field("MemAvailable")
+        .or_else(|| field("MemTotal"))
+        .map(|kib| kib.saturating_mul(1024))
+}
+
+/// The capacity to run with: the flags given, the rest derived from the memory available
+/// (`limits::LEDGER_MEMORY_PERCENT_DEFAULT` of it, split by
+/// `limits::LEDGER_ACCOUNTS_MEMORY_PERCENT_DEFAULT`) shared by `nodes` nodes on this machine,
+/// and a line saying where each came from.
+fn capacity(args: CapacityArgs, nodes: u64) -> (ledger::Capacity, String) {
+    let memory = memory_available_bytes().map(|bytes| bytes / nodes.max(1));
+    let derived = match memory {
+        Some(bytes) => ledger::Capacity::for_memory(
+            bytes / 100 * limits::LEDGER_MEMORY_PERCENT_DEFAULT,
+            limits::LEDGER_ACCOUNTS_MEMORY_PERCENT_DEFAULT,
+        ),
+        None => ledger::Capacity::FORMAT_MAX,
+    };
+    let capacity = ledger::Capacity {
+        accounts_max: args.accounts_max.unwrap_or(derived.accounts_max),
+        transfers_max: args.transfers_max.unwrap_or(derived.transfers_max),
+    };
+    let source = match memory {
+        _ if args.accounts_max.is_some() && args.transfers_max.is_some() => "as given".to_string(),
+        Some(bytes) => format!("defaults from {} MiB of available memory", bytes >> 20),
+        None => "memory unknown (no /proc/meminfo): defaults are the format's maxima".to_string(),
+    };
+    let line = format!(
+        "fincore: ledger capacity accounts_max = {} transfers_max = {} (needs up to {} MiB; {source})",
+        capacity.accounts_max,
+        capacity.transfers_max,
+        capacity.memory_bytes() >> 20
+    );
+    (capacity, line)
+}
+
+fn config(data_dir: PathBuf, listen: &ListenArgs) -> (NodeConfig, String) {
+    let (capacity, capacity_line) = capacity(listen.capacity, 1);
     let mut config = NodeConfig {
         queue_depth: listen.queue_depth as usize,
+        capacity,
         ..NodeConfig::new(data_dir, listen.grpc, listen.http)
     };
     config.replica.snapshot_every_entries = listen.checkpoint_interval;
-    config
+    (config, capacity_line)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -148,7 +227,10 @@ async fn stop_signal() {
     }
 }
 
-fn run_node(config: NodeConfig, banner: impl FnOnce(&Node)) -> anyhow::Result<ExitCode> {
+fn run_node(
+    (config, capacity_line): (NodeConfig, String),
+    banner: impl FnOnce(&Node),
+) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
     let data_dir = config.data_dir.clone();
     runtime()?.block_on(async move {
@@ -158,6 +240,7 @@ fn run_node(config: NodeConfig, banner: impl FnOnce(&Node)) -> anyhow::Result<Ex
         // Machine-readable lines first (tests and scripts wait for them), then the banner.
         println!("fincore: gRPC listening on {}", node.grpc_addr());
         println!("fincore: HTTP listening on http://{}", node.http_addr());
+        println!("{capacity_line}");
         banner(&node);
         std::io::stdout().flush().ok();
         stop_signal().await;
@@ -169,11 +252,11 @@ fn run_node(config: NodeConfig, banner: impl FnOnce(&Node)) -> anyhow::Result<Ex
 }
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = config(args.data_dir.clone(), &args.listen);
+    let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
-    run_node(config, |_| {})
+    run_node((config, capacity_line), |_| {})
 }
 
 /// `fincore dev --replicas N`: N `fincore serve` children forming one group on this machine.
@@ -200,6 +283,10 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         .collect::<Vec<_>>()
         .join(",");
     let exe = std::env::current_exe().context("finding the fincore executable")?;
+    // Derived once for the group, so every replica gets the same capacity and they share the
+    // machine's memory.
+    let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
+    let capacity_args = capacity_args(capacity);
     let mut children = Vec::new();
     for (id, grpc, http) in &nodes {
         let dir = args.data_dir.join(format!("node-{id}"));
@@ -217,6 +304,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
             ])
             .arg("--data-dir")
             .arg(&dir)
+            .args(&capacity_args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -228,6 +316,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         args.replicas,
         args.data_dir.display()
     );
+    println!("  {}", capacity_line.trim_start_matches("fincore: "));
     for (id, grpc, http) in &nodes {
         println!("  node {id}: gRPC {grpc}  HTTP http://{http}  (status: http://{http}/v1/status)");
     }

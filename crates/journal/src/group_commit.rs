@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{JournalError, Result};
 use crate::journal::{Journal, Position};
 
-/// Most records one group may hold.
-pub const GROUP_RECORDS_MAX: usize = 256;
-/// Most body bytes one group may hold before it is synced.
-pub const GROUP_BYTES_MAX: usize = 32 << 20;
+/// Most records one group may hold (`limits::JOURNAL_GROUP_RECORDS_MAX`).
+pub const GROUP_RECORDS_MAX: usize = limits::JOURNAL_GROUP_RECORDS_MAX;
+/// Most body bytes one group may hold before it is synced (`limits::JOURNAL_GROUP_BYTES_MAX`).
+pub const GROUP_BYTES_MAX: usize = limits::JOURNAL_GROUP_BYTES_MAX;
 
 /// A durable record: where it landed in the journal.
 pub type Appended = Position;

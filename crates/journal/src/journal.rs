@@ -34,7 +34,7 @@ pub struct JournalOptions {
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
-            segment_bytes_max: 256 << 20,
+            segment_bytes_max: limits::JOURNAL_SEGMENT_BYTES_MAX_DEFAULT,
             read_only: false,
             keep_synced_in_page_cache: false,
             storage: RealStorage::shared(),
@@ -591,7 +591,7 @@ impl RecordReader {
                 .open(&path, OpenMode::Read)
                 .map_err(JournalError::io("opening journal segment", &path))?;
             let cursor = FileCursor::new(file, location.offset);
-            self.open = Some((n, BufReader::with_capacity(1 << 20, cursor)));
+            self.open = Some((n, BufReader::with_capacity(limits::IO_BUFFER_BYTES, cursor)));
         }
         let (_, reader) = self.open.as_mut().expect("opened above");
         let mut header_bytes = [0u8; HEADER_SIZE];

@@ -23,8 +23,9 @@ pub const MAGIC: [u8; 4] = *b"FCJ1";
 pub const FORMAT_VERSION: u16 = 1;
 /// Size of a record header in bytes.
 pub const HEADER_SIZE: usize = 104;
-/// Largest record body accepted (16 MiB): far above one batch of 8,189 events of 128 bytes.
-pub const RECORD_BODY_BYTES_MAX: usize = 16 << 20;
+/// Largest record body accepted (`limits::JOURNAL_RECORD_BODY_BYTES_MAX`, 16 MiB): far above
+/// one full batch or Raft entry (about 1 MiB).
+pub const RECORD_BODY_BYTES_MAX: usize = limits::JOURNAL_RECORD_BODY_BYTES_MAX;
 
 /// SHA-256 hash of a record, chaining it to all records before it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]

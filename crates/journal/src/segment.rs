@@ -92,7 +92,7 @@ pub(crate) fn scan_segment(
     let file_len = file
         .size()
         .map_err(JournalError::io("reading metadata of", path))?;
-    let mut reader = BufReader::with_capacity(1 << 20, FileCursor::new(file, 0));
+    let mut reader = BufReader::with_capacity(limits::IO_BUFFER_BYTES, FileCursor::new(file, 0));
     let mut segment = Segment {
         path: path.to_path_buf(),
         first_index,

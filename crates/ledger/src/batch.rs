@@ -7,11 +7,12 @@
 use crate::codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
-use crate::state::BATCH_EVENTS_MAX;
+use limits::BATCH_EVENTS_MAX;
+
 use crate::types::{Account, Transfer};
 
 const BATCH_FORMAT_VERSION: u8 = 1;
-const BATCH_HEADER_SIZE: usize = 16;
+const BATCH_HEADER_SIZE: usize = limits::BATCH_HEADER_BYTES;
 
 /// What a batch asks the ledger to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,10 +6,10 @@
 
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags};
 
-/// Size of one encoded [`Account`].
-pub const ACCOUNT_SIZE: usize = 128;
-/// Size of one encoded [`Transfer`].
-pub const TRANSFER_SIZE: usize = 128;
+/// Size of one encoded [`Account`] (`limits::EVENT_BYTES`).
+pub const ACCOUNT_SIZE: usize = limits::EVENT_BYTES;
+/// Size of one encoded [`Transfer`] (`limits::EVENT_BYTES`).
+pub const TRANSFER_SIZE: usize = limits::EVENT_BYTES;
 
 struct Writer<'a> {
     out: &'a mut [u8],

@@ -3,7 +3,8 @@
 //! It owns the account and transfer model (field for field the model users know from
 //! TigerBeetle), the per-event result codes and their precedence, the rules for linked chains,
 //! idempotent ids, two-phase transfers with timeouts, balance limits and closing accounts, the
-//! history queries, and the canonical snapshot of all of it.
+//! history queries, the canonical snapshot of all of it, and the arithmetic of its declared
+//! capacity (what an account and a transfer cost in memory, and the admission check).
 //!
 //! It must not do I/O, read a clock, draw random numbers or let hash-map iteration order reach
 //! its results: `(state, batch) -> (state', results)` is a pure function, which is what lets the
@@ -11,6 +12,7 @@
 //! timestamp a batch was sealed with.
 
 mod batch;
+mod capacity;
 mod codec;
 mod history;
 mod query;
@@ -20,13 +22,15 @@ mod state;
 mod types;
 
 pub use batch::{Batch, BatchBody, BatchDecodeError, Operation};
+pub use capacity::{Capacity, CapacityError, Occupancy};
 pub use codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
+pub use limits::BATCH_EVENTS_MAX;
 pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError};
 pub use results::{CreateAccountResult, CreateTransferResult, EventResult};
 pub use snapshot::{SnapshotError, StateDigest};
-pub use state::{BATCH_EVENTS_MAX, BatchResults, StateMachine};
+pub use state::{BatchResults, StateMachine};
 pub use types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
 
 /// Largest timestamp fincore assigns or accepts (`2^63 - 1` nanoseconds since the epoch).

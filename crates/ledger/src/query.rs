@@ -7,8 +7,9 @@ use bitflags::bitflags;
 
 use crate::TIMESTAMP_MAX;
 use crate::history::{Balance, EXPIRY_BIT};
-use crate::state::{BATCH_EVENTS_MAX, StateMachine};
+use crate::state::StateMachine;
 use crate::types::{Account, AccountFlags, Transfer};
+use limits::QUERY_ROWS_MAX;
 
 bitflags! {
     /// Which side of the account to include, and in which order.
@@ -39,7 +40,7 @@ pub struct AccountFilter {
     pub timestamp_min: u64,
     /// Inclusive upper bound (0: none).
     pub timestamp_max: u64,
-    /// Most rows to return; at most [`BATCH_EVENTS_MAX`].
+    /// Most rows to return; at most `limits::QUERY_ROWS_MAX`.
     pub limit: u32,
     pub flags: AccountFilterFlags,
 }
@@ -99,7 +100,7 @@ impl AccountFilter {
     }
 
     fn limit(&self) -> usize {
-        (self.limit as usize).min(BATCH_EVENTS_MAX)
+        (self.limit as usize).min(QUERY_ROWS_MAX)
     }
 
     fn timestamp_max_or_all(&self) -> u64 {

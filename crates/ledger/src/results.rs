@@ -6,12 +6,14 @@
 //! switch on them); the snake_case names are what the HTTP/JSON API shows.
 
 macro_rules! result_codes {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident = $code:literal => $text:literal,)+ }) => {
+    ($(#[$doc:meta])* $name:ident {
+        $($(#[$variant_doc:meta])* $variant:ident = $code:literal => $text:literal,)+
+    }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u32)]
         pub enum $name {
-            $($variant = $code,)+
+            $($(#[$variant_doc])* $variant = $code,)+
         }
 
         impl $name {
@@ -84,6 +86,9 @@ result_codes! {
         LedgerMustNotBeZero = 23 => "ledger_must_not_be_zero",
         CodeMustNotBeZero = 24 => "code_must_not_be_zero",
         ImportedEventTimestampMustNotRegress = 25 => "imported_event_timestamp_must_not_regress",
+        /// fincore's own (not TigerBeetle's): the account would take the ledger past the
+        /// accounts capacity `apply` enforces. Nothing changed; the id is not burnt.
+        CapacityReached = 1000 => "capacity_reached",
     }
 }
 
@@ -158,6 +163,9 @@ result_codes! {
         OverflowsTimeout = 65 => "overflows_timeout",
         ExceedsCredits = 66 => "exceeds_credits",
         ExceedsDebits = 67 => "exceeds_debits",
+        /// fincore's own (not TigerBeetle's): the transfer would take the ledger past the
+        /// transfers capacity `apply` enforces. Nothing changed; the id is not burnt.
+        CapacityReached = 1000 => "capacity_reached",
     }
 }
 

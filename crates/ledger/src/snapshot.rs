@@ -21,7 +21,7 @@ use crate::types::{Account, TransferFlags, TransferPendingStatus};
 const SNAPSHOT_MAGIC: [u8; 8] = *b"FCLEDGR1";
 const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// Snapshots are hashed and moved in chunks of this size.
-const IO_CHUNK_BYTES: usize = 1 << 20;
+const IO_CHUNK_BYTES: usize = limits::IO_BUFFER_BYTES;
 
 /// SHA-256 of a state's canonical snapshot.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -78,7 +78,7 @@ impl StateDigest {
     /// stored checkpoint cheaply).
     pub fn of_snapshot_bytes<R: Read + ?Sized>(input: &mut R) -> io::Result<StateDigest> {
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
+        let mut buffer = vec![0u8; IO_CHUNK_BYTES];
         loop {
             let n = input.read(&mut buffer)?;
             if n == 0 {

@@ -12,18 +12,14 @@ use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+use limits::{BATCH_EVENTS_MAX, BATCH_EXPIRIES_MAX};
 
 use crate::TIMESTAMP_MAX;
 use crate::batch::{Batch, BatchBody};
+use crate::capacity::{Capacity, Occupancy};
 use crate::history::{Balance, EXPIRY_BIT};
 use crate::results::{CreateAccountResult, CreateTransferResult, EventResult};
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
-
-/// Most events one batch may carry (TigerBeetle's limit for 1 MiB messages, kept for parity).
-pub const BATCH_EVENTS_MAX: usize = 8189;
-
-/// Most pending transfers expired at the start of one batch; the rest expire in later batches.
-pub(crate) const EXPIRIES_PER_BATCH_MAX: usize = BATCH_EVENTS_MAX;
 
 /// The results of one applied batch, one per event, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +90,8 @@ pub struct StateMachine {
     pub(crate) expiry_timestamp_last: u64,
     /// Batches applied so far.
     pub(crate) batches_applied: u64,
+    /// What `apply` refuses to grow past (see [`StateMachine::set_capacity`]).
+    capacity: Capacity,
     undo: Vec<Undo>,
     in_chain: bool,
     /// Warm the caches before each transfer batch (see `prefetch_transfers`).
@@ -134,6 +132,7 @@ impl StateMachine {
             timestamp_last: 0,
             expiry_timestamp_last: 0,
             batches_applied: 0,
+            capacity: Capacity::FORMAT_MAX,
             undo: Vec::new(),
             in_chain: false,
             prefetch: true,
@@ -145,6 +144,46 @@ impl StateMachine {
     /// cores, the extra CPU costs more than the stalls it saves.
     pub fn set_prefetch(&mut self, prefetch: bool) {
         self.prefetch = prefetch;
+    }
+
+    /// The capacity `apply` enforces: an event that would create an account or a transfer
+    /// past it fails with `capacity_reached` (and changes nothing) instead of growing the
+    /// state until an allocation fails. [`Capacity::FORMAT_MAX`] unless set otherwise.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Sets the capacity `apply` enforces. Results depend on it, so every replica of a group
+    /// (and every replay of a journal) must use the same value; a node's operator-chosen
+    /// capacity belongs at admission ([`Capacity::admit`]), not here.
+    /// Values past [`Capacity::FORMAT_MAX`] are lowered to it.
+    pub fn set_capacity(&mut self, capacity: Capacity) {
+        self.capacity = Capacity {
+            accounts_max: capacity.accounts_max.min(Capacity::FORMAT_MAX.accounts_max),
+            transfers_max: capacity
+                .transfers_max
+                .min(Capacity::FORMAT_MAX.transfers_max),
+        };
+    }
+
+    /// What the ledger holds, as counted against a [`Capacity`] at admission: accounts, and
+    /// transfers plus the transfer ids burnt by transient failures.
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            accounts: self.accounts.len() as u64,
+            transfers: (self.transfers.len() + self.failed_transfer_ids.len()) as u64,
+        }
+    }
+
+    /// Would creating one more account pass the capacity `apply` enforces?
+    fn accounts_full(&self) -> bool {
+        self.accounts.len() as u64 >= self.capacity.accounts_max
+    }
+
+    /// Would creating one more transfer pass the capacity `apply` enforces? (Only created
+    /// transfers count here: they are what the 31-bit indexes address.)
+    fn transfers_full(&self) -> bool {
+        self.transfers.len() as u64 >= self.capacity.transfers_max
     }
 
     /// Number of accounts.
@@ -263,7 +302,7 @@ impl StateMachine {
     /// Expires open pending transfers whose deadline is at or before `now`; returns how many.
     fn expire_pending_transfers(&mut self, now: u64) -> u64 {
         let mut expired = 0u64;
-        while expired < EXPIRIES_PER_BATCH_MAX as u64 {
+        while expired < BATCH_EXPIRIES_MAX as u64 {
             let Some(&(expires_at, index)) = self.expiries.first() else {
                 break;
             };
@@ -505,6 +544,9 @@ impl StateMachine {
         } else {
             timestamp_event
         };
+        if self.accounts_full() {
+            return Err(R::CapacityReached);
+        }
         let index = u32::try_from(self.accounts.len()).expect("accounts fit in u32 indexes");
         let hash32 = self.hash32(a.id);
         self.accounts.push(AccountSlot {
@@ -680,6 +722,9 @@ impl StateMachine {
         }
         if cr.credits_exceed_debits(amount) {
             return Err(R::ExceedsDebits);
+        }
+        if self.transfers_full() {
+            return Err(R::CapacityReached);
         }
 
         // From here on the transfer succeeds.
@@ -868,6 +913,9 @@ impl StateMachine {
         }
         if cr.flags.contains(AccountFlags::CLOSED) && !void {
             return Err(R::CreditAccountAlreadyClosed);
+        }
+        if self.transfers_full() {
+            return Err(R::CapacityReached);
         }
 
         // From here on the transfer succeeds.

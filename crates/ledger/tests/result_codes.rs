@@ -552,9 +552,10 @@ fn every_transfer_result_code_has_a_scenario_and_a_failed_event_changes_nothing(
         }
         covered.insert(case.expect);
     }
+    // `capacity_reached` needs a ledger with a small capacity: tests/capacity.rs covers it.
     let missing: Vec<&str> = TR::ALL
         .iter()
-        .filter(|code| !covered.contains(code))
+        .filter(|code| !covered.contains(code) && **code != TR::CapacityReached)
         .map(|c| c.as_str())
         .collect();
     assert!(
@@ -738,9 +739,10 @@ fn every_account_result_code_has_a_scenario_and_a_failed_event_changes_nothing()
         }
         covered.insert(expect);
     }
+    // `capacity_reached` needs a ledger with a small capacity: tests/capacity.rs covers it.
     let missing: Vec<&str> = AR::ALL
         .iter()
-        .filter(|code| !covered.contains(code))
+        .filter(|code| !covered.contains(code) && **code != AR::CapacityReached)
         .map(|c| c.as_str())
         .collect();
     assert!(

@@ -32,8 +32,8 @@ struct Job {
 
 /// The two apply threads; they stop when this is dropped.
 pub(crate) struct Applier {
-    urgent: mpsc::Sender<Job>,
-    background: mpsc::Sender<Job>,
+    urgent: mpsc::SyncSender<Job>,
+    background: mpsc::SyncSender<Job>,
 }
 
 impl Applier {
@@ -66,8 +66,10 @@ fn spawn_thread(
     name: &str,
     state: SharedState,
     nice: Option<i32>,
-) -> io::Result<mpsc::Sender<Job>> {
-    let (jobs, queue) = mpsc::channel::<Job>();
+) -> io::Result<mpsc::SyncSender<Job>> {
+    // openraft waits for each batch's outcome before handing over the next, so the queue never
+    // holds more than one job: `send` never waits.
+    let (jobs, queue) = mpsc::sync_channel::<Job>(limits::LEDGER_APPLY_JOBS_QUEUED_MAX);
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {

@@ -31,12 +31,6 @@ type LogId =
     openraft::LogId<<crate::types::StdLeaderId as openraft::vote::RaftLeaderId>::Committed>;
 type Vote = openraft::impls::Vote<crate::types::StdLeaderId>;
 
-/// Entries kept in memory by default (about 1 MiB each when full).
-pub const CACHED_ENTRIES_MAX: usize = 256;
-
-/// Operations queued for the journal writer at most (it pushes back beyond that).
-const JOURNAL_QUEUE_DEPTH: usize = 64;
-
 /// The journal index of a Raft log index: Raft counts from 0, the journal from 1.
 pub fn journal_index(raft_index: u64) -> u64 {
     raft_index + 1
@@ -183,13 +177,15 @@ impl<C: LedgerConfig> LogStore<C> {
         let journal_last = journal.last().index;
         let reader = journal.reader();
         let committer = match &options.simulated_sync {
-            None => {
-                GroupCommitter::spawn(journal, JOURNAL_QUEUE_DEPTH, options.sync_observer.clone())
-            }
+            None => GroupCommitter::spawn(
+                journal,
+                limits::JOURNAL_QUEUE_RECORDS_MAX,
+                options.sync_observer.clone(),
+            ),
             Some(delay) => {
                 let (committer, mut writer) = GroupCommitter::driven(
                     journal,
-                    JOURNAL_QUEUE_DEPTH,
+                    limits::JOURNAL_QUEUE_RECORDS_MAX,
                     options.sync_observer.clone(),
                 );
                 let delay = Arc::clone(delay);
@@ -204,7 +200,7 @@ impl<C: LedgerConfig> LogStore<C> {
             }
         };
         // One flusher per log reports appends durable in the order they were made.
-        let (flusher, mut flushes) = mpsc::channel::<Flush<C>>(JOURNAL_QUEUE_DEPTH);
+        let (flusher, mut flushes) = mpsc::channel::<Flush<C>>(limits::RAFT_LOG_FLUSHES_QUEUED_MAX);
         drop(C::AsyncRuntime::spawn(async move {
             while let Some((tickets, callback)) = flushes.recv().await {
                 let mut outcome = Ok(());

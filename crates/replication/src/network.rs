@@ -28,13 +28,12 @@ use crate::types::{NodeId, PeerNode, TypeConfig};
 pub(crate) type Raft = openraft::Raft<TypeConfig, LedgerStateMachine<TypeConfig>>;
 
 /// Largest transport message (a whole snapshot travels in one for now).
-const MESSAGE_BYTES_MAX: usize = 4 << 30 >> 2;
+use limits::PEER_MESSAGE_BYTES_MAX as MESSAGE_BYTES_MAX;
 
 type SnapshotFrame = (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>);
 
 /// HTTP/2 flow-control windows, sized for full batches.
-const HTTP2_STREAM_WINDOW_BYTES: u32 = 16 << 20;
-const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+use limits::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
 
 fn encode<T: Serialize>(value: &T) -> Result<proto::RaftMessage, tonic::Status> {
     postcard::to_allocvec(value)
@@ -245,5 +244,36 @@ impl RaftTransport for RaftTransportService {
                 .handle_transfer_leader(decode(request.get_ref())?)
                 .await,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::testing::log_id;
+
+    use crate::types::{SealedBatch, TypeConfig};
+
+    #[test]
+    fn a_full_batch_as_a_raft_entry_fits_raft_entry_bytes_max() {
+        let batch = ledger::Batch {
+            timestamp: u64::MAX,
+            body: ledger::BatchBody::CreateTransfers(vec![
+                ledger::Transfer::default();
+                limits::BATCH_EVENTS_MAX
+            ]),
+        }
+        .encode();
+        assert_eq!(batch.len(), limits::BATCH_BYTES_MAX);
+        let entry = openraft::type_config::alias::EntryOf::<TypeConfig>::new_normal(
+            log_id::<TypeConfig>(u64::MAX, u64::MAX, u64::MAX),
+            SealedBatch(batch.into()),
+        );
+        let encoded = postcard::to_allocvec(&entry).unwrap();
+        assert!(
+            encoded.len() <= limits::RAFT_ENTRY_BYTES_MAX,
+            "{} bytes",
+            encoded.len()
+        );
     }
 }

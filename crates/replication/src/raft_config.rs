@@ -32,6 +32,8 @@ pub fn raft_config(cluster_name: &str, timing: &RaftTiming) -> io::Result<Config
             entries => SnapshotPolicy::LogsSinceLast(entries),
         },
         max_in_snapshot_log_to_keep: timing.entries_kept_behind_snapshot,
+        // Bounds one AppendEntries message (checked against the peer message limit).
+        max_payload_entries: limits::RAFT_APPEND_ENTRIES_MAX,
         // A replica whose disk was wiped comes back with an empty log; the leader must start it
         // over (from a snapshot) instead of treating that as a bug and stopping.
         allow_log_reversion: Some(true),

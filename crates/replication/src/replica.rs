@@ -56,7 +56,7 @@ impl Default for ReplicaConfig {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
-            snapshot_every_entries: 4096,
+            snapshot_every_entries: limits::RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT,
             sync_observer: None,
             peer_routes: BTreeMap::new(),
         }
@@ -195,7 +195,7 @@ impl Replica {
                 election_timeout_min_ms: config.election_timeout_min_ms,
                 election_timeout_max_ms: config.election_timeout_max_ms,
                 snapshot_every_entries: config.snapshot_every_entries,
-                entries_kept_behind_snapshot: 64,
+                entries_kept_behind_snapshot: limits::RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
             },
         )?;
         let raft = Raft::new(

@@ -62,7 +62,7 @@ impl Default for StorageOptions {
         StorageOptions {
             storage: RealStorage::shared(),
             sync_observer: None,
-            cached_entries_max: crate::log_store::CACHED_ENTRIES_MAX,
+            cached_entries_max: limits::RAFT_LOG_CACHED_ENTRIES_MAX,
             simulated_sync: None,
             apply_on_threads: true,
             apply_observer: None,

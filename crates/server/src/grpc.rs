@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::pipeline::{Pipeline, PipelineError};
 
 /// Largest gRPC message accepted or sent (a full batch of message-encoded events fits easily).
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 16 << 20;
+pub use limits::GRPC_MESSAGE_BYTES_MAX;
 
 pub struct LedgerService {
     pipeline: Pipeline,
@@ -45,12 +45,24 @@ fn invalid(WireError { field, reason }: WireError) -> PipelineError {
 /// Metadata keys that tell a client where the leader is.
 pub const LEADER_ID_KEY: &str = "fincore-leader-id";
 pub const LEADER_GRPC_KEY: &str = "fincore-leader-grpc";
+/// Metadata key naming the limit a refused request would have passed (`transfers_max`, ...).
+pub const LIMIT_KEY: &str = "fincore-limit";
 
 fn status(error: PipelineError) -> Status {
     match &error {
         PipelineError::Busy => Status::resource_exhausted(error.to_string()),
         PipelineError::Unavailable(_) => Status::unavailable(error.to_string()),
         PipelineError::Invalid { .. } => Status::invalid_argument(error.to_string()),
+        // Not `resource_exhausted`, which clients retry (it means "busy" here): nothing will
+        // change until the operator raises the capacity, so the request must not be retried.
+        PipelineError::CapacityReached(capacity) => {
+            let mut status = Status::failed_precondition(error.to_string());
+            status.metadata_mut().insert(
+                LIMIT_KEY,
+                tonic::metadata::MetadataValue::from_static(capacity.field),
+            );
+            status
+        }
         PipelineError::NotLeader { leader } => {
             let mut status = Status::unavailable(error.to_string());
             if let Some((id, node)) = leader {

@@ -2,8 +2,9 @@
 //! `/openapi.json`.
 //!
 //! Every error is JSON `{"error": "...", "field": "..."}` with a 4xx status for bad input
-//! (nothing changed) and 503 with `"retryable": true` and `Retry-After` when the node is busy or
-//! unavailable.
+//! (nothing changed), 503 with `"retryable": true` and `Retry-After` when the node is busy or
+//! unavailable, and 507 naming the limit (`"field": "transfers_max"`) when the ledger's declared
+//! capacity would be passed (nothing changed; not retryable until the operator raises it).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
+use limits::QUERY_ROWS_MAX;
 use replication::{Replica, Role};
 use serde::de::DeserializeOwned;
 use telemetry::ErrorKind;
@@ -27,9 +29,9 @@ use telemetry::ErrorKind;
 use crate::pipeline::{Pipeline, PipelineError};
 
 /// Largest request body accepted (a full batch of JSON transfers is about 3 MiB).
-pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
+pub use limits::HTTP_BODY_BYTES_MAX;
 /// Rows returned by the history queries when `limit` is not given.
-const QUERY_LIMIT_DEFAULT: u32 = 100;
+const QUERY_LIMIT_DEFAULT: u32 = limits::QUERY_ROWS_DEFAULT as u32;
 
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -83,6 +85,13 @@ impl From<PipelineError> for ApiError {
         let kind = error.kind();
         let mut answer = match error {
             PipelineError::Invalid { field, reason } => ApiError::bad_request(field, reason),
+            // 507: the server cannot store what the request would create, and waiting will not
+            // change that (so no `retryable`, no `Retry-After`).
+            PipelineError::CapacityReached(capacity) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                message,
+                Some(capacity.field.to_string()),
+            ),
             PipelineError::NotLeader {
                 leader: Some((id, node)),
             } if !node.http.is_empty() => {
@@ -409,10 +418,10 @@ fn filter_from_query(
         }
     }
     let limit: u32 = number(params, "limit", QUERY_LIMIT_DEFAULT)?;
-    if limit == 0 || limit as usize > BATCH_EVENTS_MAX {
+    if limit == 0 || limit as usize > QUERY_ROWS_MAX {
         return Err(ApiError::bad_request(
             "limit",
-            format!("must be between 1 and {BATCH_EVENTS_MAX}"),
+            format!("must be between 1 and {QUERY_ROWS_MAX}"),
         ));
     }
     let mut flags = AccountFilterFlags::empty();

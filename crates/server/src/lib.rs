@@ -1,12 +1,14 @@
 //! The server: one ledger node (a replica of its Raft group) reachable over gRPC and HTTP/JSON.
 //!
 //! Owns the request pipeline (receive on many tasks → a bounded queue → a batcher that
-//! coalesces requests into sealed batches and commits them through the replica, with a bounded
-//! number in flight → answers once committed and applied; linearizable reads), the two
+//! coalesces requests into sealed batches, admits them against the ledger's declared capacity
+//! and commits them through the replica, with a bounded number in flight → answers once
+//! committed and applied; linearizable reads), the two
 //! protocol front ends, `/metrics`, `/healthz`, `/v1/status`, the membership endpoints,
 //! `/openapi.json`, and orderly shutdown. Must not contain ledger rules (they are in `ledger`),
 //! storage formats (in `journal`) or Raft details (in `replication`).
 
+mod admission;
 mod grpc;
 mod http;
 mod node;

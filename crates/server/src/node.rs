@@ -33,6 +33,11 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, PeerNode>,
     /// Write requests that may wait to be batched before new ones are refused as busy.
     pub queue_depth: usize,
+    /// What the ledger may hold: a write that could pass it is refused at admission (before
+    /// it is proposed) with `PipelineError::CapacityReached`. Only this node's admission uses
+    /// it, so replicas may differ; a leader's capacity should not exceed what its followers
+    /// can hold.
+    pub capacity: ledger::Capacity,
     pub replica: ReplicaConfig,
 }
 
@@ -51,7 +56,8 @@ impl NodeConfig {
             http_addr,
             node_id: 1,
             peers: BTreeMap::new(),
-            queue_depth: 256,
+            queue_depth: limits::SERVER_QUEUE_REQUESTS_DEFAULT,
+            capacity: ledger::Capacity::FORMAT_MAX,
             replica: ReplicaConfig::default(),
         }
     }
@@ -136,7 +142,12 @@ impl Node {
             })?;
         let replica = Arc::new(replica);
         tracing::info!(data_dir = %config.data_dir.display(), node_id = config.node_id, members = peers.len(), "replica opened");
-        let (pipeline, task) = Pipeline::start(Arc::clone(&replica), config.queue_depth, metrics);
+        let (pipeline, task) = Pipeline::start(
+            Arc::clone(&replica),
+            config.queue_depth,
+            config.capacity,
+            metrics,
+        );
         let (stop, stopped) = watch::channel(false);
 
         let ledger = LedgerServer::new(LedgerService::new(pipeline.clone()))
@@ -152,8 +163,8 @@ impl Node {
             };
             let server = tonic::transport::Server::builder()
                 // Whole batches are ~1 MiB: default 64 KiB HTTP/2 windows would stall them.
-                .initial_stream_window_size(Some(16 << 20))
-                .initial_connection_window_size(Some(64 << 20))
+                .initial_stream_window_size(Some(limits::HTTP2_STREAM_WINDOW_BYTES))
+                .initial_connection_window_size(Some(limits::HTTP2_CONNECTION_WINDOW_BYTES))
                 .add_service(ledger)
                 .add_service(transport);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {

@@ -19,19 +19,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ledger::{
-    Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults,
-    CreateAccountResult, CreateTransferResult, EventResult, StateMachine, Transfer,
+    Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults, Capacity,
+    CapacityError, CreateAccountResult, CreateTransferResult, EventResult, Occupancy, StateMachine,
+    Transfer,
 };
 use replication::{NodeId, PeerNode, Replica, WriteError};
 use telemetry::{ErrorKind, Metrics};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// Batches in flight through Raft at once; further requests queue (and coalesce) meanwhile.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+use crate::admission::{Admission, Reservation};
 
-/// Why a request was not carried out. Except for `Invalid`, the same request (same ids) may
-/// be sent again, here or to the leader named.
+/// Batches in flight through Raft at once; further requests queue (and coalesce) meanwhile.
+pub const BATCHES_IN_FLIGHT_MAX: usize = limits::SERVER_BATCHES_IN_FLIGHT_MAX;
+
+/// Why a request was not carried out. Except for `Invalid` and `CapacityReached`, the same
+/// request (same ids) may be sent again, here or to the leader named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
     #[error("the node is busy (its request queue is full); retry later with the same ids")]
@@ -42,6 +45,9 @@ pub enum PipelineError {
     Invalid { field: String, reason: String },
     #[error("this node is not the leader{}; send the request there", leader_text(.leader))]
     NotLeader { leader: Option<(NodeId, PeerNode)> },
+    /// The write could take the ledger past its declared capacity; nothing was proposed.
+    #[error(transparent)]
+    CapacityReached(CapacityError),
 }
 
 fn leader_text(leader: &Option<(NodeId, PeerNode)>) -> String {
@@ -59,6 +65,7 @@ impl PipelineError {
             PipelineError::Unavailable(_) => ErrorKind::Unavailable,
             PipelineError::Invalid { .. } => ErrorKind::Invalid,
             PipelineError::NotLeader { .. } => ErrorKind::NotLeader,
+            PipelineError::CapacityReached(_) => ErrorKind::Capacity,
         }
     }
 }
@@ -114,6 +121,9 @@ trait Event: Sized + Send + 'static {
     type Result: Send + 'static;
     fn queued(pending: Pending<Self>) -> Queued;
     fn body(events: Vec<Self>) -> BatchBody;
+    /// The most objects `count` events of this kind could add to the ledger (a failed event
+    /// adds none, or one burnt transfer id).
+    fn occupancy_max(count: usize) -> Occupancy;
     /// The results of a batch of this kind (a batch is always answered in its own kind).
     fn results(results: BatchResults) -> Vec<EventResult<Self::Result>>;
 }
@@ -127,6 +137,13 @@ impl Event for Account {
 
     fn body(events: Vec<Account>) -> BatchBody {
         BatchBody::CreateAccounts(events)
+    }
+
+    fn occupancy_max(count: usize) -> Occupancy {
+        Occupancy {
+            accounts: count as u64,
+            transfers: 0,
+        }
     }
 
     fn results(results: BatchResults) -> Vec<EventResult<CreateAccountResult>> {
@@ -148,6 +165,13 @@ impl Event for Transfer {
 
     fn body(events: Vec<Transfer>) -> BatchBody {
         BatchBody::CreateTransfers(events)
+    }
+
+    fn occupancy_max(count: usize) -> Occupancy {
+        Occupancy {
+            accounts: 0,
+            transfers: count as u64,
+        }
     }
 
     fn results(results: BatchResults) -> Vec<EventResult<CreateTransferResult>> {
@@ -180,10 +204,12 @@ impl PipelineTask {
 }
 
 impl Pipeline {
-    /// Starts the batcher. `queue_depth` bounds the writes waiting to be batched.
+    /// Starts the batcher. `queue_depth` bounds the writes waiting to be batched; a write
+    /// that could take the ledger past `capacity` is refused before it is proposed.
     pub fn start(
         replica: Arc<Replica>,
         queue_depth: usize,
+        capacity: Capacity,
         metrics: Arc<Metrics>,
     ) -> (Pipeline, PipelineTask) {
         let (sender, receiver) = mpsc::channel(queue_depth);
@@ -191,6 +217,7 @@ impl Pipeline {
         let task = tokio::spawn(batcher(
             Arc::clone(&replica),
             receiver,
+            Admission::new(capacity),
             Arc::clone(&metrics),
         ));
         (
@@ -335,6 +362,27 @@ impl Coalesced {
         Ok(())
     }
 
+    /// Admits the members against the ledger's capacity, in order, and refuses those that
+    /// could not pass it; what is left, its event count and its reservation (`None` when
+    /// nothing is left).
+    fn admit(
+        self,
+        admission: &Arc<Admission>,
+        replica: &Replica,
+    ) -> Option<(Coalesced, usize, Reservation)> {
+        let held = replica
+            .state()
+            .read()
+            .expect("the ledger lock is never poisoned")
+            .occupancy();
+        match self {
+            Coalesced::Accounts(members) => admit(admission, held, members)
+                .map(|(members, total, reserved)| (Coalesced::Accounts(members), total, reserved)),
+            Coalesced::Transfers(members) => admit(admission, held, members)
+                .map(|(members, total, reserved)| (Coalesced::Transfers(members), total, reserved)),
+        }
+    }
+
     async fn commit(self, replica: &Replica, events_count: usize) {
         match self {
             Coalesced::Accounts(members) => commit(replica, members, events_count).await,
@@ -343,11 +391,42 @@ impl Coalesced {
     }
 }
 
+/// Reserves room for each member in turn; a member that does not fit is answered
+/// `CapacityReached` at once.
+fn admit<E: Event>(
+    admission: &Arc<Admission>,
+    held: Occupancy,
+    members: Vec<Pending<E>>,
+) -> Option<(Vec<Pending<E>>, usize, Reservation)> {
+    let mut admitted = Vec::with_capacity(members.len());
+    let mut total = 0;
+    let mut reservation: Option<Reservation> = None;
+    for pending in members {
+        match admission.reserve(held, E::occupancy_max(pending.events.len())) {
+            Ok(more) => {
+                match &mut reservation {
+                    Some(reservation) => reservation.absorb(more),
+                    None => reservation = Some(more),
+                }
+                total += pending.events.len();
+                admitted.push(pending);
+            }
+            Err(error) => {
+                let _ = pending
+                    .respond
+                    .send(Err(PipelineError::CapacityReached(error)));
+            }
+        }
+    }
+    reservation.map(|reservation| (admitted, total, reservation))
+}
+
 /// Takes queued writes, coalesces those of one kind into a batch, and sends it through Raft;
 /// at most `BATCHES_IN_FLIGHT_MAX` batches are in flight. Ends when every sender is gone.
 async fn batcher(
     replica: Arc<Replica>,
     mut receiver: mpsc::Receiver<Queued>,
+    admission: Arc<Admission>,
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
@@ -386,10 +465,15 @@ async fn batcher(
                 Err(_) => break,
             }
         }
+        let Some((batch, total, reservation)) = batch.admit(&admission, &replica) else {
+            continue;
+        };
         metrics.batch(total);
         let replica = Arc::clone(&replica);
         tokio::spawn(async move {
             batch.commit(&replica, total).await;
+            // Applied here (or failed): the ledger's own counts now include what it added.
+            drop(reservation);
             drop(permit);
         });
     }

@@ -52,15 +52,18 @@ pub enum ErrorKind {
     Unavailable,
     /// This node is not the leader; the client should go there.
     NotLeader,
+    /// The ledger's declared capacity would be exceeded (not transient).
+    Capacity,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Invalid,
         ErrorKind::NotFound,
         ErrorKind::Busy,
         ErrorKind::Unavailable,
         ErrorKind::NotLeader,
+        ErrorKind::Capacity,
     ];
 
     /// The label value.
@@ -71,6 +74,7 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::NotLeader => "not_leader",
+            ErrorKind::Capacity => "capacity",
         }
     }
 }
@@ -119,7 +123,7 @@ impl Metrics {
         );
         registry.register(
             "request_errors",
-            "Requests answered with an error, by operation, protocol and kind (invalid, not_found, busy, unavailable, not_leader)",
+            "Requests answered with an error, by operation, protocol and kind (invalid, not_found, busy, unavailable, not_leader, capacity)",
             errors.clone(),
         );
         registry.register(

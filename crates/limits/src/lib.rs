@@ -1,0 +1,262 @@
+//! Every limit of fincore, in one place: batch and event sizes, journal records and group
+//! commit, the Raft log and its transport, gRPC and HTTP messages, queues, the client's
+//! batching, and the hard ceilings of the ledger's in-memory format.
+//!
+//! Names carry their unit (`_BYTES`, `_EVENTS`, `_RECORDS`, `_ENTRIES`, ...) and put the
+//! biggest qualifier last (`BATCH_EVENTS_MAX`, `JOURNAL_SEGMENT_BYTES_MAX_DEFAULT`). A
+//! `_DEFAULT` is a starting value an operator may change; everything else is fixed by the
+//! build. The `const _: () = assert!(..)` checks at the bottom state how the limits relate
+//! (a full batch fits a journal record, a full request fits a message, ...), so a change to one
+//! that breaks another fails the build instead of production.
+//!
+//! This crate must not depend on anything, hold anything but constants, or compute a limit at
+//! run time: every crate depends on it, and a limit that needs the machine (the ledger's
+//! memory-derived capacity) is computed at the edge from the constants here.
+
+// ---------------------------------------------------------------------------------------------
+// Batches and events (the ledger's unit of work).
+
+/// Most events one batch may carry: TigerBeetle's limit, where 8,189 events of 128 bytes plus
+/// the message headers fill a 1 MiB message. Kept for parity, and because a full batch is then
+/// about 1 MiB everywhere downstream (one journal record, one Raft entry).
+pub const BATCH_EVENTS_MAX: usize = 8189;
+
+/// Size of one encoded account or transfer: fixed, so a batch is encoded by plain copies.
+pub const EVENT_BYTES: usize = 128;
+
+/// Size of a sealed batch's header (format version, operation, event count, timestamp).
+pub const BATCH_HEADER_BYTES: usize = 16;
+
+/// Size of a full sealed batch (header and `BATCH_EVENTS_MAX` events): 1,048,208 bytes.
+pub const BATCH_BYTES_MAX: usize = BATCH_HEADER_BYTES + BATCH_EVENTS_MAX * EVENT_BYTES;
+
+/// Most pending transfers expired at the start of one batch; the rest expire in the batches
+/// after. As many as a batch has events, so expiring costs a batch at most twice its events.
+pub const BATCH_EXPIRIES_MAX: usize = BATCH_EVENTS_MAX;
+
+/// Most ids one lookup may ask for: one batch's worth, so one answer fits one message.
+pub const LOOKUP_IDS_MAX: usize = BATCH_EVENTS_MAX;
+
+/// Most rows one history query (`get_account_transfers`, `get_account_balances`) returns; a
+/// larger `limit` is refused over the APIs and clamped inside the ledger.
+pub const QUERY_ROWS_MAX: usize = BATCH_EVENTS_MAX;
+
+/// Rows a history query returns over HTTP when it gives no `limit`.
+pub const QUERY_ROWS_DEFAULT: usize = 100;
+
+// ---------------------------------------------------------------------------------------------
+// The ledger's in-memory format: hard ceilings, the same on every replica.
+
+/// Most accounts a ledger can hold at all: accounts are addressed by `u32` indexes in the hash
+/// index and in transfers' history entries. `create_accounts` answers `capacity_reached`
+/// beyond it instead of overflowing an index.
+pub const LEDGER_ACCOUNTS_MAX: u64 = u32::MAX as u64;
+
+/// Most transfers a ledger can hold at all: transfers are addressed by 31-bit indexes, because
+/// the top bit of an account's history entry marks an expiry. `create_transfers` answers
+/// `capacity_reached` beyond it instead of overflowing an index.
+pub const LEDGER_TRANSFERS_MAX: u64 = (1 << 31) - 1;
+
+/// Share of the memory available at start that the default ledger capacity plans for; the rest
+/// is left for the journal's buffers, the Raft log cache, building and sending snapshots (a
+/// snapshot is held in memory whole, about `EVENT_BYTES` per object), the runtime and the OS.
+pub const LEDGER_MEMORY_PERCENT_DEFAULT: u64 = 50;
+
+/// Share of the ledger's memory budget given to accounts by default (the rest to transfers):
+/// ledgers hold far more transfers than accounts.
+pub const LEDGER_ACCOUNTS_MEMORY_PERCENT_DEFAULT: u64 = 10;
+
+// ---------------------------------------------------------------------------------------------
+// The journal (durable log; one record per batch or Raft entry).
+
+/// Largest journal record body (16 MiB): a full Raft entry (about 1 MiB) with room to spare
+/// for a future format, yet small enough that a corrupt length cannot make recovery allocate
+/// without bound.
+pub const JOURNAL_RECORD_BODY_BYTES_MAX: usize = 16 << 20;
+
+/// Most records one group commit writes before its `fdatasync`: bounds how long the first
+/// record of a group waits for the group to fill.
+pub const JOURNAL_GROUP_RECORDS_MAX: usize = 256;
+
+/// Most body bytes one group commit writes before its `fdatasync` (32 MiB): about 32 full
+/// batches, enough to keep the disk busy, and a bound on the memory a group holds.
+pub const JOURNAL_GROUP_BYTES_MAX: usize = 32 << 20;
+
+/// Records that may wait for the journal's writer thread before an appender blocks (engine and
+/// Raft log store): about 64 MiB of full batches, a few groups' worth, so the writer always has
+/// the next group ready while it syncs the current one.
+pub const JOURNAL_QUEUE_RECORDS_MAX: usize = 64;
+
+/// Size at which a journal segment file is closed and the next one started (256 MiB): purging
+/// the log behind a snapshot deletes whole segments, so smaller ones free space sooner.
+pub const JOURNAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+
+/// Buffer of sequential file reads and writes (journal segments, checkpoints, snapshots):
+/// large enough that a read or write costs one system call per MiB.
+pub const IO_BUFFER_BYTES: usize = 1 << 20;
+
+/// Batches between two checkpoints of the embedded engine (0 in its options: only on close).
+pub const ENGINE_CHECKPOINT_INTERVAL_BATCHES_DEFAULT: u64 = 4096;
+
+// ---------------------------------------------------------------------------------------------
+// Raft (replication) and its peer transport.
+
+/// Upper bound on what postcard adds around a sealed batch to make a Raft entry: the log id
+/// (term, node id, index: at most 10 bytes each as varints), the payload tag and the length
+/// of the batch's bytes.
+pub const RAFT_ENTRY_OVERHEAD_BYTES_MAX: usize = 64;
+
+/// Largest Raft entry (a full sealed batch and its envelope); a membership entry is far smaller.
+pub const RAFT_ENTRY_BYTES_MAX: usize = BATCH_BYTES_MAX + RAFT_ENTRY_OVERHEAD_BYTES_MAX;
+
+/// Newest Raft log entries kept in memory by the log store (older ones are read back from the
+/// journal): about 256 MiB of full batches, enough for followers that lag a little to be
+/// served without reading the disk.
+pub const RAFT_LOG_CACHED_ENTRIES_MAX: usize = 256;
+
+/// Append calls of the Raft log store waiting for their records to become durable (the queue
+/// to its flusher thread). Each holds records the journal writer has not yet made durable, of
+/// which there are at most a full writer queue plus the group being written; so a sender waits
+/// only when the flusher falls behind by more than the writer can hold, and that wait pushes
+/// back on appends as the writer's own queue does. (For `replication/src/log_store.rs`, whose
+/// queue is unbounded today.)
+pub const RAFT_LOG_FLUSHES_QUEUED_MAX: usize =
+    JOURNAL_QUEUE_RECORDS_MAX + JOURNAL_GROUP_RECORDS_MAX;
+
+/// Batches waiting for one ledger apply thread: openraft hands over one batch and awaits its
+/// outcome before the next, so one is all a queue ever holds. (For
+/// `replication/src/applier.rs`, whose queues are unbounded today.)
+pub const LEDGER_APPLY_JOBS_QUEUED_MAX: usize = 1;
+
+/// Most entries one AppendEntries message carries (openraft's `max_payload_entries`, whose
+/// default it is): bounds a replication message to about 300 MiB of full batches.
+pub const RAFT_APPEND_ENTRIES_MAX: u64 = 300;
+
+/// Raft entries between two snapshots (after which the log behind the snapshot is purged);
+/// also `fincore serve --checkpoint-interval`'s default. 0 means never.
+pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT: u64 = 4096;
+
+/// Entries kept in the log behind a snapshot, so a follower only slightly behind catches up
+/// from the log instead of a whole snapshot.
+pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 64;
+
+/// Largest message between replicas (1 GiB): a whole snapshot travels in one message for now,
+/// so this also bounds the ledger a lagging follower can be sent. Well below the 4 GiB that
+/// gRPC's 32-bit length prefix allows.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 flow control (client, node and peer transport alike).
+
+/// Per-stream HTTP/2 window (16 MiB): a full batch (about 1 MiB) goes out without waiting for a
+/// window update; HTTP/2's default of 64 KiB would cost a round trip per 64 KiB.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 16 << 20;
+
+/// Per-connection HTTP/2 window (64 MiB): several full streams in flight on one connection.
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// The ledger API (gRPC and HTTP/JSON) and the node's request pipeline.
+
+/// Largest gRPC message the ledger service and the client accept or send (16 MiB): a full
+/// batch, packed or message-encoded, or a full query answer, fits with room to spare.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 16 << 20;
+
+/// Upper bound on one account or transfer encoded as a protobuf message (not packed), with
+/// every field at its widest: 128-bit values are two `uint64`s in a sub-message. (Checked by a
+/// test in the `api` crate.)
+pub const GRPC_EVENT_BYTES_MAX: usize = 256;
+
+/// Upper bound on what a request message adds around its events (field tags and lengths).
+pub const GRPC_REQUEST_OVERHEAD_BYTES_MAX: usize = 64;
+
+/// Largest HTTP request body (16 MiB): a full batch of compact JSON transfers is under 8 MiB.
+pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
+
+/// Upper bound on one account or transfer as compact JSON, with every field at its widest and
+/// every flag set. (Checked by a test in the `api` crate.)
+pub const JSON_EVENT_BYTES_MAX: usize = 896;
+
+/// Write requests that may wait in a node's queue to be batched before new ones are answered
+/// "busy" (`fincore serve --queue-depth`'s default): at 8 full batches in flight, enough to
+/// keep the next batches full without queueing for long.
+pub const SERVER_QUEUE_REQUESTS_DEFAULT: usize = 256;
+
+/// Largest `--queue-depth` accepted: even full of full requests, the queue holds at most
+/// this many batches' worth of events in memory (about 64 GiB; keep it far lower in practice).
+pub const SERVER_QUEUE_REQUESTS_MAX: usize = 65_536;
+
+/// Batches a node has in flight through Raft at once; further requests queue (and coalesce
+/// into full batches) meanwhile. Bounds the memory and the admitted-but-unapplied events.
+pub const SERVER_BATCHES_IN_FLIGHT_MAX: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// The Rust client.
+
+/// Single transfers (`Client::create_transfer`) waiting to be batched before callers wait for
+/// room: four full batches.
+pub const CLIENT_PENDING_SINGLES_MAX: usize = 4 * BATCH_EVENTS_MAX;
+
+/// Batches of single transfers the client has in flight at once.
+pub const CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+
+/// Attempts of one request before the client gives up (its retry policy's default).
+pub const CLIENT_ATTEMPTS_MAX_DEFAULT: u32 = 50;
+
+// ---------------------------------------------------------------------------------------------
+// How the limits relate. Each fails the build if a change to one limit breaks another.
+
+// A full batch is one journal record (the engine journals batches as they are).
+const _: () = assert!(BATCH_BYTES_MAX <= JOURNAL_RECORD_BODY_BYTES_MAX);
+// A full Raft entry is one journal record (the log store journals entries as they are).
+const _: () = assert!(RAFT_ENTRY_BYTES_MAX <= JOURNAL_RECORD_BODY_BYTES_MAX);
+// A group commit can always take at least one full record, so no record waits forever.
+const _: () = assert!(JOURNAL_GROUP_BYTES_MAX >= JOURNAL_RECORD_BODY_BYTES_MAX);
+const _: () = assert!(JOURNAL_GROUP_RECORDS_MAX >= 1 && JOURNAL_QUEUE_RECORDS_MAX >= 1);
+// A whole queue of records fits one group's record count, so a drained queue is one fsync.
+const _: () = assert!(JOURNAL_QUEUE_RECORDS_MAX <= JOURNAL_GROUP_RECORDS_MAX);
+// A segment holds at least one full record.
+const _: () = assert!(JOURNAL_SEGMENT_BYTES_MAX_DEFAULT >= JOURNAL_RECORD_BODY_BYTES_MAX as u64);
+// A full AppendEntries message fits the peer transport.
+const _: () =
+    assert!(RAFT_APPEND_ENTRIES_MAX as usize * RAFT_ENTRY_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(LEDGER_APPLY_JOBS_QUEUED_MAX >= 1);
+// Entries behind a snapshot fit in the log cache, so catching up from them reads no disk.
+const _: () =
+    assert!(RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES as usize <= RAFT_LOG_CACHED_ENTRIES_MAX);
+// gRPC's length prefix is 32 bits; tonic refuses anything larger.
+const _: () = assert!(PEER_MESSAGE_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(GRPC_MESSAGE_BYTES_MAX <= u32::MAX as usize);
+// A full packed batch fits one gRPC message.
+const _: () = assert!(
+    BATCH_EVENTS_MAX * EVENT_BYTES + GRPC_REQUEST_OVERHEAD_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX
+);
+// A full message-encoded batch (and a full query answer) fits one gRPC message.
+const _: () = assert!(
+    BATCH_EVENTS_MAX * GRPC_EVENT_BYTES_MAX + GRPC_REQUEST_OVERHEAD_BYTES_MAX
+        <= GRPC_MESSAGE_BYTES_MAX
+);
+const _: () = assert!(QUERY_ROWS_MAX <= BATCH_EVENTS_MAX && LOOKUP_IDS_MAX <= BATCH_EVENTS_MAX);
+const _: () = assert!(QUERY_ROWS_DEFAULT >= 1 && QUERY_ROWS_DEFAULT <= QUERY_ROWS_MAX);
+// A full batch of compact JSON events (with the brackets and commas) fits the HTTP body cap.
+const _: () = assert!(BATCH_EVENTS_MAX * (JSON_EVENT_BYTES_MAX + 1) + 2 <= HTTP_BODY_BYTES_MAX);
+// A full packed batch goes out in one HTTP/2 stream window, and a connection carries a stream.
+const _: () = assert!(BATCH_BYTES_MAX <= HTTP2_STREAM_WINDOW_BYTES as usize);
+const _: () = assert!(HTTP2_STREAM_WINDOW_BYTES <= HTTP2_CONNECTION_WINDOW_BYTES);
+// HTTP/2 windows are at most 2^31 - 1 bytes (RFC 9113, 6.9.1).
+const _: () = assert!(HTTP2_CONNECTION_WINDOW_BYTES < 1 << 31);
+// One batch's expiries, events and timestamps fit the ledger's 31-bit transfer indexes.
+const _: () = assert!((BATCH_EVENTS_MAX + BATCH_EXPIRIES_MAX) as u64 <= LEDGER_TRANSFERS_MAX);
+const _: () = assert!(LEDGER_TRANSFERS_MAX < 1 << 31 && LEDGER_ACCOUNTS_MAX <= u32::MAX as u64);
+const _: () = assert!(LEDGER_MEMORY_PERCENT_DEFAULT > 0 && LEDGER_MEMORY_PERCENT_DEFAULT <= 100);
+const _: () = assert!(LEDGER_ACCOUNTS_MEMORY_PERCENT_DEFAULT < 100);
+// The node's queue default is within what `--queue-depth` accepts.
+const _: () = assert!(
+    SERVER_QUEUE_REQUESTS_DEFAULT >= 1
+        && SERVER_QUEUE_REQUESTS_DEFAULT <= SERVER_QUEUE_REQUESTS_MAX
+);
+const _: () =
+    assert!(SERVER_BATCHES_IN_FLIGHT_MAX >= 1 && SERVER_BATCHES_IN_FLIGHT_MAX <= u32::MAX as usize);
+// The client's queue of singles holds at least one full batch, so its batches can be full.
+const _: () = assert!(CLIENT_PENDING_SINGLES_MAX >= BATCH_EVENTS_MAX);
+const _: () = assert!(CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX >= 1);
