@@ -523,6 +523,8 @@ async fn healthz(State(pipeline): State<Pipeline>) -> Response {
 /// `?digest=true` also the state digest there (replicas that applied the same index must show the
 /// same digest). The digest is opt-in: it is a pass over the whole state under its read lock,
 /// which pauses apply (about a second at 10M transfers), so routine polling must not pay it.
+/// The status is read on a blocking thread: a digest held on an async runtime worker would stall
+/// the tasks that share it, Raft's heartbeats among them, and a follower would call an election.
 async fn status(
     State(pipeline): State<Pipeline>,
     Query(params): Query<HashMap<String, String>>,
@@ -532,14 +534,20 @@ async fn status(
             Ok(with_digest) => with_digest,
             Err(error) => return error.into_response(),
         };
-    let replica = pipeline.replica();
+    let replica = std::sync::Arc::clone(pipeline.replica());
     let members: Vec<serde_json::Value> = replica
         .members()
         .iter()
         .map(|(id, node)| serde_json::json!({ "id": id, "grpc": node.grpc, "http": node.http }))
         .collect();
-    Json(serde_json::json!({ "replica": replica.status(with_digest), "members": members }))
-        .into_response()
+    let status = match tokio::task::spawn_blocking(move || replica.status(with_digest)).await {
+        Ok(status) => status,
+        Err(error) => {
+            let error = format!("reading this replica's status failed: {error}");
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error, None).into_response();
+        }
+    };
+    Json(serde_json::json!({ "replica": status, "members": members })).into_response()
 }
 
 /// The body of `POST /v1/admin/replicas`.
