@@ -175,15 +175,7 @@ struct Report {
 
 /// Peak resident set size of a process (Linux `VmHWM`), 0 if unknown.
 pub fn peak_rss_bytes(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    testkit::proc_status_bytes(pid, "VmHWM")
 }
 
 /// Both sides of one `--vs-single` comparison, and every run.

@@ -12,40 +12,21 @@ use ledger::{CreateAccountResult, CreateTransferResult};
 
 use super::workload::{TransferGenerator, accounts};
 use super::{BenchArgs, Measured, data_dir, peak_rss_bytes};
-use crate::nodes::{ChildNode, free_addrs, http_get_json};
+use testkit::group::GroupLayout;
+use testkit::http::{get_json, replica_status};
+use testkit::node::ChildNode;
 
 /// Starts `replicas` nodes forming one group (node i in `dir/node-i`).
 fn start_group(dir: &Path, replicas: u64) -> anyhow::Result<Vec<ChildNode>> {
+    let node_dir = |i: usize| dir.join(format!("node-{}", i + 1));
     if replicas == 1 {
         let listen = ["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"].map(String::from);
-        return Ok(vec![ChildNode::start(&dir.join("node-1"), &listen)?]);
+        return Ok(vec![crate::nodes::start(&node_dir(0), &listen)?]);
     }
-    let mut free = free_addrs(2 * replicas as usize)?;
-    let http = free.split_off(replicas as usize);
-    let addrs: Vec<(String, String)> = free.into_iter().zip(http).collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (g, h))| format!("{}={g}/{h}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (grpc, http))| {
-            let args = [
-                "--node-id",
-                &(i + 1).to_string(),
-                "--peers",
-                &peers,
-                "--grpc",
-                grpc,
-                "--http",
-                http,
-            ]
-            .map(String::from);
-            ChildNode::start(&dir.join(format!("node-{}", i + 1)), &args)
-        })
+    let replicas = replicas as usize;
+    let layout = GroupLayout::on_free_ports(replicas)?;
+    (0..replicas)
+        .map(|i| crate::nodes::start(&node_dir(i), &layout.serve_args(i, replicas)))
         .collect()
 }
 
@@ -90,7 +71,7 @@ fn spawn_leader_killer(
             .iter()
             .position(|n| n.as_ref().is_some_and(|n| n.http_addr == leader_http))
             .expect("the leader is one of ours");
-        nodes[position].take().expect("running").kill();
+        nodes[position].take().expect("running").kill9();
         Ok(Some(Instant::now()))
     })
 }
@@ -100,7 +81,7 @@ fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         for addr in http_addrs {
-            if let Ok(status) = http_get_json(addr, "/v1/status")
+            if let Ok(status) = get_json(addr, "/v1/status")
                 && let Some(leader) = status["replica"]["leader"].as_u64()
                 && let Some(members) = status["members"].as_array()
                 && let Some(member) = members.iter().find(|m| m["id"].as_u64() == Some(leader))
@@ -131,12 +112,8 @@ fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<u64> {
         seen = http_addrs
             .iter()
             .map(|addr| {
-                let status = http_get_json(addr, "/v1/status").ok()?;
-                let replica = &status["replica"];
-                Some((
-                    replica["applied_index"].as_u64()?,
-                    replica["last_log_index"].as_u64()?,
-                ))
+                let view = replica_status(addr, false).ok()?;
+                Some((view.applied_index, view.last_log_index?))
             })
             .collect::<Vec<_>>();
         let caught_up = seen.iter().all(|node| {
@@ -162,15 +139,11 @@ fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
         states = http_addrs
             .iter()
             .map(|addr| {
-                let status = http_get_json(addr, "/v1/status?digest=true")?;
-                let replica = &status["replica"];
-                Ok((
-                    replica["applied_index"].as_u64(),
-                    replica["state_digest"].as_str().map(String::from),
-                ))
+                let view = replica_status(addr, true)?;
+                Ok((view.applied_index, view.state_digest))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if states.iter().any(|(applied, _)| *applied != Some(index)) {
+        if states.iter().any(|(applied, _)| *applied != index) {
             continue; // the index moved under us: compare again at the next one
         }
         if states
@@ -193,8 +166,8 @@ fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
 fn term_max(http_addrs: &[String]) -> Option<u64> {
     http_addrs
         .iter()
-        .filter_map(|addr| http_get_json(addr, "/v1/status").ok())
-        .filter_map(|status| status["replica"]["term"].as_u64())
+        .filter_map(|addr| replica_status(addr, false).ok())
+        .map(|view| view.term)
         .max()
 }
 
@@ -206,10 +179,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     };
     let addrs: Vec<String> = match &args.addr {
         Some(addr) => vec![format!("http://{addr}")],
-        None => nodes
-            .iter()
-            .map(|n| format!("http://{}", n.grpc_addr))
-            .collect(),
+        None => nodes.iter().map(ChildNode::grpc_url).collect(),
     };
     let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
     let nodes = Arc::new(Mutex::new(nodes.into_iter().map(Some).collect::<Vec<_>>()));
