@@ -15,6 +15,8 @@ use tokio::sync::watch;
 
 /// Bytes read at once from one side before they are forwarded (and delayed) as one chunk.
 pub const CHUNK_BYTES_MAX: usize = 64 << 10;
+/// Pause after a failed accept before the next.
+const ACCEPT_RETRY_MS: u64 = 10;
 
 /// What the link does now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,7 +74,12 @@ async fn accept(listener: TcpListener, target: String, mut watcher: watch::Recei
         let inbound = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((inbound, _)) => inbound,
-                Err(_) => continue,
+                Err(_) => {
+                    // Out of descriptors, or a connection aborted before it was taken: the
+                    // link stays up; try again shortly rather than spin.
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                    continue;
+                }
             },
             // `changed` fails only once the `LinkProxy` (the sender) is gone.
             gone = closed.changed() => match gone {
