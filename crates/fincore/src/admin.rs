@@ -3,12 +3,9 @@
 //! Membership changes go to any node; one that is not the leader redirects (307) and the
 //! command follows the redirect once.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use api::json::AddReplicaJson;
 
 #[derive(Debug, clap::Subcommand)]
@@ -53,30 +50,15 @@ fn request(
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, Option<String>, String)> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let answer = testkit::http::request(
+        addr,
+        method,
+        path,
+        Some("application/json"),
+        body.unwrap_or(""),
     )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .context("a malformed HTTP answer")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("a malformed HTTP status")?;
-    let location = head.lines().find_map(|line| {
-        line.to_ascii_lowercase()
-            .starts_with("location:")
-            .then(|| line[9..].trim().to_string())
-    });
-    Ok((status, location, body.to_string()))
+    let location = answer.header("location").map(String::from);
+    Ok((answer.status, location, answer.body))
 }
 
 /// Sends the request, following one redirect to the leader.

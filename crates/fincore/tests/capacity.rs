@@ -7,7 +7,7 @@ mod support;
 use client::{Client, ClientError, RetryPolicy};
 use ledger::Transfer;
 use serde_json::json;
-use support::{NodeProcess, get, post_json};
+use support::{ChildNode, get, post_json, start_node_on};
 
 fn transfers_json(ids: std::ops::Range<u32>) -> String {
     let transfers: Vec<_> = ids
@@ -20,15 +20,15 @@ fn transfers_json(ids: std::ops::Range<u32>) -> String {
 }
 
 /// A node that may hold 2 accounts and 3 transfers, with accounts 1 and 2 created.
-fn start_tiny(dir: &std::path::Path) -> NodeProcess {
-    let node = NodeProcess::start_on(
+fn start_tiny(dir: &std::path::Path) -> ChildNode {
+    let node = start_node_on(
         dir,
         "127.0.0.1:0",
         "127.0.0.1:0",
         &["--accounts-max", "2", "--transfers-max", "3"],
     );
     let accounts = r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#;
-    let created = post_json(&node.http, "/v1/accounts", accounts);
+    let created = post_json(&node.http_addr, "/v1/accounts", accounts);
     assert_eq!(created.status, 200, "{}", created.body);
     node
 }
@@ -39,13 +39,13 @@ fn a_node_refuses_the_batch_that_could_pass_its_transfers_max_and_changes_nothin
     let node = start_tiny(&dir.path().join("node"));
 
     // Two transfers fit (2 of 3).
-    let fits = post_json(&node.http, "/v1/transfers", &transfers_json(10..12));
+    let fits = post_json(&node.http_addr, "/v1/transfers", &transfers_json(10..12));
     assert_eq!(fits.status, 200, "{}", fits.body);
 
     // Two more could make 4: refused whole, naming the limit, not retryable.
-    let refused = post_json(&node.http, "/v1/transfers", &transfers_json(12..14));
+    let refused = post_json(&node.http_addr, "/v1/transfers", &transfers_json(12..14));
     assert_eq!(refused.status, 507, "{}", refused.body);
-    let body = refused.json();
+    let body = refused.json().unwrap();
     assert_eq!(body["field"], "transfers_max");
     assert!(
         body["error"]
@@ -56,31 +56,34 @@ fn a_node_refuses_the_batch_that_could_pass_its_transfers_max_and_changes_nothin
     );
     assert!(body.get("retryable").is_none(), "{body}");
     assert!(
-        !refused.headers.to_ascii_lowercase().contains("retry-after"),
+        !refused.head.to_ascii_lowercase().contains("retry-after"),
         "{}",
-        refused.headers
+        refused.head
     );
     for id in [12, 13] {
-        assert_eq!(get(&node.http, &format!("/v1/transfers/{id}")).status, 404);
+        assert_eq!(
+            get(&node.http_addr, &format!("/v1/transfers/{id}")).status,
+            404
+        );
     }
-    let debits = get(&node.http, "/v1/accounts/1").json();
+    let debits = get(&node.http_addr, "/v1/accounts/1").json().unwrap();
     assert_eq!(debits["debits_posted"], "2", "{debits}");
 
     // One more fits exactly.
-    let last = post_json(&node.http, "/v1/transfers", &transfers_json(12..13));
+    let last = post_json(&node.http_addr, "/v1/transfers", &transfers_json(12..13));
     assert_eq!(last.status, 200, "{}", last.body);
 
     // Accounts have their own limit.
     let third = post_json(
-        &node.http,
+        &node.http_addr,
         "/v1/accounts",
         r#"[{"id":"3","ledger":1,"code":1}]"#,
     );
     assert_eq!(third.status, 507, "{}", third.body);
-    assert_eq!(third.json()["field"], "accounts_max");
+    assert_eq!(third.json().unwrap()["field"], "accounts_max");
 
     // Refusals count as errors of their own kind.
-    let metrics = get(&node.http, "/metrics").body;
+    let metrics = get(&node.http_addr, "/metrics").body;
     assert!(
         metrics.contains(
             r#"fincore_request_errors_total{operation="create_transfers",protocol="http",kind="capacity"} 1"#

@@ -176,7 +176,7 @@ fn bad_arguments_get_clear_errors_not_panics() {
 }
 
 #[test]
-fn a_replicated_bench_compares_with_a_single_node_and_waits_for_every_replica() {
+fn a_replicated_bench_without_faults_matches_a_single_node_and_keeps_its_leader() {
     let mut args = vec!["bench", "--replicas", "3", "--vs-single", "1"];
     args.extend(SMALL_WORKLOAD);
     let output = fincore(&args);
@@ -192,6 +192,8 @@ fn a_replicated_bench_compares_with_a_single_node_and_waits_for_every_replica() 
     assert!(replicated["replicas_caught_up_ms"].as_f64().unwrap() >= 0.0);
     for report in [single, replicated] {
         assert_eq!(report["transfers_failed"], 0, "{comparison}");
+        // Nothing was injected: the first leader serves the whole run.
+        assert_eq!(report["leader_changes"], 0, "{comparison}");
     }
     let ratio = comparison["ratio"].as_f64().unwrap();
     let expected = replicated["transfers_per_second"].as_f64().unwrap()
@@ -200,7 +202,7 @@ fn a_replicated_bench_compares_with_a_single_node_and_waits_for_every_replica() 
 }
 
 #[test]
-fn a_replicated_bench_measures_the_write_pause_when_the_leader_is_killed() {
+fn a_replicated_bench_measures_the_pause_and_counts_the_election_when_the_leader_dies() {
     let output = fincore(&[
         "bench",
         "--replicas",
@@ -220,6 +222,7 @@ fn a_replicated_bench_measures_the_write_pause_when_the_leader_is_killed() {
     assert_eq!(report["transfers_failed"], 0, "{report}");
     let pause = report["write_pause_ms_max"].as_f64().unwrap();
     assert!(pause > 0.0 && pause < 10_000.0, "{report}");
+    assert!(report["leader_changes"].as_u64().unwrap() >= 1, "{report}");
     // The two survivors caught up and agreed (the bench checks their digests).
     assert!(
         report["replicas_caught_up_ms"].as_f64().is_some(),

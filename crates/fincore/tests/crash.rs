@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use client::{Client, ClientError, RetryPolicy};
 use ledger::{Account, CreateAccountResult as AR, CreateTransferResult as TR, Transfer};
-use support::NodeProcess;
 
 const ACCOUNTS: u128 = 8;
 const KILLS: usize = 20;
@@ -44,13 +43,13 @@ fn policy() -> RetryPolicy {
 #[test]
 fn acknowledged_transfers_survive_repeated_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start_on(
+    let node = support::start_node_on(
         dir.path(),
         "127.0.0.1:0",
         "127.0.0.1:0",
         &["--checkpoint-interval", "25"],
     );
-    let (grpc, http) = (node.grpc.clone(), node.http.clone());
+    let (grpc, http) = (node.grpc_addr.clone(), node.http_addr.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -140,7 +139,7 @@ fn acknowledged_transfers_survive_repeated_kill_9() {
     for round in 0..KILLS {
         std::thread::sleep(Duration::from_millis(50 + random.next() % 350));
         node.take().unwrap().kill9();
-        node = Some(NodeProcess::start_on(
+        node = Some(support::start_node_on(
             dir.path(),
             &grpc,
             &http,
@@ -185,5 +184,5 @@ fn acknowledged_transfers_survive_repeated_kill_9() {
         "{} acknowledged transfers survived {KILLS} kills ({gave_up} batches gave up and were retried)",
         acked_all.len()
     );
-    node.unwrap().stop();
+    node.unwrap().stop().unwrap();
 }

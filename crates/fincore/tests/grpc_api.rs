@@ -9,7 +9,6 @@ use ledger::{
     Account, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult as AR,
     CreateTransferResult as TR, Transfer, TransferFlags,
 };
-use support::NodeProcess;
 
 fn account(id: u128, flags: AccountFlags) -> Account {
     Account {
@@ -43,7 +42,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn every_operation_works_over_grpc_with_the_rust_client() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
+    let node = support::start_node(dir.path());
     runtime().block_on(async {
         let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         let results = client
@@ -124,13 +123,13 @@ fn every_operation_works_over_grpc_with_the_rust_client() {
         assert_eq!(balances.len(), 3);
         assert_eq!(balances[2].credits_posted, u128::from(u64::MAX) + 7);
     });
-    node.stop();
+    node.stop().unwrap();
 }
 
 #[test]
 fn invalid_arguments_are_refused_with_the_field_named() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
+    let node = support::start_node(dir.path());
     runtime().block_on(async {
         let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         let bad_filter = AccountFilter {
@@ -195,13 +194,13 @@ fn invalid_arguments_are_refused_with_the_field_named() {
         // Nothing was created by any of it.
         assert!(client.lookup_transfers(&[0, 1]).await.unwrap().is_empty());
     });
-    node.stop();
+    node.stop().unwrap();
 }
 
 #[test]
 fn single_transfers_from_many_tasks_are_batched_and_all_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
+    let node = support::start_node(dir.path());
     runtime().block_on(async {
         let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         client
@@ -223,14 +222,14 @@ fn single_transfers_from_many_tasks_are_batched_and_all_answered() {
         let accounts = client.lookup_accounts(&[2]).await.unwrap();
         assert_eq!(accounts[0].credits_posted, (1..=2000u128).sum::<u128>());
     });
-    node.stop();
+    node.stop().unwrap();
 }
 
 #[test]
 fn the_client_retries_across_a_node_restart_with_the_same_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
-    let (grpc, http) = (node.grpc.clone(), node.http.clone());
+    let node = support::start_node(dir.path());
+    let (grpc, http) = (node.grpc_addr.clone(), node.http_addr.clone());
     let runtime = runtime();
     let client = runtime.block_on(async {
         let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
@@ -250,8 +249,8 @@ fn the_client_retries_across_a_node_restart_with_the_same_ids() {
         async move { client.create_transfers(&[transfer(7, 1, 2, 70)]).await }
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let node = NodeProcess::start_on(dir.path(), &grpc, &http, &[]);
+    let node = support::start_node_on(dir.path(), &grpc, &http, &[]);
     let results = runtime.block_on(pending).unwrap().unwrap();
     assert_eq!(results[0].result, TR::Created);
-    node.stop();
+    node.stop().unwrap();
 }

@@ -4,11 +4,11 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{NodeProcess, get, http, post_json};
+use support::{ChildNode, get, http, post_json};
 
 fn results(answer: &support::Answer) -> Vec<String> {
     assert_eq!(answer.status, 200, "{}", answer.body);
-    answer.json()["results"]
+    answer.json().unwrap()["results"]
         .as_array()
         .unwrap()
         .iter()
@@ -16,15 +16,15 @@ fn results(answer: &support::Answer) -> Vec<String> {
         .collect()
 }
 
-fn setup(node: &NodeProcess) {
+fn setup(node: &ChildNode) {
     let accounts = json!([
         {"id": "1", "ledger": 1, "code": 10},
         {"id": 2, "ledger": 1, "code": 10, "flags": ["history"]},
         {"id": "3", "ledger": 1, "code": 10, "flags": ["debits_must_not_exceed_credits"]},
     ]);
-    let answer = post_json(&node.http, "/v1/accounts", &accounts.to_string());
+    let answer = post_json(&node.http_addr, "/v1/accounts", &accounts.to_string());
     assert_eq!(results(&answer), ["created", "created", "created"]);
-    let first = &answer.json()["results"][0];
+    let first = &answer.json().unwrap()["results"][0];
     assert_eq!(first["index"], 0);
     assert_eq!(first["id"], "1");
     assert!(first["timestamp"].as_str().unwrap().parse::<u64>().unwrap() > 0);
@@ -33,11 +33,11 @@ fn setup(node: &NodeProcess) {
 #[test]
 fn every_operation_works_over_http() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
+    let node = support::start_node(dir.path());
     setup(&node);
     // Idempotent resubmission.
     let again = post_json(
-        &node.http,
+        &node.http_addr,
         "/v1/accounts",
         r#"[{"id":"1","ledger":1,"code":10}]"#,
     );
@@ -52,7 +52,7 @@ fn every_operation_works_over_http() {
         {"id": "14", "debit_account_id": "1", "credit_account_id": "2", "amount": "1", "ledger": 1, "code": 1, "flags": ["linked"]},
         {"id": "15", "debit_account_id": "1", "credit_account_id": "1", "amount": "1", "ledger": 1, "code": 1},
     ]);
-    let answer = post_json(&node.http, "/v1/transfers", &transfers.to_string());
+    let answer = post_json(&node.http_addr, "/v1/transfers", &transfers.to_string());
     assert_eq!(
         results(&answer),
         [
@@ -65,28 +65,28 @@ fn every_operation_works_over_http() {
         ]
     );
 
-    let account = get(&node.http, "/v1/accounts/2");
+    let account = get(&node.http_addr, "/v1/accounts/2");
     assert_eq!(account.status, 200);
-    let account = account.json();
+    let account = account.json().unwrap();
     assert_eq!(account["credits_posted"], "130");
     assert_eq!(account["credits_pending"], "0");
     assert_eq!(account["flags"], json!(["history"]));
 
-    let transfer = get(&node.http, "/v1/transfers/10").json();
+    let transfer = get(&node.http_addr, "/v1/transfers/10").json().unwrap();
     assert_eq!(transfer["user_data_128"], Value::String(max.clone()));
     assert_eq!(transfer["amount"], "100");
     assert_eq!(
-        get(&node.http, "/v1/transfers/11").json()["flags"],
+        get(&node.http_addr, "/v1/transfers/11").json().unwrap()["flags"],
         json!(["pending"])
     );
 
     let lookup = post_json(
-        &node.http,
+        &node.http_addr,
         "/v1/accounts/lookup",
         r#"{"ids":["1", 3, "999"]}"#,
     );
     assert_eq!(lookup.status, 200);
-    let lookup = lookup.json();
+    let lookup = lookup.json().unwrap();
     let ids: Vec<&str> = lookup["accounts"]
         .as_array()
         .unwrap()
@@ -94,7 +94,13 @@ fn every_operation_works_over_http() {
         .map(|a| a["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["1", "3"]);
-    let lookup = post_json(&node.http, "/v1/transfers/lookup", r#"{"ids":["12","13"]}"#).json();
+    let lookup = post_json(
+        &node.http_addr,
+        "/v1/transfers/lookup",
+        r#"{"ids":["12","13"]}"#,
+    )
+    .json()
+    .unwrap();
     assert_eq!(
         lookup["transfers"].as_array().unwrap().len(),
         1,
@@ -102,10 +108,11 @@ fn every_operation_works_over_http() {
     );
 
     let history = get(
-        &node.http,
+        &node.http_addr,
         "/v1/accounts/1/transfers?limit=10&reversed=true",
     )
-    .json();
+    .json()
+    .unwrap();
     let ids: Vec<&str> = history["transfers"]
         .as_array()
         .unwrap()
@@ -114,26 +121,34 @@ fn every_operation_works_over_http() {
         .collect();
     assert_eq!(ids, ["12", "11", "10"]);
     let credits_only = get(
-        &node.http,
+        &node.http_addr,
         "/v1/accounts/1/transfers?debits=false&credits=true",
     )
-    .json();
+    .json()
+    .unwrap();
     assert_eq!(credits_only["transfers"].as_array().unwrap().len(), 0);
-    let balances = get(&node.http, "/v1/accounts/2/balances?limit=2").json();
+    let balances = get(&node.http_addr, "/v1/accounts/2/balances?limit=2")
+        .json()
+        .unwrap();
     let rows = balances["balances"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["credits_posted"], "100");
     assert_eq!(rows[1]["credits_pending"], "40");
-    let newest = get(&node.http, "/v1/accounts/2/balances?reversed=true&limit=1").json();
+    let newest = get(
+        &node.http_addr,
+        "/v1/accounts/2/balances?reversed=true&limit=1",
+    )
+    .json()
+    .unwrap();
     assert_eq!(newest["balances"][0]["credits_posted"], "130");
 
-    let health = get(&node.http, "/healthz");
+    let health = get(&node.http_addr, "/healthz");
     assert_eq!(
-        (health.status, health.json()["status"].as_str()),
+        (health.status, health.json().unwrap()["status"].as_str()),
         (200, Some("ok"))
     );
 
-    let metrics = get(&node.http, "/metrics");
+    let metrics = get(&node.http_addr, "/metrics");
     assert_eq!(metrics.status, 200);
     for expected in [
         r#"fincore_requests_total{operation="create_transfers",protocol="http"}"#,
@@ -150,8 +165,10 @@ fn every_operation_works_over_http() {
     }
 
     // Status: the state digest only on request, at the same index.
-    let full = get(&node.http, "/v1/status?digest=true").json();
-    let light = get(&node.http, "/v1/status").json();
+    let full = get(&node.http_addr, "/v1/status?digest=true")
+        .json()
+        .unwrap();
+    let light = get(&node.http_addr, "/v1/status").json().unwrap();
     assert_eq!(
         full["replica"]["state_digest"].as_str().map(str::len),
         Some(64)
@@ -163,9 +180,9 @@ fn every_operation_works_over_http() {
     );
     assert!(light["replica"]["applied_index"].as_u64().unwrap() > 0);
 
-    let openapi = get(&node.http, "/openapi.json");
+    let openapi = get(&node.http_addr, "/openapi.json");
     assert_eq!(openapi.status, 200);
-    let paths = openapi.json()["paths"]
+    let paths = openapi.json().unwrap()["paths"]
         .as_object()
         .unwrap()
         .keys()
@@ -183,13 +200,13 @@ fn every_operation_works_over_http() {
             "openapi.json lacks {path}: {paths:?}"
         );
     }
-    node.stop();
+    node.stop().unwrap();
 }
 
 #[test]
 fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
+    let node = support::start_node(dir.path());
     setup(&node);
     let transfer = |extra: &str| {
         format!(
@@ -281,9 +298,15 @@ fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
         ),
     ];
     for (what, body, content_type, status, field, needle) in cases {
-        let answer = http(&node.http, "POST", "/v1/transfers", content_type, &body);
+        let answer = http(
+            &node.http_addr,
+            "POST",
+            "/v1/transfers",
+            content_type,
+            &body,
+        );
         assert_eq!(answer.status, status, "{what}: {}", answer.body);
-        let error = answer.json();
+        let error = answer.json().unwrap();
         assert!(
             error["error"].as_str().unwrap().contains(needle),
             "{what}: {error}"
@@ -293,98 +316,98 @@ fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
 
     let too_many: Vec<Value> = (0..8190).map(|i| json!({"id": (1000 + i).to_string(), "debit_account_id": "1", "credit_account_id": "2", "amount": "1", "ledger": 1, "code": 1})).collect();
     let answer = post_json(
-        &node.http,
+        &node.http_addr,
         "/v1/transfers",
         &Value::Array(too_many).to_string(),
     );
     assert_eq!(answer.status, 413, "{}", answer.body);
     assert!(
-        answer.json()["error"]
+        answer.json().unwrap()["error"]
             .as_str()
             .unwrap()
             .contains("8190 events; the limit is 8189")
     );
 
     // Path and query errors.
-    let answer = get(&node.http, "/v1/accounts/abc");
+    let answer = get(&node.http_addr, "/v1/accounts/abc");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("id"))
     );
-    let answer = get(&node.http, "/v1/accounts/77");
+    let answer = get(&node.http_addr, "/v1/accounts/77");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (404, Some("id"))
     );
-    let answer = get(&node.http, "/v1/transfers/77");
+    let answer = get(&node.http_addr, "/v1/transfers/77");
     assert_eq!(answer.status, 404);
-    let answer = get(&node.http, "/v1/accounts/1/transfers?limit=0");
+    let answer = get(&node.http_addr, "/v1/accounts/1/transfers?limit=0");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("limit"))
     );
-    let answer = get(&node.http, "/v1/accounts/1/transfers?limit=9000");
+    let answer = get(&node.http_addr, "/v1/accounts/1/transfers?limit=9000");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("limit"))
     );
-    let answer = get(&node.http, "/v1/accounts/1/transfers?debits=maybe");
+    let answer = get(&node.http_addr, "/v1/accounts/1/transfers?debits=maybe");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("debits"))
     );
     let answer = get(
-        &node.http,
+        &node.http_addr,
         "/v1/accounts/1/transfers?debits=false&credits=false",
     );
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("flags"))
     );
     let answer = get(
-        &node.http,
+        &node.http_addr,
         "/v1/accounts/1/balances?timestamp_min=5&timestamp_max=4",
     );
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("timestamp_min"))
     );
-    let answer = get(&node.http, "/v1/accounts/1/balances?sort=asc");
+    let answer = get(&node.http_addr, "/v1/accounts/1/balances?sort=asc");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("sort"))
     );
-    let answer = post_json(&node.http, "/v1/accounts/lookup", r#"{"ids":[-1]}"#);
+    let answer = post_json(&node.http_addr, "/v1/accounts/lookup", r#"{"ids":[-1]}"#);
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("ids[0]"))
     );
-    let answer = get(&node.http, "/v1/status?digest=maybe");
+    let answer = get(&node.http_addr, "/v1/status?digest=maybe");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("digest"))
     );
-    let answer = get(&node.http, "/v1/status?verbose=true");
+    let answer = get(&node.http_addr, "/v1/status?verbose=true");
     assert_eq!(
-        (answer.status, answer.json()["field"].as_str()),
+        (answer.status, answer.json().unwrap()["field"].as_str()),
         (400, Some("verbose"))
     );
-    let answer = get(&node.http, "/v2/nothing");
+    let answer = get(&node.http_addr, "/v2/nothing");
     assert_eq!(answer.status, 404);
     assert!(
-        answer.json()["error"]
+        answer.json().unwrap()["error"]
             .as_str()
             .unwrap()
             .contains("openapi.json")
     );
-    let answer = http(&node.http, "DELETE", "/v1/accounts/1", None, "");
+    let answer = http(&node.http_addr, "DELETE", "/v1/accounts/1", None, "");
     assert_eq!(answer.status, 405);
-    assert!(answer.json()["error"].is_string());
+    assert!(answer.json().unwrap()["error"].is_string());
 
     // None of it changed the ledger.
-    assert_eq!(get(&node.http, "/v1/transfers/50").status, 404);
-    assert_eq!(get(&node.http, "/v1/transfers/1000").status, 404);
-    let account = get(&node.http, "/v1/accounts/1").json();
+    assert_eq!(get(&node.http_addr, "/v1/transfers/50").status, 404);
+    assert_eq!(get(&node.http_addr, "/v1/transfers/1000").status, 404);
+    let account = get(&node.http_addr, "/v1/accounts/1").json().unwrap();
     assert_eq!(
         (
             account["debits_posted"].as_str(),
@@ -392,22 +415,22 @@ fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
         ),
         (Some("0"), Some("0"))
     );
-    node.stop();
+    node.stop().unwrap();
 }
 
 #[test]
 fn a_clean_restart_keeps_everything_and_replays_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start(dir.path());
+    let node = support::start_node(dir.path());
     setup(&node);
     let answer = post_json(
-        &node.http,
+        &node.http_addr,
         "/v1/transfers",
         r#"[{"id":"9","debit_account_id":"1","credit_account_id":"2","amount":"7","ledger":1,"code":1}]"#,
     );
     assert_eq!(results(&answer), ["created"]);
-    let before = get(&node.http, "/v1/transfers/9").json();
-    node.stop();
+    let before = get(&node.http_addr, "/v1/transfers/9").json().unwrap();
+    node.stop().unwrap();
     // The stopped node's data directory verifies: chain, entries, replay, double entry.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
         .args(["verify", "--data-dir"])
@@ -420,11 +443,14 @@ fn a_clean_restart_keeps_everything_and_replays_nothing() {
         text.contains("fincore verify: OK (replica data directory)") && text.contains("4 events"),
         "{text}"
     );
-    let node = NodeProcess::start(dir.path());
-    assert_eq!(get(&node.http, "/v1/transfers/9").json(), before);
+    let node = support::start_node(dir.path());
     assert_eq!(
-        get(&node.http, "/v1/accounts/2").json()["credits_posted"],
+        get(&node.http_addr, "/v1/transfers/9").json().unwrap(),
+        before
+    );
+    assert_eq!(
+        get(&node.http_addr, "/v1/accounts/2").json().unwrap()["credits_posted"],
         "7"
     );
-    node.stop();
+    node.stop().unwrap();
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use api::{convert, proto};
 use ledger::{Account, Transfer};
-use support::{NodeProcess, get, post_json};
+use support::{get, post_json};
 
 const CONCURRENT: u128 = 64;
 const EVENTS: u128 = 8189;
@@ -33,7 +33,7 @@ fn transfers(request: u128) -> Vec<Transfer> {
 #[test]
 fn far_more_concurrent_requests_than_the_queue_holds_get_busy_answers_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeProcess::start_on(
+    let node = support::start_node_on(
         dir.path(),
         "127.0.0.1:0",
         "127.0.0.1:0",
@@ -122,7 +122,7 @@ fn far_more_concurrent_requests_than_the_queue_holds_get_busy_answers_not_a_cras
     };
     let threads: Vec<_> = (0..48)
         .map(|_| {
-            let (addr, body) = (node.http.clone(), body.clone());
+            let (addr, body) = (node.http_addr.clone(), body.clone());
             std::thread::spawn(move || post_json(&addr, "/v1/transfers", &body))
         })
         .collect();
@@ -133,14 +133,11 @@ fn far_more_concurrent_requests_than_the_queue_holds_get_busy_answers_not_a_cras
         "unexpected statuses"
     );
     if let Some(answer) = refused.first() {
-        assert_eq!(answer.json()["retryable"], true);
+        assert_eq!(answer.json().unwrap()["retryable"], true);
         assert!(
-            answer
-                .headers
-                .to_ascii_lowercase()
-                .contains("retry-after: 1"),
+            answer.head.to_ascii_lowercase().contains("retry-after: 1"),
             "{}",
-            answer.headers
+            answer.head
         );
     }
     eprintln!(
@@ -151,13 +148,13 @@ fn far_more_concurrent_requests_than_the_queue_holds_get_busy_answers_not_a_cras
 
     // Still healthy, and exactly what was accepted over gRPC is on the books (HTTP moved the
     // same ids each time, so it adds at most 2000).
-    assert_eq!(get(&node.http, "/healthz").status, 200);
-    let account = get(&node.http, "/v1/accounts/2").json();
+    assert_eq!(get(&node.http_addr, "/healthz").status, 200);
+    let account = get(&node.http_addr, "/v1/accounts/2").json().unwrap();
     let credits: u64 = account["credits_posted"].as_str().unwrap().parse().unwrap();
     let expected = accepted * EVENTS as u64;
     assert!(
         credits == expected || credits == expected + 2000,
         "credits {credits}, accepted {expected}"
     );
-    node.stop();
+    node.stop().unwrap();
 }

@@ -5,62 +5,41 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use client::{Client, ClientError, RetryPolicy};
 use ledger::{Account, CreateAccountResult as AR, CreateTransferResult as TR, Transfer};
-use support::{NodeProcess, get};
+use support::{ChildNode, fincore_exe, get};
+use testkit::group::GroupLayout;
+use testkit::http::replica_status;
+use testkit::proxy::LinkProxy;
 
 const ACCOUNTS: u128 = 6;
 const ROUNDS: usize = 4;
 
-/// `count` distinct free loopback addresses (all held open until every one is chosen, so the
-/// kernel cannot hand out the same port twice).
-fn free_addrs(count: usize) -> Vec<String> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect()
-}
-
 struct Group {
     /// Each node's data directory is `dirs[i]/data`; its log is `dirs[i]/data.log`.
     dirs: Vec<tempfile::TempDir>,
-    grpc: Vec<String>,
-    http: Vec<String>,
-    nodes: Vec<Option<NodeProcess>>,
+    layout: GroupLayout,
+    nodes: Vec<Option<ChildNode>>,
 }
 
 impl Group {
-    fn peers(&self) -> String {
-        (0..self.grpc.len())
-            .map(|i| format!("{}={}/{}", i + 1, self.grpc[i], self.http[i]))
-            .collect::<Vec<_>>()
-            .join(",")
+    /// Starts member `i` of a group of the first `members` members, with `extra` arguments.
+    fn start_member(&mut self, i: usize, members: usize, extra: &[String]) {
+        let mut args = self.layout.serve_args(i, members);
+        args.extend_from_slice(extra);
+        let data = self.dirs[i].path().join("data");
+        let node =
+            ChildNode::start(fincore_exe(), &data, &args).unwrap_or_else(|error| panic!("{error}"));
+        self.nodes[i] = Some(node);
     }
 
     fn start(&mut self, i: usize) {
-        let (id, peers) = ((i + 1).to_string(), self.peers());
-        let node = NodeProcess::start_on(
-            &self.dirs[i].path().join("data"),
-            &self.grpc[i],
-            &self.http[i],
-            &[
-                "--node-id",
-                &id,
-                "--peers",
-                &peers,
-                "--checkpoint-interval",
-                "50",
-            ],
-        );
-        self.nodes[i] = Some(node);
+        let extra = ["--checkpoint-interval", "50"].map(String::from);
+        self.start_member(i, self.layout.len(), &extra);
     }
 
     /// The index of the node every live node agrees is the leader (bounded wait).
@@ -69,7 +48,11 @@ impl Group {
         loop {
             let leaders: Vec<Option<u64>> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].is_some())
-                .map(|i| get(&self.http[i], "/v1/status").json()["replica"]["leader"].as_u64())
+                .map(|i| {
+                    replica_status(&self.layout.http_addrs[i], false)
+                        .unwrap()
+                        .leader
+                })
                 .collect();
             if let Some(Some(leader)) = leaders.first()
                 && leaders.iter().all(|l| *l == Some(*leader))
@@ -112,12 +95,8 @@ impl Group {
             let states: Vec<(u64, String)> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].is_some())
                 .map(|i| {
-                    let status = get(&self.http[i], "/v1/status?digest=true").json();
-                    let replica = &status["replica"];
-                    (
-                        replica["applied_index"].as_u64().unwrap(),
-                        replica["state_digest"].as_str().unwrap().to_string(),
-                    )
+                    let view = replica_status(&self.layout.http_addrs[i], true).unwrap();
+                    (view.applied_index, view.state_digest.unwrap())
                 })
                 .collect();
             if states.windows(2).all(|w| w[0] == w[1]) {
@@ -148,7 +127,7 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
         attempt_timeout: Duration::from_secs(2),
         ..RetryPolicy::default()
     };
-    let addrs: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let addrs: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
         Client::connect_any(
             &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -268,7 +247,7 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
         "too little was acknowledged to prove anything"
     );
     for node in group.nodes.iter_mut() {
-        node.take().unwrap().stop();
+        node.take().unwrap().stop().unwrap();
     }
 }
 
@@ -309,7 +288,7 @@ fn started_group(size: usize) -> (Group, tokio::runtime::Runtime, Client) {
         .enable_all()
         .build()
         .unwrap();
-    let addrs: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let addrs: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
         Client::connect_any(
             &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -332,12 +311,9 @@ fn started_group(size: usize) -> (Group, tokio::runtime::Runtime, Client) {
 }
 
 fn group_of(size: usize) -> Group {
-    let mut addrs = free_addrs(2 * size);
-    let http = addrs.split_off(size);
     Group {
         dirs: (0..size).map(|_| tempfile::tempdir().unwrap()).collect(),
-        grpc: addrs,
-        http,
+        layout: GroupLayout::on_free_ports(size).unwrap(),
         nodes: (0..size).map(|_| None).collect(),
     }
 }
@@ -357,7 +333,9 @@ fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
     runtime.block_on(write_batches(&client, 100_000, 20));
     group.start(victim);
     let (index, digest) = group.converged();
-    let status = get(&group.http[victim], "/v1/status?digest=true").json();
+    let status = get(&group.layout.http_addrs[victim], "/v1/status?digest=true")
+        .json()
+        .unwrap();
     assert_eq!(status["replica"]["applied_index"].as_u64(), Some(index));
     assert_eq!(
         status["replica"]["state_digest"].as_str(),
@@ -371,7 +349,7 @@ fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
         assert_eq!(found.len(), 3);
     });
     for node in group.nodes.iter_mut() {
-        node.take().unwrap().stop();
+        node.take().unwrap().stop().unwrap();
     }
 }
 
@@ -418,7 +396,7 @@ fn a_five_node_group_keeps_committing_with_any_two_nodes_down() {
         );
     });
     for node in group.nodes.iter_mut() {
-        node.take().unwrap().stop();
+        node.take().unwrap().stop().unwrap();
     }
 }
 
@@ -430,38 +408,25 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         .unwrap();
     let mut group = group_of(3);
     // proxies[i][j]: how node i reaches node j.
-    let proxies: Vec<Vec<Option<support::Proxy>>> = (0..3)
+    let proxies: Vec<Vec<Option<LinkProxy>>> = (0..3)
         .map(|i| {
             (0..3)
-                .map(|j| (i != j).then(|| support::Proxy::start(&runtime, group.grpc[j].clone())))
+                .map(|j| {
+                    let target = group.layout.grpc_addrs[j].clone();
+                    (i != j).then(|| runtime.block_on(LinkProxy::start(target)).unwrap())
+                })
                 .collect()
         })
         .collect();
-    let peers = group.peers();
     #[allow(clippy::needless_range_loop)] // i names both the node and its row of proxies
     for i in 0..3 {
-        let routes = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| format!("{}={}", j + 1, proxies[i][j].as_ref().unwrap().addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        let node = NodeProcess::start_on(
-            &group.dirs[i].path().join("data"),
-            &group.grpc[i],
-            &group.http[i],
-            &[
-                "--node-id",
-                &(i + 1).to_string(),
-                "--peers",
-                &peers,
-                "--peer-routes",
-                &routes,
-            ],
-        );
-        group.nodes[i] = Some(node);
+        let routes = group
+            .layout
+            .peer_routes_args(i, |j| proxies[i][j].as_ref().unwrap().addr.clone());
+        group.start_member(i, 3, &routes);
     }
     let leader = group.leader();
-    let all: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let all: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
         Client::connect_any(
             &all.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -484,8 +449,8 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
 
     // Cut the leader off from both others, in both directions.
     for other in (0..3).filter(|&j| j != leader) {
-        proxies[leader][other].as_ref().unwrap().block();
-        proxies[other][leader].as_ref().unwrap().block();
+        proxies[leader][other].as_ref().unwrap().cut();
+        proxies[other][leader].as_ref().unwrap().cut();
     }
     // A write sent straight to the old leader is never acknowledged.
     let stranded: Vec<Transfer> = (500_000..500_016u128)
@@ -500,12 +465,14 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         })
         .collect();
     let answer = runtime.block_on(async {
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://{}", group.grpc[leader]))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+        let channel = tonic::transport::Channel::from_shared(format!(
+            "http://{}",
+            group.layout.grpc_addrs[leader]
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
         let mut raw = api::proto::ledger_client::LedgerClient::new(channel);
         let request = api::proto::CreateTransfersRequest {
             transfers: vec![],
@@ -521,7 +488,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
     // The other two elect a leader and keep committing.
     let majority: Vec<String> = (0..3)
         .filter(|&j| j != leader)
-        .map(|j| format!("http://{}", group.grpc[j]))
+        .map(|j| format!("http://{}", group.layout.grpc_addrs[j]))
         .collect();
     let majority_client = runtime.block_on(async {
         Client::connect_any(
@@ -535,7 +502,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
     // Heal: the old leader steps down, drops what it never committed, and converges.
     for row in &proxies {
         for proxy in row.iter().flatten() {
-            proxy.unblock();
+            proxy.heal();
         }
     }
     group.converged();
@@ -560,38 +527,22 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         assert_eq!(accounts.iter().map(|a| a.credits_posted).sum::<u128>(), 160);
     });
     for node in group.nodes.iter_mut() {
-        node.take().unwrap().stop();
+        node.take().unwrap().stop().unwrap();
     }
 }
 
 #[test]
 fn replicas_are_added_and_removed_at_run_time() {
     let mut group = group_of(4);
-    let peers_of = |group: &Group, count: usize| {
-        (0..count)
-            .map(|i| format!("{}={}/{}", i + 1, group.grpc[i], group.http[i]))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let start = |group: &mut Group, i: usize, peers: &str| {
-        let node = NodeProcess::start_on(
-            &group.dirs[i].path().join("data"),
-            &group.grpc[i],
-            &group.http[i],
-            &["--node-id", &(i + 1).to_string(), "--peers", peers],
-        );
-        group.nodes[i] = Some(node);
-    };
-    let three = peers_of(&group, 3);
     for i in 0..3 {
-        start(&mut group, i, &three);
+        group.start_member(i, 3, &[]);
     }
     group.leader();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let all: Vec<String> = group.grpc.iter().map(|a| format!("http://{a}")).collect();
+    let all: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
         Client::connect_any(
             &all.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -627,29 +578,36 @@ fn replicas_are_added_and_removed_at_run_time() {
     };
 
     // Node 4 starts empty (it does not initialize anything) and is added through node 2.
-    let four = peers_of(&group, 4);
-    start(&mut group, 3, &four);
+    group.start_member(3, 4, &[]);
     let text = admin(&[
         "add-replica",
         "--addr",
-        &group.http[1],
+        &group.layout.http_addrs[1],
         "--id",
         "4",
         "--grpc",
-        &group.grpc[3],
+        &group.layout.grpc_addrs[3],
         "--http",
-        &group.http[3],
+        &group.layout.http_addrs[3],
     ]);
-    assert!(text.contains(&group.grpc[3]), "{text}");
+    assert!(text.contains(&group.layout.grpc_addrs[3]), "{text}");
     group.converged();
 
     // Node 2 leaves; the group of 1, 3, 4 goes on.
-    let text = admin(&["remove-replica", "--addr", &group.http[0], "--id", "2"]);
+    let text = admin(&[
+        "remove-replica",
+        "--addr",
+        &group.layout.http_addrs[0],
+        "--id",
+        "2",
+    ]);
     assert!(!text.contains("\"id\":2"), "{text}");
-    group.nodes[1].take().unwrap().stop();
+    group.nodes[1].take().unwrap().stop().unwrap();
     runtime.block_on(write_batches(&client, 1_000, 5));
     group.converged();
-    let status = get(&group.http[3], "/v1/status").json();
+    let status = get(&group.layout.http_addrs[3], "/v1/status")
+        .json()
+        .unwrap();
     let ids: Vec<u64> = status["members"]
         .as_array()
         .unwrap()
@@ -666,7 +624,7 @@ fn replicas_are_added_and_removed_at_run_time() {
     });
     for node in group.nodes.iter_mut() {
         if let Some(node) = node.take() {
-            node.stop();
+            node.stop().unwrap();
         }
     }
 }

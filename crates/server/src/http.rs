@@ -502,6 +502,8 @@ async fn healthz(State(pipeline): State<Pipeline>) -> Response {
 /// `?digest=true` also the state digest there (replicas that applied the same index must show the
 /// same digest). The digest is opt-in: it is a pass over the whole state under its read lock,
 /// which pauses apply (about a second at 10M transfers), so routine polling must not pay it.
+/// The status is read on a blocking thread: a digest held on an async runtime worker would stall
+/// the tasks that share it, Raft's heartbeats among them, and a follower would call an election.
 async fn status(
     State(pipeline): State<Pipeline>,
     Query(params): Query<HashMap<String, String>>,
@@ -511,12 +513,24 @@ async fn status(
             Ok(with_digest) => with_digest,
             Err(error) => return error.into_response(),
         };
-    let replica = pipeline.replica();
-    let status = StatusJson {
-        members: members(replica),
-        replica: replica_status_json(replica.status(with_digest)),
+    let replica = std::sync::Arc::clone(pipeline.replica());
+    let members = members(&replica);
+    let status = match tokio::task::spawn_blocking(move || replica.status(with_digest)).await {
+        Ok(status) => status,
+        Err(error) => {
+            let error = format!("reading this replica's status failed: {error}");
+            return ApiError {
+                kind: ErrorKind::Unavailable,
+                ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error, None)
+            }
+            .into_response();
+        }
     };
-    Json(status).into_response()
+    Json(StatusJson {
+        members,
+        replica: replica_status_json(status),
+    })
+    .into_response()
 }
 
 fn replica_status_json(status: replication::ReplicaStatus) -> ReplicaStatusJson {

@@ -91,6 +91,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         restart,
         write_pause_ms_max: None,
         replicas_caught_up_ms: None,
+        leader_changes: None,
     })
 }
 

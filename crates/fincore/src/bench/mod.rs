@@ -131,6 +131,8 @@ pub struct Measured {
     /// How long after the last acknowledgement every replica had applied it (replicated runs;
     /// part of `seconds`).
     pub replicas_caught_up_ms: Option<f64>,
+    /// Raft term increments during the measured phase (network runs on nodes started here).
+    pub leader_changes: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,19 +165,17 @@ struct Report {
     write_pause_ms_max: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     replicas_caught_up_ms: Option<f64>,
+    /// Network runs on nodes started here: how many times the Raft term went up from the start
+    /// of the transfers to the end of the measured phase (every replica caught up), i.e. the
+    /// highest term any running replica reports at the end minus the highest at the start.
+    /// Every election adds one, won or not, so 0 means the first leader served the whole run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader_changes: Option<u64>,
 }
 
 /// Peak resident set size of a process (Linux `VmHWM`), 0 if unknown.
 pub fn peak_rss_bytes(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    testkit::proc_status_bytes(pid, "VmHWM")
 }
 
 /// Both sides of one `--vs-single` comparison, and every run.
@@ -213,8 +213,10 @@ fn compare(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
             let report = report(&run_args, "network", network::run(&run_args)?);
             if !args.json {
                 println!(
-                    "round {round}/{rounds}: {replicas} replica(s) {:.0} transfers/s (batch p50 {:.2} ms)",
-                    report.transfers_per_second, report.batch_latency_ms.p50
+                    "round {round}/{rounds}: {replicas} replica(s) {:.0} transfers/s (batch p50 {:.2} ms, {} leader change(s))",
+                    report.transfers_per_second,
+                    report.batch_latency_ms.p50,
+                    report.leader_changes.unwrap_or(0)
                 );
             }
             if replicas == 1 {
@@ -278,6 +280,7 @@ fn report(args: &BenchArgs, mode: &'static str, measured: Measured) -> Report {
         restart: measured.restart,
         write_pause_ms_max: measured.write_pause_ms_max,
         replicas_caught_up_ms: measured.replicas_caught_up_ms,
+        leader_changes: measured.leader_changes,
     }
 }
 
@@ -327,6 +330,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         if let Some(caught_up) = report.replicas_caught_up_ms {
             println!(
                 "  replicas      all applied the last batch {caught_up:.0} ms after its acknowledgement (counted in the time)"
+            );
+        }
+        if let Some(changes) = report.leader_changes {
+            println!(
+                "  leadership    {changes} term change(s) (elections) during the measured phase"
             );
         }
         if let Some(pause) = report.write_pause_ms_max {

@@ -12,40 +12,21 @@ use ledger::{CreateAccountResult, CreateTransferResult};
 
 use super::workload::{TransferGenerator, accounts};
 use super::{BenchArgs, Measured, data_dir, peak_rss_bytes};
-use crate::nodes::{ChildNode, free_addrs, http_get_json};
+use testkit::group::GroupLayout;
+use testkit::http::{get_json, replica_status};
+use testkit::node::ChildNode;
 
 /// Starts `replicas` nodes forming one group (node i in `dir/node-i`).
 fn start_group(dir: &Path, replicas: u64) -> anyhow::Result<Vec<ChildNode>> {
+    let node_dir = |i: usize| dir.join(format!("node-{}", i + 1));
     if replicas == 1 {
         let listen = ["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"].map(String::from);
-        return Ok(vec![ChildNode::start(&dir.join("node-1"), &listen)?]);
+        return Ok(vec![crate::nodes::start(&node_dir(0), &listen)?]);
     }
-    let mut free = free_addrs(2 * replicas as usize)?;
-    let http = free.split_off(replicas as usize);
-    let addrs: Vec<(String, String)> = free.into_iter().zip(http).collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (g, h))| format!("{}={g}/{h}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (grpc, http))| {
-            let args = [
-                "--node-id",
-                &(i + 1).to_string(),
-                "--peers",
-                &peers,
-                "--grpc",
-                grpc,
-                "--http",
-                http,
-            ]
-            .map(String::from);
-            ChildNode::start(&dir.join(format!("node-{}", i + 1)), &args)
-        })
+    let replicas = replicas as usize;
+    let layout = GroupLayout::on_free_ports(replicas)?;
+    (0..replicas)
+        .map(|i| crate::nodes::start(&node_dir(i), &layout.serve_args(i, replicas)))
         .collect()
 }
 
@@ -90,7 +71,7 @@ fn spawn_leader_killer(
             .iter()
             .position(|n| n.as_ref().is_some_and(|n| n.http_addr == leader_http))
             .expect("the leader is one of ours");
-        nodes[position].take().expect("running").kill();
+        nodes[position].take().expect("running").kill9();
         Ok(Some(Instant::now()))
     })
 }
@@ -100,7 +81,7 @@ fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         for addr in http_addrs {
-            if let Ok(status) = http_get_json(addr, "/v1/status")
+            if let Ok(status) = get_json(addr, "/v1/status")
                 && let Some(leader) = status["replica"]["leader"].as_u64()
                 && let Some(members) = status["members"].as_array()
                 && let Some(member) = members.iter().find(|m| m["id"].as_u64() == Some(leader))
@@ -116,55 +97,78 @@ fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
     bail!("no leader was elected within 20 s")
 }
 
+/// How long the replicas may take to apply everything they acknowledged after the load.
+const CATCH_UP_SECONDS_MAX: u64 = 120;
+/// How many times the digests are fetched again because an entry (e.g. the blank entry of a
+/// newly elected leader) moved the applied index between the wait and the digests.
+const DIGEST_ATTEMPTS_MAX: u32 = 5;
+
 /// Waits (bounded) until every node in `http_addrs` has applied its whole log and all applied the
-/// same index: the group has caught up with everything it acknowledged.
-fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// same index: the group has caught up with everything it acknowledged. Returns that index.
+fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(CATCH_UP_SECONDS_MAX);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         seen = http_addrs
             .iter()
             .map(|addr| {
-                let status = http_get_json(addr, "/v1/status").ok()?;
-                let replica = &status["replica"];
-                Some((
-                    replica["applied_index"].as_u64()?,
-                    replica["last_log_index"].as_u64()?,
-                ))
+                let view = replica_status(addr, false).ok()?;
+                Some((view.applied_index, view.last_log_index?))
             })
             .collect::<Vec<_>>();
         let caught_up = seen.iter().all(|node| {
             node.is_some_and(|(applied, last)| applied == last && Some(node) == seen.first())
         });
-        if caught_up {
-            return Ok(());
+        if caught_up && let Some(Some((applied, _))) = seen.first() {
+            return Ok(*applied);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    bail!("the replicas did not catch up within 120 s (applied, last log index): {seen:?}")
+    bail!(
+        "the replicas did not catch up within {CATCH_UP_SECONDS_MAX} s (applied, last log index): {seen:?}"
+    )
 }
 
-/// Checks that every node in `http_addrs` shows the same state digest at the same applied
-/// index (call once they caught up).
+/// Checks that every node in `http_addrs` shows the same state digest at one applied index:
+/// waits until they all applied the same index, then fetches the digests; if an entry landed in
+/// between (the index moved), starts again, at most `DIGEST_ATTEMPTS_MAX` times.
 fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
-    let states = http_addrs
-        .iter()
-        .map(|addr| {
-            let status = http_get_json(addr, "/v1/status?digest=true")?;
-            let replica = &status["replica"];
-            Ok((
-                replica["applied_index"].as_u64(),
-                replica["state_digest"].as_str().map(String::from),
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if states
-        .iter()
-        .any(|state| state.1.is_none() || state != &states[0])
-    {
-        bail!("the replicas disagree after catching up (applied index, digest): {states:?}");
+    let mut states = Vec::new();
+    for _ in 0..DIGEST_ATTEMPTS_MAX {
+        let index = wait_caught_up(http_addrs)?;
+        states = http_addrs
+            .iter()
+            .map(|addr| {
+                let view = replica_status(addr, true)?;
+                Ok((view.applied_index, view.state_digest))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if states.iter().any(|(applied, _)| *applied != index) {
+            continue; // the index moved under us: compare again at the next one
+        }
+        if states
+            .iter()
+            .any(|state| state.1.is_none() || state != &states[0])
+        {
+            bail!(
+                "the replicas disagree at applied index {index} (applied index, digest): {states:?}"
+            );
+        }
+        return Ok(());
     }
-    Ok(())
+    bail!(
+        "the replicas' applied index kept moving; no {DIGEST_ATTEMPTS_MAX} attempts found them all at one index (applied index, digest): {states:?}"
+    )
+}
+
+/// The highest Raft term any node in `http_addrs` reports (nodes that do not answer are left
+/// out; `None` if none answers).
+fn term_max(http_addrs: &[String]) -> Option<u64> {
+    http_addrs
+        .iter()
+        .filter_map(|addr| replica_status(addr, false).ok())
+        .map(|view| view.term)
+        .max()
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
@@ -175,10 +179,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     };
     let addrs: Vec<String> = match &args.addr {
         Some(addr) => vec![format!("http://{addr}")],
-        None => nodes
-            .iter()
-            .map(|n| format!("http://{}", n.grpc_addr))
-            .collect(),
+        None => nodes.iter().map(ChildNode::grpc_url).collect(),
     };
     let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
     let nodes = Arc::new(Mutex::new(nodes.into_iter().map(Some).collect::<Vec<_>>()));
@@ -205,8 +206,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (started, latencies, transfers_failed) = runtime.block_on(async {
-        let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    runtime.block_on(async {
         let setup = Client::connect_any(&addr_refs, RetryPolicy::default())?;
         let mut first = 1;
         while first <= args.accounts {
@@ -222,6 +223,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
             }
             first = last + 1;
         }
+        anyhow::Ok(())
+    })?;
+    let all_http: Vec<String> = running_http(&nodes);
+    let term_at_start = term_max(&all_http);
+    let (started, latencies, transfers_failed) = runtime.block_on(async {
         let batches = args.transfers.div_ceil(args.batch);
         let started = Instant::now();
         *transfers_started.lock().expect("never poisoned") = Some(started);
@@ -277,13 +283,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     // A replicated run ends when every running replica has applied the last batch, not at its
     // acknowledgement: followers that fell behind would owe that work to the next run.
     let acknowledged = Instant::now();
-    let running_http: Vec<String> = nodes
-        .lock()
-        .expect("never poisoned")
-        .iter()
-        .flatten()
-        .map(|node| node.http_addr.clone())
-        .collect();
+    let running_http = running_http(&nodes);
     let replicas_caught_up_ms = if running_http.len() > 1 {
         wait_caught_up(&running_http)?;
         Some(acknowledged.elapsed().as_secs_f64() * 1e3)
@@ -291,6 +291,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         None
     };
     let seconds = started.elapsed().as_secs_f64();
+    let leader_changes = match (term_at_start, term_max(&running_http)) {
+        (Some(start), Some(end)) => Some(end.saturating_sub(start)),
+        _ => None,
+    };
     if running_http.len() > 1 {
         check_digests(&running_http)?;
     }
@@ -321,5 +325,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         restart: None,
         write_pause_ms_max,
         replicas_caught_up_ms,
+        leader_changes,
     })
+}
+
+/// The HTTP addresses of the nodes started here that still run.
+fn running_http(nodes: &Mutex<Vec<Option<ChildNode>>>) -> Vec<String> {
+    nodes
+        .lock()
+        .expect("never poisoned")
+        .iter()
+        .flatten()
+        .map(|node| node.http_addr.clone())
+        .collect()
 }

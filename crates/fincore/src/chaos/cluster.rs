@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-
-use super::proxy::{LinkProxy, LinkState};
-use crate::nodes::{ChildNode, free_addrs, http_get_json};
+use testkit::group::GroupLayout;
+use testkit::http::replica_status;
+use testkit::node::{ChildNode, Signal};
+use testkit::proxy::LinkProxy;
 
 pub struct Cluster {
     dirs: Vec<PathBuf>,
@@ -25,40 +26,19 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `replicas` nodes in `dir/node-N`.
     pub async fn start(dir: &Path, replicas: usize) -> anyhow::Result<Cluster> {
-        let mut free = free_addrs(2 * replicas)?;
-        let http = free.split_off(replicas);
-        let grpc = free;
+        let layout = GroupLayout::on_free_ports(replicas)?;
         let mut links = BTreeMap::new();
         for from in 0..replicas {
             for to in (0..replicas).filter(|&to| to != from) {
-                links.insert((from, to), LinkProxy::start(grpc[to].clone()).await?);
+                let target = layout.grpc_addrs[to].clone();
+                links.insert((from, to), LinkProxy::start(target).await?);
             }
         }
-        let peers = (0..replicas)
-            .map(|i| format!("{}={}/{}", i + 1, grpc[i], http[i]))
-            .collect::<Vec<_>>()
-            .join(",");
         let args: Vec<Vec<String>> = (0..replicas)
             .map(|i| {
-                let routes = (0..replicas)
-                    .filter(|&j| j != i)
-                    .map(|j| format!("{}={}", j + 1, links[&(i, j)].addr))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                [
-                    "--node-id",
-                    &(i + 1).to_string(),
-                    "--peers",
-                    &peers,
-                    "--peer-routes",
-                    &routes,
-                    "--grpc",
-                    &grpc[i],
-                    "--http",
-                    &http[i],
-                ]
-                .map(String::from)
-                .to_vec()
+                let mut args = layout.serve_args(i, replicas);
+                args.extend(layout.peer_routes_args(i, |j| links[&(i, j)].addr.clone()));
+                args
             })
             .collect();
         let dirs: Vec<PathBuf> = (0..replicas)
@@ -69,8 +49,8 @@ impl Cluster {
             args,
             nodes: (0..replicas).map(|_| None).collect(),
             paused: vec![false; replicas],
-            grpc,
-            http,
+            grpc: layout.grpc_addrs,
+            http: layout.http_addrs,
             links,
         };
         for i in 0..replicas {
@@ -92,7 +72,7 @@ impl Cluster {
         // A port just released may take a moment to be free again.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match ChildNode::start(&self.dirs[i], &self.args[i]) {
+            match crate::nodes::start(&self.dirs[i], &self.args[i]) {
                 Ok(node) => {
                     self.nodes[i] = Some(node);
                     self.paused[i] = false;
@@ -107,13 +87,13 @@ impl Cluster {
     /// kill -9.
     pub fn kill(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
-            node.kill();
+            node.kill9();
         }
     }
 
     pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(node) = &self.nodes[i] {
-            node.signal("STOP")?;
+            node.signal(Signal::Stop)?;
             self.paused[i] = true;
         }
         Ok(())
@@ -123,7 +103,7 @@ impl Cluster {
         if let Some(node) = &self.nodes[i]
             && self.paused[i]
         {
-            node.signal("CONT")?;
+            node.signal(Signal::Cont)?;
             self.paused[i] = false;
         }
         Ok(())
@@ -133,10 +113,7 @@ impl Cluster {
     pub fn isolate(&self, i: usize, one_way: bool) {
         for (&(from, to), link) in &self.links {
             if from == i || (to == i && !one_way) {
-                link.set(LinkState {
-                    cut: true,
-                    delay: Duration::ZERO,
-                });
+                link.cut();
             }
         }
     }
@@ -145,7 +122,7 @@ impl Cluster {
     pub fn slow(&self, i: usize, delay: Duration) {
         for (&(from, to), link) in &self.links {
             if from == i || to == i {
-                link.set(LinkState { cut: false, delay });
+                link.slow(delay);
             }
         }
     }
@@ -153,7 +130,7 @@ impl Cluster {
     /// Every link delivers promptly again.
     pub fn heal_links(&self) {
         for link in self.links.values() {
-            link.set(LinkState::default());
+            link.heal();
         }
     }
 
@@ -174,20 +151,12 @@ impl Cluster {
         let deadline = Instant::now() + within;
         let mut last = String::new();
         while Instant::now() < deadline {
-            let statuses: Vec<_> = self
+            let views: Vec<(Option<u64>, Option<u64>, Option<String>)> = self
                 .http
                 .iter()
-                .map(|addr| http_get_json(addr, "/v1/status?digest=true").ok())
-                .collect();
-            let views: Vec<(Option<u64>, Option<u64>, Option<String>)> = statuses
-                .iter()
-                .map(|s| {
-                    let replica = s.as_ref().map(|s| &s["replica"]);
-                    (
-                        replica.and_then(|r| r["leader"].as_u64()),
-                        replica.and_then(|r| r["applied_index"].as_u64()),
-                        replica.and_then(|r| r["state_digest"].as_str().map(String::from)),
-                    )
+                .map(|addr| match replica_status(addr, true) {
+                    Ok(view) => (view.leader, Some(view.applied_index), view.state_digest),
+                    Err(_) => (None, None, None),
                 })
                 .collect();
             last = format!("{views:?}");

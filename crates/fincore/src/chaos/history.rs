@@ -1,5 +1,6 @@
-//! The history of a chaos run: every operation's invocation and completion (ok, fail or
-//! unknown) and every fault, in memory for the checker and as JSON lines in a file.
+//! Records the history of a chaos run: every operation's invocation and completion (ok, fail
+//! or unknown) and every fault, in memory for the checker and as JSON lines in a file. The
+//! history's types and its checker live in `testkit::bank_checker`.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -7,42 +8,7 @@ use std::time::Instant;
 
 use ledger::Account;
 use serde_json::json;
-
-/// What an operation does.
-#[derive(Debug, Clone)]
-pub enum Action {
-    Transfer {
-        id: u128,
-        debit: u128,
-        credit: u128,
-        amount: u128,
-    },
-    /// A linearizable read of every account.
-    Read,
-}
-
-/// How an operation ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Transfer created, or it already existed (a retry): it must be on the books.
-    Applied { timestamp: u64 },
-    /// The ledger answered a failure: it must not be on the books.
-    Failed { code: String },
-    /// The read's accounts.
-    Read { accounts: Vec<Account> },
-    /// No answer: it may or may not have happened.
-    Unknown { error: String },
-}
-
-#[derive(Debug, Clone)]
-pub struct Op {
-    pub client: u64,
-    pub action: Action,
-    /// Nanoseconds since the run started.
-    pub invoked: u64,
-    pub completed: u64,
-    pub outcome: Outcome,
-}
+pub use testkit::bank_checker::{Action, Op, Outcome};
 
 /// Collects operations and faults, writing each line as it happens.
 pub struct History {

@@ -6,10 +6,8 @@
 //! then ok / fail / unknown) in a JSON-lines history. After a quiet period the nodes must agree,
 //! and a final read decides every unknown outcome; the checker then judges the history.
 
-mod checker;
 mod cluster;
 mod history;
-mod proxy;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -26,6 +24,7 @@ use serde::Serialize;
 
 use cluster::Cluster;
 use history::History;
+use testkit::bank_checker;
 
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
@@ -126,7 +125,7 @@ struct Report {
     clients: u64,
     faults: FaultCounts,
     #[serde(flatten)]
-    verdict: checker::Verdict,
+    verdict: bank_checker::Verdict,
     history: String,
 }
 
@@ -221,7 +220,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok((accounts, found))
     })?;
-    let mut verdict = checker::check(&ops, &accounts, &found);
+    let mut verdict = bank_checker::check(&ops, &accounts, &found);
     if let Err(error) = converged {
         verdict.violation("no convergence", format!("after the quiet period: {error}"));
     }

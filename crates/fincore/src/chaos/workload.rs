@@ -13,12 +13,8 @@ use rand::{Rng, SeedableRng};
 
 use super::history::{Action, History, Outcome};
 
-/// The operator account (no limits).
-pub const BANK: u128 = 1;
-/// Customer accounts are 2..=CUSTOMERS + 1.
-pub const CUSTOMERS: u128 = 7;
-/// What each customer is funded with before the faults start.
-pub const FUNDING: u128 = 10_000;
+use testkit::bank_checker::{BANK, CUSTOMERS, FUNDING};
+
 const LEDGER: u32 = 1;
 
 pub fn account_ids() -> Vec<u128> {

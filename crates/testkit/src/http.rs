@@ -1,0 +1,242 @@
+//! A blocking HTTP/1.1 client, one request per fresh connection (`Connection: close`), enough
+//! to drive a node's HTTP API from tests and operator commands; and a node's `/v1/status`.
+//!
+//! Deliberately tiny: no keep-alive, no TLS, no redirects followed (callers see 307 and its
+//! `Location`). It must not be used where throughput matters; the bench measures over gRPC.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::KitError;
+
+/// How long an answer may take. Long enough for `/v1/status?digest=true` on a large state
+/// (about a second at 10M transfers) on a machine also running the group.
+pub const ANSWER_SECONDS_MAX: u64 = 120;
+/// The largest answer read (a page of 8,189 transfers as JSON is about 4 MiB).
+pub const ANSWER_BYTES_MAX: u64 = 64 << 20;
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// The status line and headers, as received.
+    pub head: String,
+    /// The body (de-chunked if it came chunked).
+    pub body: String,
+    addr: String,
+    path: String,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value, KitError> {
+        serde_json::from_str(&self.body).map_err(|source| KitError::NotJson {
+            addr: self.addr.clone(),
+            path: self.path.clone(),
+            body: self.body.clone(),
+            source,
+        })
+    }
+
+    /// The value of header `name` (case-insensitive), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+}
+
+/// One request over a fresh connection to `addr` (`HOST:PORT`); `content_type` is sent when
+/// given, `Content-Length` always.
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Result<Answer, KitError> {
+    let mut stream =
+        TcpStream::connect(addr).map_err(KitError::io(format!("connecting to {addr}")))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(ANSWER_SECONDS_MAX)))
+        .map_err(KitError::io("setting a read timeout"))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(content_type) = content_type {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str("\r\n");
+    let sent = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()));
+    sent.map_err(KitError::io(format!("sending {method} {path} to {addr}")))?;
+    let mut raw = Vec::new();
+    stream
+        .take(ANSWER_BYTES_MAX)
+        .read_to_end(&mut raw)
+        .map_err(KitError::io(format!(
+            "reading the answer to {method} {path} from {addr}"
+        )))?;
+    parse(addr, path, &raw)
+}
+
+fn parse(addr: &str, path: &str, raw: &[u8]) -> Result<Answer, KitError> {
+    let malformed = |reason: &str| KitError::MalformedAnswer {
+        addr: addr.to_string(),
+        path: path.to_string(),
+        reason: reason.to_string(),
+    };
+    let raw = std::str::from_utf8(raw).map_err(|_| malformed("not UTF-8"))?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| malformed("no end of headers"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| malformed("no status code"))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| malformed("a broken chunked body"))?
+    } else {
+        body.to_string()
+    };
+    Ok(Answer {
+        status,
+        head: head.to_string(),
+        body,
+        addr: addr.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// The payload of a chunked body; `None` if it is cut short or a size is not hex.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
+    }
+}
+
+pub fn get(addr: &str, path: &str) -> Result<Answer, KitError> {
+    request(addr, "GET", path, None, "")
+}
+
+pub fn post_json(addr: &str, path: &str, body: &str) -> Result<Answer, KitError> {
+    request(addr, "POST", path, Some("application/json"), body)
+}
+
+/// GET, the body as JSON (whatever the status code).
+pub fn get_json(addr: &str, path: &str) -> Result<serde_json::Value, KitError> {
+    get(addr, path)?.json()
+}
+
+/// One replica's view, from `/v1/status` (the `replica` object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub id: u64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: u64,
+    /// Only when asked for (`with_digest`): a pass over the node's whole state.
+    pub state_digest: Option<String>,
+}
+
+/// The node at `addr`'s view of itself, with the state digest if `with_digest`.
+pub fn replica_status(addr: &str, with_digest: bool) -> Result<ReplicaView, KitError> {
+    let path = if with_digest {
+        "/v1/status?digest=true"
+    } else {
+        "/v1/status"
+    };
+    let status = get_json(addr, path)?;
+    let replica = &status["replica"];
+    let field = |field: &'static str| KitError::StatusField {
+        addr: addr.to_string(),
+        field,
+        status: status.to_string(),
+    };
+    Ok(ReplicaView {
+        id: replica["id"].as_u64().ok_or_else(|| field("replica.id"))?,
+        term: replica["term"]
+            .as_u64()
+            .ok_or_else(|| field("replica.term"))?,
+        leader: replica["leader"].as_u64(),
+        last_log_index: replica["last_log_index"].as_u64(),
+        applied_index: replica["applied_index"]
+            .as_u64()
+            .ok_or_else(|| field("replica.applied_index"))?,
+        state_digest: match (with_digest, replica["state_digest"].as_str()) {
+            (true, None) => return Err(field("replica.state_digest")),
+            (_, digest) => digest.map(String::from),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunked_answer_is_reassembled_and_headers_are_found_by_any_case() {
+        let raw = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/v1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
+        let answer = parse("here", "/x", raw).unwrap();
+        assert_eq!(answer.status, 307);
+        assert_eq!(answer.header("location"), Some("http://127.0.0.1:9/v1"));
+        assert_eq!(answer.json().unwrap()["a"], 1);
+    }
+
+    #[test]
+    fn a_truncated_chunked_body_is_a_malformed_answer_not_a_panic() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort";
+        assert!(matches!(
+            parse("here", "/x", raw),
+            Err(KitError::MalformedAnswer { .. })
+        ));
+    }
+
+    #[test]
+    fn a_request_reaches_a_server_and_its_answer_is_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).unwrap();
+            let request = String::from_utf8_lossy(&request[..n]).to_string();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"b\":2}")
+                .unwrap();
+            request
+        });
+        let answer = post_json(&addr, "/v1/things", "{}").unwrap();
+        assert_eq!(
+            (answer.status, answer.json().unwrap()["b"].as_u64()),
+            (200, Some(2))
+        );
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /v1/things HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("Content-Type: application/json\r\n"),
+            "{request}"
+        );
+    }
+}

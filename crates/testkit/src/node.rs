@@ -1,0 +1,236 @@
+//! One child `fincore serve` process: start it on a data directory, read the gRPC and HTTP
+//! addresses it announces on stdout, signal it, kill it, stop it cleanly.
+//!
+//! Owns the child's lifetime (a dropped node is killed, never left running) and nothing else:
+//! which arguments make a group, and what to check on it, belong to the callers.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::KitError;
+
+/// How long a node may take to exit after SIGTERM (it writes a checkpoint of its state first).
+pub const STOP_SECONDS_MAX: u64 = 120;
+/// How often a stopping node is polled.
+const STOP_POLL_MS: u64 = 20;
+
+/// The line prefixes with which `fincore serve` announces where it listens.
+const GRPC_ANNOUNCEMENT: &str = "fincore: gRPC listening on ";
+const HTTP_ANNOUNCEMENT: &str = "fincore: HTTP listening on http://";
+
+/// A signal sent with `kill`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Freeze the process (it keeps its sockets; peers see silence).
+    Stop,
+    /// Let a frozen process run again.
+    Cont,
+    /// Ask for a clean shutdown.
+    Term,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Stop => "STOP",
+            Signal::Cont => "CONT",
+            Signal::Term => "TERM",
+        }
+    }
+}
+
+/// A running `fincore serve` child.
+pub struct ChildNode {
+    child: Child,
+    /// Where it serves gRPC (`HOST:PORT`), as it announced.
+    pub grpc_addr: String,
+    /// Where it serves HTTP (`HOST:PORT`), as it announced.
+    pub http_addr: String,
+    /// Its stderr (logs), beside the data directory, appended to across restarts.
+    pub log_path: PathBuf,
+}
+
+impl ChildNode {
+    /// Runs `exe serve --data-dir DATA_DIR ARGS…` (creating the directory) and waits until it
+    /// announced both addresses. `args` carry everything else: listen addresses (`--grpc
+    /// 127.0.0.1:0` picks a free port), `--node-id`, `--peers`, checkpointing. Its stderr goes
+    /// to `DATA_DIR.log`, kept for post-mortems.
+    pub fn start<S: AsRef<OsStr>>(
+        exe: &Path,
+        data_dir: &Path,
+        args: &[S],
+    ) -> Result<ChildNode, KitError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(KitError::io(format!("creating {}", data_dir.display())))?;
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(KitError::io(format!("opening {}", log_path.display())))?;
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(KitError::io(format!("starting {} serve", exe.display())))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut grpc_addr, mut http_addr) = (None, None);
+        while grpc_addr.is_none() || http_addr.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(KitError::NodeDidNotStart {
+                    data_dir: data_dir.to_path_buf(),
+                    log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+                    log_path,
+                });
+            };
+            if let Some(addr) = line.strip_prefix(GRPC_ANNOUNCEMENT) {
+                grpc_addr = Some(addr.to_string());
+            }
+            if let Some(addr) = line.strip_prefix(HTTP_ANNOUNCEMENT) {
+                http_addr = Some(addr.to_string());
+            }
+        }
+        // Keep draining its stdout so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(ChildNode {
+            child,
+            grpc_addr: grpc_addr.expect("the loop ends once both are read"),
+            http_addr: http_addr.expect("the loop ends once both are read"),
+            log_path,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://` and the gRPC address, as clients want it.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Its resident memory now (0 once it is gone).
+    pub fn rss_bytes(&self) -> u64 {
+        crate::proc_status_bytes(&self.pid().to_string(), "VmRSS")
+    }
+
+    /// Sends `signal` (the process keeps running unless it chooses to stop).
+    pub fn signal(&self, signal: Signal) -> Result<(), KitError> {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .arg(format!("-{}", signal.name()))
+            .arg(pid.to_string())
+            .status()
+            .map_err(KitError::io("running kill"))?;
+        if !status.success() {
+            return Err(KitError::Signal {
+                signal: signal.name(),
+                pid,
+            });
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to flush or checkpoint. Waits until it is gone.
+    pub fn kill9(mut self) {
+        self.reap();
+    }
+
+    /// SIGTERM, then waits (at most [`STOP_SECONDS_MAX`]) for a clean exit; a node that does not
+    /// exit in time is killed, and one that exits with a failure status is an error.
+    pub fn stop(mut self) -> Result<(), KitError> {
+        let pid = self.pid();
+        // A process already gone cannot be signalled; try_wait below tells how it ended.
+        let _ = self.signal(Signal::Term);
+        let deadline = Instant::now() + Duration::from_secs(STOP_SECONDS_MAX);
+        while Instant::now() < deadline {
+            let exited: Option<ExitStatus> = self
+                .child
+                .try_wait()
+                .map_err(KitError::io(format!("waiting for pid {pid}")))?;
+            match exited {
+                Some(status) if status.success() => return Ok(()),
+                Some(status) => return Err(KitError::NodeExitedWithFailure { pid, status }),
+                None => std::thread::sleep(Duration::from_millis(STOP_POLL_MS)),
+            }
+        }
+        self.reap();
+        Err(KitError::NodeDidNotStop {
+            pid,
+            seconds: STOP_SECONDS_MAX,
+        })
+    }
+
+    /// Kills the child if it still runs and collects its exit status.
+    fn reap(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_exits_without_announcing_reports_its_log() {
+        let dir = std::env::temp_dir().join(format!("testkit-node-{}", std::process::id()));
+        // `false serve …` exits at once without printing anything.
+        let error = match ChildNode::start(Path::new("false"), &dir, &[] as &[&str]) {
+            Err(error) => error,
+            Ok(_) => panic!("`false` cannot announce addresses"),
+        };
+        assert!(matches!(error, KitError::NodeDidNotStart { .. }), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(dir.with_extension("log"));
+    }
+
+    #[test]
+    fn announced_addresses_are_read_from_stdout() {
+        let dir = std::env::temp_dir().join(format!("testkit-echo-{}", std::process::id()));
+        let script = dir.with_extension("sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho '{GRPC_ANNOUNCEMENT}127.0.0.1:1'\necho '{HTTP_ANNOUNCEMENT}127.0.0.1:2'\nexec sleep 30\n"
+            ),
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x"])
+            .arg(&script)
+            .status()
+            .unwrap();
+        let node = ChildNode::start(&script, &dir, &[] as &[&str]).unwrap();
+        assert_eq!(
+            (node.grpc_addr.as_str(), node.http_addr.as_str()),
+            ("127.0.0.1:1", "127.0.0.1:2")
+        );
+        assert_eq!(node.grpc_url(), "http://127.0.0.1:1");
+        node.signal(Signal::Stop).unwrap();
+        node.signal(Signal::Cont).unwrap();
+        node.kill9();
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(dir.with_extension("log"));
+        let _ = std::fs::remove_file(&script);
+    }
+}
