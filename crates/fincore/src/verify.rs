@@ -20,7 +20,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     match replication::verify(&args.data_dir) {
         Ok(report) => {
-            println!("fincore verify: OK");
+            println!("fincore verify: OK (replica data directory)");
             println!("  data dir      {}", args.data_dir.display());
             println!(
                 "  format        {} version {}",
@@ -48,12 +48,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 "  final state   {} accounts, {} transfers, digest {}",
                 report.accounts, report.transfers, report.final_digest
             );
-            match report.torn_tail_bytes {
-                0 => println!("  torn tail     none"),
-                bytes => println!(
-                    "  torn tail     {bytes} bytes after the last record: a write interrupted by a crash, never \
-                     acknowledged; the next start cuts it off"
-                ),
+            if report.torn_tail_bytes > 0 {
+                println!(
+                    "  torn tail     {} bytes after the last record (never acknowledged; cut off at the next start)",
+                    report.torn_tail_bytes
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
