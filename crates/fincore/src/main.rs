@@ -30,10 +30,10 @@ struct Cli {
 enum Command {
     /// Run one ledger node (gRPC and HTTP/JSON) on a data directory.
     Serve(serve::ServeArgs),
-    /// Run the embedded single-node ledger for development (data in ./fincore-data).
+    /// Run a single-node ledger (or a local group) for development (data in ./fincore-data).
     Dev(serve::DevArgs),
-    /// Check every checksum and the whole hash chain of a data directory, replay it from
-    /// genesis and compare with the latest checkpoint.
+    /// Check a node's data directory: its format marker, every checksum and the whole hash
+    /// chain of its log; replay it and compare with its snapshot.
     Verify(verify::VerifyArgs),
     /// Operate a running group: add or remove replicas, show status.
     #[command(subcommand)]

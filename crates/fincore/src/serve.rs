@@ -105,7 +105,7 @@ pub struct ListenArgs {
     /// HTTP/JSON listen address (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7780")]
     http: SocketAddr,
-    /// Requests that may queue for the engine before new ones are answered "busy".
+    /// Requests that may queue for the node's pipeline before new ones are answered "busy".
     #[arg(
         long,
         default_value_t = limits::SERVER_QUEUE_REQUESTS_DEFAULT as u64,

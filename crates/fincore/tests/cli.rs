@@ -1,7 +1,8 @@
-//! The `fincore` binary end to end: bench writes a real data directory, verify proves it,
-//! damage is reported with file and offset, a `kill -9` mid-run leaves a directory that still
-//! verifies, and bad arguments get clear messages rather than panics.
+//! The `fincore` binary end to end: bench writes a node's data directory, verify proves it and
+//! serve reopens it, damage is reported with file and offset, a `kill -9` mid-run leaves a
+//! directory that still verifies, and bad arguments get clear messages rather than panics.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -40,8 +41,44 @@ fn small_bench(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("bench --json prints one JSON object")
 }
 
+/// Starts `fincore serve` on `data` (any free ports), asks its HTTP API for `path`, stops it,
+/// and returns the answer (status line, headers and body).
+fn serve_and_get(data: &Path, path: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fincore"))
+        .args(["serve", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let http = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("fincore: HTTP listening on http://")
+                .map(str::to_owned)
+        })
+        .expect("serve prints its HTTP address");
+    let mut stream = std::net::TcpStream::connect(&http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    answer
+}
+
 #[test]
-fn bench_json_reports_throughput_and_latency_and_its_data_dir_verifies() {
+fn the_embedded_bench_leaves_a_node_directory_that_verifies_and_serve_opens() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let report = small_bench(&data);
@@ -54,15 +91,40 @@ fn bench_json_reports_throughput_and_latency_and_its_data_dir_verifies() {
     }
     assert_eq!(report["transfers_failed"], 0);
     assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(report["journal"]["syncs"].as_u64().unwrap() > 0, "{report}");
+
+    // Exactly the files a node writes.
+    let mut names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "fincore-format.json",
+            "journal",
+            "raft-meta.json",
+            "raft-snapshot.bin"
+        ]
+    );
 
     let output = fincore(&["verify", "--data-dir", data.to_str().unwrap()]);
     let out = text(&output);
     assert!(output.status.success(), "{out}");
     assert!(out.contains("fincore verify: OK"), "{out}");
-    // 1 batch of accounts + 20 batches of transfers.
-    assert!(out.contains("records       21 "), "{out}");
-    assert!(out.contains("events        20100 "), "{out}");
-    assert!(out.contains("matches the replay"), "{out}");
+    assert!(
+        out.contains("format        fincore-replica version 1"),
+        "{out}"
+    );
+    // 1 batch of accounts + 20 batches of transfers (besides the group's own entries).
+    assert!(out.contains("; 21 batches, 20100 events"), "{out}");
+    assert!(out.contains("matches the replay from genesis"), "{out}");
+    assert!(out.contains("100 accounts, 20000 transfers"), "{out}");
+
+    let answer = serve_and_get(&data, "/v1/accounts/100");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"id\":\"100\""), "{answer}");
 }
 
 #[test]
@@ -77,19 +139,23 @@ fn verify_reports_a_damaged_record_with_its_file_and_offset() {
         .unwrap()
         .path();
     let mut bytes = std::fs::read(&segment).unwrap();
-    // A byte inside the second record's body (the first is the accounts batch).
-    let first_record_len = 104 + 16 + 100 * 128;
-    bytes[first_record_len + 104 + 500] ^= 0x40;
+    // A byte in the middle of the log: some record's body, far from the end.
+    let damaged = bytes.len() / 2;
+    bytes[damaged] ^= 0x40;
     std::fs::write(&segment, &bytes).unwrap();
 
     let output = fincore(&["verify", "--data-dir", data.to_str().unwrap()]);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(out.contains("fincore verify: FAILED"), "{out}");
-    assert!(
-        out.contains(&format!("byte offset {first_record_len}")),
-        "{out}"
-    );
+    // The record that holds the damaged byte starts at or before it.
+    let offset: usize = out
+        .split("byte offset ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte offset in: {out}"));
+    assert!(offset > 0 && offset <= damaged, "{out}");
     assert!(
         out.contains(segment.file_name().unwrap().to_str().unwrap()),
         "{out}"
@@ -117,6 +183,7 @@ fn a_bench_killed_mid_run_leaves_a_directory_that_verifies_and_reopens() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        // The marker is written before the journal: a directory with a journal has one.
         if !data.join("journal").exists() {
             continue;
         }
@@ -129,7 +196,41 @@ fn a_bench_killed_mid_run_leaves_a_directory_that_verifies_and_reopens() {
         // Verify is read-only; a second run gives the same answer.
         let again = fincore(&["verify", "--data-dir", data.to_str().unwrap()]);
         assert_eq!(text(&again), text(&output));
+        let answer = serve_and_get(&data, "/v1/status");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "after kill at {delay_ms} ms: {answer}"
+        );
     }
+}
+
+#[test]
+fn verify_refuses_a_directory_without_a_format_marker_and_one_of_a_newer_format() {
+    let not_a_data_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(not_a_data_dir.path().join("journal")).unwrap();
+    let path = not_a_data_dir.path().to_str().unwrap();
+    let output = fincore(&["verify", "--data-dir", path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).contains(&format!(
+            "{path} is not a fincore data directory: it has no fincore-format.json"
+        )),
+        "{}",
+        text(&output)
+    );
+
+    std::fs::write(
+        not_a_data_dir.path().join("fincore-format.json"),
+        r#"{"format":"fincore-replica","version":99}"#,
+    )
+    .unwrap();
+    let output = fincore(&["verify", "--data-dir", path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).contains("says format version 99, written by a newer fincore"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]
@@ -140,19 +241,6 @@ fn bad_arguments_get_clear_errors_not_panics() {
         text(&missing).contains("--data-dir /nonexistent/fincore-data: no such directory"),
         "{}",
         text(&missing)
-    );
-
-    let not_a_data_dir = tempfile::tempdir().unwrap();
-    let output = fincore(&[
-        "verify",
-        "--data-dir",
-        not_a_data_dir.path().to_str().unwrap(),
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        text(&output).contains("no journal directory"),
-        "{}",
-        text(&output)
     );
 
     let oversized = fincore(&["bench", "--embedded", "--batch", "9000"]);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// What went wrong with the journal or a checkpoint.
+/// What went wrong with the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("{action} {path}: {source}")]
@@ -22,8 +22,6 @@ pub enum JournalError {
         offset: u64,
         reason: String,
     },
-    #[error("checkpoint {path} is unusable: {reason}")]
-    BadCheckpoint { path: PathBuf, reason: String },
     #[error("journal segments are not contiguous: {0}")]
     Gap(String),
     #[error("record {index} is not in the journal (it holds {first}..={last})")]

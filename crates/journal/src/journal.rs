@@ -480,7 +480,7 @@ impl Journal {
     }
 
     /// Deletes whole segments whose records are all before `index` (they are covered by a
-    /// checkpoint). The newest segment is always kept.
+    /// snapshot). The newest segment is always kept.
     pub fn purge_before(&mut self, index: u64) -> Result<u64> {
         let mut purged = 0;
         while self.segments.len() > 1 {

@@ -82,8 +82,7 @@ pub const JOURNAL_GROUP_RECORDS_MAX: usize = 256;
 /// batches, enough to keep the disk busy, and a bound on the memory a group holds.
 pub const JOURNAL_GROUP_BYTES_MAX: usize = 32 << 20;
 
-/// Records that may wait for the journal's writer thread before an appender blocks (engine and
-/// Raft log store): about 64 MiB of full batches, a few groups' worth, so the writer always has
+/// Records that may wait for the journal's writer before the Raft log store's appends wait: about 64 MiB of full batches, a few groups' worth, so the writer always has
 /// the next group ready while it syncs the current one.
 pub const JOURNAL_QUEUE_RECORDS_MAX: usize = 64;
 
@@ -91,12 +90,9 @@ pub const JOURNAL_QUEUE_RECORDS_MAX: usize = 64;
 /// the log behind a snapshot deletes whole segments, so smaller ones free space sooner.
 pub const JOURNAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 256 << 20;
 
-/// Buffer of sequential file reads and writes (journal segments, checkpoints, snapshots):
+/// Buffer of sequential file reads and writes (journal segments, snapshots):
 /// large enough that a read or write costs one system call per MiB.
 pub const IO_BUFFER_BYTES: usize = 1 << 20;
-
-/// Batches between two checkpoints of the embedded engine (0 in its options: only on close).
-pub const ENGINE_CHECKPOINT_INTERVAL_BATCHES_DEFAULT: u64 = 4096;
 
 // ---------------------------------------------------------------------------------------------
 // Raft (replication) and its peer transport.
@@ -206,7 +202,7 @@ pub const CLIENT_ATTEMPTS_MAX_DEFAULT: u32 = 50;
 // ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
-// A full batch is one journal record (the engine journals batches as they are).
+// A full batch fits one journal record (inside the Raft entry that carries it).
 const _: () = assert!(BATCH_BYTES_MAX <= JOURNAL_RECORD_BODY_BYTES_MAX);
 // A full Raft entry is one journal record (the log store journals entries as they are).
 const _: () = assert!(RAFT_ENTRY_BYTES_MAX <= JOURNAL_RECORD_BODY_BYTES_MAX);

@@ -3,10 +3,12 @@
 //! Owns the one place where openraft (pinned to an exact version) meets fincore: the type
 //! configuration, the log storage on top of `journal` (one Raft entry = one journal record =
 //! one sealed batch; votes kept durable beside it), the state machine wrapper around
-//! `ledger::StateMachine` with its snapshots, and the replica-to-replica transport over gRPC.
+//! `ledger::StateMachine` with its snapshots, the data directory's format marker, and the
+//! replica-to-replica transport over gRPC.
 //! Nothing outside this crate names an openraft type, so a version bump touches only here.
 
 mod applier;
+pub mod data_dir;
 mod log_store;
 mod network;
 mod raft_config;
@@ -23,7 +25,7 @@ pub use raft_config::initializes_group;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
 pub use state_machine::SharedState;
 pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};
-pub use verify::{VerifyReport, is_replica_dir, verify};
+pub use verify::{VerifyReport, verify};
 
 /// openraft's side of a replica, public for the deterministic simulator (`sim`), which drives
 /// this very log store and state machine under openraft on its seeded runtime, and for this

@@ -377,6 +377,36 @@ impl Replica {
         .is_ok()
     }
 
+    /// Writes a snapshot of the state as applied now (the log behind it is purged by the usual
+    /// rule) and returns the log index it covers, once it is durable. Gives up after `timeout`.
+    pub async fn snapshot(&self, timeout: Duration) -> Result<u64, WriteError> {
+        let applied = self.machine.applied_index();
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| WriteError::Failed(e.to_string()))?;
+        let mut metrics = self.raft.metrics();
+        let built = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(at) = metrics.borrow_watched().snapshot
+                    && at.index() >= applied
+                {
+                    return Ok(at.index());
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(WriteError::Failed("Raft stopped".into()));
+                }
+            }
+        })
+        .await;
+        built.unwrap_or_else(|_| {
+            Err(WriteError::Failed(format!(
+                "no snapshot of entry {applied} within {timeout:?}"
+            )))
+        })
+    }
+
     /// Stops Raft. Takes `&self` so that a replica shared with request handlers can be stopped
     /// while they still hold it; calls after the first do nothing.
     pub async fn shutdown(&self) {

@@ -1,6 +1,7 @@
 //! `verify` for a replica's data directory: proves its log and its snapshot without changing
 //! anything.
 //!
+//! The directory's format marker is read first; a directory without one is not guessed at.
 //! Every record's checksums and hash are recomputed and the chain followed; every record must
 //! hold a Raft entry at its own index and term. The snapshot's bytes must match the digest
 //! stored with them. The ledger is then rebuilt: from genesis when the log reaches back that far
@@ -14,12 +15,15 @@ use journal::{Journal, JournalOptions, Position};
 use ledger::{Batch, StateDigest, StateMachine};
 use openraft::EntryPayload;
 
+use crate::data_dir::FormatMarker;
 use crate::log_store::{decode_entry, journal_index};
 use crate::state_machine::read_snapshot_file;
 
 /// What [`verify`] proved.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
+    /// What the directory's format marker says.
+    pub format: FormatMarker,
     pub records: u64,
     pub batches: u64,
     pub events: u64,
@@ -34,13 +38,11 @@ pub struct VerifyReport {
     pub torn_tail_bytes: u64,
 }
 
-/// Is `dir` a replica's data directory (as opposed to an embedded engine's)?
-pub fn is_replica_dir(dir: &Path) -> bool {
-    dir.join("raft-meta.json").exists() || dir.join(crate::state_machine::SNAPSHOT_FILE).exists()
-}
-
-/// Verifies the replica data directory `dir`.
+/// Verifies the replica data directory `dir`: first its format marker (a directory without
+/// one is refused, not guessed at), then everything else.
 pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
+    let format =
+        crate::data_dir::check(&journal::storage::RealStorage, dir).map_err(|e| e.to_string())?;
     let (journal, recovery) = Journal::open(
         dir.join("journal"),
         JournalOptions {
@@ -62,6 +64,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
         _ => (StateMachine::default(), None),
     };
     let mut report = VerifyReport {
+        format,
         records: 0,
         batches: 0,
         events: 0,

@@ -1,11 +1,13 @@
-//! `fincore bench`: TigerBeetle's benchmark workload, against the in-process engine
-//! (`--embedded`) or a node over gRPC (its own, or `--addr`).
+//! `fincore bench`: TigerBeetle's benchmark workload, against a node's write path in this
+//! process (`--embedded`: no network, the files `serve` writes) or a node over gRPC (its own, or
+//! `--addr`).
 //!
 //! Workload (TigerBeetle's `tigerbeetle benchmark` defaults): 10,000 accounts with `history`,
 //! then transfers with ids 1..N, debit and credit accounts drawn (distinct) uniformly or by a
 //! Zipf law over all accounts, amount = floor(Exp(mean 10,000)) + 1, ledger 2, batches of
-//! 8,189, one batch in flight per client. The journal syncs for real; the time to build each
-//! batch counts against throughput, as it would for a client.
+//! 8,189, one batch in flight per client (embedded: two, as a node's pipeline would keep). The
+//! journal syncs for real; the time to build each batch counts against throughput, as it would
+//! for a client.
 
 mod embedded;
 mod network;
@@ -22,7 +24,7 @@ pub use workload::{AccountDistribution, IdOrder};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Run the engine in this process (journal with real fsync, no network).
+    /// Run a node's replica in this process (the files `serve` writes, real fsync, no network).
     #[arg(long)]
     embedded: bool,
     /// Benchmark a running node at this gRPC address instead of starting one.
@@ -68,8 +70,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Embedded mode: afterwards, measure restarts (a crash replaying the whole journal, then
-    /// writing a checkpoint, then a restart from it).
+    /// Embedded mode: afterwards, measure restarts (a crash replaying the whole log, then
+    /// writing a snapshot, then a restart from it).
     #[arg(long, requires = "embedded")]
     restart: bool,
 }
@@ -108,7 +110,8 @@ impl LatencyMs {
     }
 }
 
-/// Seconds spent on the restart measurements of `--restart`.
+/// Seconds spent on the restart measurements of `--restart` (the `checkpoint` fields measure
+/// the replica's snapshot; their names are kept for the JSON's readers).
 #[derive(Debug, Serialize)]
 pub struct RestartReport {
     pub replay_records: u64,
@@ -346,12 +349,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 r.replay_seconds, r.replay_records
             );
             println!(
-                "                checkpoint: {:.2} s to write {} MiB",
+                "                snapshot: {:.2} s to write {} MiB",
                 r.checkpoint_seconds,
                 r.checkpoint_bytes >> 20
             );
             println!(
-                "                from the checkpoint: {:.2} s",
+                "                from the snapshot: {:.2} s",
                 r.from_checkpoint_seconds
             );
         }
