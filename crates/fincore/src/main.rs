@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod certs;
 mod chaos;
 mod nodes;
 mod serve;
@@ -44,6 +45,9 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Run the deterministic cluster simulator: one seed, or a swarm of seeds.
     Sim(sim::SimArgs),
+    /// Make a development certificate authority and node certificates for TLS between
+    /// replicas.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Chaos(args) => chaos::run(&args),
+        Command::Certs(args) => certs::run(&args),
     };
     match outcome {
         Ok(code) => code,

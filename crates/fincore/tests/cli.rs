@@ -317,3 +317,39 @@ fn a_replicated_bench_measures_the_pause_and_counts_the_election_when_the_leader
         "{report}"
     );
 }
+
+#[test]
+fn certs_issues_node_certificates_from_one_authority_and_refuses_a_bad_group_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let output = fincore(&[
+        "certs", "--dir", certs_arg, "--group", "ledger-1", "--nodes", "1,2,3",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("n2.ledger-1.peer.fincore"),
+        "{}",
+        text(&output)
+    );
+    let authority = std::fs::read(certs.join("ca.pem")).unwrap();
+    // A node added later gets a certificate from the same authority.
+    let output = fincore(&[
+        "certs", "--dir", certs_arg, "--group", "ledger-1", "--nodes", "4",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), authority);
+    for file in ["node-1.pem", "node-1.key", "node-3.key", "node-4.pem"] {
+        assert!(certs.join(file).exists(), "{file}");
+    }
+
+    let output = fincore(&[
+        "certs", "--dir", certs_arg, "--group", "Ledger_1", "--nodes", "1",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("\"Ledger_1\" is not usable"),
+        "{}",
+        text(&output)
+    );
+}

@@ -12,6 +12,7 @@ pub mod data_dir;
 mod digest_gate;
 mod log_store;
 mod network;
+pub mod peer_tls;
 mod raft_config;
 mod replica;
 mod state_machine;
