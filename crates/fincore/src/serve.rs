@@ -3,14 +3,16 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use std::collections::BTreeMap;
 
 use replication::PeerNode;
-use server::{Node, NodeConfig};
+use server::auth::{KEYS_FILE, KeyStore, KeysFile};
+use server::{Auth, Node, NodeConfig, Role};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -31,6 +33,100 @@ pub struct ServeArgs {
     peer_routes: Option<BTreeMap<u64, String>>,
     #[command(flatten)]
     listen: ListenArgs,
+    /// The API keys file (made by `fincore keys create`). Default: DATA_DIR/keys.json. Read at
+    /// start and again on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure_no_auth")]
+    keys: Option<PathBuf>,
+    /// Serve the client APIs without authentication (anyone who can connect may write and
+    /// change membership). Refused unless every listener is on loopback.
+    #[arg(long)]
+    insecure_no_auth: bool,
+}
+
+/// The file `dev` keeps its development key's token in, beside the keys file (mode 0600).
+const DEV_KEY_FILE: &str = "dev-api-key";
+
+/// Who may call this node: the keys in its keys file, or anyone with `--insecure-no-auth` when
+/// every listener is on loopback.
+fn serve_auth(args: &ServeArgs) -> anyhow::Result<Auth> {
+    if args.insecure_no_auth {
+        let listeners = [("--grpc", args.listen.grpc), ("--http", args.listen.http)];
+        if let Some((flag, addr)) = listeners.iter().find(|(_, a)| !a.ip().is_loopback()) {
+            anyhow::bail!(
+                "--insecure-no-auth is refused: {flag} {addr} is not a loopback address, and without authentication anyone who reaches it could write and change membership. Listen on 127.0.0.1 or ::1, or create a key with `fincore keys create --role admin --data-dir DIR` and drop --insecure-no-auth"
+            );
+        }
+        eprintln!(
+            "fincore: WARNING: --insecure-no-auth: the client APIs are open to every local process (loopback only)"
+        );
+        return Ok(Auth::Open);
+    }
+    let path = args
+        .keys
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(KEYS_FILE));
+    let store = KeyStore::open(&path).map_err(|error| match error {
+        server::auth::KeysError::Missing(_) => anyhow::anyhow!(
+            "{error}; authentication is on by default (to run open on loopback only, pass --insecure-no-auth)"
+        ),
+        other => other.into(),
+    })?;
+    if store.is_empty() {
+        eprintln!(
+            "fincore: WARNING: {} holds no keys: every client call will be refused until one is created (then SIGHUP)",
+            path.display()
+        );
+    }
+    Ok(Auth::Keys(Arc::new(store)))
+}
+
+/// The development key of `dev` on `dir`: made on its first run (role admin, named `dev`), its
+/// token kept in `DIR/dev-api-key` (0600) so every later run prints the same working commands.
+/// Returns the keys file and the token.
+fn dev_key(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let keys_path = dir.join(KEYS_FILE);
+    let token_path = dir.join(DEV_KEY_FILE);
+    let mut keys = KeysFile::load_or_new(&keys_path)?;
+    if let Ok(token) = std::fs::read_to_string(&token_path)
+        && keys.holds(token.trim())
+    {
+        return Ok((keys_path, token.trim().to_string()));
+    }
+    let name = (!keys.keys().iter().any(|k| k.name == "dev")).then_some("dev");
+    let (_, token) = keys.create(Role::Admin, name)?;
+    keys.save()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&token_path)
+        .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
+        .with_context(|| format!("writing {}", token_path.display()))?;
+    Ok((keys_path, token))
+}
+
+/// Reloads the keys on every SIGHUP until the process ends; a failed reload keeps the keys in
+/// use and says why.
+fn reload_keys_on_sighup(store: Arc<KeyStore>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install a SIGHUP handler: API keys are read only at start");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match store.reload() {
+                Ok(count) => {
+                    tracing::info!(keys = count, path = %store.path().display(), "API keys reloaded")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reloading the API keys failed; the keys in use are unchanged")
+                }
+            }
+        }
+    });
 }
 
 fn parse_routes(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -234,6 +330,17 @@ fn run_node(
     telemetry::init_logging();
     let data_dir = config.data_dir.clone();
     runtime()?.block_on(async move {
+        let auth_line = match &config.auth {
+            Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
+            Auth::Keys(store) => {
+                reload_keys_on_sighup(Arc::clone(store));
+                format!(
+                    "fincore: authentication on: {} API keys from {} (reloaded on SIGHUP)",
+                    store.len(),
+                    store.path().display()
+                )
+            }
+        };
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node on {}", data_dir.display()))?;
@@ -241,6 +348,7 @@ fn run_node(
         println!("fincore: gRPC listening on {}", node.grpc_addr());
         println!("fincore: HTTP listening on http://{}", node.http_addr());
         println!("{capacity_line}");
+        println!("{auth_line}");
         banner(&node);
         std::io::stdout().flush().ok();
         stop_signal().await;
@@ -253,6 +361,7 @@ fn run_node(
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
+    config.auth = serve_auth(args)?;
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
@@ -283,6 +392,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         .collect::<Vec<_>>()
         .join(",");
     let exe = std::env::current_exe().context("finding the fincore executable")?;
+    let (keys_path, token) = dev_key(&args.data_dir)?;
     // Derived once for the group, so every replica gets the same capacity and they share the
     // machine's memory.
     let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
@@ -304,6 +414,8 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
             ])
             .arg("--data-dir")
             .arg(&dir)
+            .arg("--keys")
+            .arg(&keys_path)
             .args(&capacity_args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -322,6 +434,10 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "  writes go to the leader; other nodes answer with a redirect to it (HTTP 307) or a leader hint (gRPC)."
+    );
+    println!(
+        "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
+        args.data_dir.join(DEV_KEY_FILE).display()
     );
     println!("  Ctrl-C stops every node cleanly.");
     std::io::stdout().flush().ok();
@@ -343,7 +459,10 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
         return dev_group(args);
     }
     let data_dir = args.data_dir.clone();
-    run_node(config(args.data_dir.clone(), &args.listen), move |node| {
+    let (keys_path, token) = dev_key(&data_dir)?;
+    let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
+    config.auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
+    run_node((config, capacity_line), move |node| {
         let http = node.http_addr();
         let (applied, _) = node.replica().applied();
         println!();
@@ -352,14 +471,19 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
             data_dir.display()
         );
         println!("  recovered up to log index {applied}");
+        println!(
+            "  API key (role admin, kept in {}): {token}",
+            data_dir.join(DEV_KEY_FILE).display()
+        );
         println!("  try:");
+        let auth = format!("-H 'Authorization: Bearer {token}'");
         println!(
-            r#"    curl -s -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#
+            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#
         );
         println!(
-            r#"    curl -s -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
+            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
         );
-        println!("    curl -s http://{http}/v1/accounts/2");
+        println!("    curl -s {auth} http://{http}/v1/accounts/2");
         println!("  API: http://{http}/openapi.json   metrics: http://{http}/metrics");
         println!("  Ctrl-C stops the node cleanly.");
     })

@@ -6,6 +6,8 @@ use api::convert::{self, WireError};
 use api::proto::{self, ledger_server::Ledger};
 use tonic::{Request, Response, Status};
 
+use crate::access::grpc_check;
+use crate::auth::{Auth, Role};
 use crate::pipeline::{Pipeline, PipelineError};
 
 /// Largest gRPC message accepted or sent (a full batch of message-encoded events fits easily).
@@ -13,11 +15,13 @@ pub use limits::GRPC_MESSAGE_BYTES_MAX;
 
 pub struct LedgerService {
     pipeline: Pipeline,
+    /// Every call is checked against it before anything else (see [`crate::access`]).
+    auth: Auth,
 }
 
 impl LedgerService {
-    pub fn new(pipeline: Pipeline) -> LedgerService {
-        LedgerService { pipeline }
+    pub fn new(pipeline: Pipeline, auth: Auth) -> LedgerService {
+        LedgerService { pipeline, auth }
     }
 
     /// Runs `work` (decoding the request and calling the pipeline), counts it in the metrics
@@ -95,6 +99,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::CreateAccountsRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
+        grpc_check(&self.auth, &request, Role::Write)?;
         self.observed("create_accounts", async {
             let events = convert::accounts_from_request(request.get_ref()).map_err(invalid)?;
             let results = self.pipeline.create_accounts(events).await?;
@@ -107,6 +112,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::CreateTransfersRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
+        grpc_check(&self.auth, &request, Role::Write)?;
         self.observed("create_transfers", async {
             let events = convert::transfers_from_request(request.get_ref()).map_err(invalid)?;
             let results = self.pipeline.create_transfers(events).await?;
@@ -119,6 +125,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::LookupRequest>,
     ) -> Result<Response<proto::LookupAccountsResponse>, Status> {
+        grpc_check(&self.auth, &request, Role::Read)?;
         self.observed("lookup_accounts", async {
             let ids = convert::ids_from(request.get_ref()).map_err(invalid)?;
             let accounts = self.pipeline.lookup_accounts(&ids).await?;
@@ -133,6 +140,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::LookupRequest>,
     ) -> Result<Response<proto::LookupTransfersResponse>, Status> {
+        grpc_check(&self.auth, &request, Role::Read)?;
         self.observed("lookup_transfers", async {
             let ids = convert::ids_from(request.get_ref()).map_err(invalid)?;
             let transfers = self.pipeline.lookup_transfers(&ids).await?;
@@ -147,6 +155,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::AccountFilter>,
     ) -> Result<Response<proto::AccountTransfersResponse>, Status> {
+        grpc_check(&self.auth, &request, Role::Read)?;
         self.observed("get_account_transfers", async {
             let filter = convert::filter_from(request.get_ref()).map_err(invalid)?;
             let transfers = self.pipeline.get_account_transfers(&filter).await?;
@@ -161,6 +170,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::AccountFilter>,
     ) -> Result<Response<proto::AccountBalancesResponse>, Status> {
+        grpc_check(&self.auth, &request, Role::Read)?;
         self.observed("get_account_balances", async {
             let filter = convert::filter_from(request.get_ref()).map_err(invalid)?;
             let balances = self.pipeline.get_account_balances(&filter).await?;

@@ -234,7 +234,8 @@ fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
     })
 }
 
-pub fn router(pipeline: Pipeline) -> Router {
+/// The routes, behind the role check of [`crate::access`].
+pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
     Router::new()
         .route("/v1/accounts", post(create_accounts))
         .route("/v1/transfers", post(create_transfers))
@@ -256,6 +257,10 @@ pub fn router(pipeline: Pipeline) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(redirect_to_leader))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::access::http_layer,
+        ))
         .with_state(pipeline)
 }
 

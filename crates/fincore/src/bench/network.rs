@@ -207,8 +207,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         .enable_all()
         .build()?;
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let api_key = args.api_key.as_deref().or(testkit::keys::token());
+    let connect = || {
+        Client::builder(&addr_refs)
+            .retry_policy(RetryPolicy::default())
+            .api_key_opt(api_key)
+            .connect()
+    };
     runtime.block_on(async {
-        let setup = Client::connect_any(&addr_refs, RetryPolicy::default())?;
+        let setup = connect()?;
         let mut first = 1;
         while first <= args.accounts {
             let last = (first + args.batch - 1).min(args.accounts);
@@ -233,7 +240,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
         *transfers_started.lock().expect("never poisoned") = Some(started);
         let mut tasks = Vec::new();
         for k in 0..args.clients {
-            let client = Client::connect_any(&addr_refs, RetryPolicy::default())?;
+            let client = connect()?;
             let mut generator = TransferGenerator::new(
                 args.seed.wrapping_add(k),
                 args.accounts,
