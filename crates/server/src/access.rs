@@ -151,6 +151,38 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_document_states_the_role_of_every_route_as_enforced() {
+        let openapi: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).unwrap();
+        assert_eq!(
+            openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        for (path, operations) in openapi["paths"].as_object().unwrap() {
+            let concrete = path.replace("{id}", "1");
+            for (method, operation) in operations.as_object().unwrap() {
+                let method: Method = method.to_uppercase().parse().unwrap();
+                let role = http_role(&method, &concrete, None);
+                let open = operation["security"] == serde_json::json!([]);
+                assert_eq!(
+                    open,
+                    role.is_none() && path != "/v1/status",
+                    "{method} {path}"
+                );
+                let description = operation["description"].as_str().unwrap_or("");
+                let responses = &operation["responses"];
+                if let Some(role) = role.or((path == "/v1/status").then_some(Role::Admin)) {
+                    assert!(
+                        description.contains(&format!("role {role}")),
+                        "{method} {path}"
+                    );
+                    assert!(responses["401"].is_object() && responses["403"].is_object());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_refusal_is_401_with_a_challenge_or_403_naming_the_role() {
         let missing = http_refusal(&AuthError::Missing);
         assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
