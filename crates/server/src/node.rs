@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::GrpcAccess;
 use crate::auth::Auth;
 use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
 use crate::http;
@@ -155,9 +156,10 @@ impl Node {
         );
         let (stop, stopped) = watch::channel(false);
 
-        let ledger = LedgerServer::new(LedgerService::new(pipeline.clone(), config.auth.clone()))
+        let ledger = LedgerServer::new(LedgerService::new(pipeline.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let ledger = GrpcAccess::new(ledger, config.auth.clone());
         let transport = replica.transport_service();
         let mut grpc_stop = stopped.clone();
         let incoming =
