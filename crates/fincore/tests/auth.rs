@@ -80,12 +80,14 @@ fn reload_until(node: &ChildNode, key: &str, status: u16) {
     }
 }
 
-const ACCOUNTS: &str = r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#;
-const TRANSFER: &str = r#"[{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"5","ledger":1,"code":1}]"#;
-const ADD_REPLICA: &str = r#"{"id":9,"grpc":"127.0.0.1:9"}"#;
-
-#[test]
-fn http_calls_without_a_good_key_or_with_too_low_a_role_are_refused_and_change_nothing() {
+/// A node (with the test kit's admin key) that also accepts a `read` key named `reader` and a
+/// `write` key named `writer`: its temporary directory, the node, its keys file, the two keys.
+fn node_with_keys() -> (
+    tempfile::TempDir,
+    ChildNode,
+    std::path::PathBuf,
+    [String; 2],
+) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let node = support::start_node(&data);
@@ -93,6 +95,22 @@ fn http_calls_without_a_good_key_or_with_too_low_a_role_are_refused_and_change_n
     let read = create_key(&keys, "read", "reader");
     let write = create_key(&keys, "write", "writer");
     reload_until(&node, &write, 404);
+    (dir, node, keys, [read, write])
+}
+
+/// Creates accounts 1 and 2 at the node at `http` with `key`.
+fn post_accounts(key: Option<&str>, http: &str) -> Answer {
+    let json = Some("application/json");
+    request_as(key, http, "POST", "/v1/accounts", json, ACCOUNTS).unwrap()
+}
+
+const ACCOUNTS: &str = r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#;
+const TRANSFER: &str = r#"[{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"5","ledger":1,"code":1}]"#;
+const ADD_REPLICA: &str = r#"{"id":9,"grpc":"127.0.0.1:9"}"#;
+
+#[test]
+fn http_calls_without_a_good_key_or_with_too_low_a_role_are_refused_and_change_nothing() {
+    let (_dir, node, keys, [read, write]) = node_with_keys();
 
     // Open routes: probes, scrapers, the contract and leader discovery.
     for path in ["/healthz", "/metrics", "/openapi.json", "/v1/status"] {
@@ -185,13 +203,7 @@ fn http_calls_without_a_good_key_or_with_too_low_a_role_are_refused_and_change_n
 
 #[test]
 fn grpc_calls_need_a_key_with_the_right_role_and_a_write_key_keeps_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let node = support::start_node(&data);
-    let keys = data.with_extension("keys");
-    let read = create_key(&keys, "read", "reader");
-    let write = create_key(&keys, "write", "writer");
-    reload_until(&node, &write, 404);
+    let (_dir, node, _keys, [read, write]) = node_with_keys();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -302,15 +314,7 @@ fn serve_refuses_insecure_no_auth_off_loopback_and_a_missing_keys_file() {
     );
     // On loopback it starts, open, and says so.
     let node = support::start_node_on(&data, "127.0.0.1:0", "127.0.0.1:0", &["--insecure-no-auth"]);
-    let answer = request_as(
-        None,
-        &node.http_addr,
-        "POST",
-        "/v1/accounts",
-        Some("application/json"),
-        ACCOUNTS,
-    )
-    .unwrap();
+    let answer = post_accounts(None, &node.http_addr);
     assert_eq!(answer.status, 200, "{answer:?}");
     node.stop().unwrap();
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
@@ -360,15 +364,7 @@ fn dev_makes_a_development_key_once_and_its_example_commands_use_it() {
     let mut keys = Vec::new();
     for _ in 0..2 {
         let (mut child, key, http) = dev(&data);
-        let answer = request_as(
-            Some(&key),
-            &http,
-            "POST",
-            "/v1/accounts",
-            Some("application/json"),
-            ACCOUNTS,
-        )
-        .unwrap();
+        let answer = post_accounts(Some(&key), &http);
         assert_eq!(answer.status, 200, "{answer:?}");
         let answer = request_as(None, &http, "GET", "/v1/accounts/1", None, "").unwrap();
         assert_eq!(answer.status, 401, "{answer:?}");
