@@ -287,7 +287,9 @@ impl KeysFile {
         };
         let mut text = serde_json::to_string_pretty(&json).expect("plain data serializes");
         text.push('\n');
-        let temporary = self.path.with_extension("json.tmp");
+        let mut temporary = self.path.clone().into_os_string();
+        temporary.push(".tmp");
+        let temporary = PathBuf::from(temporary);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]

@@ -254,13 +254,13 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
             "/v1/admin/replicas/{id}",
             axum::routing::delete(remove_replica),
         )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(redirect_to_leader))
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             auth,
             crate::access::http_layer,
         ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(redirect_to_leader))
         .with_state(pipeline)
 }
 
