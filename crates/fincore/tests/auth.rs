@@ -153,7 +153,12 @@ fn http_calls_without_a_good_key_or_with_too_low_a_role_are_refused_and_change_n
         let answer = call(Some(key), &node, "GET", "/v1/status?digest=true", "");
         assert_refused(&answer, 403, needs_admin);
     }
-    // Nothing was created, and the group is unchanged.
+    // Every refusal is counted by its reason, and none of them changed anything.
+    let metrics = call(None, &node, "GET", "/metrics", "").body;
+    for reason in ["missing", "malformed", "unknown_key", "forbidden"] {
+        let line = format!("fincore_auth_refusals_total{{protocol=\"http\",reason=\"{reason}\"}} ");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     assert_eq!(
         call(Some(&read), &node, "GET", "/v1/accounts/1", "").status,
         404
@@ -270,6 +275,11 @@ fn grpc_calls_need_a_key_with_the_right_role_and_a_write_key_keeps_working() {
         let found = reader.lookup_accounts(&[2]).await.unwrap();
         assert_eq!(found[0].credits_posted, 60);
     });
+    let metrics = call(None, &node, "GET", "/metrics", "").body;
+    for reason in ["missing", "malformed", "unknown_key", "forbidden"] {
+        let line = format!("fincore_auth_refusals_total{{protocol=\"grpc\",reason=\"{reason}\"}} ");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     node.stop().unwrap();
 }
 

@@ -29,6 +29,10 @@ use std::task::{Context, Poll};
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
+use std::sync::Arc;
+
+use telemetry::Metrics;
+
 use crate::auth::{Auth, AuthError, Role};
 
 /// The role a request to the HTTP route `route` (the router's template, such as
@@ -85,9 +89,33 @@ pub fn http_refusal(error: &AuthError) -> Response {
     response
 }
 
+/// Who may call, and where refusals are counted.
+#[derive(Clone)]
+pub struct Access {
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Access {
+    /// The verdict on a call that presented `authorization` and needs `needed`; a refusal is
+    /// counted and logged (at debug: an attacker must not be able to flood the log).
+    fn check(
+        &self,
+        protocol: &'static str,
+        call: &str,
+        authorization: Option<&[u8]>,
+        needed: Role,
+    ) -> Result<(), AuthError> {
+        self.auth.check(authorization, needed).inspect_err(|error| {
+            self.metrics.auth_refused(protocol, error.label());
+            tracing::debug!(%error, protocol, call, "refused a client call");
+        })
+    }
+}
+
 /// The middleware in front of every HTTP route (a route layer: it runs once the router has
 /// matched a route; a request that matches none gets the 404 fallback, which shows nothing).
-pub async fn http_layer(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+pub async fn http_layer(State(access): State<Access>, request: Request, next: Next) -> Response {
     let uri = request.uri();
     let route = request
         .extensions()
@@ -95,8 +123,8 @@ pub async fn http_layer(State(auth): State<Auth>, request: Request, next: Next) 
         .map_or(uri.path(), MatchedPath::as_str);
     if let Some(needed) = http_role(request.method(), route, asks_for_digest(uri)) {
         let presented = request.headers().get(header::AUTHORIZATION);
-        if let Err(error) = auth.check(presented.map(HeaderValue::as_bytes), needed) {
-            tracing::debug!(%error, route, "refused an HTTP request");
+        let presented = presented.map(HeaderValue::as_bytes);
+        if let Err(error) = access.check("http", route, presented, needed) {
             return http_refusal(&error);
         }
     }
@@ -121,12 +149,12 @@ pub fn grpc_role(path: &str) -> Role {
 #[derive(Clone)]
 pub struct GrpcAccess<S> {
     inner: S,
-    auth: Auth,
+    access: Access,
 }
 
 impl<S> GrpcAccess<S> {
-    pub fn new(inner: S, auth: Auth) -> GrpcAccess<S> {
-        GrpcAccess { inner, auth }
+    pub fn new(inner: S, access: Access) -> GrpcAccess<S> {
+        GrpcAccess { inner, access }
     }
 }
 
@@ -151,12 +179,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let needed = grpc_role(request.uri().path());
+        let path = request.uri().path();
         let presented = request.headers().get("authorization");
-        match self.auth.check(presented.map(|v| v.as_bytes()), needed) {
+        let presented = presented.map(|v| v.as_bytes());
+        match self.access.check("grpc", path, presented, grpc_role(path)) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(error) => {
-                tracing::debug!(%error, path = request.uri().path(), "refused a gRPC call");
                 let status = if error.is_unauthenticated() {
                     tonic::Status::unauthenticated(error.to_string())
                 } else {

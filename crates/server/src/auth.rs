@@ -401,6 +401,16 @@ impl AuthError {
     pub fn is_unauthenticated(&self) -> bool {
         !matches!(self, AuthError::Forbidden { .. })
     }
+
+    /// The metrics label of this reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::Forbidden { .. } => "forbidden",
+        }
+    }
 }
 
 /// How a node decides who may call it.

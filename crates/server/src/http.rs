@@ -236,6 +236,10 @@ fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
 
 /// The routes, behind the role check of [`crate::access`].
 pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
+    let access = crate::access::Access {
+        auth,
+        metrics: std::sync::Arc::clone(pipeline.metrics()),
+    };
     Router::new()
         .route("/v1/accounts", post(create_accounts))
         .route("/v1/transfers", post(create_transfers))
@@ -255,7 +259,7 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
             axum::routing::delete(remove_replica),
         )
         .route_layer(axum::middleware::from_fn_with_state(
-            auth,
+            access,
             crate::access::http_layer,
         ))
         .fallback(not_found)

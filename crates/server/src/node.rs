@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::access::GrpcAccess;
+use crate::access::{Access, GrpcAccess};
 use crate::auth::Auth;
 use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
 use crate::http;
@@ -159,7 +159,11 @@ impl Node {
         let ledger = LedgerServer::new(LedgerService::new(pipeline.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-        let ledger = GrpcAccess::new(ledger, config.auth.clone());
+        let access = Access {
+            auth: config.auth.clone(),
+            metrics: Arc::clone(pipeline.metrics()),
+        };
+        let ledger = GrpcAccess::new(ledger, access);
         let transport = replica.transport_service();
         let mut grpc_stop = stopped.clone();
         let incoming =
