@@ -102,15 +102,7 @@ fn the_client_gets_a_capacity_error_naming_the_limit_without_retrying() {
         .unwrap();
     runtime.block_on(async {
         let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
-        let transfer = |id: u128| Transfer {
-            id,
-            debit_account_id: 1,
-            credit_account_id: 2,
-            amount: 1,
-            ledger: 1,
-            code: 1,
-            ..Default::default()
-        };
+        let transfer = |id: u128| testkit::transfer(id, 1, 2, 1);
         let four: Vec<Transfer> = (20..24).map(transfer).collect();
         let started = std::time::Instant::now();
         match client.create_transfers(&four).await {

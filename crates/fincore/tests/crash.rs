@@ -98,15 +98,7 @@ fn acknowledged_transfers_survive_repeated_kill_9() {
                         let credit =
                             (debit + u128::from(random.next()) % (ACCOUNTS - 1)) % ACCOUNTS + 1;
                         let amount = u128::from(random.next() % 1000 + 1);
-                        Transfer {
-                            id,
-                            debit_account_id: debit,
-                            credit_account_id: credit,
-                            amount,
-                            ledger: 1,
-                            code: 1,
-                            ..Default::default()
-                        }
+                        testkit::transfer(id, debit, credit, amount)
                     })
                     .collect();
                 let _writing = quiet.read().await;

@@ -3,6 +3,8 @@
 
 mod support;
 
+use testkit::transfer;
+
 use api::proto;
 use client::{ClientError, RetryPolicy};
 use ledger::{
@@ -16,18 +18,6 @@ fn account(id: u128, flags: AccountFlags) -> Account {
         ledger: 1,
         code: 1,
         flags,
-        ..Default::default()
-    }
-}
-
-fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
-    Transfer {
-        id,
-        debit_account_id: debit,
-        credit_account_id: credit,
-        amount,
-        ledger: 1,
-        code: 1,
         ..Default::default()
     }
 }

@@ -204,6 +204,42 @@ fn every_operation_works_over_http() {
 }
 
 #[test]
+fn a_burst_of_digest_requests_gets_one_digest_or_busy_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(dir.path());
+    setup(&node);
+    let answers: Vec<support::Answer> = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..64)
+            .map(|_| scope.spawn(|| get(&node.http_addr, "/v1/status?digest=true")))
+            .collect();
+        callers.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut digests = std::collections::BTreeSet::new();
+    for answer in &answers {
+        let body = answer.json().unwrap();
+        match answer.status {
+            200 => {
+                digests.insert((
+                    body["replica"]["applied_index"].as_u64().unwrap(),
+                    body["replica"]["state_digest"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                ));
+            }
+            503 => assert_eq!(body["retryable"], true, "{body}"),
+            other => panic!("status {other}: {body}"),
+        }
+    }
+    // Nothing was written meanwhile: every digest is of one index, and equal.
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    let transfer = json!([{"id": 1, "debit_account_id": 1, "credit_account_id": 2, "amount": 5, "ledger": 1, "code": 1}]);
+    let answer = post_json(&node.http_addr, "/v1/transfers", &transfer.to_string());
+    assert_eq!(results(&answer), ["created"]);
+    node.stop().unwrap();
+}
+
+#[test]
 fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = support::start_node(dir.path());

@@ -18,15 +18,7 @@ const RSS_BYTES_MAX: u64 = 1536 << 20;
 
 fn transfers(request: u128) -> Vec<Transfer> {
     (0..EVENTS)
-        .map(|i| Transfer {
-            id: request * EVENTS + i + 1,
-            debit_account_id: 1,
-            credit_account_id: 2,
-            amount: 1,
-            ledger: 1,
-            code: 1,
-            ..Default::default()
-        })
+        .map(|i| testkit::transfer(request * EVENTS + i + 1, 1, 2, 1))
         .collect()
 }
 

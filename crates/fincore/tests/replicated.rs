@@ -167,14 +167,13 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
             while !stop.load(Ordering::Relaxed) {
                 let _writing = quiet.read().await;
                 let batch: Vec<Transfer> = (next_id..next_id + 32)
-                    .map(|id| Transfer {
-                        id,
-                        debit_account_id: id % ACCOUNTS + 1,
-                        credit_account_id: (id + 1) % ACCOUNTS + 1,
-                        amount: id % 97 + 1,
-                        ledger: 1,
-                        code: 1,
-                        ..Default::default()
+                    .map(|id| {
+                        testkit::transfer(
+                            id,
+                            id % ACCOUNTS + 1,
+                            (id + 1) % ACCOUNTS + 1,
+                            id % 97 + 1,
+                        )
                     })
                     .collect();
                 highest_id.store((next_id + 31) as u64, Ordering::Relaxed);
@@ -257,15 +256,7 @@ async fn write_batches(client: &Client, first_id: u128, count: u128) {
         let batch: Vec<Transfer> = (0..16u128)
             .map(|i| {
                 let id = first_id + b * 16 + i;
-                Transfer {
-                    id,
-                    debit_account_id: id % ACCOUNTS + 1,
-                    credit_account_id: (id + 1) % ACCOUNTS + 1,
-                    amount: 1,
-                    ledger: 1,
-                    code: 1,
-                    ..Default::default()
-                }
+                testkit::transfer(id, id % ACCOUNTS + 1, (id + 1) % ACCOUNTS + 1, 1)
             })
             .collect();
         let results = client.create_transfers(&batch).await.unwrap();
@@ -454,15 +445,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
     }
     // A write sent straight to the old leader is never acknowledged.
     let stranded: Vec<Transfer> = (500_000..500_016u128)
-        .map(|id| Transfer {
-            id,
-            debit_account_id: 1,
-            credit_account_id: 2,
-            amount: 1,
-            ledger: 1,
-            code: 1,
-            ..Default::default()
-        })
+        .map(|id| testkit::transfer(id, 1, 2, 1))
         .collect();
     let answer = runtime.block_on(async {
         let channel = tonic::transport::Channel::from_shared(format!(

@@ -63,10 +63,15 @@ pub type SyncObserver = Arc<dyn Fn(std::time::Duration, u64) + Send + Sync>;
 /// Counters of the writer, for metrics.
 #[derive(Default)]
 pub struct GroupCommitStats {
+    /// Groups made durable, one successful sync each.
     pub groups: AtomicU64,
+    /// Records those groups held.
     pub records: AtomicU64,
+    /// Bytes those groups wrote.
     pub bytes: AtomicU64,
+    /// Time spent in those syncs.
     pub sync_nanos_total: AtomicU64,
+    /// The last sync's duration.
     pub sync_nanos_last: AtomicU64,
     observer: Option<SyncObserver>,
 }

@@ -186,6 +186,11 @@ pub const SERVER_QUEUE_REQUESTS_MAX: usize = 65_536;
 /// into full batches) meanwhile. Bounds the memory and the admitted-but-unapplied events.
 pub const SERVER_BATCHES_IN_FLIGHT_MAX: usize = 8;
 
+/// Callers of a node's state digest (`GET /v1/status?digest=true`) that may wait at once; more
+/// are answered "busy". Digests are computed one at a time (each a pass over the whole state
+/// that pauses apply) and remembered until the next apply.
+pub const STATUS_DIGEST_CALLERS_MAX: usize = 4;
+
 // ---------------------------------------------------------------------------------------------
 // The Rust client.
 

@@ -9,6 +9,7 @@
 
 mod applier;
 pub mod data_dir;
+mod digest_gate;
 mod log_store;
 mod network;
 mod raft_config;
@@ -18,7 +19,8 @@ mod storage_options;
 mod types;
 mod verify;
 
-pub use journal::SyncObserver;
+pub use digest_gate::DigestBusy;
+pub use journal::{GroupCommitStats, SyncObserver};
 pub use log_store::clamp_range;
 pub use network::RaftTransportService;
 pub use raft_config::initializes_group;

@@ -126,6 +126,11 @@ fn other(error: impl std::fmt::Display) -> io::Error {
 }
 
 impl<C: LedgerConfig> LogStore<C> {
+    /// The journal writer's counters (groups synced, records, bytes, sync time).
+    pub fn journal_stats(&self) -> Arc<journal::GroupCommitStats> {
+        Arc::clone(self.committer.stats())
+    }
+
     /// Opens the log in `dir` (journal in `dir/journal`, votes in `dir/raft-meta.json`),
     /// recovering it like any journal. Call it on the Raft runtime: it starts the flusher task
     /// (and, on simulated storage, the journal writer task) there.

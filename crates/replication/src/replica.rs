@@ -16,6 +16,7 @@ use ledger::{Batch, BatchBody, BatchResults, StateDigest};
 use openraft::async_runtime::WatchReceiver;
 use openraft::raft::ReadPolicy;
 
+use crate::digest_gate::{DigestBusy, DigestGate};
 use crate::log_store::LogStore;
 use crate::network::{Raft, RaftTransportService, TransportFactory};
 use crate::proto::raft_transport_server::RaftTransportServer;
@@ -148,6 +149,8 @@ pub struct Replica {
     id: NodeId,
     raft: Raft,
     machine: LedgerStateMachine<TypeConfig>,
+    journal_stats: Arc<journal::GroupCommitStats>,
+    digests: DigestGate,
 }
 
 fn now_ns() -> u64 {
@@ -187,6 +190,7 @@ impl Replica {
             ..StorageOptions::default()
         };
         let log = LogStore::<TypeConfig>::open(dir, &storage)?;
+        let journal_stats = log.journal_stats();
         let machine = LedgerStateMachine::open(dir, &storage)?;
         let raft_config = raft_config(
             "fincore",
@@ -209,7 +213,13 @@ impl Replica {
         )
         .await
         .map_err(io::Error::other)?;
-        Ok(Replica { id, raft, machine })
+        Ok(Replica {
+            id,
+            raft,
+            machine,
+            journal_stats,
+            digests: DigestGate::new(limits::STATUS_DIGEST_CALLERS_MAX),
+        })
     }
 
     /// The service peers send this replica's Raft RPCs to; mount it on the node's gRPC server.
@@ -226,9 +236,25 @@ impl Replica {
         self.machine.state()
     }
 
-    /// The last applied index and the state digest there.
+    /// The counters of this replica's journal writer (groups synced, records, sync time).
+    pub fn journal_stats(&self) -> &journal::GroupCommitStats {
+        &self.journal_stats
+    }
+
+    /// The last applied index and the state digest there: one pass over the state at a time,
+    /// remembered until the next apply. Blocks; async callers use [`Replica::state_digest`].
     pub fn applied(&self) -> (u64, StateDigest) {
-        self.machine.applied()
+        self.digests
+            .get(|| self.machine.applied_index(), || self.machine.applied())
+    }
+
+    /// [`Replica::applied`] off the async runtime, refused when
+    /// `limits::STATUS_DIGEST_CALLERS_MAX` callers already wait.
+    pub async fn state_digest(&self) -> Result<(u64, StateDigest), DigestBusy> {
+        let (indexed, computed) = (self.machine.clone(), self.machine.clone());
+        self.digests
+            .get_off_runtime(move || indexed.applied_index(), move || computed.applied())
+            .await
     }
 
     /// True once the group was initialized (by this or another replica).

@@ -209,8 +209,9 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
         Ok(())
     }
 
-    fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        let digest = StateDigest::of_snapshot_bytes(&mut &data[..])?;
+    /// Writes `data` (whose digest is `digest`) as the snapshot file, replacing the old one
+    /// atomically.
+    fn persist(&self, meta: &SnapshotMeta, data: &[u8], digest: StateDigest) -> io::Result<()> {
         let header = postcard::to_allocvec(&SnapshotFileHeader {
             meta: meta.clone(),
             digest: digest.0,
@@ -257,18 +258,20 @@ impl<C: LedgerConfig> RaftSnapshotBuilder<C> for LedgerStateMachine<C> {
         // The state is read under the state lock and the applied position under the inner
         // lock, both held, so they describe the same moment.
         let state = self.state.read().expect("never poisoned");
-        let (meta, data) = {
+        let (meta, data, digest) = {
             let inner = self.inner.lock().expect("never poisoned");
             let meta = SnapshotMeta {
                 last_log_id: inner.last_applied,
                 last_membership: inner.membership.clone(),
             };
             let mut data = Vec::new();
-            state.write_snapshot(&mut data)?;
-            (meta, data)
+            let digest = state.write_snapshot(&mut data)?;
+            (meta, data, digest)
         };
         drop(state);
-        self.persist(&meta, &data)?;
+        // The digest was computed while writing: hashing the bytes again doubled the hashing
+        // a snapshot costs.
+        self.persist(&meta, &data, digest)?;
         self.inner.lock().expect("never poisoned").current =
             Some((meta.clone(), Arc::new(data.clone())));
         Ok(SnapshotOf {
@@ -329,7 +332,8 @@ impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        self.persist(meta, &data)?;
+        let digest = StateDigest::of_snapshot_bytes(&mut &data[..])?;
+        self.persist(meta, &data, digest)?;
         self.load(meta, data, None)
     }
 

@@ -511,8 +511,10 @@ async fn healthz(State(pipeline): State<Pipeline>) -> Response {
 /// `?digest=true` also the state digest there (replicas that applied the same index must show the
 /// same digest). The digest is opt-in: it is a pass over the whole state under its read lock,
 /// which pauses apply (about a second at 10M transfers), so routine polling must not pay it.
-/// The status is read on a blocking thread: a digest held on an async runtime worker would stall
-/// the tasks that share it, Raft's heartbeats among them, and a follower would call an election.
+/// Digests are computed on a blocking thread (held on an async runtime worker, one would stall
+/// the tasks that share it, Raft's heartbeats among them), one at a time, remembered until the
+/// next apply; when `limits::STATUS_DIGEST_CALLERS_MAX` callers already wait, the answer is
+/// 503 busy.
 async fn status(
     State(pipeline): State<Pipeline>,
     Query(params): Query<HashMap<String, String>>,
@@ -524,17 +526,23 @@ async fn status(
         };
     let replica = std::sync::Arc::clone(pipeline.replica());
     let members = members(&replica);
-    let status = match tokio::task::spawn_blocking(move || replica.status(with_digest)).await {
-        Ok(status) => status,
-        Err(error) => {
-            let error = format!("reading this replica's status failed: {error}");
-            return ApiError {
-                kind: ErrorKind::Unavailable,
-                ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error, None)
+    let mut status = replica.status(false);
+    if with_digest {
+        match replica.state_digest().await {
+            Ok((index, digest)) => {
+                status.applied_index = index;
+                status.state_digest = Some(digest.to_string());
             }
-            .into_response();
+            Err(busy) => {
+                let mut answer = ApiError {
+                    kind: ErrorKind::Busy,
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, busy.to_string(), None)
+                };
+                answer.body.retryable = true;
+                return answer.into_response();
+            }
         }
-    };
+    }
     Json(StatusJson {
         members,
         replica: replica_status_json(status),

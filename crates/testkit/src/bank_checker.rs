@@ -402,14 +402,8 @@ mod tests {
 
     fn transfer(id: u128, debit: u128, credit: u128, amount: u128, timestamp: u64) -> Transfer {
         Transfer {
-            id,
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount,
-            ledger: 1,
-            code: 1,
             timestamp,
-            ..Transfer::default()
+            ..crate::transfer(id, debit, credit, amount)
         }
     }
 

@@ -6,7 +6,7 @@
 //! - [`proxy`]: a fault-injecting TCP proxy for one directed link (cut, slow).
 //! - [`http`]: a blocking HTTP/1.1 client, one request per connection, and a node's status.
 //! - [`keys`]: the admin API key every node this process starts accepts.
-//! - [`free_addrs`]: distinct free loopback addresses.
+//! - [`free_addrs`]: distinct free loopback addresses; [`transfer`]: the tests' usual transfer.
 //! - [`bank_checker`]: the chaos bank test's history types and checker.
 //!
 //! This crate owns no product logic and must not grow any: it talks to the binary only through
@@ -85,6 +85,20 @@ impl KitError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KitError {
         let what = what.into();
         move |source| KitError::Io { what, source }
+    }
+}
+
+/// A transfer of `amount` from `debit` to `credit` on ledger 1 with code 1: the shape the
+/// end-to-end tests and the checker's own tests write.
+pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> ledger::Transfer {
+    ledger::Transfer {
+        id,
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        ledger: 1,
+        code: 1,
+        ..ledger::Transfer::default()
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -33,13 +33,6 @@ const BATCHES_IN_FLIGHT_MAX: usize = 2;
 const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 const REPLAY_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 
-/// What the log's fsyncs did, told by the replica's sync observer.
-#[derive(Default)]
-struct SyncCounts {
-    syncs: AtomicU64,
-    sync_nanos_total: AtomicU64,
-}
-
 pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
     let (dir, _temp) = data_dir(&args.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -51,25 +44,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
 }
 
 async fn run_on(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
-    let counts = Arc::new(SyncCounts::default());
-    let observed = Arc::clone(&counts);
-    let config = ReplicaConfig {
-        sync_observer: Some(Arc::new(move |elapsed: Duration, _records| {
-            observed.syncs.fetch_add(1, Ordering::Relaxed);
-            observed
-                .sync_nanos_total
-                .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        })),
-        ..ReplicaConfig::default()
-    };
-    let replica = Arc::new(open_leader(dir, &config).await?);
+    let replica = Arc::new(open_leader(dir, &ReplicaConfig::default()).await?);
     create_accounts(&replica, args).await?;
 
-    let syncs_before = counts.syncs.load(Ordering::Relaxed);
-    let sync_nanos_before = counts.sync_nanos_total.load(Ordering::Relaxed);
+    let stats = replica.journal_stats();
+    let syncs_before = stats.groups.load(Ordering::Relaxed);
+    let sync_nanos_before = stats.sync_nanos_total.load(Ordering::Relaxed);
     let (seconds, latencies, transfers_failed) = write_transfers(&replica, args).await?;
-    let syncs = counts.syncs.load(Ordering::Relaxed) - syncs_before;
-    let sync_nanos = counts.sync_nanos_total.load(Ordering::Relaxed) - sync_nanos_before;
+    let syncs = stats.groups.load(Ordering::Relaxed) - syncs_before;
+    let sync_nanos = stats.sync_nanos_total.load(Ordering::Relaxed) - sync_nanos_before;
     let journal = JournalFigures {
         syncs,
         sync_ms_mean: if syncs == 0 {

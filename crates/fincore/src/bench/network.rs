@@ -172,10 +172,24 @@ fn term_max(http_addrs: &[String]) -> Option<u64> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
-    let (dir, _temp) = data_dir(&args.data_dir)?;
+    let (dir, temp) = data_dir(&args.data_dir)?;
+    let measured = run_in(args, &dir);
+    // A failed run's nodes' data and logs (`node-N.log`) are what a post-mortem needs.
+    if let (Err(_), Some(temp)) = (&measured, temp) {
+        let kept = temp.keep();
+        eprintln!(
+            "fincore bench: the run failed; its data directories and node logs are kept in {}",
+            kept.display()
+        );
+    }
+    measured
+}
+
+/// One network-mode run on data directory `dir`.
+fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     let nodes = match &args.addr {
         Some(_) => Vec::new(),
-        None => start_group(&dir, args.replicas)?,
+        None => start_group(dir, args.replicas)?,
     };
     let addrs: Vec<String> = match &args.addr {
         Some(addr) => vec![format!("http://{addr}")],
