@@ -198,13 +198,16 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
     let nodes = Arc::new(Mutex::new(nodes.into_iter().map(Some).collect::<Vec<_>>()));
     // Against a node that may already hold a previous run, transfer ids start past any earlier
-    // run's; against our own fresh group they are 1..N, as in TigerBeetle's benchmark.
+    // run's: at the nanoseconds since the epoch (a u64 until 2554), which have grown past the
+    // previous run's last id unless it wrote faster than one transfer per nanosecond. (Micros
+    // times a million overflowed u64.) Against our own fresh group they are 1..N, as in
+    // TigerBeetle's benchmark.
     let id_offset = if args.addr.is_some() {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64
-            / 1000
-            * 1_000_000
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos(),
+        )?
     } else {
         0
     };
