@@ -3,13 +3,19 @@
 //! `KEY=$(fincore keys create …)` works); only its SHA-256 is stored. Running nodes read the
 //! file at start and again on SIGHUP.
 //!
-//! Owns the command line of these operations; the file itself is `server::auth`'s.
+//! Owns the command line of these operations and how `serve` and `dev` get their keys (the
+//! `--insecure-no-auth` loopback rule, `dev`'s development key, reloading on SIGHUP); the file
+//! itself is `server::auth`'s.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use server::Role;
-use server::auth::{KEYS_FILE, KeysFile};
+use anyhow::Context;
+use server::auth::{KEYS_FILE, KeyStore, KeysFile};
+use server::{Auth, Role};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
@@ -98,4 +104,87 @@ pub fn run(command: &KeysCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file `dev` keeps its development key's token in, beside the keys file (mode 0600).
+pub const DEV_KEY_FILE: &str = "dev-api-key";
+
+/// `serve --insecure-no-auth`: anyone may call, allowed only when every listener (`(flag,
+/// address)`) is on loopback.
+pub fn open_on_loopback(listeners: &[(&str, SocketAddr)]) -> anyhow::Result<Auth> {
+    if let Some((flag, addr)) = listeners.iter().find(|(_, a)| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "--insecure-no-auth is refused: {flag} {addr} is not a loopback address, and without authentication anyone who reaches it could write and change membership. Listen on 127.0.0.1 or ::1, or create a key with `fincore keys create --role admin --data-dir DIR` and drop --insecure-no-auth"
+        );
+    }
+    eprintln!(
+        "fincore: WARNING: --insecure-no-auth: the client APIs are open to every local process (loopback only)"
+    );
+    Ok(Auth::Open)
+}
+
+/// `serve`'s keys: those in the file at `path`, which must exist.
+pub fn serve_auth(path: &Path) -> anyhow::Result<Auth> {
+    let store = KeyStore::open(path).map_err(|error| match error {
+        server::auth::KeysError::Missing(_) => anyhow::anyhow!(
+            "{error}; authentication is on by default (to run open on loopback only, pass --insecure-no-auth)"
+        ),
+        other => other.into(),
+    })?;
+    if store.is_empty() {
+        eprintln!(
+            "fincore: WARNING: {} holds no keys: every client call will be refused until one is created (then SIGHUP)",
+            path.display()
+        );
+    }
+    Ok(Auth::Keys(Arc::new(store)))
+}
+
+/// The development key of `dev` on `dir`: made on its first run (role admin, named `dev`), its
+/// token kept in `DIR/dev-api-key` (0600) so every later run prints the same working commands.
+/// Returns the keys file and the token.
+pub fn dev_key(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let keys_path = dir.join(KEYS_FILE);
+    let token_path = dir.join(DEV_KEY_FILE);
+    let mut keys = KeysFile::load_or_new(&keys_path)?;
+    if let Ok(token) = std::fs::read_to_string(&token_path)
+        && keys.holds(token.trim())
+    {
+        return Ok((keys_path, token.trim().to_string()));
+    }
+    let name = (!keys.keys().iter().any(|k| k.name == "dev")).then_some("dev");
+    let (_, token) = keys.create(Role::Admin, name)?;
+    keys.save()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&token_path)
+        .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
+        .with_context(|| format!("writing {}", token_path.display()))?;
+    Ok((keys_path, token))
+}
+
+/// Reloads the keys on every SIGHUP until the process ends; a failed reload keeps the keys in
+/// use and says why.
+pub fn reload_on_sighup(store: Arc<KeyStore>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install a SIGHUP handler: API keys are read only at start");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match store.reload() {
+                Ok(count) => {
+                    tracing::info!(keys = count, path = %store.path().display(), "API keys reloaded")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reloading the API keys failed; the keys in use are unchanged")
+                }
+            }
+        }
+    });
 }

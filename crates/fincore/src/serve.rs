@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,8 +11,8 @@ use anyhow::Context;
 use std::collections::BTreeMap;
 
 use replication::PeerNode;
-use server::auth::{KEYS_FILE, KeyStore, KeysFile};
-use server::{Auth, Node, NodeConfig, Role};
+use server::auth::KeyStore;
+use server::{Auth, Node, NodeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -41,92 +41,6 @@ pub struct ServeArgs {
     /// change membership). Refused unless every listener is on loopback.
     #[arg(long)]
     insecure_no_auth: bool,
-}
-
-/// The file `dev` keeps its development key's token in, beside the keys file (mode 0600).
-const DEV_KEY_FILE: &str = "dev-api-key";
-
-/// Who may call this node: the keys in its keys file, or anyone with `--insecure-no-auth` when
-/// every listener is on loopback.
-fn serve_auth(args: &ServeArgs) -> anyhow::Result<Auth> {
-    if args.insecure_no_auth {
-        let listeners = [("--grpc", args.listen.grpc), ("--http", args.listen.http)];
-        if let Some((flag, addr)) = listeners.iter().find(|(_, a)| !a.ip().is_loopback()) {
-            anyhow::bail!(
-                "--insecure-no-auth is refused: {flag} {addr} is not a loopback address, and without authentication anyone who reaches it could write and change membership. Listen on 127.0.0.1 or ::1, or create a key with `fincore keys create --role admin --data-dir DIR` and drop --insecure-no-auth"
-            );
-        }
-        eprintln!(
-            "fincore: WARNING: --insecure-no-auth: the client APIs are open to every local process (loopback only)"
-        );
-        return Ok(Auth::Open);
-    }
-    let path = args
-        .keys
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join(KEYS_FILE));
-    let store = KeyStore::open(&path).map_err(|error| match error {
-        server::auth::KeysError::Missing(_) => anyhow::anyhow!(
-            "{error}; authentication is on by default (to run open on loopback only, pass --insecure-no-auth)"
-        ),
-        other => other.into(),
-    })?;
-    if store.is_empty() {
-        eprintln!(
-            "fincore: WARNING: {} holds no keys: every client call will be refused until one is created (then SIGHUP)",
-            path.display()
-        );
-    }
-    Ok(Auth::Keys(Arc::new(store)))
-}
-
-/// The development key of `dev` on `dir`: made on its first run (role admin, named `dev`), its
-/// token kept in `DIR/dev-api-key` (0600) so every later run prints the same working commands.
-/// Returns the keys file and the token.
-fn dev_key(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let keys_path = dir.join(KEYS_FILE);
-    let token_path = dir.join(DEV_KEY_FILE);
-    let mut keys = KeysFile::load_or_new(&keys_path)?;
-    if let Ok(token) = std::fs::read_to_string(&token_path)
-        && keys.holds(token.trim())
-    {
-        return Ok((keys_path, token.trim().to_string()));
-    }
-    let name = (!keys.keys().iter().any(|k| k.name == "dev")).then_some("dev");
-    let (_, token) = keys.create(Role::Admin, name)?;
-    keys.save()?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(&token_path)
-        .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
-        .with_context(|| format!("writing {}", token_path.display()))?;
-    Ok((keys_path, token))
-}
-
-/// Reloads the keys on every SIGHUP until the process ends; a failed reload keeps the keys in
-/// use and says why.
-fn reload_keys_on_sighup(store: Arc<KeyStore>) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot install a SIGHUP handler: API keys are read only at start");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            match store.reload() {
-                Ok(count) => {
-                    tracing::info!(keys = count, path = %store.path().display(), "API keys reloaded")
-                }
-                Err(error) => {
-                    tracing::error!(%error, "reloading the API keys failed; the keys in use are unchanged")
-                }
-            }
-        }
-    });
 }
 
 fn parse_routes(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -333,7 +247,7 @@ fn run_node(
         let auth_line = match &config.auth {
             Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
             Auth::Keys(store) => {
-                reload_keys_on_sighup(Arc::clone(store));
+                crate::keys::reload_on_sighup(Arc::clone(store));
                 format!(
                     "fincore: authentication on: {} API keys from {} (reloaded on SIGHUP)",
                     store.len(),
@@ -361,7 +275,13 @@ fn run_node(
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
-    config.auth = serve_auth(args)?;
+    let listeners = [("--grpc", args.listen.grpc), ("--http", args.listen.http)];
+    config.auth = if args.insecure_no_auth {
+        crate::keys::open_on_loopback(&listeners)?
+    } else {
+        let default = args.data_dir.join(server::auth::KEYS_FILE);
+        crate::keys::serve_auth(args.keys.as_deref().unwrap_or(&default))?
+    };
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
@@ -392,7 +312,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         .collect::<Vec<_>>()
         .join(",");
     let exe = std::env::current_exe().context("finding the fincore executable")?;
-    let (keys_path, token) = dev_key(&args.data_dir)?;
+    let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
     // Derived once for the group, so every replica gets the same capacity and they share the
     // machine's memory.
     let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
@@ -437,7 +357,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
-        args.data_dir.join(DEV_KEY_FILE).display()
+        args.data_dir.join(crate::keys::DEV_KEY_FILE).display()
     );
     println!("  Ctrl-C stops every node cleanly.");
     std::io::stdout().flush().ok();
@@ -459,7 +379,7 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
         return dev_group(args);
     }
     let data_dir = args.data_dir.clone();
-    let (keys_path, token) = dev_key(&data_dir)?;
+    let (keys_path, token) = crate::keys::dev_key(&data_dir)?;
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
     config.auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
     run_node((config, capacity_line), move |node| {
@@ -473,7 +393,7 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
         println!("  recovered up to log index {applied}");
         println!(
             "  API key (role admin, kept in {}): {token}",
-            data_dir.join(DEV_KEY_FILE).display()
+            data_dir.join(crate::keys::DEV_KEY_FILE).display()
         );
         println!("  try:");
         let auth = format!("-H 'Authorization: Bearer {token}'");
