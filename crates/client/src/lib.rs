@@ -8,6 +8,10 @@
 //!   up to 8,189 events; [`Client::create_transfers`] sends large slices packed (128 bytes an
 //!   event) and splits them into full batches.
 //!
+//! - Authenticated: [`Client::builder`]`(…).api_key(key)` sends `authorization: Bearer <key>` on
+//!   every call; a refused key is [`ClientError::Unauthenticated`] or
+//!   [`ClientError::PermissionDenied`], never retried.
+//!
 //! A linked chain must be sent whole through `create_transfers`: single events are batched with
 //! strangers' events, so they may not carry the `linked` flag.
 
@@ -21,6 +25,9 @@ use ledger::{
     CreateTransferResult, EventResult, Transfer, TransferFlags,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -75,6 +82,12 @@ pub enum ClientError {
     /// until the operator raises the capacity.
     #[error("{message}")]
     CapacityReached { limit: String, message: String },
+    /// The node did not accept the API key (none given, malformed, unknown or revoked).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The API key's role does not allow the call (the message names the role needed).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -110,6 +123,8 @@ fn permanent(status: &Status) -> ClientError {
             limit: limit.to_string(),
             message: status.message().to_string(),
         },
+        (Code::Unauthenticated, _) => ClientError::Unauthenticated(status.message().to_string()),
+        (Code::PermissionDenied, _) => ClientError::PermissionDenied(status.message().to_string()),
         _ => ClientError::Invalid(status.message().to_string()),
     }
 }
@@ -120,7 +135,9 @@ fn permanent(status: &Status) -> ClientError {
 /// address given.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<std::sync::RwLock<LedgerClient<Channel>>>,
+    inner: Arc<std::sync::RwLock<Ledger>>,
+    /// Sent with every call.
+    credentials: Bearer,
     /// Every address given, tried in turn when the current one does not answer.
     addrs: Arc<Vec<String>>,
     next_addr: Arc<std::sync::atomic::AtomicUsize>,
@@ -128,7 +145,24 @@ pub struct Client {
     singles: mpsc::Sender<(Transfer, SingleReply)>,
 }
 
-fn ledger_client(addr: &str) -> Result<LedgerClient<Channel>, ClientError> {
+/// Adds `authorization: Bearer <key>` to every call (nothing when no key was given).
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Ledger = LedgerClient<InterceptedService<Channel, Bearer>>;
+
+fn ledger_client(addr: &str, credentials: &Bearer) -> Result<Ledger, ClientError> {
     let endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
         .tcp_nodelay(true)
@@ -137,9 +171,63 @@ fn ledger_client(addr: &str) -> Result<LedgerClient<Channel>, ClientError> {
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .connect_timeout(Duration::from_secs(2));
-    Ok(LedgerClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX))
+    Ok(
+        LedgerClient::with_interceptor(endpoint.connect_lazy(), credentials.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+    )
+}
+
+/// How to build a [`Client`]: the addresses, the retry policy, the API key.
+#[derive(Clone)]
+pub struct ClientBuilder {
+    addrs: Vec<String>,
+    policy: RetryPolicy,
+    api_key: Option<String>,
+}
+
+/// Shows everything but the key itself.
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("addrs", &self.addrs)
+            .field("policy", &self.policy)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> ClientBuilder {
+        self.policy = policy;
+        self
+    }
+
+    /// The API key (`fincore_…`, from `fincore keys create`) sent with every call.
+    pub fn api_key(mut self, key: impl Into<String>) -> ClientBuilder {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Like [`ClientBuilder::api_key`], when the key may be absent (an open node).
+    pub fn api_key_opt(mut self, key: Option<impl Into<String>>) -> ClientBuilder {
+        self.api_key = key.map(Into::into);
+        self
+    }
+
+    /// The client; it connects lazily (must be called inside a Tokio runtime).
+    pub fn connect(self) -> Result<Client, ClientError> {
+        let credentials = match self.api_key {
+            None => Bearer(None),
+            Some(key) => {
+                Bearer(Some(format!("Bearer {key}").parse().map_err(|_| {
+                    ClientError::Invalid("api_key: not printable ASCII".into())
+                })?))
+            }
+        };
+        let addrs: Vec<&str> = self.addrs.iter().map(String::as_str).collect();
+        Client::start(&addrs, self.policy, credentials)
+    }
 }
 
 impl Client {
@@ -151,16 +239,35 @@ impl Client {
 
     /// A client of a replica group reachable at any of `addrs` (`http://host:port` each).
     pub fn connect_any(addrs: &[&str], policy: RetryPolicy) -> Result<Client, ClientError> {
+        Client::start(addrs, policy, Bearer(None))
+    }
+
+    /// A client of the nodes at `addrs` (`http://host:port` each), to be configured (retry
+    /// policy, API key) before [`ClientBuilder::connect`].
+    pub fn builder(addrs: &[&str]) -> ClientBuilder {
+        ClientBuilder {
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            policy: RetryPolicy::default(),
+            api_key: None,
+        }
+    }
+
+    fn start(
+        addrs: &[&str],
+        policy: RetryPolicy,
+        credentials: Bearer,
+    ) -> Result<Client, ClientError> {
         let first = addrs
             .first()
             .ok_or_else(|| ClientError::Invalid("no address given".into()))?;
         for addr in addrs {
-            ledger_client(addr)?;
+            ledger_client(addr, &credentials)?;
         }
-        let inner = Arc::new(std::sync::RwLock::new(ledger_client(first)?));
+        let inner = Arc::new(std::sync::RwLock::new(ledger_client(first, &credentials)?));
         let (singles, queue) = mpsc::channel(PENDING_SINGLES_MAX);
         let client = Client {
             inner,
+            credentials,
             addrs: Arc::new(addrs.iter().map(|a| a.to_string()).collect()),
             next_addr: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             policy: Arc::new(policy),
@@ -173,7 +280,7 @@ impl Client {
     /// Runs `call` until it succeeds, fails for good, or the retry policy runs out.
     async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
-        F: Fn(LedgerClient<Channel>) -> Fut,
+        F: Fn(Ledger) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -198,7 +305,7 @@ impl Client {
                 .get(LEADER_GRPC_KEY)
                 .and_then(|v| v.to_str().ok())
                 && attempts < self.policy.attempts_max
-                && let Ok(client) = ledger_client(&format!("http://{leader}"))
+                && let Ok(client) = ledger_client(&format!("http://{leader}"), &self.credentials)
             {
                 tracing::debug!(leader, "following the leader");
                 *self.inner.write().expect("never poisoned") = client;
@@ -215,7 +322,7 @@ impl Client {
                     .next_addr
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     % self.addrs.len();
-                if let Ok(client) = ledger_client(&self.addrs[next]) {
+                if let Ok(client) = ledger_client(&self.addrs[next], &self.credentials) {
                     *self.inner.write().expect("never poisoned") = client;
                 }
             }

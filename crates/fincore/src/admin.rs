@@ -43,14 +43,32 @@ pub enum AdminCommand {
     },
 }
 
-/// One HTTP/1.1 request; returns (status, Location header, body).
+/// The admin key every admin command sends.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// An API key with the role admin (from `fincore keys create --role admin`).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "FINCORE_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    api_key: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+/// One HTTP/1.1 request with the admin key; returns (status, Location header, body).
 fn request(
+    api_key: Option<&str>,
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, Option<String>, String)> {
-    let answer = testkit::http::request(
+    let answer = testkit::http::request_as(
+        api_key,
         addr,
         method,
         path,
@@ -62,8 +80,14 @@ fn request(
 }
 
 /// Sends the request, following one redirect to the leader.
-fn to_leader(addr: &str, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<ExitCode> {
-    let (mut status, location, mut answer) = request(addr, method, path, body)?;
+fn to_leader(
+    api_key: Option<&str>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let (mut status, location, mut answer) = request(api_key, addr, method, path, body)?;
     if status == 307
         && let Some(location) = location
     {
@@ -73,18 +97,21 @@ fn to_leader(addr: &str, method: &str, path: &str, body: Option<&str>) -> anyhow
             .next()
             .unwrap_or_default()
             .to_string();
-        (status, _, answer) = request(&leader, method, path, body)?;
+        (status, _, answer) = request(api_key, &leader, method, path, body)?;
     }
     println!("{answer}");
-    if status == 200 {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        bail!("the group answered HTTP {status}")
+    match status {
+        200 => Ok(ExitCode::SUCCESS),
+        401 | 403 => bail!(
+            "the group answered HTTP {status}: give an admin key with --api-key or FINCORE_API_KEY"
+        ),
+        _ => bail!("the group answered HTTP {status}"),
     }
 }
 
-pub fn run(command: &AdminCommand) -> anyhow::Result<ExitCode> {
-    match command {
+pub fn run(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let key = args.api_key.as_deref();
+    match &args.command {
         AdminCommand::AddReplica {
             addr,
             id,
@@ -96,11 +123,17 @@ pub fn run(command: &AdminCommand) -> anyhow::Result<ExitCode> {
                 grpc: grpc.clone(),
                 http: http.clone(),
             })?;
-            to_leader(addr, "POST", "/v1/admin/replicas", Some(&body))
+            to_leader(key, addr, "POST", "/v1/admin/replicas", Some(&body))
         }
-        AdminCommand::RemoveReplica { addr, id } => {
-            to_leader(addr, "DELETE", &format!("/v1/admin/replicas/{id}"), None)
+        AdminCommand::RemoveReplica { addr, id } => to_leader(
+            key,
+            addr,
+            "DELETE",
+            &format!("/v1/admin/replicas/{id}"),
+            None,
+        ),
+        AdminCommand::Status { addr } => {
+            to_leader(key, addr, "GET", "/v1/status?digest=true", None)
         }
-        AdminCommand::Status { addr } => to_leader(addr, "GET", "/v1/status?digest=true", None),
     }
 }

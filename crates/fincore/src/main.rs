@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod certs;
 mod chaos;
+mod keys;
 mod nodes;
 mod serve;
 mod sim;
@@ -36,9 +37,11 @@ enum Command {
     /// Check a node's data directory: its format marker, every checksum and the whole hash
     /// chain of its log; replay it and compare with its snapshot.
     Verify(verify::VerifyArgs),
-    /// Operate a running group: add or remove replicas, show status.
+    /// Operate a running group: add or remove replicas, show status (needs an admin key).
+    Admin(admin::AdminArgs),
+    /// Create, list and revoke the API keys a node accepts.
     #[command(subcommand)]
-    Admin(admin::AdminCommand),
+    Keys(keys::KeysCommand),
     /// Run the TigerBeetle-equivalent benchmark workload.
     Bench(bench::BenchArgs),
     /// Run a Jepsen-style bank test against a real local group while a nemesis injects faults.
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => serve::dev(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Admin(command) => admin::run(&command),
+        Command::Keys(command) => keys::run(&command),
         Command::Bench(args) => bench::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Chaos(args) => chaos::run(&args),

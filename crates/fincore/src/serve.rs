@@ -5,12 +5,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use std::collections::BTreeMap;
 
 use replication::PeerNode;
-use server::{Node, NodeConfig};
+use server::auth::KeyStore;
+use server::{Auth, Node, NodeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -31,6 +33,14 @@ pub struct ServeArgs {
     peer_routes: Option<BTreeMap<u64, String>>,
     #[command(flatten)]
     listen: ListenArgs,
+    /// The API keys file (made by `fincore keys create`). Default: DATA_DIR/keys.json. Read at
+    /// start and again on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure_no_auth")]
+    keys: Option<PathBuf>,
+    /// Serve the client APIs without authentication (anyone who can connect may write and
+    /// change membership). Refused unless every listener is on loopback.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 fn parse_routes(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -234,6 +244,17 @@ fn run_node(
     telemetry::init_logging();
     let data_dir = config.data_dir.clone();
     runtime()?.block_on(async move {
+        let auth_line = match &config.auth {
+            Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
+            Auth::Keys(store) => {
+                crate::keys::reload_on_sighup(Arc::clone(store));
+                format!(
+                    "fincore: authentication on: {} API keys from {} (reloaded on SIGHUP)",
+                    store.len(),
+                    store.path().display()
+                )
+            }
+        };
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node on {}", data_dir.display()))?;
@@ -241,6 +262,7 @@ fn run_node(
         println!("fincore: gRPC listening on {}", node.grpc_addr());
         println!("fincore: HTTP listening on http://{}", node.http_addr());
         println!("{capacity_line}");
+        println!("{auth_line}");
         banner(&node);
         std::io::stdout().flush().ok();
         stop_signal().await;
@@ -253,6 +275,13 @@ fn run_node(
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
+    let listeners = [("--grpc", args.listen.grpc), ("--http", args.listen.http)];
+    config.auth = if args.insecure_no_auth {
+        crate::keys::open_on_loopback(&listeners)?
+    } else {
+        let default = args.data_dir.join(server::auth::KEYS_FILE);
+        crate::keys::serve_auth(args.keys.as_deref().unwrap_or(&default))?
+    };
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
@@ -283,6 +312,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         .collect::<Vec<_>>()
         .join(",");
     let exe = std::env::current_exe().context("finding the fincore executable")?;
+    let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
     // Derived once for the group, so every replica gets the same capacity and they share the
     // machine's memory.
     let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
@@ -304,6 +334,8 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
             ])
             .arg("--data-dir")
             .arg(&dir)
+            .arg("--keys")
+            .arg(&keys_path)
             .args(&capacity_args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -322,6 +354,10 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     }
     println!(
         "  writes go to the leader; other nodes answer with a redirect to it (HTTP 307) or a leader hint (gRPC)."
+    );
+    println!(
+        "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
+        args.data_dir.join(crate::keys::DEV_KEY_FILE).display()
     );
     println!("  Ctrl-C stops every node cleanly.");
     std::io::stdout().flush().ok();
@@ -343,7 +379,10 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
         return dev_group(args);
     }
     let data_dir = args.data_dir.clone();
-    run_node(config(args.data_dir.clone(), &args.listen), move |node| {
+    let (keys_path, token) = crate::keys::dev_key(&data_dir)?;
+    let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
+    config.auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
+    run_node((config, capacity_line), move |node| {
         let http = node.http_addr();
         let (applied, _) = node.replica().applied();
         println!();
@@ -352,14 +391,19 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
             data_dir.display()
         );
         println!("  recovered up to log index {applied}");
+        println!(
+            "  API key (role admin, kept in {}): {token}",
+            data_dir.join(crate::keys::DEV_KEY_FILE).display()
+        );
         println!("  try:");
+        let auth = format!("-H 'Authorization: Bearer {token}'");
         println!(
-            r#"    curl -s -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#
+            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#
         );
         println!(
-            r#"    curl -s -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
+            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
         );
-        println!("    curl -s http://{http}/v1/accounts/2");
+        println!("    curl -s {auth} http://{http}/v1/accounts/2");
         println!("  API: http://{http}/openapi.json   metrics: http://{http}/metrics");
         println!("  Ctrl-C stops the node cleanly.");
     })

@@ -4,7 +4,7 @@
 
 mod support;
 
-use client::{Client, ClientError, RetryPolicy};
+use client::{ClientError, RetryPolicy};
 use ledger::Transfer;
 use serde_json::json;
 use support::{ChildNode, get, post_json, start_node_on};
@@ -101,7 +101,7 @@ fn the_client_gets_a_capacity_error_naming_the_limit_without_retrying() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
+        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         let transfer = |id: u128| testkit::transfer(id, 1, 2, 1);
         let four: Vec<Transfer> = (20..24).map(transfer).collect();
         let started = std::time::Instant::now();

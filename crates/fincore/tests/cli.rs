@@ -46,6 +46,7 @@ fn small_bench(dir: &Path) -> serde_json::Value {
 fn serve_and_get(data: &Path, path: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fincore"))
         .args(["serve", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--insecure-no-auth")
         .arg("--data-dir")
         .arg(data)
         .stdout(Stdio::piped())

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientError, RetryPolicy};
+use client::{ClientError, RetryPolicy};
 use ledger::{Account, CreateAccountResult as AR, CreateTransferResult as TR, Transfer};
 
 const ACCOUNTS: u128 = 8;
@@ -54,7 +54,7 @@ fn acknowledged_transfers_survive_repeated_kill_9() {
         .enable_all()
         .build()
         .unwrap();
-    let client = runtime.block_on(async { Client::connect(&node.grpc_url(), policy()).unwrap() });
+    let client = runtime.block_on(async { support::connect(&node.grpc_url(), policy()).unwrap() });
     runtime.block_on(async {
         let accounts: Vec<Account> = (1..=ACCOUNTS)
             .map(|id| Account {

@@ -6,7 +6,7 @@ mod support;
 use testkit::transfer;
 
 use api::proto;
-use client::{Client, ClientError, RetryPolicy};
+use client::{ClientError, RetryPolicy};
 use ledger::{
     Account, AccountFilter, AccountFilterFlags, AccountFlags, CreateAccountResult as AR,
     CreateTransferResult as TR, Transfer, TransferFlags,
@@ -34,7 +34,7 @@ fn every_operation_works_over_grpc_with_the_rust_client() {
     let dir = tempfile::tempdir().unwrap();
     let node = support::start_node(dir.path());
     runtime().block_on(async {
-        let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
+        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         let results = client
             .create_accounts(&[
                 account(1, AccountFlags::HISTORY),
@@ -121,7 +121,7 @@ fn invalid_arguments_are_refused_with_the_field_named() {
     let dir = tempfile::tempdir().unwrap();
     let node = support::start_node(dir.path());
     runtime().block_on(async {
-        let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
+        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         let bad_filter = AccountFilter {
             account_id: 1,
             limit: 0,
@@ -146,7 +146,7 @@ fn invalid_arguments_are_refused_with_the_field_named() {
             .connect()
             .await
             .unwrap();
-        let mut raw = proto::ledger_client::LedgerClient::new(channel);
+        let mut raw = support::raw_ledger(channel);
         let wide_code = proto::CreateTransfersRequest {
             transfers: vec![
                 proto::Transfer::default(),
@@ -192,7 +192,7 @@ fn single_transfers_from_many_tasks_are_batched_and_all_answered() {
     let dir = tempfile::tempdir().unwrap();
     let node = support::start_node(dir.path());
     runtime().block_on(async {
-        let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
+        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         client
             .create_accounts(&[
                 account(1, AccountFlags::empty()),
@@ -222,7 +222,7 @@ fn the_client_retries_across_a_node_restart_with_the_same_ids() {
     let (grpc, http) = (node.grpc_addr.clone(), node.http_addr.clone());
     let runtime = runtime();
     let client = runtime.block_on(async {
-        let client = Client::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
+        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
         client
             .create_accounts(&[
                 account(1, AccountFlags::empty()),

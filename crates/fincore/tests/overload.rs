@@ -43,7 +43,7 @@ fn far_more_concurrent_requests_than_the_queue_holds_get_busy_answers_not_a_cras
             .connect()
             .await
             .unwrap();
-        let mut raw = proto::ledger_client::LedgerClient::new(channel.clone())
+        let mut raw = support::raw_ledger(channel.clone())
             .max_encoding_message_size(16 << 20)
             .max_decoding_message_size(16 << 20);
         let accounts = [1u128, 2].map(|id| Account {

@@ -129,7 +129,7 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
     };
     let addrs: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
-        Client::connect_any(
+        support::connect_any(
             &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
             policy,
         )
@@ -281,7 +281,7 @@ fn started_group(size: usize) -> (Group, tokio::runtime::Runtime, Client) {
         .unwrap();
     let addrs: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
-        Client::connect_any(
+        support::connect_any(
             &addrs.iter().map(String::as_str).collect::<Vec<_>>(),
             RetryPolicy::default(),
         )
@@ -419,7 +419,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
     let leader = group.leader();
     let all: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
-        Client::connect_any(
+        support::connect_any(
             &all.iter().map(String::as_str).collect::<Vec<_>>(),
             RetryPolicy::default(),
         )
@@ -456,7 +456,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         .connect()
         .await
         .unwrap();
-        let mut raw = api::proto::ledger_client::LedgerClient::new(channel);
+        let mut raw = support::raw_ledger(channel);
         let request = api::proto::CreateTransfersRequest {
             transfers: vec![],
             packed: api::convert::pack_transfers(&stranded).into(),
@@ -474,7 +474,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         .map(|j| format!("http://{}", group.layout.grpc_addrs[j]))
         .collect();
     let majority_client = runtime.block_on(async {
-        Client::connect_any(
+        support::connect_any(
             &majority.iter().map(String::as_str).collect::<Vec<_>>(),
             RetryPolicy::default(),
         )
@@ -527,7 +527,7 @@ fn replicas_are_added_and_removed_at_run_time() {
         .unwrap();
     let all: Vec<String> = group.layout.grpc_urls();
     let client = runtime.block_on(async {
-        Client::connect_any(
+        support::connect_any(
             &all.iter().map(String::as_str).collect::<Vec<_>>(),
             RetryPolicy::default(),
         )
@@ -549,6 +549,7 @@ fn replicas_are_added_and_removed_at_run_time() {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
             .arg("admin")
             .args(args)
+            .env("FINCORE_API_KEY", testkit::keys::token().unwrap())
             .output()
             .unwrap();
         let text = format!(

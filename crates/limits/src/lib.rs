@@ -205,6 +205,21 @@ pub const CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX: usize = 4;
 pub const CLIENT_ATTEMPTS_MAX_DEFAULT: u32 = 50;
 
 // ---------------------------------------------------------------------------------------------
+// Client authentication (API keys).
+
+/// Random bytes in an API key's secret (256 bits; shown as 64 hex digits).
+pub const API_KEY_SECRET_BYTES: usize = 32;
+
+/// Most API keys a keys file may hold (revoked keys are removed, not kept).
+pub const API_KEYS_MAX: usize = 4096;
+
+/// Longest API key name, in bytes.
+pub const API_KEY_NAME_BYTES_MAX: usize = 64;
+
+/// Largest keys file read: a file at `API_KEYS_MAX` keys is about 800 KiB.
+pub const API_KEYS_FILE_BYTES_MAX: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
 // A full batch fits one journal record (inside the Raft entry that carries it).
@@ -261,3 +276,7 @@ const _: () =
 // The client's queue of singles holds at least one full batch, so its batches can be full.
 const _: () = assert!(CLIENT_PENDING_SINGLES_MAX >= BATCH_EVENTS_MAX);
 const _: () = assert!(CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX >= 1);
+// A full keys file (each key: id, name, role and digest, under 200 bytes of JSON) fits the cap.
+const _: () =
+    assert!(API_KEYS_MAX as u64 * (API_KEY_NAME_BYTES_MAX as u64 + 136) <= API_KEYS_FILE_BYTES_MAX);
+const _: () = assert!(API_KEY_SECRET_BYTES >= 16);

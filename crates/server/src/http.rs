@@ -234,7 +234,12 @@ fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
     })
 }
 
-pub fn router(pipeline: Pipeline) -> Router {
+/// The routes, behind the role check of [`crate::access`].
+pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
+    let access = crate::access::Access {
+        auth,
+        metrics: std::sync::Arc::clone(pipeline.metrics()),
+    };
     Router::new()
         .route("/v1/accounts", post(create_accounts))
         .route("/v1/transfers", post(create_transfers))
@@ -253,6 +258,10 @@ pub fn router(pipeline: Pipeline) -> Router {
             "/v1/admin/replicas/{id}",
             axum::routing::delete(remove_replica),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::access::http_layer,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(redirect_to_leader))

@@ -5,14 +5,17 @@
 //! and commits them through the replica, with a bounded number in flight → answers once
 //! committed and applied; linearizable reads), the two
 //! protocol front ends, `/metrics`, `/healthz`, `/v1/status`, the membership endpoints,
-//! `/openapi.json`, and orderly shutdown. Must not contain ledger rules (they are in `ledger`),
+//! `/openapi.json`, client authentication (API keys with roles, [`auth`]), and orderly shutdown. Must not contain ledger rules (they are in `ledger`),
 //! storage formats (in `journal`) or Raft details (in `replication`).
 
+mod access;
 mod admission;
+pub mod auth;
 mod grpc;
 mod http;
 mod node;
 mod pipeline;
 
+pub use auth::{Auth, Role};
 pub use node::{Node, NodeConfig, NodeError};
 pub use pipeline::{CreateResults, Pipeline, PipelineError};

@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::{Access, GrpcAccess};
+use crate::auth::Auth;
 use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
 use crate::http;
 use crate::pipeline::{Pipeline, PipelineTask};
@@ -39,6 +41,9 @@ pub struct NodeConfig {
     /// can hold.
     pub capacity: ledger::Capacity,
     pub replica: ReplicaConfig,
+    /// Who may call the client APIs. [`NodeConfig::new`] leaves them open (embedded and test
+    /// nodes); `fincore serve` requires keys unless told `--insecure-no-auth`.
+    pub auth: Auth,
 }
 
 // `replica.peer_routes` overrides how this node reaches peers (e.g. through local proxies),
@@ -59,6 +64,7 @@ impl NodeConfig {
             queue_depth: limits::SERVER_QUEUE_REQUESTS_DEFAULT,
             capacity: ledger::Capacity::FORMAT_MAX,
             replica: ReplicaConfig::default(),
+            auth: Auth::Open,
         }
     }
 }
@@ -153,6 +159,11 @@ impl Node {
         let ledger = LedgerServer::new(LedgerService::new(pipeline.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let access = Access {
+            auth: config.auth.clone(),
+            metrics: Arc::clone(pipeline.metrics()),
+        };
+        let ledger = GrpcAccess::new(ledger, access);
         let transport = replica.transport_service();
         let mut grpc_stop = stopped.clone();
         let incoming =
@@ -171,7 +182,7 @@ impl Node {
                 tracing::error!(%error, "the gRPC server stopped");
             }
         });
-        let router = http::router(pipeline.clone());
+        let router = http::router(pipeline.clone(), config.auth.clone());
         let mut http_stop = stopped;
         let http = tokio::spawn(async move {
             let signal = async move {

@@ -84,11 +84,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    protocol: &'static str,
+    reason: &'static str,
+}
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Registry,
     requests: Family<OperationLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
+    auth_refusals: Family<RefusalLabels, Counter>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     queue_depth: Family<QueueLabels, Gauge>,
     batch_events: Histogram,
@@ -108,6 +115,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("fincore");
         let requests = Family::<OperationLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
+        let auth_refusals = Family::<RefusalLabels, Counter>::default();
         let latency = Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
@@ -125,6 +133,11 @@ impl Metrics {
             "request_errors",
             "Requests answered with an error, by operation, protocol and kind (invalid, not_found, busy, unavailable, not_leader, capacity)",
             errors.clone(),
+        );
+        registry.register(
+            "auth_refusals",
+            "Client calls refused before reaching an operation, by protocol and reason (missing, malformed, unknown_key, forbidden)",
+            auth_refusals.clone(),
         );
         registry.register(
             "request_duration_seconds",
@@ -156,6 +169,7 @@ impl Metrics {
             registry,
             requests,
             errors,
+            auth_refusals,
             latency,
             queue_depth,
             batch_events,
@@ -163,6 +177,14 @@ impl Metrics {
             journal_sync_seconds,
             journal_records,
         })
+    }
+
+    /// Counts one client call refused by authentication or its key's role; `reason` is a fixed
+    /// label (`missing`, `malformed`, `unknown_key`, `forbidden`), never text from the request.
+    pub fn auth_refused(&self, protocol: &'static str, reason: &'static str) {
+        self.auth_refusals
+            .get_or_create(&RefusalLabels { protocol, reason })
+            .inc();
     }
 
     /// Counts one request and its latency; `error` is the kind of error it was answered with.

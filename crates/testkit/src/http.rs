@@ -50,9 +50,22 @@ impl Answer {
     }
 }
 
-/// One request over a fresh connection to `addr` (`HOST:PORT`); `content_type` is sent when
-/// given, `Content-Length` always.
+/// One request over a fresh connection to `addr` (`HOST:PORT`) with the API key of the nodes
+/// this process started ([`crate::keys::token`]), if any; see [`request_as`].
 pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Result<Answer, KitError> {
+    request_as(crate::keys::token(), addr, method, path, content_type, body)
+}
+
+/// One request over a fresh connection to `addr` (`HOST:PORT`); `Authorization: Bearer KEY`
+/// is sent when `api_key` is given, `content_type` when given, `Content-Length` always.
+pub fn request_as(
+    api_key: Option<&str>,
     addr: &str,
     method: &str,
     path: &str,
@@ -70,6 +83,9 @@ pub fn request(
     );
     if let Some(content_type) = content_type {
         head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    if let Some(key) = api_key {
+        head.push_str(&format!("Authorization: Bearer {key}\r\n"));
     }
     head.push_str("\r\n");
     let sent = stream

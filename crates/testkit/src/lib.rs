@@ -5,6 +5,7 @@
 //! - [`group`]: the addresses and `--peers` arguments of a replica group on free ports.
 //! - [`proxy`]: a fault-injecting TCP proxy for one directed link (cut, slow).
 //! - [`http`]: a blocking HTTP/1.1 client, one request per connection, and a node's status.
+//! - [`keys`]: the admin API key every node this process starts accepts.
 //! - [`free_addrs`]: distinct free loopback addresses; [`transfer`]: the tests' usual transfer.
 //! - [`bank_checker`]: the chaos bank test's history types and checker.
 //!
@@ -16,6 +17,7 @@
 pub mod bank_checker;
 pub mod group;
 pub mod http;
+pub mod keys;
 pub mod node;
 pub mod proxy;
 
@@ -39,6 +41,9 @@ pub enum KitError {
         log_path: PathBuf,
         log: String,
     },
+    /// `fincore keys create` failed, so no node could be given a key.
+    #[error("making an API key for the test nodes failed: {stderr}")]
+    KeyNotCreated { stderr: String },
     /// The child ignored SIGTERM for too long and was killed.
     #[error("the node (pid {pid}) did not stop within {seconds} s of SIGTERM and was killed")]
     NodeDidNotStop { pid: u32, seconds: u64 },

@@ -30,6 +30,8 @@ pub enum Signal {
     Cont,
     /// Ask for a clean shutdown.
     Term,
+    /// Ask it to reread its API keys file.
+    Hup,
 }
 
 impl Signal {
@@ -38,6 +40,7 @@ impl Signal {
             Signal::Stop => "STOP",
             Signal::Cont => "CONT",
             Signal::Term => "TERM",
+            Signal::Hup => "HUP",
         }
     }
 }
@@ -57,7 +60,9 @@ impl ChildNode {
     /// Runs `exe serve --data-dir DATA_DIR ARGS…` (creating the directory) and waits until it
     /// announced both addresses. `args` carry everything else: listen addresses (`--grpc
     /// 127.0.0.1:0` picks a free port), `--node-id`, `--peers`, checkpointing. Its stderr goes
-    /// to `DATA_DIR.log`, kept for post-mortems.
+    /// to `DATA_DIR.log`, kept for post-mortems. Unless `args` give `--keys` or
+    /// `--insecure-no-auth`, the node gets `--keys DATA_DIR.keys` holding this process's admin
+    /// key ([`crate::keys`]).
     pub fn start<S: AsRef<OsStr>>(
         exe: &Path,
         data_dir: &Path,
@@ -71,10 +76,20 @@ impl ChildNode {
             .append(true)
             .open(&log_path)
             .map_err(KitError::io(format!("opening {}", log_path.display())))?;
+        let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
+        let keys = if given("--keys") || given("--insecure-no-auth") {
+            None
+        } else {
+            Some(crate::keys::keys_file_for(exe, data_dir)?)
+        };
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(
+                keys.iter()
+                    .flat_map(|path| [OsStr::new("--keys"), path.as_os_str()]),
+            )
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -195,7 +210,7 @@ mod tests {
     fn a_child_that_exits_without_announcing_reports_its_log() {
         let dir = std::env::temp_dir().join(format!("testkit-node-{}", std::process::id()));
         // `false serve …` exits at once without printing anything.
-        let error = match ChildNode::start(Path::new("false"), &dir, &[] as &[&str]) {
+        let error = match ChildNode::start(Path::new("false"), &dir, &["--insecure-no-auth"]) {
             Err(error) => error,
             Ok(_) => panic!("`false` cannot announce addresses"),
         };
@@ -220,7 +235,7 @@ mod tests {
             .arg(&script)
             .status()
             .unwrap();
-        let node = ChildNode::start(&script, &dir, &[] as &[&str]).unwrap();
+        let node = ChildNode::start(&script, &dir, &["--insecure-no-auth"]).unwrap();
         assert_eq!(
             (node.grpc_addr.as_str(), node.http_addr.as_str()),
             ("127.0.0.1:1", "127.0.0.1:2")

@@ -30,6 +30,16 @@ pub struct BenchArgs {
     /// Benchmark a running node at this gRPC address instead of starting one.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "embedded")]
     addr: Option<String>,
+    /// The API key to send (role write) when benchmarking a running node with --addr; a group
+    /// the bench starts itself gets a key of its own.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "FINCORE_API_KEY",
+        hide_env_values = true,
+        requires = "addr"
+    )]
+    api_key: Option<String>,
     /// Network mode: start a replica group of this many nodes (1, 3 or 5).
     #[arg(long, default_value_t = 1, value_parser = parse_replicas)]
     replicas: u64,

@@ -198,13 +198,16 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
     let nodes = Arc::new(Mutex::new(nodes.into_iter().map(Some).collect::<Vec<_>>()));
     // Against a node that may already hold a previous run, transfer ids start past any earlier
-    // run's; against our own fresh group they are 1..N, as in TigerBeetle's benchmark.
+    // run's: at the nanoseconds since the epoch (a u64 until 2554), which have grown past the
+    // previous run's last id unless it wrote faster than one transfer per nanosecond. (Micros
+    // times a million overflowed u64.) Against our own fresh group they are 1..N, as in
+    // TigerBeetle's benchmark.
     let id_offset = if args.addr.is_some() {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64
-            / 1000
-            * 1_000_000
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos(),
+        )?
     } else {
         0
     };
@@ -221,8 +224,15 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         .enable_all()
         .build()?;
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let api_key = args.api_key.as_deref().or(testkit::keys::token());
+    let connect = || {
+        Client::builder(&addr_refs)
+            .retry_policy(RetryPolicy::default())
+            .api_key_opt(api_key)
+            .connect()
+    };
     runtime.block_on(async {
-        let setup = Client::connect_any(&addr_refs, RetryPolicy::default())?;
+        let setup = connect()?;
         let mut first = 1;
         while first <= args.accounts {
             let last = (first + args.batch - 1).min(args.accounts);
@@ -247,7 +257,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         *transfers_started.lock().expect("never poisoned") = Some(started);
         let mut tasks = Vec::new();
         for k in 0..args.clients {
-            let client = Client::connect_any(&addr_refs, RetryPolicy::default())?;
+            let client = connect()?;
             let mut generator = TransferGenerator::new(
                 args.seed.wrapping_add(k),
                 args.accounts,

@@ -159,7 +159,12 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     let cluster = runtime.block_on(Cluster::start(&dir, 3))?;
     let addrs: Vec<String> = cluster.grpc.iter().map(|a| format!("http://{a}")).collect();
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let connect = || Client::connect_any(&addr_refs, workload::retry_policy());
+    let connect = || {
+        Client::builder(&addr_refs)
+            .retry_policy(workload::retry_policy())
+            .api_key_opt(testkit::keys::token())
+            .connect()
+    };
     let _guard = runtime.enter();
     let setup = connect()?;
     runtime

@@ -119,7 +119,11 @@ pub async fn run_client(
         if rng.random_bool(0.2) {
             let node = &nodes[rng.random_range(0..nodes.len())];
             let invoked = history.invoke(id, &Action::Read);
-            let read = match Client::connect(node, retry_policy()) {
+            let reader = Client::builder(&[node])
+                .retry_policy(retry_policy())
+                .api_key_opt(testkit::keys::token())
+                .connect();
+            let read = match reader {
                 Ok(reader) => reader.lookup_accounts(&ids).await,
                 Err(error) => Err(error),
             };

@@ -27,6 +27,43 @@ pub fn start_node(data_dir: &Path) -> ChildNode {
     start_node_on(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[])
 }
 
+/// A client of the nodes at `addrs` (`http://HOST:PORT` each) with the admin key of the nodes
+/// this test started.
+pub fn connect_any(
+    addrs: &[&str],
+    policy: client::RetryPolicy,
+) -> Result<client::Client, client::ClientError> {
+    client::Client::builder(addrs)
+        .retry_policy(policy)
+        .api_key_opt(testkit::keys::token())
+        .connect()
+}
+
+/// A client of the node at `addr` (`http://HOST:PORT`) with the admin key.
+pub fn connect(
+    addr: &str,
+    policy: client::RetryPolicy,
+) -> Result<client::Client, client::ClientError> {
+    connect_any(&[addr], policy)
+}
+
+/// A raw gRPC ledger client (no retries, no batching) that sends the test nodes' admin key.
+pub type RawLedger = api::proto::ledger_client::LedgerClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AddKey>,
+>;
+pub type AddKey = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+pub fn raw_ledger(channel: tonic::transport::Channel) -> RawLedger {
+    fn add_key(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = testkit::keys::token() {
+            let value = format!("Bearer {token}").parse().expect("a token is ASCII");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+    api::proto::ledger_client::LedgerClient::with_interceptor(channel, add_key as AddKey)
+}
+
 /// One HTTP/1.1 request over a fresh connection.
 pub fn http(
     addr: &str,

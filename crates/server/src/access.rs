@@ -1,0 +1,323 @@
+//! Which call needs which role, and how each protocol refuses one that lacks it.
+//!
+//! HTTP: `/healthz`, `/metrics`, `/openapi.json` and `/v1/status` without the digest stay open
+//! (load-balancer probes, scrapers and leader discovery show no ledger data); every other
+//! `/v1/…` route needs a key: `read` for lookups, history and balances (lookup POSTs included),
+//! `write` for `POST /v1/accounts` and `POST /v1/transfers`, `admin` for `/v1/admin/…` and
+//! `/v1/status?digest=…`. A refusal is 401 with `WWW-Authenticate: Bearer` (no key, a malformed
+//! one, an unknown one) or 403 naming the role needed, in the usual JSON error format. The rule
+//! is chosen by the matched route's template, never the raw path; an unlisted route needs
+//! `admin`; a path that matches no route is a 404 for anyone.
+//!
+//! gRPC (the `fincore.v1.Ledger` service only; the replica transport on the same port is not
+//! a client API): `authorization: Bearer …` metadata; UNAUTHENTICATED or PERMISSION_DENIED.
+//! [`GrpcAccess`] wraps the service and refuses from the headers, before the body is decoded.
+//!
+//! Owns this policy and these answers; the keys and the verdict are in [`crate::auth`].
+
+use api::json::ErrorJson;
+use std::collections::HashMap;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+
+use std::sync::Arc;
+
+use telemetry::Metrics;
+
+use crate::auth::{Auth, AuthError, Role};
+
+/// The role a request to the HTTP route `route` (the router's template, such as
+/// `/v1/accounts/{id}`, never the raw path, so no spelling of a path can pick another rule)
+/// needs; `None` for the open routes. `digest` says whether the query asks for the state
+/// digest. A route not listed here (one added later and forgotten) needs `admin`.
+pub fn http_role(method: &Method, route: &str, digest: bool) -> Option<Role> {
+    match route {
+        "/healthz" | "/metrics" | "/openapi.json" => None,
+        "/v1/status" => digest.then_some(Role::Admin),
+        "/v1/accounts" | "/v1/transfers" if method == Method::POST => Some(Role::Write),
+        "/v1/accounts/lookup"
+        | "/v1/transfers/lookup"
+        | "/v1/accounts/{id}"
+        | "/v1/transfers/{id}"
+        | "/v1/accounts/{id}/transfers"
+        | "/v1/accounts/{id}/balances" => Some(Role::Read),
+        _ => Some(Role::Admin),
+    }
+}
+
+/// Whether a query asks for the state digest, decoded exactly as the handler decodes it (so
+/// `dig%65st=true` counts); a query that does not decode counts as asking.
+fn asks_for_digest(uri: &http::Uri) -> bool {
+    match axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri) {
+        Ok(query) => query
+            .get("digest")
+            .is_some_and(|value| !matches!(value.as_str(), "false" | "0")),
+        Err(_) => true,
+    }
+}
+
+/// The HTTP answer to a refused request.
+pub fn http_refusal(error: &AuthError) -> Response {
+    let status = if error.is_unauthenticated() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    let body = ErrorJson {
+        error: error.to_string(),
+        field: Some("authorization".into()),
+        retryable: false,
+        leader_id: None,
+        leader_grpc: None,
+        leader_http: None,
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    if error.is_unauthenticated() {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Who may call, and where refusals are counted.
+#[derive(Clone)]
+pub struct Access {
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Access {
+    /// The verdict on a call that presented `authorization` and needs `needed`; a refusal is
+    /// counted and logged (at debug: an attacker must not be able to flood the log).
+    fn check(
+        &self,
+        protocol: &'static str,
+        call: &str,
+        authorization: Option<&[u8]>,
+        needed: Role,
+    ) -> Result<(), AuthError> {
+        self.auth.check(authorization, needed).inspect_err(|error| {
+            self.metrics.auth_refused(protocol, error.label());
+            tracing::debug!(%error, protocol, call, "refused a client call");
+        })
+    }
+}
+
+/// The middleware in front of every HTTP route (a route layer: it runs once the router has
+/// matched a route; a request that matches none gets the 404 fallback, which shows nothing).
+pub async fn http_layer(State(access): State<Access>, request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(uri.path(), MatchedPath::as_str);
+    if let Some(needed) = http_role(request.method(), route, asks_for_digest(uri)) {
+        let presented = request.headers().get(header::AUTHORIZATION);
+        let presented = presented.map(HeaderValue::as_bytes);
+        if let Err(error) = access.check("http", route, presented, needed) {
+            return http_refusal(&error);
+        }
+    }
+    next.run(request).await
+}
+
+/// The role a gRPC method (`/fincore.v1.Ledger/NAME`) needs. A method not listed here (one
+/// added later and forgotten) needs `admin`, so a new write can never slip through as a read.
+pub fn grpc_role(path: &str) -> Role {
+    match path.rsplit('/').next().unwrap_or("") {
+        "CreateAccounts" | "CreateTransfers" => Role::Write,
+        "LookupAccounts" | "LookupTransfers" | "GetAccountTransfers" | "GetAccountBalances" => {
+            Role::Read
+        }
+        _ => Role::Admin,
+    }
+}
+
+/// A gRPC service behind the role check. It refuses from the request's headers alone, before
+/// the body is read or decoded, so a caller without a key cannot make the node decode a
+/// message.
+#[derive(Clone)]
+pub struct GrpcAccess<S> {
+    inner: S,
+    access: Access,
+}
+
+impl<S> GrpcAccess<S> {
+    pub fn new(inner: S, access: Access) -> GrpcAccess<S> {
+        GrpcAccess { inner, access }
+    }
+}
+
+impl<S: NamedService> NamedService for GrpcAccess<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type GrpcResponse = http::Response<tonic::body::Body>;
+
+impl<S, B> Service<http::Request<B>> for GrpcAccess<S>
+where
+    S: Service<http::Request<B>, Response = GrpcResponse>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<GrpcResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let presented = request.headers().get("authorization");
+        let presented = presented.map(|v| v.as_bytes());
+        match self.access.check("grpc", path, presented, grpc_role(path)) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(error) => {
+                let status = if error.is_unauthenticated() {
+                    tonic::Status::unauthenticated(error.to_string())
+                } else {
+                    tonic::Status::permission_denied(error.to_string())
+                };
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_needs_the_role_its_effect_calls_for() {
+        let cases = [
+            (Method::GET, "/healthz", false, None),
+            (Method::GET, "/metrics", false, None),
+            (Method::GET, "/openapi.json", false, None),
+            (Method::GET, "/v1/status", false, None),
+            (Method::GET, "/v1/status", true, Some(Role::Admin)),
+            (Method::POST, "/v1/accounts", false, Some(Role::Write)),
+            (Method::POST, "/v1/transfers", false, Some(Role::Write)),
+            (
+                Method::POST,
+                "/v1/transfers/lookup",
+                false,
+                Some(Role::Read),
+            ),
+            (Method::GET, "/v1/accounts/{id}", false, Some(Role::Read)),
+            (
+                Method::GET,
+                "/v1/accounts/{id}/transfers",
+                false,
+                Some(Role::Read),
+            ),
+            (Method::POST, "/v1/admin/replicas", false, Some(Role::Admin)),
+            (
+                Method::DELETE,
+                "/v1/admin/replicas/{id}",
+                false,
+                Some(Role::Admin),
+            ),
+            (Method::PUT, "/v1/accounts", false, Some(Role::Admin)),
+            (
+                Method::GET,
+                "/v1/a-route-added-later",
+                false,
+                Some(Role::Admin),
+            ),
+        ];
+        for (method, route, digest, role) in cases {
+            assert_eq!(http_role(&method, route, digest), role, "{method} {route}");
+        }
+    }
+
+    #[test]
+    fn the_digest_is_asked_for_however_the_query_spells_it() {
+        for (query, asks) in [
+            ("", false),
+            ("?digest=false", false),
+            ("?digest=0", false),
+            ("?digest=true", true),
+            ("?digest=1", true),
+            ("?dig%65st=true", true),
+            ("?digest=%74rue", true),
+            ("?digest=maybe", true),
+            ("?x=1&digest", true),
+        ] {
+            let uri: http::Uri = format!("/v1/status{query}").parse().unwrap();
+            assert_eq!(asks_for_digest(&uri), asks, "{query}");
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_states_the_role_of_every_route_as_enforced() {
+        let openapi: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).unwrap();
+        assert_eq!(
+            openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        for (path, operations) in openapi["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                let method: Method = method.to_uppercase().parse().unwrap();
+                let role = http_role(&method, path, false);
+                let open = operation["security"] == serde_json::json!([]);
+                assert_eq!(
+                    open,
+                    role.is_none() && path != "/v1/status",
+                    "{method} {path}"
+                );
+                let description = operation["description"].as_str().unwrap_or("");
+                let responses = &operation["responses"];
+                if let Some(role) = role.or((path == "/v1/status").then_some(Role::Admin)) {
+                    assert!(
+                        description.contains(&format!("role {role}")),
+                        "{method} {path}"
+                    );
+                    assert!(responses["401"].is_object() && responses["403"].is_object());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_grpc_method_needs_its_role_and_an_unknown_one_needs_admin() {
+        for (method, role) in [
+            ("CreateAccounts", Role::Write),
+            ("CreateTransfers", Role::Write),
+            ("LookupAccounts", Role::Read),
+            ("LookupTransfers", Role::Read),
+            ("GetAccountTransfers", Role::Read),
+            ("GetAccountBalances", Role::Read),
+            ("DropEverything", Role::Admin),
+        ] {
+            assert_eq!(grpc_role(&format!("/fincore.v1.Ledger/{method}")), role);
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_401_with_a_challenge_or_403_naming_the_role() {
+        let missing = http_refusal(&AuthError::Missing);
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(missing.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let forbidden = http_refusal(&AuthError::Forbidden {
+            key: "k".into(),
+            role: Role::Read,
+            needed: Role::Write,
+        });
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        assert!(forbidden.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+}
