@@ -169,6 +169,29 @@ pub const GRPC_REQUEST_OVERHEAD_BYTES_MAX: usize = 64;
 /// Largest HTTP request body (16 MiB): a full batch of compact JSON transfers is under 8 MiB.
 pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
 
+/// Connections a node keeps open on each of its listeners (HTTP, gRPC); one more is accepted
+/// and closed at once. Idle connections cost a task and a few KiB each, so thousands of idle
+/// clients cannot lock out a well-behaved one.
+pub const CONNECTIONS_PER_LISTENER_MAX: usize = 8192;
+
+/// A client has this long to send a request's headers before its HTTP/1.1 connection is closed
+/// (a slow-header client cannot hold a connection).
+pub const HTTP_HEADER_READ_SECONDS_MAX: u64 = 10;
+
+/// An HTTP request that takes longer (body read, queueing, commit, answer) is answered 503
+/// with `retryable` (a write may still commit: resend with the same ids).
+pub const HTTP_REQUEST_SECONDS_MAX: u64 = 30;
+
+/// Concurrent gRPC streams (calls) a client may open on one HTTP/2 connection.
+pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+
+/// HTTP/2 keepalive on gRPC connections: a ping after this much silence, and the connection
+/// closed if the ping is not answered within as long again (dead peers free their slot).
+pub const GRPC_KEEPALIVE_SECONDS: u64 = 20;
+
+/// How long a stopping node lets open HTTP requests finish.
+pub const HTTP_SHUTDOWN_GRACE_SECONDS: u64 = 10;
+
 /// Upper bound on one account or transfer as compact JSON, with every field at its widest and
 /// every flag set. (Checked by a test in the `api` crate.)
 pub const JSON_EVENT_BYTES_MAX: usize = 896;

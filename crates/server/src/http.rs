@@ -157,6 +157,34 @@ async fn redirect_to_leader(
     response
 }
 
+/// Answers 503 (retryable) when a request takes longer than `limits::HTTP_REQUEST_SECONDS_MAX`
+/// (a slow body, a long queue): a client cannot hold a connection's request open forever. A
+/// write cut off here may still commit; resending it with the same ids is safe.
+async fn request_deadline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = std::time::Duration::from_secs(limits::HTTP_REQUEST_SECONDS_MAX);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut answer = ApiError {
+                kind: ErrorKind::Unavailable,
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the request took longer than {} s; a write may still commit: resend it with the same ids",
+                        limits::HTTP_REQUEST_SECONDS_MAX
+                    ),
+                    None,
+                )
+            };
+            answer.body.retryable = true;
+            answer.into_response()
+        }
+    }
+}
+
 type ApiResult = Result<Response, ApiError>;
 
 async fn observed(
@@ -265,6 +293,7 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(redirect_to_leader))
+        .layer(axum::middleware::from_fn(request_deadline))
         .with_state(pipeline)
 }
 

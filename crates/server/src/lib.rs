@@ -5,12 +5,14 @@
 //! and commits them through the replica, with a bounded number in flight → answers once
 //! committed and applied; linearizable reads), the two
 //! protocol front ends, `/metrics`, `/healthz`, `/v1/status`, the membership endpoints,
-//! `/openapi.json`, client authentication (API keys with roles, [`auth`]), and orderly shutdown. Must not contain ledger rules (they are in `ledger`),
+//! `/openapi.json`, client authentication (API keys with roles, [`auth`]), connection limits
+//! ([`connections`]), and orderly shutdown. Must not contain ledger rules (they are in `ledger`),
 //! storage formats (in `journal`) or Raft details (in `replication`).
 
 mod access;
 mod admission;
 pub mod auth;
+pub mod connections;
 mod grpc;
 mod http;
 mod node;

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{Access, GrpcAccess};
 use crate::auth::Auth;
+use crate::connections;
 use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
 use crate::http;
 use crate::pipeline::{Pipeline, PipelineTask};
@@ -166,8 +167,10 @@ impl Node {
         let ledger = GrpcAccess::new(ledger, access);
         let transport = replica.transport_service();
         let mut grpc_stop = stopped.clone();
+        connections::raise_open_files_limit(2 * limits::CONNECTIONS_PER_LISTENER_MAX as u64 + 1024);
         let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
+        let keepalive = Duration::from_secs(limits::GRPC_KEEPALIVE_SECONDS);
         let grpc = tokio::spawn(async move {
             let signal = async move {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
@@ -176,6 +179,10 @@ impl Node {
                 // Whole batches are ~1 MiB: default 64 KiB HTTP/2 windows would stall them.
                 .initial_stream_window_size(Some(limits::HTTP2_STREAM_WINDOW_BYTES))
                 .initial_connection_window_size(Some(limits::HTTP2_CONNECTION_WINDOW_BYTES))
+                .max_concurrent_streams(Some(limits::GRPC_STREAMS_PER_CONNECTION_MAX))
+                .http2_keepalive_interval(Some(keepalive))
+                .http2_keepalive_timeout(Some(keepalive))
+                .tcp_keepalive(Some(keepalive))
                 .add_service(ledger)
                 .add_service(transport);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
@@ -188,12 +195,15 @@ impl Node {
             let signal = async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = axum::serve(http_listener, router)
-                .with_graceful_shutdown(signal)
-                .await
-            {
-                tracing::error!(%error, "the HTTP server stopped");
-            }
+            connections::serve_http(
+                http_listener,
+                router,
+                limits::CONNECTIONS_PER_LISTENER_MAX,
+                Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
+                Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS),
+                signal,
+            )
+            .await;
         });
 
         if replication::initializes_group(config.node_id, peers.keys().copied())

@@ -1,0 +1,301 @@
+//! Accepting connections under limits, for both listeners.
+//!
+//! At most a fixed number of connections are open per listener; one more is accepted and closed
+//! at once (its client sees a reset and may retry) rather than left waiting in the kernel's
+//! backlog. HTTP/1.1 is served with hyper directly because axum's `serve` sets no deadline for
+//! reading a request's headers: here a client that sends its headers slowly is disconnected
+//! after `limits::HTTP_HEADER_READ_SECONDS_MAX`. The process's open-files limit is raised to
+//! its hard limit so the connection limits, not the file table, are what bind.
+//!
+//! This module owns sockets and connection tasks only; it must not know a route or a request.
+
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+/// A connection holding one of its listener's permits: the permit returns when it closes.
+pub struct Permitted<S> {
+    inner: S,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Permitted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Permitted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Permitted<TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// One listener's open connections, at most `max`.
+#[derive(Clone)]
+struct Admission {
+    permits: Arc<Semaphore>,
+    max: usize,
+    what: &'static str,
+}
+
+impl Admission {
+    fn new(max: usize, what: &'static str) -> Admission {
+        Admission {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            what,
+        }
+    }
+
+    /// Accepts the next connection that fits; closes those that do not. An accept error (the
+    /// file table full, say) is logged and retried after a pause instead of ending the server.
+    async fn accept(&self, listener: &TcpListener) -> Permitted<TcpStream> {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, listener = self.what, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                tracing::debug!(
+                    listener = self.what,
+                    max = self.max,
+                    "connection limit reached; closing a new connection"
+                );
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            return Permitted {
+                inner: stream,
+                _permit: permit,
+            };
+        }
+    }
+}
+
+/// The connections of a gRPC listener, at most `max` open at once, for
+/// `tonic::transport::Server::serve_with_incoming_shutdown`.
+pub fn grpc_incoming(
+    listener: TcpListener,
+    max: usize,
+) -> impl Stream<Item = io::Result<Permitted<TcpStream>>> + Send + 'static {
+    let admission = Admission::new(max, "gRPC");
+    futures::stream::unfold((listener, admission), |(listener, admission)| async move {
+        let connection = admission.accept(&listener).await;
+        Some((Ok(connection), (listener, admission)))
+    })
+}
+
+/// Serves `router` over HTTP/1.1 on `listener` until `stop` resolves: at most `max`
+/// connections, each closed if a request's headers take longer than `header_read` to arrive.
+/// On stop, connections finish the request in progress and close (waiting at most `grace`).
+pub async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    max: usize,
+    header_read: Duration,
+    grace: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let admission = Admission::new(max, "HTTP");
+    let (closing, closing_seen) = watch::channel(false);
+    let mut stop = pin!(stop);
+    loop {
+        let connection = tokio::select! {
+            () = &mut stop => break,
+            connection = admission.accept(&listener) => connection,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut closing = closing_seen.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read);
+            let mut served = pin!(builder.serve_connection(TokioIo::new(connection), service));
+            tokio::select! {
+                _ = served.as_mut() => return,
+                _ = closing.wait_for(|closing| *closing) => {}
+            }
+            served.as_mut().graceful_shutdown();
+            let _ = served.await;
+        });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Every permit back means every connection closed.
+    let all = u32::try_from(admission.max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, admission.permits.acquire_many(all)).await;
+}
+
+/// Raises this process's open-files limit to its hard limit, and warns when even that is
+/// below what the connection limits need (`needed`). Returns the limit now in force.
+pub fn raise_open_files_limit(needed: u64) -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "raising the open-files limit failed");
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let current = limit.current;
+    if current.is_some_and(|current| current < needed) {
+        tracing::warn!(
+            limit = current,
+            needed,
+            "the open-files limit is below what the connection limits allow; raise it (ulimit -n)"
+        );
+    }
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn http_server(
+        max: usize,
+        header_read: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        let (stop, mut stopped) = watch::channel(false);
+        let server = tokio::spawn(serve_http(
+            listener,
+            router,
+            max,
+            header_read,
+            Duration::from_secs(5),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
+        (addr, stop, server)
+    }
+
+    /// Sends a GET and reads the whole answer (the server closes: `Connection: close`).
+    async fn get(addr: std::net::SocketAddr) -> io::Result<String> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .map_err(|_| io::Error::other("no answer within 10 s"))??;
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_limit_is_closed_and_a_freed_slot_serves_again() {
+        let (addr, stop, server) = http_server(2, Duration::from_secs(30)).await;
+        let held: Vec<TcpStream> = vec![
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        // The third is accepted and closed at once: no answer.
+        let refused = get(addr).await;
+        assert!(
+            refused.as_ref().is_err() || refused.as_ref().is_ok_and(String::is_empty),
+            "{refused:?}"
+        );
+        drop(held);
+        // The slots come back once the held connections close.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(answer) = get(addr).await
+                && answer.ends_with("hello")
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
+        let (addr, stop, server) = http_server(16, Duration::from_millis(300)).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // The rest of the headers never come: the server closes the connection.
+        // (EOF or a reset: either way the read ends, which it never would on an open one.)
+        let mut rest = Vec::new();
+        let _closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+            .await
+            .expect("the slow client was not disconnected within 10 s");
+        // A client that sends its request at once is served meanwhile.
+        assert!(get(addr).await.unwrap().ends_with("hello"));
+        stop.send(true).unwrap();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let now = raise_open_files_limit(0);
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(now, limit.current);
+        assert_eq!(limit.current, limit.maximum);
+    }
+}
