@@ -3,13 +3,14 @@
 //! Owns the one place where openraft (pinned to an exact version) meets fincore: the type
 //! configuration, the log storage on top of `journal` (one Raft entry = one journal record =
 //! one sealed batch; votes kept durable beside it), the state machine wrapper around
-//! `ledger::StateMachine` with its snapshots, the data directory's format marker, and the
-//! replica-to-replica transport over gRPC.
+//! `ledger::StateMachine` with its snapshots, the data directory's format marker, explicit membership (who may create or join a group on
+//! which directory), and the replica-to-replica transport over gRPC.
 //! Nothing outside this crate names an openraft type, so a version bump touches only here.
 
 mod applier;
 pub mod data_dir;
 mod log_store;
+pub mod membership;
 mod network;
 mod raft_config;
 mod replica;
@@ -21,7 +22,6 @@ mod verify;
 pub use journal::SyncObserver;
 pub use log_store::clamp_range;
 pub use network::RaftTransportService;
-pub use raft_config::initializes_group;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
 pub use state_machine::SharedState;
 pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};
