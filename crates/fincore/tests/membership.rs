@@ -34,6 +34,12 @@ fn refused_serve(dir: &Path, args: &[&str]) -> String {
     text
 }
 
+/// `--data-dir DATA --grpc ADDRS[0] --http ADDRS[1]`.
+fn dir_and_addrs<'a>(data: &'a Path, addrs: &'a [String]) -> Vec<&'a str> {
+    let data = data.to_str().unwrap();
+    vec!["--data-dir", data, "--grpc", &addrs[0], "--http", &addrs[1]]
+}
+
 fn group_of(dir: &Path) -> String {
     let marker: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(MARKER)).unwrap()).unwrap();
@@ -139,15 +145,8 @@ fn fincore_init_prepares_a_directory_that_serve_starts_without_flags() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let addrs = testkit::free_addrs(2).unwrap();
-    let init = [
-        "init",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--grpc",
-        &addrs[0],
-        "--http",
-        &addrs[1],
-    ];
+    let mut init = vec!["init"];
+    init.extend(dir_and_addrs(&data, &addrs));
     let (ok, text) = fincore(&init);
     assert!(ok, "{text}");
     let group = group_of(&data);
@@ -312,14 +311,7 @@ fn fincore_dev_creates_its_group_on_the_first_run_and_reuses_it_on_the_second() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fincore-data");
     let addrs = testkit::free_addrs(2).unwrap();
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--grpc",
-        &addrs[0],
-        "--http",
-        &addrs[1],
-    ];
+    let args = dir_and_addrs(&data, &addrs);
     let mut dev = DevRun::start(&args);
     let line = dev.line_with("fincore: node 1 of group ");
     let group = line

@@ -43,6 +43,21 @@ impl Group {
         self.start_member(i, self.layout.len(), &extra);
     }
 
+    /// `fincore admin add-replica` of member `i` (node id `i + 1`), sent to member `via`.
+    fn add_member(&self, via: usize, i: usize) -> String {
+        admin(&[
+            "add-replica",
+            "--addr",
+            &self.layout.http_addrs[via],
+            "--id",
+            &(i + 1).to_string(),
+            "--grpc",
+            &self.layout.grpc_addrs[i],
+            "--http",
+            &self.layout.http_addrs[i],
+        ])
+    }
+
     /// The index of the node every live node agrees is the leader (bounded wait).
     fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -136,18 +151,7 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
         )
         .unwrap()
     });
-    runtime.block_on(async {
-        let accounts: Vec<Account> = (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect();
-        let results = client.create_accounts(&accounts).await.unwrap();
-        assert!(results.iter().all(|r| r.result == AR::Created));
-    });
+    runtime.block_on(create_accounts(&client));
 
     let acked: Arc<Mutex<Vec<(Transfer, u64)>>> = Arc::default();
     let highest_id = Arc::new(AtomicU64::new(0));
@@ -307,7 +311,7 @@ fn connected(group: &Group) -> (tokio::runtime::Runtime, Client) {
     (runtime, client)
 }
 
-/// Creates the accounts `1..=ACCOUNTS`.
+/// Creates the accounts `1..=ACCOUNTS` (which must be new).
 async fn create_accounts(client: &Client) {
     let accounts: Vec<Account> = (1..=ACCOUNTS)
         .map(|id| Account {
@@ -317,7 +321,8 @@ async fn create_accounts(client: &Client) {
             ..Default::default()
         })
         .collect();
-    client.create_accounts(&accounts).await.unwrap();
+    let results = client.create_accounts(&accounts).await.unwrap();
+    assert!(results.iter().all(|r| r.result == AR::Created));
 }
 
 fn group_of(size: usize) -> Group {
@@ -387,17 +392,7 @@ fn a_follower_whose_disk_was_wiped_is_replaced_by_a_new_member_that_catches_up_f
         &victim_id,
     ]);
     group.start_member(3, 4, &checkpoints);
-    admin(&[
-        "add-replica",
-        "--addr",
-        &group.layout.http_addrs[leader],
-        "--id",
-        "4",
-        "--grpc",
-        &group.layout.grpc_addrs[3],
-        "--http",
-        &group.layout.http_addrs[3],
-    ]);
+    group.add_member(leader, 3);
     let (index, digest) = group.converged();
     let status = get(&group.layout.http_addrs[3], "/v1/status?digest=true")
         .json()
@@ -502,15 +497,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         .unwrap()
     });
     runtime.block_on(async {
-        let accounts: Vec<Account> = (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect();
-        client.create_accounts(&accounts).await.unwrap();
+        create_accounts(&client).await;
         write_batches(&client, 1, 5).await;
     });
 
@@ -612,17 +599,7 @@ fn replicas_are_added_and_removed_at_run_time() {
     });
     // Node 4 starts empty with --join (it initializes nothing) and is added through node 2.
     group.start_member(3, 4, &[]);
-    let text = admin(&[
-        "add-replica",
-        "--addr",
-        &group.layout.http_addrs[1],
-        "--id",
-        "4",
-        "--grpc",
-        &group.layout.grpc_addrs[3],
-        "--http",
-        &group.layout.http_addrs[3],
-    ]);
+    let text = group.add_member(1, 3);
     assert!(text.contains(&group.layout.grpc_addrs[3]), "{text}");
     group.converged();
 

@@ -178,21 +178,16 @@ pub enum MembershipError {
     BadBootstrapFile { path: PathBuf, reason: String },
     #[error(transparent)]
     DataDir(#[from] DataDirError),
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MembershipError {
     let path = path.to_path_buf();
-    move |source| MembershipError::Io {
-        action,
-        path,
-        source,
+    move |source| {
+        MembershipError::DataDir(DataDirError::Io {
+            action,
+            path,
+            source,
+        })
     }
 }
 
