@@ -3,8 +3,9 @@
 //! Owns the one place where openraft (pinned to an exact version) meets fincore: the type
 //! configuration, the log storage on top of `journal` (one Raft entry = one journal record =
 //! one sealed batch; votes kept durable beside it), the state machine wrapper around
-//! `ledger::StateMachine` with its snapshots, the data directory's format marker, explicit membership (who may create or join a group on
-//! which directory), and the replica-to-replica transport over gRPC.
+//! `ledger::StateMachine` with its snapshots, the data directory's format marker, explicit
+//! membership (which start may create or join a group on which directory), and the
+//! replica-to-replica transport over gRPC.
 //! Nothing outside this crate names an openraft type, so a version bump touches only here.
 
 mod applier;
