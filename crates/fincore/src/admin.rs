@@ -10,8 +10,10 @@ use api::json::AddReplicaJson;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
-    /// Add a replica to the group: it catches up as a learner, then becomes a voter. Start the
-    /// new node first (`fincore serve --node-id ID --peers …` listing the whole new group).
+    /// Add a replica to the group: it catches up as a learner (no vote), then becomes a voter.
+    /// Start the new node first on an empty directory with a new id: `fincore serve --node-id ID
+    /// --join GROUP_ID …`. An id that is already a voter is refused (a wiped replica comes back
+    /// as a new member: remove its old id, add a new one).
     AddReplica {
         /// HTTP address of any node of the group.
         #[arg(long, value_name = "HOST:PORT")]

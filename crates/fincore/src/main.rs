@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod certs;
 mod chaos;
+mod init;
 mod keys;
 mod nodes;
 mod serve;
@@ -30,8 +31,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run one ledger node (gRPC and HTTP/JSON) on a data directory.
+    /// Run one ledger node (gRPC and HTTP/JSON) on a data directory. A new node needs
+    /// --bootstrap (a new group) or --join GROUP_ID (a new member); a restart needs neither.
     Serve(serve::ServeArgs),
+    /// Create a new replica group on an empty data directory (the node initializes it when
+    /// `serve` first runs there); the same as the first start of `serve --bootstrap`.
+    Init(init::InitArgs),
     /// Run a single-node ledger (or a local group) for development (data in ./fincore-data).
     Dev(serve::DevArgs),
     /// Check a node's data directory: its format marker, every checksum and the whole hash
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Serve(args) => serve::serve(&args),
+        Command::Init(args) => init::run(&args),
         Command::Dev(args) => serve::dev(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Admin(command) => admin::run(&command),

@@ -1,5 +1,6 @@
 //! `fincore serve` and `fincore dev`: run one node (a replica of its group) until Ctrl-C or
-//! SIGTERM, then stop cleanly.
+//! SIGTERM, then stop cleanly. How a start enters its group (`--bootstrap`, `--join`, or a
+//! restart on the node's own data) is checked by `replication::membership`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use anyhow::Context;
 use std::collections::BTreeMap;
 
 use replication::PeerNode;
+use replication::membership::{self, Entry, GroupId};
 use server::auth::KeyStore;
 use server::{Auth, Node, NodeConfig};
 
@@ -22,11 +24,13 @@ pub struct ServeArgs {
     /// This node's id in its replica group.
     #[arg(long, default_value_t = 1)]
     node_id: u64,
-    /// Every member of the replica group, this node included: `ID=GRPC_ADDR[/HTTP_ADDR]`,
-    /// comma-separated (e.g. `1=127.0.0.1:7700/127.0.0.1:7780,2=...`). Default: a group of
-    /// one. The lowest id initializes a new group.
+    /// With --bootstrap: the initial members of the new group, this node included:
+    /// `ID=GRPC_ADDR[/HTTP_ADDR]`, comma-separated (e.g. `1=127.0.0.1:7700/127.0.0.1:7780,2=...`).
+    /// Default: a group of one. Otherwise unused (the members are in the replica's log).
     #[arg(long, value_name = "PEERS", value_parser = parse_peers)]
     peers: Option<BTreeMap<u64, PeerNode>>,
+    #[command(flatten)]
+    membership: MembershipArgs,
     /// How this node reaches some peers' gRPC ports when not at the address in --peers (a
     /// local proxy or sidecar): `ID=ADDR`, comma-separated.
     #[arg(long, value_name = "ROUTES", value_parser = parse_routes)]
@@ -41,6 +45,40 @@ pub struct ServeArgs {
     /// change membership). Refused unless every listener is on loopback.
     #[arg(long)]
     insecure_no_auth: bool,
+}
+
+/// How a start of `serve` enters its group. Without either flag the data directory must
+/// already hold this node's replica; an empty one is refused.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MembershipArgs {
+    /// Create a new replica group on this empty data directory, with the members in --peers
+    /// (default: this node alone), and print its group id. Refused on a directory that already
+    /// holds a replica: a group is created once, so drop the flag after the first start.
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+    /// With --bootstrap: the new group's id (32 hex digits). Default: a new random id.
+    #[arg(long, value_name = "GROUP_ID", requires = "bootstrap")]
+    group: Option<GroupId>,
+    /// Become a member of group GROUP_ID on this empty data directory: the node waits until
+    /// the group's leader adds it (`fincore admin add-replica`; it catches up as a learner
+    /// before it may vote), or until the group starts if it is one of the initial members the
+    /// bootstrap listed. Harmless on a directory of that group; refused on another group's.
+    #[arg(long, value_name = "GROUP_ID")]
+    join: Option<GroupId>,
+}
+
+impl MembershipArgs {
+    fn entry(&self) -> Entry {
+        match (&self.join, self.bootstrap) {
+            (Some(group), _) => Entry::Join {
+                group: group.clone(),
+            },
+            (None, true) => Entry::Bootstrap {
+                group: self.group.clone(),
+            },
+            (None, false) => Entry::Resume,
+        }
+    }
 }
 
 fn parse_routes(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -60,7 +98,7 @@ fn parse_routes(text: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(routes)
 }
 
-fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String> {
+pub(crate) fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String> {
     let mut peers = BTreeMap::new();
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let (id, addrs) = part
@@ -219,21 +257,46 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers the stop signals (SIGTERM, Ctrl-C) now and answers a future that resolves on the
+/// first. Registered before the node announces its addresses, so that a SIGTERM sent right
+/// after the announcement stops it cleanly instead of killing it.
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
+        use tokio::signal::unix::{SignalKind, signal};
         let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate.recv() => {}
-        }
+            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+/// Which group this node serves, or what it waits for.
+fn group_line(node: &Node) -> String {
+    let id = node.replica().id();
+    let group = node
+        .group()
+        .map_or("(made before group ids)".to_string(), ToString::to_string);
+    if node.awaiting_admission() {
+        format!(
+            "fincore: node {id} waiting to join group {group}: add it from the group with `fincore admin add-replica --addr LEADER_HTTP --id {id} --grpc {} --http {}`",
+            node.grpc_addr(),
+            node.http_addr()
+        )
+    } else {
+        format!("fincore: node {id} of group {group}")
     }
 }
 
@@ -244,6 +307,7 @@ fn run_node(
     telemetry::init_logging();
     let data_dir = config.data_dir.clone();
     runtime()?.block_on(async move {
+        let stop = stop_signal()?;
         let auth_line = match &config.auth {
             Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
             Auth::Keys(store) => {
@@ -263,9 +327,10 @@ fn run_node(
         println!("fincore: HTTP listening on http://{}", node.http_addr());
         println!("{capacity_line}");
         println!("{auth_line}");
+        println!("{}", group_line(&node));
         banner(&node);
         std::io::stdout().flush().ok();
-        stop_signal().await;
+        stop.await;
         println!("fincore: stopping (finishing requests in progress)");
         node.shutdown().await;
         println!("fincore: stopped cleanly");
@@ -284,8 +349,23 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();
+    config.entry = args.membership.entry();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
     run_node((config, capacity_line), |_| {})
+}
+
+fn holds_replica(dir: &std::path::Path) -> anyhow::Result<bool> {
+    membership::holds_replica(dir).with_context(|| format!("reading {}", dir.display()))
+}
+
+/// The membership flags of node `id` of a `dev` group: for a new group, node 1 bootstraps it
+/// and the others join it; none when the group exists.
+fn dev_membership_args(new_group: Option<&GroupId>, id: u64) -> Vec<String> {
+    match new_group {
+        None => Vec::new(),
+        Some(group) if id == 1 => vec!["--bootstrap".into(), "--group".into(), group.to_string()],
+        Some(group) => vec!["--join".into(), group.to_string()],
+    }
 }
 
 /// `fincore dev --replicas N`: N `fincore serve` children forming one group on this machine.
@@ -313,6 +393,19 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         .join(",");
     let exe = std::env::current_exe().context("finding the fincore executable")?;
     let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
+    let runtime = runtime()?;
+    let stop = {
+        let _entered = runtime.enter();
+        stop_signal()?
+    };
+    // The first run creates a new group (node 1 bootstraps it, the others join it as its
+    // initial members); later runs reuse the data and pass no membership flag.
+    let first_dir = args.data_dir.join("node-1");
+    let new_group = if holds_replica(&first_dir)? {
+        None
+    } else {
+        Some(GroupId::generate().context("choosing a group id")?)
+    };
     // Derived once for the group, so every replica gets the same capacity and they share the
     // machine's memory.
     let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
@@ -337,6 +430,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
             .arg("--keys")
             .arg(&keys_path)
             .args(&capacity_args)
+            .args(dev_membership_args(new_group.as_ref(), *id))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -344,9 +438,13 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         children.push(child);
     }
     println!(
-        "fincore dev: a {}-node replica group, data under {}",
+        "fincore dev: a {}-node replica group, data under {} ({})",
         args.replicas,
-        args.data_dir.display()
+        args.data_dir.display(),
+        match &new_group {
+            Some(group) => format!("new group {group}"),
+            None => "reusing its data".to_string(),
+        }
     );
     println!("  {}", capacity_line.trim_start_matches("fincore: "));
     for (id, grpc, http) in &nodes {
@@ -361,7 +459,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  Ctrl-C stops every node cleanly.");
     std::io::stdout().flush().ok();
-    runtime()?.block_on(stop_signal());
+    runtime.block_on(stop);
     for child in &children {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -382,6 +480,10 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     let (keys_path, token) = crate::keys::dev_key(&data_dir)?;
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
     config.auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
+    // The first run creates a group of one; later runs reuse it.
+    if !holds_replica(&data_dir)? {
+        config.entry = Entry::Bootstrap { group: None };
+    }
     run_node((config, capacity_line), move |node| {
         let http = node.http_addr();
         let (applied, _) = node.replica().applied();

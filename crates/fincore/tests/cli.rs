@@ -103,6 +103,7 @@ fn the_embedded_bench_leaves_a_node_directory_that_verifies_and_serve_opens() {
     assert_eq!(
         names,
         [
+            "bootstrap.json",
             "fincore-format.json",
             "journal",
             "raft-meta.json",

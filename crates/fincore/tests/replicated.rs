@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use client::{Client, ClientError, RetryPolicy};
 use ledger::{Account, CreateAccountResult as AR, CreateTransferResult as TR, Transfer};
-use support::{ChildNode, fincore_exe, get};
+use support::{ChildNode, admin, fincore, fincore_exe, get};
 use testkit::group::GroupLayout;
 use testkit::http::replica_status;
 use testkit::proxy::LinkProxy;
@@ -29,9 +29,10 @@ struct Group {
 impl Group {
     /// Starts member `i` of a group of the first `members` members, with `extra` arguments.
     fn start_member(&mut self, i: usize, members: usize, extra: &[String]) {
-        let mut args = self.layout.serve_args(i, members);
-        args.extend_from_slice(extra);
         let data = self.dirs[i].path().join("data");
+        let mut args = self.layout.serve_args(i, members);
+        args.extend(self.layout.membership_args(i, &data));
+        args.extend_from_slice(extra);
         let node =
             ChildNode::start(fincore_exe(), &data, &args).unwrap_or_else(|error| panic!("{error}"));
         self.nodes[i] = Some(node);
@@ -40,6 +41,21 @@ impl Group {
     fn start(&mut self, i: usize) {
         let extra = ["--checkpoint-interval", "50"].map(String::from);
         self.start_member(i, self.layout.len(), &extra);
+    }
+
+    /// `fincore admin add-replica` of member `i` (node id `i + 1`), sent to member `via`.
+    fn add_member(&self, via: usize, i: usize) -> String {
+        admin(&[
+            "add-replica",
+            "--addr",
+            &self.layout.http_addrs[via],
+            "--id",
+            &(i + 1).to_string(),
+            "--grpc",
+            &self.layout.grpc_addrs[i],
+            "--http",
+            &self.layout.http_addrs[i],
+        ])
     }
 
     /// The index of the node every live node agrees is the leader (bounded wait).
@@ -135,18 +151,7 @@ fn a_three_node_group_survives_repeated_leader_kills_without_losing_or_doubling_
         )
         .unwrap()
     });
-    runtime.block_on(async {
-        let accounts: Vec<Account> = (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect();
-        let results = client.create_accounts(&accounts).await.unwrap();
-        assert!(results.iter().all(|r| r.result == AR::Created));
-    });
+    runtime.block_on(create_accounts(&client));
 
     let acked: Arc<Mutex<Vec<(Transfer, u64)>>> = Arc::default();
     let highest_id = Arc::new(AtomicU64::new(0));
@@ -275,6 +280,13 @@ fn started_group(size: usize) -> (Group, tokio::runtime::Runtime, Client) {
     for i in 0..size {
         group.start(i);
     }
+    let (runtime, client) = connected(&group);
+    runtime.block_on(create_accounts(&client));
+    (group, runtime, client)
+}
+
+/// A runtime and a client of every member of `group`'s layout (started or not).
+fn connected(group: &Group) -> (tokio::runtime::Runtime, Client) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -287,18 +299,21 @@ fn started_group(size: usize) -> (Group, tokio::runtime::Runtime, Client) {
         )
         .unwrap()
     });
-    runtime.block_on(async {
-        let accounts: Vec<Account> = (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect();
-        client.create_accounts(&accounts).await.unwrap();
-    });
-    (group, runtime, client)
+    (runtime, client)
+}
+
+/// Creates the accounts `1..=ACCOUNTS` (which must be new).
+async fn create_accounts(client: &Client) {
+    let accounts: Vec<Account> = (1..=ACCOUNTS)
+        .map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
+        .collect();
+    let results = client.create_accounts(&accounts).await.unwrap();
+    assert!(results.iter().all(|r| r.result == AR::Created));
 }
 
 fn group_of(size: usize) -> Group {
@@ -310,24 +325,71 @@ fn group_of(size: usize) -> Group {
 }
 
 #[test]
-fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
-    let (mut group, runtime, client) = started_group(3);
+fn a_follower_whose_disk_was_wiped_is_replaced_by_a_new_member_that_catches_up_from_a_snapshot() {
+    let mut group = group_of(4);
+    let checkpoints = ["--checkpoint-interval", "50"].map(String::from);
+    for i in 0..3 {
+        group.start_member(i, 3, &checkpoints);
+    }
+    let (runtime, client) = connected(&group);
     runtime.block_on(async {
+        create_accounts(&client).await;
         // More than the snapshot interval (50), so the log behind the snapshot gets purged.
         write_batches(&client, 1, 150).await;
     });
     let leader = group.leader();
-    // A follower other than node 1 (node 1 initializes new groups).
-    let victim = (0..3).find(|&i| i != leader && i != 0).unwrap();
+    let victim = (0..3).find(|&i| i != leader).unwrap();
     group.nodes[victim].take().unwrap().kill9();
-    std::fs::remove_dir_all(group.dirs[victim].path().join("data")).unwrap();
+    let wiped = group.dirs[victim].path().join("data");
+    std::fs::remove_dir_all(&wiped).unwrap();
     runtime.block_on(write_batches(&client, 100_000, 20));
-    group.start(victim);
+
+    // The wiped node cannot come back under its old id by accident: without a flag an empty
+    // directory is refused, and the group refuses to add an id that is already a voter.
+    let victim_id = (victim + 1).to_string();
+    let (ok, text) = fincore(&[
+        "serve",
+        "--data-dir",
+        wiped.to_str().unwrap(),
+        "--node-id",
+        &victim_id,
+        "--grpc",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !ok && text.contains("holds no replica") && text.contains("--join"),
+        "{text}"
+    );
+    let (ok, text) = fincore(&[
+        "admin",
+        "add-replica",
+        "--addr",
+        &group.layout.http_addrs[leader],
+        "--id",
+        &victim_id,
+        "--grpc",
+        &group.layout.grpc_addrs[victim],
+    ]);
+    assert!(!ok && text.contains("already a voter"), "{text}");
+
+    // Replacing the disk: remove the old id, add a new member (node 4) on an empty directory.
+    admin(&[
+        "remove-replica",
+        "--addr",
+        &group.layout.http_addrs[leader],
+        "--id",
+        &victim_id,
+    ]);
+    group.start_member(3, 4, &checkpoints);
+    group.add_member(leader, 3);
     let (index, digest) = group.converged();
-    let status = get(&group.layout.http_addrs[victim], "/v1/status?digest=true")
+    let status = get(&group.layout.http_addrs[3], "/v1/status?digest=true")
         .json()
         .unwrap();
     assert_eq!(status["replica"]["applied_index"].as_u64(), Some(index));
+    assert_eq!(status["replica"]["role"].as_str(), Some("follower"));
     assert_eq!(
         status["replica"]["state_digest"].as_str(),
         Some(digest.as_str())
@@ -339,8 +401,8 @@ fn a_follower_whose_disk_was_wiped_rejoins_from_a_snapshot_and_converges() {
             .unwrap();
         assert_eq!(found.len(), 3);
     });
-    for node in group.nodes.iter_mut() {
-        node.take().unwrap().stop().unwrap();
+    for node in group.nodes.iter_mut().filter_map(Option::take) {
+        node.stop().unwrap();
     }
 }
 
@@ -426,15 +488,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         .unwrap()
     });
     runtime.block_on(async {
-        let accounts: Vec<Account> = (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect();
-        client.create_accounts(&accounts).await.unwrap();
+        create_accounts(&client).await;
         write_batches(&client, 1, 5).await;
     });
 
@@ -521,59 +575,14 @@ fn replicas_are_added_and_removed_at_run_time() {
         group.start_member(i, 3, &[]);
     }
     group.leader();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let all: Vec<String> = group.layout.grpc_urls();
-    let client = runtime.block_on(async {
-        support::connect_any(
-            &all.iter().map(String::as_str).collect::<Vec<_>>(),
-            RetryPolicy::default(),
-        )
-        .unwrap()
-    });
+    let (runtime, client) = connected(&group);
     runtime.block_on(async {
-        let accounts: Vec<Account> = (1..=ACCOUNTS)
-            .map(|id| Account {
-                id,
-                ledger: 1,
-                code: 1,
-                ..Default::default()
-            })
-            .collect();
-        client.create_accounts(&accounts).await.unwrap();
+        create_accounts(&client).await;
         write_batches(&client, 1, 5).await;
     });
-    let admin = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
-            .arg("admin")
-            .args(args)
-            .env("FINCORE_API_KEY", testkit::keys::token().unwrap())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(output.status.success(), "fincore admin {args:?}: {text}");
-        text
-    };
-
-    // Node 4 starts empty (it does not initialize anything) and is added through node 2.
+    // Node 4 starts empty with --join (it initializes nothing) and is added through node 2.
     group.start_member(3, 4, &[]);
-    let text = admin(&[
-        "add-replica",
-        "--addr",
-        &group.layout.http_addrs[1],
-        "--id",
-        "4",
-        "--grpc",
-        &group.layout.grpc_addrs[3],
-        "--http",
-        &group.layout.http_addrs[3],
-    ]);
+    let text = group.add_member(1, 3);
     assert!(text.contains(&group.layout.grpc_addrs[3]), "{text}");
     group.converged();
 

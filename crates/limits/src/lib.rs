@@ -136,6 +136,14 @@ pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT: u64 = 4096;
 /// from the log instead of a whole snapshot.
 pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 64;
 
+/// A learner being added to a group counts as caught up (and is promoted to voter) once the
+/// log it holds is at most this many entries behind the leader's.
+pub const RAFT_LEARNER_CAUGHT_UP_LAG_ENTRIES_MAX: u64 = 64;
+
+/// How long `POST /v1/admin/replicas` waits for the new learner to catch up before it answers
+/// that the node stays a learner (below the 120 s a `fincore admin` command waits for an answer).
+pub const RAFT_LEARNER_CATCH_UP_SECONDS_MAX: u64 = 100;
+
 /// Largest message between replicas (1 GiB): a whole snapshot travels in one message for now,
 /// so this also bounds the ledger a lagging follower can be sent. Well below the 4 GiB that
 /// gRPC's 32-bit length prefix allows.

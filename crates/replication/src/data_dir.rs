@@ -26,28 +26,49 @@ pub const FORMAT_NAME: &str = "fincore-replica";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The marker's contents (also what a person sees with `cat`).
+///
+/// `group` and `node` say whose directory this is (see [`crate::membership`]): written when a
+/// node is created with `--bootstrap`/`init` or `--join`, absent in directories made before
+/// group ids existed (an older fincore ignores them, so the version stays 1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FormatMarker {
     pub format: String,
     pub version: u32,
+    /// The id of the replica group this directory's replica belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The node id of this directory's replica (its votes and log are that node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
 }
 
 impl FormatMarker {
-    /// The marker this fincore writes.
+    /// The marker this fincore writes into a directory nobody claimed yet.
     pub fn current() -> FormatMarker {
         FormatMarker {
             format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION,
+            group: None,
+            node: None,
+        }
+    }
+
+    /// The marker of node `node` of group `group`.
+    pub fn of_member(group: &str, node: u64) -> FormatMarker {
+        FormatMarker {
+            group: Some(group.to_string()),
+            node: Some(node),
+            ..FormatMarker::current()
         }
     }
 }
 
 /// Files only a replica writes; a directory holding one of them but no marker was written by
 /// fincore before the marker existed.
-const REPLICA_FILES: [&str; 2] = ["raft-meta.json", crate::state_machine::SNAPSHOT_FILE];
+pub(crate) const REPLICA_FILES: [&str; 2] = ["raft-meta.json", crate::state_machine::SNAPSHOT_FILE];
 
 /// What the retired embedded engine kept its checkpoints in (a format no longer read).
-const ENGINE_CHECKPOINTS_DIR: &str = "checkpoints";
+pub(crate) const ENGINE_CHECKPOINTS_DIR: &str = "checkpoints";
 
 /// Why a data directory is not one this fincore can use.
 #[derive(Debug, thiserror::Error)]
@@ -167,21 +188,27 @@ pub fn open(storage: &dyn Storage, dir: &Path) -> Result<Opened, DataDirError> {
     if !adopted && has(ENGINE_CHECKPOINTS_DIR) {
         return Err(DataDirError::EngineFormat { dir: dir.into() });
     }
-    let path = dir.join(FORMAT_FILE);
-    write_atomically(
-        storage,
-        &path,
-        marker_json(&FormatMarker::current()).as_bytes(),
-    )
-    .map_err(|source| DataDirError::Io {
-        action: "writing",
-        path,
-        source,
-    })?;
+    write_marker(storage, dir, &FormatMarker::current())?;
     Ok(if adopted {
         Opened::Adopted
     } else {
         Opened::Created
+    })
+}
+
+/// Writes `marker` into `dir` durably (atomically replacing any marker there).
+pub fn write_marker(
+    storage: &dyn Storage,
+    dir: &Path,
+    marker: &FormatMarker,
+) -> Result<(), DataDirError> {
+    let path = dir.join(FORMAT_FILE);
+    write_atomically(storage, &path, marker_json(marker).as_bytes()).map_err(|source| {
+        DataDirError::Io {
+            action: "writing",
+            path,
+            source,
+        }
     })
 }
 

@@ -3,7 +3,8 @@
 //! Owns the one place where openraft (pinned to an exact version) meets fincore: the type
 //! configuration, the log storage on top of `journal` (one Raft entry = one journal record =
 //! one sealed batch; votes kept durable beside it), the state machine wrapper around
-//! `ledger::StateMachine` with its snapshots, the data directory's format marker, and the
+//! `ledger::StateMachine` with its snapshots, the data directory's format marker, explicit
+//! membership (which start may create or join a group on which directory), and the
 //! replica-to-replica transport over gRPC.
 //! Nothing outside this crate names an openraft type, so a version bump touches only here.
 
@@ -11,6 +12,7 @@ mod applier;
 pub mod data_dir;
 mod digest_gate;
 mod log_store;
+pub mod membership;
 mod network;
 pub mod peer_tls;
 mod raft_config;
@@ -24,7 +26,6 @@ pub use digest_gate::DigestBusy;
 pub use journal::{GroupCommitStats, SyncObserver};
 pub use log_store::clamp_range;
 pub use network::RaftTransportService;
-pub use raft_config::initializes_group;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
 pub use state_machine::SharedState;
 pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};

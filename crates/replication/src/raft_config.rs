@@ -1,11 +1,10 @@
-//! The Raft settings every replica runs with, production and simulator alike, and the rule of
-//! who initializes a new group. Written once so that the simulator tests what ships.
+//! The Raft settings every replica runs with, production and simulator alike. Written once so
+//! that the simulator tests what ships. (Who initializes a group is no longer a rule of ids:
+//! see [`crate::membership`].)
 
 use std::io;
 
 use openraft::{Config, SnapshotPolicy};
-
-use crate::types::NodeId;
 
 /// A group's timing and snapshot cadence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +31,10 @@ pub fn raft_config(cluster_name: &str, timing: &RaftTiming) -> io::Result<Config
             entries => SnapshotPolicy::LogsSinceLast(entries),
         },
         max_in_snapshot_log_to_keep: timing.entries_kept_behind_snapshot,
+        // A learner being added is promoted to voter only once it is this close to the leader
+        // (openraft's default, 5000 entries, would promote an empty node of a small group at
+        // once, before it holds anything).
+        replication_lag_threshold: limits::RAFT_LEARNER_CAUGHT_UP_LAG_ENTRIES_MAX,
         // Bounds one AppendEntries message (checked against the peer message limit).
         max_payload_entries: limits::RAFT_APPEND_ENTRIES_MAX,
         // A replica whose disk was wiped comes back with an empty log; the leader must start it
@@ -45,23 +48,4 @@ pub fn raft_config(cluster_name: &str, timing: &RaftTiming) -> io::Result<Config
     }
     .validate()
     .map_err(io::Error::other)
-}
-
-/// Does replica `id` initialize a new group of `members`? The lowest id does, when it finds
-/// the group uninitialized (so exactly one replica proposes the first membership).
-pub fn initializes_group(id: NodeId, members: impl IntoIterator<Item = NodeId>) -> bool {
-    members.into_iter().min() == Some(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_lowest_id_initializes() {
-        assert!(initializes_group(1, [3, 1, 2]));
-        assert!(!initializes_group(2, [3, 1, 2]));
-        assert!(initializes_group(4, [4]));
-        assert!(!initializes_group(4, []));
-    }
 }

@@ -310,12 +310,44 @@ impl Replica {
     }
 
     /// Adds replica `id` at `node` to the group: first as a learner that catches up (from a
-    /// snapshot if needed), then as a voter. Only the leader can do it.
+    /// snapshot if needed; it cannot vote meanwhile), then, once it is within
+    /// `limits::RAFT_LEARNER_CAUGHT_UP_LAG_ENTRIES_MAX` entries of the leader, as a voter.
+    /// Only the leader can do it. Refused for an id that is already a voter: a node that lost
+    /// its disk must not come back under its old id without the votes it cast (replacing a
+    /// disk is removing the old id and adding a new one). Calling it again for a learner that
+    /// has not caught up in time promotes it once it has.
     pub async fn add_replica(&self, id: NodeId, node: PeerNode) -> Result<(), WriteError> {
-        self.raft
-            .add_learner(id, node, true)
-            .await
-            .map_err(not_leader_or_failed)?;
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.id) {
+            return Err(WriteError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter == id)
+        {
+            return Err(WriteError::Failed(format!(
+                "node {id} is already a voter of this group. A replica whose disk was replaced or \
+                 wiped must not come back under the id it had (it would have forgotten its \
+                 votes): remove node {id}, then add the new disk as a new member with a new id"
+            )));
+        }
+        let caught_up = Duration::from_secs(limits::RAFT_LEARNER_CATCH_UP_SECONDS_MAX);
+        match tokio::time::timeout(caught_up, self.raft.add_learner(id, node.clone(), true)).await {
+            Ok(added) => added.map_err(not_leader_or_failed)?,
+            Err(_) => {
+                return Err(WriteError::Failed(format!(
+                    "node {id} was added as a learner but has not caught up within {caught_up:?} \
+                     (is it running with --join, and reachable at {}?); it stays a learner, \
+                     which does not vote: add it again to make it a voter once it has caught up, \
+                     or remove it",
+                    node.grpc
+                )));
+            }
+        };
         let voters = std::collections::BTreeSet::from([id]);
         self.raft
             .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)

@@ -159,12 +159,19 @@ async fn redirect_to_leader(
 
 /// Answers 503 (retryable) when a request takes longer than `limits::HTTP_REQUEST_SECONDS_MAX`
 /// (a slow body, a long queue): a client cannot hold a connection's request open forever. A
-/// write cut off here may still commit; resending it with the same ids is safe.
+/// write cut off here may still commit; resending it with the same ids is safe. Membership
+/// changes (`/v1/admin/…`, admin role only) wait for a learner to catch up, so their bound is
+/// `limits::RAFT_LEARNER_CATCH_UP_SECONDS_MAX` plus the same margin.
 async fn request_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let limit = std::time::Duration::from_secs(limits::HTTP_REQUEST_SECONDS_MAX);
+    let seconds = if request.uri().path().starts_with("/v1/admin/") {
+        limits::RAFT_LEARNER_CATCH_UP_SECONDS_MAX + limits::HTTP_REQUEST_SECONDS_MAX
+    } else {
+        limits::HTTP_REQUEST_SECONDS_MAX
+    };
+    let limit = std::time::Duration::from_secs(seconds);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -173,8 +180,7 @@ async fn request_deadline(
                 ..ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "the request took longer than {} s; a write may still commit: resend it with the same ids",
-                        limits::HTTP_REQUEST_SECONDS_MAX
+                        "the request took longer than {seconds} s; a write may still commit: resend it with the same ids"
                     ),
                     None,
                 )

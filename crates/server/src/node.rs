@@ -1,6 +1,7 @@
 //! A running node: one replica of a Raft group (a group of one by default) with the gRPC
 //! ledger API, the replica transport (same gRPC port) and the HTTP API, started and stopped
-//! as one.
+//! as one. How the node enters its group (resume, bootstrap, join) is decided by
+//! `replication::membership` before the replica opens its directory.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::proto::ledger_server::LedgerServer;
+use replication::membership::{self, Entry, GroupId, MembershipError};
 use replication::{NodeId, PeerNode, Replica, ReplicaConfig};
 use telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -31,9 +33,13 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     /// This replica's id in its group.
     pub node_id: NodeId,
-    /// Every member of the group, this node included. Empty: a group of one (this node, at the
-    /// addresses it actually listens on).
+    /// The initial members when `entry` creates a group, this node included. Empty: a group
+    /// of one (this node, at the addresses it actually listens on). Otherwise unused: the
+    /// members are in the replica's log.
     pub peers: BTreeMap<NodeId, PeerNode>,
+    /// How this start enters the group: resume the replica in `data_dir` (the default),
+    /// create a new group there, or join one.
+    pub entry: Entry,
     /// Write requests that may wait to be batched before new ones are refused as busy.
     pub queue_depth: usize,
     /// What the ledger may hold: a write that could pass it is refused at admission (before
@@ -62,6 +68,7 @@ impl NodeConfig {
             http_addr,
             node_id: 1,
             peers: BTreeMap::new(),
+            entry: Entry::Resume,
             queue_depth: limits::SERVER_QUEUE_REQUESTS_DEFAULT,
             capacity: ledger::Capacity::FORMAT_MAX,
             replica: ReplicaConfig::default(),
@@ -86,8 +93,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--peers must include this node's own id {0}")]
-    NotAPeer(NodeId),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 /// A running node.
@@ -98,6 +105,8 @@ pub struct Node {
     task: PipelineTask,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    group: Option<GroupId>,
+    awaiting_admission: bool,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -107,8 +116,9 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
 }
 
 impl Node {
-    /// Opens the replica, starts serving, and (on the lowest-numbered member of a new group)
-    /// initializes the group.
+    /// Checks that this start may use the data directory (see `replication::membership`),
+    /// opens the replica, starts serving, and completes a pending bootstrap (initializes the
+    /// new group with its initial members).
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let grpc_listener = bind("gRPC", config.grpc_addr).await?;
         let http_listener = bind("HTTP", config.http_addr).await?;
@@ -129,9 +139,8 @@ impl Node {
         } else {
             config.peers.clone()
         };
-        if !peers.contains_key(&config.node_id) {
-            return Err(NodeError::NotAPeer(config.node_id));
-        }
+        let prepared =
+            membership::prepare(&config.data_dir, config.node_id, &config.entry, &peers)?;
 
         let metrics = Metrics::new();
         let sync_metrics = Arc::clone(&metrics);
@@ -206,14 +215,23 @@ impl Node {
             .await;
         });
 
-        if replication::initializes_group(config.node_id, peers.keys().copied())
-            && !replica.is_initialized().await
-            && let Err(error) = replica.initialize(&peers).await
-        {
-            tracing::warn!(%error, "initializing the group failed (another member may have done it)");
+        let bootstrapped = match prepared.finish_bootstrap(&replica).await {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::warn!(%error, "initializing the new group failed");
+                false
+            }
+        };
+        if bootstrapped {
+            tracing::info!(group = ?prepared.group, members = ?prepared.bootstrap, "created a new group");
         }
+        let awaiting_admission = !replica.is_initialized().await;
         // A group of one elects itself at once; wait for that so the first request succeeds.
-        if peers.len() == 1 {
+        let alone = match &prepared.bootstrap {
+            Some(members) if bootstrapped => members.len() == 1,
+            _ => replica.members().len() == 1,
+        };
+        if alone {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while replica.leader().is_none() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -226,7 +244,20 @@ impl Node {
             task,
             stop,
             servers: vec![grpc, http],
+            group: prepared.group,
+            awaiting_admission,
         })
+    }
+
+    /// The group this node's directory belongs to (`None`: made before group ids existed).
+    pub fn group(&self) -> Option<&GroupId> {
+        self.group.as_ref()
+    }
+
+    /// True if, when it started, the replica had neither log nor votes and was not creating a
+    /// group: a new member waiting for the leader to add it (`fincore admin add-replica`).
+    pub fn awaiting_admission(&self) -> bool {
+        self.awaiting_admission
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {

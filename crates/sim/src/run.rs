@@ -13,10 +13,10 @@ use ledger::BatchBody;
 use openraft::Config;
 use openraft::async_runtime::WatchReceiver;
 use rand::Rng;
+use replication::PeerNode;
 use replication::openraft_side::{
     LogStore, RaftTiming, StorageOptions, raft_config as production_raft_config,
 };
-use replication::{PeerNode, initializes_group};
 use serde::Serialize;
 
 use crate::disk::SimDisk;
@@ -137,6 +137,9 @@ fn raft_config(profile: &FaultProfile) -> Arc<Config> {
     Arc::new(production_raft_config("fincore-sim", &timing).expect("a valid Raft config"))
 }
 
+/// The replica that creates the group (what `fincore serve --bootstrap` is in production).
+const BOOTSTRAP_REPLICA: NodeId = 1;
+
 /// Where a replica's files live on its simulated disk.
 const DATA_DIR: &str = "/data";
 
@@ -210,11 +213,11 @@ impl Group {
         };
         match SimRaft::new(id, self.config.clone(), network, log, machine.clone()).await {
             Ok(raft) => {
-                // As a production node does: the lowest id initializes a group that is not
-                // (or, after losing its unsynced first entry, no longer) initialized.
-                if initializes_group(id, 1..=self.replicas)
-                    && !raft.is_initialized().await.unwrap_or(true)
-                {
+                // As a production node does: the replica whose directory was created with
+                // `--bootstrap` (here always replica 1; its `bootstrap.json` is not modelled)
+                // initializes the group while its log and votes are empty, also after losing
+                // its unsynced first entry. No other replica ever initializes anything.
+                if id == BOOTSTRAP_REPLICA && !raft.is_initialized().await.unwrap_or(true) {
                     let members: BTreeMap<NodeId, PeerNode> = (1..=self.replicas)
                         .map(|id| (id, PeerNode::default()))
                         .collect();

@@ -1,10 +1,48 @@
 //! The addresses of a replica group on loopback and the `fincore serve` arguments that make
-//! them one group: node ids 1..=N, `--peers` listing every member's gRPC and HTTP address, and
-//! optionally `--peer-routes` through proxies.
+//! them one group: node ids 1..=N, `--peers` listing every member's gRPC and HTTP address,
+//! optionally `--peer-routes` through proxies, and on a node's first start the membership
+//! flags (member 1 bootstraps the group, the others join it).
 //!
 //! Owns only this naming scheme; it starts nothing (see [`crate::node`]).
 
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::{KitError, free_addrs};
+
+/// The file a node's data directory holds once it belongs to a group (the format marker,
+/// `replication::data_dir::FORMAT_FILE`).
+const FORMAT_MARKER_FILE: &str = "fincore-format.json";
+
+/// True if `data_dir` holds no node yet (no format marker): a start there is the node's first
+/// and needs a membership flag.
+pub fn is_new_node(data_dir: &Path) -> bool {
+    !data_dir.join(FORMAT_MARKER_FILE).exists()
+}
+
+/// `--bootstrap` on the first start of a single node on `data_dir` (a new group of one);
+/// nothing on a restart.
+pub fn single_node_args(data_dir: &Path) -> Vec<String> {
+    if is_new_node(data_dir) {
+        vec!["--bootstrap".to_string()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// A group id no other layout of this process or another has: 32 hex digits of the process
+/// id, a counter and the clock.
+fn new_group_id() -> String {
+    static LAYOUTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!(
+        "{:08x}{:08x}{nanos:016x}",
+        std::process::id(),
+        LAYOUTS.fetch_add(1, Ordering::Relaxed) as u32
+    )
+}
 
 /// The largest group the layout plans for (Raft groups here have 1, 3 or 5 replicas; tests add
 /// one or two at run time).
@@ -15,6 +53,8 @@ pub const REPLICAS_MAX: usize = 7;
 pub struct GroupLayout {
     pub grpc_addrs: Vec<String>,
     pub http_addrs: Vec<String>,
+    /// The group's id (what `--bootstrap --group` gives it and `--join` names).
+    pub group: String,
 }
 
 impl GroupLayout {
@@ -29,6 +69,7 @@ impl GroupLayout {
         Ok(GroupLayout {
             grpc_addrs,
             http_addrs,
+            group: new_group_id(),
         })
     }
 
@@ -75,6 +116,23 @@ impl GroupLayout {
         .to_vec()
     }
 
+    /// The membership flags of member `i` starting on `data_dir`: on its first start member 0
+    /// creates the group (`--bootstrap --group G`, its initial members being whatever
+    /// `--peers` lists) and every other member joins it (`--join G`: an initial member, or a
+    /// new one that waits to be added); nothing on a restart.
+    pub fn membership_args(&self, i: usize, data_dir: &Path) -> Vec<String> {
+        assert!(i < self.len(), "member {i} of {}", self.len());
+        if !is_new_node(data_dir) {
+            return Vec::new();
+        }
+        let flags: &[&str] = if i == 0 {
+            &["--bootstrap", "--group", &self.group]
+        } else {
+            &["--join", &self.group]
+        };
+        flags.iter().map(|flag| flag.to_string()).collect()
+    }
+
     /// `--peer-routes ID=ADDR,…`: member `i` reaches each other member `j` at `route(j)`
     /// (a proxy) instead of at its own gRPC address.
     pub fn peer_routes_args(&self, i: usize, route: impl Fn(usize) -> String) -> Vec<String> {
@@ -96,6 +154,7 @@ mod tests {
         let layout = GroupLayout {
             grpc_addrs: vec!["g1".into(), "g2".into(), "g3".into()],
             http_addrs: vec!["h1".into(), "h2".into(), "h3".into()],
+            group: "ab".repeat(16),
         };
         assert_eq!(layout.peers(3), "1=g1/h1,2=g2/h2,3=g3/h3");
         assert_eq!(
@@ -115,6 +174,27 @@ mod tests {
             layout.peer_routes_args(0, |j| format!("p{j}")),
             ["--peer-routes", "2=p1,3=p2"]
         );
+    }
+
+    #[test]
+    fn member_one_bootstraps_and_the_others_join_on_first_start_only() {
+        let layout = GroupLayout::on_free_ports(2).unwrap();
+        let other = GroupLayout::on_free_ports(2).unwrap();
+        assert_ne!(layout.group, other.group);
+        assert_eq!(layout.group.len(), 32);
+        let dir = std::env::temp_dir().join(format!("testkit-group-{}", std::process::id()));
+        assert_eq!(
+            layout.membership_args(0, &dir),
+            ["--bootstrap", "--group", &layout.group]
+        );
+        assert_eq!(layout.membership_args(1, &dir), ["--join", &layout.group]);
+        assert_eq!(single_node_args(&dir), ["--bootstrap"]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(FORMAT_MARKER_FILE), b"{}").unwrap();
+        assert!(layout.membership_args(0, &dir).is_empty());
+        assert!(layout.membership_args(1, &dir).is_empty());
+        assert!(single_node_args(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

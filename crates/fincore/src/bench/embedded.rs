@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ledger::{BatchBody, BatchResults, CreateAccountResult, CreateTransferResult};
+use replication::membership;
 use replication::{NodeId, PeerNode, Replica, ReplicaConfig, WriteError};
 use tokio::task::JoinHandle;
 
@@ -135,23 +136,25 @@ async fn write_transfers(
     Ok((seconds, latencies, transfers_failed))
 }
 
-/// Opens the replica in `dir` as `fincore serve` would for a group of one (initializing a new
-/// group), and waits until it leads.
+/// Opens the replica in `dir` as `fincore serve` would (with `--bootstrap` the first time,
+/// creating a group of one), and waits until it leads.
 async fn open_leader(dir: &Path, config: &ReplicaConfig) -> anyhow::Result<Replica> {
-    let replica = Replica::open(NODE_ID, dir, config)
-        .await
-        .with_context(|| format!("opening the replica in {}", dir.display()))?;
     // Not listening anywhere: the membership records no addresses (a later `fincore serve`
     // on this directory is still the leader of its group of one).
     let members = BTreeMap::from([(NODE_ID, PeerNode::default())]);
-    if replication::initializes_group(NODE_ID, members.keys().copied())
-        && !replica.is_initialized().await
-    {
-        replica
-            .initialize(&members)
-            .await
-            .context("initializing the group of one")?;
-    }
+    let entry = if membership::holds_replica(dir)? {
+        membership::Entry::Resume
+    } else {
+        membership::Entry::Bootstrap { group: None }
+    };
+    let prepared = membership::prepare(dir, NODE_ID, &entry, &members)?;
+    let replica = Replica::open(NODE_ID, dir, config)
+        .await
+        .with_context(|| format!("opening the replica in {}", dir.display()))?;
+    prepared
+        .finish_bootstrap(&replica)
+        .await
+        .context("initializing the group of one")?;
     let deadline = Instant::now() + ELECTION_TIMEOUT_MAX;
     while replica.leader().is_none_or(|(id, _)| id != NODE_ID) {
         if Instant::now() > deadline {

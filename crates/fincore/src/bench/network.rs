@@ -20,13 +20,20 @@ use testkit::node::ChildNode;
 fn start_group(dir: &Path, replicas: u64) -> anyhow::Result<Vec<ChildNode>> {
     let node_dir = |i: usize| dir.join(format!("node-{}", i + 1));
     if replicas == 1 {
-        let listen = ["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"].map(String::from);
-        return Ok(vec![crate::nodes::start(&node_dir(0), &listen)?]);
+        let mut args = ["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+            .map(String::from)
+            .to_vec();
+        args.extend(testkit::group::single_node_args(&node_dir(0)));
+        return Ok(vec![crate::nodes::start(&node_dir(0), &args)?]);
     }
     let replicas = replicas as usize;
     let layout = GroupLayout::on_free_ports(replicas)?;
     (0..replicas)
-        .map(|i| crate::nodes::start(&node_dir(i), &layout.serve_args(i, replicas)))
+        .map(|i| {
+            let mut args = layout.serve_args(i, replicas);
+            args.extend(layout.membership_args(i, &node_dir(i)));
+            crate::nodes::start(&node_dir(i), &args)
+        })
         .collect()
 }
 

@@ -15,6 +15,8 @@ use testkit::proxy::LinkProxy;
 pub struct Cluster {
     dirs: Vec<PathBuf>,
     args: Vec<Vec<String>>,
+    /// Added to `args` on a node's first start (member 1 bootstraps the group, others join).
+    first_start_args: Vec<Vec<String>>,
     nodes: Vec<Option<ChildNode>>,
     paused: Vec<bool>,
     pub grpc: Vec<String>,
@@ -44,9 +46,13 @@ impl Cluster {
         let dirs: Vec<PathBuf> = (0..replicas)
             .map(|i| dir.join(format!("node-{}", i + 1)))
             .collect();
+        let first_start_args = (0..replicas)
+            .map(|i| layout.membership_args(i, &dirs[i]))
+            .collect();
         let mut cluster = Cluster {
             dirs,
             args,
+            first_start_args,
             nodes: (0..replicas).map(|_| None).collect(),
             paused: vec![false; replicas],
             grpc: layout.grpc_addrs,
@@ -72,7 +78,11 @@ impl Cluster {
         // A port just released may take a moment to be free again.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match crate::nodes::start(&self.dirs[i], &self.args[i]) {
+            let mut args = self.args[i].clone();
+            if testkit::group::is_new_node(&self.dirs[i]) {
+                args.extend_from_slice(&self.first_start_args[i]);
+            }
+            match crate::nodes::start(&self.dirs[i], &args) {
                 Ok(node) => {
                     self.nodes[i] = Some(node);
                     self.paused[i] = false;

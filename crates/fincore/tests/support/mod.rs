@@ -15,10 +15,14 @@ pub fn fincore_exe() -> &'static Path {
 }
 
 /// Starts a node on `data_dir` listening on `grpc` and `http` ("127.0.0.1:0" for any free
-/// port), with `extra` arguments.
+/// port), with `extra` arguments; on its first start it creates a new group of one.
 pub fn start_node_on(data_dir: &Path, grpc: &str, http: &str, extra: &[&str]) -> ChildNode {
-    let mut args = vec!["--grpc", grpc, "--http", http];
-    args.extend_from_slice(extra);
+    let mut args: Vec<String> = ["--grpc", grpc, "--http", http]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(String::from)
+        .collect();
+    args.extend(testkit::group::single_node_args(data_dir));
     ChildNode::start(fincore_exe(), data_dir, &args).unwrap_or_else(|error| panic!("{error}"))
 }
 
@@ -62,6 +66,32 @@ pub fn raw_ledger(channel: tonic::transport::Channel) -> RawLedger {
         Ok(request)
     }
     api::proto::ledger_client::LedgerClient::with_interceptor(channel, add_key as AddKey)
+}
+
+/// Runs `fincore ARGS…` to completion; answers whether it succeeded and its stdout and stderr.
+pub fn fincore(args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(fincore_exe());
+    command.args(args);
+    // `admin` calls need the admin key of the nodes this test started.
+    if let Some(token) = testkit::keys::token() {
+        command.env("FINCORE_API_KEY", token);
+    }
+    let output = command.output().expect("running fincore");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `fincore admin ARGS…`, which must succeed; its output.
+pub fn admin(args: &[&str]) -> String {
+    let mut all = vec!["admin"];
+    all.extend_from_slice(args);
+    let (ok, text) = fincore(&all);
+    assert!(ok, "fincore admin {args:?}: {text}");
+    text
 }
 
 /// One HTTP/1.1 request over a fresh connection.
