@@ -107,7 +107,7 @@ pub fn run(command: &KeysCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// The file `dev` keeps its development key's token in, beside the keys file (mode 0600).
-pub const DEV_KEY_FILE: &str = "dev-api-key";
+pub use replication::data_dir::DEV_KEY_FILE;
 
 /// `serve --insecure-no-auth`: anyone may call, allowed only when every listener (`(flag,
 /// address)`) is on loopback.

@@ -19,6 +19,7 @@ const MARKER: &str = "fincore-format.json";
 
 /// `fincore serve --data-dir DIR ARGS…` on free ports, which must be refused; its output.
 fn refused_serve(dir: &Path, args: &[&str]) -> String {
+    // Open on loopback: what is refused here is the directory, not a missing keys file.
     let mut all = vec![
         "serve",
         "--data-dir",
@@ -27,6 +28,7 @@ fn refused_serve(dir: &Path, args: &[&str]) -> String {
         "127.0.0.1:0",
         "--http",
         "127.0.0.1:0",
+        "--insecure-no-auth",
     ];
     all.extend_from_slice(args);
     let (ok, text) = fincore(&all);
@@ -318,7 +320,25 @@ fn fincore_dev_creates_its_group_on_the_first_run_and_reuses_it_on_the_second() 
         .trim_start_matches("fincore: node 1 of group ")
         .to_string();
     dev.line_with("Ctrl-C stops the node");
-    create_accounts(&addrs[1], 1..=2);
+    // `dev` serves with the development key it made (kept beside its data).
+    let key = std::fs::read_to_string(data.join("dev-api-key")).unwrap();
+    let as_dev = |method, path, body| {
+        testkit::http::request_as(
+            Some(key.trim()),
+            &addrs[1],
+            method,
+            path,
+            Some("application/json"),
+            body,
+        )
+        .unwrap()
+    };
+    let answer = as_dev(
+        "POST",
+        "/v1/accounts",
+        r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
     dev.stop();
     assert_eq!(group_of(&data), group);
 
@@ -328,6 +348,6 @@ fn fincore_dev_creates_its_group_on_the_first_run_and_reuses_it_on_the_second() 
         format!("fincore: node 1 of group {group}")
     );
     dev.line_with("Ctrl-C stops the node");
-    assert_eq!(get(&addrs[1], "/v1/accounts/2").status, 200);
+    assert_eq!(as_dev("GET", "/v1/accounts/2", "").status, 200);
     dev.stop();
 }

@@ -349,6 +349,7 @@ fn a_follower_whose_disk_was_wiped_is_replaced_by_a_new_member_that_catches_up_f
     let victim_id = (victim + 1).to_string();
     let (ok, text) = fincore(&[
         "serve",
+        "--insecure-no-auth",
         "--data-dir",
         wiped.to_str().unwrap(),
         "--node-id",

@@ -17,6 +17,14 @@ use serde::{Deserialize, Serialize};
 /// The marker file, directly in the data directory.
 pub const FORMAT_FILE: &str = "fincore-format.json";
 
+/// Files of the node rather than of its replica, which an operator may put in a data directory
+/// before the replica exists: the API keys file (`fincore keys create --data-dir`, written
+/// through `keys.json.tmp`) and `fincore dev`'s copy of its development key. A directory
+/// holding only these still counts as empty for membership.
+pub const KEYS_FILE: &str = "keys.json";
+pub const KEYS_FILE_TEMPORARY: &str = "keys.json.tmp";
+pub const DEV_KEY_FILE: &str = "dev-api-key";
+
 /// The one data-directory format: a replica's Raft log on the journal, its vote file and its
 /// snapshot file.
 pub const FORMAT_NAME: &str = "fincore-replica";

@@ -224,10 +224,13 @@ fn list(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>, MembershipErro
 }
 
 /// No marker and nothing but leftovers of an interrupted `--bootstrap` (its file, temporary
-/// files of atomic writes).
+/// files of atomic writes) and the operator's key files (`data_dir::KEYS_FILE`, …).
 fn is_empty(storage: &dyn Storage, dir: &Path) -> Result<bool, MembershipError> {
     let names = list(storage, dir)?;
     let leftovers = [
+        data_dir::KEYS_FILE.to_string(),
+        data_dir::KEYS_FILE_TEMPORARY.to_string(),
+        data_dir::DEV_KEY_FILE.to_string(),
         BOOTSTRAP_FILE.to_string(),
         Path::new(BOOTSTRAP_FILE)
             .with_extension("tmp")

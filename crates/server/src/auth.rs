@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The keys file's name inside a data directory (the default of `--keys`).
-pub const KEYS_FILE: &str = "keys.json";
+pub use replication::data_dir::KEYS_FILE;
 /// What every token starts with, so that a leaked one is recognisable (secret scanners).
 pub const TOKEN_PREFIX: &str = "fincore_";
 const FORMAT_NAME: &str = "fincore-api-keys";
