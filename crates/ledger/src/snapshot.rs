@@ -7,7 +7,7 @@
 //! on load. The snapshot code writes to any `io::Write` and reads from any `io::Read`; opening
 //! files is the caller's business.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -89,6 +89,11 @@ impl StateDigest {
     }
 }
 
+/// Size of one expiry event in a snapshot (timestamp, transfer index).
+const EXPIRY_EVENT_SIZE: usize = 8 + 4;
+/// Size of one failed transfer id in a snapshot.
+const FAILED_ID_SIZE: usize = 16;
+
 /// Room for one encoded account or transfer plus its status byte.
 const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
     ACCOUNT_SIZE
@@ -148,20 +153,27 @@ impl StateMachine {
             .expect("writing to a sink cannot fail")
     }
 
-    /// Reads a snapshot written by [`StateMachine::write_snapshot`] and rebuilds everything
-    /// derived (indexes, per-account entries, balance history), checking that the rebuilt
-    /// balances equal the stored ones. Returns the state and the digest of the bytes read.
+    /// Reads a snapshot of exactly `len_bytes` bytes written by [`StateMachine::write_snapshot`]
+    /// and rebuilds everything derived (indexes, per-account entries, balance history),
+    /// checking that the rebuilt balances equal the stored ones. Returns the state and the
+    /// digest of the bytes read.
+    ///
+    /// Every count in the snapshot is checked against the bytes that remain of `len_bytes`
+    /// before anything is allocated for it, so a damaged or forged snapshot cannot ask for more
+    /// memory than its own length justifies. Bytes of `input` past `len_bytes` are not read.
     pub fn read_snapshot<R: Read + ?Sized>(
         input: &mut R,
+        len_bytes: u64,
     ) -> Result<(StateMachine, StateDigest), SnapshotError> {
         let mut r = SnapshotReader {
             buffered: io::BufReader::with_capacity(
                 IO_CHUNK_BYTES,
                 HashingReader {
-                    inner: input,
+                    inner: Read::take(input, len_bytes),
                     hasher: Sha256::new(),
                 },
             ),
+            remaining_bytes: len_bytes,
         };
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
@@ -176,14 +188,14 @@ impl StateMachine {
         let expiry_timestamp_last = r.u64()?;
         let batches_applied = r.u64()?;
 
-        let accounts_count = r.count()?;
+        let accounts_count = r.count(ACCOUNT_SIZE)?;
         let mut record = [0u8; RECORD_BUFFER_SIZE];
         let mut stored_accounts = Vec::with_capacity(accounts_count);
         for _ in 0..accounts_count {
             r.read_exact(&mut record[..ACCOUNT_SIZE])?;
             stored_accounts.push(decode_account(&record));
         }
-        let transfers_count = r.count()?;
+        let transfers_count = r.count(TRANSFER_SIZE + 1)?;
         let mut state = StateMachine::with_capacity(accounts_count, transfers_count);
         state.timestamp_last = timestamp_last;
         state.expiry_timestamp_last = expiry_timestamp_last;
@@ -236,7 +248,7 @@ impl StateMachine {
             state.transfer_status.push(status);
         }
         state.index_transfers()?;
-        let expiries_count = r.count()?;
+        let expiries_count = r.count(EXPIRY_EVENT_SIZE)?;
         state.expiry_events.reserve_exact(expiries_count);
         for _ in 0..expiries_count {
             let timestamp = r.u64()?;
@@ -248,13 +260,13 @@ impl StateMachine {
             }
             state.expiry_events.push((timestamp, index));
         }
-        let failed_count = r.count()?;
+        let failed_count = r.count(FAILED_ID_SIZE)?;
         for _ in 0..failed_count {
             let mut id = [0u8; 16];
             r.read_exact(&mut id)?;
             state.failed_transfer_ids.insert(u128::from_le_bytes(id));
         }
-        if !r.buffered.fill_buf()?.is_empty() {
+        if r.remaining_bytes != 0 {
             return Err(SnapshotError::Inconsistent(
                 "bytes after the end of the snapshot",
             ));
@@ -349,12 +361,12 @@ impl StateMachine {
 }
 
 /// Hashes every byte read through it.
-struct HashingReader<'a, R: Read + ?Sized> {
-    inner: &'a mut R,
+struct HashingReader<R: Read> {
+    inner: R,
     hasher: Sha256,
 }
 
-impl<R: Read + ?Sized> Read for HashingReader<'_, R> {
+impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
@@ -362,14 +374,24 @@ impl<R: Read + ?Sized> Read for HashingReader<'_, R> {
     }
 }
 
-/// Fixed-width fields from a buffered, hashing reader.
+/// Fixed-width fields from a buffered, hashing reader, never past the snapshot's length.
 struct SnapshotReader<'a, R: Read + ?Sized> {
-    buffered: io::BufReader<HashingReader<'a, R>>,
+    buffered: io::BufReader<HashingReader<io::Take<&'a mut R>>>,
+    /// Bytes of the snapshot not yet read.
+    remaining_bytes: u64,
 }
 
 impl<R: Read + ?Sized> SnapshotReader<'_, R> {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.buffered.read_exact(buf)
+        if buf.len() as u64 > self.remaining_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the snapshot ends in the middle of a field",
+            ));
+        }
+        self.buffered.read_exact(buf)?;
+        self.remaining_bytes -= buf.len() as u64;
+        Ok(())
     }
     fn u32(&mut self) -> io::Result<u32> {
         let mut b = [0u8; 4];
@@ -381,12 +403,77 @@ impl<R: Read + ?Sized> SnapshotReader<'_, R> {
         self.read_exact(&mut b)?;
         Ok(u64::from_le_bytes(b))
     }
-    /// A length prefix, bounded so that a damaged one cannot ask for absurd memory.
-    fn count(&mut self) -> Result<usize, SnapshotError> {
+    /// A count of records of `record_bytes` each, bounded by the bytes the snapshot has left,
+    /// so that a damaged or forged one cannot ask for memory its length does not justify.
+    fn count(&mut self, record_bytes: usize) -> Result<usize, SnapshotError> {
+        debug_assert!(record_bytes > 0);
         let count = self.u64()?;
         if count > u64::from(u32::MAX) {
             return Err(SnapshotError::Inconsistent("a length prefix exceeds 2^32"));
         }
+        if count * record_bytes as u64 > self.remaining_bytes {
+            return Err(SnapshotError::Inconsistent(
+                "a length prefix counts more records than the snapshot's remaining bytes hold",
+            ));
+        }
         Ok(count as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixed header of a snapshot (magic, version, timestamps, batches applied).
+    fn header() -> Vec<u8> {
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 24]);
+        bytes
+    }
+
+    fn read(bytes: &[u8]) -> Result<(StateMachine, StateDigest), SnapshotError> {
+        StateMachine::read_snapshot(&mut &bytes[..], bytes.len() as u64)
+    }
+
+    #[test]
+    fn a_tiny_snapshot_claiming_billions_of_records_is_refused_before_allocating() {
+        // A count of 2^32 - 1 (the largest a count may be) in a 68-byte snapshot: reading it
+        // on trust would reserve hundreds of GiB.
+        for forged in 0..4 {
+            let mut bytes = header();
+            for field in 0..4 {
+                let count: u64 = if field == forged { u32::MAX as u64 } else { 0 };
+                bytes.extend_from_slice(&count.to_le_bytes());
+            }
+            assert_eq!(bytes.len(), 68);
+            let error = read(&bytes).err().expect("a forged count is refused");
+            let text = error.to_string();
+            assert!(
+                text.contains("counts more records than the snapshot's remaining bytes hold"),
+                "count {forged}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_read_only_up_to_its_declared_length() {
+        let mut bytes = Vec::new();
+        let written = StateMachine::default().write_snapshot(&mut bytes).unwrap();
+        let len = bytes.len() as u64;
+        // Bytes past the declared length are neither read nor hashed.
+        bytes.extend_from_slice(b"trailing bytes of another file");
+        let (_, read_digest) = StateMachine::read_snapshot(&mut bytes.as_slice(), len).unwrap();
+        assert_eq!(read_digest, written);
+        // A declared length longer than the snapshot leaves bytes unaccounted for.
+        let error = StateMachine::read_snapshot(&mut bytes.as_slice(), len + 1)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("bytes after the end"), "{error}");
+        // A shorter one cuts a field.
+        let error = StateMachine::read_snapshot(&mut bytes.as_slice(), len - 1)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("middle of a field"), "{error}");
     }
 }

@@ -58,8 +58,9 @@ pub const LEDGER_ACCOUNTS_MAX: u64 = u32::MAX as u64;
 pub const LEDGER_TRANSFERS_MAX: u64 = (1 << 31) - 1;
 
 /// Share of the memory available at start that the default ledger capacity plans for; the rest
-/// is left for the journal's buffers, the Raft log cache, building and sending snapshots (a
-/// snapshot is held in memory whole, about `EVENT_BYTES` per object), the runtime and the OS.
+/// is left for the journal's buffers, the Raft log cache, a snapshot received from the leader
+/// (decoded and checked beside the current state before it replaces it; snapshots themselves
+/// are built, sent and received through files), the runtime and the OS.
 pub const LEDGER_MEMORY_PERCENT_DEFAULT: u64 = 50;
 
 /// Share of the ledger's memory budget given to accounts by default (the rest to transfers):
@@ -136,10 +137,47 @@ pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT: u64 = 4096;
 /// from the log instead of a whole snapshot.
 pub const RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 64;
 
-/// Largest message between replicas (1 GiB): a whole snapshot travels in one message for now,
-/// so this also bounds the ledger a lagging follower can be sent. Well below the 4 GiB that
-/// gRPC's 32-bit length prefix allows.
+/// Largest message between replicas (1 GiB). Snapshots travel in chunks of
+/// `PEER_SNAPSHOT_CHUNK_BYTES`, so only a full AppendEntries message needs this much. Well
+/// below the 4 GiB that gRPC's 32-bit length prefix allows.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+
+/// Largest snapshot of a ledger's state: every account and every transfer the ledger can hold
+/// at all, plus an expiry event per transfer and a failed id per possible transfer id, plus
+/// the fixed fields. A peer offering a longer one is refused before a byte is written.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64
+    + 4 * 8
+    + LEDGER_ACCOUNTS_MAX * EVENT_BYTES as u64
+    + LEDGER_TRANSFERS_MAX * (EVENT_BYTES as u64 + 1)
+    + LEDGER_TRANSFERS_MAX * 12
+    + LEDGER_TRANSFERS_MAX * 16;
+
+/// Largest header of a snapshot file or a snapshot offer (64 KiB): the snapshot's last log
+/// id and the group's membership with every member's addresses, a few hundred bytes in
+/// practice; a longer one is refused as damaged or forged before it is read.
+pub const SNAPSHOT_HEADER_BYTES_MAX: usize = 64 << 10;
+
+/// Snapshot bytes in one message of a snapshot stream between replicas (1 MiB): the sender
+/// reads its file a chunk at a time and the receiver writes each chunk to its own file, so a
+/// snapshot of any size moves with a few chunks in memory.
+pub const PEER_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks a receiving replica holds between its network and its file writer before it stops
+/// reading from the network (HTTP/2 flow control then holds the sender back).
+pub const PEER_SNAPSHOT_CHUNKS_QUEUED_MAX: usize = 4;
+
+/// Snapshot receptions a replica runs at once: each ends with a decoded ledger in memory, so a
+/// second one waits to be retried instead of doubling that memory.
+pub const PEER_SNAPSHOT_RECEPTIONS_MAX: usize = 1;
+
+/// Fixed part of the time a snapshot's sending, checking and installing may take before the
+/// sender gives up and the receiver drops what it received (10 s).
+pub const PEER_SNAPSHOT_TIMEOUT_BASE_MS: u64 = 10_000;
+
+/// Slowest rate a snapshot is allowed to move and be installed at (4 MiB/s, over the network,
+/// the receiver's disk and its decoding together): its timeout grows by a second for every
+/// this many bytes, so a big snapshot is never cancelled for being big.
+pub const PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN: u64 = 4 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 flow control (client, node and peer transport alike).
@@ -220,6 +258,22 @@ const _: () = assert!(LEDGER_APPLY_JOBS_QUEUED_MAX >= 1);
 // Entries behind a snapshot fit in the log cache, so catching up from them reads no disk.
 const _: () =
     assert!(RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES as usize <= RAFT_LOG_CACHED_ENTRIES_MAX);
+// A snapshot offer (its header and the sender's vote) fits one peer message.
+const _: () = assert!(2 * SNAPSHOT_HEADER_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
+// A snapshot chunk and its envelope fit a peer message, and the chunks queued at a receiver
+// fit one HTTP/2 stream window.
+const _: () = assert!(PEER_SNAPSHOT_CHUNK_BYTES + 64 <= PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(
+    PEER_SNAPSHOT_CHUNK_BYTES * PEER_SNAPSHOT_CHUNKS_QUEUED_MAX
+        <= HTTP2_STREAM_WINDOW_BYTES as usize
+);
+const _: () = assert!(PEER_SNAPSHOT_CHUNKS_QUEUED_MAX >= 1 && PEER_SNAPSHOT_RECEPTIONS_MAX >= 1);
+const _: () = assert!(PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN > 0);
+// The longest snapshot's timeout fits in a u64 of milliseconds.
+const _: () = assert!(
+    SNAPSHOT_BYTES_MAX / PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN
+        < u64::MAX / 1000 - PEER_SNAPSHOT_TIMEOUT_BASE_MS
+);
 // gRPC's length prefix is 32 bits; tonic refuses anything larger.
 const _: () = assert!(PEER_MESSAGE_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(GRPC_MESSAGE_BYTES_MAX <= u32::MAX as usize);
