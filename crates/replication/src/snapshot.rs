@@ -436,3 +436,235 @@ impl SnapshotReceiver {
         Ok(data)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use journal::storage::RealStorage;
+    use ledger::{Account, Batch, BatchBody, Transfer};
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::types::TypeConfig;
+
+    /// A ledger of two accounts and `count` transfers between them.
+    pub(crate) fn ledger_with_transfers(count: u128) -> StateMachine {
+        let mut state = StateMachine::default();
+        let accounts = [1, 2].map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        });
+        state.apply(&Batch {
+            timestamp: 1,
+            body: BatchBody::CreateAccounts(accounts.to_vec()),
+        });
+        let ids: Vec<u128> = (1..=count).collect();
+        for chunk in ids.chunks(limits::BATCH_EVENTS_MAX) {
+            let transfers = chunk
+                .iter()
+                .map(|&id| Transfer {
+                    id,
+                    debit_account_id: 1 + id % 2,
+                    credit_account_id: 2 - id % 2,
+                    amount: id,
+                    ledger: 1,
+                    code: 1,
+                    ..Default::default()
+                })
+                .collect();
+            state.apply(&Batch {
+                timestamp: 0,
+                body: BatchBody::CreateTransfers(transfers),
+            });
+        }
+        assert_eq!(state.transfers_count() as u128, count);
+        state
+    }
+
+    pub(crate) fn meta_at(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(1, 1, index)),
+            last_membership: Default::default(),
+        }
+    }
+
+    pub(crate) fn storage() -> Arc<dyn Storage> {
+        RealStorage::shared()
+    }
+
+    /// The names of the temporary snapshot files in `dir`.
+    pub(crate) fn temp_files(dir: &Path) -> Vec<String> {
+        storage()
+            .list(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with(TEMP_SUFFIX))
+            .collect()
+    }
+
+    /// Builds the snapshot file of `state` at `meta` in `dir` and opens it.
+    pub(crate) fn snapshot_file(
+        dir: &Path,
+        meta: &SnapshotMeta,
+        state: &StateMachine,
+    ) -> SnapshotData {
+        let serialised = serialise_state(&storage(), dir, state).unwrap();
+        let temp = assemble_snapshot_file(&storage(), dir, meta, serialised).unwrap();
+        temp.keep_as(&dir.join(SNAPSHOT_FILE)).unwrap();
+        open_snapshot_file(storage().as_ref(), &dir.join(SNAPSHOT_FILE))
+            .unwrap()
+            .unwrap()
+            .1
+    }
+
+    pub(crate) fn offer(meta: SnapshotMeta, len_bytes: u64, digest: [u8; 32]) -> SnapshotOffer {
+        SnapshotOffer {
+            vote: SnapshotVote::new_committed(1, 1),
+            meta,
+            len_bytes,
+            digest,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_many_chunks_is_sent_and_received_through_files_whole() {
+        let (sender_dir, receiver_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let state = ledger_with_transfers(3 * limits::BATCH_EVENTS_MAX as u128);
+        let sent = snapshot_file(sender_dir.path(), &meta_at(7), &state);
+        assert_eq!(sent.digest(), state.digest().0);
+        let chunks_count = sent
+            .len_bytes()
+            .div_ceil(limits::PEER_SNAPSHOT_CHUNK_BYTES as u64);
+        assert!(chunks_count >= 3, "{} bytes", sent.len_bytes());
+        // The build's own temporary files are gone.
+        assert_eq!(temp_files(sender_dir.path()), Vec::<String>::new());
+
+        let mut receiver = SnapshotReceiver::start(
+            &storage(),
+            receiver_dir.path(),
+            &offer(meta_at(7), sent.len_bytes(), sent.digest()),
+        )
+        .unwrap();
+        let mut chunks = sent.chunks();
+        let mut sent_chunks = 0;
+        while let Some(chunk) = chunks.next_chunk().unwrap() {
+            assert!(chunk.len() <= limits::PEER_SNAPSHOT_CHUNK_BYTES);
+            receiver.write(&chunk).unwrap();
+            sent_chunks += 1;
+        }
+        assert_eq!(sent_chunks, chunks_count);
+        let mut received = receiver.finish().unwrap();
+        let Received {
+            temp,
+            state: decoded,
+        } = received.take_received().unwrap();
+        assert_eq!(decoded.digest(), state.digest());
+        assert_eq!(decoded.transfers_count(), state.transfers_count());
+        // Kept, the received file is a snapshot file like the sender's.
+        let path = receiver_dir.path().join(SNAPSHOT_FILE);
+        temp.keep_as(&path).unwrap();
+        let (meta, reopened) = open_snapshot_file(storage().as_ref(), &path)
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta, meta_at(7));
+        assert_eq!(reopened.decode().unwrap().0.digest(), state.digest());
+        assert_eq!(temp_files(receiver_dir.path()), Vec::<String>::new());
+    }
+
+    /// A 60-byte snapshot: the fixed header, then an accounts count of 2^32 - 1 and 16 bytes.
+    pub(crate) fn forged_60_bytes() -> Vec<u8> {
+        let mut bytes = b"FCLEDGR1".to_vec();
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 24]);
+        bytes.extend_from_slice(&(u32::MAX as u64).to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 16]);
+        assert_eq!(bytes.len(), 60);
+        bytes
+    }
+
+    #[test]
+    fn a_received_snapshot_with_forged_counts_is_refused_and_its_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let forged = forged_60_bytes();
+        let mut receiver = SnapshotReceiver::start(
+            &storage(),
+            dir.path(),
+            &offer(meta_at(9), forged.len() as u64, [7; 32]),
+        )
+        .unwrap();
+        receiver.write(&forged).unwrap();
+        let error = receiver.finish().err().expect("refused");
+        assert!(
+            error.to_string().contains("counts more records than"),
+            "{error}"
+        );
+        assert_eq!(storage().list(dir.path()).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_snapshot_whose_bytes_do_not_match_the_offered_digest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        ledger_with_transfers(10)
+            .write_snapshot(&mut bytes)
+            .unwrap();
+        let mut receiver = SnapshotReceiver::start(
+            &storage(),
+            dir.path(),
+            &offer(meta_at(9), bytes.len() as u64, [7; 32]),
+        )
+        .unwrap();
+        receiver.write(&bytes).unwrap();
+        let error = receiver.finish().err().expect("refused");
+        assert!(error.to_string().contains("not the"), "{error}");
+        assert_eq!(storage().list(dir.path()).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_sender_that_breaks_its_offer_is_refused_at_the_first_offending_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let too_long = offer(meta_at(1), limits::SNAPSHOT_BYTES_MAX + 1, [0; 32]);
+        let error = SnapshotReceiver::start(&storage(), dir.path(), &too_long)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("len_bytes"), "{error}");
+
+        let mut receiver =
+            SnapshotReceiver::start(&storage(), dir.path(), &offer(meta_at(1), 10, [0; 32]))
+                .unwrap();
+        let error = receiver.write(&[0; 11]).err().expect("refused");
+        assert!(
+            error.to_string().contains("more than the len_bytes 10"),
+            "{error}"
+        );
+        let error = receiver
+            .write(&vec![0; limits::PEER_SNAPSHOT_CHUNK_BYTES + 1])
+            .err()
+            .expect("refused");
+        assert!(
+            error.to_string().contains("PEER_SNAPSHOT_CHUNK_BYTES"),
+            "{error}"
+        );
+        receiver.write(&[0; 4]).unwrap();
+        let error = receiver.finish().err().expect("refused");
+        assert!(
+            error.to_string().contains("received 4 of the len_bytes 10"),
+            "{error}"
+        );
+        assert_eq!(storage().list(dir.path()).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_timeout_grows_with_the_snapshot() {
+        let base = Duration::from_millis(limits::PEER_SNAPSHOT_TIMEOUT_BASE_MS);
+        assert_eq!(snapshot_timeout(0), base);
+        let gib = snapshot_timeout(1 << 30);
+        assert_eq!(
+            gib,
+            base + Duration::from_secs((1 << 30) / limits::PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN)
+        );
+        assert!(snapshot_timeout(u64::MAX) >= gib);
+    }
+}

@@ -333,3 +333,114 @@ impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
         self.open_current()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::snapshot::tests::{
+        forged_60_bytes, ledger_with_transfers, meta_at, offer, storage, temp_files,
+    };
+    use crate::types::TypeConfig;
+
+    type Machine = LedgerStateMachine<TypeConfig>;
+
+    fn open(dir: &Path) -> Machine {
+        Machine::open(dir, &StorageOptions::default()).unwrap()
+    }
+
+    /// `state`'s snapshot at `meta`, as `machine` receives it from a peer.
+    fn receive(machine: &Machine, meta: SnapshotMeta, state: &StateMachine) -> SnapshotData {
+        let mut bytes = Vec::new();
+        let digest = state.write_snapshot(&mut bytes).unwrap();
+        let mut receiver = machine
+            .receive_snapshot(&offer(meta, bytes.len() as u64, digest.0))
+            .unwrap();
+        for chunk in bytes.chunks(limits::PEER_SNAPSHOT_CHUNK_BYTES) {
+            receiver.write(chunk).unwrap();
+        }
+        receiver.finish().unwrap()
+    }
+
+    fn install(machine: &mut Machine, index: u64, state: &StateMachine) -> io::Result<()> {
+        let data = receive(machine, meta_at(index), state);
+        block_on(machine.install_snapshot(&meta_at(index), data))
+    }
+
+    fn snapshot_file_bytes(dir: &Path) -> Vec<u8> {
+        std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap()
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = open(dir.path());
+        let (newer, older) = (ledger_with_transfers(20), ledger_with_transfers(10));
+        install(&mut machine, 20, &newer).unwrap();
+        assert_eq!(machine.applied(), (20, newer.digest()));
+        let file = snapshot_file_bytes(dir.path());
+
+        // Installing an older snapshot is refused, and changes nothing.
+        let error = install(&mut machine, 10, &older).err().expect("refused");
+        assert!(error.to_string().contains("already applied"), "{error}");
+        assert_eq!(machine.applied(), (20, newer.digest()));
+
+        // A build of an older state that finishes after the newer install does not replace the
+        // snapshot file.
+        let serialised = serialise_state(&storage(), dir.path(), &older).unwrap();
+        let temp =
+            assemble_snapshot_file(&storage(), dir.path(), &meta_at(10), serialised).unwrap();
+        let kept = machine
+            .publish(&mut machine.inner.lock().unwrap(), &meta_at(10), temp)
+            .unwrap();
+        assert!(!kept);
+        assert_eq!(snapshot_file_bytes(dir.path()), file);
+        let current = block_on(machine.get_current_snapshot()).unwrap().unwrap();
+        assert_eq!(current.meta, meta_at(20));
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+
+        // A restart starts from the newer one.
+        drop((machine, current));
+        assert_eq!(open(dir.path()).applied(), (20, newer.digest()));
+    }
+
+    #[test]
+    fn a_forged_snapshot_from_a_peer_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = open(dir.path());
+        let state = ledger_with_transfers(5);
+        install(&mut machine, 5, &state).unwrap();
+        let file = snapshot_file_bytes(dir.path());
+
+        let forged = forged_60_bytes();
+        let mut receiver = machine
+            .receive_snapshot(&offer(meta_at(99), forged.len() as u64, [0; 32]))
+            .unwrap();
+        receiver.write(&forged).unwrap();
+        let error = receiver.finish().err().expect("refused");
+        assert!(error.to_string().contains("counts more records"), "{error}");
+
+        assert_eq!(machine.applied(), (5, state.digest()));
+        assert_eq!(snapshot_file_bytes(dir.path()), file);
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_built_snapshot_is_read_back_by_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = open(dir.path());
+        let state = ledger_with_transfers(limits::BATCH_EVENTS_MAX as u128 + 1);
+        install(&mut machine, 3, &state).unwrap();
+        // Building again (as openraft does on its schedule) writes the same state's file anew.
+        std::fs::remove_file(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        machine.inner.lock().unwrap().current = None;
+        let built = block_on(machine.build_snapshot()).unwrap();
+        assert_eq!(built.meta, meta_at(3));
+        assert_eq!(built.snapshot.digest(), state.digest().0);
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+        drop((machine, built));
+        assert_eq!(open(dir.path()).applied(), (3, state.digest()));
+    }
+}
