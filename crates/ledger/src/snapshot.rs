@@ -57,12 +57,12 @@ pub enum SnapshotError {
     Inconsistent(&'static str),
 }
 
-struct HashingWriter<'a, W: Write + ?Sized> {
-    inner: &'a mut W,
+struct HashingWriter<W: Write> {
+    inner: W,
     hasher: Sha256,
 }
 
-impl<W: Write + ?Sized> Write for HashingWriter<'_, W> {
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(buf)?;
         self.hasher.update(&buf[..written]);
@@ -70,6 +70,81 @@ impl<W: Write + ?Sized> Write for HashingWriter<'_, W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A canonical snapshot being written a step at a time (see [`StateMachine::begin_snapshot`]).
+pub struct SnapshotWriter<W: Write> {
+    w: io::BufWriter<HashingWriter<W>>,
+    /// Every transfer's pending status when the snapshot began (later batches may post, void
+    /// or expire them); also how many transfers the snapshot holds.
+    statuses: Vec<TransferPendingStatus>,
+    expiry_events_count: usize,
+    /// The failed ids when the snapshot began, sorted.
+    failed: Vec<u128>,
+    next_transfer: usize,
+    /// The next expiry event, once their count is written.
+    next_expiry: Option<usize>,
+    digest: Option<StateDigest>,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Writes at most `SNAPSHOT_STEP_RECORDS_MAX` more records from `state`, which must be the
+    /// state the snapshot began from, changed since only by applied batches (not replaced by
+    /// another). Returns the snapshot's digest once it is complete (and on every call after).
+    pub fn step(&mut self, state: &StateMachine) -> io::Result<Option<StateDigest>> {
+        if self.digest.is_some() {
+            return Ok(self.digest);
+        }
+        assert!(
+            state.transfers.len() >= self.statuses.len()
+                && state.expiry_events.len() >= self.expiry_events_count,
+            "a snapshot continued on a state that is not the one it began from"
+        );
+        let mut budget = limits::SNAPSHOT_STEP_RECORDS_MAX;
+        let mut record = [0u8; RECORD_BUFFER_SIZE];
+        while budget > 0 && self.next_transfer < self.statuses.len() {
+            let index = self.next_transfer;
+            encode_transfer(&state.transfers[index], &mut record);
+            record[TRANSFER_SIZE] = self.statuses[index] as u8;
+            self.w.write_all(&record[..TRANSFER_SIZE + 1])?;
+            self.next_transfer += 1;
+            budget -= 1;
+        }
+        if self.next_transfer < self.statuses.len() {
+            return Ok(None);
+        }
+        let next_expiry = match self.next_expiry {
+            Some(next) => next,
+            None => {
+                self.w
+                    .write_all(&(self.expiry_events_count as u64).to_le_bytes())?;
+                0
+            }
+        };
+        let end = (next_expiry + budget).min(self.expiry_events_count);
+        for (timestamp, index) in &state.expiry_events[next_expiry..end] {
+            self.w.write_all(&timestamp.to_le_bytes())?;
+            self.w.write_all(&index.to_le_bytes())?;
+        }
+        self.next_expiry = Some(end);
+        if end < self.expiry_events_count {
+            return Ok(None);
+        }
+        self.w
+            .write_all(&(self.failed.len() as u64).to_le_bytes())?;
+        for id in &self.failed {
+            self.w.write_all(&id.to_le_bytes())?;
+        }
+        self.w.flush()?;
+        let digest = StateDigest(self.w.get_ref().hasher.clone().finalize().into());
+        self.digest = Some(digest);
+        Ok(self.digest)
+    }
+
+    /// The output, once every byte written reached it.
+    pub fn into_inner(self) -> io::Result<W> {
+        Ok(self.w.into_inner().map_err(|e| e.into_error())?.inner)
     }
 }
 
@@ -104,6 +179,22 @@ const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
 impl StateMachine {
     /// Writes the canonical snapshot to `out` and returns its digest.
     pub fn write_snapshot<W: Write + ?Sized>(&self, out: &mut W) -> io::Result<StateDigest> {
+        let mut writer = self.begin_snapshot(out)?;
+        loop {
+            if let Some(digest) = writer.step(self)? {
+                return Ok(digest);
+            }
+        }
+    }
+
+    /// Starts writing the canonical snapshot of the state as it is now to `out`, to be
+    /// continued by [`SnapshotWriter::step`] while batches go on being applied in between.
+    ///
+    /// Writes the fixed fields and the accounts now, and keeps what a later batch could change
+    /// about older records (pending statuses, failed ids); transfers and expiry events are only
+    /// ever appended, so the steps read them later from the moved-on state. Costs one byte per
+    /// transfer and 16 per failed id besides the accounts.
+    pub fn begin_snapshot<W: Write>(&self, out: W) -> io::Result<SnapshotWriter<W>> {
         // Buffered in front of the hasher, so that hashing and writing happen in large chunks.
         let mut w = io::BufWriter::with_capacity(
             IO_CHUNK_BYTES,
@@ -125,26 +216,18 @@ impl StateMachine {
             w.write_all(&record[..ACCOUNT_SIZE])?;
         }
         w.write_all(&(self.transfers.len() as u64).to_le_bytes())?;
-        for (transfer, status) in self.transfers.iter().zip(&self.transfer_status) {
-            encode_transfer(transfer, &mut record);
-            record[TRANSFER_SIZE] = *status as u8;
-            w.write_all(&record[..TRANSFER_SIZE + 1])?;
-        }
-        w.write_all(&(self.expiry_events.len() as u64).to_le_bytes())?;
-        for (timestamp, index) in &self.expiry_events {
-            w.write_all(&timestamp.to_le_bytes())?;
-            w.write_all(&index.to_le_bytes())?;
-        }
         // Sorted, so that the hash set's iteration order cannot reach the bytes.
         let mut failed: Vec<u128> = self.failed_transfer_ids.iter().copied().collect();
         failed.sort_unstable();
-        w.write_all(&(failed.len() as u64).to_le_bytes())?;
-        for id in failed {
-            w.write_all(&id.to_le_bytes())?;
-        }
-        let hashing = w.into_inner().map_err(|e| e.into_error())?;
-        hashing.inner.flush()?;
-        Ok(StateDigest(hashing.hasher.finalize().into()))
+        Ok(SnapshotWriter {
+            w,
+            statuses: self.transfer_status.clone(),
+            expiry_events_count: self.expiry_events.len(),
+            failed,
+            next_transfer: 0,
+            next_expiry: None,
+            digest: None,
+        })
     }
 
     /// The digest of the current state (the snapshot's bytes are hashed, not kept).
@@ -423,6 +506,7 @@ impl<R: Read + ?Sized> SnapshotReader<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Batch, BatchBody, Transfer};
 
     /// The fixed header of a snapshot (magic, version, timestamps, batches applied).
     fn header() -> Vec<u8> {
@@ -454,6 +538,85 @@ mod tests {
                 "count {forged}: {text}"
             );
         }
+    }
+
+    fn transfer(id: u128, flags: TransferFlags, pending_id: u128, timeout: u32) -> Transfer {
+        Transfer {
+            id,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: if pending_id == 0 { 1 } else { 0 },
+            pending_id,
+            timeout,
+            ledger: 1,
+            code: 1,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    fn apply(state: &mut StateMachine, timestamp: u64, body: BatchBody) {
+        state.apply(&Batch { timestamp, body });
+    }
+
+    #[test]
+    fn a_snapshot_written_in_steps_while_batches_apply_is_the_snapshot_of_when_it_began() {
+        let mut state = StateMachine::default();
+        let accounts = [1, 2].map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        });
+        apply(&mut state, 1, BatchBody::CreateAccounts(accounts.to_vec()));
+        // More transfers than one step writes; every third one pending with a 1 s timeout.
+        let count = limits::SNAPSHOT_STEP_RECORDS_MAX as u128 + 5_000;
+        let ids: Vec<u128> = (1..=count).collect();
+        for chunk in ids.chunks(limits::BATCH_EVENTS_MAX) {
+            let transfers = chunk
+                .iter()
+                .map(|&id| match id % 3 {
+                    0 => transfer(id, TransferFlags::PENDING, 0, 1),
+                    _ => transfer(id, TransferFlags::empty(), 0, 0),
+                })
+                .collect();
+            apply(&mut state, 0, BatchBody::CreateTransfers(transfers));
+        }
+        let mut expected = Vec::new();
+        let expected_digest = state.write_snapshot(&mut expected).unwrap();
+
+        let mut bytes = Vec::new();
+        let mut writer = state.begin_snapshot(&mut bytes).unwrap();
+        assert_eq!(writer.step(&state).unwrap(), None);
+        // Between steps: pending transfers posted and voided, the rest expired (new expiry
+        // events), a new transfer appended.
+        let resolve = |id: u128, flags| transfer(1_000_000 + id, flags, id, 0);
+        apply(
+            &mut state,
+            0,
+            BatchBody::CreateTransfers(vec![
+                resolve(66_000, TransferFlags::POST_PENDING_TRANSFER),
+                resolve(66_003, TransferFlags::VOID_PENDING_TRANSFER),
+                transfer(2_000_000, TransferFlags::empty(), 0, 0),
+            ]),
+        );
+        apply(
+            &mut state,
+            u64::MAX / 4,
+            BatchBody::CreateTransfers(vec![transfer(2_000_001, TransferFlags::empty(), 0, 0)]),
+        );
+        assert_ne!(state.digest(), expected_digest);
+        let digest = loop {
+            if let Some(digest) = writer.step(&state).unwrap() {
+                break digest;
+            }
+        };
+        drop(writer);
+        assert_eq!(digest, expected_digest);
+        assert!(
+            bytes == expected,
+            "the stepped snapshot differs from the one at its start"
+        );
     }
 
     #[test]

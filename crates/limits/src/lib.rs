@@ -125,9 +125,11 @@ pub const RAFT_LOG_FLUSHES_QUEUED_MAX: usize =
 /// `replication/src/applier.rs`, whose queues are unbounded today.)
 pub const LEDGER_APPLY_JOBS_QUEUED_MAX: usize = 1;
 
-/// Most entries one AppendEntries message carries (openraft's `max_payload_entries`, whose
-/// default it is): bounds a replication message to about 300 MiB of full batches.
-pub const RAFT_APPEND_ENTRIES_MAX: u64 = 300;
+/// Most entries one AppendEntries message carries (openraft's `max_payload_entries`): bounds a
+/// replication message to about 64 MiB of full batches, so a follower catching up from the log
+/// gets it in messages that each move in well under a second (openraft's default of 300 made
+/// 300 MiB messages, which could not arrive within an RPC timeout of a heartbeat interval).
+pub const RAFT_APPEND_ENTRIES_MAX: u64 = 64;
 
 /// Raft entries between two snapshots (after which the log behind the snapshot is purged);
 /// also `fincore serve --checkpoint-interval`'s default. 0 means never.
@@ -152,6 +154,11 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64
     + LEDGER_TRANSFERS_MAX * 12
     + LEDGER_TRANSFERS_MAX * 16;
 
+/// Records (transfers or expiry events) one step of a snapshot build writes while it holds the
+/// ledger's read lock: about 8 MiB, a few milliseconds, after which batches waiting to apply go
+/// first.
+pub const SNAPSHOT_STEP_RECORDS_MAX: usize = 65_536;
+
 /// Largest header of a snapshot file or a snapshot offer (64 KiB): the snapshot's last log
 /// id and the group's membership with every member's addresses, a few hundred bytes in
 /// practice; a longer one is refused as damaged or forged before it is read.
@@ -174,10 +181,11 @@ pub const PEER_SNAPSHOT_RECEPTIONS_MAX: usize = 1;
 /// sender gives up and the receiver drops what it received (10 s).
 pub const PEER_SNAPSHOT_TIMEOUT_BASE_MS: u64 = 10_000;
 
-/// Slowest rate a snapshot is allowed to move and be installed at (4 MiB/s, over the network,
-/// the receiver's disk and its decoding together): its timeout grows by a second for every
-/// this many bytes, so a big snapshot is never cancelled for being big.
-pub const PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN: u64 = 4 << 20;
+/// Slowest rate a big message between replicas (AppendEntries, a snapshot) is allowed to move
+/// and be handled at (4 MiB/s, over the network, the receiver's disk and its decoding
+/// together): its timeout grows by a second for every this many bytes, so a follower catching
+/// up is never cut off for being sent much.
+pub const PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN: u64 = 4 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 flow control (client, node and peer transport alike).
@@ -268,10 +276,11 @@ const _: () = assert!(
         <= HTTP2_STREAM_WINDOW_BYTES as usize
 );
 const _: () = assert!(PEER_SNAPSHOT_CHUNKS_QUEUED_MAX >= 1 && PEER_SNAPSHOT_RECEPTIONS_MAX >= 1);
-const _: () = assert!(PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN > 0);
+const _: () =
+    assert!(PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN > 0 && SNAPSHOT_STEP_RECORDS_MAX >= 1);
 // The longest snapshot's timeout fits in a u64 of milliseconds.
 const _: () = assert!(
-    SNAPSHOT_BYTES_MAX / PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN
+    SNAPSHOT_BYTES_MAX / PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN
         < u64::MAX / 1000 - PEER_SNAPSHOT_TIMEOUT_BASE_MS
 );
 // gRPC's length prefix is 32 bits; tonic refuses anything larger.

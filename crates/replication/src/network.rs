@@ -115,6 +115,9 @@ impl TransportClient {
     {
         let message = postcard::to_allocvec(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e.to_string()))))?;
+        // openraft allows a heartbeat interval per AppendEntries; one carrying many full
+        // batches (a follower catching up) gets the time its bytes need besides.
+        let timeout = timeout + transfer_time(message.len() as u64);
         let client = self.client()?;
         let answer = tokio::time::timeout(
             timeout,
@@ -161,6 +164,11 @@ impl TransportClient {
             unreachable(format!("{}: {remote}", self.addr))
         })
     }
+}
+
+/// The time `len_bytes` may take to move at `PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN`.
+fn transfer_time(len_bytes: u64) -> Duration {
+    Duration::from_millis(len_bytes * 1000 / limits::PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN)
 }
 
 /// The messages of a snapshot stream: the offer, then the snapshot's bytes read from its file

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use journal::storage::{OpenMode, Storage, StorageFile};
-use ledger::{StateDigest, StateMachine};
+use ledger::{SnapshotWriter, StateDigest, StateMachine};
 use serde::{Deserialize, Serialize};
 
 use crate::state_machine::SnapshotMeta;
@@ -62,12 +62,12 @@ pub struct SnapshotOffer {
 }
 
 /// How long sending, checking and installing a snapshot of `len_bytes` may take: a fixed part
-/// and a second per `PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN` bytes.
+/// and a second per `PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN` bytes.
 pub fn snapshot_timeout(len_bytes: u64) -> Duration {
     let len_bytes = len_bytes.min(limits::SNAPSHOT_BYTES_MAX);
     Duration::from_millis(
         limits::PEER_SNAPSHOT_TIMEOUT_BASE_MS
-            + len_bytes * 1000 / limits::PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN,
+            + len_bytes * 1000 / limits::PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN,
     )
 }
 
@@ -298,9 +298,9 @@ pub(crate) struct SerialisedState {
 }
 
 /// Appends everything written to it to a file.
-struct AppendWriter<'a>(&'a mut dyn StorageFile);
+struct AppendWriter(Box<dyn StorageFile>);
 
-impl io::Write for AppendWriter<'_> {
+impl io::Write for AppendWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.append(&[buf])?;
         Ok(buf.len())
@@ -310,22 +310,49 @@ impl io::Write for AppendWriter<'_> {
     }
 }
 
-/// Writes the canonical snapshot of `state` to a new temporary file in `dir` (the part of a
-/// build that needs the state).
-pub(crate) fn serialise_state(
-    storage: &Arc<dyn Storage>,
-    dir: &Path,
-    state: &StateMachine,
-) -> io::Result<SerialisedState> {
-    let (temp, mut file) = TempFile::create(storage, dir, "build-state")?;
-    let digest = state.write_snapshot(&mut AppendWriter(file.as_mut()))?;
-    let len_bytes = file.size()?;
-    Ok(SerialisedState {
-        temp,
-        file,
-        len_bytes,
-        digest,
-    })
+/// The state being serialised to a new temporary file, a step at a time (the part of a build
+/// that reads the state; see [`ledger::SnapshotWriter`]).
+pub(crate) struct Serialising {
+    temp: TempFile,
+    writer: SnapshotWriter<AppendWriter>,
+    digest: Option<StateDigest>,
+}
+
+impl Serialising {
+    /// Starts serialising `state` as it is now into a new temporary file in `dir`.
+    pub(crate) fn begin(
+        storage: &Arc<dyn Storage>,
+        dir: &Path,
+        state: &StateMachine,
+    ) -> io::Result<Serialising> {
+        let (temp, file) = TempFile::create(storage, dir, "build-state")?;
+        Ok(Serialising {
+            temp,
+            writer: state.begin_snapshot(AppendWriter(file))?,
+            digest: None,
+        })
+    }
+
+    /// Writes the next records from `state` (the state it began from, moved on only by
+    /// applied batches); true once everything is written.
+    pub(crate) fn step(&mut self, state: &StateMachine) -> io::Result<bool> {
+        self.digest = self.writer.step(state)?;
+        Ok(self.digest.is_some())
+    }
+
+    /// The serialised state, once [`Serialising::step`] answered true.
+    pub(crate) fn finish(self) -> io::Result<SerialisedState> {
+        let digest = self
+            .digest
+            .ok_or_else(|| io::Error::other("the state's serialisation is unfinished"))?;
+        let file = self.writer.into_inner()?.0;
+        Ok(SerialisedState {
+            temp: self.temp,
+            len_bytes: file.size()?,
+            file,
+            digest,
+        })
+    }
 }
 
 /// Makes a snapshot file of `state` at `meta`: header, then the serialised ledger bytes copied
@@ -503,6 +530,17 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// `state` serialised to a temporary file in `dir` in one go.
+    pub(crate) fn serialise_state(
+        storage: &Arc<dyn Storage>,
+        dir: &Path,
+        state: &StateMachine,
+    ) -> io::Result<SerialisedState> {
+        let mut serialising = Serialising::begin(storage, dir, state)?;
+        while !serialising.step(state)? {}
+        serialising.finish()
+    }
+
     /// Builds the snapshot file of `state` at `meta` in `dir` and opens it.
     pub(crate) fn snapshot_file(
         dir: &Path,
@@ -663,7 +701,7 @@ pub(crate) mod tests {
         let gib = snapshot_timeout(1 << 30);
         assert_eq!(
             gib,
-            base + Duration::from_secs((1 << 30) / limits::PEER_SNAPSHOT_RATE_BYTES_PER_SECOND_MIN)
+            base + Duration::from_secs((1 << 30) / limits::PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN)
         );
         assert!(snapshot_timeout(u64::MAX) >= gib);
     }

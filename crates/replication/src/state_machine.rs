@@ -21,8 +21,8 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use crate::applier::Applier;
 use crate::snapshot::{
-    SNAPSHOT_FILE, SnapshotData, SnapshotOffer, SnapshotReceiver, TempFile, assemble_snapshot_file,
-    open_snapshot_file, remove_stale_temp_files, serialise_state,
+    SNAPSHOT_FILE, Serialising, SnapshotData, SnapshotOffer, SnapshotReceiver, TempFile,
+    assemble_snapshot_file, open_snapshot_file, remove_stale_temp_files,
 };
 use crate::storage_options::{PlantedBug, StorageOptions};
 use crate::types::{BatchOutcome, LedgerConfig, NodeId, PeerNode, StdLeaderId};
@@ -41,6 +41,9 @@ struct Inner {
     membership: StoredMembership,
     /// The snapshot in the snapshot file (never newer than `last_applied`).
     current: Option<SnapshotMeta>,
+    /// Snapshots installed so far: a build that sees this change while it reads the state
+    /// knows the state it began from was replaced.
+    installs_count: u64,
 }
 
 /// A ledger for a replica: no cache warm-up pass, because replicas of a group often share
@@ -123,6 +126,7 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
                 last_applied: None,
                 membership: StoredMembership::default(),
                 current: None,
+                installs_count: 0,
             })),
             snapshot_path,
             options: Arc::new(options.clone()),
@@ -230,20 +234,51 @@ impl<C: LedgerConfig> RaftSnapshotBuilder<C> for LedgerStateMachine<C> {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
+        // Seconds of file I/O for a big ledger: on a blocking thread in production, so the
+        // runtime's workers keep serving heartbeats; inline in the simulator (deterministic).
+        if self.applier.is_none() {
+            return self.build_snapshot_blocking();
+        }
+        let machine = self.clone();
+        tokio::task::spawn_blocking(move || machine.build_snapshot_blocking())
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+impl<C: LedgerConfig> LedgerStateMachine<C> {
+    /// Builds a snapshot of the state as applied now, holding the state's read lock only a
+    /// step at a time (`SNAPSHOT_STEP_RECORDS_MAX` records), so batches apply in between; the
+    /// bytes are those of the state when the build began (see [`ledger::SnapshotWriter`]).
+    fn build_snapshot_blocking(&self) -> Result<SnapshotOf, io::Error> {
         // The state is read under the state lock and the applied position under the inner
         // lock, both held, so they describe the same moment.
-        let (meta, serialised) = {
+        let (meta, installs_count, mut serialising) = {
             let state = self.state.read().expect("never poisoned");
-            let meta = {
-                let inner = self.inner.lock().expect("never poisoned");
-                SnapshotMeta {
-                    last_log_id: inner.last_applied,
-                    last_membership: inner.membership.clone(),
-                }
+            let inner = self.inner.lock().expect("never poisoned");
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
             };
-            let serialised = serialise_state(&self.options.storage, self.dir(), &state)?;
-            (meta, serialised)
+            let serialising = Serialising::begin(&self.options.storage, self.dir(), &state)?;
+            (meta, inner.installs_count, serialising)
         };
+        loop {
+            let state = self.state.read().expect("never poisoned");
+            if self.inner.lock().expect("never poisoned").installs_count != installs_count {
+                // An installed snapshot replaced the state this build began from; it is newer,
+                // and it is what this build answers.
+                drop(state);
+                let _inner = self.inner.lock().expect("never poisoned");
+                return self.open_current()?.ok_or_else(|| {
+                    io::Error::other("no snapshot file after a snapshot was installed")
+                });
+            }
+            if serialising.step(&state)? {
+                break;
+            }
+        }
+        let serialised = serialising.finish()?;
         let temp = assemble_snapshot_file(&self.options.storage, self.dir(), &meta, serialised)?;
         let mut inner = self.inner.lock().expect("never poisoned");
         // An install of a newer snapshot may have got there first: then that one stays, and is
@@ -325,6 +360,7 @@ impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
         *shared = replicated(state);
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
+        inner.installs_count += 1;
         Ok(())
     }
 
@@ -341,7 +377,8 @@ mod tests {
 
     use super::*;
     use crate::snapshot::tests::{
-        forged_60_bytes, ledger_with_transfers, meta_at, offer, storage, temp_files,
+        forged_60_bytes, ledger_with_transfers, meta_at, offer, serialise_state, storage,
+        temp_files,
     };
     use crate::types::TypeConfig;
 
@@ -436,7 +473,9 @@ mod tests {
         // Building again (as openraft does on its schedule) writes the same state's file anew.
         std::fs::remove_file(dir.path().join(SNAPSHOT_FILE)).unwrap();
         machine.inner.lock().unwrap().current = None;
-        let built = block_on(machine.build_snapshot()).unwrap();
+        // In production a build runs on a blocking thread of the runtime.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let built = runtime.block_on(machine.build_snapshot()).unwrap();
         assert_eq!(built.meta, meta_at(3));
         assert_eq!(built.snapshot.digest(), state.digest().0);
         assert_eq!(temp_files(dir.path()), Vec::<String>::new());
