@@ -531,7 +531,7 @@ mod tests {
                 bytes.extend_from_slice(&count.to_le_bytes());
             }
             assert_eq!(bytes.len(), 68);
-            let error = read(&bytes).err().expect("a forged count is refused");
+            let error = read(&bytes).expect_err("a forged count is refused");
             let text = error.to_string();
             assert!(
                 text.contains("counts more records than the snapshot's remaining bytes hold"),
@@ -629,14 +629,12 @@ mod tests {
         let (_, read_digest) = StateMachine::read_snapshot(&mut bytes.as_slice(), len).unwrap();
         assert_eq!(read_digest, written);
         // A declared length longer than the snapshot leaves bytes unaccounted for.
-        let error = StateMachine::read_snapshot(&mut bytes.as_slice(), len + 1)
-            .err()
-            .expect("refused");
+        let error =
+            StateMachine::read_snapshot(&mut bytes.as_slice(), len + 1).expect_err("refused");
         assert!(error.to_string().contains("bytes after the end"), "{error}");
         // A shorter one cuts a field.
-        let error = StateMachine::read_snapshot(&mut bytes.as_slice(), len - 1)
-            .err()
-            .expect("refused");
+        let error =
+            StateMachine::read_snapshot(&mut bytes.as_slice(), len - 1).expect_err("refused");
         assert!(error.to_string().contains("middle of a field"), "{error}");
     }
 }

@@ -672,15 +672,14 @@ pub(crate) mod tests {
         let mut receiver =
             SnapshotReceiver::start(&storage(), dir.path(), &offer(meta_at(1), 10, [0; 32]))
                 .unwrap();
-        let error = receiver.write(&[0; 11]).err().expect("refused");
+        let error = receiver.write(&[0; 11]).expect_err("refused");
         assert!(
             error.to_string().contains("more than the len_bytes 10"),
             "{error}"
         );
         let error = receiver
             .write(&vec![0; limits::PEER_SNAPSHOT_CHUNK_BYTES + 1])
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(
             error.to_string().contains("PEER_SNAPSHOT_CHUNK_BYTES"),
             "{error}"

@@ -420,7 +420,7 @@ mod tests {
         let file = snapshot_file_bytes(dir.path());
 
         // Installing an older snapshot is refused, and changes nothing.
-        let error = install(&mut machine, 10, &older).err().expect("refused");
+        let error = install(&mut machine, 10, &older).expect_err("refused");
         assert!(error.to_string().contains("already applied"), "{error}");
         assert_eq!(machine.applied(), (20, newer.digest()));
 

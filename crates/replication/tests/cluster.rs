@@ -409,8 +409,7 @@ async fn a_forged_snapshot_sent_over_the_transport_is_refused_and_changes_nothin
     let status = client
         .install_snapshot(futures::stream::iter(messages))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
     assert!(status.message().contains("counts more records"), "{status}");
 
