@@ -320,7 +320,8 @@ impl RaftTransport for RaftTransportService {
             .ok_or_else(|| tonic::Status::invalid_argument("snapshot stream: no offer"))?;
         let offer: SnapshotOffer = decode(&first)?;
         let timeout = snapshot_timeout(offer.len_bytes);
-        let received = tokio::time::timeout(
+        // The permit is held until Raft has installed (or dropped) the decoded ledger.
+        let (received, _permit) = tokio::time::timeout(
             timeout,
             receive_snapshot(&self.machine, &offer, messages, permit),
         )
@@ -349,25 +350,28 @@ impl RaftTransport for RaftTransportService {
 
 /// Receives the bytes of the snapshot `offer` declares into a file and checks it whole. The
 /// file is written, then read back and decoded, on a blocking thread fed through a bounded
-/// queue; it holds `permit` until it is done, even if the caller stopped waiting.
+/// queue, which holds `permit` until it is done (even if the caller stopped waiting) and then
+/// hands it back with the decoded snapshot.
 async fn receive_snapshot(
     machine: &LedgerStateMachine<TypeConfig>,
     offer: &SnapshotOffer,
     mut messages: tonic::Streaming<proto::RaftMessage>,
     permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<SnapshotData, tonic::Status> {
+) -> Result<(SnapshotData, tokio::sync::OwnedSemaphorePermit), tonic::Status> {
     let refused = |e: std::io::Error| tonic::Status::invalid_argument(e.to_string());
     let (chunks, mut queued) =
         tokio::sync::mpsc::channel::<bytes::Bytes>(limits::PEER_SNAPSHOT_CHUNKS_QUEUED_MAX);
     let machine = machine.clone();
     let offer = offer.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut receiver = machine.receive_snapshot(&offer)?;
-        while let Some(chunk) = queued.blocking_recv() {
-            receiver.write(&chunk)?;
-        }
-        receiver.finish()
+        let mut receive = || {
+            let mut receiver = machine.receive_snapshot(&offer)?;
+            while let Some(chunk) = queued.blocking_recv() {
+                receiver.write(&chunk)?;
+            }
+            receiver.finish()
+        };
+        receive().map(|data| (data, permit))
     });
     while let Some(message) = messages.message().await? {
         if chunks.send(message.body).await.is_err() {
