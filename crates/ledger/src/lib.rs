@@ -29,7 +29,7 @@ pub use codec::{
 pub use limits::BATCH_EVENTS_MAX;
 pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError};
 pub use results::{CreateAccountResult, CreateTransferResult, EventResult};
-pub use snapshot::{SnapshotError, StateDigest};
+pub use snapshot::{SnapshotError, SnapshotWriter, StateDigest};
 pub use state::{BatchResults, StateMachine};
 pub use types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
 

@@ -7,7 +7,7 @@
 //! on load. The snapshot code writes to any `io::Write` and reads from any `io::Read`; opening
 //! files is the caller's business.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -57,12 +57,12 @@ pub enum SnapshotError {
     Inconsistent(&'static str),
 }
 
-struct HashingWriter<'a, W: Write + ?Sized> {
-    inner: &'a mut W,
+struct HashingWriter<W: Write> {
+    inner: W,
     hasher: Sha256,
 }
 
-impl<W: Write + ?Sized> Write for HashingWriter<'_, W> {
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(buf)?;
         self.hasher.update(&buf[..written]);
@@ -70,6 +70,81 @@ impl<W: Write + ?Sized> Write for HashingWriter<'_, W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A canonical snapshot being written a step at a time (see [`StateMachine::begin_snapshot`]).
+pub struct SnapshotWriter<W: Write> {
+    w: io::BufWriter<HashingWriter<W>>,
+    /// Every transfer's pending status when the snapshot began (later batches may post, void
+    /// or expire them); also how many transfers the snapshot holds.
+    statuses: Vec<TransferPendingStatus>,
+    expiry_events_count: usize,
+    /// The failed ids when the snapshot began, sorted.
+    failed: Vec<u128>,
+    next_transfer: usize,
+    /// The next expiry event, once their count is written.
+    next_expiry: Option<usize>,
+    digest: Option<StateDigest>,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Writes at most `SNAPSHOT_STEP_RECORDS_MAX` more records from `state`, which must be the
+    /// state the snapshot began from, changed since only by applied batches (not replaced by
+    /// another). Returns the snapshot's digest once it is complete (and on every call after).
+    pub fn step(&mut self, state: &StateMachine) -> io::Result<Option<StateDigest>> {
+        if self.digest.is_some() {
+            return Ok(self.digest);
+        }
+        assert!(
+            state.transfers.len() >= self.statuses.len()
+                && state.expiry_events.len() >= self.expiry_events_count,
+            "a snapshot continued on a state that is not the one it began from"
+        );
+        let mut budget = limits::SNAPSHOT_STEP_RECORDS_MAX;
+        let mut record = [0u8; RECORD_BUFFER_SIZE];
+        while budget > 0 && self.next_transfer < self.statuses.len() {
+            let index = self.next_transfer;
+            encode_transfer(&state.transfers[index], &mut record);
+            record[TRANSFER_SIZE] = self.statuses[index] as u8;
+            self.w.write_all(&record[..TRANSFER_SIZE + 1])?;
+            self.next_transfer += 1;
+            budget -= 1;
+        }
+        if self.next_transfer < self.statuses.len() {
+            return Ok(None);
+        }
+        let next_expiry = match self.next_expiry {
+            Some(next) => next,
+            None => {
+                self.w
+                    .write_all(&(self.expiry_events_count as u64).to_le_bytes())?;
+                0
+            }
+        };
+        let end = (next_expiry + budget).min(self.expiry_events_count);
+        for (timestamp, index) in &state.expiry_events[next_expiry..end] {
+            self.w.write_all(&timestamp.to_le_bytes())?;
+            self.w.write_all(&index.to_le_bytes())?;
+        }
+        self.next_expiry = Some(end);
+        if end < self.expiry_events_count {
+            return Ok(None);
+        }
+        self.w
+            .write_all(&(self.failed.len() as u64).to_le_bytes())?;
+        for id in &self.failed {
+            self.w.write_all(&id.to_le_bytes())?;
+        }
+        self.w.flush()?;
+        let digest = StateDigest(self.w.get_ref().hasher.clone().finalize().into());
+        self.digest = Some(digest);
+        Ok(self.digest)
+    }
+
+    /// The output, once every byte written reached it.
+    pub fn into_inner(self) -> io::Result<W> {
+        Ok(self.w.into_inner().map_err(|e| e.into_error())?.inner)
     }
 }
 
@@ -89,6 +164,11 @@ impl StateDigest {
     }
 }
 
+/// Size of one expiry event in a snapshot (timestamp, transfer index).
+const EXPIRY_EVENT_SIZE: usize = 8 + 4;
+/// Size of one failed transfer id in a snapshot.
+const FAILED_ID_SIZE: usize = 16;
+
 /// Room for one encoded account or transfer plus its status byte.
 const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
     ACCOUNT_SIZE
@@ -99,6 +179,22 @@ const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
 impl StateMachine {
     /// Writes the canonical snapshot to `out` and returns its digest.
     pub fn write_snapshot<W: Write + ?Sized>(&self, out: &mut W) -> io::Result<StateDigest> {
+        let mut writer = self.begin_snapshot(out)?;
+        loop {
+            if let Some(digest) = writer.step(self)? {
+                return Ok(digest);
+            }
+        }
+    }
+
+    /// Starts writing the canonical snapshot of the state as it is now to `out`, to be
+    /// continued by [`SnapshotWriter::step`] while batches go on being applied in between.
+    ///
+    /// Writes the fixed fields and the accounts now, and keeps what a later batch could change
+    /// about older records (pending statuses, failed ids); transfers and expiry events are only
+    /// ever appended, so the steps read them later from the moved-on state. Costs one byte per
+    /// transfer and 16 per failed id besides the accounts.
+    pub fn begin_snapshot<W: Write>(&self, out: W) -> io::Result<SnapshotWriter<W>> {
         // Buffered in front of the hasher, so that hashing and writing happen in large chunks.
         let mut w = io::BufWriter::with_capacity(
             IO_CHUNK_BYTES,
@@ -120,26 +216,18 @@ impl StateMachine {
             w.write_all(&record[..ACCOUNT_SIZE])?;
         }
         w.write_all(&(self.transfers.len() as u64).to_le_bytes())?;
-        for (transfer, status) in self.transfers.iter().zip(&self.transfer_status) {
-            encode_transfer(transfer, &mut record);
-            record[TRANSFER_SIZE] = *status as u8;
-            w.write_all(&record[..TRANSFER_SIZE + 1])?;
-        }
-        w.write_all(&(self.expiry_events.len() as u64).to_le_bytes())?;
-        for (timestamp, index) in &self.expiry_events {
-            w.write_all(&timestamp.to_le_bytes())?;
-            w.write_all(&index.to_le_bytes())?;
-        }
         // Sorted, so that the hash set's iteration order cannot reach the bytes.
         let mut failed: Vec<u128> = self.failed_transfer_ids.iter().copied().collect();
         failed.sort_unstable();
-        w.write_all(&(failed.len() as u64).to_le_bytes())?;
-        for id in failed {
-            w.write_all(&id.to_le_bytes())?;
-        }
-        let hashing = w.into_inner().map_err(|e| e.into_error())?;
-        hashing.inner.flush()?;
-        Ok(StateDigest(hashing.hasher.finalize().into()))
+        Ok(SnapshotWriter {
+            w,
+            statuses: self.transfer_status.clone(),
+            expiry_events_count: self.expiry_events.len(),
+            failed,
+            next_transfer: 0,
+            next_expiry: None,
+            digest: None,
+        })
     }
 
     /// The digest of the current state (the snapshot's bytes are hashed, not kept).
@@ -148,20 +236,27 @@ impl StateMachine {
             .expect("writing to a sink cannot fail")
     }
 
-    /// Reads a snapshot written by [`StateMachine::write_snapshot`] and rebuilds everything
-    /// derived (indexes, per-account entries, balance history), checking that the rebuilt
-    /// balances equal the stored ones. Returns the state and the digest of the bytes read.
+    /// Reads a snapshot of exactly `len_bytes` bytes written by [`StateMachine::write_snapshot`]
+    /// and rebuilds everything derived (indexes, per-account entries, balance history),
+    /// checking that the rebuilt balances equal the stored ones. Returns the state and the
+    /// digest of the bytes read.
+    ///
+    /// Every count in the snapshot is checked against the bytes that remain of `len_bytes`
+    /// before anything is allocated for it, so a damaged or forged snapshot cannot ask for more
+    /// memory than its own length justifies. Bytes of `input` past `len_bytes` are not read.
     pub fn read_snapshot<R: Read + ?Sized>(
         input: &mut R,
+        len_bytes: u64,
     ) -> Result<(StateMachine, StateDigest), SnapshotError> {
         let mut r = SnapshotReader {
             buffered: io::BufReader::with_capacity(
                 IO_CHUNK_BYTES,
                 HashingReader {
-                    inner: input,
+                    inner: Read::take(input, len_bytes),
                     hasher: Sha256::new(),
                 },
             ),
+            remaining_bytes: len_bytes,
         };
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
@@ -176,14 +271,14 @@ impl StateMachine {
         let expiry_timestamp_last = r.u64()?;
         let batches_applied = r.u64()?;
 
-        let accounts_count = r.count()?;
+        let accounts_count = r.count(ACCOUNT_SIZE)?;
         let mut record = [0u8; RECORD_BUFFER_SIZE];
         let mut stored_accounts = Vec::with_capacity(accounts_count);
         for _ in 0..accounts_count {
             r.read_exact(&mut record[..ACCOUNT_SIZE])?;
             stored_accounts.push(decode_account(&record));
         }
-        let transfers_count = r.count()?;
+        let transfers_count = r.count(TRANSFER_SIZE + 1)?;
         let mut state = StateMachine::with_capacity(accounts_count, transfers_count);
         state.timestamp_last = timestamp_last;
         state.expiry_timestamp_last = expiry_timestamp_last;
@@ -236,7 +331,7 @@ impl StateMachine {
             state.transfer_status.push(status);
         }
         state.index_transfers()?;
-        let expiries_count = r.count()?;
+        let expiries_count = r.count(EXPIRY_EVENT_SIZE)?;
         state.expiry_events.reserve_exact(expiries_count);
         for _ in 0..expiries_count {
             let timestamp = r.u64()?;
@@ -248,13 +343,13 @@ impl StateMachine {
             }
             state.expiry_events.push((timestamp, index));
         }
-        let failed_count = r.count()?;
+        let failed_count = r.count(FAILED_ID_SIZE)?;
         for _ in 0..failed_count {
             let mut id = [0u8; 16];
             r.read_exact(&mut id)?;
             state.failed_transfer_ids.insert(u128::from_le_bytes(id));
         }
-        if !r.buffered.fill_buf()?.is_empty() {
+        if r.remaining_bytes != 0 {
             return Err(SnapshotError::Inconsistent(
                 "bytes after the end of the snapshot",
             ));
@@ -349,12 +444,12 @@ impl StateMachine {
 }
 
 /// Hashes every byte read through it.
-struct HashingReader<'a, R: Read + ?Sized> {
-    inner: &'a mut R,
+struct HashingReader<R: Read> {
+    inner: R,
     hasher: Sha256,
 }
 
-impl<R: Read + ?Sized> Read for HashingReader<'_, R> {
+impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
@@ -362,14 +457,24 @@ impl<R: Read + ?Sized> Read for HashingReader<'_, R> {
     }
 }
 
-/// Fixed-width fields from a buffered, hashing reader.
+/// Fixed-width fields from a buffered, hashing reader, never past the snapshot's length.
 struct SnapshotReader<'a, R: Read + ?Sized> {
-    buffered: io::BufReader<HashingReader<'a, R>>,
+    buffered: io::BufReader<HashingReader<io::Take<&'a mut R>>>,
+    /// Bytes of the snapshot not yet read.
+    remaining_bytes: u64,
 }
 
 impl<R: Read + ?Sized> SnapshotReader<'_, R> {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.buffered.read_exact(buf)
+        if buf.len() as u64 > self.remaining_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the snapshot ends in the middle of a field",
+            ));
+        }
+        self.buffered.read_exact(buf)?;
+        self.remaining_bytes -= buf.len() as u64;
+        Ok(())
     }
     fn u32(&mut self) -> io::Result<u32> {
         let mut b = [0u8; 4];
@@ -381,12 +486,155 @@ impl<R: Read + ?Sized> SnapshotReader<'_, R> {
         self.read_exact(&mut b)?;
         Ok(u64::from_le_bytes(b))
     }
-    /// A length prefix, bounded so that a damaged one cannot ask for absurd memory.
-    fn count(&mut self) -> Result<usize, SnapshotError> {
+    /// A count of records of `record_bytes` each, bounded by the bytes the snapshot has left,
+    /// so that a damaged or forged one cannot ask for memory its length does not justify.
+    fn count(&mut self, record_bytes: usize) -> Result<usize, SnapshotError> {
+        debug_assert!(record_bytes > 0);
         let count = self.u64()?;
         if count > u64::from(u32::MAX) {
             return Err(SnapshotError::Inconsistent("a length prefix exceeds 2^32"));
         }
+        if count * record_bytes as u64 > self.remaining_bytes {
+            return Err(SnapshotError::Inconsistent(
+                "a length prefix counts more records than the snapshot's remaining bytes hold",
+            ));
+        }
         Ok(count as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Batch, BatchBody, Transfer};
+
+    /// The fixed header of a snapshot (magic, version, timestamps, batches applied).
+    fn header() -> Vec<u8> {
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 24]);
+        bytes
+    }
+
+    fn read(bytes: &[u8]) -> Result<(StateMachine, StateDigest), SnapshotError> {
+        StateMachine::read_snapshot(&mut &bytes[..], bytes.len() as u64)
+    }
+
+    #[test]
+    fn a_tiny_snapshot_claiming_billions_of_records_is_refused_before_allocating() {
+        // A count of 2^32 - 1 (the largest a count may be) in a 68-byte snapshot: reading it
+        // on trust would reserve hundreds of GiB.
+        for forged in 0..4 {
+            let mut bytes = header();
+            for field in 0..4 {
+                let count: u64 = if field == forged { u32::MAX as u64 } else { 0 };
+                bytes.extend_from_slice(&count.to_le_bytes());
+            }
+            assert_eq!(bytes.len(), 68);
+            let error = read(&bytes).expect_err("a forged count is refused");
+            let text = error.to_string();
+            assert!(
+                text.contains("counts more records than the snapshot's remaining bytes hold"),
+                "count {forged}: {text}"
+            );
+        }
+    }
+
+    fn transfer(id: u128, flags: TransferFlags, pending_id: u128, timeout: u32) -> Transfer {
+        Transfer {
+            id,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: if pending_id == 0 { 1 } else { 0 },
+            pending_id,
+            timeout,
+            ledger: 1,
+            code: 1,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    fn apply(state: &mut StateMachine, timestamp: u64, body: BatchBody) {
+        state.apply(&Batch { timestamp, body });
+    }
+
+    #[test]
+    fn a_snapshot_written_in_steps_while_batches_apply_is_the_snapshot_of_when_it_began() {
+        let mut state = StateMachine::default();
+        let accounts = [1, 2].map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        });
+        apply(&mut state, 1, BatchBody::CreateAccounts(accounts.to_vec()));
+        // More transfers than one step writes; every third one pending with a 1 s timeout.
+        let count = limits::SNAPSHOT_STEP_RECORDS_MAX as u128 + 5_000;
+        let ids: Vec<u128> = (1..=count).collect();
+        for chunk in ids.chunks(limits::BATCH_EVENTS_MAX) {
+            let transfers = chunk
+                .iter()
+                .map(|&id| match id % 3 {
+                    0 => transfer(id, TransferFlags::PENDING, 0, 1),
+                    _ => transfer(id, TransferFlags::empty(), 0, 0),
+                })
+                .collect();
+            apply(&mut state, 0, BatchBody::CreateTransfers(transfers));
+        }
+        let mut expected = Vec::new();
+        let expected_digest = state.write_snapshot(&mut expected).unwrap();
+
+        let mut bytes = Vec::new();
+        let mut writer = state.begin_snapshot(&mut bytes).unwrap();
+        assert_eq!(writer.step(&state).unwrap(), None);
+        // Between steps: pending transfers posted and voided, the rest expired (new expiry
+        // events), a new transfer appended.
+        let resolve = |id: u128, flags| transfer(1_000_000 + id, flags, id, 0);
+        apply(
+            &mut state,
+            0,
+            BatchBody::CreateTransfers(vec![
+                resolve(66_000, TransferFlags::POST_PENDING_TRANSFER),
+                resolve(66_003, TransferFlags::VOID_PENDING_TRANSFER),
+                transfer(2_000_000, TransferFlags::empty(), 0, 0),
+            ]),
+        );
+        apply(
+            &mut state,
+            u64::MAX / 4,
+            BatchBody::CreateTransfers(vec![transfer(2_000_001, TransferFlags::empty(), 0, 0)]),
+        );
+        assert_ne!(state.digest(), expected_digest);
+        let digest = loop {
+            if let Some(digest) = writer.step(&state).unwrap() {
+                break digest;
+            }
+        };
+        drop(writer);
+        assert_eq!(digest, expected_digest);
+        assert!(
+            bytes == expected,
+            "the stepped snapshot differs from the one at its start"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_is_read_only_up_to_its_declared_length() {
+        let mut bytes = Vec::new();
+        let written = StateMachine::default().write_snapshot(&mut bytes).unwrap();
+        let len = bytes.len() as u64;
+        // Bytes past the declared length are neither read nor hashed.
+        bytes.extend_from_slice(b"trailing bytes of another file");
+        let (_, read_digest) = StateMachine::read_snapshot(&mut bytes.as_slice(), len).unwrap();
+        assert_eq!(read_digest, written);
+        // A declared length longer than the snapshot leaves bytes unaccounted for.
+        let error =
+            StateMachine::read_snapshot(&mut bytes.as_slice(), len + 1).expect_err("refused");
+        assert!(error.to_string().contains("bytes after the end"), "{error}");
+        // A shorter one cuts a field.
+        let error =
+            StateMachine::read_snapshot(&mut bytes.as_slice(), len - 1).expect_err("refused");
+        assert!(error.to_string().contains("middle of a field"), "{error}");
     }
 }

@@ -360,7 +360,8 @@ fn run(batches: Vec<(u64, Spec)>) -> Result<(), TestCaseError> {
     // A snapshot round trip rebuilds an identical state: same digest, same answers.
     let mut bytes = Vec::new();
     let written = state.write_snapshot(&mut bytes).unwrap();
-    let (reloaded, read) = StateMachine::read_snapshot(&mut bytes.as_slice()).unwrap();
+    let (reloaded, read) =
+        StateMachine::read_snapshot(&mut bytes.as_slice(), bytes.len() as u64).unwrap();
     prop_assert_eq!(written, read);
     prop_assert_eq!(reloaded.digest(), written);
     compare_everything(&reloaded, &model)?;

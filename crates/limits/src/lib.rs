@@ -58,8 +58,9 @@ pub const LEDGER_ACCOUNTS_MAX: u64 = u32::MAX as u64;
 pub const LEDGER_TRANSFERS_MAX: u64 = (1 << 31) - 1;
 
 /// Share of the memory available at start that the default ledger capacity plans for; the rest
-/// is left for the journal's buffers, the Raft log cache, building and sending snapshots (a
-/// snapshot is held in memory whole, about `EVENT_BYTES` per object), the runtime and the OS.
+/// is left for the journal's buffers, the Raft log cache, a snapshot received from the leader
+/// (decoded and checked beside the current state before it replaces it; snapshots themselves
+/// are built, sent and received through files), the runtime and the OS.
 pub const LEDGER_MEMORY_PERCENT_DEFAULT: u64 = 50;
 
 /// Share of the ledger's memory budget given to accounts by default (the rest to transfers):
@@ -124,9 +125,11 @@ pub const RAFT_LOG_FLUSHES_QUEUED_MAX: usize =
 /// `replication/src/applier.rs`, whose queues are unbounded today.)
 pub const LEDGER_APPLY_JOBS_QUEUED_MAX: usize = 1;
 
-/// Most entries one AppendEntries message carries (openraft's `max_payload_entries`, whose
-/// default it is): bounds a replication message to about 300 MiB of full batches.
-pub const RAFT_APPEND_ENTRIES_MAX: u64 = 300;
+/// Most entries one AppendEntries message carries (openraft's `max_payload_entries`): bounds a
+/// replication message to about 64 MiB of full batches, so a follower catching up from the log
+/// gets it in messages that each move in well under a second (openraft's default of 300 made
+/// 300 MiB messages, which could not arrive within an RPC timeout of a heartbeat interval).
+pub const RAFT_APPEND_ENTRIES_MAX: u64 = 64;
 
 /// Raft entries between two snapshots (after which the log behind the snapshot is purged);
 /// also `fincore serve --checkpoint-interval`'s default. 0 means never.
@@ -144,10 +147,53 @@ pub const RAFT_LEARNER_CAUGHT_UP_LAG_ENTRIES_MAX: u64 = 64;
 /// that the node stays a learner (below the 120 s a `fincore admin` command waits for an answer).
 pub const RAFT_LEARNER_CATCH_UP_SECONDS_MAX: u64 = 100;
 
-/// Largest message between replicas (1 GiB): a whole snapshot travels in one message for now,
-/// so this also bounds the ledger a lagging follower can be sent. Well below the 4 GiB that
-/// gRPC's 32-bit length prefix allows.
+/// Largest message between replicas (1 GiB). Snapshots travel in chunks of
+/// `PEER_SNAPSHOT_CHUNK_BYTES`, so only a full AppendEntries message needs this much. Well
+/// below the 4 GiB that gRPC's 32-bit length prefix allows.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+
+/// Largest snapshot of a ledger's state: every account and every transfer the ledger can hold
+/// at all, plus an expiry event per transfer and a failed id per possible transfer id, plus
+/// the fixed fields. A peer offering a longer one is refused before a byte is written.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64
+    + 4 * 8
+    + LEDGER_ACCOUNTS_MAX * EVENT_BYTES as u64
+    + LEDGER_TRANSFERS_MAX * (EVENT_BYTES as u64 + 1)
+    + LEDGER_TRANSFERS_MAX * 12
+    + LEDGER_TRANSFERS_MAX * 16;
+
+/// Records (transfers or expiry events) one step of a snapshot build writes while it holds the
+/// ledger's read lock: about 8 MiB, a few milliseconds, after which batches waiting to apply go
+/// first.
+pub const SNAPSHOT_STEP_RECORDS_MAX: usize = 65_536;
+
+/// Largest header of a snapshot file or a snapshot offer (64 KiB): the snapshot's last log
+/// id and the group's membership with every member's addresses, a few hundred bytes in
+/// practice; a longer one is refused as damaged or forged before it is read.
+pub const SNAPSHOT_HEADER_BYTES_MAX: usize = 64 << 10;
+
+/// Snapshot bytes in one message of a snapshot stream between replicas (1 MiB): the sender
+/// reads its file a chunk at a time and the receiver writes each chunk to its own file, so a
+/// snapshot of any size moves with a few chunks in memory.
+pub const PEER_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Chunks a receiving replica holds between its network and its file writer before it stops
+/// reading from the network (HTTP/2 flow control then holds the sender back).
+pub const PEER_SNAPSHOT_CHUNKS_QUEUED_MAX: usize = 4;
+
+/// Snapshot receptions a replica runs at once: each ends with a decoded ledger in memory, so a
+/// second one waits to be retried instead of doubling that memory.
+pub const PEER_SNAPSHOT_RECEPTIONS_MAX: usize = 1;
+
+/// Fixed part of the time a snapshot's sending, checking and installing may take before the
+/// sender gives up and the receiver drops what it received (10 s).
+pub const PEER_SNAPSHOT_TIMEOUT_BASE_MS: u64 = 10_000;
+
+/// Slowest rate a big message between replicas (AppendEntries, a snapshot) is allowed to move
+/// and be handled at (4 MiB/s, over the network, the receiver's disk and its decoding
+/// together): its timeout grows by a second for every this many bytes, so a follower catching
+/// up is never cut off for being sent much.
+pub const PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN: u64 = 4 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 flow control (client, node and peer transport alike).
@@ -271,6 +317,23 @@ const _: () = assert!(LEDGER_APPLY_JOBS_QUEUED_MAX >= 1);
 // Entries behind a snapshot fit in the log cache, so catching up from them reads no disk.
 const _: () =
     assert!(RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES as usize <= RAFT_LOG_CACHED_ENTRIES_MAX);
+// A snapshot offer (its header and the sender's vote) fits one peer message.
+const _: () = assert!(2 * SNAPSHOT_HEADER_BYTES_MAX <= PEER_MESSAGE_BYTES_MAX);
+// A snapshot chunk and its envelope fit a peer message, and the chunks queued at a receiver
+// fit one HTTP/2 stream window.
+const _: () = assert!(PEER_SNAPSHOT_CHUNK_BYTES + 64 <= PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(
+    PEER_SNAPSHOT_CHUNK_BYTES * PEER_SNAPSHOT_CHUNKS_QUEUED_MAX
+        <= HTTP2_STREAM_WINDOW_BYTES as usize
+);
+const _: () = assert!(PEER_SNAPSHOT_CHUNKS_QUEUED_MAX >= 1 && PEER_SNAPSHOT_RECEPTIONS_MAX >= 1);
+const _: () =
+    assert!(PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN > 0 && SNAPSHOT_STEP_RECORDS_MAX >= 1);
+// The longest snapshot's timeout fits in a u64 of milliseconds.
+const _: () = assert!(
+    SNAPSHOT_BYTES_MAX / PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN
+        < u64::MAX / 1000 - PEER_SNAPSHOT_TIMEOUT_BASE_MS
+);
 // gRPC's length prefix is 32 bits; tonic refuses anything larger.
 const _: () = assert!(PEER_MESSAGE_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(GRPC_MESSAGE_BYTES_MAX <= u32::MAX as usize);

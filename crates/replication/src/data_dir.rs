@@ -73,7 +73,7 @@ impl FormatMarker {
 
 /// Files only a replica writes; a directory holding one of them but no marker was written by
 /// fincore before the marker existed.
-pub(crate) const REPLICA_FILES: [&str; 2] = ["raft-meta.json", crate::state_machine::SNAPSHOT_FILE];
+pub(crate) const REPLICA_FILES: [&str; 2] = ["raft-meta.json", crate::snapshot::SNAPSHOT_FILE];
 
 /// What the retired embedded engine kept its checkpoints in (a format no longer read).
 pub(crate) const ENGINE_CHECKPOINTS_DIR: &str = "checkpoints";

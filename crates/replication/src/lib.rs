@@ -3,8 +3,9 @@
 //! Owns the one place where openraft (pinned to an exact version) meets fincore: the type
 //! configuration, the log storage on top of `journal` (one Raft entry = one journal record =
 //! one sealed batch; votes kept durable beside it), the state machine wrapper around
-//! `ledger::StateMachine` with its snapshots, the data directory's format marker, explicit
-//! membership (which start may create or join a group on which directory), and the
+//! `ledger::StateMachine` with its snapshots (files, streamed between replicas in chunks), the
+//! data directory's format marker, explicit membership (which start may create or join a group
+//! on which directory), and the
 //! replica-to-replica transport over gRPC.
 //! Nothing outside this crate names an openraft type, so a version bump touches only here.
 
@@ -17,6 +18,7 @@ mod network;
 pub mod peer_tls;
 mod raft_config;
 mod replica;
+mod snapshot;
 mod state_machine;
 mod storage_options;
 mod types;
@@ -37,6 +39,10 @@ pub use verify::{VerifyReport, verify};
 pub mod openraft_side {
     pub use crate::log_store::{LogStore, journal_index};
     pub use crate::raft_config::{RaftTiming, raft_config};
+    pub use crate::snapshot::{
+        SnapshotChunks, SnapshotData, SnapshotOffer, SnapshotReceiver, SnapshotVote,
+        snapshot_timeout,
+    };
     pub use crate::state_machine::LedgerStateMachine;
     pub use crate::storage_options::{ApplyObserver, PlantedBug, StorageOptions, SyncDelay};
     pub use crate::types::{LedgerConfig, LedgerEntry, StdLeaderId, TypeConfig};

@@ -1,10 +1,16 @@
 //! Replica-to-replica transport: openraft's RPCs over gRPC (tonic), bodies encoded with
 //! postcard. A remote failure travels back as text and is treated as "unreachable" (openraft
 //! backs off and retries); only fincore replicas of the same build talk this protocol.
+//! Snapshots are streamed: the sender reads its snapshot file a chunk at a time, the receiver
+//! writes the chunks to a file of its own on a blocking thread (a few chunks queued between
+//! them), checks it whole and only then hands it to Raft; both sides give up after a time
+//! that grows with the snapshot's length.
 
 use std::future::Future;
-use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
@@ -12,7 +18,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{AnyError, OptionalSend};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,16 +27,15 @@ use tonic::transport::{Channel, Endpoint};
 use crate::proto::{
     self, raft_transport_client::RaftTransportClient, raft_transport_server::RaftTransport,
 };
+use crate::snapshot::{SnapshotData, SnapshotOffer, snapshot_timeout};
 use crate::state_machine::LedgerStateMachine;
 use crate::types::{NodeId, PeerNode, TypeConfig};
 
 /// The Raft instance of a replica (crate-private: nothing outside names an openraft type).
 pub(crate) type Raft = openraft::Raft<TypeConfig, LedgerStateMachine<TypeConfig>>;
 
-/// Largest transport message (a whole snapshot travels in one for now).
+/// Largest transport message (a full AppendEntries; snapshots travel in chunks).
 use limits::PEER_MESSAGE_BYTES_MAX as MESSAGE_BYTES_MAX;
-
-type SnapshotFrame = (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>);
 
 /// HTTP/2 flow-control windows, sized for full batches.
 use limits::{HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_STREAM_WINDOW_BYTES};
@@ -110,8 +115,11 @@ impl TransportClient {
     {
         let message = postcard::to_allocvec(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e.to_string()))))?;
+        // openraft allows a heartbeat interval per AppendEntries; one carrying many full
+        // batches (a follower catching up) gets the time its bytes need besides.
+        let timeout = timeout + transfer_time(message.len() as u64);
         let client = self.client()?;
-        let answer = match tokio::time::timeout(
+        let answer = tokio::time::timeout(
             timeout,
             send(
                 client,
@@ -120,8 +128,20 @@ impl TransportClient {
                 },
             ),
         )
-        .await
-        {
+        .await;
+        self.answer(answer, timeout)
+    }
+
+    /// The peer's answer to a call that took at most `timeout`.
+    fn answer<Resp: DeserializeOwned>(
+        &mut self,
+        answer: Result<
+            Result<tonic::Response<proto::RaftMessage>, tonic::Status>,
+            tokio::time::error::Elapsed,
+        >,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let answer = match answer {
             Ok(Ok(answer)) => answer.into_inner(),
             Ok(Err(status)) => {
                 // Start over with a fresh connection: the peer may have been replaced at the
@@ -146,8 +166,40 @@ impl TransportClient {
     }
 }
 
+/// The time `len_bytes` may take to move at `PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN`.
+fn transfer_time(len_bytes: u64) -> Duration {
+    Duration::from_millis(len_bytes * 1000 / limits::PEER_TRANSFER_RATE_BYTES_PER_SECOND_MIN)
+}
+
+/// The messages of a snapshot stream: the offer, then the snapshot's bytes read from its file
+/// a chunk at a time on a blocking thread (a read error ends the stream early, which the
+/// receiver refuses as cut short).
+fn snapshot_stream(
+    offer: proto::RaftMessage,
+    data: &SnapshotData,
+) -> impl futures::Stream<Item = proto::RaftMessage> + Send + 'static {
+    let chunks = futures::stream::unfold(Some(data.chunks()), |chunks| async move {
+        let mut chunks = chunks?;
+        let (chunks, next) = tokio::task::spawn_blocking(move || {
+            let next = chunks.next_chunk();
+            (chunks, next)
+        })
+        .await
+        .ok()?;
+        match next {
+            Ok(Some(chunk)) => Some((proto::RaftMessage { body: chunk.into() }, Some(chunks))),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "reading the snapshot to send failed");
+                None
+            }
+        }
+    });
+    futures::stream::once(async { offer }).chain(chunks)
+}
+
 impl RaftNetworkV2<TypeConfig> for TransportClient {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -178,12 +230,25 @@ impl RaftNetworkV2<TypeConfig> for TransportClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let frame: SnapshotFrame = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let data = snapshot.snapshot;
+        let offer = SnapshotOffer {
+            vote,
+            meta: snapshot.meta,
+            len_bytes: data.len_bytes(),
+            digest: data.digest(),
+        };
+        // The receiver gives up after `snapshot_timeout` too; the sender waits a little longer
+        // for its answer.
+        let timeout =
+            (snapshot_timeout(offer.len_bytes) + Duration::from_secs(1)).max(option.hard_ttl());
+        let messages = snapshot_stream(encode(&offer).map_err(unreachable)?, &data);
+        let mut client = self.client()?;
         tokio::pin!(cancel);
-        tokio::select! {
-            closed = &mut cancel => Err(StreamingError::Closed(closed)),
-            answer = self.call(&frame, option.hard_ttl(), |mut c, m| async move { c.full_snapshot(m).await }) => Ok(answer?),
-        }
+        let answer = tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            answer = tokio::time::timeout(timeout, client.install_snapshot(messages)) => answer,
+        };
+        Ok(self.answer(answer, timeout)?)
     }
 
     async fn transfer_leader(
@@ -201,15 +266,25 @@ impl RaftNetworkV2<TypeConfig> for TransportClient {
 /// The receiving side: hands peers' RPCs to the local Raft.
 pub struct RaftTransportService {
     raft: Raft,
+    machine: LedgerStateMachine<TypeConfig>,
+    /// Snapshot receptions running (each ends holding a decoded ledger).
+    receptions: Arc<tokio::sync::Semaphore>,
 }
 
 impl RaftTransportService {
     pub(crate) fn new(
         raft: Raft,
+        machine: LedgerStateMachine<TypeConfig>,
     ) -> proto::raft_transport_server::RaftTransportServer<RaftTransportService> {
-        proto::raft_transport_server::RaftTransportServer::new(RaftTransportService { raft })
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+        proto::raft_transport_server::RaftTransportServer::new(RaftTransportService {
+            raft,
+            machine,
+            receptions: Arc::new(tokio::sync::Semaphore::new(
+                limits::PEER_SNAPSHOT_RECEPTIONS_MAX,
+            )),
+        })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 }
 
@@ -229,13 +304,39 @@ impl RaftTransport for RaftTransportService {
         answer(self.raft.vote(decode(request.get_ref())?).await)
     }
 
-    async fn full_snapshot(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
-        let (vote, meta, data): SnapshotFrame = decode(request.get_ref())?;
-        let snapshot = SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
-            meta,
-            snapshot: Cursor::new(data),
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<tonic::Streaming<proto::RaftMessage>>,
+    ) -> Answer {
+        let Ok(permit) = Arc::clone(&self.receptions).try_acquire_owned() else {
+            return Err(tonic::Status::resource_exhausted(
+                "another snapshot is being received; retry later",
+            ));
         };
-        answer(self.raft.install_full_snapshot(vote, snapshot).await)
+        let mut messages = request.into_inner();
+        let first = messages
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::invalid_argument("snapshot stream: no offer"))?;
+        let offer: SnapshotOffer = decode(&first)?;
+        let timeout = snapshot_timeout(offer.len_bytes);
+        // The permit is held until Raft has installed (or dropped) the decoded ledger.
+        let (received, _permit) = tokio::time::timeout(
+            timeout,
+            receive_snapshot(&self.machine, &offer, messages, permit),
+        )
+        .await
+        .map_err(|_| {
+            tonic::Status::deadline_exceeded(format!(
+                "snapshot of {} bytes not received and checked within {timeout:?}",
+                offer.len_bytes
+            ))
+        })??;
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: offer.meta,
+            snapshot: received,
+        };
+        answer(self.raft.install_full_snapshot(offer.vote, snapshot).await)
     }
 
     async fn transfer_leader(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
@@ -245,6 +346,43 @@ impl RaftTransport for RaftTransportService {
                 .await,
         )
     }
+}
+
+/// Receives the bytes of the snapshot `offer` declares into a file and checks it whole. The
+/// file is written, then read back and decoded, on a blocking thread fed through a bounded
+/// queue, which holds `permit` until it is done (even if the caller stopped waiting) and then
+/// hands it back with the decoded snapshot.
+async fn receive_snapshot(
+    machine: &LedgerStateMachine<TypeConfig>,
+    offer: &SnapshotOffer,
+    mut messages: tonic::Streaming<proto::RaftMessage>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(SnapshotData, tokio::sync::OwnedSemaphorePermit), tonic::Status> {
+    let refused = |e: std::io::Error| tonic::Status::invalid_argument(e.to_string());
+    let (chunks, mut queued) =
+        tokio::sync::mpsc::channel::<bytes::Bytes>(limits::PEER_SNAPSHOT_CHUNKS_QUEUED_MAX);
+    let machine = machine.clone();
+    let offer = offer.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut receive = || {
+            let mut receiver = machine.receive_snapshot(&offer)?;
+            while let Some(chunk) = queued.blocking_recv() {
+                receiver.write(&chunk)?;
+            }
+            receiver.finish()
+        };
+        receive().map(|data| (data, permit))
+    });
+    while let Some(message) = messages.message().await? {
+        if chunks.send(message.body).await.is_err() {
+            break; // The writer refused the snapshot; its error is the answer.
+        }
+    }
+    drop(chunks);
+    writer
+        .await
+        .map_err(|e| tonic::Status::internal(format!("snapshot writer: {e}")))?
+        .map_err(refused)
 }
 
 #[cfg(test)]

@@ -356,7 +356,7 @@ mod tests {
     type Answer = Result<tonic::Response<crate::proto::RaftMessage>, tonic::Status>;
 
     impl FromNodeOne {
-        fn judge(&self, request: &tonic::Request<crate::proto::RaftMessage>) -> Answer {
+        fn judge<T>(&self, request: &tonic::Request<T>) -> Answer {
             let certificates = request.peer_certs();
             match self
                 .0
@@ -379,9 +379,9 @@ mod tests {
         async fn vote(&self, request: tonic::Request<crate::proto::RaftMessage>) -> Answer {
             self.judge(&request)
         }
-        async fn full_snapshot(
+        async fn install_snapshot(
             &self,
-            request: tonic::Request<crate::proto::RaftMessage>,
+            request: tonic::Request<tonic::Streaming<crate::proto::RaftMessage>>,
         ) -> Answer {
             self.judge(&request)
         }

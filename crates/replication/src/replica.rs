@@ -224,7 +224,7 @@ impl Replica {
 
     /// The service peers send this replica's Raft RPCs to; mount it on the node's gRPC server.
     pub fn transport_service(&self) -> RaftTransportServer<RaftTransportService> {
-        RaftTransportService::new(self.raft.clone())
+        RaftTransportService::new(self.raft.clone(), self.machine.clone())
     }
 
     pub fn id(&self) -> NodeId {

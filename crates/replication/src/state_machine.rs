@@ -2,22 +2,28 @@
 //!
 //! Applying an entry applies its sealed batch to the ledger, one at a time in log order, and
 //! answers the leader's caller with the batch's results. A snapshot is the ledger's canonical
-//! snapshot (whose SHA-256 is the state digest replicas compare); the newest one is also kept in
-//! a file, so a restart and a lagging follower start from it instead of from the first entry.
-//! The same code runs in production and in the simulator ([`StorageOptions`]).
+//! snapshot (whose SHA-256 is the state digest replicas compare); the newest one is kept in a
+//! file (never in memory: see [`crate::snapshot`]), so a restart and a lagging follower start
+//! from it instead of from the first entry. This module decides, under its lock, that a
+//! snapshot replaces the current one only if it is newer, and that an installed snapshot is
+//! never older than what is applied. The same code runs in production and in the simulator
+//! ([`StorageOptions`]).
 
-use std::io::{self, Cursor};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
-use journal::storage::{Storage, read_file, write_atomically};
+use journal::storage::Storage;
 use ledger::{Batch, StateDigest, StateMachine};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
 
 use crate::applier::Applier;
+use crate::snapshot::{
+    SNAPSHOT_FILE, Serialising, SnapshotData, SnapshotOffer, SnapshotReceiver, TempFile,
+    assemble_snapshot_file, open_snapshot_file, remove_stale_temp_files,
+};
 use crate::storage_options::{PlantedBug, StorageOptions};
 use crate::types::{BatchOutcome, LedgerConfig, NodeId, PeerNode, StdLeaderId};
 
@@ -25,24 +31,19 @@ type CommittedLeaderId = <StdLeaderId as openraft::vote::RaftLeaderId>::Committe
 type LogId = openraft::LogId<CommittedLeaderId>;
 pub(crate) type SnapshotMeta = openraft::SnapshotMeta<CommittedLeaderId, NodeId, PeerNode>;
 type StoredMembership = openraft::StoredMembership<CommittedLeaderId, NodeId, PeerNode>;
-type SnapshotOf = openraft::Snapshot<CommittedLeaderId, NodeId, PeerNode, Cursor<Vec<u8>>>;
+type SnapshotOf = openraft::Snapshot<CommittedLeaderId, NodeId, PeerNode, SnapshotData>;
 
 /// The ledger state, shared with whoever serves reads.
 pub type SharedState = Arc<RwLock<StateMachine>>;
 
-/// The file the newest snapshot lives in.
-pub(crate) const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotFileHeader {
-    meta: SnapshotMeta,
-    digest: [u8; 32],
-}
-
 struct Inner {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    current: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    /// The snapshot in the snapshot file (never newer than `last_applied`).
+    current: Option<SnapshotMeta>,
+    /// Snapshots installed so far: a build that sees this change while it reads the state
+    /// knows the state it began from was replaced.
+    installs_count: u64,
 }
 
 /// A ledger for a replica: no cache warm-up pass, because replicas of a group often share
@@ -58,8 +59,6 @@ pub(crate) struct SnapshotFile {
     pub meta: SnapshotMeta,
     pub state: StateMachine,
     pub digest: StateDigest,
-    /// The state's snapshot bytes as stored (what is sent to peers).
-    pub data: Vec<u8>,
 }
 
 /// Reads and checks the snapshot file in `dir`, if there is one.
@@ -68,33 +67,16 @@ pub(crate) fn read_snapshot_file(
     dir: &Path,
 ) -> io::Result<Option<SnapshotFile>> {
     let path = dir.join(SNAPSHOT_FILE);
-    let Some(bytes) = read_file(storage, &path)? else {
+    let Some((meta, data)) = open_snapshot_file(storage, &path)? else {
         return Ok(None);
     };
-    let bad = |what: String| invalid(format!("{}: {what}", path.display()));
-    let header_len = bytes
-        .get(..4)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-        .ok_or_else(|| bad("too short".into()))?;
-    let header: SnapshotFileHeader = postcard::from_bytes(
-        bytes
-            .get(4..4 + header_len)
-            .ok_or_else(|| bad("header cut short".into()))?,
-    )
-    .map_err(|e| bad(e.to_string()))?;
-    let (state, digest) = StateMachine::read_snapshot(&mut &bytes[4 + header_len..])
-        .map_err(|e| bad(e.to_string()))?;
-    if digest.0 != header.digest {
-        return Err(bad(
-            "the state does not match the digest stored with it".into()
-        ));
-    }
-    let data = bytes[4 + header_len..].to_vec();
+    let (state, digest) = data
+        .decode()
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
     Ok(Some(SnapshotFile {
-        meta: header.meta,
+        meta,
         state,
         digest,
-        data,
     }))
 }
 
@@ -131,6 +113,7 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
     /// one, else an empty ledger.
     pub fn open(dir: &Path, options: &StorageOptions) -> io::Result<LedgerStateMachine<C>> {
         let snapshot_path = dir.join(SNAPSHOT_FILE);
+        remove_stale_temp_files(options.storage.as_ref(), dir)?;
         let state = Arc::new(RwLock::new(replicated(StateMachine::default())));
         let applier = match options.apply_on_threads {
             true => Some(Arc::new(Applier::spawn(Arc::clone(&state))?)),
@@ -143,21 +126,20 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
                 last_applied: None,
                 membership: StoredMembership::default(),
                 current: None,
+                installs_count: 0,
             })),
             snapshot_path,
             options: Arc::new(options.clone()),
             _config: std::marker::PhantomData,
         };
-        // The stored bytes are kept as the current snapshot, not encoded again from the state.
-        if let Some(SnapshotFile {
-            meta, state, data, ..
-        }) = read_snapshot_file(options.storage.as_ref(), dir)?
+        if let Some(SnapshotFile { meta, state, .. }) =
+            read_snapshot_file(options.storage.as_ref(), dir)?
         {
             *machine.state.write().expect("never poisoned") = replicated(state);
             let mut inner = machine.inner.lock().expect("never poisoned");
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.current = Some((meta, Arc::new(data)));
+            inner.current = Some(meta);
         }
         Ok(machine)
     }
@@ -188,40 +170,37 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
         (self.applied_index(), state.digest())
     }
 
-    fn load(
-        &mut self,
-        meta: &SnapshotMeta,
-        data: Vec<u8>,
-        expected: Option<[u8; 32]>,
-    ) -> io::Result<()> {
-        let (state, digest) = StateMachine::read_snapshot(&mut data.as_slice()).map_err(invalid)?;
-        if expected.is_some_and(|expected| expected != digest.0) {
-            return Err(invalid(format!(
-                "snapshot {} does not match its digest",
-                self.snapshot_path.display()
-            )));
-        }
-        *self.state.write().expect("never poisoned") = replicated(state);
-        let mut inner = self.inner.lock().expect("never poisoned");
-        inner.last_applied = meta.last_log_id;
-        inner.membership = meta.last_membership.clone();
-        inner.current = Some((meta.clone(), Arc::new(data)));
-        Ok(())
+    fn dir(&self) -> &Path {
+        self.snapshot_path
+            .parent()
+            .expect("the snapshot file is in the data directory")
     }
 
-    /// Writes `data` (whose digest is `digest`) as the snapshot file, replacing the old one
-    /// atomically.
-    fn persist(&self, meta: &SnapshotMeta, data: &[u8], digest: StateDigest) -> io::Result<()> {
-        let header = postcard::to_allocvec(&SnapshotFileHeader {
-            meta: meta.clone(),
-            digest: digest.0,
-        })
-        .map_err(invalid)?;
-        let mut file = Vec::with_capacity(4 + header.len() + data.len());
-        file.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        file.extend_from_slice(&header);
-        file.extend_from_slice(data);
-        write_atomically(self.options.storage.as_ref(), &self.snapshot_path, &file)
+    /// Starts receiving the snapshot a peer offers, into a temporary file of its own (see
+    /// [`SnapshotReceiver`]). Nothing is replaced until the finished snapshot is installed.
+    pub fn receive_snapshot(&self, offer: &SnapshotOffer) -> io::Result<SnapshotReceiver> {
+        SnapshotReceiver::start(&self.options.storage, self.dir(), offer)
+    }
+
+    /// Makes `temp` (a complete, synced snapshot file at `meta`) the snapshot file, if it is
+    /// newer than the current one; otherwise drops it. Call with the inner lock held, so that a
+    /// build and an install cannot both decide they are newest. Returns whether it was kept.
+    fn publish(&self, inner: &mut Inner, meta: &SnapshotMeta, temp: TempFile) -> io::Result<bool> {
+        let current = inner.current.as_ref().and_then(|c| c.last_log_id);
+        if current.is_some() && current >= meta.last_log_id {
+            return Ok(false);
+        }
+        temp.keep_as(&self.snapshot_path)?;
+        inner.current = Some(meta.clone());
+        Ok(true)
+    }
+
+    /// The current snapshot, opened from its file.
+    fn open_current(&self) -> io::Result<Option<SnapshotOf>> {
+        Ok(
+            open_snapshot_file(self.options.storage.as_ref(), &self.snapshot_path)?
+                .map(|(meta, snapshot)| SnapshotOf { meta, snapshot }),
+        )
     }
 
     /// Applies one sealed batch: on the apply threads (urgent when a client waits for the
@@ -252,37 +231,66 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
 }
 
 impl<C: LedgerConfig> RaftSnapshotBuilder<C> for LedgerStateMachine<C> {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
+        // Seconds of file I/O for a big ledger: on a blocking thread in production, so the
+        // runtime's workers keep serving heartbeats; inline in the simulator (deterministic).
+        if self.applier.is_none() {
+            return self.build_snapshot_blocking();
+        }
+        let machine = self.clone();
+        tokio::task::spawn_blocking(move || machine.build_snapshot_blocking())
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+impl<C: LedgerConfig> LedgerStateMachine<C> {
+    /// Builds a snapshot of the state as applied now, holding the state's read lock only a
+    /// step at a time (`SNAPSHOT_STEP_RECORDS_MAX` records), so batches apply in between; the
+    /// bytes are those of the state when the build began (see [`ledger::SnapshotWriter`]).
+    fn build_snapshot_blocking(&self) -> Result<SnapshotOf, io::Error> {
         // The state is read under the state lock and the applied position under the inner
         // lock, both held, so they describe the same moment.
-        let state = self.state.read().expect("never poisoned");
-        let (meta, data, digest) = {
+        let (meta, installs_count, mut serialising) = {
+            let state = self.state.read().expect("never poisoned");
             let inner = self.inner.lock().expect("never poisoned");
             let meta = SnapshotMeta {
                 last_log_id: inner.last_applied,
                 last_membership: inner.membership.clone(),
             };
-            let mut data = Vec::new();
-            let digest = state.write_snapshot(&mut data)?;
-            (meta, data, digest)
+            let serialising = Serialising::begin(&self.options.storage, self.dir(), &state)?;
+            (meta, inner.installs_count, serialising)
         };
-        drop(state);
-        // The digest was computed while writing: hashing the bytes again doubled the hashing
-        // a snapshot costs.
-        self.persist(&meta, &data, digest)?;
-        self.inner.lock().expect("never poisoned").current =
-            Some((meta.clone(), Arc::new(data.clone())));
-        Ok(SnapshotOf {
-            meta,
-            snapshot: Cursor::new(data),
-        })
+        loop {
+            let state = self.state.read().expect("never poisoned");
+            if self.inner.lock().expect("never poisoned").installs_count != installs_count {
+                // An installed snapshot replaced the state this build began from; it is newer,
+                // and it is what this build answers.
+                drop(state);
+                let _inner = self.inner.lock().expect("never poisoned");
+                return self.open_current()?.ok_or_else(|| {
+                    io::Error::other("no snapshot file after a snapshot was installed")
+                });
+            }
+            if serialising.step(&state)? {
+                break;
+            }
+        }
+        let serialised = serialising.finish()?;
+        let temp = assemble_snapshot_file(&self.options.storage, self.dir(), &meta, serialised)?;
+        let mut inner = self.inner.lock().expect("never poisoned");
+        // An install of a newer snapshot may have got there first: then that one stays, and is
+        // what this build answers.
+        self.publish(&mut inner, &meta, temp)?;
+        self.open_current()?
+            .ok_or_else(|| io::Error::other("the snapshot file vanished after it was written"))
     }
 }
 
 impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = LedgerStateMachine<C>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -329,19 +337,149 @@ impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Self::SnapshotData,
+        mut snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
-        let digest = StateDigest::of_snapshot_bytes(&mut &data[..])?;
-        self.persist(meta, &data, digest)?;
-        self.load(meta, data, None)
+        // A received snapshot was decoded and checked whole as it arrived; the current one
+        // (openraft restoring it at start) is decoded here.
+        let (state, temp) = match snapshot.take_received() {
+            Some(received) => (received.state, Some(received.temp)),
+            None => (snapshot.decode()?.0, None),
+        };
+        let mut shared = self.state.write().expect("never poisoned");
+        let mut inner = self.inner.lock().expect("never poisoned");
+        if meta.last_log_id < inner.last_applied {
+            return Err(invalid(format!(
+                "refusing to install a snapshot at {:?}: entries up to {:?} are already applied",
+                meta.last_log_id, inner.last_applied
+            )));
+        }
+        // The file first: if keeping it fails, nothing was replaced.
+        if let Some(temp) = temp {
+            self.publish(&mut inner, meta, temp)?;
+        }
+        *shared = replicated(state);
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.installs_count += 1;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {
-        let inner = self.inner.lock().expect("never poisoned");
-        Ok(inner.current.as_ref().map(|(meta, data)| SnapshotOf {
-            meta: meta.clone(),
-            snapshot: Cursor::new(data.as_ref().clone()),
-        }))
+        let _inner = self.inner.lock().expect("never poisoned");
+        self.open_current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::snapshot::tests::{
+        forged_60_bytes, ledger_with_transfers, meta_at, offer, serialise_state, storage,
+        temp_files,
+    };
+    use crate::types::TypeConfig;
+
+    type Machine = LedgerStateMachine<TypeConfig>;
+
+    fn open(dir: &Path) -> Machine {
+        Machine::open(dir, &StorageOptions::default()).unwrap()
+    }
+
+    /// `state`'s snapshot at `meta`, as `machine` receives it from a peer.
+    fn receive(machine: &Machine, meta: SnapshotMeta, state: &StateMachine) -> SnapshotData {
+        let mut bytes = Vec::new();
+        let digest = state.write_snapshot(&mut bytes).unwrap();
+        let mut receiver = machine
+            .receive_snapshot(&offer(meta, bytes.len() as u64, digest.0))
+            .unwrap();
+        for chunk in bytes.chunks(limits::PEER_SNAPSHOT_CHUNK_BYTES) {
+            receiver.write(chunk).unwrap();
+        }
+        receiver.finish().unwrap()
+    }
+
+    fn install(machine: &mut Machine, index: u64, state: &StateMachine) -> io::Result<()> {
+        let data = receive(machine, meta_at(index), state);
+        block_on(machine.install_snapshot(&meta_at(index), data))
+    }
+
+    fn snapshot_file_bytes(dir: &Path) -> Vec<u8> {
+        std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap()
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = open(dir.path());
+        let (newer, older) = (ledger_with_transfers(20), ledger_with_transfers(10));
+        install(&mut machine, 20, &newer).unwrap();
+        assert_eq!(machine.applied(), (20, newer.digest()));
+        let file = snapshot_file_bytes(dir.path());
+
+        // Installing an older snapshot is refused, and changes nothing.
+        let error = install(&mut machine, 10, &older).expect_err("refused");
+        assert!(error.to_string().contains("already applied"), "{error}");
+        assert_eq!(machine.applied(), (20, newer.digest()));
+
+        // A build of an older state that finishes after the newer install does not replace the
+        // snapshot file.
+        let serialised = serialise_state(&storage(), dir.path(), &older).unwrap();
+        let temp =
+            assemble_snapshot_file(&storage(), dir.path(), &meta_at(10), serialised).unwrap();
+        let kept = machine
+            .publish(&mut machine.inner.lock().unwrap(), &meta_at(10), temp)
+            .unwrap();
+        assert!(!kept);
+        assert_eq!(snapshot_file_bytes(dir.path()), file);
+        let current = block_on(machine.get_current_snapshot()).unwrap().unwrap();
+        assert_eq!(current.meta, meta_at(20));
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+
+        // A restart starts from the newer one.
+        drop((machine, current));
+        assert_eq!(open(dir.path()).applied(), (20, newer.digest()));
+    }
+
+    #[test]
+    fn a_forged_snapshot_from_a_peer_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = open(dir.path());
+        let state = ledger_with_transfers(5);
+        install(&mut machine, 5, &state).unwrap();
+        let file = snapshot_file_bytes(dir.path());
+
+        let forged = forged_60_bytes();
+        let mut receiver = machine
+            .receive_snapshot(&offer(meta_at(99), forged.len() as u64, [0; 32]))
+            .unwrap();
+        receiver.write(&forged).unwrap();
+        let error = receiver.finish().err().expect("refused");
+        assert!(error.to_string().contains("counts more records"), "{error}");
+
+        assert_eq!(machine.applied(), (5, state.digest()));
+        assert_eq!(snapshot_file_bytes(dir.path()), file);
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_built_snapshot_is_read_back_by_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = open(dir.path());
+        let state = ledger_with_transfers(limits::BATCH_EVENTS_MAX as u128 + 1);
+        install(&mut machine, 3, &state).unwrap();
+        // Building again (as openraft does on its schedule) writes the same state's file anew.
+        std::fs::remove_file(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        machine.inner.lock().unwrap().current = None;
+        // In production a build runs on a blocking thread of the runtime.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let built = runtime.block_on(machine.build_snapshot()).unwrap();
+        assert_eq!(built.meta, meta_at(3));
+        assert_eq!(built.snapshot.digest(), state.digest().0);
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+        drop((machine, built));
+        assert_eq!(open(dir.path()).applied(), (3, state.digest()));
     }
 }

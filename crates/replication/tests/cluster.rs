@@ -285,3 +285,140 @@ async fn a_follower_far_behind_catches_up_from_entries_read_back_from_the_journa
         replica.stop().await;
     }
 }
+
+/// Full batches of `BATCH_EVENTS_MAX` transfers, so the ledger (and its snapshot) grows fast.
+async fn write_full_batches(leader: &Running, first_id: u128, batches: u128) {
+    let full = limits::BATCH_EVENTS_MAX as u128;
+    for batch in 0..batches {
+        write_until_accepted(leader, transfers(first_id + batch * full, full)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_catches_up_from_a_snapshot_streamed_in_many_chunks() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = start_group(&dirs, &config()).await;
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
+    let leader = leader_of(&all).await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let (follower_id, follower_addr) = (all[follower].id(), all[follower].addr);
+    let leader_id = all[leader].id();
+    // About 6 MiB of ledger: a snapshot of several chunks.
+    write_full_batches(all[leader], 1, 6).await;
+    drop(all);
+    replicas[follower].take().unwrap().stop().await;
+    std::fs::remove_dir_all(dirs[follower].path()).unwrap();
+    std::fs::create_dir_all(dirs[follower].path()).unwrap();
+    // More entries than are kept behind a snapshot: the log the follower would need is purged.
+    let survivors: Vec<&Running> = replicas.iter().flatten().collect();
+    let leader = leader_of(&survivors).await;
+    let kept = limits::RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES as u128;
+    for batch in 0..kept + 2 * config().snapshot_every_entries as u128 {
+        write_until_accepted(survivors[leader], transfers(1_000_000 + batch * 10, 10)).await;
+    }
+    drop(survivors);
+    let started = Instant::now();
+    replicas[follower] = Some(
+        start_with(
+            follower_id,
+            dirs[follower].path(),
+            &follower_addr.to_string(),
+            &config(),
+        )
+        .await,
+    );
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
+    converge(&all).await;
+    eprintln!("wiped follower caught up in {:?}", started.elapsed());
+    let snapshot = std::fs::metadata(dirs[follower].path().join("raft-snapshot.bin")).unwrap();
+    assert!(
+        snapshot.len() > 4 * limits::PEER_SNAPSHOT_CHUNK_BYTES as u64,
+        "the follower's snapshot is {} bytes",
+        snapshot.len()
+    );
+    assert_eq!(
+        all[follower].state().read().unwrap().transfers_count() as u128,
+        6 * limits::BATCH_EVENTS_MAX as u128 + (kept + 16) * 10
+    );
+    assert!(
+        std::fs::read_dir(dirs[follower].path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")),
+        "a temporary snapshot file was left behind"
+    );
+    // The leader kept its leadership throughout.
+    assert_eq!(all[0].leader().map(|(id, _)| id), Some(leader_id));
+    drop(all);
+    for replica in replicas.into_iter().flatten() {
+        replica.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_snapshot_sent_over_the_transport_is_refused_and_changes_nothing() {
+    use replication::openraft_side::{SnapshotOffer, SnapshotVote};
+    use replication::proto::{RaftMessage, raft_transport_client::RaftTransportClient};
+
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas = start_group(&dirs, &config()).await;
+    let all: Vec<&Running> = replicas.iter().flatten().collect();
+    let leader = leader_of(&all).await;
+    write_until_accepted(all[leader], transfers(1, 10)).await;
+    converge(&all).await;
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let before = all[victim].applied();
+
+    // 60 bytes: a valid header, then an account count of 2^32 - 1.
+    let mut forged = b"FCLEDGR1".to_vec();
+    forged.extend_from_slice(&2u32.to_le_bytes());
+    forged.extend_from_slice(&[0u8; 24]);
+    forged.extend_from_slice(&(u32::MAX as u64).to_le_bytes());
+    forged.extend_from_slice(&[0u8; 16]);
+    let meta = openraft::SnapshotMeta {
+        last_log_id: Some(openraft::testing::log_id::<
+            replication::openraft_side::TypeConfig,
+        >(1_000, 9, 1_000_000)),
+        last_membership: Default::default(),
+    };
+    let offer = SnapshotOffer {
+        vote: SnapshotVote::new_committed(1_000, 9),
+        meta,
+        len_bytes: forged.len() as u64,
+        digest: [0; 32],
+    };
+    let messages = vec![
+        RaftMessage {
+            body: postcard::to_allocvec(&offer).unwrap().into(),
+        },
+        RaftMessage {
+            body: forged.into(),
+        },
+    ];
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", all[victim].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = RaftTransportClient::new(channel);
+    let status = client
+        .install_snapshot(futures::stream::iter(messages))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("counts more records"), "{status}");
+
+    // Nothing changed, and the group carries on.
+    assert_eq!(all[victim].applied(), before);
+    write_until_accepted(all[leader], transfers(100, 10)).await;
+    converge(&all).await;
+    drop(all);
+    for replica in replicas.into_iter().flatten() {
+        replica.stop().await;
+    }
+}

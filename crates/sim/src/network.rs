@@ -1,6 +1,8 @@
 //! The simulated network between replicas: every RPC and every reply goes through the world,
 //! which may lose it (randomly, or because the link is cut), delay it (so messages overtake
-//! one another) or deliver a request twice.
+//! one another) or deliver a request twice. A snapshot travels as one message, but is read from
+//! the sender's snapshot file and received, checked and installed by the receiver's state
+//! machine exactly as the production transport does it, chunk by chunk.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,7 +15,9 @@ use openraft::raft::{
 };
 use openraft::{AnyError, OptionalSend};
 
-use crate::types::{NodeId, SimConfig, SimRaft, SnapshotMeta, Vote, spawn};
+use replication::openraft_side::{SnapshotData, SnapshotOffer};
+
+use crate::types::{NodeId, SimConfig, SimMachine, SimRaft, Vote, spawn};
 use crate::world::{Fate, Shared};
 
 /// How long a sender waits before it learns that a lost message got no answer.
@@ -48,7 +52,8 @@ pub struct SimLink {
 enum Request {
     Append(AppendEntriesRequest<SimConfig>),
     Vote(VoteRequest<SimConfig>),
-    Snapshot(Vote, SnapshotMeta, Vec<u8>),
+    /// The offer and the snapshot's bytes, in chunks as they were read.
+    Snapshot(SnapshotOffer, Vec<Vec<u8>>),
     TransferLeader(TransferLeaderRequest<SimConfig>),
 }
 
@@ -70,7 +75,7 @@ impl Request {
     }
 
     /// The receiving replica handles the request.
-    async fn handle(self, raft: SimRaft) -> Result<Response, String> {
+    async fn handle(self, raft: SimRaft, machine: SimMachine) -> Result<Response, String> {
         match self {
             Request::Append(rpc) => raft
                 .append_entries(rpc)
@@ -82,17 +87,19 @@ impl Request {
                 .await
                 .map(Response::Vote)
                 .map_err(|e| e.to_string()),
-            Request::Snapshot(vote, meta, data) => raft
-                .install_full_snapshot(
-                    vote,
+            Request::Snapshot(offer, chunks) => {
+                let received = receive(&machine, &offer, &chunks).map_err(|e| e.to_string())?;
+                raft.install_full_snapshot(
+                    offer.vote,
                     openraft::type_config::alias::SnapshotOf::<SimConfig, _> {
-                        meta,
-                        snapshot: std::io::Cursor::new(data),
+                        meta: offer.meta,
+                        snapshot: received,
                     },
                 )
                 .await
                 .map(Response::Snapshot)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+            }
             Request::TransferLeader(rpc) => raft
                 .handle_transfer_leader(rpc)
                 .await
@@ -100,6 +107,39 @@ impl Request {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// The receiving state machine takes the snapshot's chunks into a file and checks it whole.
+fn receive(
+    machine: &SimMachine,
+    offer: &SnapshotOffer,
+    chunks: &[Vec<u8>],
+) -> std::io::Result<SnapshotData> {
+    let mut receiver = machine.receive_snapshot(offer)?;
+    for chunk in chunks {
+        receiver.write(chunk)?;
+    }
+    receiver.finish()
+}
+
+/// The snapshot's offer and its bytes, read from the sender's snapshot file.
+fn read_snapshot(
+    vote: Vote,
+    snapshot: openraft::type_config::alias::SnapshotOf<SimConfig, SnapshotData>,
+) -> std::io::Result<Request> {
+    let data = snapshot.snapshot;
+    let mut chunks = Vec::new();
+    let mut reader = data.chunks();
+    while let Some(chunk) = reader.next_chunk()? {
+        chunks.push(chunk);
+    }
+    let offer = SnapshotOffer {
+        vote,
+        meta: snapshot.meta,
+        len_bytes: data.len_bytes(),
+        digest: data.digest(),
+    };
+    Ok(Request::Snapshot(offer, chunks))
 }
 
 fn unreachable(why: impl std::fmt::Display) -> RPCError<SimConfig> {
@@ -119,17 +159,22 @@ impl SimLink {
             return Err(unreachable("request lost"));
         };
         tokio::time::sleep(delay).await;
-        let Some(raft) = self.world.lock().running(self.to) else {
+        let (raft, machine) = {
+            let world = self.world.lock();
+            let machine = world.nodes.get(&self.to).and_then(|n| n.machine.clone());
+            (world.running(self.to), machine)
+        };
+        let (Some(raft), Some(machine)) = (raft, machine) else {
             return Err(unreachable("replica down"));
         };
         if let Some(after) = duplicate_after {
-            let (copy, raft) = (request.clone(), raft.clone());
+            let (copy, raft, machine) = (request.clone(), raft.clone(), machine.clone());
             spawn(async move {
                 tokio::time::sleep(after).await;
-                let _ = copy.handle(raft).await;
+                let _ = copy.handle(raft, machine).await;
             });
         }
-        let response = match tokio::time::timeout(ttl, request.handle(raft)).await {
+        let response = match tokio::time::timeout(ttl, request.handle(raft, machine)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 self.world.lock().trace(format_args!(
@@ -159,7 +204,7 @@ fn mismatch() -> RPCError<SimConfig> {
 }
 
 impl RaftNetworkV2<SimConfig> for SimLink {
-    type SnapshotData = std::io::Cursor<Vec<u8>>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -190,7 +235,8 @@ impl RaftNetworkV2<SimConfig> for SimLink {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<SimConfig>, StreamingError<SimConfig>> {
-        let request = Request::Snapshot(vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let request = read_snapshot(vote, snapshot)
+            .map_err(|e| StreamingError::from(unreachable(format!("reading the snapshot: {e}"))))?;
         tokio::pin!(cancel);
         tokio::select! {
             biased;

@@ -30,7 +30,6 @@ pub type SimRaft = openraft::Raft<SimConfig, SimMachine>;
 pub type Entry = openraft::type_config::alias::EntryOf<SimConfig>;
 pub type LogId = openraft::type_config::alias::LogIdOf<SimConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<SimConfig>;
-pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<SimConfig>;
 
 /// Spawns a task on the simulation's runtime (it inherits a seed for openraft's RNG).
 pub fn spawn<F>(future: F)
