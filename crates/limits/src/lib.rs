@@ -263,6 +263,14 @@ pub const SERVER_QUEUE_REQUESTS_MAX: usize = 65_536;
 /// into full batches) meanwhile. Bounds the memory and the admitted-but-unapplied events.
 pub const SERVER_BATCHES_IN_FLIGHT_MAX: usize = 8;
 
+/// Reads (lookups, history, balances) a node admits at once, waiting for their read index or
+/// running; one more is answered "busy", as a write is when the queue is full.
+pub const SERVER_READS_ADMITTED_MAX: usize = 256;
+
+/// Admitted reads that run their query at once, each on a blocking thread under the ledger's
+/// read lock (never on an async worker that Raft's heartbeats need); the others wait their turn.
+pub const SERVER_READS_RUNNING_MAX: usize = 8;
+
 /// Callers of a node's state digest (`GET /v1/status?digest=true`) that may wait at once; more
 /// are answered "busy". Digests are computed one at a time (each a pass over the whole state
 /// that pauses apply) and remembered until the next apply.
@@ -369,6 +377,8 @@ const _: () =
     assert!(SERVER_BATCHES_IN_FLIGHT_MAX >= 1 && SERVER_BATCHES_IN_FLIGHT_MAX <= u32::MAX as usize);
 // The client's queue of singles holds at least one full batch, so its batches can be full.
 const _: () = assert!(CLIENT_PENDING_SINGLES_MAX >= BATCH_EVENTS_MAX);
+const _: () =
+    assert!(SERVER_READS_RUNNING_MAX >= 1 && SERVER_READS_RUNNING_MAX <= SERVER_READS_ADMITTED_MAX);
 const _: () = assert!(CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX >= 1);
 // A full keys file (each key: id, name, role and digest, under 200 bytes of JSON) fits the cap.
 const _: () =

@@ -9,7 +9,9 @@
 //!
 //! A write is answered only after its batch is stored on a majority and applied here. Reads are
 //! linearizable: the leader confirms it still leads and has applied everything committed before
-//! the read (read index) and then reads its state. A replica that is not the leader answers
+//! the read (read index) and then reads its state. Reads are bounded like writes: at most
+//! `SERVER_READS_ADMITTED_MAX` admitted (one more is `Busy`), at most `SERVER_READS_RUNNING_MAX`
+//! running their query, each on a blocking thread. A replica that is not the leader answers
 //! `NotLeader` with the leader it knows of, so clients can go there.
 //!
 //! Each operation is its own method with its own result type, and a queued write carries the
@@ -188,6 +190,10 @@ impl Event for Transfer {
 #[derive(Clone)]
 pub struct Pipeline {
     sender: mpsc::Sender<Queued>,
+    /// Reads admitted (waiting for their read index or running).
+    reads_admitted: Arc<Semaphore>,
+    /// Admitted reads running their query.
+    reads_running: Arc<Semaphore>,
     replica: Arc<Replica>,
     failed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -223,6 +229,8 @@ impl Pipeline {
         (
             Pipeline {
                 sender,
+                reads_admitted: Arc::new(Semaphore::new(limits::SERVER_READS_ADMITTED_MAX)),
+                reads_running: Arc::new(Semaphore::new(limits::SERVER_READS_RUNNING_MAX)),
                 replica,
                 failed,
                 metrics,
@@ -251,12 +259,16 @@ impl Pipeline {
 
     /// The accounts of `ids` that exist, in the order asked.
     pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Account>, PipelineError> {
-        self.read(|state| Ok(state.lookup_accounts(ids))).await
+        let ids = ids.to_vec();
+        self.read(move |state| Ok(state.lookup_accounts(&ids)))
+            .await
     }
 
     /// The transfers of `ids` that exist, in the order asked.
     pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Transfer>, PipelineError> {
-        self.read(|state| Ok(state.lookup_transfers(ids))).await
+        let ids = ids.to_vec();
+        self.read(move |state| Ok(state.lookup_transfers(&ids)))
+            .await
     }
 
     /// The transfers of an account that match `filter`.
@@ -264,7 +276,8 @@ impl Pipeline {
         &self,
         filter: &AccountFilter,
     ) -> Result<Vec<Transfer>, PipelineError> {
-        self.read(|state| state.get_account_transfers(filter).map_err(invalid))
+        let filter = *filter;
+        self.read(move |state| state.get_account_transfers(&filter).map_err(invalid))
             .await
     }
 
@@ -273,7 +286,8 @@ impl Pipeline {
         &self,
         filter: &AccountFilter,
     ) -> Result<Vec<AccountBalance>, PipelineError> {
-        self.read(|state| state.get_account_balances(filter).map_err(invalid))
+        let filter = *filter;
+        self.read(move |state| state.get_account_balances(&filter).map_err(invalid))
             .await
     }
 
@@ -306,19 +320,38 @@ impl Pipeline {
     }
 
     /// Runs `query` on a linearizable state: after this replica confirmed it leads and applied
-    /// everything committed before the call.
-    async fn read<T>(
+    /// everything committed before the call. `Busy` at once when `SERVER_READS_ADMITTED_MAX`
+    /// reads are already admitted; the query runs on a blocking thread, at most
+    /// `SERVER_READS_RUNNING_MAX` at a time.
+    async fn read<T: Send + 'static>(
         &self,
-        query: impl FnOnce(&StateMachine) -> Result<T, PipelineError>,
+        query: impl FnOnce(&StateMachine) -> Result<T, PipelineError> + Send + 'static,
     ) -> Result<T, PipelineError> {
         self.refuse_if_failed()?;
+        let Ok(_admitted) = self.reads_admitted.try_acquire() else {
+            return Err(PipelineError::Busy);
+        };
         self.replica.linearizable().await?;
-        let state = self
-            .replica
-            .state()
-            .read()
-            .expect("the ledger lock is never poisoned");
-        query(&state)
+        let _running = self
+            .reads_running
+            .acquire()
+            .await
+            .map_err(|_| PipelineError::Unavailable("it is shutting down".into()))?;
+        let replica = Arc::clone(&self.replica);
+        tokio::task::spawn_blocking(move || {
+            let state = replica
+                .state()
+                .read()
+                .expect("the ledger lock is never poisoned");
+            query(&state)
+        })
+        .await
+        .unwrap_or_else(|error| {
+            if error.is_panic() {
+                std::panic::resume_unwind(error.into_panic());
+            }
+            Err(PipelineError::Unavailable("it is shutting down".into()))
+        })
     }
 
     /// True once a storage failure stopped the node.
@@ -507,5 +540,74 @@ async fn commit<E: Event>(replica: &Replica, members: Vec<Pending<E>>, events_co
                 let _ = respond.send(Err(error.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    /// A pipeline on a group of one, elected.
+    async fn pipeline(dir: &std::path::Path) -> (Pipeline, PipelineTask) {
+        let replica = Replica::open(1, dir, &replication::ReplicaConfig::default())
+            .await
+            .unwrap();
+        let members = BTreeMap::from([(
+            1,
+            PeerNode {
+                grpc: "127.0.0.1:1".into(),
+                http: String::new(),
+            },
+        )]);
+        replica.initialize(&members).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while replica.leader().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the group of one never elected itself"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Pipeline::start(Arc::new(replica), 16, Capacity::FORMAT_MAX, Metrics::new())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_beyond_the_admitted_limit_is_busy_and_reads_run_again_once_one_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, task) = pipeline(dir.path()).await;
+        let account = Account {
+            id: 7,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        };
+        pipeline.create_accounts(vec![account]).await.unwrap();
+        assert_eq!(pipeline.lookup_accounts(&[7]).await.unwrap()[0].id, 7);
+
+        // Every admission taken (as by that many reads in flight): the next read is busy.
+        let held = pipeline
+            .reads_admitted
+            .try_acquire_many(limits::SERVER_READS_ADMITTED_MAX as u32)
+            .unwrap();
+        assert!(matches!(
+            pipeline.lookup_accounts(&[7]).await,
+            Err(PipelineError::Busy)
+        ));
+        assert!(matches!(
+            pipeline.lookup_transfers(&[1]).await,
+            Err(PipelineError::Busy)
+        ));
+        drop(held);
+        assert_eq!(pipeline.lookup_accounts(&[7]).await.unwrap()[0].id, 7);
+        assert_eq!(
+            pipeline.reads_admitted.available_permits(),
+            limits::SERVER_READS_ADMITTED_MAX
+        );
+        let replica = Arc::clone(pipeline.replica());
+        drop(pipeline);
+        task.join().await;
+        replica.shutdown().await;
     }
 }
