@@ -169,13 +169,16 @@ pub fn dev_key(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
 /// Reloads the keys on every SIGHUP until the process ends; a failed reload keeps the keys in
 /// use and says why.
 pub fn reload_on_sighup(store: Arc<KeyStore>) {
+    // Registered here, before the node announces itself, so that a SIGHUP sent right after the
+    // announcement reloads the keys instead of killing the process (SIGHUP's default action).
+    #[cfg(unix)]
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot install a SIGHUP handler: API keys are read only at start");
+        return;
+    };
     #[cfg(unix)]
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot install a SIGHUP handler: API keys are read only at start");
-            return;
-        };
         while hangups.recv().await.is_some() {
             match store.reload() {
                 Ok(count) => {
