@@ -272,24 +272,11 @@ impl Node {
         self.pipeline.replica()
     }
 
-    /// Stops accepting requests, lets the ones in progress finish (for at most
-    /// `HTTP_SHUTDOWN_GRACE_SECONDS`: a client that stopped answering must not hold the node
-    /// up until its keepalive times out), stops Raft.
+    /// Stops accepting requests, lets the ones in progress finish, stops Raft.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let grace = Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS);
-        let deadline = tokio::time::Instant::now() + grace;
-        for mut server in self.servers {
-            if tokio::time::timeout_at(deadline, &mut server)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "connections still open after the shutdown grace period; closing them"
-                );
-                server.abort();
-                let _ = server.await;
-            }
+        for server in self.servers {
+            let _ = server.await;
         }
         let replica = Arc::clone(self.pipeline.replica());
         drop(self.pipeline);

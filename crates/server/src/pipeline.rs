@@ -200,19 +200,12 @@ pub struct Pipeline {
 }
 
 /// The batcher task behind a pipeline; awaited at shutdown.
-pub struct PipelineTask {
-    task: JoinHandle<()>,
-    /// Tells the batcher to take no new writes (dropping it does too).
-    close: oneshot::Sender<()>,
-}
+pub struct PipelineTask(JoinHandle<()>);
 
 impl PipelineTask {
-    /// Closes the queue (new writes are answered "shutting down", even from handlers that
-    /// still hold a [`Pipeline`]), then waits until every write already queued or in flight was
-    /// answered.
+    /// Waits until every batch taken in was answered.
     pub async fn join(self) {
-        let _ = self.close.send(());
-        let _ = self.task.await;
+        let _ = self.0.await;
     }
 }
 
@@ -226,12 +219,10 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> (Pipeline, PipelineTask) {
         let (sender, receiver) = mpsc::channel(queue_depth);
-        let (close, closing) = oneshot::channel();
         let failed = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(batcher(
             Arc::clone(&replica),
             receiver,
-            closing,
             Admission::new(capacity),
             Arc::clone(&metrics),
         ));
@@ -244,7 +235,7 @@ impl Pipeline {
                 failed,
                 metrics,
             },
-            PipelineTask { task, close },
+            PipelineTask(task),
         )
     }
 
@@ -468,28 +459,17 @@ fn admit<E: Event>(
 async fn batcher(
     replica: Arc<Replica>,
     mut receiver: mpsc::Receiver<Queued>,
-    mut closing: oneshot::Receiver<()>,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut carried: Option<Queued> = None;
-    let mut closed = false;
     loop {
         let first = match carried.take() {
             Some(queued) => queued,
-            None => tokio::select! {
-                queued = receiver.recv() => match queued {
-                    Some(queued) => queued,
-                    None => break,
-                },
-                // Shutting down: no new writes; what is queued is still batched and answered,
-                // then `recv` ends the loop.
-                _ = &mut closing, if !closed => {
-                    receiver.close();
-                    closed = true;
-                    continue;
-                }
+            None => match receiver.recv().await {
+                Some(queued) => queued,
+                None => break,
             },
         };
         // Waiting for a free slot is what lets requests pile up and be coalesced under load.
