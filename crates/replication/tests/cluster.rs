@@ -174,12 +174,17 @@ async fn converge(replicas: &[&Running]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_three_replica_group_commits_fails_over_and_converges() {
+/// Sends this test's logs (`RUST_LOG`) to the test's output; harmless if already set up.
+fn log_to_test_output() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_replica_group_commits_fails_over_and_converges() {
+    log_to_test_output();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas = start_group(&dirs, &config()).await;
     let all: Vec<&Running> = replicas.iter().flatten().collect();
@@ -241,10 +246,7 @@ async fn a_three_replica_group_commits_fails_over_and_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_far_behind_catches_up_from_entries_read_back_from_the_journal() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     // No snapshots, and more entries written while the follower is away than the leader keeps
     // in memory (256): catching up must read the older ones back from the leader's journal.
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -296,10 +298,7 @@ async fn write_full_batches(leader: &Running, first_id: u128, batches: u128) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_follower_catches_up_from_a_snapshot_streamed_in_many_chunks() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas = start_group(&dirs, &config()).await;
     let all: Vec<&Running> = replicas.iter().flatten().collect();
