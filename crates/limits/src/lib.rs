@@ -147,10 +147,19 @@ pub const RAFT_LEARNER_CAUGHT_UP_LAG_ENTRIES_MAX: u64 = 64;
 /// that the node stays a learner (below the 120 s a `fincore admin` command waits for an answer).
 pub const RAFT_LEARNER_CATCH_UP_SECONDS_MAX: u64 = 100;
 
-/// Largest message between replicas (1 GiB). Snapshots travel in chunks of
-/// `PEER_SNAPSHOT_CHUNK_BYTES`, so only a full AppendEntries message needs this much. Well
-/// below the 4 GiB that gRPC's 32-bit length prefix allows.
-pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+/// Largest message between replicas (about 65 MiB): a full AppendEntries message
+/// (`RAFT_APPEND_ENTRIES_MAX` entries of at most `RAFT_ENTRY_BYTES_MAX`) and 1 MiB for its
+/// envelope. Snapshots travel in chunks of `PEER_SNAPSHOT_CHUNK_BYTES`. A message declaring more
+/// is refused by the transport before its body is read.
+pub const PEER_MESSAGE_BYTES_MAX: usize =
+    RAFT_APPEND_ENTRIES_MAX as usize * RAFT_ENTRY_BYTES_MAX + (1 << 20);
+
+/// Connections a node keeps open on its peer listener (each peer of a group dials one or two;
+/// the rest is headroom for restarts). One more is accepted and closed at once.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+
+/// A peer has this long to complete its TLS handshake before the connection is closed.
+pub const PEER_TLS_HANDSHAKE_SECONDS_MAX: u64 = 10;
 
 /// Largest snapshot of a ledger's state: every account and every transfer the ledger can hold
 /// at all, plus an expiry event per transfer and a failed id per possible transfer id, plus

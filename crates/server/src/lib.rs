@@ -19,5 +19,5 @@ mod node;
 mod pipeline;
 
 pub use auth::{Auth, Role};
-pub use node::{Node, NodeConfig, NodeError};
+pub use node::{Node, NodeConfig, NodeError, PeerSecurity};
 pub use pipeline::{CreateResults, Pipeline, PipelineError};

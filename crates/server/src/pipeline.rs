@@ -559,6 +559,7 @@ mod tests {
             PeerNode {
                 grpc: "127.0.0.1:1".into(),
                 http: String::new(),
+                peer: "127.0.0.1:2".into(),
             },
         )]);
         replica.initialize(&members).await.unwrap();
