@@ -271,6 +271,12 @@ pub const SERVER_READS_ADMITTED_MAX: usize = 256;
 /// read lock (never on an async worker that Raft's heartbeats need); the others wait their turn.
 pub const SERVER_READS_RUNNING_MAX: usize = 8;
 
+/// How long a stopping node waits for the writes it has in flight to commit before it stops
+/// Raft, which answers those still waiting "unavailable" (outcome unknown, retried with the
+/// same ids). A healthy group commits in milliseconds; a leader cut off from its followers
+/// would wait forever.
+pub const SERVER_SHUTDOWN_WRITES_GRACE_SECONDS: u64 = 5;
+
 /// Callers of a node's state digest (`GET /v1/status?digest=true`) that may wait at once; more
 /// are answered "busy". Digests are computed one at a time (each a pass over the whole state
 /// that pauses apply) and remembered until the next apply.

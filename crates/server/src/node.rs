@@ -272,15 +272,16 @@ impl Node {
         self.pipeline.replica()
     }
 
-    /// Stops accepting requests, lets the ones in progress finish, stops Raft.
+    /// Stops accepting requests, lets the ones in progress finish, stops Raft: writes still
+    /// in flight `SERVER_SHUTDOWN_WRITES_GRACE_SECONDS` after the servers stopped are answered
+    /// unavailable (see [`PipelineTask::stop`]).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for server in self.servers {
             let _ = server.await;
         }
-        let replica = Arc::clone(self.pipeline.replica());
         drop(self.pipeline);
-        self.task.join().await;
-        replica.shutdown().await;
+        let writes_grace = Duration::from_secs(limits::SERVER_SHUTDOWN_WRITES_GRACE_SECONDS);
+        self.task.stop(writes_grace).await;
     }
 }
