@@ -243,7 +243,8 @@ pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// closed if the ping is not answered within as long again (dead peers free their slot).
 pub const GRPC_KEEPALIVE_SECONDS: u64 = 20;
 
-/// How long a stopping node lets open HTTP requests finish.
+/// How long a stopping node lets open requests finish (HTTP and gRPC) before it closes the
+/// connections still open.
 pub const HTTP_SHUTDOWN_GRACE_SECONDS: u64 = 10;
 
 /// Upper bound on one account or transfer as compact JSON, with every field at its widest and

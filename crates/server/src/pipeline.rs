@@ -210,18 +210,22 @@ pub struct Pipeline {
 /// The batcher task behind a pipeline and the replica it writes through; stopped at shutdown.
 pub struct PipelineTask {
     task: JoinHandle<()>,
+    /// Tells the batcher to take no new writes (dropping it does too).
+    close: oneshot::Sender<()>,
     replica: Arc<Replica>,
     stopping: Arc<AtomicBool>,
 }
 
 impl PipelineTask {
-    /// Waits until every write taken in was answered, for at most `writes_wait`, then stops
-    /// Raft. A write still in flight by then cannot commit (a leader cut off from its
+    /// Closes the queue (new writes are answered "shutting down", even from handlers that
+    /// still hold a [`Pipeline`]), waits until every write already queued or in flight was
+    /// answered, for at most `writes_wait`, then stops Raft. A write still in flight by then cannot commit (a leader cut off from its
     /// followers waits for them forever): stopping Raft answers it `Unavailable`, its outcome
     /// unknown to its client, which retries with the same ids (and is told `exists` for what
     /// was applied after all). Nothing acknowledged is affected: an answer is given only after
     /// the batch was stored on a majority and applied.
     pub async fn stop(mut self, writes_wait: Duration) {
+        let _ = self.close.send(());
         if tokio::time::timeout(writes_wait, &mut self.task)
             .await
             .is_err()
@@ -252,9 +256,11 @@ impl Pipeline {
         let (sender, receiver) = mpsc::channel(queue_depth);
         let failed = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
+        let (close, closing) = oneshot::channel();
         let task = tokio::spawn(batcher(
             Arc::clone(&replica),
             receiver,
+            closing,
             Admission::new(capacity),
             Arc::clone(&stopping),
             Arc::clone(&metrics),
@@ -271,6 +277,7 @@ impl Pipeline {
             },
             PipelineTask {
                 task,
+                close,
                 replica,
                 stopping,
             },
@@ -496,22 +503,34 @@ fn admit<E: Event>(
 }
 
 /// Takes queued writes, coalesces those of one kind into a batch, and sends it through Raft;
-/// at most `BATCHES_IN_FLIGHT_MAX` batches are in flight. Ends when every sender is gone.
+/// at most `BATCHES_IN_FLIGHT_MAX` batches are in flight. Ends when every sender is gone or
+/// once told to close (then only after the writes already queued).
 async fn batcher(
     replica: Arc<Replica>,
     mut receiver: mpsc::Receiver<Queued>,
+    mut closing: oneshot::Receiver<()>,
     admission: Arc<Admission>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut carried: Option<Queued> = None;
+    let mut closed = false;
     loop {
         let first = match carried.take() {
             Some(queued) => queued,
-            None => match receiver.recv().await {
-                Some(queued) => queued,
-                None => break,
+            None => tokio::select! {
+                queued = receiver.recv() => match queued {
+                    Some(queued) => queued,
+                    None => break,
+                },
+                // Shutting down: no new writes; what is queued is still batched and answered,
+                // then `recv` ends the loop.
+                _ = &mut closing, if !closed => {
+                    receiver.close();
+                    closed = true;
+                    continue;
+                }
             },
         };
         // Waiting for a free slot is what lets requests pile up and be coalesced under load.
