@@ -252,7 +252,8 @@ pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// closed if the ping is not answered within as long again (dead peers free their slot).
 pub const GRPC_KEEPALIVE_SECONDS: u64 = 20;
 
-/// How long a stopping node lets open HTTP requests finish.
+/// How long a stopping node lets open requests finish (HTTP and gRPC) before it closes the
+/// connections still open.
 pub const HTTP_SHUTDOWN_GRACE_SECONDS: u64 = 10;
 
 /// Upper bound on one account or transfer as compact JSON, with every field at its widest and
@@ -279,6 +280,12 @@ pub const SERVER_READS_ADMITTED_MAX: usize = 256;
 /// Admitted reads that run their query at once, each on a blocking thread under the ledger's
 /// read lock (never on an async worker that Raft's heartbeats need); the others wait their turn.
 pub const SERVER_READS_RUNNING_MAX: usize = 8;
+
+/// How long a stopping node waits for the writes it has in flight to commit before it stops
+/// Raft, which answers those still waiting "unavailable" (outcome unknown, retried with the
+/// same ids). A healthy group commits in milliseconds; a leader cut off from its followers
+/// would wait forever.
+pub const SERVER_SHUTDOWN_WRITES_GRACE_SECONDS: u64 = 5;
 
 /// Callers of a node's state digest (`GET /v1/status?digest=true`) that may wait at once; more
 /// are answered "busy". Digests are computed one at a time (each a pass over the whole state

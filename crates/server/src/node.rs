@@ -371,16 +371,33 @@ impl Node {
         self.pipeline.replica()
     }
 
-    /// Stops accepting requests, lets the ones in progress finish, stops Raft.
+    /// Stops accepting requests, lets the ones in progress finish (for at most
+    /// `HTTP_SHUTDOWN_GRACE_SECONDS`: a client that stopped answering must not hold the node
+    /// up until its keepalive times out), stops Raft: writes still in flight
+    /// `SERVER_SHUTDOWN_WRITES_GRACE_SECONDS` after that are answered unavailable (see
+    /// [`PipelineTask::stop`]).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for server in self.servers {
-            let _ = server.await;
+        let grace = Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS);
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut server in self.servers {
+            if tokio::time::timeout_at(deadline, &mut server)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "connections still open after the shutdown grace period; closing them"
+                );
+                server.abort();
+                let _ = server.await;
+            }
         }
-        let replica = Arc::clone(self.pipeline.replica());
+        // Each stage is logged, so that a stop that takes long shows where it waits.
+        tracing::info!("servers stopped; stopping the write pipeline and Raft");
         drop(self.pipeline);
-        self.task.join().await;
-        replica.shutdown().await;
+        let writes_grace = Duration::from_secs(limits::SERVER_SHUTDOWN_WRITES_GRACE_SECONDS);
+        self.task.stop(writes_grace).await;
+        tracing::info!("Raft stopped");
     }
 }
 
