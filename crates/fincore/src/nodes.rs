@@ -1,6 +1,7 @@
 //! This binary's own child nodes: `fincore bench` and `fincore chaos` start `fincore serve`
 //! children of the running executable through `testkit::node`, without periodic checkpoints (a
-//! checkpoint mid-run would be measured, or would hide replay from the faults).
+//! checkpoint mid-run would be measured, or would hide replay from the faults) unless a
+//! scenario needs them (`bench --wipe-follower-at`: a new member must catch up from a snapshot).
 
 use std::path::Path;
 
@@ -9,8 +10,18 @@ use testkit::node::ChildNode;
 
 /// Starts `fincore serve --checkpoint-interval 0 --data-dir DATA_DIR ARGS…` from this executable.
 pub fn start(data_dir: &Path, args: &[String]) -> anyhow::Result<ChildNode> {
+    start_checkpointing(data_dir, args, 0)
+}
+
+/// Starts `fincore serve --checkpoint-interval ENTRIES --data-dir DATA_DIR ARGS…` from this
+/// executable: a snapshot every `entries` batches (0: never).
+pub fn start_checkpointing(
+    data_dir: &Path,
+    args: &[String],
+    entries: u64,
+) -> anyhow::Result<ChildNode> {
     let exe = std::env::current_exe().context("finding the fincore executable")?;
-    let mut all = vec!["--checkpoint-interval".to_string(), "0".to_string()];
+    let mut all = vec!["--checkpoint-interval".to_string(), entries.to_string()];
     all.extend_from_slice(args);
     Ok(ChildNode::start(&exe, data_dir, &all)?)
 }

@@ -4,8 +4,11 @@
 //! states are equal exactly when their snapshots are byte-identical; the SHA-256 of those bytes
 //! is the state digest that checkpoints, replay and replicas compare. Only what cannot be
 //! derived is stored: hash indexes, per-account transfer lists and the expiry index are rebuilt
-//! on load. The snapshot code writes to any `io::Write` and reads from any `io::Read`; opening
-//! files is the caller's business.
+//! on load. Reading comes in two strengths over one parser: `read_snapshot` builds the state
+//! and checks it whole; `check_snapshot_structure` checks what the bytes alone show and keeps
+//! nothing (so a snapshot can be checked before the state it replaces is let go). The snapshot
+//! code writes to any `io::Write` and reads from any `io::Read`; opening files is the caller's
+//! business.
 
 use std::io::{self, Read, Write};
 
@@ -16,7 +19,7 @@ use crate::codec::{
 };
 use crate::history::{Balance, EXPIRY_BIT};
 use crate::state::{AccountSlot, IndexSlot, StateMachine, expand};
-use crate::types::{Account, TransferFlags, TransferPendingStatus};
+use crate::types::{Account, Transfer, TransferFlags, TransferPendingStatus};
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"FCLEDGR1";
 const SNAPSHOT_FORMAT_VERSION: u32 = 2;
@@ -248,114 +251,13 @@ impl StateMachine {
         input: &mut R,
         len_bytes: u64,
     ) -> Result<(StateMachine, StateDigest), SnapshotError> {
-        let mut r = SnapshotReader {
-            buffered: io::BufReader::with_capacity(
-                IO_CHUNK_BYTES,
-                HashingReader {
-                    inner: Read::take(input, len_bytes),
-                    hasher: Sha256::new(),
-                },
-            ),
-            remaining_bytes: len_bytes,
-        };
-        let mut magic = [0u8; 8];
-        r.read_exact(&mut magic)?;
-        if magic != SNAPSHOT_MAGIC {
-            return Err(SnapshotError::Magic);
-        }
-        let version = r.u32()?;
-        if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotError::Version(version));
-        }
-        let timestamp_last = r.u64()?;
-        let expiry_timestamp_last = r.u64()?;
-        let batches_applied = r.u64()?;
-
-        let accounts_count = r.count(ACCOUNT_SIZE)?;
-        let mut record = [0u8; RECORD_BUFFER_SIZE];
-        let mut stored_accounts = Vec::with_capacity(accounts_count);
-        for _ in 0..accounts_count {
-            r.read_exact(&mut record[..ACCOUNT_SIZE])?;
-            stored_accounts.push(decode_account(&record));
-        }
-        let transfers_count = r.count(TRANSFER_SIZE + 1)?;
-        let mut state = StateMachine::with_capacity(accounts_count, transfers_count);
-        state.timestamp_last = timestamp_last;
-        state.expiry_timestamp_last = expiry_timestamp_last;
-        state.batches_applied = batches_applied;
-        for (index, account) in stored_accounts.iter().enumerate() {
-            if state.account_slot_index(account.id).is_some() {
-                return Err(SnapshotError::Inconsistent("an account id appears twice"));
-            }
-            let hash32 = state.hash32(account.id);
-            // Balances start at zero and are rebuilt from the entries below.
-            let opening = Account {
-                debits_pending: 0,
-                debits_posted: 0,
-                credits_pending: 0,
-                credits_posted: 0,
-                ..*account
-            };
-            state.accounts.push(AccountSlot {
-                account: opening,
-                entries: Vec::new(),
-                balance_checkpoints: Vec::new(),
-            });
-            state.account_index.insert_unique(
-                expand(hash32),
-                IndexSlot {
-                    index: index as u32,
-                    hash32,
-                },
-                |s| expand(s.hash32),
-            );
-        }
-        for index in 0..transfers_count {
-            r.read_exact(&mut record[..TRANSFER_SIZE + 1])?;
-            let transfer = decode_transfer(&record);
-            let status = TransferPendingStatus::from_u8(record[TRANSFER_SIZE])
-                .ok_or(SnapshotError::Inconsistent("unknown pending status"))?;
-            let index = u32::try_from(index)
-                .ok()
-                .filter(|i| i & EXPIRY_BIT == 0)
-                .ok_or(SnapshotError::Inconsistent("too many transfers"))?;
-            if status == TransferPendingStatus::Pending
-                && transfer.timeout > 0
-                && transfer.flags.contains(TransferFlags::PENDING)
-            {
-                state
-                    .expiries
-                    .insert((transfer.timestamp + transfer.timeout_ns(), index));
-            }
-            state.transfers.push(transfer);
-            state.transfer_status.push(status);
-        }
-        state.index_transfers()?;
-        let expiries_count = r.count(EXPIRY_EVENT_SIZE)?;
-        state.expiry_events.reserve_exact(expiries_count);
-        for _ in 0..expiries_count {
-            let timestamp = r.u64()?;
-            let index = r.u32()?;
-            if index as usize >= state.transfers.len() {
-                return Err(SnapshotError::Inconsistent(
-                    "an expiry names an unknown transfer",
-                ));
-            }
-            state.expiry_events.push((timestamp, index));
-        }
-        let failed_count = r.count(FAILED_ID_SIZE)?;
-        for _ in 0..failed_count {
-            let mut id = [0u8; 16];
-            r.read_exact(&mut id)?;
-            state.failed_transfer_ids.insert(u128::from_le_bytes(id));
-        }
-        if r.remaining_bytes != 0 {
-            return Err(SnapshotError::Inconsistent(
-                "bytes after the end of the snapshot",
-            ));
-        }
-        let digest = StateDigest(r.buffered.into_inner().hasher.finalize().into());
-
+        let mut building = Building::default();
+        let digest = parse_snapshot(input, len_bytes, &mut building)?;
+        let Building {
+            state,
+            stored_accounts,
+        } = building;
+        let mut state = state.ok_or(SnapshotError::Inconsistent("no transfers section"))?;
         state.rebuild_entries()?;
         for (slot, stored) in state.accounts.iter().zip(&stored_accounts) {
             if slot.account != *stored {
@@ -365,6 +267,20 @@ impl StateMachine {
             }
         }
         Ok((state, digest))
+    }
+
+    /// Reads a snapshot of exactly `len_bytes` bytes and checks its structure without building
+    /// a state: magic and version, every count against the bytes left, pending statuses,
+    /// expiry events naming existing transfers, nothing after the end. Its memory is the read
+    /// buffer's, whatever the snapshot's size, so a snapshot can be checked while the state it
+    /// is to replace is still held. Returns the digest of the bytes. What only the built state
+    /// shows (ids that appear twice, transfers naming unknown accounts, balances that disagree
+    /// with the transfers) is left to [`StateMachine::read_snapshot`].
+    pub fn check_snapshot_structure<R: Read + ?Sized>(
+        input: &mut R,
+        len_bytes: u64,
+    ) -> Result<StateDigest, SnapshotError> {
+        parse_snapshot(input, len_bytes, &mut StructureOnly)
     }
 
     /// Builds the id index of all transfers, a chunk at a time: the chunk's slots are probed
@@ -441,6 +357,208 @@ impl StateMachine {
         }
         Ok(())
     }
+}
+
+/// The fixed fields at the start of a snapshot.
+struct FixedFields {
+    timestamp_last: u64,
+    expiry_timestamp_last: u64,
+    batches_applied: u64,
+}
+
+/// Where [`parse_snapshot`] puts a snapshot's records, in the order they come. Every method
+/// does nothing unless the sink keeps what it is given.
+trait RecordSink {
+    fn accounts(&mut self, _count: usize) {}
+    fn account(&mut self, _account: Account) {}
+    fn transfers(&mut self, _fixed: FixedFields, _count: usize) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+    fn transfer(&mut self, _index: u32, _transfer: Transfer, _status: TransferPendingStatus) {}
+    fn transfers_done(&mut self) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+    fn expiry_events(&mut self, _count: usize) {}
+    fn expiry_event(&mut self, _timestamp: u64, _index: u32) {}
+    fn failed_id(&mut self, _id: u128) {}
+}
+
+/// Keeps nothing: the structure check.
+struct StructureOnly;
+
+impl RecordSink for StructureOnly {}
+
+/// Builds the state from the records (derived structures are rebuilt afterwards).
+#[derive(Default)]
+struct Building {
+    /// The accounts as stored, balances included (the rebuilt ones must equal them).
+    stored_accounts: Vec<Account>,
+    /// Made once the transfers' count is known, with room for them.
+    state: Option<StateMachine>,
+}
+
+impl Building {
+    fn state(&mut self) -> &mut StateMachine {
+        self.state
+            .as_mut()
+            .expect("parse_snapshot announces the transfers before any follows")
+    }
+}
+
+impl RecordSink for Building {
+    fn accounts(&mut self, count: usize) {
+        self.stored_accounts.reserve_exact(count);
+    }
+
+    fn account(&mut self, account: Account) {
+        self.stored_accounts.push(account);
+    }
+
+    fn transfers(&mut self, fixed: FixedFields, count: usize) -> Result<(), SnapshotError> {
+        let mut state = StateMachine::with_capacity(self.stored_accounts.len(), count);
+        state.timestamp_last = fixed.timestamp_last;
+        state.expiry_timestamp_last = fixed.expiry_timestamp_last;
+        state.batches_applied = fixed.batches_applied;
+        for (index, account) in self.stored_accounts.iter().enumerate() {
+            if state.account_slot_index(account.id).is_some() {
+                return Err(SnapshotError::Inconsistent("an account id appears twice"));
+            }
+            let hash32 = state.hash32(account.id);
+            // Balances start at zero and are rebuilt from the entries below.
+            let opening = Account {
+                debits_pending: 0,
+                debits_posted: 0,
+                credits_pending: 0,
+                credits_posted: 0,
+                ..*account
+            };
+            state.accounts.push(AccountSlot {
+                account: opening,
+                entries: Vec::new(),
+                balance_checkpoints: Vec::new(),
+            });
+            state.account_index.insert_unique(
+                expand(hash32),
+                IndexSlot {
+                    index: index as u32,
+                    hash32,
+                },
+                |s| expand(s.hash32),
+            );
+        }
+        self.state = Some(state);
+        Ok(())
+    }
+
+    fn transfer(&mut self, index: u32, transfer: Transfer, status: TransferPendingStatus) {
+        let state = self.state();
+        if status == TransferPendingStatus::Pending
+            && transfer.timeout > 0
+            && transfer.flags.contains(TransferFlags::PENDING)
+        {
+            state
+                .expiries
+                .insert((transfer.timestamp + transfer.timeout_ns(), index));
+        }
+        state.transfers.push(transfer);
+        state.transfer_status.push(status);
+    }
+
+    fn transfers_done(&mut self) -> Result<(), SnapshotError> {
+        self.state().index_transfers()
+    }
+
+    fn expiry_events(&mut self, count: usize) {
+        self.state().expiry_events.reserve_exact(count);
+    }
+
+    fn expiry_event(&mut self, timestamp: u64, index: u32) {
+        self.state().expiry_events.push((timestamp, index));
+    }
+
+    fn failed_id(&mut self, id: u128) {
+        self.state().failed_transfer_ids.insert(id);
+    }
+}
+
+/// Reads a snapshot of exactly `len_bytes` bytes from `input` into `sink`, checking its
+/// structure (see [`StateMachine::check_snapshot_structure`]); returns the digest of the bytes.
+fn parse_snapshot<R: Read + ?Sized, S: RecordSink>(
+    input: &mut R,
+    len_bytes: u64,
+    sink: &mut S,
+) -> Result<StateDigest, SnapshotError> {
+    let mut r = SnapshotReader {
+        buffered: io::BufReader::with_capacity(
+            IO_CHUNK_BYTES,
+            HashingReader {
+                inner: Read::take(input, len_bytes),
+                hasher: Sha256::new(),
+            },
+        ),
+        remaining_bytes: len_bytes,
+    };
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if magic != SNAPSHOT_MAGIC {
+        return Err(SnapshotError::Magic);
+    }
+    let version = r.u32()?;
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    let fixed = FixedFields {
+        timestamp_last: r.u64()?,
+        expiry_timestamp_last: r.u64()?,
+        batches_applied: r.u64()?,
+    };
+
+    let accounts_count = r.count(ACCOUNT_SIZE)?;
+    let mut record = [0u8; RECORD_BUFFER_SIZE];
+    sink.accounts(accounts_count);
+    for _ in 0..accounts_count {
+        r.read_exact(&mut record[..ACCOUNT_SIZE])?;
+        sink.account(decode_account(&record));
+    }
+    let transfers_count = r.count(TRANSFER_SIZE + 1)?;
+    sink.transfers(fixed, transfers_count)?;
+    for index in 0..transfers_count {
+        r.read_exact(&mut record[..TRANSFER_SIZE + 1])?;
+        let status = TransferPendingStatus::from_u8(record[TRANSFER_SIZE])
+            .ok_or(SnapshotError::Inconsistent("unknown pending status"))?;
+        let index = u32::try_from(index)
+            .ok()
+            .filter(|i| i & EXPIRY_BIT == 0)
+            .ok_or(SnapshotError::Inconsistent("too many transfers"))?;
+        sink.transfer(index, decode_transfer(&record), status);
+    }
+    sink.transfers_done()?;
+    let expiries_count = r.count(EXPIRY_EVENT_SIZE)?;
+    sink.expiry_events(expiries_count);
+    for _ in 0..expiries_count {
+        let timestamp = r.u64()?;
+        let index = r.u32()?;
+        if index as usize >= transfers_count {
+            return Err(SnapshotError::Inconsistent(
+                "an expiry names an unknown transfer",
+            ));
+        }
+        sink.expiry_event(timestamp, index);
+    }
+    let failed_count = r.count(FAILED_ID_SIZE)?;
+    for _ in 0..failed_count {
+        let mut id = [0u8; 16];
+        r.read_exact(&mut id)?;
+        sink.failed_id(u128::from_le_bytes(id));
+    }
+    if r.remaining_bytes != 0 {
+        return Err(SnapshotError::Inconsistent(
+            "bytes after the end of the snapshot",
+        ));
+    }
+    Ok(StateDigest(
+        r.buffered.into_inner().hasher.finalize().into(),
+    ))
 }
 
 /// Hashes every byte read through it.
@@ -559,8 +677,17 @@ mod tests {
         state.apply(&Batch { timestamp, body });
     }
 
-    #[test]
-    fn a_snapshot_written_in_steps_while_batches_apply_is_the_snapshot_of_when_it_began() {
+    /// Transfers `ids` from account 1 to 2, every third one pending with a 1 s timeout.
+    fn every_third_pending(ids: impl Iterator<Item = u128>) -> Vec<Transfer> {
+        ids.map(|id| match id % 3 {
+            0 => transfer(id, TransferFlags::PENDING, 0, 1),
+            _ => transfer(id, TransferFlags::empty(), 0, 0),
+        })
+        .collect()
+    }
+
+    /// A state holding accounts 1 and 2 (ledger 1, code 1).
+    fn with_accounts_1_and_2() -> StateMachine {
         let mut state = StateMachine::default();
         let accounts = [1, 2].map(|id| Account {
             id,
@@ -569,17 +696,17 @@ mod tests {
             ..Default::default()
         });
         apply(&mut state, 1, BatchBody::CreateAccounts(accounts.to_vec()));
+        state
+    }
+
+    #[test]
+    fn a_snapshot_written_in_steps_while_batches_apply_is_the_snapshot_of_when_it_began() {
+        let mut state = with_accounts_1_and_2();
         // More transfers than one step writes; every third one pending with a 1 s timeout.
         let count = limits::SNAPSHOT_STEP_RECORDS_MAX as u128 + 5_000;
         let ids: Vec<u128> = (1..=count).collect();
         for chunk in ids.chunks(limits::BATCH_EVENTS_MAX) {
-            let transfers = chunk
-                .iter()
-                .map(|&id| match id % 3 {
-                    0 => transfer(id, TransferFlags::PENDING, 0, 1),
-                    _ => transfer(id, TransferFlags::empty(), 0, 0),
-                })
-                .collect();
+            let transfers = every_third_pending(chunk.iter().copied());
             apply(&mut state, 0, BatchBody::CreateTransfers(transfers));
         }
         let mut expected = Vec::new();
@@ -636,5 +763,44 @@ mod tests {
         let error =
             StateMachine::read_snapshot(&mut bytes.as_slice(), len - 1).expect_err("refused");
         assert!(error.to_string().contains("middle of a field"), "{error}");
+    }
+
+    #[test]
+    fn the_structure_check_builds_nothing_and_leaves_only_what_needs_the_state_to_the_read() {
+        let mut state = with_accounts_1_and_2();
+        let transfers = every_third_pending(1..=10);
+        apply(&mut state, 0, BatchBody::CreateTransfers(transfers));
+        let mut bytes = Vec::new();
+        let digest = state.write_snapshot(&mut bytes).unwrap();
+        let len = bytes.len() as u64;
+        let checked = StateMachine::check_snapshot_structure(&mut bytes.as_slice(), len).unwrap();
+        assert_eq!(checked, digest);
+
+        // What the structure shows is refused by both.
+        let check = |bytes: &[u8], len: u64| {
+            StateMachine::check_snapshot_structure(&mut &bytes[..], len)
+                .expect_err("refused")
+                .to_string()
+        };
+        let error = check(&bytes, len - 1);
+        assert!(error.contains("middle of a field"), "{error}");
+        let mut tiny = header();
+        tiny.extend_from_slice(&(u32::MAX as u64).to_le_bytes());
+        let error = check(&tiny, tiny.len() as u64);
+        assert!(error.contains("counts more records"), "{error}");
+        // The first transfer's status byte, after the header, the accounts and their count.
+        let status_at = 36 + 8 + 2 * ACCOUNT_SIZE + 8 + TRANSFER_SIZE;
+        let mut bad_status = bytes.clone();
+        bad_status[status_at] = 0xff;
+        let error = check(&bad_status, len);
+        assert!(error.contains("unknown pending status"), "{error}");
+
+        // An account id that appears twice is seen only by the read, which builds the index.
+        let mut twice = bytes.clone();
+        let second_account = 36 + 8 + ACCOUNT_SIZE;
+        twice.copy_within(36 + 8..36 + 8 + 16, second_account);
+        StateMachine::check_snapshot_structure(&mut twice.as_slice(), len).unwrap();
+        let error = read(&twice).expect_err("refused").to_string();
+        assert!(error.contains("an account id appears twice"), "{error}");
     }
 }

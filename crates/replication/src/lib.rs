@@ -29,7 +29,7 @@ pub use journal::{GroupCommitStats, SyncObserver};
 pub use log_store::clamp_range;
 pub use network::RaftTransportService;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
-pub use state_machine::SharedState;
+pub use state_machine::{SNAPSHOT_INSTALLED_FROM_PEER, SharedState};
 pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};
 pub use verify::{VerifyReport, verify};
 

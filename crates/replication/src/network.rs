@@ -294,7 +294,7 @@ pub struct RaftTransportService {
     /// This node's identity and the group's authority; `None`: plaintext (`--insecure-peers`),
     /// where only the membership check below stands between the port and Raft.
     tls: Option<PeerTls>,
-    /// Snapshot receptions running (each ends holding a decoded ledger).
+    /// Snapshot receptions running (each ends with a checked snapshot file for Raft to install).
     receptions: Arc<tokio::sync::Semaphore>,
 }
 
@@ -402,7 +402,7 @@ impl RaftTransport for RaftTransportService {
             &offer.vote,
         )?;
         let timeout = snapshot_timeout(offer.len_bytes);
-        // The permit is held until Raft has installed (or dropped) the decoded ledger.
+        // The permit is held until Raft has installed (or dropped) the received snapshot.
         let (received, _permit) = tokio::time::timeout(
             timeout,
             receive_snapshot(&self.machine, &offer, messages, permit),
@@ -429,9 +429,9 @@ impl RaftTransport for RaftTransportService {
 }
 
 /// Receives the bytes of the snapshot `offer` declares into a file and checks it whole. The
-/// file is written, then read back and decoded, on a blocking thread fed through a bounded
+/// file is written, then read back and checked, on a blocking thread fed through a bounded
 /// queue, which holds `permit` until it is done (even if the caller stopped waiting) and then
-/// hands it back with the decoded snapshot.
+/// hands it back with the checked snapshot.
 async fn receive_snapshot(
     machine: &LedgerStateMachine<TypeConfig>,
     offer: &SnapshotOffer,

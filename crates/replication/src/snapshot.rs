@@ -2,6 +2,10 @@
 //! receiving one from a peer a chunk at a time into a file of its own and checking it whole,
 //! and reading one back a chunk at a time (to send it) or as a ledger state (to start from it).
 //!
+//! A snapshot from a peer is checked whole as it arrives (length, structure, digest) but not
+//! decoded: decoding builds a second ledger, so it waits for the install (see
+//! [`crate::state_machine`]).
+//!
 //! Layout: a `u32` (little-endian) header length, the postcard header (the snapshot's Raft
 //! metadata and the SHA-256 of the ledger bytes), then the ledger's canonical snapshot bytes.
 //! A snapshot never sits whole in memory: it is written, sent, received and read in chunks of
@@ -141,20 +145,15 @@ pub(crate) fn remove_stale_temp_files(storage: &dyn Storage, dir: &Path) -> io::
 }
 
 /// A snapshot held in a file, as openraft passes it around: the file, where the ledger bytes
-/// are in it, their digest, and for a snapshot received from a peer the state already decoded
-/// and checked from it (installing it then only swaps it in).
+/// are in it, their digest, and for a snapshot received from a peer its temporary file (its
+/// structure and digest checked; decoded only when it is installed, once the state it
+/// replaces is let go).
 pub struct SnapshotData {
     file: Arc<dyn StorageFile>,
     data_offset: u64,
     len_bytes: u64,
     digest: [u8; 32],
-    received: Option<Received>,
-}
-
-/// A snapshot received from a peer: its temporary file and the state read from it.
-pub(crate) struct Received {
-    pub temp: TempFile,
-    pub state: StateMachine,
+    received: Option<TempFile>,
 }
 
 impl SnapshotData {
@@ -177,21 +176,36 @@ impl SnapshotData {
         }
     }
 
-    pub(crate) fn take_received(&mut self) -> Option<Received> {
+    /// The temporary file of a snapshot received from a peer (`None` for a snapshot file
+    /// that is already kept).
+    pub(crate) fn take_received(&mut self) -> Option<TempFile> {
         self.received.take()
     }
 
-    /// Decodes the ledger bytes and checks them against the digest in the header.
+    /// Decodes the ledger bytes and checks them whole and against the digest in the header.
     pub(crate) fn decode(&self) -> io::Result<(StateMachine, StateDigest)> {
         let (state, digest) =
             StateMachine::read_snapshot(&mut self.chunks(), self.len_bytes).map_err(invalid)?;
+        self.check_digest(digest)?;
+        Ok((state, digest))
+    }
+
+    /// Checks the ledger bytes' structure (see `StateMachine::check_snapshot_structure`) and
+    /// digest without decoding them: in memory bounded by a read buffer.
+    pub(crate) fn check_structure(&self) -> io::Result<()> {
+        let digest = StateMachine::check_snapshot_structure(&mut self.chunks(), self.len_bytes)
+            .map_err(invalid)?;
+        self.check_digest(digest)
+    }
+
+    fn check_digest(&self, digest: StateDigest) -> io::Result<()> {
         if digest.0 != self.digest {
             return Err(invalid(format!(
                 "the snapshot's bytes have digest {digest}, not the {} stated with them",
                 StateDigest(self.digest)
             )));
         }
-        Ok((state, digest))
+        Ok(())
     }
 }
 
@@ -438,7 +452,9 @@ impl SnapshotReceiver {
     }
 
     /// Checks the whole snapshot (its length, every count against the bytes that hold it, its
-    /// consistency, its digest) and decodes it, replacing nothing. Refused, its file is removed.
+    /// structure, its digest) without decoding it, replacing nothing. Refused, its file is
+    /// removed. What only the decoded ledger shows (ids that appear twice, balances) is checked
+    /// when it is installed.
     pub fn finish(mut self) -> io::Result<SnapshotData> {
         if self.received_bytes != self.len_bytes {
             return Err(invalid(format!(
@@ -455,11 +471,8 @@ impl SnapshotReceiver {
             digest: self.digest,
             received: None,
         };
-        let (state, _) = data.decode()?;
-        data.received = Some(Received {
-            temp: self.temp,
-            state,
-        });
+        data.check_structure()?;
+        data.received = Some(self.temp);
         Ok(data)
     }
 }
@@ -594,10 +607,8 @@ pub(crate) mod tests {
         }
         assert_eq!(sent_chunks, chunks_count);
         let mut received = receiver.finish().unwrap();
-        let Received {
-            temp,
-            state: decoded,
-        } = received.take_received().unwrap();
+        let decoded = received.decode().unwrap().0;
+        let temp = received.take_received().unwrap();
         assert_eq!(decoded.digest(), state.digest());
         assert_eq!(decoded.transfers_count(), state.transfers_count());
         // Kept, the received file is a snapshot file like the sender's.

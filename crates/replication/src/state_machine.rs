@@ -36,6 +36,10 @@ type SnapshotOf = openraft::Snapshot<CommittedLeaderId, NodeId, PeerNode, Snapsh
 /// The ledger state, shared with whoever serves reads.
 pub type SharedState = Arc<RwLock<StateMachine>>;
 
+/// The message logged (at info) each time a snapshot received from a peer is installed: how an
+/// operator, or `fincore bench --wipe-follower-at`, tells a catch-up from a snapshot.
+pub const SNAPSHOT_INSTALLED_FROM_PEER: &str = "installed a snapshot received from a peer";
+
 struct Inner {
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -289,6 +293,63 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
     }
 }
 
+impl<C: LedgerConfig> LedgerStateMachine<C> {
+    /// Installs `snapshot` at `meta`: a snapshot received from a peer (its structure and digest
+    /// already checked) or the current snapshot file (openraft restoring it at start).
+    ///
+    /// A replica never holds two ledgers: under the state's write lock (readers wait; nothing
+    /// applies during an install) the current state is let go first, then the snapshot is
+    /// decoded and checked whole in its place, then its file is kept and the position moves.
+    /// If the decoded snapshot is refused (ids that appear twice, balances that disagree with
+    /// the transfers: what the structure check cannot see), the replica has no state left to
+    /// serve and the error stops Raft; its directory is unchanged, so a restart recovers the
+    /// state it had.
+    fn install_snapshot_blocking(
+        &self,
+        meta: &SnapshotMeta,
+        mut snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let temp = snapshot.take_received();
+        let mut shared = self.state.write().expect("never poisoned");
+        {
+            let inner = self.inner.lock().expect("never poisoned");
+            if meta.last_log_id < inner.last_applied {
+                return Err(invalid(format!(
+                    "refusing to install a snapshot at {:?}: entries up to {:?} are already applied",
+                    meta.last_log_id, inner.last_applied
+                )));
+            }
+        }
+        drop(std::mem::take(&mut *shared));
+        let (state, _) = snapshot.decode().map_err(|error| {
+            invalid(format!(
+                "the snapshot at {:?} is refused ({error}) after this replica let go of its \
+                 state to decode it: Raft stops; the data directory is unchanged, and a \
+                 restart recovers the state it held",
+                meta.last_log_id
+            ))
+        })?;
+        let mut inner = self.inner.lock().expect("never poisoned");
+        // The file first: if keeping it fails, the position does not move (and Raft stops).
+        let from_peer = temp.is_some();
+        if let Some(temp) = temp {
+            self.publish(&mut inner, meta, temp)?;
+        }
+        *shared = replicated(state);
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.installs_count += 1;
+        if from_peer {
+            tracing::info!(
+                last_log_id = ?meta.last_log_id,
+                len_bytes = snapshot.len_bytes(),
+                "{SNAPSHOT_INSTALLED_FROM_PEER}"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = LedgerStateMachine<C>;
@@ -337,31 +398,17 @@ impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        mut snapshot: Self::SnapshotData,
+        snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
-        // A received snapshot was decoded and checked whole as it arrived; the current one
-        // (openraft restoring it at start) is decoded here.
-        let (state, temp) = match snapshot.take_received() {
-            Some(received) => (received.state, Some(received.temp)),
-            None => (snapshot.decode()?.0, None),
-        };
-        let mut shared = self.state.write().expect("never poisoned");
-        let mut inner = self.inner.lock().expect("never poisoned");
-        if meta.last_log_id < inner.last_applied {
-            return Err(invalid(format!(
-                "refusing to install a snapshot at {:?}: entries up to {:?} are already applied",
-                meta.last_log_id, inner.last_applied
-            )));
+        // Decoding a big ledger takes seconds: on a blocking thread in production, so the
+        // runtime's workers keep serving heartbeats; inline in the simulator (deterministic).
+        if self.applier.is_none() {
+            return self.install_snapshot_blocking(meta, snapshot);
         }
-        // The file first: if keeping it fails, nothing was replaced.
-        if let Some(temp) = temp {
-            self.publish(&mut inner, meta, temp)?;
-        }
-        *shared = replicated(state);
-        inner.last_applied = meta.last_log_id;
-        inner.membership = meta.last_membership.clone();
-        inner.installs_count += 1;
-        Ok(())
+        let (machine, meta) = (self.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || machine.install_snapshot_blocking(&meta, snapshot))
+            .await
+            .map_err(io::Error::other)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {
@@ -391,23 +438,51 @@ mod tests {
     /// `state`'s snapshot at `meta`, as `machine` receives it from a peer.
     fn receive(machine: &Machine, meta: SnapshotMeta, state: &StateMachine) -> SnapshotData {
         let mut bytes = Vec::new();
-        let digest = state.write_snapshot(&mut bytes).unwrap();
-        let mut receiver = machine
-            .receive_snapshot(&offer(meta, bytes.len() as u64, digest.0))
-            .unwrap();
+        state.write_snapshot(&mut bytes).unwrap();
+        receive_bytes(machine, meta, &bytes).unwrap()
+    }
+
+    /// `bytes` as `machine` receives them from a peer, offered with their own digest.
+    fn receive_bytes(
+        machine: &Machine,
+        meta: SnapshotMeta,
+        bytes: &[u8],
+    ) -> io::Result<SnapshotData> {
+        let digest = StateDigest::of_snapshot_bytes(&mut &bytes[..])?;
+        let mut receiver = machine.receive_snapshot(&offer(meta, bytes.len() as u64, digest.0))?;
         for chunk in bytes.chunks(limits::PEER_SNAPSHOT_CHUNK_BYTES) {
-            receiver.write(chunk).unwrap();
+            receiver.write(chunk)?;
         }
-        receiver.finish().unwrap()
+        receiver.finish()
+    }
+
+    /// Installs as in production: the decode runs on a blocking thread of a runtime.
+    fn install_data(
+        machine: &mut Machine,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    ) -> io::Result<()> {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(machine.install_snapshot(&meta, data))
     }
 
     fn install(machine: &mut Machine, index: u64, state: &StateMachine) -> io::Result<()> {
         let data = receive(machine, meta_at(index), state);
-        block_on(machine.install_snapshot(&meta_at(index), data))
+        install_data(machine, meta_at(index), data)
     }
 
     fn snapshot_file_bytes(dir: &Path) -> Vec<u8> {
         std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap()
+    }
+
+    /// A machine in `dir` with a ledger of 5 transfers installed at index 5, that ledger, and
+    /// its snapshot file's bytes.
+    fn installed_at_5(dir: &Path) -> (Machine, StateMachine, Vec<u8>) {
+        let mut machine = open(dir);
+        let state = ledger_with_transfers(5);
+        install(&mut machine, 5, &state).unwrap();
+        let file = snapshot_file_bytes(dir);
+        (machine, state, file)
     }
 
     #[test]
@@ -446,10 +521,7 @@ mod tests {
     #[test]
     fn a_forged_snapshot_from_a_peer_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut machine = open(dir.path());
-        let state = ledger_with_transfers(5);
-        install(&mut machine, 5, &state).unwrap();
-        let file = snapshot_file_bytes(dir.path());
+        let (machine, state, file) = installed_at_5(dir.path());
 
         let forged = forged_60_bytes();
         let mut receiver = machine
@@ -481,5 +553,33 @@ mod tests {
         assert_eq!(temp_files(dir.path()), Vec::<String>::new());
         drop((machine, built));
         assert_eq!(open(dir.path()).applied(), (3, state.digest()));
+    }
+
+    #[test]
+    fn a_snapshot_refused_only_once_decoded_stops_the_install_and_a_restart_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut machine, state, file) = installed_at_5(dir.path());
+
+        // Account 1's id written over account 2's: the structure and the digest are sound, so
+        // the reception accepts it; only the decoded ledger shows the id twice.
+        let mut bytes = Vec::new();
+        ledger_with_transfers(8).write_snapshot(&mut bytes).unwrap();
+        // The accounts follow the 36 bytes of fixed fields and their 8-byte count.
+        let (accounts_at, account_bytes) = (36 + 8, ledger::ACCOUNT_SIZE);
+        bytes.copy_within(accounts_at..accounts_at + 16, accounts_at + account_bytes);
+        let data = receive_bytes(&machine, meta_at(8), &bytes).unwrap();
+        let error = install_data(&mut machine, meta_at(8), data).expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("an account id appears twice") && text.contains("restart"),
+            "{text}"
+        );
+
+        // Nothing on disk changed: the snapshot file is the old one, no temporary file is
+        // left, and a restart starts from the state the replica had.
+        assert_eq!(snapshot_file_bytes(dir.path()), file);
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+        drop(machine);
+        assert_eq!(open(dir.path()).applied(), (5, state.digest()));
     }
 }

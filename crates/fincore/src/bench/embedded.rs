@@ -90,6 +90,7 @@ async fn run_on(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         write_pause_ms_max: None,
         replicas_caught_up_ms: None,
         leader_changes: None,
+        catch_up: None,
     })
 }
 

@@ -11,6 +11,7 @@
 
 mod embedded;
 mod network;
+mod wipe;
 mod workload;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use ledger::BATCH_EVENTS_MAX;
 use serde::Serialize;
 
+pub use wipe::CatchUpReport;
 pub use workload::{AccountDistribution, IdOrder};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +49,16 @@ pub struct BenchArgs {
     /// longest write pause (`write_pause_ms_max`).
     #[arg(long, value_name = "SECONDS", conflicts_with = "addr")]
     kill_leader_at: Option<f64>,
+    /// Network mode: this many seconds into the transfers, kill -9 a follower, remove it from
+    /// the group, wipe its data directory, start a new member (new id, `--join`, empty
+    /// directory) and add it while the load goes on; report its catch-up time, whether it
+    /// caught up from a snapshot, and every node's peak RSS.
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["addr", "kill_leader_at"])]
+    wipe_follower_at: Option<f64>,
+    /// Network mode: the nodes take a snapshot every this many batches (serve's
+    /// `--checkpoint-interval`; 0: never). Default: 0, or 200 with --wipe-follower-at.
+    #[arg(long, value_name = "BATCHES", conflicts_with_all = ["addr", "embedded"])]
+    checkpoint_interval: Option<u64>,
     /// Concurrent clients, each with one batch in flight (network mode).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     clients: u64,
@@ -75,8 +87,19 @@ pub struct BenchArgs {
     /// Network mode: run this many rounds, each a single node then the `--replicas` group
     /// (alternating, so both see the same machine), and report the medians and their ratio.
     #[arg(long, value_name = "ROUNDS", value_parser = clap::value_parser!(u64).range(1..=100),
-          conflicts_with_all = ["embedded", "addr", "data_dir", "kill_leader_at"])]
+          conflicts_with_all = ["embedded", "addr", "data_dir", "kill_leader_at", "wipe_follower_at"])]
     vs_single: Option<u64>,
+    /// Network mode: run this many rounds, each the `--replicas` group as it runs by default
+    /// (mutual TLS between replicas, API keys checked) then the same group open
+    /// (`--insecure-peers --insecure-no-auth`), alternating, and report the medians and their
+    /// ratio: what security costs.
+    #[arg(long, value_name = "ROUNDS", value_parser = clap::value_parser!(u64).range(1..=100),
+          conflicts_with_all = ["embedded", "addr", "data_dir", "kill_leader_at", "wipe_follower_at", "vs_single"])]
+    vs_insecure: Option<u64>,
+    /// Set by `--vs-insecure` for its open runs: nodes start with `--insecure-peers
+    /// --insecure-no-auth` and the client sends no key.
+    #[arg(skip)]
+    open: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -84,6 +107,22 @@ pub struct BenchArgs {
     /// writing a snapshot, then a restart from it).
     #[arg(long, requires = "embedded")]
     restart: bool,
+}
+
+/// Refuses combinations clap cannot express.
+fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(seconds) = args.wipe_follower_at {
+        if args.embedded || args.replicas < 3 {
+            anyhow::bail!(
+                "--wipe-follower-at needs a replica group of 3 or 5 (--replicas), not embedded \
+                 or a single node: the group must keep a majority while a follower is replaced"
+            );
+        }
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            anyhow::bail!("--wipe-follower-at {seconds}: give seconds, 0 or more");
+        }
+    }
+    Ok(())
 }
 
 fn parse_replicas(text: &str) -> Result<u64, String> {
@@ -146,6 +185,8 @@ pub struct Measured {
     pub replicas_caught_up_ms: Option<f64>,
     /// Raft term increments during the measured phase (network runs on nodes started here).
     pub leader_changes: Option<u64>,
+    /// `--wipe-follower-at`: the new member's catch-up and every node's peak RSS.
+    pub catch_up: Option<CatchUpReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -184,6 +225,8 @@ struct Report {
     /// Every election adds one, won or not, so 0 means the first leader served the whole run.
     #[serde(skip_serializing_if = "Option::is_none")]
     leader_changes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    catch_up: Option<CatchUpReport>,
 }
 
 /// Peak resident set size of a process (Linux `VmHWM`), 0 if unknown.
@@ -211,6 +254,78 @@ fn median(mut values: Vec<f64>) -> f64 {
         n if n % 2 == 1 => values[n / 2],
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+/// Both sides of one `--vs-insecure` comparison, and every run.
+#[derive(Debug, Serialize)]
+struct SecurityComparison {
+    replicas: u64,
+    rounds: u64,
+    /// Mutual TLS between replicas and API keys checked (how nodes run by default).
+    secured_transfers_per_second_median: f64,
+    /// `--insecure-peers --insecure-no-auth`.
+    open_transfers_per_second_median: f64,
+    /// Secured median / open median.
+    ratio: f64,
+    secured: Vec<Report>,
+    open: Vec<Report>,
+}
+
+/// `--vs-insecure`: the group secured and open, alternating, on the same machine.
+fn compare_security(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
+    let (mut secured, mut open) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for run_open in [false, true] {
+            let run_args = BenchArgs {
+                open: run_open,
+                ..args.clone()
+            };
+            let report = report(&run_args, "network", network::run(&run_args)?);
+            if !args.json {
+                println!(
+                    "round {round}/{rounds}: {} replica(s) {} {:.0} transfers/s (batch p50 {:.2} ms, {} leader change(s))",
+                    args.replicas,
+                    if run_open { "open   " } else { "secured" },
+                    report.transfers_per_second,
+                    report.batch_latency_ms.p50,
+                    report.leader_changes.unwrap_or(0)
+                );
+            }
+            if run_open { &mut open } else { &mut secured }.push(report);
+        }
+    }
+    let rate =
+        |reports: &[Report]| median(reports.iter().map(|r| r.transfers_per_second).collect());
+    let comparison = SecurityComparison {
+        replicas: args.replicas,
+        rounds,
+        secured_transfers_per_second_median: rate(&secured),
+        open_transfers_per_second_median: rate(&open),
+        ratio: rate(&secured) / rate(&open),
+        secured,
+        open,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&comparison)?);
+    } else {
+        println!(
+            "medians over {rounds} round(s), {} replica(s): secured {:.0} transfers/s, open {:.0} transfers/s, ratio {:.3}",
+            args.replicas,
+            comparison.secured_transfers_per_second_median,
+            comparison.open_transfers_per_second_median,
+            comparison.ratio
+        );
+    }
+    let failed = comparison
+        .secured
+        .iter()
+        .chain(&comparison.open)
+        .any(|r| r.transfers_failed > 0);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `--vs-single`: single node and replica group, alternating, on the same machine.
@@ -294,12 +409,17 @@ fn report(args: &BenchArgs, mode: &'static str, measured: Measured) -> Report {
         write_pause_ms_max: measured.write_pause_ms_max,
         replicas_caught_up_ms: measured.replicas_caught_up_ms,
         leader_changes: measured.leader_changes,
+        catch_up: measured.catch_up,
     }
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    check_args(args)?;
     if let Some(rounds) = args.vs_single {
         return compare(args, rounds);
+    }
+    if let Some(rounds) = args.vs_insecure {
+        return compare_security(args, rounds);
     }
     let (mode, measured) = if args.embedded {
         ("embedded", embedded::run(args)?)
@@ -350,6 +470,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 "  leadership    {changes} term change(s) (elections) during the measured phase"
             );
         }
+        if let Some(c) = &report.catch_up {
+            print_catch_up(c);
+        }
         if let Some(pause) = report.write_pause_ms_max {
             println!("  failover      longest write pause after killing the leader: {pause:.0} ms");
         }
@@ -374,6 +497,34 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn print_catch_up(c: &CatchUpReport) {
+    println!(
+        "  wipe          node {} (a follower; leader node {}) killed and wiped {:.1} s in, {} transfers acknowledged; new member node {} added",
+        c.wiped_node_id,
+        c.leader_node_id,
+        c.wiped_at_seconds,
+        c.transfers_acknowledged_at_wipe,
+        c.new_member_id
+    );
+    println!(
+        "  catch-up      {:.0} ms from the add to applying the leader's index ({} at the add); add-replica answered after {:.0} ms; {} snapshot(s) installed from a peer",
+        c.catch_up_ms, c.leader_applied_index_at_add, c.add_replica_ms, c.snapshots_installed
+    );
+    let peaks: Vec<String> = c
+        .nodes_peak_rss
+        .iter()
+        .map(|n| {
+            format!(
+                "node {} ({}) {} MiB",
+                n.node_id,
+                n.role,
+                n.peak_rss_bytes >> 20
+            )
+        })
+        .collect();
+    println!("  node peaks    {}", peaks.join(", "));
 }
 
 /// The data directory to use: the one given (must be empty) or a temporary one.

@@ -1,8 +1,10 @@
 //! The network benchmark: a replica group over gRPC (started here as child processes, or
 //! `--addr`), `--clients` clients each with one batch in flight; optionally the leader is
-//! killed mid-run and the longest write pause measured.
+//! killed mid-run and the longest write pause measured, or a follower is replaced by a new
+//! member (`wipe`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,32 +12,74 @@ use anyhow::bail;
 use client::{Client, RetryPolicy};
 use ledger::{CreateAccountResult, CreateTransferResult};
 
+use super::wipe::{self, WipePlan};
 use super::workload::{TransferGenerator, accounts};
 use super::{BenchArgs, Measured, data_dir, peak_rss_bytes};
 use testkit::group::GroupLayout;
 use testkit::http::{get_json, replica_status};
 use testkit::node::ChildNode;
 
-/// Starts `replicas` nodes forming one group (node i in `dir/node-i`).
-fn start_group(dir: &Path, replicas: u64) -> anyhow::Result<Vec<ChildNode>> {
-    let node_dir = |i: usize| dir.join(format!("node-{}", i + 1));
+/// Node `id`'s data directory in `dir`.
+pub(super) fn node_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}"))
+}
+
+/// Starts `replicas` nodes forming one group (node i in `dir/node-i`), each taking a snapshot
+/// every `checkpoint_interval` batches (0: never). A replicated group's layout plans for
+/// `spare_members` more members, started later; it is returned with the nodes.
+fn start_group(
+    dir: &Path,
+    replicas: u64,
+    spare_members: usize,
+    checkpoint_interval: u64,
+    open: bool,
+) -> anyhow::Result<(Vec<ChildNode>, Option<GroupLayout>)> {
     if replicas == 1 {
-        let mut args = ["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"]
-            .map(String::from)
-            .to_vec();
-        args.extend(testkit::group::single_node_args(&node_dir(0)));
-        return Ok(vec![crate::nodes::start(&node_dir(0), &args)?]);
+        let data_dir = node_dir(dir, 1);
+        let mut args = testkit::group::FREE_PORTS_ARGS.map(String::from).to_vec();
+        args.extend(testkit::group::single_node_args(&data_dir));
+        if open {
+            args.extend(OPEN_ARGS.map(String::from));
+        }
+        let node = crate::nodes::start_checkpointing(&data_dir, &args, checkpoint_interval)?;
+        return Ok((vec![node], None));
     }
     let replicas = replicas as usize;
-    let layout = GroupLayout::on_free_ports(replicas)?;
-    (0..replicas)
+    let layout = GroupLayout::on_free_ports(replicas + spare_members)?;
+    let nodes = (0..replicas)
         .map(|i| {
-            let mut args = layout.serve_args(i, replicas);
-            args.extend(layout.membership_args(i, &node_dir(i)));
-            crate::nodes::start(&node_dir(i), &args)
+            let data_dir = node_dir(dir, i as u64 + 1);
+            start_member(&data_dir, &layout, i, replicas, checkpoint_interval, open)
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((nodes, Some(layout)))
 }
+
+/// Starts member `i` of `layout` (node id `i + 1`) on `data_dir`, in a group whose members
+/// are the layout's first `members`: on an empty directory member 0 bootstraps the group and
+/// any other joins it (a new member then waits to be added).
+pub(super) fn start_member(
+    data_dir: &Path,
+    layout: &GroupLayout,
+    i: usize,
+    members: usize,
+    checkpoint_interval: u64,
+    open: bool,
+) -> anyhow::Result<ChildNode> {
+    let mut args = layout.serve_args(i, members);
+    if open {
+        // Plaintext peers instead of the layout's certificates, and no keys.
+        if let Some(at) = args.iter().position(|arg| arg == "--peer-certs") {
+            args.drain(at..at + 2);
+        }
+        args.extend(OPEN_ARGS.map(String::from));
+    }
+    args.extend(layout.membership_args(i, data_dir));
+    crate::nodes::start_checkpointing(data_dir, &args, checkpoint_interval)
+}
+
+/// How `--vs-insecure`'s open runs start their nodes: no keys, plaintext between replicas.
+const OPEN_ARGS: [&str; 2] = ["--insecure-no-auth", "--insecure-peers"];
 
 /// The longest gap between consecutive batch completions at or after `from`.
 fn longest_pause(completions: &mut [Instant], from: Instant) -> Duration {
@@ -68,19 +112,24 @@ fn spawn_leader_killer(
         };
         std::thread::sleep((started + after).saturating_duration_since(Instant::now()));
         let mut nodes = nodes.lock().expect("never poisoned");
-        let addrs: Vec<String> = nodes
-            .iter()
-            .flatten()
-            .map(|n| n.http_addr.clone())
-            .collect();
-        let leader_http = addrs[leader_of(&addrs)?].clone();
-        let position = nodes
-            .iter()
-            .position(|n| n.as_ref().is_some_and(|n| n.http_addr == leader_http))
-            .expect("the leader is one of ours");
+        let position = leader_position(&nodes)?;
         nodes[position].take().expect("running").kill9();
         Ok(Some(Instant::now()))
     })
+}
+
+/// The position in `nodes` of the running node the group agrees is leader (bounded wait).
+pub(super) fn leader_position(nodes: &[Option<ChildNode>]) -> anyhow::Result<usize> {
+    let running: Vec<String> = nodes
+        .iter()
+        .flatten()
+        .map(|n| n.http_addr.clone())
+        .collect();
+    let leader_http = &running[leader_of(&running)?];
+    Ok(nodes
+        .iter()
+        .position(|n| n.as_ref().is_some_and(|n| &n.http_addr == leader_http))
+        .expect("the leader is one of ours"))
 }
 
 /// The index (in `http_addrs`) of the node the group agrees is leader (bounded wait).
@@ -103,6 +152,11 @@ fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
     }
     bail!("no leader was elected within 20 s")
 }
+
+/// The snapshot interval (batches) of `--wipe-follower-at` unless `--checkpoint-interval` is
+/// given: often enough that the log behind the wiped follower is purged and the new member
+/// needs a snapshot (the interval of the measurement).
+const WIPE_CHECKPOINT_INTERVAL_ENTRIES_DEFAULT: u64 = 200;
 
 /// How long the replicas may take to apply everything they acknowledged after the load.
 const CATCH_UP_SECONDS_MAX: u64 = 120;
@@ -194,15 +248,28 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Measured> {
 
 /// One network-mode run on data directory `dir`.
 fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
-    let nodes = match &args.addr {
-        Some(_) => Vec::new(),
-        None => start_group(dir, args.replicas)?,
+    let checkpoint_interval = args
+        .checkpoint_interval
+        .unwrap_or(match args.wipe_follower_at {
+            Some(_) => WIPE_CHECKPOINT_INTERVAL_ENTRIES_DEFAULT,
+            None => 0,
+        });
+    let spare_members = usize::from(args.wipe_follower_at.is_some());
+    let (nodes, layout) = match &args.addr {
+        Some(_) => (Vec::new(), None),
+        None => start_group(
+            dir,
+            args.replicas,
+            spare_members,
+            checkpoint_interval,
+            args.open,
+        )?,
     };
     let addrs: Vec<String> = match &args.addr {
         Some(addr) => vec![format!("http://{addr}")],
         None => nodes.iter().map(ChildNode::grpc_url).collect(),
     };
-    let pids: Vec<String> = nodes.iter().map(|n| n.pid().to_string()).collect();
+    let pids: Vec<u32> = nodes.iter().map(ChildNode::pid).collect();
     let nodes = Arc::new(Mutex::new(nodes.into_iter().map(Some).collect::<Vec<_>>()));
     // Against a node that may already hold a previous run, transfer ids start past any earlier
     // run's: at the nanoseconds since the epoch (a u64 until 2554), which have grown past the
@@ -220,6 +287,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     };
     let completions = Arc::new(Mutex::new(Vec::new()));
     let transfers_started = Arc::new(Mutex::new(None));
+    let load_done = Arc::new(AtomicBool::new(false));
     let killer = args.kill_leader_at.map(|seconds| {
         spawn_leader_killer(
             Arc::clone(&nodes),
@@ -227,11 +295,31 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
             Duration::from_secs_f64(seconds),
         )
     });
+    let wiper = match (args.wipe_follower_at, layout) {
+        (Some(seconds), Some(layout)) => Some(wipe::spawn(
+            WipePlan {
+                after: Duration::from_secs_f64(seconds),
+                layout,
+                dir: dir.to_path_buf(),
+                checkpoint_interval,
+                batch: args.batch,
+            },
+            Arc::clone(&nodes),
+            Arc::clone(&transfers_started),
+            Arc::clone(&completions),
+            Arc::clone(&load_done),
+        )),
+        (Some(_), None) => bail!("--wipe-follower-at needs a replica group the bench starts"),
+        (None, _) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let api_key = args.api_key.as_deref().or(testkit::keys::token());
+    let api_key = match args.open {
+        true => None,
+        false => args.api_key.as_deref().or(testkit::keys::token()),
+    };
     let connect = || {
         Client::builder(&addr_refs)
             .retry_policy(RetryPolicy::default())
@@ -258,7 +346,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     })?;
     let all_http: Vec<String> = running_http(&nodes);
     let term_at_start = term_max(&all_http);
-    let (started, latencies, transfers_failed) = runtime.block_on(async {
+    let load = runtime.block_on(async {
         let batches = args.transfers.div_ceil(args.batch);
         let started = Instant::now();
         *transfers_started.lock().expect("never poisoned") = Some(started);
@@ -310,7 +398,14 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
             failed += task_failed;
         }
         anyhow::Ok((started, latencies, failed))
-    })?;
+    });
+    // The wipe stops waiting for its time once the load is over, however it ended.
+    load_done.store(true, Ordering::Relaxed);
+    let (started, latencies, transfers_failed) = load?;
+    let wiped = match wiper {
+        Some(wiper) => Some(wiper.join().expect("the wipe thread panicked")?),
+        None => None,
+    };
     // A replicated run ends when every running replica has applied the last batch, not at its
     // acknowledgement: followers that fell behind would owe that work to the next run.
     let acknowledged = Instant::now();
@@ -329,11 +424,22 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     if running_http.len() > 1 {
         check_digests(&running_http)?;
     }
-    let peak_rss_bytes = pids
-        .iter()
-        .map(|pid| peak_rss_bytes(pid))
-        .max()
-        .unwrap_or(0);
+    let catch_up = match &wiped {
+        Some(wiped) => Some(wiped.report(&pids)?),
+        None => None,
+    };
+    let peak_rss_bytes = match &catch_up {
+        Some(catch_up) => catch_up
+            .nodes_peak_rss
+            .iter()
+            .map(|n| n.peak_rss_bytes)
+            .max(),
+        None => pids
+            .iter()
+            .map(|pid| peak_rss_bytes(&pid.to_string()))
+            .max(),
+    }
+    .unwrap_or(0);
     let write_pause_ms_max = match killer {
         Some(killer) => {
             let killed_at = killer.join().expect("the killer thread panicked")?;
@@ -357,6 +463,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         write_pause_ms_max,
         replicas_caught_up_ms,
         leader_changes,
+        catch_up,
     })
 }
 
