@@ -271,37 +271,70 @@ struct SecurityComparison {
     open: Vec<Report>,
 }
 
-/// `--vs-insecure`: the group secured and open, alternating, on the same machine.
-fn compare_security(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
-    let (mut secured, mut open) = (Vec::new(), Vec::new());
+/// Runs `rounds` rounds of every variant in turn (`(label, args)`), printing a line per run
+/// unless `--json`; returns each variant's reports.
+fn alternate(
+    args: &BenchArgs,
+    rounds: u64,
+    variants: &[(&str, BenchArgs)],
+) -> anyhow::Result<Vec<Vec<Report>>> {
+    let mut reports: Vec<Vec<Report>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
-        for run_open in [false, true] {
-            let run_args = BenchArgs {
-                open: run_open,
-                ..args.clone()
-            };
-            let report = report(&run_args, "network", network::run(&run_args)?);
+        for ((label, run_args), reports) in variants.iter().zip(&mut reports) {
+            let report = report(run_args, "network", network::run(run_args)?);
             if !args.json {
                 println!(
-                    "round {round}/{rounds}: {} replica(s) {} {:.0} transfers/s (batch p50 {:.2} ms, {} leader change(s))",
-                    args.replicas,
-                    if run_open { "open   " } else { "secured" },
+                    "round {round}/{rounds}: {label} {:.0} transfers/s (batch p50 {:.2} ms, {} leader change(s))",
                     report.transfers_per_second,
                     report.batch_latency_ms.p50,
                     report.leader_changes.unwrap_or(0)
                 );
             }
-            if run_open { &mut open } else { &mut secured }.push(report);
+            reports.push(report);
         }
     }
-    let rate =
-        |reports: &[Report]| median(reports.iter().map(|r| r.transfers_per_second).collect());
-    let comparison = SecurityComparison {
-        replicas: args.replicas,
+    Ok(reports)
+}
+
+fn median_rate(reports: &[Report]) -> f64 {
+    median(reports.iter().map(|r| r.transfers_per_second).collect())
+}
+
+/// Exit status 1 if any run failed a transfer.
+fn exit_code(reports: &[Vec<Report>]) -> ExitCode {
+    if reports.iter().flatten().any(|r| r.transfers_failed > 0) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `--vs-insecure`: the group secured and open, alternating, on the same machine.
+fn compare_security(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
+    let replicas = args.replicas;
+    let variant = |open| BenchArgs {
+        open,
+        ..args.clone()
+    };
+    let mut reports = alternate(
+        args,
         rounds,
-        secured_transfers_per_second_median: rate(&secured),
-        open_transfers_per_second_median: rate(&open),
-        ratio: rate(&secured) / rate(&open),
+        &[
+            (&format!("{replicas} replica(s) secured"), variant(false)),
+            (&format!("{replicas} replica(s) open   "), variant(true)),
+        ],
+    )?;
+    let code = exit_code(&reports);
+    let (open, secured) = (
+        reports.pop().unwrap_or_default(),
+        reports.pop().unwrap_or_default(),
+    );
+    let comparison = SecurityComparison {
+        replicas,
+        rounds,
+        secured_transfers_per_second_median: median_rate(&secured),
+        open_transfers_per_second_median: median_rate(&open),
+        ratio: median_rate(&secured) / median_rate(&open),
         secured,
         open,
     };
@@ -309,59 +342,43 @@ fn compare_security(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&comparison)?);
     } else {
         println!(
-            "medians over {rounds} round(s), {} replica(s): secured {:.0} transfers/s, open {:.0} transfers/s, ratio {:.3}",
-            args.replicas,
+            "medians over {rounds} round(s), {replicas} replica(s): secured {:.0} transfers/s, open {:.0} transfers/s, ratio {:.3}",
             comparison.secured_transfers_per_second_median,
             comparison.open_transfers_per_second_median,
             comparison.ratio
         );
     }
-    let failed = comparison
-        .secured
-        .iter()
-        .chain(&comparison.open)
-        .any(|r| r.transfers_failed > 0);
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(code)
 }
 
 /// `--vs-single`: single node and replica group, alternating, on the same machine.
 fn compare(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
-    let mut single = Vec::new();
-    let mut replicated = Vec::new();
-    for round in 1..=rounds {
-        for replicas in [1, args.replicas] {
-            let run_args = BenchArgs {
-                replicas,
-                ..args.clone()
-            };
-            let report = report(&run_args, "network", network::run(&run_args)?);
-            if !args.json {
-                println!(
-                    "round {round}/{rounds}: {replicas} replica(s) {:.0} transfers/s (batch p50 {:.2} ms, {} leader change(s))",
-                    report.transfers_per_second,
-                    report.batch_latency_ms.p50,
-                    report.leader_changes.unwrap_or(0)
-                );
-            }
-            if replicas == 1 {
-                single.push(report);
-            } else {
-                replicated.push(report);
-            }
-        }
-    }
-    let rate =
-        |reports: &[Report]| median(reports.iter().map(|r| r.transfers_per_second).collect());
+    let variant = |replicas| BenchArgs {
+        replicas,
+        ..args.clone()
+    };
+    let mut reports = alternate(
+        args,
+        rounds,
+        &[
+            ("1 replica(s)", variant(1)),
+            (
+                &format!("{} replica(s)", args.replicas),
+                variant(args.replicas),
+            ),
+        ],
+    )?;
+    let code = exit_code(&reports);
+    let (replicated, single) = (
+        reports.pop().unwrap_or_default(),
+        reports.pop().unwrap_or_default(),
+    );
     let comparison = Comparison {
         replicas: args.replicas,
         rounds,
-        single_transfers_per_second_median: rate(&single),
-        replicated_transfers_per_second_median: rate(&replicated),
-        ratio: rate(&replicated) / rate(&single),
+        single_transfers_per_second_median: median_rate(&single),
+        replicated_transfers_per_second_median: median_rate(&replicated),
+        ratio: median_rate(&replicated) / median_rate(&single),
         single,
         replicated,
     };
@@ -376,16 +393,7 @@ fn compare(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
             comparison.ratio
         );
     }
-    let failed = comparison
-        .single
-        .iter()
-        .chain(&comparison.replicated)
-        .any(|r| r.transfers_failed > 0);
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(code)
 }
 
 fn report(args: &BenchArgs, mode: &'static str, measured: Measured) -> Report {
