@@ -8,6 +8,8 @@
 
 pub mod convert;
 pub mod json;
+pub mod json_number;
+pub mod schema;
 #[cfg(test)]
 mod widest;
 
