@@ -2,8 +2,9 @@
 //!
 //! Field names are the ledger's. Integers of 64 bits and wider (ids, amounts, user data,
 //! timestamps) are written as decimal strings, so JavaScript loses nothing, and accepted as
-//! strings or JSON integers of any size. Flags are arrays of snake_case names. Unknown fields
-//! are refused, so a typo is an error instead of a silently ignored field.
+//! strings or as whole JSON numbers up to 2^64-1 (see `json_number`). Flags are arrays of
+//! snake_case names. Unknown fields are refused, so a typo is an error instead of a silently
+//! ignored field. With the `openapi` feature each type also describes itself (`ToSchema`).
 
 use serde::{Deserialize, Serialize};
 

@@ -105,7 +105,8 @@ pub fn skeleton() -> OpenApi {
                 (`Authorization: Bearer …`) with the role its description names, except \
                 `GET /v1/status` without the digest; `/healthz`, `/metrics` and \
                 `/openapi.json` are open. Bad input is answered 4xx with an `Error` body \
-                naming the field, and changes nothing.",
+                naming the field, and changes nothing. A path not listed here is answered 404, \
+                a method a path does not list 405 with `Allow` (both with an `Error` body).",
             license(name = "Apache-2.0", identifier = "Apache-2.0")
         ),
         components(schemas(ErrorJson))
