@@ -449,6 +449,7 @@ pub struct ReplicaStatusJson {
     pub leader: Option<u64>,
     pub role: RoleJson,
     /// The state digest at `applied_index` (64 hex digits); `null` unless `?digest=true`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
     pub state_digest: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NodeInteger))]
     pub term: u64,

@@ -260,19 +260,19 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
     Ok(value)
 }
 
-/// Refuses a batch (`field`: `[]` for a create body, `ids` for a lookup) of no items or more
-/// than `max`: 400, as the document's `minItems`/`maxItems` say.
-fn check_batch(field: &str, len: usize, max: usize) -> Result<(), ApiError> {
+/// Refuses a batch (`field`: `[]` for a create body, `ids` for a lookup; `items` names what it
+/// holds) of none or more than `max`: 400, as the document's `minItems`/`maxItems` say.
+fn check_batch(field: &str, items: &str, len: usize, max: usize) -> Result<(), ApiError> {
     if len == 0 {
         return Err(ApiError::bad_request(
             field,
-            format!("the batch is empty; send 1 to {max} items"),
+            format!("the batch is empty; send 1 to {max} {items}"),
         ));
     }
     if len > max {
         return Err(ApiError::bad_request(
             field,
-            format!("the batch has {len} events; the limit is {max}"),
+            format!("the batch has {len} {items}; the limit is {max}"),
         ));
     }
     Ok(())
@@ -341,7 +341,7 @@ async fn create_accounts(
 ) -> Response {
     observed(&pipeline, "create_accounts", async {
         let events: Vec<AccountJson> = json_body(&headers, body).await?;
-        check_batch("[]", events.len(), BATCH_EVENTS_MAX)?;
+        check_batch("[]", "events", events.len(), BATCH_EVENTS_MAX)?;
         let ids: Vec<u128> = events.iter().map(|a| a.id).collect();
         let results = pipeline
             .create_accounts(events.iter().map(Into::into).collect())
@@ -365,7 +365,7 @@ async fn create_transfers(
 ) -> Response {
     observed(&pipeline, "create_transfers", async {
         let events: Vec<TransferJson> = json_body(&headers, body).await?;
-        check_batch("[]", events.len(), BATCH_EVENTS_MAX)?;
+        check_batch("[]", "events", events.len(), BATCH_EVENTS_MAX)?;
         let ids: Vec<u128> = events.iter().map(|t| t.id).collect();
         let results = pipeline
             .create_transfers(events.iter().map(Into::into).collect())
@@ -388,7 +388,7 @@ async fn lookup_accounts(
 ) -> Response {
     observed(&pipeline, "lookup_accounts", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
-        check_batch("ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
+        check_batch("ids", "ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
         let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
         let accounts = pipeline.lookup_accounts(&ids).await?;
         Ok(Json(AccountsJson {
@@ -412,7 +412,7 @@ async fn lookup_transfers(
 ) -> Response {
     observed(&pipeline, "lookup_transfers", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
-        check_batch("ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
+        check_batch("ids", "ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
         let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
         let transfers = pipeline.lookup_transfers(&ids).await?;
         Ok(Json(TransfersJson {
