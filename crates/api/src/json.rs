@@ -418,12 +418,14 @@ pub enum RoleJson {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Member))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberJson {
-    /// gRPC address (ledger API and replica transport), `HOST:PORT`.
+    /// gRPC address of the ledger API, `HOST:PORT`.
     pub grpc: String,
     /// HTTP address, `HOST:PORT`; empty when the replica was added without one.
     pub http: String,
     #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NodeInteger))]
     pub id: u64,
+    /// Address of its peer listener (the replica transport), `HOST:PORT`.
+    pub peer: String,
 }
 
 /// `{"members": [...]}`: the group after a membership change.
@@ -475,6 +477,8 @@ pub struct AddReplicaJson {
     /// The new replica's HTTP address, `HOST:PORT` (optional).
     #[serde(default)]
     pub http: String,
+    /// The new replica's peer listener (`serve --peer`), `HOST:PORT`.
+    pub peer: String,
 }
 
 #[cfg(test)]
@@ -506,6 +510,7 @@ mod tests {
             members: vec![MemberJson {
                 grpc: "127.0.0.1:7001".into(),
                 http: String::new(),
+                peer: "127.0.0.1:7091".into(),
                 id: 1,
             }],
             replica: ReplicaStatusJson {
@@ -520,7 +525,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&status).unwrap(),
-            r#"{"members":[{"grpc":"127.0.0.1:7001","http":"","id":1}],"replica":{"applied_index":9,"id":1,"last_log_index":9,"leader":null,"role":"candidate","state_digest":null,"term":3}}"#
+            r#"{"members":[{"grpc":"127.0.0.1:7001","http":"","id":1,"peer":"127.0.0.1:7091"}],"replica":{"applied_index":9,"id":1,"last_log_index":9,"leader":null,"role":"candidate","state_digest":null,"term":3}}"#
         );
         let failed = HealthJson {
             error: Some("disk".into()),
@@ -539,11 +544,20 @@ mod tests {
 
     #[test]
     fn a_new_replica_without_http_is_accepted_and_an_unknown_field_is_refused() {
-        let new: AddReplicaJson = serde_json::from_str(r#"{"id":4,"grpc":"h:1"}"#).unwrap();
-        assert_eq!(new.http, "");
-        let error = serde_json::from_str::<AddReplicaJson>(r#"{"id":4,"grpc":"h:1","htp":""}"#)
-            .unwrap_err();
+        let new: AddReplicaJson =
+            serde_json::from_str(r#"{"id":4,"grpc":"h:1","peer":"h:2"}"#).unwrap();
+        assert_eq!((new.http.as_str(), new.peer.as_str()), ("", "h:2"));
+        let error = serde_json::from_str::<AddReplicaJson>(
+            r#"{"id":4,"grpc":"h:1","peer":"h:2","htp":""}"#,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("unknown field `htp`"), "{error}");
+        // The peer address is required: without it the group could not reach the new member.
+        let error = serde_json::from_str::<AddReplicaJson>(r#"{"id":4,"grpc":"h:1"}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("missing field `peer`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum AdminCommand {
         /// The new replica's HTTP address.
         #[arg(long, value_name = "HOST:PORT", default_value = "")]
         http: String,
+        /// The new replica's peer listener (its `serve --peer`), where the group's replicas
+        /// reach it.
+        #[arg(long, value_name = "HOST:PORT")]
+        peer: String,
     },
     /// Remove a replica from the group.
     RemoveReplica {
@@ -119,11 +123,13 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<ExitCode> {
             id,
             grpc,
             http,
+            peer,
         } => {
             let body = serde_json::to_string(&AddReplicaJson {
                 id: *id,
                 grpc: grpc.clone(),
                 http: http.clone(),
+                peer: peer.clone(),
             })?;
             to_leader(key, addr, "POST", "/v1/admin/replicas", Some(&body))
         }

@@ -22,8 +22,8 @@ pub struct InitArgs {
     /// This node's id in the new group.
     #[arg(long, default_value_t = 1)]
     node_id: u64,
-    /// The initial members, this node included: `ID=GRPC_ADDR[/HTTP_ADDR]`, comma-separated.
-    /// Default: a group of one, this node at --grpc and --http.
+    /// The initial members, this node included: `ID=GRPC_ADDR/HTTP_ADDR/PEER_ADDR`,
+    /// comma-separated. Default: a group of one, this node at --grpc, --http and --peer.
     #[arg(long, value_name = "PEERS", value_parser = crate::serve::parse_peers)]
     peers: Option<BTreeMap<u64, PeerNode>>,
     /// For a group of one: the gRPC address the node will serve on (recorded in the group).
@@ -32,6 +32,9 @@ pub struct InitArgs {
     /// For a group of one: the HTTP address the node will serve on (recorded in the group).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7780")]
     http: SocketAddr,
+    /// For a group of one: the peer address the node will listen on (recorded in the group).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7790")]
+    peer: SocketAddr,
     /// The new group's id (32 hex digits). Default: a new random id.
     #[arg(long, value_name = "GROUP_ID")]
     group: Option<GroupId>,
@@ -41,11 +44,12 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     let members = match &args.peers {
         Some(peers) => peers.clone(),
         None => {
-            if args.grpc.port() == 0 || args.http.port() == 0 {
+            if args.grpc.port() == 0 || args.http.port() == 0 || args.peer.port() == 0 {
                 anyhow::bail!(
-                    "--grpc {} --http {}: a group records where its members serve, so give fixed ports (not 0)",
+                    "--grpc {} --http {} --peer {}: a group records where its members serve, so give fixed ports (not 0)",
                     args.grpc,
-                    args.http
+                    args.http,
+                    args.peer
                 );
             }
             BTreeMap::from([(
@@ -53,6 +57,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
                 PeerNode {
                     grpc: args.grpc.to_string(),
                     http: args.http.to_string(),
+                    peer: args.peer.to_string(),
                 },
             )])
         }
@@ -70,8 +75,8 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     println!("fincore init: {dir} holds node {id} of the new group {group}");
     for (member, node) in &members {
         println!(
-            "  initial member {member}: gRPC {}  HTTP {}",
-            node.grpc, node.http
+            "  initial member {member}: gRPC {}  HTTP {}  peers {}",
+            node.grpc, node.http, node.peer
         );
     }
     println!(

@@ -12,9 +12,11 @@ use anyhow::Context;
 use std::collections::BTreeMap;
 
 use replication::PeerNode;
+use replication::data_dir::DEV_PEER_CERTIFICATES_DIR;
 use replication::membership::{self, Entry, GroupId};
+use replication::peer_tls;
 use server::auth::KeyStore;
-use server::{Auth, Node, NodeConfig};
+use server::{Auth, Node, NodeConfig, PeerSecurity};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -25,16 +27,26 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     node_id: u64,
     /// With --bootstrap: the initial members of the new group, this node included:
-    /// `ID=GRPC_ADDR[/HTTP_ADDR]`, comma-separated (e.g. `1=127.0.0.1:7700/127.0.0.1:7780,2=...`).
-    /// Default: a group of one. Otherwise unused (the members are in the replica's log).
+    /// `ID=GRPC_ADDR/HTTP_ADDR/PEER_ADDR`, comma-separated (e.g.
+    /// `1=127.0.0.1:7700/127.0.0.1:7780/127.0.0.1:7790,2=...`; HTTP may be left empty). Default:
+    /// a group of one. Otherwise unused (the members are in the replica's log).
     #[arg(long, value_name = "PEERS", value_parser = parse_peers)]
     peers: Option<BTreeMap<u64, PeerNode>>,
     #[command(flatten)]
     membership: MembershipArgs,
-    /// How this node reaches some peers' gRPC ports when not at the address in --peers (a
-    /// local proxy or sidecar): `ID=ADDR`, comma-separated.
+    /// How this node reaches some peers' peer listeners when not at the address the group
+    /// records (a local proxy or sidecar): `ID=ADDR`, comma-separated.
     #[arg(long, value_name = "ROUTES", value_parser = parse_routes)]
     peer_routes: Option<BTreeMap<u64, String>>,
+    /// The directory of this node's peer certificates (`ca.pem`, `node-N.pem`, `node-N.key`,
+    /// as `fincore certs` writes them; the node's certificate must name it as node N of its
+    /// group). Default: DATA_DIR/peer-tls.
+    #[arg(long, value_name = "DIR", conflicts_with = "insecure_peers")]
+    peer_certs: Option<PathBuf>,
+    /// Let the replicas talk plaintext on --peer: anyone who reaches it can speak for a member
+    /// of the group (forge votes, log entries, snapshots). Logs a warning.
+    #[arg(long)]
+    insecure_peers: bool,
     #[command(flatten)]
     listen: ListenArgs,
     /// The API keys file (made by `fincore keys create`). Default: DATA_DIR/keys.json. Read at
@@ -56,7 +68,8 @@ pub struct MembershipArgs {
     /// holds a replica: a group is created once, so drop the flag after the first start.
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
-    /// With --bootstrap: the new group's id (32 hex digits). Default: a new random id.
+    /// With --bootstrap: the new group's id (32 hex digits). Default: the group this node's
+    /// peer certificate names (with --insecure-peers: a new random id).
     #[arg(long, value_name = "GROUP_ID", requires = "bootstrap")]
     group: Option<GroupId>,
     /// Become a member of group GROUP_ID on this empty data directory: the node waits until
@@ -101,17 +114,23 @@ fn parse_routes(text: &str) -> Result<BTreeMap<u64, String>, String> {
 pub(crate) fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String> {
     let mut peers = BTreeMap::new();
     for part in text.split(',').filter(|p| !p.is_empty()) {
-        let (id, addrs) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?}: expected ID=GRPC_ADDR[/HTTP_ADDR]"))?;
+        let expected = || format!("{part:?}: expected ID=GRPC_ADDR/HTTP_ADDR/PEER_ADDR");
+        let (id, addrs) = part.split_once('=').ok_or_else(expected)?;
         let id: u64 = id
             .trim()
             .parse()
             .map_err(|_| format!("{id:?} is not a node id (an unsigned integer)"))?;
-        let (grpc, http) = addrs.split_once('/').unwrap_or((addrs, ""));
-        for addr in [grpc, http].into_iter().filter(|a| !a.is_empty()) {
+        let [grpc, http, peer] = addrs
+            .split('/')
+            .collect::<Vec<_>>()
+            .try_into()
+            .map_err(|_| expected())?;
+        for (name, addr) in [("gRPC", grpc), ("HTTP", http), ("peer", peer)] {
+            if name == "HTTP" && addr.is_empty() {
+                continue;
+            }
             addr.parse::<SocketAddr>()
-                .map_err(|_| format!("{addr:?} is not an address (HOST:PORT)"))?;
+                .map_err(|_| format!("node {id}: {addr:?} is not a {name} address (HOST:PORT)"))?;
         }
         if peers
             .insert(
@@ -119,6 +138,7 @@ pub(crate) fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String>
                 PeerNode {
                     grpc: grpc.to_string(),
                     http: http.to_string(),
+                    peer: peer.to_string(),
                 },
             )
             .is_some()
@@ -138,7 +158,8 @@ pub struct DevArgs {
     #[arg(long, value_name = "DIR", default_value = "fincore-data")]
     data_dir: PathBuf,
     /// Run a local replica group of this many nodes (1, 3 or 5), as child processes on
-    /// consecutive ports from --grpc and --http.
+    /// consecutive ports from --grpc, --http and --peer, with mutual TLS between them
+    /// (development certificates made on the first run in DIR/peer-tls).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
     replicas: u64,
     #[command(flatten)]
@@ -153,6 +174,10 @@ pub struct ListenArgs {
     /// HTTP/JSON listen address (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7780")]
     http: SocketAddr,
+    /// Peer listen address: where the group's other replicas send Raft messages (port 0: any
+    /// free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7790")]
+    peer: SocketAddr,
     /// Requests that may queue for the node's pipeline before new ones are answered "busy".
     #[arg(
         long,
@@ -243,6 +268,7 @@ fn config(data_dir: PathBuf, listen: &ListenArgs) -> (NodeConfig, String) {
     let mut config = NodeConfig {
         queue_depth: listen.queue_depth as usize,
         capacity,
+        peer_addr: listen.peer,
         ..NodeConfig::new(data_dir, listen.grpc, listen.http)
     };
     config.replica.snapshot_every_entries = listen.checkpoint_interval;
@@ -291,9 +317,10 @@ fn group_line(node: &Node) -> String {
         .map_or("(made before group ids)".to_string(), ToString::to_string);
     if node.awaiting_admission() {
         format!(
-            "fincore: node {id} waiting to join group {group}: add it from the group with `fincore admin add-replica --addr LEADER_HTTP --id {id} --grpc {} --http {}`",
+            "fincore: node {id} waiting to join group {group}: add it from the group with `fincore admin add-replica --addr LEADER_HTTP --id {id} --grpc {} --http {} --peer {}`",
             node.grpc_addr(),
-            node.http_addr()
+            node.http_addr(),
+            node.peer_addr()
         )
     } else {
         format!("fincore: node {id} of group {group}")
@@ -325,6 +352,15 @@ fn run_node(
         // Machine-readable lines first (tests and scripts wait for them), then the banner.
         println!("fincore: gRPC listening on {}", node.grpc_addr());
         println!("fincore: HTTP listening on http://{}", node.http_addr());
+        println!(
+            "fincore: peers listening on {} ({})",
+            node.peer_addr(),
+            if node.peer_tls() {
+                "mutual TLS"
+            } else {
+                "plaintext: --insecure-peers"
+            }
+        );
         println!("{capacity_line}");
         println!("{auth_line}");
         println!("{}", group_line(&node));
@@ -340,7 +376,24 @@ fn run_node(
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
-    let listeners = [("--grpc", args.listen.grpc), ("--http", args.listen.http)];
+    let listeners = [
+        ("--grpc", args.listen.grpc),
+        ("--http", args.listen.http),
+        ("--peer", args.listen.peer),
+    ];
+    config.peer_security = if args.insecure_peers {
+        eprintln!(
+            "fincore: WARNING: --insecure-peers: replicas talk plaintext; anyone who reaches --peer {} can speak for a member of the group",
+            args.listen.peer
+        );
+        PeerSecurity::Insecure
+    } else {
+        let certificates = args
+            .peer_certs
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join(DEV_PEER_CERTIFICATES_DIR));
+        PeerSecurity::Tls { certificates }
+    };
     config.auth = if args.insecure_no_auth {
         crate::keys::open_on_loopback(&listeners)?
     } else {
@@ -377,18 +430,19 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let shifted = |addr: SocketAddr, by: u64| SocketAddr::new(addr.ip(), addr.port() + by as u16);
-    let nodes: Vec<(u64, SocketAddr, SocketAddr)> = (0..args.replicas)
+    let nodes: Vec<(u64, SocketAddr, SocketAddr, SocketAddr)> = (0..args.replicas)
         .map(|i| {
             (
                 i + 1,
                 shifted(args.listen.grpc, i),
                 shifted(args.listen.http, i),
+                shifted(args.listen.peer, i),
             )
         })
         .collect();
     let peers = nodes
         .iter()
-        .map(|(id, grpc, http)| format!("{id}={grpc}/{http}"))
+        .map(|(id, grpc, http, peer)| format!("{id}={grpc}/{http}/{peer}"))
         .collect::<Vec<_>>()
         .join(",");
     let exe = std::env::current_exe().context("finding the fincore executable")?;
@@ -406,12 +460,17 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(GroupId::generate().context("choosing a group id")?)
     };
+    let certificates = args.data_dir.join(DEV_PEER_CERTIFICATES_DIR);
+    if let Some(group) = &new_group {
+        let ids: Vec<u64> = nodes.iter().map(|(id, ..)| *id).collect();
+        dev_certificates(&certificates, group, &ids)?;
+    }
     // Derived once for the group, so every replica gets the same capacity and they share the
     // machine's memory.
     let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
     let capacity_args = capacity_args(capacity);
     let mut children = Vec::new();
-    for (id, grpc, http) in &nodes {
+    for (id, grpc, http, peer) in &nodes {
         let dir = args.data_dir.join(format!("node-{id}"));
         let child = std::process::Command::new(&exe)
             .args([
@@ -424,9 +483,13 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
                 &grpc.to_string(),
                 "--http",
                 &http.to_string(),
+                "--peer",
+                &peer.to_string(),
             ])
             .arg("--data-dir")
             .arg(&dir)
+            .arg("--peer-certs")
+            .arg(&certificates)
             .arg("--keys")
             .arg(&keys_path)
             .args(&capacity_args)
@@ -447,9 +510,15 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!("  {}", capacity_line.trim_start_matches("fincore: "));
-    for (id, grpc, http) in &nodes {
-        println!("  node {id}: gRPC {grpc}  HTTP http://{http}  (status: http://{http}/v1/status)");
+    for (id, grpc, http, peer) in &nodes {
+        println!(
+            "  node {id}: gRPC {grpc}  HTTP http://{http}  peers {peer}  (status: http://{http}/v1/status)"
+        );
     }
+    println!(
+        "  replicas talk mutual TLS with development certificates in {}",
+        certificates.display()
+    );
     println!(
         "  writes go to the leader; other nodes answer with a redirect to it (HTTP 307) or a leader hint (gRPC)."
     );
@@ -472,6 +541,22 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Makes `dev`'s development certificate authority for `group` and certificates for `nodes`
+/// in `dir` (valid `DEV_CERTIFICATE_DAYS`), replacing what an earlier, interrupted first run
+/// left there.
+fn dev_certificates(dir: &std::path::Path, group: &GroupId, nodes: &[u64]) -> anyhow::Result<()> {
+    /// How long `dev`'s certificates are valid (a development group lives that long).
+    const DEV_CERTIFICATE_DAYS: u32 = 3650;
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("removing {}", dir.display()));
+        }
+        _ => {}
+    }
+    peer_tls::issue_development_certificates(dir, group.as_str(), nodes, DEV_CERTIFICATE_DAYS)
+        .with_context(|| format!("making development peer certificates in {}", dir.display()))
+}
+
 pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     if args.replicas > 1 {
         return dev_group(args);
@@ -480,10 +565,15 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     let (keys_path, token) = crate::keys::dev_key(&data_dir)?;
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
     config.auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
-    // The first run creates a group of one; later runs reuse it.
+    let certificates = data_dir.join(DEV_PEER_CERTIFICATES_DIR);
+    // The first run creates a group of one (with its certificates, so that replicas added
+    // later talk TLS too); later runs reuse it.
     if !holds_replica(&data_dir)? {
-        config.entry = Entry::Bootstrap { group: None };
+        let group = GroupId::generate().context("choosing a group id")?;
+        dev_certificates(&certificates, &group, &[config.node_id])?;
+        config.entry = Entry::Bootstrap { group: Some(group) };
     }
+    config.peer_security = PeerSecurity::Tls { certificates };
     run_node((config, capacity_line), move |node| {
         let http = node.http_addr();
         let (applied, _) = node.replica().applied();

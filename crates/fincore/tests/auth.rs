@@ -335,14 +335,9 @@ fn serve_refuses_insecure_no_auth_off_loopback_and_a_missing_keys_file() {
 /// child, the key it printed and its HTTP address.
 fn dev(data: &Path) -> (std::process::Child, String, String) {
     let mut child = Command::new(fincore_exe())
-        .args([
-            "dev",
-            "--grpc",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+        .arg("dev")
+        .args(testkit::group::FREE_PORTS_ARGS)
+        .arg("--data-dir")
         .arg(data)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -46,6 +46,7 @@ fn small_bench(dir: &Path) -> serde_json::Value {
 fn serve_and_get(data: &Path, path: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fincore"))
         .args(["serve", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--peer", "127.0.0.1:0", "--insecure-peers"])
         .arg("--insecure-no-auth")
         .arg("--data-dir")
         .arg(data)
@@ -116,7 +117,7 @@ fn the_embedded_bench_leaves_a_node_directory_that_verifies_and_serve_opens() {
     assert!(output.status.success(), "{out}");
     assert!(out.contains("fincore verify: OK"), "{out}");
     assert!(
-        out.contains("format        fincore-replica version 1"),
+        out.contains("format        fincore-replica version 2"),
         "{out}"
     );
     // 1 batch of accounts + 20 batches of transfers (besides the group's own entries).
@@ -321,23 +322,24 @@ fn a_replicated_bench_measures_the_pause_and_counts_the_election_when_the_leader
 }
 
 #[test]
-fn certs_issues_node_certificates_from_one_authority_and_refuses_a_bad_group_name() {
+fn certs_issues_node_certificates_from_one_authority_and_refuses_a_bad_group_id() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let certs_arg = certs.to_str().unwrap();
+    let group = "0123456789abcdef0123456789abcdef";
     let output = fincore(&[
-        "certs", "--dir", certs_arg, "--group", "ledger-1", "--nodes", "1,2,3",
+        "certs", "--dir", certs_arg, "--group", group, "--nodes", "1,2,3",
     ]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        text(&output).contains("n2.ledger-1.peer.fincore"),
+        text(&output).contains(&format!("n2.{group}.peer.fincore")),
         "{}",
         text(&output)
     );
     let authority = std::fs::read(certs.join("ca.pem")).unwrap();
     // A node added later gets a certificate from the same authority.
     let output = fincore(&[
-        "certs", "--dir", certs_arg, "--group", "ledger-1", "--nodes", "4",
+        "certs", "--dir", certs_arg, "--group", group, "--nodes", "4",
     ]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), authority);
@@ -350,7 +352,7 @@ fn certs_issues_node_certificates_from_one_authority_and_refuses_a_bad_group_nam
     ]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
-        text(&output).contains("\"Ledger_1\" is not usable"),
+        text(&output).contains("\"Ledger_1\" is not a group id"),
         "{}",
         text(&output)
     );

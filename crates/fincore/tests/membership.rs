@@ -20,26 +20,28 @@ const MARKER: &str = "fincore-format.json";
 /// `fincore serve --data-dir DIR ARGS…` on free ports, which must be refused; its output.
 fn refused_serve(dir: &Path, args: &[&str]) -> String {
     // Open on loopback: what is refused here is the directory, not a missing keys file.
-    let mut all = vec![
-        "serve",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--grpc",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--insecure-no-auth",
-    ];
+    let mut all = vec!["serve", "--data-dir", dir.to_str().unwrap()];
+    all.extend(testkit::group::FREE_PORTS_ARGS);
+    all.extend(["--insecure-no-auth", "--insecure-peers"]);
     all.extend_from_slice(args);
     let (ok, text) = fincore(&all);
     assert!(!ok, "fincore {all:?} started: {text}");
     text
 }
 
-/// `--data-dir DATA --grpc ADDRS[0] --http ADDRS[1]`.
+/// `--data-dir DATA --grpc ADDRS[0] --http ADDRS[1] --peer ADDRS[2]`.
 fn dir_and_addrs<'a>(data: &'a Path, addrs: &'a [String]) -> Vec<&'a str> {
     let data = data.to_str().unwrap();
-    vec!["--data-dir", data, "--grpc", &addrs[0], "--http", &addrs[1]]
+    vec![
+        "--data-dir",
+        data,
+        "--grpc",
+        &addrs[0],
+        "--http",
+        &addrs[1],
+        "--peer",
+        &addrs[2],
+    ]
 }
 
 fn group_of(dir: &Path) -> String {
@@ -146,7 +148,7 @@ fn a_node_restarted_on_its_own_data_needs_no_flags_and_keeps_its_group() {
 fn fincore_init_prepares_a_directory_that_serve_starts_without_flags() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let addrs = testkit::free_addrs(2).unwrap();
+    let addrs = testkit::free_addrs(3).unwrap();
     let mut init = vec!["init"];
     init.extend(dir_and_addrs(&data, &addrs));
     let (ok, text) = fincore(&init);
@@ -162,7 +164,9 @@ fn fincore_init_prepares_a_directory_that_serve_starts_without_flags() {
     let node = ChildNode::start(
         fincore_exe(),
         &data,
-        &["--grpc", &addrs[0], "--http", &addrs[1]],
+        &[
+            "--grpc", &addrs[0], "--http", &addrs[1], "--peer", &addrs[2],
+        ],
     )
     .unwrap_or_else(|error| panic!("{error}"));
     create_accounts(&node.http_addr, 1..=2);
@@ -195,10 +199,11 @@ fn a_joined_node_is_a_learner_and_becomes_a_voter_only_once_it_has_caught_up() {
     // Frozen, node 2 cannot catch up: it must stay a learner, so the group of one keeps
     // committing on its own (were node 2 a voter, nothing could commit without it).
     second.signal(Signal::Stop).unwrap();
-    let (leader_http, grpc, http) = (
+    let (leader_http, grpc, http, peer) = (
         first.http_addr.clone(),
         layout.grpc_addrs[1].clone(),
         layout.http_addrs[1].clone(),
+        layout.peer_addrs[1].clone(),
     );
     let adding = std::thread::spawn(move || {
         fincore(&[
@@ -212,6 +217,8 @@ fn a_joined_node_is_a_learner_and_becomes_a_voter_only_once_it_has_caught_up() {
             &grpc,
             "--http",
             &http,
+            "--peer",
+            &peer,
         ])
     });
     let frozen_until = Instant::now() + Duration::from_millis(1500);
@@ -312,7 +319,7 @@ impl Drop for DevRun {
 fn fincore_dev_creates_its_group_on_the_first_run_and_reuses_it_on_the_second() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fincore-data");
-    let addrs = testkit::free_addrs(2).unwrap();
+    let addrs = testkit::free_addrs(3).unwrap();
     let args = dir_and_addrs(&data, &addrs);
     let mut dev = DevRun::start(&args);
     let line = dev.line_with("fincore: node 1 of group ");

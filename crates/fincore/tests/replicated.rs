@@ -55,6 +55,8 @@ impl Group {
             &self.layout.grpc_addrs[i],
             "--http",
             &self.layout.http_addrs[i],
+            "--peer",
+            &self.layout.peer_addrs[i],
         ])
     }
 
@@ -347,18 +349,17 @@ fn a_follower_whose_disk_was_wiped_is_replaced_by_a_new_member_that_catches_up_f
     // The wiped node cannot come back under its old id by accident: without a flag an empty
     // directory is refused, and the group refuses to add an id that is already a voter.
     let victim_id = (victim + 1).to_string();
-    let (ok, text) = fincore(&[
+    let mut args = vec![
         "serve",
         "--insecure-no-auth",
+        "--insecure-peers",
         "--data-dir",
         wiped.to_str().unwrap(),
         "--node-id",
         &victim_id,
-        "--grpc",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-    ]);
+    ];
+    args.extend(testkit::group::FREE_PORTS_ARGS);
+    let (ok, text) = fincore(&args);
     assert!(
         !ok && text.contains("holds no replica") && text.contains("--join"),
         "{text}"
@@ -372,6 +373,8 @@ fn a_follower_whose_disk_was_wiped_is_replaced_by_a_new_member_that_catches_up_f
         &victim_id,
         "--grpc",
         &group.layout.grpc_addrs[victim],
+        "--peer",
+        &group.layout.peer_addrs[victim],
     ]);
     assert!(!ok && text.contains("already a voter"), "{text}");
 
@@ -466,7 +469,7 @@ fn a_partitioned_leader_cannot_acknowledge_and_the_majority_carries_on() {
         .map(|i| {
             (0..3)
                 .map(|j| {
-                    let target = group.layout.grpc_addrs[j].clone();
+                    let target = group.layout.peer_addrs[j].clone();
                     (i != j).then(|| runtime.block_on(LinkProxy::start(target)).unwrap())
                 })
                 .collect()

@@ -147,10 +147,19 @@ pub const RAFT_LEARNER_CAUGHT_UP_LAG_ENTRIES_MAX: u64 = 64;
 /// that the node stays a learner (below the 120 s a `fincore admin` command waits for an answer).
 pub const RAFT_LEARNER_CATCH_UP_SECONDS_MAX: u64 = 100;
 
-/// Largest message between replicas (1 GiB). Snapshots travel in chunks of
-/// `PEER_SNAPSHOT_CHUNK_BYTES`, so only a full AppendEntries message needs this much. Well
-/// below the 4 GiB that gRPC's 32-bit length prefix allows.
-pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+/// Largest message between replicas (about 65 MiB): a full AppendEntries message
+/// (`RAFT_APPEND_ENTRIES_MAX` entries of at most `RAFT_ENTRY_BYTES_MAX`) and 1 MiB for its
+/// envelope. Snapshots travel in chunks of `PEER_SNAPSHOT_CHUNK_BYTES`. A message declaring more
+/// is refused by the transport before its body is read.
+pub const PEER_MESSAGE_BYTES_MAX: usize =
+    RAFT_APPEND_ENTRIES_MAX as usize * RAFT_ENTRY_BYTES_MAX + (1 << 20);
+
+/// Connections a node keeps open on its peer listener (each peer of a group dials one or two;
+/// the rest is headroom for restarts). One more is accepted and closed at once.
+pub const PEER_CONNECTIONS_MAX: usize = 256;
+
+/// A peer has this long to complete its TLS handshake before the connection is closed.
+pub const PEER_TLS_HANDSHAKE_SECONDS_MAX: u64 = 10;
 
 /// Largest snapshot of a ledger's state: every account and every transfer the ledger can hold
 /// at all, plus an expiry event per transfer and a failed id per possible transfer id, plus
@@ -243,7 +252,8 @@ pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// closed if the ping is not answered within as long again (dead peers free their slot).
 pub const GRPC_KEEPALIVE_SECONDS: u64 = 20;
 
-/// How long a stopping node lets open HTTP requests finish.
+/// How long a stopping node lets open requests finish (HTTP and gRPC) before it closes the
+/// connections still open.
 pub const HTTP_SHUTDOWN_GRACE_SECONDS: u64 = 10;
 
 /// Upper bound on one account or transfer as compact JSON, with every field at its widest and
@@ -270,6 +280,12 @@ pub const SERVER_READS_ADMITTED_MAX: usize = 256;
 /// Admitted reads that run their query at once, each on a blocking thread under the ledger's
 /// read lock (never on an async worker that Raft's heartbeats need); the others wait their turn.
 pub const SERVER_READS_RUNNING_MAX: usize = 8;
+
+/// How long a stopping node waits for the writes it has in flight to commit before it stops
+/// Raft, which answers those still waiting "unavailable" (outcome unknown, retried with the
+/// same ids). A healthy group commits in milliseconds; a leader cut off from its followers
+/// would wait forever.
+pub const SERVER_SHUTDOWN_WRITES_GRACE_SECONDS: u64 = 5;
 
 /// Callers of a node's state digest (`GET /v1/status?digest=true`) that may wait at once; more
 /// are answered "busy". Digests are computed one at a time (each a pass over the whole state

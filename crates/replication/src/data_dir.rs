@@ -19,11 +19,13 @@ pub const FORMAT_FILE: &str = "fincore-format.json";
 
 /// Files of the node rather than of its replica, which an operator may put in a data directory
 /// before the replica exists: the API keys file (`fincore keys create --data-dir`, written
-/// through `keys.json.tmp`) and `fincore dev`'s copy of its development key. A directory
-/// holding only these still counts as empty for membership.
+/// through `keys.json.tmp`), `fincore dev`'s copy of its development key and the directory of
+/// its development peer certificates. A directory holding only these still counts as empty for
+/// membership.
 pub const KEYS_FILE: &str = "keys.json";
 pub const KEYS_FILE_TEMPORARY: &str = "keys.json.tmp";
 pub const DEV_KEY_FILE: &str = "dev-api-key";
+pub const DEV_PEER_CERTIFICATES_DIR: &str = "peer-tls";
 
 /// The one data-directory format: a replica's Raft log on the journal, its vote file and its
 /// snapshot file.
@@ -31,13 +33,21 @@ pub const FORMAT_NAME: &str = "fincore-replica";
 
 /// The newest version of [`FORMAT_NAME`] this fincore reads and the one it writes. Raise it
 /// when a change to the directory's files cannot be read by an older fincore.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2: a member's address in the log, snapshots and votes carries its peer listener
+/// (`PeerNode::peer`) beside its client listeners.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest version this fincore reads. Version 1 directories recorded members without a
+/// peer address, which this fincore cannot decode: such a replica is replaced (remove it from
+/// its group, start a new member on an empty directory with `--join`, add it).
+pub const FORMAT_VERSION_OLDEST: u32 = 2;
 
 /// The marker's contents (also what a person sees with `cat`).
 ///
 /// `group` and `node` say whose directory this is (see [`crate::membership`]): written when a
 /// node is created with `--bootstrap`/`init` or `--join`, absent in directories made before
-/// group ids existed (an older fincore ignores them, so the version stays 1).
+/// group ids existed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FormatMarker {
     pub format: String,
@@ -81,11 +91,7 @@ pub(crate) const ENGINE_CHECKPOINTS_DIR: &str = "checkpoints";
 /// Why a data directory is not one this fincore can use.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error(
-        "{dir} is not a fincore data directory: it has no {FORMAT_FILE}. (A node's directory \
-         written by a fincore older than the marker gets one the next time `fincore serve` \
-         opens it.)"
-    )]
+    #[error("{dir} is not a fincore data directory: it has no {FORMAT_FILE}")]
     NoMarker { dir: PathBuf },
     #[error("{path} is not a fincore format marker ({reason}); it should hold {expected}")]
     Unreadable {
@@ -95,14 +101,28 @@ pub enum DataDirError {
     },
     #[error(
         "{path} names format {found:?}, which this fincore does not read (it reads \
-         {FORMAT_NAME:?} versions 1 to {FORMAT_VERSION})"
+         {FORMAT_NAME:?} versions {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION})"
     )]
     UnknownFormat { path: PathBuf, found: String },
     #[error(
         "{path} says format version {found}, written by a newer fincore; this one reads \
-         versions 1 to {FORMAT_VERSION}. Run a fincore at least as new as the one that wrote it."
+         versions {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION}. Run a fincore at least as new as \
+         the one that wrote it."
     )]
     NewerVersion { path: PathBuf, found: u32 },
+    #[error(
+        "{path} says format version {found}, written by an older fincore whose membership \
+         records have no peer address; this one reads versions {FORMAT_VERSION_OLDEST} to \
+         {FORMAT_VERSION}. Replace this replica: remove it from its group, start a new member \
+         on an empty directory with --join, and add it (see the README)"
+    )]
+    OlderVersion { path: PathBuf, found: u32 },
+    #[error(
+        "{dir} holds a replica written by a fincore older than the format marker (raft files \
+         and no {FORMAT_FILE}), a format this fincore no longer reads; replace this replica from \
+         an empty directory (see the README)"
+    )]
+    Unmarked { dir: PathBuf },
     #[error(
         "{dir} holds an embedded-engine data directory (a {ENGINE_CHECKPOINTS_DIR}/ directory and \
          no raft-meta.json), a format this fincore no longer reads; start from an empty directory"
@@ -134,8 +154,6 @@ pub enum Opened {
     Marked,
     /// A new (empty) directory: the marker was written.
     Created,
-    /// Raft files without a marker (an older fincore's): the marker was written.
-    Adopted,
 }
 
 /// Reads the marker in `dir` and checks it names a format this fincore reads. `None` if there
@@ -171,6 +189,12 @@ pub fn read_marker(
             found: marker.version,
         });
     }
+    if marker.version < FORMAT_VERSION_OLDEST {
+        return Err(DataDirError::OlderVersion {
+            path,
+            found: marker.version,
+        });
+    }
     Ok(Some(marker))
 }
 
@@ -181,7 +205,7 @@ pub fn check(storage: &dyn Storage, dir: &Path) -> Result<FormatMarker, DataDirE
 }
 
 /// Prepares `dir` (which must exist) for a replica to open: checks its marker, or writes one
-/// into a new directory or a directory of raft files an older fincore left without one.
+/// into a new directory. Raft files an older fincore left without a marker are refused.
 pub fn open(storage: &dyn Storage, dir: &Path) -> Result<Opened, DataDirError> {
     if read_marker(storage, dir)?.is_some() {
         return Ok(Opened::Marked);
@@ -192,16 +216,14 @@ pub fn open(storage: &dyn Storage, dir: &Path) -> Result<Opened, DataDirError> {
         source,
     })?;
     let has = |name: &str| names.iter().any(|n| n == name);
-    let adopted = REPLICA_FILES.iter().any(|name| has(name));
-    if !adopted && has(ENGINE_CHECKPOINTS_DIR) {
+    if REPLICA_FILES.iter().any(|name| has(name)) {
+        return Err(DataDirError::Unmarked { dir: dir.into() });
+    }
+    if has(ENGINE_CHECKPOINTS_DIR) {
         return Err(DataDirError::EngineFormat { dir: dir.into() });
     }
     write_marker(storage, dir, &FormatMarker::current())?;
-    Ok(if adopted {
-        Opened::Adopted
-    } else {
-        Opened::Created
-    })
+    Ok(Opened::Created)
 }
 
 /// Writes `marker` into `dir` durably (atomically replacing any marker there).
@@ -243,7 +265,7 @@ mod tests {
         ));
         assert_eq!(open(&RealStorage, dir.path()).unwrap(), Opened::Created);
         let text = std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap();
-        assert_eq!(text, "{\"format\":\"fincore-replica\",\"version\":1}\n");
+        assert_eq!(text, "{\"format\":\"fincore-replica\",\"version\":2}\n");
         assert_eq!(open(&RealStorage, dir.path()).unwrap(), Opened::Marked);
         assert_eq!(
             check(&RealStorage, dir.path()).unwrap(),
@@ -252,22 +274,30 @@ mod tests {
     }
 
     #[test]
-    fn raft_files_without_a_marker_are_adopted_and_marked() {
+    fn raft_files_without_a_marker_are_refused_and_left_alone() {
         for file in REPLICA_FILES {
             let dir = tempfile::tempdir().unwrap();
             write(dir.path(), file, b"{}");
-            assert_eq!(open(&RealStorage, dir.path()).unwrap(), Opened::Adopted);
-            assert!(check(&RealStorage, dir.path()).is_ok());
+            let message = open(&RealStorage, dir.path()).unwrap_err().to_string();
+            assert!(
+                message.contains("older than the format marker"),
+                "{message}"
+            );
+            assert!(!dir.path().join(FORMAT_FILE).exists());
         }
     }
 
     #[test]
-    fn an_unknown_or_newer_format_is_refused_naming_the_file_and_what_it_says() {
+    fn an_unknown_older_or_newer_format_is_refused_naming_the_file_and_what_it_says() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&[u8], &str); 4] = [
+        let cases: [(&[u8], &str); 5] = [
             (
-                b"{\"format\":\"fincore-replica\",\"version\":2}",
-                "format version 2, written by a newer fincore",
+                b"{\"format\":\"fincore-replica\",\"version\":3}",
+                "format version 3, written by a newer fincore",
+            ),
+            (
+                b"{\"format\":\"fincore-replica\",\"version\":1}",
+                "format version 1, written by an older fincore",
             ),
             (
                 b"{\"format\":\"tigerbeetle\",\"version\":1}",
@@ -336,7 +366,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_replica_directory_from_before_the_marker_is_adopted_and_keeps_its_state() {
+    async fn a_replica_directory_without_its_marker_is_refused_and_left_intact() {
         let dir = tempfile::tempdir().unwrap();
         let replica = replica_with_accounts(dir.path(), 10).await;
         assert_eq!(
@@ -347,11 +377,21 @@ mod tests {
         replica.shutdown().await;
         drop(replica);
 
-        // What the previous fincore left: the same files, no marker.
+        // What a fincore from before the marker left: the same files, no marker.
+        let marker = std::fs::read(dir.path().join(FORMAT_FILE)).unwrap();
         std::fs::remove_file(dir.path().join(FORMAT_FILE)).unwrap();
         let error = crate::verify(dir.path()).unwrap_err();
         assert!(error.contains("has no fincore-format.json"), "{error}");
+        let error =
+            match crate::Replica::open(1, dir.path(), &crate::ReplicaConfig::default()).await {
+                Ok(_) => panic!("a directory without its marker was opened"),
+                Err(error) => error.to_string(),
+            };
+        assert!(error.contains("older than the format marker"), "{error}");
+        assert!(!dir.path().join(FORMAT_FILE).exists());
 
+        // Nothing else was touched: with its marker back, the replica has its state.
+        std::fs::write(dir.path().join(FORMAT_FILE), marker).unwrap();
         let replica = replica_with_accounts(dir.path(), 0).await;
         assert!(
             replica
@@ -359,10 +399,7 @@ mod tests {
                 .await
         );
         assert_eq!(replica.state().read().unwrap().digest(), digest);
-        assert_eq!(replica.state().read().unwrap().accounts_count(), 10);
         replica.shutdown().await;
-        assert!(check(&RealStorage, dir.path()).is_ok());
-        assert_eq!(crate::verify(dir.path()).unwrap().accounts, 10);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

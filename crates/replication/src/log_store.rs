@@ -137,9 +137,7 @@ impl<C: LedgerConfig> LogStore<C> {
     pub fn open(dir: &Path, options: &StorageOptions) -> io::Result<LogStore<C>> {
         let storage = options.storage.as_ref();
         storage.create_dir_all(dir)?;
-        if crate::data_dir::open(storage, dir)? == crate::data_dir::Opened::Adopted {
-            tracing::info!(dir = %dir.display(), "marked a data directory written before the format marker");
-        }
+        crate::data_dir::open(storage, dir)?;
         let meta_path = dir.join("raft-meta.json");
         let meta: Meta = match read_file(storage, &meta_path)? {
             Some(bytes) => serde_json::from_slice(&bytes)

@@ -231,6 +231,7 @@ fn is_empty(storage: &dyn Storage, dir: &Path) -> Result<bool, MembershipError> 
         data_dir::KEYS_FILE.to_string(),
         data_dir::KEYS_FILE_TEMPORARY.to_string(),
         data_dir::DEV_KEY_FILE.to_string(),
+        data_dir::DEV_PEER_CERTIFICATES_DIR.to_string(),
         BOOTSTRAP_FILE.to_string(),
         Path::new(BOOTSTRAP_FILE)
             .with_extension("tmp")
@@ -432,6 +433,7 @@ mod tests {
                     PeerNode {
                         grpc: format!("127.0.0.1:{}", 7700 + id),
                         http: String::new(),
+                        peer: format!("127.0.0.1:{}", 7790 + id),
                     },
                 )
             })

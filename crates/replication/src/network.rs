@@ -1,6 +1,14 @@
-//! Replica-to-replica transport: openraft's RPCs over gRPC (tonic), bodies encoded with
-//! postcard. A remote failure travels back as text and is treated as "unreachable" (openraft
-//! backs off and retries); only fincore replicas of the same build talk this protocol.
+//! Replica-to-replica transport: openraft's RPCs over gRPC (tonic) on the peer listener, bodies
+//! encoded with postcard. A remote failure travels back as text and is treated as "unreachable"
+//! (openraft backs off and retries); only fincore replicas of the same build talk this protocol.
+//!
+//! With peer TLS (the default; `--insecure-peers` turns it off) the connection is mutual TLS
+//! under the group's authority ([`crate::peer_tls`]): a dialler accepts only the certificate
+//! naming the peer it meant to reach, and the receiving side accepts a message only when the
+//! connection's certificate names the node the message claims to come from (the leader or
+//! candidate in its vote) and that node is a current member (a replica not yet in any group,
+//! waiting to be added, takes the first leader that reaches it with a group certificate).
+//! Without TLS only the membership check stands.
 //! Snapshots are streamed: the sender reads its snapshot file a chunk at a time, the receiver
 //! writes the chunks to a file of its own on a blocking thread (a few chunks queued between
 //! them), checks it whole and only then hands it to Raft; both sides give up after a time
@@ -24,6 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::peer_tls::PeerTls;
 use crate::proto::{
     self, raft_transport_client::RaftTransportClient, raft_transport_server::RaftTransport,
 };
@@ -52,10 +61,12 @@ fn decode<T: DeserializeOwned>(message: &proto::RaftMessage) -> Result<T, tonic:
 }
 
 /// Makes a transport client for each peer. A route given for a peer (this node's own view of
-/// how to reach it, e.g. through a local proxy) wins over the address in the membership.
-#[derive(Debug, Clone, Default)]
+/// how to reach it, e.g. through a local proxy) wins over the peer address in the membership.
+#[derive(Clone, Default)]
 pub struct TransportFactory {
     pub routes: std::collections::BTreeMap<NodeId, String>,
+    /// This node's identity and the group's authority; `None`: plaintext (`--insecure-peers`).
+    pub tls: Option<PeerTls>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for TransportFactory {
@@ -66,14 +77,21 @@ impl RaftNetworkFactory<TypeConfig> for TransportFactory {
             .routes
             .get(&target)
             .cloned()
-            .unwrap_or_else(|| node.grpc.clone());
-        TransportClient { addr, client: None }
+            .unwrap_or_else(|| node.peer.clone());
+        TransportClient {
+            addr,
+            target,
+            tls: self.tls.clone(),
+            client: None,
+        }
     }
 }
 
 /// The connection to one peer.
 pub struct TransportClient {
     addr: String,
+    target: NodeId,
+    tls: Option<PeerTls>,
     client: Option<RaftTransportClient<Channel>>,
 }
 
@@ -84,7 +102,8 @@ fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
 impl TransportClient {
     fn client(&mut self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
         if self.client.is_none() {
-            let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
                 .map_err(unreachable)?
                 .tcp_nodelay(true)
                 // Whole batches are ~1 MiB: HTTP/2's default 64 KiB windows would cost a round trip
@@ -92,6 +111,11 @@ impl TransportClient {
                 .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
                 .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
                 .connect_timeout(Duration::from_millis(500));
+            if let Some(tls) = &self.tls {
+                endpoint = endpoint
+                    .tls_config(tls.client_config(self.target))
+                    .map_err(unreachable)?;
+            }
             self.client = Some(
                 RaftTransportClient::new(endpoint.connect_lazy())
                     .max_decoding_message_size(MESSAGE_BYTES_MAX)
@@ -263,10 +287,13 @@ impl RaftNetworkV2<TypeConfig> for TransportClient {
     }
 }
 
-/// The receiving side: hands peers' RPCs to the local Raft.
+/// The receiving side: checks who sends each peer RPC, then hands it to the local Raft.
 pub struct RaftTransportService {
     raft: Raft,
     machine: LedgerStateMachine<TypeConfig>,
+    /// This node's identity and the group's authority; `None`: plaintext (`--insecure-peers`),
+    /// where only the membership check below stands between the port and Raft.
+    tls: Option<PeerTls>,
     /// Snapshot receptions running (each ends holding a decoded ledger).
     receptions: Arc<tokio::sync::Semaphore>,
 }
@@ -275,16 +302,53 @@ impl RaftTransportService {
     pub(crate) fn new(
         raft: Raft,
         machine: LedgerStateMachine<TypeConfig>,
+        tls: Option<PeerTls>,
     ) -> proto::raft_transport_server::RaftTransportServer<RaftTransportService> {
         proto::raft_transport_server::RaftTransportServer::new(RaftTransportService {
             raft,
             machine,
+            tls,
             receptions: Arc::new(tokio::sync::Semaphore::new(
                 limits::PEER_SNAPSHOT_RECEPTIONS_MAX,
             )),
         })
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    /// Accepts a message whose `vote` says it comes from node N only if the connection's
+    /// certificate names N (with peer TLS) and N is a member of this replica's group, as this
+    /// replica's log says; while it belongs to no group yet (a new member waiting for its
+    /// leader), any node with the group's certificate.
+    ///
+    /// Strict on purpose: a removed member's certificate, still valid, cannot speak for the
+    /// group. The price: a follower that missed the change adding the current leader refuses
+    /// that leader until leadership moves to a member it knows (or the follower is replaced).
+    fn admit<T>(
+        &self,
+        request: &tonic::Request<T>,
+        vote: &VoteOf<TypeConfig>,
+    ) -> Result<(), tonic::Status> {
+        use openraft::vote::RaftLeaderId;
+        let sender = *vote.leader_id().node_id();
+        if let Some(tls) = &self.tls {
+            let certificates = request.peer_certs();
+            tls.check_sender(certificates.as_deref().map(Vec::as_slice), sender)
+                .map_err(|error| tonic::Status::permission_denied(error.to_string()))?;
+        }
+        use openraft::async_runtime::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let mut members = membership.nodes().map(|(id, _)| *id).peekable();
+        let unclaimed = members.peek().is_none();
+        if unclaimed || members.any(|id| id == sender) {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "node {sender} is not a member of this replica's group"
+            )))
+        }
     }
 }
 
@@ -297,28 +361,46 @@ fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Answer {
 #[tonic::async_trait]
 impl RaftTransport for RaftTransportService {
     async fn append_entries(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
-        answer(self.raft.append_entries(decode(request.get_ref())?).await)
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        self.admit(&request, &rpc.vote)?;
+        answer(self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
-        answer(self.raft.vote(decode(request.get_ref())?).await)
+        let rpc: VoteRequest<TypeConfig> = decode(request.get_ref())?;
+        self.admit(&request, &rpc.vote)?;
+        answer(self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
         &self,
         request: tonic::Request<tonic::Streaming<proto::RaftMessage>>,
     ) -> Answer {
+        // Who sends is known from the connection before the offer: a stranger (no member
+        // certificate) is refused before anything is read or reserved.
+        if self.tls.is_some() {
+            let certificates = request.peer_certs();
+            if certificates.as_deref().is_none_or(Vec::is_empty) {
+                return Err(tonic::Status::permission_denied(
+                    crate::peer_tls::PeerTlsError::NoCertificate.to_string(),
+                ));
+            }
+        }
         let Ok(permit) = Arc::clone(&self.receptions).try_acquire_owned() else {
             return Err(tonic::Status::resource_exhausted(
                 "another snapshot is being received; retry later",
             ));
         };
-        let mut messages = request.into_inner();
+        let (metadata, extensions, mut messages) = request.into_parts();
         let first = messages
             .message()
             .await?
             .ok_or_else(|| tonic::Status::invalid_argument("snapshot stream: no offer"))?;
         let offer: SnapshotOffer = decode(&first)?;
+        self.admit(
+            &tonic::Request::from_parts(metadata, extensions, ()),
+            &offer.vote,
+        )?;
         let timeout = snapshot_timeout(offer.len_bytes);
         // The permit is held until Raft has installed (or dropped) the decoded ledger.
         let (received, _permit) = tokio::time::timeout(
@@ -340,11 +422,9 @@ impl RaftTransport for RaftTransportService {
     }
 
     async fn transfer_leader(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
-        answer(
-            self.raft
-                .handle_transfer_leader(decode(request.get_ref())?)
-                .await,
-        )
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(request.get_ref())?;
+        self.admit(&request, rpc.from_leader())?;
+        answer(self.raft.handle_transfer_leader(rpc).await)
     }
 }
 

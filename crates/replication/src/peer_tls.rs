@@ -109,34 +109,26 @@ fn first_certificate(path: &Path, pem_text: &[u8]) -> Result<Vec<u8>, PeerTlsErr
 }
 
 impl PeerTls {
-    /// Loads node `node`'s identity for group `group` and checks that its certificate names it.
-    pub fn load(
-        group: &str,
-        node: NodeId,
-        files: &CertificateFiles,
-    ) -> Result<PeerTls, PeerTlsError> {
-        check_group_name(group)?;
+    /// Loads node `node`'s identity: its certificate must name it as node `node` of one group
+    /// (`n<node>.<GROUP>.peer.fincore`), which becomes [`PeerTls::group`].
+    pub fn load(node: NodeId, files: &CertificateFiles) -> Result<PeerTls, PeerTlsError> {
         let ca = read(&files.ca)?;
         first_certificate(&files.ca, &ca)?;
         let certificate = read(&files.certificate)?;
         let key = read(&files.key)?;
         let leaf = first_certificate(&files.certificate, &certificate)?;
-        if !names(&leaf, group, node) {
-            return Err(PeerTlsError::BadFile {
-                path: files.certificate.clone(),
-                reason: format!(
-                    "the certificate does not name this node ({})",
-                    peer_dns_name(group, node)
-                ),
-            });
-        }
+        let group = named_group(&leaf, node).map_err(|reason| PeerTlsError::BadFile {
+            path: files.certificate.clone(),
+            reason,
+        })?;
         Ok(PeerTls {
-            group: group.to_string(),
+            group,
             ca: Certificate::from_pem(ca),
             identity: Identity::from_pem(certificate, key),
         })
     }
 
+    /// The group this node's certificate names it a member of.
     pub fn group(&self) -> &str {
         &self.group
     }
@@ -177,6 +169,30 @@ impl PeerTls {
                 group: self.group.clone(),
             })
         }
+    }
+}
+
+/// The group of which the DER certificate `leaf` names node `node` a member: its one DNS name
+/// of the form `n<node>.<GROUP>.peer.fincore`.
+fn named_group(leaf: &[u8], node: NodeId) -> Result<String, String> {
+    let der = CertificateDer::from(leaf);
+    let certificate = webpki::EndEntityCert::try_from(&der)
+        .map_err(|error| format!("not a usable certificate: {error:?}"))?;
+    let prefix = format!("n{node}.");
+    let suffix = format!(".{PEER_NAME_SUFFIX}");
+    let groups: Vec<&str> = certificate
+        .valid_dns_names()
+        .filter_map(|name| name.strip_prefix(&prefix)?.strip_suffix(&suffix))
+        .collect();
+    match groups.as_slice() {
+        [group] if check_group_name(group).is_ok() => Ok(group.to_string()),
+        [] => Err(format!(
+            "the certificate does not name node {node} of any group ({})",
+            peer_dns_name("GROUP", node)
+        )),
+        _ => Err(format!(
+            "the certificate names node {node} in several groups or in an invalid one ({groups:?}); a node's certificate names one group"
+        )),
     }
 }
 
@@ -295,7 +311,8 @@ mod tests {
     fn a_node_certificate_names_its_own_node_and_group_and_no_other() {
         let dir = tempfile::tempdir().unwrap();
         issue_development_certificates(dir.path(), "payments-1", &[1, 2], 30).unwrap();
-        let tls = PeerTls::load("payments-1", 1, &CertificateFiles::in_dir(dir.path(), 1)).unwrap();
+        let tls = PeerTls::load(1, &CertificateFiles::in_dir(dir.path(), 1)).unwrap();
+        assert_eq!(tls.group(), "payments-1");
         let two = [leaf(dir.path(), 2)];
         tls.check_sender(Some(&two), 2).unwrap();
         assert!(matches!(
@@ -316,7 +333,6 @@ mod tests {
         assert!(tls.check_sender(Some(&[leaf(other.path(), 2)]), 2).is_err());
         // Loading a certificate as another node's identity is refused, naming the file.
         let error = PeerTls::load(
-            "payments-1",
             3,
             &CertificateFiles {
                 certificate: CertificateFiles::in_dir(dir.path(), 2).certificate,
@@ -327,7 +343,7 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(
-            error.contains("node-2.pem") && error.contains("n3.payments-1"),
+            error.contains("node-2.pem") && error.contains("does not name node 3"),
             "{error}"
         );
     }
@@ -347,7 +363,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
-        PeerTls::load("g", 4, &CertificateFiles::in_dir(dir.path(), 4)).unwrap();
+        PeerTls::load(4, &CertificateFiles::in_dir(dir.path(), 4)).unwrap();
     }
 
     /// A peer service that accepts a message only from node 1, as `check_sender` judges it.
@@ -421,8 +437,7 @@ mod tests {
         issue_development_certificates(dir.path(), "g", &[1, 2, 3], 30).unwrap();
         let stranger = tempfile::tempdir().unwrap();
         issue_development_certificates(stranger.path(), "g", &[1], 30).unwrap();
-        let node =
-            |dir: &Path, id| PeerTls::load("g", id, &CertificateFiles::in_dir(dir, id)).unwrap();
+        let node = |dir: &Path, id| PeerTls::load(id, &CertificateFiles::in_dir(dir, id)).unwrap();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,6 +1,6 @@
 //! One replica of a Raft group: its log, its ledger and its Raft instance. The transport
-//! service it returns is mounted by whoever owns the gRPC server (the node shares one port
-//! between the ledger API and the replica transport).
+//! service it returns is mounted by whoever owns the peer listener (the node's, separate from
+//! its client listeners).
 //!
 //! Owns the only handle on the openraft instance. Its public methods speak fincore's types
 //! (`Role`, `ReplicaStatus`, members as `PeerNode`s, `WriteError`); none may return or take an
@@ -35,9 +35,12 @@ pub struct ReplicaConfig {
     pub snapshot_every_entries: u64,
     /// Told the duration of every log fsync and how many entries it made durable.
     pub sync_observer: Option<journal::SyncObserver>,
-    /// How this replica reaches each peer's gRPC port, when that differs from the address in
-    /// the group's membership (a local proxy, a sidecar).
+    /// How this replica reaches each peer's peer listener, when that differs from the address
+    /// in the group's membership (a local proxy, a sidecar).
     pub peer_routes: BTreeMap<NodeId, String>,
+    /// This replica's identity for mutual TLS with its peers; `None`: plaintext peers
+    /// (`--insecure-peers`, tests and the simulator).
+    pub peer_tls: Option<crate::peer_tls::PeerTls>,
 }
 
 impl std::fmt::Debug for ReplicaConfig {
@@ -47,6 +50,8 @@ impl std::fmt::Debug for ReplicaConfig {
             .field("election_timeout_min_ms", &self.election_timeout_min_ms)
             .field("election_timeout_max_ms", &self.election_timeout_max_ms)
             .field("snapshot_every_entries", &self.snapshot_every_entries)
+            .field("peer_routes", &self.peer_routes)
+            .field("peer_tls", &self.peer_tls.as_ref().map(|tls| tls.group()))
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +65,7 @@ impl Default for ReplicaConfig {
             snapshot_every_entries: limits::RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT,
             sync_observer: None,
             peer_routes: BTreeMap::new(),
+            peer_tls: None,
         }
     }
 }
@@ -151,6 +157,7 @@ pub struct Replica {
     machine: LedgerStateMachine<TypeConfig>,
     journal_stats: Arc<journal::GroupCommitStats>,
     digests: DigestGate,
+    peer_tls: Option<crate::peer_tls::PeerTls>,
 }
 
 fn now_ns() -> u64 {
@@ -207,6 +214,7 @@ impl Replica {
             Arc::new(raft_config),
             TransportFactory {
                 routes: config.peer_routes.clone(),
+                tls: config.peer_tls.clone(),
             },
             log,
             machine.clone(),
@@ -219,12 +227,23 @@ impl Replica {
             machine,
             journal_stats,
             digests: DigestGate::new(limits::STATUS_DIGEST_CALLERS_MAX),
+            peer_tls: config.peer_tls.clone(),
         })
     }
 
-    /// The service peers send this replica's Raft RPCs to; mount it on the node's gRPC server.
+    /// The service peers send this replica's Raft RPCs to; mount it on the node's peer
+    /// listener, with [`Replica::peer_tls`]'s server configuration when there is one.
     pub fn transport_service(&self) -> RaftTransportServer<RaftTransportService> {
-        RaftTransportService::new(self.raft.clone(), self.machine.clone())
+        RaftTransportService::new(
+            self.raft.clone(),
+            self.machine.clone(),
+            self.peer_tls.clone(),
+        )
+    }
+
+    /// The identity this replica proves to its peers (`None`: plaintext peers).
+    pub fn peer_tls(&self) -> Option<&crate::peer_tls::PeerTls> {
+        self.peer_tls.as_ref()
     }
 
     pub fn id(&self) -> NodeId {

@@ -79,17 +79,23 @@ impl BatchOutcome {
     }
 }
 
-/// How to reach a replica: its gRPC address (the ledger API and the replica transport share
-/// it) and, for redirecting HTTP clients, its HTTP address.
+/// How to reach a replica: its client listeners (gRPC, HTTP), which the group tells clients
+/// to redirect them to the leader, and its peer listener, where the other replicas send Raft
+/// messages (mutual TLS unless the group runs `--insecure-peers`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerNode {
     pub grpc: String,
     pub http: String,
+    pub peer: String,
 }
 
 impl fmt::Display for PeerNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "grpc={} http={}", self.grpc, self.http)
+        write!(
+            f,
+            "grpc={} http={} peer={}",
+            self.grpc, self.http, self.peer
+        )
     }
 }
 

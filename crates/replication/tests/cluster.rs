@@ -81,6 +81,7 @@ async fn start_group(dirs: &[tempfile::TempDir], config: &ReplicaConfig) -> Vec<
                 PeerNode {
                     grpc: r.addr.to_string(),
                     http: String::new(),
+                    peer: r.addr.to_string(),
                 },
             )
         })
@@ -385,20 +386,24 @@ async fn a_forged_snapshot_sent_over_the_transport_is_refused_and_changes_nothin
         >(1_000, 9, 1_000_000)),
         last_membership: Default::default(),
     };
-    let offer = SnapshotOffer {
-        vote: SnapshotVote::new_committed(1_000, 9),
-        meta,
+    // Plaintext peers here: only the membership check stands, so the forger claims to be the
+    // leader (a non-member is refused before anything is read).
+    let offer = |sender: u64| SnapshotOffer {
+        vote: SnapshotVote::new_committed(1_000, sender),
+        meta: meta.clone(),
         len_bytes: forged.len() as u64,
         digest: [0; 32],
     };
-    let messages = vec![
-        RaftMessage {
-            body: postcard::to_allocvec(&offer).unwrap().into(),
-        },
-        RaftMessage {
-            body: forged.into(),
-        },
-    ];
+    let messages = |sender: u64| {
+        vec![
+            RaftMessage {
+                body: postcard::to_allocvec(&offer(sender)).unwrap().into(),
+            },
+            RaftMessage {
+                body: forged.clone().into(),
+            },
+        ]
+    };
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", all[victim].addr))
         .unwrap()
         .connect()
@@ -406,7 +411,14 @@ async fn a_forged_snapshot_sent_over_the_transport_is_refused_and_changes_nothin
         .unwrap();
     let mut client = RaftTransportClient::new(channel);
     let status = client
-        .install_snapshot(futures::stream::iter(messages))
+        .install_snapshot(futures::stream::iter(messages(9)))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(status.message().contains("not a member"), "{status}");
+    let claimed_leader = all[leader].id();
+    let status = client
+        .install_snapshot(futures::stream::iter(messages(claimed_leader)))
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");

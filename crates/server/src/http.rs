@@ -739,6 +739,7 @@ fn members(replica: &Replica) -> Vec<MemberJson> {
         .map(|(id, node)| MemberJson {
             grpc: node.grpc,
             http: node.http,
+            peer: node.peer,
             id,
         })
         .collect()
@@ -773,8 +774,12 @@ fn membership_error(error: replication::WriteError) -> ApiError {
 async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Body) -> Response {
     observed(&pipeline, "add_replica", async {
         let new: AddReplicaJson = json_body(&headers, body).await?;
-        for (field, addr) in [("grpc", &new.grpc), ("http", &new.http)] {
-            if (field == "grpc" || !addr.is_empty())
+        for (field, addr) in [
+            ("grpc", &new.grpc),
+            ("http", &new.http),
+            ("peer", &new.peer),
+        ] {
+            if (field != "http" || !addr.is_empty())
                 && addr.parse::<std::net::SocketAddr>().is_err()
             {
                 return Err(ApiError::bad_request(
@@ -786,6 +791,7 @@ async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body:
         let node = replication::PeerNode {
             grpc: new.grpc,
             http: new.http,
+            peer: new.peer,
         };
         pipeline
             .replica()

@@ -20,5 +20,5 @@ mod openapi;
 mod pipeline;
 
 pub use auth::{Auth, Role};
-pub use node::{Node, NodeConfig, NodeError};
+pub use node::{Node, NodeConfig, NodeError, PeerSecurity};
 pub use pipeline::{CreateResults, Pipeline, PipelineError};

@@ -1,7 +1,8 @@
-//! A running node: one replica of a Raft group (a group of one by default) with the gRPC
-//! ledger API, the replica transport (same gRPC port) and the HTTP API, started and stopped
-//! as one. How the node enters its group (resume, bootstrap, join) is decided by
-//! `replication::membership` before the replica opens its directory.
+//! A running node: one replica of a Raft group (a group of one by default) with its client
+//! listeners (the gRPC ledger API, the HTTP API) and its peer listener (the replica
+//! transport, mutual TLS under the group's authority unless told [`PeerSecurity::Insecure`]),
+//! started and stopped as one. How the node enters its group (resume, bootstrap, join) is
+//! decided by `replication::membership` before the replica opens its directory.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use api::proto::ledger_server::LedgerServer;
 use replication::membership::{self, Entry, GroupId, MembershipError};
+use replication::peer_tls::{CertificateFiles, PeerTls, PeerTlsError};
 use replication::{NodeId, PeerNode, Replica, ReplicaConfig};
 use telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -31,6 +33,10 @@ pub struct NodeConfig {
     /// Port 0 picks a free port; [`Node::grpc_addr`] tells which.
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Where the other replicas of the group send Raft messages.
+    pub peer_addr: SocketAddr,
+    /// How the replicas of the group prove who they are to each other.
+    pub peer_security: PeerSecurity,
     /// This replica's id in its group.
     pub node_id: NodeId,
     /// The initial members when `entry` creates a group, this node included. Empty: a group
@@ -54,9 +60,23 @@ pub struct NodeConfig {
 }
 
 // `replica.peer_routes` overrides how this node reaches peers (e.g. through local proxies),
-// while `peers` stays what the group advertises to clients.
+// while `peers` stays what the group's membership records.
+
+/// How the replicas of a group authenticate each other on their peer listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSecurity {
+    /// Mutual TLS with the certificates in this directory (`ca.pem`, `node-N.pem`,
+    /// `node-N.key`, as `fincore certs` writes them), whose names must be this node's id in
+    /// this node's group.
+    Tls { certificates: PathBuf },
+    /// Plaintext: anyone who reaches the peer listener can speak for a member
+    /// (`--insecure-peers`; embedded and single-process test nodes).
+    Insecure,
+}
 
 impl NodeConfig {
+    /// An open node (no authentication, plaintext peers) on the given client listeners and a
+    /// peer listener on a free loopback port: for embedded and test nodes.
     pub fn new(
         data_dir: impl Into<PathBuf>,
         grpc_addr: SocketAddr,
@@ -66,6 +86,8 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             grpc_addr,
             http_addr,
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peer_security: PeerSecurity::Insecure,
             node_id: 1,
             peers: BTreeMap::new(),
             entry: Entry::Resume,
@@ -95,12 +117,54 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    #[error(
+        "peer TLS: {0}. Replicas prove who they are to each other with certificates: make them with `fincore certs` (or your own authority, with the names it explains) and give --peer-certs DIR, or pass --insecure-peers to let replicas talk plaintext"
+    )]
+    PeerTls(#[from] PeerTlsError),
+    #[error(
+        "peer TLS needs the group's id in the node's certificates, and {dir} holds a replica made before group ids: run it with --insecure-peers or replace it with a new member"
+    )]
+    PeerTlsWithoutGroup { dir: PathBuf },
+    #[error(
+        "this node's peer certificate names group {named}, but the node belongs to group {group}: give it a certificate of group {group} (`fincore certs --group {group}`)"
+    )]
+    PeerTlsOtherGroup { named: String, group: String },
+    #[error(
+        "this node's peer certificate names group {named:?}, which is not a group id (32 hex digits): issue it with `fincore certs`, whose --group is a group id"
+    )]
+    PeerTlsGroupNotAnId { named: String },
+}
+
+/// How this start enters its group given its peer certificates: a bootstrap without a group id
+/// creates the group its certificate names; a bootstrap or join naming another group than the
+/// certificate is refused before the directory is touched.
+fn entry_for_certificates(entry: &Entry, tls: Option<&PeerTls>) -> Result<Entry, NodeError> {
+    let Some(tls) = tls else {
+        return Ok(entry.clone());
+    };
+    let named: GroupId = tls
+        .group()
+        .parse()
+        .map_err(|_| NodeError::PeerTlsGroupNotAnId {
+            named: tls.group().to_string(),
+        })?;
+    match entry {
+        Entry::Bootstrap { group: None } => Ok(Entry::Bootstrap { group: Some(named) }),
+        Entry::Bootstrap { group: Some(group) } | Entry::Join { group } if *group != named => {
+            Err(NodeError::PeerTlsOtherGroup {
+                named: named.to_string(),
+                group: group.to_string(),
+            })
+        }
+        other => Ok(other.clone()),
+    }
 }
 
 /// A running node.
 pub struct Node {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    peer_addr: SocketAddr,
     pipeline: Pipeline,
     task: PipelineTask,
     stop: watch::Sender<bool>,
@@ -122,25 +186,56 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let grpc_listener = bind("gRPC", config.grpc_addr).await?;
         let http_listener = bind("HTTP", config.http_addr).await?;
-        let grpc_addr = grpc_listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let http_addr = http_listener
-            .local_addr()
-            .expect("a bound listener has an address");
+        let peer_listener = bind("peers", config.peer_addr).await?;
+        let address = |listener: &TcpListener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        };
+        let (grpc_addr, http_addr, peer_addr) = (
+            address(&grpc_listener),
+            address(&http_listener),
+            address(&peer_listener),
+        );
         let peers = if config.peers.is_empty() {
             BTreeMap::from([(
                 config.node_id,
                 PeerNode {
                     grpc: grpc_addr.to_string(),
                     http: http_addr.to_string(),
+                    peer: peer_addr.to_string(),
                 },
             )])
         } else {
             config.peers.clone()
         };
-        let prepared =
-            membership::prepare(&config.data_dir, config.node_id, &config.entry, &peers)?;
+        // The certificates are checked before the directory is touched; a new group takes its
+        // id from them.
+        let peer_tls = match &config.peer_security {
+            PeerSecurity::Insecure => None,
+            PeerSecurity::Tls { certificates } => Some(PeerTls::load(
+                config.node_id,
+                &CertificateFiles::in_dir(certificates, config.node_id),
+            )?),
+        };
+        let entry = entry_for_certificates(&config.entry, peer_tls.as_ref())?;
+        let prepared = membership::prepare(&config.data_dir, config.node_id, &entry, &peers)?;
+        if let Some(tls) = &peer_tls {
+            match &prepared.group {
+                Some(group) if group.as_str() == tls.group() => {}
+                Some(group) => {
+                    return Err(NodeError::PeerTlsOtherGroup {
+                        named: tls.group().to_string(),
+                        group: group.to_string(),
+                    });
+                }
+                None => {
+                    return Err(NodeError::PeerTlsWithoutGroup {
+                        dir: config.data_dir.clone(),
+                    });
+                }
+            }
+        }
 
         let metrics = Metrics::new();
         let sync_metrics = Arc::clone(&metrics);
@@ -148,6 +243,7 @@ impl Node {
             sync_observer: Some(Arc::new(move |elapsed, records| {
                 sync_metrics.journal_sync(elapsed, records)
             })),
+            peer_tls: peer_tls.clone(),
             ..config.replica.clone()
         };
         let replica = Replica::open(config.node_id, &config.data_dir, &replica_config)
@@ -174,26 +270,18 @@ impl Node {
             metrics: Arc::clone(pipeline.metrics()),
         };
         let ledger = GrpcAccess::new(ledger, access);
-        let transport = replica.transport_service();
+        connections::raise_open_files_limit(
+            (2 * limits::CONNECTIONS_PER_LISTENER_MAX + limits::PEER_CONNECTIONS_MAX) as u64 + 1024,
+        );
+        let peers_server = serve_peers(peer_listener, &replica, peer_tls, stopped.clone());
         let mut grpc_stop = stopped.clone();
-        connections::raise_open_files_limit(2 * limits::CONNECTIONS_PER_LISTENER_MAX as u64 + 1024);
         let incoming =
             connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
-        let keepalive = Duration::from_secs(limits::GRPC_KEEPALIVE_SECONDS);
         let grpc = tokio::spawn(async move {
             let signal = async move {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
             };
-            let server = tonic::transport::Server::builder()
-                // Whole batches are ~1 MiB: default 64 KiB HTTP/2 windows would stall them.
-                .initial_stream_window_size(Some(limits::HTTP2_STREAM_WINDOW_BYTES))
-                .initial_connection_window_size(Some(limits::HTTP2_CONNECTION_WINDOW_BYTES))
-                .max_concurrent_streams(Some(limits::GRPC_STREAMS_PER_CONNECTION_MAX))
-                .http2_keepalive_interval(Some(keepalive))
-                .http2_keepalive_timeout(Some(keepalive))
-                .tcp_keepalive(Some(keepalive))
-                .add_service(ledger)
-                .add_service(transport);
+            let server = with_grpc_limits(tonic::transport::Server::builder()).add_service(ledger);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
                 tracing::error!(%error, "the gRPC server stopped");
             }
@@ -240,10 +328,11 @@ impl Node {
         Ok(Node {
             grpc_addr,
             http_addr,
+            peer_addr,
             pipeline,
             task,
             stop,
-            servers: vec![grpc, http],
+            servers: vec![grpc, http, peers_server],
             group: prepared.group,
             awaiting_admission,
         })
@@ -268,19 +357,95 @@ impl Node {
         self.http_addr
     }
 
+    /// Where the node's peers reach its replica transport.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// True if the replicas of the group authenticate each other with mutual TLS.
+    pub fn peer_tls(&self) -> bool {
+        self.replica().peer_tls().is_some()
+    }
+
     pub fn replica(&self) -> &Arc<Replica> {
         self.pipeline.replica()
     }
 
-    /// Stops accepting requests, lets the ones in progress finish, stops Raft.
+    /// Stops accepting requests, lets the ones in progress finish (for at most
+    /// `HTTP_SHUTDOWN_GRACE_SECONDS`: a client that stopped answering must not hold the node
+    /// up until its keepalive times out), stops Raft: writes still in flight
+    /// `SERVER_SHUTDOWN_WRITES_GRACE_SECONDS` after that are answered unavailable (see
+    /// [`PipelineTask::stop`]).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for server in self.servers {
-            let _ = server.await;
+        let grace = Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS);
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut server in self.servers {
+            if tokio::time::timeout_at(deadline, &mut server)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "connections still open after the shutdown grace period; closing them"
+                );
+                server.abort();
+                let _ = server.await;
+            }
         }
-        let replica = Arc::clone(self.pipeline.replica());
+        // Each stage is logged, so that a stop that takes long shows where it waits.
+        tracing::info!("servers stopped; stopping the write pipeline and Raft");
         drop(self.pipeline);
-        self.task.join().await;
-        replica.shutdown().await;
+        let writes_grace = Duration::from_secs(limits::SERVER_SHUTDOWN_WRITES_GRACE_SECONDS);
+        self.task.stop(writes_grace).await;
+        tracing::info!("Raft stopped");
     }
+}
+
+/// Serves the replica transport on `listener` until `stopped` turns true: mutual TLS with
+/// `tls` (the handshake refuses a peer without a certificate from the group's authority, or one
+/// slower than `limits::PEER_TLS_HANDSHAKE_SECONDS_MAX`), at most
+/// `limits::PEER_CONNECTIONS_MAX` connections.
+fn serve_peers(
+    listener: TcpListener,
+    replica: &Replica,
+    tls: Option<PeerTls>,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let transport = replica.transport_service();
+    let incoming = connections::grpc_incoming(listener, limits::PEER_CONNECTIONS_MAX);
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            let config = tls
+                .server_config()
+                .timeout(Duration::from_secs(limits::PEER_TLS_HANDSHAKE_SECONDS_MAX));
+            builder = match builder.tls_config(config) {
+                Ok(builder) => builder,
+                Err(error) => {
+                    tracing::error!(%error, "the peer listener's TLS configuration was refused");
+                    return;
+                }
+            };
+        }
+        let server = with_grpc_limits(builder).add_service(transport);
+        if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::error!(%error, "the peer listener stopped");
+        }
+    })
+}
+
+/// A gRPC server's HTTP/2 windows sized for whole batches (~1 MiB: default 64 KiB windows would
+/// stall them), its streams per connection capped, and keepalives that close dead connections.
+fn with_grpc_limits(builder: tonic::transport::Server) -> tonic::transport::Server {
+    let keepalive = Duration::from_secs(limits::GRPC_KEEPALIVE_SECONDS);
+    builder
+        .initial_stream_window_size(Some(limits::HTTP2_STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(limits::HTTP2_CONNECTION_WINDOW_BYTES))
+        .max_concurrent_streams(Some(limits::GRPC_STREAMS_PER_CONNECTION_MAX))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .tcp_keepalive(Some(keepalive))
 }

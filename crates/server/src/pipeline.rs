@@ -16,9 +16,14 @@
 //!
 //! Each operation is its own method with its own result type, and a queued write carries the
 //! channel for exactly its own results, so no caller ever handles an answer of the wrong kind.
+//!
+//! Stopping is bounded ([`PipelineTask::stop`]): the writes in flight get a while to commit,
+//! then Raft stops, which answers those that could not (a leader cut off from its followers)
+//! `Unavailable` with their outcome unknown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults, Capacity,
@@ -196,16 +201,46 @@ pub struct Pipeline {
     reads_running: Arc<Semaphore>,
     replica: Arc<Replica>,
     failed: Arc<AtomicBool>,
+    /// Set when [`PipelineTask::stop`] stops Raft: what fails after that is the stop, not a
+    /// storage failure.
+    stopping: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
 
-/// The batcher task behind a pipeline; awaited at shutdown.
-pub struct PipelineTask(JoinHandle<()>);
+/// The batcher task behind a pipeline and the replica it writes through; stopped at shutdown.
+pub struct PipelineTask {
+    task: JoinHandle<()>,
+    /// Tells the batcher to take no new writes (dropping it does too).
+    close: oneshot::Sender<()>,
+    replica: Arc<Replica>,
+    stopping: Arc<AtomicBool>,
+}
 
 impl PipelineTask {
-    /// Waits until every batch taken in was answered.
-    pub async fn join(self) {
-        let _ = self.0.await;
+    /// Closes the queue (new writes are answered "shutting down", even from handlers that
+    /// still hold a [`Pipeline`]), waits until every write already queued or in flight was
+    /// answered, for at most `writes_wait`, then stops Raft. A write still in flight by then cannot commit (a leader cut off from its
+    /// followers waits for them forever): stopping Raft answers it `Unavailable`, its outcome
+    /// unknown to its client, which retries with the same ids (and is told `exists` for what
+    /// was applied after all). Nothing acknowledged is affected: an answer is given only after
+    /// the batch was stored on a majority and applied.
+    pub async fn stop(mut self, writes_wait: Duration) {
+        let _ = self.close.send(());
+        if tokio::time::timeout(writes_wait, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                seconds = writes_wait.as_secs(),
+                "writes still in flight after the shutdown wait; stopping Raft answers them \
+                 unavailable (outcome unknown)"
+            );
+            self.stopping.store(true, Ordering::Release);
+            self.replica.shutdown().await;
+            let _ = self.task.await;
+        }
+        self.stopping.store(true, Ordering::Release);
+        self.replica.shutdown().await;
     }
 }
 
@@ -220,10 +255,14 @@ impl Pipeline {
     ) -> (Pipeline, PipelineTask) {
         let (sender, receiver) = mpsc::channel(queue_depth);
         let failed = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (close, closing) = oneshot::channel();
         let task = tokio::spawn(batcher(
             Arc::clone(&replica),
             receiver,
+            closing,
             Admission::new(capacity),
+            Arc::clone(&stopping),
             Arc::clone(&metrics),
         ));
         (
@@ -231,11 +270,17 @@ impl Pipeline {
                 sender,
                 reads_admitted: Arc::new(Semaphore::new(limits::SERVER_READS_ADMITTED_MAX)),
                 reads_running: Arc::new(Semaphore::new(limits::SERVER_READS_RUNNING_MAX)),
-                replica,
+                replica: Arc::clone(&replica),
                 failed,
+                stopping: Arc::clone(&stopping),
                 metrics,
             },
-            PipelineTask(task),
+            PipelineTask {
+                task,
+                close,
+                replica,
+                stopping,
+            },
         )
     }
 
@@ -292,6 +337,9 @@ impl Pipeline {
     }
 
     fn refuse_if_failed(&self) -> Result<(), PipelineError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(PipelineError::Unavailable("it is shutting down".into()));
+        }
         if self.has_failed() {
             return Err(PipelineError::Unavailable(
                 "it stopped after a storage failure".into(),
@@ -356,7 +404,7 @@ impl Pipeline {
 
     /// True once a storage failure stopped the node.
     pub fn has_failed(&self) -> bool {
-        if !self.replica.is_running() {
+        if !self.replica.is_running() && !self.stopping.load(Ordering::Acquire) {
             self.failed.store(true, Ordering::Release);
         }
         self.failed.load(Ordering::Acquire)
@@ -416,10 +464,10 @@ impl Coalesced {
         }
     }
 
-    async fn commit(self, replica: &Replica, events_count: usize) {
+    async fn commit(self, replica: &Replica, events_count: usize, stopping: &AtomicBool) {
         match self {
-            Coalesced::Accounts(members) => commit(replica, members, events_count).await,
-            Coalesced::Transfers(members) => commit(replica, members, events_count).await,
+            Coalesced::Accounts(members) => commit(replica, members, events_count, stopping).await,
+            Coalesced::Transfers(members) => commit(replica, members, events_count, stopping).await,
         }
     }
 }
@@ -455,21 +503,34 @@ fn admit<E: Event>(
 }
 
 /// Takes queued writes, coalesces those of one kind into a batch, and sends it through Raft;
-/// at most `BATCHES_IN_FLIGHT_MAX` batches are in flight. Ends when every sender is gone.
+/// at most `BATCHES_IN_FLIGHT_MAX` batches are in flight. Ends when every sender is gone or
+/// once told to close (then only after the writes already queued).
 async fn batcher(
     replica: Arc<Replica>,
     mut receiver: mpsc::Receiver<Queued>,
+    mut closing: oneshot::Receiver<()>,
     admission: Arc<Admission>,
+    stopping: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut carried: Option<Queued> = None;
+    let mut closed = false;
     loop {
         let first = match carried.take() {
             Some(queued) => queued,
-            None => match receiver.recv().await {
-                Some(queued) => queued,
-                None => break,
+            None => tokio::select! {
+                queued = receiver.recv() => match queued {
+                    Some(queued) => queued,
+                    None => break,
+                },
+                // Shutting down: no new writes; what is queued is still batched and answered,
+                // then `recv` ends the loop.
+                _ = &mut closing, if !closed => {
+                    receiver.close();
+                    closed = true;
+                    continue;
+                }
             },
         };
         // Waiting for a free slot is what lets requests pile up and be coalesced under load.
@@ -502,9 +563,9 @@ async fn batcher(
             continue;
         };
         metrics.batch(total);
-        let replica = Arc::clone(&replica);
+        let (replica, stopping) = (Arc::clone(&replica), Arc::clone(&stopping));
         tokio::spawn(async move {
-            batch.commit(&replica, total).await;
+            batch.commit(&replica, total, &stopping).await;
             // Applied here (or failed): the ledger's own counts now include what it added.
             drop(reservation);
             drop(permit);
@@ -515,7 +576,12 @@ async fn batcher(
 }
 
 /// Commits one batch made of `members` and answers each its own share of the results.
-async fn commit<E: Event>(replica: &Replica, members: Vec<Pending<E>>, events_count: usize) {
+async fn commit<E: Event>(
+    replica: &Replica,
+    members: Vec<Pending<E>>,
+    events_count: usize,
+    stopping: &AtomicBool,
+) {
     let mut events = Vec::with_capacity(events_count);
     let mut answers = Vec::with_capacity(members.len());
     for Pending {
@@ -532,6 +598,14 @@ async fn commit<E: Event>(replica: &Replica, members: Vec<Pending<E>>, events_co
             let mut results = E::results(results).into_iter();
             for (len, respond) in answers {
                 let _ = respond.send(Ok(results.by_ref().take(len).collect()));
+            }
+        }
+        Err(_) if stopping.load(Ordering::Acquire) => {
+            let error = PipelineError::Unavailable(
+                "it stopped before the batch committed; the batch's outcome is unknown".into(),
+            );
+            for (_, respond) in answers {
+                let _ = respond.send(Err(error.clone()));
             }
         }
         Err(error) => {
@@ -559,6 +633,7 @@ mod tests {
             PeerNode {
                 grpc: "127.0.0.1:1".into(),
                 http: String::new(),
+                peer: "127.0.0.1:2".into(),
             },
         )]);
         replica.initialize(&members).await.unwrap();
@@ -605,9 +680,168 @@ mod tests {
             pipeline.reads_admitted.available_permits(),
             limits::SERVER_READS_ADMITTED_MAX
         );
-        let replica = Arc::clone(pipeline.replica());
         drop(pipeline);
-        task.join().await;
-        replica.shutdown().await;
+        task.stop(Duration::from_secs(1)).await;
+    }
+
+    /// A replica whose Raft transport is served on a loopback port.
+    struct Served {
+        replica: Arc<Replica>,
+        server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    }
+
+    /// A loopback listener on a free port, and the address peers reach it at.
+    async fn listener() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (listener, addr)
+    }
+
+    impl Served {
+        /// Opens replica `id` in `dir` and serves its transport on `listener`; `routes` says
+        /// where its peers listen now (when that differs from their address in the group).
+        async fn open(
+            id: NodeId,
+            dir: &std::path::Path,
+            listener: tokio::net::TcpListener,
+            routes: BTreeMap<NodeId, String>,
+        ) -> Served {
+            let config = replication::ReplicaConfig {
+                peer_routes: routes,
+                ..replication::ReplicaConfig::default()
+            };
+            let replica = Replica::open(id, dir, &config).await.unwrap();
+            let serving = tonic::transport::Server::builder()
+                .add_service(replica.transport_service())
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+            Served {
+                replica: Arc::new(replica),
+                server: tokio::spawn(serving),
+            }
+        }
+
+        /// Cuts this replica off: its Raft stops and its port closes.
+        async fn stop(self) {
+            self.replica.shutdown().await;
+            self.server.abort();
+            let _ = self.server.await;
+        }
+    }
+
+    /// Waits (bounded) until `replicas` agree on a leader among themselves; its index.
+    async fn agreed_leader(replicas: &[Served]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leaders: Vec<_> = replicas
+                .iter()
+                .map(|served| served.replica.leader().map(|(id, _)| id))
+                .collect();
+            if let Some(Some(leader)) = leaders.first()
+                && leaders.iter().all(|l| *l == Some(*leader))
+                && let Some(at) = replicas.iter().position(|s| s.replica.id() == *leader)
+            {
+                return at;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_cut_off_from_its_followers_stops_in_bounded_time_answering_its_writes_unavailable()
+     {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (first, first_addr) = listener().await;
+        let (second, second_addr) = listener().await;
+        let node = |grpc: &str| PeerNode {
+            grpc: grpc.into(),
+            http: String::new(),
+        };
+        // Member 3 never runs: nothing listens on port 1.
+        let members = BTreeMap::from([
+            (1, node(&first_addr)),
+            (2, node(&second_addr)),
+            (3, node("127.0.0.1:1")),
+        ]);
+        let mut replicas = vec![
+            Served::open(1, dirs[0].path(), first, BTreeMap::new()).await,
+            Served::open(2, dirs[1].path(), second, BTreeMap::new()).await,
+        ];
+        replicas[0].replica.initialize(&members).await.unwrap();
+        let leader = replicas.remove(agreed_leader(&replicas).await);
+        let follower = replicas.pop().unwrap();
+        let (pipeline, task) = Pipeline::start(
+            Arc::clone(&leader.replica),
+            16,
+            Capacity::FORMAT_MAX,
+            Metrics::new(),
+        );
+        let acknowledged = Account {
+            id: 1,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        };
+        // Just elected, the leader may not take writes for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(error) = pipeline.create_accounts(vec![acknowledged]).await {
+            assert!(Instant::now() < deadline, "the first write failed: {error}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // The only follower goes away: the leader can no longer commit anything.
+        follower.stop().await;
+        let proposed = leader.replica.status(false).last_log_index;
+        let stuck = tokio::spawn({
+            let pipeline = pipeline.clone();
+            let account = Account {
+                id: 2,
+                ..acknowledged
+            };
+            async move { pipeline.create_accounts(vec![account]).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader.replica.status(false).last_log_index == proposed {
+            assert!(Instant::now() < deadline, "the write was never proposed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(pipeline);
+
+        let writes_grace = Duration::from_secs(1);
+        let bound = writes_grace + Duration::from_secs(10);
+        let stopping = Instant::now();
+        tokio::time::timeout(bound, task.stop(writes_grace))
+            .await
+            .unwrap_or_else(|_| panic!("the pipeline did not stop within {bound:?}"));
+        assert!(stopping.elapsed() >= writes_grace);
+        let answer = tokio::time::timeout(Duration::from_secs(1), stuck)
+            .await
+            .expect("the stop answered the write in flight")
+            .unwrap();
+        assert!(
+            matches!(&answer, Err(PipelineError::Unavailable(reason)) if reason.contains("unknown")),
+            "{answer:?}"
+        );
+        assert_eq!(
+            leader.replica.status(false).role,
+            replication::Role::Shutdown
+        );
+        leader.stop().await;
+
+        // Both journals closed cleanly: the two replicas reopen (on new ports) and form the
+        // group again with the acknowledged account.
+        let (first, first_addr) = listener().await;
+        let (second, second_addr) = listener().await;
+        let replicas = [
+            Served::open(1, dirs[0].path(), first, BTreeMap::from([(2, second_addr)])).await,
+            Served::open(2, dirs[1].path(), second, BTreeMap::from([(1, first_addr)])).await,
+        ];
+        let leader = &replicas[agreed_leader(&replicas).await];
+        leader.replica.linearizable().await.unwrap();
+        let found = leader.replica.state().read().unwrap().lookup_accounts(&[1]);
+        assert_eq!(found.len(), 1, "the acknowledged account was lost");
+        for served in replicas {
+            served.stop().await;
+        }
     }
 }

@@ -1,18 +1,33 @@
 //! The addresses of a replica group on loopback and the `fincore serve` arguments that make
-//! them one group: node ids 1..=N, `--peers` listing every member's gRPC and HTTP address,
-//! optionally `--peer-routes` through proxies, and on a node's first start the membership
-//! flags (member 1 bootstraps the group, the others join it).
+//! them one group: node ids 1..=N, `--peers` listing every member's gRPC, HTTP and peer
+//! address, optionally `--peer-routes` through proxies, and on a node's first start the
+//! membership flags (member 1 bootstraps the group, the others join it).
+//!
+//! Every member gets `--peer-certs DIR`, one directory per layout (removed with it), which
+//! [`crate::certs`] fills with the group's development certificates as members start: the
+//! replicas of a test group talk mutual TLS, as in production.
 //!
 //! Owns only this naming scheme; it starts nothing (see [`crate::node`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{KitError, free_addrs};
 
 /// The file a node's data directory holds once it belongs to a group (the format marker,
 /// `replication::data_dir::FORMAT_FILE`).
-const FORMAT_MARKER_FILE: &str = "fincore-format.json";
+pub(crate) const FORMAT_MARKER_FILE: &str = "fincore-format.json";
+
+/// The listen flags of a node on free loopback ports (each listener picks its own).
+pub const FREE_PORTS_ARGS: [&str; 6] = [
+    "--grpc",
+    "127.0.0.1:0",
+    "--http",
+    "127.0.0.1:0",
+    "--peer",
+    "127.0.0.1:0",
+];
 
 /// True if `data_dir` holds no node yet (no format marker): a start there is the node's first
 /// and needs a membership flag.
@@ -49,12 +64,18 @@ fn new_group_id() -> String {
 pub const REPLICAS_MAX: usize = 7;
 
 /// Where the members of a group listen. Member `i` (0-based) is node id `i + 1`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct GroupLayout {
     pub grpc_addrs: Vec<String>,
     pub http_addrs: Vec<String>,
+    /// Where each member's peer listener is (what the other members dial).
+    pub peer_addrs: Vec<String>,
     /// The group's id (what `--bootstrap --group` gives it and `--join` names).
     pub group: String,
+    /// The members' peer certificates (`--peer-certs`), filled as they start.
+    pub certificates: PathBuf,
+    /// Keeps `certificates` until the last copy of the layout is dropped.
+    _certificates_dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl GroupLayout {
@@ -64,12 +85,20 @@ impl GroupLayout {
             (1..=REPLICAS_MAX).contains(&replicas),
             "a group has 1..={REPLICAS_MAX} replicas, not {replicas}"
         );
-        let mut grpc_addrs = free_addrs(2 * replicas)?;
-        let http_addrs = grpc_addrs.split_off(replicas);
+        let mut grpc_addrs = free_addrs(3 * replicas)?;
+        let mut http_addrs = grpc_addrs.split_off(replicas);
+        let peer_addrs = http_addrs.split_off(replicas);
+        let certificates = tempfile::Builder::new()
+            .prefix("fincore-peer-tls-")
+            .tempdir()
+            .map_err(KitError::io("creating a directory for peer certificates"))?;
         Ok(GroupLayout {
             grpc_addrs,
             http_addrs,
+            peer_addrs,
             group: new_group_id(),
+            certificates: certificates.path().to_path_buf(),
+            _certificates_dir: Some(Arc::new(certificates)),
         })
     }
 
@@ -89,17 +118,25 @@ impl GroupLayout {
             .collect()
     }
 
-    /// The `--peers` value: `ID=GRPC/HTTP,…` for the first `members` members.
+    /// The `--peers` value: `ID=GRPC/HTTP/PEER,…` for the first `members` members.
     pub fn peers(&self, members: usize) -> String {
         assert!(members <= self.len(), "{members} members of {}", self.len());
         (0..members)
-            .map(|i| format!("{}={}/{}", i + 1, self.grpc_addrs[i], self.http_addrs[i]))
+            .map(|i| {
+                format!(
+                    "{}={}/{}/{}",
+                    i + 1,
+                    self.grpc_addrs[i],
+                    self.http_addrs[i],
+                    self.peer_addrs[i]
+                )
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// The arguments of member `i` in a group of the first `members` members: its id, the
-    /// peers, its listen addresses.
+    /// peers, its listen addresses, its peer certificates.
     pub fn serve_args(&self, i: usize, members: usize) -> Vec<String> {
         assert!(i < self.len(), "member {i} of {}", self.len());
         [
@@ -111,6 +148,10 @@ impl GroupLayout {
             &self.grpc_addrs[i],
             "--http",
             &self.http_addrs[i],
+            "--peer",
+            &self.peer_addrs[i],
+            "--peer-certs",
+            &self.certificates.display().to_string(),
         ]
         .map(String::from)
         .to_vec()
@@ -134,7 +175,7 @@ impl GroupLayout {
     }
 
     /// `--peer-routes ID=ADDR,…`: member `i` reaches each other member `j` at `route(j)`
-    /// (a proxy) instead of at its own gRPC address.
+    /// (a proxy) instead of at its own peer address.
     pub fn peer_routes_args(&self, i: usize, route: impl Fn(usize) -> String) -> Vec<String> {
         let routes = (0..self.len())
             .filter(|&j| j != i)
@@ -154,20 +195,27 @@ mod tests {
         let layout = GroupLayout {
             grpc_addrs: vec!["g1".into(), "g2".into(), "g3".into()],
             http_addrs: vec!["h1".into(), "h2".into(), "h3".into()],
+            peer_addrs: vec!["p1".into(), "p2".into(), "p3".into()],
             group: "ab".repeat(16),
+            certificates: PathBuf::from("c"),
+            _certificates_dir: None,
         };
-        assert_eq!(layout.peers(3), "1=g1/h1,2=g2/h2,3=g3/h3");
+        assert_eq!(layout.peers(3), "1=g1/h1/p1,2=g2/h2/p2,3=g3/h3/p3");
         assert_eq!(
             layout.serve_args(1, 2),
             [
                 "--node-id",
                 "2",
                 "--peers",
-                "1=g1/h1,2=g2/h2",
+                "1=g1/h1/p1,2=g2/h2/p2",
                 "--grpc",
                 "g2",
                 "--http",
-                "h2"
+                "h2",
+                "--peer",
+                "p2",
+                "--peer-certs",
+                "c"
             ]
         );
         assert_eq!(

@@ -6,7 +6,9 @@
 //! - [`proxy`]: a fault-injecting TCP proxy for one directed link (cut, slow).
 //! - [`http`]: a blocking HTTP/1.1 client, one request per connection, and a node's status.
 //! - [`keys`]: the admin API key every node this process starts accepts.
-//! - [`free_addrs`]: distinct free loopback addresses; [`transfer`]: the tests' usual transfer.
+//! - [`certs`]: the peer certificates of the groups this process starts (mutual TLS).
+//! - [`free_addrs`]: distinct free loopback addresses; [`account`], [`transfer`]: the tests'
+//!   usual account and transfer.
 //! - [`bank_checker`]: the chaos bank test's history types and checker.
 //!
 //! This crate owns no product logic and must not grow any: it talks to the binary only through
@@ -15,6 +17,7 @@
 //! pass `env!("CARGO_BIN_EXE_fincore")`, the binary itself `std::env::current_exe()`).
 
 pub mod bank_checker;
+pub mod certs;
 pub mod group;
 pub mod http;
 pub mod keys;
@@ -44,6 +47,8 @@ pub enum KitError {
     /// `fincore keys create` failed, so no node could be given a key.
     #[error("making an API key for the test nodes failed: {stderr}")]
     KeyNotCreated { stderr: String },
+    #[error("making peer certificates for the test nodes failed: {stderr}")]
+    CertificatesNotMade { stderr: String },
     /// The child ignored SIGTERM for too long and was killed.
     #[error("the node (pid {pid}) did not stop within {seconds} s of SIGTERM and was killed")]
     NodeDidNotStop { pid: u32, seconds: u64 },
@@ -99,6 +104,16 @@ pub fn transfer(id: u128, debit: u128, credit: u128, amount: u128) -> ledger::Tr
         ledger: 1,
         code: 1,
         ..ledger::Transfer::default()
+    }
+}
+
+/// An account on ledger 1 with code 1 and no flags: the shape the end-to-end tests create.
+pub fn account(id: u128) -> ledger::Account {
+    ledger::Account {
+        id,
+        ledger: 1,
+        code: 1,
+        ..ledger::Account::default()
     }
 }
 

@@ -1,5 +1,5 @@
-//! One child `fincore serve` process: start it on a data directory, read the gRPC and HTTP
-//! addresses it announces on stdout, signal it, kill it, stop it cleanly.
+//! One child `fincore serve` process: start it on a data directory, read the gRPC, HTTP and
+//! peer addresses it announces on stdout, signal it, kill it, stop it cleanly.
 //!
 //! Owns the child's lifetime (a dropped node is killed, never left running) and nothing else:
 //! which arguments make a group, and what to check on it, belong to the callers.
@@ -20,6 +20,8 @@ const STOP_POLL_MS: u64 = 20;
 /// The line prefixes with which `fincore serve` announces where it listens.
 const GRPC_ANNOUNCEMENT: &str = "fincore: gRPC listening on ";
 const HTTP_ANNOUNCEMENT: &str = "fincore: HTTP listening on http://";
+/// Followed by the address, a space and how peers are secured.
+const PEER_ANNOUNCEMENT: &str = "fincore: peers listening on ";
 
 /// A signal sent with `kill`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,17 +54,20 @@ pub struct ChildNode {
     pub grpc_addr: String,
     /// Where it serves HTTP (`HOST:PORT`), as it announced.
     pub http_addr: String,
+    /// Where its peers reach its replica transport (`HOST:PORT`), as it announced.
+    pub peer_addr: String,
     /// Its stderr (logs), beside the data directory, appended to across restarts.
     pub log_path: PathBuf,
 }
 
 impl ChildNode {
     /// Runs `exe serve --data-dir DATA_DIR ARGS…` (creating the directory) and waits until it
-    /// announced both addresses. `args` carry everything else: listen addresses (`--grpc
-    /// 127.0.0.1:0` picks a free port), `--node-id`, `--peers`, checkpointing. Its stderr goes
-    /// to `DATA_DIR.log`, kept for post-mortems. Unless `args` give `--keys` or
-    /// `--insecure-no-auth`, the node gets `--keys DATA_DIR.keys` holding this process's admin
-    /// key ([`crate::keys`]).
+    /// announced its three addresses. `args` carry everything else: listen addresses (`--grpc
+    /// 127.0.0.1:0` picks a free port; without `--peer` the peer listener gets a free port),
+    /// `--node-id`, `--peers`, checkpointing. Its stderr goes to `DATA_DIR.log`, kept for
+    /// post-mortems. Unless `args` give `--keys` or `--insecure-no-auth`, the node gets `--keys
+    /// DATA_DIR.keys` holding this process's admin key ([`crate::keys`]); unless they give
+    /// `--peer-certs` or `--insecure-peers`, its group's peer certificates ([`crate::certs`]).
     pub fn start<S: AsRef<OsStr>>(
         exe: &Path,
         data_dir: &Path,
@@ -82,6 +87,12 @@ impl ChildNode {
         } else {
             Some(crate::keys::keys_file_for(exe, data_dir)?)
         };
+        let peer_security = crate::certs::peer_security_args(exe, data_dir, args)?;
+        let free_peer: &[&str] = if given("--peer") {
+            &[]
+        } else {
+            &["--peer", "127.0.0.1:0"]
+        };
         let mut child = Command::new(exe)
             .arg("serve")
             .arg("--data-dir")
@@ -90,6 +101,8 @@ impl ChildNode {
                 keys.iter()
                     .flat_map(|path| [OsStr::new("--keys"), path.as_os_str()]),
             )
+            .args(&peer_security)
+            .args(free_peer)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -98,8 +111,8 @@ impl ChildNode {
             .map_err(KitError::io(format!("starting {} serve", exe.display())))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut grpc_addr, mut http_addr) = (None, None);
-        while grpc_addr.is_none() || http_addr.is_none() {
+        let (mut grpc_addr, mut http_addr, mut peer_addr) = (None, None, None);
+        while grpc_addr.is_none() || http_addr.is_none() || peer_addr.is_none() {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -115,6 +128,9 @@ impl ChildNode {
             if let Some(addr) = line.strip_prefix(HTTP_ANNOUNCEMENT) {
                 http_addr = Some(addr.to_string());
             }
+            if let Some(rest) = line.strip_prefix(PEER_ANNOUNCEMENT) {
+                peer_addr = Some(rest.split(' ').next().unwrap_or_default().to_string());
+            }
         }
         // Keep draining its stdout so that it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
@@ -122,6 +138,7 @@ impl ChildNode {
             child,
             grpc_addr: grpc_addr.expect("the loop ends once both are read"),
             http_addr: http_addr.expect("the loop ends once both are read"),
+            peer_addr: peer_addr.expect("the loop ends once all three are read"),
             log_path,
         })
     }
@@ -226,7 +243,7 @@ mod tests {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\necho '{GRPC_ANNOUNCEMENT}127.0.0.1:1'\necho '{HTTP_ANNOUNCEMENT}127.0.0.1:2'\nexec sleep 30\n"
+                "#!/bin/sh\necho '{GRPC_ANNOUNCEMENT}127.0.0.1:1'\necho '{HTTP_ANNOUNCEMENT}127.0.0.1:2'\necho '{PEER_ANNOUNCEMENT}127.0.0.1:3 (mutual TLS)'\nexec sleep 30\n"
             ),
         )
         .unwrap();
@@ -237,8 +254,12 @@ mod tests {
             .unwrap();
         let node = ChildNode::start(&script, &dir, &["--insecure-no-auth"]).unwrap();
         assert_eq!(
-            (node.grpc_addr.as_str(), node.http_addr.as_str()),
-            ("127.0.0.1:1", "127.0.0.1:2")
+            (
+                node.grpc_addr.as_str(),
+                node.http_addr.as_str(),
+                node.peer_addr.as_str()
+            ),
+            ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
         );
         assert_eq!(node.grpc_url(), "http://127.0.0.1:1");
         node.signal(Signal::Stop).unwrap();

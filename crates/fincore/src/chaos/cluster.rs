@@ -23,6 +23,8 @@ pub struct Cluster {
     pub http: Vec<String>,
     /// (from, to) → the proxy `from` reaches `to` through.
     links: BTreeMap<(usize, usize), LinkProxy>,
+    /// Keeps the group's peer certificates (which restarts read) as long as the cluster runs.
+    _layout: GroupLayout,
 }
 
 impl Cluster {
@@ -32,7 +34,7 @@ impl Cluster {
         let mut links = BTreeMap::new();
         for from in 0..replicas {
             for to in (0..replicas).filter(|&to| to != from) {
-                let target = layout.grpc_addrs[to].clone();
+                let target = layout.peer_addrs[to].clone();
                 links.insert((from, to), LinkProxy::start(target).await?);
             }
         }
@@ -55,9 +57,10 @@ impl Cluster {
             first_start_args,
             nodes: (0..replicas).map(|_| None).collect(),
             paused: vec![false; replicas],
-            grpc: layout.grpc_addrs,
-            http: layout.http_addrs,
+            grpc: layout.grpc_addrs.clone(),
+            http: layout.http_addrs.clone(),
             links,
+            _layout: layout,
         };
         for i in 0..replicas {
             cluster.restart(i)?;

@@ -4,7 +4,8 @@
 //! nemesis kills (-9) and restarts nodes, pauses them (SIGSTOP/SIGCONT), partitions them and
 //! slows their links, on a schedule drawn from `--seed`. Every operation is recorded (invoke,
 //! then ok / fail / unknown) in a JSON-lines history. After a quiet period the nodes must agree,
-//! and a final read decides every unknown outcome; the checker then judges the history.
+//! and a final read (patient: up to a minute, where operations during the nemesis give up
+//! after 1.5 s) decides every unknown outcome; the checker then judges the history.
 
 mod cluster;
 mod history;
@@ -159,12 +160,13 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     let cluster = runtime.block_on(Cluster::start(&dir, 3))?;
     let addrs: Vec<String> = cluster.grpc.iter().map(|a| format!("http://{a}")).collect();
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let connect = || {
+    let connect_with = |policy| {
         Client::builder(&addr_refs)
-            .retry_policy(workload::retry_policy())
+            .retry_policy(policy)
             .api_key_opt(testkit::keys::token())
             .connect()
     };
+    let connect = || connect_with(workload::retry_policy());
     let _guard = runtime.enter();
     let setup = connect()?;
     runtime
@@ -209,7 +211,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     cluster.heal()?;
     let converged = cluster.wait_converged(Duration::from_secs(60));
     let ops = history.ops();
-    let reader = connect()?;
+    let reader = connect_with(workload::final_read_retry_policy())?;
     let (accounts, found) = runtime.block_on(async {
         let accounts = reader.lookup_accounts(&workload::account_ids()).await?;
         let mut ids: Vec<u128> = workload::funding().iter().map(|t| t.id).collect();

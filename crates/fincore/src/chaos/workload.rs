@@ -64,6 +64,19 @@ pub fn retry_policy() -> RetryPolicy {
     }
 }
 
+/// How hard the final reads try, after the quiet period: they decide every unknown outcome, so
+/// they wait out an election or a node still restarting instead of giving up after 1.5 s like
+/// the operations during the nemesis (for which giving up early is what makes them unknown).
+pub fn final_read_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempts_max: 600,
+        elapsed_max: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(500),
+        attempt_timeout: Duration::from_secs(10),
+    }
+}
+
 /// Creates the accounts and funds the customers (idempotent; bounded).
 pub async fn set_up(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
