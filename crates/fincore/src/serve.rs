@@ -333,7 +333,8 @@ fn run_node(
 ) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
     let data_dir = config.data_dir.clone();
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
         let stop = stop_signal()?;
         let auth_line = match &config.auth {
             Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
@@ -371,7 +372,13 @@ fn run_node(
         node.shutdown().await;
         println!("fincore: stopped cleanly");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Blocking work still running (a snapshot being written to its temporary file, which a
+    // later start ignores) may delay the exit this long, not forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(
+        limits::SERVER_RUNTIME_STOP_SECONDS_MAX,
+    ));
+    result
 }
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {

@@ -287,6 +287,10 @@ pub const SERVER_READS_RUNNING_MAX: usize = 8;
 /// would wait forever.
 pub const SERVER_SHUTDOWN_WRITES_GRACE_SECONDS: u64 = 5;
 
+/// After a node has stopped, blocking work still running (a snapshot being written) may delay
+/// the process's exit at most this long.
+pub const SERVER_RUNTIME_STOP_SECONDS_MAX: u64 = 30;
+
 /// Callers of a node's state digest (`GET /v1/status?digest=true`) that may wait at once; more
 /// are answered "busy". Digests are computed one at a time (each a pass over the whole state
 /// that pauses apply) and remembered until the next apply.

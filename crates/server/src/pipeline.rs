@@ -753,9 +753,11 @@ mod tests {
         let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
         let (first, first_addr) = listener().await;
         let (second, second_addr) = listener().await;
-        let node = |grpc: &str| PeerNode {
-            grpc: grpc.into(),
+        // Each replica serves its transport alone on one listener: peer and gRPC address alike.
+        let node = |addr: &str| PeerNode {
+            grpc: addr.into(),
             http: String::new(),
+            peer: addr.into(),
         };
         // Member 3 never runs: nothing listens on port 1.
         let members = BTreeMap::from([
