@@ -2,72 +2,24 @@
 //!
 //! Field names are the ledger's. Integers of 64 bits and wider (ids, amounts, user data,
 //! timestamps) are written as decimal strings, so JavaScript loses nothing, and accepted as
-//! strings or JSON integers of any size. Flags are arrays of snake_case names. Unknown fields
-//! are refused, so a typo is an error instead of a silently ignored field.
+//! strings or as whole JSON numbers up to 2^64-1 (see `json_number`). Flags are arrays of
+//! snake_case names. Unknown fields are refused, so a typo is an error instead of a silently
+//! ignored field. With the `openapi` feature each type also describes itself (`ToSchema`).
 
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::value::RawValue;
+use serde::{Deserialize, Serialize};
 
 use ledger::{
     Account, AccountBalance, AccountFlags, CreateAccountResult, CreateTransferResult, EventResult,
     Transfer, TransferFlags,
 };
 
-/// Parses an unsigned integer given as a JSON integer or a decimal string.
-fn parse_unsigned<'de, D: Deserializer<'de>>(deserializer: D, bits: u32) -> Result<u128, D::Error> {
-    let raw: Box<RawValue> = Deserialize::deserialize(deserializer)?;
-    let text = raw.get().trim();
-    let digits = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) => inner,
-        None => text,
-    };
-    if digits.starts_with('-') {
-        return Err(D::Error::custom(format!(
-            "{text} is negative; it must be an unsigned integer"
-        )));
-    }
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(D::Error::custom(format!(
-            "{text} is not an unsigned integer (give digits, as a number or a string)"
-        )));
-    }
-    let value: u128 = digits
-        .parse()
-        .map_err(|_| D::Error::custom(format!("{digits} does not fit in {bits} bits")))?;
-    if bits < 128 && value >> bits != 0 {
-        return Err(D::Error::custom(format!(
-            "{digits} does not fit in {bits} bits"
-        )));
-    }
-    Ok(value)
-}
-
-/// `u128` as a decimal string; accepts strings and integers.
-pub mod u128_text {
-    use super::*;
-    pub fn serialize<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(value)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
-        parse_unsigned(deserializer, 128)
-    }
-}
-
-/// `u64` as a decimal string; accepts strings and integers.
-pub mod u64_text {
-    use super::*;
-    pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(value)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-        parse_unsigned(deserializer, 64).map(|v| v as u64)
-    }
-}
+pub use crate::json_number::{JSON_INTEGER_MAX, parse_decimal};
+use crate::json_number::{u16_number, u32_number, u64_text, u128_text};
 
 macro_rules! flag_names {
     ($name:ident, $flags:ty { $($variant:ident = $bit:ident,)+ }) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($variant,)+
@@ -116,32 +68,44 @@ flag_names!(TransferFlagName, TransferFlags {
 });
 
 /// An account, as sent to `POST /v1/accounts` and returned by the lookups.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Account))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountJson {
     #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub id: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub debits_pending: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub debits_posted: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub credits_pending: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub credits_posted: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub user_data_128: u128,
     #[serde(default, with = "u64_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U64))]
     pub user_data_64: u64,
-    #[serde(default)]
+    #[serde(default, with = "u32_number")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U32))]
     pub user_data_32: u32,
-    #[serde(default)]
+    #[serde(default, with = "u32_number")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U32))]
     pub ledger: u32,
-    #[serde(default)]
+    #[serde(default, with = "u16_number")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U16))]
     pub code: u16,
     #[serde(default)]
     pub flags: Vec<AccountFlagName>,
     #[serde(default, with = "u64_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U64))]
     pub timestamp: u64,
 }
 
@@ -184,34 +148,47 @@ impl From<&Account> for AccountJson {
 }
 
 /// A transfer, as sent to `POST /v1/transfers` and returned by the lookups.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Transfer))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferJson {
     #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub id: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub debit_account_id: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub credit_account_id: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub amount: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub pending_id: u128,
     #[serde(default, with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub user_data_128: u128,
     #[serde(default, with = "u64_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U64))]
     pub user_data_64: u64,
-    #[serde(default)]
+    #[serde(default, with = "u32_number")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U32))]
     pub user_data_32: u32,
-    #[serde(default)]
+    #[serde(default, with = "u32_number")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U32))]
     pub timeout: u32,
-    #[serde(default)]
+    #[serde(default, with = "u32_number")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U32))]
     pub ledger: u32,
-    #[serde(default)]
+    #[serde(default, with = "u16_number")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U16))]
     pub code: u16,
     #[serde(default)]
     pub flags: Vec<TransferFlagName>,
     #[serde(default, with = "u64_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U64))]
     pub timestamp: u64,
 }
 
@@ -256,17 +233,22 @@ impl From<&Transfer> for TransferJson {
 }
 
 /// One event's result in a create response.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = EventResult))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultJson {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U32))]
     pub index: usize,
     #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub id: u128,
     pub result: String,
     #[serde(with = "u64_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U64))]
     pub timestamp: u64,
 }
 
 /// The body of a create response: one result per event, in order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Results))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultsJson {
     pub results: Vec<ResultJson>,
@@ -305,17 +287,23 @@ impl ResultsJson {
 }
 
 /// A balance row of `GET /v1/accounts/{id}/balances`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Balance))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalanceJson {
     #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub debits_pending: u128,
     #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub debits_posted: u128,
     #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub credits_pending: u128,
     #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub credits_posted: u128,
     #[serde(with = "u64_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U64))]
     pub timestamp: u64,
 }
 
@@ -332,27 +320,32 @@ impl From<&AccountBalance> for BalanceJson {
 }
 
 /// `{"accounts": [...]}`: lookups of accounts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Accounts))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountsJson {
     pub accounts: Vec<AccountJson>,
 }
 
 /// `{"transfers": [...]}`: lookups of transfers and an account's transfers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Transfers))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransfersJson {
     pub transfers: Vec<TransferJson>,
 }
 
 /// `{"balances": [...]}`: an account's balance history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Balances))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalancesJson {
     pub balances: Vec<BalanceJson>,
 }
 
 /// The body of `POST /v1/accounts/lookup` and `POST /v1/transfers/lookup`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Lookup))]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LookupJson {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::lookup_ids))]
     pub ids: Vec<IdJson>,
 }
 
@@ -362,6 +355,7 @@ pub struct LookupJson {
 pub struct IdJson(#[serde(with = "u128_text")] pub u128);
 
 /// Every error answer: what is wrong and, where it applies, which field.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Error))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorJson {
     pub error: String,
@@ -372,6 +366,7 @@ pub struct ErrorJson {
     pub retryable: bool,
     /// When this node is not the leader: the leader's id and addresses, if known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::NodeInteger>))]
     pub leader_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub leader_grpc: Option<String>,
@@ -385,6 +380,7 @@ pub struct ErrorJson {
 
 /// The body of `GET /healthz`: `{"status": "ok"}`, or `{"status": "failed", "error": ...}`
 /// when a storage failure stopped the node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Health))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthJson {
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -393,6 +389,7 @@ pub struct HealthJson {
 }
 
 /// Whether the node serves.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = HealthStatus))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatusJson {
@@ -401,6 +398,7 @@ pub enum HealthStatusJson {
 }
 
 /// What a replica is doing in its group, as a stable lower-case word.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Role))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleJson {
@@ -417,39 +415,50 @@ pub enum RoleJson {
 }
 
 /// One replica of the group and how to reach it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Member))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberJson {
     /// gRPC address of the ledger API, `HOST:PORT`.
     pub grpc: String,
     /// HTTP address, `HOST:PORT`; empty when the replica was added without one.
     pub http: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NodeInteger))]
     pub id: u64,
     /// Address of its peer listener (the replica transport), `HOST:PORT`.
     pub peer: String,
 }
 
 /// `{"members": [...]}`: the group after a membership change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Members))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembersJson {
     pub members: Vec<MemberJson>,
 }
 
 /// One replica's view of itself, in `GET /v1/status`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ReplicaStatus))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStatusJson {
     /// The last log index applied to this replica's ledger.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NodeInteger))]
     pub applied_index: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NodeInteger))]
     pub id: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::NodeInteger>))]
     pub last_log_index: Option<u64>,
     /// The leader this replica knows of.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::NodeInteger>))]
     pub leader: Option<u64>,
     pub role: RoleJson,
     /// The state digest at `applied_index` (64 hex digits); `null` unless `?digest=true`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
     pub state_digest: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NodeInteger))]
     pub term: u64,
 }
 
 /// The body of `GET /v1/status`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Status))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusJson {
     pub members: Vec<MemberJson>,
@@ -457,9 +466,11 @@ pub struct StatusJson {
 }
 
 /// The body of `POST /v1/admin/replicas`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = AddReplica))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddReplicaJson {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NodeInteger))]
     pub id: u64,
     /// The new replica's gRPC address, `HOST:PORT`.
     pub grpc: String,
@@ -550,13 +561,23 @@ mod tests {
     }
 
     #[test]
-    fn big_numbers_are_accepted_as_strings_or_integers_and_emitted_as_strings() {
+    fn big_numbers_are_accepted_as_strings_or_integers_up_to_2_64_and_emitted_as_strings() {
         let max = u128::MAX.to_string();
         let t = parse(&format!(
             r#"{{"id":"{max}","amount":{max},"flags":["linked","pending"]}}"#
         ))
+        .unwrap_err();
+        assert!(
+            t.contains("give a wider integer as a decimal string"),
+            "{t}"
+        );
+        let t = parse(&format!(
+            r#"{{"id":"{max}","amount":"{max}","user_data_64":{},"code":7.0,"flags":["linked","pending"]}}"#,
+            u64::MAX
+        ))
         .unwrap();
         assert_eq!((t.id, t.amount), (u128::MAX, u128::MAX));
+        assert_eq!((t.user_data_64, t.code), (u64::MAX, 7));
         assert_eq!(
             Transfer::from(&t).flags,
             TransferFlags::LINKED | TransferFlags::PENDING
@@ -572,7 +593,17 @@ mod tests {
         assert!(
             parse(r#"{"id":1.5}"#)
                 .unwrap_err()
+                .contains("has a fraction")
+        );
+        assert!(
+            parse(r#"{"id":true}"#)
+                .unwrap_err()
                 .contains("not an unsigned integer")
+        );
+        assert!(
+            parse(r#"{"id":1,"code":"7"}"#)
+                .unwrap_err()
+                .contains("give a JSON integer")
         );
         let too_big = format!("{}0", u128::MAX);
         assert!(

@@ -356,12 +356,20 @@ fn malformed_requests_get_json_errors_naming_the_problem_and_change_nothing() {
         "/v1/transfers",
         &Value::Array(too_many).to_string(),
     );
-    assert_eq!(answer.status, 413, "{}", answer.body);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    let error = answer.json().unwrap();
     assert!(
-        answer.json().unwrap()["error"]
+        error["error"]
             .as_str()
             .unwrap()
-            .contains("8190 events; the limit is 8189")
+            .contains("8190 events; the limit is 8189"),
+        "{error}"
+    );
+    assert_eq!(error["field"].as_str(), Some("[]"), "{error}");
+    let answer = post_json(&node.http_addr, "/v1/transfers", "[]");
+    assert_eq!(
+        (answer.status, answer.json().unwrap()["field"].as_str()),
+        (400, Some("[]"))
     );
 
     // Path and query errors.

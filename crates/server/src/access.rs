@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn the_openapi_document_states_the_role_of_every_route_as_enforced() {
         let openapi: serde_json::Value =
-            serde_json::from_str(include_str!("openapi.json")).unwrap();
+            serde_json::from_str(crate::openapi::document_json()).unwrap();
         assert_eq!(
             openapi["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

@@ -5,6 +5,10 @@
 //! (nothing changed), 503 with `"retryable": true` and `Retry-After` when the node is busy or
 //! unavailable, and 507 naming the limit (`"field": "transfers_max"`) when the ledger's declared
 //! capacity would be passed (nothing changed; not retryable until the operator raises it).
+//!
+//! Each route is routed and documented at once (`documented_routes`): its handler's
+//! `#[utoipa::path]` says its path, method, parameters, body and answers, and
+//! [`crate::openapi`] builds `/openapi.json` from them.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -12,28 +16,36 @@ use std::time::Instant;
 use api::json::{
     AccountJson, AccountsJson, AddReplicaJson, BalancesJson, ErrorJson, HealthJson,
     HealthStatusJson, LookupJson, MemberJson, MembersJson, ReplicaStatusJson, ResultsJson,
-    RoleJson, StatusJson, TransferJson, TransfersJson,
+    RoleJson, StatusJson, TransferJson, TransfersJson, parse_decimal,
+};
+use api::schema::{
+    AccountBatch, HistoryAccountId, IdPath, NodeInteger, RowLimit, TimestampBound, TransferBatch,
+    U16, U32, U128Query,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use ledger::{AccountFilter, AccountFilterFlags, BATCH_EVENTS_MAX};
-use limits::QUERY_ROWS_MAX;
+use ledger::{AccountFilter, AccountFilterFlags};
+use limits::{BATCH_EVENTS_MAX, LOOKUP_IDS_MAX, QUERY_ROWS_MAX};
 use replication::{Replica, Role};
 use serde::de::DeserializeOwned;
 use telemetry::ErrorKind;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::openapi::{
+    BadInput, BodyTooLarge, Conflict, CreateRefusals, HistoryRefusals, LookupRefusals, NotJson,
+    NotLeader, ReadRefusals,
+};
 use crate::pipeline::{Pipeline, PipelineError};
 
 /// Largest request body accepted (a full batch of JSON transfers is about 3 MiB).
 pub use limits::HTTP_BODY_BYTES_MAX;
 /// Rows returned by the history queries when `limit` is not given.
 const QUERY_LIMIT_DEFAULT: u32 = limits::QUERY_ROWS_DEFAULT as u32;
-
-const OPENAPI: &str = include_str!("openapi.json");
 
 /// An error answer.
 #[derive(Debug)]
@@ -248,24 +260,52 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
     Ok(value)
 }
 
-fn check_batch(len: usize) -> Result<(), ApiError> {
-    if len > BATCH_EVENTS_MAX {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the batch has {len} events; the limit is {BATCH_EVENTS_MAX}"),
-            None,
+/// Refuses a batch (`field`: `[]` for a create body, `ids` for a lookup; `items` names what it
+/// holds) of none or more than `max`: 400, as the document's `minItems`/`maxItems` say.
+fn check_batch(field: &str, items: &str, len: usize, max: usize) -> Result<(), ApiError> {
+    if len == 0 {
+        return Err(ApiError::bad_request(
+            field,
+            format!("the batch is empty; send 1 to {max} {items}"),
+        ));
+    }
+    if len > max {
+        return Err(ApiError::bad_request(
+            field,
+            format!("the batch has {len} {items}; the limit is {max}"),
         ));
     }
     Ok(())
 }
 
+/// Reads an unsigned integer of at most `bits` bits from a path or query (decimal digits only,
+/// as the document's patterns say).
+fn parse_unsigned(text: &str, field: &str, bits: u32) -> Result<u128, ApiError> {
+    parse_decimal(text, bits).map_err(|reason| ApiError::bad_request(field, reason))
+}
+
 fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
-    text.parse::<u128>().map_err(|_| {
-        ApiError::bad_request(
-            field,
-            format!("{text:?} is not an unsigned 128-bit decimal integer"),
-        )
-    })
+    parse_unsigned(text, field, 128)
+}
+
+/// Every route with its description: the one list both the router and the OpenAPI document
+/// are made from.
+pub(crate) fn documented_routes() -> OpenApiRouter<Pipeline> {
+    OpenApiRouter::with_openapi(crate::openapi::skeleton())
+        .routes(routes!(create_accounts))
+        .routes(routes!(create_transfers))
+        .routes(routes!(lookup_accounts))
+        .routes(routes!(lookup_transfers))
+        .routes(routes!(get_account))
+        .routes(routes!(get_transfer))
+        .routes(routes!(account_transfers))
+        .routes(routes!(account_balances))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .routes(routes!(status))
+        .routes(routes!(add_replica))
+        .routes(routes!(remove_replica))
 }
 
 /// The routes, behind the role check of [`crate::access`].
@@ -274,24 +314,8 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
         auth,
         metrics: std::sync::Arc::clone(pipeline.metrics()),
     };
-    Router::new()
-        .route("/v1/accounts", post(create_accounts))
-        .route("/v1/transfers", post(create_transfers))
-        .route("/v1/accounts/lookup", post(lookup_accounts))
-        .route("/v1/transfers/lookup", post(lookup_transfers))
-        .route("/v1/accounts/{id}", get(get_account))
-        .route("/v1/transfers/{id}", get(get_transfer))
-        .route("/v1/accounts/{id}/transfers", get(account_transfers))
-        .route("/v1/accounts/{id}/balances", get(account_balances))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/status", get(status))
-        .route("/v1/admin/replicas", post(add_replica))
-        .route(
-            "/v1/admin/replicas/{id}",
-            axum::routing::delete(remove_replica),
-        )
+    let (routes, _) = documented_routes().split_for_parts();
+    routes
         .route_layer(axum::middleware::from_fn_with_state(
             access,
             crate::access::http_layer,
@@ -303,6 +327,13 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
         .with_state(pipeline)
 }
 
+/// Create accounts (1 to 8,189)
+///
+/// One result per account, in order (`created`, `exists`, or why it was refused); resending the
+/// same ids is safe.
+#[utoipa::path(post, path = "/v1/accounts", operation_id = "createAccounts",
+    request_body = AccountBatch,
+    responses((status = 200, description = "One result per account.", body = ResultsJson), CreateRefusals))]
 async fn create_accounts(
     State(pipeline): State<Pipeline>,
     headers: HeaderMap,
@@ -310,7 +341,7 @@ async fn create_accounts(
 ) -> Response {
     observed(&pipeline, "create_accounts", async {
         let events: Vec<AccountJson> = json_body(&headers, body).await?;
-        check_batch(events.len())?;
+        check_batch("[]", "events", events.len(), BATCH_EVENTS_MAX)?;
         let ids: Vec<u128> = events.iter().map(|a| a.id).collect();
         let results = pipeline
             .create_accounts(events.iter().map(Into::into).collect())
@@ -320,6 +351,13 @@ async fn create_accounts(
     .await
 }
 
+/// Create transfers (1 to 8,189)
+///
+/// One result per transfer, in order (`created`, `exists`, or why it was refused); resending
+/// the same ids is safe.
+#[utoipa::path(post, path = "/v1/transfers", operation_id = "createTransfers",
+    request_body = TransferBatch,
+    responses((status = 200, description = "One result per transfer.", body = ResultsJson), CreateRefusals))]
 async fn create_transfers(
     State(pipeline): State<Pipeline>,
     headers: HeaderMap,
@@ -327,7 +365,7 @@ async fn create_transfers(
 ) -> Response {
     observed(&pipeline, "create_transfers", async {
         let events: Vec<TransferJson> = json_body(&headers, body).await?;
-        check_batch(events.len())?;
+        check_batch("[]", "events", events.len(), BATCH_EVENTS_MAX)?;
         let ids: Vec<u128> = events.iter().map(|t| t.id).collect();
         let results = pipeline
             .create_transfers(events.iter().map(Into::into).collect())
@@ -337,6 +375,12 @@ async fn create_transfers(
     .await
 }
 
+/// Look up accounts by id
+///
+/// The accounts that exist, in the order asked; unknown ids are left out.
+#[utoipa::path(post, path = "/v1/accounts/lookup", operation_id = "lookupAccounts",
+    request_body = LookupJson,
+    responses((status = 200, description = "The accounts found.", body = AccountsJson), LookupRefusals))]
 async fn lookup_accounts(
     State(pipeline): State<Pipeline>,
     headers: HeaderMap,
@@ -344,7 +388,7 @@ async fn lookup_accounts(
 ) -> Response {
     observed(&pipeline, "lookup_accounts", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
-        check_batch(lookup.ids.len())?;
+        check_batch("ids", "ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
         let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
         let accounts = pipeline.lookup_accounts(&ids).await?;
         Ok(Json(AccountsJson {
@@ -355,6 +399,12 @@ async fn lookup_accounts(
     .await
 }
 
+/// Look up transfers by id
+///
+/// The transfers that exist, in the order asked; unknown ids are left out.
+#[utoipa::path(post, path = "/v1/transfers/lookup", operation_id = "lookupTransfers",
+    request_body = LookupJson,
+    responses((status = 200, description = "The transfers found.", body = TransfersJson), LookupRefusals))]
 async fn lookup_transfers(
     State(pipeline): State<Pipeline>,
     headers: HeaderMap,
@@ -362,7 +412,7 @@ async fn lookup_transfers(
 ) -> Response {
     observed(&pipeline, "lookup_transfers", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
-        check_batch(lookup.ids.len())?;
+        check_batch("ids", "ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
         let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
         let transfers = pipeline.lookup_transfers(&ids).await?;
         Ok(Json(TransfersJson {
@@ -373,6 +423,10 @@ async fn lookup_transfers(
     .await
 }
 
+/// One account
+#[utoipa::path(get, path = "/v1/accounts/{id}", operation_id = "getAccount",
+    params(("id" = IdPath, Path, description = "The account's id.")),
+    responses((status = 200, description = "The account.", body = AccountJson), ReadRefusals))]
 async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
     observed(&pipeline, "lookup_accounts", async {
         let id = parse_id(&id, "id")?;
@@ -387,6 +441,10 @@ async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -
     .await
 }
 
+/// One transfer
+#[utoipa::path(get, path = "/v1/transfers/{id}", operation_id = "getTransfer",
+    params(("id" = IdPath, Path, description = "The transfer's id.")),
+    responses((status = 200, description = "The transfer.", body = TransferJson), ReadRefusals))]
 async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
     observed(&pipeline, "lookup_transfers", async {
         let id = parse_id(&id, "id")?;
@@ -415,12 +473,12 @@ fn refuse_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
     }
 }
 
-/// A boolean query parameter (`true`/`1`, `false`/`0`), `default` when absent.
+/// A boolean query parameter (`true` or `false`, as the document says), `default` when absent.
 fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
     match params.get(name).map(String::as_str) {
         None => Ok(default),
-        Some("true" | "1") => Ok(true),
-        Some("false" | "0") => Ok(false),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
         Some(other) => Err(ApiError::bad_request(
             name,
             format!("{other:?} is not a boolean (true or false)"),
@@ -428,38 +486,75 @@ fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<b
     }
 }
 
+/// The query parameters of the history routes, as documented; [`filter_from_query`] reads them
+/// (a test holds the two to the same names).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by name from the query map; this type only describes them.
+struct HistoryQuery {
+    /// Rows to return at most (default 100).
+    #[param(value_type = Option<RowLimit>)]
+    limit: Option<u32>,
+    /// Only rows at or after this timestamp (0: no bound).
+    #[param(value_type = Option<TimestampBound>)]
+    timestamp_min: Option<u64>,
+    /// Only rows at or before this timestamp (0: no bound). When both are given and non-zero,
+    /// `timestamp_min` must not exceed `timestamp_max` (else 400).
+    #[param(value_type = Option<TimestampBound>)]
+    timestamp_max: Option<u64>,
+    /// Include transfers that debit the account (default true). `debits` and `credits` must not
+    /// both be false (else 400).
+    debits: Option<bool>,
+    /// Include transfers that credit the account (default true).
+    credits: Option<bool>,
+    /// Newest first (default false).
+    reversed: Option<bool>,
+    /// Only transfers with this `user_data_128` (0: any).
+    #[param(value_type = Option<U128Query>)]
+    user_data_128: Option<String>,
+    /// Only transfers with this `user_data_64` (0: any).
+    #[param(value_type = Option<api::schema::U64Query>)]
+    user_data_64: Option<u64>,
+    /// Only transfers with this `user_data_32` (0: any).
+    #[param(value_type = Option<U32>)]
+    user_data_32: Option<u32>,
+    /// Only transfers with this `code` (0: any).
+    #[param(value_type = Option<U16>)]
+    code: Option<u16>,
+}
+
+/// The history routes' query parameters, by name.
+const HISTORY_PARAMETERS: [&str; 10] = [
+    "limit",
+    "timestamp_min",
+    "timestamp_max",
+    "debits",
+    "credits",
+    "reversed",
+    "user_data_128",
+    "user_data_64",
+    "user_data_32",
+    "code",
+];
+
 /// Builds a filter from the path id and query parameters; unknown parameters are refused.
 fn filter_from_query(
     id: &str,
     params: &HashMap<String, String>,
 ) -> Result<AccountFilter, ApiError> {
-    const KNOWN: [&str; 10] = [
-        "limit",
-        "timestamp_min",
-        "timestamp_max",
-        "debits",
-        "credits",
-        "reversed",
-        "user_data_128",
-        "user_data_64",
-        "user_data_32",
-        "code",
-    ];
-    refuse_unknown(params, &KNOWN)?;
-    fn number<T: std::str::FromStr>(
+    refuse_unknown(params, &HISTORY_PARAMETERS)?;
+    fn number<T: TryFrom<u128>>(
         params: &HashMap<String, String>,
         name: &str,
         default: T,
     ) -> Result<T, ApiError> {
-        match params.get(name) {
-            None => Ok(default),
-            Some(text) => text.parse().map_err(|_| {
-                ApiError::bad_request(
-                    name,
-                    format!("{text:?} is not a valid unsigned integer for {name}"),
-                )
-            }),
-        }
+        let Some(text) = params.get(name) else {
+            return Ok(default);
+        };
+        let bits = 8 * std::mem::size_of::<T>() as u32;
+        let value = parse_unsigned(text, name, bits)?;
+        T::try_from(value)
+            .map_err(|_| ApiError::bad_request(name, format!("{text} does not fit in {bits} bits")))
     }
     let limit: u32 = number(params, "limit", QUERY_LIMIT_DEFAULT)?;
     if limit == 0 || limit as usize > QUERY_ROWS_MAX {
@@ -494,6 +589,12 @@ fn filter_from_query(
     Ok(filter)
 }
 
+/// An account's transfers
+///
+/// Oldest first unless `reversed`; filters by time, direction and user data.
+#[utoipa::path(get, path = "/v1/accounts/{id}/transfers", operation_id = "getAccountTransfers",
+    params(("id" = HistoryAccountId, Path, description = "The account's id."), HistoryQuery),
+    responses((status = 200, description = "The transfers that match.", body = TransfersJson), HistoryRefusals))]
 async fn account_transfers(
     State(pipeline): State<Pipeline>,
     Path(id): Path<String>,
@@ -510,6 +611,12 @@ async fn account_transfers(
     .await
 }
 
+/// An account's balance history
+///
+/// The account's balances after each matching transfer (accounts with the `history` flag).
+#[utoipa::path(get, path = "/v1/accounts/{id}/balances", operation_id = "getAccountBalances",
+    params(("id" = HistoryAccountId, Path, description = "The account's id."), HistoryQuery),
+    responses((status = 200, description = "The balances that match.", body = BalancesJson), HistoryRefusals))]
 async fn account_balances(
     State(pipeline): State<Pipeline>,
     Path(id): Path<String>,
@@ -526,6 +633,10 @@ async fn account_balances(
     .await
 }
 
+/// Liveness
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", responses(
+    (status = 200, description = "The node serves.", body = HealthJson),
+    (status = 503, description = "A storage failure stopped the node; restart it.", body = HealthJson)))]
 async fn healthz(State(pipeline): State<Pipeline>) -> Response {
     if pipeline.has_failed() {
         let body = HealthJson {
@@ -542,6 +653,17 @@ async fn healthz(State(pipeline): State<Pipeline>) -> Response {
     }
 }
 
+/// The query parameters of `GET /v1/status`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by name from the query map; this type only describes it.
+struct StatusQuery {
+    /// Also give the state digest at the applied index (default false; needs the admin role).
+    digest: Option<bool>,
+}
+
+/// Replica status
+///
 /// This replica's role, term, leader and applied index, with the group's members; with
 /// `?digest=true` also the state digest there (replicas that applied the same index must show the
 /// same digest). The digest is opt-in: it is a pass over the whole state under its read lock,
@@ -550,6 +672,9 @@ async fn healthz(State(pipeline): State<Pipeline>) -> Response {
 /// the tasks that share it, Raft's heartbeats among them), one at a time, remembered until the
 /// next apply; when `limits::STATUS_DIGEST_CALLERS_MAX` callers already wait, the answer is
 /// 503 busy.
+#[utoipa::path(get, path = "/v1/status", operation_id = "status", params(StatusQuery), responses(
+    (status = 200, description = "This replica and the group's members.", body = StatusJson),
+    (status = 400, response = BadInput)))]
 async fn status(
     State(pipeline): State<Pipeline>,
     Query(params): Query<HashMap<String, String>>,
@@ -636,8 +761,16 @@ fn membership_error(error: replication::WriteError) -> ApiError {
     }
 }
 
-/// Adds a replica: it catches up as a learner, then becomes a voter. Leader only (others
-/// redirect).
+/// Add a replica
+///
+/// It catches up as a learner, then becomes a voter (the call waits for that). Leader only
+/// (others redirect).
+#[utoipa::path(post, path = "/v1/admin/replicas", operation_id = "addReplica",
+    request_body = AddReplicaJson, responses(
+    (status = 200, description = "The group's members after the change.", body = MembersJson),
+    (status = 307, response = NotLeader), (status = 400, response = BadInput),
+    (status = 409, response = Conflict), (status = 413, response = BodyTooLarge),
+    (status = 415, response = NotJson)))]
 async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Body) -> Response {
     observed(&pipeline, "add_replica", async {
         let new: AddReplicaJson = json_body(&headers, body).await?;
@@ -670,12 +803,17 @@ async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body:
     .await
 }
 
+/// Remove a replica
+///
 /// Removes a replica from the group. Leader only (others redirect).
+#[utoipa::path(delete, path = "/v1/admin/replicas/{id}", operation_id = "removeReplica",
+    params(("id" = NodeInteger, Path, description = "The replica's node id.")), responses(
+    (status = 200, description = "The group's members after the change.", body = MembersJson),
+    (status = 307, response = NotLeader), (status = 400, response = BadInput),
+    (status = 409, response = Conflict)))]
 async fn remove_replica(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
     observed(&pipeline, "remove_replica", async {
-        let id: u64 = id
-            .parse()
-            .map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a node id")))?;
+        let id = parse_unsigned(&id, "id", 64)? as u64;
         pipeline
             .replica()
             .remove_replica(id)
@@ -686,6 +824,9 @@ async fn remove_replica(State(pipeline): State<Pipeline>, Path(id): Path<String>
     .await
 }
 
+/// Metrics (OpenMetrics text)
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", responses((status = 200,
+    description = "The node's metrics.", body = String, content_type = telemetry::METRICS_CONTENT_TYPE)))]
 async fn metrics(State(pipeline): State<Pipeline>) -> Response {
     (
         [(header::CONTENT_TYPE, telemetry::METRICS_CONTENT_TYPE)],
@@ -694,8 +835,15 @@ async fn metrics(State(pipeline): State<Pipeline>) -> Response {
         .into_response()
 }
 
+/// This document
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI document of this API.", body = Object)))]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -716,7 +864,8 @@ mod tests {
 
     #[test]
     fn every_role_is_shown_by_its_own_word_and_documented_in_openapi() {
-        let openapi: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let openapi: serde_json::Value =
+            serde_json::from_str(crate::openapi::document_json()).unwrap();
         let documented = &openapi["components"]["schemas"]["Role"]["enum"];
         let shown: Vec<serde_json::Value> = Role::ALL
             .iter()
@@ -727,6 +876,15 @@ mod tests {
             })
             .collect();
         assert_eq!(documented, &serde_json::Value::Array(shown));
+    }
+
+    #[test]
+    fn the_history_query_parameters_read_are_the_ones_documented() {
+        let documented: Vec<String> = HistoryQuery::into_params(|| None)
+            .into_iter()
+            .map(|parameter| parameter.name)
+            .collect();
+        assert_eq!(documented, HISTORY_PARAMETERS);
     }
 
     #[test]

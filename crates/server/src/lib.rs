@@ -16,6 +16,7 @@ pub mod connections;
 mod grpc;
 mod http;
 mod node;
+mod openapi;
 mod pipeline;
 
 pub use auth::{Auth, Role};
