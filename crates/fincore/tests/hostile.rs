@@ -1,6 +1,8 @@
 //! Hostile clients against the real binary: thousands of idle connections and clients that send
 //! their headers too slowly must not lock out a well-behaved client, the node's memory must stay
-//! bounded, and a client that hangs must not hold up the node's shutdown.
+//! bounded, and a client that hangs must not hold up the node's shutdown. A gRPC message that
+//! declares 1 GiB is refused from its length prefix, and a hundred concurrent state-digest
+//! requests are served or answered busy, while a well-behaved client keeps writing.
 
 mod support;
 
@@ -101,4 +103,127 @@ fn thousands_of_idle_connections_and_slow_header_clients_do_not_lock_out_a_well_
         "the node took {:?} to stop (bound {bound:?})",
         stopping.elapsed()
     );
+}
+
+/// What a gRPC message may claim to hold: far more than the ledger service's limit.
+const DECLARED_MESSAGE_BYTES: u32 = 1 << 30;
+/// Concurrent state-digest requests (the digest gate runs one and lets four wait).
+const DIGEST_CALLERS: usize = 100;
+/// The slowest write the well-behaved client may see meanwhile.
+const WRITE_LATENCY_MS_MAX: u128 = 5_000;
+
+/// Sends the start of a `CreateTransfers` call whose message prefix declares
+/// [`DECLARED_MESSAGE_BYTES`], then stalls; answers the call's gRPC status code.
+async fn declare_a_huge_message(addr: &str, token: &str) -> Option<String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/fincore.v1.Ledger/CreateTransfers"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    // Not compressed, then the declared length, then a little of the "message".
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&DECLARED_MESSAGE_BYTES.to_be_bytes());
+    frame.extend_from_slice(&[0xAB; 1024]);
+    body.send_data(bytes::Bytes::from(frame), false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("the node answered within 10 s")
+        .unwrap();
+    let status = |headers: &http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    if let Some(code) = status(response.headers()) {
+        return Some(code);
+    }
+    let mut answer = response.into_body();
+    while let Some(chunk) = answer.data().await {
+        chunk.unwrap();
+    }
+    let trailers = tokio::time::timeout(Duration::from_secs(10), answer.trailers())
+        .await
+        .expect("trailers within 10 s")
+        .unwrap();
+    trailers.as_ref().and_then(status)
+}
+
+#[test]
+fn a_message_declaring_a_gibibyte_and_a_hundred_digest_requests_do_not_stall_a_well_behaved_client()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(dir.path());
+    let token = testkit::keys::token().expect("the node was started with the process's key");
+    let pid = node.pid().to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = runtime
+        .block_on(async { support::connect(&node.grpc_url(), RetryPolicy::default()) })
+        .unwrap();
+    let accounts: Vec<_> = (1..=2).map(testkit::account).collect();
+    runtime.block_on(client.create_accounts(&accounts)).unwrap();
+    let rss_before = testkit::proc_status_bytes(&pid, "VmRSS");
+
+    // A hundred callers ask for the state digest at once.
+    let digests: Vec<_> = (0..DIGEST_CALLERS)
+        .map(|_| {
+            let addr = node.http_addr.clone();
+            std::thread::spawn(move || {
+                testkit::http::get(&addr, "/v1/status?digest=true")
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    // Meanwhile a message declaring 1 GiB, and the well-behaved client's writes.
+    let (code, slowest) = runtime.block_on(async {
+        let huge = declare_a_huge_message(&node.grpc_addr, token);
+        let writes = async {
+            let mut slowest = 0;
+            for id in 1..=50u128 {
+                let started = std::time::Instant::now();
+                let results = client
+                    .create_transfers(&[testkit::transfer(id, 1, 2, 1)])
+                    .await
+                    .unwrap();
+                assert_eq!(results.len(), 1);
+                slowest = slowest.max(started.elapsed().as_millis());
+            }
+            slowest
+        };
+        tokio::join!(huge, writes)
+    });
+    // OUT_OF_RANGE (11, tonic's answer to a declared length over the service's limit):
+    // refused from its prefix, not read into memory.
+    assert_eq!(code.as_deref(), Some("11"), "the 1 GiB message's status");
+    assert!(
+        slowest < WRITE_LATENCY_MS_MAX,
+        "a write took {slowest} ms beside the hostile calls"
+    );
+    let statuses: Vec<u16> = digests.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&200),
+        "no digest was served: {statuses:?}"
+    );
+    let growth = testkit::proc_status_bytes(&pid, "VmRSS").saturating_sub(rss_before);
+    assert!(
+        growth < RSS_GROWTH_BYTES_MAX,
+        "the node grew by {} MiB",
+        growth >> 20
+    );
+    node.stop().unwrap();
 }
