@@ -11,6 +11,7 @@
 //! - Authenticated: [`Client::builder`]`(…).api_key(key)` sends `authorization: Bearer <key>` on
 //!   every call; a refused key is [`ClientError::Unauthenticated`] or
 //!   [`ClientError::PermissionDenied`], never retried.
+//! - Over TLS when the nodes serve it: [`ClientBuilder::tls_ca_pem`] and `https://` addresses.
 //!
 //! A linked chain must be sent whole through `create_transfers`: single events are batched with
 //! strangers' events, so they may not carry the `linked` flag.
@@ -28,7 +29,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use limits::{
@@ -136,8 +137,8 @@ fn permanent(status: &Status) -> ClientError {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<std::sync::RwLock<Ledger>>,
-    /// Sent with every call.
-    credentials: Bearer,
+    /// How every node is reached: the key sent with every call, and TLS.
+    dial: Dial,
     /// Every address given, tried in turn when the current one does not answer.
     addrs: Arc<Vec<String>>,
     next_addr: Arc<std::sync::atomic::AtomicUsize>,
@@ -162,9 +163,45 @@ impl Interceptor for Bearer {
 
 type Ledger = LedgerClient<InterceptedService<Channel, Bearer>>;
 
-fn ledger_client(addr: &str, credentials: &Bearer) -> Result<Ledger, ClientError> {
-    let endpoint = Endpoint::from_shared(addr.to_string())
-        .map_err(|e| ClientError::Invalid(format!("address {addr:?}: {e}")))?
+/// How every node of the group is reached.
+#[derive(Clone)]
+struct Dial {
+    /// Sent with every call.
+    credentials: Bearer,
+    /// TLS with the nodes' client listeners (`https://` addresses), or plaintext.
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Dial {
+    /// The scheme of every address: a leader named by a node is dialled with it.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+fn ledger_client(addr: &str, dial: &Dial) -> Result<Ledger, ClientError> {
+    let invalid = |reason: String| ClientError::Invalid(format!("address {addr:?}: {reason}"));
+    let mut endpoint =
+        Endpoint::from_shared(addr.to_string()).map_err(|e| invalid(e.to_string()))?;
+    match (&dial.tls, endpoint.uri().scheme_str()) {
+        (Some(tls), Some("https")) => {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        (Some(_), _) => {
+            return Err(invalid(
+                "the client is set up for TLS (tls_ca_pem): give https:// addresses".into(),
+            ));
+        }
+        (None, Some("https")) => {
+            return Err(invalid(
+                "an https:// address needs the authority of the node's certificate: ClientBuilder::tls_ca_pem".into(),
+            ));
+        }
+        (None, _) => {}
+    }
+    let endpoint = endpoint
         .tcp_nodelay(true)
         // Whole batches are ~1 MiB: HTTP/2's default 64 KiB windows would cost a round trip
         // per 64 KiB.
@@ -172,7 +209,7 @@ fn ledger_client(addr: &str, credentials: &Bearer) -> Result<Ledger, ClientError
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .connect_timeout(Duration::from_secs(2));
     Ok(
-        LedgerClient::with_interceptor(endpoint.connect_lazy(), credentials.clone())
+        LedgerClient::with_interceptor(endpoint.connect_lazy(), dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
     )
@@ -184,6 +221,8 @@ pub struct ClientBuilder {
     addrs: Vec<String>,
     policy: RetryPolicy,
     api_key: Option<String>,
+    tls_ca_pem: Option<Vec<u8>>,
+    tls_domain: Option<String>,
 }
 
 /// Shows everything but the key itself.
@@ -193,6 +232,8 @@ impl std::fmt::Debug for ClientBuilder {
             .field("addrs", &self.addrs)
             .field("policy", &self.policy)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls_ca_pem.is_some())
+            .field("tls_domain", &self.tls_domain)
             .finish()
     }
 }
@@ -215,6 +256,22 @@ impl ClientBuilder {
         self
     }
 
+    /// Talk TLS to the nodes (their `serve --tls-cert`), trusting certificates issued by the
+    /// authority in `ca_pem` (PEM; e.g. `api-ca.pem` from `fincore certs --api-names`). Every
+    /// address must then be `https://`; each node's certificate must name the host dialled
+    /// (or [`ClientBuilder::tls_domain`]).
+    pub fn tls_ca_pem(mut self, ca_pem: impl Into<Vec<u8>>) -> ClientBuilder {
+        self.tls_ca_pem = Some(ca_pem.into());
+        self
+    }
+
+    /// With TLS: the name every node's certificate must carry, instead of the host dialled
+    /// (for nodes reached by addresses their certificates do not name).
+    pub fn tls_domain(mut self, name: impl Into<String>) -> ClientBuilder {
+        self.tls_domain = Some(name.into());
+        self
+    }
+
     /// The client; it connects lazily (must be called inside a Tokio runtime).
     pub fn connect(self) -> Result<Client, ClientError> {
         let credentials = match self.api_key {
@@ -225,8 +282,23 @@ impl ClientBuilder {
                 })?))
             }
         };
+        let tls = match (self.tls_ca_pem, self.tls_domain) {
+            (None, Some(_)) => {
+                return Err(ClientError::Invalid(
+                    "tls_domain: given without tls_ca_pem".into(),
+                ));
+            }
+            (None, None) => None,
+            (Some(ca), domain) => {
+                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                if let Some(domain) = domain {
+                    tls = tls.domain_name(domain);
+                }
+                Some(tls)
+            }
+        };
         let addrs: Vec<&str> = self.addrs.iter().map(String::as_str).collect();
-        Client::start(&addrs, self.policy, credentials)
+        Client::start(&addrs, self.policy, Dial { credentials, tls })
     }
 }
 
@@ -239,7 +311,11 @@ impl Client {
 
     /// A client of a replica group reachable at any of `addrs` (`http://host:port` each).
     pub fn connect_any(addrs: &[&str], policy: RetryPolicy) -> Result<Client, ClientError> {
-        Client::start(addrs, policy, Bearer(None))
+        let dial = Dial {
+            credentials: Bearer(None),
+            tls: None,
+        };
+        Client::start(addrs, policy, dial)
     }
 
     /// A client of the nodes at `addrs` (`http://host:port` each), to be configured (retry
@@ -249,25 +325,23 @@ impl Client {
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             policy: RetryPolicy::default(),
             api_key: None,
+            tls_ca_pem: None,
+            tls_domain: None,
         }
     }
 
-    fn start(
-        addrs: &[&str],
-        policy: RetryPolicy,
-        credentials: Bearer,
-    ) -> Result<Client, ClientError> {
+    fn start(addrs: &[&str], policy: RetryPolicy, dial: Dial) -> Result<Client, ClientError> {
         let first = addrs
             .first()
             .ok_or_else(|| ClientError::Invalid("no address given".into()))?;
         for addr in addrs {
-            ledger_client(addr, &credentials)?;
+            ledger_client(addr, &dial)?;
         }
-        let inner = Arc::new(std::sync::RwLock::new(ledger_client(first, &credentials)?));
+        let inner = Arc::new(std::sync::RwLock::new(ledger_client(first, &dial)?));
         let (singles, queue) = mpsc::channel(PENDING_SINGLES_MAX);
         let client = Client {
             inner,
-            credentials,
+            dial,
             addrs: Arc::new(addrs.iter().map(|a| a.to_string()).collect()),
             next_addr: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             policy: Arc::new(policy),
@@ -305,7 +379,8 @@ impl Client {
                 .get(LEADER_GRPC_KEY)
                 .and_then(|v| v.to_str().ok())
                 && attempts < self.policy.attempts_max
-                && let Ok(client) = ledger_client(&format!("http://{leader}"), &self.credentials)
+                && let Ok(client) =
+                    ledger_client(&format!("{}://{leader}", self.dial.scheme()), &self.dial)
             {
                 tracing::debug!(leader, "following the leader");
                 *self.inner.write().expect("never poisoned") = client;
@@ -322,7 +397,7 @@ impl Client {
                     .next_addr
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     % self.addrs.len();
-                if let Ok(client) = ledger_client(&self.addrs[next], &self.credentials) {
+                if let Ok(client) = ledger_client(&self.addrs[next], &self.dial) {
                     *self.inner.write().expect("never poisoned") = client;
                 }
             }

@@ -5,8 +5,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use api::json::AddReplicaJson;
+use testkit::http::{Request, Transport};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
@@ -61,49 +62,60 @@ pub struct AdminArgs {
         global = true
     )]
     api_key: Option<String>,
+    /// Talk HTTPS to nodes serving their client listeners over TLS (`serve --tls-cert`),
+    /// trusting the authority in this PEM file (e.g. `api-ca.pem` from `fincore certs
+    /// --api-names`). The nodes' certificates must name the hosts given.
+    #[arg(long, value_name = "FILE", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
 
+/// How the command reaches the group.
+struct Target<'a> {
+    api_key: Option<&'a str>,
+    transport: Transport,
+}
+
 /// One HTTP/1.1 request with the admin key; returns (status, Location header, body).
 fn request(
-    api_key: Option<&str>,
+    target: &Target<'_>,
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, Option<String>, String)> {
-    let answer = testkit::http::request_as(
-        api_key,
-        addr,
+    let request = Request {
         method,
         path,
-        Some("application/json"),
-        body.unwrap_or(""),
-    )?;
+        content_type: Some("application/json"),
+        body: body.unwrap_or(""),
+    };
+    let answer = testkit::http::request_over(&target.transport, target.api_key, addr, &request)?;
     let location = answer.header("location").map(String::from);
     Ok((answer.status, location, answer.body))
 }
 
 /// Sends the request, following one redirect to the leader.
 fn to_leader(
-    api_key: Option<&str>,
+    target: &Target<'_>,
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let (mut status, location, mut answer) = request(api_key, addr, method, path, body)?;
+    let (mut status, location, mut answer) = request(target, addr, method, path, body)?;
     if status == 307
         && let Some(location) = location
     {
         let leader = location
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .split('/')
             .next()
             .unwrap_or_default()
             .to_string();
-        (status, _, answer) = request(api_key, &leader, method, path, body)?;
+        (status, _, answer) = request(target, &leader, method, path, body)?;
     }
     println!("{answer}");
     match status {
@@ -116,7 +128,18 @@ fn to_leader(
 }
 
 pub fn run(args: &AdminArgs) -> anyhow::Result<ExitCode> {
-    let key = args.api_key.as_deref();
+    let transport = match &args.tls_ca {
+        None => Transport::Plain,
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --tls-ca {}", path.display()))?;
+            Transport::tls_trusting(&pem).with_context(|| format!("--tls-ca {}", path.display()))?
+        }
+    };
+    let target = &Target {
+        api_key: args.api_key.as_deref(),
+        transport,
+    };
     match &args.command {
         AdminCommand::AddReplica {
             addr,
@@ -131,17 +154,17 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<ExitCode> {
                 http: http.clone(),
                 peer: peer.clone(),
             })?;
-            to_leader(key, addr, "POST", "/v1/admin/replicas", Some(&body))
+            to_leader(target, addr, "POST", "/v1/admin/replicas", Some(&body))
         }
         AdminCommand::RemoveReplica { addr, id } => to_leader(
-            key,
+            target,
             addr,
             "DELETE",
             &format!("/v1/admin/replicas/{id}"),
             None,
         ),
         AdminCommand::Status { addr } => {
-            to_leader(key, addr, "GET", "/v1/status?digest=true", None)
+            to_leader(target, addr, "GET", "/v1/status?digest=true", None)
         }
     }
 }

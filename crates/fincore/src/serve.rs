@@ -16,6 +16,7 @@ use replication::data_dir::DEV_PEER_CERTIFICATES_DIR;
 use replication::membership::{self, Entry, GroupId};
 use replication::peer_tls;
 use server::auth::KeyStore;
+use server::client_tls::{ClientTls, ClientTlsFiles};
 use server::{Auth, Node, NodeConfig, PeerSecurity};
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +58,14 @@ pub struct ServeArgs {
     /// change membership). Refused unless every listener is on loopback.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Serve the client listeners (--grpc and --http) over TLS with this certificate (PEM: the
+    /// node's certificate, then any intermediates; it must name the host clients dial). Give
+    /// every replica of the group one, so that clients sent to the leader reach it alike.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// How a start of `serve` enters its group. Without either flag the data directory must
@@ -351,8 +360,16 @@ fn run_node(
             .await
             .with_context(|| format!("starting the node on {}", data_dir.display()))?;
         // Machine-readable lines first (tests and scripts wait for them), then the banner.
-        println!("fincore: gRPC listening on {}", node.grpc_addr());
-        println!("fincore: HTTP listening on http://{}", node.http_addr());
+        let (grpc_security, scheme) = if node.client_tls() {
+            ("TLS", "https")
+        } else {
+            ("plaintext", "http")
+        };
+        println!(
+            "fincore: gRPC listening on {} ({grpc_security})",
+            node.grpc_addr()
+        );
+        println!("fincore: HTTP listening on {scheme}://{}", node.http_addr());
         println!(
             "fincore: peers listening on {} ({})",
             node.peer_addr(),
@@ -407,6 +424,13 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let default = args.data_dir.join(server::auth::KEYS_FILE);
         crate::keys::serve_auth(args.keys.as_deref().unwrap_or(&default))?
     };
+    if let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = ClientTlsFiles {
+            certificate: certificate.clone(),
+            key: key.clone(),
+        };
+        config.client_tls = Some(ClientTls::load(files).context("--tls-cert/--tls-key")?);
+    }
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();
     config.entry = args.membership.entry();

@@ -237,6 +237,11 @@ pub const HTTP_BODY_BYTES_MAX: usize = 16 << 20;
 /// clients cannot lock out a well-behaved one.
 pub const CONNECTIONS_PER_LISTENER_MAX: usize = 8192;
 
+/// A client has this long to complete its TLS handshake on a client listener served with
+/// `--tls-cert` before the connection is closed (a client that never sends its hello cannot
+/// hold a connection).
+pub const CLIENT_TLS_HANDSHAKE_SECONDS_MAX: u64 = 10;
+
 /// A client has this long to send a request's headers before its HTTP/1.1 connection is closed
 /// (a slow-header client cannot hold a connection).
 pub const HTTP_HEADER_READ_SECONDS_MAX: u64 = 10;

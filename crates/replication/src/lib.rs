@@ -11,6 +11,7 @@
 
 mod applier;
 pub mod data_dir;
+pub mod dev_certs;
 mod digest_gate;
 mod log_store;
 pub mod membership;

@@ -36,8 +36,8 @@ pub enum PeerTlsError {
     },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
-    #[error("issuing a certificate failed: {0}")]
-    Issue(String),
+    #[error(transparent)]
+    Issue(#[from] crate::dev_certs::DevCertificateError),
     #[error("the peer presented no client certificate")]
     NoCertificate,
     #[error("the peer's certificate does not name node {claimed} of group {group}")]
@@ -217,85 +217,22 @@ pub fn issue_development_certificates(
     nodes: &[NodeId],
     days: u32,
 ) -> Result<(), PeerTlsError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
+    use crate::dev_certs::{Authority, LeafFiles, Purpose};
     check_group_name(group)?;
-    let issue = |error: rcgen::Error| PeerTlsError::Issue(error.to_string());
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PeerTlsError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let now = time::OffsetDateTime::now_utc();
-    let validity = |params: &mut CertificateParams| {
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(i64::from(days));
-    };
-    // The authority's name and key identify it; recreating its parameters from them signs
-    // certificates that chain to the stored `ca.pem`.
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(issue)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(
-        DnType::CommonName,
-        format!("fincore development authority of group {group}"),
-    );
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut ca_params);
-    let (ca_pem, ca_key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let ca_key = match std::fs::read_to_string(&ca_key_path) {
-        Ok(pem) => KeyPair::from_pem(&pem).map_err(|error| PeerTlsError::BadFile {
-            path: ca_key_path.clone(),
-            reason: error.to_string(),
-        })?,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let key = KeyPair::generate().map_err(issue)?;
-            let certificate = ca_params.self_signed(&key).map_err(issue)?;
-            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            std::fs::write(&ca_pem, certificate.pem()).map_err(io(&ca_pem))?;
-            key
-        }
-        Err(error) => return Err(io(&ca_key_path)(error)),
-    };
-    let issuer = Issuer::new(ca_params, ca_key);
+    let common_name = format!("fincore development authority of group {group}");
+    let authority = Authority::open_or_create(dir, "ca", &common_name, days)?;
     for &node in nodes {
-        let name = peer_dns_name(group, node);
-        let mut params = CertificateParams::new(vec![name.clone()]).map_err(issue)?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        validity(&mut params);
-        let key = KeyPair::generate().map_err(issue)?;
-        let certificate = params.signed_by(&key, &issuer).map_err(issue)?;
         let files = CertificateFiles::in_dir(dir, node);
-        write_private(&files.key, key.serialize_pem().as_bytes())?;
-        std::fs::write(&files.certificate, certificate.pem()).map_err(io(&files.certificate))?;
+        authority.issue(
+            &[peer_dns_name(group, node)],
+            Purpose::ServerAndClient,
+            LeafFiles {
+                certificate: &files.certificate,
+                key: &files.key,
+            },
+        )?;
     }
     Ok(())
-}
-
-/// Writes `bytes` to a new file at `path` readable and writable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PeerTlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PeerTlsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
 }
 
 #[cfg(test)]

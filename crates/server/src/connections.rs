@@ -5,9 +5,11 @@
 //! backlog. HTTP/1.1 is served with hyper directly because axum's `serve` sets no deadline for
 //! reading a request's headers: here a client that sends its headers slowly is disconnected
 //! after `limits::HTTP_HEADER_READ_SECONDS_MAX`. The process's open-files limit is raised to
-//! its hard limit so the connection limits, not the file table, are what bind.
+//! its hard limit so the connection limits, not the file table, are what bind. Over HTTPS, each
+//! connection's TLS handshake runs on its own task under a deadline.
 //!
-//! This module owns sockets and connection tasks only; it must not know a route or a request.
+//! This module owns sockets and connection tasks only; it must not know a route or a request,
+//! nor where a certificate comes from (`client_tls`).
 
 use std::future::Future;
 use std::io;
@@ -135,18 +137,29 @@ pub fn grpc_incoming(
     })
 }
 
-/// Serves `router` over HTTP/1.1 on `listener` until `stop` resolves: at most `max`
-/// connections, each closed if a request's headers take longer than `header_read` to arrive.
-/// On stop, connections finish the request in progress and close (waiting at most `grace`).
+/// How an HTTP listener serves its connections.
+pub struct HttpServing {
+    /// Open connections at most.
+    pub max: usize,
+    /// A request's headers must arrive within this long of the previous request.
+    pub header_read: Duration,
+    /// On stop, how long connections may take to finish the request in progress.
+    pub grace: Duration,
+    /// TLS (HTTPS): each connection's handshake must complete within `handshake` or it is
+    /// closed; it runs on the connection's own task, so a slow client holds up no other.
+    pub tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
+}
+
+/// Serves `router` over HTTP/1.1 (over TLS when configured) on `listener` until `stop`
+/// resolves, within `serving`'s limits. On stop, connections finish the request in progress
+/// and close.
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
-    max: usize,
-    header_read: Duration,
-    grace: Duration,
+    serving: HttpServing,
     stop: impl Future<Output = ()>,
 ) {
-    let admission = Admission::new(max, "HTTP");
+    let admission = Admission::new(serving.max, "HTTP");
     let (closing, closing_seen) = watch::channel(false);
     let mut stop = pin!(stop);
     loop {
@@ -155,26 +168,67 @@ pub async fn serve_http(
             connection = admission.accept(&listener) => connection,
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let mut closing = closing_seen.clone();
-        tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read);
-            let mut served = pin!(builder.serve_connection(TokioIo::new(connection), service));
-            tokio::select! {
-                _ = served.as_mut() => return,
-                _ = closing.wait_for(|closing| *closing) => {}
+        let closing = closing_seen.clone();
+        let header_read = serving.header_read;
+        match serving.tls.clone() {
+            None => {
+                tokio::spawn(serve_http_connection(
+                    connection,
+                    service,
+                    header_read,
+                    closing,
+                ));
             }
-            served.as_mut().graceful_shutdown();
-            let _ = served.await;
-        });
+            Some((acceptor, handshake)) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake, acceptor.accept(connection)).await {
+                        Ok(Ok(tls)) => {
+                            serve_http_connection(tls, service, header_read, closing).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "an HTTPS client's TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!("an HTTPS client's TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let _ = closing.send(true);
     // Every permit back means every connection closed.
     let all = u32::try_from(admission.max).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(grace, admission.permits.acquire_many(all)).await;
+    let _ = tokio::time::timeout(serving.grace, admission.permits.acquire_many(all)).await;
+}
+
+/// Serves one connection until the client closes it, or, once `closing` turns true, until the
+/// request in progress is answered.
+async fn serve_http_connection<S, T>(
+    connection: S,
+    service: T,
+    header_read: Duration,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<axum::body::Body>,
+        > + Send
+        + 'static,
+    T::Future: Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read);
+    let mut served = pin!(builder.serve_connection(TokioIo::new(connection), service));
+    tokio::select! {
+        _ = served.as_mut() => return,
+        _ = closing.wait_for(|closing| *closing) => {}
+    }
+    served.as_mut().graceful_shutdown();
+    let _ = served.await;
 }
 
 /// Raises this process's open-files limit to its hard limit, and warns when even that is
@@ -217,16 +271,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
         let (stop, mut stopped) = watch::channel(false);
-        let server = tokio::spawn(serve_http(
-            listener,
-            router,
+        let serving = HttpServing {
             max,
             header_read,
-            Duration::from_secs(5),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+            grace: Duration::from_secs(5),
+            tls: None,
+        };
+        let server = tokio::spawn(serve_http(listener, router, serving, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
         (addr, stop, server)
     }
 

@@ -149,9 +149,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Completes a "not the leader" answer with `Location:` the same path on the leader, so that a
-/// client following redirects (307 keeps the method and body) lands there.
+/// Whether the HTTP listener is served over TLS: the scheme of the leader's URL in a redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Completes a "not the leader" answer with `Location:` the same path on the leader (with this
+/// node's scheme: the replicas of a group serve clients alike), so that a client following
+/// redirects (307 keeps the method and body) lands there.
 async fn redirect_to_leader(
+    State(scheme): State<Scheme>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -162,7 +180,8 @@ async fn redirect_to_leader(
         .unwrap_or_default();
     let mut response = next.run(request).await;
     if let Some(LeaderHttp(leader)) = response.extensions().get::<LeaderHttp>().cloned()
-        && let Ok(location) = header::HeaderValue::from_str(&format!("http://{leader}{path}"))
+        && let Ok(location) =
+            header::HeaderValue::from_str(&format!("{}://{leader}{path}", scheme.as_str()))
     {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -309,7 +328,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<Pipeline> {
 }
 
 /// The routes, behind the role check of [`crate::access`].
-pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
+pub fn router(pipeline: Pipeline, auth: crate::auth::Auth, scheme: Scheme) -> Router {
     let access = crate::access::Access {
         auth,
         metrics: std::sync::Arc::clone(pipeline.metrics()),
@@ -322,7 +341,10 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(redirect_to_leader))
+        .layer(axum::middleware::from_fn_with_state(
+            scheme,
+            redirect_to_leader,
+        ))
         .layer(axum::middleware::from_fn(request_deadline))
         .with_state(pipeline)
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{Access, GrpcAccess};
 use crate::auth::Auth;
+use crate::client_tls::ClientTls;
 use crate::connections;
 use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
 use crate::http;
@@ -57,6 +58,10 @@ pub struct NodeConfig {
     /// Who may call the client APIs. [`NodeConfig::new`] leaves them open (embedded and test
     /// nodes); `fincore serve` requires keys unless told `--insecure-no-auth`.
     pub auth: Auth,
+    /// TLS on the client listeners (gRPC and HTTP), or plaintext (`None`, the default). Every
+    /// replica of a group should agree: a node names its leader's addresses to clients with
+    /// its own scheme.
+    pub client_tls: Option<ClientTls>,
 }
 
 // `replica.peer_routes` overrides how this node reaches peers (e.g. through local proxies),
@@ -95,6 +100,7 @@ impl NodeConfig {
             capacity: ledger::Capacity::FORMAT_MAX,
             replica: ReplicaConfig::default(),
             auth: Auth::Open,
+            client_tls: None,
         }
     }
 }
@@ -117,6 +123,11 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    #[error("TLS on the client listeners with {certificate}: {reason}")]
+    ClientTls {
+        certificate: PathBuf,
+        reason: String,
+    },
     #[error(
         "peer TLS: {0}. Replicas prove who they are to each other with certificates: make them with `fincore certs` (or your own authority, with the names it explains) and give --peer-certs DIR, or pass --insecure-peers to let replicas talk plaintext"
     )]
@@ -171,6 +182,7 @@ pub struct Node {
     servers: Vec<JoinHandle<()>>,
     group: Option<GroupId>,
     awaiting_admission: bool,
+    client_tls: bool,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -277,30 +289,47 @@ impl Node {
         let mut grpc_stop = stopped.clone();
         let incoming =
             connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
+        let mut grpc_builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.client_tls {
+            grpc_builder = grpc_builder
+                .tls_config(tls.grpc_config())
+                .map_err(|error| NodeError::ClientTls {
+                    certificate: tls.certificate_path().to_path_buf(),
+                    reason: error.to_string(),
+                })?;
+        }
         let grpc = tokio::spawn(async move {
             let signal = async move {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
             };
-            let server = with_grpc_limits(tonic::transport::Server::builder()).add_service(ledger);
+            let server = with_grpc_limits(grpc_builder).add_service(ledger);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
                 tracing::error!(%error, "the gRPC server stopped");
             }
         });
-        let router = http::router(pipeline.clone(), config.auth.clone());
+        let scheme = if config.client_tls.is_some() {
+            http::Scheme::Https
+        } else {
+            http::Scheme::Http
+        };
+        let router = http::router(pipeline.clone(), config.auth.clone(), scheme);
+        let serving = connections::HttpServing {
+            max: limits::CONNECTIONS_PER_LISTENER_MAX,
+            header_read: Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
+            grace: Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS),
+            tls: config.client_tls.as_ref().map(|tls| {
+                (
+                    tls.http_acceptor(),
+                    Duration::from_secs(limits::CLIENT_TLS_HANDSHAKE_SECONDS_MAX),
+                )
+            }),
+        };
         let mut http_stop = stopped;
         let http = tokio::spawn(async move {
             let signal = async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
             };
-            connections::serve_http(
-                http_listener,
-                router,
-                limits::CONNECTIONS_PER_LISTENER_MAX,
-                Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
-                Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS),
-                signal,
-            )
-            .await;
+            connections::serve_http(http_listener, router, serving, signal).await;
         });
 
         let bootstrapped = match prepared.finish_bootstrap(&replica).await {
@@ -335,6 +364,7 @@ impl Node {
             servers: vec![grpc, http, peers_server],
             group: prepared.group,
             awaiting_admission,
+            client_tls: config.client_tls.is_some(),
         })
     }
 
@@ -360,6 +390,11 @@ impl Node {
     /// Where the node's peers reach its replica transport.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// True if the client listeners (gRPC and HTTP) are served over TLS.
+    pub fn client_tls(&self) -> bool {
+        self.client_tls
     }
 
     /// True if the replicas of the group authenticate each other with mutual TLS.

@@ -1,12 +1,16 @@
 //! A blocking HTTP/1.1 client, one request per fresh connection (`Connection: close`), enough
 //! to drive a node's HTTP API from tests and operator commands; and a node's `/v1/status`.
 //!
-//! Deliberately tiny: no keep-alive, no TLS, no redirects followed (callers see 307 and its
-//! `Location`). It must not be used where throughput matters; the bench measures over gRPC.
+//! Deliberately tiny: no keep-alive, no redirects followed (callers see 307 and its
+//! `Location`); HTTPS only through a [`Transport`] trusting a given authority. It must not be
+//! used where throughput matters; the bench measures over gRPC.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
 
 use crate::KitError;
 
@@ -50,6 +54,24 @@ impl Answer {
     }
 }
 
+/// How this process reaches the nodes it started by default: [`Transport::Plain`] unless set
+/// with [`use_transport`] (a bench whose nodes serve TLS).
+static TRANSPORT: std::sync::RwLock<Option<Transport>> = std::sync::RwLock::new(None);
+
+/// From now on, [`request`] and [`request_as`] (and so every helper here) reach nodes over
+/// `transport`.
+pub fn use_transport(transport: Transport) {
+    *TRANSPORT.write().unwrap_or_else(|e| e.into_inner()) = Some(transport);
+}
+
+fn process_transport() -> Transport {
+    TRANSPORT
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
 /// One request over a fresh connection to `addr` (`HOST:PORT`) with the API key of the nodes
 /// this process started ([`crate::keys::token`]), if any; see [`request_as`].
 pub fn request(
@@ -62,8 +84,57 @@ pub fn request(
     request_as(crate::keys::token(), addr, method, path, content_type, body)
 }
 
-/// One request over a fresh connection to `addr` (`HOST:PORT`); `Authorization: Bearer KEY`
-/// is sent when `api_key` is given, `content_type` when given, `Content-Length` always.
+/// How requests reach a node's HTTP listener: plaintext, or TLS trusting one authority.
+#[derive(Clone, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl Transport {
+    /// HTTPS, accepting only certificates issued by the authority in `ca_pem` (PEM) that name
+    /// the host dialled (`serve --tls-cert`; `fincore certs --api-names` writes `api-ca.pem`).
+    pub fn tls_trusting(ca_pem: &[u8]) -> Result<Transport, KitError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let invalid = |reason: String| KitError::Io {
+            what: "reading the authority's certificate".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let mut any = false;
+        for certificate in CertificateDer::pem_slice_iter(ca_pem) {
+            let certificate = certificate.map_err(|error| invalid(error.to_string()))?;
+            roots
+                .add(certificate)
+                .map_err(|error| invalid(error.to_string()))?;
+            any = true;
+        }
+        if !any {
+            return Err(invalid("no PEM certificate in it".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| invalid(error.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Transport::Tls(Arc::new(config)))
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Plain => "http",
+            Transport::Tls(_) => "https",
+        }
+    }
+}
+
+/// One request over a fresh connection to `addr` (`HOST:PORT`), over the process's transport
+/// ([`use_transport`]); `Authorization: Bearer KEY` is sent when `api_key` is given,
+/// `content_type` when given, `Content-Length` always.
 pub fn request_as(
     api_key: Option<&str>,
     addr: &str,
@@ -72,11 +143,63 @@ pub fn request_as(
     content_type: Option<&str>,
     body: &str,
 ) -> Result<Answer, KitError> {
-    let mut stream =
-        TcpStream::connect(addr).map_err(KitError::io(format!("connecting to {addr}")))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(ANSWER_SECONDS_MAX)))
+    let request = Request {
+        method,
+        path,
+        content_type,
+        body,
+    };
+    request_over(&process_transport(), api_key, addr, &request)
+}
+
+/// One request, as [`request_over`] sends it.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub content_type: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// A byte stream to a node: TCP, or TLS over TCP.
+trait Connection: Read + Write {}
+impl<T: Read + Write> Connection for T {}
+
+/// Like [`request_as`], over `transport` (over TLS, the certificate must name the host of
+/// `addr`).
+pub fn request_over(
+    transport: &Transport,
+    api_key: Option<&str>,
+    addr: &str,
+    request: &Request<'_>,
+) -> Result<Answer, KitError> {
+    let Request {
+        method,
+        path,
+        content_type,
+        body,
+    } = *request;
+    let tcp = TcpStream::connect(addr).map_err(KitError::io(format!("connecting to {addr}")))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(ANSWER_SECONDS_MAX)))
         .map_err(KitError::io("setting a read timeout"))?;
+    let mut stream: Box<dyn Connection> = match transport {
+        Transport::Plain => Box::new(tcp),
+        Transport::Tls(config) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_string()).map_err(|error| KitError::Io {
+                what: format!("connecting to {addr} over TLS"),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
+            })?;
+            let session =
+                rustls::ClientConnection::new(Arc::clone(config), name).map_err(|error| {
+                    KitError::Io {
+                        what: format!("connecting to {addr} over TLS"),
+                        source: std::io::Error::other(error),
+                    }
+                })?;
+            Box::new(rustls::StreamOwned::new(session, tcp))
+        }
+    };
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -93,12 +216,16 @@ pub fn request_as(
         .and_then(|()| stream.write_all(body.as_bytes()));
     sent.map_err(KitError::io(format!("sending {method} {path} to {addr}")))?;
     let mut raw = Vec::new();
-    stream
-        .take(ANSWER_BYTES_MAX)
-        .read_to_end(&mut raw)
-        .map_err(KitError::io(format!(
-            "reading the answer to {method} {path} from {addr}"
-        )))?;
+    match stream.take(ANSWER_BYTES_MAX).read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closed without its close_notify after a whole answer.
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(error) => {
+            return Err(KitError::io(format!(
+                "reading the answer to {method} {path} from {addr}"
+            ))(error));
+        }
+    }
     parse(addr, path, &raw)
 }
 
@@ -108,6 +235,12 @@ fn parse(addr: &str, path: &str, raw: &[u8]) -> Result<Answer, KitError> {
         path: path.to_string(),
         reason: reason.to_string(),
     };
+    // A TLS record (an alert: content type 21, version 3.x) where HTTP was expected.
+    if raw.starts_with(&[0x15, 0x03]) {
+        return Err(malformed(
+            "a TLS alert: the node serves HTTPS (`serve --tls-cert`); trust its authority (admin --tls-ca)",
+        ));
+    }
     let raw = std::str::from_utf8(raw).map_err(|_| malformed("not UTF-8"))?;
     let (head, body) = raw
         .split_once("\r\n\r\n")

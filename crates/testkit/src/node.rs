@@ -17,9 +17,11 @@ pub const STOP_SECONDS_MAX: u64 = 120;
 /// How often a stopping node is polled.
 const STOP_POLL_MS: u64 = 20;
 
-/// The line prefixes with which `fincore serve` announces where it listens.
+/// The line prefixes with which `fincore serve` announces where it listens. Followed by the
+/// address, a space and `(TLS)` or `(plaintext)`.
 const GRPC_ANNOUNCEMENT: &str = "fincore: gRPC listening on ";
-const HTTP_ANNOUNCEMENT: &str = "fincore: HTTP listening on http://";
+/// Followed by `http://ADDR` or `https://ADDR`.
+const HTTP_ANNOUNCEMENT: &str = "fincore: HTTP listening on ";
 /// Followed by the address, a space and how peers are secured.
 const PEER_ANNOUNCEMENT: &str = "fincore: peers listening on ";
 
@@ -56,6 +58,8 @@ pub struct ChildNode {
     pub http_addr: String,
     /// Where its peers reach its replica transport (`HOST:PORT`), as it announced.
     pub peer_addr: String,
+    /// True if its client listeners are served over TLS (it announced an `https://` URL).
+    pub client_tls: bool,
     /// Its stderr (logs), beside the data directory, appended to across restarts.
     pub log_path: PathBuf,
 }
@@ -112,6 +116,7 @@ impl ChildNode {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let (mut grpc_addr, mut http_addr, mut peer_addr) = (None, None, None);
+        let mut client_tls = false;
         while grpc_addr.is_none() || http_addr.is_none() || peer_addr.is_none() {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
@@ -122,11 +127,16 @@ impl ChildNode {
                     log_path,
                 });
             };
-            if let Some(addr) = line.strip_prefix(GRPC_ANNOUNCEMENT) {
-                grpc_addr = Some(addr.to_string());
+            if let Some(rest) = line.strip_prefix(GRPC_ANNOUNCEMENT) {
+                grpc_addr = Some(rest.split(' ').next().unwrap_or_default().to_string());
             }
-            if let Some(addr) = line.strip_prefix(HTTP_ANNOUNCEMENT) {
-                http_addr = Some(addr.to_string());
+            if let Some(url) = line.strip_prefix(HTTP_ANNOUNCEMENT) {
+                if let Some(addr) = url.strip_prefix("https://") {
+                    client_tls = true;
+                    http_addr = Some(addr.to_string());
+                } else {
+                    http_addr = Some(url.trim_start_matches("http://").to_string());
+                }
             }
             if let Some(rest) = line.strip_prefix(PEER_ANNOUNCEMENT) {
                 peer_addr = Some(rest.split(' ').next().unwrap_or_default().to_string());
@@ -139,6 +149,7 @@ impl ChildNode {
             grpc_addr: grpc_addr.expect("the loop ends once both are read"),
             http_addr: http_addr.expect("the loop ends once both are read"),
             peer_addr: peer_addr.expect("the loop ends once all three are read"),
+            client_tls,
             log_path,
         })
     }
@@ -147,9 +158,10 @@ impl ChildNode {
         self.child.id()
     }
 
-    /// `http://` and the gRPC address, as clients want it.
+    /// The gRPC address as clients want it: `http://` (or `https://` over TLS) and the address.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.client_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
     }
 
     /// Its resident memory now (0 once it is gone).
@@ -243,7 +255,7 @@ mod tests {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\necho '{GRPC_ANNOUNCEMENT}127.0.0.1:1'\necho '{HTTP_ANNOUNCEMENT}127.0.0.1:2'\necho '{PEER_ANNOUNCEMENT}127.0.0.1:3 (mutual TLS)'\nexec sleep 30\n"
+                "#!/bin/sh\necho '{GRPC_ANNOUNCEMENT}127.0.0.1:1 (TLS)'\necho '{HTTP_ANNOUNCEMENT}https://127.0.0.1:2'\necho '{PEER_ANNOUNCEMENT}127.0.0.1:3 (mutual TLS)'\nexec sleep 30\n"
             ),
         )
         .unwrap();
@@ -261,7 +273,8 @@ mod tests {
             ),
             ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
         );
-        assert_eq!(node.grpc_url(), "http://127.0.0.1:1");
+        assert!(node.client_tls);
+        assert_eq!(node.grpc_url(), "https://127.0.0.1:1");
         node.signal(Signal::Stop).unwrap();
         node.signal(Signal::Cont).unwrap();
         node.kill9();

@@ -96,6 +96,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "ROUNDS", value_parser = clap::value_parser!(u64).range(1..=100),
           conflicts_with_all = ["embedded", "addr", "data_dir", "kill_leader_at", "wipe_follower_at", "vs_single"])]
     vs_insecure: Option<u64>,
+    /// Network mode: serve the client listeners over TLS (`serve --tls-cert`, a development
+    /// certificate for 127.0.0.1), the clients trusting its authority. With --vs-insecure, the
+    /// secured runs only.
+    #[arg(long, conflicts_with_all = ["embedded", "addr"])]
+    client_tls: bool,
     /// Set by `--vs-insecure` for its open runs: nodes start with `--insecure-peers
     /// --insecure-no-auth` and the client sends no key.
     #[arg(skip)]
@@ -316,11 +321,16 @@ fn compare_security(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
         open,
         ..args.clone()
     };
+    let secured = if args.client_tls {
+        "secured, client TLS"
+    } else {
+        "secured"
+    };
     let mut reports = alternate(
         args,
         rounds,
         &[
-            (&format!("{replicas} replica(s) secured"), variant(false)),
+            (&format!("{replicas} replica(s) {secured}"), variant(false)),
             (&format!("{replicas} replica(s) open   "), variant(true)),
         ],
     )?;

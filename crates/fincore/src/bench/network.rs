@@ -16,7 +16,7 @@ use super::wipe::{self, WipePlan};
 use super::workload::{TransferGenerator, accounts};
 use super::{BenchArgs, Measured, data_dir, peak_rss_bytes};
 use testkit::group::GroupLayout;
-use testkit::http::{get_json, replica_status};
+use testkit::http::{Transport, get_json, replica_status};
 use testkit::node::ChildNode;
 
 /// Node `id`'s data directory in `dir`.
@@ -32,15 +32,13 @@ fn start_group(
     replicas: u64,
     spare_members: usize,
     checkpoint_interval: u64,
-    open: bool,
+    security: &Security,
 ) -> anyhow::Result<(Vec<ChildNode>, Option<GroupLayout>)> {
     if replicas == 1 {
         let data_dir = node_dir(dir, 1);
         let mut args = testkit::group::FREE_PORTS_ARGS.map(String::from).to_vec();
         args.extend(testkit::group::single_node_args(&data_dir));
-        if open {
-            args.extend(OPEN_ARGS.map(String::from));
-        }
+        args.extend(security.serve_args());
         let node = crate::nodes::start_checkpointing(&data_dir, &args, checkpoint_interval)?;
         return Ok((vec![node], None));
     }
@@ -49,7 +47,14 @@ fn start_group(
     let nodes = (0..replicas)
         .map(|i| {
             let data_dir = node_dir(dir, i as u64 + 1);
-            start_member(&data_dir, &layout, i, replicas, checkpoint_interval, open)
+            start_member(
+                &data_dir,
+                &layout,
+                i,
+                replicas,
+                checkpoint_interval,
+                security,
+            )
         })
         .collect::<anyhow::Result<_>>()?;
     Ok((nodes, Some(layout)))
@@ -64,22 +69,86 @@ pub(super) fn start_member(
     i: usize,
     members: usize,
     checkpoint_interval: u64,
-    open: bool,
+    security: &Security,
 ) -> anyhow::Result<ChildNode> {
     let mut args = layout.serve_args(i, members);
-    if open {
-        // Plaintext peers instead of the layout's certificates, and no keys.
+    if security.open {
+        // Plaintext peers instead of the layout's certificates.
         if let Some(at) = args.iter().position(|arg| arg == "--peer-certs") {
             args.drain(at..at + 2);
         }
-        args.extend(OPEN_ARGS.map(String::from));
     }
+    args.extend(security.serve_args());
     args.extend(layout.membership_args(i, data_dir));
     crate::nodes::start_checkpointing(data_dir, &args, checkpoint_interval)
 }
 
 /// How `--vs-insecure`'s open runs start their nodes: no keys, plaintext between replicas.
 const OPEN_ARGS: [&str; 2] = ["--insecure-no-auth", "--insecure-peers"];
+
+/// How the bench's nodes are secured, beyond what `serve` does by default (keys, mutual TLS
+/// between replicas).
+#[derive(Clone, Default)]
+pub(super) struct Security {
+    /// `--vs-insecure`'s open runs: no keys, plaintext between replicas; the client sends no
+    /// key.
+    pub open: bool,
+    /// `--client-tls`: the client listeners' certificate and key, and the authority's
+    /// certificate (PEM) the clients trust.
+    pub client_tls: Option<(PathBuf, PathBuf, Vec<u8>)>,
+}
+
+impl Security {
+    /// For a run of `args` with its nodes in `dir`: with `--client-tls` (and not open), issues
+    /// a development certificate naming 127.0.0.1 in `dir/api-tls`. Points this process's HTTP
+    /// helpers at the nodes' scheme.
+    fn for_run(args: &BenchArgs, dir: &Path) -> anyhow::Result<Security> {
+        let client_tls = if args.client_tls && !args.open {
+            use replication::dev_certs::{Authority, LeafFiles, Purpose};
+            let tls_dir = dir.join("api-tls");
+            let authority =
+                Authority::open_or_create(&tls_dir, "api-ca", "fincore bench authority", 1)?;
+            let (certificate, key) = (tls_dir.join("api.pem"), tls_dir.join("api.key"));
+            authority.issue(
+                &["127.0.0.1".to_string()],
+                Purpose::Server,
+                LeafFiles {
+                    certificate: &certificate,
+                    key: &key,
+                },
+            )?;
+            let ca = std::fs::read(tls_dir.join("api-ca.pem"))?;
+            Some((certificate, key, ca))
+        } else {
+            None
+        };
+        testkit::http::use_transport(match &client_tls {
+            Some((_, _, ca)) => Transport::tls_trusting(ca)?,
+            None => Transport::Plain,
+        });
+        Ok(Security {
+            open: args.open,
+            client_tls,
+        })
+    }
+
+    /// What `serve` needs beyond the group's arguments.
+    fn serve_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.open {
+            args.extend(OPEN_ARGS.map(String::from));
+        }
+        if let Some((certificate, key, _)) = &self.client_tls {
+            args.extend([
+                "--tls-cert".to_string(),
+                certificate.display().to_string(),
+                "--tls-key".to_string(),
+                key.display().to_string(),
+            ]);
+        }
+        args
+    }
+}
 
 /// The longest gap between consecutive batch completions at or after `from`.
 fn longest_pause(completions: &mut [Instant], from: Instant) -> Duration {
@@ -255,6 +324,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
             None => 0,
         });
     let spare_members = usize::from(args.wipe_follower_at.is_some());
+    let security = Security::for_run(args, dir)?;
     let (nodes, layout) = match &args.addr {
         Some(_) => (Vec::new(), None),
         None => start_group(
@@ -262,7 +332,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
             args.replicas,
             spare_members,
             checkpoint_interval,
-            args.open,
+            &security,
         )?,
     };
     let addrs: Vec<String> = match &args.addr {
@@ -303,6 +373,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
                 dir: dir.to_path_buf(),
                 checkpoint_interval,
                 batch: args.batch,
+                security: security.clone(),
             },
             Arc::clone(&nodes),
             Arc::clone(&transfers_started),
@@ -321,10 +392,13 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         false => args.api_key.as_deref().or(testkit::keys::token()),
     };
     let connect = || {
-        Client::builder(&addr_refs)
+        let builder = Client::builder(&addr_refs)
             .retry_policy(RetryPolicy::default())
-            .api_key_opt(api_key)
-            .connect()
+            .api_key_opt(api_key);
+        match &security.client_tls {
+            Some((_, _, ca)) => builder.tls_ca_pem(ca.clone()).connect(),
+            None => builder.connect(),
+        }
     };
     runtime.block_on(async {
         let setup = connect()?;
