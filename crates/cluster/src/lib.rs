@@ -21,7 +21,6 @@ pub use placement::{
     ID_TIMESTAMP_MS_MAX, MintError, SLOTS, Slot, id_in_slot, mint_in_slot, mint_near, slot_of,
 };
 
-
 /// Most ledger groups a map may name. The reference deployment ran 667 groups; beyond
 /// a quarter of the slots each group would own a sliver too thin to split further.
 pub const GROUPS_MAX: usize = 1024;

@@ -41,11 +41,15 @@ impl FromStr for GroupId {
     type Err = Refusal;
 
     fn from_str(text: &str) -> Result<GroupId, Refusal> {
-        let bad = || Refusal::BadGroupId { text: text.chars().take(Self::HEX_DIGITS + 8).collect() };
+        let bad = || Refusal::BadGroupId {
+            text: text.chars().take(Self::HEX_DIGITS + 8).collect(),
+        };
         if text.len() != Self::HEX_DIGITS || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
-        u128::from_str_radix(text, 16).map(GroupId).map_err(|_| bad())
+        u128::from_str_radix(text, 16)
+            .map(GroupId)
+            .map_err(|_| bad())
     }
 }
 
@@ -132,7 +136,10 @@ pub enum Refusal {
 }
 
 fn refuse<T>(field: impl Into<String>, reason: Refusal) -> Result<T, MapError> {
-    Err(MapError { field: field.into(), reason })
+    Err(MapError {
+        field: field.into(),
+        reason,
+    })
 }
 
 /// The versioned map of the cluster. Always valid: every constructor and change checks it
@@ -158,7 +165,11 @@ impl ClusterMap {
             .enumerate()
             .flat_map(|(n, &group)| std::iter::repeat_n(group, per_group + usize::from(n < extra)))
             .collect();
-        ClusterMap::checked(ClusterMap { epoch: 1, groups, slots })
+        ClusterMap::checked(ClusterMap {
+            epoch: 1,
+            groups,
+            slots,
+        })
     }
 
     /// A map from its parts, checked (for a store that keeps the parts, such as the meta
@@ -168,7 +179,11 @@ impl ClusterMap {
         groups: BTreeMap<GroupId, Members>,
         slots: Vec<GroupId>,
     ) -> Result<ClusterMap, MapError> {
-        ClusterMap::checked(ClusterMap { epoch, groups, slots })
+        ClusterMap::checked(ClusterMap {
+            epoch,
+            groups,
+            slots,
+        })
     }
 
     /// Reads a map from its JSON text (at most [`MAP_JSON_BYTES_MAX`] bytes), refusing
@@ -180,17 +195,26 @@ impl ClusterMap {
         let mut deserializer = serde_json::Deserializer::from_slice(text);
         let wire: MapJson = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let path = e.path().to_string();
-            MapError { field: path, reason: Refusal::Json { message: e.into_inner().to_string() } }
+            MapError {
+                field: path,
+                reason: Refusal::Json {
+                    message: e.into_inner().to_string(),
+                },
+            }
         })?;
-        deserializer
-            .end()
-            .map_err(|e| MapError { field: "(map)".into(), reason: Refusal::Json { message: e.to_string() } })?;
+        deserializer.end().map_err(|e| MapError {
+            field: "(map)".into(),
+            reason: Refusal::Json {
+                message: e.to_string(),
+            },
+        })?;
         wire.into_map()
     }
 
     /// The map's JSON text (compact; see `docs/placement.md` for its shape).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&MapJson::from_map(self)).expect("a map's JSON form holds only strings and numbers")
+        serde_json::to_string(&MapJson::from_map(self))
+            .expect("a map's JSON form holds only strings and numbers")
     }
 
     pub fn epoch(&self) -> u64 {
@@ -217,7 +241,9 @@ impl ClusterMap {
 
     /// The slots `group` owns, in order (none for a group not in the map).
     pub fn slots_of(&self, group: GroupId) -> Vec<Slot> {
-        Slot::all().filter(|&slot| self.group_of_slot(slot) == group).collect()
+        Slot::all()
+            .filter(|&slot| self.group_of_slot(slot) == group)
+            .collect()
     }
 
     /// The next map, in which `to` owns `slots` (the step of a future split or merge).
@@ -249,7 +275,13 @@ impl ClusterMap {
         }
         let owned = self.slots.iter().filter(|&&owner| owner == group).count();
         if owned > 0 {
-            return refuse("remove_group.group", Refusal::GroupOwnsSlots { group, slots: owned });
+            return refuse(
+                "remove_group.group",
+                Refusal::GroupOwnsSlots {
+                    group,
+                    slots: owned,
+                },
+            );
         }
         let mut next = self.next()?;
         next.groups.remove(&group);
@@ -272,7 +304,10 @@ impl ClusterMap {
             Some(epoch) => epoch,
             None => return refuse("epoch", Refusal::EpochExhausted),
         };
-        Ok(ClusterMap { epoch, ..self.clone() })
+        Ok(ClusterMap {
+            epoch,
+            ..self.clone()
+        })
     }
 
     /// `map` if it keeps every invariant (the groups' own checks, then the epoch and the table).
@@ -282,9 +317,19 @@ impl ClusterMap {
             return refuse("epoch", Refusal::EpochZero);
         }
         if map.slots.len() != SLOTS as usize {
-            return refuse("slots", Refusal::SlotTableLength { found: map.slots.len() });
+            return refuse(
+                "slots",
+                Refusal::SlotTableLength {
+                    found: map.slots.len(),
+                },
+            );
         }
-        if let Some((slot, &group)) = map.slots.iter().enumerate().find(|(_, g)| !map.groups.contains_key(g)) {
+        if let Some((slot, &group)) = map
+            .slots
+            .iter()
+            .enumerate()
+            .find(|(_, g)| !map.groups.contains_key(g))
+        {
             return refuse(format!("slots[{slot}]"), Refusal::UnknownGroup { group });
         }
         Ok(map)
@@ -296,7 +341,12 @@ fn check_groups(groups: &BTreeMap<GroupId, Members>) -> Result<(), MapError> {
         return refuse("groups", Refusal::NoGroups);
     }
     if groups.len() > GROUPS_MAX {
-        return refuse("groups", Refusal::TooManyGroups { count: groups.len() });
+        return refuse(
+            "groups",
+            Refusal::TooManyGroups {
+                count: groups.len(),
+            },
+        );
     }
     for (group, members) in groups {
         check_members(&format!("groups[{group}].members"), members)?;
@@ -309,9 +359,16 @@ fn check_members(field: &str, members: &Members) -> Result<(), MapError> {
         return refuse(field, Refusal::NoMembers);
     }
     if members.len() > GROUP_MEMBERS_MAX {
-        return refuse(field, Refusal::TooManyMembers { count: members.len() });
+        return refuse(
+            field,
+            Refusal::TooManyMembers {
+                count: members.len(),
+            },
+        );
     }
-    members.iter().try_for_each(|(node, member)| check_member(&format!("{field}[{node}]"), member))
+    members
+        .iter()
+        .try_for_each(|(node, member)| check_member(&format!("{field}[{node}]"), member))
 }
 
 fn check_member(field: &str, member: &Member) -> Result<(), MapError> {
@@ -325,9 +382,17 @@ fn check_address(field: &str, address: &str, may_be_empty: bool) -> Result<(), M
         return refuse(field, Refusal::EmptyAddress);
     }
     if address.len() > ADDRESS_BYTES_MAX {
-        return refuse(field, Refusal::AddressTooLong { bytes: address.len() });
+        return refuse(
+            field,
+            Refusal::AddressTooLong {
+                bytes: address.len(),
+            },
+        );
     }
-    if !address.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+    if !address
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
         return refuse(field, Refusal::AddressCharacters);
     }
     Ok(())
@@ -341,7 +406,9 @@ impl Serialize for ClusterMap {
 
 impl<'de> Deserialize<'de> for ClusterMap {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ClusterMap, D::Error> {
-        MapJson::deserialize(deserializer)?.into_map().map_err(serde::de::Error::custom)
+        MapJson::deserialize(deserializer)?
+            .into_map()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -404,26 +471,46 @@ impl MapJson {
             let slot = index as u32;
             match slots.last_mut() {
                 Some(range) if range.group == group.to_string() => range.last = slot,
-                _ => slots.push(RangeJson { first: slot, last: slot, group: group.to_string() }),
+                _ => slots.push(RangeJson {
+                    first: slot,
+                    last: slot,
+                    group: group.to_string(),
+                }),
             }
         }
-        MapJson { epoch: map.epoch, groups, slots }
+        MapJson {
+            epoch: map.epoch,
+            groups,
+            slots,
+        }
     }
 
     fn into_map(self) -> Result<ClusterMap, MapError> {
         if self.groups.len() > GROUPS_MAX {
-            return refuse("groups", Refusal::TooManyGroups { count: self.groups.len() });
+            return refuse(
+                "groups",
+                Refusal::TooManyGroups {
+                    count: self.groups.len(),
+                },
+            );
         }
         let mut groups = BTreeMap::new();
         for (n, group) in self.groups.into_iter().enumerate() {
             let id = parse_group(&format!("groups[{n}].id"), &group.id)?;
             let members = group.into_members(&format!("groups[{n}].members"))?;
             if groups.insert(id, members).is_some() {
-                return refuse(format!("groups[{n}].id"), Refusal::DuplicateGroup { group: id });
+                return refuse(
+                    format!("groups[{n}].id"),
+                    Refusal::DuplicateGroup { group: id },
+                );
             }
         }
         let slots = expand_ranges(&self.slots, &groups)?;
-        ClusterMap::checked(ClusterMap { epoch: self.epoch, groups, slots })
+        ClusterMap::checked(ClusterMap {
+            epoch: self.epoch,
+            groups,
+            slots,
+        })
     }
 }
 
@@ -433,14 +520,26 @@ impl GroupJson {
             return refuse(field, Refusal::NoMembers);
         }
         if self.members.len() > GROUP_MEMBERS_MAX {
-            return refuse(field, Refusal::TooManyMembers { count: self.members.len() });
+            return refuse(
+                field,
+                Refusal::TooManyMembers {
+                    count: self.members.len(),
+                },
+            );
         }
         let mut members = Members::new();
         for (n, m) in self.members.into_iter().enumerate() {
-            let member = Member { grpc: m.grpc, http: m.http, peer: m.peer };
+            let member = Member {
+                grpc: m.grpc,
+                http: m.http,
+                peer: m.peer,
+            };
             check_member(&format!("{field}[{n}]"), &member)?;
             if members.insert(m.id, member).is_some() {
-                return refuse(format!("{field}[{n}].id"), Refusal::DuplicateMember { node: m.id });
+                return refuse(
+                    format!("{field}[{n}].id"),
+                    Refusal::DuplicateMember { node: m.id },
+                );
             }
         }
         Ok(members)
@@ -448,7 +547,10 @@ impl GroupJson {
 }
 
 fn parse_group(field: &str, text: &str) -> Result<GroupId, MapError> {
-    text.parse().map_err(|reason| MapError { field: field.into(), reason })
+    text.parse().map_err(|reason| MapError {
+        field: field.into(),
+        reason,
+    })
 }
 
 /// The slot table from its ranges, which must run in ascending order from slot 0 to the last,
@@ -462,10 +564,22 @@ fn expand_ranges(
         let field = |part: &str| format!("slots[{n}].{part}");
         let expected = slots.len() as u32;
         if range.first != expected {
-            return refuse(field("first"), Refusal::RangeOutOfOrder { first: range.first, expected });
+            return refuse(
+                field("first"),
+                Refusal::RangeOutOfOrder {
+                    first: range.first,
+                    expected,
+                },
+            );
         }
         if range.last < range.first {
-            return refuse(field("last"), Refusal::RangeBackwards { first: range.first, last: range.last });
+            return refuse(
+                field("last"),
+                Refusal::RangeBackwards {
+                    first: range.first,
+                    last: range.last,
+                },
+            );
         }
         if range.last >= SLOTS {
             return refuse(field("last"), Refusal::NoSuchSlot { slot: range.last });
@@ -474,7 +588,10 @@ fn expand_ranges(
         if !groups.contains_key(&group) {
             return refuse(field("group"), Refusal::UnknownGroup { group });
         }
-        slots.extend(std::iter::repeat_n(group, (range.last - range.first + 1) as usize));
+        slots.extend(std::iter::repeat_n(
+            group,
+            (range.last - range.first + 1) as usize,
+        ));
     }
     if slots.len() != SLOTS as usize {
         return refuse("slots", Refusal::SlotTableLength { found: slots.len() });
@@ -508,11 +625,15 @@ mod tests {
     }
 
     fn map_of(groups: u128) -> ClusterMap {
-        ClusterMap::new((1..=groups).map(|n| (group(n), members(3))).collect()).expect("a valid map")
+        ClusterMap::new((1..=groups).map(|n| (group(n), members(3))).collect())
+            .expect("a valid map")
     }
 
     fn owned_counts(map: &ClusterMap) -> Vec<usize> {
-        map.groups().keys().map(|&g| map.slots_of(g).len()).collect()
+        map.groups()
+            .keys()
+            .map(|&g| map.slots_of(g).len())
+            .collect()
     }
 
     fn refusal(result: Result<ClusterMap, MapError>) -> (String, Refusal) {
@@ -537,7 +658,12 @@ mod tests {
             .as_array()
             .expect("ranges")
             .iter()
-            .map(|r| (r["first"].as_u64().expect("first"), r["last"].as_u64().expect("last")))
+            .map(|r| {
+                (
+                    r["first"].as_u64().expect("first"),
+                    r["last"].as_u64().expect("last"),
+                )
+            })
             .collect();
         assert_eq!(ranges, [(0, 1365), (1366, 2730), (2731, 4095)]);
     }
@@ -561,15 +687,24 @@ mod tests {
             }],
             "slots": [{"first": 0, "last": 4095, "group": "00000000000000010000000000000abc"}],
         });
-        assert_eq!(serde_json::from_str::<Value>(&one.to_json()).expect("JSON"), expected);
+        assert_eq!(
+            serde_json::from_str::<Value>(&one.to_json()).expect("JSON"),
+            expected
+        );
     }
 
     #[test]
     fn a_map_reads_back_from_its_json_unchanged() {
         let map = map_of(4)
-            .move_slots(&[Slot::new(7).expect("slot"), Slot::new(4000).expect("slot")], group(1))
+            .move_slots(
+                &[Slot::new(7).expect("slot"), Slot::new(4000).expect("slot")],
+                group(1),
+            )
             .expect("moved");
-        assert_eq!(ClusterMap::from_json(map.to_json().as_bytes()), Ok(map.clone()));
+        assert_eq!(
+            ClusterMap::from_json(map.to_json().as_bytes()),
+            Ok(map.clone())
+        );
         let through_serde: ClusterMap = serde_json::from_str(&map.to_json()).expect("valid");
         assert_eq!(through_serde, map);
     }
@@ -606,7 +741,10 @@ mod tests {
         let slot = Slot::new(0).expect("slot");
         assert_eq!(
             refusal(map_of(2).move_slots(&[slot], group(9))),
-            ("move_slots.to".into(), Refusal::UnknownGroup { group: group(9) })
+            (
+                "move_slots.to".into(),
+                Refusal::UnknownGroup { group: group(9) }
+            )
         );
     }
 
@@ -614,7 +752,9 @@ mod tests {
     fn a_group_is_added_given_slots_and_its_emptied_predecessor_removed() {
         let map = map_of(1).add_group(group(2), members(3)).expect("added");
         assert_eq!(owned_counts(&map), [4096, 0]);
-        let map = map.move_slots(&Slot::all().collect::<Vec<_>>(), group(2)).expect("moved");
+        let map = map
+            .move_slots(&Slot::all().collect::<Vec<_>>(), group(2))
+            .expect("moved");
         let map = map.remove_group(group(1)).expect("removed");
         assert_eq!(map.epoch(), 4);
         assert_eq!(map.groups().keys().copied().collect::<Vec<_>>(), [group(2)]);
@@ -625,7 +765,10 @@ mod tests {
     fn adding_a_group_already_in_the_map_is_refused() {
         assert_eq!(
             refusal(map_of(2).add_group(group(2), members(1))),
-            ("add_group.group".into(), Refusal::GroupExists { group: group(2) })
+            (
+                "add_group.group".into(),
+                Refusal::GroupExists { group: group(2) }
+            )
         );
     }
 
@@ -633,7 +776,13 @@ mod tests {
     fn removing_a_group_that_owns_slots_is_refused() {
         assert_eq!(
             refusal(map_of(2).remove_group(group(1))),
-            ("remove_group.group".into(), Refusal::GroupOwnsSlots { group: group(1), slots: 2048 })
+            (
+                "remove_group.group".into(),
+                Refusal::GroupOwnsSlots {
+                    group: group(1),
+                    slots: 2048
+                }
+            )
         );
     }
 
@@ -641,7 +790,10 @@ mod tests {
     fn removing_an_unknown_group_is_refused() {
         assert_eq!(
             refusal(map_of(2).remove_group(group(3))),
-            ("remove_group.group".into(), Refusal::UnknownGroup { group: group(3) })
+            (
+                "remove_group.group".into(),
+                Refusal::UnknownGroup { group: group(3) }
+            )
         );
     }
 
@@ -651,7 +803,13 @@ mod tests {
         assert_eq!(map.members(group(1)).map(BTreeMap::len), Some(5));
         assert_eq!(map.epoch(), 2);
         let (field, reason) = refusal(map.set_members(group(1), Members::new()));
-        assert_eq!((field.as_str(), reason), ("groups[00000000000000010000000000000abc].members", Refusal::NoMembers));
+        assert_eq!(
+            (field.as_str(), reason),
+            (
+                "groups[00000000000000010000000000000abc].members",
+                Refusal::NoMembers
+            )
+        );
         assert_eq!(
             refusal(map.set_members(group(7), members(1))).1,
             Refusal::UnknownGroup { group: group(7) }
@@ -661,24 +819,40 @@ mod tests {
     #[test]
     fn a_map_at_the_last_epoch_refuses_changes() {
         let map = map_of(1);
-        let last = ClusterMap::from_parts(u64::MAX, map.groups().clone(), vec![group(1); SLOTS as usize])
-            .expect("valid");
-        assert_eq!(refusal(last.move_slots(&[], group(1))), ("epoch".into(), Refusal::EpochExhausted));
+        let last = ClusterMap::from_parts(
+            u64::MAX,
+            map.groups().clone(),
+            vec![group(1); SLOTS as usize],
+        )
+        .expect("valid");
+        assert_eq!(
+            refusal(last.move_slots(&[], group(1))),
+            ("epoch".into(), Refusal::EpochExhausted)
+        );
     }
 
     #[test]
     fn a_slot_table_of_the_wrong_length_is_refused() {
         let groups = map_of(1).groups().clone();
         let short = ClusterMap::from_parts(1, groups, vec![group(1); SLOTS as usize - 1]);
-        assert_eq!(refusal(short), ("slots".into(), Refusal::SlotTableLength { found: 4095 }));
+        assert_eq!(
+            refusal(short),
+            ("slots".into(), Refusal::SlotTableLength { found: 4095 })
+        );
         let stops_early = read_edited(|v| v["slots"][1]["last"] = json!(4094));
-        assert_eq!(refusal(stops_early), ("slots".into(), Refusal::SlotTableLength { found: 4095 }));
+        assert_eq!(
+            refusal(stops_early),
+            ("slots".into(), Refusal::SlotTableLength { found: 4095 })
+        );
     }
 
     #[test]
     fn a_range_past_the_last_slot_is_refused() {
         let past = read_edited(|v| v["slots"][1]["last"] = json!(4096));
-        assert_eq!(refusal(past), ("slots[1].last".into(), Refusal::NoSuchSlot { slot: 4096 }));
+        assert_eq!(
+            refusal(past),
+            ("slots[1].last".into(), Refusal::NoSuchSlot { slot: 4096 })
+        );
     }
 
     #[test]
@@ -686,7 +860,13 @@ mod tests {
         let overlap = read_edited(|v| v["slots"][1]["first"] = json!(2000));
         assert_eq!(
             refusal(overlap),
-            ("slots[1].first".into(), Refusal::RangeOutOfOrder { first: 2000, expected: 2048 })
+            (
+                "slots[1].first".into(),
+                Refusal::RangeOutOfOrder {
+                    first: 2000,
+                    expected: 2048
+                }
+            )
         );
     }
 
@@ -695,51 +875,97 @@ mod tests {
         let gap = read_edited(|v| v["slots"][0]["last"] = json!(2000));
         assert_eq!(
             refusal(gap),
-            ("slots[1].first".into(), Refusal::RangeOutOfOrder { first: 2048, expected: 2001 })
+            (
+                "slots[1].first".into(),
+                Refusal::RangeOutOfOrder {
+                    first: 2048,
+                    expected: 2001
+                }
+            )
         );
     }
 
     #[test]
     fn a_backwards_range_is_refused() {
-        let backwards = read_edited(|v| v["slots"][1] = json!({"first": 2048, "last": 2047, "group": v["groups"][1]["id"]}));
+        let backwards = read_edited(|v| {
+            v["slots"][1] = json!({"first": 2048, "last": 2047, "group": v["groups"][1]["id"]})
+        });
         assert_eq!(
             refusal(backwards),
-            ("slots[1].last".into(), Refusal::RangeBackwards { first: 2048, last: 2047 })
+            (
+                "slots[1].last".into(),
+                Refusal::RangeBackwards {
+                    first: 2048,
+                    last: 2047
+                }
+            )
         );
     }
 
     #[test]
     fn slots_naming_an_unknown_group_are_refused() {
         let unknown = read_edited(|v| v["slots"][1]["group"] = json!(group(5).to_string()));
-        assert_eq!(refusal(unknown), ("slots[1].group".into(), Refusal::UnknownGroup { group: group(5) }));
+        assert_eq!(
+            refusal(unknown),
+            (
+                "slots[1].group".into(),
+                Refusal::UnknownGroup { group: group(5) }
+            )
+        );
         let groups = map_of(1).groups().clone();
         let mut slots = vec![group(1); SLOTS as usize];
         slots[17] = group(2);
         assert_eq!(
             refusal(ClusterMap::from_parts(1, groups, slots)),
-            ("slots[17]".into(), Refusal::UnknownGroup { group: group(2) })
+            (
+                "slots[17]".into(),
+                Refusal::UnknownGroup { group: group(2) }
+            )
         );
     }
 
     #[test]
     fn a_group_listed_twice_is_refused() {
         let twice = read_edited(|v| v["groups"][1]["id"] = v["groups"][0]["id"].clone());
-        assert_eq!(refusal(twice), ("groups[1].id".into(), Refusal::DuplicateGroup { group: group(1) }));
+        assert_eq!(
+            refusal(twice),
+            (
+                "groups[1].id".into(),
+                Refusal::DuplicateGroup { group: group(1) }
+            )
+        );
     }
 
     #[test]
     fn a_bad_group_id_is_refused() {
-        for bad in ["", "abc", "0000000000000001000000000000abcg", "00000000000000010000000000000abc0", "+0000000000000010000000000000abc"] {
+        for bad in [
+            "",
+            "abc",
+            "0000000000000001000000000000abcg",
+            "00000000000000010000000000000abc0",
+            "+0000000000000010000000000000abc",
+        ] {
             let (field, reason) = refusal(read_edited(|v| v["groups"][0]["id"] = json!(bad)));
-            assert_eq!((field.as_str(), reason), ("groups[0].id", Refusal::BadGroupId { text: bad.into() }));
+            assert_eq!(
+                (field.as_str(), reason),
+                ("groups[0].id", Refusal::BadGroupId { text: bad.into() })
+            );
         }
         let in_slots = read_edited(|v| v["slots"][0]["group"] = json!("xyz"));
-        assert_eq!(refusal(in_slots), ("slots[0].group".into(), Refusal::BadGroupId { text: "xyz".into() }));
+        assert_eq!(
+            refusal(in_slots),
+            (
+                "slots[0].group".into(),
+                Refusal::BadGroupId { text: "xyz".into() }
+            )
+        );
     }
 
     #[test]
     fn group_ids_read_in_either_case_and_write_in_lower_case() {
-        let upper = "00000000000000010000000000000ABC".parse::<GroupId>().expect("valid");
+        let upper = "00000000000000010000000000000ABC"
+            .parse::<GroupId>()
+            .expect("valid");
         assert_eq!(upper, group(1));
         assert_eq!(upper.to_string(), "00000000000000010000000000000abc");
     }
@@ -747,7 +973,10 @@ mod tests {
     #[test]
     fn a_group_without_members_is_refused() {
         let empty = read_edited(|v| v["groups"][1]["members"] = json!([]));
-        assert_eq!(refusal(empty), ("groups[1].members".into(), Refusal::NoMembers));
+        assert_eq!(
+            refusal(empty),
+            ("groups[1].members".into(), Refusal::NoMembers)
+        );
     }
 
     #[test]
@@ -756,7 +985,13 @@ mod tests {
             .map(|id| json!({"id": id, "grpc": "a:1", "http": "", "peer": "a:2"}))
             .collect();
         let crowded = read_edited(|v| v["groups"][0]["members"] = json!(many));
-        assert_eq!(refusal(crowded), ("groups[0].members".into(), Refusal::TooManyMembers { count: 10 }));
+        assert_eq!(
+            refusal(crowded),
+            (
+                "groups[0].members".into(),
+                Refusal::TooManyMembers { count: 10 }
+            )
+        );
     }
 
     #[test]
@@ -765,61 +1000,105 @@ mod tests {
             let first = v["groups"][0]["members"][0].clone();
             v["groups"][0]["members"][1]["id"] = first["id"].clone();
         });
-        assert_eq!(refusal(twice), ("groups[0].members[1].id".into(), Refusal::DuplicateMember { node: 1 }));
+        assert_eq!(
+            refusal(twice),
+            (
+                "groups[0].members[1].id".into(),
+                Refusal::DuplicateMember { node: 1 }
+            )
+        );
     }
 
     #[test]
     fn too_many_groups_are_refused() {
-        let many: BTreeMap<GroupId, Members> = (1..=GROUPS_MAX as u128 + 1).map(|n| (group(n), members(1))).collect();
-        assert_eq!(refusal(ClusterMap::new(many)), ("groups".into(), Refusal::TooManyGroups { count: 1025 }));
+        let many: BTreeMap<GroupId, Members> = (1..=GROUPS_MAX as u128 + 1)
+            .map(|n| (group(n), members(1)))
+            .collect();
+        assert_eq!(
+            refusal(ClusterMap::new(many)),
+            ("groups".into(), Refusal::TooManyGroups { count: 1025 })
+        );
         let listed = read_edited(|v| {
             let one = v["groups"][0].clone();
             v["groups"] = json!(vec![one; GROUPS_MAX + 1]);
         });
-        assert_eq!(refusal(listed), ("groups".into(), Refusal::TooManyGroups { count: 1025 }));
+        assert_eq!(
+            refusal(listed),
+            ("groups".into(), Refusal::TooManyGroups { count: 1025 })
+        );
     }
 
     #[test]
     fn a_map_without_groups_is_refused() {
-        assert_eq!(refusal(ClusterMap::new(BTreeMap::new())), ("groups".into(), Refusal::NoGroups));
+        assert_eq!(
+            refusal(ClusterMap::new(BTreeMap::new())),
+            ("groups".into(), Refusal::NoGroups)
+        );
     }
 
     #[test]
     fn a_missing_grpc_or_peer_address_is_refused_but_an_empty_http_one_is_not() {
         let no_grpc = read_edited(|v| v["groups"][0]["members"][2]["grpc"] = json!(""));
-        assert_eq!(refusal(no_grpc), ("groups[0].members[2].grpc".into(), Refusal::EmptyAddress));
+        assert_eq!(
+            refusal(no_grpc),
+            ("groups[0].members[2].grpc".into(), Refusal::EmptyAddress)
+        );
         let no_peer = read_edited(|v| v["groups"][1]["members"][0]["peer"] = json!(""));
-        assert_eq!(refusal(no_peer), ("groups[1].members[0].peer".into(), Refusal::EmptyAddress));
+        assert_eq!(
+            refusal(no_peer),
+            ("groups[1].members[0].peer".into(), Refusal::EmptyAddress)
+        );
         assert!(read_edited(|v| v["groups"][0]["members"][0]["http"] = json!("")).is_ok());
     }
 
     #[test]
     fn an_overlong_address_is_refused() {
         let long = read_edited(|v| v["groups"][0]["members"][0]["http"] = json!("h".repeat(257)));
-        assert_eq!(refusal(long), ("groups[0].members[0].http".into(), Refusal::AddressTooLong { bytes: 257 }));
+        assert_eq!(
+            refusal(long),
+            (
+                "groups[0].members[0].http".into(),
+                Refusal::AddressTooLong { bytes: 257 }
+            )
+        );
     }
 
     #[test]
     fn an_address_with_spaces_or_control_characters_is_refused() {
         for bad in ["10.0.0.1 :7000", "10.0.0.1:7000\n", "ü:1", "a\"b:1"] {
-            let (field, reason) = refusal(read_edited(|v| v["groups"][0]["members"][0]["grpc"] = json!(bad)));
-            assert_eq!((field.as_str(), reason), ("groups[0].members[0].grpc", Refusal::AddressCharacters));
+            let (field, reason) = refusal(read_edited(|v| {
+                v["groups"][0]["members"][0]["grpc"] = json!(bad)
+            }));
+            assert_eq!(
+                (field.as_str(), reason),
+                ("groups[0].members[0].grpc", Refusal::AddressCharacters)
+            );
         }
     }
 
     #[test]
     fn epoch_zero_is_refused() {
-        assert_eq!(refusal(read_edited(|v| v["epoch"] = json!(0))), ("epoch".into(), Refusal::EpochZero));
+        assert_eq!(
+            refusal(read_edited(|v| v["epoch"] = json!(0))),
+            ("epoch".into(), Refusal::EpochZero)
+        );
     }
 
     #[test]
     fn unknown_fields_and_wrong_types_are_refused_naming_the_path() {
         let (field, reason) = refusal(read_edited(|v| v["groups"][0]["weight"] = json!(3)));
         assert_eq!(field, "groups[0].weight");
-        assert!(matches!(reason, Refusal::Json { ref message } if message.contains("weight")), "{reason}");
-        let (field, _) = refusal(read_edited(|v| v["groups"][1]["members"][0]["id"] = json!("one")));
+        assert!(
+            matches!(reason, Refusal::Json { ref message } if message.contains("weight")),
+            "{reason}"
+        );
+        let (field, _) = refusal(read_edited(|v| {
+            v["groups"][1]["members"][0]["id"] = json!("one")
+        }));
         assert_eq!(field, "groups[1].members[0].id");
-        let (field, _) = refusal(ClusterMap::from_json(b"{\"epoch\":1,\"groups\":[],\"slots\":[]} {}"));
+        let (field, _) = refusal(ClusterMap::from_json(
+            b"{\"epoch\":1,\"groups\":[],\"slots\":[]} {}",
+        ));
         assert_eq!(field, "(map)");
     }
 
@@ -828,13 +1107,21 @@ mod tests {
         let huge = vec![b' '; MAP_JSON_BYTES_MAX + 1];
         assert_eq!(
             refusal(ClusterMap::from_json(&huge)),
-            ("(map)".into(), Refusal::TooLarge { bytes: MAP_JSON_BYTES_MAX + 1 })
+            (
+                "(map)".into(),
+                Refusal::TooLarge {
+                    bytes: MAP_JSON_BYTES_MAX + 1
+                }
+            )
         );
     }
 
     #[test]
     fn errors_name_the_field_and_the_reason() {
         let error = read_edited(|v| v["slots"][1]["group"] = json!("xyz")).expect_err("refused");
-        assert_eq!(error.to_string(), "cluster map: slots[1].group: \"xyz\" is not a group id (32 hex digits)");
+        assert_eq!(
+            error.to_string(),
+            "cluster map: slots[1].group: \"xyz\" is not a group id (32 hex digits)"
+        );
     }
 }

@@ -61,7 +61,8 @@ impl TryFrom<u32> for Slot {
     type Error = String;
 
     fn try_from(index: u32) -> Result<Slot, String> {
-        Slot::new(index).ok_or_else(|| format!("slot {index} does not exist (slots are 0..={})", SLOTS - 1))
+        Slot::new(index)
+            .ok_or_else(|| format!("slot {index} does not exist (slots are 0..={})", SLOTS - 1))
     }
 }
 
@@ -143,7 +144,10 @@ pub fn mint_near<R: rand::RngCore + ?Sized>(
 /// inverse, and each multiplication is undone by the constant's inverse modulo 2^64.
 pub fn id_in_slot(slot: Slot, millis_now: u64, random: u128) -> Result<u128, MintError> {
     if millis_now > ID_TIMESTAMP_MS_MAX {
-        return Err(MintError::TimestampTooLarge { millis: millis_now, max: ID_TIMESTAMP_MS_MAX });
+        return Err(MintError::TimestampTooLarge {
+            millis: millis_now,
+            max: ID_TIMESTAMP_MS_MAX,
+        });
     }
     let mixed = u64::from(slot.0) << (64 - SLOT_BITS) | (random >> 16) as u64 & ((1 << 52) - 1);
     let solve = |hi: u64| u128::from(hi) << 64 | u128::from(fmix64_inverse(mixed) ^ fmix64(hi));
@@ -215,14 +219,20 @@ mod tests {
             (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 1780),
             (0x0192_3b4c_5d6e_7f80_1122_3344_5566_7788, 2713),
         ];
-        let found: Vec<(u128, u32)> = golden.iter().map(|&(id, _)| (id, slot_of(id).index())).collect();
+        let found: Vec<(u128, u32)> = golden
+            .iter()
+            .map(|&(id, _)| (id, slot_of(id).index()))
+            .collect();
         assert_eq!(found, golden);
     }
 
     #[test]
     fn fmix64_inverse_undoes_fmix64() {
         let mut rng = SmallRng::seed_from_u64(1);
-        for x in [0, 1, u64::MAX, 1 << 63].into_iter().chain((0..10_000).map(|_| rng.random())) {
+        for x in [0, 1, u64::MAX, 1 << 63]
+            .into_iter()
+            .chain((0..10_000).map(|_| rng.random()))
+        {
             assert_eq!(fmix64_inverse(fmix64(x)), x);
             assert_eq!(fmix64(fmix64_inverse(x)), x);
         }
@@ -232,16 +242,36 @@ mod tests {
     #[test]
     fn id_in_slot_matches_its_golden_values() {
         let cases: [(u32, u64, u128, u128); 4] = [
-            (0, 1_700_000_000_000, 0, 0x018b_cfe5_6800_0000_449e_f6a0_2f9e_8b86),
-            (4095, 1_700_000_000_000, u128::MAX, 0x018b_cfe5_6800_ffff_a0bf_c517_ca6b_fddd),
-            (1234, 1_764_600_000_123, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 0x019a_da5b_2e7b_3210_7def_74b7_132b_b181),
+            (
+                0,
+                1_700_000_000_000,
+                0,
+                0x018b_cfe5_6800_0000_449e_f6a0_2f9e_8b86,
+            ),
+            (
+                4095,
+                1_700_000_000_000,
+                u128::MAX,
+                0x018b_cfe5_6800_ffff_a0bf_c517_ca6b_fddd,
+            ),
+            (
+                1234,
+                1_764_600_000_123,
+                0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+                0x019a_da5b_2e7b_3210_7def_74b7_132b_b181,
+            ),
             (7, 0, 0, 0x115b_2239_979f_399e),
         ];
         let found: Vec<(u32, u64, u128, u128)> = cases
             .iter()
             .map(|&(slot, millis, random, _)| {
                 let slot = Slot::new(slot).expect("a slot");
-                (slot.index(), millis, random, id_in_slot(slot, millis, random).expect("mints"))
+                (
+                    slot.index(),
+                    millis,
+                    random,
+                    id_in_slot(slot, millis, random).expect("mints"),
+                )
             })
             .collect();
         assert_eq!(found, cases);
@@ -291,10 +321,14 @@ mod tests {
         };
         let zero_random = u128::from(fmix64(0) & ((1 << 52) - 1)) << 16;
         assert_eq!(raw(slot_of(0), 0, zero_random), 0);
-        let max_random = u128::from(fmix64(fmix64(u64::MAX) ^ u64::MAX) & ((1 << 52) - 1)) << 16 | 0xffff;
+        let max_random =
+            u128::from(fmix64(fmix64(u64::MAX) ^ u64::MAX) & ((1 << 52) - 1)) << 16 | 0xffff;
         assert_eq!(raw(slot_of(u128::MAX), u64::MAX, max_random), u128::MAX);
         assert_ne!(id_in_slot(slot_of(0), 0, zero_random), Ok(0));
-        assert_ne!(id_in_slot(slot_of(u128::MAX), ID_TIMESTAMP_MS_MAX, max_random), Ok(u128::MAX));
+        assert_ne!(
+            id_in_slot(slot_of(u128::MAX), ID_TIMESTAMP_MS_MAX, max_random),
+            Ok(u128::MAX)
+        );
     }
 
     #[test]
@@ -303,7 +337,10 @@ mod tests {
         let slot = Slot::new(0).expect("a slot");
         assert_eq!(
             mint_in_slot(slot, ID_TIMESTAMP_MS_MAX + 1, &mut rng),
-            Err(MintError::TimestampTooLarge { millis: ID_TIMESTAMP_MS_MAX + 1, max: ID_TIMESTAMP_MS_MAX })
+            Err(MintError::TimestampTooLarge {
+                millis: ID_TIMESTAMP_MS_MAX + 1,
+                max: ID_TIMESTAMP_MS_MAX
+            })
         );
     }
 
@@ -334,7 +371,10 @@ mod tests {
             total += 1;
         }
         let expected = total as f64 / f64::from(SLOTS);
-        let chi_square = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
+        let chi_square = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
         let min = counts.iter().copied().min().unwrap_or(0);
         let max = counts.iter().copied().max().unwrap_or(0);
         (chi_square, min, max, total)
@@ -349,9 +389,18 @@ mod tests {
         let expected = total as f64 / f64::from(SLOTS);
         let degrees = f64::from(SLOTS - 1);
         let chi_square_max = degrees + 6.0 * (2.0 * degrees).sqrt();
-        assert!(chi_square < chi_square_max, "{scheme}: chi-square {chi_square:.0} ≥ {chi_square_max:.0}");
-        assert!(min as f64 > 0.6 * expected, "{scheme}: a slot has only {min} ids, mean {expected:.1}");
-        assert!((max as f64) < 1.4 * expected, "{scheme}: a slot has {max} ids, mean {expected:.1}");
+        assert!(
+            chi_square < chi_square_max,
+            "{scheme}: chi-square {chi_square:.0} ≥ {chi_square_max:.0}"
+        );
+        assert!(
+            min as f64 > 0.6 * expected,
+            "{scheme}: a slot has only {min} ids, mean {expected:.1}"
+        );
+        assert!(
+            (max as f64) < 1.4 * expected,
+            "{scheme}: a slot has {max} ids, mean {expected:.1}"
+        );
     }
 
     const IDS_PER_SCHEME: u128 = 1_000_000;
