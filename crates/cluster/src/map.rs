@@ -78,7 +78,9 @@ pub struct Member {
 pub type Members = BTreeMap<NodeId, Member>;
 
 /// What was wrong with a map or a change to it, and where: `field` is a path into the JSON
-/// form (`groups[2].members[0].grpc`, `slots[5].first`) or the argument of a change.
+/// form by list position (`groups[2].members[0].grpc`, `slots[5].first`), into a map built in
+/// code by id (`groups[<group id>].members[<node id>].grpc`, `slots[<slot>]`), or the argument
+/// of a change (`move_slots.to`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cluster map: {field}: {reason}")]
 pub struct MapError {
@@ -690,6 +692,29 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Value>(&one.to_json()).expect("JSON"),
             expected
+        );
+    }
+
+    #[test]
+    fn the_example_map_in_the_docs_is_valid() {
+        let doc = include_str!("../../../docs/placement.md");
+        let example = doc
+            .split("```json\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next());
+        let map = ClusterMap::from_json(
+            example
+                .expect("docs/placement.md has a JSON example")
+                .as_bytes(),
+        )
+        .expect("the example is a valid map");
+        assert_eq!((map.epoch(), map.groups().len()), (3, 2));
+        assert_eq!(
+            map.slots_of(GroupId::from_u128(
+                0x9a8b_7c6d_5e4f_3021_1f2e_3d4c_5b6a_7988
+            ))
+            .len(),
+            2048
         );
     }
 

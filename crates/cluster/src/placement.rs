@@ -227,6 +227,12 @@ mod tests {
     }
 
     #[test]
+    fn the_inverse_constants_are_the_documented_ones() {
+        assert_eq!(FMIX_C1_INVERSE, 0x4f74_430c_22a5_4005);
+        assert_eq!(FMIX_C2_INVERSE, 0x9cb4_b2f8_1293_37db);
+    }
+
+    #[test]
     fn fmix64_inverse_undoes_fmix64() {
         let mut rng = SmallRng::seed_from_u64(1);
         for x in [0, 1, u64::MAX, 1 << 63]
