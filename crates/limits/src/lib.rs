@@ -176,6 +176,10 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64
 /// first.
 pub const SNAPSHOT_STEP_RECORDS_MAX: usize = 65_536;
 
+/// How long a stopping replica waits for a snapshot build in progress to give up (it checks at
+/// every step, so this is the time to finish writing and syncing one step's file at worst).
+pub const SNAPSHOT_BUILD_STOP_SECONDS_MAX: u64 = 30;
+
 /// Largest header of a snapshot file or a snapshot offer (64 KiB): the snapshot's last log
 /// id and the group's membership with every member's addresses, a few hundred bytes in
 /// practice; a longer one is refused as damaged or forged before it is read.

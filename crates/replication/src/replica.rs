@@ -484,10 +484,18 @@ impl Replica {
         })
     }
 
-    /// Stops Raft. Takes `&self` so that a replica shared with request handlers can be stopped
-    /// while they still hold it; calls after the first do nothing.
+    /// Stops Raft, then waits (at most `limits::SNAPSHOT_BUILD_STOP_SECONDS_MAX`) for a
+    /// snapshot build still running on a blocking thread to give up: once this returns, nothing
+    /// writes in the replica's directory. Takes `&self` so that a replica shared with request
+    /// handlers can be stopped while they still hold it; calls after the first do nothing.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+        let machine = self.machine.clone();
+        let patience = std::time::Duration::from_secs(limits::SNAPSHOT_BUILD_STOP_SECONDS_MAX);
+        let stopped = tokio::task::spawn_blocking(move || machine.stop_builds(patience)).await;
+        if !matches!(stopped, Ok(true)) {
+            tracing::warn!("a snapshot build was still running when the replica stopped");
+        }
     }
 }
 

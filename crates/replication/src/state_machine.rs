@@ -90,6 +90,7 @@ pub struct LedgerStateMachine<C: LedgerConfig> {
     /// The apply threads (`None`: batches are applied inline, as the simulator wants).
     applier: Option<Arc<Applier>>,
     inner: Arc<Mutex<Inner>>,
+    builds: Arc<Builds>,
     snapshot_path: PathBuf,
     options: Arc<StorageOptions>,
     _config: std::marker::PhantomData<C>,
@@ -101,11 +102,55 @@ impl<C: LedgerConfig> Clone for LedgerStateMachine<C> {
             state: Arc::clone(&self.state),
             applier: self.applier.clone(),
             inner: Arc::clone(&self.inner),
+            builds: Arc::clone(&self.builds),
             snapshot_path: self.snapshot_path.clone(),
             options: Arc::clone(&self.options),
             _config: std::marker::PhantomData,
         }
     }
+}
+
+/// The snapshot builds running on blocking threads, and whether the replica has stopped. Once
+/// stopped, a build gives up at its next step and publishes nothing (its temporary file is
+/// removed), and [`LedgerStateMachine::stop_builds`] returns once none runs: nothing writes in
+/// the replica's directory after it stopped (a new replica may open it at once).
+#[derive(Default)]
+struct Builds {
+    /// (stopped, builds running)
+    state: Mutex<(bool, usize)>,
+    none_running: std::sync::Condvar,
+}
+
+/// A build in progress; counted in [`Builds`] until dropped.
+struct RunningBuild<'a>(&'a Builds);
+
+impl Builds {
+    fn begin(&self) -> io::Result<RunningBuild<'_>> {
+        let mut state = self.state.lock().expect("never poisoned");
+        if state.0 {
+            return Err(stopped());
+        }
+        state.1 += 1;
+        Ok(RunningBuild(self))
+    }
+
+    fn stopped(&self) -> bool {
+        self.state.lock().expect("never poisoned").0
+    }
+}
+
+impl Drop for RunningBuild<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("never poisoned");
+        state.1 -= 1;
+        if state.1 == 0 {
+            self.0.none_running.notify_all();
+        }
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the replica stopped: snapshot build abandoned")
 }
 
 fn invalid(error: impl std::fmt::Display) -> io::Error {
@@ -132,6 +177,7 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
                 current: None,
                 installs_count: 0,
             })),
+            builds: Arc::new(Builds::default()),
             snapshot_path,
             options: Arc::new(options.clone()),
             _config: std::marker::PhantomData,
@@ -255,6 +301,7 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
     /// step at a time (`SNAPSHOT_STEP_RECORDS_MAX` records), so batches apply in between; the
     /// bytes are those of the state when the build began (see [`ledger::SnapshotWriter`]).
     fn build_snapshot_blocking(&self) -> Result<SnapshotOf, io::Error> {
+        let _running = self.builds.begin()?;
         // The state is read under the state lock and the applied position under the inner
         // lock, both held, so they describe the same moment.
         let (meta, installs_count, mut serialising) = {
@@ -278,6 +325,9 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
                     io::Error::other("no snapshot file after a snapshot was installed")
                 });
             }
+            if self.builds.stopped() {
+                return Err(stopped());
+            }
             if serialising.step(&state)? {
                 break;
             }
@@ -285,11 +335,30 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
         let serialised = serialising.finish()?;
         let temp = assemble_snapshot_file(&self.options.storage, self.dir(), &meta, serialised)?;
         let mut inner = self.inner.lock().expect("never poisoned");
+        if self.builds.stopped() {
+            return Err(stopped());
+        }
         // An install of a newer snapshot may have got there first: then that one stays, and is
         // what this build answers.
         self.publish(&mut inner, &meta, temp)?;
         self.open_current()?
             .ok_or_else(|| io::Error::other("the snapshot file vanished after it was written"))
+    }
+}
+
+impl<C: LedgerConfig> LedgerStateMachine<C> {
+    /// Stops snapshot building for good (a replica that stopped): builds in progress give up at
+    /// their next step without publishing; waits (blocking, at most `patience`) until none runs.
+    /// Answers whether none does.
+    pub(crate) fn stop_builds(&self, patience: std::time::Duration) -> bool {
+        let mut state = self.builds.state.lock().expect("never poisoned");
+        state.0 = true;
+        let (state, _) = self
+            .builds
+            .none_running
+            .wait_timeout_while(state, patience, |state| state.1 > 0)
+            .expect("never poisoned");
+        state.1 == 0
     }
 }
 
@@ -553,6 +622,50 @@ mod tests {
         assert_eq!(temp_files(dir.path()), Vec::<String>::new());
         drop((machine, built));
         assert_eq!(open(dir.path()).applied(), (3, state.digest()));
+    }
+
+    #[test]
+    fn a_build_in_progress_when_the_replica_stops_gives_up_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut machine = open(dir.path());
+        let state = ledger_with_transfers(10);
+        install(&mut machine, 3, &state).unwrap();
+        std::fs::remove_file(dir.path().join(SNAPSHOT_FILE)).unwrap();
+        machine.inner.lock().unwrap().current = None;
+        let counts = |machine: &Machine| *machine.builds.state.lock().unwrap();
+        let patiently = |done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "timed out");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+
+        // A build starts and waits for the state (held here, as a long apply would).
+        let held = machine.state.write().unwrap();
+        let builder = machine.clone();
+        let build = std::thread::spawn(move || builder.build_snapshot_blocking());
+        patiently(&|| counts(&machine).1 == 1);
+        // The replica stops: the stop waits for the build...
+        let stopper = machine.clone();
+        let stop = std::thread::spawn(move || {
+            stopper.stop_builds(std::time::Duration::from_secs(
+                limits::SNAPSHOT_BUILD_STOP_SECONDS_MAX,
+            ))
+        });
+        patiently(&|| counts(&machine).0);
+        assert!(!stop.is_finished());
+        // ... which gives up at its next step once it can go on.
+        drop(held);
+        assert!(stop.join().unwrap(), "the build was still running");
+        let error = build.join().unwrap().err().expect("the build gave up");
+        assert!(error.to_string().contains("stopped"), "{error}");
+        assert_eq!(counts(&machine), (true, 0));
+        // Nothing was published and no temporary file is left; no build starts any more.
+        assert!(!dir.path().join(SNAPSHOT_FILE).exists());
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
+        assert!(machine.build_snapshot_blocking().is_err());
+        assert_eq!(temp_files(dir.path()), Vec::<String>::new());
     }
 
     #[test]
