@@ -443,6 +443,19 @@ impl Coalesced {
         Ok(())
     }
 
+    /// Answers every member `error`.
+    fn refuse(self, error: &PipelineError) {
+        fn refuse_all<E: Event>(members: Vec<Pending<E>>, error: &PipelineError) {
+            for pending in members {
+                let _ = pending.respond.send(Err(error.clone()));
+            }
+        }
+        match self {
+            Coalesced::Accounts(members) => refuse_all(members, error),
+            Coalesced::Transfers(members) => refuse_all(members, error),
+        }
+    }
+
     /// Admits the members against the ledger's capacity, in order, and refuses those that
     /// could not pass it; what is left, its event count and its reservation (`None` when
     /// nothing is left).
@@ -559,6 +572,14 @@ async fn batcher(
                 Err(_) => break,
             }
         }
+        // A replica that is not the leader answers at once, naming the leader it knows, without
+        // reading the state: a snapshot install may hold the state's write lock for seconds,
+        // and this task runs on a runtime worker. (Leadership may still move before the commit,
+        // which then answers the same way.)
+        if let Some(leader) = not_leader(&replica) {
+            batch.refuse(&PipelineError::NotLeader { leader });
+            continue;
+        }
         let Some((batch, total, reservation)) = batch.admit(&admission, &replica) else {
             continue;
         };
@@ -573,6 +594,14 @@ async fn batcher(
     }
     // Wait for the batches still in flight.
     let _ = in_flight.acquire_many(BATCHES_IN_FLIGHT_MAX as u32).await;
+}
+
+/// `None` if this replica is the leader; otherwise the leader it knows of, if any.
+fn not_leader(replica: &Replica) -> Option<Option<(NodeId, PeerNode)>> {
+    match replica.leader() {
+        Some((leader, _)) if leader == replica.id() => None,
+        other => Some(other),
+    }
 }
 
 /// Commits one batch made of `members` and answers each its own share of the results.
@@ -728,6 +757,16 @@ mod tests {
         }
     }
 
+    /// A member at `addr`: each replica here serves its transport alone on one listener, so
+    /// its peer and gRPC addresses are alike.
+    fn node(addr: &str) -> PeerNode {
+        PeerNode {
+            grpc: addr.into(),
+            http: String::new(),
+            peer: addr.into(),
+        }
+    }
+
     /// Waits (bounded) until `replicas` agree on a leader among themselves; its index.
     async fn agreed_leader(replicas: &[Served]) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -748,17 +787,72 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_names_the_leader_at_once_even_while_its_state_is_locked() {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (first, first_addr) = listener().await;
+        let (second, second_addr) = listener().await;
+        let members = BTreeMap::from([(1, node(&first_addr)), (2, node(&second_addr))]);
+        let replicas = vec![
+            Served::open(1, dirs[0].path(), first, BTreeMap::new()).await,
+            Served::open(2, dirs[1].path(), second, BTreeMap::new()).await,
+        ];
+        replicas[0].replica.initialize(&members).await.unwrap();
+        let leader = agreed_leader(&replicas).await;
+        let follower = &replicas[1 - leader];
+        let (pipeline, task) = Pipeline::start(
+            Arc::clone(&follower.replica),
+            16,
+            Capacity::FORMAT_MAX,
+            Metrics::new(),
+        );
+        // The follower's state is write-locked (as during a snapshot install) while a write
+        // arrives: it is answered at once, naming the leader.
+        let (locked, unlock) = (
+            std::sync::Arc::new(std::sync::Barrier::new(2)),
+            std::sync::mpsc::channel::<()>(),
+        );
+        let holder = {
+            let (state, locked) = (Arc::clone(follower.replica.state()), Arc::clone(&locked));
+            let release = unlock.1;
+            std::thread::spawn(move || {
+                let _held = state.write().unwrap();
+                locked.wait();
+                let _ = release.recv_timeout(Duration::from_secs(30));
+            })
+        };
+        locked.wait();
+        let account = Account {
+            id: 1,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        };
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            pipeline.create_accounts(vec![account]),
+        )
+        .await
+        .expect("the follower waited for its state lock");
+        let leader_id = replicas[leader].replica.id();
+        assert!(
+            matches!(&answer, Err(PipelineError::NotLeader { leader: Some((id, _)) }) if *id == leader_id),
+            "{answer:?}"
+        );
+        unlock.0.send(()).unwrap();
+        holder.join().unwrap();
+        drop(pipeline);
+        task.stop(Duration::from_secs(1)).await;
+        for served in replicas {
+            served.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_leader_cut_off_from_its_followers_stops_in_bounded_time_answering_its_writes_unavailable()
      {
         let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
         let (first, first_addr) = listener().await;
         let (second, second_addr) = listener().await;
-        // Each replica serves its transport alone on one listener: peer and gRPC address alike.
-        let node = |addr: &str| PeerNode {
-            grpc: addr.into(),
-            http: String::new(),
-            peer: addr.into(),
-        };
         // Member 3 never runs: nothing listens on port 1.
         let members = BTreeMap::from([
             (1, node(&first_addr)),
