@@ -1,9 +1,10 @@
 //! Splitting a caller's batch by group, and merging the groups' results back into the caller's
 //! order.
 //!
-//! [`split`] sends each event to the group owning its account (or both its accounts), keeping
-//! the event's index in the caller's batch; an event whose two accounts live in different groups
-//! goes to [`Split::cross_group`] instead (for the future sagas). [`Merger`] puts results back
+//! [`split`] sends each event to the group owning every id it names (its account, or a
+//! transfer's own id, its accounts and the pending transfer it posts or voids), keeping the
+//! event's index in the caller's batch; an event whose ids live in different groups goes to
+//! [`Split::cross_group`] instead (for the future sagas). [`Merger`] puts results back
 //! at those indexes and yields them dense, one per event, in the caller's order. Generic over
 //! the event and result types, so it serves accounts and transfers alike without knowing the
 //! ledger. Must not send anything anywhere, nor decide what a cross-group event becomes.
@@ -19,12 +20,55 @@ use limits::BATCH_EVENTS_MAX;
 
 use crate::map::{ClusterMap, GroupId};
 
-/// The accounts an event touches: one (creating or looking up an account) or two (a
-/// transfer's debit and credit accounts).
+/// The ids that place an event: one (creating or looking up an account), two (a transfer's
+/// debit and credit accounts), or every id a transfer names (its own id, which homes it, its
+/// accounts and its `pending_id`), where 0 means "not given" and is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accounts {
     One(u128),
     Two { debit: u128, credit: u128 },
+    Ids([u128; 4]),
+}
+
+impl Accounts {
+    /// The groups owning the ids, each once, in the order the ids come; empty only for
+    /// [`Accounts::Ids`] of zeros.
+    fn groups(&self, map: &ClusterMap) -> Groups {
+        let mut groups = Groups::default();
+        match *self {
+            Accounts::One(id) => groups.add(map.group_of(id)),
+            Accounts::Two { debit, credit } => {
+                groups.add(map.group_of(debit));
+                groups.add(map.group_of(credit));
+            }
+            Accounts::Ids(ids) => {
+                for id in ids.into_iter().filter(|&id| id != 0) {
+                    groups.add(map.group_of(id));
+                }
+            }
+        }
+        groups
+    }
+}
+
+/// Up to four distinct groups, without allocating.
+#[derive(Debug, Default)]
+struct Groups {
+    groups: [Option<GroupId>; 4],
+    len: usize,
+}
+
+impl Groups {
+    fn add(&mut self, group: GroupId) {
+        if !self.groups[..self.len].contains(&Some(group)) {
+            self.groups[self.len] = Some(group);
+            self.len += 1;
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups[..self.len].iter().flatten().copied()
+    }
 }
 
 /// The events of a batch bound for one group, each with its index in the caller's batch
@@ -36,13 +80,14 @@ pub struct Part<E> {
     pub events: Vec<E>,
 }
 
-/// An event whose two accounts live in different groups.
+/// An event whose ids live in different groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrossGroup<E> {
     pub index: u32,
     pub event: E,
-    pub debit_group: GroupId,
-    pub credit_group: GroupId,
+    /// The groups of the event's ids, each once, in the order of [`Accounts`]' ids (for a
+    /// transfer's two accounts: the debit account's group first).
+    pub groups: Vec<GroupId>,
 }
 
 /// A batch split by group under one map (its epoch says which).
@@ -89,13 +134,17 @@ pub fn split<E>(
     let mut parts: BTreeMap<GroupId, Part<E>> = BTreeMap::new();
     let mut cross_group = Vec::new();
     for (index, event) in (0u32..).zip(events) {
-        let (debit_group, credit_group) = match accounts_of(&event) {
-            Accounts::One(id) => (map.group_of(id), map.group_of(id)),
-            Accounts::Two { debit, credit } => (map.group_of(debit), map.group_of(credit)),
+        let groups = accounts_of(&event).groups(map);
+        // An event naming no id at all is not placed by it: the first group takes it (and
+        // refuses it as the ledger would).
+        let single = match groups.len {
+            0 => Some(map.group_of_slot(crate::Slot::all().next().expect("slots exist"))),
+            1 => groups.all().next(),
+            _ => None,
         };
-        if debit_group == credit_group {
-            let part = parts.entry(debit_group).or_insert_with(|| Part {
-                group: debit_group,
+        if let Some(group) = single {
+            let part = parts.entry(group).or_insert_with(|| Part {
+                group,
                 indexes: Vec::new(),
                 events: Vec::new(),
             });
@@ -105,8 +154,7 @@ pub fn split<E>(
             cross_group.push(CrossGroup {
                 index,
                 event,
-                debit_group,
-                credit_group,
+                groups: groups.all().collect(),
             });
         }
     }
@@ -275,11 +323,35 @@ mod tests {
         }
         for cross in &split.cross_group {
             assert_eq!(cross.event, events[cross.index as usize]);
-            assert_eq!(cross.debit_group, map.group_of(cross.event.0));
-            assert_eq!(cross.credit_group, map.group_of(cross.event.1));
-            assert_ne!(cross.debit_group, cross.credit_group);
+            assert_eq!(
+                cross.groups,
+                [map.group_of(cross.event.0), map.group_of(cross.event.1)]
+            );
         }
         assert!(!split.cross_group.is_empty() && split.parts.len() == 4);
+    }
+
+    #[test]
+    fn a_transfer_is_placed_by_every_id_it_names_and_zeros_are_not_ids() {
+        let map = map_of(4);
+        let group = |id: u128| map.group_of(id);
+        let other = (2..)
+            .find(|&id| group(id) != group(1))
+            .expect("another group");
+        let with_one = (2..).find(|&id| group(id) == group(1)).expect("same group");
+        let events = vec![
+            [1, 1, with_one, 0],     // id and both accounts together
+            [other, 1, with_one, 0], // the id (its home) elsewhere
+            [1, 0, 0, with_one],     // a post or void giving no accounts
+            [1, 0, 0, other],        // ... whose pending transfer is elsewhere
+            [0, 0, 0, 0],            // names nothing: one group refuses it
+        ];
+        let split = split(&map, events, |ids| Accounts::Ids(*ids)).expect("split");
+        let crossing: Vec<u32> = split.cross_group.iter().map(|c| c.index).collect();
+        assert_eq!(crossing, [1, 3]);
+        assert_eq!(split.cross_group[0].groups, [group(other), group(1)]);
+        let placed: usize = split.parts.iter().map(|p| p.events.len()).sum();
+        assert_eq!(placed, 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod certs;
 mod chaos;
+mod gateway;
 mod init;
 mod keys;
 mod nodes;
@@ -37,6 +38,9 @@ enum Command {
     /// Create a new replica group on an empty data directory (the node initializes it when
     /// `serve` first runs there); the same as the first start of `serve --bootstrap`.
     Init(init::InitArgs),
+    /// Serve the node's client API over the ledger groups of a cluster map (stateless; run as
+    /// many as you like).
+    Gateway(gateway::GatewayArgs),
     /// Run a single-node ledger (or a local group) for development (data in ./fincore-data).
     Dev(serve::DevArgs),
     /// Check a node's data directory: its format marker, every checksum and the whole hash
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(&args),
         Command::Init(args) => init::run(&args),
         Command::Dev(args) => serve::dev(&args),
+        Command::Gateway(args) => gateway::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Admin(command) => admin::run(&command),
         Command::Keys(command) => keys::run(&command),

@@ -284,7 +284,7 @@ fn config(data_dir: PathBuf, listen: &ListenArgs) -> (NodeConfig, String) {
     (config, capacity_line)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fincore-io")
@@ -295,7 +295,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Registers the stop signals (SIGTERM, Ctrl-C) now and answers a future that resolves on the
 /// first. Registered before the node announces its addresses, so that a SIGTERM sent right
 /// after the announcement stops it cleanly instead of killing it.
-fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+pub(crate) fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1,4 +1,5 @@
-//! The gRPC front end: the `fincore.v1.Ledger` service on top of the pipeline.
+//! The gRPC front end: the `fincore.v1.Ledger` service on top of whatever serves the ledger
+//! API (a node's pipeline, a gateway's router; see [`crate::ledger_api`]).
 
 use std::time::Instant;
 
@@ -6,18 +7,19 @@ use api::convert::{self, WireError};
 use api::proto::{self, ledger_server::Ledger};
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::ledger_api::Ledger as LedgerBackend;
+use crate::pipeline::PipelineError;
 
 /// Largest gRPC message accepted or sent (a full batch of message-encoded events fits easily).
 pub use limits::GRPC_MESSAGE_BYTES_MAX;
 
 pub struct LedgerService {
-    pipeline: Pipeline,
+    ledger: LedgerBackend,
 }
 
 impl LedgerService {
-    pub fn new(pipeline: Pipeline) -> LedgerService {
-        LedgerService { pipeline }
+    pub fn new(ledger: LedgerBackend) -> LedgerService {
+        LedgerService { ledger }
     }
 
     /// Runs `work` (decoding the request and calling the pipeline), counts it in the metrics
@@ -30,7 +32,7 @@ impl LedgerService {
         let started = Instant::now();
         let outcome = work.await;
         let error = outcome.as_ref().err().map(PipelineError::kind);
-        self.pipeline
+        self.ledger
             .metrics()
             .request("grpc", operation, started.elapsed(), error);
         outcome.map(Response::new).map_err(status)
@@ -55,11 +57,12 @@ fn status(error: PipelineError) -> Status {
         PipelineError::Invalid { .. } => Status::invalid_argument(error.to_string()),
         // Not `resource_exhausted`, which clients retry (it means "busy" here): nothing will
         // change until the operator raises the capacity, so the request must not be retried.
-        PipelineError::CapacityReached(capacity) => {
+        PipelineError::CapacityReached(ledger::CapacityError { field, .. })
+        | PipelineError::GroupCapacityReached { field, .. } => {
             let mut status = Status::failed_precondition(error.to_string());
             status.metadata_mut().insert(
                 LIMIT_KEY,
-                tonic::metadata::MetadataValue::from_static(capacity.field),
+                tonic::metadata::MetadataValue::from_static(field),
             );
             status
         }
@@ -97,7 +100,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::CreateResponse>, Status> {
         self.observed("create_accounts", async {
             let events = convert::accounts_from_request(request.get_ref()).map_err(invalid)?;
-            let results = self.pipeline.create_accounts(events).await?;
+            let results = self.ledger.create_accounts(events).await?;
             Ok(create_response(&results, |r| r.code()))
         })
         .await
@@ -109,7 +112,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::CreateResponse>, Status> {
         self.observed("create_transfers", async {
             let events = convert::transfers_from_request(request.get_ref()).map_err(invalid)?;
-            let results = self.pipeline.create_transfers(events).await?;
+            let results = self.ledger.create_transfers(events).await?;
             Ok(create_response(&results, |r| r.code()))
         })
         .await
@@ -121,7 +124,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::LookupAccountsResponse>, Status> {
         self.observed("lookup_accounts", async {
             let ids = convert::ids_from(request.get_ref()).map_err(invalid)?;
-            let accounts = self.pipeline.lookup_accounts(&ids).await?;
+            let accounts = self.ledger.lookup_accounts(ids).await?;
             Ok(proto::LookupAccountsResponse {
                 accounts: accounts.iter().map(convert::account_to).collect(),
             })
@@ -135,7 +138,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::LookupTransfersResponse>, Status> {
         self.observed("lookup_transfers", async {
             let ids = convert::ids_from(request.get_ref()).map_err(invalid)?;
-            let transfers = self.pipeline.lookup_transfers(&ids).await?;
+            let transfers = self.ledger.lookup_transfers(ids).await?;
             Ok(proto::LookupTransfersResponse {
                 transfers: transfers.iter().map(convert::transfer_to).collect(),
             })
@@ -149,7 +152,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::AccountTransfersResponse>, Status> {
         self.observed("get_account_transfers", async {
             let filter = convert::filter_from(request.get_ref()).map_err(invalid)?;
-            let transfers = self.pipeline.get_account_transfers(&filter).await?;
+            let transfers = self.ledger.get_account_transfers(filter).await?;
             Ok(proto::AccountTransfersResponse {
                 transfers: transfers.iter().map(convert::transfer_to).collect(),
             })
@@ -163,7 +166,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::AccountBalancesResponse>, Status> {
         self.observed("get_account_balances", async {
             let filter = convert::filter_from(request.get_ref()).map_err(invalid)?;
-            let balances = self.pipeline.get_account_balances(&filter).await?;
+            let balances = self.ledger.get_account_balances(filter).await?;
             Ok(proto::AccountBalancesResponse {
                 balances: balances.iter().map(convert::balance_to).collect(),
             })

@@ -36,11 +36,13 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::ledger_api::Ledger;
 use crate::openapi::{
     BadInput, BodyTooLarge, Conflict, CreateRefusals, HistoryRefusals, LookupRefusals, NotJson,
     NotLeader, ReadRefusals,
 };
 use crate::pipeline::{Pipeline, PipelineError};
+use telemetry::Metrics;
 
 /// Largest request body accepted (a full batch of JSON transfers is about 3 MiB).
 pub use limits::HTTP_BODY_BYTES_MAX;
@@ -99,10 +101,11 @@ impl From<PipelineError> for ApiError {
             PipelineError::Invalid { field, reason } => ApiError::bad_request(field, reason),
             // 507: the server cannot store what the request would create, and waiting will not
             // change that (so no `retryable`, no `Retry-After`).
-            PipelineError::CapacityReached(capacity) => ApiError::new(
+            PipelineError::CapacityReached(ledger::CapacityError { field, .. })
+            | PipelineError::GroupCapacityReached { field, .. } => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 message,
-                Some(capacity.field.to_string()),
+                Some(field.to_string()),
             ),
             PipelineError::NotLeader {
                 leader: Some((id, node)),
@@ -225,16 +228,14 @@ async fn request_deadline(
 type ApiResult = Result<Response, ApiError>;
 
 async fn observed(
-    pipeline: &Pipeline,
+    metrics: &Metrics,
     operation: &'static str,
     work: impl Future<Output = ApiResult>,
 ) -> Response {
     let started = Instant::now();
     let outcome = work.await;
     let error = outcome.as_ref().err().map(ApiError::kind);
-    pipeline
-        .metrics()
-        .request("http", operation, started.elapsed(), error);
+    metrics.request("http", operation, started.elapsed(), error);
     outcome.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -307,9 +308,9 @@ fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
     parse_unsigned(text, field, 128)
 }
 
-/// Every route with its description: the one list both the router and the OpenAPI document
-/// are made from.
-pub(crate) fn documented_routes() -> OpenApiRouter<Pipeline> {
+/// The client API's routes with their descriptions, served alike by a node and a gateway
+/// (state: whatever serves the ledger).
+fn ledger_routes() -> OpenApiRouter<Ledger> {
     OpenApiRouter::with_openapi(crate::openapi::skeleton())
         .routes(routes!(create_accounts))
         .routes(routes!(create_transfers))
@@ -322,18 +323,43 @@ pub(crate) fn documented_routes() -> OpenApiRouter<Pipeline> {
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
+}
+
+/// A replica's own routes (its status and its group's membership), served only by a node.
+fn replica_routes() -> OpenApiRouter<Pipeline> {
+    OpenApiRouter::new()
         .routes(routes!(status))
         .routes(routes!(add_replica))
         .routes(routes!(remove_replica))
 }
 
-/// The routes, behind the role check of [`crate::access`].
-pub fn router(pipeline: Pipeline, auth: crate::auth::Auth, scheme: Scheme) -> Router {
+/// Every route of a node with its description: the one list both the router and the OpenAPI
+/// document are made from.
+pub(crate) fn documented_routes() -> utoipa::openapi::OpenApi {
+    let (_, mut document) = ledger_routes().split_for_parts();
+    let (_, replica) = replica_routes().split_for_parts();
+    document.merge(replica);
+    document
+}
+
+/// The routes, behind the role check of [`crate::access`]: the client API served by `ledger`,
+/// and with `replica` (a node) the replica's own routes too.
+pub fn router(
+    ledger: Ledger,
+    replica: Option<Pipeline>,
+    auth: crate::auth::Auth,
+    scheme: Scheme,
+) -> Router {
     let access = crate::access::Access {
         auth,
-        metrics: std::sync::Arc::clone(pipeline.metrics()),
+        metrics: std::sync::Arc::clone(ledger.metrics()),
     };
-    let (routes, _) = documented_routes().split_for_parts();
+    let (routes, _) = ledger_routes().split_for_parts();
+    let mut routes = routes.with_state(ledger);
+    if let Some(pipeline) = replica {
+        let (replica_routes, _) = replica_routes().split_for_parts();
+        routes = routes.merge(replica_routes.with_state(pipeline));
+    }
     routes
         .route_layer(axum::middleware::from_fn_with_state(
             access,
@@ -346,7 +372,6 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth, scheme: Scheme) -> Ro
             redirect_to_leader,
         ))
         .layer(axum::middleware::from_fn(request_deadline))
-        .with_state(pipeline)
 }
 
 /// Create accounts (1 to 8,189)
@@ -356,16 +381,12 @@ pub fn router(pipeline: Pipeline, auth: crate::auth::Auth, scheme: Scheme) -> Ro
 #[utoipa::path(post, path = "/v1/accounts", operation_id = "createAccounts",
     request_body = AccountBatch,
     responses((status = 200, description = "One result per account.", body = ResultsJson), CreateRefusals))]
-async fn create_accounts(
-    State(pipeline): State<Pipeline>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    observed(&pipeline, "create_accounts", async {
+async fn create_accounts(State(ledger): State<Ledger>, headers: HeaderMap, body: Body) -> Response {
+    observed(ledger.metrics(), "create_accounts", async {
         let events: Vec<AccountJson> = json_body(&headers, body).await?;
         check_batch("[]", "events", events.len(), BATCH_EVENTS_MAX)?;
         let ids: Vec<u128> = events.iter().map(|a| a.id).collect();
-        let results = pipeline
+        let results = ledger
             .create_accounts(events.iter().map(Into::into).collect())
             .await?;
         Ok(Json(ResultsJson::accounts(&ids, &results)).into_response())
@@ -381,15 +402,15 @@ async fn create_accounts(
     request_body = TransferBatch,
     responses((status = 200, description = "One result per transfer.", body = ResultsJson), CreateRefusals))]
 async fn create_transfers(
-    State(pipeline): State<Pipeline>,
+    State(ledger): State<Ledger>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    observed(&pipeline, "create_transfers", async {
+    observed(ledger.metrics(), "create_transfers", async {
         let events: Vec<TransferJson> = json_body(&headers, body).await?;
         check_batch("[]", "events", events.len(), BATCH_EVENTS_MAX)?;
         let ids: Vec<u128> = events.iter().map(|t| t.id).collect();
-        let results = pipeline
+        let results = ledger
             .create_transfers(events.iter().map(Into::into).collect())
             .await?;
         Ok(Json(ResultsJson::transfers(&ids, &results)).into_response())
@@ -403,16 +424,12 @@ async fn create_transfers(
 #[utoipa::path(post, path = "/v1/accounts/lookup", operation_id = "lookupAccounts",
     request_body = LookupJson,
     responses((status = 200, description = "The accounts found.", body = AccountsJson), LookupRefusals))]
-async fn lookup_accounts(
-    State(pipeline): State<Pipeline>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    observed(&pipeline, "lookup_accounts", async {
+async fn lookup_accounts(State(ledger): State<Ledger>, headers: HeaderMap, body: Body) -> Response {
+    observed(ledger.metrics(), "lookup_accounts", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
         check_batch("ids", "ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
         let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
-        let accounts = pipeline.lookup_accounts(&ids).await?;
+        let accounts = ledger.lookup_accounts(ids).await?;
         Ok(Json(AccountsJson {
             accounts: accounts.iter().map(Into::into).collect(),
         })
@@ -428,15 +445,15 @@ async fn lookup_accounts(
     request_body = LookupJson,
     responses((status = 200, description = "The transfers found.", body = TransfersJson), LookupRefusals))]
 async fn lookup_transfers(
-    State(pipeline): State<Pipeline>,
+    State(ledger): State<Ledger>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    observed(&pipeline, "lookup_transfers", async {
+    observed(ledger.metrics(), "lookup_transfers", async {
         let lookup: LookupJson = json_body(&headers, body).await?;
         check_batch("ids", "ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
         let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
-        let transfers = pipeline.lookup_transfers(&ids).await?;
+        let transfers = ledger.lookup_transfers(ids).await?;
         Ok(Json(TransfersJson {
             transfers: transfers.iter().map(Into::into).collect(),
         })
@@ -449,10 +466,10 @@ async fn lookup_transfers(
 #[utoipa::path(get, path = "/v1/accounts/{id}", operation_id = "getAccount",
     params(("id" = IdPath, Path, description = "The account's id.")),
     responses((status = 200, description = "The account.", body = AccountJson), ReadRefusals))]
-async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
-    observed(&pipeline, "lookup_accounts", async {
+async fn get_account(State(ledger): State<Ledger>, Path(id): Path<String>) -> Response {
+    observed(ledger.metrics(), "lookup_accounts", async {
         let id = parse_id(&id, "id")?;
-        match pipeline.lookup_accounts(&[id]).await?.first() {
+        match ledger.lookup_accounts(vec![id]).await?.first() {
             Some(account) => Ok(Json(AccountJson::from(account)).into_response()),
             None => Err(ApiError::not_found(
                 format!("account {id} does not exist"),
@@ -467,10 +484,10 @@ async fn get_account(State(pipeline): State<Pipeline>, Path(id): Path<String>) -
 #[utoipa::path(get, path = "/v1/transfers/{id}", operation_id = "getTransfer",
     params(("id" = IdPath, Path, description = "The transfer's id.")),
     responses((status = 200, description = "The transfer.", body = TransferJson), ReadRefusals))]
-async fn get_transfer(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
-    observed(&pipeline, "lookup_transfers", async {
+async fn get_transfer(State(ledger): State<Ledger>, Path(id): Path<String>) -> Response {
+    observed(ledger.metrics(), "lookup_transfers", async {
         let id = parse_id(&id, "id")?;
-        match pipeline.lookup_transfers(&[id]).await?.first() {
+        match ledger.lookup_transfers(vec![id]).await?.first() {
             Some(transfer) => Ok(Json(TransferJson::from(transfer)).into_response()),
             None => Err(ApiError::not_found(
                 format!("transfer {id} does not exist"),
@@ -618,13 +635,13 @@ fn filter_from_query(
     params(("id" = HistoryAccountId, Path, description = "The account's id."), HistoryQuery),
     responses((status = 200, description = "The transfers that match.", body = TransfersJson), HistoryRefusals))]
 async fn account_transfers(
-    State(pipeline): State<Pipeline>,
+    State(ledger): State<Ledger>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    observed(&pipeline, "get_account_transfers", async {
+    observed(ledger.metrics(), "get_account_transfers", async {
         let filter = filter_from_query(&id, &params)?;
-        let transfers = pipeline.get_account_transfers(&filter).await?;
+        let transfers = ledger.get_account_transfers(filter).await?;
         Ok(Json(TransfersJson {
             transfers: transfers.iter().map(Into::into).collect(),
         })
@@ -640,13 +657,13 @@ async fn account_transfers(
     params(("id" = HistoryAccountId, Path, description = "The account's id."), HistoryQuery),
     responses((status = 200, description = "The balances that match.", body = BalancesJson), HistoryRefusals))]
 async fn account_balances(
-    State(pipeline): State<Pipeline>,
+    State(ledger): State<Ledger>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    observed(&pipeline, "get_account_balances", async {
+    observed(ledger.metrics(), "get_account_balances", async {
         let filter = filter_from_query(&id, &params)?;
-        let balances = pipeline.get_account_balances(&filter).await?;
+        let balances = ledger.get_account_balances(filter).await?;
         Ok(Json(BalancesJson {
             balances: balances.iter().map(Into::into).collect(),
         })
@@ -659,10 +676,10 @@ async fn account_balances(
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", responses(
     (status = 200, description = "The node serves.", body = HealthJson),
     (status = 503, description = "A storage failure stopped the node; restart it.", body = HealthJson)))]
-async fn healthz(State(pipeline): State<Pipeline>) -> Response {
-    if pipeline.has_failed() {
+async fn healthz(State(ledger): State<Ledger>) -> Response {
+    if let Some(failure) = ledger.failure() {
         let body = HealthJson {
-            error: Some("a storage failure stopped the node; restart it".into()),
+            error: Some(failure),
             status: HealthStatusJson::Failed,
         };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -794,7 +811,7 @@ fn membership_error(error: replication::WriteError) -> ApiError {
     (status = 409, response = Conflict), (status = 413, response = BodyTooLarge),
     (status = 415, response = NotJson)))]
 async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body: Body) -> Response {
-    observed(&pipeline, "add_replica", async {
+    observed(pipeline.metrics(), "add_replica", async {
         let new: AddReplicaJson = json_body(&headers, body).await?;
         for (field, addr) in [
             ("grpc", &new.grpc),
@@ -834,7 +851,7 @@ async fn add_replica(State(pipeline): State<Pipeline>, headers: HeaderMap, body:
     (status = 307, response = NotLeader), (status = 400, response = BadInput),
     (status = 409, response = Conflict)))]
 async fn remove_replica(State(pipeline): State<Pipeline>, Path(id): Path<String>) -> Response {
-    observed(&pipeline, "remove_replica", async {
+    observed(pipeline.metrics(), "remove_replica", async {
         let id = parse_unsigned(&id, "id", 64)? as u64;
         pipeline
             .replica()
@@ -849,10 +866,10 @@ async fn remove_replica(State(pipeline): State<Pipeline>, Path(id): Path<String>
 /// Metrics (OpenMetrics text)
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", responses((status = 200,
     description = "The node's metrics.", body = String, content_type = telemetry::METRICS_CONTENT_TYPE)))]
-async fn metrics(State(pipeline): State<Pipeline>) -> Response {
+async fn metrics(State(ledger): State<Ledger>) -> Response {
     (
         [(header::CONTENT_TYPE, telemetry::METRICS_CONTENT_TYPE)],
-        pipeline.metrics().render(),
+        ledger.metrics().render(),
     )
         .into_response()
 }

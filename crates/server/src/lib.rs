@@ -14,12 +14,16 @@ mod admission;
 pub mod auth;
 pub mod client_tls;
 pub mod connections;
+pub mod front;
 mod grpc;
 mod http;
+pub mod ledger_api;
 mod node;
 mod openapi;
 mod pipeline;
 
 pub use auth::{Auth, Role};
+pub use front::{ClientServers, ClientServing};
+pub use ledger_api::{Ledger, LedgerApi};
 pub use node::{Node, NodeConfig, NodeError, PeerSecurity};
 pub use pipeline::{CreateResults, Pipeline, PipelineError};

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::proto::ledger_server::LedgerServer;
 use replication::membership::{self, Entry, GroupId, MembershipError};
 use replication::peer_tls::{CertificateFiles, PeerTls, PeerTlsError};
 use replication::{NodeId, PeerNode, Replica, ReplicaConfig};
@@ -19,12 +18,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::access::{Access, GrpcAccess};
 use crate::auth::Auth;
 use crate::client_tls::ClientTls;
 use crate::connections;
-use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
-use crate::http;
+use crate::front::{self, bind, local_addr};
 use crate::pipeline::{Pipeline, PipelineTask};
 
 /// How a node runs.
@@ -185,12 +182,6 @@ pub struct Node {
     client_tls: bool,
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| NodeError::Bind { what, addr, source })
-}
-
 impl Node {
     /// Checks that this start may use the data directory (see `replication::membership`),
     /// opens the replica, starts serving, and completes a pending bootstrap (initializes the
@@ -199,15 +190,10 @@ impl Node {
         let grpc_listener = bind("gRPC", config.grpc_addr).await?;
         let http_listener = bind("HTTP", config.http_addr).await?;
         let peer_listener = bind("peers", config.peer_addr).await?;
-        let address = |listener: &TcpListener| {
-            listener
-                .local_addr()
-                .expect("a bound listener has an address")
-        };
         let (grpc_addr, http_addr, peer_addr) = (
-            address(&grpc_listener),
-            address(&http_listener),
-            address(&peer_listener),
+            local_addr(&grpc_listener),
+            local_addr(&http_listener),
+            local_addr(&peer_listener),
         );
         let peers = if config.peers.is_empty() {
             BTreeMap::from([(
@@ -274,63 +260,20 @@ impl Node {
         );
         let (stop, stopped) = watch::channel(false);
 
-        let ledger = LedgerServer::new(LedgerService::new(pipeline.clone()))
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-        let access = Access {
-            auth: config.auth.clone(),
-            metrics: Arc::clone(pipeline.metrics()),
-        };
-        let ledger = GrpcAccess::new(ledger, access);
         connections::raise_open_files_limit(
             (2 * limits::CONNECTIONS_PER_LISTENER_MAX + limits::PEER_CONNECTIONS_MAX) as u64 + 1024,
         );
         let peers_server = serve_peers(peer_listener, &replica, peer_tls, stopped.clone());
-        let mut grpc_stop = stopped.clone();
-        let incoming =
-            connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
-        let mut grpc_builder = tonic::transport::Server::builder();
-        if let Some(tls) = &config.client_tls {
-            grpc_builder = grpc_builder
-                .tls_config(tls.grpc_config())
-                .map_err(|error| NodeError::ClientTls {
-                    certificate: tls.certificate_path().to_path_buf(),
-                    reason: error.to_string(),
-                })?;
-        }
-        let grpc = tokio::spawn(async move {
-            let signal = async move {
-                let _ = grpc_stop.wait_for(|stop| *stop).await;
-            };
-            let server = with_grpc_limits(grpc_builder).add_service(ledger);
-            if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
-                tracing::error!(%error, "the gRPC server stopped");
-            }
-        });
-        let scheme = if config.client_tls.is_some() {
-            http::Scheme::Https
-        } else {
-            http::Scheme::Http
-        };
-        let router = http::router(pipeline.clone(), config.auth.clone(), scheme);
-        let serving = connections::HttpServing {
-            max: limits::CONNECTIONS_PER_LISTENER_MAX,
-            header_read: Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
-            grace: Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS),
-            tls: config.client_tls.as_ref().map(|tls| {
-                (
-                    tls.http_acceptor(),
-                    Duration::from_secs(limits::CLIENT_TLS_HANDSHAKE_SECONDS_MAX),
-                )
-            }),
-        };
-        let mut http_stop = stopped;
-        let http = tokio::spawn(async move {
-            let signal = async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            };
-            connections::serve_http(http_listener, router, serving, signal).await;
-        });
+        let mut servers = front::serve(
+            grpc_listener,
+            http_listener,
+            Arc::new(pipeline.clone()),
+            Some(pipeline.clone()),
+            &config.auth,
+            config.client_tls.as_ref(),
+            &stopped,
+        )?;
+        servers.push(peers_server);
 
         let bootstrapped = match prepared.finish_bootstrap(&replica).await {
             Ok(done) => done,
@@ -361,7 +304,7 @@ impl Node {
             pipeline,
             task,
             stop,
-            servers: vec![grpc, http, peers_server],
+            servers,
             group: prepared.group,
             awaiting_admission,
             client_tls: config.client_tls.is_some(),
@@ -413,26 +356,30 @@ impl Node {
     /// [`PipelineTask::stop`]).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let grace = Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS);
-        let deadline = tokio::time::Instant::now() + grace;
-        for mut server in self.servers {
-            if tokio::time::timeout_at(deadline, &mut server)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "connections still open after the shutdown grace period; closing them"
-                );
-                server.abort();
-                let _ = server.await;
-            }
-        }
+        stop_servers(self.servers).await;
         // Each stage is logged, so that a stop that takes long shows where it waits.
         tracing::info!("servers stopped; stopping the write pipeline and Raft");
         drop(self.pipeline);
         let writes_grace = Duration::from_secs(limits::SERVER_SHUTDOWN_WRITES_GRACE_SECONDS);
         self.task.stop(writes_grace).await;
         tracing::info!("Raft stopped");
+    }
+}
+
+/// Waits for stopped servers to finish their connections, for at most
+/// `HTTP_SHUTDOWN_GRACE_SECONDS` in all, then aborts those still running.
+pub(crate) async fn stop_servers(servers: Vec<JoinHandle<()>>) {
+    let grace = Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS);
+    let deadline = tokio::time::Instant::now() + grace;
+    for mut server in servers {
+        if tokio::time::timeout_at(deadline, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the shutdown grace period; closing them");
+            server.abort();
+            let _ = server.await;
+        }
     }
 }
 
@@ -474,7 +421,7 @@ fn serve_peers(
 
 /// A gRPC server's HTTP/2 windows sized for whole batches (~1 MiB: default 64 KiB windows would
 /// stall them), its streams per connection capped, and keepalives that close dead connections.
-fn with_grpc_limits(builder: tonic::transport::Server) -> tonic::transport::Server {
+pub(crate) fn with_grpc_limits(builder: tonic::transport::Server) -> tonic::transport::Server {
     let keepalive = Duration::from_secs(limits::GRPC_KEEPALIVE_SECONDS);
     builder
         .initial_stream_window_size(Some(limits::HTTP2_STREAM_WINDOW_BYTES))

@@ -38,7 +38,7 @@ pub fn document_json() -> &'static str {
 
 /// The document: the routes' own descriptions, completed with what they share.
 pub fn document() -> OpenApi {
-    let (_, document) = crate::http::documented_routes().split_for_parts();
+    let document = crate::http::documented_routes();
     let mut document = with_named_answers(document);
     let components = document.components.get_or_insert_with(Default::default);
     // Parameters refer to these by name; utoipa registers only the schemas of bodies.

@@ -55,6 +55,13 @@ pub enum PipelineError {
     /// The write could take the ledger past its declared capacity; nothing was proposed.
     #[error(transparent)]
     CapacityReached(CapacityError),
+    /// A group behind a gateway refused the write for its capacity (`field` names the limit,
+    /// `message` is the group's): nothing of that group's part was applied.
+    #[error("{message}")]
+    GroupCapacityReached {
+        field: &'static str,
+        message: String,
+    },
 }
 
 fn leader_text(leader: &Option<(NodeId, PeerNode)>) -> String {
@@ -72,7 +79,9 @@ impl PipelineError {
             PipelineError::Unavailable(_) => ErrorKind::Unavailable,
             PipelineError::Invalid { .. } => ErrorKind::Invalid,
             PipelineError::NotLeader { .. } => ErrorKind::NotLeader,
-            PipelineError::CapacityReached(_) => ErrorKind::Capacity,
+            PipelineError::CapacityReached(_) | PipelineError::GroupCapacityReached { .. } => {
+                ErrorKind::Capacity
+            }
         }
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod bank_checker;
 pub mod certs;
+pub mod cluster;
 pub mod group;
 pub mod http;
 pub mod keys;
@@ -30,6 +31,9 @@ use std::path::PathBuf;
 /// What went wrong driving a node or talking to it.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
+    /// A cluster map could not be made of the groups started.
+    #[error("cluster map: {reason}")]
+    BadMap { reason: String },
     /// An operating-system call failed; `what` says which and on what.
     #[error("{what}: {source}")]
     Io {

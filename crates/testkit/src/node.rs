@@ -49,14 +49,15 @@ impl Signal {
     }
 }
 
-/// A running `fincore serve` child.
+/// A running `fincore serve` (or `fincore gateway`) child.
 pub struct ChildNode {
     child: Child,
     /// Where it serves gRPC (`HOST:PORT`), as it announced.
     pub grpc_addr: String,
     /// Where it serves HTTP (`HOST:PORT`), as it announced.
     pub http_addr: String,
-    /// Where its peers reach its replica transport (`HOST:PORT`), as it announced.
+    /// Where its peers reach its replica transport (`HOST:PORT`), as it announced (empty for a
+    /// gateway).
     pub peer_addr: String,
     /// True if its client listeners are served over TLS (it announced an `https://` URL).
     pub client_tls: bool,
@@ -97,7 +98,8 @@ impl ChildNode {
         } else {
             &["--peer", "127.0.0.1:0"]
         };
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -107,15 +109,69 @@ impl ChildNode {
             )
             .args(&peer_security)
             .args(free_peer)
-            .args(args)
+            .args(args);
+        ChildNode::spawn(command, data_dir, log, log_path, true)
+    }
+
+    /// Runs `exe gateway --map MAP ARGS…` and waits until it announced its two addresses
+    /// (`peer_addr` stays empty). Unless `args` give `--keys` or `--insecure-no-auth`, it
+    /// checks callers against this process's admin key and presents that key to the groups
+    /// (which the test kit started with it). Its stderr goes to `DIR.log`.
+    pub fn start_gateway<S: AsRef<OsStr>>(
+        exe: &Path,
+        dir: &Path,
+        map: &Path,
+        args: &[S],
+    ) -> Result<ChildNode, KitError> {
+        std::fs::create_dir_all(dir)
+            .map_err(KitError::io(format!("creating {}", dir.display())))?;
+        let log_path = dir.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(KitError::io(format!("opening {}", log_path.display())))?;
+        let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
+        let mut command = Command::new(exe);
+        command.arg("gateway").arg("--map").arg(map);
+        if !given("--keys") && !given("--insecure-no-auth") {
+            let keys = crate::keys::keys_file_for(exe, dir)?;
+            let token = crate::keys::token().unwrap_or_default();
+            let token_path = dir.join("group-key");
+            std::fs::write(&token_path, format!("{token}\n"))
+                .map_err(KitError::io(format!("writing {}", token_path.display())))?;
+            command
+                .arg("--keys")
+                .arg(keys)
+                .arg("--group-key-file")
+                .arg(token_path);
+        }
+        command.args(args);
+        ChildNode::spawn(command, dir, log, log_path, false)
+    }
+
+    /// Spawns `command` with stdout piped and stderr to `log`, and reads what it announces:
+    /// its gRPC and HTTP addresses, and its peer address if `peer` (a node).
+    fn spawn(
+        mut command: Command,
+        data_dir: &Path,
+        log: std::fs::File,
+        log_path: PathBuf,
+        peer: bool,
+    ) -> Result<ChildNode, KitError> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .map_err(KitError::io(format!("starting {} serve", exe.display())))?;
+            .map_err(KitError::io(format!(
+                "starting {:?}",
+                command.get_program()
+            )))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut grpc_addr, mut http_addr, mut peer_addr) = (None, None, None);
+        let (mut grpc_addr, mut http_addr) = (None, None);
+        let mut peer_addr = (!peer).then(String::new);
         let mut client_tls = false;
         while grpc_addr.is_none() || http_addr.is_none() || peer_addr.is_none() {
             let Some(Ok(line)) = lines.next() else {
@@ -146,9 +202,9 @@ impl ChildNode {
         std::thread::spawn(move || lines.for_each(drop));
         Ok(ChildNode {
             child,
-            grpc_addr: grpc_addr.expect("the loop ends once both are read"),
-            http_addr: http_addr.expect("the loop ends once both are read"),
-            peer_addr: peer_addr.expect("the loop ends once all three are read"),
+            grpc_addr: grpc_addr.expect("the loop ends once all are read"),
+            http_addr: http_addr.expect("the loop ends once all are read"),
+            peer_addr: peer_addr.expect("the loop ends once all are read"),
             client_tls,
             log_path,
         })

@@ -1,0 +1,151 @@
+//! `fincore gateway`: serve the node's client API (gRPC and HTTP/JSON, the same paths and
+//! document) over the ledger groups of a cluster map, until Ctrl-C or SIGTERM. Stateless: run
+//! as many as you like. The routing is the `gateway` crate's; this module reads the flags and
+//! files and announces the listeners as a node does.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cluster::ClusterMap;
+use gateway::{Gateway, GroupAccess, Groups};
+use server::client_tls::{ClientTls, ClientTlsFiles};
+use server::{Auth, ClientServers, ClientServing};
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// The cluster map (JSON, as `docs/placement.md` describes): the ledger groups, their
+    /// members' addresses and which group owns each slot.
+    #[arg(long, value_name = "FILE")]
+    map: PathBuf,
+    /// gRPC listen address (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    grpc: SocketAddr,
+    /// HTTP/JSON listen address (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7780")]
+    http: SocketAddr,
+    /// The API keys file callers are checked against (made by `fincore keys create`), with
+    /// the roles a node gives them. Read at start and again on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "insecure_no_auth"
+    )]
+    keys: Option<PathBuf>,
+    /// Serve without authentication. Refused unless both listeners are on loopback.
+    #[arg(long, conflicts_with = "keys")]
+    insecure_no_auth: bool,
+    /// A file holding the API key the gateway presents to the groups (one line; a key the
+    /// groups' keys files hold with the role `admin` or `writer`).
+    #[arg(long, value_name = "FILE")]
+    group_key_file: Option<PathBuf>,
+    /// Dial the groups over TLS, trusting this authority (PEM) for their client listeners'
+    /// certificates.
+    #[arg(long, value_name = "FILE")]
+    group_tls_ca: Option<PathBuf>,
+    /// The name the groups' certificates carry, when it is not the host dialled.
+    #[arg(long, value_name = "NAME", requires = "group_tls_ca")]
+    group_tls_domain: Option<String>,
+    /// Serve the gateway's own listeners over TLS with this certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Reads a cluster map file, refusing one that is not a valid map (the error names the field).
+pub fn read_map(path: &std::path::Path) -> anyhow::Result<ClusterMap> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ClusterMap::from_json(&bytes).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging();
+    let map = read_map(&args.map)?;
+    let api_key = match &args.group_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --group-key-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let tls_ca_pem = match &args.group_tls_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --group-tls-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let access = GroupAccess {
+        api_key,
+        tls_ca_pem,
+        tls_domain: args.group_tls_domain.clone(),
+    };
+    let auth = if args.insecure_no_auth {
+        crate::keys::open_on_loopback(&[("--grpc", args.grpc), ("--http", args.http)])?
+    } else {
+        let keys = args.keys.as_deref().expect("clap requires --keys");
+        crate::keys::serve_auth(keys)?
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => Some(
+            ClientTls::load(ClientTlsFiles {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            })
+            .context("--tls-cert/--tls-key")?,
+        ),
+        _ => None,
+    };
+    let serving = ClientServing {
+        grpc_addr: args.grpc,
+        http_addr: args.http,
+        auth,
+        tls,
+    };
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        let stop = crate::serve::stop_signal()?;
+        if let Auth::Keys(store) = &serving.auth {
+            crate::keys::reload_on_sighup(Arc::clone(store));
+        }
+        let groups = Groups::connect(&map, &access).context("connecting to the groups")?;
+        let epoch = map.epoch();
+        let group_count = map.groups().len();
+        let gateway = Arc::new(Gateway::new(map, groups));
+        let servers = ClientServers::start(&serving, gateway)
+            .await
+            .context("starting the gateway's listeners")?;
+        announce(&servers, serving.tls.is_some());
+        println!("fincore: gateway over {group_count} groups (cluster map epoch {epoch})");
+        std::io::stdout().flush().ok();
+        stop.await;
+        println!("fincore: stopping (finishing requests in progress)");
+        servers.shutdown().await;
+        println!("fincore: stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The machine-readable lines a node prints first, for the gateway's listeners.
+pub fn announce(servers: &ClientServers, tls: bool) {
+    let (grpc_security, scheme) = if tls {
+        ("TLS", "https")
+    } else {
+        ("plaintext", "http")
+    };
+    println!(
+        "fincore: gRPC listening on {} ({grpc_security})",
+        servers.grpc_addr()
+    );
+    println!(
+        "fincore: HTTP listening on {scheme}://{}",
+        servers.http_addr()
+    );
+}

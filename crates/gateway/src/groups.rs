@@ -1,0 +1,114 @@
+//! The gateway's connections to the ledger groups: one [`client::Client`] per group of the
+//! cluster map, dialling every member and following the group's leader (the client does that),
+//! with the gateway's own API key and TLS trust.
+//!
+//! Owns turning a group's failure into the gateway's answer ([`PipelineError`]): a group that
+//! cannot answer is unavailable (retryable), a full group is a capacity refusal naming its
+//! limit. Must not route (the router does) nor retry beyond the client's policy.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use client::{Client, ClientError, RetryPolicy};
+use cluster::{ClusterMap, GroupId};
+use server::PipelineError;
+
+/// How the gateway reaches the groups: the key it presents (a key of the groups' keys files
+/// whose role allows the calls it forwards) and the authority it trusts for their TLS.
+#[derive(Debug, Clone, Default)]
+pub struct GroupAccess {
+    pub api_key: Option<String>,
+    /// PEM of the authority that signed the groups' client-listener certificates: dial them
+    /// over TLS (`https://`). `None`: plaintext.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// The name their certificates carry, when it is not the host dialled.
+    pub tls_domain: Option<String>,
+}
+
+/// Why the groups could not be connected.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupsError {
+    #[error("group {group}: {source}")]
+    Connect {
+        group: GroupId,
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// One client per group of the map.
+pub struct Groups {
+    clients: BTreeMap<GroupId, Client>,
+}
+
+/// How long the gateway keeps trying one group for one call: short of the caller's own
+/// deadline (`HTTP_REQUEST_SECONDS_MAX`), so the caller hears "unavailable, retry" rather
+/// than a cut-off request.
+const GROUP_CALL_SECONDS_MAX: u64 = limits::HTTP_REQUEST_SECONDS_MAX / 2;
+
+impl Groups {
+    /// Makes a client for every group in `map`, dialling its members' gRPC addresses. Must run
+    /// inside a Tokio runtime (each client starts a task).
+    pub fn connect(map: &ClusterMap, access: &GroupAccess) -> Result<Groups, GroupsError> {
+        let scheme = if access.tls_ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let policy = RetryPolicy {
+            elapsed_max: Duration::from_secs(GROUP_CALL_SECONDS_MAX),
+            attempt_timeout: Duration::from_secs(GROUP_CALL_SECONDS_MAX / 2),
+            ..RetryPolicy::default()
+        };
+        let mut clients = BTreeMap::new();
+        for (&group, members) in map.groups() {
+            let addrs: Vec<String> = members
+                .values()
+                .map(|member| format!("{scheme}://{}", member.grpc))
+                .collect();
+            let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            let mut builder = Client::builder(&addrs)
+                .retry_policy(policy.clone())
+                .api_key_opt(access.api_key.clone());
+            if let Some(pem) = &access.tls_ca_pem {
+                builder = builder.tls_ca_pem(pem.clone());
+            }
+            if let Some(domain) = &access.tls_domain {
+                builder = builder.tls_domain(domain.clone());
+            }
+            let client = builder
+                .connect()
+                .map_err(|source| GroupsError::Connect { group, source })?;
+            clients.insert(group, client);
+        }
+        Ok(Groups { clients })
+    }
+
+    /// The client of `group`; every group of the map the gateway routes by has one.
+    pub fn client(&self, group: GroupId) -> Result<&Client, PipelineError> {
+        self.clients.get(&group).ok_or_else(|| {
+            PipelineError::Unavailable(format!(
+                "group {group} is in the cluster map but this gateway has no connection to it"
+            ))
+        })
+    }
+}
+
+/// The gateway's answer when `group` did not give one.
+pub(crate) fn group_failed(group: GroupId, error: ClientError) -> PipelineError {
+    match error {
+        ClientError::CapacityReached { limit, message } => {
+            let field = match limit.as_str() {
+                "accounts_max" => "accounts_max",
+                _ => "transfers_max",
+            };
+            PipelineError::GroupCapacityReached {
+                field,
+                message: format!("group {group}: {message}"),
+            }
+        }
+        // The gateway validated the request as a node does: a group refusing it as invalid,
+        // or refusing the gateway's own key, is the operator's to fix, not the caller's.
+        other => PipelineError::Unavailable(format!("group {group} did not answer: {other}")),
+    }
+}

@@ -1,0 +1,20 @@
+//! The gateway: fincore's client API (the node's gRPC service and HTTP routes, served by
+//! `server::front`) over many ledger groups. It holds no ledger state and nothing a restart
+//! would lose: run as many as you like.
+//!
+//! Owns routing ([`Gateway`]: split a batch by the group of every id its events name under the
+//! cluster map, send the parts to their groups in parallel, give the results back dense and in
+//! the caller's order; answer queries from the group of the id asked) and the connections to
+//! the groups ([`Groups`]: one client per group, following its leader). Must not hold ledger
+//! rules (every event's result is its group's), nor decide placement (the `cluster` crate
+//! does), nor serve sockets itself.
+//!
+//! Not yet here (issue 12 continues): events whose ids live in different groups are refused
+//! whole, naming the event, because the sagas that would carry them are not built; the map is
+//! read at start, not pushed by a meta group.
+
+mod groups;
+mod router;
+
+pub use groups::{GroupAccess, Groups, GroupsError};
+pub use router::Gateway;

@@ -1,0 +1,168 @@
+//! The client listeners: the gRPC ledger service and the HTTP API on their sockets, with
+//! authentication, optional TLS, connection limits and a stop signal, over whatever serves
+//! the ledger ([`Ledger`]). A node starts them over its pipeline (with its replica's own
+//! routes); a gateway starts them over its router with [`ClientServers::start`].
+//!
+//! Owns only the wiring of listeners to front ends. Must not know what serves the ledger.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::proto::ledger_server::LedgerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::access::{Access, GrpcAccess};
+use crate::auth::Auth;
+use crate::client_tls::ClientTls;
+use crate::connections;
+use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
+use crate::http;
+use crate::ledger_api::Ledger;
+use crate::node::NodeError;
+use crate::pipeline::Pipeline;
+
+/// Binds `addr` for `what` (named in the error).
+pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// Serves the client API of `ledger` on the two listeners until `stopped` turns true: gRPC
+/// and HTTP behind `auth`, over `tls` if given; with `replica` (a node) its own HTTP routes
+/// too. Returns the two server tasks.
+pub(crate) fn serve(
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    ledger: Ledger,
+    replica: Option<Pipeline>,
+    auth: &Auth,
+    tls: Option<&ClientTls>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, NodeError> {
+    let service = LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let access = Access {
+        auth: auth.clone(),
+        metrics: Arc::clone(ledger.metrics()),
+    };
+    let service = GrpcAccess::new(service, access);
+    let mut grpc_stop = stopped.clone();
+    let incoming = connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        grpc_builder = grpc_builder
+            .tls_config(tls.grpc_config())
+            .map_err(|error| NodeError::ClientTls {
+                certificate: tls.certificate_path().to_path_buf(),
+                reason: error.to_string(),
+            })?;
+    }
+    let grpc = tokio::spawn(async move {
+        let signal = async move {
+            let _ = grpc_stop.wait_for(|stop| *stop).await;
+        };
+        let server = crate::node::with_grpc_limits(grpc_builder).add_service(service);
+        if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::error!(%error, "the gRPC server stopped");
+        }
+    });
+    let scheme = if tls.is_some() {
+        http::Scheme::Https
+    } else {
+        http::Scheme::Http
+    };
+    let router = http::router(ledger, replica, auth.clone(), scheme);
+    let serving = connections::HttpServing {
+        max: limits::CONNECTIONS_PER_LISTENER_MAX,
+        header_read: Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
+        grace: Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS),
+        tls: tls.map(|tls| {
+            (
+                tls.http_acceptor(),
+                Duration::from_secs(limits::CLIENT_TLS_HANDSHAKE_SECONDS_MAX),
+            )
+        }),
+    };
+    let mut http_stop = stopped.clone();
+    let http = tokio::spawn(async move {
+        let signal = async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        };
+        connections::serve_http(http_listener, router, serving, signal).await;
+    });
+    Ok(vec![grpc, http])
+}
+
+/// How a gateway's client listeners run.
+#[derive(Debug, Clone)]
+pub struct ClientServing {
+    /// Port 0 picks a free port; [`ClientServers::grpc_addr`] tells which.
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub auth: Auth,
+    pub tls: Option<ClientTls>,
+}
+
+/// Running client listeners over a [`Ledger`] that is not a node's (a gateway's).
+pub struct ClientServers {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl ClientServers {
+    /// Binds both listeners and serves `ledger`'s client API on them.
+    pub async fn start(
+        serving: &ClientServing,
+        ledger: Ledger,
+    ) -> Result<ClientServers, NodeError> {
+        let grpc_listener = bind("gRPC", serving.grpc_addr).await?;
+        let http_listener = bind("HTTP", serving.http_addr).await?;
+        let grpc_addr = local_addr(&grpc_listener);
+        let http_addr = local_addr(&http_listener);
+        connections::raise_open_files_limit(2 * limits::CONNECTIONS_PER_LISTENER_MAX as u64 + 1024);
+        let (stop, stopped) = watch::channel(false);
+        let servers = serve(
+            grpc_listener,
+            http_listener,
+            ledger,
+            None,
+            &serving.auth,
+            serving.tls.as_ref(),
+            &stopped,
+        )?;
+        Ok(ClientServers {
+            grpc_addr,
+            http_addr,
+            stop,
+            servers,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops accepting, lets requests in progress finish for at most
+    /// `HTTP_SHUTDOWN_GRACE_SECONDS`, then closes what is left.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        crate::node::stop_servers(self.servers).await;
+    }
+}
+
+pub(crate) fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}
