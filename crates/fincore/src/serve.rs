@@ -171,9 +171,18 @@ pub struct DevArgs {
     /// (development certificates made on the first run in DIR/peer-tls).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
     replicas: u64,
+    /// Run this many ledger groups (each of --replicas nodes) behind a gateway: the gateway
+    /// listens on --grpc and --http; group g's node i listens 100 × g + i − 1 ports above
+    /// --grpc, --http and --peer. Data in DIR/group-g/node-i, the cluster map in
+    /// DIR/cluster-map.json.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=DEV_GROUPS_MAX))]
+    groups: u64,
     #[command(flatten)]
     listen: ListenArgs,
 }
+
+/// The most groups `dev --groups` runs (their ports are 100 apart above the gateway's).
+const DEV_GROUPS_MAX: u64 = 16;
 
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
@@ -461,7 +470,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let shifted = |addr: SocketAddr, by: u64| SocketAddr::new(addr.ip(), addr.port() + by as u16);
-    let nodes: Vec<(u64, SocketAddr, SocketAddr, SocketAddr)> = (0..args.replicas)
+    let nodes: Vec<DevNode> = (0..args.replicas)
         .map(|i| {
             (
                 i + 1,
@@ -471,11 +480,6 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
             )
         })
         .collect();
-    let peers = nodes
-        .iter()
-        .map(|(id, grpc, http, peer)| format!("{id}={grpc}/{http}/{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let exe = std::env::current_exe().context("finding the fincore executable")?;
     let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
     let runtime = runtime()?;
@@ -500,37 +504,17 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     // machine's memory.
     let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
     let capacity_args = capacity_args(capacity);
-    let mut children = Vec::new();
-    for (id, grpc, http, peer) in &nodes {
-        let dir = args.data_dir.join(format!("node-{id}"));
-        let child = std::process::Command::new(&exe)
-            .args([
-                "serve",
-                "--node-id",
-                &id.to_string(),
-                "--peers",
-                &peers,
-                "--grpc",
-                &grpc.to_string(),
-                "--http",
-                &http.to_string(),
-                "--peer",
-                &peer.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--peer-certs")
-            .arg(&certificates)
-            .arg("--keys")
-            .arg(&keys_path)
-            .args(&capacity_args)
-            .args(dev_membership_args(new_group.as_ref(), *id))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
-        children.push(child);
-    }
+    let children = spawn_group(
+        &exe,
+        &args.data_dir,
+        &nodes,
+        &GroupFiles {
+            certificates: &certificates,
+            keys: &keys_path,
+            capacity: &capacity_args,
+        },
+        new_group.as_ref(),
+    )?;
     println!(
         "fincore dev: a {}-node replica group, data under {} ({})",
         args.replicas,
@@ -560,6 +544,70 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     println!("  Ctrl-C stops every node cleanly.");
     std::io::stdout().flush().ok();
     runtime.block_on(stop);
+    stop_children(children);
+    println!("fincore dev: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One `dev` node: its id and its gRPC, HTTP and peer addresses.
+type DevNode = (u64, SocketAddr, SocketAddr, SocketAddr);
+
+/// What every node of a `dev` group is started with.
+struct GroupFiles<'a> {
+    certificates: &'a std::path::Path,
+    keys: &'a std::path::Path,
+    capacity: &'a [String],
+}
+
+/// Starts `fincore serve` children for the `nodes` of one group, node i in `dir/node-i`; for
+/// a new group, node 1 bootstraps it and the others join.
+fn spawn_group(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    nodes: &[DevNode],
+    files: &GroupFiles<'_>,
+    new_group: Option<&GroupId>,
+) -> anyhow::Result<Vec<std::process::Child>> {
+    let peers = nodes
+        .iter()
+        .map(|(id, grpc, http, peer)| format!("{id}={grpc}/{http}/{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for (id, grpc, http, peer) in nodes {
+        let child = std::process::Command::new(exe)
+            .args([
+                "serve",
+                "--node-id",
+                &id.to_string(),
+                "--peers",
+                &peers,
+                "--grpc",
+                &grpc.to_string(),
+                "--http",
+                &http.to_string(),
+                "--peer",
+                &peer.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join(format!("node-{id}")))
+            .arg("--peer-certs")
+            .arg(files.certificates)
+            .arg("--keys")
+            .arg(files.keys)
+            .args(files.capacity)
+            .args(dev_membership_args(new_group, *id))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        children.push(child);
+    }
+    Ok(children)
+}
+
+/// Stops `dev`'s children: SIGTERM to each, then waits for all.
+fn stop_children(children: Vec<std::process::Child>) {
     for child in &children {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -568,8 +616,6 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     for mut child in children {
         let _ = child.wait();
     }
-    println!("fincore dev: stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Makes `dev`'s development certificate authority for `group` and certificates for `nodes`
@@ -588,7 +634,190 @@ fn dev_certificates(dir: &std::path::Path, group: &GroupId, nodes: &[u64]) -> an
         .with_context(|| format!("making development peer certificates in {}", dir.display()))
 }
 
+/// The cluster map of `dev --groups`, beside the groups' directories.
+const DEV_CLUSTER_MAP_FILE: &str = "cluster-map.json";
+
+/// `fincore dev --groups N`: N groups of `--replicas` `fincore serve` children and a gateway
+/// in this process on `--grpc` and `--http`.
+fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    if args.replicas.is_multiple_of(2) {
+        anyhow::bail!(
+            "--replicas {}: a replica group needs an odd number of nodes (1, 3 or 5)",
+            args.replicas
+        );
+    }
+    let listen = &args.listen;
+    if listen.grpc.port() == 0 || listen.http.port() == 0 || listen.peer.port() == 0 {
+        anyhow::bail!(
+            "--groups needs fixed ports (the groups' nodes listen above --grpc, --http and --peer), not port 0"
+        );
+    }
+    let shifted = |addr: SocketAddr, by: u64| -> anyhow::Result<SocketAddr> {
+        let port = u16::try_from(u64::from(addr.port()) + by)
+            .ok()
+            .context(format!(
+                "port {} + {by} is past 65535: give lower ports",
+                addr.port()
+            ))?;
+        Ok(SocketAddr::new(addr.ip(), port))
+    };
+    let groups: Vec<Vec<DevNode>> = (1..=args.groups)
+        .map(|g| {
+            (0..args.replicas)
+                .map(|i| {
+                    let by = 100 * g + i;
+                    Ok((
+                        i + 1,
+                        shifted(listen.grpc, by)?,
+                        shifted(listen.http, by)?,
+                        shifted(listen.peer, by)?,
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let exe = std::env::current_exe().context("finding the fincore executable")?;
+    let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
+    let group_dir = |g: usize| args.data_dir.join(format!("group-{}", g + 1));
+    let map_path = args.data_dir.join(DEV_CLUSTER_MAP_FILE);
+    let existing = (0..groups.len())
+        .map(|g| holds_replica(&group_dir(g).join("node-1")))
+        .collect::<anyhow::Result<Vec<bool>>>()?;
+    // The first run plans the groups and writes the map before any node starts, so that a
+    // run cut short is resumed by the next one; later runs keep the map.
+    let (map, new_groups) = if existing.iter().all(|&held| !held) && !map_path.exists() {
+        let ids = (0..groups.len())
+            .map(|_| GroupId::generate().context("choosing a group id"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut members = BTreeMap::new();
+        for (id, nodes) in ids.iter().zip(&groups) {
+            let group: cluster::GroupId = id
+                .as_str()
+                .parse()
+                .map_err(|reason| anyhow::anyhow!("group id {id}: {reason}"))?;
+            let nodes = nodes
+                .iter()
+                .map(|(node, grpc, http, peer)| {
+                    let member = cluster::Member {
+                        grpc: grpc.to_string(),
+                        http: http.to_string(),
+                        peer: peer.to_string(),
+                    };
+                    (*node, member)
+                })
+                .collect();
+            members.insert(group, nodes);
+        }
+        let map = cluster::ClusterMap::new(members).context("planning the cluster map")?;
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating {}", args.data_dir.display()))?;
+        journal::storage::write_atomically(
+            &journal::storage::RealStorage,
+            &map_path,
+            map.to_json().as_bytes(),
+        )
+        .with_context(|| format!("writing {}", map_path.display()))?;
+        for (g, id) in ids.iter().enumerate() {
+            let ids: Vec<u64> = groups[g].iter().map(|(node, ..)| *node).collect();
+            dev_certificates(&group_dir(g).join(DEV_PEER_CERTIFICATES_DIR), id, &ids)?;
+        }
+        (map, ids.into_iter().map(Some).collect::<Vec<_>>())
+    } else {
+        let map = crate::gateway::read_map(&map_path).with_context(|| {
+            format!(
+                "{} holds groups but no readable cluster map: it was not made by `dev --groups`",
+                args.data_dir.display()
+            )
+        })?;
+        if map.groups().len() != groups.len() || existing.iter().any(|&held| !held) {
+            anyhow::bail!(
+                "{} holds a cluster of {} groups: run `dev --groups {}` there, or use another --data-dir",
+                args.data_dir.display(),
+                map.groups().len(),
+                map.groups().len()
+            );
+        }
+        (map, vec![None; groups.len()])
+    };
+    let (capacity, capacity_line) = capacity(listen.capacity, args.groups * args.replicas);
+    let capacity_args = capacity_args(capacity);
+    let runtime = runtime()?;
+    let stop = {
+        let _entered = runtime.enter();
+        stop_signal()?
+    };
+    let mut children = Vec::new();
+    for (g, nodes) in groups.iter().enumerate() {
+        let certificates = group_dir(g).join(DEV_PEER_CERTIFICATES_DIR);
+        let files = GroupFiles {
+            certificates: &certificates,
+            keys: &keys_path,
+            capacity: &capacity_args,
+        };
+        match spawn_group(&exe, &group_dir(g), nodes, &files, new_groups[g].as_ref()) {
+            Ok(started) => children.extend(started),
+            Err(error) => {
+                stop_children(children);
+                return Err(error);
+            }
+        }
+    }
+    let auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
+    let serving = server::ClientServing {
+        grpc_addr: listen.grpc,
+        http_addr: listen.http,
+        auth,
+        tls: None,
+    };
+    let access = gateway::GroupAccess {
+        api_key: Some(token.clone()),
+        ..Default::default()
+    };
+    let served = runtime.block_on(async {
+        let connected =
+            gateway::Groups::connect(&map, &access).context("connecting to the groups")?;
+        let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));
+        let servers = server::ClientServers::start(&serving, gateway)
+            .await
+            .context("starting the gateway")?;
+        crate::gateway::announce(&servers, false);
+        println!(
+            "fincore dev: {} ledger groups of {} replicas behind a gateway, data under {}",
+            args.groups,
+            args.replicas,
+            args.data_dir.display()
+        );
+        println!("  {}", capacity_line.trim_start_matches("fincore: "));
+        for (group, members) in map.groups() {
+            let slots = map.slots_of(*group).len();
+            let nodes: Vec<String> = members
+                .iter()
+                .map(|(id, member)| format!("node {id} gRPC {} HTTP http://{}", member.grpc, member.http))
+                .collect();
+            println!("  group {group}: {slots} slots; {}", nodes.join("; "));
+        }
+        println!(
+            "  accounts live in the group of their id's slot; a transfer needs its id and both accounts in one group (docs/placement.md)"
+        );
+        println!(
+            "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
+            args.data_dir.join(crate::keys::DEV_KEY_FILE).display()
+        );
+        println!("  Ctrl-C stops the gateway and every node cleanly.");
+        std::io::stdout().flush().ok();
+        stop.await;
+        servers.shutdown().await;
+        anyhow::Ok(())
+    });
+    stop_children(children);
+    println!("fincore dev: stopped");
+    served.map(|()| ExitCode::SUCCESS)
+}
+
 pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    if args.groups > 1 {
+        return dev_groups(args);
+    }
     if args.replicas > 1 {
         return dev_group(args);
     }

@@ -6,12 +6,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{ChildNode, fincore, fincore_exe, get, post_json, start_node};
+use support::{ChildNode, DevRun, fincore, fincore_exe, get, post_json, start_node};
 use testkit::group::GroupLayout;
 use testkit::node::Signal;
 
@@ -264,55 +262,6 @@ fn a_joined_node_is_a_learner_and_becomes_a_voter_only_once_it_has_caught_up() {
     transfer(&first.http_addr, 1 + batch * 10);
     second.stop().unwrap();
     first.stop().unwrap();
-}
-
-/// A `fincore dev` run: the child, its stdout lines, and how to stop it.
-struct DevRun {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl DevRun {
-    fn start(args: &[&str]) -> DevRun {
-        let mut child = Command::new(fincore_exe())
-            .arg("dev")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        DevRun { child, lines }
-    }
-
-    /// The first stdout line containing `text` (bounded by the stream's end).
-    fn line_with(&mut self, text: &str) -> String {
-        self.lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|line| line.contains(text))
-            .unwrap_or_else(|| panic!("fincore dev never printed {text:?}"))
-    }
-
-    fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "fincore dev did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for DevRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::path::Path;
 
 pub use testkit::http::Answer;
@@ -164,4 +165,56 @@ pub async fn check_acknowledged(
         credits, moved,
         "balances differ from the transfers that exist: something was lost or applied twice"
     );
+}
+
+/// A `fincore dev` run: the child, its stdout lines, and how to stop it.
+pub struct DevRun {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl DevRun {
+    pub fn start(args: &[&str]) -> DevRun {
+        let mut child = std::process::Command::new(fincore_exe())
+            .arg("dev")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        DevRun { child, lines }
+    }
+
+    /// The first stdout line containing `text` (bounded by the stream's end).
+    pub fn line_with(&mut self, text: &str) -> String {
+        self.lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("fincore dev never printed {text:?}"))
+    }
+
+    pub fn stop(mut self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fincore dev did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DevRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

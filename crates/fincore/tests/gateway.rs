@@ -1,0 +1,363 @@
+//! The gateway through the real binaries: `fincore gateway` over two groups of `fincore serve`,
+//! spoken to over HTTP/JSON and with the unchanged Rust client. Every event gets the result its
+//! group gives, dense and in the caller's order; reads come from the group of the id asked;
+//! events and linked chains whose ids live in different groups are refused whole, naming the
+//! event, and change nothing; the gateway checks keys as a node does and serves the node's
+//! OpenAPI document.
+
+mod support;
+
+use cluster::{ClusterMap, GroupId, id_in_slot, slot_of};
+use serde_json::{Value, json};
+use support::{ChildNode, DevRun, fincore_exe, get, post_json};
+use testkit::cluster::LocalGroups;
+
+struct Cluster {
+    groups: LocalGroups,
+    gateway: ChildNode,
+    _dir: tempfile::TempDir,
+}
+
+fn start(groups: usize) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalGroups::start(fincore_exe(), dir.path(), groups, 1, &[])
+        .unwrap_or_else(|error| panic!("{error}"));
+    let gateway = ChildNode::start_gateway(
+        fincore_exe(),
+        &dir.path().join("gateway"),
+        &local.map_path,
+        &["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    Cluster {
+        groups: local,
+        gateway,
+        _dir: dir,
+    }
+}
+
+/// The first `count` ids from 1 up that live in `group` under `map`.
+fn ids_in(map: &ClusterMap, group: GroupId, count: usize) -> Vec<u128> {
+    (1u128..)
+        .filter(|&id| map.group_of(id) == group)
+        .take(count)
+        .collect()
+}
+
+/// A transfer id homed with account `near` (in its slot), distinct per `n`.
+fn transfer_id(near: u128, n: u128) -> u128 {
+    id_in_slot(slot_of(near), 1_000 + n as u64, n).unwrap()
+}
+
+fn results(answer: &support::Answer) -> Vec<String> {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json().unwrap()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn account(id: u128) -> Value {
+    json!({"id": id.to_string(), "ledger": 1, "code": 1})
+}
+
+fn transfer(id: u128, debit: u128, credit: u128, amount: u64) -> Value {
+    json!({"id": id.to_string(), "debit_account_id": debit.to_string(),
+        "credit_account_id": credit.to_string(), "amount": amount.to_string(),
+        "ledger": 1, "code": 1})
+}
+
+fn balances(gateway: &str, id: u128) -> (String, String) {
+    let answer = get(gateway, &format!("/v1/accounts/{id}"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let account = answer.json().unwrap();
+    (
+        account["debits_posted"].as_str().unwrap().to_string(),
+        account["credits_posted"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn a_batch_over_two_groups_gets_each_groups_results_in_the_callers_order() {
+    let cluster = start(2);
+    let map = &cluster.groups.map;
+    let group_ids: Vec<GroupId> = map.groups().keys().copied().collect();
+    let a = ids_in(map, group_ids[0], 3);
+    let b = ids_in(map, group_ids[1], 3);
+    let gateway = &cluster.gateway.http_addr;
+
+    // Accounts of both groups interleaved, with a duplicate and an invalid one: every event gets
+    // its group's result, at its own place.
+    let batch = json!([
+        account(a[0]),
+        account(b[0]),
+        account(a[1]),
+        account(b[1]),
+        {"id": a[2].to_string(), "ledger": 0, "code": 1},
+        account(b[0]),
+        account(b[2]),
+        account(a[2]),
+    ]);
+    let answer = post_json(gateway, "/v1/accounts", &batch.to_string());
+    assert_eq!(
+        results(&answer),
+        [
+            "created",
+            "created",
+            "created",
+            "created",
+            "ledger_must_not_be_zero",
+            "exists",
+            "created",
+            "created"
+        ]
+    );
+    let indexes: Vec<u64> = answer.json().unwrap()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, (0..8).collect::<Vec<_>>());
+
+    // Each account is where the map says: its group's own node has it.
+    for (group, ids) in [(0, &a), (1, &b)] {
+        let node = &cluster.groups.nodes[group][0].http_addr;
+        for id in ids.iter() {
+            assert_eq!(get(node, &format!("/v1/accounts/{id}")).status, 200);
+        }
+    }
+
+    // Lookups across groups come back in the order asked, unknown ids left out.
+    let unknown = ids_in(map, group_ids[1], 10)[9];
+    let asked =
+        json!({"ids": [b[1].to_string(), unknown.to_string(), a[0].to_string(), b[2].to_string()]});
+    let found = post_json(gateway, "/v1/accounts/lookup", &asked.to_string());
+    assert_eq!(found.status, 200, "{}", found.body);
+    let found: Vec<String> = found.json().unwrap()["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        found,
+        [b[1].to_string(), a[0].to_string(), b[2].to_string()]
+    );
+
+    // Transfers homed in each group (ids minted in the debit account's slot), in one batch,
+    // with a linked chain inside group b whose second event fails: the chain fails as one.
+    let (ta, tb1, tb2, tb3) = (
+        transfer_id(a[0], 1),
+        transfer_id(b[0], 2),
+        transfer_id(b[0], 3),
+        transfer_id(b[0], 4),
+    );
+    let mut linked = transfer(tb2, b[0], b[1], 5);
+    linked["flags"] = json!(["linked"]);
+    let batch = json!([
+        transfer(ta, a[0], a[1], 100),
+        transfer(tb1, b[0], b[1], 7),
+        linked,
+        transfer(tb3, b[0], b[0], 5),
+    ]);
+    let answer = post_json(gateway, "/v1/transfers", &batch.to_string());
+    assert_eq!(
+        results(&answer),
+        [
+            "created",
+            "created",
+            "linked_event_failed",
+            "accounts_must_be_different"
+        ]
+    );
+    assert_eq!(balances(gateway, a[0]), ("100".into(), "0".into()));
+    assert_eq!(balances(gateway, b[1]), ("0".into(), "7".into()));
+
+    // A resubmitted id with another amount answers as its group would.
+    let again = json!([transfer(ta, a[0], a[1], 101)]);
+    let answer = post_json(gateway, "/v1/transfers", &again.to_string());
+    assert_eq!(results(&answer), ["exists_with_different_amount"]);
+
+    // Queries by account go to the account's group.
+    let history = get(gateway, &format!("/v1/accounts/{}/transfers", b[0]));
+    assert_eq!(history.status, 200, "{}", history.body);
+    assert_eq!(
+        history.json().unwrap()["transfers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let transfer_found = get(gateway, &format!("/v1/transfers/{tb1}"));
+    assert_eq!(transfer_found.status, 200, "{}", transfer_found.body);
+    let bad_filter = get(gateway, &format!("/v1/accounts/{}/transfers?limit=0", b[0]));
+    assert_eq!(bad_filter.status, 400, "{}", bad_filter.body);
+
+    // Across groups: refused whole, naming the event, and nothing changes.
+    let fresh = transfer_id(a[1], 5);
+    let crossing = json!([
+        transfer(fresh, a[1], a[0], 1),
+        transfer(transfer_id(a[0], 6), a[0], b[1], 1),
+    ]);
+    let answer = post_json(gateway, "/v1/transfers", &crossing.to_string());
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.json().unwrap()["field"], "transfers[1]");
+    assert!(answer.body.contains("different groups"), "{}", answer.body);
+    assert_eq!(get(gateway, &format!("/v1/transfers/{fresh}")).status, 404);
+
+    // A linked chain whose events live in two groups: refused whole too.
+    let mut first = transfer(transfer_id(a[0], 7), a[0], a[1], 1);
+    first["flags"] = json!(["linked"]);
+    let chain = json!([first, transfer(transfer_id(b[0], 8), b[0], b[1], 1)]);
+    let answer = post_json(gateway, "/v1/transfers", &chain.to_string());
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.json().unwrap()["field"], "transfers[1]");
+    assert!(answer.body.contains("linked chain"), "{}", answer.body);
+    assert_eq!(balances(gateway, a[0]), ("100".into(), "0".into()));
+}
+
+#[test]
+fn the_gateway_checks_keys_serves_the_nodes_document_and_the_rust_client_works_unchanged() {
+    let cluster = start(2);
+    let gateway = &cluster.gateway;
+    let node = &cluster.groups.nodes[0][0];
+
+    // No key, a wrong key: refused before anything is read.
+    let open = testkit::http::request_as(
+        None,
+        &gateway.http_addr,
+        "POST",
+        "/v1/accounts",
+        Some("application/json"),
+        r#"[{"id":"1","ledger":1,"code":1}]"#,
+    )
+    .unwrap();
+    assert_eq!(open.status, 401, "{}", open.body);
+    let wrong = testkit::http::request_as(
+        Some("fk_nope"),
+        &gateway.http_addr,
+        "GET",
+        "/v1/accounts/1",
+        None,
+        "",
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+
+    let document = get(&gateway.http_addr, "/openapi.json");
+    assert_eq!(document.status, 200);
+    assert_eq!(document.body, get(&node.http_addr, "/openapi.json").body);
+
+    // The Rust client, pointed at the gateway as at a node.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = support::connect(
+            &format!("http://{}", gateway.grpc_addr),
+            client::RetryPolicy::default(),
+        )
+        .unwrap();
+        let map = &cluster.groups.map;
+        let ids: Vec<u128> = (1..=40).collect();
+        assert!(
+            map.groups()
+                .keys()
+                .all(|&g| ids.iter().any(|&id| map.group_of(id) == g)),
+            "the ids reach every group"
+        );
+        let accounts: Vec<ledger::Account> = ids
+            .iter()
+            .map(|&id| ledger::Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        let created = client.create_accounts(&accounts).await.unwrap();
+        assert!(
+            created
+                .iter()
+                .all(|r| r.result == ledger::CreateAccountResult::Created)
+        );
+        let mut reversed = ids.clone();
+        reversed.reverse();
+        let found = client.lookup_accounts(&reversed).await.unwrap();
+        let found: Vec<u128> = found.iter().map(|a| a.id).collect();
+        assert_eq!(found, reversed);
+    });
+}
+
+#[test]
+fn fincore_dev_with_groups_serves_the_gateway_first_and_keeps_the_cluster_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fincore-data");
+    // Ports below 60000 so that the groups' ports (100 and 200 above) exist.
+    let addrs: Vec<String> = (0..50)
+        .filter_map(|_| testkit::free_addrs(3).ok())
+        .find(|addrs| {
+            addrs
+                .iter()
+                .all(|a| a.rsplit(':').next().unwrap().parse::<u16>().unwrap() < 60_000)
+        })
+        .expect("free ports below 60000");
+    let args = [
+        "--groups",
+        "2",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--grpc",
+        &addrs[0],
+        "--http",
+        &addrs[1],
+        "--peer",
+        &addrs[2],
+    ];
+    let mut dev = DevRun::start(&args);
+    // The first lines are the gateway's.
+    assert_eq!(
+        dev.line_with("fincore: gRPC listening on "),
+        format!("fincore: gRPC listening on {} (plaintext)", addrs[0])
+    );
+    assert_eq!(
+        dev.line_with("fincore: HTTP listening on "),
+        format!("fincore: HTTP listening on http://{}", addrs[1])
+    );
+    dev.line_with("Ctrl-C stops the gateway");
+    let map =
+        cluster::ClusterMap::from_json(&std::fs::read(data.join("cluster-map.json")).unwrap())
+            .unwrap();
+    assert_eq!(map.groups().len(), 2);
+    let key = std::fs::read_to_string(data.join("dev-api-key")).unwrap();
+    let as_dev = |method: &str, path: &str, body: &str| {
+        testkit::http::request_as(
+            Some(key.trim()),
+            &addrs[1],
+            method,
+            path,
+            Some("application/json"),
+            body,
+        )
+        .unwrap()
+    };
+    let ids: Vec<u128> = (1..=20).collect();
+    assert!(
+        map.groups()
+            .keys()
+            .all(|&g| ids.iter().any(|&id| map.group_of(id) == g))
+    );
+    let accounts: Vec<Value> = ids.iter().map(|&id| account(id)).collect();
+    // The groups may still be electing: the gateway retries for the caller.
+    let answer = as_dev("POST", "/v1/accounts", &Value::from(accounts).to_string());
+    assert_eq!(results(&answer), vec!["created"; 20]);
+    dev.stop();
+
+    let mut dev = DevRun::start(&args);
+    dev.line_with("Ctrl-C stops the gateway");
+    for id in ids {
+        assert_eq!(as_dev("GET", &format!("/v1/accounts/{id}"), "").status, 200);
+    }
+    dev.stop();
+}
