@@ -18,17 +18,23 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-fn start(groups: usize) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let local = LocalGroups::start(fincore_exe(), dir.path(), groups, 1, &[])
+/// `groups` groups of `replicas` replicas under `dir`, and a gateway over them.
+fn start_in(dir: &std::path::Path, groups: usize, replicas: usize) -> (LocalGroups, ChildNode) {
+    let local = LocalGroups::start(fincore_exe(), dir, groups, replicas, &[])
         .unwrap_or_else(|error| panic!("{error}"));
     let gateway = ChildNode::start_gateway(
         fincore_exe(),
-        &dir.path().join("gateway"),
+        &dir.join("gateway"),
         &local.map_path,
         &["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
     )
     .unwrap_or_else(|error| panic!("{error}"));
+    (local, gateway)
+}
+
+fn start(groups: usize) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let (local, gateway) = start_in(dir.path(), groups, 1);
     Cluster {
         groups: local,
         gateway,
@@ -124,7 +130,7 @@ fn a_batch_over_two_groups_gets_each_groups_results_in_the_callers_order() {
 
     // Each account is where the map says: its group's own node has it.
     for (group, ids) in [(0, &a), (1, &b)] {
-        let node = &cluster.groups.nodes[group][0].http_addr;
+        let node = &cluster.groups.node(group, 0).unwrap().http_addr;
         for id in ids.iter() {
             assert_eq!(get(node, &format!("/v1/accounts/{id}")).status, 200);
         }
@@ -223,7 +229,7 @@ fn a_batch_over_two_groups_gets_each_groups_results_in_the_callers_order() {
 fn the_gateway_checks_keys_serves_the_nodes_document_and_the_rust_client_works_unchanged() {
     let cluster = start(2);
     let gateway = &cluster.gateway;
-    let node = &cluster.groups.nodes[0][0];
+    let node = cluster.groups.node(0, 0).unwrap();
 
     // No key, a wrong key: refused before anything is read.
     let open = testkit::http::request_as(
@@ -360,4 +366,110 @@ fn fincore_dev_with_groups_serves_the_gateway_first_and_keeps_the_cluster_across
         assert_eq!(as_dev("GET", &format!("/v1/accounts/{id}"), "").status, 200);
     }
     dev.stop();
+}
+
+/// The member every running member of group `g` agrees leads it (bounded wait).
+fn leader_of(groups: &LocalGroups, g: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let leaders: Vec<Option<u64>> = (0..groups.layouts[g].len())
+            .filter_map(|i| groups.node(g, i))
+            .map(|node| {
+                testkit::http::replica_status(&node.http_addr, false)
+                    .ok()
+                    .and_then(|s| s.leader)
+            })
+            .collect();
+        if let Some(Some(leader)) = leaders.first()
+            && leaders.iter().all(|l| *l == Some(*leader))
+            && groups.node(g, *leader as usize - 1).is_some()
+        {
+            return *leader as usize - 1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group {g} agreed on no leader: {leaders:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_gateway_follows_a_new_leader_and_loses_no_acknowledged_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut local, gateway) = start_in(dir.path(), 2, 3);
+    let map = local.map.clone();
+    let group_ids: Vec<GroupId> = map.groups().keys().copied().collect();
+    // Two accounts per group; every transfer stays in its group, homed with its debit account.
+    let pairs: Vec<(u128, u128)> = group_ids
+        .iter()
+        .map(|&g| {
+            let ids = ids_in(&map, g, 2);
+            (ids[0], ids[1])
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(async {
+        support::connect(
+            &format!("http://{}", gateway.grpc_addr),
+            client::RetryPolicy::default(),
+        )
+        .unwrap()
+    });
+    let accounts: Vec<ledger::Account> = pairs
+        .iter()
+        .flat_map(|&(a, b)| [a, b])
+        .map(|id| ledger::Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        })
+        .collect();
+    runtime.block_on(client.create_accounts(&accounts)).unwrap();
+
+    let write = |round: u128| {
+        let transfers: Vec<ledger::Transfer> = pairs
+            .iter()
+            .map(|&(debit, credit)| ledger::Transfer {
+                id: transfer_id(debit, round),
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount: 1,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            })
+            .collect();
+        let results = runtime
+            .block_on(client.create_transfers(&transfers))
+            .unwrap();
+        assert!(
+            results.iter().all(|r| matches!(
+                r.result,
+                ledger::CreateTransferResult::Created | ledger::CreateTransferResult::Exists
+            )),
+            "round {round}: {results:?}"
+        );
+    };
+    for round in 1..=20 {
+        write(round);
+    }
+    // Kill group 0's leader; writes to both groups go on through the same gateway.
+    let leader = leader_of(&local, 0);
+    local.kill9(0, leader);
+    for round in 21..=40 {
+        write(round);
+    }
+    assert_ne!(leader_of(&local, 0), leader);
+    // Every acknowledged transfer is there once: each debit account moved exactly 40.
+    for &(debit, credit) in &pairs {
+        let found = runtime
+            .block_on(client.lookup_accounts(&[debit, credit]))
+            .unwrap();
+        assert_eq!(found[0].debits_posted, 40, "{debit}");
+        assert_eq!(found[1].credits_posted, 40, "{credit}");
+    }
+    gateway.stop().unwrap();
+    local.stop().unwrap();
 }

@@ -16,8 +16,8 @@ use crate::node::ChildNode;
 /// Running groups and their map.
 pub struct LocalGroups {
     pub layouts: Vec<GroupLayout>,
-    /// `nodes[g][i]`: member `i` of group `g`.
-    pub nodes: Vec<Vec<ChildNode>>,
+    /// `nodes[g][i]`: member `i` of group `g` (`None` once killed).
+    pub nodes: Vec<Vec<Option<ChildNode>>>,
     pub map: ClusterMap,
     /// Where the map's JSON was written.
     pub map_path: PathBuf,
@@ -57,7 +57,7 @@ impl LocalGroups {
                     .collect::<Result<Vec<_>, _>>()
             })?;
             layouts.push(layout);
-            nodes.push(members);
+            nodes.push(members.into_iter().map(Some).collect());
         }
         let map = map_of(&layouts)?;
         let map_path = root.join("cluster-map.json");
@@ -71,9 +71,26 @@ impl LocalGroups {
         })
     }
 
-    /// Stops every node (SIGTERM, then waits).
+    /// Member `i` of group `g`, if running.
+    pub fn node(&self, g: usize, i: usize) -> Option<&ChildNode> {
+        self.nodes.get(g)?.get(i)?.as_ref()
+    }
+
+    /// Kills member `i` of group `g` with SIGKILL (no clean stop), if running.
+    pub fn kill9(&mut self, g: usize, i: usize) {
+        if let Some(node) = self
+            .nodes
+            .get_mut(g)
+            .and_then(|n| n.get_mut(i))
+            .and_then(Option::take)
+        {
+            node.kill9();
+        }
+    }
+
+    /// Stops every running node (SIGTERM, then waits).
     pub fn stop(self) -> Result<(), KitError> {
-        for node in self.nodes.into_iter().flatten() {
+        for node in self.nodes.into_iter().flatten().flatten() {
             node.stop()?;
         }
         Ok(())
