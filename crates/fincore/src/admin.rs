@@ -1,7 +1,8 @@
 //! `fincore admin`: operator commands against a running group over its HTTP API.
 //!
 //! Membership changes go to any node; one that is not the leader redirects (307) and the
-//! command follows the redirect once.
+//! command follows the redirect once. `cluster` reads a cluster map and asks every member of
+//! every group for its own status.
 
 use std::process::ExitCode;
 
@@ -48,6 +49,91 @@ pub enum AdminCommand {
         #[arg(long, value_name = "HOST:PORT")]
         addr: String,
     },
+    /// Show the cluster: the map's epoch, each group's slots and members, and each member's
+    /// role, term and applied index as it reports them (`unreachable` when it does not answer).
+    Cluster {
+        /// The cluster map the gateways route by (`dev --groups` keeps it in
+        /// DIR/cluster-map.json).
+        #[arg(long, value_name = "FILE")]
+        map: std::path::PathBuf,
+    },
+}
+
+/// Slot numbers as ranges: `0-1023, 2048-2050`.
+fn slot_ranges(slots: &[cluster::Slot]) -> String {
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for slot in slots.iter().map(|s| s.index()) {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == slot => *last = slot,
+            _ => ranges.push((slot, slot)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|&(first, last)| {
+            if first == last {
+                first.to_string()
+            } else {
+                format!("{first}-{last}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints the map and every member's own report of its role (over its HTTP API).
+fn show_cluster(target: &Target<'_>, map_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let map = crate::gateway::read_map(map_path)?;
+    println!(
+        "cluster map epoch {}: {} groups over {} slots",
+        map.epoch(),
+        map.groups().len(),
+        cluster::SLOTS
+    );
+    let mut unreachable = 0;
+    for (group, members) in map.groups() {
+        let slots = map.slots_of(*group);
+        println!(
+            "group {group}: {} slots ({})",
+            slots.len(),
+            slot_ranges(&slots)
+        );
+        for (id, member) in members {
+            let seen = if member.http.is_empty() {
+                "no HTTP address in the map".to_string()
+            } else {
+                match request(target, &member.http, "GET", "/v1/status", None) {
+                    Ok((200, _, body)) => {
+                        let status: serde_json::Value = serde_json::from_str(&body)?;
+                        let replica = &status["replica"];
+                        format!(
+                            "{}, term {}, applied {}",
+                            replica["role"].as_str().unwrap_or("?"),
+                            replica["term"],
+                            replica["applied_index"]
+                        )
+                    }
+                    Ok((status, _, body)) => {
+                        unreachable += 1;
+                        format!("answered HTTP {status}: {body}")
+                    }
+                    Err(error) => {
+                        unreachable += 1;
+                        format!("unreachable ({error})")
+                    }
+                }
+            };
+            println!(
+                "  node {id}  gRPC {}  HTTP {}: {seen}",
+                member.grpc, member.http
+            );
+        }
+    }
+    Ok(if unreachable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The admin key every admin command sends.
@@ -166,5 +252,6 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCommand::Status { addr } => {
             to_leader(target, addr, "GET", "/v1/status?digest=true", None)
         }
+        AdminCommand::Cluster { map } => show_cluster(target, map),
     }
 }

@@ -358,6 +358,21 @@ fn fincore_dev_with_groups_serves_the_gateway_first_and_keeps_the_cluster_across
     // The groups may still be electing: the gateway retries for the caller.
     let answer = as_dev("POST", "/v1/accounts", &Value::from(accounts).to_string());
     assert_eq!(results(&answer), vec!["created"; 20]);
+    // `admin cluster` shows the map and each group's leader as its members report it.
+    let shown = std::process::Command::new(fincore_exe())
+        .args(["admin", "cluster", "--map"])
+        .arg(data.join("cluster-map.json"))
+        .env("FINCORE_API_KEY", key.trim())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}");
+    assert!(
+        text.starts_with("cluster map epoch 1: 2 groups over 4096 slots"),
+        "{text}"
+    );
+    assert_eq!(text.matches(": leader, term ").count(), 2, "{text}");
+    assert!(text.contains(": 2048 slots (0-2047)"), "{text}");
     dev.stop();
 
     let mut dev = DevRun::start(&args);
