@@ -202,7 +202,7 @@ pub(super) fn leader_position(nodes: &[Option<ChildNode>]) -> anyhow::Result<usi
 }
 
 /// The index (in `http_addrs`) of the node the group agrees is leader (bounded wait).
-fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
+pub(super) fn leader_of(http_addrs: &[String]) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         for addr in http_addrs {
@@ -235,7 +235,7 @@ const DIGEST_ATTEMPTS_MAX: u32 = 5;
 
 /// Waits (bounded) until every node in `http_addrs` has applied its whole log and all applied the
 /// same index: the group has caught up with everything it acknowledged. Returns that index.
-fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<u64> {
+pub(super) fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(CATCH_UP_SECONDS_MAX);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -262,7 +262,7 @@ fn wait_caught_up(http_addrs: &[String]) -> anyhow::Result<u64> {
 /// Checks that every node in `http_addrs` shows the same state digest at one applied index:
 /// waits until they all applied the same index, then fetches the digests; if an entry landed in
 /// between (the index moved), starts again, at most `DIGEST_ATTEMPTS_MAX` times.
-fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
+pub(super) fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
     let mut states = Vec::new();
     for _ in 0..DIGEST_ATTEMPTS_MAX {
         let index = wait_caught_up(http_addrs)?;
@@ -293,7 +293,7 @@ fn check_digests(http_addrs: &[String]) -> anyhow::Result<()> {
 
 /// The highest Raft term any node in `http_addrs` reports (nodes that do not answer are left
 /// out; `None` if none answers).
-fn term_max(http_addrs: &[String]) -> Option<u64> {
+pub(super) fn term_max(http_addrs: &[String]) -> Option<u64> {
     http_addrs
         .iter()
         .filter_map(|addr| replica_status(addr, false).ok())

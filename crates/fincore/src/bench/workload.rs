@@ -1,5 +1,13 @@
 //! The benchmark's accounts and transfers, generated from a seed.
+//!
+//! `bench --groups` draws every transfer inside one group of a cluster map ([`Placement`],
+//! [`TransferGenerator::single_group`]): both accounts in the debit account's group and the
+//! transfer's own id minted into the debit account's slot, since the gateway homes a transfer by
+//! its id and refuses events whose ids live in different groups.
 
+use std::sync::Arc;
+
+use cluster::{ClusterMap, GroupId, ID_TIMESTAMP_MS_MAX, Slot, id_in_slot, slot_of};
 use ledger::{Account, AccountFlags, Transfer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -37,6 +45,82 @@ pub fn accounts(first: u64, last: u64) -> Vec<Account> {
         .collect()
 }
 
+/// Where the accounts `1..=accounts` live under a cluster map: each one's group and slot, and
+/// each group's accounts, computed once so that drawing a transfer costs two lookups.
+#[derive(Debug)]
+pub struct Placement {
+    /// The map's groups, in its order; a group's number below is its position here.
+    group_ids: Vec<GroupId>,
+    /// `group_accounts[g]`: the ids of group `g`'s accounts, ascending.
+    group_accounts: Vec<Vec<u64>>,
+    /// `account_group[id - 1]`: the number of account `id`'s group.
+    account_group: Vec<u16>,
+    /// `account_slot[id - 1]`: account `id`'s slot.
+    account_slot: Vec<Slot>,
+}
+
+impl Placement {
+    /// The placement of accounts `1..=accounts` under `map`. Refuses a map under which a group
+    /// holds fewer than two accounts: it could not debit one and credit another.
+    pub fn new(map: &ClusterMap, accounts: u64) -> anyhow::Result<Placement> {
+        let group_ids: Vec<GroupId> = map.groups().keys().copied().collect();
+        assert!(!group_ids.is_empty() && group_ids.len() <= usize::from(u16::MAX));
+        let mut group_accounts = vec![Vec::new(); group_ids.len()];
+        let mut account_group = Vec::with_capacity(accounts as usize);
+        let mut account_slot = Vec::with_capacity(accounts as usize);
+        for id in 1..=accounts {
+            let group = map.group_of(u128::from(id));
+            let number = group_ids.binary_search(&group).expect("a group of the map");
+            group_accounts[number].push(id);
+            account_group.push(number as u16);
+            account_slot.push(slot_of(u128::from(id)));
+        }
+        if let Some((number, held)) = group_accounts
+            .iter()
+            .enumerate()
+            .find(|(_, held)| held.len() < 2)
+        {
+            anyhow::bail!(
+                "--accounts {accounts} is too few for {} groups: group {} holds {} of them, and a \
+                 transfer needs two accounts in one group; give more accounts",
+                group_ids.len(),
+                group_ids[number],
+                held.len()
+            );
+        }
+        Ok(Placement {
+            group_ids,
+            group_accounts,
+            account_group,
+            account_slot,
+        })
+    }
+
+    /// The map's groups, in the order of the per-group counts.
+    pub fn group_ids(&self) -> &[GroupId] {
+        &self.group_ids
+    }
+
+    /// How many accounts each group holds, in the order of [`Placement::group_ids`].
+    pub fn accounts_per_group(&self) -> Vec<u64> {
+        self.group_accounts
+            .iter()
+            .map(|held| held.len() as u64)
+            .collect()
+    }
+}
+
+/// What [`TransferGenerator::single_group`] needs beyond the plain workload.
+struct SingleGroup {
+    placement: Arc<Placement>,
+    /// Per group, the Zipf law over its accounts (`--distribution zipfian`).
+    group_zipf: Vec<Option<Zipf<f64>>>,
+    /// The millisecond stamped into every transfer id of the run.
+    id_millis: u64,
+    /// How many transfers were drawn in each group.
+    transfers_per_group: Vec<u64>,
+}
+
 /// Draws transfers; one generator per client, seeded from the run's seed.
 pub struct TransferGenerator {
     rng: SmallRng,
@@ -44,6 +128,7 @@ pub struct TransferGenerator {
     zipf: Option<Zipf<f64>>,
     amount: Exp<f64>,
     id_order: IdOrder,
+    single_group: Option<SingleGroup>,
 }
 
 impl TransferGenerator {
@@ -62,7 +147,54 @@ impl TransferGenerator {
             },
             amount: Exp::new(1.0 / AMOUNT_MEAN)?,
             id_order,
+            single_group: None,
         })
+    }
+
+    /// A generator of single-group transfers under `placement` (over all its accounts): the
+    /// debit account drawn as usual, the credit account from the debit's group, and the id
+    /// minted into the debit's slot with `id_millis` (milliseconds since the epoch, one value
+    /// for the whole run) and the transfer's sequence number as its random bits. `id_in_slot`
+    /// is one-to-one in its 68 random bits for a given slot and millisecond, so distinct
+    /// sequence numbers (below 2^68) give distinct ids.
+    pub fn single_group(
+        seed: u64,
+        placement: Arc<Placement>,
+        distribution: AccountDistribution,
+        id_millis: u64,
+    ) -> anyhow::Result<Self> {
+        if id_millis == 0 || id_millis > ID_TIMESTAMP_MS_MAX {
+            anyhow::bail!(
+                "transfer ids: {id_millis} is not a millisecond timestamp an id can carry (1..={ID_TIMESTAMP_MS_MAX})"
+            );
+        }
+        let accounts = placement.account_group.len() as u64;
+        let group_zipf = placement
+            .group_accounts
+            .iter()
+            .map(|held| match distribution {
+                AccountDistribution::Uniform => Ok(None),
+                AccountDistribution::Zipfian => Ok(Some(Zipf::new(held.len() as f64, 1.0)?)),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let transfers_per_group = vec![0; placement.group_ids.len()];
+        let mut generator =
+            TransferGenerator::new(seed, accounts, distribution, IdOrder::Sequential)?;
+        generator.single_group = Some(SingleGroup {
+            placement,
+            group_zipf,
+            id_millis,
+            transfers_per_group,
+        });
+        Ok(generator)
+    }
+
+    /// How many transfers were drawn in each group so far (single-group generators; in the
+    /// order of [`Placement::group_ids`]).
+    pub fn transfers_per_group(&self) -> Vec<u64> {
+        self.single_group
+            .as_ref()
+            .map_or_else(Vec::new, |single| single.transfers_per_group.clone())
     }
 
     fn pick(&mut self) -> u64 {
@@ -72,20 +204,16 @@ impl TransferGenerator {
         }
     }
 
-    /// `count` transfers whose sequential ids start at `first_id`.
+    /// `count` transfers whose sequence numbers start at `first_id` (their ids, unless the
+    /// generator mints ids into slots).
     pub fn batch(&mut self, first_id: u64, count: u64) -> Vec<Transfer> {
         (0..count)
             .map(|i| {
+                let sequence = first_id + i;
                 let debit = self.pick();
-                let credit = loop {
-                    let credit = self.pick();
-                    if credit != debit {
-                        break credit;
-                    }
-                };
-                let id = match self.id_order {
-                    IdOrder::Sequential => u128::from(first_id + i),
-                    IdOrder::Random => self.rng.random_range(1..u128::MAX),
+                let (credit, id) = match self.single_group.is_some() {
+                    true => self.single_group_credit_and_id(debit, sequence),
+                    false => (self.other_than(debit), self.plain_id(sequence)),
                 };
                 Transfer {
                     id,
@@ -98,5 +226,145 @@ impl TransferGenerator {
                 }
             })
             .collect()
+    }
+
+    /// A credit account drawn over all accounts, distinct from `debit`.
+    fn other_than(&mut self, debit: u64) -> u64 {
+        loop {
+            let credit = self.pick();
+            if credit != debit {
+                break credit;
+            }
+        }
+    }
+
+    fn plain_id(&mut self, sequence: u64) -> u128 {
+        match self.id_order {
+            IdOrder::Sequential => u128::from(sequence),
+            IdOrder::Random => self.rng.random_range(1..u128::MAX),
+        }
+    }
+
+    /// A credit account in `debit`'s group (distinct from it) and an id in `debit`'s slot.
+    fn single_group_credit_and_id(&mut self, debit: u64, sequence: u64) -> (u64, u128) {
+        let single = self
+            .single_group
+            .as_mut()
+            .expect("a single-group generator");
+        let at = (debit - 1) as usize;
+        let group = usize::from(single.placement.account_group[at]);
+        let held = &single.placement.group_accounts[group];
+        debug_assert!(held.len() >= 2, "Placement::new refuses groups of fewer");
+        let credit = loop {
+            let index = match &single.group_zipf[group] {
+                Some(zipf) => (zipf.sample(&mut self.rng) as usize).clamp(1, held.len()) - 1,
+                None => self.rng.random_range(0..held.len()),
+            };
+            if held[index] != debit {
+                break held[index];
+            }
+        };
+        let slot = single.placement.account_slot[at];
+        let id = id_in_slot(slot, single.id_millis, u128::from(sequence))
+            .expect("id_millis is checked when the generator is made");
+        single.transfers_per_group[group] += 1;
+        (credit, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use cluster::{Member, Members, route};
+
+    use super::*;
+
+    fn map_of_groups(groups: u128) -> ClusterMap {
+        let member = Member {
+            grpc: "127.0.0.1:1".into(),
+            http: String::new(),
+            peer: "127.0.0.1:2".into(),
+        };
+        let groups =
+            (1..=groups).map(|n| (GroupId::from_u128(n), Members::from([(1, member.clone())])));
+        ClusterMap::new(groups.collect()).expect("a valid map")
+    }
+
+    /// What the gateway needs of every transfer (its id and both accounts in one group, as
+    /// `cluster::route::split` judges it), and that no two transfers share an id, across
+    /// clients as the bench runs them (client k takes batches k, k + clients, …).
+    #[test]
+    fn single_group_transfers_keep_their_ids_and_accounts_in_one_group_and_ids_are_unique() {
+        let map = map_of_groups(4);
+        let placement = Arc::new(Placement::new(&map, 1_000).expect("enough accounts"));
+        assert!(
+            placement
+                .accounts_per_group()
+                .iter()
+                .all(|&held| held > 150)
+        );
+        for distribution in [AccountDistribution::Uniform, AccountDistribution::Zipfian] {
+            let (clients, batch, batches) = (3u64, 997u64, 60u64);
+            let mut generators: Vec<TransferGenerator> = (0..clients)
+                .map(|k| {
+                    TransferGenerator::single_group(
+                        42 + k,
+                        Arc::clone(&placement),
+                        distribution,
+                        1_764_600_000_000,
+                    )
+                    .expect("a generator")
+                })
+                .collect();
+            let mut ids = BTreeSet::new();
+            let mut drawn = 0u64;
+            for b in 0..batches {
+                let generator = &mut generators[(b % clients) as usize];
+                let transfers = generator.batch(b * batch + 1, batch);
+                // As the gateway judges a batch: its own id, both accounts, the pending id.
+                let split = route::split(&map, transfers.clone(), |t| {
+                    route::Accounts::Ids([
+                        t.id,
+                        t.debit_account_id,
+                        t.credit_account_id,
+                        t.pending_id,
+                    ])
+                })
+                .expect("a batch within the limit");
+                assert!(
+                    split.cross_group.is_empty(),
+                    "{:?}",
+                    split.cross_group.first()
+                );
+                for transfer in transfers {
+                    let group = map.group_of(transfer.id);
+                    assert_eq!(map.group_of(transfer.debit_account_id), group);
+                    assert_eq!(map.group_of(transfer.credit_account_id), group);
+                    assert_ne!(transfer.debit_account_id, transfer.credit_account_id);
+                    assert_eq!(slot_of(transfer.id), slot_of(transfer.debit_account_id));
+                    assert!(ids.insert(transfer.id), "id {:#x} drawn twice", transfer.id);
+                    drawn += 1;
+                }
+            }
+            let per_group: Vec<u64> = generators.iter().fold(vec![0; 4], |mut sum, g| {
+                sum.iter_mut()
+                    .zip(g.transfers_per_group())
+                    .for_each(|(s, n)| *s += n);
+                sum
+            });
+            assert_eq!(per_group.iter().sum::<u64>(), drawn);
+            assert!(per_group.iter().all(|&n| n > 0), "{per_group:?}");
+        }
+    }
+
+    #[test]
+    fn a_map_leaving_a_group_fewer_than_two_accounts_is_refused() {
+        let error = Placement::new(&map_of_groups(4), 3).expect_err("too few accounts");
+        assert!(
+            error
+                .to_string()
+                .contains("--accounts 3 is too few for 4 groups")
+        );
     }
 }
