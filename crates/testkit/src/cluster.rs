@@ -25,7 +25,8 @@ pub struct LocalGroups {
 
 impl LocalGroups {
     /// Starts the groups under `root` (group `g`'s member `i` on `root/group-g/node-i`) with
-    /// `extra` arguments for every node, waits until each group has a leader, and writes the
+    /// `extra` arguments for every node (a group of one has elected itself once its node
+    /// announces; larger groups elect soon after, which clients ride out by retrying), and writes the
     /// map to `root/cluster-map.json`.
     pub fn start(
         exe: &Path,

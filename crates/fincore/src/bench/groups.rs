@@ -223,11 +223,16 @@ fn run_one(
     };
     let addrs: Vec<String> = match &gateway {
         Some(gateway) => vec![gateway.grpc_url()],
-        None => local.nodes[0].iter().map(ChildNode::grpc_url).collect(),
+        None => local.nodes[0]
+            .iter()
+            .flatten()
+            .map(ChildNode::grpc_url)
+            .collect(),
     };
     let node_pids: Vec<String> = local
         .nodes
         .iter()
+        .flatten()
         .flatten()
         .map(|node| node.pid().to_string())
         .collect();
