@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use limits::BATCH_EVENTS_MAX;
 
 use crate::map::{ClusterMap, GroupId};
+use crate::placement::Slot;
 
 /// The ids that place an event: one (creating or looking up an account), two (a transfer's
 /// debit and credit accounts), or every id a transfer names (its own id, which homes it, its
@@ -49,6 +50,12 @@ impl Accounts {
         }
         groups
     }
+}
+
+/// Where one event goes.
+enum Placement {
+    Single(GroupId),
+    Cross(Groups),
 }
 
 /// Up to four distinct groups, without allocating.
@@ -131,31 +138,73 @@ pub fn split<E>(
         });
     }
     let events_count = events.len();
-    let mut parts: BTreeMap<GroupId, Part<E>> = BTreeMap::new();
-    let mut cross_group = Vec::new();
-    for (index, event) in (0u32..).zip(events) {
-        let groups = accounts_of(&event).groups(map);
-        // An event naming no id at all is not placed by it: the first group takes it (and
-        // refuses it as the ledger would).
-        let single = match groups.len {
-            0 => Some(map.group_of_slot(crate::Slot::all().next().expect("slots exist"))),
-            1 => groups.all().next(),
-            _ => None,
-        };
-        if let Some(group) = single {
-            let part = parts.entry(group).or_insert_with(|| Part {
-                group,
-                indexes: Vec::new(),
-                events: Vec::new(),
-            });
-            part.indexes.push(index);
-            part.events.push(event);
+    // One group holds every id: nothing to work out.
+    if let Some((&group, _)) = map.groups().first_key_value()
+        && map.groups().len() == 1
+    {
+        let parts = if events.is_empty() {
+            Vec::new()
         } else {
-            cross_group.push(CrossGroup {
+            vec![Part {
+                group,
+                indexes: (0..events_count as u32).collect(),
+                events,
+            }]
+        };
+        return Ok(Split {
+            epoch: map.epoch(),
+            events_count,
+            parts,
+            cross_group: Vec::new(),
+        });
+    }
+    // Placed first, counted, then moved into parts of exactly their size: a batch of 8,189
+    // events is a megabyte, and growing parts by doubling would copy it again and again.
+    let placed: Vec<Placement> = events
+        .iter()
+        .map(|event| {
+            let groups = accounts_of(event).groups(map);
+            // An event naming no id at all is not placed by it: the first group takes it
+            // (and refuses it as the ledger would).
+            match groups.len {
+                0 => Placement::Single(map.group_of_slot(Slot::all().next().expect("slots exist"))),
+                1 => Placement::Single(groups.all().next().expect("one group")),
+                _ => Placement::Cross(groups),
+            }
+        })
+        .collect();
+    let mut counts: BTreeMap<GroupId, usize> = BTreeMap::new();
+    for placement in &placed {
+        if let Placement::Single(group) = placement {
+            *counts.entry(*group).or_default() += 1;
+        }
+    }
+    let mut parts: BTreeMap<GroupId, Part<E>> = counts
+        .into_iter()
+        .map(|(group, count)| {
+            let part = Part {
+                group,
+                indexes: Vec::with_capacity(count),
+                events: Vec::with_capacity(count),
+            };
+            (group, part)
+        })
+        .collect();
+    let mut cross_group = Vec::new();
+    for ((index, event), placement) in (0u32..).zip(events).zip(placed) {
+        match placement {
+            Placement::Single(group) => {
+                let part = parts
+                    .get_mut(&group)
+                    .expect("every group placed is counted");
+                part.indexes.push(index);
+                part.events.push(event);
+            }
+            Placement::Cross(groups) => cross_group.push(CrossGroup {
                 index,
                 event,
                 groups: groups.all().collect(),
-            });
+            }),
         }
     }
     let parts: Vec<Part<E>> = parts.into_values().collect();

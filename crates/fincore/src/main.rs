@@ -4,6 +4,7 @@
 //! lives in its own module; the work itself is done by the library crates.
 
 mod admin;
+mod allocator;
 mod bench;
 mod certs;
 mod chaos;
@@ -63,6 +64,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Serve(args) => serve::serve(&args),

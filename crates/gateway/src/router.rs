@@ -28,6 +28,9 @@ use telemetry::Metrics;
 use crate::groups::{Groups, group_failed};
 use futures::future::BoxFuture;
 
+/// A group's answer to a write: one result per event of the part sent.
+type ClientResults<R> = Result<Vec<EventResult<R>>, client::ClientError>;
+
 /// The client API over the groups of one cluster map.
 pub struct Gateway {
     map: Arc<ClusterMap>,
@@ -49,28 +52,30 @@ impl Gateway {
         &self.map
     }
 
-    /// Sends each part of `split` to its group at once and merges the answers into the
-    /// caller's order.
+    /// Sends each part of `split` to its group at once (the events moved, not copied) and
+    /// merges the answers into the caller's order.
     async fn write<E, R, F>(&self, split: Split<E>, send: F) -> CreateResults<R>
     where
-        E: Send + Sync,
+        E: Send,
         R: Send,
-        F: Fn(
-            &client::Client,
-            &[E],
-        ) -> BoxFuture<'static, Result<Vec<EventResult<R>>, client::ClientError>>,
+        F: Fn(client::Client, Vec<E>) -> BoxFuture<'static, ClientResults<R>>,
     {
         debug_assert!(split.cross_group.is_empty());
-        let calls = split.parts.iter().map(|part| {
+        let mut indexes = Vec::with_capacity(split.parts.len());
+        let mut calls = Vec::with_capacity(split.parts.len());
+        for part in split.parts {
             let group = part.group;
-            let client = self.groups.client(group);
-            let call = client.map(|client| send(client, &part.events));
-            async move { call?.await.map_err(|error| group_failed(group, error)) }
-        });
+            let call = self
+                .groups
+                .client(group)
+                .map(|client| send(client.clone(), part.events));
+            indexes.push(part.indexes);
+            calls.push(async move { call?.await.map_err(|error| group_failed(group, error)) });
+        }
         let answers = try_join_all(calls).await?;
         let mut merger = Merger::new(split.events_count).map_err(internal)?;
-        for (part, results) in split.parts.iter().zip(answers) {
-            merger.put_part(&part.indexes, results).map_err(internal)?;
+        for (indexes, results) in indexes.iter().zip(answers) {
+            merger.put_part(indexes, results).map_err(internal)?;
         }
         merger.finish().map_err(internal)
     }
@@ -196,8 +201,6 @@ impl LedgerApi for Gateway {
                 .map_err(|error| invalid("accounts", error.to_string()))?;
             check_single_group(&split, "accounts", |i| linked[i])?;
             self.write(split, |client, part| {
-                let client = client.clone();
-                let part = part.to_vec();
                 Box::pin(async move { client.create_accounts(&part).await })
             })
             .await
@@ -217,8 +220,6 @@ impl LedgerApi for Gateway {
                 .map_err(|error| invalid("transfers", error.to_string()))?;
             check_single_group(&split, "transfers", |i| linked[i])?;
             self.write(split, |client, part| {
-                let client = client.clone();
-                let part = part.to_vec();
                 Box::pin(async move { client.create_transfers(&part).await })
             })
             .await
