@@ -146,16 +146,26 @@ pub struct Client {
     singles: mpsc::Sender<(Transfer, SingleReply)>,
 }
 
-/// Adds `authorization: Bearer <key>` to every call (nothing when no key was given).
+/// Adds `authorization: Bearer <key>` to every call (nothing when no key was given), and
+/// `fincore-group: <id>` when the client was told which group it means to reach.
 #[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+struct Bearer {
+    authorization: Option<MetadataValue<Ascii>>,
+    group: Option<MetadataValue<Ascii>>,
+}
+
+/// Metadata key naming the group a client means to reach; a node of another group refuses.
+const GROUP_KEY: &str = "fincore-group";
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some(group) = &self.group {
+            request.metadata_mut().insert(GROUP_KEY, group.clone());
         }
         Ok(request)
     }
@@ -223,6 +233,7 @@ pub struct ClientBuilder {
     api_key: Option<String>,
     tls_ca_pem: Option<Vec<u8>>,
     tls_domain: Option<String>,
+    group: Option<String>,
 }
 
 /// Shows everything but the key itself.
@@ -272,15 +283,35 @@ impl ClientBuilder {
         self
     }
 
+    /// The group (its 32-hex-digit id) these addresses belong to: every call names it, and a
+    /// node of another group refuses the call (a [`ClientError::Invalid`] naming both groups)
+    /// instead of serving it. A gateway sets it from its cluster map.
+    pub fn group(mut self, id: impl Into<String>) -> ClientBuilder {
+        self.group = Some(id.into());
+        self
+    }
+
     /// The client; it connects lazily (must be called inside a Tokio runtime).
     pub fn connect(self) -> Result<Client, ClientError> {
-        let credentials = match self.api_key {
-            None => Bearer(None),
-            Some(key) => {
-                Bearer(Some(format!("Bearer {key}").parse().map_err(|_| {
-                    ClientError::Invalid("api_key: not printable ASCII".into())
-                })?))
-            }
+        let authorization = match self.api_key {
+            None => None,
+            Some(key) => Some(
+                format!("Bearer {key}")
+                    .parse()
+                    .map_err(|_| ClientError::Invalid("api_key: not printable ASCII".into()))?,
+            ),
+        };
+        let group = match self.group {
+            None => None,
+            Some(group) => Some(
+                group
+                    .parse()
+                    .map_err(|_| ClientError::Invalid("group: not printable ASCII".into()))?,
+            ),
+        };
+        let credentials = Bearer {
+            authorization,
+            group,
         };
         let tls = match (self.tls_ca_pem, self.tls_domain) {
             (None, Some(_)) => {
@@ -312,7 +343,10 @@ impl Client {
     /// A client of a replica group reachable at any of `addrs` (`http://host:port` each).
     pub fn connect_any(addrs: &[&str], policy: RetryPolicy) -> Result<Client, ClientError> {
         let dial = Dial {
-            credentials: Bearer(None),
+            credentials: Bearer {
+                authorization: None,
+                group: None,
+            },
             tls: None,
         };
         Client::start(addrs, policy, dial)
@@ -327,6 +361,7 @@ impl Client {
             api_key: None,
             tls_ca_pem: None,
             tls_domain: None,
+            group: None,
         }
     }
 

@@ -488,3 +488,53 @@ fn the_gateway_follows_a_new_leader_and_loses_no_acknowledged_transfer() {
     gateway.stop().unwrap();
     local.stop().unwrap();
 }
+
+#[test]
+fn a_map_naming_another_groups_nodes_is_refused_by_those_nodes_and_changes_nothing() {
+    let cluster = start(2);
+    let map = &cluster.groups.map;
+    let ids: Vec<GroupId> = map.groups().keys().copied().collect();
+    // The same groups, each id given the other group's members.
+    let swapped = map
+        .set_members(ids[0], map.members(ids[1]).unwrap().clone())
+        .and_then(|m| m.set_members(ids[1], map.members(ids[0]).unwrap().clone()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong_map = dir.path().join("wrong-map.json");
+    std::fs::write(&wrong_map, swapped.to_json()).unwrap();
+    let misled = ChildNode::start_gateway(
+        fincore_exe(),
+        &dir.path().join("misled"),
+        &wrong_map,
+        &["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+    )
+    .unwrap();
+    let id = ids_in(map, ids[0], 1)[0];
+    let answer = post_json(
+        &misled.http_addr,
+        "/v1/accounts",
+        &json!([account(id)]).to_string(),
+    );
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains(&format!("serves group {}, not group {}", ids[1], ids[0])),
+        "{}",
+        answer.body
+    );
+    for g in 0..2 {
+        let node = cluster.groups.node(g, 0).unwrap();
+        assert_eq!(
+            get(&node.http_addr, &format!("/v1/accounts/{id}")).status,
+            404
+        );
+    }
+    // The right map still works.
+    let answer = post_json(
+        &cluster.gateway.http_addr,
+        "/v1/accounts",
+        &json!([account(id)]).to_string(),
+    );
+    assert_eq!(results(&answer), ["created"]);
+}

@@ -1,6 +1,7 @@
 //! The gateway's connections to the ledger groups: one [`client::Client`] per group of the
 //! cluster map, dialling every member and following the group's leader (the client does that),
-//! with the gateway's own API key and TLS trust.
+//! with the gateway's own API key and TLS trust. Every call names the group it is meant for,
+//! so a node of another group (a map with wrong addresses) refuses it instead of serving it.
 //!
 //! Owns turning a group's failure into the gateway's answer ([`PipelineError`]): a group that
 //! cannot answer is unavailable (retryable), a full group is a capacity refusal naming its
@@ -69,7 +70,8 @@ impl Groups {
             let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
             let mut builder = Client::builder(&addrs)
                 .retry_policy(policy.clone())
-                .api_key_opt(access.api_key.clone());
+                .api_key_opt(access.api_key.clone())
+                .group(group.to_string());
             if let Some(pem) = &access.tls_ca_pem {
                 builder = builder.tls_ca_pem(pem.clone());
             }

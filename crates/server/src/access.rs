@@ -143,18 +143,44 @@ pub fn grpc_role(path: &str) -> Role {
     }
 }
 
+/// Metadata key by which a caller names the group it means to reach (a gateway, from its
+/// cluster map): a node of another group refuses the call (FAILED_PRECONDITION) instead of
+/// serving accounts the caller's map places elsewhere.
+pub const GROUP_KEY: &str = "fincore-group";
+
 /// A gRPC service behind the role check. It refuses from the request's headers alone, before
 /// the body is read or decoded, so a caller without a key cannot make the node decode a
-/// message.
+/// message. A call naming a group ([`GROUP_KEY`]) is served only if it is this server's group.
 #[derive(Clone)]
 pub struct GrpcAccess<S> {
     inner: S,
     access: Access,
+    /// The group this server's replica belongs to (`None`: a gateway, or a replica made
+    /// before group ids, which refuse every call naming a group).
+    group: Option<Arc<str>>,
 }
 
 impl<S> GrpcAccess<S> {
-    pub fn new(inner: S, access: Access) -> GrpcAccess<S> {
-        GrpcAccess { inner, access }
+    pub fn new(inner: S, access: Access, group: Option<String>) -> GrpcAccess<S> {
+        GrpcAccess {
+            inner,
+            access,
+            group: group.map(Arc::from),
+        }
+    }
+
+    /// Why a call naming `named` must not be served here, if it must not.
+    fn other_group(&self, named: &[u8]) -> Option<String> {
+        let named = String::from_utf8_lossy(named);
+        match &self.group {
+            Some(group) if group.as_bytes() == named.as_bytes() => None,
+            Some(group) => Some(format!(
+                "this node serves group {group}, not group {named}: the caller's cluster map names the wrong addresses for group {named}"
+            )),
+            None => Some(format!(
+                "this server belongs to no single group, so it cannot serve a call meant for group {named}"
+            )),
+        }
     }
 }
 
@@ -183,7 +209,16 @@ where
         let presented = request.headers().get("authorization");
         let presented = presented.map(|v| v.as_bytes());
         match self.access.check("grpc", path, presented, grpc_role(path)) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(()) => match request
+                .headers()
+                .get(GROUP_KEY)
+                .and_then(|named| self.other_group(named.as_bytes()))
+            {
+                None => Box::pin(self.inner.call(request)),
+                Some(refusal) => Box::pin(std::future::ready(Ok(
+                    tonic::Status::failed_precondition(refusal).into_http(),
+                ))),
+            },
             Err(error) => {
                 let status = if error.is_unauthenticated() {
                     tonic::Status::unauthenticated(error.to_string())

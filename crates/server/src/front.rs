@@ -32,17 +32,22 @@ pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpList
 }
 
 /// Serves the client API of `ledger` on the two listeners until `stopped` turns true: gRPC
-/// and HTTP behind `auth`, over `tls` if given; with `replica` (a node) its own HTTP routes
-/// too. Returns the two server tasks.
+/// and HTTP behind `auth`, over `tls` if given; with `replica` (a node: its pipeline and its
+/// group's id) its own HTTP routes too, and gRPC calls naming another group refused. Returns
+/// the two server tasks.
 pub(crate) fn serve(
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     ledger: Ledger,
-    replica: Option<Pipeline>,
+    replica: Option<(Pipeline, Option<String>)>,
     auth: &Auth,
     tls: Option<&ClientTls>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, NodeError> {
+    let (replica, group) = match replica {
+        Some((pipeline, group)) => (Some(pipeline), group),
+        None => (None, None),
+    };
     let service = LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -50,7 +55,7 @@ pub(crate) fn serve(
         auth: auth.clone(),
         metrics: Arc::clone(ledger.metrics()),
     };
-    let service = GrpcAccess::new(service, access);
+    let service = GrpcAccess::new(service, access, group);
     let mut grpc_stop = stopped.clone();
     let incoming = connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
     let mut grpc_builder = tonic::transport::Server::builder();
