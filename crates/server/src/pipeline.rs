@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ledger::{
-    Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, BatchBody, BatchResults, Capacity,
-    CapacityError, CreateAccountResult, CreateTransferResult, EventResult, Occupancy, StateMachine,
-    Transfer,
+    Account, AccountBalance, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, BatchBody,
+    BatchResults, Capacity, CapacityError, CreateAccountResult, CreateTransferResult, EventResult,
+    Occupancy, StateMachine, Transfer, TransferFlags,
 };
 use replication::{NodeId, PeerNode, Replica, WriteError};
 use telemetry::{ErrorKind, Metrics};
@@ -142,6 +142,25 @@ trait Event: Sized + Send + 'static {
     fn occupancy_max(count: usize) -> Occupancy;
     /// The results of a batch of this kind (a batch is always answered in its own kind).
     fn results(results: BatchResults) -> Vec<EventResult<Self::Result>>;
+    /// True if this event links to the next one (a linked chain goes on).
+    fn linked(&self) -> bool;
+    /// True if this event carries its own timestamp (`imported`): the ledger judges a whole
+    /// batch by its first event's flag.
+    fn imported(&self) -> bool;
+}
+
+/// Whether request `next` may join the requests `members` in one batch without changing any
+/// request's results: never after a request whose last event leaves a chain open (the chain
+/// would take in `next`'s events, where alone it answers `linked_event_chain_open`), and only
+/// when its first event is imported exactly when the batch's is (the ledger judges every
+/// event against the batch's first).
+fn joins<E: Event>(members: &[Pending<E>], next: &Pending<E>) -> bool {
+    let leaves_chain_open = members
+        .last()
+        .and_then(|member| member.events.last())
+        .is_some_and(E::linked);
+    let imported = |pending: &Pending<E>| pending.events.first().is_some_and(E::imported);
+    !leaves_chain_open && members.first().map(imported) == Some(imported(next))
 }
 
 impl Event for Account {
@@ -170,6 +189,14 @@ impl Event for Account {
             }
         }
     }
+
+    fn linked(&self) -> bool {
+        self.flags.contains(AccountFlags::LINKED)
+    }
+
+    fn imported(&self) -> bool {
+        self.flags.contains(AccountFlags::IMPORTED)
+    }
 }
 
 impl Event for Transfer {
@@ -197,6 +224,14 @@ impl Event for Transfer {
                 unreachable!("the ledger answers a batch of transfers with transfer results")
             }
         }
+    }
+
+    fn linked(&self) -> bool {
+        self.flags.contains(TransferFlags::LINKED)
+    }
+
+    fn imported(&self) -> bool {
+        self.flags.contains(TransferFlags::IMPORTED)
     }
 }
 
@@ -442,11 +477,20 @@ impl Coalesced {
         }
     }
 
-    /// Adds `next` when it is of this batch's kind; gives it back otherwise.
+    /// Adds `next` when it is of this batch's kind and [`joins`] it; gives it back otherwise
+    /// (it starts the next batch).
     fn push(&mut self, next: Queued) -> Result<(), Queued> {
         match (self, next) {
-            (Coalesced::Accounts(members), Queued::Accounts(pending)) => members.push(pending),
-            (Coalesced::Transfers(members), Queued::Transfers(pending)) => members.push(pending),
+            (Coalesced::Accounts(members), Queued::Accounts(pending))
+                if joins(members, &pending) =>
+            {
+                members.push(pending)
+            }
+            (Coalesced::Transfers(members), Queued::Transfers(pending))
+                if joins(members, &pending) =>
+            {
+                members.push(pending)
+            }
             (_, other) => return Err(other),
         }
         Ok(())
@@ -717,6 +761,62 @@ mod tests {
         assert_eq!(
             pipeline.reads_admitted.available_permits(),
             limits::SERVER_READS_ADMITTED_MAX
+        );
+        drop(pipeline);
+        task.stop(Duration::from_secs(1)).await;
+    }
+
+    /// Requests queued together are coalesced into one batch (on this current-thread runtime
+    /// both are queued before the batcher runs), yet each gets the results it would get alone:
+    /// a chain left open by one does not take in the next one's events, and one whose first
+    /// event is imported does not share a batch with one whose first is not.
+    #[tokio::test]
+    async fn coalesced_requests_get_the_results_each_would_get_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, task) = pipeline(dir.path()).await;
+        let accounts = [1, 2].map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..Default::default()
+        });
+        pipeline.create_accounts(accounts.to_vec()).await.unwrap();
+        let transfer = |id: u128, flags: TransferFlags| Transfer {
+            id,
+            debit_account_id: 1,
+            credit_account_id: 2,
+            amount: 1,
+            ledger: 1,
+            code: 1,
+            flags,
+            ..Default::default()
+        };
+        let (open_chain, next) = tokio::join!(
+            pipeline.create_transfers(vec![transfer(10, TransferFlags::LINKED)]),
+            pipeline.create_transfers(vec![transfer(11, TransferFlags::empty())]),
+        );
+        let code = |results: CreateResults<CreateTransferResult>| -> Vec<CreateTransferResult> {
+            results.unwrap().iter().map(|r| r.result).collect()
+        };
+        assert_eq!(
+            code(open_chain),
+            [CreateTransferResult::LinkedEventChainOpen]
+        );
+        assert_eq!(code(next), [CreateTransferResult::Created]);
+
+        let imported = Transfer {
+            timestamp: 1,
+            ..transfer(12, TransferFlags::IMPORTED)
+        };
+        let (first, second) = tokio::join!(
+            pipeline.create_transfers(vec![transfer(13, TransferFlags::empty())]),
+            pipeline.create_transfers(vec![imported]),
+        );
+        assert_eq!(code(first), [CreateTransferResult::Created]);
+        // Alone, an imported transfer is judged as such (here: its timestamp is in the past).
+        assert_ne!(
+            code(second),
+            [CreateTransferResult::ImportedEventNotExpected]
         );
         drop(pipeline);
         task.stop(Duration::from_secs(1)).await;
