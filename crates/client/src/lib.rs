@@ -629,16 +629,33 @@ fn decode_results<R>(
 /// Coalesces single transfers into batches and answers each caller.
 async fn batch_singles(client: Client, mut queue: mpsc::Receiver<(Transfer, SingleReply)>) {
     let in_flight = Arc::new(Semaphore::new(SINGLE_BATCHES_IN_FLIGHT_MAX));
-    while let Some(first) = queue.recv().await {
+    let imported =
+        |(transfer, _): &(Transfer, SingleReply)| transfer.flags.contains(TransferFlags::IMPORTED);
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => break,
+            },
+        };
         let permit = Arc::clone(&in_flight)
             .acquire_owned()
             .await
             .expect("never closed");
-        // Take whatever else queued up meanwhile, up to one batch.
+        // Take whatever else queued up meanwhile, up to one batch, stopping at the first
+        // transfer that is imported when the first is not (or the reverse): the node judges a
+        // batch's every event by its first one's `imported` flag, so such a transfer starts
+        // the next batch rather than be refused for a stranger's flag.
         let mut group = vec![first];
         while group.len() < BATCH_EVENTS_MAX {
             match queue.try_recv() {
-                Ok(next) => group.push(next),
+                Ok(next) if imported(&next) == imported(&group[0]) => group.push(next),
+                Ok(next) => {
+                    carried = Some(next);
+                    break;
+                }
                 Err(_) => break,
             }
         }

@@ -215,6 +215,52 @@ fn single_transfers_from_many_tasks_are_batched_and_all_answered() {
     node.stop().unwrap();
 }
 
+/// Imported single transfers are never batched with others: the node judges a batch by its
+/// first event's `imported` flag, so mixing them would fail strangers' transfers.
+#[test]
+fn imported_single_transfers_do_not_share_a_batch_with_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(dir.path());
+    runtime().block_on(async {
+        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
+        client
+            .create_accounts(&[
+                account(1, AccountFlags::empty()),
+                account(2, AccountFlags::empty()),
+            ])
+            .await
+            .unwrap();
+        let imported = |id: u128| id % 25 == 1;
+        let tasks: Vec<_> = (1..=1000u128)
+            .map(|id| {
+                let client = client.clone();
+                let mut single = transfer(id, 1, 2, id);
+                if imported(id) {
+                    // In the past, before the accounts: refused, but as an imported transfer.
+                    single.flags |= TransferFlags::IMPORTED;
+                    single.timestamp = 1;
+                }
+                tokio::spawn(async move { client.create_transfer(single).await })
+            })
+            .collect();
+        for (id, task) in (1..=1000u128).zip(tasks) {
+            let result = task.await.unwrap().unwrap().result;
+            if imported(id) {
+                assert!(
+                    !matches!(
+                        result,
+                        TR::ImportedEventExpected | TR::ImportedEventNotExpected
+                    ),
+                    "{id}: {result:?}"
+                );
+            } else {
+                assert_eq!(result, TR::Created, "{id}");
+            }
+        }
+    });
+    node.stop().unwrap();
+}
+
 #[test]
 fn the_client_retries_across_a_node_restart_with_the_same_ids() {
     let dir = tempfile::tempdir().unwrap();
