@@ -54,13 +54,22 @@ impl Gateway {
 
     /// Sends each part of `split` to its group at once (the events moved, not copied) and
     /// merges the answers into the caller's order.
-    async fn write<E, R, F>(&self, split: Split<E>, send: F) -> CreateResults<R>
+    async fn write<E, F>(&self, mut split: Split<E>, send: F) -> CreateResults<E::Result>
     where
-        E: Send,
-        R: Send,
-        F: Fn(client::Client, Vec<E>) -> BoxFuture<'static, ClientResults<R>>,
+        E: Routed + Send,
+        E::Result: Send,
+        F: Fn(client::Client, Vec<E>) -> BoxFuture<'static, ClientResults<E::Result>>,
     {
         debug_assert!(split.cross_group.is_empty());
+        let mut merger = Merger::new(split.events_count).map_err(internal)?;
+        // The batch's `imported` rule is its first event's, wherever that event goes.
+        let first_part = split.parts.iter().min_by_key(|part| part.indexes.first());
+        let batch_imported = first_part
+            .and_then(|part| part.events.first())
+            .is_some_and(E::imported);
+        if split.parts.len() > 1 {
+            answer_leading_mismatches(&mut split, batch_imported, &mut merger)?;
+        }
         let mut indexes = Vec::with_capacity(split.parts.len());
         let mut calls = Vec::with_capacity(split.parts.len());
         for part in split.parts {
@@ -73,7 +82,6 @@ impl Gateway {
             calls.push(async move { call?.await.map_err(|error| group_failed(group, error)) });
         }
         let answers = try_join_all(calls).await?;
-        let mut merger = Merger::new(split.events_count).map_err(internal)?;
         for (indexes, results) in indexes.iter().zip(answers) {
             merger.put_part(indexes, results).map_err(internal)?;
         }
@@ -175,6 +183,110 @@ fn check_single_group<E>(
             chain_start = None;
         }
     }
+    Ok(())
+}
+
+/// What the router must know of an event kind to keep the ledger's batch-wide rules when a
+/// batch is split: chains and the `imported` flag, and the codes the ledger gives for them.
+trait Routed: Sized {
+    type Result;
+    fn linked(&self) -> bool;
+    fn imported(&self) -> bool;
+    const IMPORTED_EVENT_EXPECTED: Self::Result;
+    const IMPORTED_EVENT_NOT_EXPECTED: Self::Result;
+    const LINKED_EVENT_FAILED: Self::Result;
+    const LINKED_EVENT_CHAIN_OPEN: Self::Result;
+}
+
+impl Routed for Account {
+    type Result = CreateAccountResult;
+    fn linked(&self) -> bool {
+        self.flags.contains(AccountFlags::LINKED)
+    }
+    fn imported(&self) -> bool {
+        self.flags.contains(AccountFlags::IMPORTED)
+    }
+    const IMPORTED_EVENT_EXPECTED: CreateAccountResult = CreateAccountResult::ImportedEventExpected;
+    const IMPORTED_EVENT_NOT_EXPECTED: CreateAccountResult =
+        CreateAccountResult::ImportedEventNotExpected;
+    const LINKED_EVENT_FAILED: CreateAccountResult = CreateAccountResult::LinkedEventFailed;
+    const LINKED_EVENT_CHAIN_OPEN: CreateAccountResult = CreateAccountResult::LinkedEventChainOpen;
+}
+
+impl Routed for Transfer {
+    type Result = CreateTransferResult;
+    fn linked(&self) -> bool {
+        self.flags.contains(TransferFlags::LINKED)
+    }
+    fn imported(&self) -> bool {
+        self.flags.contains(TransferFlags::IMPORTED)
+    }
+    const IMPORTED_EVENT_EXPECTED: CreateTransferResult =
+        CreateTransferResult::ImportedEventExpected;
+    const IMPORTED_EVENT_NOT_EXPECTED: CreateTransferResult =
+        CreateTransferResult::ImportedEventNotExpected;
+    const LINKED_EVENT_FAILED: CreateTransferResult = CreateTransferResult::LinkedEventFailed;
+    const LINKED_EVENT_CHAIN_OPEN: CreateTransferResult =
+        CreateTransferResult::LinkedEventChainOpen;
+}
+
+/// Keeps the ledger's batch-wide `imported` rule across a split. One node judges every event
+/// of a batch by the batch's first event (`batch_imported`): an event flagged otherwise fails
+/// `imported_event_expected`/`_not_expected`, and its chain with it. A group would judge its
+/// part by the part's own first event instead, so a part that starts with such an event has
+/// it answered here, as the ledger would answer it, with the rest of its chain
+/// (`linked_event_failed`, or `linked_event_chain_open` for the caller's last event if it
+/// links), none of it sent. What remains of the part starts with an event flagged as the batch,
+/// so its group judges it as one node would. A refused event's timestamp is 0 here (one node
+/// gives the batch's time at the event's place, which no group knows).
+fn answer_leading_mismatches<E: Routed>(
+    split: &mut Split<E>,
+    batch_imported: bool,
+    merger: &mut Merger<EventResult<E::Result>>,
+) -> Result<(), PipelineError> {
+    let last = split.events_count.checked_sub(1).map(|last| last as u32);
+    let answer = |merger: &mut Merger<EventResult<E::Result>>, index: u32, result| {
+        merger
+            .put_one(
+                index,
+                EventResult {
+                    result,
+                    timestamp: 0,
+                },
+            )
+            .map_err(internal)
+    };
+    for part in &mut split.parts {
+        let mut taken = 0;
+        while taken < part.events.len() && part.events[taken].imported() != batch_imported {
+            let first = &part.events[taken];
+            let open = |event: &E, index| event.linked() && Some(index) == last;
+            let code = if open(first, part.indexes[taken]) {
+                E::LINKED_EVENT_CHAIN_OPEN
+            } else if first.imported() {
+                E::IMPORTED_EVENT_NOT_EXPECTED
+            } else {
+                E::IMPORTED_EVENT_EXPECTED
+            };
+            let mut linked = first.linked();
+            answer(merger, part.indexes[taken], code)?;
+            taken += 1;
+            while linked && taken < part.events.len() {
+                let (event, index) = (&part.events[taken], part.indexes[taken]);
+                let code = if open(event, index) {
+                    E::LINKED_EVENT_CHAIN_OPEN
+                } else {
+                    E::LINKED_EVENT_FAILED
+                };
+                answer(merger, index, code)?;
+                linked = event.linked();
+                taken += 1;
+            }
+        }
+        part.events.drain(..taken);
+        part.indexes.drain(..taken);
+    }
+    split.parts.retain(|part| !part.events.is_empty());
     Ok(())
 }
 
@@ -295,4 +407,118 @@ fn query_invalid(
     ledger::QueryError::InvalidFilter { field, reason }: ledger::QueryError,
 ) -> PipelineError {
     invalid(field, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cluster::{Member, Members};
+    use ledger::{Batch, BatchBody, BatchResults, StateMachine};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn two_groups() -> ClusterMap {
+        let member = Member {
+            grpc: "a:1".into(),
+            http: String::new(),
+            peer: "a:2".into(),
+        };
+        let groups =
+            (1..=2u128).map(|n| (GroupId::from_u128(n), Members::from([(1, member.clone())])));
+        ClusterMap::new(groups.collect()).unwrap()
+    }
+
+    fn apply(state: &mut StateMachine, events: Vec<Account>) -> Vec<CreateAccountResult> {
+        match state.apply(&Batch {
+            timestamp: 1_000_000,
+            body: BatchBody::CreateAccounts(events),
+        }) {
+            BatchResults::CreateAccounts(results) => results.iter().map(|r| r.result).collect(),
+            BatchResults::CreateTransfers(_) => unreachable!(),
+        }
+    }
+
+    /// A random batch of accounts in two groups with chains (each within one group), mixed
+    /// `imported` flags, duplicates and invalid fields; imported timestamps ascend in the
+    /// caller's order, so each group's part sees them ascend as one node would.
+    fn batch(rng: &mut SmallRng, map: &ClusterMap) -> Vec<Account> {
+        let groups: Vec<GroupId> = map.groups().keys().copied().collect();
+        let mut events = Vec::new();
+        let mut timestamp = 1;
+        while events.len() < 40 {
+            let group = groups[rng.random_range(0..2)];
+            let chain = rng.random_range(1..4);
+            for n in 0..chain {
+                let id = loop {
+                    let id = rng.random_range(1..60u128);
+                    if map.group_of(id) == group {
+                        break id;
+                    }
+                };
+                let mut flags = AccountFlags::empty();
+                flags.set(AccountFlags::LINKED, n + 1 < chain);
+                let imported = rng.random_bool(0.3);
+                flags.set(AccountFlags::IMPORTED, imported);
+                timestamp += 1;
+                events.push(Account {
+                    id,
+                    ledger: rng.random_range(0..3),
+                    code: 1,
+                    flags,
+                    timestamp: if imported { timestamp } else { 0 },
+                    ..Default::default()
+                });
+            }
+        }
+        // Sometimes leave the last chain open.
+        if rng.random_bool(0.2) {
+            let last = events.last_mut().unwrap();
+            last.flags |= AccountFlags::LINKED;
+        }
+        events
+    }
+
+    #[test]
+    fn a_split_batch_gets_the_codes_one_node_gives_it() {
+        let map = two_groups();
+        let mut rng = SmallRng::seed_from_u64(7);
+        // One batch per round on fresh ledgers: imported timestamps are checked against the
+        // clock of the group that applies them, which one node shares among all accounts.
+        for round in 0..1000 {
+            let mut one_node = StateMachine::default();
+            let mut groups: BTreeMap<GroupId, StateMachine> = map
+                .groups()
+                .keys()
+                .map(|&g| (g, StateMachine::default()))
+                .collect();
+            {
+                let events = batch(&mut rng, &map);
+                let expected = apply(&mut one_node, events.clone());
+
+                let batch_imported = events[0].imported();
+                let linked: Vec<bool> = events.iter().map(Routed::linked).collect();
+                let mut split = route::split(&map, events, |a| Accounts::One(a.id)).unwrap();
+                check_single_group(&split, "accounts", |i| linked[i]).unwrap();
+                let mut merger = Merger::new(split.events_count).unwrap();
+                answer_leading_mismatches(&mut split, batch_imported, &mut merger).unwrap();
+                for part in split.parts {
+                    let state = groups.get_mut(&part.group).unwrap();
+                    let results = apply(state, part.events)
+                        .into_iter()
+                        .map(|result| EventResult {
+                            result,
+                            timestamp: 0,
+                        })
+                        .collect();
+                    merger.put_part(&part.indexes, results).unwrap();
+                }
+                let got: Vec<CreateAccountResult> =
+                    merger.finish().unwrap().iter().map(|r| r.result).collect();
+                assert_eq!(got, expected, "round {round}");
+            }
+        }
+    }
 }
