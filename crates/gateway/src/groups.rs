@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use client::{Client, ClientError, RetryPolicy};
 use cluster::{ClusterMap, GroupId};
+use ledger::{Account, Transfer};
 use server::PipelineError;
+
+use crate::coalesce::GroupWriter;
 
 /// How the gateway reaches the groups: the key it presents (a key of the groups' keys files
 /// whose role allows the calls it forwards) and the authority it trusts for their TLS.
@@ -37,9 +40,17 @@ pub enum GroupsError {
     },
 }
 
-/// One client per group of the map.
+/// One group's connection: its client (reads go straight through it) and a writer per event
+/// kind (writes coalesce there across callers).
+pub(crate) struct Group {
+    pub(crate) client: Client,
+    pub(crate) accounts: GroupWriter<Account>,
+    pub(crate) transfers: GroupWriter<Transfer>,
+}
+
+/// One connection per group of the map.
 pub struct Groups {
-    clients: BTreeMap<GroupId, Client>,
+    groups: BTreeMap<GroupId, Group>,
 }
 
 /// How long the gateway keeps trying one group for one call: short of the caller's own
@@ -48,8 +59,8 @@ pub struct Groups {
 const GROUP_CALL_SECONDS_MAX: u64 = limits::HTTP_REQUEST_SECONDS_MAX / 2;
 
 impl Groups {
-    /// Makes a client for every group in `map`, dialling its members' gRPC addresses. Must run
-    /// inside a Tokio runtime (each client starts a task).
+    /// Makes a client for every group in `map`, dialling its members' gRPC addresses, and its
+    /// writers. Must run inside a Tokio runtime (clients and writers start tasks).
     pub fn connect(map: &ClusterMap, access: &GroupAccess) -> Result<Groups, GroupsError> {
         let scheme = if access.tls_ca_pem.is_some() {
             "https"
@@ -61,7 +72,7 @@ impl Groups {
             attempt_timeout: Duration::from_secs(GROUP_CALL_SECONDS_MAX / 2),
             ..RetryPolicy::default()
         };
-        let mut clients = BTreeMap::new();
+        let mut groups = BTreeMap::new();
         for (&group, members) in map.groups() {
             let addrs: Vec<String> = members
                 .values()
@@ -81,14 +92,28 @@ impl Groups {
             let client = builder
                 .connect()
                 .map_err(|source| GroupsError::Connect { group, source })?;
-            clients.insert(group, client);
+            let connection = Group {
+                accounts: GroupWriter::start(client.clone(), |client, events| {
+                    Box::pin(async move { client.create_accounts(&events).await })
+                }),
+                transfers: GroupWriter::start(client.clone(), |client, events| {
+                    Box::pin(async move { client.create_transfers(&events).await })
+                }),
+                client,
+            };
+            groups.insert(group, connection);
         }
-        Ok(Groups { clients })
+        Ok(Groups { groups })
     }
 
-    /// The client of `group`; every group of the map the gateway routes by has one.
+    /// The client of `group` (for reads).
     pub fn client(&self, group: GroupId) -> Result<&Client, PipelineError> {
-        self.clients.get(&group).ok_or_else(|| {
+        self.group(group).map(|group| &group.client)
+    }
+
+    /// The connection of `group`; every group of the map the gateway routes by has one.
+    pub(crate) fn group(&self, group: GroupId) -> Result<&Group, PipelineError> {
+        self.groups.get(&group).ok_or_else(|| {
             PipelineError::Unavailable(format!(
                 "group {group} is in the cluster map but this gateway has no connection to it"
             ))

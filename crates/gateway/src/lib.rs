@@ -13,6 +13,7 @@
 //! whole, naming the event, because the sagas that would carry them are not built; the map is
 //! read at start, not pushed by a meta group.
 
+mod coalesce;
 mod groups;
 mod router;
 

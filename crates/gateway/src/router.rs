@@ -25,11 +25,9 @@ use ledger::{
 use server::{CreateResults, LedgerApi, PipelineError};
 use telemetry::Metrics;
 
-use crate::groups::{Groups, group_failed};
+use crate::coalesce::GroupWriter;
+use crate::groups::{Group, Groups, group_failed};
 use futures::future::BoxFuture;
-
-/// A group's answer to a write: one result per event of the part sent.
-type ClientResults<R> = Result<Vec<EventResult<R>>, client::ClientError>;
 
 /// The client API over the groups of one cluster map.
 pub struct Gateway {
@@ -52,13 +50,13 @@ impl Gateway {
         &self.map
     }
 
-    /// Sends each part of `split` to its group at once (the events moved, not copied) and
-    /// merges the answers into the caller's order.
-    async fn write<E, F>(&self, mut split: Split<E>, send: F) -> CreateResults<E::Result>
+    /// Sends each part of `split` to its group at once (the events moved, not copied; each
+    /// group's writer may coalesce them with other callers' parts) and merges the answers into
+    /// the caller's order.
+    async fn write<E>(&self, mut split: Split<E>) -> CreateResults<E::Result>
     where
-        E: Routed + Send,
-        E::Result: Send,
-        F: Fn(client::Client, Vec<E>) -> BoxFuture<'static, ClientResults<E::Result>>,
+        E: Routed + Send + 'static,
+        E::Result: Send + Clone + 'static,
     {
         debug_assert!(split.cross_group.is_empty());
         let mut merger = Merger::new(split.events_count).map_err(internal)?;
@@ -74,12 +72,14 @@ impl Gateway {
         let mut calls = Vec::with_capacity(split.parts.len());
         for part in split.parts {
             let group = part.group;
-            let call = self
-                .groups
-                .client(group)
-                .map(|client| send(client.clone(), part.events));
+            let connection = self.groups.group(group);
             indexes.push(part.indexes);
-            calls.push(async move { call?.await.map_err(|error| group_failed(group, error)) });
+            calls.push(async move {
+                E::writer(connection?)
+                    .write(part.events)
+                    .await?
+                    .map_err(|error| group_failed(group, error))
+            });
         }
         let answers = try_join_all(calls).await?;
         for (indexes, results) in indexes.iter().zip(answers) {
@@ -188,8 +188,10 @@ fn check_single_group<E>(
 
 /// What the router must know of an event kind to keep the ledger's batch-wide rules when a
 /// batch is split: chains and the `imported` flag, and the codes the ledger gives for them.
-trait Routed: Sized {
+pub(crate) trait Routed: Sized {
     type Result;
+    /// The group's writer of this kind.
+    fn writer(group: &Group) -> &GroupWriter<Self>;
     fn linked(&self) -> bool;
     fn imported(&self) -> bool;
     const IMPORTED_EVENT_EXPECTED: Self::Result;
@@ -200,6 +202,9 @@ trait Routed: Sized {
 
 impl Routed for Account {
     type Result = CreateAccountResult;
+    fn writer(group: &Group) -> &GroupWriter<Account> {
+        &group.accounts
+    }
     fn linked(&self) -> bool {
         self.flags.contains(AccountFlags::LINKED)
     }
@@ -215,6 +220,9 @@ impl Routed for Account {
 
 impl Routed for Transfer {
     type Result = CreateTransferResult;
+    fn writer(group: &Group) -> &GroupWriter<Transfer> {
+        &group.transfers
+    }
     fn linked(&self) -> bool {
         self.flags.contains(TransferFlags::LINKED)
     }
@@ -312,10 +320,7 @@ impl LedgerApi for Gateway {
             let split = route::split(&self.map, events, |a| Accounts::One(a.id))
                 .map_err(|error| invalid("accounts", error.to_string()))?;
             check_single_group(&split, "accounts", |i| linked[i])?;
-            self.write(split, |client, part| {
-                Box::pin(async move { client.create_accounts(&part).await })
-            })
-            .await
+            self.write(split).await
         })
     }
 
@@ -331,10 +336,7 @@ impl LedgerApi for Gateway {
             let split = route::split(&self.map, events, transfer_ids)
                 .map_err(|error| invalid("transfers", error.to_string()))?;
             check_single_group(&split, "transfers", |i| linked[i])?;
-            self.write(split, |client, part| {
-                Box::pin(async move { client.create_transfers(&part).await })
-            })
-            .await
+            self.write(split).await
         })
     }
 

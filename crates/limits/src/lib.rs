@@ -282,6 +282,14 @@ pub const SERVER_QUEUE_REQUESTS_MAX: usize = 65_536;
 /// into full batches) meanwhile. Bounds the memory and the admitted-but-unapplied events.
 pub const SERVER_BATCHES_IN_FLIGHT_MAX: usize = 8;
 
+/// Parts of callers' batches a gateway queues for one group (of one kind) before new ones are
+/// answered "busy": as a node's request queue.
+pub const GATEWAY_GROUP_QUEUE_PARTS_MAX: usize = SERVER_QUEUE_REQUESTS_DEFAULT;
+
+/// Calls a gateway has in flight to one group (of one kind) at once; further parts queue and
+/// coalesce into fuller batches meanwhile, as a node's requests do.
+pub const GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX: usize = SERVER_BATCHES_IN_FLIGHT_MAX;
+
 /// Reads (lookups, history, balances) a node admits at once, waiting for their read index or
 /// running; one more is answered "busy", as a write is when the queue is full.
 pub const SERVER_READS_ADMITTED_MAX: usize = 256;
@@ -409,6 +417,7 @@ const _: () = assert!(CLIENT_PENDING_SINGLES_MAX >= BATCH_EVENTS_MAX);
 const _: () =
     assert!(SERVER_READS_RUNNING_MAX >= 1 && SERVER_READS_RUNNING_MAX <= SERVER_READS_ADMITTED_MAX);
 const _: () = assert!(CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX >= 1);
+const _: () = assert!(GATEWAY_GROUP_QUEUE_PARTS_MAX >= 1 && GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX >= 1);
 // A full keys file (each key: id, name, role and digest, under 200 bytes of JSON) fits the cap.
 const _: () =
     assert!(API_KEYS_MAX as u64 * (API_KEY_NAME_BYTES_MAX as u64 + 136) <= API_KEYS_FILE_BYTES_MAX);
