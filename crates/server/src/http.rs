@@ -333,14 +333,20 @@ fn replica_routes() -> OpenApiRouter<Pipeline> {
         .routes(routes!(remove_replica))
 }
 
-/// Every route of a node with its description: the one list both the router and the OpenAPI
-/// document are made from.
-pub(crate) fn documented_routes() -> utoipa::openapi::OpenApi {
+/// Every route with its description (a node's with `replica` routes, a gateway's without):
+/// the one list both the router and the OpenAPI document are made from.
+pub(crate) fn documented_routes(replica: bool) -> utoipa::openapi::OpenApi {
     let (_, mut document) = ledger_routes().split_for_parts();
-    let (_, replica) = replica_routes().split_for_parts();
-    document.merge(replica);
+    if replica {
+        let (_, replica) = replica_routes().split_for_parts();
+        document.merge(replica);
+    }
     document
 }
+
+/// The OpenAPI document this server serves (a node's or a gateway's).
+#[derive(Clone, Copy)]
+struct Document(&'static str);
 
 /// The routes, behind the role check of [`crate::access`]: the client API served by `ledger`,
 /// and with `replica` (a node) the replica's own routes too.
@@ -356,11 +362,16 @@ pub fn router(
     };
     let (routes, _) = ledger_routes().split_for_parts();
     let mut routes = routes.with_state(ledger);
-    if let Some(pipeline) = replica {
-        let (replica_routes, _) = replica_routes().split_for_parts();
-        routes = routes.merge(replica_routes.with_state(pipeline));
-    }
+    let document = match replica {
+        Some(pipeline) => {
+            let (replica_routes, _) = replica_routes().split_for_parts();
+            routes = routes.merge(replica_routes.with_state(pipeline));
+            Document(crate::openapi::document_json())
+        }
+        None => Document(crate::openapi::gateway_document_json()),
+    };
     routes
+        .layer(axum::Extension(document))
         .route_layer(axum::middleware::from_fn_with_state(
             access,
             crate::access::http_layer,
@@ -877,12 +888,8 @@ async fn metrics(State(ledger): State<Ledger>) -> Response {
 /// This document
 #[utoipa::path(get, path = "/openapi.json", operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI document of this API.", body = Object)))]
-async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::document_json(),
-    )
-        .into_response()
+async fn openapi(axum::Extension(Document(document)): axum::Extension<Document>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -28,7 +28,7 @@ use crate::auth::Role;
 /// The security scheme's name in `components.securitySchemes`.
 const BEARER: &str = "bearer";
 
-/// The document as served, built once.
+/// A node's document as served, built once.
 pub fn document_json() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
@@ -36,9 +36,23 @@ pub fn document_json() -> &'static str {
     })
 }
 
-/// The document: the routes' own descriptions, completed with what they share.
+/// A gateway's document as served, built once: the node's without the replica's own routes
+/// (status and membership), which a gateway does not serve; every other path is the node's.
+pub fn gateway_document_json() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let document = completed(crate::http::documented_routes(false));
+        serde_json::to_string_pretty(&document).expect("an OpenAPI document is plain JSON")
+    })
+}
+
+/// A node's document: the routes' own descriptions, completed with what they share.
 pub fn document() -> OpenApi {
-    let document = crate::http::documented_routes();
+    completed(crate::http::documented_routes(true))
+}
+
+/// `document`, the routes' own descriptions, completed with what they share.
+fn completed(document: OpenApi) -> OpenApi {
     let mut document = with_named_answers(document);
     let components = document.components.get_or_insert_with(Default::default);
     // Parameters refer to these by name; utoipa registers only the schemas of bodies.
