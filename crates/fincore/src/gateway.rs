@@ -119,6 +119,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         let epoch = map.epoch();
         let group_count = map.groups().len();
         let gateway = Arc::new(Gateway::new(map, groups));
+        reload_map_on_sighup(Arc::clone(&gateway), args.map.clone(), access);
         let servers = ClientServers::start(&serving, gateway)
             .await
             .context("starting the gateway's listeners")?;
@@ -131,6 +132,39 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         println!("fincore: stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Rereads the map file on every SIGHUP and routes by it if [`Gateway::reload`] takes it
+/// (newer epoch, no slot moved); says on stderr what it did either way.
+fn reload_map_on_sighup(gateway: Arc<Gateway>, path: PathBuf, access: GroupAccess) {
+    // Registered before the listeners are announced, so that a SIGHUP sent right after
+    // reloads instead of killing the process (SIGHUP's default action).
+    #[cfg(unix)]
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot install a SIGHUP handler: the cluster map is read only at start");
+        return;
+    };
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let reloaded = read_map(&path).and_then(|map| {
+                let groups = Groups::connect(&map, &access)?;
+                Ok(gateway.reload(map, groups)?)
+            });
+            match reloaded {
+                Ok(epoch) => eprintln!(
+                    "fincore: routing by cluster map epoch {epoch} from {}",
+                    path.display()
+                ),
+                Err(error) => eprintln!(
+                    "fincore: kept cluster map epoch {}: {}: {error:#}",
+                    gateway.map().epoch(),
+                    path.display()
+                ),
+            }
+        }
+    });
 }
 
 /// The machine-readable lines a node prints first, for the gateway's listeners.

@@ -567,3 +567,64 @@ fn a_map_naming_another_groups_nodes_is_refused_by_those_nodes_and_changes_nothi
     );
     assert_eq!(results(&answer), ["created"]);
 }
+
+/// Waits (bounded) until the gateway's log holds `text`.
+fn wait_for_log(gateway: &ChildNode, text: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(&gateway.log_path).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never logged {text:?}:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_gateway_takes_a_newer_map_on_sighup_and_refuses_one_that_moves_slots_or_is_older() {
+    let cluster = start(2);
+    let map = &cluster.groups.map;
+    let ids: Vec<GroupId> = map.groups().keys().copied().collect();
+    let path = &cluster.groups.map_path;
+    let hup = || cluster.gateway.signal(testkit::node::Signal::Hup).unwrap();
+
+    let newer = map
+        .set_members(ids[0], map.members(ids[0]).unwrap().clone())
+        .unwrap();
+    assert_eq!(newer.epoch(), 2);
+    std::fs::write(path, newer.to_json()).unwrap();
+    hup();
+    wait_for_log(&cluster.gateway, "routing by cluster map epoch 2");
+
+    let slot = cluster::Slot::new(0).unwrap();
+    let other = ids
+        .iter()
+        .copied()
+        .find(|&g| g != newer.group_of_slot(slot))
+        .unwrap();
+    let moving = newer.move_slots(&[slot], other).unwrap();
+    std::fs::write(path, moving.to_json()).unwrap();
+    hup();
+    wait_for_log(&cluster.gateway, "kept cluster map epoch 2");
+    wait_for_log(&cluster.gateway, "moves slot 0 to another group");
+
+    std::fs::write(path, map.to_json()).unwrap();
+    hup();
+    wait_for_log(
+        &cluster.gateway,
+        "its epoch 1 is not newer than the epoch 2 in use",
+    );
+
+    // Still routing, by epoch 2.
+    let accounts: Vec<Value> = (1..=10).map(account).collect();
+    let answer = post_json(
+        &cluster.gateway.http_addr,
+        "/v1/accounts",
+        &Value::from(accounts).to_string(),
+    );
+    assert_eq!(results(&answer), vec!["created"; 10]);
+}

@@ -18,4 +18,4 @@ mod groups;
 mod router;
 
 pub use groups::{GroupAccess, Groups, GroupsError};
-pub use router::Gateway;
+pub use router::{Gateway, ReloadError};

@@ -29,31 +29,73 @@ use crate::coalesce::GroupWriter;
 use crate::groups::{Group, Groups, group_failed};
 use futures::future::BoxFuture;
 
-/// The client API over the groups of one cluster map.
-pub struct Gateway {
-    map: Arc<ClusterMap>,
+/// A cluster map and the connections to its groups: what one call routes by, from start to
+/// end, even if the gateway takes a newer map meanwhile.
+struct Routing {
+    map: ClusterMap,
     groups: Groups,
+}
+
+/// Why a new map was not taken; the gateway keeps routing by the one it has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    #[error("its epoch {new} is not newer than the epoch {current} in use")]
+    NotNewer { current: u64, new: u64 },
+    #[error(
+        "it moves slot {slot} to another group; moving slots needs their accounts moved too, which is not built yet"
+    )]
+    MovesSlots { slot: u32 },
+}
+
+/// The client API over the groups of one cluster map (replaced whole by [`Gateway::reload`]).
+pub struct Gateway {
+    routing: std::sync::RwLock<Arc<Routing>>,
     metrics: Arc<Metrics>,
 }
 
 impl Gateway {
     pub fn new(map: ClusterMap, groups: Groups) -> Gateway {
         Gateway {
-            map: Arc::new(map),
-            groups,
+            routing: std::sync::RwLock::new(Arc::new(Routing { map, groups })),
             metrics: Metrics::new(),
         }
     }
 
-    /// The map this gateway routes by.
-    pub fn map(&self) -> &ClusterMap {
-        &self.map
+    /// The map this gateway routes by now.
+    pub fn map(&self) -> ClusterMap {
+        self.routing().map.clone()
+    }
+
+    /// Routes by `map` (and its `groups`) from now on; calls under way finish under the map
+    /// they started with. Refused, keeping the map in use, unless `map` is newer and leaves
+    /// every slot where it is (members, addresses and new groups without slots may change).
+    pub fn reload(&self, map: ClusterMap, groups: Groups) -> Result<u64, ReloadError> {
+        let mut routing = self.routing.write().expect("never poisoned");
+        let current = &routing.map;
+        if map.epoch() <= current.epoch() {
+            return Err(ReloadError::NotNewer {
+                current: current.epoch(),
+                new: map.epoch(),
+            });
+        }
+        if let Some(slot) = cluster::Slot::all()
+            .find(|&slot| map.group_of_slot(slot) != current.group_of_slot(slot))
+        {
+            return Err(ReloadError::MovesSlots { slot: slot.index() });
+        }
+        let epoch = map.epoch();
+        *routing = Arc::new(Routing { map, groups });
+        Ok(epoch)
+    }
+
+    fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.read().expect("never poisoned"))
     }
 
     /// Sends each part of `split` to its group at once (the events moved, not copied; each
     /// group's writer may coalesce them with other callers' parts) and merges the answers into
     /// the caller's order.
-    async fn write<E>(&self, mut split: Split<E>) -> CreateResults<E::Result>
+    async fn write<E>(&self, routing: &Routing, mut split: Split<E>) -> CreateResults<E::Result>
     where
         E: Routed + Send + 'static,
         E::Result: Send + Clone + 'static,
@@ -72,7 +114,7 @@ impl Gateway {
         let mut calls = Vec::with_capacity(split.parts.len());
         for part in split.parts {
             let group = part.group;
-            let connection = self.groups.group(group);
+            let connection = routing.groups.group(group);
             indexes.push(part.indexes);
             calls.push(async move {
                 E::writer(connection?)
@@ -103,11 +145,12 @@ impl Gateway {
             Vec<u128>,
         ) -> BoxFuture<'static, Result<Vec<T>, client::ClientError>>,
     {
-        let split = route::split(&self.map, ids.clone(), |&id| Accounts::One(id))
+        let routing = self.routing();
+        let split = route::split(&routing.map, ids.clone(), |&id| Accounts::One(id))
             .map_err(|error| invalid("ids", error.to_string()))?;
         let calls = split.parts.into_iter().map(|part| {
             let group = part.group;
-            let call = self
+            let call = routing
                 .groups
                 .client(group)
                 .map(|client| lookup(client, part.events));
@@ -123,9 +166,10 @@ impl Gateway {
     }
 
     /// The client of the group owning account `id`.
-    fn client_of(&self, id: u128) -> Result<(GroupId, &client::Client), PipelineError> {
-        let group = self.map.group_of(id);
-        Ok((group, self.groups.client(group)?))
+    fn client_of(&self, id: u128) -> Result<(GroupId, client::Client), PipelineError> {
+        let routing = self.routing();
+        let group = routing.map.group_of(id);
+        Ok((group, routing.groups.client(group)?.clone()))
     }
 }
 
@@ -317,10 +361,11 @@ impl LedgerApi for Gateway {
                 .iter()
                 .map(|a| a.flags.contains(AccountFlags::LINKED))
                 .collect();
-            let split = route::split(&self.map, events, |a| Accounts::One(a.id))
+            let routing = self.routing();
+            let split = route::split(&routing.map, events, |a| Accounts::One(a.id))
                 .map_err(|error| invalid("accounts", error.to_string()))?;
             check_single_group(&split, "accounts", |i| linked[i])?;
-            self.write(split).await
+            self.write(&routing, split).await
         })
     }
 
@@ -333,10 +378,11 @@ impl LedgerApi for Gateway {
                 .iter()
                 .map(|t| t.flags.contains(TransferFlags::LINKED))
                 .collect();
-            let split = route::split(&self.map, events, transfer_ids)
+            let routing = self.routing();
+            let split = route::split(&routing.map, events, transfer_ids)
                 .map_err(|error| invalid("transfers", error.to_string()))?;
             check_single_group(&split, "transfers", |i| linked[i])?;
-            self.write(split).await
+            self.write(&routing, split).await
         })
     }
 
