@@ -137,32 +137,21 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
 /// Rereads the map file on every SIGHUP and routes by it if [`Gateway::reload`] takes it
 /// (newer epoch, no slot moved); says on stderr what it did either way.
 fn reload_map_on_sighup(gateway: Arc<Gateway>, path: PathBuf, access: GroupAccess) {
-    // Registered before the listeners are announced, so that a SIGHUP sent right after
-    // reloads instead of killing the process (SIGHUP's default action).
-    #[cfg(unix)]
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        tracing::warn!("cannot install a SIGHUP handler: the cluster map is read only at start");
-        return;
-    };
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            let reloaded = read_map(&path).and_then(|map| {
-                let groups = Groups::connect(&map, &access)?;
-                Ok(gateway.reload(map, groups)?)
-            });
-            match reloaded {
-                Ok(epoch) => eprintln!(
-                    "fincore: routing by cluster map epoch {epoch} from {}",
-                    path.display()
-                ),
-                Err(error) => eprintln!(
-                    "fincore: kept cluster map epoch {}: {}: {error:#}",
-                    gateway.map().epoch(),
-                    path.display()
-                ),
-            }
+    crate::keys::on_sighup("the cluster map is", move || {
+        let reloaded = read_map(&path).and_then(|map| {
+            let groups = Groups::connect(&map, &access)?;
+            Ok(gateway.reload(map, groups)?)
+        });
+        match reloaded {
+            Ok(epoch) => eprintln!(
+                "fincore: routing by cluster map epoch {epoch} from {}",
+                path.display()
+            ),
+            Err(error) => eprintln!(
+                "fincore: kept cluster map epoch {}: {}: {error:#}",
+                gateway.map().epoch(),
+                path.display()
+            ),
         }
     });
 }

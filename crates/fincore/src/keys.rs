@@ -166,28 +166,34 @@ pub fn dev_key(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     Ok((keys_path, token))
 }
 
-/// Reloads the keys on every SIGHUP until the process ends; a failed reload keeps the keys in
-/// use and says why.
-pub fn reload_on_sighup(store: Arc<KeyStore>) {
-    // Registered here, before the node announces itself, so that a SIGHUP sent right after the
-    // announcement reloads the keys instead of killing the process (SIGHUP's default action).
+/// Runs `action` on every SIGHUP until the process ends (inside a Tokio runtime). Call it
+/// before announcing the listeners, so that a SIGHUP sent right after the announcement runs
+/// `action` instead of killing the process (SIGHUP's default action); `what` names what is
+/// then read only at start if no handler can be installed.
+pub fn on_sighup(what: &'static str, mut action: impl FnMut() + Send + 'static) {
     #[cfg(unix)]
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
-        tracing::warn!("cannot install a SIGHUP handler: API keys are read only at start");
+        tracing::warn!("cannot install a SIGHUP handler: {what} read only at start");
         return;
     };
     #[cfg(unix)]
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match store.reload() {
-                Ok(count) => {
-                    tracing::info!(keys = count, path = %store.path().display(), "API keys reloaded")
-                }
-                Err(error) => {
-                    tracing::error!(%error, "reloading the API keys failed; the keys in use are unchanged")
-                }
-            }
+            action();
+        }
+    });
+}
+
+/// Reloads the keys on every SIGHUP until the process ends; a failed reload keeps the keys in
+/// use and says why.
+pub fn reload_on_sighup(store: Arc<KeyStore>) {
+    on_sighup("API keys are", move || match store.reload() {
+        Ok(count) => {
+            tracing::info!(keys = count, path = %store.path().display(), "API keys reloaded")
+        }
+        Err(error) => {
+            tracing::error!(%error, "reloading the API keys failed; the keys in use are unchanged")
         }
     });
 }
