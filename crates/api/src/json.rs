@@ -349,10 +349,18 @@ pub struct LookupJson {
     pub ids: Vec<IdJson>,
 }
 
-/// An id inside a lookup body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// An id inside a lookup body or a list of minted ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct IdJson(#[serde(with = "u128_text")] pub u128);
+
+/// `{"ids": [...]}`: fresh ids minted in one slot (`GET /v1/ids`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Ids))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdsJson {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::minted_ids))]
+    pub ids: Vec<IdJson>,
+}
 
 /// Every error answer: what is wrong and, where it applies, which field.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Error))]

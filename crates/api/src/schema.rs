@@ -226,6 +226,17 @@ mod named {
         .into()
     );
 
+    named_schema!(
+        /// How many ids `GET /v1/ids` mints: 1 to `limits::BATCH_EVENTS_MAX`.
+        IdCount,
+        integer(
+            1,
+            limits::BATCH_EVENTS_MAX as u64,
+            "How many ids to mint."
+        )
+        .into()
+    );
+
     /// An array of 1 to `max` items of the named schema `item`.
     fn bounded_array(item: &str, max: usize, description: &str) -> Array {
         ArrayBuilder::new()
@@ -234,6 +245,15 @@ mod named {
             .max_items(Some(max))
             .description(Some(description))
             .build()
+    }
+
+    /// The `ids` of `GET /v1/ids`: 1 to `limits::BATCH_EVENTS_MAX` fresh ids.
+    pub fn minted_ids() -> Array {
+        bounded_array(
+            &U128::name(),
+            limits::BATCH_EVENTS_MAX,
+            "Fresh ids, each in the slot of `near` (so in its group, always), time-ordered.",
+        )
     }
 
     /// The `ids` of a lookup body: 1 to `limits::LOOKUP_IDS_MAX` ids.

@@ -498,3 +498,50 @@ fn a_clean_restart_keeps_everything_and_replays_nothing() {
     );
     node.stop().unwrap();
 }
+
+/// `GET /v1/ids` mints fresh, distinct, time-ordered ids in the slot of `near`, and refuses a
+/// missing `near` or a `count` outside 1..=8189 naming the parameter.
+#[test]
+fn ids_are_minted_in_the_slot_of_the_id_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(dir.path());
+    let near: u128 = 1_234_567_890_123_456_789;
+    let answer = get(&node.http_addr, &format!("/v1/ids?near={near}&count=100"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let ids: Vec<u128> = answer.json().unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 100);
+    assert!(
+        ids.iter()
+            .all(|&id| cluster::slot_of(id) == cluster::slot_of(near))
+    );
+    let distinct: std::collections::BTreeSet<u128> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 100);
+    let one = get(&node.http_addr, &format!("/v1/ids?near={near}"));
+    assert_eq!(one.json().unwrap()["ids"].as_array().unwrap().len(), 1);
+    assert!(
+        one.json().unwrap()["ids"][0]
+            .as_str()
+            .unwrap()
+            .parse::<u128>()
+            .unwrap()
+            >> 80
+            >= ids[0] >> 80
+    );
+    for (query, field) in [
+        ("count=3", "near"),
+        ("near=1&count=0", "count"),
+        ("near=1&count=8190", "count"),
+        ("near=x", "near"),
+        ("near=1&size=2", "size"),
+    ] {
+        let refused = get(&node.http_addr, &format!("/v1/ids?{query}"));
+        assert_eq!(refused.status, 400, "{query}: {}", refused.body);
+        assert_eq!(refused.json().unwrap()["field"], field, "{query}");
+    }
+    node.stop().unwrap();
+}

@@ -49,7 +49,8 @@ pub fn http_role(method: &Method, route: &str, digest: bool) -> Option<Role> {
         | "/v1/accounts/{id}"
         | "/v1/transfers/{id}"
         | "/v1/accounts/{id}/transfers"
-        | "/v1/accounts/{id}/balances" => Some(Role::Read),
+        | "/v1/accounts/{id}/balances"
+        | "/v1/ids" => Some(Role::Read),
         _ => Some(Role::Admin),
     }
 }
@@ -252,6 +253,7 @@ mod tests {
                 Some(Role::Read),
             ),
             (Method::GET, "/v1/accounts/{id}", false, Some(Role::Read)),
+            (Method::GET, "/v1/ids", false, Some(Role::Read)),
             (
                 Method::GET,
                 "/v1/accounts/{id}/transfers",

@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use api::json::{
     AccountJson, AccountsJson, AddReplicaJson, BalancesJson, ErrorJson, HealthJson,
-    HealthStatusJson, LookupJson, MemberJson, MembersJson, ReplicaStatusJson, ResultsJson,
-    RoleJson, StatusJson, TransferJson, TransfersJson, parse_decimal,
+    HealthStatusJson, IdJson, IdsJson, LookupJson, MemberJson, MembersJson, ReplicaStatusJson,
+    ResultsJson, RoleJson, StatusJson, TransferJson, TransfersJson, parse_decimal,
 };
 use api::schema::{
-    AccountBatch, HistoryAccountId, IdPath, NodeInteger, RowLimit, TimestampBound, TransferBatch,
-    U16, U32, U128Query,
+    AccountBatch, HistoryAccountId, IdCount, IdPath, NodeInteger, RowLimit, TimestampBound,
+    TransferBatch, U16, U32, U128Query,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -320,6 +320,7 @@ fn ledger_routes() -> OpenApiRouter<Ledger> {
         .routes(routes!(get_transfer))
         .routes(routes!(account_transfers))
         .routes(routes!(account_balances))
+        .routes(routes!(mint_ids))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
@@ -677,6 +678,59 @@ async fn account_balances(
         let balances = ledger.get_account_balances(filter).await?;
         Ok(Json(BalancesJson {
             balances: balances.iter().map(Into::into).collect(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// The query parameters of `GET /v1/ids`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by name from the query map; this type only describes them.
+struct MintQuery {
+    /// The account (or any id) whose slot the new ids share.
+    #[param(value_type = IdPath)]
+    near: String,
+    /// How many ids to mint (default 1).
+    #[param(value_type = Option<IdCount>)]
+    count: Option<u32>,
+}
+
+/// Mint ids that live with an account
+///
+/// `count` fresh ids (default 1), each in the slot of `near`, so each lives in `near`'s group
+/// now and after any slot move: give them to accounts that belong with `near` (a merchant's
+/// sub-accounts) and to transfers debiting `near`. Time-ordered like TigerBeetle's recommended
+/// ids (48-bit milliseconds first); never 0 or 2^128-1. The formulas are in
+/// `docs/placement.md`. Changes nothing.
+#[utoipa::path(get, path = "/v1/ids", operation_id = "mintIds", params(MintQuery), responses(
+    (status = 200, description = "The ids minted.", body = IdsJson),
+    (status = 400, response = BadInput)))]
+async fn mint_ids(
+    State(ledger): State<Ledger>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    observed(ledger.metrics(), "mint_ids", async {
+        refuse_unknown(&params, &["near", "count"])?;
+        let near = params.get("near").ok_or_else(|| {
+            ApiError::bad_request("near", "required: the id whose slot to mint in")
+        })?;
+        let near = parse_id(near, "near")?;
+        let count = match params.get("count") {
+            None => 1,
+            Some(text) => parse_unsigned(text, "count", 32)? as usize,
+        };
+        if !(1..=BATCH_EVENTS_MAX).contains(&count) {
+            return Err(ApiError::bad_request(
+                "count",
+                format!("{count} ids; mint 1 to {BATCH_EVENTS_MAX} at a time"),
+            ));
+        }
+        let ids = crate::minting::mint_near(near, count)
+            .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, None))?;
+        Ok(Json(IdsJson {
+            ids: ids.into_iter().map(IdJson).collect(),
         })
         .into_response())
     })

@@ -18,6 +18,7 @@ pub mod front;
 mod grpc;
 mod http;
 pub mod ledger_api;
+mod minting;
 mod node;
 mod openapi;
 mod pipeline;

@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 
 use api::json::ErrorJson;
 use api::schema::{
-    HistoryAccountId, IdPath, NodeInteger, RowLimit, TimestampBound, U16, U32, U64Query, U128Query,
+    HistoryAccountId, IdCount, IdPath, NodeInteger, RowLimit, TimestampBound, U16, U32, U64Query,
+    U128Query,
 };
 use axum::http::Method;
 use utoipa::openapi::header::Header;
@@ -62,6 +63,7 @@ fn completed(document: OpenApi) -> OpenApi {
         named::<RowLimit>(),
         named::<TimestampBound>(),
         named::<U128Query>(),
+        named::<IdCount>(),
         named::<U64Query>(),
         named::<U32>(),
         named::<U16>(),
