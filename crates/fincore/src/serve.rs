@@ -175,14 +175,11 @@ pub struct DevArgs {
     /// listens on --grpc and --http; group g's node i listens 100 × g + i − 1 ports above
     /// --grpc, --http and --peer. Data in DIR/group-g/node-i, the cluster map in
     /// DIR/cluster-map.json.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=DEV_GROUPS_MAX))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=limits::LOCAL_GROUPS_MAX))]
     groups: u64,
     #[command(flatten)]
     listen: ListenArgs,
 }
-
-/// The most groups `dev --groups` runs (their ports are 100 apart above the gateway's).
-const DEV_GROUPS_MAX: u64 = 16;
 
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use client::{Client, ClientError, RetryPolicy};
 use cluster::{ClusterMap, GroupId};
 use ledger::{Account, Transfer};
+use limits::GATEWAY_GROUP_CALL_SECONDS_MAX as GROUP_CALL_SECONDS_MAX;
 use server::PipelineError;
 
 use crate::coalesce::GroupWriter;
@@ -52,11 +53,6 @@ pub(crate) struct Group {
 pub struct Groups {
     groups: BTreeMap<GroupId, Group>,
 }
-
-/// How long the gateway keeps trying one group for one call: short of the caller's own
-/// deadline (`HTTP_REQUEST_SECONDS_MAX`), so the caller hears "unavailable, retry" rather
-/// than a cut-off request.
-const GROUP_CALL_SECONDS_MAX: u64 = limits::HTTP_REQUEST_SECONDS_MAX / 2;
 
 impl Groups {
     /// Makes a client for every group in `map`, dialling its members' gRPC addresses, and its

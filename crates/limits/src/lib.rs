@@ -290,6 +290,15 @@ pub const GATEWAY_GROUP_QUEUE_PARTS_MAX: usize = SERVER_QUEUE_REQUESTS_DEFAULT;
 /// coalesce into fuller batches meanwhile, as a node's requests do.
 pub const GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX: usize = SERVER_BATCHES_IN_FLIGHT_MAX;
 
+/// How long a gateway keeps trying one group for one call (the client follows leaders and
+/// retries meanwhile): short of the caller's own deadline, so the caller hears "unavailable,
+/// retry" rather than a request cut off.
+pub const GATEWAY_GROUP_CALL_SECONDS_MAX: u64 = HTTP_REQUEST_SECONDS_MAX / 2;
+
+/// Most ledger groups one machine runs for development and benchmarks (`dev --groups`,
+/// `bench --groups`; their ports are 100 apart).
+pub const LOCAL_GROUPS_MAX: u64 = 16;
+
 /// Reads (lookups, history, balances) a node admits at once, waiting for their read index or
 /// running; one more is answered "busy", as a write is when the queue is full.
 pub const SERVER_READS_ADMITTED_MAX: usize = 256;
@@ -418,6 +427,12 @@ const _: () =
     assert!(SERVER_READS_RUNNING_MAX >= 1 && SERVER_READS_RUNNING_MAX <= SERVER_READS_ADMITTED_MAX);
 const _: () = assert!(CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX >= 1);
 const _: () = assert!(GATEWAY_GROUP_QUEUE_PARTS_MAX >= 1 && GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX >= 1);
+const _: () = assert!(
+    GATEWAY_GROUP_CALL_SECONDS_MAX >= 2
+        && GATEWAY_GROUP_CALL_SECONDS_MAX < HTTP_REQUEST_SECONDS_MAX
+);
+// A local group's ports sit 100 × g above the gateway's, below 65,536 from a port near 10,000.
+const _: () = assert!(LOCAL_GROUPS_MAX >= 1 && LOCAL_GROUPS_MAX * 100 < 10_000);
 // A full keys file (each key: id, name, role and digest, under 200 bytes of JSON) fits the cap.
 const _: () =
     assert!(API_KEYS_MAX as u64 * (API_KEY_NAME_BYTES_MAX as u64 + 136) <= API_KEYS_FILE_BYTES_MAX);

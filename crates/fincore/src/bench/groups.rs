@@ -26,9 +26,7 @@ use super::network::{check_digests, leader_of, term_max, wait_caught_up};
 use super::workload::{Placement, TransferGenerator, accounts};
 use super::{BenchArgs, Measured, Report, data_dir, peak_rss_bytes, report};
 
-/// Most groups `--groups` starts (each group is `--replicas` `fincore serve` processes on this
-/// machine).
-pub const GROUPS_LOCAL_MAX: u64 = 16;
+pub use limits::LOCAL_GROUPS_MAX as GROUPS_LOCAL_MAX;
 
 /// The kernel's clock ticks per second in `/proc/PID/stat` (USER_HZ: 100 on mainstream Linux).
 const PROC_TICKS_PER_SECOND: f64 = 100.0;
