@@ -402,7 +402,7 @@ impl Renamed {
     fn accounts(&self, accounts: &[Account]) -> Vec<Account> {
         accounts
             .iter()
-            .filter_map(|a| self.names.get(&a.id).map(|&id| Account { id, ..a.clone() }))
+            .filter_map(|a| self.names.get(&a.id).map(|&id| Account { id, ..*a }))
             .collect()
     }
 
@@ -418,7 +418,7 @@ impl Renamed {
                 let renamed = Transfer {
                     debit_account_id: debit,
                     credit_account_id: credit,
-                    ..t.clone()
+                    ..*t
                 };
                 Some((id, renamed))
             })

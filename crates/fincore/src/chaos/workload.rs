@@ -62,7 +62,7 @@ impl Bank {
     /// One bank per group: `slots[g]` are the slots the map gives group `g`; each account gets
     /// an id in one of them, picked with `rng`.
     pub fn over_groups(slots: &[Vec<Slot>], rng: &mut SmallRng) -> anyhow::Result<Bank> {
-        assert!(slots.len() >= 1 && slots.iter().all(|s| !s.is_empty()));
+        assert!(!slots.is_empty() && slots.iter().all(|s| !s.is_empty()));
         let millis = millis_now();
         let mut groups = Vec::with_capacity(slots.len());
         for (g, group_slots) in slots.iter().enumerate() {
