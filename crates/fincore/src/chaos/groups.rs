@@ -63,36 +63,8 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut clusters = Vec::with_capacity(groups_count);
-    for g in 0..groups_count {
-        clusters.push(start_group(
-            &runtime,
-            &dir.join(format!("group-{}", g + 1)),
-        )?);
-    }
-    let layouts: Vec<_> = clusters.iter().map(|c| c.layout().clone()).collect();
-    let map = testkit::cluster::map_of(&layouts)?;
-    let map_path = dir.join("cluster-map.json");
-    std::fs::write(&map_path, map.to_json())
-        .with_context(|| format!("writing {}", map_path.display()))?;
-    let group_ids: Vec<GroupId> = layouts
-        .iter()
-        .map(|l| l.group.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|_| anyhow::anyhow!("a layout's group id does not parse"))?;
-    let gateways = Gateways::start(&dir, &map_path, GATEWAYS_COUNT)?;
-
-    let slots: Vec<_> = group_ids.iter().map(|&id| map.slots_of(id)).collect();
-    let bank = Arc::new(Bank::over_groups(
-        &slots,
-        &mut SmallRng::seed_from_u64(seed ^ BANK_SEED),
-    )?);
-    for (g, ids) in bank.groups.iter().enumerate() {
-        assert!(
-            ids.iter().all(|&id| map.group_of(id) == group_ids[g]),
-            "every account of bank {g} is in group {g}"
-        );
-    }
+    let (clusters, gateways, bank) = start_all(&runtime, &dir, groups_count, seed)?;
+    let bank = Arc::new(bank);
     let urls = gateways.grpc_urls.clone();
     let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     let connect_with = |policy| {
@@ -205,6 +177,40 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
         cluster.stop()?;
     }
     super::finish(args, &report, temp)
+}
+
+/// Starts the groups, writes their map to `dir/cluster-map.json`, starts the gateways over it
+/// and lays out the bank: one operator and its customers in each group's slots.
+fn start_all(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    groups_count: usize,
+    seed: u64,
+) -> anyhow::Result<(Vec<Cluster>, Gateways, Bank)> {
+    let mut clusters = Vec::with_capacity(groups_count);
+    for g in 0..groups_count {
+        clusters.push(start_group(runtime, &dir.join(format!("group-{}", g + 1)))?);
+    }
+    let layouts: Vec<_> = clusters.iter().map(|c| c.layout().clone()).collect();
+    let map = testkit::cluster::map_of(&layouts)?;
+    let map_path = dir.join("cluster-map.json");
+    std::fs::write(&map_path, map.to_json())
+        .with_context(|| format!("writing {}", map_path.display()))?;
+    let group_ids: Vec<GroupId> = layouts
+        .iter()
+        .map(|l| l.group.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("a layout's group id does not parse"))?;
+    let gateways = Gateways::start(dir, &map_path, GATEWAYS_COUNT)?;
+    let slots: Vec<_> = group_ids.iter().map(|&id| map.slots_of(id)).collect();
+    let bank = Bank::over_groups(&slots, &mut SmallRng::seed_from_u64(seed ^ BANK_SEED))?;
+    for (g, ids) in bank.groups.iter().enumerate() {
+        assert!(
+            ids.iter().all(|&id| map.group_of(id) == group_ids[g]),
+            "every account of bank {g} is in group {g}"
+        );
+    }
+    Ok((clusters, gateways, bank))
 }
 
 /// How many times a group's start is tried on fresh ports.
