@@ -72,6 +72,11 @@ impl Cluster {
         self.nodes.len()
     }
 
+    /// Where the members listen and the group's id (what a cluster map names).
+    pub fn layout(&self) -> &GroupLayout {
+        &self._layout
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].is_some()
     }

@@ -93,8 +93,26 @@ impl History {
 
     /// Records a fault the nemesis injected or healed.
     pub fn fault(&self, what: &str, node: Option<usize>) {
-        self.write(json!({"type": "nemesis", "t_ns": self.now(), "fault": what,
-                          "node": node.map(|n| n + 1)}));
+        self.fault_in(what, None, node);
+    }
+
+    /// Records a fault in one of several groups (`group` numbered from 1 in the file; the
+    /// field is left out for a run of one group, as before).
+    pub fn fault_in(&self, what: &str, group: Option<usize>, node: Option<usize>) {
+        let mut line = json!({"type": "nemesis", "t_ns": self.now(), "fault": what,
+                              "node": node.map(|n| n + 1)});
+        if let Some(group) = group {
+            line["group"] = json!(group + 1);
+        }
+        self.write(line);
+    }
+
+    /// Records a fault done to gateway `gateway` (numbered from 1 in the file); returns its time.
+    pub fn gateway_fault(&self, what: &str, gateway: usize) -> u64 {
+        let at = self.now();
+        self.write(json!({"type": "nemesis", "t_ns": at, "fault": what,
+                          "gateway": gateway + 1}));
+        at
     }
 
     /// Everything recorded so far (the file is flushed).

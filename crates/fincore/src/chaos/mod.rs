@@ -6,8 +6,14 @@
 //! then ok / fail / unknown) in a JSON-lines history. After a quiet period the nodes must agree,
 //! and a final read (patient: up to a minute, where operations during the nemesis give up
 //! after 1.5 s) decides every unknown outcome; the checker then judges the history.
+//!
+//! With `--groups N` the same bank runs over N such groups behind two `fincore gateway`
+//! processes (see [`groups`]): each group has its own bank and nemesis, and a further nemesis
+//! kills (-9) and restarts the gateways, one at a time.
 
 mod cluster;
+mod gateways;
+mod groups;
 mod history;
 mod workload;
 
@@ -26,6 +32,7 @@ use serde::Serialize;
 use cluster::Cluster;
 use history::History;
 use testkit::bank_checker;
+use workload::Bank;
 
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
@@ -42,6 +49,10 @@ pub struct ChaosArgs {
     /// kept if the check fails).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run over this many groups of three replicas behind two gateways (default: one group,
+    /// clients dialling its nodes, no gateway).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=groups::GROUPS_MAX))]
+    groups: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -57,12 +68,14 @@ pub struct FaultCounts {
     pub slow_links: u64,
 }
 
-/// Plays faults on `cluster` until `until`, each held for a while and then healed.
+/// Plays faults on `cluster` until `until`, each held for a while and then healed. `group`
+/// names the cluster in the history when a run has several.
 fn nemesis(
     cluster: &Mutex<Cluster>,
     history: &History,
     seed: u64,
     until: Instant,
+    group: Option<usize>,
 ) -> anyhow::Result<FaultCounts> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
     let mut counts = FaultCounts::default();
@@ -81,29 +94,33 @@ fn nemesis(
                 0 => {
                     cluster.kill(node);
                     counts.kills += 1;
-                    history.fault("kill", Some(node));
+                    history.fault_in("kill", group, Some(node));
                 }
                 1 => {
                     cluster.pause(node)?;
                     counts.pauses += 1;
-                    history.fault("pause", Some(node));
+                    history.fault_in("pause", group, Some(node));
                 }
                 2 => {
                     let one_way = rng.random_bool(0.3);
                     cluster.isolate(node, one_way);
                     if one_way {
                         counts.one_way_partitions += 1;
-                        history.fault("partition-outbound", Some(node));
+                        history.fault_in("partition-outbound", group, Some(node));
                     } else {
                         counts.partitions += 1;
-                        history.fault("partition", Some(node));
+                        history.fault_in("partition", group, Some(node));
                     }
                 }
                 _ => {
                     let delay = Duration::from_millis(rng.random_range(50..400));
                     cluster.slow(node, delay);
                     counts.slow_links += 1;
-                    history.fault(&format!("slow-links-{}ms", delay.as_millis()), Some(node));
+                    history.fault_in(
+                        &format!("slow-links-{}ms", delay.as_millis()),
+                        group,
+                        Some(node),
+                    );
                 }
             }
         }
@@ -114,7 +131,17 @@ fn nemesis(
             1 => cluster.resume(node)?,
             _ => cluster.heal_links(),
         }
-        history.fault("heal", Some(node));
+        history.fault_in("heal", group, Some(node));
+    }
+}
+
+impl FaultCounts {
+    fn add(&mut self, other: &FaultCounts) {
+        self.kills += other.kills;
+        self.pauses += other.pauses;
+        self.partitions += other.partitions;
+        self.one_way_partitions += other.one_way_partitions;
+        self.slow_links += other.slow_links;
     }
 }
 
@@ -125,33 +152,41 @@ struct Report {
     seconds: u64,
     clients: u64,
     faults: FaultCounts,
+    /// Only for a run over several groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<groups::GroupsReport>,
     #[serde(flatten)]
     verdict: bank_checker::Verdict,
     history: String,
 }
 
-pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
-    let seed = args.seed.unwrap_or_else(|| {
+fn seed_of(args: &ChaosArgs) -> u64 {
+    args.seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
-    });
-    let temp = match &args.dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("fincore-chaos-")
-                .tempdir()?,
-        ),
-    };
-    let dir = match (&args.dir, &temp) {
-        (Some(dir), _) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        (None, Some(temp)) => temp.path().to_path_buf(),
-        (None, None) => unreachable!("a temporary directory is made when none is given"),
-    };
+    })
+}
+
+/// The run's directory: `--dir`, or a temporary one (returned too, to keep or remove).
+fn run_dir(args: &ChaosArgs) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    if let Some(dir) = &args.dir {
+        std::fs::create_dir_all(dir)?;
+        return Ok((None, dir.clone()));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("fincore-chaos-")
+        .tempdir()?;
+    let dir = temp.path().to_path_buf();
+    Ok((Some(temp), dir))
+}
+
+pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
+    if let Some(groups) = args.groups {
+        return groups::run(args, groups as usize);
+    }
+    let seed = seed_of(args);
+    let (temp, dir) = run_dir(args)?;
     let history_path = dir.join("history.jsonl");
     let history = Arc::new(History::create(&history_path)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -169,8 +204,9 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     let connect = || connect_with(workload::retry_policy());
     let _guard = runtime.enter();
     let setup = connect()?;
-    runtime
-        .block_on(workload::set_up(&setup))
+    let bank = Arc::new(Bank::single());
+    let funding = runtime
+        .block_on(workload::set_up(&setup, &bank))
         .context("setting up the bank")?;
 
     // Clients and nemesis run together until the deadline.
@@ -178,21 +214,19 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     let cluster = Arc::new(Mutex::new(cluster));
     let nemesis = {
         let (cluster, history) = (Arc::clone(&cluster), Arc::clone(&history));
-        std::thread::spawn(move || nemesis(&cluster, &history, seed, until))
+        std::thread::spawn(move || nemesis(&cluster, &history, seed, until, None))
     };
     let nodes = Arc::new(addrs.clone());
-    let clients: Vec<_> = (1..=args.clients)
-        .map(|id| {
-            let client = connect();
-            let (history, nodes) = (Arc::clone(&history), Arc::clone(&nodes));
-            runtime.spawn(async move {
-                if let Ok(client) = client {
-                    let seed = seed.wrapping_add(id);
-                    workload::run_client(client, nodes, id, seed, history, until).await;
-                }
-            })
-        })
-        .collect();
+    let clients = spawn_clients(
+        &runtime,
+        args.clients,
+        &connect,
+        &bank,
+        &nodes,
+        seed,
+        &history,
+        until,
+    );
     runtime.block_on(async {
         for client in clients {
             let _ = client.await;
@@ -212,44 +246,100 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     let converged = cluster.wait_converged(Duration::from_secs(60));
     let ops = history.ops();
     let reader = connect_with(workload::final_read_retry_policy())?;
-    let (accounts, found) = runtime.block_on(async {
-        let accounts = reader.lookup_accounts(&workload::account_ids()).await?;
-        let mut ids: Vec<u128> = workload::funding().iter().map(|t| t.id).collect();
-        ids.extend(ops.iter().filter_map(|op| match op.action {
-            history::Action::Transfer { id, .. } => Some(id),
-            history::Action::Read => None,
-        }));
-        let mut found = BTreeMap::new();
-        for chunk in ids.chunks(8_000) {
-            for transfer in reader.lookup_transfers(chunk).await? {
-                found.insert(transfer.id, transfer);
-            }
-        }
-        anyhow::Ok((accounts, found))
-    })?;
+    let (accounts, found) = runtime.block_on(final_read(&reader, &bank, &funding, &ops))?;
     let mut verdict = bank_checker::check(&ops, &accounts, &found);
     if let Err(error) = converged {
         verdict.violation("no convergence", format!("after the quiet period: {error}"));
     }
-    let valid = verdict.valid();
     let report = Report {
-        valid,
+        valid: verdict.valid(),
         seed,
         seconds: args.seconds,
         clients: args.clients,
         faults,
+        groups: None,
         verdict,
         history: history_path.display().to_string(),
     };
     cluster.stop()?;
+    finish(args, &report, temp)
+}
+
+/// Starts `count` clients (ids 1..=count) running the bank until `until`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_clients(
+    runtime: &tokio::runtime::Runtime,
+    count: u64,
+    connect: &dyn Fn() -> Result<Client, client::ClientError>,
+    bank: &Arc<Bank>,
+    nodes: &Arc<Vec<String>>,
+    seed: u64,
+    history: &Arc<History>,
+    until: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (1..=count)
+        .map(|id| {
+            let client = connect();
+            let (bank, history, nodes) = (Arc::clone(bank), Arc::clone(history), Arc::clone(nodes));
+            runtime.spawn(async move {
+                if let Ok(client) = client {
+                    let seed = seed.wrapping_add(id);
+                    workload::run_client(client, bank, nodes, id, seed, history, until).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every account, and every transfer of the funding and the history as the books hold it.
+async fn final_read(
+    reader: &Client,
+    bank: &Bank,
+    funding: &[ledger::Transfer],
+    ops: &[history::Op],
+) -> anyhow::Result<(Vec<ledger::Account>, BTreeMap<u128, ledger::Transfer>)> {
+    let accounts = reader.lookup_accounts(&bank.account_ids()).await?;
+    let mut ids: Vec<u128> = funding.iter().map(|t| t.id).collect();
+    ids.extend(ops.iter().filter_map(|op| match op.action {
+        history::Action::Transfer { id, .. } => Some(id),
+        history::Action::Read => None,
+    }));
+    let mut found = BTreeMap::new();
+    for chunk in ids.chunks(8_000) {
+        for transfer in reader.lookup_transfers(chunk).await? {
+            found.insert(transfer.id, transfer);
+        }
+    }
+    Ok((accounts, found))
+}
+
+/// Prints the report and keeps the evidence of a failed run.
+fn finish(
+    args: &ChaosArgs,
+    report: &Report,
+    temp: Option<tempfile::TempDir>,
+) -> anyhow::Result<ExitCode> {
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(report)?);
     } else {
         let v = &report.verdict;
         let f = &report.faults;
+        let over = match &report.groups {
+            Some(g) => format!(
+                " over {} groups of {} behind {} gateways ({} gateway kills; {} operations invoked while one was down, {} of them unknown, slowest {} ms)",
+                g.groups,
+                g.replicas_per_group,
+                g.gateways,
+                g.gateway_kills,
+                g.ops_while_gateway_down,
+                g.unknown_while_gateway_down,
+                g.latency_ms_max_while_gateway_down,
+            ),
+            None => String::new(),
+        };
         println!(
-            "chaos: {} — {} operations: transfers {} ok, {} failed, {} unknown ({} resolved as applied, {} as not applied); reads {} ok, {} unknown; faults: {} kills, {} pauses, {} partitions, {} one-way partitions, {} slow links; seed {}; history {}",
-            if valid { "VALID" } else { "INVALID" },
+            "chaos{over}: {} — {} operations: transfers {} ok, {} failed, {} unknown ({} resolved as applied, {} as not applied); reads {} ok, {} unknown; faults: {} kills, {} pauses, {} partitions, {} one-way partitions, {} slow links; seed {}; history {}",
+            if report.valid { "VALID" } else { "INVALID" },
             v.operations,
             v.transfers_ok,
             v.transfers_failed,
@@ -273,7 +363,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
             println!("  - {violation}");
         }
     }
-    if valid {
+    if report.valid {
         Ok(ExitCode::SUCCESS)
     } else {
         // Keep the evidence.

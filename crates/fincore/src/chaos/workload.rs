@@ -1,12 +1,19 @@
-//! The bank: one operator account funds seven customer accounts that may never overdraw
-//! (`debits_must_not_exceed_credits`); clients move random amounts between customers (many
-//! exceed the balance and must fail) and read every account at once.
+//! The bank: in each group, one operator account funds seven customer accounts that may never
+//! overdraw (`debits_must_not_exceed_credits`); clients move random amounts between two
+//! customers of one group (many exceed the balance and must fail) and read every account at
+//! once.
+//!
+//! One group (no gateway) keeps the original ids: accounts 1..=8, funding transfers 1..=7 and
+//! transfer ids `client << 64 | sequence`. Over several groups the ids are minted into slots
+//! the map gives each group, and every transfer id into its debit account's slot, so each
+//! transfer is one group's work (the gateway refuses any other).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use client::{Client, RetryPolicy};
+use cluster::placement::{Slot, id_in_slot, slot_of};
 use ledger::{Account, AccountFlags, CreateAccountResult, CreateTransferResult, Transfer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -16,41 +23,125 @@ use super::history::{Action, History, Outcome};
 use testkit::bank_checker::{BANK, CUSTOMERS, FUNDING};
 
 const LEDGER: u32 = 1;
+/// Accounts per group: the operator and its customers.
+pub const GROUP_ACCOUNTS_COUNT: usize = CUSTOMERS as usize + 1;
+/// Where a minted id's 68 random bits put the client (below: the sequence number), so that two
+/// transfers minted in one millisecond still differ.
+const MINT_CLIENT_SHIFT: u32 = 48;
+/// Random bits that mark a minted account id and a funding transfer id (clients are < 2^7).
+const MINT_ACCOUNT_TAG: u128 = 1 << 66;
+const MINT_FUNDING_TAG: u128 = 1 << 65;
 
-pub fn account_ids() -> Vec<u128> {
-    (BANK..=CUSTOMERS + 1).collect()
+/// The bank's accounts, group by group.
+pub struct Bank {
+    /// `groups[g]`: group `g`'s operator, then its `CUSTOMERS` customers.
+    pub groups: Vec<[u128; GROUP_ACCOUNTS_COUNT]>,
+    /// Ids minted in slots (several groups) or the original numbering (one group).
+    minted: bool,
 }
 
-fn accounts() -> Vec<Account> {
-    account_ids()
-        .into_iter()
-        .map(|id| Account {
-            id,
-            ledger: LEDGER,
-            code: 1,
-            flags: if id == BANK {
-                AccountFlags::empty()
-            } else {
-                AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS
-            },
-            ..Account::default()
-        })
-        .collect()
+fn millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The funding transfers: ids 1..=CUSTOMERS, bank → each customer.
-pub fn funding() -> Vec<Transfer> {
-    (0..CUSTOMERS)
-        .map(|k| Transfer {
-            id: k + 1,
-            debit_account_id: BANK,
-            credit_account_id: BANK + 1 + k,
-            amount: FUNDING,
-            ledger: LEDGER,
-            code: 1,
-            ..Transfer::default()
+impl Bank {
+    /// One group, the original ids (accounts `BANK..=CUSTOMERS + 1`).
+    pub fn single() -> Bank {
+        let mut ids = [0u128; GROUP_ACCOUNTS_COUNT];
+        for (k, id) in ids.iter_mut().enumerate() {
+            *id = BANK + k as u128;
+        }
+        Bank {
+            groups: vec![ids],
+            minted: false,
+        }
+    }
+
+    /// One bank per group: `slots[g]` are the slots the map gives group `g`; each account gets
+    /// an id in one of them, picked with `rng`.
+    pub fn over_groups(slots: &[Vec<Slot>], rng: &mut SmallRng) -> anyhow::Result<Bank> {
+        assert!(!slots.is_empty() && slots.iter().all(|s| !s.is_empty()));
+        let millis = millis_now();
+        let mut groups = Vec::with_capacity(slots.len());
+        for (g, group_slots) in slots.iter().enumerate() {
+            let mut ids = [0u128; GROUP_ACCOUNTS_COUNT];
+            for (k, id) in ids.iter_mut().enumerate() {
+                let slot = group_slots[rng.random_range(0..group_slots.len())];
+                let random = MINT_ACCOUNT_TAG | (g as u128) << 8 | k as u128;
+                *id = id_in_slot(slot, millis, random)?;
+            }
+            groups.push(ids);
+        }
+        Ok(Bank {
+            groups,
+            minted: true,
         })
-        .collect()
+    }
+
+    /// Every account, group by group.
+    pub fn account_ids(&self) -> Vec<u128> {
+        self.groups.iter().flatten().copied().collect()
+    }
+
+    fn accounts(&self) -> Vec<Account> {
+        self.groups
+            .iter()
+            .flat_map(|ids| {
+                ids.iter().enumerate().map(|(k, &id)| Account {
+                    id,
+                    ledger: LEDGER,
+                    code: 1,
+                    flags: if k == 0 {
+                        AccountFlags::empty()
+                    } else {
+                        AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS
+                    },
+                    ..Account::default()
+                })
+            })
+            .collect()
+    }
+
+    /// The funding transfers: in each group, operator → each customer, `FUNDING` each (ids
+    /// 1..=CUSTOMERS for one group; minted in the operator's slot otherwise).
+    pub fn funding(&self) -> Vec<Transfer> {
+        let millis = millis_now();
+        self.groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, ids)| {
+                (1..GROUP_ACCOUNTS_COUNT).map(move |k| {
+                    let id = if self.minted {
+                        let random = MINT_FUNDING_TAG | (g as u128) << 8 | k as u128;
+                        id_in_slot(slot_of(ids[0]), millis, random).expect("the clock fits")
+                    } else {
+                        k as u128
+                    };
+                    Transfer {
+                        id,
+                        debit_account_id: ids[0],
+                        credit_account_id: ids[k],
+                        amount: FUNDING,
+                        ledger: LEDGER,
+                        code: 1,
+                        ..Transfer::default()
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// A transfer id no other transfer of the run has, in `debit`'s slot when minted.
+    fn transfer_id(&self, client: u64, sequence: u64, debit: u128) -> u128 {
+        if !self.minted {
+            return (u128::from(client) << 64) | u128::from(sequence);
+        }
+        debug_assert!(client < 1 << 7 && sequence < 1 << MINT_CLIENT_SHIFT);
+        let random = u128::from(client) << MINT_CLIENT_SHIFT | u128::from(sequence);
+        id_in_slot(slot_of(debit), millis_now(), random).expect("the clock fits 48 bits")
+    }
 }
 
 /// How hard a chaos client tries before it records an operation as unknown.
@@ -78,10 +169,11 @@ pub fn final_read_retry_policy() -> RetryPolicy {
 }
 
 /// Creates the accounts and funds the customers (idempotent; bounded).
-pub async fn set_up(client: &Client) -> anyhow::Result<()> {
+pub async fn set_up(client: &Client, bank: &Bank) -> anyhow::Result<Vec<Transfer>> {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let (accounts, funding) = (bank.accounts(), bank.funding());
     loop {
-        let created = client.create_accounts(&accounts()).await;
+        let created = client.create_accounts(&accounts).await;
         let funded = match &created {
             Ok(results)
                 if results.iter().all(|r| {
@@ -91,7 +183,7 @@ pub async fn set_up(client: &Client) -> anyhow::Result<()> {
                     )
                 }) =>
             {
-                client.create_transfers(&funding()).await.ok()
+                client.create_transfers(&funding).await.ok()
             }
             _ => None,
         };
@@ -102,7 +194,7 @@ pub async fn set_up(client: &Client) -> anyhow::Result<()> {
                     CreateTransferResult::Created | CreateTransferResult::Exists
                 )
             }) {
-                return Ok(());
+                return Ok(funding);
             }
             bail!("funding the customers failed: {results:?}");
         }
@@ -114,11 +206,13 @@ pub async fn set_up(client: &Client) -> anyhow::Result<()> {
 }
 
 /// One client: until `until`, one operation at a time, each recorded in `history`. Transfers
-/// go through `client` (which sticks to the leader); each read starts at a node picked at
-/// random from `nodes`, as a client that reaches any node would (a follower must send it to
-/// the leader rather than answer from its own, possibly older, state).
+/// go through `client` (which sticks to the leader, or fails over between gateways); each read
+/// starts at a node (or gateway) picked at random from `nodes`, as a client that reaches any
+/// node would (a follower must send it to the leader rather than answer from its own, possibly
+/// older, state).
 pub async fn run_client(
     client: Client,
+    bank: Arc<Bank>,
     nodes: Arc<Vec<String>>,
     id: u64,
     seed: u64,
@@ -127,7 +221,7 @@ pub async fn run_client(
 ) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut sequence = 0u64;
-    let ids = account_ids();
+    let ids = bank.account_ids();
     while Instant::now() < until {
         if rng.random_bool(0.2) {
             let node = &nodes[rng.random_range(0..nodes.len())];
@@ -150,13 +244,20 @@ pub async fn run_client(
             continue;
         }
         sequence += 1;
-        let debit = BANK + 1 + rng.random_range(0..CUSTOMERS);
-        let mut credit = BANK + 1 + rng.random_range(0..CUSTOMERS - 1);
-        if credit >= debit {
-            credit += 1;
+        // Drawn only over several groups, so that one group's schedule stays as it was.
+        let group = if bank.groups.len() > 1 {
+            rng.random_range(0..bank.groups.len())
+        } else {
+            0
+        };
+        let debit_at = 1 + rng.random_range(0..CUSTOMERS) as usize;
+        let mut credit_at = 1 + rng.random_range(0..CUSTOMERS - 1) as usize;
+        if credit_at >= debit_at {
+            credit_at += 1;
         }
+        let (debit, credit) = (bank.groups[group][debit_at], bank.groups[group][credit_at]);
         let transfer = Transfer {
-            id: (u128::from(id) << 64) | u128::from(sequence),
+            id: bank.transfer_id(id, sequence, debit),
             debit_account_id: debit,
             credit_account_id: credit,
             amount: rng.random_range(1..=4_000),
