@@ -22,6 +22,19 @@ fn account(id: u128, flags: AccountFlags) -> Account {
     }
 }
 
+/// A client of `node`, and accounts 1 and 2 (ledger 1, no flags) created there.
+async fn client_with_two_accounts(node: &support::ChildNode) -> client::Client {
+    let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
+    client
+        .create_accounts(&[
+            account(1, AccountFlags::empty()),
+            account(2, AccountFlags::empty()),
+        ])
+        .await
+        .unwrap();
+    client
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -192,14 +205,7 @@ fn single_transfers_from_many_tasks_are_batched_and_all_answered() {
     let dir = tempfile::tempdir().unwrap();
     let node = support::start_node(dir.path());
     runtime().block_on(async {
-        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
-        client
-            .create_accounts(&[
-                account(1, AccountFlags::empty()),
-                account(2, AccountFlags::empty()),
-            ])
-            .await
-            .unwrap();
+        let client = client_with_two_accounts(&node).await;
         let tasks: Vec<_> = (1..=2000u128)
             .map(|id| {
                 let client = client.clone();
@@ -222,14 +228,7 @@ fn imported_single_transfers_do_not_share_a_batch_with_others() {
     let dir = tempfile::tempdir().unwrap();
     let node = support::start_node(dir.path());
     runtime().block_on(async {
-        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
-        client
-            .create_accounts(&[
-                account(1, AccountFlags::empty()),
-                account(2, AccountFlags::empty()),
-            ])
-            .await
-            .unwrap();
+        let client = client_with_two_accounts(&node).await;
         let imported = |id: u128| id % 25 == 1;
         let tasks: Vec<_> = (1..=1000u128)
             .map(|id| {
@@ -267,17 +266,7 @@ fn the_client_retries_across_a_node_restart_with_the_same_ids() {
     let node = support::start_node(dir.path());
     let (grpc, http) = (node.grpc_addr.clone(), node.http_addr.clone());
     let runtime = runtime();
-    let client = runtime.block_on(async {
-        let client = support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap();
-        client
-            .create_accounts(&[
-                account(1, AccountFlags::empty()),
-                account(2, AccountFlags::empty()),
-            ])
-            .await
-            .unwrap();
-        client
-    });
+    let client = runtime.block_on(client_with_two_accounts(&node));
     node.kill9();
     // While the node is down the request keeps being retried; it lands once the node is back.
     let pending = runtime.spawn({

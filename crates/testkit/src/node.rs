@@ -49,6 +49,18 @@ impl Signal {
     }
 }
 
+/// Creates `dir` and opens (appending) the log beside it, `DIR.log`, kept across restarts.
+fn dir_and_log(dir: &Path) -> Result<(std::fs::File, PathBuf), KitError> {
+    std::fs::create_dir_all(dir).map_err(KitError::io(format!("creating {}", dir.display())))?;
+    let log_path = dir.with_extension("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(KitError::io(format!("opening {}", log_path.display())))?;
+    Ok((log, log_path))
+}
+
 /// A running `fincore serve` (or `fincore gateway`) child.
 pub struct ChildNode {
     child: Child,
@@ -78,14 +90,7 @@ impl ChildNode {
         data_dir: &Path,
         args: &[S],
     ) -> Result<ChildNode, KitError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(KitError::io(format!("creating {}", data_dir.display())))?;
-        let log_path = data_dir.with_extension("log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(KitError::io(format!("opening {}", log_path.display())))?;
+        let (log, log_path) = dir_and_log(data_dir)?;
         let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
         let keys = if given("--keys") || given("--insecure-no-auth") {
             None
@@ -123,14 +128,7 @@ impl ChildNode {
         map: &Path,
         args: &[S],
     ) -> Result<ChildNode, KitError> {
-        std::fs::create_dir_all(dir)
-            .map_err(KitError::io(format!("creating {}", dir.display())))?;
-        let log_path = dir.with_extension("log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(KitError::io(format!("opening {}", log_path.display())))?;
+        let (log, log_path) = dir_and_log(dir)?;
         let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
         let mut command = Command::new(exe);
         command.arg("gateway").arg("--map").arg(map);

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use client::{Client, RetryPolicy};
-use ledger::{CreateAccountResult, CreateTransferResult};
+use ledger::CreateTransferResult;
 use limits::LOOKUP_IDS_MAX;
 use serde::Serialize;
 use testkit::cluster::LocalGroups;
 use testkit::node::ChildNode;
 
 use super::network::{check_digests, leader_of, term_max, wait_caught_up};
-use super::workload::{Placement, TransferGenerator, accounts};
+use super::workload::{Placement, TransferGenerator};
 use super::{BenchArgs, Measured, Report, data_dir, peak_rss_bytes, report};
 
 pub use limits::LOCAL_GROUPS_MAX as GROUPS_LOCAL_MAX;
@@ -241,7 +241,11 @@ fn run_one(
         .build()?;
     let _entered = runtime.enter();
     let client = connect(&addrs)?;
-    runtime.block_on(create_accounts(&client, args.accounts, args.batch))?;
+    runtime.block_on(super::workload::create_accounts(
+        &client,
+        args.accounts,
+        args.batch,
+    ))?;
     let terms_at_start: Vec<Option<u64>> = group_http.iter().map(|http| term_max(http)).collect();
     let cpu_before = cpu_of(&node_pids, gateway_pid.as_deref());
     let load = runtime.block_on(load(args, &addrs, &placement, id_millis))?;
@@ -328,24 +332,6 @@ fn connect(addrs: &[String]) -> anyhow::Result<Client> {
         .retry_policy(RetryPolicy::default())
         .api_key_opt(testkit::keys::token())
         .connect()?)
-}
-
-async fn create_accounts(client: &Client, count: u64, batch: u64) -> anyhow::Result<()> {
-    let mut first = 1;
-    while first <= count {
-        let last = (first + batch - 1).min(count);
-        let results = client.create_accounts(&accounts(first, last)).await?;
-        if let Some(bad) = results.iter().find(|r| {
-            !matches!(
-                r.result,
-                CreateAccountResult::Created | CreateAccountResult::Exists
-            )
-        }) {
-            bail!("creating the benchmark accounts failed: {}", bad.result);
-        }
-        first = last + 1;
-    }
-    Ok(())
 }
 
 /// What the measured phase saw.

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use client::{Client, RetryPolicy};
-use ledger::{CreateAccountResult, CreateTransferResult};
+use ledger::CreateTransferResult;
 
 use super::wipe::{self, WipePlan};
-use super::workload::{TransferGenerator, accounts};
+use super::workload::TransferGenerator;
 use super::{BenchArgs, Measured, data_dir, peak_rss_bytes};
 use testkit::group::GroupLayout;
 use testkit::http::{Transport, get_json, replica_status};
@@ -402,21 +402,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     };
     runtime.block_on(async {
         let setup = connect()?;
-        let mut first = 1;
-        while first <= args.accounts {
-            let last = (first + args.batch - 1).min(args.accounts);
-            let results = setup.create_accounts(&accounts(first, last)).await?;
-            if let Some(bad) = results.iter().find(|r| {
-                !matches!(
-                    r.result,
-                    CreateAccountResult::Created | CreateAccountResult::Exists
-                )
-            }) {
-                bail!("creating the benchmark accounts failed: {}", bad.result);
-            }
-            first = last + 1;
-        }
-        anyhow::Ok(())
+        super::workload::create_accounts(&setup, args.accounts, args.batch).await
     })?;
     let all_http: Vec<String> = running_http(&nodes);
     let term_at_start = term_max(&all_http);

@@ -272,6 +272,30 @@ impl TransferGenerator {
     }
 }
 
+/// Creates the accounts 1..=`count` through `client`, `batch` at a time; any result but
+/// `created` or `exists` fails the bench.
+pub async fn create_accounts(
+    client: &client::Client,
+    count: u64,
+    batch: u64,
+) -> anyhow::Result<()> {
+    let mut first = 1;
+    while first <= count {
+        let last = (first + batch - 1).min(count);
+        let results = client.create_accounts(&accounts(first, last)).await?;
+        if let Some(bad) = results.iter().find(|r| {
+            !matches!(
+                r.result,
+                ledger::CreateAccountResult::Created | ledger::CreateAccountResult::Exists
+            )
+        }) {
+            anyhow::bail!("creating the benchmark accounts failed: {}", bad.result);
+        }
+        first = last + 1;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -100,7 +100,7 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
         std::thread::spawn(move || gateway_nemesis(&gateways, &history, seed, until))
     };
     let nodes = Arc::new(urls.clone());
-    let clients = super::spawn_clients(
+    super::run_clients(
         &runtime,
         args.clients,
         &connect,
@@ -110,11 +110,6 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
         &history,
         until,
     );
-    runtime.block_on(async {
-        for client in clients {
-            let _ = client.await;
-        }
-    });
     let mut faults = FaultCounts::default();
     for nemesis in nemeses {
         let counts = nemesis

@@ -217,7 +217,7 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
         std::thread::spawn(move || nemesis(&cluster, &history, seed, until, None))
     };
     let nodes = Arc::new(addrs.clone());
-    let clients = spawn_clients(
+    run_clients(
         &runtime,
         args.clients,
         &connect,
@@ -227,11 +227,6 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
         &history,
         until,
     );
-    runtime.block_on(async {
-        for client in clients {
-            let _ = client.await;
-        }
-    });
     let faults = nemesis
         .join()
         .map_err(|_| anyhow::anyhow!("the nemesis panicked"))??;
@@ -265,9 +260,9 @@ pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     finish(args, &report, temp)
 }
 
-/// Starts `count` clients (ids 1..=count) running the bank until `until`.
+/// Runs `count` clients (ids 1..=count) on the bank until `until`, and waits for them all.
 #[allow(clippy::too_many_arguments)]
-fn spawn_clients(
+fn run_clients(
     runtime: &tokio::runtime::Runtime,
     count: u64,
     connect: &dyn Fn() -> Result<Client, client::ClientError>,
@@ -276,8 +271,8 @@ fn spawn_clients(
     seed: u64,
     history: &Arc<History>,
     until: Instant,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (1..=count)
+) {
+    let clients: Vec<_> = (1..=count)
         .map(|id| {
             let client = connect();
             let (bank, history, nodes) = (Arc::clone(bank), Arc::clone(history), Arc::clone(nodes));
@@ -288,7 +283,12 @@ fn spawn_clients(
                 }
             })
         })
-        .collect()
+        .collect();
+    runtime.block_on(async {
+        for client in clients {
+            let _ = client.await;
+        }
+    });
 }
 
 /// Every account, and every transfer of the funding and the history as the books hold it.
