@@ -11,7 +11,9 @@
 //! - Authenticated: [`Client::builder`]`(…).api_key(key)` sends `authorization: Bearer <key>` on
 //!   every call; a refused key is [`ClientError::Unauthenticated`] or
 //!   [`ClientError::PermissionDenied`], never retried.
-//! - Over TLS when the nodes serve it: [`ClientBuilder::tls_ca_pem`] and `https://` addresses.
+//! - Over TLS when the nodes serve it: [`ClientBuilder::tls_ca_pem`] and `https://` addresses;
+//!   [`ClientBuilder::tls_identity_pem`] presents a client certificate to nodes that require one
+//!   (`serve --tls-client-ca`).
 //!
 //! A linked chain must be sent whole through `create_transfers`: single events are batched with
 //! strangers' events, so they may not carry the `linked` flag.
@@ -29,10 +31,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use limits::{
+    CLIENT_GAVE_UP_ERRORS_REPORTED_MAX as GAVE_UP_ERRORS_REPORTED_MAX,
     CLIENT_PENDING_SINGLES_MAX as PENDING_SINGLES_MAX,
     CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX as SINGLE_BATCHES_IN_FLIGHT_MAX,
     GRPC_MESSAGE_BYTES_MAX as MESSAGE_BYTES_MAX, HTTP2_CONNECTION_WINDOW_BYTES,
@@ -71,7 +74,9 @@ pub enum ClientError {
     #[error("invalid request: {0}")]
     Invalid(String),
     /// Every attempt failed transiently. The request may or may not have been applied;
-    /// sending it again with the same ids is safe.
+    /// sending it again with the same ids is safe. `last` is the last error, then the other
+    /// kinds met before it (`earlier: …`), with their causes (a refused TLS handshake names
+    /// its alert, such as `CertificateRequired`).
     #[error("no answer after {attempts} attempts over {elapsed:?}; last error: {last}")]
     GaveUp {
         attempts: u32,
@@ -197,7 +202,7 @@ fn ledger_client(addr: &str, dial: &Dial) -> Result<Ledger, ClientError> {
         (Some(tls), Some("https")) => {
             endpoint = endpoint
                 .tls_config(tls.clone())
-                .map_err(|e| invalid(e.to_string()))?;
+                .map_err(|e| invalid(with_causes(&e)))?;
         }
         (Some(_), _) => {
             return Err(invalid(
@@ -225,6 +230,45 @@ fn ledger_client(addr: &str, dial: &Dial) -> Result<Ledger, ClientError> {
     )
 }
 
+/// An error and its causes, `error: cause: cause` (tonic's transport errors say only
+/// "transport error" at the top: the cause, such as an unreadable private key, is below).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(&format!(": {next}"));
+        cause = next.source();
+    }
+    text
+}
+
+/// What a failed attempt said: its code and message, and the causes below a transport
+/// failure's message (where a refused TLS handshake, such as a node demanding a client
+/// certificate, names its alert).
+fn last_error(status: &Status) -> String {
+    let message = status.message();
+    match std::error::Error::source(status).map(with_causes) {
+        // tonic's transport failures repeat their message as the first cause.
+        Some(causes) if causes.starts_with(message) => format!("{:?}: {causes}", status.code()),
+        Some(causes) => format!("{:?}: {message} ({causes})", status.code()),
+        None => format!("{:?}: {message}", status.code()),
+    }
+}
+
+/// The last error, then the other distinct errors met before it (`errors`, in order).
+fn gave_up_report(last: &str, errors: &[String]) -> String {
+    let earlier: Vec<&str> = errors
+        .iter()
+        .map(String::as_str)
+        .filter(|error| *error != last)
+        .collect();
+    if earlier.is_empty() {
+        last.to_string()
+    } else {
+        format!("{last}; earlier: {}", earlier.join("; "))
+    }
+}
+
 /// How to build a [`Client`]: the addresses, the retry policy, the API key.
 #[derive(Clone)]
 pub struct ClientBuilder {
@@ -233,6 +277,8 @@ pub struct ClientBuilder {
     api_key: Option<String>,
     tls_ca_pem: Option<Vec<u8>>,
     tls_domain: Option<String>,
+    /// The client certificate (PEM chain) and its key (PEM).
+    tls_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
     group: Option<String>,
 }
 
@@ -245,6 +291,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls_ca_pem.is_some())
             .field("tls_domain", &self.tls_domain)
+            .field("tls_identity", &self.tls_identity_pem.is_some())
             .finish()
     }
 }
@@ -283,6 +330,21 @@ impl ClientBuilder {
         self
     }
 
+    /// With TLS: present this client certificate (`certificate_pem`: PEM, the client's
+    /// certificate first, then any intermediates) and its private key (`key_pem`: PEM) to every
+    /// node, for nodes that require one (`serve --tls-client-ca`; e.g. `client-NAME.pem` and
+    /// `.key` from `fincore certs --client-names NAME`). API keys still decide what the client
+    /// may do; the certificate proves which client connects. Needs
+    /// [`ClientBuilder::tls_ca_pem`]: a certificate is presented only over TLS.
+    pub fn tls_identity_pem(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> ClientBuilder {
+        self.tls_identity_pem = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
     /// The group (its 32-hex-digit id) these addresses belong to: every call names it, and a
     /// node of another group refuses the call (a [`ClientError::Invalid`] naming both groups)
     /// instead of serving it. A gateway sets it from its cluster map.
@@ -313,17 +375,25 @@ impl ClientBuilder {
             authorization,
             group,
         };
-        let tls = match (self.tls_ca_pem, self.tls_domain) {
-            (None, Some(_)) => {
+        let tls = match (self.tls_ca_pem, self.tls_domain, self.tls_identity_pem) {
+            (None, Some(_), _) => {
                 return Err(ClientError::Invalid(
                     "tls_domain: given without tls_ca_pem".into(),
                 ));
             }
-            (None, None) => None,
-            (Some(ca), domain) => {
+            (None, None, Some(_)) => {
+                return Err(ClientError::Invalid(
+                    "tls_identity_pem: given without tls_ca_pem (a client certificate is presented only over TLS: add the authority of the nodes' certificates)".into(),
+                ));
+            }
+            (None, None, None) => None,
+            (Some(ca), domain, identity) => {
                 let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
                 if let Some(domain) = domain {
                     tls = tls.domain_name(domain);
+                }
+                if let Some((certificate, key)) = identity {
+                    tls = tls.identity(Identity::from_pem(certificate, key));
                 }
                 Some(tls)
             }
@@ -361,6 +431,7 @@ impl Client {
             api_key: None,
             tls_ca_pem: None,
             tls_domain: None,
+            tls_identity_pem: None,
             group: None,
         }
     }
@@ -395,6 +466,7 @@ impl Client {
         let started = Instant::now();
         let mut backoff = self.policy.backoff_initial;
         let mut attempts = 0;
+        let mut errors = Vec::new();
         loop {
             attempts += 1;
             let current = self.inner.read().expect("never poisoned").clone();
@@ -408,6 +480,10 @@ impl Client {
                 Err(status) if !transient(&status) => return Err(permanent(&status)),
                 Err(status) => status,
             };
+            let error = last_error(&status);
+            if errors.len() < GAVE_UP_ERRORS_REPORTED_MAX && !errors.contains(&error) {
+                errors.push(error.clone());
+            }
             // Not the leader, and it says who is: go there and retry at once.
             if let Some(leader) = status
                 .metadata()
@@ -441,7 +517,7 @@ impl Client {
                 return Err(ClientError::GaveUp {
                     attempts,
                     elapsed,
-                    last: format!("{:?}: {}", status.code(), status.message()),
+                    last: gave_up_report(&error, &errors),
                 });
             }
             tracing::debug!(attempts, code = ?status.code(), "retrying with the same events");
@@ -676,5 +752,49 @@ async fn batch_singles(client: Client, mut queue: mpsc::Receiver<(Transfer, Sing
             }
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn giving_up_reports_the_last_error_and_the_other_kinds_met_before_it() {
+        let errors = ["A".to_string(), "B".to_string()];
+        assert_eq!(gave_up_report("B", &errors), "B; earlier: A");
+        assert_eq!(gave_up_report("A", &errors[..1]), "A");
+        let status = Status::unavailable("no leader");
+        assert_eq!(last_error(&status), "Unavailable: no leader");
+    }
+
+    #[test]
+    fn a_client_certificate_without_an_authority_is_refused_naming_both() {
+        let error = Client::builder(&["https://127.0.0.1:1"])
+            .tls_identity_pem("certificate", "key")
+            .connect();
+        let Err(ClientError::Invalid(text)) = error else {
+            panic!("not refused as invalid");
+        };
+        assert!(
+            text.contains("tls_identity_pem") && text.contains("tls_ca_pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_that_is_not_pem_is_refused_at_connect_saying_why() {
+        let error = Client::builder(&["https://127.0.0.1:1"])
+            .tls_ca_pem("no authority either")
+            .tls_identity_pem("not a certificate", "not a key")
+            .connect();
+        let Err(ClientError::Invalid(text)) = error else {
+            panic!("not refused as invalid");
+        };
+        assert!(text.contains("127.0.0.1:1"), "{text}");
+        assert!(
+            text.to_lowercase().contains("certificate") || text.to_lowercase().contains("key"),
+            "{text}"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cluster::ClusterMap;
 use gateway::{Gateway, GroupAccess, Groups};
-use server::client_tls::{ClientTls, ClientTlsFiles};
+use server::client_tls::{self, ClientTls, ClientTlsFiles};
 use server::{Auth, ClientServers, ClientServing};
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +49,19 @@ pub struct GatewayArgs {
     /// The name the groups' certificates carry, when it is not the host dialled.
     #[arg(long, value_name = "NAME", requires = "group_tls_ca")]
     group_tls_domain: Option<String>,
+    /// Present this client certificate (PEM) to every group: the gateway's identity, which
+    /// groups serving `--tls-client-ca` demand (e.g. `client-gateway-1.pem` from `fincore certs
+    /// --client-names gateway-1`). Needs --group-tls-ca and --group-tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "group_tls_ca",
+        requires = "group_tls_key"
+    )]
+    group_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --group-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "group_tls_cert")]
+    group_tls_key: Option<PathBuf>,
     /// Serve the gateway's own listeners over TLS with this certificate (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -82,10 +95,18 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let tls_identity_pem = match (&args.group_tls_cert, &args.group_tls_key) {
+        (Some(certificate), Some(key)) => Some(
+            client_tls::read_client_identity(certificate, key)
+                .context("--group-tls-cert/--group-tls-key")?,
+        ),
+        _ => None,
+    };
     let access = GroupAccess {
         api_key,
         tls_ca_pem,
         tls_domain: args.group_tls_domain.clone(),
+        tls_identity_pem,
     };
     let auth = if args.insecure_no_auth {
         crate::keys::open_on_loopback(&[("--grpc", args.grpc), ("--http", args.http)])?
@@ -98,6 +119,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
             ClientTls::load(ClientTlsFiles {
                 certificate: certificate.clone(),
                 key: key.clone(),
+                client_ca: None,
             })
             .context("--tls-cert/--tls-key")?,
         ),

@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS on the client listeners: demand of every client (a gateway, say) a
+    /// certificate issued by this authority (PEM; `api-ca.pem` from `fincore certs
+    /// --client-names`); a connection without one fails its handshake. API keys still decide
+    /// what a client may do. Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// How a start of `serve` enters its group. Without either flag the data directory must
@@ -362,6 +368,16 @@ fn run_node(
                 )
             }
         };
+        let client_ca_line = config
+            .client_tls
+            .as_ref()
+            .and_then(|tls| tls.client_ca_path())
+            .map(|ca| {
+                format!(
+                    "fincore: client listeners: mutual TLS, clients present a certificate issued by {}",
+                    ca.display()
+                )
+            });
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node on {}", data_dir.display()))?;
@@ -387,6 +403,9 @@ fn run_node(
         );
         println!("{capacity_line}");
         println!("{auth_line}");
+        if let Some(line) = client_ca_line {
+            println!("{line}");
+        }
         println!("{}", group_line(&node));
         banner(&node);
         std::io::stdout().flush().ok();
@@ -434,8 +453,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let files = ClientTlsFiles {
             certificate: certificate.clone(),
             key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
         };
-        config.client_tls = Some(ClientTls::load(files).context("--tls-cert/--tls-key")?);
+        config.client_tls =
+            Some(ClientTls::load(files).context("--tls-cert/--tls-key/--tls-client-ca")?);
     }
     config.node_id = args.node_id;
     config.peers = args.peers.clone().unwrap_or_default();

@@ -11,11 +11,11 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientError, RetryPolicy};
+use client::{Client, ClientError};
 use ledger::{CreateAccountResult, CreateTransferResult};
 use support::{ChildNode, fincore, fincore_exe};
 use testkit::group::GroupLayout;
-use testkit::http::{Answer, Request, Transport};
+use testkit::http::{Answer, Transport};
 
 /// Makes a development authority and a client-listener certificate naming 127.0.0.1 in `dir`;
 /// answers the authority's certificate (PEM).
@@ -42,24 +42,8 @@ fn tls_args(dir: &Path) -> Vec<String> {
 }
 
 fn request(transport: &Transport, addr: &str, method: &str, path: &str, body: &str) -> Answer {
-    let request = Request {
-        method,
-        path,
-        content_type: Some("application/json"),
-        body,
-    };
-    testkit::http::request_over(transport, testkit::keys::token(), addr, &request)
+    support::request_over(transport, testkit::keys::token(), addr, method, path, body)
         .unwrap_or_else(|error| panic!("{method} {path} at {addr}: {error}"))
-}
-
-/// A policy that gives up quickly: for calls that must fail.
-fn impatient() -> RetryPolicy {
-    RetryPolicy {
-        attempts_max: 2,
-        elapsed_max: Duration::from_secs(5),
-        attempt_timeout: Duration::from_secs(3),
-        ..RetryPolicy::default()
-    }
 }
 
 #[test]
@@ -128,7 +112,7 @@ fn a_group_serving_tls_takes_writes_from_clients_trusting_its_authority_and_no_o
         // A plaintext client gets no answer from the TLS port, and says so instead of hanging.
         let plain = Client::builder(&[&format!("http://{}", nodes[leader].grpc_addr)])
             .api_key_opt(testkit::keys::token())
-            .retry_policy(impatient())
+            .retry_policy(support::impatient(2))
             .connect()
             .unwrap();
         let refused = plain.lookup_accounts(&[1]).await;
@@ -143,7 +127,7 @@ fn a_group_serving_tls_takes_writes_from_clients_trusting_its_authority_and_no_o
         let stranger = Client::builder(&[&nodes[leader].grpc_url()])
             .api_key_opt(testkit::keys::token())
             .tls_ca_pem(other_ca)
-            .retry_policy(impatient())
+            .retry_policy(support::impatient(2))
             .connect()
             .unwrap();
         let refused = stranger.lookup_accounts(&[1]).await;

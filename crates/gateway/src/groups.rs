@@ -1,7 +1,8 @@
 //! The gateway's connections to the ledger groups: one [`client::Client`] per group of the
 //! cluster map, dialling every member and following the group's leader (the client does that),
-//! with the gateway's own API key and TLS trust. Every call names the group it is meant for,
-//! so a node of another group (a map with wrong addresses) refuses it instead of serving it.
+//! with the gateway's own API key, TLS trust and, for groups that demand one, client
+//! certificate (its transport identity). Every call names the group it is meant for, so a node
+//! of another group (a map with wrong addresses) refuses it instead of serving it.
 //!
 //! Owns turning a group's failure into the gateway's answer ([`PipelineError`]): a group that
 //! cannot answer is unavailable (retryable), a full group is a capacity refusal naming its
@@ -19,7 +20,8 @@ use server::PipelineError;
 use crate::coalesce::GroupWriter;
 
 /// How the gateway reaches the groups: the key it presents (a key of the groups' keys files
-/// whose role allows the calls it forwards) and the authority it trusts for their TLS.
+/// whose role allows the calls it forwards), the authority it trusts for their TLS and the
+/// certificate it presents to them.
 #[derive(Debug, Clone, Default)]
 pub struct GroupAccess {
     pub api_key: Option<String>,
@@ -28,6 +30,9 @@ pub struct GroupAccess {
     pub tls_ca_pem: Option<Vec<u8>>,
     /// The name their certificates carry, when it is not the host dialled.
     pub tls_domain: Option<String>,
+    /// The gateway's client certificate and key (PEM each), presented to every group (nodes
+    /// serving `--tls-client-ca` demand one). Needs `tls_ca_pem`.
+    pub tls_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Why the groups could not be connected.
@@ -84,6 +89,9 @@ impl Groups {
             }
             if let Some(domain) = &access.tls_domain {
                 builder = builder.tls_domain(domain.clone());
+            }
+            if let Some((certificate, key)) = &access.tls_identity_pem {
+                builder = builder.tls_identity_pem(certificate.clone(), key.clone());
             }
             let client = builder
                 .connect()

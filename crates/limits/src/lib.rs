@@ -335,6 +335,11 @@ pub const CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Attempts of one request before the client gives up (its retry policy's default).
 pub const CLIENT_ATTEMPTS_MAX_DEFAULT: u32 = 50;
 
+/// Distinct errors a client that gave up reports (the last, and the first others it met): a
+/// refused TLS handshake shows its alert on some attempts and only "connection closed" on
+/// others, so the last alone may hide the cause.
+pub const CLIENT_GAVE_UP_ERRORS_REPORTED_MAX: usize = 4;
+
 // ---------------------------------------------------------------------------------------------
 // Client authentication (API keys).
 
@@ -426,6 +431,7 @@ const _: () = assert!(CLIENT_PENDING_SINGLES_MAX >= BATCH_EVENTS_MAX);
 const _: () =
     assert!(SERVER_READS_RUNNING_MAX >= 1 && SERVER_READS_RUNNING_MAX <= SERVER_READS_ADMITTED_MAX);
 const _: () = assert!(CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX >= 1);
+const _: () = assert!(CLIENT_GAVE_UP_ERRORS_REPORTED_MAX >= 1);
 const _: () = assert!(GATEWAY_GROUP_QUEUE_PARTS_MAX >= 1 && GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX >= 1);
 const _: () = assert!(
     GATEWAY_GROUP_CALL_SECONDS_MAX >= 2

@@ -1,6 +1,7 @@
 //! Development certificate authorities kept in a directory, and the certificates they sign
 //! (rcgen): the group's authority for peer certificates ([`crate::peer_tls`]) and an authority
-//! for the client listeners' certificates (`fincore certs --api-names`).
+//! for the client listeners' certificates (`fincore certs --api-names`) and for the
+//! certificates clients present to them (`fincore certs --client-names`, a gateway's identity).
 //!
 //! For development and tests; production operators issue from their own authority. This module
 //! owns creating or reusing an authority (`<stem>.pem`, `<stem>.key`), signing leaf
@@ -43,6 +44,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevCertificateError + use<>
 pub enum Purpose {
     /// A server only (a client listener).
     Server,
+    /// A client only (a gateway presenting itself to the client listeners of its groups).
+    Client,
     /// Both ends of mutual TLS (a replica dials its peers and is dialled by them).
     ServerAndClient,
 }
@@ -126,6 +129,7 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = match purpose {
             Purpose::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Purpose::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Purpose::ServerAndClient => vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -203,5 +207,43 @@ mod tests {
         }
         let other = ServerName::try_from("example.com").unwrap();
         assert!(leaf.verify_is_valid_for_subject_name(&other).is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_proves_a_client_and_cannot_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Authority::open_or_create(dir.path(), "ca", "test authority", 30).unwrap();
+        let (certificate, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+        authority
+            .issue(
+                &["gateway-1".to_string()],
+                Purpose::Client,
+                LeafFiles {
+                    certificate: &certificate,
+                    key: &key,
+                },
+            )
+            .unwrap();
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, UnixTime};
+        let ca = CertificateDer::from_pem_file(dir.path().join("ca.pem")).unwrap();
+        let anchor = webpki::anchor_from_trusted_cert(&ca).unwrap();
+        let leaf = CertificateDer::from_pem_file(&certificate).unwrap();
+        let leaf = webpki::EndEntityCert::try_from(&leaf).unwrap();
+        let verify = |usage| {
+            leaf.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&anchor),
+                &[],
+                UnixTime::now(),
+                usage,
+                None,
+                None,
+            )
+            .map(|_| ())
+        };
+        verify(webpki::KeyUsage::client_auth()).unwrap();
+        assert!(verify(webpki::KeyUsage::server_auth()).is_err());
+        assert_eq!(leaf.valid_dns_names().collect::<Vec<_>>(), ["gateway-1"]);
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! gRPC (the `fincore.v1.Ledger` service only; the replica transport on the same port is not
 //! a client API): `authorization: Bearer …` metadata; UNAUTHENTICATED or PERMISSION_DENIED.
-//! [`GrpcAccess`] wraps the service and refuses from the headers, before the body is decoded.
+//! [`GrpcAccess`] wraps the service and refuses from the headers, before the body is decoded;
+//! it also puts the connection's client identity (mutual TLS) on the request for the handlers.
 //!
 //! Owns this policy and these answers; the keys and the verdict are in [`crate::auth`].
 
@@ -205,7 +206,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        crate::connections::attach_grpc_identity(&mut request);
         let path = request.uri().path();
         let presented = request.headers().get("authorization");
         let presented = presented.map(|v| v.as_bytes());

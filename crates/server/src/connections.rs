@@ -8,8 +8,13 @@
 //! its hard limit so the connection limits, not the file table, are what bind. Over HTTPS, each
 //! connection's TLS handshake runs on its own task under a deadline.
 //!
-//! This module owns sockets and connection tasks only; it must not know a route or a request,
-//! nor where a certificate comes from (`client_tls`).
+//! Over mutual TLS the client identity ([`ClientIdentity`], from the verified certificate) is
+//! put on every request as an extension and logged at debug: for HTTP once per connection,
+//! after its handshake; for gRPC at each call, since tonic runs that handshake and shows the
+//! certificate only with the requests.
+//!
+//! This module owns sockets and connection tasks only; it must not know a route or what a
+//! request asks, nor where a certificate comes from (`client_tls`).
 
 use std::future::Future;
 use std::io;
@@ -23,6 +28,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::client_tls::ClientIdentity;
 
 /// A connection holding one of its listener's permits: the permit returns when it closes.
 pub struct Permitted<S> {
@@ -71,11 +79,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Permitted<S> {
 }
 
 impl tonic::transport::server::Connected for Permitted<TcpStream> {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    // Kept tonic's own: `tonic::Request::peer_certs` (the peer listener's sender check) and
+    // `remote_addr` look for exactly `TcpConnectInfo` (under `TlsConnectInfo` over TLS).
+    type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
+}
+
+/// Logs at debug that a client presenting a certificate connected (`identity`: its name).
+fn log_client(identity: &Option<ClientIdentity>, remote: Option<std::net::SocketAddr>) {
+    match identity {
+        Some(identity) => tracing::debug!(
+            %identity,
+            ?remote,
+            listener = "HTTP",
+            "a client connected with a certificate"
+        ),
+        None => tracing::debug!(
+            ?remote,
+            listener = "HTTP",
+            "a client connected with a certificate that names no DNS name"
+        ),
+    }
+}
+
+/// Puts the identity of the client that sent the gRPC `request` (over mutual TLS) on it as a
+/// [`ClientIdentity`] extension, for the handlers, and logs it at debug. tonic runs the
+/// handshake and shows the certificate only with each request, so this runs (and logs) per
+/// call; reading a name from a certificate costs microseconds, a call carries a batch.
+pub(crate) fn attach_grpc_identity<B>(request: &mut hyper::Request<B>) {
+    let Some(info) = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() else {
+        return;
+    };
+    let Some(certificates) = info.peer_certs() else {
+        return;
+    };
+    let remote = info.get_ref().remote_addr();
+    let Some(identity) = ClientIdentity::of(&certificates) else {
+        tracing::debug!(
+            ?remote,
+            listener = "gRPC",
+            "a call from a client whose certificate names no DNS name"
+        );
+        return;
+    };
+    tracing::debug!(%identity, ?remote, listener = "gRPC", "a call from a client with a certificate");
+    request.extensions_mut().insert(identity);
 }
 
 /// One listener's open connections, at most `max`.
@@ -181,8 +232,23 @@ pub async fn serve_http(
             }
             Some((acceptor, handshake)) => {
                 tokio::spawn(async move {
+                    let remote = connection.inner.peer_addr().ok();
                     match tokio::time::timeout(handshake, acceptor.accept(connection)).await {
                         Ok(Ok(tls)) => {
+                            let identity =
+                                tls.get_ref().1.peer_certificates().map(|certificates| {
+                                    let identity = ClientIdentity::of(certificates);
+                                    log_client(&identity, remote);
+                                    identity
+                                });
+                            let service = hyper::service::service_fn(
+                                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                                    if let Some(Some(identity)) = &identity {
+                                        request.extensions_mut().insert(identity.clone());
+                                    }
+                                    hyper::service::Service::call(&service, request)
+                                },
+                            );
                             serve_http_connection(tls, service, header_read, closing).await;
                         }
                         Ok(Err(error)) => {
@@ -340,6 +406,126 @@ mod tests {
             .expect("the slow client was not disconnected within 10 s");
         // A client that sends its request at once is served meanwhile.
         assert!(get(addr).await.unwrap().ends_with("hello"));
+        stop.send(true).unwrap();
+        server.await.unwrap();
+    }
+
+    /// An authority, a server certificate for `localhost` and a client certificate naming
+    /// `gateway-1` (PEM each), as files in `dir`: (client listeners' TLS, client chain, client key).
+    fn mutual_tls_files(dir: &std::path::Path) -> (crate::client_tls::ClientTls, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |name: &str, purpose| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+            params.extended_key_usages = vec![purpose];
+            (
+                params.signed_by(&key, &issuer).unwrap().pem(),
+                key.serialize_pem(),
+            )
+        };
+        let (server, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+        let (client, client_key) = leaf("gateway-1", ExtendedKeyUsagePurpose::ClientAuth);
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let files = crate::client_tls::ClientTlsFiles {
+            certificate: write("server.pem", &server),
+            key: write("server.key", &server_key),
+            client_ca: Some(write("ca.pem", &ca.pem())),
+        };
+        let tls = crate::client_tls::ClientTls::load(files).unwrap();
+        (tls, client, client_key)
+    }
+
+    /// A GET over TLS to `addr` trusting `ca_pem`, presenting `identity` (PEM chain and key) if
+    /// given; the whole answer, or the error that ended it.
+    async fn get_over_tls(
+        addr: std::net::SocketAddr,
+        ca_pem: &[u8],
+        identity: Option<(&str, &str)>,
+    ) -> io::Result<String> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem).unwrap())
+            .unwrap();
+        let builder = ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(chain.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await?;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut answer))
+            .await
+            .map_err(|_| io::Error::other("no answer within 10 s"))??;
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn over_mutual_tls_handlers_see_the_clients_certificate_name_and_anonymous_clients_are_refused()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (tls, client, client_key) = mutual_tls_files(dir.path());
+        let ca_pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::get(|request: axum::extract::Request| async move {
+                match request.extensions().get::<ClientIdentity>() {
+                    Some(identity) => format!("identity {identity}"),
+                    None => "no identity".to_string(),
+                }
+            }),
+        );
+        let (stop, mut stopped) = watch::channel(false);
+        let serving = HttpServing {
+            max: 16,
+            header_read: Duration::from_secs(10),
+            grace: Duration::from_secs(5),
+            tls: Some((tls.http_acceptor(), Duration::from_secs(5))),
+        };
+        let server = tokio::spawn(serve_http(listener, router, serving, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+
+        let answer = get_over_tls(addr, &ca_pem, Some((&client, &client_key)))
+            .await
+            .unwrap();
+        assert!(answer.ends_with("identity gateway-1"), "{answer}");
+        // Without a certificate the handshake fails: no handler runs.
+        let refused = get_over_tls(addr, &ca_pem, None).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|error| error.to_string().contains("CertificateRequired")),
+            "{refused:?}"
+        );
         stop.send(true).unwrap();
         server.await.unwrap();
     }

@@ -96,10 +96,25 @@ impl Transport {
     /// HTTPS, accepting only certificates issued by the authority in `ca_pem` (PEM) that name
     /// the host dialled (`serve --tls-cert`; `fincore certs --api-names` writes `api-ca.pem`).
     pub fn tls_trusting(ca_pem: &[u8]) -> Result<Transport, KitError> {
-        use rustls::pki_types::CertificateDer;
+        Transport::tls(ca_pem, None)
+    }
+
+    /// HTTPS as [`Transport::tls_trusting`], presenting the client certificate
+    /// `certificate_pem` (PEM chain) with its key `key_pem` (PEM) to nodes that demand one
+    /// (`serve --tls-client-ca`).
+    pub fn tls_presenting(
+        ca_pem: &[u8],
+        certificate_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Transport, KitError> {
+        Transport::tls(ca_pem, Some((certificate_pem, key_pem)))
+    }
+
+    fn tls(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Transport, KitError> {
         use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let invalid = |reason: String| KitError::Io {
-            what: "reading the authority's certificate".into(),
+            what: "reading the authority's certificate or the client's certificate and key".into(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
         };
         let mut roots = rustls::RootCertStore::empty();
@@ -118,8 +133,20 @@ impl Transport {
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|error| invalid(error.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match identity {
+            None => config.with_no_client_auth(),
+            Some((certificate_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(certificate_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| invalid(error.to_string()))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem)
+                    .map_err(|error| invalid(error.to_string()))?;
+                config
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|error| invalid(error.to_string()))?
+            }
+        };
         Ok(Transport::Tls(Arc::new(config)))
     }
 

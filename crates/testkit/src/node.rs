@@ -90,6 +90,29 @@ impl ChildNode {
         data_dir: &Path,
         args: &[S],
     ) -> Result<ChildNode, KitError> {
+        let (command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
+        ChildNode::spawn(command, data_dir, log, log_path, true)
+    }
+
+    /// [`ChildNode::start`], logging what `filter` selects (`RUST_LOG` syntax, such as
+    /// `server=debug`) to its log: for tests that look for a debug line.
+    pub fn start_logging<S: AsRef<OsStr>>(
+        exe: &Path,
+        data_dir: &Path,
+        args: &[S],
+        filter: &str,
+    ) -> Result<ChildNode, KitError> {
+        let (mut command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
+        command.env("RUST_LOG", filter);
+        ChildNode::spawn(command, data_dir, log, log_path, true)
+    }
+
+    /// The `serve` command [`ChildNode::start`] runs, and its log file.
+    fn serve_command<S: AsRef<OsStr>>(
+        exe: &Path,
+        data_dir: &Path,
+        args: &[S],
+    ) -> Result<(Command, std::fs::File, PathBuf), KitError> {
         let (log, log_path) = dir_and_log(data_dir)?;
         let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
         let keys = if given("--keys") || given("--insecure-no-auth") {
@@ -115,7 +138,7 @@ impl ChildNode {
             .args(&peer_security)
             .args(free_peer)
             .args(args);
-        ChildNode::spawn(command, data_dir, log, log_path, true)
+        Ok((command, log, log_path))
     }
 
     /// Runs `exe gateway --map MAP ARGS…` and waits until it announced its two addresses

@@ -69,6 +69,35 @@ pub fn raw_ledger(channel: tonic::transport::Channel) -> RawLedger {
     api::proto::ledger_client::LedgerClient::with_interceptor(channel, add_key as AddKey)
 }
 
+/// A policy that gives up quickly (after `attempts_max` attempts or 5 s): for calls that must
+/// fail.
+pub fn impatient(attempts_max: u32) -> client::RetryPolicy {
+    client::RetryPolicy {
+        attempts_max,
+        elapsed_max: std::time::Duration::from_secs(5),
+        attempt_timeout: std::time::Duration::from_secs(3),
+        ..client::RetryPolicy::default()
+    }
+}
+
+/// One JSON request over a fresh connection through `transport` (HTTPS, say), with `key`.
+pub fn request_over(
+    transport: &testkit::http::Transport,
+    key: Option<&str>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<Answer, testkit::KitError> {
+    let request = testkit::http::Request {
+        method,
+        path,
+        content_type: Some("application/json"),
+        body,
+    };
+    testkit::http::request_over(transport, key, addr, &request)
+}
+
 /// Runs `fincore ARGS…` to completion; answers whether it succeeded and its stdout and stderr.
 pub fn fincore(args: &[&str]) -> (bool, String) {
     let mut command = std::process::Command::new(fincore_exe());
