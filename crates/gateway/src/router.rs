@@ -485,7 +485,7 @@ mod tests {
             body: BatchBody::CreateAccounts(events),
         }) {
             BatchResults::CreateAccounts(results) => results.iter().map(|r| r.result).collect(),
-            BatchResults::CreateTransfers(_) => unreachable!(),
+            other => unreachable!("account results expected, got {other:?}"),
         }
     }
 

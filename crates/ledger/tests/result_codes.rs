@@ -96,7 +96,7 @@ fn apply_transfers(state: &mut StateMachine, timestamp: u64, events: Vec<Transfe
         body: BatchBody::CreateTransfers(events),
     }) {
         BatchResults::CreateTransfers(results) => results.iter().map(|r| r.result).collect(),
-        BatchResults::CreateAccounts(_) => unreachable!(),
+        other => unreachable!("transfer results expected, got {other:?}"),
     }
 }
 
@@ -106,7 +106,7 @@ fn apply_accounts(state: &mut StateMachine, timestamp: u64, events: Vec<Account>
         body: BatchBody::CreateAccounts(events),
     }) {
         BatchResults::CreateAccounts(results) => results.iter().map(|r| r.result).collect(),
-        BatchResults::CreateTransfers(_) => unreachable!(),
+        other => unreachable!("account results expected, got {other:?}"),
     }
 }
 

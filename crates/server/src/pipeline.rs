@@ -184,7 +184,7 @@ impl Event for Account {
     fn results(results: BatchResults) -> Vec<EventResult<CreateAccountResult>> {
         match results {
             BatchResults::CreateAccounts(results) => results,
-            BatchResults::CreateTransfers(_) => {
+            BatchResults::CreateTransfers(_) | BatchResults::SagaSteps(_) => {
                 unreachable!("the ledger answers a batch of accounts with account results")
             }
         }
@@ -220,7 +220,7 @@ impl Event for Transfer {
     fn results(results: BatchResults) -> Vec<EventResult<CreateTransferResult>> {
         match results {
             BatchResults::CreateTransfers(results) => results,
-            BatchResults::CreateAccounts(_) => {
+            BatchResults::CreateAccounts(_) | BatchResults::SagaSteps(_) => {
                 unreachable!("the ledger answers a batch of transfers with transfer results")
             }
         }
