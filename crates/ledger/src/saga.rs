@@ -186,13 +186,19 @@ impl StateMachine {
         self.saga_copies.get(&index).copied()
     }
 
-    /// Open copies, oldest first, at most `limit` (what a resolver drives forward).
-    pub fn open_saga_copies(&self, limit: usize) -> Vec<(Transfer, RemoteSides)> {
-        self.saga_copies
+    /// Open copies reserved before `timestamp` (their copy's timestamp), oldest first, at most
+    /// `limit`: what a resolver drives to an end.
+    pub fn open_saga_copies(&self, timestamp: u64, limit: usize) -> Vec<(Transfer, RemoteSides)> {
+        self.saga_open
             .iter()
-            .filter(|(_, copy)| copy.state == SagaState::Open)
+            .map(|&index| {
+                (
+                    self.transfers[index as usize],
+                    self.saga_copies[&index].remote,
+                )
+            })
+            .take_while(|(transfer, _)| transfer.timestamp < timestamp)
             .take(limit)
-            .map(|(&index, copy)| (self.transfers[index as usize], copy.remote))
             .collect()
     }
 
@@ -368,6 +374,7 @@ impl StateMachine {
                 state: SagaState::Open,
             },
         );
+        self.saga_open.insert(index);
         Ok((R::Created, timestamp_event))
     }
 
@@ -423,6 +430,7 @@ impl StateMachine {
                 },
             },
         );
+        self.saga_open.remove(&index);
         let release = u32::try_from(self.expiry_events.len())
             .ok()
             .filter(|e| e & EXPIRY_BIT == 0)

@@ -505,7 +505,11 @@ impl RecordSink for Building {
     }
 
     fn saga_copy(&mut self, index: u32, copy: SagaCopy) {
-        self.state().saga_copies.insert(index, copy);
+        let state = self.state();
+        state.saga_copies.insert(index, copy);
+        if copy.state == SagaState::Open {
+            state.saga_open.insert(index);
+        }
     }
 }
 

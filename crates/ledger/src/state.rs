@@ -96,6 +96,8 @@ pub struct StateMachine {
     pub(crate) clearing: BTreeMap<u32, Balance>,
     /// Transfers that are saga copies, by transfer index (see the `saga` module).
     pub(crate) saga_copies: BTreeMap<u32, SagaCopy>,
+    /// The indexes of the copies still open (derived from `saga_copies`).
+    pub(crate) saga_open: BTreeSet<u32>,
     /// The last timestamp assigned to anything (event, expiry).
     pub(crate) timestamp_last: u64,
     /// The last timestamp assigned to an expiry.
@@ -143,6 +145,7 @@ impl StateMachine {
             expiry_events: Vec::new(),
             clearing: BTreeMap::new(),
             saga_copies: BTreeMap::new(),
+            saga_open: BTreeSet::new(),
             timestamp_last: 0,
             expiry_timestamp_last: 0,
             batches_applied: 0,
@@ -483,6 +486,7 @@ impl StateMachine {
                     // A copy's remote sides have no entries here.
                     let local = self.local_sides(&transfer, index);
                     self.saga_copies.remove(&index);
+                    self.saga_open.remove(&index);
                     for account_id in local.into_iter().flatten() {
                         let slot_index = self
                             .account_slot_index(account_id)
