@@ -23,6 +23,9 @@ mod snapshot;
 mod state;
 mod types;
 
+#[cfg(feature = "test-scenarios")]
+pub mod scenarios;
+
 pub use batch::{Batch, BatchBody, BatchDecodeError, Operation};
 pub use capacity::{Capacity, CapacityError, Occupancy};
 pub use codec::{
