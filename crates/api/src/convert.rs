@@ -283,98 +283,6 @@ pub fn balance_from(b: &proto::AccountBalance) -> AccountBalance {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::widest::{widest_account, widest_transfer};
-    use prost::Message;
-
-    #[test]
-    fn a_message_encoded_event_at_its_widest_fits_grpc_event_bytes_max() {
-        let transfer = transfer_to(&widest_transfer()).encoded_len();
-        let account = account_to(&widest_account()).encoded_len();
-        // Each travels in a repeated field: one tag byte and a length of at most 2 bytes.
-        for (what, len) in [("transfer", transfer), ("account", account)] {
-            assert!(
-                len + 3 <= limits::GRPC_EVENT_BYTES_MAX,
-                "a {what} takes {len} bytes"
-            );
-        }
-    }
-
-    #[test]
-    fn a_full_packed_batch_request_fits_a_grpc_message() {
-        let request = proto::CreateTransfersRequest {
-            packed: pack_transfers(&vec![widest_transfer(); BATCH_EVENTS_MAX]).into(),
-            ..Default::default()
-        };
-        assert!(
-            request.encoded_len()
-                <= BATCH_EVENTS_MAX * limits::EVENT_BYTES + limits::GRPC_REQUEST_OVERHEAD_BYTES_MAX
-        );
-    }
-
-    #[test]
-    fn u128_survives_the_two_halves() {
-        for value in [
-            0,
-            1,
-            u128::from(u64::MAX),
-            u128::from(u64::MAX) + 1,
-            u128::MAX,
-        ] {
-            assert_eq!(u128_from(u128_to(value)), value);
-        }
-    }
-
-    #[test]
-    fn oversized_fields_and_mixed_or_ragged_batches_are_named() {
-        let transfer = proto::Transfer {
-            code: 70_000,
-            ..Default::default()
-        };
-        let request = proto::CreateTransfersRequest {
-            transfers: vec![Default::default(), transfer],
-            packed: vec![].into(),
-        };
-        assert_eq!(
-            transfers_from_request(&request).unwrap_err().field,
-            "transfers[1].code"
-        );
-
-        let ragged = proto::CreateTransfersRequest {
-            transfers: vec![],
-            packed: vec![0u8; 129].into(),
-        };
-        assert_eq!(transfers_from_request(&ragged).unwrap_err().field, "packed");
-
-        let both = proto::CreateTransfersRequest {
-            transfers: vec![Default::default()],
-            packed: vec![0u8; 128].into(),
-        };
-        assert!(
-            transfers_from_request(&both)
-                .unwrap_err()
-                .reason
-                .contains("not both")
-        );
-
-        let packed = pack_transfers(&[Transfer {
-            id: 5,
-            amount: u128::MAX,
-            ..Default::default()
-        }]);
-        let request = proto::CreateTransfersRequest {
-            transfers: vec![],
-            packed: packed.into(),
-        };
-        assert_eq!(
-            transfers_from_request(&request).unwrap()[0].amount,
-            u128::MAX
-        );
-    }
-}
-
 /// The steps of a saga-steps request (gateway to node), each checked: a known action, remote
 /// sides only on a reservation and within debit|credit, a transfer without a timestamp (the
 /// group stamps its copy).
@@ -468,4 +376,96 @@ pub fn saga_copy_from(
             )
         })?;
     Ok((transfer_from(transfer, at)?, remote))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::widest::{widest_account, widest_transfer};
+    use prost::Message;
+
+    #[test]
+    fn a_message_encoded_event_at_its_widest_fits_grpc_event_bytes_max() {
+        let transfer = transfer_to(&widest_transfer()).encoded_len();
+        let account = account_to(&widest_account()).encoded_len();
+        // Each travels in a repeated field: one tag byte and a length of at most 2 bytes.
+        for (what, len) in [("transfer", transfer), ("account", account)] {
+            assert!(
+                len + 3 <= limits::GRPC_EVENT_BYTES_MAX,
+                "a {what} takes {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_packed_batch_request_fits_a_grpc_message() {
+        let request = proto::CreateTransfersRequest {
+            packed: pack_transfers(&vec![widest_transfer(); BATCH_EVENTS_MAX]).into(),
+            ..Default::default()
+        };
+        assert!(
+            request.encoded_len()
+                <= BATCH_EVENTS_MAX * limits::EVENT_BYTES + limits::GRPC_REQUEST_OVERHEAD_BYTES_MAX
+        );
+    }
+
+    #[test]
+    fn u128_survives_the_two_halves() {
+        for value in [
+            0,
+            1,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            u128::MAX,
+        ] {
+            assert_eq!(u128_from(u128_to(value)), value);
+        }
+    }
+
+    #[test]
+    fn oversized_fields_and_mixed_or_ragged_batches_are_named() {
+        let transfer = proto::Transfer {
+            code: 70_000,
+            ..Default::default()
+        };
+        let request = proto::CreateTransfersRequest {
+            transfers: vec![Default::default(), transfer],
+            packed: vec![].into(),
+        };
+        assert_eq!(
+            transfers_from_request(&request).unwrap_err().field,
+            "transfers[1].code"
+        );
+
+        let ragged = proto::CreateTransfersRequest {
+            transfers: vec![],
+            packed: vec![0u8; 129].into(),
+        };
+        assert_eq!(transfers_from_request(&ragged).unwrap_err().field, "packed");
+
+        let both = proto::CreateTransfersRequest {
+            transfers: vec![Default::default()],
+            packed: vec![0u8; 128].into(),
+        };
+        assert!(
+            transfers_from_request(&both)
+                .unwrap_err()
+                .reason
+                .contains("not both")
+        );
+
+        let packed = pack_transfers(&[Transfer {
+            id: 5,
+            amount: u128::MAX,
+            ..Default::default()
+        }]);
+        let request = proto::CreateTransfersRequest {
+            transfers: vec![],
+            packed: packed.into(),
+        };
+        assert_eq!(
+            transfers_from_request(&request).unwrap()[0].amount,
+            u128::MAX
+        );
+    }
 }

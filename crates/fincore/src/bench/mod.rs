@@ -143,10 +143,10 @@ fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
             anyhow::bail!("--wipe-follower-at {seconds}: give seconds, 0 or more");
         }
     }
-    if let Some(ratio) = args.cross_group_ratio {
-        if !(0.0..=1.0).contains(&ratio) {
-            anyhow::bail!("--cross-group-ratio {ratio}: give a share from 0 to 1");
-        }
+    if let Some(ratio) = args.cross_group_ratio
+        && !(0.0..=1.0).contains(&ratio)
+    {
+        anyhow::bail!("--cross-group-ratio {ratio}: give a share from 0 to 1");
     }
     Ok(())
 }
