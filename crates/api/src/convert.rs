@@ -5,8 +5,8 @@
 
 use ledger::{
     ACCOUNT_SIZE, Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags,
-    BATCH_EVENTS_MAX, TRANSFER_SIZE, Transfer, TransferFlags, decode_account, decode_transfer,
-    encode_account, encode_transfer,
+    BATCH_EVENTS_MAX, RemoteSides, SagaAction, SagaStep, TRANSFER_SIZE, Transfer, TransferFlags,
+    decode_account, decode_transfer, encode_account, encode_transfer,
 };
 
 use crate::proto;
@@ -281,6 +281,101 @@ pub fn balance_from(b: &proto::AccountBalance) -> AccountBalance {
         credits_posted: u128_from(b.credits_posted),
         timestamp: b.timestamp,
     }
+}
+
+/// The steps of a saga-steps request (gateway to node), each checked: a known action, remote
+/// sides only on a reservation and within debit|credit, a transfer without a timestamp (the
+/// group stamps its copy).
+pub fn saga_steps_from_request(
+    request: &proto::SagaStepsRequest,
+) -> Result<Vec<SagaStep>, WireError> {
+    check_batch_len(request.steps.len(), "steps")?;
+    request
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(at, step)| {
+            let remote = u8::try_from(step.remote)
+                .ok()
+                .and_then(RemoteSides::from_bits)
+                .ok_or_else(|| {
+                    WireError::new(
+                        format!("steps[{at}].remote"),
+                        "must be a set of debit=1 and credit=2",
+                    )
+                })?;
+            let action = match step.action {
+                1 => SagaAction::Reserve(remote),
+                2 | 3 if !remote.is_empty() => {
+                    return Err(WireError::new(
+                        format!("steps[{at}].remote"),
+                        "only a reservation names remote sides",
+                    ));
+                }
+                2 => SagaAction::Confirm,
+                3 => SagaAction::Cancel,
+                _ => {
+                    return Err(WireError::new(
+                        format!("steps[{at}].action"),
+                        "must be 1 (reserve), 2 (confirm) or 3 (cancel)",
+                    ));
+                }
+            };
+            let transfer = step
+                .transfer
+                .as_ref()
+                .ok_or_else(|| WireError::new(format!("steps[{at}].transfer"), "missing"))?;
+            let transfer = transfer_from(transfer, at)?;
+            if transfer.timestamp != 0 {
+                return Err(WireError::new(
+                    format!("steps[{at}].transfer.timestamp"),
+                    "must be 0: the group stamps its copy",
+                ));
+            }
+            Ok(SagaStep { action, transfer })
+        })
+        .collect()
+}
+
+pub fn saga_step_to(step: &SagaStep) -> proto::SagaStep {
+    let (action, remote) = match step.action {
+        SagaAction::Reserve(remote) => (1, remote.bits()),
+        SagaAction::Confirm => (2, 0),
+        SagaAction::Cancel => (3, 0),
+        SagaAction::Unknown(kind) => (u32::from(kind), 0),
+    };
+    proto::SagaStep {
+        action,
+        remote: remote.into(),
+        transfer: Some(transfer_to(&step.transfer)),
+    }
+}
+
+pub fn saga_copy_to(transfer: &Transfer, remote: RemoteSides) -> proto::SagaCopy {
+    proto::SagaCopy {
+        transfer: Some(transfer_to(transfer)),
+        remote: remote.bits().into(),
+    }
+}
+
+pub fn saga_copy_from(
+    copy: &proto::SagaCopy,
+    at: usize,
+) -> Result<(Transfer, RemoteSides), WireError> {
+    let transfer = copy
+        .transfer
+        .as_ref()
+        .ok_or_else(|| WireError::new(format!("copies[{at}].transfer"), "missing"))?;
+    let remote = u8::try_from(copy.remote)
+        .ok()
+        .and_then(RemoteSides::from_bits)
+        .ok_or_else(|| {
+            WireError::new(
+                format!("copies[{at}].remote"),
+                "must be a set of debit=1 and credit=2",
+            )
+        })?;
+    Ok((transfer_from(transfer, at)?, remote))
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::convert;
-use api::proto::{self, ledger_client::LedgerClient};
+use api::proto::{self, ledger_client::LedgerClient, sagas_client::SagasClient};
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, CreateAccountResult,
-    CreateTransferResult, EventResult, Transfer, TransferFlags,
+    CreateTransferResult, EventResult, RemoteSides, SagaStep, Transfer, TransferFlags,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -141,7 +141,7 @@ fn permanent(status: &Status) -> ClientError {
 /// address given.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<std::sync::RwLock<Ledger>>,
+    inner: Arc<std::sync::RwLock<Stubs>>,
     /// How every node is reached: the key sent with every call, and TLS.
     dial: Dial,
     /// Every address given, tried in turn when the current one does not answer.
@@ -178,6 +178,14 @@ impl Interceptor for Bearer {
 
 type Ledger = LedgerClient<InterceptedService<Channel, Bearer>>;
 
+/// The stubs of one node's services over one connection: the client API and, for gateways,
+/// the `Sagas` service.
+#[derive(Clone)]
+struct Stubs {
+    ledger: Ledger,
+    sagas: SagasClient<InterceptedService<Channel, Bearer>>,
+}
+
 /// How every node of the group is reached.
 #[derive(Clone)]
 struct Dial {
@@ -194,7 +202,7 @@ impl Dial {
     }
 }
 
-fn ledger_client(addr: &str, dial: &Dial) -> Result<Ledger, ClientError> {
+fn ledger_client(addr: &str, dial: &Dial) -> Result<Stubs, ClientError> {
     let invalid = |reason: String| ClientError::Invalid(format!("address {addr:?}: {reason}"));
     let mut endpoint =
         Endpoint::from_shared(addr.to_string()).map_err(|e| invalid(e.to_string()))?;
@@ -223,11 +231,15 @@ fn ledger_client(addr: &str, dial: &Dial) -> Result<Ledger, ClientError> {
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .connect_timeout(Duration::from_secs(2));
-    Ok(
-        LedgerClient::with_interceptor(endpoint.connect_lazy(), dial.credentials.clone())
+    let channel = endpoint.connect_lazy();
+    Ok(Stubs {
+        ledger: LedgerClient::with_interceptor(channel.clone(), dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
-    )
+        sagas: SagasClient::with_interceptor(channel, dial.credentials.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+    })
 }
 
 /// An error and its causes, `error: cause: cause` (tonic's transport errors say only
@@ -460,7 +472,7 @@ impl Client {
     /// Runs `call` until it succeeds, fails for good, or the retry policy runs out.
     async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
     where
-        F: Fn(Ledger) -> Fut,
+        F: Fn(Stubs) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -540,7 +552,7 @@ impl Client {
                         accounts: vec![],
                         packed: packed.clone(),
                     };
-                    async move { inner.create_accounts(request).await }
+                    async move { inner.ledger.create_accounts(request).await }
                 })
                 .await?;
             out.extend(decode_results(
@@ -567,7 +579,7 @@ impl Client {
                         transfers: vec![],
                         packed: packed.clone(),
                     };
-                    async move { inner.create_transfers(request).await }
+                    async move { inner.ledger.create_transfers(request).await }
                 })
                 .await?;
             out.extend(decode_results(
@@ -608,7 +620,7 @@ impl Client {
         };
         let response = self.retrying(|mut inner| {
             let request = request.clone();
-            async move { inner.lookup_accounts(request).await }
+            async move { inner.ledger.lookup_accounts(request).await }
         });
         let response = response.await?;
         response
@@ -631,7 +643,7 @@ impl Client {
         let response = self
             .retrying(|mut inner| {
                 let request = request.clone();
-                async move { inner.lookup_transfers(request).await }
+                async move { inner.ledger.lookup_transfers(request).await }
             })
             .await?;
         transfers_from(&response.transfers)
@@ -643,7 +655,7 @@ impl Client {
     ) -> Result<Vec<Transfer>, ClientError> {
         let request = convert::filter_to(filter);
         let response = self
-            .retrying(|mut inner| async move { inner.get_account_transfers(request).await })
+            .retrying(|mut inner| async move { inner.ledger.get_account_transfers(request).await })
             .await?;
         transfers_from(&response.transfers)
     }
@@ -654,13 +666,63 @@ impl Client {
     ) -> Result<Vec<AccountBalance>, ClientError> {
         let request = convert::filter_to(filter);
         let response = self
-            .retrying(|mut inner| async move { inner.get_account_balances(request).await })
+            .retrying(|mut inner| async move { inner.ledger.get_account_balances(request).await })
             .await?;
         Ok(response
             .balances
             .iter()
             .map(convert::balance_from)
             .collect())
+    }
+
+    /// Applies saga steps in the group (a gateway's call; the key needs the `admin` role):
+    /// one result per step, in order.
+    pub async fn saga_steps(
+        &self,
+        steps: &[SagaStep],
+    ) -> Result<Vec<EventResult<CreateTransferResult>>, ClientError> {
+        let mut out = Vec::with_capacity(steps.len());
+        for chunk in steps.chunks(BATCH_EVENTS_MAX) {
+            let request = proto::SagaStepsRequest {
+                steps: chunk.iter().map(convert::saga_step_to).collect(),
+            };
+            let response = self
+                .retrying(|mut inner| {
+                    let request = request.clone();
+                    async move { inner.sagas.steps(request).await }
+                })
+                .await?;
+            out.extend(decode_results(
+                &response,
+                chunk.len(),
+                CreateTransferResult::from_code,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// The group's open saga copies reserved at least `older_than` ago, oldest first, at most
+    /// `limit` (1 ..= 8,189).
+    pub async fn open_saga_copies(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<Vec<(Transfer, RemoteSides)>, ClientError> {
+        let request = proto::OpenSagaCopiesRequest {
+            older_than_ms: u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX),
+            limit,
+        };
+        let response = self
+            .retrying(|mut inner| async move { inner.sagas.open_copies(request).await })
+            .await?;
+        response
+            .copies
+            .iter()
+            .enumerate()
+            .map(|(at, copy)| {
+                convert::saga_copy_from(copy, at).map_err(|e| ClientError::Protocol(e.to_string()))
+            })
+            .collect()
     }
 }
 

@@ -62,6 +62,11 @@ pub struct GatewayArgs {
     /// The private key (PEM) of --group-tls-cert.
     #[arg(long, value_name = "FILE", requires = "group_tls_cert")]
     group_tls_key: Option<PathBuf>,
+    /// Abort the cross-group sagas (any gateway's) still open after this many seconds: this
+    /// gateway's resolver cancels them in their home group, then everywhere, every 2 s.
+    #[arg(long, value_name = "SECONDS", default_value_t = limits::GATEWAY_SAGA_OPEN_SECONDS_MAX,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    saga_open_seconds: u64,
     /// Serve the gateway's own listeners over TLS with this certificate (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -142,6 +147,8 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         let group_count = map.groups().len();
         let gateway = Arc::new(Gateway::new(map, groups));
         reload_map_on_sighup(Arc::clone(&gateway), args.map.clone(), access);
+        let resolver =
+            gateway.start_resolver(std::time::Duration::from_secs(args.saga_open_seconds));
         let servers = ClientServers::start(&serving, gateway)
             .await
             .context("starting the gateway's listeners")?;
@@ -150,6 +157,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().flush().ok();
         stop.await;
         println!("fincore: stopping (finishing requests in progress)");
+        drop(resolver);
         servers.shutdown().await;
         println!("fincore: stopped cleanly");
         Ok(ExitCode::SUCCESS)

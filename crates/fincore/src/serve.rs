@@ -795,6 +795,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         let connected =
             gateway::Groups::connect(&map, &access).context("connecting to the groups")?;
         let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));
+        let resolver = gateway.start_resolver(gateway::Resolver::open_max_default());
         let servers = server::ClientServers::start(&serving, gateway)
             .await
             .context("starting the gateway")?;
@@ -815,7 +816,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             println!("  group {group}: {slots} slots; {}", nodes.join("; "));
         }
         println!(
-            "  accounts live in the group of their id's slot; a transfer needs its id and both accounts in one group (docs/placement.md)"
+            "  accounts live in the group of their id's slot; a transfer whose id and accounts live in one group is one Raft entry, others run as sagas across groups (docs/placement.md, docs/gateway.md)"
         );
         println!(
             "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
@@ -824,6 +825,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         println!("  Ctrl-C stops the gateway and every node cleanly.");
         std::io::stdout().flush().ok();
         stop.await;
+        drop(resolver);
         servers.shutdown().await;
         anyhow::Ok(())
     });

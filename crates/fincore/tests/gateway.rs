@@ -1,9 +1,10 @@
 //! The gateway through the real binaries: `fincore gateway` over two groups of `fincore serve`,
 //! spoken to over HTTP/JSON and with the unchanged Rust client. Every event gets the result its
 //! group gives, dense and in the caller's order; reads come from the group of the id asked;
-//! events and linked chains whose ids live in different groups are refused whole, naming the
-//! event, and change nothing; the gateway checks keys as a node does and serves the node's
-//! OpenAPI document.
+//! plain transfers across groups run as sagas decided in their home group, and one left open
+//! by a dead gateway is finished by another gateway's resolver; other events and linked chains
+//! whose ids live in different groups are refused whole, naming the event, and change nothing;
+//! the gateway checks keys as a node does and serves the node's OpenAPI document.
 
 mod support;
 
@@ -202,12 +203,12 @@ fn a_batch_over_two_groups_gets_each_groups_results_in_the_callers_order() {
     let bad_filter = get(gateway, &format!("/v1/accounts/{}/transfers?limit=0", b[0]));
     assert_eq!(bad_filter.status, 400, "{}", bad_filter.body);
 
-    // Across groups: refused whole, naming the event, and nothing changes.
+    // Across groups, what no saga carries yet (here a two-phase transfer): refused whole,
+    // naming the event, and nothing changes.
     let fresh = transfer_id(a[1], 5);
-    let crossing = json!([
-        transfer(fresh, a[1], a[0], 1),
-        transfer(transfer_id(a[0], 6), a[0], b[1], 1),
-    ]);
+    let mut pending = transfer(transfer_id(a[0], 6), a[0], b[1], 1);
+    pending["flags"] = json!(["pending"]);
+    let crossing = json!([transfer(fresh, a[1], a[0], 1), pending]);
     let answer = post_json(gateway, "/v1/transfers", &crossing.to_string());
     assert_eq!(answer.status, 400, "{}", answer.body);
     assert_eq!(answer.json().unwrap()["field"], "transfers[1]");
@@ -627,4 +628,242 @@ fn a_gateway_takes_a_newer_map_on_sighup_and_refuses_one_that_moves_slots_or_is_
         &Value::from(accounts).to_string(),
     );
     assert_eq!(results(&answer), vec!["created"; 10]);
+}
+
+fn account_json(gateway: &str, id: u128) -> Value {
+    let answer = get(gateway, &format!("/v1/accounts/{id}"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json().unwrap()
+}
+
+fn field(account: &Value, name: &str) -> u128 {
+    account[name].as_str().unwrap().parse().unwrap()
+}
+
+/// Every account's pending balances are zero and, over all of them, posted debits equal posted
+/// credits: no saga left a hold or moved money on one side only.
+fn assert_settled_and_balanced(gateway: &str, ids: &[u128]) {
+    let (mut debits, mut credits) = (0u128, 0u128);
+    for &id in ids {
+        let account = account_json(gateway, id);
+        assert_eq!(field(&account, "debits_pending"), 0, "{account}");
+        assert_eq!(field(&account, "credits_pending"), 0, "{account}");
+        debits += field(&account, "debits_posted");
+        credits += field(&account, "credits_posted");
+    }
+    assert_eq!(debits, credits);
+}
+
+#[test]
+fn transfers_across_groups_run_as_sagas_and_answer_as_one_group_would() {
+    let cluster = start(3);
+    let map = &cluster.groups.map;
+    let g: Vec<GroupId> = map.groups().keys().copied().collect();
+    let (a, b, h) = (
+        ids_in(map, g[0], 2),
+        ids_in(map, g[1], 2),
+        ids_in(map, g[2], 1),
+    );
+    let gateway = &cluster.gateway.http_addr;
+    let mut limited = account(a[1]);
+    limited["flags"] = json!(["debits_must_not_exceed_credits"]);
+    let accounts = json!([
+        account(a[0]),
+        limited,
+        account(b[0]),
+        account(b[1]),
+        account(h[0])
+    ]);
+    let answer = post_json(gateway, "/v1/accounts", &accounts.to_string());
+    assert!(results(&answer).iter().all(|r| r == "created"));
+
+    // t1: homed in a third group; t2: homed with its debit; t3: refused by a1's limit in a1's
+    // group; t4: within one group, between them in the batch.
+    let (t1, t2, t3, t4) = (
+        transfer_id(h[0], 1),
+        transfer_id(a[0], 2),
+        transfer_id(h[0], 3),
+        transfer_id(b[0], 4),
+    );
+    let batch = json!([
+        transfer(t1, a[0], b[0], 10),
+        transfer(t4, b[0], b[1], 3),
+        transfer(t2, a[0], b[1], 5),
+        transfer(t3, a[1], b[0], 1),
+    ]);
+    let answer = post_json(gateway, "/v1/transfers", &batch.to_string());
+    assert_eq!(
+        results(&answer),
+        ["created", "created", "created", "exceeds_credits"]
+    );
+    assert_eq!(balances(gateway, a[0]), ("15".into(), "0".into()));
+    assert_eq!(balances(gateway, b[0]), ("3".into(), "10".into()));
+    assert_eq!(balances(gateway, b[1]), ("0".into(), "8".into()));
+    assert_eq!(balances(gateway, a[1]), ("0".into(), "0".into()));
+    let all = [a[0], a[1], b[0], b[1], h[0]];
+    assert_settled_and_balanced(gateway, &all);
+
+    // The transfer is found by its id (its home's copy) with the caller's fields, and in each
+    // account's history; the refused one nowhere.
+    let found = get(gateway, &format!("/v1/transfers/{t1}"));
+    assert_eq!(found.status, 200, "{}", found.body);
+    let found = found.json().unwrap();
+    assert_eq!(found["debit_account_id"], a[0].to_string());
+    assert_eq!(found["credit_account_id"], b[0].to_string());
+    assert_eq!(found["amount"], "10");
+    assert_eq!(get(gateway, &format!("/v1/transfers/{t3}")).status, 404);
+    let history = get(gateway, &format!("/v1/accounts/{}/transfers", a[0]));
+    let ids: Vec<String> = history.json().unwrap()["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, [t1.to_string(), t2.to_string()]);
+
+    // Resubmissions answer as one group would: the same transfer exists, a changed one exists
+    // differently, a refused one burnt its id. Nothing moves twice.
+    for (event, expected) in [
+        (transfer(t1, a[0], b[0], 10), "exists"),
+        (transfer(t1, a[0], b[0], 11), "exists_with_different_amount"),
+        (
+            transfer(t1, a[0], b[1], 10),
+            "exists_with_different_credit_account_id",
+        ),
+        (transfer(t3, a[1], b[0], 1), "id_already_failed"),
+    ] {
+        let answer = post_json(gateway, "/v1/transfers", &json!([event]).to_string());
+        assert_eq!(results(&answer), [expected], "{event}");
+    }
+    assert_eq!(balances(gateway, a[0]), ("15".into(), "0".into()));
+    assert_eq!(balances(gateway, b[1]), ("0".into(), "8".into()));
+    assert_settled_and_balanced(gateway, &all);
+
+    // A linked transfer across groups is not carried yet: refused whole.
+    let mut linked = transfer(transfer_id(h[0], 5), a[0], b[0], 1);
+    linked["flags"] = json!(["linked"]);
+    let chain = json!([linked, transfer(transfer_id(h[0], 6), h[0], a[0], 1)]);
+    let answer = post_json(gateway, "/v1/transfers", &chain.to_string());
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.json().unwrap()["field"], "transfers[0]");
+}
+
+#[test]
+fn a_saga_left_open_by_a_dead_gateway_is_finished_by_another_gateways_resolver() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalGroups::start(fincore_exe(), dir.path(), 3, 1, &[])
+        .unwrap_or_else(|error| panic!("{error}"));
+    let map = &local.map;
+    let g: Vec<GroupId> = map.groups().keys().copied().collect();
+    let (a, b, h) = (
+        ids_in(map, g[0], 1),
+        ids_in(map, g[1], 1),
+        ids_in(map, g[2], 1),
+    );
+    let (t5, t6) = (transfer_id(h[0], 5), transfer_id(h[0], 6));
+    let copy_of = |id: u128, amount: u128| ledger::Transfer {
+        id,
+        debit_account_id: a[0],
+        credit_account_id: b[0],
+        amount,
+        ledger: 1,
+        code: 1,
+        ..Default::default()
+    };
+    // The dead gateway's work, done by hand on the groups' nodes: t5 reserved in the debit's
+    // group only (never decided); t6 reserved everywhere and confirmed in its home, the
+    // decision never carried to the other two.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use ledger::{CreateTransferResult as R, RemoteSides, SagaStep};
+        let node = |group: usize| {
+            let addr = format!("http://{}", local.node(group, 0).unwrap().grpc_addr);
+            support::connect(&addr, client::RetryPolicy::default()).unwrap()
+        };
+        let (ga, gb, gh) = (node(0), node(1), node(2));
+        let accounts = |id| {
+            vec![ledger::Account {
+                id,
+                ledger: 1,
+                code: 1,
+                ..Default::default()
+            }]
+        };
+        for (client, id) in [(&ga, a[0]), (&gb, b[0]), (&gh, h[0])] {
+            let created = client.create_accounts(&accounts(id)).await.unwrap();
+            assert_eq!(created[0].result, ledger::CreateAccountResult::Created);
+        }
+        let steps = |client: &client::Client, steps: Vec<SagaStep>| {
+            let client = client.clone();
+            async move {
+                let results = client.saga_steps(&steps).await.unwrap();
+                assert!(
+                    results.iter().all(|r| r.result == R::Created),
+                    "{results:?}"
+                );
+            }
+        };
+        steps(
+            &ga,
+            vec![
+                SagaStep::reserve(copy_of(t5, 5), RemoteSides::CREDIT),
+                SagaStep::reserve(copy_of(t6, 6), RemoteSides::CREDIT),
+            ],
+        )
+        .await;
+        steps(
+            &gb,
+            vec![SagaStep::reserve(copy_of(t6, 6), RemoteSides::DEBIT)],
+        )
+        .await;
+        steps(
+            &gh,
+            vec![
+                SagaStep::reserve(copy_of(t6, 6), RemoteSides::all()),
+                SagaStep::confirm(t6),
+            ],
+        )
+        .await;
+        let held = ga.lookup_accounts(&[a[0]]).await.unwrap();
+        assert_eq!(held[0].debits_pending, 11);
+    });
+
+    // Another gateway, aborting sagas open for over a second, finishes both.
+    let gateway = ChildNode::start_gateway(
+        fincore_exe(),
+        &dir.path().join("gateway"),
+        &local.map_path,
+        &[
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--saga-open-seconds",
+            "1",
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let http = &gateway.http_addr;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while field(&account_json(http, a[0]), "debits_pending") != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resolver did not finish the sagas: {}",
+            account_json(http, a[0])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // t6 was decided (confirmed in its home): it is carried out everywhere. t5 was not: it is
+    // cancelled, its id burnt, and nothing of it stays.
+    assert_eq!(balances(http, a[0]), ("6".into(), "0".into()));
+    assert_eq!(balances(http, b[0]), ("0".into(), "6".into()));
+    assert_settled_and_balanced(http, &[a[0], b[0], h[0]]);
+    assert_eq!(get(http, &format!("/v1/transfers/{t6}")).status, 200);
+    assert_eq!(get(http, &format!("/v1/transfers/{t5}")).status, 404);
+    let retry = json!([transfer(t5, a[0], b[0], 5)]);
+    let answer = post_json(http, "/v1/transfers", &retry.to_string());
+    assert_eq!(results(&answer), ["id_already_failed"]);
+    let retry = json!([transfer(t6, a[0], b[0], 6)]);
+    let answer = post_json(http, "/v1/transfers", &retry.to_string());
+    assert_eq!(results(&answer), ["exists"]);
 }

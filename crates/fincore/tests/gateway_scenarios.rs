@@ -159,6 +159,7 @@ impl Gateway {
                     .create_transfers(events)
                     .await
                     .map(BatchResults::CreateTransfers),
+                BatchBody::SagaSteps(_) => unreachable!("the scenarios take no saga steps"),
             }
         });
         answer.unwrap_or_else(|error| panic!("the gateway refused {body:?}: {error}"))
@@ -217,6 +218,7 @@ fn placing_ids(body: &BatchBody) -> Vec<u128> {
             .flat_map(|t| [t.id, t.debit_account_id, t.credit_account_id, t.pending_id])
             .filter(|&id| id != 0)
             .collect(),
+        BatchBody::SagaSteps(_) => unreachable!("the scenarios take no saga steps"),
     }
 }
 
@@ -273,6 +275,7 @@ fn map_events(
         BatchBody::CreateTransfers(events) => {
             BatchBody::CreateTransfers(events.iter().copied().map(transfer).collect())
         }
+        BatchBody::SagaSteps(_) => unreachable!("the scenarios take no saga steps"),
     }
 }
 
@@ -311,14 +314,18 @@ fn run(gateway: &Gateway, ids: &Ids, steps: &[Step], scenario: &str) -> Vec<&'st
 fn codes(results: &BatchResults) -> Vec<&'static str> {
     match results {
         BatchResults::CreateAccounts(r) => r.iter().map(|r| r.result.as_str()).collect(),
-        BatchResults::CreateTransfers(r) => r.iter().map(|r| r.result.as_str()).collect(),
+        BatchResults::CreateTransfers(r) | BatchResults::SagaSteps(r) => {
+            r.iter().map(|r| r.result.as_str()).collect()
+        }
     }
 }
 
 fn timestamps(results: &BatchResults) -> Vec<u64> {
     match results {
         BatchResults::CreateAccounts(r) => r.iter().map(|r| r.timestamp).collect(),
-        BatchResults::CreateTransfers(r) => r.iter().map(|r| r.timestamp).collect(),
+        BatchResults::CreateTransfers(r) | BatchResults::SagaSteps(r) => {
+            r.iter().map(|r| r.timestamp).collect()
+        }
     }
 }
 

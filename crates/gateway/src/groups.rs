@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use client::{Client, ClientError, RetryPolicy};
 use cluster::{ClusterMap, GroupId};
-use ledger::{Account, Transfer};
+use ledger::{Account, SagaStep, Transfer};
 use limits::GATEWAY_GROUP_CALL_SECONDS_MAX as GROUP_CALL_SECONDS_MAX;
 use server::PipelineError;
 
 use crate::coalesce::GroupWriter;
 
 /// How the gateway reaches the groups: the key it presents (a key of the groups' keys files
-/// whose role allows the calls it forwards), the authority it trusts for their TLS and the
+/// with the `admin` role, which the saga steps of cross-group transfers need; a `write` key
+/// serves single-group traffic only), the authority it trusts for their TLS and the
 /// certificate it presents to them.
 #[derive(Debug, Clone, Default)]
 pub struct GroupAccess {
@@ -52,6 +53,7 @@ pub(crate) struct Group {
     pub(crate) client: Client,
     pub(crate) accounts: GroupWriter<Account>,
     pub(crate) transfers: GroupWriter<Transfer>,
+    pub(crate) sagas: GroupWriter<SagaStep>,
 }
 
 /// One connection per group of the map.
@@ -102,6 +104,9 @@ impl Groups {
                 }),
                 transfers: GroupWriter::start(client.clone(), |client, events| {
                     Box::pin(async move { client.create_transfers(&events).await })
+                }),
+                sagas: GroupWriter::start(client.clone(), |client, steps| {
+                    Box::pin(async move { client.saga_steps(&steps).await })
                 }),
                 client,
             };

@@ -9,13 +9,19 @@
 //! rules (every event's result is its group's), nor decide placement (the `cluster` crate
 //! does), nor serve sockets itself.
 //!
-//! Not yet here (issue 12 continues): events whose ids live in different groups are refused
-//! whole, naming the event, because the sagas that would carry them are not built; the map is
-//! read at start, not pushed by a meta group.
+//! Cross-group transfers (the `saga` module): a plain transfer whose ids live in different groups is
+//! carried by a saga over copies in every group involved, decided in its home group; a
+//! [`Resolver`] finishes sagas whose gateway died.
+//!
+//! Not yet here (issue 12 continues): linked, two-phase, balancing, closing and imported
+//! transfers across groups are refused whole, naming the event; the map is read at start, not
+//! pushed by a meta group.
 
 mod coalesce;
 mod groups;
 mod router;
+mod saga;
 
 pub use groups::{GroupAccess, Groups, GroupsError};
 pub use router::{Gateway, ReloadError};
+pub use saga::Resolver;

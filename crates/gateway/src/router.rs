@@ -8,9 +8,15 @@
 //! group is applied atomically there. Reads go to the group of the id asked; lookups of many
 //! ids are split and merged back into the order asked.
 //!
-//! Refused whole, naming the first such event, before anything is sent (nothing changes): an
-//! event whose ids live in different groups, and a linked chain spanning groups, since the
-//! sagas that would carry them across groups are not built yet.
+//! A plain transfer whose ids live in different groups is carried by a saga (the `saga`
+//! module), after the batch's single-group parts are answered: within one batch, such
+//! transfers apply after the batch's single-group events, in the caller's order among
+//! themselves.
+//!
+//! Refused whole, naming the first such event, before anything is sent (nothing changes): any
+//! other event whose ids live in different groups (linked, two-phase, balancing, closing or
+//! imported transfers; accounts never do), and a linked chain spanning groups, since the sagas
+//! that would carry them are not built yet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +33,7 @@ use telemetry::Metrics;
 
 use crate::coalesce::GroupWriter;
 use crate::groups::{Group, Groups, group_failed};
+use crate::saga::{self, Resolver, Saga, Want};
 use futures::future::BoxFuture;
 
 /// A cluster map and the connections to its groups: what one call routes by, from start to
@@ -93,23 +100,24 @@ impl Gateway {
     }
 
     /// Sends each part of `split` to its group at once (the events moved, not copied; each
-    /// group's writer may coalesce them with other callers' parts) and merges the answers into
-    /// the caller's order.
-    async fn write<E>(&self, routing: &Routing, mut split: Split<E>) -> CreateResults<E::Result>
+    /// group's writer may coalesce them with other callers' parts) and puts the answers into
+    /// `merger` at the caller's indexes. `batch_imported`: the caller's first event is
+    /// imported (the batch's `imported` rule, wherever that event goes).
+    async fn write_parts<E>(
+        &self,
+        routing: &Routing,
+        mut split: Split<E>,
+        batch_imported: bool,
+        merger: &mut Merger<EventResult<E::Result>>,
+    ) -> Result<(), PipelineError>
     where
         E: Routed + Send + 'static,
         E::Result: Send + Clone + 'static,
     {
         debug_assert!(split.cross_group.is_empty());
-        let mut merger = Merger::new(split.events_count).map_err(internal)?;
-        // The batch's `imported` rule is its first event's, wherever that event goes.
-        let first_part = split.parts.iter().min_by_key(|part| part.indexes.first());
-        let batch_imported = first_part
-            .and_then(|part| part.events.first())
-            .is_some_and(E::imported);
-        if split.parts.len() > 1 {
-            answer_leading_mismatches(&mut split, batch_imported, &mut merger)?;
-        }
+        // Cheap (each part's first events), and needed whenever a part may not start with
+        // the caller's first event: several parts, or sagas taken out of the batch.
+        answer_leading_mismatches(&mut split, batch_imported, merger)?;
         let mut indexes = Vec::with_capacity(split.parts.len());
         let mut calls = Vec::with_capacity(split.parts.len());
         for part in split.parts {
@@ -127,7 +135,43 @@ impl Gateway {
         for (indexes, results) in indexes.iter().zip(answers) {
             merger.put_part(indexes, results).map_err(internal)?;
         }
+        Ok(())
+    }
+
+    /// [`Self::write_parts`] for a batch that is all single-group parts, answered whole.
+    async fn write<E>(
+        &self,
+        routing: &Routing,
+        split: Split<E>,
+        batch_imported: bool,
+    ) -> CreateResults<E::Result>
+    where
+        E: Routed + Send + 'static,
+        E::Result: Send + Clone + 'static,
+    {
+        let mut merger = Merger::new(split.events_count).map_err(internal)?;
+        self.write_parts(routing, split, batch_imported, &mut merger)
+            .await?;
         merger.finish().map_err(internal)
+    }
+
+    /// Starts this gateway's resolver: every period it finishes the sagas open longer than
+    /// `open_max` in any group of the map in use (see [`Resolver`]). It stops when dropped or
+    /// when the gateway is.
+    pub fn start_resolver(self: &Arc<Self>, open_max: std::time::Duration) -> Resolver {
+        let gateway = Arc::downgrade(self);
+        Resolver::start(move || {
+            let gateway = gateway.upgrade()?;
+            Some(Box::pin(async move {
+                let routing = gateway.routing();
+                if let Err(error) =
+                    saga::resolve_once(&routing.map, &routing.groups, open_max, &gateway.metrics)
+                        .await
+                {
+                    tracing::warn!(%error, "resolving stale sagas failed; trying again next round");
+                }
+            }))
+        })
     }
 
     /// Sends `ids` to the groups owning them (via `lookup`) and gives back what was found in
@@ -361,11 +405,14 @@ impl LedgerApi for Gateway {
                 .iter()
                 .map(|a| a.flags.contains(AccountFlags::LINKED))
                 .collect();
+            let batch_imported = events
+                .first()
+                .is_some_and(|a| a.flags.contains(AccountFlags::IMPORTED));
             let routing = self.routing();
             let split = route::split(&routing.map, events, |a| Accounts::One(a.id))
                 .map_err(|error| invalid("accounts", error.to_string()))?;
             check_single_group(&split, "accounts", |i| linked[i])?;
-            self.write(&routing, split).await
+            self.write(&routing, split, batch_imported).await
         })
     }
 
@@ -378,11 +425,45 @@ impl LedgerApi for Gateway {
                 .iter()
                 .map(|t| t.flags.contains(TransferFlags::LINKED))
                 .collect();
+            let batch_imported = events
+                .first()
+                .is_some_and(|t| t.flags.contains(TransferFlags::IMPORTED));
             let routing = self.routing();
-            let split = route::split(&routing.map, events, transfer_ids)
+            let mut split = route::split(&routing.map, events, transfer_ids)
                 .map_err(|error| invalid("transfers", error.to_string()))?;
+            let (indexes, sagas): (Vec<u32>, Vec<Saga>) = split
+                .cross_group
+                .extract_if(.., |cross| saga::carried_by_saga(&cross.event))
+                .map(|cross| (cross.index, Saga::new(&routing.map, cross.event)))
+                .unzip();
             check_single_group(&split, "transfers", |i| linked[i])?;
-            self.write(&routing, split).await
+            if sagas.is_empty() {
+                return self.write(&routing, split, batch_imported).await;
+            }
+            let mut merger = Merger::new(split.events_count).map_err(internal)?;
+            self.write_parts(&routing, split, batch_imported, &mut merger)
+                .await?;
+            if batch_imported {
+                // One node judges every event by the batch's first: a saga's transfer is
+                // never imported, so it is refused as the ledger would refuse it.
+                for index in indexes {
+                    let refused = EventResult {
+                        result: CreateTransferResult::ImportedEventExpected,
+                        timestamp: 0,
+                    };
+                    merger.put_one(index, refused).map_err(internal)?;
+                }
+            } else {
+                let results = saga::run(
+                    &routing.groups,
+                    &sagas,
+                    Want::ConfirmIfReserved,
+                    &self.metrics,
+                )
+                .await?;
+                merger.put_part(&indexes, results).map_err(internal)?;
+            }
+            merger.finish().map_err(internal)
         })
     }
 
@@ -485,7 +566,7 @@ mod tests {
             body: BatchBody::CreateAccounts(events),
         }) {
             BatchResults::CreateAccounts(results) => results.iter().map(|r| r.result).collect(),
-            BatchResults::CreateTransfers(_) => unreachable!(),
+            other => unreachable!("account results expected, got {other:?}"),
         }
     }
 

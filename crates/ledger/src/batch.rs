@@ -9,6 +9,7 @@ use crate::codec::{
 };
 use limits::BATCH_EVENTS_MAX;
 
+use crate::saga::{SagaAction, SagaStep};
 use crate::types::{Account, Transfer};
 
 const BATCH_FORMAT_VERSION: u8 = 1;
@@ -20,6 +21,8 @@ const BATCH_HEADER_SIZE: usize = limits::BATCH_HEADER_BYTES;
 pub enum Operation {
     CreateAccounts = 1,
     CreateTransfers = 2,
+    /// Steps of cross-group sagas, sent by gateways (see the `saga` module).
+    SagaSteps = 3,
 }
 
 /// The events of a batch.
@@ -27,6 +30,7 @@ pub enum Operation {
 pub enum BatchBody {
     CreateAccounts(Vec<Account>),
     CreateTransfers(Vec<Transfer>),
+    SagaSteps(Vec<SagaStep>),
 }
 
 /// One sealed batch. `timestamp` is the sealing time in nanoseconds; the ledger derives every
@@ -59,6 +63,7 @@ impl Batch {
         match self.body {
             BatchBody::CreateAccounts(_) => Operation::CreateAccounts,
             BatchBody::CreateTransfers(_) => Operation::CreateTransfers,
+            BatchBody::SagaSteps(_) => Operation::SagaSteps,
         }
     }
 
@@ -67,6 +72,7 @@ impl Batch {
         match &self.body {
             BatchBody::CreateAccounts(events) => events.len(),
             BatchBody::CreateTransfers(events) => events.len(),
+            BatchBody::SagaSteps(events) => events.len(),
         }
     }
 
@@ -76,6 +82,7 @@ impl Batch {
             + match &self.body {
                 BatchBody::CreateAccounts(events) => events.len() * ACCOUNT_SIZE,
                 BatchBody::CreateTransfers(events) => events.len() * TRANSFER_SIZE,
+                BatchBody::SagaSteps(events) => events.len() * TRANSFER_SIZE,
             }
     }
 
@@ -102,6 +109,11 @@ impl Batch {
                     encode_transfer(transfer, slot);
                 }
             }
+            BatchBody::SagaSteps(steps) => {
+                for (step, slot) in steps.iter().zip(events.chunks_exact_mut(TRANSFER_SIZE)) {
+                    encode_saga_step(step, slot);
+                }
+            }
         }
     }
 
@@ -126,7 +138,7 @@ impl Batch {
         let events = &bytes[BATCH_HEADER_SIZE..];
         let size = match bytes[1] {
             1 => ACCOUNT_SIZE,
-            2 => TRANSFER_SIZE,
+            2 | 3 => TRANSFER_SIZE,
             other => return Err(BatchDecodeError::Operation(other)),
         };
         if events.len() != count as usize * size {
@@ -135,13 +147,46 @@ impl Batch {
                 actual_bytes: events.len(),
             });
         }
-        let body = if bytes[1] == 1 {
-            BatchBody::CreateAccounts(events.chunks_exact(size).map(decode_account).collect())
-        } else {
-            BatchBody::CreateTransfers(events.chunks_exact(size).map(decode_transfer).collect())
+        let body = match bytes[1] {
+            1 => BatchBody::CreateAccounts(events.chunks_exact(size).map(decode_account).collect()),
+            2 => {
+                BatchBody::CreateTransfers(events.chunks_exact(size).map(decode_transfer).collect())
+            }
+            _ => BatchBody::SagaSteps(events.chunks_exact(size).map(decode_saga_step).collect()),
         };
         Ok(Batch { timestamp, body })
     }
+}
+
+/// Where a saga step's kind and remote sides sit in its 128 bytes: the transfer's timestamp
+/// field, which a step never needs (a copy takes the batch's timestamp, and steps are never
+/// imported).
+const SAGA_ACTION_AT: usize = TRANSFER_SIZE - 8;
+
+/// A saga step is its transfer's 128 bytes with the action in place of the timestamp.
+fn encode_saga_step(step: &SagaStep, out: &mut [u8]) {
+    encode_transfer(
+        &Transfer {
+            timestamp: 0,
+            ..step.transfer
+        },
+        out,
+    );
+    out[SAGA_ACTION_AT..SAGA_ACTION_AT + 2].copy_from_slice(&step.action.to_bytes());
+}
+
+fn decode_saga_step(bytes: &[u8]) -> SagaStep {
+    let mut transfer = decode_transfer(bytes);
+    transfer.timestamp = 0;
+    let unused = bytes[SAGA_ACTION_AT + 2..TRANSFER_SIZE]
+        .iter()
+        .any(|&b| b != 0);
+    let action = if unused {
+        SagaAction::Unknown(bytes[SAGA_ACTION_AT])
+    } else {
+        SagaAction::from_bytes(bytes[SAGA_ACTION_AT], bytes[SAGA_ACTION_AT + 1])
+    };
+    SagaStep { action, transfer }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Per-account event lists and the balance history derived from them.
 //!
 //! Every account keeps one `u32` per change, in timestamp order: either the index of a
-//! transfer that touched it, or (high bit set) the index of an expiry in
-//! `StateMachine::expiry_events`. Accounts with the `history` flag also keep their balance after
+//! transfer that touched it, or (high bit set) the index of a *release* in
+//! `StateMachine::expiry_events`: a pending transfer that expired, or a saga copy that was
+//! settled (confirmed copies carry [`CONFIRM_BIT`] in the release's transfer index). Accounts with the `history` flag also keep their balance after
 //! every 64th change; the balance after any change is that checkpoint plus the few deltas since,
 //! each derived from the transfer behind it. This keeps history at about one byte per change
 //! instead of a full 64-byte balance, which is what lets ten million transfers fit in memory.
@@ -10,8 +11,11 @@
 use crate::state::StateMachine;
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags};
 
-/// Marks an entry that refers to an expiry rather than a transfer.
+/// Marks an entry that refers to a release (expiry or saga settlement) rather than a transfer.
 pub(crate) const EXPIRY_BIT: u32 = 1 << 31;
+/// Marks, in a release's transfer index, a saga copy that was confirmed (its pending amount
+/// became posted) rather than expired or cancelled (released).
+pub(crate) const CONFIRM_BIT: u32 = 1 << 31;
 /// A full balance is kept after every this many changes of a `history` account.
 pub(crate) const BALANCE_CHECKPOINT_EVERY: usize = 64;
 
@@ -35,7 +39,7 @@ impl Balance {
     }
 
     /// `self + add - sub`, field by field (wrapping, so that a step can be undone exactly).
-    fn step(self, add: Balance, sub: Balance) -> Balance {
+    pub(crate) fn step(self, add: Balance, sub: Balance) -> Balance {
         Balance {
             debits_pending: self
                 .debits_pending
@@ -79,14 +83,18 @@ fn side_delta(
 }
 
 impl StateMachine {
-    /// The transfer behind an entry (for an expiry: the pending transfer that expired).
-    pub(crate) fn entry_transfer(&self, entry: u32) -> &Transfer {
-        let index = if entry & EXPIRY_BIT != 0 {
-            self.expiry_events[(entry & !EXPIRY_BIT) as usize].1
+    /// The index of the transfer behind an entry (for a release: the transfer released).
+    pub(crate) fn entry_transfer_index(&self, entry: u32) -> u32 {
+        if entry & EXPIRY_BIT != 0 {
+            self.expiry_events[(entry & !EXPIRY_BIT) as usize].1 & !CONFIRM_BIT
         } else {
             entry
-        };
-        &self.transfers[index as usize]
+        }
+    }
+
+    /// The transfer behind an entry (for a release: the transfer released).
+    pub(crate) fn entry_transfer(&self, entry: u32) -> &Transfer {
+        &self.transfers[self.entry_transfer_index(entry) as usize]
     }
 
     pub(crate) fn entry_timestamp(&self, entry: u32) -> u64 {
@@ -102,8 +110,22 @@ impl StateMachine {
         let t = self.entry_transfer(entry);
         let debit = t.debit_account_id == account_id;
         debug_assert!(debit || t.credit_account_id == account_id);
+        self.entry_side_delta(entry, debit)
+    }
+
+    /// How an entry changed the balances of its transfer's debit (`debit`) or credit side, as
+    /// (added, subtracted): what [`Self::entry_delta`] gives that side's account, and what a
+    /// saga copy's remote side gave the clearing balance.
+    pub(crate) fn entry_side_delta(&self, entry: u32, debit: bool) -> (Balance, Balance) {
+        let t = self.entry_transfer(entry);
         if entry & EXPIRY_BIT != 0 {
-            return side_delta(debit, 0, t.amount, 0);
+            let confirmed = self.expiry_events[(entry & !EXPIRY_BIT) as usize].1 & CONFIRM_BIT != 0;
+            let posted = if confirmed { t.amount } else { 0 };
+            return side_delta(debit, 0, t.amount, posted);
+        }
+        if !self.saga_copies.is_empty() && self.saga_copies.contains_key(&entry) {
+            // A copy's reservation: pending until it is settled.
+            return side_delta(debit, t.amount, 0, 0);
         }
         if t.flags
             .intersects(TransferFlags::POST_PENDING_TRANSFER | TransferFlags::VOID_PENDING_TRANSFER)

@@ -3,6 +3,7 @@
 //! It owns the account and transfer model (field for field the model users know from
 //! TigerBeetle), the per-event result codes and their precedence, the rules for linked chains,
 //! idempotent ids, two-phase transfers with timeouts, balance limits and closing accounts, the
+//! steps a group takes in a cross-group saga (copies booked against clearing balances), the
 //! history queries, the canonical snapshot of all of it, and the arithmetic of its declared
 //! capacity (what an account and a transfer cost in memory, and the admission check).
 //!
@@ -17,6 +18,7 @@ mod codec;
 mod history;
 mod query;
 mod results;
+mod saga;
 mod snapshot;
 mod state;
 mod types;
@@ -32,6 +34,7 @@ pub use codec::{
 pub use limits::BATCH_EVENTS_MAX;
 pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError};
 pub use results::{CreateAccountResult, CreateTransferResult, EventResult};
+pub use saga::{ClearingBalance, RemoteSides, SagaAction, SagaCopy, SagaState, SagaStep};
 pub use snapshot::{SnapshotError, SnapshotWriter, StateDigest};
 pub use state::{BatchResults, StateMachine};
 pub use types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};

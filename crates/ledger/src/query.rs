@@ -153,9 +153,14 @@ impl StateMachine {
     }
 
     /// The transfers that exist among `ids`, in the order asked.
+    /// The transfers with these ids that exist, in the order asked. A saga copy exists for
+    /// queries once it is confirmed.
     pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
         ids.iter()
-            .filter_map(|id| self.transfer(*id).copied())
+            .filter_map(|&id| {
+                let index = self.transfer_slot_index(id)?;
+                (!self.hidden_copy(index)).then(|| self.transfers[index as usize])
+            })
             .collect()
     }
 
@@ -184,7 +189,7 @@ impl StateMachine {
         let entries = &self.accounts[slot_index as usize].entries[lo..hi];
         let transfers = entries
             .iter()
-            .filter(|&&entry| entry & EXPIRY_BIT == 0)
+            .filter(|&&entry| entry & EXPIRY_BIT == 0 && !self.hidden_copy(entry))
             .map(|&entry| &self.transfers[entry as usize]);
         let matching = |t: &&Transfer| filter.matches(filter.account_id, t);
         let out = if filter.flags.contains(AccountFilterFlags::REVERSED) {

@@ -113,6 +113,7 @@ impl Step {
             BatchBody::CreateTransfers(events) => {
                 BatchBody::CreateTransfers(events[..count].to_vec())
             }
+            BatchBody::SagaSteps(steps) => BatchBody::SagaSteps(steps[..count].to_vec()),
         };
         Batch {
             timestamp: self.batch.timestamp,

@@ -17,12 +17,15 @@ use sha2::{Digest, Sha256};
 use crate::codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
-use crate::history::{Balance, EXPIRY_BIT};
+use crate::history::{Balance, CONFIRM_BIT, EXPIRY_BIT};
+use crate::saga::{RemoteSides, SagaCopy, SagaState};
 use crate::state::{AccountSlot, IndexSlot, StateMachine, expand};
 use crate::types::{Account, Transfer, TransferFlags, TransferPendingStatus};
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"FCLEDGR1";
-const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// The oldest format this build still reads: version 2 is version 3 without saga copies.
+const SNAPSHOT_FORMAT_VERSION_OLDEST: u32 = 2;
 /// Snapshots are hashed and moved in chunks of this size.
 const IO_CHUNK_BYTES: usize = limits::IO_BUFFER_BYTES;
 
@@ -85,6 +88,8 @@ pub struct SnapshotWriter<W: Write> {
     expiry_events_count: usize,
     /// The failed ids when the snapshot began, sorted.
     failed: Vec<u128>,
+    /// The saga copies when the snapshot began (later batches may settle them), by index.
+    saga_copies: Vec<(u32, SagaCopy)>,
     next_transfer: usize,
     /// The next expiry event, once their count is written.
     next_expiry: Option<usize>,
@@ -139,6 +144,12 @@ impl<W: Write> SnapshotWriter<W> {
         for id in &self.failed {
             self.w.write_all(&id.to_le_bytes())?;
         }
+        self.w
+            .write_all(&(self.saga_copies.len() as u64).to_le_bytes())?;
+        for (index, copy) in &self.saga_copies {
+            self.w.write_all(&index.to_le_bytes())?;
+            self.w.write_all(&[copy.remote.bits(), copy.state as u8])?;
+        }
         self.w.flush()?;
         let digest = StateDigest(self.w.get_ref().hasher.clone().finalize().into());
         self.digest = Some(digest);
@@ -171,6 +182,8 @@ impl StateDigest {
 const EXPIRY_EVENT_SIZE: usize = 8 + 4;
 /// Size of one failed transfer id in a snapshot.
 const FAILED_ID_SIZE: usize = 16;
+/// Size of one saga copy in a snapshot (transfer index, remote sides, state).
+const SAGA_COPY_SIZE: usize = 4 + 1 + 1;
 
 /// Room for one encoded account or transfer plus its status byte.
 const RECORD_BUFFER_SIZE: usize = if ACCOUNT_SIZE > TRANSFER_SIZE {
@@ -227,6 +240,7 @@ impl StateMachine {
             statuses: self.transfer_status.clone(),
             expiry_events_count: self.expiry_events.len(),
             failed,
+            saga_copies: self.saga_copies.iter().map(|(&i, &c)| (i, c)).collect(),
             next_transfer: 0,
             next_expiry: None,
             digest: None,
@@ -339,7 +353,16 @@ impl StateMachine {
                 (e - 1) as u32 | EXPIRY_BIT
             };
             let transfer = *self.entry_transfer(entry);
-            for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
+            let index = self.entry_transfer_index(entry);
+            let local = self.local_sides(&transfer, index);
+            for (debit, account_id) in [(true, local[0]), (false, local[1])] {
+                let Some(account_id) = account_id else {
+                    // A saga copy's remote side: booked against the clearing balance.
+                    let (add, sub) = self.entry_side_delta(entry, debit);
+                    let clearing = self.clearing.entry(transfer.ledger).or_default();
+                    *clearing = clearing.step(add, sub);
+                    continue;
+                };
                 let slot_index =
                     self.account_slot_index(account_id)
                         .ok_or(SnapshotError::Inconsistent(
@@ -381,6 +404,7 @@ trait RecordSink {
     fn expiry_events(&mut self, _count: usize) {}
     fn expiry_event(&mut self, _timestamp: u64, _index: u32) {}
     fn failed_id(&mut self, _id: u128) {}
+    fn saga_copy(&mut self, _index: u32, _copy: SagaCopy) {}
 }
 
 /// Keeps nothing: the structure check.
@@ -479,6 +503,14 @@ impl RecordSink for Building {
     fn failed_id(&mut self, id: u128) {
         self.state().failed_transfer_ids.insert(id);
     }
+
+    fn saga_copy(&mut self, index: u32, copy: SagaCopy) {
+        let state = self.state();
+        state.saga_copies.insert(index, copy);
+        if copy.state == SagaState::Open {
+            state.saga_open.insert(index);
+        }
+    }
 }
 
 /// Reads a snapshot of exactly `len_bytes` bytes from `input` into `sink`, checking its
@@ -504,7 +536,7 @@ fn parse_snapshot<R: Read + ?Sized, S: RecordSink>(
         return Err(SnapshotError::Magic);
     }
     let version = r.u32()?;
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if !(SNAPSHOT_FORMAT_VERSION_OLDEST..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
         return Err(SnapshotError::Version(version));
     }
     let fixed = FixedFields {
@@ -538,7 +570,7 @@ fn parse_snapshot<R: Read + ?Sized, S: RecordSink>(
     for _ in 0..expiries_count {
         let timestamp = r.u64()?;
         let index = r.u32()?;
-        if index as usize >= transfers_count {
+        if (index & !CONFIRM_BIT) as usize >= transfers_count {
             return Err(SnapshotError::Inconsistent(
                 "an expiry names an unknown transfer",
             ));
@@ -550,6 +582,27 @@ fn parse_snapshot<R: Read + ?Sized, S: RecordSink>(
         let mut id = [0u8; 16];
         r.read_exact(&mut id)?;
         sink.failed_id(u128::from_le_bytes(id));
+    }
+    if version >= 3 {
+        let copies_count = r.count(SAGA_COPY_SIZE)?;
+        let mut previous: Option<u32> = None;
+        for _ in 0..copies_count {
+            let index = r.u32()?;
+            let mut bytes = [0u8; 2];
+            r.read_exact(&mut bytes)?;
+            if index as usize >= transfers_count || previous.is_some_and(|p| index <= p) {
+                return Err(SnapshotError::Inconsistent(
+                    "saga copies must name known transfers in increasing order",
+                ));
+            }
+            previous = Some(index);
+            let remote = RemoteSides::from_bits(bytes[0]).ok_or(SnapshotError::Inconsistent(
+                "unknown remote sides of a saga copy",
+            ))?;
+            let state = SagaState::from_u8(bytes[1])
+                .ok_or(SnapshotError::Inconsistent("unknown state of a saga copy"))?;
+            sink.saga_copy(index, SagaCopy { remote, state });
+        }
     }
     if r.remaining_bytes != 0 {
         return Err(SnapshotError::Inconsistent(

@@ -8,7 +8,7 @@
 //! Linked chains are applied optimistically and rolled back from an undo log when an event of
 //! the chain fails, so the common case (no chain) pays nothing for them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -19,6 +19,7 @@ use crate::batch::{Batch, BatchBody};
 use crate::capacity::{Capacity, Occupancy};
 use crate::history::{Balance, EXPIRY_BIT};
 use crate::results::{CreateAccountResult, CreateTransferResult, EventResult};
+use crate::saga::{SagaAction, SagaCopy, SagaState, SagaStep};
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
 
 /// The results of one applied batch, one per event, in order.
@@ -26,6 +27,8 @@ use crate::types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendi
 pub enum BatchResults {
     CreateAccounts(Vec<EventResult<CreateAccountResult>>),
     CreateTransfers(Vec<EventResult<CreateTransferResult>>),
+    /// Saga steps answer with transfer result codes (see the `saga` module).
+    SagaSteps(Vec<EventResult<CreateTransferResult>>),
 }
 
 /// An account with its indexes.
@@ -51,11 +54,11 @@ pub(crate) fn expand(hash32: u32) -> u64 {
 }
 
 /// How one event went: `Ok((created | exists, the object's timestamp))` or `Err(failure)`.
-type Outcome<R> = Result<(R, u64), R>;
+pub(crate) type Outcome<R> = Result<(R, u64), R>;
 
 /// What to undo when a linked chain fails, newest last.
 #[derive(Debug)]
-enum Undo {
+pub(crate) enum Undo {
     AccountCreated,
     AccountChanged {
         index: u32,
@@ -66,6 +69,11 @@ enum Undo {
         index: u32,
         before: TransferPendingStatus,
         expires_at: Option<u64>,
+    },
+    /// A clearing balance changed (`None`: the ledger had none yet).
+    ClearingChanged {
+        ledger: u32,
+        before: Option<Balance>,
     },
 }
 
@@ -84,6 +92,12 @@ pub struct StateMachine {
     pub(crate) expiries: BTreeSet<(u64, u32)>,
     /// Every expiry that happened: (timestamp, transfer index), in timestamp order.
     pub(crate) expiry_events: Vec<(u64, u32)>,
+    /// Clearing balances by ledger: what saga copies booked for accounts of other groups.
+    pub(crate) clearing: BTreeMap<u32, Balance>,
+    /// Transfers that are saga copies, by transfer index (see the `saga` module).
+    pub(crate) saga_copies: BTreeMap<u32, SagaCopy>,
+    /// The indexes of the copies still open (derived from `saga_copies`).
+    pub(crate) saga_open: BTreeSet<u32>,
     /// The last timestamp assigned to anything (event, expiry).
     pub(crate) timestamp_last: u64,
     /// The last timestamp assigned to an expiry.
@@ -129,6 +143,9 @@ impl StateMachine {
             failed_transfer_ids: hashbrown::HashSet::with_hasher(Default::default()),
             expiries: BTreeSet::new(),
             expiry_events: Vec::new(),
+            clearing: BTreeMap::new(),
+            saga_copies: BTreeMap::new(),
+            saga_open: BTreeSet::new(),
             timestamp_last: 0,
             expiry_timestamp_last: 0,
             batches_applied: 0,
@@ -182,7 +199,7 @@ impl StateMachine {
 
     /// Would creating one more transfer pass the capacity `apply` enforces? (Only created
     /// transfers count here: they are what the 31-bit indexes address.)
-    fn transfers_full(&self) -> bool {
+    pub(crate) fn transfers_full(&self) -> bool {
         self.transfers.len() as u64 >= self.capacity.transfers_max
     }
 
@@ -262,22 +279,26 @@ impl StateMachine {
         assert!(now <= TIMESTAMP_MAX, "ledger timestamps exhausted");
         let expired = self.expire_pending_transfers(now);
         let first = now + expired;
-        let results =
-            match &batch.body {
-                BatchBody::CreateAccounts(events) => BatchResults::CreateAccounts(
-                    self.execute_create(events, first, Self::create_account),
-                ),
-                BatchBody::CreateTransfers(events) => {
-                    if self.prefetch {
-                        self.prefetch_transfers(events);
-                    }
-                    BatchResults::CreateTransfers(self.execute_create(
-                        events,
-                        first,
-                        Self::create_transfer,
-                    ))
+        let results = match &batch.body {
+            BatchBody::CreateAccounts(events) => BatchResults::CreateAccounts(self.execute_create(
+                events,
+                first,
+                Self::create_account,
+            )),
+            BatchBody::CreateTransfers(events) => {
+                if self.prefetch {
+                    self.prefetch_transfers(events);
                 }
-            };
+                BatchResults::CreateTransfers(self.execute_create(
+                    events,
+                    first,
+                    Self::create_transfer,
+                ))
+            }
+            BatchBody::SagaSteps(steps) => {
+                BatchResults::SagaSteps(self.execute_create(steps, first, Self::apply_saga_step))
+            }
+        };
         let used = expired + batch.events_count() as u64;
         if used > 0 {
             self.timestamp_last = now + used - 1;
@@ -372,29 +393,29 @@ impl StateMachine {
                         self.in_chain = true;
                     }
                     if index == events.len() - 1 {
-                        break 'outcome Err(E::LINKED_EVENT_CHAIN_OPEN);
+                        break 'outcome Err(E::Result::LINKED_EVENT_CHAIN_OPEN);
                     }
                 }
                 if chain_broken {
-                    break 'outcome Err(E::LINKED_EVENT_FAILED);
+                    break 'outcome Err(E::Result::LINKED_EVENT_FAILED);
                 }
                 if batch_imported != event.imported() {
                     break 'outcome Err(if event.imported() {
-                        E::IMPORTED_EVENT_NOT_EXPECTED
+                        E::Result::IMPORTED_EVENT_NOT_EXPECTED
                     } else {
-                        E::IMPORTED_EVENT_EXPECTED
+                        E::Result::IMPORTED_EVENT_EXPECTED
                     });
                 }
                 if event.imported() {
                     let timestamp = event.timestamp();
                     if timestamp == 0 || timestamp > TIMESTAMP_MAX {
-                        break 'outcome Err(E::IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE);
+                        break 'outcome Err(E::Result::IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE);
                     }
                     if timestamp >= timestamp_event {
-                        break 'outcome Err(E::IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE);
+                        break 'outcome Err(E::Result::IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE);
                     }
                 } else if event.timestamp() != 0 {
-                    break 'outcome Err(E::TIMESTAMP_MUST_BE_ZERO);
+                    break 'outcome Err(E::Result::TIMESTAMP_MUST_BE_ZERO);
                 }
                 create(self, timestamp_event, event)
             };
@@ -402,25 +423,27 @@ impl StateMachine {
                 Ok((result, timestamp)) => (result, timestamp),
                 Err(result) => (result, timestamp_event),
             };
-            if result != E::CREATED {
+            if result != E::Result::CREATED {
                 if let Some(start) = chain_start {
                     if !chain_broken {
                         chain_broken = true;
                         self.rollback_chain();
                         for earlier in &mut results[start..index] {
-                            earlier.result = E::LINKED_EVENT_FAILED;
+                            earlier.result = E::Result::LINKED_EVENT_FAILED;
                         }
                     } else {
                         debug_assert!(
-                            result == E::LINKED_EVENT_FAILED
-                                || result == E::LINKED_EVENT_CHAIN_OPEN
+                            result == E::Result::LINKED_EVENT_FAILED
+                                || result == E::Result::LINKED_EVENT_CHAIN_OPEN
                         );
                     }
                 }
                 E::record_failure(self, event, result);
             }
             results.push(EventResult { result, timestamp });
-            if chain_start.is_some() && (!event.linked() || result == E::LINKED_EVENT_CHAIN_OPEN) {
+            if chain_start.is_some()
+                && (!event.linked() || result == E::Result::LINKED_EVENT_CHAIN_OPEN)
+            {
                 // The chain ends here; if it did not break, its effects stay.
                 self.undo.clear();
                 self.in_chain = false;
@@ -460,7 +483,11 @@ impl StateMachine {
                         self.expiries
                             .remove(&(transfer.timestamp + transfer.timeout_ns(), index));
                     }
-                    for account_id in [transfer.debit_account_id, transfer.credit_account_id] {
+                    // A copy's remote sides have no entries here.
+                    let local = self.local_sides(&transfer, index);
+                    self.saga_copies.remove(&index);
+                    self.saga_open.remove(&index);
+                    for account_id in local.into_iter().flatten() {
                         let slot_index = self
                             .account_slot_index(account_id)
                             .expect("accounts of a created transfer exist");
@@ -468,6 +495,14 @@ impl StateMachine {
                         debug_assert_eq!(popped, Some(index));
                     }
                 }
+                Undo::ClearingChanged { ledger, before } => match before {
+                    Some(balance) => {
+                        self.clearing.insert(ledger, balance);
+                    }
+                    None => {
+                        self.clearing.remove(&ledger);
+                    }
+                },
                 Undo::PendingStatusChanged {
                     index,
                     before,
@@ -482,7 +517,7 @@ impl StateMachine {
         }
     }
 
-    fn note(&mut self, undo: Undo) {
+    pub(crate) fn note(&mut self, undo: Undo) {
         if self.in_chain {
             self.undo.push(undo);
         }
@@ -599,7 +634,7 @@ impl StateMachine {
             return Err(R::IdMustNotBeIntMax);
         }
         if let Some(index) = self.transfer_slot_index(t.id) {
-            return self.transfer_exists(t, &self.transfers[index as usize]);
+            return self.existing_transfer(t, index);
         }
         if !self.failed_transfer_ids.is_empty() && self.failed_transfer_ids.contains(&t.id) {
             return Err(R::IdAlreadyFailed);
@@ -609,40 +644,7 @@ impl StateMachine {
         {
             return self.post_or_void_pending_transfer(timestamp_event, t);
         }
-        if t.debit_account_id == 0 {
-            return Err(R::DebitAccountIdMustNotBeZero);
-        }
-        if t.debit_account_id == u128::MAX {
-            return Err(R::DebitAccountIdMustNotBeIntMax);
-        }
-        if t.credit_account_id == 0 {
-            return Err(R::CreditAccountIdMustNotBeZero);
-        }
-        if t.credit_account_id == u128::MAX {
-            return Err(R::CreditAccountIdMustNotBeIntMax);
-        }
-        if t.credit_account_id == t.debit_account_id {
-            return Err(R::AccountsMustBeDifferent);
-        }
-        if t.pending_id != 0 {
-            return Err(R::PendingIdMustBeZero);
-        }
-        if !t.flags.contains(TransferFlags::PENDING) {
-            if t.timeout != 0 {
-                return Err(R::TimeoutReservedForPendingTransfer);
-            }
-            if t.flags
-                .intersects(TransferFlags::CLOSING_DEBIT | TransferFlags::CLOSING_CREDIT)
-            {
-                return Err(R::ClosingTransferMustBePending);
-            }
-        }
-        if t.ledger == 0 {
-            return Err(R::LedgerMustNotBeZero);
-        }
-        if t.code == 0 {
-            return Err(R::CodeMustNotBeZero);
-        }
+        check_transfer_fields(t)?;
         let dr_index = self
             .account_slot_index(t.debit_account_id)
             .ok_or(R::DebitAccountNotFound)?;
@@ -688,32 +690,7 @@ impl StateMachine {
             amount = amount.min(cr.debits_posted.saturating_sub(cr_balance));
         }
         let pending = t.flags.contains(TransferFlags::PENDING);
-        if pending {
-            if amount.checked_add(dr.debits_pending).is_none() {
-                return Err(R::OverflowsDebitsPending);
-            }
-            if amount.checked_add(cr.credits_pending).is_none() {
-                return Err(R::OverflowsCreditsPending);
-            }
-        }
-        if amount.checked_add(dr.debits_posted).is_none() {
-            return Err(R::OverflowsDebitsPosted);
-        }
-        if amount.checked_add(cr.credits_posted).is_none() {
-            return Err(R::OverflowsCreditsPosted);
-        }
-        if amount
-            .checked_add(dr.debits_pending + dr.debits_posted)
-            .is_none()
-        {
-            return Err(R::OverflowsDebits);
-        }
-        if amount
-            .checked_add(cr.credits_pending + cr.credits_posted)
-            .is_none()
-        {
-            return Err(R::OverflowsCredits);
-        }
+        check_overflows(&dr, &cr, amount, pending)?;
         if timestamp + t.timeout_ns() > TIMESTAMP_MAX {
             return Err(R::OverflowsTimeout);
         }
@@ -804,6 +781,18 @@ impl StateMachine {
         dr_index: u32,
         cr_index: u32,
     ) -> u32 {
+        self.push_transfer_sides(transfer, status, Some(dr_index), Some(cr_index))
+    }
+
+    /// [`Self::push_transfer`] for a transfer whose accounts may live elsewhere (`None`): only
+    /// the accounts here get an entry.
+    pub(crate) fn push_transfer_sides(
+        &mut self,
+        transfer: Transfer,
+        status: TransferPendingStatus,
+        dr_index: Option<u32>,
+        cr_index: Option<u32>,
+    ) -> u32 {
         let index = u32::try_from(self.transfers.len()).expect("transfers fit in u32 indexes");
         let hash32 = self.hash32(transfer.id);
         assert!(index & EXPIRY_BIT == 0, "transfers fit in 31-bit indexes");
@@ -813,10 +802,29 @@ impl StateMachine {
             .insert_unique(expand(hash32), IndexSlot { index, hash32 }, |s| {
                 expand(s.hash32)
             });
-        self.record_entry(dr_index, index);
-        self.record_entry(cr_index, index);
+        for slot_index in [dr_index, cr_index].into_iter().flatten() {
+            self.record_entry(slot_index, index);
+        }
         self.note(Undo::TransferCreated);
         index
+    }
+
+    /// The answer to creating `t` when a transfer with its id is stored at `index`: a cancelled
+    /// saga copy burnt its id; anything else is compared field by field.
+    pub(crate) fn existing_transfer(
+        &self,
+        t: &Transfer,
+        index: u32,
+    ) -> Outcome<CreateTransferResult> {
+        if !self.saga_copies.is_empty()
+            && self
+                .saga_copies
+                .get(&index)
+                .is_some_and(|copy| copy.state == SagaState::Cancelled)
+        {
+            return Err(CreateTransferResult::IdAlreadyFailed);
+        }
+        self.transfer_exists(t, &self.transfers[index as usize])
     }
 
     fn post_or_void_pending_transfer(
@@ -1048,6 +1056,84 @@ impl StateMachine {
     }
 }
 
+/// The checks of a plain or pending transfer's own fields, after its id and flags: the
+/// accounts it names, `pending_id`, `timeout`, `ledger` and `code`, in precedence order.
+pub(crate) fn check_transfer_fields(t: &Transfer) -> Result<(), CreateTransferResult> {
+    use CreateTransferResult as R;
+    if t.debit_account_id == 0 {
+        return Err(R::DebitAccountIdMustNotBeZero);
+    }
+    if t.debit_account_id == u128::MAX {
+        return Err(R::DebitAccountIdMustNotBeIntMax);
+    }
+    if t.credit_account_id == 0 {
+        return Err(R::CreditAccountIdMustNotBeZero);
+    }
+    if t.credit_account_id == u128::MAX {
+        return Err(R::CreditAccountIdMustNotBeIntMax);
+    }
+    if t.credit_account_id == t.debit_account_id {
+        return Err(R::AccountsMustBeDifferent);
+    }
+    if t.pending_id != 0 {
+        return Err(R::PendingIdMustBeZero);
+    }
+    if !t.flags.contains(TransferFlags::PENDING) {
+        if t.timeout != 0 {
+            return Err(R::TimeoutReservedForPendingTransfer);
+        }
+        if t.flags
+            .intersects(TransferFlags::CLOSING_DEBIT | TransferFlags::CLOSING_CREDIT)
+        {
+            return Err(R::ClosingTransferMustBePending);
+        }
+    }
+    if t.ledger == 0 {
+        return Err(R::LedgerMustNotBeZero);
+    }
+    if t.code == 0 {
+        return Err(R::CodeMustNotBeZero);
+    }
+    Ok(())
+}
+
+/// Whether moving `amount` from `dr` to `cr` (as pending when `pending`) overflows a balance.
+pub(crate) fn check_overflows(
+    dr: &Account,
+    cr: &Account,
+    amount: u128,
+    pending: bool,
+) -> Result<(), CreateTransferResult> {
+    use CreateTransferResult as R;
+    if pending {
+        if amount.checked_add(dr.debits_pending).is_none() {
+            return Err(R::OverflowsDebitsPending);
+        }
+        if amount.checked_add(cr.credits_pending).is_none() {
+            return Err(R::OverflowsCreditsPending);
+        }
+    }
+    if amount.checked_add(dr.debits_posted).is_none() {
+        return Err(R::OverflowsDebitsPosted);
+    }
+    if amount.checked_add(cr.credits_posted).is_none() {
+        return Err(R::OverflowsCreditsPosted);
+    }
+    if amount
+        .checked_add(dr.debits_pending + dr.debits_posted)
+        .is_none()
+    {
+        return Err(R::OverflowsDebits);
+    }
+    if amount
+        .checked_add(cr.credits_pending + cr.credits_posted)
+        .is_none()
+    {
+        return Err(R::OverflowsCredits);
+    }
+    Ok(())
+}
+
 fn post_or_void_exists(t: &Transfer, e: &Transfer, p: &Transfer) -> Outcome<CreateTransferResult> {
     use CreateTransferResult as R;
     if t.debit_account_id != 0 && t.debit_account_id != e.debit_account_id {
@@ -1127,16 +1213,41 @@ fn account_exists(a: &Account, e: &Account) -> Outcome<CreateAccountResult> {
 }
 
 /// What the batch loop needs to know of an event type.
+/// The result codes the batch loop hands out itself, shared by every event kind answering
+/// with the same result type.
+trait BatchLoopCodes: Copy + PartialEq + std::fmt::Debug {
+    const CREATED: Self;
+    const LINKED_EVENT_FAILED: Self;
+    const LINKED_EVENT_CHAIN_OPEN: Self;
+    const IMPORTED_EVENT_EXPECTED: Self;
+    const IMPORTED_EVENT_NOT_EXPECTED: Self;
+    const TIMESTAMP_MUST_BE_ZERO: Self;
+    const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self;
+    const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self;
+}
+
+macro_rules! batch_loop_codes {
+    ($result:ident) => {
+        impl BatchLoopCodes for $result {
+            const CREATED: Self = $result::Created;
+            const LINKED_EVENT_FAILED: Self = $result::LinkedEventFailed;
+            const LINKED_EVENT_CHAIN_OPEN: Self = $result::LinkedEventChainOpen;
+            const IMPORTED_EVENT_EXPECTED: Self = $result::ImportedEventExpected;
+            const IMPORTED_EVENT_NOT_EXPECTED: Self = $result::ImportedEventNotExpected;
+            const TIMESTAMP_MUST_BE_ZERO: Self = $result::TimestampMustBeZero;
+            const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self =
+                $result::ImportedEventTimestampOutOfRange;
+            const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self =
+                $result::ImportedEventTimestampMustNotAdvance;
+        }
+    };
+}
+
+batch_loop_codes!(CreateAccountResult);
+batch_loop_codes!(CreateTransferResult);
+
 trait CreateEvent {
-    type Result: Copy + PartialEq + std::fmt::Debug;
-    const CREATED: Self::Result;
-    const LINKED_EVENT_FAILED: Self::Result;
-    const LINKED_EVENT_CHAIN_OPEN: Self::Result;
-    const IMPORTED_EVENT_EXPECTED: Self::Result;
-    const IMPORTED_EVENT_NOT_EXPECTED: Self::Result;
-    const TIMESTAMP_MUST_BE_ZERO: Self::Result;
-    const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self::Result;
-    const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self::Result;
+    type Result: BatchLoopCodes;
     fn linked(&self) -> bool;
     fn imported(&self) -> bool;
     fn timestamp(&self) -> u64;
@@ -1146,16 +1257,6 @@ trait CreateEvent {
 
 impl CreateEvent for Account {
     type Result = CreateAccountResult;
-    const CREATED: Self::Result = CreateAccountResult::Created;
-    const LINKED_EVENT_FAILED: Self::Result = CreateAccountResult::LinkedEventFailed;
-    const LINKED_EVENT_CHAIN_OPEN: Self::Result = CreateAccountResult::LinkedEventChainOpen;
-    const IMPORTED_EVENT_EXPECTED: Self::Result = CreateAccountResult::ImportedEventExpected;
-    const IMPORTED_EVENT_NOT_EXPECTED: Self::Result = CreateAccountResult::ImportedEventNotExpected;
-    const TIMESTAMP_MUST_BE_ZERO: Self::Result = CreateAccountResult::TimestampMustBeZero;
-    const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self::Result =
-        CreateAccountResult::ImportedEventTimestampOutOfRange;
-    const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self::Result =
-        CreateAccountResult::ImportedEventTimestampMustNotAdvance;
     fn linked(&self) -> bool {
         self.flags.contains(AccountFlags::LINKED)
     }
@@ -1172,17 +1273,6 @@ impl CreateEvent for Account {
 
 impl CreateEvent for Transfer {
     type Result = CreateTransferResult;
-    const CREATED: Self::Result = CreateTransferResult::Created;
-    const LINKED_EVENT_FAILED: Self::Result = CreateTransferResult::LinkedEventFailed;
-    const LINKED_EVENT_CHAIN_OPEN: Self::Result = CreateTransferResult::LinkedEventChainOpen;
-    const IMPORTED_EVENT_EXPECTED: Self::Result = CreateTransferResult::ImportedEventExpected;
-    const IMPORTED_EVENT_NOT_EXPECTED: Self::Result =
-        CreateTransferResult::ImportedEventNotExpected;
-    const TIMESTAMP_MUST_BE_ZERO: Self::Result = CreateTransferResult::TimestampMustBeZero;
-    const IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE: Self::Result =
-        CreateTransferResult::ImportedEventTimestampOutOfRange;
-    const IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE: Self::Result =
-        CreateTransferResult::ImportedEventTimestampMustNotAdvance;
     fn linked(&self) -> bool {
         self.flags.contains(TransferFlags::LINKED)
     }
@@ -1196,5 +1286,25 @@ impl CreateEvent for Transfer {
         if result.is_transient() {
             state.failed_transfer_ids.insert(event.id);
         }
+    }
+}
+
+impl CreateEvent for SagaStep {
+    type Result = CreateTransferResult;
+    /// Only a reservation can be linked: a settlement must never be rolled back.
+    fn linked(&self) -> bool {
+        matches!(self.action, SagaAction::Reserve(_))
+            && self.transfer.flags.contains(TransferFlags::LINKED)
+    }
+    /// Copies are never imported (a reservation carrying the flag answers `reserved_flag`).
+    fn imported(&self) -> bool {
+        false
+    }
+    /// A step carries no timestamp of its own (its encoding has no room for one).
+    fn timestamp(&self) -> u64 {
+        0
+    }
+    fn record_failure(_: &mut StateMachine, _: &Self, _: Self::Result) {
+        // A failed reservation burns nothing: the saga's home decides and cancels.
     }
 }

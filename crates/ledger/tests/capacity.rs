@@ -36,7 +36,7 @@ fn accounts(state: &mut StateMachine, timestamp: u64, events: Vec<Account>) -> V
         body: BatchBody::CreateAccounts(events),
     }) {
         BatchResults::CreateAccounts(results) => results.iter().map(|r| r.result).collect(),
-        BatchResults::CreateTransfers(_) => unreachable!(),
+        other => unreachable!("account results expected, got {other:?}"),
     }
 }
 
@@ -46,7 +46,7 @@ fn transfers(state: &mut StateMachine, timestamp: u64, events: Vec<Transfer>) ->
         body: BatchBody::CreateTransfers(events),
     }) {
         BatchResults::CreateTransfers(results) => results.iter().map(|r| r.result).collect(),
-        BatchResults::CreateAccounts(_) => unreachable!(),
+        other => unreachable!("transfer results expected, got {other:?}"),
     }
 }
 

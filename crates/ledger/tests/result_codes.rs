@@ -30,7 +30,7 @@ fn apply_transfers(state: &mut StateMachine, timestamp: u64, events: Vec<Transfe
         body: BatchBody::CreateTransfers(events),
     }) {
         BatchResults::CreateTransfers(results) => results.iter().map(|r| r.result).collect(),
-        BatchResults::CreateAccounts(_) => unreachable!(),
+        other => unreachable!("transfer results expected, got {other:?}"),
     }
 }
 
@@ -56,7 +56,9 @@ fn run_steps(
         let results = state.apply(&step.batch);
         let all_created = match &results {
             BatchResults::CreateAccounts(r) => r.iter().all(|r| r.result == AR::Created),
-            BatchResults::CreateTransfers(r) => r.iter().all(|r| r.result == TR::Created),
+            BatchResults::CreateTransfers(r) | BatchResults::SagaSteps(r) => {
+                r.iter().all(|r| r.result == TR::Created)
+            }
         };
         assert!(all_created || !step.all_created, "setup: {results:?}");
     }
@@ -67,14 +69,14 @@ fn run_steps(
 fn transfer_results(results: BatchResults) -> Vec<TR> {
     match results {
         BatchResults::CreateTransfers(results) => results.iter().map(|r| r.result).collect(),
-        BatchResults::CreateAccounts(_) => unreachable!("a transfer scenario"),
+        other => unreachable!("a transfer scenario, answered {other:?}"),
     }
 }
 
 fn account_results(results: BatchResults) -> Vec<AR> {
     match results {
         BatchResults::CreateAccounts(results) => results.iter().map(|r| r.result).collect(),
-        BatchResults::CreateTransfers(_) => unreachable!("an account scenario"),
+        other => unreachable!("an account scenario, answered {other:?}"),
     }
 }
 

@@ -295,6 +295,18 @@ pub const GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX: usize = SERVER_BATCHES_IN_FLIGHT_MA
 /// retry" rather than a request cut off.
 pub const GATEWAY_GROUP_CALL_SECONDS_MAX: u64 = HTTP_REQUEST_SECONDS_MAX / 2;
 
+/// How long a cross-group transfer's saga may stay open before any gateway's resolver aborts
+/// it (cancels it in its home, then everywhere): past every step's own retries
+/// ([`GATEWAY_GROUP_CALL_SECONDS_MAX`] each), so a live saga is not cut off while its gateway
+/// still works on it.
+pub const GATEWAY_SAGA_OPEN_SECONDS_MAX: u64 = 4 * GATEWAY_GROUP_CALL_SECONDS_MAX;
+
+/// How often a gateway's resolver asks every group for sagas open too long.
+pub const GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS: u64 = 2;
+
+/// Open saga copies a resolver takes from one group per round.
+pub const GATEWAY_SAGA_RESOLVE_COPIES_MAX: usize = 1024;
+
 /// Most ledger groups one machine runs for development and benchmarks (`dev --groups`,
 /// `bench --groups`; their ports are 100 apart).
 pub const LOCAL_GROUPS_MAX: u64 = 16;
@@ -436,6 +448,11 @@ const _: () = assert!(GATEWAY_GROUP_QUEUE_PARTS_MAX >= 1 && GATEWAY_GROUP_CALLS_
 const _: () = assert!(
     GATEWAY_GROUP_CALL_SECONDS_MAX >= 2
         && GATEWAY_GROUP_CALL_SECONDS_MAX < HTTP_REQUEST_SECONDS_MAX
+);
+const _: () = assert!(
+    GATEWAY_SAGA_OPEN_SECONDS_MAX > 3 * GATEWAY_GROUP_CALL_SECONDS_MAX
+        && GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS >= 1
+        && GATEWAY_SAGA_RESOLVE_COPIES_MAX <= BATCH_EVENTS_MAX
 );
 // A local group's ports sit 100 × g above the gateway's, below 65,536 from a port near 10,000.
 const _: () = assert!(LOCAL_GROUPS_MAX >= 1 && LOCAL_GROUPS_MAX * 100 < 10_000);

@@ -32,6 +32,9 @@ impl fmt::Display for SealedBatch {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchOutcome {
     pub accounts: bool,
+    /// The batch was saga steps (transfer result codes); `accounts` is then false.
+    #[serde(default)]
+    pub saga: bool,
     pub codes: Vec<u32>,
     pub timestamps: Vec<u64>,
 }
@@ -41,11 +44,19 @@ impl BatchOutcome {
         match results {
             BatchResults::CreateAccounts(r) => BatchOutcome {
                 accounts: true,
+                saga: false,
                 codes: r.iter().map(|r| r.result.code()).collect(),
                 timestamps: r.iter().map(|r| r.timestamp).collect(),
             },
             BatchResults::CreateTransfers(r) => BatchOutcome {
                 accounts: false,
+                saga: false,
+                codes: r.iter().map(|r| r.result.code()).collect(),
+                timestamps: r.iter().map(|r| r.timestamp).collect(),
+            },
+            BatchResults::SagaSteps(r) => BatchOutcome {
+                accounts: false,
+                saga: true,
                 codes: r.iter().map(|r| r.result.code()).collect(),
                 timestamps: r.iter().map(|r| r.timestamp).collect(),
             },
@@ -66,15 +77,18 @@ impl BatchOutcome {
                     .collect(),
             )
         } else {
-            BatchResults::CreateTransfers(
-                pairs
-                    .map(|(&code, &timestamp)| EventResult {
-                        result: CreateTransferResult::from_code(code)
-                            .expect("a code this build produced"),
-                        timestamp,
-                    })
-                    .collect(),
-            )
+            let results = pairs
+                .map(|(&code, &timestamp)| EventResult {
+                    result: CreateTransferResult::from_code(code)
+                        .expect("a code this build produced"),
+                    timestamp,
+                })
+                .collect();
+            if self.saga {
+                BatchResults::SagaSteps(results)
+            } else {
+                BatchResults::CreateTransfers(results)
+            }
         }
     }
 }

@@ -138,6 +138,8 @@ pub async fn http_layer(State(access): State<Access>, request: Request, next: Ne
 pub fn grpc_role(path: &str) -> Role {
     match path.rsplit('/').next().unwrap_or("") {
         "CreateAccounts" | "CreateTransfers" => Role::Write,
+        // The gateways' `Sagas` service: a reservation may book money against clearing.
+        "Steps" | "OpenCopies" => Role::Admin,
         "LookupAccounts" | "LookupTransfers" | "GetAccountTransfers" | "GetAccountBalances" => {
             Role::Read
         }
@@ -336,6 +338,8 @@ mod tests {
         for (method, role) in [
             ("CreateAccounts", Role::Write),
             ("CreateTransfers", Role::Write),
+            ("Steps", Role::Admin),
+            ("OpenCopies", Role::Admin),
             ("LookupAccounts", Role::Read),
             ("LookupTransfers", Role::Read),
             ("GetAccountTransfers", Role::Read),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::proto::ledger_server::LedgerServer;
+use api::proto::sagas_server::SagasServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -18,7 +19,7 @@ use crate::access::{Access, GrpcAccess};
 use crate::auth::Auth;
 use crate::client_tls::ClientTls;
 use crate::connections;
-use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService};
+use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService, SagasService};
 use crate::http;
 use crate::ledger_api::Ledger;
 use crate::node::NodeError;
@@ -33,8 +34,8 @@ pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpList
 
 /// Serves the client API of `ledger` on the two listeners until `stopped` turns true: gRPC
 /// and HTTP behind `auth`, over `tls` if given; with `replica` (a node: its pipeline and its
-/// group's id) its own HTTP routes too, and gRPC calls naming another group refused. Returns
-/// the two server tasks.
+/// group's id) its own HTTP routes and the gateways' `Sagas` gRPC service too, and gRPC calls
+/// naming another group refused. Returns the two server tasks.
 pub(crate) fn serve(
     grpc_listener: TcpListener,
     http_listener: TcpListener,
@@ -55,6 +56,15 @@ pub(crate) fn serve(
         auth: auth.clone(),
         metrics: Arc::clone(ledger.metrics()),
     };
+    let sagas = replica.clone().map(|pipeline| {
+        GrpcAccess::new(
+            SagasServer::new(SagasService::new(pipeline))
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            access.clone(),
+            group.clone(),
+        )
+    });
     let service = GrpcAccess::new(service, access, group);
     let mut grpc_stop = stopped.clone();
     let incoming = connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
@@ -71,7 +81,9 @@ pub(crate) fn serve(
         let signal = async move {
             let _ = grpc_stop.wait_for(|stop| *stop).await;
         };
-        let server = crate::node::with_grpc_limits(grpc_builder).add_service(service);
+        let server = crate::node::with_grpc_limits(grpc_builder)
+            .add_service(service)
+            .add_optional_service(sagas);
         if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
             tracing::error!(%error, "the gRPC server stopped");
         }

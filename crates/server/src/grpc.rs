@@ -174,3 +174,70 @@ impl Ledger for LedgerService {
         .await
     }
 }
+
+/// The `fincore.v1.Sagas` service a node serves to gateways (admin role): saga steps applied
+/// through the node's pipeline, and its open copies for resolvers. A gateway does not serve
+/// it.
+pub struct SagasService {
+    pipeline: crate::pipeline::Pipeline,
+}
+
+impl SagasService {
+    pub fn new(pipeline: crate::pipeline::Pipeline) -> SagasService {
+        SagasService { pipeline }
+    }
+
+    async fn observed<T>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, PipelineError>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let outcome = work.await;
+        let error = outcome.as_ref().err().map(PipelineError::kind);
+        self.pipeline
+            .metrics()
+            .request("grpc", operation, started.elapsed(), error);
+        outcome.map(Response::new).map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::sagas_server::Sagas for SagasService {
+    async fn steps(
+        &self,
+        request: Request<proto::SagaStepsRequest>,
+    ) -> Result<Response<proto::CreateResponse>, Status> {
+        self.observed("saga_steps", async {
+            let steps = convert::saga_steps_from_request(request.get_ref()).map_err(invalid)?;
+            let results = self.pipeline.saga_steps(steps).await?;
+            Ok(create_response(&results, |r| r.code()))
+        })
+        .await
+    }
+
+    async fn open_copies(
+        &self,
+        request: Request<proto::OpenSagaCopiesRequest>,
+    ) -> Result<Response<proto::SagaCopiesResponse>, Status> {
+        self.observed("open_saga_copies", async {
+            let request = request.get_ref();
+            let limit = request.limit as usize;
+            if !(1..=limits::BATCH_EVENTS_MAX).contains(&limit) {
+                return Err(PipelineError::Invalid {
+                    field: "limit".into(),
+                    reason: format!("must be 1 ..= {}", limits::BATCH_EVENTS_MAX),
+                });
+            }
+            let older_than = std::time::Duration::from_millis(request.older_than_ms);
+            let copies = self.pipeline.open_saga_copies(older_than, limit).await?;
+            Ok(proto::SagaCopiesResponse {
+                copies: copies
+                    .iter()
+                    .map(|(transfer, remote)| convert::saga_copy_to(transfer, *remote))
+                    .collect(),
+            })
+        })
+        .await
+    }
+}

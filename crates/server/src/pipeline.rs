@@ -28,7 +28,7 @@ use std::time::Duration;
 use ledger::{
     Account, AccountBalance, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, BatchBody,
     BatchResults, Capacity, CapacityError, CreateAccountResult, CreateTransferResult, EventResult,
-    Occupancy, StateMachine, Transfer, TransferFlags,
+    Occupancy, RemoteSides, SagaAction, SagaStep, StateMachine, Transfer, TransferFlags,
 };
 use replication::{NodeId, PeerNode, Replica, WriteError};
 use telemetry::{ErrorKind, Metrics};
@@ -120,6 +120,7 @@ struct Pending<E: Event> {
 enum Queued {
     Accounts(Pending<Account>),
     Transfers(Pending<Transfer>),
+    SagaSteps(Pending<SagaStep>),
 }
 
 impl Queued {
@@ -127,6 +128,7 @@ impl Queued {
         match self {
             Queued::Accounts(pending) => pending.events.len(),
             Queued::Transfers(pending) => pending.events.len(),
+            Queued::SagaSteps(pending) => pending.events.len(),
         }
     }
 }
@@ -184,7 +186,7 @@ impl Event for Account {
     fn results(results: BatchResults) -> Vec<EventResult<CreateAccountResult>> {
         match results {
             BatchResults::CreateAccounts(results) => results,
-            BatchResults::CreateTransfers(_) => {
+            BatchResults::CreateTransfers(_) | BatchResults::SagaSteps(_) => {
                 unreachable!("the ledger answers a batch of accounts with account results")
             }
         }
@@ -220,7 +222,7 @@ impl Event for Transfer {
     fn results(results: BatchResults) -> Vec<EventResult<CreateTransferResult>> {
         match results {
             BatchResults::CreateTransfers(results) => results,
-            BatchResults::CreateAccounts(_) => {
+            BatchResults::CreateAccounts(_) | BatchResults::SagaSteps(_) => {
                 unreachable!("the ledger answers a batch of transfers with transfer results")
             }
         }
@@ -232,6 +234,44 @@ impl Event for Transfer {
 
     fn imported(&self) -> bool {
         self.flags.contains(TransferFlags::IMPORTED)
+    }
+}
+
+impl Event for SagaStep {
+    type Result = CreateTransferResult;
+
+    fn queued(pending: Pending<SagaStep>) -> Queued {
+        Queued::SagaSteps(pending)
+    }
+
+    fn body(events: Vec<SagaStep>) -> BatchBody {
+        BatchBody::SagaSteps(events)
+    }
+
+    /// A reservation adds one transfer (its copy); a settlement adds none.
+    fn occupancy_max(count: usize) -> Occupancy {
+        Occupancy {
+            accounts: 0,
+            transfers: count as u64,
+        }
+    }
+
+    fn results(results: BatchResults) -> Vec<EventResult<CreateTransferResult>> {
+        match results {
+            BatchResults::SagaSteps(results) => results,
+            BatchResults::CreateAccounts(_) | BatchResults::CreateTransfers(_) => {
+                unreachable!("the ledger answers a batch of saga steps with saga results")
+            }
+        }
+    }
+
+    fn linked(&self) -> bool {
+        matches!(self.action, SagaAction::Reserve(_))
+            && self.transfer.flags.contains(TransferFlags::LINKED)
+    }
+
+    fn imported(&self) -> bool {
+        false
     }
 }
 
@@ -344,6 +384,27 @@ impl Pipeline {
         events: Vec<Transfer>,
     ) -> CreateResults<CreateTransferResult> {
         self.write(events).await
+    }
+
+    /// Applies saga steps (a gateway's; see `ledger`'s saga module): queued if there is room
+    /// (else `Busy` at once), answered once committed and applied.
+    pub async fn saga_steps(&self, steps: Vec<SagaStep>) -> CreateResults<CreateTransferResult> {
+        self.write(steps).await
+    }
+
+    /// Open saga copies reserved at least `older_than` ago by this node's clock, oldest first,
+    /// at most `limit`.
+    pub async fn open_saga_copies(
+        &self,
+        older_than: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<(Transfer, RemoteSides)>, PipelineError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let before = now.saturating_sub(u64::try_from(older_than.as_nanos()).unwrap_or(u64::MAX));
+        self.read(move |state| Ok(state.open_saga_copies(before, limit)))
+            .await
     }
 
     /// The accounts of `ids` that exist, in the order asked.
@@ -467,6 +528,7 @@ impl Pipeline {
 enum Coalesced {
     Accounts(Vec<Pending<Account>>),
     Transfers(Vec<Pending<Transfer>>),
+    SagaSteps(Vec<Pending<SagaStep>>),
 }
 
 impl Coalesced {
@@ -474,6 +536,7 @@ impl Coalesced {
         match first {
             Queued::Accounts(pending) => Coalesced::Accounts(vec![pending]),
             Queued::Transfers(pending) => Coalesced::Transfers(vec![pending]),
+            Queued::SagaSteps(pending) => Coalesced::SagaSteps(vec![pending]),
         }
     }
 
@@ -487,6 +550,11 @@ impl Coalesced {
                 members.push(pending)
             }
             (Coalesced::Transfers(members), Queued::Transfers(pending))
+                if joins(members, &pending) =>
+            {
+                members.push(pending)
+            }
+            (Coalesced::SagaSteps(members), Queued::SagaSteps(pending))
                 if joins(members, &pending) =>
             {
                 members.push(pending)
@@ -506,6 +574,7 @@ impl Coalesced {
         match self {
             Coalesced::Accounts(members) => refuse_all(members, error),
             Coalesced::Transfers(members) => refuse_all(members, error),
+            Coalesced::SagaSteps(members) => refuse_all(members, error),
         }
     }
 
@@ -527,6 +596,8 @@ impl Coalesced {
                 .map(|(members, total, reserved)| (Coalesced::Accounts(members), total, reserved)),
             Coalesced::Transfers(members) => admit(admission, held, members)
                 .map(|(members, total, reserved)| (Coalesced::Transfers(members), total, reserved)),
+            Coalesced::SagaSteps(members) => admit(admission, held, members)
+                .map(|(members, total, reserved)| (Coalesced::SagaSteps(members), total, reserved)),
         }
     }
 
@@ -534,6 +605,7 @@ impl Coalesced {
         match self {
             Coalesced::Accounts(members) => commit(replica, members, events_count, stopping).await,
             Coalesced::Transfers(members) => commit(replica, members, events_count, stopping).await,
+            Coalesced::SagaSteps(members) => commit(replica, members, events_count, stopping).await,
         }
     }
 }

@@ -80,6 +80,7 @@ impl Oracle {
                 let results = self.model.apply_accounts(batch.timestamp, events);
                 BatchOutcome {
                     accounts: true,
+                    saga: false,
                     codes: results.iter().map(|(r, _)| r.code()).collect(),
                     timestamps: results.iter().map(|(_, t)| *t).collect(),
                 }
@@ -88,9 +89,13 @@ impl Oracle {
                 let results = self.model.apply_transfers(batch.timestamp, events);
                 BatchOutcome {
                     accounts: false,
+                    saga: false,
                     codes: results.iter().map(|(r, _)| r.code()).collect(),
                     timestamps: results.iter().map(|(_, t)| *t).collect(),
                 }
+            }
+            BatchBody::SagaSteps(_) => {
+                return Err("the simulator's model has no saga steps, yet one was applied".into());
             }
         })
     }

@@ -106,7 +106,7 @@ impl Client {
     pub async fn submit(&mut self, body: BatchBody) -> Submitted {
         let ids: Vec<u128> = match &body {
             BatchBody::CreateTransfers(transfers) => transfers.iter().map(|t| t.id).collect(),
-            BatchBody::CreateAccounts(_) => Vec::new(),
+            BatchBody::CreateAccounts(_) | BatchBody::SagaSteps(_) => Vec::new(),
         };
         for _ in 0..ATTEMPTS_MAX {
             let target = self.leader_guess;

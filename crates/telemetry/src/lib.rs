@@ -85,6 +85,11 @@ fn latency_histogram() -> Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SagaLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     protocol: &'static str,
     reason: &'static str,
@@ -102,6 +107,7 @@ pub struct Metrics {
     batches: Counter,
     journal_sync_seconds: Histogram,
     journal_records: Counter,
+    sagas: Family<SagaLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +130,12 @@ impl Metrics {
         let batches = Counter::default();
         let journal_sync_seconds = latency_histogram();
         let journal_records = Counter::default();
+        let sagas = Family::<SagaLabels, Counter>::default();
+        registry.register(
+            "sagas",
+            "Cross-group transfers carried by saga to an end, by outcome (confirmed, cancelled, diverged: a copy settled against its home's decision, which must never happen)",
+            sagas.clone(),
+        );
         registry.register(
             "requests",
             "Requests received, by operation and protocol",
@@ -176,6 +188,7 @@ impl Metrics {
             batches,
             journal_sync_seconds,
             journal_records,
+            sagas,
         })
     }
 
@@ -228,6 +241,12 @@ impl Metrics {
     pub fn journal_sync(&self, elapsed: Duration, records: u64) {
         self.journal_sync_seconds.observe(elapsed.as_secs_f64());
         self.journal_records.inc_by(records);
+    }
+
+    /// Counts one saga that ended; `outcome` is a fixed label (`confirmed`, `cancelled`,
+    /// `diverged`).
+    pub fn saga(&self, outcome: &'static str) {
+        self.sagas.get_or_create(&SagaLabels { outcome }).inc();
     }
 
     /// The text exposition of every metric.

@@ -369,6 +369,7 @@ async fn load(
             Arc::clone(placement),
             args.distribution,
             id_millis,
+            args.cross_group_ratio.unwrap_or(0.0),
         )?;
         let (batch, transfers, clients) = (args.batch, args.transfers, args.clients as usize);
         tasks.push(tokio::spawn(async move {

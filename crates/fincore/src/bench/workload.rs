@@ -1,9 +1,10 @@
 //! The benchmark's accounts and transfers, generated from a seed.
 //!
-//! `bench --groups` draws every transfer inside one group of a cluster map ([`Placement`],
-//! [`TransferGenerator::single_group`]): both accounts in the debit account's group and the
-//! transfer's own id minted into the debit account's slot, since the gateway homes a transfer by
-//! its id and refuses events whose ids live in different groups.
+//! `bench --groups` draws transfers over the groups of a cluster map ([`Placement`],
+//! [`TransferGenerator::single_group`]): the transfer's own id minted into the debit account's
+//! slot (the gateway homes a transfer by its id), and the credit account in the debit's group,
+//! except for a share (`--cross-group-ratio`) drawn from the other groups, which the gateway
+//! carries by saga.
 
 use std::sync::Arc;
 
@@ -119,6 +120,8 @@ struct SingleGroup {
     id_millis: u64,
     /// How many transfers were drawn in each group.
     transfers_per_group: Vec<u64>,
+    /// The share of transfers whose credit account is drawn from another group.
+    cross_group_ratio: f64,
 }
 
 /// Draws transfers; one generator per client, seeded from the run's seed.
@@ -162,7 +165,11 @@ impl TransferGenerator {
         placement: Arc<Placement>,
         distribution: AccountDistribution,
         id_millis: u64,
+        cross_group_ratio: f64,
     ) -> anyhow::Result<Self> {
+        if !(0.0..=1.0).contains(&cross_group_ratio) {
+            anyhow::bail!("cross-group ratio {cross_group_ratio}: give a share from 0 to 1");
+        }
         if id_millis == 0 || id_millis > ID_TIMESTAMP_MS_MAX {
             anyhow::bail!(
                 "transfer ids: {id_millis} is not a millisecond timestamp an id can carry (1..={ID_TIMESTAMP_MS_MAX})"
@@ -185,6 +192,7 @@ impl TransferGenerator {
             group_zipf,
             id_millis,
             transfers_per_group,
+            cross_group_ratio,
         });
         Ok(generator)
     }
@@ -245,7 +253,8 @@ impl TransferGenerator {
         }
     }
 
-    /// A credit account in `debit`'s group (distinct from it) and an id in `debit`'s slot.
+    /// An id in `debit`'s slot, and a credit account in `debit`'s group (distinct from it) or,
+    /// for the cross-group share, in another group.
     fn single_group_credit_and_id(&mut self, debit: u64, sequence: u64) -> (u64, u128) {
         let single = self
             .single_group
@@ -255,7 +264,19 @@ impl TransferGenerator {
         let group = usize::from(single.placement.account_group[at]);
         let held = &single.placement.group_accounts[group];
         debug_assert!(held.len() >= 2, "Placement::new refuses groups of fewer");
+        let groups = single.placement.group_ids.len();
+        let cross = groups > 1
+            && single.cross_group_ratio > 0.0
+            && self.rng.random_bool(single.cross_group_ratio);
+        let accounts = single.placement.account_group.len() as u64;
         let credit = loop {
+            if cross {
+                let credit = self.rng.random_range(1..=accounts);
+                if usize::from(single.placement.account_group[(credit - 1) as usize]) != group {
+                    break credit;
+                }
+                continue;
+            }
             let index = match &single.group_zipf[group] {
                 Some(zipf) => (zipf.sample(&mut self.rng) as usize).clamp(1, held.len()) - 1,
                 None => self.rng.random_range(0..held.len()),
@@ -337,6 +358,7 @@ mod tests {
                         Arc::clone(&placement),
                         distribution,
                         1_764_600_000_000,
+                        0.0,
                     )
                     .expect("a generator")
                 })
@@ -380,6 +402,44 @@ mod tests {
             assert_eq!(per_group.iter().sum::<u64>(), drawn);
             assert!(per_group.iter().all(|&n| n > 0), "{per_group:?}");
         }
+    }
+
+    /// With a cross-group ratio, that share of transfers (within sampling noise) credits an
+    /// account of another group; every id stays in its debit account's slot.
+    #[test]
+    fn a_cross_group_share_credits_other_groups_and_homes_every_id_with_its_debit() {
+        let map = map_of_groups(4);
+        let placement = Arc::new(Placement::new(&map, 1_000).expect("enough accounts"));
+        let mut generator = TransferGenerator::single_group(
+            7,
+            placement,
+            AccountDistribution::Uniform,
+            1_764_600_000_000,
+            0.3,
+        )
+        .expect("a generator");
+        let transfers = generator.batch(1, 10_000);
+        let crossing = transfers
+            .iter()
+            .filter(|t| map.group_of(t.credit_account_id) != map.group_of(t.debit_account_id))
+            .count();
+        assert!((2_700..=3_300).contains(&crossing), "{crossing} of 10,000");
+        assert!(
+            transfers
+                .iter()
+                .all(|t| slot_of(t.id) == slot_of(t.debit_account_id)
+                    && t.debit_account_id != t.credit_account_id)
+        );
+        assert!(
+            TransferGenerator::single_group(
+                7,
+                Arc::new(Placement::new(&map, 1_000).unwrap()),
+                AccountDistribution::Uniform,
+                1_764_600_000_000,
+                1.5
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -1,0 +1,364 @@
+//! Cross-group transfers by saga: a transfer whose id (its home), debit account and credit
+//! account do not all live in one group is carried by copies in every group involved (the
+//! ledger's saga steps: reserve, then confirm or cancel; see `ledger`'s `saga` module).
+//!
+//! The protocol, for a batch of such transfers (each step a batch per group, in the caller's
+//! order, coalesced with other callers' steps):
+//! 1. **Reserve** a copy in every group involved: the home, the debit's and the credit's.
+//! 2. **Decide in the home**: confirm its copy if every group reserved, else cancel it. The
+//!    home's copy is the saga's decision, recorded once in the home's log; whoever settles it
+//!    first (this gateway, another one retrying the same transfer, a resolver) decides, and
+//!    everyone else learns the decision from the home's answer.
+//! 3. **Follow the decision** everywhere else: confirm or cancel the copies reserved there.
+//!
+//! A copy outside the home is settled only after the home's copy is, or when the home refuses
+//! the transfer for good (another transfer owns the id there, the id is burnt, the event is
+//! invalid), so no copy is ever confirmed without the home's decision. Every step is
+//! idempotent (a copy is named by the transfer's own id), so any step may be retried by anyone.
+//!
+//! The [`Resolver`] finishes sagas whose gateway died: every group's open copies older than
+//! [`GATEWAY_SAGA_OPEN_SECONDS_MAX`] are driven through the same steps with the decision
+//! forced to cancel (which the home turns into a confirm if the saga had been decided so).
+//!
+//! Owns the protocol and the resolver. Must not route single-group events (the router does),
+//! nor hold any state a restart would lose: everything is in the groups' logs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cluster::{ClusterMap, GroupId};
+use futures::future::try_join_all;
+use ledger::{
+    CreateTransferResult as R, EventResult, RemoteSides, SagaAction, SagaStep, Transfer,
+    TransferFlags,
+};
+use limits::{
+    GATEWAY_SAGA_OPEN_SECONDS_MAX, GATEWAY_SAGA_RESOLVE_COPIES_MAX,
+    GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS,
+};
+use server::PipelineError;
+use telemetry::Metrics;
+
+use crate::coalesce::GroupWriter;
+use crate::groups::{Group, Groups, group_failed};
+use crate::router::Routed;
+
+/// Whether a transfer whose ids live in different groups can be carried by a saga today:
+/// plain transfers only (not linked, two-phase, balancing, closing or imported).
+pub(crate) fn carried_by_saga(transfer: &Transfer) -> bool {
+    transfer.flags.is_empty()
+}
+
+/// One cross-group transfer and the groups it involves.
+#[derive(Debug, Clone)]
+pub(crate) struct Saga {
+    pub transfer: Transfer,
+    pub home: GroupId,
+    debit: GroupId,
+    credit: GroupId,
+}
+
+impl Saga {
+    pub(crate) fn new(map: &ClusterMap, transfer: Transfer) -> Saga {
+        Saga {
+            home: map.group_of(transfer.id),
+            debit: map.group_of(transfer.debit_account_id),
+            credit: map.group_of(transfer.credit_account_id),
+            transfer,
+        }
+    }
+
+    /// Every group involved, each once, with the sides that are remote to it.
+    fn involved(&self) -> Vec<(GroupId, RemoteSides)> {
+        let mut groups = vec![self.home, self.debit, self.credit];
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+            .into_iter()
+            .map(|group| {
+                let mut remote = RemoteSides::empty();
+                if group != self.debit {
+                    remote |= RemoteSides::DEBIT;
+                }
+                if group != self.credit {
+                    remote |= RemoteSides::CREDIT;
+                }
+                (group, remote)
+            })
+            .collect()
+    }
+}
+
+/// What the driver wants the home to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// Confirm if every group reserved (a caller's transfer).
+    ConfirmIfReserved,
+    /// Cancel unless the home already confirmed (a resolver's stale saga).
+    Cancel,
+}
+
+/// How the saga ended, as the home recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Confirmed,
+    Cancelled,
+}
+
+/// One settle step per group, with the sagas it settles (their indexes in `sagas`).
+type StepsByGroup = BTreeMap<GroupId, (Vec<usize>, Vec<SagaStep>)>;
+
+fn settle_step(id: u128, decision: Decision) -> SagaStep {
+    match decision {
+        Decision::Confirmed => SagaStep::confirm(id),
+        Decision::Cancelled => SagaStep::cancel(id),
+    }
+}
+
+/// Sends each group its steps (in parallel) and gives every saga's answer back per group.
+async fn send_steps(
+    groups: &Groups,
+    steps: StepsByGroup,
+) -> Result<Vec<(GroupId, Vec<usize>, Vec<EventResult<R>>)>, PipelineError> {
+    let calls = steps.into_iter().map(|(group, (sagas, steps))| async move {
+        let writer = &groups.group(group)?.sagas;
+        let results = writer
+            .write(steps)
+            .await?
+            .map_err(|error| group_failed(group, error))?;
+        Ok::<_, PipelineError>((group, sagas, results))
+    });
+    try_join_all(calls).await
+}
+
+/// The failure one group would report among several groups' failures: the first in the
+/// ledger's order of precedence.
+fn first_failure(failures: impl Iterator<Item = R>) -> Option<R> {
+    failures.min_by_key(|code| R::ALL.iter().position(|c| c == code))
+}
+
+fn reserved(result: R) -> bool {
+    matches!(result, R::Created | R::Exists)
+}
+
+/// Runs `sagas` to their end and answers each as one group would answer its transfer.
+/// `metrics` counts sagas by outcome.
+pub(crate) async fn run(
+    groups: &Groups,
+    sagas: &[Saga],
+    want: Want,
+    metrics: &Metrics,
+) -> Result<Vec<EventResult<R>>, PipelineError> {
+    // 1. Reserve everywhere.
+    let mut reserves: StepsByGroup = BTreeMap::new();
+    for (at, saga) in sagas.iter().enumerate() {
+        for (group, remote) in saga.involved() {
+            let entry = reserves.entry(group).or_default();
+            entry.0.push(at);
+            entry.1.push(SagaStep::reserve(saga.transfer, remote));
+        }
+    }
+    let mut reservations: Vec<BTreeMap<GroupId, EventResult<R>>> =
+        vec![BTreeMap::new(); sagas.len()];
+    for (group, ats, results) in send_steps(groups, reserves).await? {
+        for (at, result) in ats.into_iter().zip(results) {
+            reservations[at].insert(group, result);
+        }
+    }
+
+    // 2. Decide in the home (only where the home holds a copy of these very fields).
+    let mut homes: StepsByGroup = BTreeMap::new();
+    let mut decisions: Vec<Option<Decision>> = vec![None; sagas.len()];
+    for (at, saga) in sagas.iter().enumerate() {
+        let home = reservations[at][&saga.home].result;
+        if !reserved(home) {
+            // The home refuses these fields for good: no saga with them can ever be decided.
+            decisions[at] = Some(Decision::Cancelled);
+            continue;
+        }
+        let everywhere = reservations[at].values().all(|r| reserved(r.result));
+        let asked = if want == Want::ConfirmIfReserved && everywhere {
+            Decision::Confirmed
+        } else {
+            Decision::Cancelled
+        };
+        let entry = homes.entry(saga.home).or_default();
+        entry.0.push(at);
+        entry.1.push(settle_step(saga.transfer.id, asked));
+    }
+    for (group, ats, results) in send_steps(groups, homes).await? {
+        for (at, result) in ats.into_iter().zip(results) {
+            let asked_confirm = want == Want::ConfirmIfReserved
+                && reservations[at].values().all(|r| reserved(r.result));
+            decisions[at] = Some(match (asked_confirm, result.result) {
+                (true, R::Created | R::Exists) | (false, R::PendingTransferAlreadyPosted) => {
+                    Decision::Confirmed
+                }
+                (false, R::Created | R::Exists) | (true, R::PendingTransferAlreadyVoided) => {
+                    Decision::Cancelled
+                }
+                (_, other) => {
+                    return Err(PipelineError::Unavailable(format!(
+                        "group {group} answered {other} to settling the home copy of transfer {}; \
+                         the saga stays open for a resolver",
+                        sagas[at].transfer.id
+                    )));
+                }
+            });
+        }
+    }
+
+    // 3. Follow the decision everywhere else a copy was reserved.
+    let mut follow: StepsByGroup = BTreeMap::new();
+    for (at, saga) in sagas.iter().enumerate() {
+        let decision = decisions[at].expect("every saga is decided");
+        for (&group, result) in &reservations[at] {
+            if group != saga.home && reserved(result.result) {
+                let entry = follow.entry(group).or_default();
+                entry.0.push(at);
+                entry.1.push(settle_step(saga.transfer.id, decision));
+            }
+        }
+    }
+    for (group, ats, results) in send_steps(groups, follow).await? {
+        for (at, result) in ats.into_iter().zip(results) {
+            if !reserved(result.result) {
+                // A copy settled against its home's decision: the one thing that must not be.
+                metrics.saga("diverged");
+                tracing::error!(
+                    group = %group,
+                    transfer = sagas[at].transfer.id,
+                    answer = %result.result,
+                    "a saga copy was settled against its home's decision"
+                );
+                return Err(PipelineError::Unavailable(format!(
+                    "group {group} settled transfer {} against its home's decision ({})",
+                    sagas[at].transfer.id, result.result
+                )));
+            }
+        }
+    }
+
+    // The answers one group would give.
+    Ok(sagas
+        .iter()
+        .enumerate()
+        .map(|(at, saga)| {
+            let home = reservations[at][&saga.home];
+            let decision = decisions[at].expect("every saga is decided");
+            metrics.saga(match decision {
+                Decision::Confirmed => "confirmed",
+                Decision::Cancelled => "cancelled",
+            });
+            let result = match decision {
+                Decision::Confirmed if home.result == R::Created => R::Created,
+                Decision::Confirmed => R::Exists,
+                Decision::Cancelled => first_failure(
+                    reservations[at]
+                        .values()
+                        .map(|r| r.result)
+                        .filter(|&r| !reserved(r)),
+                )
+                // Reserved everywhere yet cancelled: a resolver aborted the saga first.
+                .unwrap_or(R::IdAlreadyFailed),
+            };
+            EventResult {
+                result,
+                timestamp: home.timestamp,
+            }
+        })
+        .collect())
+}
+
+/// Finishes the sagas left open, by any gateway, longer than an age (by default
+/// [`GATEWAY_SAGA_OPEN_SECONDS_MAX`]): every [`GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS`] it runs a
+/// round ([`resolve_once`] over the gateway's routing of the moment) until dropped or until
+/// its gateway is gone.
+pub struct Resolver {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Resolver {
+    /// Runs `round` every period; `round` answers `None` once there is nothing left to serve.
+    pub(crate) fn start<F>(round: F) -> Resolver
+    where
+        F: Fn() -> Option<futures::future::BoxFuture<'static, ()>> + Send + 'static,
+    {
+        let task = tokio::spawn(async move {
+            let mut ticks =
+                tokio::time::interval(Duration::from_secs(GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(work) = round() else { break };
+                work.await;
+            }
+        });
+        Resolver { task }
+    }
+
+    /// The default age past which an open saga is aborted.
+    pub fn open_max_default() -> Duration {
+        Duration::from_secs(GATEWAY_SAGA_OPEN_SECONDS_MAX)
+    }
+}
+
+/// One resolver round over every group; the number of sagas driven.
+pub(crate) async fn resolve_once(
+    map: &ClusterMap,
+    groups: &Groups,
+    open_max: Duration,
+    metrics: &Metrics,
+) -> Result<usize, PipelineError> {
+    let mut stale: BTreeMap<u128, Saga> = BTreeMap::new();
+    for &group in map.groups().keys() {
+        let client = groups.client(group)?;
+        let copies = client
+            .open_saga_copies(open_max, GATEWAY_SAGA_RESOLVE_COPIES_MAX as u32)
+            .await
+            .map_err(|error| group_failed(group, error))?;
+        for (copy, _) in copies {
+            // The caller's transfer, as every copy keeps it (the group stamped its own copy).
+            let transfer = Transfer {
+                timestamp: 0,
+                ..copy
+            };
+            stale
+                .entry(transfer.id)
+                .or_insert_with(|| Saga::new(map, transfer));
+        }
+    }
+    let sagas: Vec<Saga> = stale.into_values().collect();
+    for chunk in sagas.chunks(GATEWAY_SAGA_RESOLVE_COPIES_MAX) {
+        run(groups, chunk, Want::Cancel, metrics).await?;
+    }
+    if !sagas.is_empty() {
+        tracing::info!(sagas = sagas.len(), "resolved stale sagas");
+    }
+    Ok(sagas.len())
+}
+
+impl Routed for SagaStep {
+    type Result = R;
+    fn writer(group: &Group) -> &GroupWriter<SagaStep> {
+        &group.sagas
+    }
+    /// Only a reservation may be linked (as the ledger reads it).
+    fn linked(&self) -> bool {
+        matches!(self.action, SagaAction::Reserve(_))
+            && self.transfer.flags.contains(TransferFlags::LINKED)
+    }
+    fn imported(&self) -> bool {
+        false
+    }
+    const IMPORTED_EVENT_EXPECTED: R = R::ImportedEventExpected;
+    const IMPORTED_EVENT_NOT_EXPECTED: R = R::ImportedEventNotExpected;
+    const LINKED_EVENT_FAILED: R = R::LinkedEventFailed;
+    const LINKED_EVENT_CHAIN_OPEN: R = R::LinkedEventChainOpen;
+}
