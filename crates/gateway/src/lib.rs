@@ -9,7 +9,7 @@
 //! rules (every event's result is its group's), nor decide placement (the `cluster` crate
 //! does), nor serve sockets itself.
 //!
-//! Cross-group transfers (the `saga` module): a plain transfer whose ids live in different groups is
+//! Cross-group transfers ([`saga`]): a plain transfer whose ids live in different groups is
 //! carried by a saga over copies in every group involved, decided in its home group; a
 //! [`Resolver`] finishes sagas whose gateway died.
 //!
@@ -20,7 +20,7 @@
 mod coalesce;
 mod groups;
 mod router;
-mod saga;
+pub mod saga;
 
 pub use groups::{GroupAccess, Groups, GroupsError};
 pub use router::{Gateway, ReloadError};

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cluster::{ClusterMap, GroupId};
-use futures::future::try_join_all;
+use futures::future::{BoxFuture, try_join_all};
 use ledger::{
     CreateTransferResult as R, EventResult, RemoteSides, SagaAction, SagaStep, Transfer,
     TransferFlags,
@@ -45,21 +45,21 @@ use crate::router::Routed;
 
 /// Whether a transfer whose ids live in different groups can be carried by a saga today:
 /// plain transfers only (not linked, two-phase, balancing, closing or imported).
-pub(crate) fn carried_by_saga(transfer: &Transfer) -> bool {
+pub fn carried_by_saga(transfer: &Transfer) -> bool {
     transfer.flags.is_empty()
 }
 
 /// One cross-group transfer and the groups it involves.
 #[derive(Debug, Clone)]
-pub(crate) struct Saga {
+pub struct Saga {
     pub transfer: Transfer,
     pub home: GroupId,
-    debit: GroupId,
-    credit: GroupId,
+    pub debit: GroupId,
+    pub credit: GroupId,
 }
 
 impl Saga {
-    pub(crate) fn new(map: &ClusterMap, transfer: Transfer) -> Saga {
+    pub fn new(map: &ClusterMap, transfer: Transfer) -> Saga {
         Saga {
             home: map.group_of(transfer.id),
             debit: map.group_of(transfer.debit_account_id),
@@ -69,7 +69,7 @@ impl Saga {
     }
 
     /// Every group involved, each once, with the sides that are remote to it.
-    fn involved(&self) -> Vec<(GroupId, RemoteSides)> {
+    pub fn involved(&self) -> Vec<(GroupId, RemoteSides)> {
         let mut groups = vec![self.home, self.debit, self.credit];
         groups.sort_unstable();
         groups.dedup();
@@ -91,7 +91,7 @@ impl Saga {
 
 /// What the driver wants the home to decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Want {
+pub enum Want {
     /// Confirm if every group reserved (a caller's transfer).
     ConfirmIfReserved,
     /// Cancel unless the home already confirmed (a resolver's stale saga).
@@ -115,17 +115,70 @@ fn settle_step(id: u128, decision: Decision) -> SagaStep {
     }
 }
 
+/// How the saga rounds reach the groups: [`Groups`] in a gateway, in-memory ledgers with
+/// injected faults in the simulator. An error means the group gave no answer (the steps may or
+/// may not have been applied).
+pub trait SagaGroups: Sync {
+    /// Applies `steps` in `group`, in order: one result per step.
+    fn steps(
+        &self,
+        group: GroupId,
+        steps: Vec<SagaStep>,
+    ) -> BoxFuture<'_, Result<Vec<EventResult<R>>, PipelineError>>;
+    /// The copies open in `group` for longer than `older_than`, oldest first, at most `limit`.
+    fn open_copies(
+        &self,
+        group: GroupId,
+        older_than: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(Transfer, RemoteSides)>, PipelineError>>;
+}
+
+impl SagaGroups for Groups {
+    fn steps(
+        &self,
+        group: GroupId,
+        steps: Vec<SagaStep>,
+    ) -> BoxFuture<'_, Result<Vec<EventResult<R>>, PipelineError>> {
+        Box::pin(async move {
+            self.group(group)?
+                .sagas
+                .write(steps)
+                .await?
+                .map_err(|error| group_failed(group, error))
+        })
+    }
+
+    fn open_copies(
+        &self,
+        group: GroupId,
+        older_than: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(Transfer, RemoteSides)>, PipelineError>> {
+        Box::pin(async move {
+            let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+            self.client(group)?
+                .open_saga_copies(older_than, limit)
+                .await
+                .map_err(|error| group_failed(group, error))
+        })
+    }
+}
+
 /// Sends each group its steps (in parallel) and gives every saga's answer back per group.
-async fn send_steps(
-    groups: &Groups,
+async fn send_steps<G: SagaGroups + ?Sized>(
+    groups: &G,
     steps: StepsByGroup,
 ) -> Result<Vec<(GroupId, Vec<usize>, Vec<EventResult<R>>)>, PipelineError> {
     let calls = steps.into_iter().map(|(group, (sagas, steps))| async move {
-        let writer = &groups.group(group)?.sagas;
-        let results = writer
-            .write(steps)
-            .await?
-            .map_err(|error| group_failed(group, error))?;
+        let results = groups.steps(group, steps).await?;
+        if results.len() != sagas.len() {
+            return Err(PipelineError::Unavailable(format!(
+                "group {group} answered {} results for {} saga steps",
+                results.len(),
+                sagas.len()
+            )));
+        }
         Ok::<_, PipelineError>((group, sagas, results))
     });
     try_join_all(calls).await
@@ -143,8 +196,8 @@ fn reserved(result: R) -> bool {
 
 /// Runs `sagas` to their end and answers each as one group would answer its transfer.
 /// `metrics` counts sagas by outcome.
-pub(crate) async fn run(
-    groups: &Groups,
+pub async fn run<G: SagaGroups + ?Sized>(
+    groups: &G,
     sagas: &[Saga],
     want: Want,
     metrics: &Metrics,
@@ -310,19 +363,17 @@ impl Resolver {
 }
 
 /// One resolver round over every group; the number of sagas driven.
-pub(crate) async fn resolve_once(
+pub async fn resolve_once<G: SagaGroups + ?Sized>(
     map: &ClusterMap,
-    groups: &Groups,
+    groups: &G,
     open_max: Duration,
     metrics: &Metrics,
 ) -> Result<usize, PipelineError> {
     let mut stale: BTreeMap<u128, Saga> = BTreeMap::new();
     for &group in map.groups().keys() {
-        let client = groups.client(group)?;
-        let copies = client
-            .open_saga_copies(open_max, GATEWAY_SAGA_RESOLVE_COPIES_MAX as u32)
-            .await
-            .map_err(|error| group_failed(group, error))?;
+        let copies = groups
+            .open_copies(group, open_max, GATEWAY_SAGA_RESOLVE_COPIES_MAX)
+            .await?;
         for (copy, _) in copies {
             // The caller's transfer, as every copy keeps it (the group stamped its own copy).
             let transfer = Transfer {

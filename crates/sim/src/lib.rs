@@ -8,12 +8,16 @@
 //! own election timeouts through its seeded runtime) comes from the run's seed, so a seed
 //! replays the same run exactly; the trace hash proves it. Checkers compare every apply and
 //! every reply with a naive reference model.
+//!
+//! `run_sagas` (the `sagas` module) simulates sagas across several groups and gateways instead:
+//! the gateway's own saga protocol over in-memory groups, with its own faults and checkers.
 
 mod disk;
 mod faults;
 mod network;
 mod oracle;
 mod run;
+mod sagas;
 mod types;
 mod workload;
 mod world;
@@ -24,6 +28,10 @@ use std::time::{Duration, Instant};
 
 pub use faults::{FaultCounts, FaultProfile};
 pub use run::{SimOptions, SimReport, TICK, run};
+pub use sagas::{
+    SagaBug, SagaFaultCounts, SagaFaultProfile, SagaSimOptions, SagaSimReport, SagaSwarmOptions,
+    SagaSwarmReport, run_sagas, swarm_sagas,
+};
 pub use workload::OpCounts;
 pub use world::Bug;
 
@@ -76,50 +84,102 @@ fn add_counts(total: &mut FaultCounts, run: &FaultCounts) {
 /// `progress` is told about every finished run.
 pub fn swarm(options: &SwarmOptions, progress: impl Fn(&SimReport) + Sync) -> SwarmReport {
     let started = Instant::now();
-    let next = AtomicU64::new(0);
-    let report = Mutex::new(SwarmReport {
+    let seeds = SeedRange {
+        first_seed: options.first_seed,
+        seeds_max: options.seeds_max,
+        time_max: options.time_max,
+        threads: options.threads,
+    };
+    let initial = SwarmReport {
         first_seed: options.first_seed,
         ..SwarmReport::default()
+    };
+    let run_seed = |seed: u64| {
+        let replicas = options
+            .replicas
+            .unwrap_or(if seed.is_multiple_of(3) { 5 } else { 3 });
+        let run = run(&SimOptions {
+            seed,
+            replicas,
+            ticks: options.ticks,
+            bug: options.bug,
+        });
+        progress(&run);
+        run
+    };
+    let mut report = for_each_seed(&seeds, initial, run_seed, |report, run| {
+        report.seeds_run += 1;
+        add_counts(&mut report.faults, &run.faults);
+        report.committed_entries += run.committed_entries;
+        report.transfers_acknowledged += run.transfers_acknowledged;
+        report.never_formed += u64::from(run.never_formed);
+        report.simulated_seconds += run.simulated_ms / 1000;
+        if !run.ok {
+            report.failures.push(run);
+        }
     });
+    report.failures.sort_by_key(|r| r.seed);
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// Which seeds a swarm runs, and on how many threads.
+pub(crate) struct SeedRange {
+    pub first_seed: u64,
+    /// Stop after this many seeds...
+    pub seeds_max: u64,
+    /// ... or once this much wall-clock time has passed, whichever comes first.
+    pub time_max: Duration,
+    pub threads: usize,
+}
+
+/// Runs `run` for each seed of `seeds` on its threads until either bound is hit, folding every
+/// result into `total` (under one lock) as it comes.
+pub(crate) fn for_each_seed<T: Send, R>(
+    seeds: &SeedRange,
+    total: T,
+    run: impl Fn(u64) -> R + Sync,
+    fold: impl Fn(&mut T, R) + Sync,
+) -> T {
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let total = Mutex::new(total);
     std::thread::scope(|scope| {
-        for _ in 0..options.threads.max(1) {
+        for _ in 0..seeds.threads.max(1) {
             scope.spawn(|| {
                 loop {
-                    if started.elapsed() >= options.time_max {
+                    if started.elapsed() >= seeds.time_max {
                         return;
                     }
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= options.seeds_max {
+                    if n >= seeds.seeds_max {
                         return;
                     }
-                    let seed = options.first_seed.wrapping_add(n);
-                    let replicas =
-                        options
-                            .replicas
-                            .unwrap_or(if seed.is_multiple_of(3) { 5 } else { 3 });
-                    let run = run(&SimOptions {
-                        seed,
-                        replicas,
-                        ticks: options.ticks,
-                        bug: options.bug,
-                    });
-                    progress(&run);
-                    let mut report = report.lock().expect("never poisoned");
-                    report.seeds_run += 1;
-                    add_counts(&mut report.faults, &run.faults);
-                    report.committed_entries += run.committed_entries;
-                    report.transfers_acknowledged += run.transfers_acknowledged;
-                    report.never_formed += u64::from(run.never_formed);
-                    report.simulated_seconds += run.simulated_ms / 1000;
-                    if !run.ok {
-                        report.failures.push(run);
-                    }
+                    let result = run(seeds.first_seed.wrapping_add(n));
+                    fold(&mut total.lock().expect("never poisoned"), result);
                 }
             });
         }
     });
-    let mut report = report.into_inner().expect("never poisoned");
-    report.failures.sort_by_key(|r| r.seed);
-    report.wall_seconds = started.elapsed().as_secs_f64();
-    report
+    total.into_inner().expect("never poisoned")
+}
+
+/// A current-thread runtime whose clock is simulated (paused: it jumps to the next timer
+/// whenever every task waits) and whose internal RNG is seeded.
+pub(crate) fn paused_runtime(seed: u64) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+        .build()
+        .expect("building a tokio runtime")
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }

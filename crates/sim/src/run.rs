@@ -83,23 +83,12 @@ pub struct SimReport {
 
 /// Runs one scenario on a fresh single-threaded runtime whose clock is simulated.
 pub fn run(options: &SimOptions) -> SimReport {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .rng_seed(tokio::runtime::RngSeed::from_bytes(
-            &options.seed.to_le_bytes(),
-        ))
-        .build()
-        .expect("building a tokio runtime");
+    let runtime = crate::paused_runtime(options.seed);
     let scenario = SimRuntime::scope(options.seed, simulate(options.clone()));
     match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(scenario))) {
         Ok(report) => report,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic".into());
+            let what = crate::panic_text(&*panic);
             SimReport {
                 seed: options.seed,
                 replicas: options.replicas,
