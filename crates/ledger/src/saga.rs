@@ -12,7 +12,9 @@
 //!   checks a transfer, but only against what lives here (the local accounts' existence,
 //!   ledger, closed flag, limits; overflow of every side). Answers like `create_transfers`:
 //!   `created`, `exists` (a retry with the same fields and sides), `exists_with_different_*`,
-//!   `id_already_failed` for a cancelled copy, or the failure.
+//!   `id_already_failed` for a cancelled copy, or the failure. A transient failure (an account
+//!   not found, a limit, a closed account) burns the id in this group, as a transfer's does, so
+//!   that a refusal is final: no later reservation of the transfer can succeed here.
 //! - **confirm**: the open copy's pending amount becomes posted on both sides.
 //! - **cancel**: the open copy's pending amount is released on both sides; the id then answers
 //!   `id_already_failed` to every later create, as a transient failure burns an id.

@@ -1304,7 +1304,14 @@ impl CreateEvent for SagaStep {
     fn timestamp(&self) -> u64 {
         0
     }
-    fn record_failure(_: &mut StateMachine, _: &Self, _: Self::Result) {
-        // A failed reservation burns nothing: the saga's home decides and cancels.
+    /// A reservation refused for a transient reason burns its id here, as a transfer's does:
+    /// the refusal is then final in this group, so no later reservation of the same transfer
+    /// can succeed here and let the saga be decided the other way (in the home, that is what
+    /// makes a refusal the saga's decision). A saga refused anywhere is cancelled, so the id is
+    /// dead wherever it burns.
+    fn record_failure(state: &mut StateMachine, step: &Self, result: Self::Result) {
+        if matches!(step.action, SagaAction::Reserve(_)) && result.is_transient() {
+            state.failed_transfer_ids.insert(step.transfer.id);
+        }
     }
 }

@@ -62,16 +62,14 @@ fn a_retried_reservation_taken_as_a_confirm_is_caught() {
     assert!(!report.failures.is_empty());
 }
 
-/// Found by this simulator, not fixed here (the fix belongs in `gateway::saga` or the ledger's
-/// saga steps): a home that refuses a reservation with a transient failure (`exceeds_credits`,
-/// `exceeds_debits`) burns nothing (`SagaStep::record_failure`), yet `gateway::saga::run` takes
-/// the refusal as final. A resubmission of the same fields later succeeds where one group
-/// would answer `id_already_failed` (seeds 20, 2482); and when the resubmission races the
-/// first submission, the home confirms after the first gateway cancelled a copy elsewhere, so
-/// money is posted in one group and released in another and clearing no longer nets to zero
-/// (seed 1920). Run with `--ignored` once fixed.
+/// Found by this simulator: a home that refused a reservation with a transient failure
+/// (`exceeds_credits`) burnt nothing, yet the gateway took the refusal as final, so a
+/// resubmission of the same fields later succeeded where one group answers `id_already_failed`
+/// (seeds 20, 2482), and when it raced the first submission the home confirmed after the first
+/// gateway had cancelled a copy elsewhere: money posted in one group, released in another,
+/// clearing off (seed 1920). Fixed by burning the id where a reservation is refused
+/// transiently (`SagaStep::record_failure`).
 #[test]
-#[ignore = "a known bug of the saga protocol, found by the simulator (see the comment)"]
 fn a_transient_refusal_in_the_home_is_final() {
     for seed in [20, 1920, 2482] {
         let report = sim::run_sagas(&SagaSimOptions { seed, bug: None });
