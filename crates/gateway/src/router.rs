@@ -454,14 +454,30 @@ impl LedgerApi for Gateway {
                     merger.put_one(index, refused).map_err(internal)?;
                 }
             } else {
-                let results = saga::run(
-                    &routing.groups,
-                    &sagas,
-                    Want::ConfirmIfReserved,
-                    &self.metrics,
-                )
-                .await?;
-                merger.put_part(&indexes, results).map_err(internal)?;
+                // One node refuses a non-imported event carrying a timestamp before any other
+                // check; a saga's steps cannot carry one (each group stamps its copy).
+                let (stamped, sagas): (Vec<_>, Vec<_>) = indexes
+                    .into_iter()
+                    .zip(sagas)
+                    .partition(|(_, saga)| saga.transfer.timestamp != 0);
+                for (index, _) in stamped {
+                    let refused = EventResult {
+                        result: CreateTransferResult::TimestampMustBeZero,
+                        timestamp: 0,
+                    };
+                    merger.put_one(index, refused).map_err(internal)?;
+                }
+                let (indexes, sagas): (Vec<u32>, Vec<Saga>) = sagas.into_iter().unzip();
+                if !sagas.is_empty() {
+                    let results = saga::run(
+                        &routing.groups,
+                        &sagas,
+                        Want::ConfirmIfReserved,
+                        &self.metrics,
+                    )
+                    .await?;
+                    merger.put_part(&indexes, results).map_err(internal)?;
+                }
             }
             merger.finish().map_err(internal)
         })
