@@ -6,7 +6,7 @@
 use ledger::{
     ACCOUNT_SIZE, Account, AccountBalance, AccountFilter, AccountFilterFlags, AccountFlags,
     BATCH_EVENTS_MAX, RemoteSides, SagaAction, SagaStep, TRANSFER_SIZE, Transfer, TransferFlags,
-    decode_account, decode_transfer, encode_account, encode_transfer,
+    TransferOutcome, decode_account, decode_transfer, encode_account, encode_transfer,
 };
 
 use crate::proto;
@@ -221,6 +221,68 @@ pub fn pack_transfers(transfers: &[Transfer]) -> Vec<u8> {
 pub fn ids_from(request: &proto::LookupRequest) -> Result<Vec<u128>, WireError> {
     check_ids_len(request.ids.len(), "ids")?;
     Ok(request.ids.iter().map(|id| u128_from(Some(*id))).collect())
+}
+
+/// The ids of an outcomes lookup and how long it may wait (checked against
+/// `limits::OUTCOME_WAIT_MS_MAX`).
+pub fn outcomes_request_from(
+    request: &proto::LookupOutcomesRequest,
+) -> Result<(Vec<u128>, std::time::Duration), WireError> {
+    check_ids_len(request.ids.len(), "ids")?;
+    Ok((
+        request.ids.iter().map(|id| u128_from(Some(*id))).collect(),
+        outcome_wait(request.wait_ms, "wait_ms")?,
+    ))
+}
+
+/// `wait_ms` as a duration, refused past `limits::OUTCOME_WAIT_MS_MAX`.
+pub fn outcome_wait(wait_ms: u32, field: &str) -> Result<std::time::Duration, WireError> {
+    if wait_ms > limits::OUTCOME_WAIT_MS_MAX {
+        return Err(WireError::new(
+            field,
+            format!(
+                "{wait_ms} ms; an outcomes lookup waits at most {} ms",
+                limits::OUTCOME_WAIT_MS_MAX
+            ),
+        ));
+    }
+    Ok(std::time::Duration::from_millis(wait_ms.into()))
+}
+
+pub fn outcome_to(id: u128, outcome: TransferOutcome) -> proto::TransferOutcome {
+    let (kind, timestamp) = match outcome {
+        TransferOutcome::NotFound => (proto::OutcomeKind::NotFound, 0),
+        TransferOutcome::Pending => (proto::OutcomeKind::Pending, 0),
+        TransferOutcome::Created { timestamp } => (proto::OutcomeKind::Created, timestamp),
+        TransferOutcome::Failed => (proto::OutcomeKind::Failed, 0),
+    };
+    proto::TransferOutcome {
+        id: u128_to(id),
+        outcome: kind.into(),
+        timestamp,
+    }
+}
+
+/// An outcome from a server's answer (`outcomes[at]`); an unknown kind is an error.
+pub fn outcome_from(
+    outcome: &proto::TransferOutcome,
+    at: usize,
+) -> Result<(u128, TransferOutcome), WireError> {
+    let kind = match proto::OutcomeKind::try_from(outcome.outcome) {
+        Ok(proto::OutcomeKind::NotFound) => TransferOutcome::NotFound,
+        Ok(proto::OutcomeKind::Pending) => TransferOutcome::Pending,
+        Ok(proto::OutcomeKind::Created) => TransferOutcome::Created {
+            timestamp: outcome.timestamp,
+        },
+        Ok(proto::OutcomeKind::Failed) => TransferOutcome::Failed,
+        Ok(proto::OutcomeKind::Unspecified) | Err(_) => {
+            return Err(WireError::new(
+                format!("outcomes[{at}].outcome"),
+                format!("{} is not an outcome kind", outcome.outcome),
+            ));
+        }
+    };
+    Ok((u128_from(outcome.id), kind))
 }
 
 pub fn filter_from(f: &proto::AccountFilter) -> Result<AccountFilter, WireError> {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use ledger::{
     Account, AccountBalance, AccountFlags, CreateAccountResult, CreateTransferResult, EventResult,
-    Transfer, TransferFlags,
+    Transfer, TransferFlags, TransferOutcome,
 };
 
 pub use crate::json_number::{JSON_INTEGER_MAX, parse_decimal};
@@ -347,6 +347,55 @@ pub struct BalancesJson {
 pub struct LookupJson {
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::lookup_ids))]
     pub ids: Vec<IdJson>,
+}
+
+/// The body of `POST /v1/transfers/outcomes`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = OutcomesLookup))]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesLookupJson {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::outcome_ids))]
+    pub ids: Vec<IdJson>,
+    /// How long to wait while any outcome is `pending` (0, the default, does not wait).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::outcome_wait_ms))]
+    pub wait_ms: u32,
+}
+
+/// Where one transfer id stands: `not_found`, `pending`, `created` (with the transfer's
+/// timestamp) or `failed`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Outcome))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeJson {
+    #[serde(with = "u128_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
+    pub id: u128,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::outcome_kind))]
+    pub outcome: String,
+    /// The transfer's timestamp when `created`, else 0.
+    #[serde(with = "u64_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U64))]
+    pub timestamp: u64,
+}
+
+impl OutcomeJson {
+    pub fn new(id: u128, outcome: TransferOutcome) -> OutcomeJson {
+        OutcomeJson {
+            id,
+            outcome: outcome.as_str().to_string(),
+            timestamp: match outcome {
+                TransferOutcome::Created { timestamp } => timestamp,
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// The answer of `POST /v1/transfers/outcomes`: one outcome per id, in the order asked.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Outcomes))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomesJson {
+    pub outcomes: Vec<OutcomeJson>,
 }
 
 /// An id inside a lookup body or a list of minted ids.

@@ -265,6 +265,35 @@ mod named {
         )
     }
 
+    /// The `ids` of an outcomes body: 1 to `limits::LOOKUP_IDS_MAX` ids.
+    pub fn outcome_ids() -> Array {
+        bounded_array(
+            &U128::name(),
+            limits::LOOKUP_IDS_MAX,
+            "The transfer ids whose outcomes to give, one outcome per id in this order.",
+        )
+    }
+
+    /// The `wait_ms` of an outcomes body.
+    pub fn outcome_wait_ms() -> Schema {
+        integer(
+            0,
+            limits::OUTCOME_WAIT_MS_MAX.into(),
+            "How long to wait (milliseconds) while any outcome is `pending`.",
+        )
+    }
+
+    /// The `outcome` of an outcome.
+    pub fn outcome_kind() -> Schema {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["not_found", "pending", "created", "failed"]))
+            .description(Some(
+                "`created` and `failed` are final; `pending` ends by itself; `not_found`: no transfer has the id and it is not spent.",
+            ))
+            .into()
+    }
+
     /// Registers `T` and what it refers to among the document's named schemas.
     fn register<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push((T::name().into_owned(), T::schema()));

@@ -26,6 +26,7 @@ use api::proto::{self, ledger_client::LedgerClient, sagas_client::SagasClient};
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, CreateAccountResult,
     CreateTransferResult, EventResult, RemoteSides, SagaStep, Transfer, TransferFlags,
+    TransferOutcome,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -543,25 +544,16 @@ impl Client {
         &self,
         accounts: &[Account],
     ) -> Result<Vec<EventResult<CreateAccountResult>>, ClientError> {
-        let mut out = Vec::with_capacity(accounts.len());
-        for chunk in accounts.chunks(BATCH_EVENTS_MAX) {
-            let packed = bytes_of(convert::pack_accounts(chunk));
-            let response = self
-                .retrying(|mut inner| {
-                    let request = proto::CreateAccountsRequest {
-                        accounts: vec![],
-                        packed: packed.clone(),
-                    };
-                    async move { inner.ledger.create_accounts(request).await }
-                })
-                .await?;
-            out.extend(decode_results(
-                &response,
-                chunk.len(),
-                CreateAccountResult::from_code,
-            )?);
-        }
-        Ok(out)
+        self.create_in_batches(
+            accounts,
+            |chunk| proto::CreateAccountsRequest {
+                accounts: vec![],
+                packed: bytes_of(convert::pack_accounts(chunk)),
+            },
+            |mut inner, request| async move { inner.ledger.create_accounts(request).await },
+            CreateAccountResult::from_code,
+        )
+        .await
     }
 
     /// Creates transfers; one result per transfer, in order. A slice longer than one batch is
@@ -570,23 +562,37 @@ impl Client {
         &self,
         transfers: &[Transfer],
     ) -> Result<Vec<EventResult<CreateTransferResult>>, ClientError> {
-        let mut out = Vec::with_capacity(transfers.len());
-        for chunk in transfers.chunks(BATCH_EVENTS_MAX) {
-            let packed = bytes_of(convert::pack_transfers(chunk));
-            let response = self
-                .retrying(|mut inner| {
-                    let request = proto::CreateTransfersRequest {
-                        transfers: vec![],
-                        packed: packed.clone(),
-                    };
-                    async move { inner.ledger.create_transfers(request).await }
-                })
-                .await?;
-            out.extend(decode_results(
-                &response,
-                chunk.len(),
-                CreateTransferResult::from_code,
-            )?);
+        self.create_in_batches(
+            transfers,
+            |chunk| proto::CreateTransfersRequest {
+                transfers: vec![],
+                packed: bytes_of(convert::pack_transfers(chunk)),
+            },
+            |mut inner, request| async move { inner.ledger.create_transfers(request).await },
+            CreateTransferResult::from_code,
+        )
+        .await
+    }
+
+    /// Sends `events` a batch at a time (each batch's request made by `request`, sent by
+    /// `send` with retries): one result per event, in order.
+    async fn create_in_batches<E, Req, R, F, Fut>(
+        &self,
+        events: &[E],
+        request: impl Fn(&[E]) -> Req,
+        send: F,
+        from_code: fn(u32) -> Option<R>,
+    ) -> Result<Vec<EventResult<R>>, ClientError>
+    where
+        Req: Clone,
+        F: Fn(Stubs, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<proto::CreateResponse>, Status>>,
+    {
+        let mut out = Vec::with_capacity(events.len());
+        for chunk in events.chunks(BATCH_EVENTS_MAX) {
+            let request = request(chunk);
+            let response = self.retrying(|inner| send(inner, request.clone())).await?;
+            out.extend(decode_results(&response, chunk.len(), from_code)?);
         }
         Ok(out)
     }
@@ -649,6 +655,46 @@ impl Client {
         transfers_from(&response.transfers)
     }
 
+    /// Where each transfer id stands, one outcome per id in the order asked, waiting up to
+    /// `wait` (at most `limits::OUTCOME_WAIT_MS_MAX` ms) while any is `pending`: how a caller answered `outcome_pending` by a gateway learns the end of its
+    /// cross-group transfer.
+    pub async fn lookup_outcomes(
+        &self,
+        ids: &[u128],
+        wait: Duration,
+    ) -> Result<Vec<TransferOutcome>, ClientError> {
+        let request = proto::LookupOutcomesRequest {
+            ids: ids
+                .iter()
+                .map(|id| convert::u128_to(*id).expect("some"))
+                .collect(),
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let response = self
+            .retrying(|mut inner| {
+                let request = request.clone();
+                async move { inner.ledger.lookup_outcomes(request).await }
+            })
+            .await?;
+        let outcomes = response
+            .outcomes
+            .iter()
+            .enumerate()
+            .map(|(at, outcome)| convert::outcome_from(outcome, at))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| ClientError::Protocol(error.to_string()))?;
+        if outcomes.len() != ids.len()
+            || outcomes.iter().zip(ids).any(|((id, _), asked)| id != asked)
+        {
+            return Err(ClientError::Protocol(format!(
+                "the server answered {} outcomes, not one per id asked ({}) in order",
+                outcomes.len(),
+                ids.len()
+            )));
+        }
+        Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
+    }
+
     pub async fn get_account_transfers(
         &self,
         filter: &AccountFilter,
@@ -681,24 +727,15 @@ impl Client {
         &self,
         steps: &[SagaStep],
     ) -> Result<Vec<EventResult<CreateTransferResult>>, ClientError> {
-        let mut out = Vec::with_capacity(steps.len());
-        for chunk in steps.chunks(BATCH_EVENTS_MAX) {
-            let request = proto::SagaStepsRequest {
+        self.create_in_batches(
+            steps,
+            |chunk| proto::SagaStepsRequest {
                 steps: chunk.iter().map(convert::saga_step_to).collect(),
-            };
-            let response = self
-                .retrying(|mut inner| {
-                    let request = request.clone();
-                    async move { inner.sagas.steps(request).await }
-                })
-                .await?;
-            out.extend(decode_results(
-                &response,
-                chunk.len(),
-                CreateTransferResult::from_code,
-            )?);
-        }
-        Ok(out)
+            },
+            |mut inner, request| async move { inner.sagas.steps(request).await },
+            CreateTransferResult::from_code,
+        )
+        .await
     }
 
     /// The group's open saga copies reserved at least `older_than` ago, oldest first, at most

@@ -67,6 +67,11 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = limits::GATEWAY_SAGA_OPEN_SECONDS_MAX,
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     saga_open_seconds: u64,
+    /// Answer a cross-group transfer `outcome_pending` when its saga has not ended after this
+    /// many milliseconds (the saga goes on; the caller polls `POST /v1/transfers/outcomes`).
+    #[arg(long, value_name = "MS", default_value_t = limits::GATEWAY_SAGA_DEADLINE_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(0..=limits::GATEWAY_SAGA_DEADLINE_MS_MAX))]
+    saga_deadline_ms: u64,
     /// Serve the gateway's own listeners over TLS with this certificate (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -145,7 +150,10 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         let groups = Groups::connect(&map, &access).context("connecting to the groups")?;
         let epoch = map.epoch();
         let group_count = map.groups().len();
-        let gateway = Arc::new(Gateway::new(map, groups));
+        let gateway = Arc::new(
+            Gateway::new(map, groups)
+                .with_saga_deadline(std::time::Duration::from_millis(args.saga_deadline_ms)),
+        );
         reload_map_on_sighup(Arc::clone(&gateway), args.map.clone(), access);
         let resolver =
             gateway.start_resolver(std::time::Duration::from_secs(args.saga_open_seconds));

@@ -874,4 +874,142 @@ fn a_saga_left_open_by_a_dead_gateway_is_finished_by_another_gateways_resolver()
     let retry = json!([transfer(t6, a[0], b[0], 6)]);
     let answer = post_json(http, "/v1/transfers", &retry.to_string());
     assert_eq!(results(&answer), ["exists"]);
+    // Their outcomes, asked of their home: final both.
+    let lookup = json!({"ids": [t5.to_string(), t6.to_string()]});
+    let answer = post_json(http, "/v1/transfers/outcomes", &lookup.to_string());
+    assert_eq!(outcomes(&answer), ["failed", "created"]);
+}
+
+fn outcomes(answer: &support::Answer) -> Vec<String> {
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json().unwrap()["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn sagas_past_the_deadline_answer_outcome_pending_and_their_outcome_is_polled_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalGroups::start(fincore_exe(), dir.path(), 2, 1, &[])
+        .unwrap_or_else(|error| panic!("{error}"));
+    // A deadline of 0: every saga outlives it, so every cross-group transfer is answered
+    // `outcome_pending` and finished in the background.
+    let gateway = ChildNode::start_gateway(
+        fincore_exe(),
+        &dir.path().join("gateway"),
+        &local.map_path,
+        &[
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--saga-deadline-ms",
+            "0",
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let map = &local.map;
+    let g: Vec<GroupId> = map.groups().keys().copied().collect();
+    let (a, b) = (ids_in(map, g[0], 2), ids_in(map, g[1], 1));
+    let http = &gateway.http_addr;
+    let mut limited = account(a[1]);
+    limited["flags"] = json!(["debits_must_not_exceed_credits"]);
+    let accounts = json!([account(a[0]), limited, account(b[0])]);
+    let answer = post_json(http, "/v1/accounts", &accounts.to_string());
+    assert!(results(&answer).iter().all(|r| r == "created"));
+
+    // Across groups: t1 goes through, t2 is refused by a1's limit (a1 holds only t3's 4: the
+    // single-group part applies first); t3 (one group) is answered at once, t4 (one group,
+    // refused for a state-dependent reason) burns its id.
+    let (t1, t2, t3, t4) = (
+        transfer_id(a[0], 1),
+        transfer_id(b[0], 2),
+        transfer_id(a[0], 3),
+        transfer_id(a[1], 4),
+    );
+    let batch = json!([
+        transfer(t1, a[0], b[0], 10),
+        transfer(t2, a[1], b[0], 5),
+        transfer(t3, a[0], a[1], 4),
+        transfer(t4, a[1], a[0], 100),
+    ]);
+    let answer = post_json(http, "/v1/transfers", &batch.to_string());
+    assert_eq!(
+        results(&answer),
+        [
+            "outcome_pending",
+            "outcome_pending",
+            "created",
+            "exceeds_credits"
+        ]
+    );
+
+    // Waiting for the outcomes: final once the sagas end, in the order asked; an id never
+    // used is `not_found`, answered without waiting (only `pending` is waited on).
+    let never = transfer_id(b[0], 9);
+    let lookup = json!({"ids": [t2.to_string(), t1.to_string(), t3.to_string(), t4.to_string()], "wait_ms": 5000});
+    let answer = post_json(http, "/v1/transfers/outcomes", &lookup.to_string());
+    assert_eq!(
+        outcomes(&answer),
+        ["failed", "created", "created", "failed"]
+    );
+    let found = &answer.json().unwrap()["outcomes"][1];
+    assert_eq!(found["id"], t1.to_string());
+    assert_ne!(found["timestamp"], "0", "{found}");
+    let lookup = json!({"ids": [never.to_string()], "wait_ms": 5000});
+    let asked = std::time::Instant::now();
+    let answer = post_json(http, "/v1/transfers/outcomes", &lookup.to_string());
+    assert_eq!(outcomes(&answer), ["not_found"]);
+    assert!(asked.elapsed() < std::time::Duration::from_secs(4));
+    assert_eq!(balances(http, a[0]), ("14".into(), "0".into()));
+    assert_eq!(balances(http, a[1]), ("0".into(), "4".into()));
+    assert_eq!(balances(http, b[0]), ("0".into(), "10".into()));
+    assert_settled_and_balanced(http, &[a[0], a[1], b[0]]);
+
+    // The Rust client asks the same, of the gateway and of a group's node directly (t1's home
+    // is a0's group: group 0).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use ledger::TransferOutcome as O;
+        let via = |addr: String| support::connect(&addr, client::RetryPolicy::default()).unwrap();
+        let gateway_client = via(format!("http://{}", gateway.grpc_addr));
+        let node_client = via(format!("http://{}", local.node(0, 0).unwrap().grpc_addr));
+        let ids = [t1, t2, never];
+        let through_gateway = gateway_client
+            .lookup_outcomes(&ids, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(matches!(through_gateway[0], O::Created { timestamp } if timestamp > 0));
+        assert_eq!(&through_gateway[1..], [O::Failed, O::NotFound]);
+        let at_home = node_client
+            .lookup_outcomes(&[t1], std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(at_home, through_gateway[..1]);
+        // Past the longest wait: refused by the client's server, naming the field.
+        let error = gateway_client
+            .lookup_outcomes(&ids, std::time::Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("wait_ms"), "{error}");
+    });
+
+    // Hostile bodies: refused, naming the field.
+    for (body, field) in [
+        (json!({"ids": [t1.to_string()], "wait_ms": 5001}), "wait_ms"),
+        (json!({"ids": []}), "ids"),
+        (json!({"ids": [t1.to_string()], "wait": 1}), "wait"),
+        (json!({"ids": ["-1"]}), "ids"),
+    ] {
+        let answer = post_json(http, "/v1/transfers/outcomes", &body.to_string());
+        assert_eq!(answer.status, 400, "{body}: {}", answer.body);
+        let error = answer.json().unwrap();
+        assert!(
+            error["field"].as_str().unwrap_or("").starts_with(field),
+            "{body}: {error}"
+        );
+    }
 }

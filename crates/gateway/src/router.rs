@@ -11,7 +11,9 @@
 //! A plain transfer whose ids live in different groups is carried by a saga (the `saga`
 //! module), after the batch's single-group parts are answered: within one batch, such
 //! transfers apply after the batch's single-group events, in the caller's order among
-//! themselves.
+//! themselves. Sagas not ended by the gateway's saga deadline are answered `outcome_pending`
+//! and finished in the background (at most `GATEWAY_SAGAS_DETACHED_MAX` batches; past it the
+//! caller waits); their outcome is polled by id (`transfer_outcomes`, asked of each id's home).
 //!
 //! Refused whole, naming the first such event, before anything is sent (nothing changes): any
 //! other event whose ids live in different groups (linked, two-phase, balancing, closing or
@@ -20,16 +22,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cluster::route::{self, Accounts, Merger, Split};
 use cluster::{ClusterMap, GroupId};
 use futures::future::try_join_all;
 use ledger::{
     Account, AccountBalance, AccountFilter, AccountFlags, CreateAccountResult,
-    CreateTransferResult, EventResult, Transfer, TransferFlags,
+    CreateTransferResult, EventResult, Transfer, TransferFlags, TransferOutcome,
+};
+use limits::{
+    GATEWAY_SAGA_DEADLINE_MS_DEFAULT, GATEWAY_SAGA_DEADLINE_MS_MAX, GATEWAY_SAGAS_DETACHED_MAX,
 };
 use server::{CreateResults, LedgerApi, PipelineError};
 use telemetry::Metrics;
+use tokio::sync::Semaphore;
 
 use crate::coalesce::GroupWriter;
 use crate::groups::{Group, Groups, group_failed};
@@ -58,6 +65,10 @@ pub enum ReloadError {
 pub struct Gateway {
     routing: std::sync::RwLock<Arc<Routing>>,
     metrics: Arc<Metrics>,
+    /// How long a caller's sagas may take before they are answered `outcome_pending`.
+    saga_deadline: Duration,
+    /// Permits for the sagas finished in the background.
+    detached: Arc<Semaphore>,
 }
 
 impl Gateway {
@@ -65,7 +76,67 @@ impl Gateway {
         Gateway {
             routing: std::sync::RwLock::new(Arc::new(Routing { map, groups })),
             metrics: Metrics::new(),
+            saga_deadline: Duration::from_millis(GATEWAY_SAGA_DEADLINE_MS_DEFAULT),
+            detached: Arc::new(Semaphore::new(GATEWAY_SAGAS_DETACHED_MAX)),
         }
+    }
+
+    /// Answers `outcome_pending` for cross-group transfers whose sagas have not ended within
+    /// `deadline` (at most `GATEWAY_SAGA_DEADLINE_MS_MAX`), finishing them in the background.
+    pub fn with_saga_deadline(mut self, deadline: Duration) -> Gateway {
+        self.saga_deadline = deadline.min(Duration::from_millis(GATEWAY_SAGA_DEADLINE_MS_MAX));
+        self
+    }
+
+    /// Runs a caller's `sagas` to their end, or until the saga deadline has passed and every
+    /// group has answered their reservations (so each home holds its copy, and a poll of the
+    /// outcome there finds it): then they are answered `outcome_pending` and go on in a task
+    /// of their own (holding a permit of `detached`; without one free, the caller waits for
+    /// the end instead). A caller who goes away does not stop them either.
+    async fn run_sagas(
+        &self,
+        routing: Arc<Routing>,
+        sagas: Vec<Saga>,
+    ) -> Result<Vec<EventResult<CreateTransferResult>>, PipelineError> {
+        let count = sagas.len();
+        let metrics = Arc::clone(&self.metrics);
+        let (reserved_tx, reserved_rx) = tokio::sync::oneshot::channel();
+        let mut run = tokio::spawn(async move {
+            let want = Want::ConfirmIfReserved;
+            saga::run_telling_reserved(&routing.groups, &sagas, want, &metrics, Some(reserved_tx))
+                .await
+        });
+        let deadline = tokio::time::sleep(self.saga_deadline);
+        let reserved_past_deadline = async move {
+            let reserved = reserved_rx.await.is_ok();
+            deadline.await;
+            reserved
+        };
+        let joined = tokio::select! {
+            biased;
+            joined = &mut run => joined,
+            reserved = reserved_past_deadline => match Arc::clone(&self.detached).try_acquire_owned() {
+                Ok(permit) if reserved => {
+                    tokio::spawn(async move {
+                        if let Ok(Err(error)) = run.await {
+                            tracing::warn!(%error, "a saga answered outcome_pending stopped short; a resolver finishes it");
+                        }
+                        drop(permit);
+                    });
+                    self.metrics.sagas_answered_pending(count);
+                    let pending = EventResult {
+                        result: CreateTransferResult::OutcomePending,
+                        timestamp: 0,
+                    };
+                    return Ok(vec![pending; count]);
+                }
+                // Stopped before reserving (its error is the answer), or no permit free.
+                _ => run.await,
+            },
+        };
+        joined.map_err(|error| {
+            PipelineError::Unavailable(format!("the saga task stopped: {error}"))
+        })?
     }
 
     /// The map this gateway routes by now.
@@ -469,13 +540,7 @@ impl LedgerApi for Gateway {
                 }
                 let (indexes, sagas): (Vec<u32>, Vec<Saga>) = sagas.into_iter().unzip();
                 if !sagas.is_empty() {
-                    let results = saga::run(
-                        &routing.groups,
-                        &sagas,
-                        Want::ConfirmIfReserved,
-                        &self.metrics,
-                    )
-                    .await?;
+                    let results = self.run_sagas(Arc::clone(&routing), sagas).await?;
                     merger.put_part(&indexes, results).map_err(internal)?;
                 }
             }
@@ -509,6 +574,37 @@ impl LedgerApi for Gateway {
                 Box::pin(async move { client.lookup_transfers(&ids).await })
             },
         ))
+    }
+
+    /// Asked of each id's home group, whose copy of a cross-group transfer is its saga's
+    /// decision.
+    fn transfer_outcomes(
+        &self,
+        ids: Vec<u128>,
+    ) -> BoxFuture<'_, Result<Vec<TransferOutcome>, PipelineError>> {
+        Box::pin(async move {
+            let asked = ids.len();
+            let outcomes = self
+                .lookup(
+                    ids,
+                    |(id, _): &(u128, TransferOutcome)| *id,
+                    |client, ids| {
+                        let client = client.clone();
+                        Box::pin(async move {
+                            let outcomes = client.lookup_outcomes(&ids, Duration::ZERO).await?;
+                            Ok(ids.into_iter().zip(outcomes).collect())
+                        })
+                    },
+                )
+                .await?;
+            if outcomes.len() != asked {
+                return Err(PipelineError::Unavailable(format!(
+                    "the groups gave {} outcomes for {asked} ids",
+                    outcomes.len()
+                )));
+            }
+            Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
+        })
     }
 
     fn get_account_transfers(

@@ -28,10 +28,7 @@ use std::time::Duration;
 
 use cluster::{ClusterMap, GroupId};
 use futures::future::{BoxFuture, try_join_all};
-use ledger::{
-    CreateTransferResult as R, EventResult, RemoteSides, SagaAction, SagaStep, Transfer,
-    TransferFlags,
-};
+use ledger::{CreateTransferResult as R, EventResult, RemoteSides, SagaStep, Transfer};
 use limits::{
     GATEWAY_SAGA_OPEN_SECONDS_MAX, GATEWAY_SAGA_RESOLVE_COPIES_MAX,
     GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS,
@@ -202,6 +199,19 @@ pub async fn run<G: SagaGroups + ?Sized>(
     want: Want,
     metrics: &Metrics,
 ) -> Result<Vec<EventResult<R>>, PipelineError> {
+    run_telling_reserved(groups, sagas, want, metrics, None).await
+}
+
+/// [`run`], sending on `on_reserved` once every group has answered the reservations (so each
+/// saga's home holds its copy, or has refused it for good): from then on its outcome can be
+/// asked of the home.
+pub async fn run_telling_reserved<G: SagaGroups + ?Sized>(
+    groups: &G,
+    sagas: &[Saga],
+    want: Want,
+    metrics: &Metrics,
+    on_reserved: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<Vec<EventResult<R>>, PipelineError> {
     // 1. Reserve everywhere.
     let mut reserves: StepsByGroup = BTreeMap::new();
     for (at, saga) in sagas.iter().enumerate() {
@@ -217,6 +227,10 @@ pub async fn run<G: SagaGroups + ?Sized>(
         for (at, result) in ats.into_iter().zip(results) {
             reservations[at].insert(group, result);
         }
+    }
+    if let Some(on_reserved) = on_reserved {
+        // The receiver may be gone (its caller answered already): nothing to tell then.
+        let _ = on_reserved.send(());
     }
 
     // 2. Decide in the home (only where the home holds a copy of these very fields).
@@ -400,10 +414,8 @@ impl Routed for SagaStep {
     fn writer(group: &Group) -> &GroupWriter<SagaStep> {
         &group.sagas
     }
-    /// Only a reservation may be linked (as the ledger reads it).
     fn linked(&self) -> bool {
-        matches!(self.action, SagaAction::Reserve(_))
-            && self.transfer.flags.contains(TransferFlags::LINKED)
+        SagaStep::linked(self)
     }
     fn imported(&self) -> bool {
         false

@@ -32,7 +32,7 @@ pub use codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
 };
 pub use limits::BATCH_EVENTS_MAX;
-pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError};
+pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError, TransferOutcome};
 pub use results::{CreateAccountResult, CreateTransferResult, EventResult};
 pub use saga::{ClearingBalance, RemoteSides, SagaAction, SagaCopy, SagaState, SagaStep};
 pub use snapshot::{SnapshotError, SnapshotWriter, StateDigest};

@@ -7,6 +7,7 @@ use bitflags::bitflags;
 
 use crate::TIMESTAMP_MAX;
 use crate::history::{Balance, EXPIRY_BIT};
+use crate::saga::SagaState;
 use crate::state::StateMachine;
 use crate::types::{Account, AccountFlags, Transfer};
 use limits::QUERY_ROWS_MAX;
@@ -21,6 +22,43 @@ bitflags! {
         const CREDITS = 1 << 1;
         /// Newest first.
         const REVERSED = 1 << 2;
+    }
+}
+
+/// Where one transfer id stands in a group (see [`StateMachine::transfer_outcomes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferOutcome {
+    /// No transfer has this id here, and the id is not burnt: it may still be created.
+    NotFound,
+    /// A cross-group transfer whose saga is under way: reserved here, not yet decided. It
+    /// ends without anything more from the caller, as `Created` or `Failed`.
+    Pending,
+    /// The transfer exists (for a cross-group one: its saga was confirmed), created at
+    /// `timestamp`. Final.
+    Created { timestamp: u64 },
+    /// The id is spent without a transfer: it failed for a reason that depended on the
+    /// ledger's state (the id is burnt), or its saga was cancelled. No transfer will ever have
+    /// this id; resubmitting it answers `id_already_failed`. Final.
+    Failed,
+}
+
+impl TransferOutcome {
+    /// Whether nothing can change it any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TransferOutcome::Created { .. } | TransferOutcome::Failed
+        )
+    }
+
+    /// The snake_case name the APIs show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferOutcome::NotFound => "not_found",
+            TransferOutcome::Pending => "pending",
+            TransferOutcome::Created { .. } => "created",
+            TransferOutcome::Failed => "failed",
+        }
     }
 }
 
@@ -152,7 +190,6 @@ impl StateMachine {
             .collect()
     }
 
-    /// The transfers that exist among `ids`, in the order asked.
     /// The transfers with these ids that exist, in the order asked. A saga copy exists for
     /// queries once it is confirmed.
     pub fn lookup_transfers(&self, ids: &[u128]) -> Vec<Transfer> {
@@ -160,6 +197,27 @@ impl StateMachine {
             .filter_map(|&id| {
                 let index = self.transfer_slot_index(id)?;
                 (!self.hidden_copy(index)).then(|| self.transfers[index as usize])
+            })
+            .collect()
+    }
+
+    /// Where the transfer of each id stands here, one per id in the order asked: what a
+    /// caller answered `outcome_pending` by a gateway polls (asking the transfer's home group,
+    /// whose copy is the saga's decision). Ask the home: elsewhere a copy may still be open
+    /// after the home decided.
+    pub fn transfer_outcomes(&self, ids: &[u128]) -> Vec<TransferOutcome> {
+        ids.iter()
+            .map(|&id| match self.transfer_slot_index(id) {
+                Some(index) => {
+                    let timestamp = self.transfers[index as usize].timestamp;
+                    match self.saga_copies.get(&index).map(|copy| copy.state) {
+                        None | Some(SagaState::Confirmed) => TransferOutcome::Created { timestamp },
+                        Some(SagaState::Open) => TransferOutcome::Pending,
+                        Some(SagaState::Cancelled) => TransferOutcome::Failed,
+                    }
+                }
+                None if self.failed_transfer_ids.contains(&id) => TransferOutcome::Failed,
+                None => TransferOutcome::NotFound,
             })
             .collect()
     }

@@ -166,6 +166,12 @@ result_codes! {
         /// fincore's own (not TigerBeetle's): the transfer would take the ledger past the
         /// transfers capacity `apply` enforces. Nothing changed; the id is not burnt.
         CapacityReached = 1000 => "capacity_reached",
+        /// fincore's own, answered only by a gateway: the transfer runs across groups and its
+        /// saga had not ended by the gateway's deadline. It ends by itself (the gateway, or
+        /// any gateway's resolver, finishes it within the saga bound), as `created` or as a
+        /// failure; poll its outcome by id (`POST /v1/transfers/outcomes`, gRPC
+        /// `LookupOutcomes`), or resubmit it unchanged, which drives it and answers its result.
+        OutcomePending = 1001 => "outcome_pending",
     }
 }
 

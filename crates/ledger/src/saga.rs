@@ -37,7 +37,9 @@ use bitflags::bitflags;
 
 use crate::history::{Balance, CONFIRM_BIT, EXPIRY_BIT};
 use crate::results::CreateTransferResult;
-use crate::state::{Outcome, StateMachine, Undo, check_overflows, check_transfer_fields};
+use crate::state::{
+    Outcome, StateMachine, Undo, check_overflows, check_transfer_fields, check_transfer_id,
+};
 use crate::types::{Account, Transfer, TransferFlags, TransferPendingStatus};
 
 bitflags! {
@@ -120,6 +122,13 @@ impl SagaStep {
                 ..Default::default()
             },
         }
+    }
+
+    /// Whether this step links to the next, as the ledger reads a saga-steps batch: only a
+    /// reservation can be linked, since a settlement must never be rolled back.
+    pub fn linked(&self) -> bool {
+        matches!(self.action, SagaAction::Reserve(_))
+            && self.transfer.flags.contains(TransferFlags::LINKED)
     }
 }
 
@@ -288,12 +297,7 @@ impl StateMachine {
         if !RemoteSides::all().contains(remote) || !TransferFlags::LINKED.contains(t.flags) {
             return Err(R::ReservedFlag);
         }
-        if t.id == 0 {
-            return Err(R::IdMustNotBeZero);
-        }
-        if t.id == u128::MAX {
-            return Err(R::IdMustNotBeIntMax);
-        }
+        check_transfer_id(t.id)?;
         if let Some(index) = self.transfer_slot_index(t.id) {
             let found = self.existing_transfer(t, index);
             return match self.saga_copies.get(&index) {

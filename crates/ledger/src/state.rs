@@ -627,12 +627,7 @@ impl StateMachine {
         if !TransferFlags::all().contains(t.flags) {
             return Err(R::ReservedFlag);
         }
-        if t.id == 0 {
-            return Err(R::IdMustNotBeZero);
-        }
-        if t.id == u128::MAX {
-            return Err(R::IdMustNotBeIntMax);
-        }
+        check_transfer_id(t.id)?;
         if let Some(index) = self.transfer_slot_index(t.id) {
             return self.existing_transfer(t, index);
         }
@@ -1056,6 +1051,15 @@ impl StateMachine {
     }
 }
 
+/// The check of a transfer's own id, after its flags.
+pub(crate) fn check_transfer_id(id: u128) -> Result<(), CreateTransferResult> {
+    match id {
+        0 => Err(CreateTransferResult::IdMustNotBeZero),
+        u128::MAX => Err(CreateTransferResult::IdMustNotBeIntMax),
+        _ => Ok(()),
+    }
+}
+
 /// The checks of a plain or pending transfer's own fields, after its id and flags: the
 /// accounts it names, `pending_id`, `timeout`, `ledger` and `code`, in precedence order.
 pub(crate) fn check_transfer_fields(t: &Transfer) -> Result<(), CreateTransferResult> {
@@ -1291,10 +1295,8 @@ impl CreateEvent for Transfer {
 
 impl CreateEvent for SagaStep {
     type Result = CreateTransferResult;
-    /// Only a reservation can be linked: a settlement must never be rolled back.
     fn linked(&self) -> bool {
-        matches!(self.action, SagaAction::Reserve(_))
-            && self.transfer.flags.contains(TransferFlags::LINKED)
+        SagaStep::linked(self)
     }
     /// Copies are never imported (a reservation carrying the flag answers `reserved_flag`).
     fn imported(&self) -> bool {

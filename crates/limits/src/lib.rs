@@ -301,6 +301,25 @@ pub const GATEWAY_GROUP_CALL_SECONDS_MAX: u64 = HTTP_REQUEST_SECONDS_MAX / 2;
 /// still works on it.
 pub const GATEWAY_SAGA_OPEN_SECONDS_MAX: u64 = 4 * GATEWAY_GROUP_CALL_SECONDS_MAX;
 
+/// How long a gateway waits by default for a cross-group transfer's saga before answering
+/// `outcome_pending` for it (the saga goes on; `gateway --saga-deadline-ms` sets it).
+pub const GATEWAY_SAGA_DEADLINE_MS_DEFAULT: u64 = 5_000;
+
+/// Batches of cross-group transfers a gateway finishes in the background after answering
+/// them `outcome_pending`; past it, callers wait for their sagas' end (back-pressure).
+pub const GATEWAY_SAGAS_DETACHED_MAX: usize = 256;
+
+/// The longest saga deadline a gateway takes: short of the caller's own request deadline.
+pub const GATEWAY_SAGA_DEADLINE_MS_MAX: u64 = GATEWAY_GROUP_CALL_SECONDS_MAX * 1_000;
+
+/// The longest a `lookup_outcomes` call waits for outcomes to become final: short of the
+/// request deadline and of the Rust client's attempt timeout (10 s by default), so the caller
+/// hears the outcomes rather than a request cut off; a caller wanting longer asks again.
+pub const OUTCOME_WAIT_MS_MAX: u32 = 5_000;
+
+/// How often a waiting `lookup_outcomes` looks again.
+pub const OUTCOME_POLL_MS: u64 = 25;
+
 /// How often a gateway's resolver asks every group for sagas open too long.
 pub const GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS: u64 = 2;
 
@@ -450,7 +469,10 @@ const _: () = assert!(
         && GATEWAY_GROUP_CALL_SECONDS_MAX < HTTP_REQUEST_SECONDS_MAX
 );
 const _: () = assert!(
-    GATEWAY_SAGA_OPEN_SECONDS_MAX > 3 * GATEWAY_GROUP_CALL_SECONDS_MAX
+    GATEWAY_SAGA_DEADLINE_MS_DEFAULT <= GATEWAY_SAGA_DEADLINE_MS_MAX
+        && GATEWAY_SAGA_DEADLINE_MS_MAX < HTTP_REQUEST_SECONDS_MAX * 1_000
+        && (OUTCOME_WAIT_MS_MAX as u64) < HTTP_REQUEST_SECONDS_MAX * 1_000
+        && GATEWAY_SAGA_OPEN_SECONDS_MAX > 3 * GATEWAY_GROUP_CALL_SECONDS_MAX
         && GATEWAY_SAGA_RESOLVE_PERIOD_SECONDS >= 1
         && GATEWAY_SAGA_RESOLVE_COPIES_MAX <= BATCH_EVENTS_MAX
 );

@@ -2,7 +2,7 @@
 //!
 //! HTTP: `/healthz`, `/metrics`, `/openapi.json` and `/v1/status` without the digest stay open
 //! (load-balancer probes, scrapers and leader discovery show no ledger data); every other
-//! `/v1/…` route needs a key: `read` for lookups, history and balances (lookup POSTs included),
+//! `/v1/…` route needs a key: `read` for lookups, outcomes, history and balances (lookup POSTs included),
 //! `write` for `POST /v1/accounts` and `POST /v1/transfers`, `admin` for `/v1/admin/…` and
 //! `/v1/status?digest=…`. A refusal is 401 with `WWW-Authenticate: Bearer` (no key, a malformed
 //! one, an unknown one) or 403 naming the role needed, in the usual JSON error format. The rule
@@ -47,6 +47,7 @@ pub fn http_role(method: &Method, route: &str, digest: bool) -> Option<Role> {
         "/v1/accounts" | "/v1/transfers" if method == Method::POST => Some(Role::Write),
         "/v1/accounts/lookup"
         | "/v1/transfers/lookup"
+        | "/v1/transfers/outcomes"
         | "/v1/accounts/{id}"
         | "/v1/transfers/{id}"
         | "/v1/accounts/{id}/transfers"
@@ -140,9 +141,11 @@ pub fn grpc_role(path: &str) -> Role {
         "CreateAccounts" | "CreateTransfers" => Role::Write,
         // The gateways' `Sagas` service: a reservation may book money against clearing.
         "Steps" | "OpenCopies" => Role::Admin,
-        "LookupAccounts" | "LookupTransfers" | "GetAccountTransfers" | "GetAccountBalances" => {
-            Role::Read
-        }
+        "LookupAccounts"
+        | "LookupTransfers"
+        | "LookupOutcomes"
+        | "GetAccountTransfers"
+        | "GetAccountBalances" => Role::Read,
         _ => Role::Admin,
     }
 }
@@ -253,6 +256,12 @@ mod tests {
             (
                 Method::POST,
                 "/v1/transfers/lookup",
+                false,
+                Some(Role::Read),
+            ),
+            (
+                Method::POST,
+                "/v1/transfers/outcomes",
                 false,
                 Some(Role::Read),
             ),

@@ -7,7 +7,7 @@ use api::convert::{self, WireError};
 use api::proto::{self, ledger_server::Ledger};
 use tonic::{Request, Response, Status};
 
-use crate::ledger_api::Ledger as LedgerBackend;
+use crate::ledger_api::{Ledger as LedgerBackend, await_outcomes};
 use crate::pipeline::PipelineError;
 
 /// Largest gRPC message accepted or sent (a full batch of message-encoded events fits easily).
@@ -22,21 +22,27 @@ impl LedgerService {
         LedgerService { ledger }
     }
 
-    /// Runs `work` (decoding the request and calling the pipeline), counts it in the metrics
-    /// and turns its error into a gRPC status.
     async fn observed<T>(
         &self,
         operation: &'static str,
         work: impl Future<Output = Result<T, PipelineError>>,
     ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
-        let outcome = work.await;
-        let error = outcome.as_ref().err().map(PipelineError::kind);
-        self.ledger
-            .metrics()
-            .request("grpc", operation, started.elapsed(), error);
-        outcome.map(Response::new).map_err(status)
+        observed(self.ledger.metrics(), operation, work).await
     }
+}
+
+/// Runs `work` (decoding the request and calling the pipeline), counts it in `metrics` and
+/// turns its error into a gRPC status.
+async fn observed<T>(
+    metrics: &telemetry::Metrics,
+    operation: &'static str,
+    work: impl Future<Output = Result<T, PipelineError>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let outcome = work.await;
+    let error = outcome.as_ref().err().map(PipelineError::kind);
+    metrics.request("grpc", operation, started.elapsed(), error);
+    outcome.map(Response::new).map_err(status)
 }
 
 /// A request field that does not decode: the request is refused naming it.
@@ -146,6 +152,24 @@ impl Ledger for LedgerService {
         .await
     }
 
+    async fn lookup_outcomes(
+        &self,
+        request: Request<proto::LookupOutcomesRequest>,
+    ) -> Result<Response<proto::LookupOutcomesResponse>, Status> {
+        self.observed("lookup_outcomes", async {
+            let (ids, wait) = convert::outcomes_request_from(request.get_ref()).map_err(invalid)?;
+            let outcomes = await_outcomes(&*self.ledger, ids.clone(), wait).await?;
+            Ok(proto::LookupOutcomesResponse {
+                outcomes: ids
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(&id, outcome)| convert::outcome_to(id, outcome))
+                    .collect(),
+            })
+        })
+        .await
+    }
+
     async fn get_account_transfers(
         &self,
         request: Request<proto::AccountFilter>,
@@ -192,13 +216,7 @@ impl SagasService {
         operation: &'static str,
         work: impl Future<Output = Result<T, PipelineError>>,
     ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
-        let outcome = work.await;
-        let error = outcome.as_ref().err().map(PipelineError::kind);
-        self.pipeline
-            .metrics()
-            .request("grpc", operation, started.elapsed(), error);
-        outcome.map(Response::new).map_err(status)
+        observed(self.pipeline.metrics(), operation, work).await
     }
 }
 

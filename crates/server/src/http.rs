@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use api::json::{
     AccountJson, AccountsJson, AddReplicaJson, BalancesJson, ErrorJson, HealthJson,
-    HealthStatusJson, IdJson, IdsJson, LookupJson, MemberJson, MembersJson, ReplicaStatusJson,
-    ResultsJson, RoleJson, StatusJson, TransferJson, TransfersJson, parse_decimal,
+    HealthStatusJson, IdJson, IdsJson, LookupJson, MemberJson, MembersJson, OutcomeJson,
+    OutcomesJson, OutcomesLookupJson, ReplicaStatusJson, ResultsJson, RoleJson, StatusJson,
+    TransferJson, TransfersJson, parse_decimal,
 };
 use api::schema::{
     AccountBatch, HistoryAccountId, IdCount, IdPath, NodeInteger, RowLimit, TimestampBound,
@@ -36,7 +37,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::ledger_api::Ledger;
+use crate::ledger_api::{Ledger, await_outcomes};
 use crate::openapi::{
     BadInput, BodyTooLarge, Conflict, CreateRefusals, HistoryRefusals, LookupRefusals, NotJson,
     NotLeader, ReadRefusals,
@@ -316,6 +317,7 @@ fn ledger_routes() -> OpenApiRouter<Ledger> {
         .routes(routes!(create_transfers))
         .routes(routes!(lookup_accounts))
         .routes(routes!(lookup_transfers))
+        .routes(routes!(lookup_outcomes))
         .routes(routes!(get_account))
         .routes(routes!(get_transfer))
         .routes(routes!(account_transfers))
@@ -468,6 +470,35 @@ async fn lookup_transfers(
         let transfers = ledger.lookup_transfers(ids).await?;
         Ok(Json(TransfersJson {
             transfers: transfers.iter().map(Into::into).collect(),
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Where transfers stand
+///
+/// One outcome per id, in the order asked: `created` and `failed` are final, `pending` (a
+/// cross-group transfer a gateway answered `outcome_pending`) ends by itself, `not_found`
+/// means no transfer has the id and the id is not spent. With `wait_ms`, the answer waits
+/// (up to that long) while any outcome is `pending`.
+#[utoipa::path(post, path = "/v1/transfers/outcomes", operation_id = "lookupOutcomes",
+    request_body = OutcomesLookupJson,
+    responses((status = 200, description = "The outcomes.", body = OutcomesJson), LookupRefusals))]
+async fn lookup_outcomes(State(ledger): State<Ledger>, headers: HeaderMap, body: Body) -> Response {
+    observed(ledger.metrics(), "lookup_outcomes", async {
+        let lookup: OutcomesLookupJson = json_body(&headers, body).await?;
+        check_batch("ids", "ids", lookup.ids.len(), LOOKUP_IDS_MAX)?;
+        let wait = api::convert::outcome_wait(lookup.wait_ms, "wait_ms")
+            .map_err(|error| ApiError::bad_request(error.field, error.reason))?;
+        let ids: Vec<u128> = lookup.ids.iter().map(|id| id.0).collect();
+        let outcomes = await_outcomes(&*ledger, ids.clone(), wait).await?;
+        Ok(Json(OutcomesJson {
+            outcomes: ids
+                .iter()
+                .zip(outcomes)
+                .map(|(&id, outcome)| OutcomeJson::new(id, outcome))
+                .collect(),
         })
         .into_response())
     })

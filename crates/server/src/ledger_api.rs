@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use ledger::{
     Account, AccountBalance, AccountFilter, CreateAccountResult, CreateTransferResult, Transfer,
+    TransferOutcome,
 };
 use telemetry::Metrics;
 
@@ -38,6 +39,12 @@ pub trait LedgerApi: Send + Sync + 'static {
         &self,
         ids: Vec<u128>,
     ) -> BoxFuture<'_, Result<Vec<Transfer>, PipelineError>>;
+    /// Where each transfer id stands now, one per id in the order asked (linearizable; a
+    /// gateway asks each id's home group). See [`await_outcomes`] for waiting.
+    fn transfer_outcomes(
+        &self,
+        ids: Vec<u128>,
+    ) -> BoxFuture<'_, Result<Vec<TransferOutcome>, PipelineError>>;
     /// The transfers of one account that match `filter`.
     fn get_account_transfers(
         &self,
@@ -86,6 +93,13 @@ impl LedgerApi for Pipeline {
         Box::pin(async move { Pipeline::lookup_transfers(self, &ids).await })
     }
 
+    fn transfer_outcomes(
+        &self,
+        ids: Vec<u128>,
+    ) -> BoxFuture<'_, Result<Vec<TransferOutcome>, PipelineError>> {
+        Box::pin(async move { Pipeline::transfer_outcomes(self, &ids).await })
+    }
+
     fn get_account_transfers(
         &self,
         filter: AccountFilter,
@@ -107,5 +121,25 @@ impl LedgerApi for Pipeline {
 
     fn metrics(&self) -> &Arc<Metrics> {
         Pipeline::metrics(self)
+    }
+}
+
+/// The outcomes of `ids`, asked again every [`limits::OUTCOME_POLL_MS`] while any is still
+/// `pending` and `wait` has not run out: what the front ends answer an outcomes lookup with.
+/// The last answer is given as it is when the wait runs out.
+pub async fn await_outcomes(
+    ledger: &dyn LedgerApi,
+    ids: Vec<u128>,
+    wait: std::time::Duration,
+) -> Result<Vec<TransferOutcome>, PipelineError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let outcomes = ledger.transfer_outcomes(ids.clone()).await?;
+        let now = tokio::time::Instant::now();
+        if now >= deadline || !outcomes.contains(&TransferOutcome::Pending) {
+            return Ok(outcomes);
+        }
+        let pause = std::time::Duration::from_millis(limits::OUTCOME_POLL_MS);
+        tokio::time::sleep_until((now + pause).min(deadline)).await;
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use ledger::{
     Account, AccountBalance, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, BatchBody,
     BatchResults, Capacity, CapacityError, CreateAccountResult, CreateTransferResult, EventResult,
-    Occupancy, RemoteSides, SagaAction, SagaStep, StateMachine, Transfer, TransferFlags,
+    Occupancy, RemoteSides, SagaStep, StateMachine, Transfer, TransferFlags, TransferOutcome,
 };
 use replication::{NodeId, PeerNode, Replica, WriteError};
 use telemetry::{ErrorKind, Metrics};
@@ -266,8 +266,7 @@ impl Event for SagaStep {
     }
 
     fn linked(&self) -> bool {
-        matches!(self.action, SagaAction::Reserve(_))
-            && self.transfer.flags.contains(TransferFlags::LINKED)
+        SagaStep::linked(self)
     }
 
     fn imported(&self) -> bool {
@@ -418,6 +417,16 @@ impl Pipeline {
     pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Transfer>, PipelineError> {
         let ids = ids.to_vec();
         self.read(move |state| Ok(state.lookup_transfers(&ids)))
+            .await
+    }
+
+    /// Where each of `ids` stands (see `StateMachine::transfer_outcomes`).
+    pub async fn transfer_outcomes(
+        &self,
+        ids: &[u128],
+    ) -> Result<Vec<TransferOutcome>, PipelineError> {
+        let ids = ids.to_vec();
+        self.read(move |state| Ok(state.transfer_outcomes(&ids)))
             .await
     }
 

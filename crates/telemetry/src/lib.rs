@@ -108,6 +108,7 @@ pub struct Metrics {
     journal_sync_seconds: Histogram,
     journal_records: Counter,
     sagas: Family<SagaLabels, Counter>,
+    sagas_answered_pending: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -131,6 +132,12 @@ impl Metrics {
         let journal_sync_seconds = latency_histogram();
         let journal_records = Counter::default();
         let sagas = Family::<SagaLabels, Counter>::default();
+        let sagas_answered_pending = Counter::default();
+        registry.register(
+            "sagas_answered_pending",
+            "Cross-group transfers answered outcome_pending: their saga had not ended by the gateway's deadline (it goes on, and is counted in sagas when it ends)",
+            sagas_answered_pending.clone(),
+        );
         registry.register(
             "sagas",
             "Cross-group transfers carried by saga to an end, by outcome (confirmed, cancelled, diverged: a copy settled against its home's decision, which must never happen)",
@@ -189,6 +196,7 @@ impl Metrics {
             journal_sync_seconds,
             journal_records,
             sagas,
+            sagas_answered_pending,
         })
     }
 
@@ -247,6 +255,11 @@ impl Metrics {
     /// `diverged`).
     pub fn saga(&self, outcome: &'static str) {
         self.sagas.get_or_create(&SagaLabels { outcome }).inc();
+    }
+
+    /// Counts `count` cross-group transfers answered `outcome_pending`.
+    pub fn sagas_answered_pending(&self, count: usize) {
+        self.sagas_answered_pending.inc_by(count as u64);
     }
 
     /// The text exposition of every metric.
