@@ -175,6 +175,8 @@ pub struct Verdict {
     pub unknown_resolved_not_applied: u64,
     pub reads_ok: u64,
     pub reads_unknown: u64,
+    /// Reads one snapshot per group that saw a transfer on one of its accounts only.
+    pub reads_one_sided: u64,
     /// Examples of each kind of violation found.
     pub violations: Vec<String>,
     /// How many of each kind.

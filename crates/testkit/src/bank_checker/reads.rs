@@ -116,6 +116,7 @@ pub(super) fn check(verdict: &mut Verdict, layout: &BankLayout, ops: &[Op], book
     }
     if layout.reads == Reads::PerGroup {
         check_money(verdict, layout, &reads, &lines, &positions);
+        verdict.reads_one_sided = count_one_sided(layout, books, &reads, &lines, &positions);
     }
 }
 
@@ -278,6 +279,38 @@ fn check_money(
     }
 }
 
+/// How many reads saw some transfer between customers on one of its accounts only.
+fn count_one_sided(
+    layout: &BankLayout,
+    books: &Books,
+    reads: &[&Op],
+    lines: &[Line],
+    positions: &[Vec<Option<usize>>],
+) -> u64 {
+    let index_of: BTreeMap<u128, usize> = layout
+        .customers
+        .iter()
+        .enumerate()
+        .map(|(c, &id)| (id, c))
+        .collect();
+    // Whether read `r` saw transfer `id` on `account` (None: not a placed customer).
+    let seen = |r: usize, account: u128, id: u128| -> Option<bool> {
+        let c = *index_of.get(&account)?;
+        let position = positions[c][r]?;
+        Some(lines[c].rank.get(&id).is_some_and(|&rank| rank <= position))
+    };
+    (0..reads.len())
+        .filter(|&r| {
+            books.transfers.values().any(|t| {
+                matches!(
+                    (seen(r, t.debit_account_id, t.id), seen(r, t.credit_account_id, t.id)),
+                    (Some(debit), Some(credit)) if debit != credit
+                )
+            })
+        })
+        .count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     //! The attacker's histories over two groups: group 1 holds operator 1 and customers 2, 3;
@@ -429,6 +462,7 @@ mod tests {
         let verdict = check_bank(&layout(), &history(&books), &books);
         assert!(verdict.valid(), "{:?}", verdict.violations);
         assert_eq!((verdict.transfers_ok, verdict.reads_ok), (2, 2));
+        assert_eq!(verdict.reads_one_sided, 1, "the concurrent read");
     }
 
     #[test]
