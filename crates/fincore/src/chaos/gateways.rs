@@ -1,6 +1,7 @@
 //! The gateways of a run over several groups: `fincore gateway` children over the run's
 //! cluster map, each on fixed loopback ports so that one killed (-9) is restarted where clients
-//! already dial it.
+//! already dial it, each with a resolver that finishes sagas open longer than
+//! [`SAGA_OPEN_SECONDS`] (so that those a killed gateway left open settle within the run).
 //!
 //! Owns only their lifetimes; which one the nemesis kills, and when, is the nemesis's.
 
@@ -12,12 +13,16 @@ use testkit::node::ChildNode;
 
 /// How long a restart keeps trying while a just-released port is not free yet.
 const RESTART_SECONDS_MAX: u64 = 10;
+/// The gateways' `--saga-open-seconds`: their resolvers finish any saga open this long (the
+/// default, 60 s, would outlast a short run). Above the 1.5 s a chaos client retries, so a
+/// saga its caller is still retrying is rarely aborted under it.
+pub const SAGA_OPEN_SECONDS: u64 = 5;
 
 pub struct Gateways {
     exe: PathBuf,
     map_path: PathBuf,
     dirs: Vec<PathBuf>,
-    /// `--grpc ADDR --http ADDR` of each, the same on every start.
+    /// `--grpc ADDR --http ADDR --saga-open-seconds S` of each, the same on every start.
     args: Vec<Vec<String>>,
     running: Vec<Option<ChildNode>>,
     /// Each gateway's gRPC address as a client URL.
@@ -38,6 +43,8 @@ impl Gateways {
                     addrs[2 * i].clone(),
                     "--http".to_string(),
                     addrs[2 * i + 1].clone(),
+                    "--saga-open-seconds".to_string(),
+                    SAGA_OPEN_SECONDS.to_string(),
                 ]
             })
             .collect();

@@ -1,13 +1,18 @@
 //! `fincore chaos --groups N`: the bank over N groups of three replicas (each a
 //! [`Cluster`] with its own proxies and nemesis) behind two `fincore gateway` processes over
-//! their cluster map. Clients dial both gateways and fail over between them; every transfer
-//! stays in one group (its id minted in the debit account's slot) and every read goes through
-//! a gateway. One more nemesis kills (-9) and restarts the gateways, never both at once.
+//! their cluster map. Clients dial both gateways and fail over between them; a share of the
+//! transfers (`--cross-group-ratio`) goes between customers of two groups and runs as a saga,
+//! the rest stays in one group; every read goes through a gateway. One more nemesis kills (-9)
+//! and restarts the gateways, never both at once.
 //!
-//! The history is judged by `testkit::bank_checker` once per group: each group's transfers,
-//! and each read's accounts of that group, with the group's operator renamed `BANK` and its
-//! customers `BANK + 1..` (violations name accounts by those numbers, prefixed by the group).
-//! The total over all groups is checked on top, on every complete read and on the final one.
+//! After the quiet period no group may hold an open saga copy: the gateways' resolvers finish
+//! those a killed gateway left (they run with a short `--saga-open-seconds`), and the run waits
+//! for that, bounded, and fails naming the group otherwise. The final read then also asks, for
+//! each cross-group transfer on the books, when it was posted on each of its accounts (the
+//! account's balance history, filtered by the transfer's id), and `testkit::bank_checker`
+//! judges the history as one bank whose reads are one snapshot per group.
+//!
+//! Owns the run over groups and its report; must not judge the history itself.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -17,13 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use client::Client;
 use cluster::GroupId;
-use ledger::{Account, Transfer};
+use ledger::{AccountFilter, AccountFilterFlags, Transfer};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use testkit::bank_checker::{
-    self, Action, BANK, CUSTOMERS, FUNDING, MONEY_NOT_CONSERVED, Op, Outcome, UNBALANCED, Verdict,
-};
+use testkit::bank_checker::{self, Action, BankLayout, Books, Op, Outcome, Reads};
 
 use super::cluster::Cluster;
 use super::gateways::Gateways;
@@ -40,6 +43,21 @@ const BANK_SEED: u64 = 0x0062_616e_6b00;
 const GATEWAY_NEMESIS_SEED: u64 = 0x6761_7465_7761_7973;
 /// Makes each group's nemesis seed differ (group 0 keeps the run's seed).
 const GROUP_SEED_STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+/// The share of transfers across groups unless `--cross-group-ratio` says otherwise.
+pub const CROSS_GROUP_RATIO_DEFAULT: f64 = 0.3;
+/// The longest wait, after the quiet period, for every group's saga copies to settle: the
+/// resolvers' own bound (`gateways::SAGA_OPEN_SECONDS`, their 2 s period, three rounds) with
+/// room for a group still electing its leader.
+const SAGAS_SETTLE_SECONDS_MAX: u64 = 60;
+/// How often the wait asks the groups again.
+const SAGAS_SETTLE_POLL_MS: u64 = 250;
+/// How many open copies one ask lists per group (enough to say how many, up to this).
+const OPEN_COPIES_LISTED_MAX: u32 = 64;
+/// Balance-history queries of the final read in flight at once.
+const POSTING_QUERIES_IN_FLIGHT_MAX: usize = 32;
+/// Violations found outside the checker.
+const SAGA_LEFT_OPEN: &str = "saga left open";
+const POSTING_NOT_FOUND: &str = "cross-group posting not found";
 
 /// What a run over several groups adds to the report.
 #[derive(Debug, Serialize)]
@@ -52,10 +70,36 @@ pub struct GroupsReport {
     pub ops_while_gateway_down: u64,
     pub unknown_while_gateway_down: u64,
     pub latency_ms_max_while_gateway_down: u64,
+    pub cross_group_ratio: f64,
+    pub cross_group: CrossGroupCounts,
+    /// How long after the groups converged (quiet period) no group held an open saga copy.
+    pub sagas_settled_ms: u64,
+}
+
+/// How the transfers across groups ended, as their callers heard it.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CrossGroupCounts {
+    pub ok: u64,
+    pub failed: u64,
+    pub unknown: u64,
+}
+
+/// The share of transfers across groups: `--cross-group-ratio`, or the default over two
+/// groups or more.
+fn cross_group_ratio(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<f64> {
+    match (args.cross_group_ratio, groups_count) {
+        (Some(ratio), 1) if ratio > 0.0 => {
+            anyhow::bail!("--cross-group-ratio {ratio} needs --groups 2 or more")
+        }
+        (Some(ratio), _) => Ok(ratio),
+        (None, 1) => Ok(0.0),
+        (None, _) => Ok(CROSS_GROUP_RATIO_DEFAULT),
+    }
 }
 
 pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
     assert!((1..=GROUPS_MAX as usize).contains(&groups_count));
+    let ratio = cross_group_ratio(args, groups_count)?;
     let seed = super::seed_of(args);
     let (temp, dir) = super::run_dir(args)?;
     let history_path = dir.join("history.jsonl");
@@ -63,7 +107,7 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (clusters, gateways, bank) = start_all(&runtime, &dir, groups_count, seed)?;
+    let (clusters, gateways, bank) = start_all(&runtime, &dir, groups_count, seed, ratio)?;
     let bank = Arc::new(bank);
     let urls = gateways.grpc_urls.clone();
     let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
@@ -144,10 +188,23 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|c| c.wait_converged(Duration::from_secs(60)))
         .collect();
+    let settled = runtime.block_on(wait_sagas_settled(&clusters));
     let ops = history.ops();
     let reader = connect_with(workload::final_read_retry_policy())?;
     let (accounts, found) = runtime.block_on(super::final_read(&reader, &bank, &funding, &ops))?;
-    let mut verdict = check_groups(&bank, &ops, &accounts, &found);
+    let postings = runtime.block_on(posting_times(&reader, &bank, &found))?;
+    let books = Books {
+        accounts,
+        transfers: found,
+        posted_at: postings.times,
+    };
+    let mut verdict = bank_checker::check_bank(&layout_of(&bank), &ops, &books);
+    for missing in postings.missing {
+        verdict.violation(POSTING_NOT_FOUND, missing);
+    }
+    for open in &settled.open {
+        verdict.violation(SAGA_LEFT_OPEN, open.clone());
+    }
     for (g, result) in converged.iter().enumerate() {
         if let Err(error) = result {
             verdict.violation(
@@ -156,7 +213,10 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let groups = gateway_report(&ops, groups_count, &down_windows);
+    let mut groups = gateway_report(&ops, groups_count, &down_windows);
+    groups.cross_group_ratio = ratio;
+    groups.cross_group = cross_group_counts(&bank, &ops);
+    groups.sagas_settled_ms = settled.waited_ms;
     let report = Report {
         valid: verdict.valid(),
         seed,
@@ -175,12 +235,14 @@ pub fn run(args: &ChaosArgs, groups_count: usize) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts the groups, writes their map to `dir/cluster-map.json`, starts the gateways over it
-/// and lays out the bank: one operator and its customers in each group's slots.
+/// and lays out the bank: one operator and its customers in each group's slots, `ratio` of
+/// the transfers across groups.
 fn start_all(
     runtime: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     groups_count: usize,
     seed: u64,
+    ratio: f64,
 ) -> anyhow::Result<(Vec<Cluster>, Gateways, Bank)> {
     let mut clusters = Vec::with_capacity(groups_count);
     for g in 0..groups_count {
@@ -198,7 +260,11 @@ fn start_all(
         .map_err(|_| anyhow::anyhow!("a layout's group id does not parse"))?;
     let gateways = Gateways::start(dir, &map_path, GATEWAYS_COUNT)?;
     let slots: Vec<_> = group_ids.iter().map(|&id| map.slots_of(id)).collect();
-    let bank = Bank::over_groups(&slots, &mut SmallRng::seed_from_u64(seed ^ BANK_SEED))?;
+    let bank = Bank::over_groups(
+        &slots,
+        &mut SmallRng::seed_from_u64(seed ^ BANK_SEED),
+        ratio,
+    )?;
     for (g, ids) in bank.groups.iter().enumerate() {
         assert!(
             ids.iter().all(|&id| map.group_of(id) == group_ids[g]),
@@ -292,179 +358,187 @@ fn gateway_report(ops: &[Op], groups: usize, windows: &[(u64, u64)]) -> GroupsRe
             .map(|op| (op.completed - op.invoked) / 1_000_000)
             .max()
             .unwrap_or(0),
+        cross_group_ratio: 0.0,
+        cross_group: CrossGroupCounts::default(),
+        sagas_settled_ms: 0,
     }
 }
 
-/// Judges the history group by group with the one-group checker, then the total over all.
-fn check_groups(
-    bank: &Bank,
-    ops: &[Op],
-    accounts: &[Account],
-    found: &BTreeMap<u128, Transfer>,
-) -> Verdict {
-    let verdicts: Vec<Verdict> = (0..bank.groups.len())
-        .map(|g| {
-            let renamed = Renamed::new(bank, g);
-            bank_checker::check(
-                &renamed.ops(ops),
-                &renamed.accounts(accounts),
-                &renamed.books(found),
-            )
+/// The transfers across groups by how their callers heard they ended.
+fn cross_group_counts(bank: &Bank, ops: &[Op]) -> CrossGroupCounts {
+    let mut counts = CrossGroupCounts::default();
+    for op in ops {
+        let Action::Transfer { debit, credit, .. } = op.action else {
+            continue;
+        };
+        if !bank.crosses_groups(debit, credit) {
+            continue;
+        }
+        match op.outcome {
+            Outcome::Applied { .. } => counts.ok += 1,
+            Outcome::Failed { .. } => counts.failed += 1,
+            Outcome::Unknown { .. } => counts.unknown += 1,
+            Outcome::Read { .. } => {}
+        }
+    }
+    counts
+}
+
+/// The bank as the checker sees it: each group's operator, every customer, and reads that are
+/// one snapshot per group (through a gateway, each group read at its own moment).
+fn layout_of(bank: &Bank) -> BankLayout {
+    BankLayout {
+        operators: bank.groups.iter().map(|ids| ids[0]).collect(),
+        customers: bank
+            .groups
+            .iter()
+            .flat_map(|ids| ids[1..].iter().copied())
+            .collect(),
+        reads: if bank.groups.len() == 1 {
+            Reads::Snapshot
+        } else {
+            Reads::PerGroup
+        },
+    }
+}
+
+/// What the wait for open saga copies found.
+struct SagasSettled {
+    waited_ms: u64,
+    /// Per group still holding open copies (or not answering) when the wait ended: why.
+    open: Vec<String>,
+}
+
+/// Waits (at most `SAGAS_SETTLE_SECONDS_MAX`) until no group holds an open saga copy, asking
+/// each group's nodes directly with the run's admin key.
+async fn wait_sagas_settled(clusters: &[Cluster]) -> SagasSettled {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(SAGAS_SETTLE_SECONDS_MAX);
+    let clients: Vec<_> = clusters
+        .iter()
+        .map(|cluster| {
+            let urls: Vec<String> = cluster.grpc.iter().map(|a| format!("http://{a}")).collect();
+            let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+            Client::builder(&url_refs)
+                .retry_policy(workload::final_read_retry_policy())
+                .api_key_opt(testkit::keys::token())
+                .connect()
         })
         .collect();
-    let mut merged = merge(ops.len() as u64, verdicts);
-    let all = bank.account_ids().len();
-    check_total(&mut merged, "final read", accounts, bank, all);
-    for op in ops {
-        if let Outcome::Read { accounts } = &op.outcome
-            && accounts.len() == all
-        {
-            let what = format!("a read by client {}", op.client);
-            check_total(&mut merged, &what, accounts, bank, all);
+    loop {
+        let mut open = Vec::new();
+        for (g, client) in clients.iter().enumerate() {
+            let copies = match client {
+                Ok(client) => client
+                    .open_saga_copies(Duration::ZERO, OPEN_COPIES_LISTED_MAX)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match copies {
+                Ok(copies) if copies.is_empty() => {}
+                Ok(copies) => open.push(format!(
+                    "group {} holds {}{} open saga copies {} s after the groups converged (oldest: transfer {})",
+                    g + 1,
+                    copies.len(),
+                    if copies.len() as u32 == OPEN_COPIES_LISTED_MAX { "+" } else { "" },
+                    started.elapsed().as_secs(),
+                    copies[0].0.id
+                )),
+                Err(error) => open.push(format!(
+                    "group {}: its open saga copies could not be listed: {error}",
+                    g + 1
+                )),
+            }
+        }
+        if open.is_empty() || Instant::now() >= deadline {
+            return SagasSettled {
+                waited_ms: started.elapsed().as_millis() as u64,
+                open,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(SAGAS_SETTLE_POLL_MS)).await;
+    }
+}
+
+/// When the cross-group transfers on the books were posted on their accounts.
+#[derive(Default)]
+struct Postings {
+    /// `(account, transfer)` → the timestamp of its copy's confirmation in the account's group.
+    times: BTreeMap<(u128, u128), u64>,
+    /// Cross-group transfers on the books whose postings an account's history does not show.
+    missing: Vec<String>,
+}
+
+impl Postings {
+    /// A confirmed copy leaves two rows in its account's balance history: the reservation
+    /// (pending) and the confirmation (posted), in that order.
+    fn add(&mut self, account: u128, id: u128, rows: &[ledger::AccountBalance]) {
+        match rows {
+            [_reserved, confirmed] => {
+                self.times.insert((account, id), confirmed.timestamp);
+            }
+            _ => self.missing.push(format!(
+                "transfer {id} has {} rows in the balance history of account {account}, not its reservation and its confirmation",
+                rows.len()
+            )),
         }
     }
-    merged
 }
 
-/// Money over all groups: debits equal credits, and the customers hold what they were funded
-/// with.
-fn check_total(verdict: &mut Verdict, what: &str, accounts: &[Account], bank: &Bank, all: usize) {
-    debug_assert_eq!(accounts.len(), all);
-    let debits: u128 = accounts.iter().map(|a| a.debits_posted).sum();
-    let credits: u128 = accounts.iter().map(|a| a.credits_posted).sum();
-    if debits != credits {
-        verdict.violation(
-            UNBALANCED,
-            format!("all groups, {what}: debits {debits} != credits {credits}"),
-        );
-    }
-    let operators: Vec<u128> = bank.groups.iter().map(|ids| ids[0]).collect();
-    let held: i128 = accounts
-        .iter()
-        .filter(|a| !operators.contains(&a.id))
-        .map(|a| a.credits_posted as i128 - a.debits_posted as i128)
-        .sum();
-    let funded = (bank.groups.len() as u128 * CUSTOMERS * FUNDING) as i128;
-    if held != funded {
-        verdict.violation(
-            MONEY_NOT_CONSERVED,
-            format!(
-                "all groups, {what}: customers hold {held}, not the {funded} they were funded with"
-            ),
-        );
-    }
-}
+/// One answer of the final read's balance-history queries: account, transfer, its rows.
+type Posted = (u128, u128, Vec<ledger::AccountBalance>);
 
-/// One verdict from the groups' verdicts: transfers add up (each is in one group), reads are
-/// counted once (every read is in each group's history).
-fn merge(operations: u64, verdicts: Vec<Verdict>) -> Verdict {
-    let mut merged = Verdict {
-        operations,
-        ..Verdict::default()
-    };
-    for (g, v) in verdicts.into_iter().enumerate() {
-        merged.transfers_ok += v.transfers_ok;
-        merged.transfers_failed += v.transfers_failed;
-        merged.transfers_unknown += v.transfers_unknown;
-        merged.unknown_resolved_applied += v.unknown_resolved_applied;
-        merged.unknown_resolved_not_applied += v.unknown_resolved_not_applied;
-        if g == 0 {
-            (merged.reads_ok, merged.reads_unknown) = (v.reads_ok, v.reads_unknown);
+/// For each cross-group transfer on the books, when it was posted on each of its accounts, by
+/// that account's group's clock: its balance history filtered by the transfer's id (the
+/// workload sets `user_data_128` to it), through the gateway.
+async fn posting_times(
+    reader: &Client,
+    bank: &Bank,
+    found: &BTreeMap<u128, Transfer>,
+) -> anyhow::Result<Postings> {
+    let mut postings = Postings::default();
+    let mut queries = tokio::task::JoinSet::new();
+    let crossing = found
+        .values()
+        .filter(|t| bank.crosses_groups(t.debit_account_id, t.credit_account_id));
+    for t in crossing {
+        for account in [t.debit_account_id, t.credit_account_id] {
+            if queries.len() >= POSTING_QUERIES_IN_FLIGHT_MAX {
+                let (account, id, rows): Posted =
+                    queries.join_next().await.expect("one in flight")??;
+                postings.add(account, id, &rows);
+            }
+            let (reader, id) = (reader.clone(), t.id);
+            queries.spawn(async move {
+                let filter = AccountFilter {
+                    account_id: account,
+                    user_data_128: id,
+                    limit: 4,
+                    flags: AccountFilterFlags::DEBITS | AccountFilterFlags::CREDITS,
+                    ..AccountFilter::default()
+                };
+                let rows = reader.get_account_balances(&filter).await?;
+                Ok::<_, client::ClientError>((account, id, rows))
+            });
         }
-        merged.violations_total += v.violations_total;
-        for (kind, count) in v.violation_counts {
-            *merged.violation_counts.entry(kind).or_default() += count;
-        }
-        merged.violations.extend(
-            v.violations
-                .into_iter()
-                .map(|violation| format!("group {}: {violation}", g + 1)),
-        );
     }
-    merged
-}
-
-/// Group `g`'s view of the run, with its accounts renamed as the one-group checker numbers
-/// them: the operator `BANK`, customer `k` `BANK + k`.
-struct Renamed {
-    names: BTreeMap<u128, u128>,
-}
-
-impl Renamed {
-    fn new(bank: &Bank, g: usize) -> Renamed {
-        let names = bank.groups[g]
-            .iter()
-            .enumerate()
-            .map(|(k, &id)| (id, BANK + k as u128))
-            .collect();
-        Renamed { names }
+    while let Some(joined) = queries.join_next().await {
+        let (account, id, rows): Posted = joined??;
+        postings.add(account, id, &rows);
     }
-
-    fn accounts(&self, accounts: &[Account]) -> Vec<Account> {
-        accounts
-            .iter()
-            .filter_map(|a| self.names.get(&a.id).map(|&id| Account { id, ..*a }))
-            .collect()
-    }
-
-    /// The transfers debiting this group's accounts (a transfer is its debit account's group's).
-    fn books(&self, found: &BTreeMap<u128, Transfer>) -> BTreeMap<u128, Transfer> {
-        found
-            .iter()
-            .filter_map(|(&id, t)| {
-                let debit = *self.names.get(&t.debit_account_id)?;
-                // A credit outside the group cannot be (the gateway refuses it); named so that
-                // it matches no account and shows up as a broken balance.
-                let credit = self.names.get(&t.credit_account_id).copied().unwrap_or(0);
-                let renamed = Transfer {
-                    debit_account_id: debit,
-                    credit_account_id: credit,
-                    ..*t
-                };
-                Some((id, renamed))
-            })
-            .collect()
-    }
-
-    fn ops(&self, ops: &[Op]) -> Vec<Op> {
-        ops.iter()
-            .filter_map(|op| {
-                let action = match &op.action {
-                    Action::Transfer {
-                        id,
-                        debit,
-                        credit,
-                        amount,
-                    } => Action::Transfer {
-                        id: *id,
-                        debit: *self.names.get(debit)?,
-                        credit: self.names.get(credit).copied().unwrap_or(0),
-                        amount: *amount,
-                    },
-                    Action::Read => Action::Read,
-                };
-                let outcome = match &op.outcome {
-                    Outcome::Read { accounts } => Outcome::Read {
-                        accounts: self.accounts(accounts),
-                    },
-                    other => other.clone(),
-                };
-                Some(Op {
-                    action,
-                    outcome,
-                    ..op.clone()
-                })
-            })
-            .collect()
-    }
+    Ok(postings)
 }
 
 #[cfg(test)]
 mod tests {
-    //! A two-group run in miniature: both banks funded, one transfer in group 2 acknowledged,
-    //! one read of every account after it.
+    //! A two-group run in miniature: both banks funded, transfer 100 from group 1's customer 1
+    //! to group 2's customer 2 acknowledged (posted in group 1 at 120, in group 2 at 130), one
+    //! read of every account after it.
 
     use cluster::placement::Slot;
+    use ledger::Account;
+    use testkit::bank_checker::FUNDING;
 
     use super::*;
 
@@ -475,11 +549,10 @@ mod tests {
             vec![Slot::new(0).expect("a slot")],
             vec![Slot::new(1).expect("a slot")],
         ];
-        Bank::over_groups(&slots, &mut SmallRng::seed_from_u64(1)).expect("ids mint")
+        Bank::over_groups(&slots, &mut SmallRng::seed_from_u64(1), 0.5).expect("ids mint")
     }
 
-    /// The funding and transfer 100 (group 2, customer 1 → customer 2), with timestamps.
-    fn books(bank: &Bank) -> BTreeMap<u128, Transfer> {
+    fn books(bank: &Bank) -> Books {
         let mut found: BTreeMap<u128, Transfer> = bank
             .funding()
             .into_iter()
@@ -492,11 +565,11 @@ mod tests {
                 (t.id, stored)
             })
             .collect();
-        let group = bank.groups[1];
+        let (debit, credit) = (bank.groups[0][1], bank.groups[1][2]);
         let transfer = Transfer {
             id: 100,
-            debit_account_id: group[1],
-            credit_account_id: group[2],
+            debit_account_id: debit,
+            credit_account_id: credit,
             amount: MOVED,
             ledger: 1,
             code: 1,
@@ -504,10 +577,6 @@ mod tests {
             ..Transfer::default()
         };
         found.insert(100, transfer);
-        found
-    }
-
-    fn balances(bank: &Bank, found: &BTreeMap<u128, Transfer>) -> Vec<Account> {
         let sum = |pick: fn(&Transfer) -> u128, id: u128| -> u128 {
             found
                 .values()
@@ -515,7 +584,8 @@ mod tests {
                 .map(|t| t.amount)
                 .sum()
         };
-        bank.account_ids()
+        let accounts = bank
+            .account_ids()
             .into_iter()
             .map(|id| Account {
                 id,
@@ -525,18 +595,22 @@ mod tests {
                 credits_posted: sum(|t| t.credit_account_id, id),
                 ..Account::default()
             })
-            .collect()
+            .collect();
+        Books {
+            accounts,
+            transfers: found,
+            posted_at: BTreeMap::from([((debit, 100), 120), ((credit, 100), 130)]),
+        }
     }
 
     fn history(bank: &Bank, read: Vec<Account>) -> Vec<Op> {
-        let group = bank.groups[1];
         vec![
             Op {
                 client: 1,
                 action: Action::Transfer {
                     id: 100,
-                    debit: group[1],
-                    credit: group[2],
+                    debit: bank.groups[0][1],
+                    credit: bank.groups[1][2],
                     amount: MOVED,
                 },
                 invoked: 10,
@@ -554,48 +628,68 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_two_group_history_passes_with_each_transfer_and_read_counted_once() {
+    fn a_history_with_a_transfer_across_groups_is_judged_as_one_bank() {
         let bank = bank();
-        let found = books(&bank);
-        let accounts = balances(&bank, &found);
-        let verdict = check_groups(&bank, &history(&bank, accounts.clone()), &accounts, &found);
+        let books = books(&bank);
+        let ops = history(&bank, books.accounts.clone());
+        let layout = layout_of(&bank);
+        assert_eq!((layout.operators.len(), layout.customers.len()), (2, 14));
+        let verdict = bank_checker::check_bank(&layout, &ops, &books);
         assert!(verdict.valid(), "{:?}", verdict.violations);
         assert_eq!((verdict.transfers_ok, verdict.reads_ok), (1, 1));
+        let counts = cross_group_counts(&bank, &ops);
+        assert_eq!(
+            counts,
+            CrossGroupCounts {
+                ok: 1,
+                failed: 0,
+                unknown: 0
+            }
+        );
+        let held: u128 = books
+            .accounts
+            .iter()
+            .filter(|a| layout.customers.contains(&a.id))
+            .map(|a| a.credits_posted - a.debits_posted)
+            .sum();
+        assert_eq!(held, 14 * FUNDING);
     }
 
     #[test]
-    fn money_made_in_one_group_is_reported_for_that_group_and_for_the_total() {
+    fn a_read_after_the_transfer_missing_its_credit_in_the_other_group_is_stale() {
         let bank = bank();
-        let found = books(&bank);
-        let accounts = balances(&bank, &found);
-        let mut read = accounts.clone();
-        // Group 2's customer 1 holds 10 more, paid by its operator: balanced, and the
-        // customer's volume unchanged so that the read stays linearizable.
-        let (operator, customer) = (bank.groups[1][0], bank.groups[1][1]);
-        for a in read.iter_mut() {
-            if a.id == customer {
-                a.credits_posted += 5;
-                a.debits_posted -= 5;
-            }
-            if a.id == operator {
-                a.debits_posted += 10;
-            }
-        }
-        let verdict = check_groups(&bank, &history(&bank, read), &accounts, &found);
-        assert!(!verdict.valid());
-        assert!(
-            verdict
-                .violations
-                .iter()
-                .any(|v| v.starts_with("group 2: money not conserved")),
+        let books = books(&bank);
+        let mut read = books.accounts.clone();
+        let credit = bank.groups[1][2];
+        read.iter_mut()
+            .find(|a| a.id == credit)
+            .expect("listed")
+            .credits_posted -= MOVED;
+        let verdict = bank_checker::check_bank(&layout_of(&bank), &history(&bank, read), &books);
+        let kinds: Vec<&str> = verdict.violation_counts.keys().copied().collect();
+        assert_eq!(
+            kinds,
+            [bank_checker::STALE_READ],
             "{:?}",
             verdict.violations
         );
-        assert!(
-            verdict.violations.iter().any(|v| v.contains("all groups")),
-            "{:?}",
-            verdict.violations
-        );
-        assert!(verdict.violations.iter().all(|v| !v.starts_with("group 1")));
+    }
+
+    #[test]
+    fn every_transfer_drawn_across_groups_crosses_and_the_others_stay() {
+        let bank = bank();
+        let mut rng = SmallRng::seed_from_u64(7);
+        let crossing = (0..1_000)
+            .filter(|_| {
+                let (debit, credit, home) = bank.pick_transfer(&mut rng);
+                let crosses = bank.crosses_groups(debit, credit);
+                assert!(
+                    crosses || home == debit,
+                    "a transfer in one group is homed there"
+                );
+                crosses
+            })
+            .count();
+        assert!((400..600).contains(&crossing), "{crossing} of 1,000 at 0.5");
     }
 }

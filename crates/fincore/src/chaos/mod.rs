@@ -8,8 +8,9 @@
 //! after 1.5 s) decides every unknown outcome; the checker then judges the history.
 //!
 //! With `--groups N` the same bank runs over N such groups behind two `fincore gateway`
-//! processes (see [`groups`]): each group has its own bank and nemesis, and a further nemesis
-//! kills (-9) and restarts the gateways, one at a time.
+//! processes (see [`groups`]): each group has its own customers and nemesis, a share of the
+//! transfers goes between customers of two groups (sagas), a further nemesis kills (-9) and
+//! restarts the gateways, one at a time, and the history is judged as one bank.
 
 mod cluster;
 mod gateways;
@@ -53,9 +54,21 @@ pub struct ChaosArgs {
     /// clients dialling its nodes, no gateway).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=groups::GROUPS_MAX))]
     groups: Option<u64>,
+    /// With --groups 2 or more: the share of transfers from a customer of one group to a
+    /// customer of another (run as sagas by the gateways), from 0 to 1 [default: 0.3].
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    cross_group_ratio: Option<f64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// A share from 0 to 1.
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share from 0 to 1 (such as 0.3)")),
+    }
 }
 
 /// What the nemesis did.
@@ -184,6 +197,9 @@ fn run_dir(args: &ChaosArgs) -> anyhow::Result<(Option<tempfile::TempDir>, PathB
 pub fn run(args: &ChaosArgs) -> anyhow::Result<ExitCode> {
     if let Some(groups) = args.groups {
         return groups::run(args, groups as usize);
+    }
+    if args.cross_group_ratio.is_some() {
+        anyhow::bail!("--cross-group-ratio needs --groups 2 or more");
     }
     let seed = seed_of(args);
     let (temp, dir) = run_dir(args)?;
@@ -326,7 +342,7 @@ fn finish(
         let f = &report.faults;
         let over = match &report.groups {
             Some(g) => format!(
-                " over {} groups of {} behind {} gateways ({} gateway kills; {} operations invoked while one was down, {} of them unknown, slowest {} ms)",
+                " over {} groups of {} behind {} gateways ({} gateway kills; {} operations invoked while one was down, {} of them unknown, slowest {} ms; cross-group transfers (share {}) {} ok, {} failed, {} unknown, {} reads seeing one on one side only; every saga settled {} ms after the groups converged)",
                 g.groups,
                 g.replicas_per_group,
                 g.gateways,
@@ -334,6 +350,12 @@ fn finish(
                 g.ops_while_gateway_down,
                 g.unknown_while_gateway_down,
                 g.latency_ms_max_while_gateway_down,
+                g.cross_group_ratio,
+                g.cross_group.ok,
+                g.cross_group.failed,
+                g.cross_group.unknown,
+                v.reads_one_sided,
+                g.sagas_settled_ms,
             ),
             None => String::new(),
         };

@@ -1,12 +1,17 @@
 //! The bank: in each group, one operator account funds seven customer accounts that may never
 //! overdraw (`debits_must_not_exceed_credits`); clients move random amounts between two
-//! customers of one group (many exceed the balance and must fail) and read every account at
-//! once.
+//! customers (many exceed the balance and must fail) and read every account at once.
 //!
 //! One group (no gateway) keeps the original ids: accounts 1..=8, funding transfers 1..=7 and
 //! transfer ids `client << 64 | sequence`. Over several groups the ids are minted into slots
-//! the map gives each group, and every transfer id into its debit account's slot, so each
-//! transfer is one group's work (the gateway refuses any other).
+//! the map gives each group; a share of the transfers (`cross_group_ratio`) goes from a
+//! customer of one group to a customer of another, its id minted in any group's slot (its home:
+//! the debit's group, the credit's or a third), and runs as a saga through the gateway; the
+//! others stay in one group, their id in the debit account's slot. Over groups every account
+//! keeps its balance history and every transfer carries its id as `user_data_128`, so the final
+//! read can find when a cross-group transfer was posted on each of its accounts.
+//!
+//! Owns the bank's ids and the clients' operations; must not judge them (the checker does).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,6 +43,8 @@ pub struct Bank {
     pub groups: Vec<[u128; GROUP_ACCOUNTS_COUNT]>,
     /// Ids minted in slots (several groups) or the original numbering (one group).
     minted: bool,
+    /// The share of transfers between customers of two groups (0 with one group).
+    cross_group_ratio: f64,
 }
 
 fn millis_now() -> u64 {
@@ -56,13 +63,21 @@ impl Bank {
         Bank {
             groups: vec![ids],
             minted: false,
+            cross_group_ratio: 0.0,
         }
     }
 
     /// One bank per group: `slots[g]` are the slots the map gives group `g`; each account gets
-    /// an id in one of them, picked with `rng`.
-    pub fn over_groups(slots: &[Vec<Slot>], rng: &mut SmallRng) -> anyhow::Result<Bank> {
+    /// an id in one of them, picked with `rng`. `cross_group_ratio` of the transfers go across
+    /// groups (needs two groups or more to be above 0).
+    pub fn over_groups(
+        slots: &[Vec<Slot>],
+        rng: &mut SmallRng,
+        cross_group_ratio: f64,
+    ) -> anyhow::Result<Bank> {
         assert!(!slots.is_empty() && slots.iter().all(|s| !s.is_empty()));
+        assert!((0.0..=1.0).contains(&cross_group_ratio));
+        assert!(slots.len() > 1 || cross_group_ratio == 0.0);
         let millis = millis_now();
         let mut groups = Vec::with_capacity(slots.len());
         for (g, group_slots) in slots.iter().enumerate() {
@@ -77,7 +92,18 @@ impl Bank {
         Ok(Bank {
             groups,
             minted: true,
+            cross_group_ratio,
         })
+    }
+
+    /// The group holding account `id`, if it is one of the bank's.
+    pub fn group_of(&self, id: u128) -> Option<usize> {
+        self.groups.iter().position(|ids| ids.contains(&id))
+    }
+
+    /// Whether a transfer between these accounts crosses groups (runs as a saga).
+    pub fn crosses_groups(&self, debit: u128, credit: u128) -> bool {
+        self.group_of(debit) != self.group_of(credit)
     }
 
     /// Every account, group by group.
@@ -97,6 +123,10 @@ impl Bank {
                         AccountFlags::empty()
                     } else {
                         AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS
+                    } | if self.minted {
+                        AccountFlags::HISTORY
+                    } else {
+                        AccountFlags::empty()
                     },
                     ..Account::default()
                 })
@@ -133,14 +163,43 @@ impl Bank {
             .collect()
     }
 
-    /// A transfer id no other transfer of the run has, in `debit`'s slot when minted.
-    fn transfer_id(&self, client: u64, sequence: u64, debit: u128) -> u128 {
+    /// A transfer id no other transfer of the run has, in `home`'s slot when minted.
+    fn transfer_id(&self, client: u64, sequence: u64, home: u128) -> u128 {
         if !self.minted {
             return (u128::from(client) << 64) | u128::from(sequence);
         }
         debug_assert!(client < 1 << 7 && sequence < 1 << MINT_CLIENT_SHIFT);
         let random = u128::from(client) << MINT_CLIENT_SHIFT | u128::from(sequence);
-        id_in_slot(slot_of(debit), millis_now(), random).expect("the clock fits 48 bits")
+        id_in_slot(slot_of(home), millis_now(), random).expect("the clock fits 48 bits")
+    }
+
+    /// A transfer's debit and credit customers, and the account whose slot homes its id.
+    /// Over one group it draws exactly what it always did, so that a seed's schedule stays.
+    pub(super) fn pick_transfer(&self, rng: &mut SmallRng) -> (u128, u128, u128) {
+        let groups = self.groups.len();
+        let group = if groups > 1 {
+            rng.random_range(0..groups)
+        } else {
+            0
+        };
+        let debit_at = 1 + rng.random_range(0..CUSTOMERS) as usize;
+        let debit = self.groups[group][debit_at];
+        if groups > 1 && rng.random_bool(self.cross_group_ratio) {
+            let mut other = rng.random_range(0..groups - 1);
+            if other >= group {
+                other += 1;
+            }
+            let credit = self.groups[other][1 + rng.random_range(0..CUSTOMERS) as usize];
+            let home =
+                self.groups[rng.random_range(0..groups)][rng.random_range(0..GROUP_ACCOUNTS_COUNT)];
+            debug_assert!(self.crosses_groups(debit, credit));
+            return (debit, credit, home);
+        }
+        let mut credit_at = 1 + rng.random_range(0..CUSTOMERS - 1) as usize;
+        if credit_at >= debit_at {
+            credit_at += 1;
+        }
+        (debit, self.groups[group][credit_at], debit)
     }
 }
 
@@ -244,23 +303,15 @@ pub async fn run_client(
             continue;
         }
         sequence += 1;
-        // Drawn only over several groups, so that one group's schedule stays as it was.
-        let group = if bank.groups.len() > 1 {
-            rng.random_range(0..bank.groups.len())
-        } else {
-            0
-        };
-        let debit_at = 1 + rng.random_range(0..CUSTOMERS) as usize;
-        let mut credit_at = 1 + rng.random_range(0..CUSTOMERS - 1) as usize;
-        if credit_at >= debit_at {
-            credit_at += 1;
-        }
-        let (debit, credit) = (bank.groups[group][debit_at], bank.groups[group][credit_at]);
+        let (debit, credit, home) = bank.pick_transfer(&mut rng);
+        let transfer_id = bank.transfer_id(id, sequence, home);
         let transfer = Transfer {
-            id: bank.transfer_id(id, sequence, debit),
+            id: transfer_id,
             debit_account_id: debit,
             credit_account_id: credit,
             amount: rng.random_range(1..=4_000),
+            // The final read finds a transfer's postings on an account by it.
+            user_data_128: if bank.minted { transfer_id } else { 0 },
             ledger: LEDGER,
             code: 1,
             ..Transfer::default()
