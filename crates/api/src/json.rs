@@ -357,7 +357,7 @@ pub struct OutcomesLookupJson {
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::outcome_ids))]
     pub ids: Vec<IdJson>,
     /// How long to wait while any outcome is `pending` (0, the default, does not wait).
-    #[serde(default)]
+    #[serde(default, with = "u32_number")]
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::outcome_wait_ms))]
     pub wait_ms: u32,
 }
@@ -642,6 +642,21 @@ mod tests {
         let out = serde_json::to_value(&t).unwrap();
         assert_eq!(out["amount"], serde_json::Value::String(max));
         assert_eq!(out["flags"], serde_json::json!(["linked", "pending"]));
+    }
+
+    #[test]
+    fn an_outcomes_lookup_takes_wait_ms_as_a_whole_number_and_waits_for_nothing_by_default() {
+        let read = |json: &str| serde_json::from_str::<OutcomesLookupJson>(json);
+        let lookup = read(r#"{"ids":["5"],"wait_ms":239.0}"#).unwrap();
+        assert_eq!((lookup.ids[0].0, lookup.wait_ms), (5, 239));
+        assert_eq!(read(r#"{"ids":[5]}"#).unwrap().wait_ms, 0);
+        for refused in [
+            r#"{"ids":["5"],"wait_ms":2.5}"#,
+            r#"{"ids":["5"],"wait_ms":-1}"#,
+            r#"{"ids":["5"],"wait_ms":"7"}"#,
+        ] {
+            assert!(read(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]
