@@ -280,6 +280,51 @@ impl Gateway {
         Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
     }
 
+    /// Which of the transfers `created` in their home (`decided`) still have a copy open in
+    /// another group they involve: a home's confirmation is the saga's decision, but the
+    /// transfer is carried out (visible on both accounts) only once every copy is confirmed,
+    /// so until then its outcome is still `pending` — reads after a `created` outcome see it
+    /// on both accounts, as reads after a `created` answer do.
+    async fn still_open_elsewhere(
+        &self,
+        decided: Vec<u128>,
+    ) -> Result<std::collections::HashSet<u128>, PipelineError> {
+        if decided.is_empty() {
+            return Ok(Default::default());
+        }
+        let transfers = LedgerApi::lookup_transfers(self, decided).await?;
+        let routing = self.routing();
+        let mut elsewhere: std::collections::BTreeMap<GroupId, Vec<u128>> = Default::default();
+        for transfer in &transfers {
+            let home = routing.map.group_of(transfer.id);
+            for account in [transfer.debit_account_id, transfer.credit_account_id] {
+                let group = routing.map.group_of(account);
+                if group != home {
+                    elsewhere.entry(group).or_default().push(transfer.id);
+                }
+            }
+        }
+        let calls = elsewhere.into_iter().map(|(group, mut ids)| {
+            ids.sort_unstable();
+            ids.dedup();
+            let client = routing.groups.client(group).cloned();
+            async move {
+                let outcomes = client?
+                    .lookup_outcomes(&ids, Duration::ZERO)
+                    .await
+                    .map_err(|error| group_failed(group, error))?;
+                Ok::<_, PipelineError>(
+                    ids.into_iter()
+                        .zip(outcomes)
+                        .filter(|(_, outcome)| *outcome == TransferOutcome::Pending)
+                        .map(|(id, _)| id)
+                        .collect::<Vec<u128>>(),
+                )
+            }
+        });
+        Ok(try_join_all(calls).await?.into_iter().flatten().collect())
+    }
+
     /// The client of the group owning account `id`.
     fn client_of(&self, id: u128) -> Result<(GroupId, client::Client), PipelineError> {
         let routing = self.routing();
@@ -603,7 +648,22 @@ impl LedgerApi for Gateway {
                     outcomes.len()
                 )));
             }
-            Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
+            let decided: Vec<u128> = outcomes
+                .iter()
+                .filter(|(_, outcome)| matches!(outcome, TransferOutcome::Created { .. }))
+                .map(|&(id, _)| id)
+                .collect();
+            let open = self.still_open_elsewhere(decided).await?;
+            Ok(outcomes
+                .into_iter()
+                .map(|(id, outcome)| {
+                    if open.contains(&id) {
+                        TransferOutcome::Pending
+                    } else {
+                        outcome
+                    }
+                })
+                .collect())
         })
     }
 

@@ -17,12 +17,16 @@ const RESTART_SECONDS_MAX: u64 = 10;
 /// default, 60 s, would outlast a short run). Above the 1.5 s a chaos client retries, so a
 /// saga its caller is still retrying is rarely aborted under it.
 pub const SAGA_OPEN_SECONDS: u64 = 5;
+/// The gateways' `--saga-deadline-ms`: short, so that sagas slowed by the nemesis are answered
+/// `outcome_pending` and the clients learn their end by polling the outcome (the workload).
+pub const SAGA_DEADLINE_MS: u64 = 300;
 
 pub struct Gateways {
     exe: PathBuf,
     map_path: PathBuf,
     dirs: Vec<PathBuf>,
-    /// `--grpc ADDR --http ADDR --saga-open-seconds S` of each, the same on every start.
+    /// `--grpc ADDR --http ADDR --saga-open-seconds S --saga-deadline-ms MS` of each, the same
+    /// on every start.
     args: Vec<Vec<String>>,
     running: Vec<Option<ChildNode>>,
     /// Each gateway's gRPC address as a client URL.
@@ -45,6 +49,8 @@ impl Gateways {
                     addrs[2 * i + 1].clone(),
                     "--saga-open-seconds".to_string(),
                     SAGA_OPEN_SECONDS.to_string(),
+                    "--saga-deadline-ms".to_string(),
+                    SAGA_DEADLINE_MS.to_string(),
                 ]
             })
             .collect();

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use client::{Client, RetryPolicy};
 use cluster::placement::{Slot, id_in_slot, slot_of};
-use ledger::{Account, AccountFlags, CreateAccountResult, CreateTransferResult, Transfer};
+use ledger::{
+    Account, AccountFlags, CreateAccountResult, CreateTransferResult, Transfer, TransferOutcome,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -332,6 +334,10 @@ pub async fn run_client(
                 Some(r) if r.result == CreateTransferResult::Exists => {
                     Outcome::Applied { timestamp: 0 }
                 }
+                // A saga past the gateway's deadline: its end, polled by id.
+                Some(r) if r.result == CreateTransferResult::OutcomePending => {
+                    polled_outcome(&client, transfer.id).await
+                }
                 Some(r) => Outcome::Failed {
                     code: format!("{:?}", r.result),
                 },
@@ -344,5 +350,38 @@ pub async fn run_client(
             },
         };
         history.complete(id, action, invoked, outcome);
+    }
+}
+
+/// How many times a transfer answered `outcome_pending` is polled (each poll waits up to the
+/// longest `wait_ms`) before its outcome is left unknown.
+const OUTCOME_POLLS_MAX: u32 = 12;
+
+/// The end of a transfer answered `outcome_pending`, asked of the gateway by id: applied once
+/// `created`, failed once `failed` (the id is spent without a transfer), else unknown.
+async fn polled_outcome(client: &Client, id: u128) -> Outcome {
+    let wait = std::time::Duration::from_millis(limits::OUTCOME_WAIT_MS_MAX.into());
+    let mut last = String::from("not polled");
+    for _ in 0..OUTCOME_POLLS_MAX {
+        match client.lookup_outcomes(&[id], wait).await {
+            Ok(outcomes) => match outcomes.first() {
+                Some(TransferOutcome::Created { timestamp }) => {
+                    return Outcome::Applied {
+                        timestamp: *timestamp,
+                    };
+                }
+                Some(TransferOutcome::Failed) => {
+                    return Outcome::Failed {
+                        code: "OutcomePending, then failed".into(),
+                    };
+                }
+                Some(other) => last = format!("outcome {}", other.as_str()),
+                None => last = "no outcome".into(),
+            },
+            Err(error) => last = error.to_string(),
+        }
+    }
+    Outcome::Unknown {
+        error: format!("answered outcome_pending; after {OUTCOME_POLLS_MAX} polls: {last}"),
     }
 }
