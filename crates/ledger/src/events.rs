@@ -270,6 +270,25 @@ impl StateMachine {
             + self.batches_applied
     }
 
+    /// Gives back a buffer [`StateMachine::take_events`] returned, emptied, for the next
+    /// batch's events: recording then neither grows a vector nor touches fresh pages.
+    pub fn recycle_events(&mut self, mut buffer: Vec<Event>) {
+        buffer.clear();
+        if self.events.on && self.events.events.is_empty() {
+            self.events.events = buffer;
+        }
+    }
+
+    /// Room for a batch of `events_count` events, its expiries and its marker, made before the
+    /// batch applies (growing the vector event by event copied it again and again).
+    pub(crate) fn reserve_events(&mut self, events_count: usize) {
+        if self.events.on {
+            self.events
+                .events
+                .reserve(events_count + limits::BATCH_EXPIRIES_MAX.min(self.expiries.len()) + 1);
+        }
+    }
+
     /// The events recorded since the last call, oldest first; `log_index` is written into the
     /// newest batch marker (the caller applies one batch per log entry).
     pub fn take_events(&mut self, log_index: u64) -> Vec<Event> {

@@ -282,6 +282,7 @@ impl StateMachine {
         let now = batch.timestamp.max(self.timestamp_last + 1);
         assert!(now <= TIMESTAMP_MAX, "ledger timestamps exhausted");
         let seq_before = self.event_seq_last();
+        self.reserve_events(batch.events_count());
         let expired = self.expire_pending_transfers(now);
         let first = now + expired;
         let results = match &batch.body {

@@ -86,8 +86,12 @@ fn spawn_thread(
             for Job { index, batch, done } in queue {
                 let outcome = Batch::decode(&batch)
                     .map(|batch| {
+                        let buffer = events.as_ref().and_then(EventLog::recycled_buffer);
                         let (results, changes) = {
                             let mut state = state.write().expect("never poisoned");
+                            if let Some(buffer) = buffer {
+                                state.recycle_events(buffer);
+                            }
                             let results = state.apply(&batch);
                             (results, state.take_events(index))
                         };

@@ -89,6 +89,8 @@ enum Message {
 pub struct EventLog {
     shared: Arc<Shared>,
     queue: mpsc::SyncSender<Message>,
+    /// Buffers the writer is done with, for the apply thread to record the next batch into.
+    recycled: Arc<Mutex<mpsc::Receiver<Vec<Event>>>>,
 }
 
 /// A reader of the event files (cheap to clone; any number at once).
@@ -123,12 +125,22 @@ impl EventLog {
             published,
         });
         let (queue, messages) = mpsc::sync_channel(EVENT_LOG_BATCHES_QUEUED_MAX);
+        let (recycle, recycled) = mpsc::sync_channel(EVENT_LOG_BATCHES_QUEUED_MAX);
         let mut writer = Writer::new(Arc::clone(&shared))?;
         std::thread::Builder::new()
             .name("events-writer".into())
             .spawn(move || {
                 for message in messages {
-                    if let Err(error) = writer.handle(message) {
+                    let outcome = match message {
+                        Message::Events(events) => {
+                            let written = writer.write(&events);
+                            // Full (apply has enough): the buffer is dropped.
+                            let _ = recycle.try_send(events);
+                            written
+                        }
+                        other => writer.handle(other),
+                    };
+                    if let Err(error) = outcome {
                         // The files are a cache of apply: stop writing them (readers keep what
                         // was published) rather than stop the replica.
                         tracing::error!(%error, dir = %writer.shared.dir.display(), "writing change events failed; this replica serves no newer events until it restarts");
@@ -136,7 +148,20 @@ impl EventLog {
                     }
                 }
             })?;
-        Ok(EventLog { shared, queue })
+        Ok(EventLog {
+            shared,
+            queue,
+            recycled: Arc::new(Mutex::new(recycled)),
+        })
+    }
+
+    /// An emptied buffer the writer is done with, if one is waiting.
+    pub fn recycled_buffer(&self) -> Option<Vec<Event>> {
+        self.recycled
+            .lock()
+            .expect("never poisoned")
+            .try_recv()
+            .ok()
     }
 
     /// Hands a batch's events to the writer (waits while its queue is full).
