@@ -449,6 +449,9 @@ impl EventReader {
             return Err(EventsError::Gone { after, first_seq });
         }
         let mut events = Vec::new();
+        if after >= last_seq {
+            return Ok(events);
+        }
         let mut next = after + 1;
         while events.len() < limit && next <= last_seq {
             let segment = {
@@ -546,6 +549,7 @@ mod tests {
         assert_eq!(reader.read(0, 100).unwrap(), all[..3].concat());
         assert_eq!(reader.read(2, 2).unwrap(), all.concat()[2..4]);
         assert!(reader.read(6, 10).unwrap().is_empty());
+        assert!(reader.read(u64::MAX, 10).unwrap().is_empty());
         drop((log, reader));
 
         // A torn record at the end is cut; replayed events are skipped, new ones appended.
