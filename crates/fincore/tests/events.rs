@@ -351,9 +351,15 @@ fn bad_parameters_and_missing_keys_are_refused_and_a_stalled_subscriber_holds_ba
             assert!(results.iter().all(|r| r.result == TR::Created));
         }
         let writing = started.elapsed();
-        let last = writer.read_events(0, 1).await.unwrap().last_seq;
-        // Accounts (4 + marker) and transfers (8,189 + marker per batch).
-        assert_eq!(last, 5 + batches as u64 * 8190);
+        // Accounts (4 + marker) and transfers (8,189 + marker per batch), once the event
+        // writer has caught up with apply (it writes behind it).
+        let last = 5 + batches as u64 * 8190;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while writer.read_events(0, 1).await.unwrap().last_seq < last {
+            assert!(Instant::now() < deadline, "the events were not written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(writer.read_events(0, 1).await.unwrap().last_seq, last);
 
         // The reading subscriber gets every event in order.
         let mut seen = 0;

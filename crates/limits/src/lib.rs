@@ -395,6 +395,10 @@ pub const EVENT_JSON_BYTES_MAX: usize = 2048;
 /// Largest protobuf event (a transfer event with every field set is under 400 bytes).
 pub const EVENT_PROTO_BYTES_MAX: usize = 512;
 
+/// Event pages read from disk at once (each at most `EVENTS_PAGE_EVENTS_MAX` records, 1.1 MiB);
+/// more readers wait their turn.
+pub const EVENTS_READS_RUNNING_MAX: usize = 8;
+
 /// `Subscribe` streams a node serves at once; one more is refused busy.
 pub const EVENTS_SUBSCRIBERS_MAX: usize = 64;
 
@@ -513,7 +517,8 @@ const _: () = assert!(
         <= GRPC_MESSAGE_BYTES_MAX
 );
 const _: () = assert!(
-    EVENTS_SUBSCRIBERS_MAX >= 1
+    EVENTS_READS_RUNNING_MAX >= 1
+        && EVENTS_SUBSCRIBERS_MAX >= 1
         && EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX >= 1
         && EVENTS_SUBSCRIBER_STALL_SECONDS_MAX >= 1
 );

@@ -7,7 +7,8 @@
 //! Subscribers never hold back apply: each is a task reading the files at its own pace, woken
 //! when the last sequence number moves, with `EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX` pages queued;
 //! one that leaves its queue full for `EVENTS_SUBSCRIBER_STALL_SECONDS_MAX` is dropped with
-//! RESOURCE_EXHAUSTED naming where to resume. At most `EVENTS_SUBSCRIBERS_MAX` at once.
+//! RESOURCE_EXHAUSTED naming where to resume. At most `EVENTS_SUBSCRIBERS_MAX` at once; at most
+//! `EVENTS_READS_RUNNING_MAX` pages are read from disk at once, for all callers together.
 //!
 //! Owns the parameters' checks and the answers; must not interpret events (the ledger) nor
 //! shape them (`api::events`).
@@ -63,12 +64,23 @@ impl From<EventsError> for PageError {
     }
 }
 
-/// A page of events after `after`, with the replica's range, read off the async runtime.
+/// The pages being read from disk, process-wide: at most `EVENTS_READS_RUNNING_MAX`.
+fn reads_running() -> &'static Semaphore {
+    static READS: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    READS.get_or_init(|| Semaphore::new(limits::EVENTS_READS_RUNNING_MAX))
+}
+
+/// A page of events after `after`, with the replica's range, read off the async runtime (at
+/// most `EVENTS_READS_RUNNING_MAX` at once, so readers' memory is bounded).
 async fn page(
     reader: &EventReader,
     after: u64,
     limit: usize,
 ) -> Result<(Vec<Event>, u64, u64), PageError> {
+    let _running = reads_running()
+        .acquire()
+        .await
+        .map_err(|error| PageError::Failed(error.to_string()))?;
     let reader = reader.clone();
     tokio::task::spawn_blocking(move || {
         let events = reader.read(after, limit)?;
