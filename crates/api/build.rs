@@ -2,7 +2,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["fincore/v1/ledger.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        ["fincore/v1/ledger.proto", "fincore/v1/events.proto"],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .bytes(".fincore.v1")
         .compile_fds(descriptors)?;

@@ -1,4 +1,4 @@
-//! Wire types: the gRPC protocol (generated from `proto/fincore/v1/ledger.proto`) and the
+//! Wire types: the gRPC protocol (generated from `proto/fincore/v1/*.proto`) and the
 //! HTTP/JSON types, with conversions to and from `ledger` types.
 //!
 //! Owns the wire formats, their validation (a malformed field is an error naming it) and their
@@ -8,13 +8,14 @@
 //! and must not pull in the consensus library).
 
 pub mod convert;
+pub mod events;
 pub mod json;
 pub mod json_number;
 pub mod schema;
 #[cfg(test)]
 mod widest;
 
-/// Generated protobuf types and the `Ledger` gRPC service.
+/// Generated protobuf types and the `Ledger`, `Sagas` and `Events` gRPC services.
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("fincore.v1");

@@ -237,6 +237,28 @@ mod named {
         .into()
     );
 
+    named_schema!(
+        /// How many events `GET /v1/events` returns: 1 to `limits::EVENTS_PAGE_EVENTS_MAX`.
+        EventsLimit,
+        integer(
+            1,
+            limits::EVENTS_PAGE_EVENTS_MAX as u64,
+            "Events to return at most."
+        )
+        .into()
+    );
+
+    named_schema!(
+        /// `after` of `GET /v1/events`: a sequence number.
+        EventsAfter,
+        integer(
+            0,
+            u64::MAX,
+            "Events with a sequence number above this one (0: from the first)."
+        )
+        .into()
+    );
+
     /// An array of 1 to `max` items of the named schema `item`.
     fn bounded_array(item: &str, max: usize, description: &str) -> Array {
         ArrayBuilder::new()

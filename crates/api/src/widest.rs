@@ -1,5 +1,6 @@
 //! Accounts and transfers with every field at its widest, for the tests that check an encoded
-//! event against its limit (`limits::GRPC_EVENT_BYTES_MAX`, `limits::JSON_EVENT_BYTES_MAX`).
+//! event against its limit (`limits::GRPC_EVENT_BYTES_MAX`, `limits::JSON_EVENT_BYTES_MAX`,
+//! and the change events' `EVENT_JSON_BYTES_MAX`, `EVENT_PROTO_BYTES_MAX`).
 
 use ledger::{Account, AccountFlags, Transfer, TransferFlags};
 

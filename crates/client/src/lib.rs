@@ -15,6 +15,10 @@
 //!   [`ClientBuilder::tls_identity_pem`] presents a client certificate to nodes that require one
 //!   (`serve --tls-client-ca`).
 //!
+//! - Change events: [`Client::read_events`] reads a page of a replica's event stream and
+//!   [`Client::subscribe_events`] follows it (`docs/events.md`); every replica serves the same
+//!   events under the same sequence numbers, so either may be asked.
+//!
 //! A linked chain must be sent whole through `create_transfers`: single events are batched with
 //! strangers' events, so they may not carry the `linked` flag.
 
@@ -22,10 +26,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::convert;
-use api::proto::{self, ledger_client::LedgerClient, sagas_client::SagasClient};
+use api::proto::{
+    self, events_client::EventsClient, ledger_client::LedgerClient, sagas_client::SagasClient,
+};
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, CreateAccountResult,
-    CreateTransferResult, EventResult, RemoteSides, SagaStep, Transfer, TransferFlags,
+    CreateTransferResult, Event, EventResult, RemoteSides, SagaStep, Transfer, TransferFlags,
     TransferOutcome,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -98,6 +104,11 @@ pub enum ClientError {
     /// The node answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The events asked for are not on the replica asked (compacted, or before a snapshot it
+    /// installed): its first event is `first_seq`. Read from `first_seq - 1` on, or ask
+    /// another replica.
+    #[error("{message}")]
+    EventsGone { first_seq: u64, message: String },
 }
 
 fn transient(status: &Status) -> bool {
@@ -132,6 +143,15 @@ fn permanent(status: &Status) -> ClientError {
         },
         (Code::Unauthenticated, _) => ClientError::Unauthenticated(status.message().to_string()),
         (Code::PermissionDenied, _) => ClientError::PermissionDenied(status.message().to_string()),
+        (Code::OutOfRange, _) => ClientError::EventsGone {
+            first_seq: status
+                .metadata()
+                .get(FIRST_SEQ_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            message: status.message().to_string(),
+        },
         _ => ClientError::Invalid(status.message().to_string()),
     }
 }
@@ -185,6 +205,7 @@ type Ledger = LedgerClient<InterceptedService<Channel, Bearer>>;
 struct Stubs {
     ledger: Ledger,
     sagas: SagasClient<InterceptedService<Channel, Bearer>>,
+    events: EventsClient<InterceptedService<Channel, Bearer>>,
 }
 
 /// How every node of the group is reached.
@@ -237,7 +258,10 @@ fn ledger_client(addr: &str, dial: &Dial) -> Result<Stubs, ClientError> {
         ledger: LedgerClient::with_interceptor(channel.clone(), dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
-        sagas: SagasClient::with_interceptor(channel, dial.credentials.clone())
+        sagas: SagasClient::with_interceptor(channel.clone(), dial.credentials.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+        events: EventsClient::with_interceptor(channel, dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
     })
@@ -760,6 +784,97 @@ impl Client {
                 convert::saga_copy_from(copy, at).map_err(|e| ClientError::Protocol(e.to_string()))
             })
             .collect()
+    }
+
+    /// At most `limit` (1 ..= 4,096) change events after `after`, from the replica this client
+    /// talks to (any replica serves the same events).
+    pub async fn read_events(&self, after: u64, limit: u32) -> Result<EventsPage, ClientError> {
+        let request = proto::ReadEventsRequest { after, limit };
+        let page = self
+            .retrying(|mut inner| async move { inner.events.read(request).await })
+            .await?;
+        events_page_from(page)
+    }
+
+    /// Every change event after `after`, then new ones as they are applied.
+    pub async fn subscribe_events(&self, after: u64) -> Result<EventSubscription, ClientError> {
+        let request = proto::SubscribeRequest { after };
+        let stream = self
+            .retrying(|mut inner| async move { inner.events.subscribe(request).await })
+            .await?;
+        Ok(EventSubscription { stream, after })
+    }
+}
+
+/// Metadata key of an OUT_OF_RANGE events answer: the first event the replica has.
+pub const FIRST_SEQ_KEY: &str = "fincore-first-seq";
+
+/// A page of change events, with the first and last events the replica has
+/// (`first_seq = last_seq + 1`: none yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+fn events_page_from(page: proto::EventsPage) -> Result<EventsPage, ClientError> {
+    let events = page
+        .events
+        .iter()
+        .enumerate()
+        .map(|(at, event)| {
+            api::events::event_from(event, at).map_err(|e| ClientError::Protocol(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EventsPage {
+        events,
+        first_seq: page.first_seq,
+        last_seq: page.last_seq,
+    })
+}
+
+/// A live subscription ([`Client::subscribe_events`]): pages in order, without gaps.
+pub struct EventSubscription {
+    stream: tonic::Streaming<proto::EventsPage>,
+    /// The last sequence number received (pages must continue it).
+    after: u64,
+}
+
+impl EventSubscription {
+    /// The next page (`None`: the node ended the stream, e.g. at its shutdown; subscribe again
+    /// after [`EventSubscription::after`]). A node that drops a subscriber that read too slowly
+    /// ends with an error (RESOURCE_EXHAUSTED, as [`ClientError::GaveUp`]'s message says).
+    pub async fn next(&mut self) -> Result<Option<EventsPage>, ClientError> {
+        let page = match self.stream.message().await {
+            Ok(Some(page)) => events_page_from(page)?,
+            Ok(None) => return Ok(None),
+            Err(status) if transient(&status) => {
+                return Err(ClientError::GaveUp {
+                    attempts: 1,
+                    elapsed: Duration::ZERO,
+                    last: last_error(&status),
+                });
+            }
+            Err(status) => return Err(permanent(&status)),
+        };
+        if let Some(first) = page.events.first()
+            && first.seq != self.after + 1
+        {
+            return Err(ClientError::Protocol(format!(
+                "the stream skipped from {} to {}",
+                self.after, first.seq
+            )));
+        }
+        if let Some(last) = page.events.last() {
+            self.after = last.seq;
+        }
+        Ok(Some(page))
+    }
+
+    /// The last sequence number received: where to resume.
+    pub fn after(&self) -> u64 {
+        self.after
     }
 }
 

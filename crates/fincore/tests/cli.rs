@@ -105,6 +105,7 @@ fn the_embedded_bench_leaves_a_node_directory_that_verifies_and_serve_opens() {
         names,
         [
             "bootstrap.json",
+            "events",
             "fincore-format.json",
             "journal",
             "raft-meta.json",

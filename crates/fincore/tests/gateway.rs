@@ -262,6 +262,7 @@ fn the_gateway_checks_keys_serves_the_nodes_document_and_the_rust_client_works_u
     let node_paths = node_document["paths"].as_object_mut().unwrap();
     for replica_route in [
         "/v1/status",
+        "/v1/events",
         "/v1/admin/replicas",
         "/v1/admin/replicas/{id}",
     ] {

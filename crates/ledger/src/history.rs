@@ -19,14 +19,8 @@ pub(crate) const CONFIRM_BIT: u32 = 1 << 31;
 /// A full balance is kept after every this many changes of a `history` account.
 pub(crate) const BALANCE_CHECKPOINT_EVERY: usize = 64;
 
-/// The four balances of an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Balance {
-    pub debits_pending: u128,
-    pub debits_posted: u128,
-    pub credits_pending: u128,
-    pub credits_posted: u128,
-}
+/// The four balances of an account (the type change events carry).
+pub(crate) use crate::events::Balances as Balance;
 
 impl Balance {
     pub fn of(account: &Account) -> Balance {

@@ -15,6 +15,7 @@
 mod batch;
 mod capacity;
 mod codec;
+mod events;
 mod history;
 mod query;
 mod results;
@@ -30,6 +31,10 @@ pub use batch::{Batch, BatchBody, BatchDecodeError, Operation};
 pub use capacity::{Capacity, CapacityError, Occupancy};
 pub use codec::{
     ACCOUNT_SIZE, TRANSFER_SIZE, decode_account, decode_transfer, encode_account, encode_transfer,
+};
+pub use events::{
+    Balances, BatchMarker, EVENT_ENCODED_BYTES, EVENT_SCHEMA_VERSION, Event, EventBody,
+    EventDecodeError, EventKind, TransferChange,
 };
 pub use limits::BATCH_EVENTS_MAX;
 pub use query::{AccountBalance, AccountFilter, AccountFilterFlags, QueryError, TransferOutcome};

@@ -35,6 +35,7 @@
 
 use bitflags::bitflags;
 
+use crate::events::{EventKind, EventSide};
 use crate::history::{Balance, CONFIRM_BIT, EXPIRY_BIT};
 use crate::results::CreateTransferResult;
 use crate::state::{
@@ -174,6 +175,16 @@ pub struct ClearingBalance {
 enum Side {
     Local(u32),
     Clearing,
+}
+
+impl Side {
+    /// The side as a change event names it.
+    fn event_side(self) -> EventSide {
+        match self {
+            Side::Local(index) => EventSide::Local(index),
+            Side::Clearing => EventSide::Clearing,
+        }
+    }
 }
 
 impl StateMachine {
@@ -364,14 +375,22 @@ impl StateMachine {
             Side::Local(index) => Some(index),
             Side::Clearing => None,
         };
+        let copy = Transfer {
+            timestamp: timestamp_event,
+            ..*t
+        };
         let index = self.push_transfer_sides(
-            Transfer {
-                timestamp: timestamp_event,
-                ..*t
-            },
+            copy,
             TransferPendingStatus::None,
             local(dr_side),
             local(cr_side),
+        );
+        self.record_transfer_event(
+            EventKind::SagaReserved,
+            timestamp_event,
+            &copy,
+            remote,
+            [dr_side.event_side(), cr_side.event_side()],
         );
         self.saga_copies.insert(
             index,
@@ -449,6 +468,17 @@ impl StateMachine {
             }
         }
         self.expiry_timestamp_last = timestamp_event;
+        self.record_transfer_event(
+            if confirm {
+                EventKind::SagaConfirmed
+            } else {
+                EventKind::SagaCancelled
+            },
+            timestamp_event,
+            &p,
+            copy.remote,
+            [dr_side.event_side(), cr_side.event_side()],
+        );
         Ok((R::Created, timestamp_event))
     }
 

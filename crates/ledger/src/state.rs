@@ -17,9 +17,10 @@ use limits::{BATCH_EVENTS_MAX, BATCH_EXPIRIES_MAX};
 use crate::TIMESTAMP_MAX;
 use crate::batch::{Batch, BatchBody};
 use crate::capacity::{Capacity, Occupancy};
+use crate::events::{EventKind, EventRecorder, EventSide};
 use crate::history::{Balance, EXPIRY_BIT};
 use crate::results::{CreateAccountResult, CreateTransferResult, EventResult};
-use crate::saga::{SagaAction, SagaCopy, SagaState, SagaStep};
+use crate::saga::{RemoteSides, SagaAction, SagaCopy, SagaState, SagaStep};
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
 
 /// The results of one applied batch, one per event, in order.
@@ -108,6 +109,8 @@ pub struct StateMachine {
     capacity: Capacity,
     undo: Vec<Undo>,
     in_chain: bool,
+    /// Change events recorded by `apply` (see the `events` module).
+    pub(crate) events: EventRecorder,
     /// Warm the caches before each transfer batch (see `prefetch_transfers`).
     prefetch: bool,
 }
@@ -152,6 +155,7 @@ impl StateMachine {
             capacity: Capacity::FORMAT_MAX,
             undo: Vec::new(),
             in_chain: false,
+            events: EventRecorder::default(),
             prefetch: true,
         }
     }
@@ -277,6 +281,8 @@ impl StateMachine {
         );
         let now = batch.timestamp.max(self.timestamp_last + 1);
         assert!(now <= TIMESTAMP_MAX, "ledger timestamps exhausted");
+        let seq_before = self.event_seq_last();
+        self.reserve_events(batch.events_count());
         let expired = self.expire_pending_transfers(now);
         let first = now + expired;
         let results = match &batch.body {
@@ -304,6 +310,7 @@ impl StateMachine {
             self.timestamp_last = now + used - 1;
         }
         self.batches_applied += 1;
+        self.record_batch_marker(seq_before);
         debug_assert!(self.undo.is_empty() && !self.in_chain);
         results
     }
@@ -365,6 +372,13 @@ impl StateMachine {
             self.expiry_events.push((timestamp, index));
             self.record_entry(dr, entry | EXPIRY_BIT);
             self.record_entry(cr, entry | EXPIRY_BIT);
+            self.record_transfer_event(
+                EventKind::TransferExpired,
+                timestamp,
+                &pending,
+                RemoteSides::empty(),
+                [EventSide::Local(dr), EventSide::Local(cr)],
+            );
             self.expiry_timestamp_last = timestamp;
             expired += 1;
         }
@@ -391,6 +405,7 @@ impl StateMachine {
                         chain_start = Some(index);
                         debug_assert!(!chain_broken);
                         self.in_chain = true;
+                        self.event_chain_begins();
                     }
                     if index == events.len() - 1 {
                         break 'outcome Err(E::Result::LINKED_EVENT_CHAIN_OPEN);
@@ -456,6 +471,7 @@ impl StateMachine {
     }
 
     fn rollback_chain(&mut self) {
+        self.event_chain_rolled_back();
         while let Some(undo) = self.undo.pop() {
             match undo {
                 Undo::AccountCreated => {
@@ -601,6 +617,7 @@ impl StateMachine {
                 expand(s.hash32)
             });
         self.note(Undo::AccountCreated);
+        self.record_account_event();
         Ok((R::Created, timestamp))
     }
 
@@ -735,19 +752,22 @@ impl StateMachine {
         } else {
             TransferPendingStatus::None
         };
-        let index = self.push_transfer(
-            Transfer {
-                amount,
-                timestamp,
-                ..*t
-            },
-            status,
-            dr_index,
-            cr_index,
-        );
+        let created = Transfer {
+            amount,
+            timestamp,
+            ..*t
+        };
+        let index = self.push_transfer(created, status, dr_index, cr_index);
         if pending && t.timeout > 0 {
             self.expiries.insert((timestamp + t.timeout_ns(), index));
         }
+        self.record_transfer_event(
+            EventKind::TransferCreated,
+            timestamp,
+            &created,
+            RemoteSides::empty(),
+            [EventSide::Local(dr_index), EventSide::Local(cr_index)],
+        );
         Ok((R::Created, timestamp))
     }
 
@@ -990,6 +1010,17 @@ impl StateMachine {
             timestamp,
         };
         self.push_transfer(created, TransferPendingStatus::None, dr_index, cr_index);
+        self.record_transfer_event(
+            if post {
+                EventKind::TransferPosted
+            } else {
+                EventKind::TransferVoided
+            },
+            timestamp,
+            &created,
+            RemoteSides::empty(),
+            [EventSide::Local(dr_index), EventSide::Local(cr_index)],
+        );
         Ok((R::Created, timestamp))
     }
 

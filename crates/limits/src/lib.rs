@@ -387,6 +387,48 @@ pub const API_KEY_NAME_BYTES_MAX: usize = 64;
 pub const API_KEYS_FILE_BYTES_MAX: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
+// Change events (the stream of `GET /v1/events` and `fincore.v1.Events/Subscribe`).
+
+/// Size of one event record in a replica's event files: the ledger's 280-byte encoding, its
+/// CRC32C and 4 reserved bytes.
+pub const EVENT_LOG_RECORD_BYTES: usize = 288;
+
+/// Events in one event file (18 MiB of records): the unit of compaction.
+pub const EVENT_LOG_SEGMENT_EVENTS: u64 = 65_536;
+
+/// Disk a replica's event files may use (about 14.9M events); past it the oldest file goes.
+pub const EVENT_LOG_BYTES_MAX: u64 = 4 << 30;
+
+/// Applied batches whose events wait for the event writer; a full queue holds apply back.
+pub const EVENT_LOG_BATCHES_QUEUED_MAX: usize = 8;
+
+/// Most events one page holds (`GET /v1/events?limit=`, a gRPC `Read`, a `Subscribe` message).
+pub const EVENTS_PAGE_EVENTS_MAX: usize = 4096;
+
+/// Events in a page when `limit` is not given.
+pub const EVENTS_PAGE_EVENTS_DEFAULT: usize = 100;
+
+/// Largest JSON event (a transfer event with every field at its widest is under 1.5 KiB).
+pub const EVENT_JSON_BYTES_MAX: usize = 2048;
+
+/// Largest protobuf event (a transfer event with every field set is under 400 bytes).
+pub const EVENT_PROTO_BYTES_MAX: usize = 512;
+
+/// Event pages read from disk at once (each at most `EVENTS_PAGE_EVENTS_MAX` records, 1.1 MiB);
+/// more readers wait their turn.
+pub const EVENTS_READS_RUNNING_MAX: usize = 8;
+
+/// `Subscribe` streams a node serves at once; one more is refused busy.
+pub const EVENTS_SUBSCRIBERS_MAX: usize = 64;
+
+/// Pages queued for one subscriber before the node waits for it to read.
+pub const EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX: usize = 4;
+
+/// How long a subscriber may leave a full queue unread before it is dropped (its stream ends
+/// RESOURCE_EXHAUSTED, naming the sequence number to resume after).
+pub const EVENTS_SUBSCRIBER_STALL_SECONDS_MAX: u64 = 10;
+
+// ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
 // A full batch fits one journal record (inside the Raft entry that carries it).
@@ -482,3 +524,23 @@ const _: () = assert!(LOCAL_GROUPS_MAX >= 1 && LOCAL_GROUPS_MAX * 100 < 10_000);
 const _: () =
     assert!(API_KEYS_MAX as u64 * (API_KEY_NAME_BYTES_MAX as u64 + 136) <= API_KEYS_FILE_BYTES_MAX);
 const _: () = assert!(API_KEY_SECRET_BYTES >= 16);
+// Event files: whole records, at least two files kept, a page fits a response and a message.
+const _: () = assert!(EVENT_LOG_RECORD_BYTES.is_multiple_of(8));
+const _: () =
+    assert!(EVENT_LOG_BYTES_MAX >= 2 * EVENT_LOG_SEGMENT_EVENTS * EVENT_LOG_RECORD_BYTES as u64);
+const _: () = assert!(EVENT_LOG_BATCHES_QUEUED_MAX >= 1);
+const _: () = assert!(
+    EVENTS_PAGE_EVENTS_DEFAULT >= 1 && EVENTS_PAGE_EVENTS_DEFAULT <= EVENTS_PAGE_EVENTS_MAX
+);
+const _: () =
+    assert!(EVENTS_PAGE_EVENTS_MAX * (EVENT_JSON_BYTES_MAX + 1) + 64 <= HTTP_BODY_BYTES_MAX);
+const _: () = assert!(
+    EVENTS_PAGE_EVENTS_MAX * EVENT_PROTO_BYTES_MAX + GRPC_REQUEST_OVERHEAD_BYTES_MAX
+        <= GRPC_MESSAGE_BYTES_MAX
+);
+const _: () = assert!(
+    EVENTS_READS_RUNNING_MAX >= 1
+        && EVENTS_SUBSCRIBERS_MAX >= 1
+        && EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX >= 1
+        && EVENTS_SUBSCRIBER_STALL_SECONDS_MAX >= 1
+);

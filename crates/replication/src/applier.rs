@@ -18,6 +18,7 @@ use bytes::Bytes;
 use ledger::Batch;
 use tokio::sync::oneshot;
 
+use crate::event_log::EventLog;
 use crate::state_machine::SharedState;
 use crate::types::BatchOutcome;
 
@@ -26,6 +27,8 @@ use crate::types::BatchOutcome;
 const BACKGROUND_NICE: i32 = 10;
 
 struct Job {
+    /// The batch's log index (written into its change events' batch marker).
+    index: u64,
     batch: Bytes,
     done: oneshot::Sender<Result<BatchOutcome, String>>,
 }
@@ -37,15 +40,18 @@ pub(crate) struct Applier {
 }
 
 impl Applier {
-    pub fn spawn(state: SharedState) -> io::Result<Applier> {
+    /// The apply threads over `state`, handing each batch's change events to `events` when
+    /// there is an event log.
+    pub fn spawn(state: SharedState, events: Option<EventLog>) -> io::Result<Applier> {
         Ok(Applier {
-            urgent: spawn_thread("ledger-apply", state.clone(), None)?,
-            background: spawn_thread("ledger-apply-bg", state, Some(BACKGROUND_NICE))?,
+            urgent: spawn_thread("ledger-apply", state.clone(), events.clone(), None)?,
+            background: spawn_thread("ledger-apply-bg", state, events, Some(BACKGROUND_NICE))?,
         })
     }
 
-    /// Applies one sealed batch; `urgent` when a client waits for its outcome.
-    pub async fn apply(&self, batch: Bytes, urgent: bool) -> io::Result<BatchOutcome> {
+    /// Applies one sealed batch (log entry `index`); `urgent` when a client waits for its
+    /// outcome.
+    pub async fn apply(&self, index: u64, batch: Bytes, urgent: bool) -> io::Result<BatchOutcome> {
         let (done, outcome) = oneshot::channel();
         let thread = if urgent {
             &self.urgent
@@ -53,7 +59,7 @@ impl Applier {
             &self.background
         };
         thread
-            .send(Job { batch, done })
+            .send(Job { index, batch, done })
             .map_err(|_| io::Error::other("the ledger apply thread stopped"))?;
         outcome
             .await
@@ -65,6 +71,7 @@ impl Applier {
 fn spawn_thread(
     name: &str,
     state: SharedState,
+    events: Option<EventLog>,
     nice: Option<i32>,
 ) -> io::Result<mpsc::SyncSender<Job>> {
     // openraft waits for each batch's outcome before handing over the next, so the queue never
@@ -76,10 +83,21 @@ fn spawn_thread(
             if let Some(nice) = nice {
                 lower_own_priority(nice);
             }
-            for Job { batch, done } in queue {
+            for Job { index, batch, done } in queue {
                 let outcome = Batch::decode(&batch)
                     .map(|batch| {
-                        let results = state.write().expect("never poisoned").apply(&batch);
+                        let buffer = events.as_ref().and_then(EventLog::recycled_buffer);
+                        let (results, changes) = {
+                            let mut state = state.write().expect("never poisoned");
+                            if let Some(buffer) = buffer {
+                                state.recycle_events(buffer);
+                            }
+                            let results = state.apply(&batch);
+                            (results, state.take_events(index))
+                        };
+                        if let Some(events) = &events {
+                            events.append(changes);
+                        }
                         BatchOutcome::from_results(&results)
                     })
                     .map_err(|e| e.to_string());
@@ -133,7 +151,7 @@ mod tests {
     #[tokio::test]
     async fn both_threads_apply_to_the_one_state_in_turn_as_a_direct_apply_would() {
         let state = Arc::new(RwLock::new(StateMachine::default()));
-        let applier = Applier::spawn(Arc::clone(&state)).unwrap();
+        let applier = Applier::spawn(Arc::clone(&state), None).unwrap();
         let mut reference = StateMachine::default();
         let batches = [
             (accounts_batch(1..4, 100), true),
@@ -143,14 +161,14 @@ mod tests {
         for (batch, urgent) in batches {
             let expected =
                 BatchOutcome::from_results(&reference.apply(&Batch::decode(&batch).unwrap()));
-            assert_eq!(applier.apply(batch, urgent).await.unwrap(), expected);
+            assert_eq!(applier.apply(1, batch, urgent).await.unwrap(), expected);
         }
         assert_eq!(state.read().unwrap().digest(), reference.digest());
         assert_eq!(state.read().unwrap().accounts_count(), 6);
 
         // A batch that does not decode is an error, and changes nothing.
         let error = applier
-            .apply(Bytes::from_static(b"not a batch"), false)
+            .apply(1, Bytes::from_static(b"not a batch"), false)
             .await
             .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
@@ -175,10 +193,16 @@ mod tests {
     #[tokio::test]
     async fn the_background_thread_runs_at_a_lower_priority() {
         let state = Arc::new(RwLock::new(StateMachine::default()));
-        let applier = Applier::spawn(state).unwrap();
+        let applier = Applier::spawn(state, None).unwrap();
         // Both threads have started (and set their priority) once each applied a batch.
-        applier.apply(accounts_batch(1..2, 1), true).await.unwrap();
-        applier.apply(accounts_batch(2..3, 2), false).await.unwrap();
+        applier
+            .apply(1, accounts_batch(1..2, 1), true)
+            .await
+            .unwrap();
+        applier
+            .apply(2, accounts_batch(2..3, 2), false)
+            .await
+            .unwrap();
         let base = rustix::process::getpriority_process(None).unwrap();
         assert_eq!(nice_of_thread("ledger-apply"), Some(base));
         assert_eq!(

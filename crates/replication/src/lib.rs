@@ -13,6 +13,7 @@ mod applier;
 pub mod data_dir;
 pub mod dev_certs;
 mod digest_gate;
+pub mod event_log;
 mod log_store;
 pub mod membership;
 mod network;

@@ -41,6 +41,8 @@ pub struct ReplicaConfig {
     /// This replica's identity for mutual TLS with its peers; `None`: plaintext peers
     /// (`--insecure-peers`, tests and the simulator).
     pub peer_tls: Option<crate::peer_tls::PeerTls>,
+    /// Keep change events in `DATA_DIR/events` and serve them (`Replica::events`).
+    pub events: bool,
 }
 
 impl std::fmt::Debug for ReplicaConfig {
@@ -52,6 +54,7 @@ impl std::fmt::Debug for ReplicaConfig {
             .field("snapshot_every_entries", &self.snapshot_every_entries)
             .field("peer_routes", &self.peer_routes)
             .field("peer_tls", &self.peer_tls.as_ref().map(|tls| tls.group()))
+            .field("events", &self.events)
             .finish_non_exhaustive()
     }
 }
@@ -66,8 +69,16 @@ impl Default for ReplicaConfig {
             sync_observer: None,
             peer_routes: BTreeMap::new(),
             peer_tls: None,
+            events: events_default(),
         }
     }
+}
+
+/// Whether replicas keep change events unless told otherwise: yes, unless the environment
+/// says `FINCORE_EVENTS=off` (the switch that lets `fincore bench` measure their cost on one
+/// build).
+fn events_default() -> bool {
+    std::env::var("FINCORE_EVENTS").map_or(true, |value| value != "off")
 }
 
 /// Why a write or a linearizable read was not served.
@@ -198,7 +209,7 @@ impl Replica {
         };
         let log = LogStore::<TypeConfig>::open(dir, &storage)?;
         let journal_stats = log.journal_stats();
-        let machine = LedgerStateMachine::open(dir, &storage)?;
+        let machine = LedgerStateMachine::open_keeping_events(dir, &storage, config.events)?;
         let raft_config = raft_config(
             "fincore",
             &RaftTiming {
@@ -248,6 +259,11 @@ impl Replica {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// This replica's change events (`None` when `ReplicaConfig::events` is off).
+    pub fn events(&self) -> Option<crate::event_log::EventReader> {
+        self.machine.events()
     }
 
     /// The ledger state (for reads).

@@ -20,6 +20,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use crate::applier::Applier;
+use crate::event_log::{EventLog, EventReader};
 use crate::snapshot::{
     SNAPSHOT_FILE, Serialising, SnapshotData, SnapshotOffer, SnapshotReceiver, TempFile,
     assemble_snapshot_file, open_snapshot_file, remove_stale_temp_files,
@@ -53,8 +54,10 @@ struct Inner {
 /// A ledger for a replica: no cache warm-up pass, because replicas of a group often share
 /// cores and the pass costs more CPU than the stalls it saves there (measured: about +8 %
 /// throughput for three replicas on two cores, no change for one).
-fn replicated(mut state: StateMachine) -> StateMachine {
+/// With `events`, the ledger records change events for the replica's event log.
+fn replicated(mut state: StateMachine, events: bool) -> StateMachine {
     state.set_prefetch(false);
+    state.set_events(events);
     state
 }
 
@@ -89,6 +92,8 @@ pub struct LedgerStateMachine<C: LedgerConfig> {
     state: SharedState,
     /// The apply threads (`None`: batches are applied inline, as the simulator wants).
     applier: Option<Arc<Applier>>,
+    /// The replica's change events (`None`: not kept, `StorageOptions::events` off).
+    events: Option<EventLog>,
     inner: Arc<Mutex<Inner>>,
     builds: Arc<Builds>,
     snapshot_path: PathBuf,
@@ -101,6 +106,7 @@ impl<C: LedgerConfig> Clone for LedgerStateMachine<C> {
         LedgerStateMachine {
             state: Arc::clone(&self.state),
             applier: self.applier.clone(),
+            events: self.events.clone(),
             inner: Arc::clone(&self.inner),
             builds: Arc::clone(&self.builds),
             snapshot_path: self.snapshot_path.clone(),
@@ -161,15 +167,37 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
     /// The state machine of the replica whose data is in `dir`: the newest snapshot if there is
     /// one, else an empty ledger.
     pub fn open(dir: &Path, options: &StorageOptions) -> io::Result<LedgerStateMachine<C>> {
+        Self::open_keeping_events(dir, options, false)
+    }
+
+    /// [`LedgerStateMachine::open`], keeping the replica's change events in `DATA_DIR/events`
+    /// when `events` (see [`crate::event_log`]: real files, outside `options.storage`, since
+    /// the events are derived from the log and never its truth).
+    pub fn open_keeping_events(
+        dir: &Path,
+        options: &StorageOptions,
+        events: bool,
+    ) -> io::Result<LedgerStateMachine<C>> {
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         remove_stale_temp_files(options.storage.as_ref(), dir)?;
-        let state = Arc::new(RwLock::new(replicated(StateMachine::default())));
+        let events = match events {
+            true => Some(EventLog::open(dir)?),
+            false => None,
+        };
+        let state = Arc::new(RwLock::new(replicated(
+            StateMachine::default(),
+            events.is_some(),
+        )));
         let applier = match options.apply_on_threads {
-            true => Some(Arc::new(Applier::spawn(Arc::clone(&state))?)),
+            true => Some(Arc::new(Applier::spawn(
+                Arc::clone(&state),
+                events.clone(),
+            )?)),
             false => None,
         };
         let machine = LedgerStateMachine {
             applier,
+            events,
             state,
             inner: Arc::new(Mutex::new(Inner {
                 last_applied: None,
@@ -185,13 +213,23 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
         if let Some(SnapshotFile { meta, state, .. }) =
             read_snapshot_file(options.storage.as_ref(), dir)?
         {
-            *machine.state.write().expect("never poisoned") = replicated(state);
+            let seq_last = state.event_seq_last();
+            *machine.state.write().expect("never poisoned") =
+                replicated(state, machine.events.is_some());
+            if let Some(events) = &machine.events {
+                events.state_at(seq_last);
+            }
             let mut inner = machine.inner.lock().expect("never poisoned");
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.current = Some(meta);
         }
         Ok(machine)
+    }
+
+    /// The replica's change events, if it keeps them.
+    pub fn events(&self) -> Option<EventReader> {
+        self.events.as_ref().map(EventLog::reader)
     }
 
     /// The ledger state (read it for queries; only this state machine writes it).
@@ -264,9 +302,9 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
         let apply_twice =
             self.options.planted_bug == Some(PlantedBug::ApplyTwice) && index.is_multiple_of(16);
         if let Some(applier) = &self.applier {
-            let outcome = applier.apply(batch.clone(), urgent).await?;
+            let outcome = applier.apply(index, batch.clone(), urgent).await?;
             if apply_twice {
-                applier.apply(batch.clone(), urgent).await?;
+                applier.apply(index, batch.clone(), urgent).await?;
             }
             return Ok(outcome);
         }
@@ -275,6 +313,11 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
         let results = state.apply(&batch);
         if apply_twice {
             state.apply(&batch);
+        }
+        let changes = state.take_events(index);
+        drop(state);
+        if let Some(events) = &self.events {
+            events.append(changes);
         }
         Ok(BatchOutcome::from_results(&results))
     }
@@ -404,7 +447,11 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
         if let Some(temp) = temp {
             self.publish(&mut inner, meta, temp)?;
         }
-        *shared = replicated(state);
+        let seq_last = state.event_seq_last();
+        *shared = replicated(state, self.events.is_some());
+        if let Some(events) = &self.events {
+            events.state_at(seq_last);
+        }
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.installs_count += 1;

@@ -52,7 +52,8 @@ pub fn http_role(method: &Method, route: &str, digest: bool) -> Option<Role> {
         | "/v1/transfers/{id}"
         | "/v1/accounts/{id}/transfers"
         | "/v1/accounts/{id}/balances"
-        | "/v1/ids" => Some(Role::Read),
+        | "/v1/ids"
+        | "/v1/events" => Some(Role::Read),
         _ => Some(Role::Admin),
     }
 }
@@ -137,6 +138,10 @@ pub async fn http_layer(State(access): State<Access>, request: Request, next: Ne
 /// The role a gRPC method (`/fincore.v1.Ledger/NAME`) needs. A method not listed here (one
 /// added later and forgotten) needs `admin`, so a new write can never slip through as a read.
 pub fn grpc_role(path: &str) -> Role {
+    // The change events are reads, whatever their methods are called.
+    if path.starts_with("/fincore.v1.Events/") {
+        return Role::Read;
+    }
     match path.rsplit('/').next().unwrap_or("") {
         "CreateAccounts" | "CreateTransfers" => Role::Write,
         // The gateways' `Sagas` service: a reservation may book money against clearing.

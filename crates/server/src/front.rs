@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::proto::events_server::EventsServer;
 use api::proto::ledger_server::LedgerServer;
 use api::proto::sagas_server::SagasServer;
 use tokio::net::TcpListener;
@@ -34,7 +35,7 @@ pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpList
 
 /// Serves the client API of `ledger` on the two listeners until `stopped` turns true: gRPC
 /// and HTTP behind `auth`, over `tls` if given; with `replica` (a node: its pipeline and its
-/// group's id) its own HTTP routes and the gateways' `Sagas` gRPC service too, and gRPC calls
+/// group's id) its own HTTP routes, the gateways' `Sagas` and the `Events` gRPC services too, and gRPC calls
 /// naming another group refused. Returns the two server tasks.
 pub(crate) fn serve(
     grpc_listener: TcpListener,
@@ -65,6 +66,14 @@ pub(crate) fn serve(
             group.clone(),
         )
     });
+    let events = replica.clone().map(|pipeline| {
+        GrpcAccess::new(
+            EventsServer::new(crate::events::EventsService::new(pipeline))
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            access.clone(),
+            group.clone(),
+        )
+    });
     let service = GrpcAccess::new(service, access, group);
     let mut grpc_stop = stopped.clone();
     let incoming = connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
@@ -83,7 +92,8 @@ pub(crate) fn serve(
         };
         let server = crate::node::with_grpc_limits(grpc_builder)
             .add_service(service)
-            .add_optional_service(sagas);
+            .add_optional_service(sagas)
+            .add_optional_service(events);
         if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
             tracing::error!(%error, "the gRPC server stopped");
         }

@@ -332,6 +332,7 @@ fn ledger_routes() -> OpenApiRouter<Ledger> {
 fn replica_routes() -> OpenApiRouter<Pipeline> {
     OpenApiRouter::new()
         .routes(routes!(status))
+        .routes(routes!(crate::events::events_page))
         .routes(routes!(add_replica))
         .routes(routes!(remove_replica))
 }

@@ -4,7 +4,7 @@
 //! coalesces requests into sealed batches, admits them against the ledger's declared capacity
 //! and commits them through the replica, with a bounded number in flight → answers once
 //! committed and applied; linearizable reads), the two protocol front ends, `/metrics`,
-//! `/healthz`, `/v1/status`, the membership endpoints, `/openapi.json`, client authentication
+//! `/healthz`, `/v1/status`, the membership endpoints, the change events ([`events`]), `/openapi.json`, client authentication
 //! (API keys with roles, [`auth`]), optional TLS on the client listeners ([`client_tls`]),
 //! connection limits ([`connections`]), and orderly shutdown. Must not contain ledger rules
 //! (they are in `ledger`), storage formats (in `journal`) or Raft details (in `replication`).
@@ -14,6 +14,7 @@ mod admission;
 pub mod auth;
 pub mod client_tls;
 pub mod connections;
+pub mod events;
 pub mod front;
 mod grpc;
 mod http;

@@ -68,6 +68,8 @@ fn completed(document: OpenApi) -> OpenApi {
         named::<U32>(),
         named::<U16>(),
         named::<NodeInteger>(),
+        named::<api::schema::EventsLimit>(),
+        named::<api::schema::EventsAfter>(),
     ] {
         components.schemas.entry(name).or_insert(schema);
     }
