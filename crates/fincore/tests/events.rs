@@ -65,8 +65,29 @@ fn check_contiguous(first: u64, events: &[Value]) {
     }
 }
 
-/// Waits until every given replica serves the same events (bounded), and answers them.
-fn identical_events(https: &[&str]) -> Vec<Value> {
+/// What one replica serves, for a failure message: its range, its last event, its applied
+/// log index and any lines its log has about change events.
+fn describe(http: &str, log: &std::path::Path, served: &(u64, Vec<Value>)) -> String {
+    let applied = replica_status(http, false)
+        .map(|status| format!("{status:?}"))
+        .unwrap_or_else(|error| error.to_string());
+    let log_lines: Vec<String> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("event") || line.contains("ERROR"))
+        .map(str::to_string)
+        .collect();
+    format!(
+        "{http}: first {} count {} last {:?}; status {applied}; log: {log_lines:?}",
+        served.0,
+        served.1.len(),
+        served.1.last().map(Value::to_string),
+    )
+}
+
+/// Waits until every live replica serves the same events (bounded), and answers them.
+fn identical_events(group: &Group) -> Vec<Value> {
+    let https = group.live_https();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let served: Vec<(u64, Vec<Value>)> = https.iter().map(|http| all_events(http)).collect();
@@ -76,14 +97,19 @@ fn identical_events(https: &[&str]) -> Vec<Value> {
             check_contiguous(first, &events);
             return events;
         }
-        assert!(
-            Instant::now() < deadline,
-            "replicas serve different events: {:?}",
-            served
+        if Instant::now() >= deadline {
+            let logs = group.live_logs();
+            let described: Vec<String> = https
                 .iter()
-                .map(|(first, events)| (first, events.len()))
-                .collect::<Vec<_>>()
-        );
+                .zip(&logs)
+                .zip(&served)
+                .map(|((http, log), served)| describe(http, log, served))
+                .collect();
+            panic!(
+                "replicas serve different events after 30 s:\n{}",
+                described.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -117,6 +143,14 @@ impl Group {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].is_some())
             .map(|i| self.layout.http_addrs[i].as_str())
+            .collect()
+    }
+
+    fn live_logs(&self) -> Vec<std::path::PathBuf> {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|node| node.log_path.clone())
             .collect()
     }
 
@@ -213,7 +247,7 @@ fn replicas_serve_identical_contiguous_events_across_a_leader_kill_and_restarts(
     });
     std::thread::sleep(Duration::from_millis(1200)); // some pending transfers time out
     runtime.block_on(write(&client, 1000, 5));
-    let before = identical_events(&group.live_https());
+    let before = identical_events(&group);
     let kinds: Vec<&str> = before.iter().map(|e| e["type"].as_str().unwrap()).collect();
     for kind in [
         EventKind::AccountCreated,
@@ -242,14 +276,14 @@ fn replicas_serve_identical_contiguous_events_across_a_leader_kill_and_restarts(
     let leader = group.leader();
     group.nodes[leader].take().unwrap().kill9();
     runtime.block_on(write(&client, 2000, 10));
-    let survivors = identical_events(&group.live_https());
+    let survivors = identical_events(&group);
     assert_eq!(survivors[..before.len()], before[..], "history changed");
     assert!(survivors.len() > before.len());
 
     // Back: it catches up and serves the same events as the others.
     group.start(leader);
     runtime.block_on(write(&client, 3000, 3));
-    let after_return = identical_events(&group.live_https());
+    let after_return = identical_events(&group);
     assert_eq!(after_return[..survivors.len()], survivors[..]);
 
     // Every node restarted (state from snapshot + log replay): same events, then more.
@@ -261,7 +295,7 @@ fn replicas_serve_identical_contiguous_events_across_a_leader_kill_and_restarts(
     }
     group.leader();
     runtime.block_on(write(&client, 4000, 3));
-    let after_restart = identical_events(&group.live_https());
+    let after_restart = identical_events(&group);
     assert_eq!(after_restart[..after_return.len()], after_return[..]);
     eprintln!(
         "{} events, identical on three replicas through a leader kill and restarts",

@@ -10,6 +10,10 @@
 //!
 //! Order is openraft's: the state machine hands over one batch and waits for its outcome
 //! before the next, so the two threads never apply at the same time.
+//!
+//! A job's `applied` runs while the thread still holds the state's write lock: the state
+//! machine moves its applied position there, so no reader (a snapshot build above all) ever
+//! sees the batch's changes without the position that includes them.
 
 use std::io;
 use std::sync::mpsc;
@@ -26,10 +30,14 @@ use crate::types::BatchOutcome;
 /// lowest).
 const BACKGROUND_NICE: i32 = 10;
 
+/// What runs once a batch is applied, under the state's write lock (see the module header).
+pub(crate) type Applied = Box<dyn FnOnce() + Send>;
+
 struct Job {
     /// The batch's log index (written into its change events' batch marker).
     index: u64,
     batch: Bytes,
+    applied: Applied,
     done: oneshot::Sender<Result<BatchOutcome, String>>,
 }
 
@@ -49,9 +57,15 @@ impl Applier {
         })
     }
 
-    /// Applies one sealed batch (log entry `index`); `urgent` when a client waits for its
-    /// outcome.
-    pub async fn apply(&self, index: u64, batch: Bytes, urgent: bool) -> io::Result<BatchOutcome> {
+    /// Applies one sealed batch (log entry `index`), then runs `applied` before letting go of
+    /// the state; `urgent` when a client waits for its outcome.
+    pub async fn apply(
+        &self,
+        index: u64,
+        batch: Bytes,
+        urgent: bool,
+        applied: Applied,
+    ) -> io::Result<BatchOutcome> {
         let (done, outcome) = oneshot::channel();
         let thread = if urgent {
             &self.urgent
@@ -59,7 +73,12 @@ impl Applier {
             &self.background
         };
         thread
-            .send(Job { index, batch, done })
+            .send(Job {
+                index,
+                batch,
+                applied,
+                done,
+            })
             .map_err(|_| io::Error::other("the ledger apply thread stopped"))?;
         outcome
             .await
@@ -83,7 +102,13 @@ fn spawn_thread(
             if let Some(nice) = nice {
                 lower_own_priority(nice);
             }
-            for Job { index, batch, done } in queue {
+            for Job {
+                index,
+                batch,
+                applied,
+                done,
+            } in queue
+            {
                 let outcome = Batch::decode(&batch)
                     .map(|batch| {
                         let buffer = events.as_ref().and_then(EventLog::recycled_buffer);
@@ -93,7 +118,9 @@ fn spawn_thread(
                                 state.recycle_events(buffer);
                             }
                             let results = state.apply(&batch);
-                            (results, state.take_events(index))
+                            let changes = state.take_events(index);
+                            applied();
+                            (results, changes)
                         };
                         if let Some(events) = &events {
                             events.append(changes);
@@ -158,17 +185,38 @@ mod tests {
             (accounts_batch(3..6, 100), false),
             (accounts_batch(6..7, 50), true),
         ];
+        // What each batch's `applied` saw: the state still write-locked (by its own thread).
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         for (batch, urgent) in batches {
             let expected =
                 BatchOutcome::from_results(&reference.apply(&Batch::decode(&batch).unwrap()));
-            assert_eq!(applier.apply(1, batch, urgent).await.unwrap(), expected);
+            let (state, seen) = (Arc::clone(&state), Arc::clone(&seen));
+            let applied = Box::new(move || {
+                let locked = matches!(state.try_read(), Err(std::sync::TryLockError::WouldBlock));
+                seen.lock().unwrap().push(locked);
+            });
+            assert_eq!(
+                applier.apply(1, batch, urgent, applied).await.unwrap(),
+                expected
+            );
         }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "every batch's `applied` ran");
+        assert!(
+            seen.iter().all(|locked| *locked),
+            "`applied` ran under the write lock"
+        );
         assert_eq!(state.read().unwrap().digest(), reference.digest());
         assert_eq!(state.read().unwrap().accounts_count(), 6);
 
         // A batch that does not decode is an error, and changes nothing.
         let error = applier
-            .apply(1, Bytes::from_static(b"not a batch"), false)
+            .apply(
+                1,
+                Bytes::from_static(b"not a batch"),
+                false,
+                Box::new(|| {}),
+            )
             .await
             .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
@@ -196,11 +244,11 @@ mod tests {
         let applier = Applier::spawn(state, None).unwrap();
         // Both threads have started (and set their priority) once each applied a batch.
         applier
-            .apply(1, accounts_batch(1..2, 1), true)
+            .apply(1, accounts_batch(1..2, 1), true, Box::new(|| {}))
             .await
             .unwrap();
         applier
-            .apply(2, accounts_batch(2..3, 2), false)
+            .apply(2, accounts_batch(2..3, 2), false, Box::new(|| {}))
             .await
             .unwrap();
         let base = rustix::process::getpriority_process(None).unwrap();

@@ -293,18 +293,31 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
 
     /// Applies one sealed batch: on the apply threads (urgent when a client waits for the
     /// outcome: the leader's own writes), or inline.
+    ///
+    /// The applied position moves to `log_id` while the state's write lock is still held, so
+    /// that whoever reads the state with the position (a snapshot build) sees both or neither:
+    /// a snapshot whose state held entry k under the position k - 1 would apply k twice after
+    /// a restart (ids answer `exists`, but the batch count and the timestamps move on, and the
+    /// replica no longer agrees with its group).
     async fn apply_batch(
         &self,
-        index: u64,
+        log_id: LogId,
         batch: &bytes::Bytes,
         urgent: bool,
     ) -> io::Result<BatchOutcome> {
+        let index = log_id.index();
         let apply_twice =
             self.options.planted_bug == Some(PlantedBug::ApplyTwice) && index.is_multiple_of(16);
+        let inner = Arc::clone(&self.inner);
+        let applied = move || inner.lock().expect("never poisoned").last_applied = Some(log_id);
         if let Some(applier) = &self.applier {
-            let outcome = applier.apply(index, batch.clone(), urgent).await?;
+            let outcome = applier
+                .apply(index, batch.clone(), urgent, Box::new(applied))
+                .await?;
             if apply_twice {
-                applier.apply(index, batch.clone(), urgent).await?;
+                applier
+                    .apply(index, batch.clone(), urgent, Box::new(|| {}))
+                    .await?;
             }
             return Ok(outcome);
         }
@@ -315,6 +328,7 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
             state.apply(&batch);
         }
         let changes = state.take_events(index);
+        applied();
         drop(state);
         if let Some(events) = &self.events {
             events.append(changes);
@@ -481,18 +495,23 @@ impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let outcome = match &entry.payload {
+                // The position moves inside, under the state's lock.
                 EntryPayload::Normal(sealed) => {
-                    self.apply_batch(entry.log_id.index(), &sealed.0, responder.is_some())
+                    self.apply_batch(entry.log_id, &sealed.0, responder.is_some())
                         .await?
                 }
                 EntryPayload::Membership(membership) => {
-                    self.inner.lock().expect("never poisoned").membership =
+                    let mut inner = self.inner.lock().expect("never poisoned");
+                    inner.membership =
                         StoredMembership::new(Some(entry.log_id), membership.clone());
+                    inner.last_applied = Some(entry.log_id);
                     BatchOutcome::default()
                 }
-                EntryPayload::Blank => BatchOutcome::default(),
+                EntryPayload::Blank => {
+                    self.inner.lock().expect("never poisoned").last_applied = Some(entry.log_id);
+                    BatchOutcome::default()
+                }
             };
-            self.inner.lock().expect("never poisoned").last_applied = Some(entry.log_id);
             if let Some(observer) = &self.options.apply_observer {
                 observer(
                     &entry,
