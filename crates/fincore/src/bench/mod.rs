@@ -107,14 +107,15 @@ pub struct BenchArgs {
     #[arg(skip)]
     open: bool,
     /// Start this many ledger groups (each of --replicas replicas) and one `fincore gateway`
-    /// over them, and run the workload through the gateway: every transfer inside one group
-    /// (both accounts in the debit account's group, its id minted into the debit account's
-    /// slot), then check that every account's debits equal the credits overall.
+    /// over them, and run the workload through the gateway: transfers inside one group (both
+    /// accounts in the debit account's group, the id minted into its slot) and, with
+    /// --cross-group-ratio, across groups (run as sagas); then check that every account's
+    /// debits equal the credits overall.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=groups::GROUPS_LOCAL_MAX),
           conflicts_with_all = ["embedded", "addr", "kill_leader_at", "wipe_follower_at", "vs_single", "vs_insecure", "client_tls"])]
     groups: Option<u64>,
-    /// With --groups: the share of transfers (0 to 1) between accounts of different groups.
-    /// Only 0 runs today: the gateway refuses cross-group transfers until sagas are built.
+    /// With --groups: the share of transfers (0 to 1, default 0) between accounts of
+    /// different groups, each carried out as a saga by the gateway (docs/gateway.md).
     #[arg(long, value_name = "RATIO", requires = "groups")]
     cross_group_ratio: Option<f64>,
     /// With --groups: then run the same transfers against one group directly (no gateway) and
