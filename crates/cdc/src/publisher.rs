@@ -123,6 +123,9 @@ fn check(
         }));
     }
     debug_assert_eq!(seq, progress.published + 1);
+    if ack.duplicate && progress.duplicates == 0 {
+        tracing::info!(group = %target.group, seq, "event {seq} was in the stream already (another publisher's); going on alongside it");
+    }
     progress.published = seq;
     progress.duplicates += u64::from(ack.duplicate);
     Ok(())

@@ -94,7 +94,7 @@ impl Setup {
     }
 
     /// `fincore cdc` for this test's node and names, its log in `logs/<name>.log`.
-    fn publisher(&self, name: &str, in_flight: usize) -> Child {
+    fn publisher(&self, name: &str, in_flight: usize, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -105,6 +105,7 @@ impl Setup {
             .arg(format!("{GROUP}=http://{}", self.node.grpc_addr))
             .args(["--subject-prefix", &self.prefix])
             .args(["--in-flight", &in_flight.to_string()])
+            .args(extra)
             .env("FINCORE_API_KEY", &self.read_key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -293,7 +294,7 @@ fn every_event_is_published_once_in_order_with_the_nodes_json_and_its_id() {
         Duration::ZERO,
         &AtomicBool::new(false),
     );
-    let publisher = setup.publisher("once", 64);
+    let publisher = setup.publisher("once", 64, &[]);
     let last = setup.wait_caught_up(&["once"]);
     // More events while it runs: followed live.
     let url = format!("http://{}", setup.node.grpc_addr);
@@ -326,7 +327,7 @@ fn a_publisher_killed_at_random_moments_under_load_leaves_no_gap_and_no_repeat()
     std::thread::scope(|s| {
         let writer = s.spawn(|| write(&grpc, 300, 100, Duration::from_millis(10), &writing));
         for round in 0..5 {
-            let publisher = setup.publisher("kill", 1 + rng.random_range(0..2048));
+            let publisher = setup.publisher("kill", 1 + rng.random_range(0..2048), &[]);
             std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
             kill9(publisher);
             eprintln!("round {round}: killed at {:?}", setup.stream_state());
@@ -334,7 +335,7 @@ fn a_publisher_killed_at_random_moments_under_load_leaves_no_gap_and_no_repeat()
         writing.store(true, Ordering::Relaxed);
         writer.join().unwrap();
     });
-    let publisher = setup.publisher("kill", 512);
+    let publisher = setup.publisher("kill", 512, &[]);
     let last = setup.wait_caught_up(&["kill"]);
     std::thread::sleep(Duration::from_millis(300));
     kill9(publisher);
@@ -356,20 +357,42 @@ fn two_publishers_at_once_leave_no_gap_and_no_repeat() {
                 &AtomicBool::new(false),
             )
         });
-        let a = setup.publisher("a", 32);
-        let b = setup.publisher("b", 256);
+        // A 1 s duplicate window: a publisher that falls further behind is refused (wrong last
+        // sequence) rather than answered `duplicate`.
+        let a = setup.publisher("a", 32, &["--duplicate-window-seconds", "1"]);
+        let b = setup.publisher("b", 256, &["--duplicate-window-seconds", "1"]);
+        for _ in 0..2 {
+            // b stalls while a goes on, then wakes with stale publishes and pages.
+            std::thread::sleep(Duration::from_millis(500));
+            signal(&b, "-STOP");
+            std::thread::sleep(Duration::from_millis(1500));
+            signal(&b, "-CONT");
+        }
         writer.join().unwrap();
         let last = setup.wait_caught_up(&["a", "b"]);
         std::thread::sleep(Duration::from_millis(300));
         kill9(a);
         kill9(b);
         setup.check_stream_equals_node(last);
-        let raced = [setup.log("a"), setup.log("b")]
-            .iter()
-            .map(|log| log.matches("reading the stream's tail again").count())
-            .sum::<usize>();
-        eprintln!("{last} events, exactly once each, from two publishers ({raced} races lost)");
+        let count = |log: &str, text: &str| log.matches(text).count();
+        let (log_a, log_b) = (setup.log("a"), setup.log("b"));
+        let refused = count(&log_b, "wrong last sequence");
+        let duplicates =
+            count(&log_a, "in the stream already") + count(&log_b, "in the stream already");
+        eprintln!(
+            "{last} events, exactly once each, from two publishers (b refused {refused} times; {duplicates} runs met the other's messages)"
+        );
+        assert!(refused > 0, "b never lost a race after its stalls: {log_b}");
     });
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to a publisher this test started.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 #[test]
@@ -382,7 +405,7 @@ fn the_broker_itself_refuses_a_gap_and_a_repeat() {
         Duration::ZERO,
         &AtomicBool::new(false),
     );
-    let publisher = setup.publisher("refuse", 16);
+    let publisher = setup.publisher("refuse", 16, &[]);
     let last = setup.wait_caught_up(&["refuse"]);
     kill9(publisher);
     let subject = format!("{}.{GROUP}.events", setup.prefix);
