@@ -1,8 +1,9 @@
 //! `fincore cdc` through the real binary, a real node and the real NATS JetStream on
 //! 127.0.0.1:4222 (`scripts/services` starts it): every event published once, in order, with
 //! the node's own JSON and `<group>:<seq>` ids; a publisher killed with SIGKILL at random
-//! moments under load, and two publishers at once, still leave exactly events 1..=last in the
-//! stream; and the broker itself refuses a gap or a repeat. Each test has a subject prefix and
+//! moments under load, two publishers at once (one stalled past the duplicate window), and the
+//! loss of the replica a publisher follows, still leave exactly events 1..=last in the stream;
+//! and the broker itself refuses a gap or a repeat. Each test has a subject prefix and
 //! stream of its own, deleted at its end.
 
 mod support;
@@ -15,20 +16,24 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream::Stream;
 use client::RetryPolicy;
-use ledger::{Transfer, TransferFlags};
+use ledger::{CreateTransferResult as TR, Transfer, TransferFlags};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::{ChildNode, fincore_exe};
+use testkit::group::GroupLayout;
 use testkit::http::request_as;
 
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 const GROUP: &str = "g1";
 const ACCOUNTS: u128 = 8;
 
-/// A node with a `read` key, and the NATS names of this test (deleted when dropped).
+/// A group's nodes (one, or a group of three), a key for reading events, and the NATS names of
+/// this test (deleted when dropped).
 struct Setup {
     _dir: tempfile::TempDir,
-    node: ChildNode,
+    nodes: Vec<Option<ChildNode>>,
+    grpc_addrs: Vec<String>,
+    http_addrs: Vec<String>,
     read_key: String,
     logs: std::path::PathBuf,
     prefix: String,
@@ -38,6 +43,7 @@ struct Setup {
 }
 
 impl Setup {
+    /// A node of its own, read with a key of role `read`.
     fn new(test: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -60,6 +66,44 @@ impl Setup {
             assert!(Instant::now() < deadline, "the read key was not loaded");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let (grpc, http) = (node.grpc_addr.clone(), node.http_addr.clone());
+        Setup::with(
+            test,
+            dir,
+            vec![Some(node)],
+            vec![grpc],
+            vec![http],
+            read_key,
+        )
+    }
+
+    /// A group of three replicas, read with the test nodes' key.
+    fn group(test: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = GroupLayout::on_free_ports(3).unwrap();
+        let nodes = (0..3)
+            .map(|i| {
+                let data = dir.path().join(format!("node-{i}"));
+                let mut args = layout.serve_args(i, 3);
+                args.extend(layout.membership_args(i, &data));
+                Some(
+                    ChildNode::start(fincore_exe(), &data, &args).unwrap_or_else(|e| panic!("{e}")),
+                )
+            })
+            .collect();
+        let key = testkit::keys::token().expect("the nodes' key").to_string();
+        let (grpc, http) = (layout.grpc_addrs.clone(), layout.http_addrs.clone());
+        Setup::with(test, dir, nodes, grpc, http, key)
+    }
+
+    fn with(
+        test: &str,
+        dir: tempfile::TempDir,
+        nodes: Vec<Option<ChildNode>>,
+        grpc_addrs: Vec<String>,
+        http_addrs: Vec<String>,
+        read_key: String,
+    ) -> Setup {
         let unique = format!(
             "{}{}x{}",
             test.replace('_', ""),
@@ -83,7 +127,9 @@ impl Setup {
         std::fs::create_dir_all(&logs).unwrap();
         Setup {
             _dir: dir,
-            node,
+            nodes,
+            grpc_addrs,
+            http_addrs,
             read_key,
             logs,
             prefix,
@@ -100,9 +146,14 @@ impl Setup {
             .append(true)
             .open(self.logs.join(format!("{name}.log")))
             .unwrap();
+        let replicas: Vec<String> = self
+            .grpc_addrs
+            .iter()
+            .map(|addr| format!("http://{addr}"))
+            .collect();
         Command::new(fincore_exe())
             .args(["cdc", "--nats", NATS_URL, "--group"])
-            .arg(format!("{GROUP}=http://{}", self.node.grpc_addr))
+            .arg(format!("{GROUP}={}", replicas.join(",")))
             .args(["--subject-prefix", &self.prefix])
             .args(["--in-flight", &in_flight.to_string()])
             .args(extra)
@@ -123,10 +174,14 @@ impl Setup {
         self.node_page(0, 1)["last_seq"].as_u64().unwrap()
     }
 
+    /// A page of a live node's events.
     fn node_page(&self, after: u64, limit: usize) -> Value {
+        let live = (0..self.nodes.len())
+            .find(|&i| self.nodes[i].is_some())
+            .expect("a live node");
         let answer = request_as(
             Some(&self.read_key),
-            &self.node.http_addr,
+            &self.http_addrs[live],
             "GET",
             &format!("/v1/events?after={after}&limit={limit}"),
             None,
@@ -250,12 +305,14 @@ fn batch(base: u128, size: u128, previous_pending: Option<u128>) -> Vec<Transfer
     batch
 }
 
-/// Writes `batches` batches of about `size` transfers; stops early when `stop` is set.
+/// Writes `batches` batches of about `size` transfers to the nodes at `grpc` (`A,B,…`); stops
+/// early when `stop` is set.
 fn write(grpc: &str, batches: u128, size: u128, pause: Duration, stop: &AtomicBool) {
-    let url = format!("http://{grpc}");
+    let urls: Vec<String> = grpc.split(',').map(|a| format!("http://{a}")).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let client = support::connect(&url, RetryPolicy::default()).unwrap();
+        let client = support::connect_any(&urls, RetryPolicy::default()).unwrap();
         client
             .create_accounts(&support::ledger_accounts(ACCOUNTS))
             .await
@@ -271,7 +328,12 @@ fn write(grpc: &str, batches: u128, size: u128, pause: Duration, stop: &AtomicBo
                 .await
                 .unwrap()
             {
-                assert_eq!(result.result, ledger::CreateTransferResult::Created);
+                // `exists`: a batch sent again across a leader change.
+                assert!(
+                    matches!(result.result, TR::Created | TR::Exists),
+                    "{}",
+                    result.result
+                );
             }
             previous = Some(base + size);
             tokio::time::sleep(pause).await;
@@ -288,7 +350,7 @@ fn kill9(mut child: Child) {
 fn every_event_is_published_once_in_order_with_the_nodes_json_and_its_id() {
     let setup = Setup::new("once");
     write(
-        &setup.node.grpc_addr,
+        &setup.grpc_addrs[0],
         20,
         50,
         Duration::ZERO,
@@ -297,7 +359,7 @@ fn every_event_is_published_once_in_order_with_the_nodes_json_and_its_id() {
     let publisher = setup.publisher("once", 64, &[]);
     let last = setup.wait_caught_up(&["once"]);
     // More events while it runs: followed live.
-    let url = format!("http://{}", setup.node.grpc_addr);
+    let url = format!("http://{}", setup.grpc_addrs[0]);
     setup.runtime.block_on(async {
         let client = support::connect(&url, RetryPolicy::default()).unwrap();
         let more: Vec<Transfer> = (100_000..100_100)
@@ -323,7 +385,7 @@ fn a_publisher_killed_at_random_moments_under_load_leaves_no_gap_and_no_repeat()
     eprintln!("seed {seed}");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let writing = AtomicBool::new(false);
-    let grpc = setup.node.grpc_addr.clone();
+    let grpc = setup.grpc_addrs.join(",");
     std::thread::scope(|s| {
         let writer = s.spawn(|| write(&grpc, 300, 100, Duration::from_millis(10), &writing));
         for round in 0..5 {
@@ -346,7 +408,7 @@ fn a_publisher_killed_at_random_moments_under_load_leaves_no_gap_and_no_repeat()
 #[test]
 fn two_publishers_at_once_leave_no_gap_and_no_repeat() {
     let setup = Setup::new("two");
-    let grpc = setup.node.grpc_addr.clone();
+    let grpc = setup.grpc_addrs.join(",");
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
             write(
@@ -399,7 +461,7 @@ fn signal(child: &Child, signal: &str) {
 fn the_broker_itself_refuses_a_gap_and_a_repeat() {
     let setup = Setup::new("refuse");
     write(
-        &setup.node.grpc_addr,
+        &setup.grpc_addrs[0],
         2,
         10,
         Duration::ZERO,
@@ -447,4 +509,29 @@ fn the_broker_itself_refuses_a_gap_and_a_repeat() {
         assert_eq!(duplicate.sequence, last);
     });
     setup.check_stream_equals_node(last);
+}
+
+#[test]
+fn a_publisher_fails_over_to_another_replica_when_the_one_it_follows_is_killed() {
+    let mut setup = Setup::group("failover");
+    let grpc = setup.grpc_addrs.join(",");
+    let stop = AtomicBool::new(false);
+    let last = std::thread::scope(|s| {
+        let writer = s.spawn(|| write(&grpc, 120, 100, Duration::from_millis(10), &stop));
+        let publisher = setup.publisher("failover", 128, &[]);
+        std::thread::sleep(Duration::from_millis(1500));
+        // The replica it follows first (the first named) goes away under load.
+        let killed = setup.stream_state();
+        setup.nodes[0].take().unwrap().kill9();
+        writer.join().unwrap();
+        let last = setup.wait_caught_up(&["failover"]);
+        std::thread::sleep(Duration::from_millis(300));
+        kill9(publisher);
+        eprintln!("replica 1 killed at {killed:?}");
+        last
+    });
+    setup.check_stream_equals_node(last);
+    let log = setup.log("failover");
+    assert!(log.contains("trying the next replica"), "{log}");
+    eprintln!("{last} events, exactly once each, across the loss of the replica followed");
 }
