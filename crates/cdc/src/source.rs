@@ -222,6 +222,17 @@ async fn follow(replica: &Replica, after: &mut u64, pages: &mpsc::Sender<Page>) 
         ClientError::Invalid(reason) => Ended::Unfit(reason),
         other => Ended::Failed(other.to_string()),
     };
+    // A replica behind the stream is followed all the same (it serves them once it has them),
+    // but said: a long wait here is a lagging replica, or the wrong group's stream.
+    match replica.client.read_events(*after, 1).await {
+        Ok(page) if page.last_seq < *after => tracing::warn!(
+            replica = %replica.url,
+            "the stream holds events up to {after} and this replica only up to {}: waiting for it (is it this group's replica?)",
+            page.last_seq
+        ),
+        Ok(_) => {}
+        Err(error) => return ended(error),
+    }
     let mut subscription = tokio::select! {
         subscribed = replica.client.subscribe_events(*after) => match subscribed {
             Ok(subscription) => subscription,
