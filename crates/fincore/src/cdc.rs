@@ -48,8 +48,12 @@ pub struct CdcArgs {
     in_flight: u64,
 }
 
+/// clap names the flag itself: the reason alone.
 fn parse_group(text: &str) -> Result<GroupSpec, String> {
-    text.parse().map_err(|e: cdc::CdcError| e.to_string())
+    text.parse().map_err(|error| match error {
+        cdc::CdcError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
