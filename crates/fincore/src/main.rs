@@ -6,6 +6,7 @@
 mod admin;
 mod allocator;
 mod bench;
+mod cdc;
 mod certs;
 mod chaos;
 mod gateway;
@@ -58,6 +59,9 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Run the deterministic cluster simulator: one seed, or a swarm of seeds.
     Sim(sim::SimArgs),
+    /// Publish each group's change events to NATS JetStream (`fincore.<group>.events`),
+    /// gap-free and never twice; resumes from what the streams hold.
+    Cdc(cdc::CdcArgs),
     /// Make a development certificate authority and node certificates for TLS between
     /// replicas.
     Certs(certs::CertsArgs),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(&args),
         Command::Chaos(args) => chaos::run(&args),
         Command::Certs(args) => certs::run(&args),
+        Command::Cdc(args) => cdc::run(&args),
     };
     match outcome {
         Ok(code) => code,

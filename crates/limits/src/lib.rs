@@ -429,6 +429,51 @@ pub const EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX: usize = 4;
 pub const EVENTS_SUBSCRIBER_STALL_SECONDS_MAX: u64 = 10;
 
 // ---------------------------------------------------------------------------------------------
+// The CDC publisher (`fincore cdc`: change events into NATS JetStream).
+
+/// Groups one publisher serves (`--group`, repeated).
+pub const CDC_GROUPS_MAX: usize = 64;
+
+/// Replicas named for one group (`--group G=URL,URL,…`), tried in turn.
+pub const CDC_GROUP_REPLICAS_MAX: usize = 7;
+
+/// Bytes of a group's name: one token of the NATS subject and part of the stream's name.
+pub const CDC_GROUP_NAME_BYTES_MAX: usize = 64;
+
+/// Publishes of one group awaiting the broker's acknowledgement, by default (`--in-flight`).
+pub const CDC_PUBLISHES_IN_FLIGHT_DEFAULT: usize = 4096;
+
+/// Most publishes of one group awaiting acknowledgement that `--in-flight` accepts.
+pub const CDC_PUBLISHES_IN_FLIGHT_MAX: usize = 32_768;
+
+/// Pages read from a replica and waiting to be published, per group.
+pub const CDC_SOURCE_PAGES_QUEUED_MAX: usize = 4;
+
+/// First wait before trying again after a failure (a replica or the broker unreachable, a
+/// race lost to another publisher); doubled on each failure in a row up to the maximum.
+pub const CDC_RETRY_BACKOFF_MS_INITIAL: u64 = 50;
+
+/// Longest wait between two tries.
+pub const CDC_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+
+/// How long the broker has to answer a JetStream request or acknowledge a publish.
+pub const CDC_NATS_REQUEST_SECONDS_MAX: u64 = 10;
+
+/// The broker's duplicate window of a stream the publisher creates, by default
+/// (`--duplicate-window-seconds`): a message id seen within it is answered `duplicate`.
+pub const CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT: u64 = 120;
+
+/// Longest duplicate window `--duplicate-window-seconds` accepts (a day).
+pub const CDC_DUPLICATE_WINDOW_SECONDS_MAX: u64 = 86_400;
+
+/// How often a publisher that made progress logs it.
+pub const CDC_PROGRESS_LOG_SECONDS: u64 = 5;
+
+/// Largest message the publisher sends: the JSON event and its headers (the message id and
+/// the expected last sequence, under 200 bytes). NATS's default `max_payload` is 1 MiB.
+pub const CDC_MESSAGE_BYTES_MAX: usize = EVENT_JSON_BYTES_MAX + 256;
+
+// ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
 // A full batch fits one journal record (inside the Raft entry that carries it).
@@ -543,4 +588,18 @@ const _: () = assert!(
         && EVENTS_SUBSCRIBERS_MAX >= 1
         && EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX >= 1
         && EVENTS_SUBSCRIBER_STALL_SECONDS_MAX >= 1
+);
+// The CDC publisher: a bounded window, a queue of at least one page, backoff that grows, and
+// a message far under NATS's default 1 MiB `max_payload`.
+const _: () = assert!(
+    CDC_PUBLISHES_IN_FLIGHT_DEFAULT >= 1
+        && CDC_PUBLISHES_IN_FLIGHT_DEFAULT <= CDC_PUBLISHES_IN_FLIGHT_MAX
+        && CDC_SOURCE_PAGES_QUEUED_MAX >= 1
+        && CDC_RETRY_BACKOFF_MS_INITIAL >= 1
+        && CDC_RETRY_BACKOFF_MS_INITIAL <= CDC_RETRY_BACKOFF_MS_MAX
+        && CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT >= 1
+        && CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT <= CDC_DUPLICATE_WINDOW_SECONDS_MAX
+        && CDC_GROUPS_MAX >= 1
+        && CDC_GROUP_REPLICAS_MAX >= 1
+        && CDC_MESSAGE_BYTES_MAX <= 1 << 20
 );

@@ -32,6 +32,29 @@ pub fn start_node(data_dir: &Path) -> ChildNode {
     start_node_on(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[])
 }
 
+/// `fincore keys create --role ROLE --keys FILE`: the token it printed.
+pub fn create_key(keys: &Path, role: &str) -> String {
+    let output = std::process::Command::new(fincore_exe())
+        .args(["keys", "create", "--role", role, "--name", role, "--keys"])
+        .arg(keys)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// Accounts `1..=count` on ledger 1, code 1.
+pub fn ledger_accounts(count: u128) -> Vec<ledger::Account> {
+    (1..=count)
+        .map(|id| ledger::Account {
+            id,
+            ledger: 1,
+            code: 1,
+            ..ledger::Account::default()
+        })
+        .collect()
+}
+
 /// A client of the nodes at `addrs` (`http://HOST:PORT` each) with the admin key of the nodes
 /// this test started.
 pub fn connect_any(

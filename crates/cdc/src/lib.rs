@@ -1,0 +1,97 @@
+//! The CDC publisher (`fincore cdc`): each group's change events (`docs/events.md`) into NATS
+//! JetStream, one message per event on `<prefix>.<group>.events`, gap-free and never twice.
+//!
+//! - **The broker keeps it exact.** Each group has a stream of its own holding event N at
+//!   stream sequence N; every publish carries `Nats-Msg-Id: <group>:<seq>` and
+//!   `Nats-Expected-Last-Sequence: <seq - 1>`, so JetStream itself refuses a gap or a repeat,
+//!   whoever publishes.
+//! - **Resumes from the broker.** After a crash, or a race lost to another publisher, a group
+//!   reads the stream's tail (its last message and message id) and goes on from there; no
+//!   local state is kept.
+//! - **Fast.** Publishes are pipelined (`--in-flight` awaiting acknowledgement, awaited in
+//!   order) while the next pages are read from a replica.
+//! - **Loud about loss.** Events no replica has any more stop the group, naming the seqs.
+//!
+//! Modules: `config` (flags checked), `message` (an event as a message), `stream` (setup and
+//! tail), `source` (the replicas), `publisher` (the pipeline), `group` (the loop), `error`.
+//! This crate must not touch the ledger's state or a node's files: it reads events through the
+//! client API only.
+
+mod config;
+mod error;
+mod group;
+mod message;
+mod publisher;
+mod source;
+mod stream;
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::ContextBuilder;
+
+pub use config::{Config, GroupSpec, STREAM_TEMPLATE_DEFAULT, SUBJECT_PREFIX_DEFAULT};
+pub use error::CdcError;
+pub use message::{encode, message_id, seq_of};
+
+/// Publishes every group's events until one group must stop (its error is returned). Runs
+/// forever otherwise: stop it by dropping the future (nothing is lost: a restart resumes
+/// from the streams).
+pub async fn run(config: Config) -> CdcError {
+    if let Err(error) = config.check() {
+        return error;
+    }
+    let nats = |reason: String| CdcError::Nats {
+        url: config.nats_url.clone(),
+        reason,
+    };
+    let connected = async_nats::ConnectOptions::new()
+        .name("fincore-cdc")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(limits::CDC_NATS_REQUEST_SECONDS_MAX))
+        .reconnect_delay_callback(|attempts| {
+            let shift = attempts.min(16) as u32;
+            Duration::from_millis(
+                (limits::CDC_RETRY_BACKOFF_MS_INITIAL << shift)
+                    .min(limits::CDC_RETRY_BACKOFF_MS_MAX),
+            )
+        })
+        .connect(config.nats_url.as_str())
+        .await;
+    let client = match connected {
+        Ok(client) => client,
+        Err(error) => return nats(error.to_string()),
+    };
+    // Twice the groups' windows: the publishes a run abandons (on a refusal) hold their
+    // permits until answered or timed out, and must not stall the next run.
+    let request_max = Duration::from_secs(limits::CDC_NATS_REQUEST_SECONDS_MAX);
+    let context = ContextBuilder::new()
+        .timeout(request_max)
+        .ack_timeout(request_max)
+        .max_ack_inflight(2 * config.in_flight_max * config.groups.len())
+        .build(client);
+    let mut groups = tokio::task::JoinSet::new();
+    for spec in &config.groups {
+        let replicas = match source::replicas(&spec.name, &spec.replicas, config.api_key.as_deref())
+        {
+            Ok(replicas) => replicas,
+            Err(error) => return error,
+        };
+        let target = stream::Target {
+            group: spec.name.clone(),
+            subject: config.subject(&spec.name),
+            stream: config.stream_name(&spec.name),
+            duplicate_window: config.duplicate_window,
+        };
+        groups.spawn(group::run(
+            context.clone(),
+            target,
+            replicas,
+            config.in_flight_max,
+        ));
+    }
+    match groups.join_next().await {
+        Some(Ok(error)) => error,
+        Some(Err(panicked)) => nats(format!("a group's task failed: {panicked}")),
+        None => unreachable!("config.check() asks for one group at least"),
+    }
+}

@@ -1,0 +1,82 @@
+//! `fincore cdc`: publish each group's change events to NATS JetStream until Ctrl-C or
+//! SIGTERM (the `cdc` crate does the work; `docs/events.md`, "Publishing to NATS"). This module
+//! reads the flags and turns a group's fatal error into the exit status.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cdc::{Config, GroupSpec};
+use limits::{
+    CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT, CDC_DUPLICATE_WINDOW_SECONDS_MAX,
+    CDC_PUBLISHES_IN_FLIGHT_DEFAULT, CDC_PUBLISHES_IN_FLIGHT_MAX,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct CdcArgs {
+    /// The NATS server with JetStream.
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// A group to publish: its name (a subject token: letters, digits, '-', '_'; its 32-hex-digit
+    /// id makes every call name it) and its replicas' gRPC addresses, tried in turn. Repeat for
+    /// more groups.
+    #[arg(long = "group", value_name = "NAME=URL[,URL…]", required = true,
+        value_parser = parse_group)]
+    groups: Vec<GroupSpec>,
+    /// The API key sent to the replicas (role `read` suffices).
+    #[arg(
+        long,
+        env = "FINCORE_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
+    /// Subjects are `<PREFIX>.<group>.events`.
+    #[arg(long, value_name = "PREFIX", default_value = cdc::SUBJECT_PREFIX_DEFAULT)]
+    subject_prefix: String,
+    /// Each group's stream name: `{prefix}` is the subject prefix with dots as dashes, `{group}`
+    /// the group's name. Created when missing (limits retention, file storage).
+    #[arg(long = "stream", value_name = "TEMPLATE", default_value = cdc::STREAM_TEMPLATE_DEFAULT)]
+    stream_template: String,
+    /// The duplicate window of a stream this publisher creates.
+    #[arg(long, value_name = "SECONDS", default_value_t = CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..=CDC_DUPLICATE_WINDOW_SECONDS_MAX))]
+    duplicate_window_seconds: u64,
+    /// Publishes of one group awaiting the broker's acknowledgement at once.
+    #[arg(long, value_name = "N", default_value_t = CDC_PUBLISHES_IN_FLIGHT_DEFAULT as u64,
+        value_parser = clap::value_parser!(u64).range(1..=CDC_PUBLISHES_IN_FLIGHT_MAX as u64))]
+    in_flight: u64,
+}
+
+/// clap names the flag itself: the reason alone.
+fn parse_group(text: &str) -> Result<GroupSpec, String> {
+    text.parse().map_err(|error| match error {
+        cdc::CdcError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging();
+    let config = Config {
+        nats_url: args.nats.clone(),
+        groups: args.groups.clone(),
+        api_key: args.api_key.clone().filter(|key| !key.is_empty()),
+        subject_prefix: args.subject_prefix.clone(),
+        stream_template: args.stream_template.clone(),
+        duplicate_window: Duration::from_secs(args.duplicate_window_seconds),
+        in_flight_max: usize::try_from(args.in_flight).context("--in-flight")?,
+    };
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        let stop = crate::serve::stop_signal()?;
+        tokio::select! {
+            error = cdc::run(config) => Err(anyhow::Error::new(error)),
+            () = stop => {
+                // Nothing to save: a restart resumes from what the streams hold.
+                tracing::info!("stopped");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
