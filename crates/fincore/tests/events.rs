@@ -10,9 +10,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use client::{ClientError, RetryPolicy};
-use ledger::{Account, CreateTransferResult as TR, EventKind, Transfer, TransferFlags};
+use ledger::{CreateTransferResult as TR, EventKind, Transfer, TransferFlags};
 use serde_json::Value;
-use support::{ChildNode, fincore_exe, get};
+use support::{ChildNode, create_key, fincore_exe, get, ledger_accounts};
 use testkit::group::GroupLayout;
 use testkit::http::{replica_status, request_as};
 
@@ -213,17 +213,6 @@ async fn write(client: &client::Client, first: u128, rounds: u128) {
     }
 }
 
-fn accounts() -> Vec<Account> {
-    (1..=ACCOUNTS)
-        .map(|id| Account {
-            id,
-            ledger: 1,
-            code: 1,
-            ..Account::default()
-        })
-        .collect()
-}
-
 #[test]
 fn replicas_serve_identical_contiguous_events_across_a_leader_kill_and_restarts() {
     let mut group = Group::new(3);
@@ -242,7 +231,10 @@ fn replicas_serve_identical_contiguous_events_across_a_leader_kill_and_restarts(
         support::connect_any(&urls.iter().map(String::as_str).collect::<Vec<_>>(), policy).unwrap()
     });
     runtime.block_on(async {
-        client.create_accounts(&accounts()).await.unwrap();
+        client
+            .create_accounts(&ledger_accounts(ACCOUNTS))
+            .await
+            .unwrap();
         write(&client, 100, 30).await;
     });
     std::thread::sleep(Duration::from_millis(1200)); // some pending transfers time out
@@ -306,17 +298,6 @@ fn replicas_serve_identical_contiguous_events_across_a_leader_kill_and_restarts(
     }
 }
 
-/// `fincore keys create --role ROLE --keys FILE`: the token it printed.
-fn create_key(keys: &std::path::Path, role: &str) -> String {
-    let output = std::process::Command::new(fincore_exe())
-        .args(["keys", "create", "--role", role, "--name", role, "--keys"])
-        .arg(keys)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
 #[test]
 fn bad_parameters_and_missing_keys_are_refused_and_a_stalled_subscriber_holds_back_no_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -374,7 +355,10 @@ fn bad_parameters_and_missing_keys_are_refused_and_a_stalled_subscriber_holds_ba
         let mut stalled = stalled_subscriber(&node.grpc_addr, &read).await;
         let mut live = reader.subscribe_events(0).await.unwrap();
         let writer = support::connect(&url, RetryPolicy::default()).unwrap();
-        writer.create_accounts(&accounts()).await.unwrap();
+        writer
+            .create_accounts(&ledger_accounts(ACCOUNTS))
+            .await
+            .unwrap();
         let started = Instant::now();
         let batches = 16u128;
         for b in 0..batches {
