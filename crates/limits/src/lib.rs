@@ -429,6 +429,45 @@ pub const EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX: usize = 4;
 pub const EVENTS_SUBSCRIBER_STALL_SECONDS_MAX: u64 = 10;
 
 // ---------------------------------------------------------------------------------------------
+// The projector (`fincore project`): change events into SQL read models.
+
+/// Event pages read ahead of the database writer, per group (each at most
+/// `EVENTS_PAGE_EVENTS_MAX` events); a full queue stops reading until the writer catches up.
+pub const PROJECTOR_PAGES_QUEUED_MAX: usize = 8;
+
+/// Events of whole batches written in one database transaction (with their offset). A batch
+/// is never split: one larger than this is written alone.
+pub const PROJECTOR_TRANSACTION_EVENTS_MAX: usize = 32_768;
+
+/// Most events one batch can have, its marker included: every event of a full batch, every
+/// expiry due before it, and the marker. A longer batch is refused as a broken stream.
+pub const PROJECTOR_BATCH_EVENTS_MAX: usize = BATCH_EVENTS_MAX + BATCH_EXPIRIES_MAX + 1;
+
+/// Rows in one multi-row SQLite statement (SQLite binds at most 32,766 values a statement).
+pub const PROJECTOR_SQLITE_ROWS_PER_STATEMENT_MAX: usize = 1_000;
+
+/// Columns of the widest read-model row (`transfers`: the transfer's 13 fields and `state`).
+pub const PROJECTOR_ROW_COLUMNS_MAX: usize = 14;
+
+/// Values SQLite binds in one statement (its `SQLITE_MAX_VARIABLE_NUMBER` since 3.32).
+pub const PROJECTOR_SQLITE_VARIABLES_MAX: usize = 32_766;
+
+/// Ids `--verify` looks up in one call.
+pub const PROJECTOR_VERIFY_IDS_PER_LOOKUP_MAX: usize = 4096;
+
+/// Groups one projector follows.
+pub const PROJECTOR_GROUPS_MAX: usize = 64;
+
+/// Replicas named for one group.
+pub const PROJECTOR_REPLICAS_PER_GROUP_MAX: usize = 16;
+
+/// Longest wait between two attempts to reach a group's replicas (doubling from 100 ms).
+pub const PROJECTOR_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+
+/// How long `--verify` waits, by default, for the read model to reach the ledger's last event.
+pub const PROJECTOR_VERIFY_WAIT_SECONDS_DEFAULT: u64 = 60;
+
+// ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
 // A full batch fits one journal record (inside the Raft entry that carries it).
@@ -544,3 +583,12 @@ const _: () = assert!(
         && EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX >= 1
         && EVENTS_SUBSCRIBER_STALL_SECONDS_MAX >= 1
 );
+// Projector: a multi-row SQLite statement binds what SQLite allows, a whole batch fits the
+// read-ahead queue's pages many times over, lookups stay within the node's limit.
+const _: () = assert!(
+    PROJECTOR_SQLITE_ROWS_PER_STATEMENT_MAX * PROJECTOR_ROW_COLUMNS_MAX
+        <= PROJECTOR_SQLITE_VARIABLES_MAX
+);
+const _: () = assert!(PROJECTOR_TRANSACTION_EVENTS_MAX >= EVENTS_PAGE_EVENTS_MAX);
+const _: () = assert!(PROJECTOR_PAGES_QUEUED_MAX >= 1 && PROJECTOR_GROUPS_MAX >= 1);
+const _: () = assert!(PROJECTOR_VERIFY_IDS_PER_LOOKUP_MAX <= LOOKUP_IDS_MAX);
