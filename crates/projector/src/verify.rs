@@ -136,7 +136,7 @@ async fn compare_table<Row, Theirs>(
     groups: &[Replicas],
     page: impl AsyncFn(&mut Sink, Option<u128>) -> Result<Vec<Row>, SinkError>,
     call: impl AsyncFn(&client::Client, &[u128]) -> Result<Vec<Theirs>, client::ClientError>,
-    ids: (fn(&Row) -> u128, fn(&Theirs) -> u128),
+    ids: IdsOf<Row, Theirs>,
     difference: fn(&Row, &Theirs) -> Option<Difference>,
 ) -> Result<Option<String>, ProjectError> {
     let mut after = None;
@@ -197,6 +197,9 @@ async fn compare_transfers(
 }
 
 type Difference = (&'static str, String, String);
+
+/// How to take the id of a read-model row and of the ledger's answer.
+type IdsOf<Row, Theirs> = (fn(&Row) -> u128, fn(&Theirs) -> u128);
 
 fn first_difference(fields: Vec<(&'static str, String, String)>) -> Option<Difference> {
     fields.into_iter().find(|(_, ours, theirs)| ours != theirs)
