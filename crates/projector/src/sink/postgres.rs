@@ -135,6 +135,18 @@ impl PgSink {
     pub async fn create_schema(&mut self) -> Result<(), SinkError> {
         // Two processes creating the same table at once collide in PostgreSQL's catalog even
         // with IF NOT EXISTS: one creates while the other waits on this lock.
+        // All there already (every start but the first): nothing to create, and no notice
+        // "relation … already exists" per table in the log.
+        let present: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()
+             AND tablename IN ('accounts', 'transfers', 'account_balances', 'projection_offsets')",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(db("looking for the read model's tables"))?;
+        if present == SCHEMA.len() as i64 {
+            return Ok(());
+        }
         let mut tx = self
             .conn
             .begin()
