@@ -113,6 +113,22 @@ impl Config {
                     format!("group {:?} is given twice", group.name),
                 ));
             }
+            // A replica named twice would never be counted as every replica ("gone" from all).
+            if let Some((at, url)) = group
+                .replicas
+                .iter()
+                .enumerate()
+                .find(|(at, url)| group.replicas[..*at].contains(url))
+            {
+                return Err(invalid(
+                    "--group",
+                    format!(
+                        "group {:?}: replica {url} is given twice (URL {} of the list)",
+                        group.name,
+                        at + 1
+                    ),
+                ));
+            }
         }
         let prefix_ok = !self.subject_prefix.is_empty()
             && self.subject_prefix.split('.').all(|token| {
@@ -222,6 +238,12 @@ mod tests {
             let error = bad.parse::<GroupSpec>().unwrap_err();
             assert!(error.to_string().starts_with("--group:"), "{bad}: {error}");
         }
+        let replica_twice = config(&["g1=http://a:1,http://b:1,http://a:1"]);
+        let error = replica_twice.check().unwrap_err().to_string();
+        assert!(
+            error.contains("http://a:1 is given twice (URL 3"),
+            "{error}"
+        );
         let mut twice = config(&["g1=http://a:1", "g1=http://b:1"]);
         assert!(twice.check().unwrap_err().to_string().contains("twice"));
         twice.groups.pop();

@@ -13,6 +13,7 @@ mod gateway;
 mod init;
 mod keys;
 mod nodes;
+mod project;
 mod serve;
 mod sim;
 mod verify;
@@ -65,6 +66,9 @@ enum Command {
     /// Make a development certificate authority and node certificates for TLS between
     /// replicas.
     Certs(certs::CertsArgs),
+    /// Project groups' change events into SQL read models (PostgreSQL or SQLite); --verify
+    /// compares a read model with the ledger.
+    Project(project::ProjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Chaos(args) => chaos::run(&args),
         Command::Certs(args) => certs::run(&args),
         Command::Cdc(args) => cdc::run(&args),
+        Command::Project(args) => project::run(&args),
     };
     match outcome {
         Ok(code) => code,

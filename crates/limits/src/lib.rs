@@ -472,6 +472,43 @@ pub const CDC_PROGRESS_LOG_SECONDS: u64 = 5;
 /// Largest message the publisher sends: the JSON event and its headers (the message id and
 /// the expected last sequence, under 200 bytes). NATS's default `max_payload` is 1 MiB.
 pub const CDC_MESSAGE_BYTES_MAX: usize = EVENT_JSON_BYTES_MAX + 256;
+// The projector (`fincore project`): change events into SQL read models.
+
+/// Event pages read ahead of the database writer, per group (each at most
+/// `EVENTS_PAGE_EVENTS_MAX` events); a full queue stops reading until the writer catches up.
+pub const PROJECTOR_PAGES_QUEUED_MAX: usize = 8;
+
+/// Events of whole batches written in one database transaction (with their offset). A batch
+/// is never split: one larger than this is written alone.
+pub const PROJECTOR_TRANSACTION_EVENTS_MAX: usize = 32_768;
+
+/// Most events one batch can have, its marker included: every event of a full batch, every
+/// expiry due before it, and the marker. A longer batch is refused as a broken stream.
+pub const PROJECTOR_BATCH_EVENTS_MAX: usize = BATCH_EVENTS_MAX + BATCH_EXPIRIES_MAX + 1;
+
+/// Rows in one multi-row SQLite statement (SQLite binds at most 32,766 values a statement).
+pub const PROJECTOR_SQLITE_ROWS_PER_STATEMENT_MAX: usize = 1_000;
+
+/// Columns of the widest read-model row (`transfers`: the transfer's 13 fields and `state`).
+pub const PROJECTOR_ROW_COLUMNS_MAX: usize = 14;
+
+/// Values SQLite binds in one statement (its `SQLITE_MAX_VARIABLE_NUMBER` since 3.32).
+pub const PROJECTOR_SQLITE_VARIABLES_MAX: usize = 32_766;
+
+/// Ids `--verify` looks up in one call.
+pub const PROJECTOR_VERIFY_IDS_PER_LOOKUP_MAX: usize = 4096;
+
+/// Groups one projector follows.
+pub const PROJECTOR_GROUPS_MAX: usize = 64;
+
+/// Replicas named for one group.
+pub const PROJECTOR_REPLICAS_PER_GROUP_MAX: usize = 16;
+
+/// Longest wait between two attempts to reach a group's replicas (doubling from 100 ms).
+pub const PROJECTOR_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+
+/// How long `--verify` waits, by default, for the read model to reach the ledger's last event.
+pub const PROJECTOR_VERIFY_WAIT_SECONDS_DEFAULT: u64 = 60;
 
 // ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
@@ -603,3 +640,12 @@ const _: () = assert!(
         && CDC_GROUP_REPLICAS_MAX >= 1
         && CDC_MESSAGE_BYTES_MAX <= 1 << 20
 );
+// Projector: a multi-row SQLite statement binds what SQLite allows, a whole batch fits the
+// read-ahead queue's pages many times over, lookups stay within the node's limit.
+const _: () = assert!(
+    PROJECTOR_SQLITE_ROWS_PER_STATEMENT_MAX * PROJECTOR_ROW_COLUMNS_MAX
+        <= PROJECTOR_SQLITE_VARIABLES_MAX
+);
+const _: () = assert!(PROJECTOR_TRANSACTION_EVENTS_MAX >= EVENTS_PAGE_EVENTS_MAX);
+const _: () = assert!(PROJECTOR_PAGES_QUEUED_MAX >= 1 && PROJECTOR_GROUPS_MAX >= 1);
+const _: () = assert!(PROJECTOR_VERIFY_IDS_PER_LOOKUP_MAX <= LOOKUP_IDS_MAX);

@@ -1,0 +1,153 @@
+//! `fincore project`: groups' change events into a SQL read model (PostgreSQL or SQLite), until
+//! Ctrl-C or SIGTERM; `--verify` compares the read model with the ledger instead. This module
+//! reads the flags; the work is the `projector` crate's (`docs/projector.md`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use projector::{GroupSource, Options, Target, Verdict};
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("database").required(true).args(["postgres", "sqlite"])))]
+pub struct ProjectArgs {
+    /// A group to project: its name (the key of its offset; use the group's id) and its
+    /// replicas' gRPC URLs, any of which serves its events: `NAME=http://HOST:PORT[,…]`.
+    /// Repeat for several groups.
+    #[arg(long = "group", value_name = "NAME=URL[,URL…]", required = true, value_parser = parse_group)]
+    groups: Vec<GroupSource>,
+    /// An API key with the role `read` (or above), from `fincore keys create --role read`.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "FINCORE_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// The read model in PostgreSQL: `postgres://USER@HOST:PORT/DATABASE`.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// The read model in a SQLite file (created if missing).
+    #[arg(long, value_name = "FILE")]
+    sqlite: Option<PathBuf>,
+    /// Delete every row of the read model (offsets included) and project from the first event.
+    #[arg(long, conflicts_with = "verify")]
+    rebuild: bool,
+    /// Do not project: compare the read model with the ledger once the read model has caught
+    /// up with every group's last event; exit 0 when equal, 1 naming the first difference.
+    #[arg(long)]
+    verify: bool,
+    /// How long --verify waits for the read model to catch up.
+    #[arg(long, value_name = "SECONDS", requires = "verify",
+        default_value_t = limits::PROJECTOR_VERIFY_WAIT_SECONDS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(0..=3600))]
+    verify_wait_seconds: u64,
+}
+
+/// `NAME=URL[,URL…]`: a name of letters, digits, `-` and `_` (it becomes part of NATS
+/// subjects), and `http://` or `https://` URLs.
+fn parse_group(text: &str) -> Result<GroupSource, String> {
+    let (name, urls) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=URL[,URL…], got {text:?}"))?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(format!(
+            "group name {name:?}: 1 to 64 letters, digits, '-' or '_'"
+        ));
+    }
+    let urls: Vec<String> = urls.split(',').map(str::trim).map(String::from).collect();
+    if let Some(bad) = urls
+        .iter()
+        .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+    {
+        return Err(format!(
+            "group {name}: replica URL {bad:?} must start with http:// or https:// (the node's gRPC address)"
+        ));
+    }
+    Ok(GroupSource {
+        name: name.to_string(),
+        urls,
+    })
+}
+
+pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
+    let target = match (&args.postgres, &args.sqlite) {
+        (Some(url), None) => Target::Postgres(url.clone()),
+        (None, Some(path)) => Target::Sqlite(path.clone()),
+        _ => anyhow::bail!("give exactly one of --postgres and --sqlite"),
+    };
+    let options = Options {
+        target,
+        groups: args.groups.clone(),
+        api_key: args.api_key.clone(),
+    };
+    telemetry::init_logging();
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        if args.verify {
+            let wait = Duration::from_secs(args.verify_wait_seconds);
+            let verdict = projector::verify(&options, wait)
+                .await
+                .context("verifying the read model")?;
+            return Ok(match verdict {
+                Verdict::Equal {
+                    offsets,
+                    accounts,
+                    transfers,
+                } => {
+                    let at: Vec<String> = offsets.iter().map(|(g, s)| format!("{g} at seq {s}")).collect();
+                    println!(
+                        "fincore: the read model equals the ledger ({}): {accounts} accounts, {transfers} transfers",
+                        at.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Verdict::Different(difference) => {
+                    println!("fincore: the read model differs from the ledger: {difference}");
+                    ExitCode::from(1)
+                }
+            });
+        }
+        let stop = crate::serve::stop_signal()?;
+        println!("fincore: projecting {} group(s)", options.groups.len());
+        tokio::select! {
+            outcome = projector::project(&options, args.rebuild) => {
+                outcome.context("projecting")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            () = stop => {
+                println!("fincore: stopped (every transaction written is whole; the next start resumes from the stored offsets)");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_group;
+
+    #[test]
+    fn group_flags_are_parsed_and_bad_ones_name_the_part() {
+        let group = parse_group("g1=http://127.0.0.1:1,http://127.0.0.1:2").unwrap();
+        assert_eq!(group.name, "g1");
+        assert_eq!(group.urls.len(), 2);
+        assert!(parse_group("g1").unwrap_err().contains("NAME=URL"));
+        assert!(
+            parse_group("a.b=http://x")
+                .unwrap_err()
+                .contains("group name")
+        );
+        assert!(
+            parse_group("g=127.0.0.1:1")
+                .unwrap_err()
+                .contains("http://")
+        );
+    }
+}

@@ -1,0 +1,540 @@
+//! `fincore project` through the real binary, into a real SQLite file and a real PostgreSQL
+//! database (127.0.0.1:5432, one new database per test, dropped at its end): every kind of
+//! transfer (plain, pending, posted, voided, expired) shows in the read model with its final
+//! state and `--verify` agrees, then names a row changed on purpose; the projector killed with
+//! SIGKILL at random moments under load resumes from its offset and ends equal to the ledger,
+//! with every history row once; an offset moved back is repaired by replaying, an offset moved
+//! into the middle of a batch is refused, rows deleted or an offset moved forward are found by
+//! `--verify` and repaired by `--rebuild`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::RetryPolicy;
+use ledger::{
+    Account, AccountFlags, CreateTransferResult as TR, EventBody, Transfer, TransferFlags,
+};
+use sqlx::{Connection, PgConnection, SqliteConnection};
+use support::{ChildNode, fincore_exe};
+
+const ACCOUNTS: u128 = 6;
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A PostgreSQL database of its own, dropped when the test ends.
+struct PgDatabase {
+    name: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl PgDatabase {
+    fn new(label: &str) -> PgDatabase {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("fincore_project_{label}_{}_{nanos}", std::process::id());
+        runtime.block_on(async {
+            let mut admin = PgConnection::connect(PG_ADMIN_URL)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services starts it)");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        });
+        PgDatabase { name, runtime }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    fn execute(&self, sql: &str) {
+        self.runtime.block_on(async {
+            let mut conn = PgConnection::connect(&self.url()).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        });
+    }
+
+    fn states(&self) -> Vec<(String, String)> {
+        self.runtime.block_on(async {
+            let mut conn = PgConnection::connect(&self.url()).await.unwrap();
+            sqlx::query_as("SELECT id::text, state FROM transfers ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        self.runtime.block_on(async {
+            if let Ok(mut admin) = PgConnection::connect(PG_ADMIN_URL).await {
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut admin)
+                    .await;
+            }
+        });
+    }
+}
+
+fn sqlite<T>(path: &Path, work: impl AsyncFnOnce(&mut SqliteConnection) -> T) -> T {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", path.display());
+        let mut conn = SqliteConnection::connect(&url).await.unwrap();
+        work(&mut conn).await
+    })
+}
+
+fn sqlite_execute(path: &Path, sql: &str) {
+    let sql = sql.to_string();
+    sqlite(path, async |conn| {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(conn)
+            .await
+            .unwrap();
+    });
+}
+
+fn sqlite_states(path: &Path) -> Vec<(String, String)> {
+    sqlite(path, async |conn| {
+        sqlx::query_as("SELECT id, state FROM transfers ORDER BY CAST(id AS INTEGER)")
+            .fetch_all(conn)
+            .await
+            .unwrap()
+    })
+}
+
+/// A running `fincore project`, killed (SIGKILL) when dropped.
+struct Projector(Child);
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The arguments naming the node's group and the database.
+fn target_args(node: &ChildNode, database: &[&str]) -> Vec<String> {
+    let mut args = vec!["--group".to_string(), format!("g1={}", node.grpc_url())];
+    args.extend(database.iter().map(|s| s.to_string()));
+    args
+}
+
+fn start_projector(node: &ChildNode, key: &str, database: &[&str], extra: &[&str]) -> Projector {
+    let child = Command::new(fincore_exe())
+        .arg("project")
+        .args(target_args(node, database))
+        .args(extra)
+        .env("FINCORE_API_KEY", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Projector(child)
+}
+
+/// `fincore project --verify`: whether it passed, and what it said.
+fn verify(node: &ChildNode, key: &str, database: &[&str], wait_seconds: u32) -> (bool, String) {
+    let output = Command::new(fincore_exe())
+        .arg("project")
+        .args(target_args(node, database))
+        .args([
+            "--verify",
+            "--verify-wait-seconds",
+            &wait_seconds.to_string(),
+        ])
+        .env("FINCORE_API_KEY", key)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// A node with a `read` key (what the projector uses).
+fn node_with_read_key(dir: &Path) -> (ChildNode, String) {
+    let data = dir.join("data");
+    let node = support::start_node(&data);
+    let keys = data.with_extension("keys");
+    let output = Command::new(fincore_exe())
+        .args([
+            "keys",
+            "create",
+            "--role",
+            "read",
+            "--name",
+            "projector",
+            "--keys",
+        ])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let key = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    node.signal(testkit::node::Signal::Hup).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer =
+            testkit::http::request_as(Some(&key), &node.http_addr, "GET", "/v1/events", None, "")
+                .unwrap();
+        if answer.status == 200 {
+            return (node, key);
+        }
+        assert!(Instant::now() < deadline, "the read key was not loaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn accounts() -> Vec<Account> {
+    (1..=ACCOUNTS)
+        .map(|id| Account {
+            id,
+            ledger: 1,
+            code: 1,
+            user_data_128: u128::MAX - id,
+            flags: if id == 1 {
+                AccountFlags::HISTORY
+            } else {
+                AccountFlags::empty()
+            },
+            ..Account::default()
+        })
+        .collect()
+}
+
+fn transfer(id: u128, flags: TransferFlags, timeout: u32) -> Transfer {
+    Transfer {
+        timeout,
+        flags,
+        ..testkit::transfer(id, id % ACCOUNTS + 1, (id + 1) % ACCOUNTS + 1, id % 7 + 1)
+    }
+}
+
+fn completing(id: u128, pending_id: u128, flags: TransferFlags) -> Transfer {
+    Transfer {
+        id,
+        pending_id,
+        amount: if flags == TransferFlags::POST_PENDING_TRANSFER {
+            u128::MAX
+        } else {
+            0
+        },
+        flags,
+        ..Transfer::default()
+    }
+}
+
+async fn create(client: &client::Client, batch: &[Transfer]) {
+    for result in client.create_transfers(batch).await.unwrap() {
+        assert!(
+            matches!(result.result, TR::Created | TR::Exists),
+            "{}",
+            result.result
+        );
+    }
+}
+
+fn client(node: &ChildNode) -> client::Client {
+    support::connect(&node.grpc_url(), RetryPolicy::default()).unwrap()
+}
+
+/// Accounts, then a plain transfer (100), pending ones posted (101 by 102), voided (103 by
+/// 104), expiring (105, 1 s) and left pending (106), and a late transfer (107) after the
+/// expiry.
+fn every_kind(node: &ChildNode) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = client(node);
+        client.create_accounts(&accounts()).await.unwrap();
+        create(
+            &client,
+            &[
+                transfer(100, TransferFlags::empty(), 0),
+                transfer(101, TransferFlags::PENDING, 0),
+                transfer(103, TransferFlags::PENDING, 0),
+                transfer(105, TransferFlags::PENDING, 1),
+                transfer(106, TransferFlags::PENDING, 0),
+            ],
+        )
+        .await;
+        create(
+            &client,
+            &[
+                completing(102, 101, TransferFlags::POST_PENDING_TRANSFER),
+                completing(104, 103, TransferFlags::VOID_PENDING_TRANSFER),
+            ],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        create(&client, &[transfer(107, TransferFlags::empty(), 0)]).await;
+    });
+}
+
+fn expected_states() -> Vec<(String, String)> {
+    [
+        (100, "created"),
+        (101, "posted"),
+        (102, "created"),
+        (103, "voided"),
+        (104, "created"),
+        (105, "expired"),
+        (106, "pending"),
+        (107, "created"),
+    ]
+    .map(|(id, state)| (id.to_string(), state.to_string()))
+    .to_vec()
+}
+
+/// Waits (bounded) for `check` to hold.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_kind_of_transfer_shows_with_its_final_state_in_sqlite_and_postgres_and_verify_names_a_changed_row()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, key) = node_with_read_key(dir.path());
+    every_kind(&node);
+
+    let file = dir.path().join("read.db");
+    let file_arg = file.to_str().unwrap();
+    let sqlite_args = ["--sqlite", file_arg];
+    let projector = start_projector(&node, &key, &sqlite_args, &[]);
+    let (ok, text) = verify(&node, &key, &sqlite_args, 30);
+    assert!(ok, "{text}");
+    assert!(text.contains("6 accounts, 8 transfers"), "{text}");
+    assert_eq!(sqlite_states(&file), expected_states());
+    let (history, user_data): (i64, String) = sqlite(&file, async |conn| {
+        let history =
+            sqlx::query_scalar("SELECT count(*) FROM account_balances WHERE account_id = '1'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        let user_data = sqlx::query_scalar("SELECT user_data_128 FROM accounts WHERE id = '2'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        (history, user_data)
+    });
+    assert!(history > 0, "account 1 has the history flag");
+    assert_eq!(
+        user_data,
+        (u128::MAX - 2).to_string(),
+        "128-bit values are exact"
+    );
+    drop(projector);
+    sqlite_execute(
+        &file,
+        "UPDATE accounts SET credits_posted = '999' WHERE id = '3'",
+    );
+    let (ok, text) = verify(&node, &key, &sqlite_args, 5);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("accounts: id 3: credits_posted is 999 in the read model"),
+        "{text}"
+    );
+
+    let pg = PgDatabase::new("kinds");
+    let url = pg.url();
+    let pg_args = ["--postgres", url.as_str()];
+    let projector = start_projector(&node, &key, &pg_args, &[]);
+    let (ok, text) = verify(&node, &key, &pg_args, 30);
+    assert!(ok, "{text}");
+    assert_eq!(pg.states(), expected_states());
+    drop(projector);
+    pg.execute("UPDATE transfers SET amount = amount + 1 WHERE id = 102");
+    let (ok, text) = verify(&node, &key, &pg_args, 5);
+    assert!(!ok, "{text}");
+    assert!(text.contains("transfers: id 102: amount is"), "{text}");
+    node.stop().unwrap();
+}
+
+/// Writes batches of plain, pending and posting transfers from `first` for `seconds`.
+async fn load(client: client::Client, first: u128, seconds: u64) -> u128 {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut base = first;
+    while Instant::now() < deadline {
+        let mut batch: Vec<Transfer> = (base..base + 200)
+            .map(|id| transfer(id, TransferFlags::empty(), 0))
+            .collect();
+        batch.push(transfer(base + 200, TransferFlags::PENDING, 0));
+        if base > first {
+            batch.push(completing(
+                base + 201,
+                base - 1000 + 200,
+                TransferFlags::POST_PENDING_TRANSFER,
+            ));
+        }
+        create(&client, &batch).await;
+        base += 1000;
+        // Paced (about 10,000 transfers/s): load while the projector is killed, without
+        // making the catch-up outlast the test's budget.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    base
+}
+
+#[test]
+fn a_projector_killed_at_random_moments_under_load_resumes_and_ends_equal_to_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, key) = node_with_read_key(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter(); // clients connect lazily inside a runtime
+    runtime
+        .block_on(client(&node).create_accounts(&accounts()))
+        .unwrap();
+    let pg = PgDatabase::new("kills");
+    let url = pg.url();
+    let pg_args = ["--postgres", url.as_str()];
+    let writer = runtime.spawn(load(client(&node), 1000, 6));
+    let mut seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761) % 1_000_003;
+    for _ in 0..5 {
+        let projector = start_projector(&node, &key, &pg_args, &[]);
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005) % 1_000_000_007;
+        std::thread::sleep(Duration::from_millis(300 + seed % 1200));
+        drop(projector); // SIGKILL, wherever it is
+    }
+    runtime.block_on(writer).unwrap();
+    let started = Instant::now();
+    let projector = start_projector(&node, &key, &pg_args, &[]);
+    let last = runtime.block_on(async {
+        client(&node)
+            .read_events(u64::MAX, 1)
+            .await
+            .unwrap()
+            .last_seq
+    });
+    eventually("the projector catches up", || {
+        pg.runtime.block_on(async {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM projection_offsets")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            seq as u64 == last
+        })
+    });
+    let caught_up = started.elapsed();
+    let (ok, text) = verify(&node, &key, &pg_args, 40);
+    assert!(ok, "{text}");
+    eprintln!("caught up in {caught_up:?} after the last kill, then {text}");
+    drop(projector);
+    // Every change of the history account is one row, once: none missing, none twice.
+    let expected = runtime.block_on(async {
+        let client = client(&node);
+        let (mut after, mut count) = (0u64, 0i64);
+        loop {
+            let page = client.read_events(after, 4096).await.unwrap();
+            let Some(last) = page.events.last() else {
+                break count;
+            };
+            after = last.seq;
+            count += page
+                .events
+                .iter()
+                .filter(|e| match &e.body {
+                    EventBody::Transfer(c) => {
+                        c.transfer.debit_account_id == 1 || c.transfer.credit_account_id == 1
+                    }
+                    _ => false,
+                })
+                .count() as i64;
+        }
+    });
+    let rows: i64 = pg.runtime.block_on(async {
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM account_balances WHERE account_id = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    });
+    assert!(expected > 0);
+    assert_eq!(rows, expected, "history rows of account 1");
+    node.stop().unwrap();
+}
+
+#[test]
+fn gaps_made_by_hand_are_repaired_by_replay_or_rebuild_or_refused_naming_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, key) = node_with_read_key(dir.path());
+    every_kind(&node);
+    let file = dir.path().join("read.db");
+    let file_arg = file.to_str().unwrap();
+    let args = ["--sqlite", file_arg];
+    let projector = start_projector(&node, &key, &args, &[]);
+    let (ok, text) = verify(&node, &key, &args, 30);
+    assert!(ok, "{text}");
+    drop(projector);
+
+    // Moved back to the start: everything is applied again, idempotently.
+    sqlite_execute(&file, "UPDATE projection_offsets SET last_seq = 0");
+    let projector = start_projector(&node, &key, &args, &[]);
+    let (ok, text) = verify(&node, &key, &args, 30);
+    assert!(ok, "{text}");
+    drop(projector);
+
+    // Rows deleted: found by --verify, repaired by --rebuild.
+    sqlite_execute(&file, "DELETE FROM transfers WHERE id = '104'");
+    let (ok, text) = verify(&node, &key, &args, 3);
+    assert!(!ok, "{text}");
+    let projector = start_projector(&node, &key, &args, &["--rebuild"]);
+    eventually("the rebuilt read model has transfer 104", || {
+        sqlite_states(&file).iter().any(|(id, _)| id == "104")
+    });
+    let (ok, text) = verify(&node, &key, &args, 30);
+    assert!(ok, "{text}");
+    drop(projector);
+
+    // Moved forward, past events never written: found (the rows are missing), then rebuilt.
+    sqlite_execute(&file, "DELETE FROM transfers WHERE id = '107'");
+    sqlite_execute(
+        &file,
+        "UPDATE projection_offsets SET last_seq = last_seq + 1000",
+    );
+    let (ok, text) = verify(&node, &key, &args, 2);
+    assert!(!ok, "{text}");
+    assert!(text.contains("the read model is at seq"), "{text}");
+    let projector = start_projector(&node, &key, &args, &["--rebuild"]);
+    eventually("the rebuilt read model has transfer 107", || {
+        sqlite_states(&file).iter().any(|(id, _)| id == "107")
+    });
+    let (ok, text) = verify(&node, &key, &args, 30);
+    assert!(ok, "{text}");
+    assert_eq!(sqlite_states(&file), expected_states());
+    drop(projector);
+
+    // Moved into the middle of a batch (seq 1 is the first account, its batch ends later):
+    // refused, naming the offset.
+    sqlite_execute(&file, "UPDATE projection_offsets SET last_seq = 1");
+    let output = Command::new(fincore_exe())
+        .arg("project")
+        .args(target_args(&node, &args))
+        .env("FINCORE_API_KEY", &key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("not the end of a batch"), "{text}");
+    node.stop().unwrap();
+}
