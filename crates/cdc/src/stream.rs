@@ -67,11 +67,17 @@ pub async fn ensure(context: &Context, target: &Target) -> Result<Stream, Stop> 
                         tracing::info!(stream = %target.stream, subject = %target.subject, "created the stream");
                         stream
                     }
-                    // Another publisher created it first: take theirs, checked below.
-                    Err(_) => context
-                        .get_stream(&target.stream)
-                        .await
-                        .map_err(|e| broker(&e))?,
+                    // Another publisher created it first: take theirs, checked below. Else
+                    // the creation's own error is what to report, not "not found".
+                    Err(created) => match context.get_stream(&target.stream).await {
+                        Ok(stream) => stream,
+                        Err(_) => {
+                            return Err(broker(&format!(
+                                "creating the stream {}: {created}",
+                                target.stream
+                            )));
+                        }
+                    },
                 }
             }
             _ => return Err(broker(&error)),

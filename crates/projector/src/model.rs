@@ -466,10 +466,17 @@ mod tests {
             debit: Balances::default(),
             credit: Balances::default(),
         };
+        let confirmed = TransferChange {
+            transfer: transfer(21, 7, TransferFlags::empty(), 0),
+            ..change
+        };
         s.push(EventKind::SagaReserved, EventBody::Transfer(change));
         s.close();
+        // Copy 20 cancelled: never a transfer. Copy 21 reserved and confirmed: one.
         s.push(EventKind::SagaCancelled, EventBody::Transfer(change));
-        s.push(EventKind::SagaConfirmed, EventBody::Transfer(change));
+        s.close();
+        s.push(EventKind::SagaReserved, EventBody::Transfer(confirmed));
+        s.push(EventKind::SagaConfirmed, EventBody::Transfer(confirmed));
         s.close();
         let changes = Changes::fold(&s.0[..2], &mut HashSet::new()).unwrap();
         assert!(changes.transfers.is_empty());
@@ -477,8 +484,16 @@ mod tests {
             changes.balances.iter().map(|b| b.0).collect::<Vec<_>>(),
             [1]
         );
-        let changes = Changes::fold(&s.0[2..], &mut HashSet::new()).unwrap();
-        assert_eq!(changes.transfers.len(), 1);
+        let changes = Changes::fold(&s.0[2..4], &mut HashSet::new()).unwrap();
+        assert!(changes.transfers.is_empty(), "a cancelled copy shows");
+        assert!(changes.states.is_empty());
+        let changes = Changes::fold(&s.0[4..], &mut HashSet::new()).unwrap();
+        let ids: Vec<u128> = changes
+            .transfers
+            .iter()
+            .map(|row| row.transfer.id)
+            .collect();
+        assert_eq!(ids, [21]);
     }
 
     #[test]

@@ -195,9 +195,15 @@ impl Replicas {
         let mut backoff_ms = 100;
         let mut gone: Vec<Option<u64>> = vec![None; self.len()];
         loop {
-            match self.follow_one(at, &mut after, &pages).await {
+            let from = after;
+            let followed = self.follow_one(at, &mut after, &pages).await;
+            if after > from {
+                // "Gone" was said of an earlier position: it no longer tells about this one.
+                gone.fill(None);
+            }
+            match followed {
                 Ok(true) => return Ok(()),
-                Ok(false) => {}
+                Ok(false) => gone[at] = None,
                 Err(SourceError::Client {
                     source: ClientError::EventsGone { first_seq, .. },
                     url,
