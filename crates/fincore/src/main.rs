@@ -14,6 +14,7 @@ mod init;
 mod keys;
 mod nodes;
 mod project;
+mod read_model;
 mod serve;
 mod sim;
 mod verify;

@@ -20,8 +20,18 @@ pub fn start_checkpointing(
     args: &[String],
     entries: u64,
 ) -> anyhow::Result<ChildNode> {
+    start_with_env(data_dir, args, entries, &[])
+}
+
+/// [`start_checkpointing`] with these environment variables set for the node.
+pub fn start_with_env(
+    data_dir: &Path,
+    args: &[String],
+    entries: u64,
+    env: &[(&str, &str)],
+) -> anyhow::Result<ChildNode> {
     let exe = std::env::current_exe().context("finding the fincore executable")?;
     let mut all = vec!["--checkpoint-interval".to_string(), entries.to_string()];
     all.extend_from_slice(args);
-    Ok(ChildNode::start(&exe, data_dir, &all)?)
+    Ok(ChildNode::start_with_env(&exe, data_dir, &all, env)?)
 }

@@ -183,6 +183,11 @@ pub struct DevArgs {
     /// DIR/cluster-map.json.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=limits::LOCAL_GROUPS_MAX))]
     groups: u64,
+    /// Where the change events are projected as SQL tables while `dev` runs
+    /// (`docs/projector.md`): a SQLite file (default DIR/read.db), a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DATABASE`), or `off`.
+    #[arg(long, value_name = "FILE|URL|off")]
+    read_model: Option<String>,
     #[command(flatten)]
     listen: ListenArgs,
 }
@@ -350,7 +355,7 @@ fn group_line(node: &Node) -> String {
 
 fn run_node(
     (config, capacity_line): (NodeConfig, String),
-    banner: impl FnOnce(&Node),
+    banner: impl FnOnce(&Node) -> Option<crate::read_model::Running>,
 ) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
     let data_dir = config.data_dir.clone();
@@ -407,10 +412,13 @@ fn run_node(
             println!("{line}");
         }
         println!("{}", group_line(&node));
-        banner(&node);
+        let read_model = banner(&node);
         std::io::stdout().flush().ok();
         stop.await;
         println!("fincore: stopping (finishing requests in progress)");
+        if let Some(read_model) = read_model {
+            read_model.stop().await;
+        }
         node.shutdown().await;
         println!("fincore: stopped cleanly");
         Ok(ExitCode::SUCCESS)
@@ -462,11 +470,18 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.peers = args.peers.clone().unwrap_or_default();
     config.entry = args.membership.entry();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
-    run_node((config, capacity_line), |_| {})
+    run_node((config, capacity_line), |_| None)
 }
 
 fn holds_replica(dir: &std::path::Path) -> anyhow::Result<bool> {
     membership::holds_replica(dir).with_context(|| format!("reading {}", dir.display()))
+}
+
+/// The group id recorded in a replica's directory (`None`: made before group ids existed).
+fn group_of_dir(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let marker = replication::data_dir::read_marker(&journal::storage::RealStorage, dir)
+        .with_context(|| format!("reading {}", dir.display()))?;
+    Ok(marker.and_then(|marker| marker.group))
 }
 
 /// The membership flags of node `id` of a `dev` group: for a new group, node 1 bootstraps it
@@ -548,6 +563,24 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
             "  node {id}: gRPC {grpc}  HTTP http://{http}  peers {peer}  (status: http://{http}/v1/status)"
         );
     }
+    let read_model = crate::read_model::target(args.read_model.as_deref(), &args.data_dir);
+    let running = match &read_model {
+        Some(target) => {
+            let group = match &new_group {
+                Some(group) => Some(group.to_string()),
+                None => group_of_dir(&first_dir)?,
+            };
+            let grpc: Vec<String> = nodes.iter().map(|(_, grpc, ..)| grpc.to_string()).collect();
+            let _entered = runtime.enter();
+            Some(crate::read_model::start(
+                target.clone(),
+                vec![crate::read_model::group(group.as_deref(), &grpc)],
+                token.clone(),
+            ))
+        }
+        None => None,
+    };
+    println!("  {}", crate::read_model::describe(read_model.as_ref()));
     println!(
         "  replicas talk mutual TLS with development certificates in {}",
         certificates.display()
@@ -561,7 +594,12 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  Ctrl-C stops every node cleanly.");
     std::io::stdout().flush().ok();
-    runtime.block_on(stop);
+    runtime.block_on(async {
+        stop.await;
+        if let Some(running) = running {
+            running.stop().await;
+        }
+    });
     stop_children(children);
     println!("fincore dev: stopped");
     Ok(ExitCode::SUCCESS)
@@ -818,6 +856,20 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         println!(
             "  accounts live in the group of their id's slot; a transfer whose id and accounts live in one group is one Raft entry, others run as sagas across groups (docs/placement.md, docs/gateway.md)"
         );
+        let read_model = crate::read_model::target(args.read_model.as_deref(), &args.data_dir);
+        let running = read_model.as_ref().map(|target| {
+            let groups = map
+                .groups()
+                .iter()
+                .map(|(group, members)| {
+                    let grpc: Vec<String> =
+                        members.values().map(|member| member.grpc.clone()).collect();
+                    crate::read_model::group(Some(&group.to_string()), &grpc)
+                })
+                .collect();
+            crate::read_model::start(target.clone(), groups, token.clone())
+        });
+        println!("  {}", crate::read_model::describe(read_model.as_ref()));
         println!(
             "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
             args.data_dir.join(crate::keys::DEV_KEY_FILE).display()
@@ -825,6 +877,9 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         println!("  Ctrl-C stops the gateway and every node cleanly.");
         std::io::stdout().flush().ok();
         stop.await;
+        if let Some(running) = running {
+            running.stop().await;
+        }
         drop(resolver);
         servers.shutdown().await;
         anyhow::Ok(())
@@ -854,9 +909,21 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
         config.entry = Entry::Bootstrap { group: Some(group) };
     }
     config.peer_security = PeerSecurity::Tls { certificates };
+    let read_model = crate::read_model::target(args.read_model.as_deref(), &data_dir);
     run_node((config, capacity_line), move |node| {
         let http = node.http_addr();
         let (applied, _) = node.replica().applied();
+        let running = read_model.as_ref().map(|target| {
+            let group = node.group().map(|group| group.as_str().to_string());
+            crate::read_model::start(
+                target.clone(),
+                vec![crate::read_model::group(
+                    group.as_deref(),
+                    &[node.grpc_addr().to_string()],
+                )],
+                token.clone(),
+            )
+        });
         println!();
         println!(
             "fincore dev: a single-node ledger with its data in {}",
@@ -876,7 +943,9 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
             r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
         );
         println!("    curl -s {auth} http://{http}/v1/accounts/2");
+        println!("  {}", crate::read_model::describe(read_model.as_ref()));
         println!("  API: http://{http}/openapi.json   metrics: http://{http}/metrics");
         println!("  Ctrl-C stops the node cleanly.");
+        running
     })
 }

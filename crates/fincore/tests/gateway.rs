@@ -331,27 +331,7 @@ fn the_gateway_checks_keys_serves_the_nodes_document_and_the_rust_client_works_u
 fn fincore_dev_with_groups_serves_the_gateway_first_and_keeps_the_cluster_across_runs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("fincore-data");
-    // Ports below 60000 so that the groups' ports (100 and 200 above) exist.
-    let addrs: Vec<String> = (0..50)
-        .filter_map(|_| testkit::free_addrs(3).ok())
-        .find(|addrs| {
-            addrs
-                .iter()
-                .all(|a| a.rsplit(':').next().unwrap().parse::<u16>().unwrap() < 60_000)
-        })
-        .expect("free ports below 60000");
-    let args = [
-        "--groups",
-        "2",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--grpc",
-        &addrs[0],
-        "--http",
-        &addrs[1],
-        "--peer",
-        &addrs[2],
-    ];
+    let (args, addrs) = support::dev_groups_args(2, &data);
     let mut dev = DevRun::start(&args);
     // The first lines are the gateway's.
     assert_eq!(

@@ -33,6 +33,9 @@ pub async fn project_group(target: &Target, replicas: Arc<Replicas>) -> Result<(
         let replicas = replicas.clone();
         tokio::spawn(async move { replicas.follow(offset, pages_tx).await })
     };
+    // Cancelled (its task aborted, as `fincore dev` does on stop), this future must not leave
+    // the reader and its subscription running.
+    let _reader_stops_with_us = AbortOnDrop(reader.abort_handle());
     let mut buffered: Vec<Event> = Vec::new();
     let outcome = loop {
         let Some(page) = pages.recv().await else {
@@ -80,4 +83,13 @@ pub async fn project_group(target: &Target, replicas: Arc<Replicas>) -> Result<(
     Err(read
         .err()
         .map_or(ProjectError::Task("the reader stopped".into()), Into::into))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -364,8 +364,12 @@ impl Writer {
             let (first, count) = self.open_segment(last_seq + 1)?;
             let room = (EVENT_LOG_SEGMENT_EVENTS - count) as usize;
             let take = room.min(events.len() - at);
-            self.buffer.clear();
-            self.buffer.resize(take * EVENT_LOG_RECORD_BYTES, 0);
+            // Every byte of the records is written below: the buffer only grows (zeroed once),
+            // it is not cleared and zeroed again for each write.
+            let bytes = take * EVENT_LOG_RECORD_BYTES;
+            if self.buffer.len() < bytes {
+                self.buffer.resize(bytes, 0);
+            }
             for (i, event) in events[at..at + take].iter().enumerate() {
                 debug_assert_eq!(event.seq, last_seq + 1 + i as u64);
                 encode_record(
@@ -376,7 +380,7 @@ impl Writer {
             self.file
                 .as_mut()
                 .expect("open_segment opened one")
-                .write_all(&self.buffer)?;
+                .write_all(&self.buffer[..bytes])?;
             last_seq += take as u64;
             at += take;
             {

@@ -102,8 +102,19 @@ impl ChildNode {
         args: &[S],
         filter: &str,
     ) -> Result<ChildNode, KitError> {
+        ChildNode::start_with_env(exe, data_dir, args, &[("RUST_LOG", filter)])
+    }
+
+    /// [`ChildNode::start`] with these environment variables set for the node (such as
+    /// `FINCORE_EVENTS=off`).
+    pub fn start_with_env<S: AsRef<OsStr>>(
+        exe: &Path,
+        data_dir: &Path,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Result<ChildNode, KitError> {
         let (mut command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
-        command.env("RUST_LOG", filter);
+        command.envs(env.iter().copied());
         ChildNode::spawn(command, data_dir, log, log_path, true)
     }
 

@@ -91,6 +91,7 @@ async fn run_on(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         replicas_caught_up_ms: None,
         leader_changes: None,
         catch_up: None,
+        cdc: None,
     })
 }
 

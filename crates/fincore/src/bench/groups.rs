@@ -305,6 +305,7 @@ fn run_one(
         replicas_caught_up_ms,
         leader_changes: Some(leader_changes),
         catch_up: None,
+        cdc: None,
     };
     let run = GroupRun {
         run: report(args, target.mode(), measured),
@@ -472,7 +473,7 @@ fn cpu_of(node_pids: &[String], gateway_pid: Option<&str>) -> CpuSeconds {
 }
 
 /// User + system CPU seconds of process `pid` (all its threads), 0 if unknown.
-fn process_cpu_seconds(pid: &str) -> f64 {
+pub(super) fn process_cpu_seconds(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };

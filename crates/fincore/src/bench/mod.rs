@@ -9,6 +9,7 @@
 //! journal syncs for real; the time to build each batch counts against throughput, as it would
 //! for a client.
 
+mod cdc;
 mod embedded;
 mod groups;
 mod network;
@@ -122,6 +123,47 @@ pub struct BenchArgs {
     /// report the gateway's throughput as a ratio of the direct one.
     #[arg(long, requires = "groups")]
     vs_direct: bool,
+    /// Network mode: measure the change-event path, in rounds of three runs of a group started
+    /// here: events off (`FINCORE_EVENTS=off`), events on with no consumer, and events on with
+    /// `fincore cdc` publishing to NATS JetStream and `fincore project` projecting into
+    /// PostgreSQL (a database and a stream of the run's own, removed after it). Reports the
+    /// ledger's throughput of each and their ratios, the publisher's and the projector's
+    /// events/s, and the lag from commit to message in the stream and to row in the database.
+    #[arg(long, conflicts_with_all = ["embedded", "addr", "kill_leader_at", "wipe_follower_at", "vs_single", "vs_insecure", "groups", "data_dir"])]
+    cdc: bool,
+    /// With --cdc: how many rounds of the three runs (medians reported).
+    #[arg(long, value_name = "ROUNDS", default_value_t = 1, requires = "cdc",
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    cdc_rounds: u64,
+    /// With --cdc: the NATS server the publisher publishes to.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        requires = "cdc"
+    )]
+    nats: String,
+    /// With --cdc: a PostgreSQL database URL; each run projects into a database of its own on
+    /// that server (created and dropped with the connection given).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        requires = "cdc"
+    )]
+    postgres: String,
+    /// Network mode: offer at most this many transfers per second (all clients together; each
+    /// batch is sent no earlier than its share of the schedule), instead of as fast as the
+    /// group answers.
+    #[arg(long, value_name = "TRANSFERS_PER_SECOND", conflicts_with_all = ["embedded", "groups"],
+          value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// Set by `--cdc` for its runs without events: the nodes start with `FINCORE_EVENTS=off`.
+    #[arg(skip)]
+    events_off: bool,
+    /// Set by `--cdc` for its runs with consumers.
+    #[arg(skip)]
+    consumers: Option<cdc::ConsumerPlan>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -214,6 +256,8 @@ pub struct Measured {
     pub leader_changes: Option<u64>,
     /// `--wipe-follower-at`: the new member's catch-up and every node's peak RSS.
     pub catch_up: Option<CatchUpReport>,
+    /// `--cdc` runs with consumers: what the publisher and the projector delivered.
+    pub cdc: Option<cdc::CdcFigures>,
 }
 
 #[derive(Debug, Serialize)]
@@ -254,6 +298,8 @@ struct Report {
     leader_changes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     catch_up: Option<CatchUpReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cdc: Option<cdc::CdcFigures>,
 }
 
 /// Peak resident set size of a process (Linux `VmHWM`), 0 if unknown.
@@ -383,6 +429,149 @@ fn compare_security(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// The three sides of `--cdc`, and every run.
+#[derive(Debug, Serialize)]
+struct CdcComparison {
+    replicas: u64,
+    rounds: u64,
+    offered_transfers_per_second: Option<u64>,
+    events_off_transfers_per_second_median: f64,
+    events_on_transfers_per_second_median: f64,
+    cdc_transfers_per_second_median: f64,
+    /// Events on (no consumer) median / events off median: what writing the events costs.
+    events_ratio: f64,
+    /// With publisher and projector median / events off median: what the whole path costs.
+    cdc_ratio: f64,
+    publisher_events_per_second_median: f64,
+    publisher_lag_ms_p50_median: f64,
+    publisher_lag_ms_p99_median: f64,
+    projector_events_per_second_median: f64,
+    projector_peak_events_per_second_median: f64,
+    projector_caught_up_after_load_ms_median: f64,
+    projector_lag_ms_p50_median: f64,
+    projector_lag_ms_p99_median: f64,
+    events_off: Vec<Report>,
+    events_on: Vec<Report>,
+    cdc: Vec<Report>,
+}
+
+/// `--cdc`: events off, events on, and events on with a publisher and a projector, alternating.
+fn compare_cdc(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let (replicas, rounds) = (args.replicas, args.cdc_rounds);
+    let mut reports: Vec<Vec<Report>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        let label = format!("{}_{round}", std::process::id());
+        let variants = [
+            (
+                "events off          ",
+                BenchArgs {
+                    events_off: true,
+                    ..args.clone()
+                },
+            ),
+            ("events on           ", args.clone()),
+            (
+                "events + cdc + SQL  ",
+                BenchArgs {
+                    consumers: Some(cdc::ConsumerPlan {
+                        nats: args.nats.clone(),
+                        postgres: args.postgres.clone(),
+                        label,
+                    }),
+                    ..args.clone()
+                },
+            ),
+        ];
+        for ((name, run_args), reports) in variants.iter().zip(&mut reports) {
+            let report = report(run_args, "network", network::run(run_args)?);
+            if !args.json {
+                print!(
+                    "round {round}/{rounds}: {name} {:.0} transfers/s (batch p50 {:.2} ms)",
+                    report.transfers_per_second, report.batch_latency_ms.p50
+                );
+                match &report.cdc {
+                    Some(c) => println!(
+                        "; {} events: publisher {:.0}/s (lag p50 {:.0} ms, p99 {:.0} ms, {:.1} CPU s), projector {:.0}/s (peak {:.0}/s, lag p50 {:.0} ms, p99 {:.0} ms, caught up {:.0} ms after the load, {:.1} CPU s)",
+                        c.projector.events,
+                        c.publisher.events_per_second,
+                        c.publisher.lag_ms_p50,
+                        c.publisher.lag_ms_p99,
+                        c.publisher.cpu_seconds,
+                        c.projector.events_per_second,
+                        c.projector.peak_events_per_second,
+                        c.projector.lag_ms_p50,
+                        c.projector.lag_ms_p99,
+                        c.projector.caught_up_after_load_ms,
+                        c.projector.cpu_seconds
+                    ),
+                    None => println!(),
+                }
+            }
+            reports.push(report);
+        }
+    }
+    let code = exit_code(&reports);
+    let cdc_runs = reports.pop().unwrap_or_default();
+    let events_on = reports.pop().unwrap_or_default();
+    let events_off = reports.pop().unwrap_or_default();
+    let of = |pick: fn(&cdc::CdcFigures) -> f64| {
+        median(
+            cdc_runs
+                .iter()
+                .filter_map(|r| r.cdc.as_ref())
+                .map(pick)
+                .collect(),
+        )
+    };
+    let off = median_rate(&events_off);
+    let comparison = CdcComparison {
+        replicas,
+        rounds,
+        offered_transfers_per_second: args.rate,
+        events_off_transfers_per_second_median: off,
+        events_on_transfers_per_second_median: median_rate(&events_on),
+        cdc_transfers_per_second_median: median_rate(&cdc_runs),
+        events_ratio: median_rate(&events_on) / off,
+        cdc_ratio: median_rate(&cdc_runs) / off,
+        publisher_events_per_second_median: of(|c| c.publisher.events_per_second),
+        publisher_lag_ms_p50_median: of(|c| c.publisher.lag_ms_p50),
+        publisher_lag_ms_p99_median: of(|c| c.publisher.lag_ms_p99),
+        projector_events_per_second_median: of(|c| c.projector.events_per_second),
+        projector_peak_events_per_second_median: of(|c| c.projector.peak_events_per_second),
+        projector_caught_up_after_load_ms_median: of(|c| c.projector.caught_up_after_load_ms),
+        projector_lag_ms_p50_median: of(|c| c.projector.lag_ms_p50),
+        projector_lag_ms_p99_median: of(|c| c.projector.lag_ms_p99),
+        events_off,
+        events_on,
+        cdc: cdc_runs,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&comparison)?);
+    } else {
+        let c = &comparison;
+        println!(
+            "medians over {rounds} round(s), {replicas} replica(s): events off {:.0} transfers/s, events on {:.0} ({:.3}), with cdc and projector {:.0} ({:.3})",
+            c.events_off_transfers_per_second_median,
+            c.events_on_transfers_per_second_median,
+            c.events_ratio,
+            c.cdc_transfers_per_second_median,
+            c.cdc_ratio
+        );
+        println!(
+            "  publisher {:.0} events/s, lag p50 {:.0} ms, p99 {:.0} ms; projector (PostgreSQL) {:.0} events/s (peak {:.0}/s), lag p50 {:.0} ms, p99 {:.0} ms, caught up {:.0} ms after the load",
+            c.publisher_events_per_second_median,
+            c.publisher_lag_ms_p50_median,
+            c.publisher_lag_ms_p99_median,
+            c.projector_events_per_second_median,
+            c.projector_peak_events_per_second_median,
+            c.projector_lag_ms_p50_median,
+            c.projector_lag_ms_p99_median,
+            c.projector_caught_up_after_load_ms_median
+        );
+    }
+    Ok(code)
+}
+
 /// `--vs-single`: single node and replica group, alternating, on the same machine.
 fn compare(args: &BenchArgs, rounds: u64) -> anyhow::Result<ExitCode> {
     let variant = |replicas| BenchArgs {
@@ -450,6 +639,7 @@ fn report(args: &BenchArgs, mode: &'static str, measured: Measured) -> Report {
         replicas_caught_up_ms: measured.replicas_caught_up_ms,
         leader_changes: measured.leader_changes,
         catch_up: measured.catch_up,
+        cdc: measured.cdc,
     }
 }
 
@@ -463,6 +653,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(groups) = args.groups {
         return groups::run(args, groups);
+    }
+    if args.cdc {
+        return compare_cdc(args);
     }
     let (mode, measured) = if args.embedded {
         ("embedded", embedded::run(args)?)

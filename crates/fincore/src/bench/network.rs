@@ -12,6 +12,7 @@ use anyhow::bail;
 use client::{Client, RetryPolicy};
 use ledger::CreateTransferResult;
 
+use super::cdc::Consumers;
 use super::wipe::{self, WipePlan};
 use super::workload::TransferGenerator;
 use super::{BenchArgs, Measured, data_dir, peak_rss_bytes};
@@ -32,14 +33,15 @@ fn start_group(
     replicas: u64,
     spare_members: usize,
     checkpoint_interval: u64,
-    security: &Security,
+    setup: &NodeSetup,
 ) -> anyhow::Result<(Vec<ChildNode>, Option<GroupLayout>)> {
     if replicas == 1 {
         let data_dir = node_dir(dir, 1);
         let mut args = testkit::group::FREE_PORTS_ARGS.map(String::from).to_vec();
         args.extend(testkit::group::single_node_args(&data_dir));
-        args.extend(security.serve_args());
-        let node = crate::nodes::start_checkpointing(&data_dir, &args, checkpoint_interval)?;
+        args.extend(setup.serve_args());
+        let node =
+            crate::nodes::start_with_env(&data_dir, &args, checkpoint_interval, &setup.env())?;
         return Ok((vec![node], None));
     }
     let replicas = replicas as usize;
@@ -47,14 +49,7 @@ fn start_group(
     let nodes = (0..replicas)
         .map(|i| {
             let data_dir = node_dir(dir, i as u64 + 1);
-            start_member(
-                &data_dir,
-                &layout,
-                i,
-                replicas,
-                checkpoint_interval,
-                security,
-            )
+            start_member(&data_dir, &layout, i, replicas, checkpoint_interval, setup)
         })
         .collect::<anyhow::Result<_>>()?;
     Ok((nodes, Some(layout)))
@@ -69,27 +64,29 @@ pub(super) fn start_member(
     i: usize,
     members: usize,
     checkpoint_interval: u64,
-    security: &Security,
+    setup: &NodeSetup,
 ) -> anyhow::Result<ChildNode> {
     let mut args = layout.serve_args(i, members);
-    if security.open {
+    if setup.open {
         // Plaintext peers instead of the layout's certificates.
         if let Some(at) = args.iter().position(|arg| arg == "--peer-certs") {
             args.drain(at..at + 2);
         }
     }
-    args.extend(security.serve_args());
+    args.extend(setup.serve_args());
     args.extend(layout.membership_args(i, data_dir));
-    crate::nodes::start_checkpointing(data_dir, &args, checkpoint_interval)
+    crate::nodes::start_with_env(data_dir, &args, checkpoint_interval, &setup.env())
 }
 
 /// How `--vs-insecure`'s open runs start their nodes: no keys, plaintext between replicas.
 const OPEN_ARGS: [&str; 2] = ["--insecure-no-auth", "--insecure-peers"];
 
-/// How the bench's nodes are secured, beyond what `serve` does by default (keys, mutual TLS
-/// between replicas).
+/// How the bench's nodes are started beyond what `serve` does by default (keys, mutual TLS
+/// between replicas, change events kept).
 #[derive(Clone, Default)]
-pub(super) struct Security {
+pub(super) struct NodeSetup {
+    /// `--cdc`'s runs without events: the nodes start with `FINCORE_EVENTS=off`.
+    pub events_off: bool,
     /// `--vs-insecure`'s open runs: no keys, plaintext between replicas; the client sends no
     /// key.
     pub open: bool,
@@ -98,11 +95,11 @@ pub(super) struct Security {
     pub client_tls: Option<(PathBuf, PathBuf, Vec<u8>)>,
 }
 
-impl Security {
+impl NodeSetup {
     /// For a run of `args` with its nodes in `dir`: with `--client-tls` (and not open), issues
     /// a development certificate naming 127.0.0.1 in `dir/api-tls`. Points this process's HTTP
     /// helpers at the nodes' scheme.
-    fn for_run(args: &BenchArgs, dir: &Path) -> anyhow::Result<Security> {
+    fn for_run(args: &BenchArgs, dir: &Path) -> anyhow::Result<NodeSetup> {
         let client_tls = if args.client_tls && !args.open {
             use replication::dev_certs::{Authority, LeafFiles, Purpose};
             let tls_dir = dir.join("api-tls");
@@ -126,10 +123,19 @@ impl Security {
             Some((_, _, ca)) => Transport::tls_trusting(ca)?,
             None => Transport::Plain,
         });
-        Ok(Security {
+        Ok(NodeSetup {
+            events_off: args.events_off,
             open: args.open,
             client_tls,
         })
+    }
+
+    /// The environment of the nodes.
+    fn env(&self) -> Vec<(&'static str, &'static str)> {
+        match self.events_off {
+            true => vec![("FINCORE_EVENTS", "off")],
+            false => Vec::new(),
+        }
     }
 
     /// What `serve` needs beyond the group's arguments.
@@ -324,7 +330,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
             None => 0,
         });
     let spare_members = usize::from(args.wipe_follower_at.is_some());
-    let security = Security::for_run(args, dir)?;
+    let setup = NodeSetup::for_run(args, dir)?;
     let (nodes, layout) = match &args.addr {
         Some(_) => (Vec::new(), None),
         None => start_group(
@@ -332,7 +338,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
             args.replicas,
             spare_members,
             checkpoint_interval,
-            &security,
+            &setup,
         )?,
     };
     let addrs: Vec<String> = match &args.addr {
@@ -340,6 +346,16 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         None => nodes.iter().map(ChildNode::grpc_url).collect(),
     };
     let pids: Vec<u32> = nodes.iter().map(ChildNode::pid).collect();
+    // `--cdc`: the publisher and the projector follow the group from its first event.
+    let consumers = match &args.consumers {
+        Some(plan) => {
+            let http: Vec<String> = nodes.iter().map(|n| n.http_addr.clone()).collect();
+            let leader = &http[leader_of(&http)?];
+            let key = testkit::keys::token();
+            Some(Consumers::start(plan, &addrs, leader, key, dir)?)
+        }
+        None => None,
+    };
     let nodes = Arc::new(Mutex::new(nodes.into_iter().map(Some).collect::<Vec<_>>()));
     // Against a node that may already hold a previous run, transfer ids start past any earlier
     // run's: at the nanoseconds since the epoch (a u64 until 2554), which have grown past the
@@ -373,7 +389,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
                 dir: dir.to_path_buf(),
                 checkpoint_interval,
                 batch: args.batch,
-                security: security.clone(),
+                setup: setup.clone(),
             },
             Arc::clone(&nodes),
             Arc::clone(&transfers_started),
@@ -395,7 +411,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         let builder = Client::builder(&addr_refs)
             .retry_policy(RetryPolicy::default())
             .api_key_opt(api_key);
-        match &security.client_tls {
+        match &setup.client_tls {
             Some((_, _, ca)) => builder.tls_ca_pem(ca.clone()).connect(),
             None => builder.connect(),
         }
@@ -420,11 +436,18 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
                 args.id_order,
             )?;
             let (batch, transfers, clients) = (args.batch, args.transfers, args.clients as usize);
+            let rate = args.rate;
             let completions = Arc::clone(&completions);
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut failed = 0u64;
                 for b in (k..batches).step_by(clients) {
+                    // `--rate`: batch b is due when the schedule has offered its first transfer.
+                    if let Some(rate) = rate {
+                        let due =
+                            started + Duration::from_secs_f64((b * batch) as f64 / rate as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                     let first_id = id_offset + b * batch + 1;
                     let count = (transfers - b * batch).min(batch);
                     let events = generator.batch(first_id, count);
@@ -484,6 +507,10 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
     if running_http.len() > 1 {
         check_digests(&running_http)?;
     }
+    let cdc = match consumers {
+        Some(consumers) => Some(consumers.finish((started, acknowledged))?),
+        None => None,
+    };
     let catch_up = match &wiped {
         Some(wiped) => Some(wiped.report(&pids)?),
         None => None,
@@ -524,6 +551,7 @@ fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<Measured> {
         replicas_caught_up_ms,
         leader_changes,
         catch_up,
+        cdc,
     })
 }
 

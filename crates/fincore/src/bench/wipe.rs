@@ -21,7 +21,7 @@ use testkit::group::GroupLayout;
 use testkit::http::{replica_status, request_as};
 use testkit::node::ChildNode;
 
-use super::network::{Security, leader_position, node_dir, start_member};
+use super::network::{NodeSetup, leader_position, node_dir, start_member};
 use super::peak_rss_bytes;
 
 /// How long the wipe may wait for the transfers to start.
@@ -47,7 +47,7 @@ pub(super) struct WipePlan {
     /// Transfers per batch (to count what was acknowledged at the wipe).
     pub batch: u64,
     /// How the group's nodes are secured; the new member alike.
-    pub security: Security,
+    pub setup: NodeSetup,
 }
 
 /// What the wipe thread measured; the rest is read once the run is over.
@@ -187,7 +187,7 @@ fn wipe_and_replace(
         new,
         plan.layout.len(),
         plan.checkpoint_interval,
-        &plan.security,
+        &plan.setup,
     )?;
     let (new_member_pid, new_member_log) = (member.pid(), member.log_path.clone());
     nodes.lock().expect("never poisoned").push(Some(member));

@@ -219,6 +219,35 @@ pub async fn check_acknowledged(
     );
 }
 
+/// `fincore dev --groups N` on free loopback ports with its data in `data`: the arguments, and
+/// the gRPC, HTTP and peer addresses they give (ports below 60000, so that the groups' ports,
+/// 100 · g above them, exist).
+pub fn dev_groups_args(groups: u64, data: &Path) -> (Vec<String>, Vec<String>) {
+    let addrs = (0..50)
+        .filter_map(|_| testkit::free_addrs(3).ok())
+        .find(|addrs| {
+            addrs
+                .iter()
+                .all(|a| a.rsplit(':').next().unwrap().parse::<u16>().unwrap() < 60_000)
+        })
+        .expect("free ports below 60000");
+    let args = [
+        "--groups",
+        &groups.to_string(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--grpc",
+        &addrs[0],
+        "--http",
+        &addrs[1],
+        "--peer",
+        &addrs[2],
+    ]
+    .map(String::from)
+    .to_vec();
+    (args, addrs)
+}
+
 /// A `fincore dev` run: the child, its stdout lines, and how to stop it.
 pub struct DevRun {
     child: std::process::Child,
@@ -226,7 +255,7 @@ pub struct DevRun {
 }
 
 impl DevRun {
-    pub fn start(args: &[&str]) -> DevRun {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> DevRun {
         let mut child = std::process::Command::new(fincore_exe())
             .arg("dev")
             .args(args)
