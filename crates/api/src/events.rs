@@ -195,6 +195,132 @@ impl From<&Event> for EventJson {
     }
 }
 
+impl From<EventTypeJson> for EventKind {
+    fn from(kind: EventTypeJson) -> EventKind {
+        match kind {
+            EventTypeJson::AccountCreated => EventKind::AccountCreated,
+            EventTypeJson::TransferCreated => EventKind::TransferCreated,
+            EventTypeJson::TransferPosted => EventKind::TransferPosted,
+            EventTypeJson::TransferVoided => EventKind::TransferVoided,
+            EventTypeJson::TransferExpired => EventKind::TransferExpired,
+            EventTypeJson::SagaReserved => EventKind::SagaReserved,
+            EventTypeJson::SagaConfirmed => EventKind::SagaConfirmed,
+            EventTypeJson::SagaCancelled => EventKind::SagaCancelled,
+            EventTypeJson::Batch => EventKind::Batch,
+        }
+    }
+}
+
+/// A transfer event's body from its transfer and its (balances, clearing) sides.
+fn transfer_body(
+    transfer: ledger::Transfer,
+    (debit, debit_clearing): (Balances, bool),
+    (credit, credit_clearing): (Balances, bool),
+) -> EventBody {
+    let mut remote = RemoteSides::empty();
+    remote.set(RemoteSides::DEBIT, debit_clearing);
+    remote.set(RemoteSides::CREDIT, credit_clearing);
+    EventBody::Transfer(TransferChange {
+        transfer,
+        remote,
+        debit,
+        credit,
+    })
+}
+
+/// A transfer event's side read back: it must be the transfer's account on that side.
+fn side_back(
+    side: Option<&EventSideJson>,
+    name: &str,
+    account_id: u128,
+) -> Result<(Balances, bool), WireError> {
+    let side = side.ok_or_else(|| WireError::new(name, "missing"))?;
+    if side.id != account_id {
+        return Err(WireError::new(
+            format!("{name}.id"),
+            format!(
+                "{} is not the transfer's account on that side ({account_id})",
+                side.id
+            ),
+        ));
+    }
+    let balances = Balances {
+        debits_pending: side.debits_pending,
+        debits_posted: side.debits_posted,
+        credits_pending: side.credits_pending,
+        credits_posted: side.credits_posted,
+    };
+    Ok((balances, side.clearing))
+}
+
+/// An event read back from its JSON (a NATS message's body, a page of `GET /v1/events`):
+/// the reverse of `EventJson::from`, checked. The parts a type does not carry must be absent.
+pub fn event_from_json(json: &EventJson) -> Result<Event, WireError> {
+    if json.version != EVENT_SCHEMA_VERSION {
+        return Err(WireError::new(
+            "version",
+            format!(
+                "schema version {} is not {EVENT_SCHEMA_VERSION}, the one this reader reads",
+                json.version
+            ),
+        ));
+    }
+    let kind = EventKind::from(json.kind);
+    let extra = |name: &str| WireError::new(name, format!("not part of a {:?} event", json.kind));
+    let body = match kind {
+        EventKind::AccountCreated => {
+            let account = json
+                .account
+                .as_ref()
+                .ok_or_else(|| WireError::new("account", "missing"))?;
+            if json.transfer.is_some() || json.debit_account.is_some() {
+                return Err(extra("transfer"));
+            }
+            EventBody::Account(account.into())
+        }
+        EventKind::Batch => {
+            let marker = json
+                .batch
+                .ok_or_else(|| WireError::new("batch", "missing"))?;
+            if json.account.is_some() || json.transfer.is_some() {
+                return Err(extra("account"));
+            }
+            EventBody::Batch(BatchMarker {
+                first_seq: marker.first_seq,
+                events_count: marker.events_count,
+                log_index: marker.log_index,
+            })
+        }
+        _ => {
+            let transfer: ledger::Transfer = json
+                .transfer
+                .as_ref()
+                .ok_or_else(|| WireError::new("transfer", "missing"))?
+                .into();
+            if json.account.is_some() || json.batch.is_some() {
+                return Err(extra("account"));
+            }
+            let debit = side_back(
+                json.debit_account.as_ref(),
+                "debit_account",
+                transfer.debit_account_id,
+            )?;
+            let credit = side_back(
+                json.credit_account.as_ref(),
+                "credit_account",
+                transfer.credit_account_id,
+            )?;
+            transfer_body(transfer, debit, credit)
+        }
+    };
+    Ok(Event {
+        seq: json.seq,
+        kind,
+        timestamp: json.timestamp,
+        body,
+    })
+}
+
 fn side_proto(id: u128, balances: &Balances, clearing: bool) -> proto::EventSide {
     proto::EventSide {
         id: u128_to(id),
@@ -284,17 +410,11 @@ pub fn event_from(event: &proto::Event, at: usize) -> Result<Event, WireError> {
                 event.transfer.as_ref().ok_or_else(|| missing("transfer"))?,
                 at,
             )?;
-            let (debit, debit_clearing) = side_from(event.debit_account.as_ref());
-            let (credit, credit_clearing) = side_from(event.credit_account.as_ref());
-            let mut remote = RemoteSides::empty();
-            remote.set(RemoteSides::DEBIT, debit_clearing);
-            remote.set(RemoteSides::CREDIT, credit_clearing);
-            EventBody::Transfer(TransferChange {
+            transfer_body(
                 transfer,
-                remote,
-                debit,
-                credit,
-            })
+                side_from(event.debit_account.as_ref()),
+                side_from(event.credit_account.as_ref()),
+            )
         }
     };
     Ok(Event {
@@ -394,6 +514,71 @@ mod tests {
         let proto = prost::Message::encoded_len(&event_to(&event));
         // In a page, each event also costs its tag and length prefix.
         assert!(proto + 4 <= limits::EVENT_PROTO_BYTES_MAX, "{proto}");
+    }
+
+    #[test]
+    fn events_survive_json_and_back() {
+        let mut events = sample_events();
+        // A saga's event, with a side that is a clearing balance.
+        if let EventBody::Transfer(change) = &events[3].body {
+            let mut saga = events[3];
+            saga.kind = EventKind::SagaReserved;
+            saga.body = EventBody::Transfer(TransferChange {
+                remote: RemoteSides::CREDIT,
+                ..*change
+            });
+            events.push(saga);
+        }
+        for event in &events {
+            let text = serde_json::to_vec(&EventJson::from(event)).unwrap();
+            let json: EventJson = serde_json::from_slice(&text).unwrap();
+            assert_eq!(event_from_json(&json).unwrap(), *event);
+        }
+    }
+
+    #[test]
+    fn json_that_is_not_an_event_is_refused_naming_the_field() {
+        let events = sample_events();
+        let json = EventJson::from(&events[3]);
+        let refused = |json: EventJson| event_from_json(&json).unwrap_err().field;
+        assert_eq!(
+            refused(EventJson {
+                version: 2,
+                ..json.clone()
+            }),
+            "version"
+        );
+        assert_eq!(
+            refused(EventJson {
+                transfer: None,
+                ..json.clone()
+            }),
+            "transfer"
+        );
+        assert_eq!(
+            refused(EventJson {
+                credit_account: None,
+                ..json.clone()
+            }),
+            "credit_account"
+        );
+        let mut wrong_side = json.clone();
+        wrong_side.debit_account.as_mut().unwrap().id = 99;
+        assert_eq!(refused(wrong_side), "debit_account.id");
+        assert_eq!(
+            refused(EventJson {
+                kind: EventTypeJson::Batch,
+                ..json.clone()
+            }),
+            "batch"
+        );
+        assert_eq!(
+            refused(EventJson {
+                kind: EventTypeJson::AccountCreated,
+                ..json
+            }),
+            "account"
+        );
     }
 
     #[test]

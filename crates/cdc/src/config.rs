@@ -1,15 +1,16 @@
-//! What a publisher is told: the groups and their replicas (`--group G=URL[,URL…]`), where
-//! the events go (subject prefix, stream name template, duplicate window) and how many
-//! publishes may be in flight. Checked here, once, with errors naming the flag.
+//! What a publisher is told: the groups and their replicas (`--group G=URL[,URL…]`,
+//! `client::GroupSpec`), where the events go (subject prefix, stream name template: [`Naming`],
+//! shared with `fincore project --nats`), the duplicate window and how many publishes may be in
+//! flight. Checked here, once, with errors naming the flag.
 //!
-//! Owns parsing and naming (`<prefix>.<group>.events`, the stream's name); must not connect to
-//! anything.
+//! Owns naming (`<prefix>.<group>.events`, the stream's name); must not connect to anything.
 
 use std::time::Duration;
 
+use client::GroupSpec;
 use limits::{
-    CDC_DUPLICATE_WINDOW_SECONDS_MAX, CDC_GROUP_NAME_BYTES_MAX, CDC_GROUP_REPLICAS_MAX,
-    CDC_GROUPS_MAX, CDC_PUBLISHES_IN_FLIGHT_MAX,
+    CDC_DUPLICATE_WINDOW_SECONDS_MAX, CDC_GROUP_REPLICAS_MAX, CDC_GROUPS_MAX,
+    CDC_PUBLISHES_IN_FLIGHT_MAX,
 };
 
 use crate::error::CdcError;
@@ -21,62 +22,6 @@ pub const SUBJECT_PREFIX_DEFAULT: &str = "fincore";
 /// dashes, `{group}` the group's name (`fincore-g1-events`).
 pub const STREAM_TEMPLATE_DEFAULT: &str = "{prefix}-{group}-events";
 
-/// One group: its name (in subjects and stream names) and its replicas' gRPC addresses, which
-/// serve identical events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupSpec {
-    pub name: String,
-    pub replicas: Vec<String>,
-}
-
-impl std::str::FromStr for GroupSpec {
-    type Err = CdcError;
-
-    /// `NAME=URL[,URL…]`.
-    fn from_str(text: &str) -> Result<GroupSpec, CdcError> {
-        let invalid = |reason: String| CdcError::Invalid {
-            field: "--group".into(),
-            reason: format!("{text:?}: {reason}"),
-        };
-        let (name, urls) = text
-            .split_once('=')
-            .ok_or_else(|| invalid("expected NAME=URL[,URL…]".into()))?;
-        check_name(name).map_err(invalid)?;
-        let replicas: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).collect();
-        if replicas.iter().any(String::is_empty) {
-            return Err(invalid("a replica's URL is empty".into()));
-        }
-        if replicas.len() > CDC_GROUP_REPLICAS_MAX {
-            return Err(invalid(format!(
-                "{} replicas; at most {CDC_GROUP_REPLICAS_MAX}",
-                replicas.len()
-            )));
-        }
-        Ok(GroupSpec {
-            name: name.to_string(),
-            replicas,
-        })
-    }
-}
-
-/// A group's name must be one NATS subject token and fit a stream name.
-fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > CDC_GROUP_NAME_BYTES_MAX {
-        return Err(format!(
-            "the group's name must have 1 to {CDC_GROUP_NAME_BYTES_MAX} characters"
-        ));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(format!(
-            "the group's name {name:?} may hold only letters, digits, '-' and '_'"
-        ));
-    }
-    Ok(())
-}
-
 /// Everything a publisher needs, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -85,8 +30,7 @@ pub struct Config {
     pub groups: Vec<GroupSpec>,
     /// Sent to every replica; role `read` suffices.
     pub api_key: Option<String>,
-    pub subject_prefix: String,
-    pub stream_template: String,
+    pub naming: Naming,
     /// Of a stream this publisher creates.
     pub duplicate_window: Duration,
     /// Per group.
@@ -100,36 +44,51 @@ impl Config {
             field: field.into(),
             reason,
         };
-        if self.groups.is_empty() || self.groups.len() > CDC_GROUPS_MAX {
+        GroupSpec::check_list(&self.groups, CDC_GROUPS_MAX, CDC_GROUP_REPLICAS_MAX)
+            .map_err(|e| invalid("--group", e.0))?;
+        self.naming.check(&self.groups)?;
+        if self.duplicate_window.is_zero()
+            || self.duplicate_window > Duration::from_secs(CDC_DUPLICATE_WINDOW_SECONDS_MAX)
+        {
             return Err(invalid(
-                "--group",
-                format!("give 1 to {CDC_GROUPS_MAX} groups"),
+                "--duplicate-window-seconds",
+                format!("must be 1 to {CDC_DUPLICATE_WINDOW_SECONDS_MAX}"),
             ));
         }
-        for (at, group) in self.groups.iter().enumerate() {
-            if self.groups[..at].iter().any(|g| g.name == group.name) {
-                return Err(invalid(
-                    "--group",
-                    format!("group {:?} is given twice", group.name),
-                ));
-            }
-            // A replica named twice would never be counted as every replica ("gone" from all).
-            if let Some((at, url)) = group
-                .replicas
-                .iter()
-                .enumerate()
-                .find(|(at, url)| group.replicas[..*at].contains(url))
-            {
-                return Err(invalid(
-                    "--group",
-                    format!(
-                        "group {:?}: replica {url} is given twice (URL {} of the list)",
-                        group.name,
-                        at + 1
-                    ),
-                ));
-            }
+        if self.in_flight_max == 0 || self.in_flight_max > CDC_PUBLISHES_IN_FLIGHT_MAX {
+            return Err(invalid(
+                "--in-flight",
+                format!("must be 1 to {CDC_PUBLISHES_IN_FLIGHT_MAX}"),
+            ));
         }
+        Ok(())
+    }
+}
+
+/// Where each group's events are in NATS: the subject `<prefix>.<group>.events` and the stream
+/// named by the template. The publisher and `fincore project --nats` both use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Naming {
+    pub subject_prefix: String,
+    pub stream_template: String,
+}
+
+impl Default for Naming {
+    fn default() -> Naming {
+        Naming {
+            subject_prefix: SUBJECT_PREFIX_DEFAULT.into(),
+            stream_template: STREAM_TEMPLATE_DEFAULT.into(),
+        }
+    }
+}
+
+impl Naming {
+    /// The prefix is subject tokens, and every group's stream name is valid and its own.
+    pub fn check(&self, groups: &[GroupSpec]) -> Result<(), CdcError> {
+        let invalid = |field: &str, reason: String| CdcError::Invalid {
+            field: field.into(),
+            reason,
+        };
         let prefix_ok = !self.subject_prefix.is_empty()
             && self.subject_prefix.split('.').all(|token| {
                 !token.is_empty()
@@ -146,13 +105,13 @@ impl Config {
                 ),
             ));
         }
-        if self.groups.len() > 1 && !self.stream_template.contains("{group}") {
+        if groups.len() > 1 && !self.stream_template.contains("{group}") {
             return Err(invalid(
                 "--stream",
                 "with several groups the template must contain {group}: each group has a stream of its own".into(),
             ));
         }
-        for group in &self.groups {
+        for group in groups {
             let name = self.stream_name(&group.name);
             let ok = !name.is_empty()
                 && name.len() <= 255
@@ -167,20 +126,6 @@ impl Config {
                     ),
                 ));
             }
-        }
-        if self.duplicate_window.is_zero()
-            || self.duplicate_window > Duration::from_secs(CDC_DUPLICATE_WINDOW_SECONDS_MAX)
-        {
-            return Err(invalid(
-                "--duplicate-window-seconds",
-                format!("must be 1 to {CDC_DUPLICATE_WINDOW_SECONDS_MAX}"),
-            ));
-        }
-        if self.in_flight_max == 0 || self.in_flight_max > CDC_PUBLISHES_IN_FLIGHT_MAX {
-            return Err(invalid(
-                "--in-flight",
-                format!("must be 1 to {CDC_PUBLISHES_IN_FLIGHT_MAX}"),
-            ));
         }
         Ok(())
     }
@@ -207,8 +152,7 @@ mod tests {
             nats_url: "nats://127.0.0.1:4222".into(),
             groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
             api_key: None,
-            subject_prefix: SUBJECT_PREFIX_DEFAULT.into(),
-            stream_template: STREAM_TEMPLATE_DEFAULT.into(),
+            naming: Naming::default(),
             duplicate_window: Duration::from_secs(120),
             in_flight_max: 16,
         }
@@ -219,59 +163,37 @@ mod tests {
         let mut config = config(&["g1=http://a:1,http://b:2", "g2=http://c:3"]);
         config.check().unwrap();
         assert_eq!(config.groups[0].replicas, ["http://a:1", "http://b:2"]);
-        assert_eq!(config.subject("g1"), "fincore.g1.events");
-        assert_eq!(config.stream_name("g1"), "fincore-g1-events");
-        config.subject_prefix = "test.x1".into();
-        assert_eq!(config.subject("g2"), "test.x1.g2.events");
-        assert_eq!(config.stream_name("g2"), "test-x1-g2-events");
+        assert_eq!(config.naming.subject("g1"), "fincore.g1.events");
+        assert_eq!(config.naming.stream_name("g1"), "fincore-g1-events");
+        config.naming.subject_prefix = "test.x1".into();
+        assert_eq!(config.naming.subject("g2"), "test.x1.g2.events");
+        assert_eq!(config.naming.stream_name("g2"), "test-x1-g2-events");
     }
 
     #[test]
     fn bad_groups_and_flags_are_refused_naming_the_flag() {
-        for bad in [
-            "g1",
-            "=http://a:1",
-            "g.1=http://a:1",
-            "g1=http://a:1,",
-            "g*=x",
-        ] {
-            let error = bad.parse::<GroupSpec>().unwrap_err();
-            assert!(error.to_string().starts_with("--group:"), "{bad}: {error}");
-        }
-        let replica_twice = config(&["g1=http://a:1,http://b:1,http://a:1"]);
-        let error = replica_twice.check().unwrap_err().to_string();
-        assert!(
-            error.contains("http://a:1 is given twice (URL 3"),
-            "{error}"
-        );
+        let starts = |config: &Config, flag: &str| {
+            let error = config.check().unwrap_err().to_string();
+            assert!(error.starts_with(flag), "{error}");
+            error
+        };
         let mut twice = config(&["g1=http://a:1", "g1=http://b:1"]);
-        assert!(twice.check().unwrap_err().to_string().contains("twice"));
+        assert!(starts(&twice, "--group:").contains("twice"));
+        let too_many: Vec<String> = (0..=CDC_GROUP_REPLICAS_MAX)
+            .map(|i| format!("http://a:{i}"))
+            .collect();
+        starts(
+            &config(&[&format!("g1={}", too_many.join(","))]),
+            "--group:",
+        );
         twice.groups.pop();
-        twice.subject_prefix = "a..b".into();
-        assert!(
-            twice
-                .check()
-                .unwrap_err()
-                .to_string()
-                .starts_with("--subject-prefix")
-        );
+        twice.naming.subject_prefix = "a..b".into();
+        starts(&twice, "--subject-prefix");
         let mut shared = config(&["g1=http://a:1", "g2=http://b:1"]);
-        shared.stream_template = "one-stream".into();
-        assert!(
-            shared
-                .check()
-                .unwrap_err()
-                .to_string()
-                .starts_with("--stream")
-        );
+        shared.naming.stream_template = "one-stream".into();
+        starts(&shared, "--stream");
         let mut window = config(&["g1=http://a:1"]);
         window.in_flight_max = 0;
-        assert!(
-            window
-                .check()
-                .unwrap_err()
-                .to_string()
-                .starts_with("--in-flight")
-        );
+        starts(&window, "--in-flight");
     }
 }

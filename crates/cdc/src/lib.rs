@@ -29,9 +29,32 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::ContextBuilder;
 
-pub use config::{Config, GroupSpec, STREAM_TEMPLATE_DEFAULT, SUBJECT_PREFIX_DEFAULT};
+pub use client::GroupSpec;
+pub use config::{Config, Naming, STREAM_TEMPLATE_DEFAULT, SUBJECT_PREFIX_DEFAULT};
 pub use error::CdcError;
-pub use message::{encode, message_id, seq_of};
+pub use message::{MessageError, decode, encode, message_id, seq_of};
+
+/// A connection to the NATS server at `url`, as `name`; reconnects on its own with a bounded
+/// backoff (also used by `fincore project --nats`).
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, CdcError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(limits::CDC_NATS_REQUEST_SECONDS_MAX))
+        .reconnect_delay_callback(|attempts| {
+            let shift = attempts.min(16) as u32;
+            Duration::from_millis(
+                (limits::CDC_RETRY_BACKOFF_MS_INITIAL << shift)
+                    .min(limits::CDC_RETRY_BACKOFF_MS_MAX),
+            )
+        })
+        .connect(url)
+        .await
+        .map_err(|error| CdcError::Nats {
+            url: url.to_string(),
+            reason: error.to_string(),
+        })
+}
 
 /// Publishes every group's events until one group must stop (its error is returned). Runs
 /// forever otherwise: stop it by dropping the future (nothing is lost: a restart resumes
@@ -44,22 +67,9 @@ pub async fn run(config: Config) -> CdcError {
         url: config.nats_url.clone(),
         reason,
     };
-    let connected = async_nats::ConnectOptions::new()
-        .name("fincore-cdc")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(limits::CDC_NATS_REQUEST_SECONDS_MAX))
-        .reconnect_delay_callback(|attempts| {
-            let shift = attempts.min(16) as u32;
-            Duration::from_millis(
-                (limits::CDC_RETRY_BACKOFF_MS_INITIAL << shift)
-                    .min(limits::CDC_RETRY_BACKOFF_MS_MAX),
-            )
-        })
-        .connect(config.nats_url.as_str())
-        .await;
-    let client = match connected {
+    let client = match connect(&config.nats_url, "fincore-cdc").await {
         Ok(client) => client,
-        Err(error) => return nats(error.to_string()),
+        Err(error) => return error,
     };
     // Twice the groups' windows: the publishes a run abandons (on a refusal) hold their
     // permits until answered or timed out, and must not stall the next run.
@@ -71,15 +81,14 @@ pub async fn run(config: Config) -> CdcError {
         .build(client);
     let mut groups = tokio::task::JoinSet::new();
     for spec in &config.groups {
-        let replicas = match source::replicas(&spec.name, &spec.replicas, config.api_key.as_deref())
-        {
+        let replicas = match source::replicas(spec, config.api_key.as_deref()) {
             Ok(replicas) => replicas,
             Err(error) => return error,
         };
         let target = stream::Target {
             group: spec.name.clone(),
-            subject: config.subject(&spec.name),
-            stream: config.stream_name(&spec.name),
+            subject: config.naming.subject(&spec.name),
+            stream: config.naming.stream_name(&spec.name),
             duplicate_window: config.duplicate_window,
         };
         groups.spawn(group::run(

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use client::{Client, ClientError, RetryPolicy};
+use client::{Client, ClientError, GroupSpec, RetryPolicy};
 use limits::{CDC_RETRY_BACKOFF_MS_INITIAL, CDC_RETRY_BACKOFF_MS_MAX};
 use tokio::sync::mpsc;
 
@@ -28,11 +28,7 @@ pub struct Replica {
 
 /// Clients of the group's replicas (they connect lazily). A group named by its 32-hex-digit id
 /// is named in every call, so a replica of another group refuses instead of serving.
-pub fn replicas(
-    group: &str,
-    urls: &[String],
-    api_key: Option<&str>,
-) -> Result<Vec<Replica>, CdcError> {
+pub fn replicas(group: &GroupSpec, api_key: Option<&str>) -> Result<Vec<Replica>, CdcError> {
     // Short: a replica that does not answer is left for the next one.
     let policy = RetryPolicy {
         attempts_max: 3,
@@ -40,19 +36,17 @@ pub fn replicas(
         attempt_timeout: Duration::from_secs(5),
         ..RetryPolicy::default()
     };
-    let is_group_id = group.len() == 32 && group.bytes().all(|b| b.is_ascii_hexdigit());
-    urls.iter()
+    group
+        .replicas
+        .iter()
         .map(|url| {
-            let mut builder = Client::builder(&[url.as_str()])
-                .retry_policy(policy.clone())
-                .api_key_opt(api_key);
-            if is_group_id {
-                builder = builder.group(group);
-            }
-            let client = builder.connect().map_err(|e| CdcError::Invalid {
-                field: "--group".into(),
-                reason: format!("group {group}: replica {url}: {e}"),
-            })?;
+            let client =
+                group
+                    .client(url, policy.clone(), api_key)
+                    .map_err(|e| CdcError::Invalid {
+                        field: "--group".into(),
+                        reason: format!("group {}: replica {url}: {e}", group.name),
+                    })?;
             Ok(Replica {
                 url: url.clone(),
                 client,

@@ -19,8 +19,15 @@
 //!   [`Client::subscribe_events`] follows it (`docs/events.md`); every replica serves the same
 //!   events under the same sequence numbers, so either may be asked.
 //!
+//! - Groups as tools are told about them: [`GroupSpec`] parses and checks `--group
+//!   NAME=URL[,URL…]` (`fincore cdc`, `fincore project`) and builds each replica's client.
+//!
 //! A linked chain must be sent whole through `create_transfers`: single events are batched with
 //! strangers' events, so they may not carry the `linked` flag.
+
+mod group_spec;
+
+pub use group_spec::{GroupSpec, GroupSpecError};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use cdc::{Config, GroupSpec};
+use cdc::{Config, GroupSpec, Naming};
 use limits::{
     CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT, CDC_DUPLICATE_WINDOW_SECONDS_MAX,
     CDC_PUBLISHES_IN_FLIGHT_DEFAULT, CDC_PUBLISHES_IN_FLIGHT_MAX,
@@ -20,8 +20,7 @@ pub struct CdcArgs {
     /// A group to publish: its name (a subject token: letters, digits, '-', '_'; its 32-hex-digit
     /// id makes every call name it) and its replicas' gRPC addresses, tried in turn. Repeat for
     /// more groups.
-    #[arg(long = "group", value_name = "NAME=URL[,URL…]", required = true,
-        value_parser = parse_group)]
+    #[arg(long = "group", value_name = "NAME=URL[,URL…]", required = true)]
     groups: Vec<GroupSpec>,
     /// The API key sent to the replicas (role `read` suffices).
     #[arg(
@@ -31,13 +30,8 @@ pub struct CdcArgs {
         value_name = "KEY"
     )]
     api_key: Option<String>,
-    /// Subjects are `<PREFIX>.<group>.events`.
-    #[arg(long, value_name = "PREFIX", default_value = cdc::SUBJECT_PREFIX_DEFAULT)]
-    subject_prefix: String,
-    /// Each group's stream name: `{prefix}` is the subject prefix with dots as dashes, `{group}`
-    /// the group's name. Created when missing (limits retention, file storage).
-    #[arg(long = "stream", value_name = "TEMPLATE", default_value = cdc::STREAM_TEMPLATE_DEFAULT)]
-    stream_template: String,
+    #[command(flatten)]
+    naming: NamingArgs,
     /// The duplicate window of a stream this publisher creates.
     #[arg(long, value_name = "SECONDS", default_value_t = CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(1..=CDC_DUPLICATE_WINDOW_SECONDS_MAX))]
@@ -48,12 +42,26 @@ pub struct CdcArgs {
     in_flight: u64,
 }
 
-/// clap names the flag itself: the reason alone.
-fn parse_group(text: &str) -> Result<GroupSpec, String> {
-    text.parse().map_err(|error| match error {
-        cdc::CdcError::Invalid { reason, .. } => reason,
-        other => other.to_string(),
-    })
+/// Where each group's events are in NATS: the same flags for the publisher and for
+/// `fincore project --nats`, so that both name the same streams.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NamingArgs {
+    /// Subjects are `<PREFIX>.<group>.events`.
+    #[arg(long, value_name = "PREFIX", default_value = cdc::SUBJECT_PREFIX_DEFAULT)]
+    subject_prefix: String,
+    /// Each group's stream name: `{prefix}` is the subject prefix with dots as dashes, `{group}`
+    /// the group's name. `fincore cdc` creates it when missing (limits retention, file storage).
+    #[arg(long = "stream", value_name = "TEMPLATE", default_value = cdc::STREAM_TEMPLATE_DEFAULT)]
+    stream_template: String,
+}
+
+impl NamingArgs {
+    pub fn naming(&self) -> Naming {
+        Naming {
+            subject_prefix: self.subject_prefix.clone(),
+            stream_template: self.stream_template.clone(),
+        }
+    }
 }
 
 pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
@@ -62,8 +70,7 @@ pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
         nats_url: args.nats.clone(),
         groups: args.groups.clone(),
         api_key: args.api_key.clone().filter(|key| !key.is_empty()),
-        subject_prefix: args.subject_prefix.clone(),
-        stream_template: args.stream_template.clone(),
+        naming: args.naming.naming(),
         duplicate_window: Duration::from_secs(args.duplicate_window_seconds),
         in_flight_max: usize::try_from(args.in_flight).context("--in-flight")?,
     };

@@ -1,4 +1,5 @@
-//! `fincore project`: groups' change events into a SQL read model (PostgreSQL or SQLite), until
+//! `fincore project`: groups' change events (from their replicas, or with `--nats` from the
+//! JetStream streams `fincore cdc` fills) into a SQL read model (PostgreSQL or SQLite), until
 //! Ctrl-C or SIGTERM; `--verify` compares the read model with the ledger instead. This module
 //! reads the flags; the work is the `projector` crate's (`docs/projector.md`).
 
@@ -7,16 +8,26 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use projector::{GroupSource, Options, Target, Verdict};
+use client::GroupSpec;
+use projector::{NatsSource, Options, Target, Verdict};
+
+use crate::cdc::NamingArgs;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("database").required(true).args(["postgres", "sqlite"])))]
 pub struct ProjectArgs {
     /// A group to project: its name (the key of its offset; use the group's id) and its
-    /// replicas' gRPC URLs, any of which serves its events: `NAME=http://HOST:PORT[,…]`.
-    /// Repeat for several groups.
-    #[arg(long = "group", value_name = "NAME=URL[,URL…]", required = true, value_parser = parse_group)]
-    groups: Vec<GroupSource>,
+    /// replicas' gRPC URLs, any of which serves its events (with --nats: back-fills the gaps of
+    /// the stream): `NAME=http://HOST:PORT[,…]`. Repeat for several groups.
+    #[arg(long = "group", value_name = "NAME=URL[,URL…]", required = true)]
+    groups: Vec<GroupSpec>,
+    /// Read each group's events from its NATS JetStream stream (the one `fincore cdc` fills,
+    /// named by --subject-prefix and --stream as there) instead of following the replicas.
+    #[arg(long, value_name = "URL", conflicts_with = "verify")]
+    nats: Option<String>,
+    /// With --nats: where the streams are (the same flags and defaults as `fincore cdc`).
+    #[command(flatten)]
+    naming: NamingArgs,
     /// An API key with the role `read` (or above), from `fincore keys create --role read`.
     #[arg(
         long,
@@ -45,37 +56,6 @@ pub struct ProjectArgs {
     verify_wait_seconds: u64,
 }
 
-/// `NAME=URL[,URL…]`: a name of letters, digits, `-` and `_` (it becomes part of NATS
-/// subjects), and `http://` or `https://` URLs.
-fn parse_group(text: &str) -> Result<GroupSource, String> {
-    let (name, urls) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=URL[,URL…], got {text:?}"))?;
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !name_ok {
-        return Err(format!(
-            "group name {name:?}: 1 to 64 letters, digits, '-' or '_'"
-        ));
-    }
-    let urls: Vec<String> = urls.split(',').map(str::trim).map(String::from).collect();
-    if let Some(bad) = urls
-        .iter()
-        .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
-    {
-        return Err(format!(
-            "group {name}: replica URL {bad:?} must start with http:// or https:// (the node's gRPC address)"
-        ));
-    }
-    Ok(GroupSource {
-        name: name.to_string(),
-        urls,
-    })
-}
-
 pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let target = match (&args.postgres, &args.sqlite) {
         (Some(url), None) => Target::Postgres(url.clone()),
@@ -86,6 +66,10 @@ pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         target,
         groups: args.groups.clone(),
         api_key: args.api_key.clone(),
+        nats: args.nats.as_ref().map(|url| NatsSource {
+            url: url.clone(),
+            naming: args.naming.naming(),
+        }),
     };
     telemetry::init_logging();
     let runtime = crate::serve::runtime()?;
@@ -127,27 +111,4 @@ pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_group;
-
-    #[test]
-    fn group_flags_are_parsed_and_bad_ones_name_the_part() {
-        let group = parse_group("g1=http://127.0.0.1:1,http://127.0.0.1:2").unwrap();
-        assert_eq!(group.name, "g1");
-        assert_eq!(group.urls.len(), 2);
-        assert!(parse_group("g1").unwrap_err().contains("NAME=URL"));
-        assert!(
-            parse_group("a.b=http://x")
-                .unwrap_err()
-                .contains("group name")
-        );
-        assert!(
-            parse_group("g=127.0.0.1:1")
-                .unwrap_err()
-                .contains("http://")
-        );
-    }
 }

@@ -9,7 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use projector::{GroupSource, Options, Target};
+use client::GroupSpec;
+use projector::{Options, Target};
 
 /// The SQLite file `dev` projects into, inside its data directory, unless told otherwise.
 pub const DEV_READ_MODEL_FILE: &str = "read.db";
@@ -59,10 +60,10 @@ fn redact(url: &str) -> String {
 
 /// One group `dev` runs, by its id when known (the projector then names it on every call, so a
 /// node of another group refuses), and its replicas' gRPC addresses.
-pub fn group(id: Option<&str>, grpc_addrs: &[String]) -> GroupSource {
-    GroupSource {
+pub fn group(id: Option<&str>, grpc_addrs: &[String]) -> GroupSpec {
+    GroupSpec {
         name: id.unwrap_or("dev").to_string(),
-        urls: grpc_addrs
+        replicas: grpc_addrs
             .iter()
             .map(|addr| format!("http://{addr}"))
             .collect(),
@@ -84,11 +85,12 @@ impl Running {
 
 /// Projects `groups` into `target` on the current runtime until the projector stops for good
 /// (then it says why on stderr) or is stopped.
-pub fn start(target: Target, groups: Vec<GroupSource>, api_key: String) -> Running {
+pub fn start(target: Target, groups: Vec<GroupSpec>, api_key: String) -> Running {
     let options = Options {
         target,
         groups,
         api_key: Some(api_key),
+        nats: None,
     };
     Running(tokio::spawn(async move {
         if let Err(error) = projector::project(&options, false).await {

@@ -6,6 +6,8 @@
 //! and the broker itself refuses a gap or a repeat. Each test has a subject prefix and
 //! stream of its own, deleted at its end.
 
+#[path = "support/nats_test.rs"]
+mod nats_test;
 mod support;
 
 use std::process::{Child, Command, Stdio};
@@ -17,13 +19,13 @@ use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream::Stream;
 use client::RetryPolicy;
 use ledger::{CreateTransferResult as TR, Transfer, TransferFlags};
+use nats_test::NATS_URL;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::{ChildNode, fincore_exe};
 use testkit::group::GroupLayout;
 use testkit::http::request_as;
 
-const NATS_URL: &str = "nats://127.0.0.1:4222";
 const GROUP: &str = "g1";
 const ACCOUNTS: u128 = 8;
 
@@ -117,12 +119,7 @@ impl Setup {
         let prefix = format!("test.{unique}");
         let stream_name = format!("test-{unique}-{GROUP}-events");
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let js = runtime.block_on(async {
-            let client = async_nats::connect(NATS_URL)
-                .await
-                .expect("NATS with JetStream on 127.0.0.1:4222 (scripts/services starts it)");
-            async_nats::jetstream::new(client)
-        });
+        let js = nats_test::connect(&runtime);
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         Setup {

@@ -6,7 +6,16 @@
 //! with every history row once; an offset moved back is repaired by replaying, an offset moved
 //! into the middle of a batch is refused, rows deleted or an offset moved forward are found by
 //! `--verify` and repaired by `--rebuild`.
+//!
+//! From NATS JetStream (`--nats`, with `fincore cdc` publishing; 127.0.0.1:4222, a subject
+//! prefix and stream of its own per test, deleted at its end): the read model ends equal to the
+//! ledger; messages deleted from the stream are back-filled from the replica and logged with
+//! their seqs; forged messages (a body that is not an event, one that is not JSON) are not
+//! applied, are back-filled, and the projector goes on; the publisher and the projector killed
+//! with SIGKILL at random moments under load end with the read model equal to the ledger.
 
+#[path = "support/nats_test.rs"]
+mod nats_test;
 mod support;
 
 use std::path::Path;
@@ -17,6 +26,7 @@ use client::RetryPolicy;
 use ledger::{
     Account, AccountFlags, CreateTransferResult as TR, EventBody, Transfer, TransferFlags,
 };
+use nats_test::NATS_URL;
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::{ChildNode, fincore_exe};
 
@@ -116,7 +126,7 @@ fn sqlite_states(path: &Path) -> Vec<(String, String)> {
     })
 }
 
-/// A running `fincore project`, killed (SIGKILL) when dropped.
+/// A running `fincore project` (or `fincore cdc`), killed (SIGKILL) when dropped.
 struct Projector(Child);
 
 impl Drop for Projector {
@@ -134,13 +144,23 @@ fn target_args(node: &ChildNode, database: &[&str]) -> Vec<String> {
 }
 
 fn start_projector(node: &ChildNode, key: &str, database: &[&str], extra: &[&str]) -> Projector {
+    spawn_projector(node, key, database, extra, Stdio::inherit())
+}
+
+fn spawn_projector(
+    node: &ChildNode,
+    key: &str,
+    database: &[&str],
+    extra: &[&str],
+    stderr: Stdio,
+) -> Projector {
     let child = Command::new(fincore_exe())
         .arg("project")
         .args(target_args(node, database))
         .args(extra)
         .env("FINCORE_API_KEY", key)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Projector(child)
@@ -302,10 +322,14 @@ fn expected_states() -> Vec<(String, String)> {
 }
 
 /// Waits (bounded) for `check` to hold.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(30), check);
+}
+
+fn eventually_within(what: &str, bound: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
     while !check() {
-        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        assert!(Instant::now() < deadline, "not within {bound:?}: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -536,5 +560,287 @@ fn gaps_made_by_hand_are_repaired_by_replay_or_rebuild_or_refused_naming_the_off
     let text = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("not the end of a batch"), "{text}");
+    node.stop().unwrap();
+}
+
+/// The NATS side of a test: a subject prefix and a stream of its own (deleted when dropped),
+/// and the logs of the publisher and projectors it starts.
+struct Nats {
+    prefix: String,
+    stream_name: String,
+    logs: std::path::PathBuf,
+    runtime: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+}
+
+impl Nats {
+    /// Names made from `unique` (the test's database name).
+    fn new(unique: &str, dir: &Path) -> Nats {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let js = nats_test::connect(&runtime);
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        Nats {
+            prefix: format!("test.{unique}"),
+            stream_name: format!("test-{unique}-g1-events"),
+            logs,
+            runtime,
+            js,
+        }
+    }
+
+    fn log_file(&self, name: &str) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))
+            .unwrap()
+            .into()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// `fincore cdc` publishing the node's events to this test's stream.
+    fn publisher(&self, node: &ChildNode, key: &str) -> Projector {
+        let child = Command::new(fincore_exe())
+            .args(["cdc", "--nats", NATS_URL, "--group"])
+            .arg(format!("g1={}", node.grpc_url()))
+            .args(["--subject-prefix", &self.prefix])
+            .env("FINCORE_API_KEY", key)
+            .stdout(Stdio::null())
+            .stderr(self.log_file("publisher"))
+            .spawn()
+            .unwrap();
+        Projector(child)
+    }
+
+    /// `fincore project --nats` from this test's stream, its log in `logs/<name>.log`.
+    fn projector(&self, node: &ChildNode, key: &str, database: &[&str], name: &str) -> Projector {
+        let nats = ["--nats", NATS_URL, "--subject-prefix", &self.prefix];
+        spawn_projector(node, key, database, &nats, self.log_file(name))
+    }
+
+    fn stream(&self) -> async_nats::jetstream::stream::Stream {
+        self.runtime
+            .block_on(self.js.get_stream(&self.stream_name))
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the stream holds event `last`.
+    fn wait_stream(&self, last: u64) {
+        eventually(&format!("the stream reaches seq {last}"), || {
+            self.runtime
+                .block_on(self.js.get_stream(&self.stream_name))
+                .is_ok_and(|s| s.cached_info().state.last_sequence >= last)
+        });
+    }
+
+    /// Publishes `body` onto the group's subject as the message of `seq` (its id and expected
+    /// last sequence forged like the publisher's), as an attacker with access to NATS could.
+    fn forge(&self, seq: u64, body: Vec<u8>) {
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(body.into())
+            .message_id(format!("g1:{seq}"))
+            .expected_last_sequence(seq - 1);
+        let ack = self.runtime.block_on(async {
+            self.js
+                .send_publish(format!("{}.g1.events", self.prefix), publish)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        });
+        assert_eq!(ack.sequence, seq);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self
+            .runtime
+            .block_on(self.js.delete_stream(&self.stream_name));
+    }
+}
+
+fn node_last_seq(node: &ChildNode) -> u64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        client(node)
+            .read_events(u64::MAX, 1)
+            .await
+            .unwrap()
+            .last_seq
+    })
+}
+
+/// Waits (bounded) until the read model's offset is `last`.
+fn wait_offset(pg: &PgDatabase, last: u64, bound: Duration) {
+    eventually_within(&format!("the read model reaches seq {last}"), bound, || {
+        let seq: Option<i64> = pg.runtime.block_on(async {
+            let mut conn = PgConnection::connect(&pg.url()).await.unwrap();
+            sqlx::query_scalar("SELECT last_seq FROM projection_offsets WHERE group_id = 'g1'")
+                .fetch_optional(&mut conn)
+                .await
+                .ok()
+                .flatten()
+        });
+        seq == Some(last as i64)
+    });
+}
+
+/// A node with accounts, a read key, a database and a NATS stream of this test's own.
+fn nats_setup(label: &str) -> (tempfile::TempDir, ChildNode, String, PgDatabase, Nats) {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, key) = node_with_read_key(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { client(&node).create_accounts(&accounts()).await.unwrap() });
+    let pg = PgDatabase::new(label);
+    let nats = Nats::new(&pg.name, dir.path());
+    (dir, node, key, pg, nats)
+}
+
+/// Runs `load` for `seconds` on a runtime of its own; answers the next free id.
+fn load_for(node: &ChildNode, first: u128, seconds: u64) -> u128 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
+    runtime.block_on(load(client(node), first, seconds))
+}
+
+#[test]
+fn a_projector_reading_from_jetstream_ends_equal_to_the_ledger_and_back_fills_messages_deleted_from_the_stream()
+ {
+    let (_dir, node, key, pg, nats) = nats_setup("natsdeleted");
+    let url = pg.url();
+    let pg_args = ["--postgres", url.as_str()];
+    let _publisher = nats.publisher(&node, &key);
+    let projector = nats.projector(&node, &key, &pg_args, "projector-1");
+    let next = load_for(&node, 1000, 2);
+    let last = node_last_seq(&node);
+    wait_offset(&pg, last, Duration::from_secs(30));
+    let (ok, text) = verify(&node, &key, &pg_args, 30);
+    assert!(ok, "{text}");
+    drop(projector);
+
+    // Written while no projector runs, published, then messages deleted from the stream: one
+    // alone, two in a row, and one just before the last.
+    load_for(&node, next, 1);
+    let now = node_last_seq(&node);
+    assert!(now > last + 20, "{last} → {now}");
+    nats.wait_stream(now);
+    let deleted = [last + 3, last + 9, last + 10, now - 1];
+    let stream = nats.stream();
+    for seq in deleted {
+        assert!(nats.runtime.block_on(stream.delete_message(seq)).unwrap());
+    }
+    let projector = nats.projector(&node, &key, &pg_args, "projector-2");
+    wait_offset(&pg, now, Duration::from_secs(30));
+    let (ok, text) = verify(&node, &key, &pg_args, 30);
+    assert!(ok, "{text}");
+    drop(projector);
+    let log = nats.log("projector-2");
+    for (first, last) in [
+        (deleted[0], deleted[0]),
+        (deleted[1], deleted[2]),
+        (deleted[3], deleted[3]),
+    ] {
+        assert!(
+            log.contains(&format!("first_seq={first} last_seq={last}")),
+            "back-filling {first}..={last} is not logged: {log}"
+        );
+    }
+    assert!(log.contains("backfilled_total=4"), "{log}");
+    node.stop().unwrap();
+}
+
+#[test]
+fn forged_messages_in_the_stream_are_not_applied_but_back_filled_and_the_projector_goes_on() {
+    let (_dir, node, key, pg, nats) = nats_setup("natsforged");
+    let url = pg.url();
+    let pg_args = ["--postgres", url.as_str()];
+    let publisher = nats.publisher(&node, &key);
+    let next = load_for(&node, 1000, 1);
+    let published = node_last_seq(&node);
+    nats.wait_stream(published);
+    drop(publisher);
+    let next = load_for(&node, next, 1);
+    // The next two messages forged: an event without its transfer, then a body not JSON. The
+    // publisher restarted takes them for its own (their ids) and goes on after them.
+    let forged = published + 1;
+    nats.forge(
+        forged,
+        format!(r#"{{"version":1,"seq":{forged},"type":"transfer_created","timestamp":"1"}}"#)
+            .into_bytes(),
+    );
+    nats.forge(forged + 1, b"\xff not json".to_vec());
+    let _publisher = nats.publisher(&node, &key);
+    let now = node_last_seq(&node);
+    nats.wait_stream(now);
+    let mut projector = nats.projector(&node, &key, &pg_args, "projector");
+    wait_offset(&pg, now, Duration::from_secs(30));
+    let (ok, text) = verify(&node, &key, &pg_args, 30);
+    assert!(ok, "{text}");
+    let log = nats.log("projector");
+    for expected in [
+        format!("the message at stream sequence {forged}: transfer: missing"),
+        format!("the message at stream sequence {}: body:", forged + 1),
+        format!("first_seq={forged} last_seq={forged}"),
+        format!("first_seq={} last_seq={}", forged + 1, forged + 1),
+        "malformed_total=2".to_string(),
+    ] {
+        assert!(log.contains(&expected), "{expected:?} is not logged: {log}");
+    }
+    // Still projecting: what is written next shows too.
+    load_for(&node, next, 1);
+    let later = node_last_seq(&node);
+    wait_offset(&pg, later, Duration::from_secs(30));
+    let (ok, text) = verify(&node, &key, &pg_args, 30);
+    assert!(ok, "{text}");
+    assert!(
+        projector.0.try_wait().unwrap().is_none(),
+        "the projector stopped"
+    );
+    node.stop().unwrap();
+}
+
+#[test]
+fn a_publisher_and_a_projector_from_jetstream_killed_at_random_moments_under_load_end_equal_to_the_ledger()
+ {
+    let (_dir, node, key, pg, nats) = nats_setup("natskills");
+    let url = pg.url();
+    let pg_args = ["--postgres", url.as_str()];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter(); // clients connect lazily inside a runtime
+    let writer = runtime.spawn(load(client(&node), 1000, 6));
+    let mut seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761) % 1_000_003;
+    let mut next = || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005) % 1_000_000_007;
+        seed
+    };
+    for round in 0..5 {
+        let publisher = nats.publisher(&node, &key);
+        let projector = nats.projector(&node, &key, &pg_args, &format!("projector-{round}"));
+        std::thread::sleep(Duration::from_millis(300 + next() % 900));
+        // SIGKILL, wherever they are, one after the other in either order.
+        let (first, second) = match next() % 2 {
+            0 => (publisher, projector),
+            _ => (projector, publisher),
+        };
+        drop(first);
+        std::thread::sleep(Duration::from_millis(next() % 300));
+        drop(second);
+    }
+    runtime.block_on(writer).unwrap();
+    let started = Instant::now();
+    let _publisher = nats.publisher(&node, &key);
+    let _projector = nats.projector(&node, &key, &pg_args, "projector-last");
+    let last = node_last_seq(&node);
+    wait_offset(&pg, last, Duration::from_secs(90));
+    let caught_up = started.elapsed();
+    let (ok, text) = verify(&node, &key, &pg_args, 40);
+    assert!(ok, "{text}");
+    assert!(text.contains(&format!("g1 at seq {last}")), "{text}");
+    eprintln!("caught up in {caught_up:?} after the last kills, then {text}");
     node.stop().unwrap();
 }

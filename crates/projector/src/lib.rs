@@ -1,19 +1,22 @@
 //! SQL read models of the change-event stream (`fincore project`, `docs/projector.md`).
 //!
-//! Consumes one or more groups' change events straight from their replicas into PostgreSQL or
-//! SQLite tables (`accounts`, `transfers`, `account_balances`, `projection_offsets`): whole
-//! batches, one transaction with the group's offset, so nothing is written twice or half;
-//! resumable from the stored offset after any crash; gaps back-filled from the events API;
-//! `--verify` compares the read model with the ledger. It must not write to the ledger, and it
-//! reads the nodes only through `client`.
+//! Consumes one or more groups' change events, straight from their replicas or from the groups'
+//! NATS JetStream streams (`fincore cdc`'s), into PostgreSQL or SQLite tables (`accounts`,
+//! `transfers`, `account_balances`, `projection_offsets`): whole batches, one transaction with
+//! the group's offset, so nothing is written twice or half; resumable from the stored offset
+//! after any crash; gaps (and malformed messages) back-filled from the replicas' events API;
+//! `--verify` compares the read model with the ledger. It must not write to the ledger nor to
+//! NATS, and it reads the nodes only through `client`.
 //!
 //! - `model`: events → rows (pure).
 //! - `sink`: the databases (schema, transactional writes, reads for the check).
 //! - `source`: a group's replicas (failover, gap check, back-fill).
+//! - `nats`: a group's JetStream stream (ordered consumer from the offset, gap check).
 //! - `run`: the writer loop of one group.
 //! - `verify`: the check against the ledger.
 
 pub mod model;
+pub mod nats;
 pub mod run;
 pub mod sink;
 pub mod source;
@@ -22,11 +25,13 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::Duration;
 
+use client::GroupSpec;
 use limits::{PROJECTOR_GROUPS_MAX, PROJECTOR_REPLICAS_PER_GROUP_MAX};
 
 pub use model::{Changes, ModelError, TransferState};
+pub use nats::{GroupStream, NatsSource};
 pub use sink::{Sink, SinkError, Target};
-pub use source::{GroupSource, Replicas, SourceError};
+pub use source::{Replicas, SourceError};
 pub use verify::Verdict;
 
 /// Why projecting stopped.
@@ -56,49 +61,32 @@ pub enum ProjectError {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub target: Target,
-    pub groups: Vec<GroupSource>,
+    /// The groups; their replicas serve the events (or back-fill them, with `nats`).
+    pub groups: Vec<GroupSpec>,
     /// A key with the `read` role (or above).
     pub api_key: Option<String>,
+    /// Read each group's events from its JetStream stream rather than from its replicas.
+    pub nats: Option<NatsSource>,
 }
 
 impl Options {
     fn check(&self) -> Result<(), ProjectError> {
-        let invalid = |reason: String| ProjectError::Invalid {
+        GroupSpec::check_list(
+            &self.groups,
+            PROJECTOR_GROUPS_MAX,
+            PROJECTOR_REPLICAS_PER_GROUP_MAX,
+        )
+        .map_err(|e| ProjectError::Invalid {
             field: "--group",
-            reason,
-        };
-        if self.groups.is_empty() || self.groups.len() > PROJECTOR_GROUPS_MAX {
-            return Err(invalid(format!(
-                "give 1 to {PROJECTOR_GROUPS_MAX} groups, not {}",
-                self.groups.len()
-            )));
-        }
-        let mut names: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
-        names.sort_unstable();
-        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(invalid(format!("group {} is given twice", twice[0])));
-        }
-        for group in &self.groups {
-            if group.urls.is_empty() || group.urls.len() > PROJECTOR_REPLICAS_PER_GROUP_MAX {
-                return Err(invalid(format!(
-                    "group {}: give 1 to {PROJECTOR_REPLICAS_PER_GROUP_MAX} replica URLs, not {}",
-                    group.name,
-                    group.urls.len()
-                )));
-            }
-            // A replica named twice would never be counted as every replica ("gone" from all).
-            if let Some((at, url)) = group
-                .urls
-                .iter()
-                .enumerate()
-                .find(|(at, url)| group.urls[..*at].contains(url))
-            {
-                return Err(invalid(format!(
-                    "group {}: replica {url} is given twice (URL {} of the list)",
-                    group.name,
-                    at + 1
-                )));
-            }
+            reason: e.0,
+        })?;
+        if let Some(nats) = &self.nats {
+            nats.naming
+                .check(&self.groups)
+                .map_err(|e| ProjectError::Invalid {
+                    field: "--nats",
+                    reason: e.to_string(),
+                })?;
         }
         Ok(())
     }
@@ -122,11 +110,21 @@ pub async fn project(options: &Options, rebuild: bool) -> Result<(), ProjectErro
         tracing::info!("read model cleared: projecting from the first event");
     }
     drop(sink);
+    let jetstream = match &options.nats {
+        Some(nats) => Some(nats.connect().await?),
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for group in replicas {
         let target = options.target.clone();
         let group = Arc::new(group);
-        tasks.spawn(async move { run::project_group(&target, group).await });
+        let reader = match (&options.nats, &jetstream) {
+            (Some(nats), Some(context)) => {
+                run::Reader::Nats(Arc::new(GroupStream::new(nats, context.clone(), group)))
+            }
+            _ => run::Reader::Replicas(group),
+        };
+        tasks.spawn(async move { run::project_group(&target, reader).await });
     }
     let first = tasks.join_next().await.expect("at least one group");
     tasks.abort_all();

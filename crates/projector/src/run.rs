@@ -17,22 +17,43 @@ use tokio::sync::mpsc;
 
 use crate::ProjectError;
 use crate::model::Changes;
+use crate::nats::GroupStream;
 use crate::sink::{Sink, Target};
-use crate::source::Replicas;
+use crate::source::{Replicas, SourceError};
 
-/// Projects the group of `replicas` into `target` until the source fails for good or the
+/// Where a group's events are read: its replicas, or its JetStream stream (back-filled from
+/// the replicas). Either sends contiguous pages from an offset on.
+pub enum Reader {
+    Replicas(Arc<Replicas>),
+    Nats(Arc<GroupStream>),
+}
+
+impl Reader {
+    fn group(&self) -> &str {
+        match self {
+            Reader::Replicas(replicas) => replicas.group(),
+            Reader::Nats(stream) => stream.group(),
+        }
+    }
+
+    async fn follow(&self, after: u64, pages: mpsc::Sender<Vec<Event>>) -> Result<(), SourceError> {
+        match self {
+            Reader::Replicas(replicas) => replicas.follow(after, pages).await,
+            Reader::Nats(stream) => stream.follow(after, pages).await,
+        }
+    }
+}
+
+/// Projects the group `reader` reads into `target` until the source fails for good or the
 /// database refuses a write; never returns `Ok` (the stream has no end).
-pub async fn project_group(target: &Target, replicas: Arc<Replicas>) -> Result<(), ProjectError> {
-    let group = replicas.group().to_string();
+pub async fn project_group(target: &Target, reader: Reader) -> Result<(), ProjectError> {
+    let group = reader.group().to_string();
     let mut sink = Sink::open(target, false).await?;
     let offset = sink.offset(&group).await?;
     let mut history = sink.history_accounts().await?;
     tracing::info!(%group, offset, "projecting from the stored offset");
     let (pages_tx, mut pages) = mpsc::channel::<Vec<Event>>(PROJECTOR_PAGES_QUEUED_MAX);
-    let reader = {
-        let replicas = replicas.clone();
-        tokio::spawn(async move { replicas.follow(offset, pages_tx).await })
-    };
+    let reader = tokio::spawn(async move { reader.follow(offset, pages_tx).await });
     // Cancelled (its task aborted, as `fincore dev` does on stop), this future must not leave
     // the reader and its subscription running.
     let _reader_stops_with_us = AbortOnDrop(reader.abort_handle());

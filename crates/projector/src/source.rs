@@ -8,17 +8,10 @@
 
 use std::time::Duration;
 
-use client::{Client, ClientError, RetryPolicy};
+use client::{Client, ClientError, GroupSpec, RetryPolicy};
 use ledger::Event;
 use limits::{EVENTS_PAGE_EVENTS_MAX, PROJECTOR_RETRY_BACKOFF_MS_MAX};
 use tokio::sync::mpsc;
-
-/// A group as given on the command line: its name (the offset's key) and its replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupSource {
-    pub name: String,
-    pub urls: Vec<String>,
-}
 
 /// Why a group's events could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +32,12 @@ pub enum SourceError {
         after: u64,
         firsts: String,
     },
+    #[error("group {group}: NATS {url}: {reason}")]
+    Nats {
+        group: String,
+        url: String,
+        reason: String,
+    },
     #[error("group {group}: {url}: a gap from {after} to {seq} that the replica does not fill")]
     Unfilled {
         group: String,
@@ -57,37 +56,28 @@ pub struct Replicas {
 
 impl Replicas {
     /// Clients of every replica of `group` (they connect lazily; call inside a Tokio runtime).
-    pub fn connect(group: &GroupSource, api_key: Option<&str>) -> Result<Replicas, SourceError> {
+    pub fn connect(group: &GroupSpec, api_key: Option<&str>) -> Result<Replicas, SourceError> {
         let policy = RetryPolicy {
             attempts_max: 3,
             elapsed_max: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        // A group named by its id (32 hex digits) is named on every call, so that a replica of
-        // another group refuses instead of serving its own events (as `fincore cdc` does).
-        let is_group_id =
-            group.name.len() == 32 && group.name.bytes().all(|b| b.is_ascii_hexdigit());
         let clients = group
-            .urls
+            .replicas
             .iter()
             .map(|url| {
-                let builder = Client::builder(&[url.as_str()])
-                    .retry_policy(policy.clone())
-                    .api_key_opt(api_key);
-                let builder = match is_group_id {
-                    true => builder.group(&group.name),
-                    false => builder,
-                };
-                builder.connect().map_err(|source| SourceError::Client {
-                    group: group.name.clone(),
-                    url: url.clone(),
-                    source,
-                })
+                group
+                    .client(url, policy.clone(), api_key)
+                    .map_err(|source| SourceError::Client {
+                        group: group.name.clone(),
+                        url: url.clone(),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Replicas {
             group: group.name.clone(),
-            urls: group.urls.clone(),
+            urls: group.replicas.clone(),
             clients,
         })
     }
@@ -118,8 +108,23 @@ impl Replicas {
 
     /// Keeps what of `events` follows `after`: drops events already seen; back-fills a gap
     /// from replica `at` with `read_events`. Answers the contiguous events; `after` moves to
-    /// the last.
+    /// the last. On an error `after` is left where it was: none of these events is passed on,
+    /// so the next read must start there again.
     pub async fn contiguous(
+        &self,
+        at: usize,
+        events: Vec<Event>,
+        after: &mut u64,
+    ) -> Result<Vec<Event>, SourceError> {
+        let start = *after;
+        let kept = self.contiguous_from(at, events, after).await;
+        if kept.is_err() {
+            *after = start;
+        }
+        kept
+    }
+
+    async fn contiguous_from(
         &self,
         at: usize,
         events: Vec<Event>,
@@ -173,6 +178,48 @@ impl Replicas {
             }
         }
         Ok(())
+    }
+
+    /// Reads events `after + 1 .. until` into `out` from the first replica that has them,
+    /// trying each once from `*at` (left at the one that answered). Fails with the last error,
+    /// or [`SourceError::Gone`] when every replica answered "gone"; `after` and `out` keep
+    /// what was read.
+    pub async fn backfill_any(
+        &self,
+        at: &mut usize,
+        after: &mut u64,
+        until: u64,
+        out: &mut Vec<Event>,
+    ) -> Result<(), SourceError> {
+        let mut gone: Vec<Option<u64>> = vec![None; self.len()];
+        let mut last = None;
+        for _ in 0..self.len() {
+            match self.backfill(*at, after, until, out).await {
+                Ok(()) => return Ok(()),
+                Err(
+                    error @ SourceError::Client {
+                        source: ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_),
+                        ..
+                    },
+                ) => return Err(error),
+                Err(error) => {
+                    if let SourceError::Client {
+                        source: ClientError::EventsGone { first_seq, .. },
+                        ..
+                    } = &error
+                    {
+                        gone[*at] = Some(*first_seq);
+                    }
+                    tracing::warn!(group = %self.group, "back-filling: {error}; trying another replica");
+                    last = Some(error);
+                }
+            }
+            *at = (*at + 1) % self.len();
+        }
+        if gone.iter().all(Option::is_some) {
+            return Err(self.gone(*after, &gone));
+        }
+        Err(last.expect("a group has a replica at least"))
     }
 
     /// The last event replica `at` has.
