@@ -157,7 +157,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         reload_map_on_sighup(Arc::clone(&gateway), args.map.clone(), access);
         let resolver =
             gateway.start_resolver(std::time::Duration::from_secs(args.saga_open_seconds));
-        let servers = ClientServers::start(&serving, gateway)
+        let servers = ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
             .await
             .context("starting the gateway's listeners")?;
         announce(&servers, serving.tls.is_some());

@@ -834,7 +834,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             gateway::Groups::connect(&map, &access).context("connecting to the groups")?;
         let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));
         let resolver = gateway.start_resolver(gateway::Resolver::open_max_default());
-        let servers = server::ClientServers::start(&serving, gateway)
+        let servers = server::ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
             .await
             .context("starting the gateway")?;
         crate::gateway::announce(&servers, false);

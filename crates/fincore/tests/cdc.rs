@@ -106,16 +106,7 @@ impl Setup {
         http_addrs: Vec<String>,
         read_key: String,
     ) -> Setup {
-        let unique = format!(
-            "{}{}x{}",
-            test.replace('_', ""),
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-                % 1_000_000_000
-        );
+        let unique = support::unique_name(test);
         let prefix = format!("test.{unique}");
         let stream_name = format!("test-{unique}-{GROUP}-events");
         let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -8,8 +8,9 @@
 
 mod support;
 
-use cluster::{ClusterMap, GroupId, id_in_slot, slot_of};
+use cluster::GroupId;
 use serde_json::{Value, json};
+use support::gateway::{ids_in, leader_of, start_in, transfer_id, wait_for_log};
 use support::{ChildNode, DevRun, fincore_exe, get, post_json};
 use testkit::cluster::LocalGroups;
 
@@ -17,20 +18,6 @@ struct Cluster {
     groups: LocalGroups,
     gateway: ChildNode,
     _dir: tempfile::TempDir,
-}
-
-/// `groups` groups of `replicas` replicas under `dir`, and a gateway over them.
-fn start_in(dir: &std::path::Path, groups: usize, replicas: usize) -> (LocalGroups, ChildNode) {
-    let local = LocalGroups::start(fincore_exe(), dir, groups, replicas, &[])
-        .unwrap_or_else(|error| panic!("{error}"));
-    let gateway = ChildNode::start_gateway(
-        fincore_exe(),
-        &dir.join("gateway"),
-        &local.map_path,
-        &["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-    )
-    .unwrap_or_else(|error| panic!("{error}"));
-    (local, gateway)
 }
 
 fn start(groups: usize) -> Cluster {
@@ -41,19 +28,6 @@ fn start(groups: usize) -> Cluster {
         gateway,
         _dir: dir,
     }
-}
-
-/// The first `count` ids from 1 up that live in `group` under `map`.
-fn ids_in(map: &ClusterMap, group: GroupId, count: usize) -> Vec<u128> {
-    (1u128..)
-        .filter(|&id| map.group_of(id) == group)
-        .take(count)
-        .collect()
-}
-
-/// A transfer id homed with account `near` (in its slot), distinct per `n`.
-fn transfer_id(near: u128, n: u128) -> u128 {
-    id_in_slot(slot_of(near), 1_000 + n as u64, n).unwrap()
 }
 
 fn results(answer: &support::Answer) -> Vec<String> {
@@ -254,7 +228,8 @@ fn the_gateway_checks_keys_serves_the_nodes_document_and_the_rust_client_works_u
     .unwrap();
     assert_eq!(wrong.status, 401, "{}", wrong.body);
 
-    // The node's document, less the replica's own routes (which a gateway does not serve).
+    // The node's document, less the replica's own routes (which a gateway does not serve;
+    // the change events are the client API's, served by both).
     let document = get(&gateway.http_addr, "/openapi.json");
     assert_eq!(document.status, 200);
     let gateway_document = document.json().unwrap();
@@ -262,7 +237,6 @@ fn the_gateway_checks_keys_serves_the_nodes_document_and_the_rust_client_works_u
     let node_paths = node_document["paths"].as_object_mut().unwrap();
     for replica_route in [
         "/v1/status",
-        "/v1/events",
         "/v1/admin/replicas",
         "/v1/admin/replicas/{id}",
     ] {
@@ -394,32 +368,6 @@ fn fincore_dev_with_groups_serves_the_gateway_first_and_keeps_the_cluster_across
     dev.stop();
 }
 
-/// The member every running member of group `g` agrees leads it (bounded wait).
-fn leader_of(groups: &LocalGroups, g: usize) -> usize {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let leaders: Vec<Option<u64>> = (0..groups.layouts[g].len())
-            .filter_map(|i| groups.node(g, i))
-            .map(|node| {
-                testkit::http::replica_status(&node.http_addr, false)
-                    .ok()
-                    .and_then(|s| s.leader)
-            })
-            .collect();
-        if let Some(Some(leader)) = leaders.first()
-            && leaders.iter().all(|l| *l == Some(*leader))
-            && groups.node(g, *leader as usize - 1).is_some()
-        {
-            return *leader as usize - 1;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "group {g} agreed on no leader: {leaders:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn the_gateway_follows_a_new_leader_and_loses_no_acknowledged_transfer() {
     let dir = tempfile::tempdir().unwrap();
@@ -548,22 +496,6 @@ fn a_map_naming_another_groups_nodes_is_refused_by_those_nodes_and_changes_nothi
         &json!([account(id)]).to_string(),
     );
     assert_eq!(results(&answer), ["created"]);
-}
-
-/// Waits (bounded) until the gateway's log holds `text`.
-fn wait_for_log(gateway: &ChildNode, text: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let log = std::fs::read_to_string(&gateway.log_path).unwrap_or_default();
-        if log.contains(text) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway never logged {text:?}:\n{log}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! rules (every event's result is its group's), nor decide placement (the `cluster` crate
 //! does), nor serve sockets itself.
 //!
+//! Change events ([`Gateway`] as a `server::events::EventSource`, the `events` module): a
+//! page or a subscription of the group a call names, from a replica of that group, resumed on
+//! another replica when the one followed fails.
+//!
 //! Cross-group transfers ([`saga`]): a plain transfer whose ids live in different groups is
 //! carried by a saga over copies in every group involved, decided in its home group; a
 //! [`Resolver`] finishes sagas whose gateway died.
@@ -18,6 +22,7 @@
 //! pushed by a meta group.
 
 mod coalesce;
+mod events;
 mod groups;
 mod router;
 pub mod saga;

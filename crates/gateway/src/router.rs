@@ -34,6 +34,7 @@ use ledger::{
 use limits::{
     GATEWAY_SAGA_DEADLINE_MS_DEFAULT, GATEWAY_SAGA_DEADLINE_MS_MAX, GATEWAY_SAGAS_DETACHED_MAX,
 };
+use server::events::EventsRefusal;
 use server::{CreateResults, LedgerApi, PipelineError};
 use telemetry::Metrics;
 use tokio::sync::Semaphore;
@@ -326,6 +327,47 @@ impl Gateway {
     }
 
     /// The client of the group owning account `id`.
+    /// The client of the group a call for change events names: required, and one of the
+    /// map's (refused naming the field and listing the map's groups otherwise).
+    pub(crate) fn events_client(
+        &self,
+        named: Option<GroupId>,
+    ) -> Result<(GroupId, client::Client), EventsRefusal> {
+        let routing = self.routing();
+        let groups = || {
+            let ids: Vec<String> = routing
+                .map
+                .groups()
+                .keys()
+                .map(ToString::to_string)
+                .collect();
+            ids.join(", ")
+        };
+        let Some(group) = named else {
+            return Err(EventsRefusal::Invalid {
+                field: "group",
+                reason: format!(
+                    "a gateway serves the events of several groups: name one (group=ID, or fincore-group metadata over gRPC): {}",
+                    groups()
+                ),
+            });
+        };
+        if !routing.map.groups().contains_key(&group) {
+            return Err(EventsRefusal::Invalid {
+                field: "group",
+                reason: format!(
+                    "group {group} is not in this gateway's cluster map; its groups: {}",
+                    groups()
+                ),
+            });
+        }
+        let client = routing
+            .groups
+            .client(group)
+            .map_err(|error| EventsRefusal::Unavailable(error.to_string()))?;
+        Ok((group, client.clone()))
+    }
+
     fn client_of(&self, id: u128) -> Result<(GroupId, client::Client), PipelineError> {
         let routing = self.routing();
         let group = routing.map.group_of(id);

@@ -428,6 +428,18 @@ pub const EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX: usize = 4;
 /// RESOURCE_EXHAUSTED, naming the sequence number to resume after).
 pub const EVENTS_SUBSCRIBER_STALL_SECONDS_MAX: u64 = 10;
 
+/// Times in a row a gateway subscribes again to a group's events (on another replica when the
+/// one it follows fails) before its subscriber's stream ends UNAVAILABLE naming where to
+/// resume; each try is one client call (`GATEWAY_GROUP_CALL_SECONDS_MAX` at most).
+pub const GATEWAY_EVENTS_RESUBSCRIBES_MAX: u32 = 6;
+
+/// First wait before a gateway subscribes again to a group's events; doubled on each failure
+/// in a row up to [`GATEWAY_EVENTS_RESUBSCRIBE_BACKOFF_MS_MAX`].
+pub const GATEWAY_EVENTS_RESUBSCRIBE_BACKOFF_MS_INITIAL: u64 = 50;
+
+/// Longest wait between two of a gateway's subscriptions to a group's events.
+pub const GATEWAY_EVENTS_RESUBSCRIBE_BACKOFF_MS_MAX: u64 = 1_000;
+
 // ---------------------------------------------------------------------------------------------
 // The CDC publisher (`fincore cdc`: change events into NATS JetStream).
 
@@ -588,6 +600,12 @@ const _: () =
 const _: () = assert!(CLIENT_SINGLE_BATCHES_IN_FLIGHT_MAX >= 1);
 const _: () = assert!(CLIENT_GAVE_UP_ERRORS_REPORTED_MAX >= 1);
 const _: () = assert!(GATEWAY_GROUP_QUEUE_PARTS_MAX >= 1 && GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX >= 1);
+const _: () = assert!(
+    GATEWAY_EVENTS_RESUBSCRIBES_MAX >= 1
+        && GATEWAY_EVENTS_RESUBSCRIBE_BACKOFF_MS_INITIAL >= 1
+        && GATEWAY_EVENTS_RESUBSCRIBE_BACKOFF_MS_INITIAL
+            <= GATEWAY_EVENTS_RESUBSCRIBE_BACKOFF_MS_MAX
+);
 const _: () = assert!(
     GATEWAY_GROUP_CALL_SECONDS_MAX >= 2
         && GATEWAY_GROUP_CALL_SECONDS_MAX < HTTP_REQUEST_SECONDS_MAX

@@ -9,8 +9,9 @@
 //! is chosen by the matched route's template, never the raw path; an unlisted route needs
 //! `admin`; a path that matches no route is a 404 for anyone.
 //!
-//! gRPC (the `fincore.v1.Ledger` service only; the replica transport on the same port is not
-//! a client API): `authorization: Bearer …` metadata; UNAUTHENTICATED or PERMISSION_DENIED.
+//! gRPC (the `fincore.v1.Ledger`, `Events` and `Sagas` services; the replica transport on the
+//! same port is not a client API): `authorization: Bearer …` metadata; UNAUTHENTICATED or
+//! PERMISSION_DENIED.
 //! [`GrpcAccess`] wraps the service and refuses from the headers, before the body is decoded;
 //! it also puts the connection's client identity (mutual TLS) on the request for the handlers.
 //!
@@ -162,14 +163,23 @@ pub const GROUP_KEY: &str = "fincore-group";
 
 /// A gRPC service behind the role check. It refuses from the request's headers alone, before
 /// the body is read or decoded, so a caller without a key cannot make the node decode a
-/// message. A call naming a group ([`GROUP_KEY`]) is served only if it is this server's group.
+/// message. A call naming a group ([`GROUP_KEY`]) is served only if it is this server's group,
+/// unless the service picks the group from the call itself (a gateway's `Events`).
 #[derive(Clone)]
 pub struct GrpcAccess<S> {
     inner: S,
     access: Access,
-    /// The group this server's replica belongs to (`None`: a gateway, or a replica made
+    groups: Groups,
+}
+
+/// Which calls naming a group a [`GrpcAccess`] lets through.
+#[derive(Clone)]
+enum Groups {
+    /// Only those naming this group (`None`: a gateway's ledger service, or a replica made
     /// before group ids, which refuse every call naming a group).
-    group: Option<Arc<str>>,
+    Serves(Option<Arc<str>>),
+    /// All: the service reads the group a call names and serves or refuses it itself.
+    NamedByCall,
 }
 
 impl<S> GrpcAccess<S> {
@@ -177,19 +187,30 @@ impl<S> GrpcAccess<S> {
         GrpcAccess {
             inner,
             access,
-            group: group.map(Arc::from),
+            groups: Groups::Serves(group.map(Arc::from)),
+        }
+    }
+
+    /// A service that serves several groups and checks the group each call names itself (a
+    /// gateway's change events): the role is checked here, the group there.
+    pub fn naming_groups_itself(inner: S, access: Access) -> GrpcAccess<S> {
+        GrpcAccess {
+            inner,
+            access,
+            groups: Groups::NamedByCall,
         }
     }
 
     /// Why a call naming `named` must not be served here, if it must not.
     fn other_group(&self, named: &[u8]) -> Option<String> {
         let named = String::from_utf8_lossy(named);
-        match &self.group {
-            Some(group) if group.as_bytes() == named.as_bytes() => None,
-            Some(group) => Some(format!(
+        match &self.groups {
+            Groups::NamedByCall => None,
+            Groups::Serves(Some(group)) if group.as_bytes() == named.as_bytes() => None,
+            Groups::Serves(Some(group)) => Some(format!(
                 "this node serves group {group}, not group {named}: the caller's cluster map names the wrong addresses for group {named}"
             )),
-            None => Some(format!(
+            Groups::Serves(None) => Some(format!(
                 "this server belongs to no single group, so it cannot serve a call meant for group {named}"
             )),
         }

@@ -1,6 +1,6 @@
-//! The client listeners: the gRPC ledger service and the HTTP API on their sockets, with
-//! authentication, optional TLS, connection limits and a stop signal, over whatever serves
-//! the ledger ([`Ledger`]). A node starts them over its pipeline (with its replica's own
+//! The client listeners: the gRPC ledger and events services and the HTTP API on their
+//! sockets, with authentication, optional TLS, connection limits and a stop signal, over
+//! whatever serves the ledger ([`Ledger`]) and the change events ([`SharedEvents`]). A node starts them over its pipeline (with its replica's own
 //! routes); a gateway starts them over its router with [`ClientServers::start`].
 //!
 //! Owns only the wiring of listeners to front ends. Must not know what serves the ledger.
@@ -20,6 +20,7 @@ use crate::access::{Access, GrpcAccess};
 use crate::auth::Auth;
 use crate::client_tls::ClientTls;
 use crate::connections;
+use crate::events::{EventsService, ReplicaEvents, SharedEvents};
 use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService, SagasService};
 use crate::http;
 use crate::ledger_api::Ledger;
@@ -33,14 +34,34 @@ pub(crate) async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpList
         .map_err(|source| NodeError::Bind { what, addr, source })
 }
 
-/// Serves the client API of `ledger` on the two listeners until `stopped` turns true: gRPC
-/// and HTTP behind `auth`, over `tls` if given; with `replica` (a node: its pipeline and its
-/// group's id) its own HTTP routes, the gateways' `Sagas` and the `Events` gRPC services too, and gRPC calls
-/// naming another group refused. Returns the two server tasks.
+/// Serves a node's client API (`ledger`, its replica's events, its own routes: see
+/// [`serve_client_api`]) on the two listeners until `stopped` turns true.
 pub(crate) fn serve(
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     ledger: Ledger,
+    replica: (Pipeline, Option<String>),
+    auth: &Auth,
+    tls: Option<&ClientTls>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, NodeError> {
+    // A group id that does not parse (none does not happen: the directory's is checked) is
+    // no group: calls naming a group are then refused.
+    let group = replica.1.as_deref().and_then(|group| group.parse().ok());
+    let events = Arc::new(ReplicaEvents::new(replica.0.clone(), group));
+    let listeners = (grpc_listener, http_listener);
+    serve_client_api(listeners, ledger, events, Some(replica), auth, tls, stopped)
+}
+
+/// Serves the client API of `ledger` and `events` on the two listeners until `stopped` turns
+/// true: gRPC and HTTP behind `auth`, over `tls` if given; with `replica` (a node: its pipeline
+/// and its group's id) its own HTTP routes and the gateways' `Sagas` gRPC service too, and gRPC
+/// calls naming another group refused. Without (a gateway), the `Events` service reads the
+/// group a call names itself. Returns the two server tasks.
+fn serve_client_api(
+    (grpc_listener, http_listener): (TcpListener, TcpListener),
+    ledger: Ledger,
+    events: SharedEvents,
     replica: Option<(Pipeline, Option<String>)>,
     auth: &Auth,
     tls: Option<&ClientTls>,
@@ -66,14 +87,13 @@ pub(crate) fn serve(
             group.clone(),
         )
     });
-    let events = replica.clone().map(|pipeline| {
-        GrpcAccess::new(
-            EventsServer::new(crate::events::EventsService::new(pipeline))
-                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-            access.clone(),
-            group.clone(),
-        )
-    });
+    let events_server = EventsServer::new(EventsService::new(Arc::clone(&events)))
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let events_service = if replica.is_some() {
+        GrpcAccess::new(events_server, access.clone(), group.clone())
+    } else {
+        GrpcAccess::naming_groups_itself(events_server, access.clone())
+    };
     let service = GrpcAccess::new(service, access, group);
     let mut grpc_stop = stopped.clone();
     let incoming = connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
@@ -93,7 +113,7 @@ pub(crate) fn serve(
         let server = crate::node::with_grpc_limits(grpc_builder)
             .add_service(service)
             .add_optional_service(sagas)
-            .add_optional_service(events);
+            .add_service(events_service);
         if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
             tracing::error!(%error, "the gRPC server stopped");
         }
@@ -103,7 +123,7 @@ pub(crate) fn serve(
     } else {
         http::Scheme::Http
     };
-    let router = http::router(ledger, replica, auth.clone(), scheme);
+    let router = http::router(ledger, events, replica, auth.clone(), scheme);
     let serving = connections::HttpServing {
         max: limits::CONNECTIONS_PER_LISTENER_MAX,
         header_read: Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
@@ -144,10 +164,11 @@ pub struct ClientServers {
 }
 
 impl ClientServers {
-    /// Binds both listeners and serves `ledger`'s client API on them.
+    /// Binds both listeners and serves the client API of `ledger` and `events` on them.
     pub async fn start(
         serving: &ClientServing,
         ledger: Ledger,
+        events: SharedEvents,
     ) -> Result<ClientServers, NodeError> {
         let grpc_listener = bind("gRPC", serving.grpc_addr).await?;
         let http_listener = bind("HTTP", serving.http_addr).await?;
@@ -155,10 +176,10 @@ impl ClientServers {
         let http_addr = local_addr(&http_listener);
         connections::raise_open_files_limit(2 * limits::CONNECTIONS_PER_LISTENER_MAX as u64 + 1024);
         let (stop, stopped) = watch::channel(false);
-        let servers = serve(
-            grpc_listener,
-            http_listener,
+        let servers = serve_client_api(
+            (grpc_listener, http_listener),
             ledger,
+            events,
             None,
             &serving.auth,
             serving.tls.as_ref(),

@@ -11,6 +11,7 @@
 //! [`crate::openapi`] builds `/openapi.json` from them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use api::json::{
@@ -24,7 +25,7 @@ use api::schema::{
     TransferBatch, U16, U32, U128Query,
 };
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -37,6 +38,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::events::SharedEvents;
 use crate::ledger_api::{Ledger, await_outcomes};
 use crate::openapi::{
     BadInput, BodyTooLarge, Conflict, CreateRefusals, HistoryRefusals, LookupRefusals, NotJson,
@@ -309,9 +311,29 @@ fn parse_id(text: &str, field: &str) -> Result<u128, ApiError> {
     parse_unsigned(text, field, 128)
 }
 
+/// What the client API's routes are served by: the ledger and the change events (a node's
+/// pipeline and replica, or a gateway's router).
+#[derive(Clone)]
+struct ClientApi {
+    ledger: Ledger,
+    events: SharedEvents,
+}
+
+impl FromRef<ClientApi> for Ledger {
+    fn from_ref(api: &ClientApi) -> Ledger {
+        Arc::clone(&api.ledger)
+    }
+}
+
+impl FromRef<ClientApi> for SharedEvents {
+    fn from_ref(api: &ClientApi) -> SharedEvents {
+        Arc::clone(&api.events)
+    }
+}
+
 /// The client API's routes with their descriptions, served alike by a node and a gateway
-/// (state: whatever serves the ledger).
-fn ledger_routes() -> OpenApiRouter<Ledger> {
+/// (state: whatever serves the ledger and the events).
+fn ledger_routes() -> OpenApiRouter<ClientApi> {
     OpenApiRouter::with_openapi(crate::openapi::skeleton())
         .routes(routes!(create_accounts))
         .routes(routes!(create_transfers))
@@ -323,6 +345,7 @@ fn ledger_routes() -> OpenApiRouter<Ledger> {
         .routes(routes!(account_transfers))
         .routes(routes!(account_balances))
         .routes(routes!(mint_ids))
+        .routes(routes!(crate::events::events_page))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
@@ -332,7 +355,6 @@ fn ledger_routes() -> OpenApiRouter<Ledger> {
 fn replica_routes() -> OpenApiRouter<Pipeline> {
     OpenApiRouter::new()
         .routes(routes!(status))
-        .routes(routes!(crate::events::events_page))
         .routes(routes!(add_replica))
         .routes(routes!(remove_replica))
 }
@@ -352,10 +374,11 @@ pub(crate) fn documented_routes(replica: bool) -> utoipa::openapi::OpenApi {
 #[derive(Clone, Copy)]
 struct Document(&'static str);
 
-/// The routes, behind the role check of [`crate::access`]: the client API served by `ledger`,
-/// and with `replica` (a node) the replica's own routes too.
+/// The routes, behind the role check of [`crate::access`]: the client API served by `ledger`
+/// and `events`, and with `replica` (a node) the replica's own routes too.
 pub fn router(
     ledger: Ledger,
+    events: SharedEvents,
     replica: Option<Pipeline>,
     auth: crate::auth::Auth,
     scheme: Scheme,
@@ -365,7 +388,7 @@ pub fn router(
         metrics: std::sync::Arc::clone(ledger.metrics()),
     };
     let (routes, _) = ledger_routes().split_for_parts();
-    let mut routes = routes.with_state(ledger);
+    let mut routes = routes.with_state(ClientApi { ledger, events });
     let document = match replica {
         Some(pipeline) => {
             let (replica_routes, _) = replica_routes().split_for_parts();

@@ -268,10 +268,10 @@ impl Node {
             grpc_listener,
             http_listener,
             Arc::new(pipeline.clone()),
-            Some((
+            (
                 pipeline.clone(),
                 prepared.group.as_ref().map(ToString::to_string),
-            )),
+            ),
             &config.auth,
             config.client_tls.as_ref(),
             &stopped,

@@ -4,11 +4,28 @@
 
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::io::BufRead;
 use std::path::Path;
 
 pub use testkit::http::Answer;
 pub use testkit::node::ChildNode;
+
+/// A name no other test run uses at the same time (`test` without underscores, the process
+/// id, the clock's nanoseconds): for NATS subjects and streams shared by all runs.
+pub fn unique_name(test: &str) -> String {
+    format!(
+        "{}{}x{}",
+        test.replace('_', ""),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}
 
 /// The binary under test.
 pub fn fincore_exe() -> &'static Path {
