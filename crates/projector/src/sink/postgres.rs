@@ -1,9 +1,12 @@
 //! The PostgreSQL read model: 128-bit values as NUMERIC(39,0), every write one statement per
-//! table for the whole transaction (`UNNEST` of column arrays), never one per row.
+//! table for the whole transaction, never one per row: `COPY … FROM STDIN` for the new
+//! transfers and history rows, `UNNEST` of column arrays for the rest (and for a replay).
 //!
-//! Owns the PostgreSQL SQL text. It must not hold rows across transactions.
+//! Owns the PostgreSQL SQL text and the `COPY` text it sends. It must not hold rows across
+//! transactions.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use ledger::{Account, AccountFlags, Transfer, TransferFlags};
 use sqlx::{Connection, PgConnection, Row};
@@ -12,7 +15,7 @@ use super::{
     COUNTS, Counts, SinkError, counts_of, db, narrow, narrow_u64, offset_before, parse_u128,
     state_of, timestamp_sql,
 };
-use crate::model::{Changes, TransferRow};
+use crate::model::{Changes, HistoryRow, TransferRow};
 
 /// The advisory lock taken while the tables are created ("fincore" in ASCII).
 const SCHEMA_LOCK: i64 = 0x66_69_6e_63_6f_72_65;
@@ -30,7 +33,8 @@ const SCHEMA: &[&str] = &[
         ledger BIGINT NOT NULL,
         code INTEGER NOT NULL,
         flags INTEGER NOT NULL,
-        \"timestamp\" BIGINT NOT NULL)",
+        \"timestamp\" BIGINT NOT NULL)
+        WITH (fillfactor = 50)",
     "CREATE TABLE IF NOT EXISTS transfers (
         id NUMERIC(39,0) PRIMARY KEY,
         debit_account_id NUMERIC(39,0) NOT NULL,
@@ -104,6 +108,16 @@ const INSERT_HISTORY: &str = "INSERT INTO account_balances (account_id, seq, \"t
     FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
         $7::text[]) AS u(id, seq, ts, dpe, dpo, cpe, cpo)
     ON CONFLICT (account_id, seq) DO NOTHING";
+
+/// The fast path's inserts: no `ON CONFLICT`, so PostgreSQL inserts in bulk without a
+/// speculative insertion per row. Columns in the order [`copy_transfers`] writes them.
+const COPY_TRANSFERS: &str = "COPY transfers (id, debit_account_id, credit_account_id, amount,
+        pending_id, user_data_128, user_data_64, user_data_32, timeout, ledger, code, flags,
+        \"timestamp\", state) FROM STDIN";
+
+/// Columns in the order [`copy_history`] writes them.
+const COPY_HISTORY: &str = "COPY account_balances (account_id, seq, \"timestamp\",
+        debits_pending, debits_posted, credits_pending, credits_posted) FROM STDIN";
 
 const SELECT_ACCOUNTS: &str = "SELECT id::text, debits_pending::text, debits_posted::text,
         credits_pending::text, credits_posted::text, user_data_128::text, user_data_64::text,
@@ -218,9 +232,34 @@ impl PgSink {
         }
         write_accounts(&mut tx, &changes.accounts).await?;
         write_balances(&mut tx, changes).await?;
-        write_transfers(&mut tx, &changes.transfers).await?;
         write_states(&mut tx, changes).await?;
-        write_history(&mut tx, changes).await?;
+        // New transfers and history rows, by `COPY` under a savepoint: rows of these batches
+        // are not there unless the offset was moved back by hand (a replay) or another group
+        // wrote a cross-group transfer's copy first. If one is (a unique violation), the
+        // savepoint undoes the copies and the `ON CONFLICT` statements write the same rows,
+        // as they did before `COPY` was used: what a replay changes is transfer states only.
+        let mut copies = tx.begin().await.map_err(db("starting a savepoint"))?;
+        let copied = async {
+            copy_transfers(&mut copies, &changes.transfers).await?;
+            copy_history(&mut copies, &changes.history).await
+        }
+        .await;
+        match copied {
+            Ok(()) => copies.commit().await.map_err(db("releasing a savepoint"))?,
+            Err(SinkError::Database { source, .. })
+                if source
+                    .as_database_error()
+                    .is_some_and(|e| e.is_unique_violation()) =>
+            {
+                copies
+                    .rollback()
+                    .await
+                    .map_err(db("rolling back to a savepoint"))?;
+                write_transfers(&mut tx, &changes.transfers).await?;
+                write_history(&mut tx, changes).await?;
+            }
+            Err(error) => return Err(error),
+        }
         tx.commit().await.map_err(db("committing a transaction"))
     }
 
@@ -282,6 +321,85 @@ impl PgSink {
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+/// Sends `data` (rows in `COPY`'s text format) with `statement`.
+async fn copy(
+    tx: &mut Tx<'_>,
+    statement: &str,
+    data: String,
+    context: &'static str,
+) -> Result<(), SinkError> {
+    let mut copy = tx.copy_in_raw(statement).await.map_err(db(context))?;
+    copy.send(data.into_bytes()).await.map_err(db(context))?;
+    copy.finish().await.map_err(db(context))?;
+    Ok(())
+}
+
+/// One row of `COPY`'s text format: the values are numbers and state names, none of which
+/// holds a tab, a newline or a backslash, so none needs escaping.
+fn copy_row(data: &mut String, values: std::fmt::Arguments<'_>) {
+    data.write_fmt(values)
+        .expect("writing into a String cannot fail");
+    data.push('\n');
+}
+
+async fn copy_transfers(tx: &mut Tx<'_>, rows: &[TransferRow]) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut data = String::with_capacity(rows.len() * 160);
+    for TransferRow { transfer: t, state } in rows {
+        let timestamp = timestamp_sql("transfers", t.timestamp)?;
+        copy_row(
+            &mut data,
+            format_args!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                t.id,
+                t.debit_account_id,
+                t.credit_account_id,
+                t.amount,
+                t.pending_id,
+                t.user_data_128,
+                t.user_data_64,
+                t.user_data_32,
+                t.timeout,
+                t.ledger,
+                t.code,
+                t.flags.bits(),
+                timestamp,
+                state.name()
+            ),
+        );
+    }
+    copy(tx, COPY_TRANSFERS, data, "writing transfers").await
+}
+
+async fn copy_history(tx: &mut Tx<'_>, rows: &[HistoryRow]) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // In the primary key's order: each index page is reached in turn, not at random.
+    let mut sorted: Vec<&HistoryRow> = rows.iter().collect();
+    sorted.sort_unstable_by_key(|r| (r.account_id, r.seq));
+    let mut data = String::with_capacity(rows.len() * 120);
+    for row in sorted {
+        let timestamp = timestamp_sql("account_balances", row.timestamp)?;
+        let b = &row.balances;
+        copy_row(
+            &mut data,
+            format_args!(
+                "{}\t{}\t{timestamp}\t{}\t{}\t{}\t{}",
+                row.account_id,
+                row.seq,
+                b.debits_pending,
+                b.debits_posted,
+                b.credits_pending,
+                b.credits_posted
+            ),
+        );
+    }
+    copy(tx, COPY_HISTORY, data, "writing balance history").await
+}
 
 async fn write_accounts(tx: &mut Tx<'_>, accounts: &[Account]) -> Result<(), SinkError> {
     if accounts.is_empty() {
@@ -493,4 +611,309 @@ fn transfer_of(row: &sqlx::postgres::PgRow) -> Result<TransferRow, SinkError> {
         },
         state: state_of(&state)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the PostgreSQL of `scripts/services` (127.0.0.1:5432, database `test` to create
+    //! a database of its own): the `COPY` path, the replay path it falls back to, exact values.
+
+    use std::collections::HashSet;
+
+    use ledger::{
+        Account, AccountFlags, Balances, BatchMarker, Event, EventBody, EventKind, RemoteSides,
+        Transfer, TransferChange, TransferFlags,
+    };
+    use sqlx::{Connection, PgConnection};
+
+    use crate::model::{Changes, TransferRow, TransferState};
+    use crate::sink::{Sink, SinkError, Target};
+
+    const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+    const GROUP: &str = "g";
+
+    /// A database of its own, dropped when the test ends (even a failed one).
+    struct Database {
+        name: String,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl Database {
+        fn new(label: &str) -> Database {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+            let name = format!("projector_{label}_{}_{nanos}", std::process::id());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(ADMIN_URL)
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services starts it)");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            });
+            Database { name, runtime }
+        }
+
+        fn url(&self) -> String {
+            format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+        }
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            self.runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        }
+    }
+
+    const A: u128 = u128::MAX;
+    const B: u128 = 1 << 127;
+
+    fn balances(base: u128) -> Balances {
+        Balances {
+            debits_pending: base,
+            debits_posted: base - 1,
+            credits_pending: base - 2,
+            credits_posted: base - 3,
+        }
+    }
+
+    fn transfer(id: u128, flags: TransferFlags, pending_id: u128) -> Transfer {
+        Transfer {
+            id,
+            debit_account_id: A,
+            credit_account_id: B,
+            amount: u128::MAX - id,
+            pending_id,
+            user_data_128: u128::MAX - 1,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            timeout: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            flags,
+            timestamp: i64::MAX as u64 - 1_000 + id as u64 % 1_000,
+        }
+    }
+
+    /// Events `first_seq..` of `bodies`, closed by a marker.
+    fn batch(first_seq: u64, bodies: Vec<(EventKind, EventBody)>) -> Vec<Event> {
+        let mut events: Vec<Event> = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(at, (kind, body))| Event {
+                seq: first_seq + at as u64,
+                kind,
+                timestamp: 1_000 + first_seq + at as u64,
+                body,
+            })
+            .collect();
+        let seq = first_seq + events.len() as u64;
+        events.push(Event {
+            seq,
+            kind: EventKind::Batch,
+            timestamp: 1_000 + seq,
+            body: EventBody::Batch(BatchMarker {
+                first_seq,
+                events_count: events.len() as u32,
+                log_index: seq,
+            }),
+        });
+        events
+    }
+
+    fn change(kind: EventKind, transfer: Transfer, base: u128) -> (EventKind, EventBody) {
+        (
+            kind,
+            EventBody::Transfer(TransferChange {
+                transfer,
+                remote: RemoteSides::empty(),
+                debit: balances(base),
+                credit: balances(base - 10),
+            }),
+        )
+    }
+
+    /// Three batches: two accounts (`A` with history), a pending and a plain transfer, then a
+    /// transfer posting the pending one; every value at the edge of its column.
+    fn batches() -> Vec<Changes> {
+        let account = |id: u128, flags: AccountFlags| Account {
+            id,
+            user_data_128: u128::MAX,
+            user_data_64: u64::MAX,
+            user_data_32: u32::MAX,
+            ledger: u32::MAX,
+            code: u16::MAX,
+            flags,
+            timestamp: 7,
+            ..Account::default()
+        };
+        let first = batch(
+            1,
+            vec![
+                (
+                    EventKind::AccountCreated,
+                    EventBody::Account(account(A, AccountFlags::HISTORY)),
+                ),
+                (
+                    EventKind::AccountCreated,
+                    EventBody::Account(account(B, AccountFlags::empty())),
+                ),
+            ],
+        );
+        let second = batch(
+            4,
+            vec![
+                change(
+                    EventKind::TransferCreated,
+                    transfer(B + 1, TransferFlags::PENDING, 0),
+                    u128::MAX - 100,
+                ),
+                change(
+                    EventKind::TransferCreated,
+                    transfer(B + 2, TransferFlags::empty(), 0),
+                    u128::MAX - 200,
+                ),
+            ],
+        );
+        let third = batch(
+            7,
+            vec![change(
+                EventKind::TransferPosted,
+                transfer(B + 3, TransferFlags::POST_PENDING_TRANSFER, B + 1),
+                u128::MAX - 300,
+            )],
+        );
+        let mut history = HashSet::new();
+        [first, second, third]
+            .iter()
+            .map(|events| Changes::fold(events, &mut history).unwrap())
+            .collect()
+    }
+
+    /// Everything the read model holds, as text where PostgreSQL stores NUMERIC.
+    async fn rows(
+        sink: &mut Sink,
+        url: &str,
+    ) -> (Vec<Account>, Vec<TransferRow>, Vec<(String, i64, String)>) {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        let history = sqlx::query_as(
+            "SELECT account_id::text, seq, debits_pending::text || ' ' || debits_posted::text
+                 || ' ' || credits_pending::text || ' ' || credits_posted::text
+             FROM account_balances ORDER BY account_id, seq",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        (
+            sink.accounts_after(None, 100).await.unwrap(),
+            sink.transfers_after(None, 100).await.unwrap(),
+            history,
+        )
+    }
+
+    async fn set_offset(url: &str, seq: i64) {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        sqlx::query("UPDATE projection_offsets SET last_seq = $1")
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn copies_exact_values_and_a_replay_after_the_offset_moved_back_changes_nothing() {
+        let database = Database::new("replay");
+        let url = database.url();
+        let changes = batches();
+        database.runtime.block_on(async {
+            let mut sink = Sink::open(&Target::Postgres(url.clone()), true)
+                .await
+                .unwrap();
+            assert_eq!(sink.offset(GROUP).await.unwrap(), 0);
+            for batch in &changes {
+                sink.apply(GROUP, batch).await.unwrap();
+            }
+            let written = rows(&mut sink, &url).await;
+
+            // Exact 128-bit values, and the states as of the last event.
+            let (accounts, transfers, history) = &written;
+            assert_eq!(accounts.len(), 2);
+            let a = accounts.iter().find(|a| a.id == A).unwrap();
+            assert_eq!(a.user_data_128, u128::MAX);
+            assert_eq!(a.debits_pending, u128::MAX - 300);
+            let states: Vec<(u128, TransferState)> =
+                transfers.iter().map(|r| (r.transfer.id, r.state)).collect();
+            assert_eq!(
+                states,
+                [
+                    (B + 1, TransferState::Posted),
+                    (B + 2, TransferState::Created),
+                    (B + 3, TransferState::Created),
+                ]
+            );
+            let expected: Vec<Transfer> = changes
+                .iter()
+                .flat_map(|c| c.transfers.iter().map(|r| r.transfer))
+                .collect();
+            let stored: Vec<Transfer> = transfers.iter().map(|r| r.transfer).collect();
+            assert_eq!(stored, expected);
+            // A history row per change of A (the debit side of each transfer event).
+            assert_eq!(history.len(), 3);
+            assert_eq!(history[0].0, A.to_string());
+            assert_eq!(
+                history[0].2,
+                format!(
+                    "{} {} {} {}",
+                    u128::MAX - 100,
+                    u128::MAX - 101,
+                    u128::MAX - 102,
+                    u128::MAX - 103
+                )
+            );
+
+            // Written again from the end of the first batch, then from 0: the copies meet the
+            // rows already there, the savepoint undoes them, nothing changes.
+            set_offset(&url, changes[0].last_seq as i64).await;
+            assert_eq!(sink.offset(GROUP).await.unwrap(), changes[0].last_seq);
+            for batch in &changes[1..] {
+                sink.apply(GROUP, batch).await.unwrap();
+            }
+            assert_eq!(rows(&mut sink, &url).await, written);
+            set_offset(&url, 0).await;
+            for batch in &changes {
+                sink.apply(GROUP, batch).await.unwrap();
+            }
+            assert_eq!(rows(&mut sink, &url).await, written);
+            assert_eq!(sink.offset(GROUP).await.unwrap(), changes[2].last_seq);
+
+            // The compare-and-set still refuses a batch the offset has passed.
+            let error = sink.apply(GROUP, &changes[2]).await.unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    SinkError::OffsetMoved {
+                        expected: 6,
+                        found: 8,
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert_eq!(rows(&mut sink, &url).await, written);
+        });
+    }
 }
