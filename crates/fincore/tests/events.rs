@@ -442,3 +442,46 @@ async fn stalled_subscriber(grpc: &str, key: &str) -> tonic::Streaming<api::prot
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     events.subscribe(request).await.unwrap().into_inner()
 }
+
+#[test]
+fn a_node_with_an_open_subscription_stops_at_once_and_tells_the_subscriber_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(&dir.path().join("data"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime
+        .block_on(async { support::connect(&node.grpc_url(), RetryPolicy::default()) })
+        .unwrap();
+    // Some events, then a subscriber that has read them all and waits for more.
+    let last = runtime.block_on(async {
+        client.create_accounts(&ledger_accounts(3)).await.unwrap();
+        client.read_events(0, 100).await.unwrap().last_seq
+    });
+    assert!(last > 0);
+    let ended = runtime.spawn(async move {
+        let mut subscription = client.subscribe_events(0).await.unwrap();
+        loop {
+            match subscription.next().await {
+                Ok(Some(_)) => continue,
+                ended => return (ended.map(|_| ()), subscription.after()),
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    node.stop().unwrap();
+    let took = stopping.elapsed();
+    // Before, the node waited its whole shutdown grace for the open stream.
+    assert!(
+        took < Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS / 2),
+        "the node took {took:?} to stop with a subscriber open"
+    );
+    let (ended, after) = runtime.block_on(ended).unwrap();
+    assert_eq!(after, last, "the subscriber had every event");
+    let error = ended.expect_err("the stream ends with an error naming where to resume");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("subscribe again after {last}")),
+        "{error}"
+    );
+}

@@ -12,7 +12,8 @@
 //! pace (a node's source reads the files, woken when the last sequence number moves), with
 //! `EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX` pages queued; one that leaves its queue full for
 //! `EVENTS_SUBSCRIBER_STALL_SECONDS_MAX` is dropped with RESOURCE_EXHAUSTED naming where to
-//! resume. At most `EVENTS_SUBSCRIBERS_MAX` at once per server; on a node at most
+//! resume. A node's subscriptions end when it stops (UNAVAILABLE, naming where to resume), so
+//! they never hold its shutdown. At most `EVENTS_SUBSCRIBERS_MAX` at once per server; on a node at most
 //! `EVENTS_READS_RUNNING_MAX` pages are read from disk at once, for all callers together.
 //!
 //! Owns the parameters' checks and the answers; must not interpret events (the ledger) nor
@@ -39,7 +40,7 @@ use limits::{
     EVENTS_SUBSCRIBER_STALL_SECONDS_MAX, EVENTS_SUBSCRIBERS_MAX,
 };
 use replication::event_log::{EventReader, EventsError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::{Request, Response as GrpcResponse, Status};
 use utoipa::IntoParams;
 
@@ -129,11 +130,22 @@ pub struct ReplicaEvents {
     /// The node's group (`None`: a replica made before group ids, which serves no call naming
     /// a group).
     group: Option<GroupId>,
+    /// Turns true when the node stops: subscriptions then end at once (UNAVAILABLE, naming
+    /// where to resume) instead of holding the node's shutdown for its whole grace.
+    stopped: watch::Receiver<bool>,
 }
 
 impl ReplicaEvents {
-    pub fn new(pipeline: Pipeline, group: Option<GroupId>) -> ReplicaEvents {
-        ReplicaEvents { pipeline, group }
+    pub fn new(
+        pipeline: Pipeline,
+        group: Option<GroupId>,
+        stopped: watch::Receiver<bool>,
+    ) -> ReplicaEvents {
+        ReplicaEvents {
+            pipeline,
+            group,
+            stopped,
+        }
     }
 
     /// The replica's reader, if `named` (when given) is this node's group.
@@ -183,7 +195,7 @@ impl EventSource for ReplicaEvents {
             if after.saturating_add(1) < first_seq {
                 return Err(EventsError::Gone { after, first_seq }.into());
             }
-            Ok(follow(reader, after))
+            Ok(follow(reader, after, self.stopped.clone()))
         })
     }
 }
@@ -216,24 +228,36 @@ async fn page(reader: &EventReader, after: u64, limit: usize) -> Result<EventsPa
 }
 
 /// Every page after `after`, each as soon as it exists: a page read when pulled, and when
-/// caught up, a wait for the reader to move. Ends when the replica stops.
-fn follow(reader: EventReader, after: u64) -> EventsStream {
+/// caught up, a wait for the reader to move. Ends when the replica stops, and with UNAVAILABLE
+/// (naming where to resume) when the node stops (`stopped` turns true).
+fn follow(reader: EventReader, after: u64, stopped: watch::Receiver<bool>) -> EventsStream {
     let moved = reader.watch();
     Box::pin(futures::stream::unfold(
-        Some((reader, moved, after)),
+        Some((reader, moved, stopped, after)),
         |state| async move {
-            let (reader, mut moved, after) = state?;
+            let (reader, mut moved, mut stopped, after) = state?;
+            let stopping = |after: u64| {
+                EventsRefusal::Unavailable(format!(
+                    "this node is stopping; subscribe again after {after} (another replica serves the same events)"
+                ))
+            };
             loop {
+                if *stopped.borrow() {
+                    return Some((Err(stopping(after)), None));
+                }
                 moved.borrow_and_update();
                 match page(&reader, after, EVENTS_PAGE_EVENTS_MAX).await {
                     Err(refusal) => return Some((Err(refusal), None)),
                     Ok(page) => match page.events.last().map(|e| e.seq) {
-                        Some(newest) => return Some((Ok(page), Some((reader, moved, newest)))),
-                        None => {
-                            if moved.changed().await.is_err() {
-                                return None;
-                            }
+                        Some(newest) => {
+                            return Some((Ok(page), Some((reader, moved, stopped, newest))));
                         }
+                        None => tokio::select! {
+                            changed = moved.changed() => if changed.is_err() { return None },
+                            _ = stopped.wait_for(|stop| *stop) => {
+                                return Some((Err(stopping(after)), None));
+                            }
+                        },
                     },
                 }
             }

@@ -48,7 +48,11 @@ pub(crate) fn serve(
     // A group id that does not parse (none does not happen: the directory's is checked) is
     // no group: calls naming a group are then refused.
     let group = replica.1.as_deref().and_then(|group| group.parse().ok());
-    let events = Arc::new(ReplicaEvents::new(replica.0.clone(), group));
+    let events = Arc::new(ReplicaEvents::new(
+        replica.0.clone(),
+        group,
+        stopped.clone(),
+    ));
     let listeners = (grpc_listener, http_listener);
     serve_client_api(listeners, ledger, events, Some(replica), auth, tls, stopped)
 }
