@@ -389,14 +389,21 @@ pub const API_KEYS_FILE_BYTES_MAX: u64 = 1 << 20;
 // ---------------------------------------------------------------------------------------------
 // Change events (the stream of `GET /v1/events` and `fincore.v1.Events/Subscribe`).
 
-/// Size of one event record in a replica's event files: the ledger's 280-byte encoding, its
-/// CRC32C and 4 reserved bytes.
-pub const EVENT_LOG_RECORD_BYTES: usize = 288;
+/// Largest event record in a replica's event files: a 2-byte length, 18 bytes of word lengths,
+/// at most the ledger's whole 280-byte encoding, and a CRC32C. Records drop each 8-byte word's
+/// leading zero bytes, so a typical transfer event takes 100–130 bytes.
+pub const EVENT_LOG_RECORD_BYTES_MAX: usize = 304;
 
-/// Events in one event file (18 MiB of records): the unit of compaction.
+/// Events in one event file (at most 19 MiB of records, typically 7–8 MiB): the unit of
+/// compaction.
 pub const EVENT_LOG_SEGMENT_EVENTS: u64 = 65_536;
 
-/// Disk a replica's event files may use (about 14.9M events); past it the oldest file goes.
+/// One position in every this many events of a file is kept in memory (4 bytes each), so a
+/// read starts at most this many records before the event it wants.
+pub const EVENT_LOG_INDEX_EVERY_EVENTS: u64 = 64;
+
+/// Disk a replica's event files may use (about 35M events at 120 bytes); past it the oldest
+/// file goes.
 pub const EVENT_LOG_BYTES_MAX: u64 = 4 << 30;
 
 /// Applied batches whose events wait for the event writer; a full queue holds apply back.
@@ -625,9 +632,13 @@ const _: () =
     assert!(API_KEYS_MAX as u64 * (API_KEY_NAME_BYTES_MAX as u64 + 136) <= API_KEYS_FILE_BYTES_MAX);
 const _: () = assert!(API_KEY_SECRET_BYTES >= 16);
 // Event files: whole records, at least two files kept, a page fits a response and a message.
-const _: () = assert!(EVENT_LOG_RECORD_BYTES.is_multiple_of(8));
+const _: () = assert!(EVENT_LOG_SEGMENT_EVENTS.is_multiple_of(EVENT_LOG_INDEX_EVERY_EVENTS));
+// A file's positions fit in the 4 bytes the index keeps for each.
 const _: () =
-    assert!(EVENT_LOG_BYTES_MAX >= 2 * EVENT_LOG_SEGMENT_EVENTS * EVENT_LOG_RECORD_BYTES as u64);
+    assert!(EVENT_LOG_SEGMENT_EVENTS * EVENT_LOG_RECORD_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(
+    EVENT_LOG_BYTES_MAX >= 2 * EVENT_LOG_SEGMENT_EVENTS * EVENT_LOG_RECORD_BYTES_MAX as u64
+);
 const _: () = assert!(EVENT_LOG_BATCHES_QUEUED_MAX >= 1);
 const _: () = assert!(
     EVENTS_PAGE_EVENTS_DEFAULT >= 1 && EVENTS_PAGE_EVENTS_DEFAULT <= EVENTS_PAGE_EVENTS_MAX

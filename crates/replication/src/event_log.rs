@@ -3,16 +3,25 @@
 //! The events are derived data: the journal and the snapshots are the truth, and each replica
 //! regenerates the same events (same sequence numbers, see `ledger`'s `events` module) when it
 //! applies. So this log is a cache of the replica's own apply, outside the journal's storage
-//! seam and never fsynced: after a restart the state machine replays the journal from its
-//! snapshot, and whatever the files lack is written again (what they already hold is skipped).
+//! seam and not fsynced as it is written: after a restart the state machine replays the journal
+//! from its snapshot, and whatever the files lack is written again (what they already hold is
+//! skipped).
 //!
-//! Layout: `DATA_DIR/events/<first seq, 20 digits>.events`, segments of
-//! `EVENT_LOG_SEGMENT_EVENTS` fixed-size records (`EVENT_LOG_RECORD_BYTES`: the ledger's
-//! 280-byte encoding, its CRC32C, 4 reserved bytes), so a sequence number's place is computed,
-//! never searched. The oldest segments are removed once the files pass `EVENT_LOG_BYTES_MAX`;
-//! a read before the first event kept is refused with [`EventsError::Gone`] naming it. When the
-//! state jumps past the files (a snapshot installed from the leader, or files lost), the files
-//! restart after the snapshot: the replica has no events before it, and says so the same way.
+//! Layout: `DATA_DIR/events/<first seq, 20 digits>.evlog`, segments of
+//! `EVENT_LOG_SEGMENT_EVENTS` records. A record is the ledger's 280-byte encoding with each
+//! 8-byte word's leading zero bytes dropped (most fields of an event are small or zero, so a
+//! transfer event takes 100–130 bytes instead of 280: the bytes the kernel copies into the page
+//! cache are what events cost the ledger): a 2-byte length, one nibble per word saying how many
+//! bytes it keeps, those bytes, and a CRC32C of it all. Records vary in size, so each segment
+//! keeps in memory the position of one record in every `EVENT_LOG_INDEX_EVERY_EVENTS`; a read
+//! starts there. The writer keeps the newest segment's positions as it writes; an older segment
+//! found at open is indexed by one scan on its first read. A segment is fsynced when it is full,
+//! before the next one is created, so every segment but the newest is whole. The oldest segments
+//! are removed once the files pass `EVENT_LOG_BYTES_MAX`; a read before the first event kept is
+//! refused with [`EventsError::Gone`] naming it. When the state jumps past the files (a snapshot
+//! installed from the leader, or files lost), the files restart after the snapshot: the replica
+//! has no events before it, and says so the same way. Files of the older fixed-size format
+//! (`.events`) are removed at open; replay writes the events after the snapshot again.
 //!
 //! One writer thread (`events-writer`) owns the files; the apply thread hands it each batch's
 //! events through a bounded queue (`EVENT_LOG_BATCHES_QUEUED_MAX`): a slow disk holds apply
@@ -30,16 +39,28 @@ use std::sync::{Arc, Mutex};
 
 use ledger::{EVENT_ENCODED_BYTES, Event};
 use limits::{
-    EVENT_LOG_BATCHES_QUEUED_MAX, EVENT_LOG_BYTES_MAX, EVENT_LOG_RECORD_BYTES,
-    EVENT_LOG_SEGMENT_EVENTS,
+    EVENT_LOG_BATCHES_QUEUED_MAX, EVENT_LOG_BYTES_MAX, EVENT_LOG_INDEX_EVERY_EVENTS,
+    EVENT_LOG_RECORD_BYTES_MAX, EVENT_LOG_SEGMENT_EVENTS,
 };
 use tokio::sync::watch;
 
-const _: () = assert!(EVENT_ENCODED_BYTES + 8 == EVENT_LOG_RECORD_BYTES);
+/// The 8-byte words of an event's encoding.
+const WORDS: usize = EVENT_ENCODED_BYTES / 8;
+/// One nibble per word: how many of its low bytes the record keeps.
+const LENGTHS_BYTES: usize = WORDS.div_ceil(2);
+/// A record's length prefix and checksum.
+const LENGTH_BYTES: usize = 2;
+const CRC_BYTES: usize = 4;
+const _: () = assert!(EVENT_ENCODED_BYTES.is_multiple_of(8));
+const _: () = assert!(
+    LENGTH_BYTES + LENGTHS_BYTES + EVENT_ENCODED_BYTES + CRC_BYTES == EVENT_LOG_RECORD_BYTES_MAX
+);
 
 /// The directory of the event files inside a data directory.
 pub const EVENTS_DIR: &str = "events";
-const SEGMENT_SUFFIX: &str = ".events";
+const SEGMENT_SUFFIX: &str = ".evlog";
+/// Segments of the older fixed-size format: removed at open.
+const OLD_SEGMENT_SUFFIX: &str = ".events";
 
 /// Why events could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +77,23 @@ pub enum EventsError {
     Io(#[from] io::Error),
 }
 
-/// What the files hold: contiguous segments, oldest first.
+/// One segment file.
 #[derive(Debug, Clone)]
+struct Segment {
+    first: u64,
+    /// Events in it.
+    count: u64,
+    /// Bytes of whole records in it.
+    bytes: u64,
+    /// Where record `first + k × EVENT_LOG_INDEX_EVERY_EVENTS` starts, for each k below
+    /// `count`; `None` until a read indexes a segment found at open.
+    index: Option<Vec<u32>>,
+}
+
+/// What the files hold: contiguous segments, oldest first.
+#[derive(Debug)]
 struct Segments {
-    /// (first seq, events in it)
-    list: VecDeque<(u64, u64)>,
+    list: VecDeque<Segment>,
     /// The sequence number the next segment (or the first event) will have, minus one.
     last_seq: u64,
     /// The first sequence number this replica has (last_seq + 1 when the files are empty).
@@ -183,44 +216,59 @@ impl EventLog {
     }
 }
 
-/// Scans the segment files: keeps the newest contiguous run, cuts the newest one after its
-/// last whole, intact record.
+/// Scans the segment files: keeps the newest contiguous run of whole segments, and cuts the
+/// newest one after its last whole, intact record (indexing it on the way). Removes files of
+/// the older format.
 fn recover(dir: &Path) -> io::Result<Segments> {
     let mut firsts: Vec<u64> = Vec::new();
+    let mut old_format = 0;
     for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
+        let entry = entry?;
+        let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(first) = name
+        if name.ends_with(OLD_SEGMENT_SUFFIX) {
+            fs::remove_file(entry.path())?;
+            old_format += 1;
+        } else if let Some(first) = name
             .strip_suffix(SEGMENT_SUFFIX)
             .and_then(|digits| digits.parse::<u64>().ok())
         {
             firsts.push(first);
         }
     }
+    if old_format > 0 {
+        tracing::info!(
+            files = old_format,
+            "removed change-event files of an older format; events after the snapshot are written again as the log replays"
+        );
+    }
     firsts.sort_unstable();
-    let mut list: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut list: VecDeque<Segment> = VecDeque::new();
     for (position, &first) in firsts.iter().enumerate() {
         let path = segment_path(dir, first);
-        let newest = position + 1 == firsts.len();
-        let count = if newest {
-            intact_records(&path)?
-        } else {
-            fs::metadata(&path)?.len() / EVENT_LOG_RECORD_BYTES as u64
-        };
-        if let Some(&(previous, previous_count)) = list.back()
-            && previous + previous_count != first
-        {
-            // A gap: only the newest contiguous run is kept.
-            for (old, _) in list.drain(..) {
-                fs::remove_file(segment_path(dir, old))?;
+        let segment = match firsts.get(position + 1) {
+            None => scan_newest(&path, first)?,
+            // Only full segments are followed by another (and fsynced before it was made).
+            Some(&next) if next - first == EVENT_LOG_SEGMENT_EVENTS => Segment {
+                first,
+                count: EVENT_LOG_SEGMENT_EVENTS,
+                bytes: fs::metadata(&path)?.len(),
+                index: None,
+            },
+            Some(_) => {
+                // Not a full segment followed by its successor: a gap. Only what follows is
+                // kept.
+                for old in list.drain(..) {
+                    fs::remove_file(segment_path(dir, old.first))?;
+                }
+                fs::remove_file(&path)?;
+                continue;
             }
-        }
-        list.push_back((first, count));
+        };
+        list.push_back(segment);
     }
     let (first_seq, last_seq) = match (list.front(), list.back()) {
-        (Some(&(first, _)), Some(&(last_first, last_count))) => {
-            (first, last_first + last_count - 1)
-        }
+        (Some(front), Some(back)) => (front.first, back.first + back.count - 1),
         _ => (1, 0),
     };
     Ok(Segments {
@@ -230,49 +278,122 @@ fn recover(dir: &Path) -> io::Result<Segments> {
     })
 }
 
-/// How many whole records with a good checksum the file starts with; cuts it there.
-fn intact_records(path: &Path) -> io::Result<u64> {
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
-    let len = file.metadata()?.len();
-    let mut count = len / EVENT_LOG_RECORD_BYTES as u64;
-    let mut record = [0u8; EVENT_LOG_RECORD_BYTES];
-    while count > 0 {
-        file.read_exact_at(&mut record, (count - 1) * EVENT_LOG_RECORD_BYTES as u64)?;
-        if check_record(&record).is_ok() {
+/// The newest segment: its whole records with a good checksum and the right sequence numbers,
+/// from the start; the file is cut after the last of them.
+fn scan_newest(path: &Path, first: u64) -> io::Result<Segment> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes)?;
+    let mut index = Vec::new();
+    let mut at = 0;
+    let mut count = 0;
+    while count < EVENT_LOG_SEGMENT_EVENTS {
+        let Ok(Some((event, used))) = decode_record(&bytes[at..]) else {
+            break;
+        };
+        if event.seq != first + count {
             break;
         }
-        count -= 1;
+        if count.is_multiple_of(EVENT_LOG_INDEX_EVERY_EVENTS) {
+            index.push(at as u32);
+        }
+        at += used;
+        count += 1;
     }
-    if count * EVENT_LOG_RECORD_BYTES as u64 != len {
-        file.set_len(count * EVENT_LOG_RECORD_BYTES as u64)?;
+    if at != bytes.len() {
+        file.set_len(at as u64)?;
     }
-    Ok(count)
+    Ok(Segment {
+        first,
+        count,
+        bytes: at as u64,
+        index: Some(index),
+    })
 }
 
-fn encode_record(event: &Event, out: &mut [u8]) {
-    let body: &mut [u8; EVENT_ENCODED_BYTES] = (&mut out[..EVENT_ENCODED_BYTES])
-        .try_into()
-        .expect("a record holds an event");
-    event.encode(body);
-    let crc = crc32c::crc32c(body);
-    out[EVENT_ENCODED_BYTES..EVENT_ENCODED_BYTES + 4].copy_from_slice(&crc.to_le_bytes());
-    out[EVENT_ENCODED_BYTES + 4..EVENT_LOG_RECORD_BYTES].fill(0);
+/// Appends `event`'s record to `out` (at most `EVENT_LOG_RECORD_BYTES_MAX` bytes).
+fn encode_record(event: &Event, out: &mut Vec<u8>) {
+    let mut body = [0u8; EVENT_ENCODED_BYTES];
+    event.encode(&mut body);
+    let mut record = [0u8; EVENT_LOG_RECORD_BYTES_MAX];
+    let mut at = LENGTH_BYTES + LENGTHS_BYTES;
+    for (i, word) in body.chunks_exact(8).enumerate() {
+        let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let kept = 8 - (value.leading_zeros() / 8) as usize;
+        record[LENGTH_BYTES + i / 2] |= (kept as u8) << ((i % 2) * 4);
+        record[at..at + kept].copy_from_slice(&word[..kept]);
+        at += kept;
+    }
+    let length = (at - LENGTH_BYTES) as u16;
+    record[..LENGTH_BYTES].copy_from_slice(&length.to_le_bytes());
+    let crc = crc32c::crc32c(&record[..at]);
+    record[at..at + CRC_BYTES].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&record[..at + CRC_BYTES]);
 }
 
-fn check_record(record: &[u8]) -> io::Result<Event> {
-    let body = &record[..EVENT_ENCODED_BYTES];
-    let stored = u32::from_le_bytes(
-        record[EVENT_ENCODED_BYTES..EVENT_ENCODED_BYTES + 4]
-            .try_into()
-            .expect("4 bytes"),
-    );
-    if crc32c::crc32c(body) != stored {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "an event record's checksum does not match",
-        ));
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+/// The bytes of the record at the start of `bytes` (`None`: they end before it does).
+fn record_len(bytes: &[u8]) -> io::Result<Option<usize>> {
+    let Some(length) = bytes.get(..LENGTH_BYTES) else {
+        return Ok(None);
+    };
+    let length = u16::from_le_bytes(length.try_into().expect("2 bytes")) as usize;
+    if !(LENGTHS_BYTES..=LENGTHS_BYTES + EVENT_ENCODED_BYTES).contains(&length) {
+        return Err(invalid(format!("an event record claims {length} bytes")));
     }
-    Event::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    let total = LENGTH_BYTES + length + CRC_BYTES;
+    Ok((bytes.len() >= total).then_some(total))
+}
+
+/// The event whose record starts `bytes`, and the record's size (`None`: `bytes` ends first).
+fn decode_record(bytes: &[u8]) -> io::Result<Option<(Event, usize)>> {
+    let Some(total) = record_len(bytes)? else {
+        return Ok(None);
+    };
+    let (covered, crc) = bytes[..total].split_at(total - CRC_BYTES);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    if crc32c::crc32c(covered) != stored {
+        return Err(invalid("an event record's checksum does not match"));
+    }
+    let lengths = &covered[LENGTH_BYTES..LENGTH_BYTES + LENGTHS_BYTES];
+    let mut kept = &covered[LENGTH_BYTES + LENGTHS_BYTES..];
+    let mut body = [0u8; EVENT_ENCODED_BYTES];
+    for (i, word) in body.chunks_exact_mut(8).enumerate() {
+        let length = ((lengths[i / 2] >> ((i % 2) * 4)) & 0xF) as usize;
+        if length > 8 || length > kept.len() {
+            return Err(invalid("an event record's word lengths do not fit it"));
+        }
+        word[..length].copy_from_slice(&kept[..length]);
+        kept = &kept[length..];
+    }
+    if !kept.is_empty() || (WORDS % 2 == 1 && lengths[LENGTHS_BYTES - 1] >> 4 != 0) {
+        return Err(invalid("an event record's word lengths do not fit it"));
+    }
+    let event = Event::decode(&body).map_err(|e| invalid(e.to_string()))?;
+    Ok(Some((event, total)))
+}
+
+/// Where every `EVENT_LOG_INDEX_EVERY_EVENTS`-th record of a whole segment file starts.
+fn index_file(path: &Path, count: u64) -> io::Result<Vec<u32>> {
+    let bytes = fs::read(path)?;
+    let mut index = Vec::with_capacity(count.div_ceil(EVENT_LOG_INDEX_EVERY_EVENTS) as usize);
+    let mut at = 0;
+    for k in 0..count {
+        if k.is_multiple_of(EVENT_LOG_INDEX_EVERY_EVENTS) {
+            index.push(at as u32);
+        }
+        let Some(total) = record_len(&bytes[at..])? else {
+            return Err(invalid(format!(
+                "{} ends after {k} of its {count} events",
+                path.display()
+            )));
+        };
+        at += total;
+    }
+    Ok(index)
 }
 
 /// The writer thread's state: the newest segment open for appending.
@@ -281,6 +402,8 @@ struct Writer {
     /// The newest segment (None: none yet, or the files restarted).
     file: Option<File>,
     buffer: Vec<u8>,
+    /// Positions of the records being written that the index keeps.
+    index: Vec<u32>,
 }
 
 impl Writer {
@@ -291,7 +414,7 @@ impl Writer {
             .expect("never poisoned")
             .list
             .back()
-            .copied();
+            .map(|s| (s.first, s.count));
         let file = match newest {
             Some((first, count)) if count < EVENT_LOG_SEGMENT_EVENTS => Some(
                 OpenOptions::new()
@@ -304,6 +427,7 @@ impl Writer {
             shared,
             file,
             buffer: Vec::new(),
+            index: Vec::new(),
         })
     }
 
@@ -329,7 +453,7 @@ impl Writer {
         self.file = None;
         let old: Vec<u64> = {
             let mut segments = self.segments();
-            let old = segments.list.drain(..).map(|(first, _)| first).collect();
+            let old = segments.list.drain(..).map(|s| s.first).collect();
             segments.last_seq = seq_last;
             segments.first_seq = seq_last + 1;
             old
@@ -361,33 +485,35 @@ impl Writer {
                 self.restart_after(event.seq - 1)?;
                 last_seq = event.seq - 1;
             }
-            let (first, count) = self.open_segment(last_seq + 1)?;
+            let (first, count, bytes) = self.open_segment(last_seq + 1)?;
             let room = (EVENT_LOG_SEGMENT_EVENTS - count) as usize;
             let take = room.min(events.len() - at);
-            // Every byte of the records is written below: the buffer only grows (zeroed once),
-            // it is not cleared and zeroed again for each write.
-            let bytes = take * EVENT_LOG_RECORD_BYTES;
-            if self.buffer.len() < bytes {
-                self.buffer.resize(bytes, 0);
-            }
+            self.buffer.clear();
+            self.index.clear();
             for (i, event) in events[at..at + take].iter().enumerate() {
                 debug_assert_eq!(event.seq, last_seq + 1 + i as u64);
-                encode_record(
-                    event,
-                    &mut self.buffer[i * EVENT_LOG_RECORD_BYTES..(i + 1) * EVENT_LOG_RECORD_BYTES],
-                );
+                if (count + i as u64).is_multiple_of(EVENT_LOG_INDEX_EVERY_EVENTS) {
+                    self.index.push((bytes + self.buffer.len() as u64) as u32);
+                }
+                encode_record(event, &mut self.buffer);
             }
             self.file
                 .as_mut()
                 .expect("open_segment opened one")
-                .write_all(&self.buffer[..bytes])?;
+                .write_all(&self.buffer)?;
             last_seq += take as u64;
             at += take;
             {
+                let written = self.buffer.len() as u64;
                 let mut segments = self.segments();
                 let back = segments.list.back_mut().expect("the segment is listed");
-                debug_assert_eq!(back.0, first);
-                back.1 += take as u64;
+                debug_assert_eq!(back.first, first);
+                back.count += take as u64;
+                back.bytes += written;
+                back.index
+                    .as_mut()
+                    .expect("the writer's segment is indexed")
+                    .extend_from_slice(&self.index);
                 segments.last_seq = last_seq;
             }
             self.shared.published.send_replace(last_seq);
@@ -395,15 +521,25 @@ impl Writer {
         Ok(())
     }
 
-    /// The newest segment, with room for `next_seq`: a new one when it is full (and the oldest
-    /// removed past `EVENT_LOG_BYTES_MAX`). Returns its (first seq, events in it).
-    fn open_segment(&mut self, next_seq: u64) -> io::Result<(u64, u64)> {
-        let newest = self.segments().list.back().copied();
-        if let (Some((first, count)), Some(_)) = (newest, &self.file)
+    /// The newest segment, with room for `next_seq`: a new one when it is full (the full one
+    /// fsynced first, and the oldest removed past `EVENT_LOG_BYTES_MAX`). Returns its (first
+    /// seq, events in it, bytes in it).
+    fn open_segment(&mut self, next_seq: u64) -> io::Result<(u64, u64, u64)> {
+        let newest = self
+            .segments()
+            .list
+            .back()
+            .map(|s| (s.first, s.count, s.bytes));
+        if let Some((first, count, bytes)) = newest
             && count < EVENT_LOG_SEGMENT_EVENTS
+            && self.file.is_some()
         {
             debug_assert_eq!(first + count, next_seq);
-            return Ok((first, count));
+            return Ok((first, count, bytes));
+        }
+        if let Some(full) = self.file.take() {
+            // Every segment but the newest is whole, even after a power loss (see `recover`).
+            full.sync_data()?;
         }
         let path = segment_path(&self.shared.dir, next_seq);
         self.file = Some(
@@ -415,22 +551,38 @@ impl Writer {
         );
         let removed: Vec<u64> = {
             let mut segments = self.segments();
-            segments.list.push_back((next_seq, 0));
+            segments.list.push_back(Segment {
+                first: next_seq,
+                count: 0,
+                bytes: 0,
+                index: Some(Vec::new()),
+            });
             let mut removed = Vec::new();
-            let segments_max =
-                EVENT_LOG_BYTES_MAX / (EVENT_LOG_SEGMENT_EVENTS * EVENT_LOG_RECORD_BYTES as u64);
-            while segments.list.len() as u64 > segments_max.max(2) {
-                let (old, _) = segments.list.pop_front().expect("more than two");
-                removed.push(old);
+            let mut total: u64 = segments.list.iter().map(|s| s.bytes).sum();
+            while total > EVENT_LOG_BYTES_MAX && segments.list.len() > 2 {
+                let old = segments.list.pop_front().expect("more than two");
+                total -= old.bytes;
+                removed.push(old.first);
             }
-            segments.first_seq = segments.list.front().expect("just pushed").0;
+            segments.first_seq = segments.list.front().expect("just pushed").first;
             removed
         };
         for old in removed {
             fs::remove_file(segment_path(&self.shared.dir, old))?;
         }
-        Ok((next_seq, 0))
+        Ok((next_seq, 0, 0))
     }
+}
+
+/// Where a read in one segment starts: the indexed record at or before the event wanted.
+struct ReadPlan {
+    first: u64,
+    /// Events and bytes the segment holds.
+    count: u64,
+    bytes: u64,
+    /// The indexed record's sequence number and position.
+    start_seq: u64,
+    start_at: u64,
 }
 
 impl EventReader {
@@ -456,61 +608,289 @@ impl EventReader {
         if after >= last_seq {
             return Ok(events);
         }
+        let gone = || EventsError::Gone {
+            after,
+            first_seq: self.range().0,
+        };
         let mut next = after + 1;
         while events.len() < limit && next <= last_seq {
-            let segment = {
-                let segments = self.shared.segments.lock().expect("never poisoned");
-                segments
-                    .list
-                    .iter()
-                    .rev()
-                    .find(|(first, _)| *first <= next)
-                    .copied()
-            };
-            let Some((first, _)) = segment else {
-                return Err(EventsError::Gone {
-                    after,
-                    first_seq: self.range().0,
-                });
+            let Some(plan) = self.plan(next)? else {
+                return Err(gone());
             };
             let want = (limit - events.len())
                 .min((last_seq - next + 1) as usize)
-                .min((first + EVENT_LOG_SEGMENT_EVENTS - next) as usize);
-            let file = match File::open(segment_path(&self.shared.dir, first)) {
+                .min((plan.first + plan.count - next) as usize);
+            let file = match File::open(segment_path(&self.shared.dir, plan.first)) {
                 Ok(file) => file,
                 // Compacted since the lookup.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                    return Err(EventsError::Gone {
-                        after,
-                        first_seq: self.range().0,
-                    });
-                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Err(gone()),
                 Err(error) => return Err(error.into()),
             };
-            let mut bytes = vec![0u8; want * EVENT_LOG_RECORD_BYTES];
-            file.read_exact_at(&mut bytes, (next - first) * EVENT_LOG_RECORD_BYTES as u64)?;
-            for record in bytes.chunks_exact(EVENT_LOG_RECORD_BYTES) {
-                let event = check_record(record)?;
-                if event.seq != next {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("event {} found where event {next} belongs", event.seq),
-                    )
+            // The records from the indexed one to the last wanted fit in this many bytes.
+            let records = (next - plan.start_seq) as usize + want;
+            let len =
+                (plan.bytes - plan.start_at).min((records * EVENT_LOG_RECORD_BYTES_MAX) as u64);
+            let mut bytes = vec![0u8; len as usize];
+            file.read_exact_at(&mut bytes, plan.start_at)?;
+            let mut at = 0;
+            let mut seq = plan.start_seq;
+            let end = next + want as u64;
+            while seq < end {
+                let Some((event, used)) = decode_record(&bytes[at..])? else {
+                    return Err(invalid(format!("event {seq}'s record is cut short")).into());
+                };
+                if event.seq != seq {
+                    return Err(invalid(format!(
+                        "event {} found where event {seq} belongs",
+                        event.seq
+                    ))
                     .into());
                 }
-                events.push(event);
-                next += 1;
+                if seq >= next {
+                    events.push(event);
+                }
+                at += used;
+                seq += 1;
             }
+            next = end;
         }
         Ok(events)
+    }
+
+    /// Where to start reading for event `seq` (`None`: no segment holds it any more). Indexes
+    /// a segment found at open on its first read.
+    fn plan(&self, seq: u64) -> io::Result<Option<ReadPlan>> {
+        let lookup = |segments: &Segments| {
+            segments
+                .list
+                .iter()
+                .rev()
+                .find(|s| s.first <= seq)
+                .map(|s| {
+                    let plan = s.index.as_ref().map(|index| {
+                        let k = (seq - s.first) / EVENT_LOG_INDEX_EVERY_EVENTS;
+                        ReadPlan {
+                            first: s.first,
+                            count: s.count,
+                            bytes: s.bytes,
+                            start_seq: s.first + k * EVENT_LOG_INDEX_EVERY_EVENTS,
+                            start_at: u64::from(index[k as usize]),
+                        }
+                    });
+                    (s.first, s.count, plan)
+                })
+        };
+        let (first, count) = {
+            let segments = self.shared.segments.lock().expect("never poisoned");
+            match lookup(&segments) {
+                None => return Ok(None),
+                Some((_, _, Some(plan))) => return Ok(Some(plan)),
+                Some((first, count, None)) => (first, count),
+            }
+        };
+        let index = match index_file(&segment_path(&self.shared.dir, first), count) {
+            Ok(index) => index,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let mut segments = self.shared.segments.lock().expect("never poisoned");
+        if let Some(segment) = segments.list.iter_mut().find(|s| s.first == first)
+            && segment.index.is_none()
+        {
+            segment.index = Some(index);
+        }
+        Ok(lookup(&segments).and_then(|(_, _, plan)| plan))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ledger::{Account, Batch, BatchBody, StateMachine};
+    use ledger::{
+        Account, Balances, Batch, BatchBody, BatchMarker, EventBody, EventKind, StateMachine,
+        Transfer, TransferChange, TransferFlags,
+    };
 
     use super::*;
+
+    /// A transfer event whose fields vary with `seq`: small, large and zero words alike.
+    fn transfer_event(seq: u64) -> Event {
+        let mix = |k: u64| u128::from(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (k % 64));
+        Event {
+            seq,
+            kind: EventKind::TransferCreated,
+            timestamp: 1_700_000_000_000_000_000 + seq,
+            body: EventBody::Transfer(TransferChange {
+                transfer: Transfer {
+                    id: mix(1) << 64 | mix(2),
+                    debit_account_id: u128::from(seq % 1_000) + 1,
+                    credit_account_id: u128::MAX - u128::from(seq),
+                    amount: mix(50),
+                    pending_id: 0,
+                    user_data_128: mix(seq % 128),
+                    user_data_64: seq,
+                    user_data_32: 0,
+                    timeout: 0,
+                    ledger: 7,
+                    code: 1,
+                    flags: TransferFlags::empty(),
+                    timestamp: 1_700_000_000_000_000_000 + seq,
+                },
+                remote: Default::default(),
+                debit: Balances {
+                    debits_pending: 0,
+                    debits_posted: mix(20),
+                    credits_pending: 0,
+                    credits_posted: mix(30),
+                },
+                credit: Balances {
+                    debits_pending: u128::MAX,
+                    debits_posted: 0,
+                    credits_pending: 1,
+                    credits_posted: mix(3) << 70,
+                },
+            }),
+        }
+    }
+
+    fn marker(seq: u64) -> Event {
+        Event {
+            seq,
+            kind: EventKind::Batch,
+            timestamp: seq,
+            body: EventBody::Batch(BatchMarker {
+                first_seq: seq.saturating_sub(7),
+                events_count: 7,
+                log_index: seq / 8,
+            }),
+        }
+    }
+
+    #[test]
+    fn records_keep_only_each_words_low_bytes_and_read_back_exactly() {
+        let mut state = StateMachine::default();
+        state.set_events(true);
+        let accounts = batches(&mut state, 3).concat();
+        let mut all: Vec<Event> = (1..2_000).map(transfer_event).collect();
+        all.extend(accounts);
+        all.push(marker(9));
+        for event in &all {
+            let mut record = Vec::new();
+            encode_record(event, &mut record);
+            assert!(record.len() <= EVENT_LOG_RECORD_BYTES_MAX);
+            let (decoded, used) = decode_record(&record).unwrap().unwrap();
+            assert_eq!((decoded, used), (*event, record.len()));
+            // Cut short: not a record yet. Damaged: refused.
+            assert!(
+                decode_record(&record[..record.len() - 1])
+                    .unwrap()
+                    .is_none()
+            );
+            for at in [0, 1, 5, record.len() / 2, record.len() - 1] {
+                let mut damaged = record.clone();
+                damaged[at] ^= 0x10;
+                assert!(
+                    !matches!(decode_record(&damaged), Ok(Some((e, _))) if e == *event),
+                    "a record damaged at byte {at} read back as the event"
+                );
+            }
+        }
+        // The point of the format: a typical transfer event (small amounts and balances,
+        // no pending id or user data) is well under the fixed 288 bytes of the old one.
+        let mut typical = transfer_event(12_345);
+        if let EventBody::Transfer(change) = &mut typical.body {
+            change.transfer.user_data_128 = 0;
+            change.transfer.user_data_64 = 0;
+            change.transfer.credit_account_id = 77;
+            change.transfer.amount = 250;
+            change.debit = Balances {
+                debits_posted: 91_000,
+                credits_posted: 5_000,
+                ..Balances::default()
+            };
+            change.credit = change.debit;
+        }
+        let mut record = Vec::new();
+        encode_record(&typical, &mut record);
+        assert!(record.len() < 120, "{} bytes", record.len());
+    }
+
+    #[test]
+    fn reads_start_anywhere_across_index_blocks_and_files_before_and_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = 2 * EVENT_LOG_SEGMENT_EVENTS + 300;
+        let event = |seq: u64| {
+            if seq.is_multiple_of(5) {
+                marker(seq)
+            } else {
+                transfer_event(seq)
+            }
+        };
+        let log = EventLog::open(dir.path()).unwrap();
+        let mut seq = 1;
+        while seq <= total {
+            let end = (seq + 999).min(total);
+            log.append((seq..=end).map(event).collect());
+            seq = end + 1;
+        }
+        wait_for(&log.reader(), total);
+        let check = |reader: &EventReader| {
+            assert_eq!(reader.range(), (1, total));
+            let every = EVENT_LOG_INDEX_EVERY_EVENTS;
+            let segment = EVENT_LOG_SEGMENT_EVENTS;
+            for after in [
+                0,
+                1,
+                every - 1,
+                every,
+                every + 1,
+                3 * every + 17,
+                segment - 2,
+                segment - 1,
+                segment,
+                segment + 5,
+                2 * segment - 1,
+                total - 2,
+                total - 1,
+            ] {
+                for limit in [1, 3, every as usize + 2, 300] {
+                    let want: Vec<Event> = (after + 1..=(after + limit as u64).min(total))
+                        .map(event)
+                        .collect();
+                    assert_eq!(
+                        reader.read(after, limit).unwrap(),
+                        want,
+                        "after {after} limit {limit}"
+                    );
+                }
+            }
+            assert!(reader.read(total, 10).unwrap().is_empty());
+        };
+        check(&log.reader());
+        let files = fs::read_dir(dir.path().join(EVENTS_DIR)).unwrap().count();
+        assert_eq!(files, 3);
+        drop(log);
+        // Reopened: the full files are indexed by their first read, the newest by the scan.
+        let log = EventLog::open(dir.path()).unwrap();
+        check(&log.reader());
+        log.append((total + 1..=total + 10).map(event).collect());
+        wait_for(&log.reader(), total + 10);
+        assert_eq!(
+            log.reader().read(total - 1, 100).unwrap(),
+            (total..=total + 10).map(event).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn files_of_the_older_format_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join(EVENTS_DIR);
+        fs::create_dir_all(&events).unwrap();
+        let old = events.join(format!("{:020}{OLD_SEGMENT_SUFFIX}", 1));
+        fs::write(&old, vec![7u8; 288 * 3]).unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        assert!(!old.exists());
+        assert_eq!(log.reader().range(), (1, 0));
+    }
 
     fn batches(state: &mut StateMachine, count: u128) -> Vec<Vec<Event>> {
         (0..count)
@@ -559,8 +939,7 @@ mod tests {
         // A torn record at the end is cut; replayed events are skipped, new ones appended.
         let path = segment_path(&dir.path().join(EVENTS_DIR), 1);
         let file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.set_len(6 * EVENT_LOG_RECORD_BYTES as u64 - 10)
-            .unwrap();
+        file.set_len(file.metadata().unwrap().len() - 10).unwrap();
         let log = EventLog::open(dir.path()).unwrap();
         assert_eq!(log.reader().range(), (1, 5));
         log.state_at(0);
