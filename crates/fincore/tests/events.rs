@@ -422,6 +422,22 @@ fn bad_parameters_and_missing_keys_are_refused_and_a_stalled_subscriber_holds_ba
             "writes were held back: {writing:?}"
         );
     });
+
+    // Every events call is counted, refusals by kind (those refused for want of a key never
+    // reach the service).
+    let metrics = call(Some(&read), "/metrics");
+    for expected in [
+        r#"fincore_request_errors_total{operation="read_events",protocol="http",kind="invalid"} 6"#,
+        r#"fincore_request_errors_total{operation="read_events",protocol="grpc",kind="invalid"} 1"#,
+        r#"fincore_requests_total{operation="subscribe_events",protocol="grpc"} 2"#,
+        r#"fincore_request_duration_seconds_bucket{le="0.0001",operation="read_events",protocol="grpc"}"#,
+    ] {
+        assert!(
+            metrics.body.contains(expected),
+            "metrics lack {expected}:\n{}",
+            metrics.body
+        );
+    }
     node.stop().unwrap();
 }
 

@@ -632,8 +632,15 @@ impl EventReader {
                 (plan.bytes - plan.start_at).min((records * EVENT_LOG_RECORD_BYTES_MAX) as u64);
             let mut bytes = vec![0u8; len as usize];
             file.read_exact_at(&mut bytes, plan.start_at)?;
+            // Records before the one wanted are stepped over, not checked.
             let mut at = 0;
-            let mut seq = plan.start_seq;
+            for _ in plan.start_seq..next {
+                let Some(used) = record_len(&bytes[at..])? else {
+                    return Err(invalid(format!("event {next}'s record is cut short")).into());
+                };
+                at += used;
+            }
+            let mut seq = next;
             let end = next + want as u64;
             while seq < end {
                 let Some((event, used)) = decode_record(&bytes[at..])? else {
@@ -646,9 +653,7 @@ impl EventReader {
                     ))
                     .into());
                 }
-                if seq >= next {
-                    events.push(event);
-                }
+                events.push(event);
                 at += used;
                 seq += 1;
             }

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::events::{EventJson, EventsJson, event_to};
 use api::json::parse_decimal;
@@ -40,6 +40,7 @@ use limits::{
     EVENTS_SUBSCRIBER_STALL_SECONDS_MAX, EVENTS_SUBSCRIBERS_MAX,
 };
 use replication::event_log::{EventReader, EventsError};
+use telemetry::{ErrorKind, Metrics};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::{Request, Response as GrpcResponse, Status};
 use utoipa::IntoParams;
@@ -370,8 +371,10 @@ fn query_number(
     (status = 410, description = "The events after `after` are gone from the replica asked; the message names its first.", body = api::json::ErrorJson)))]
 pub(crate) async fn events_page(
     State(source): State<SharedEvents>,
+    State(metrics): State<Arc<Metrics>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
+    let started = Instant::now();
     let answer = async {
         if let Some(unknown) = params
             .keys()
@@ -397,7 +400,32 @@ pub(crate) async fn events_page(
         })
         .into_response())
     };
-    answer.await.unwrap_or_else(http_error)
+    observed(&metrics, "http", "read_events", started, answer.await).unwrap_or_else(http_error)
+}
+
+/// How a refusal counts in the metrics' errors by kind.
+fn error_kind(refusal: &EventsRefusal) -> ErrorKind {
+    match refusal {
+        EventsRefusal::Invalid { .. } | EventsRefusal::OtherGroup(_) => ErrorKind::Invalid,
+        EventsRefusal::Gone { .. } => ErrorKind::NotFound,
+        EventsRefusal::NoEvents | EventsRefusal::Unavailable(_) | EventsRefusal::Failed(_) => {
+            ErrorKind::Unavailable
+        }
+    }
+}
+
+/// Counts one events call in `metrics` (its time until answered, or until its stream was
+/// set up for a subscription) and passes its outcome on.
+fn observed<T>(
+    metrics: &Metrics,
+    protocol: &'static str,
+    operation: &'static str,
+    started: Instant,
+    outcome: Result<T, EventsRefusal>,
+) -> Result<T, EventsRefusal> {
+    let error = outcome.as_ref().err().map(error_kind);
+    metrics.request(protocol, operation, started.elapsed(), error);
+    outcome
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,13 +436,16 @@ pub(crate) async fn events_page(
 pub struct EventsService {
     source: SharedEvents,
     subscribers: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl EventsService {
-    pub fn new(source: SharedEvents) -> EventsService {
+    /// Serves `source`, counting each call in `metrics`.
+    pub fn new(source: SharedEvents, metrics: Arc<Metrics>) -> EventsService {
         EventsService {
             source,
             subscribers: Arc::new(Semaphore::new(EVENTS_SUBSCRIBERS_MAX)),
+            metrics,
         }
     }
 }
@@ -458,14 +489,16 @@ impl Events for EventsService {
         &self,
         request: Request<proto::ReadEventsRequest>,
     ) -> Result<GrpcResponse<proto::EventsPage>, Status> {
+        let started = Instant::now();
         let group = group_of(&request)?;
         let request = request.into_inner();
-        let limit = check_limit(u64::from(request.limit)).map_err(grpc_error)?;
-        let page = self
-            .source
-            .read_events(group, request.after, limit)
-            .await
-            .map_err(grpc_error)?;
+        let page = async {
+            let limit = check_limit(u64::from(request.limit))?;
+            self.source.read_events(group, request.after, limit).await
+        }
+        .await;
+        let page =
+            observed(&self.metrics, "grpc", "read_events", started, page).map_err(grpc_error)?;
         Ok(GrpcResponse::new(page_proto(&page)))
     }
 
@@ -485,10 +518,9 @@ impl Events for EventsService {
                 ))
             })?;
         // Refused at once rather than as the stream's first message.
-        let source = self
-            .source
-            .subscribe_events(group, after)
-            .await
+        let started = Instant::now();
+        let source = self.source.subscribe_events(group, after).await;
+        let source = observed(&self.metrics, "grpc", "subscribe_events", started, source)
             .map_err(grpc_error)?;
         let (pages, queued) = mpsc::channel(EVENTS_SUBSCRIBE_PAGES_QUEUED_MAX);
         let (end, ended) = oneshot::channel();

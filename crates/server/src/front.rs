@@ -91,8 +91,11 @@ fn serve_client_api(
             group.clone(),
         )
     });
-    let events_server = EventsServer::new(EventsService::new(Arc::clone(&events)))
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let events_server = EventsServer::new(EventsService::new(
+        Arc::clone(&events),
+        Arc::clone(ledger.metrics()),
+    ))
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
     let events_service = if replica.is_some() {
         GrpcAccess::new(events_server, access.clone(), group.clone())
     } else {

@@ -325,6 +325,12 @@ impl FromRef<ClientApi> for Ledger {
     }
 }
 
+impl FromRef<ClientApi> for Arc<Metrics> {
+    fn from_ref(api: &ClientApi) -> Arc<Metrics> {
+        Arc::clone(api.ledger.metrics())
+    }
+}
+
 impl FromRef<ClientApi> for SharedEvents {
     fn from_ref(api: &ClientApi) -> SharedEvents {
         Arc::clone(&api.events)
