@@ -31,36 +31,26 @@ use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::{ChildNode, fincore_exe};
 
 const ACCOUNTS: u128 = 6;
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A PostgreSQL database of its own, dropped when the test ends.
+/// A PostgreSQL database of its own, dropped when the test ends, and a runtime to reach it.
 struct PgDatabase {
-    name: String,
+    database: testkit::postgres::PgDatabase,
     runtime: tokio::runtime::Runtime,
 }
 
 impl PgDatabase {
     fn new(label: &str) -> PgDatabase {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("fincore_project_{label}_{}_{nanos}", std::process::id());
-        runtime.block_on(async {
-            let mut admin = PgConnection::connect(PG_ADMIN_URL)
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services starts it)");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-        });
-        PgDatabase { name, runtime }
+        let database = testkit::postgres::PgDatabase::unique(&format!("fincore_project_{label}"));
+        PgDatabase { database, runtime }
+    }
+
+    fn name(&self) -> &str {
+        self.database.name()
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+        self.database.url().to_string()
     }
 
     fn execute(&self, sql: &str) {
@@ -81,20 +71,6 @@ impl PgDatabase {
                 .await
                 .unwrap()
         })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        self.runtime.block_on(async {
-            if let Ok(mut admin) = PgConnection::connect(PG_ADMIN_URL).await {
-                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                    .execute(&mut admin)
-                    .await;
-            }
-        });
     }
 }
 
@@ -782,7 +758,7 @@ fn nats_setup(label: &str) -> (tempfile::TempDir, ChildNode, String, PgDatabase,
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async { client(&node).create_accounts(&accounts()).await.unwrap() });
     let pg = PgDatabase::new(label);
-    let nats = Nats::new(&pg.name, dir.path());
+    let nats = Nats::new(pg.name(), dir.path());
     (dir, node, key, pg, nats)
 }
 
