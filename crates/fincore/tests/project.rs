@@ -31,36 +31,26 @@ use sqlx::{Connection, PgConnection, SqliteConnection};
 use support::{ChildNode, fincore_exe};
 
 const ACCOUNTS: u128 = 6;
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A PostgreSQL database of its own, dropped when the test ends.
+/// A PostgreSQL database of its own, dropped when the test ends, and a runtime to reach it.
 struct PgDatabase {
-    name: String,
+    database: testkit::postgres::PgDatabase,
     runtime: tokio::runtime::Runtime,
 }
 
 impl PgDatabase {
     fn new(label: &str) -> PgDatabase {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("fincore_project_{label}_{}_{nanos}", std::process::id());
-        runtime.block_on(async {
-            let mut admin = PgConnection::connect(PG_ADMIN_URL)
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services starts it)");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-        });
-        PgDatabase { name, runtime }
+        let database = testkit::postgres::PgDatabase::unique(&format!("fincore_project_{label}"));
+        PgDatabase { database, runtime }
+    }
+
+    fn name(&self) -> &str {
+        self.database.name()
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+        self.database.url().to_string()
     }
 
     fn execute(&self, sql: &str) {
@@ -81,20 +71,6 @@ impl PgDatabase {
                 .await
                 .unwrap()
         })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        self.runtime.block_on(async {
-            if let Ok(mut admin) = PgConnection::connect(PG_ADMIN_URL).await {
-                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                    .execute(&mut admin)
-                    .await;
-            }
-        });
     }
 }
 
@@ -563,6 +539,91 @@ fn gaps_made_by_hand_are_repaired_by_replay_or_rebuild_or_refused_naming_the_off
     node.stop().unwrap();
 }
 
+/// A gap spanning many chunks, read once through the replica path (`contiguous`) and once
+/// through the NATS path (`backfill_any`): passed on in several pages, each of whole batches
+/// and bounded (the chunk, then the rest of the batch it ends in), together every event once,
+/// in order.
+#[test]
+fn a_gap_longer_than_a_chunk_is_back_filled_in_bounded_pieces_of_whole_batches() {
+    const CHUNK_EVENTS: usize = 250;
+    const BATCH_TRANSFERS: u128 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, key) = node_with_read_key(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter(); // clients connect lazily inside a runtime
+    let spec: client::GroupSpec = format!("g1={}", node.grpc_url()).parse().unwrap();
+    let replicas = projector::Replicas::connect(&spec, Some(&key))
+        .unwrap()
+        .with_backfill_chunk_events(CHUNK_EVENTS);
+    runtime.block_on(async {
+        let client = client(&node);
+        client.create_accounts(&accounts()).await.unwrap();
+        for batch in 0..12 {
+            let first = 1000 + batch * BATCH_TRANSFERS;
+            let transfers: Vec<Transfer> = (first..first + BATCH_TRANSFERS)
+                .map(|id| transfer(id, TransferFlags::empty(), 0))
+                .collect();
+            create(&client, &transfers).await;
+        }
+        let last = replicas.last_seq(0).await.unwrap();
+        assert!(last as usize > 4 * CHUNK_EVENTS, "{last}");
+        let last_event = client.read_events(last - 1, 1).await.unwrap().events;
+        assert_eq!(last_event[0].seq, last);
+
+        let check = |pages: Vec<Vec<ledger::Event>>, path: &str| {
+            assert!(pages.len() >= 4, "{path}: {} pages", pages.len());
+            let seqs: Vec<u64> = pages.iter().flatten().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{path}");
+            for page in &pages[..pages.len() - 1] {
+                assert_eq!(
+                    page.last().unwrap().kind,
+                    ledger::EventKind::Batch,
+                    "{path}"
+                );
+                let batch_events_max = BATCH_TRANSFERS as usize + 1;
+                assert!(
+                    page.len() >= CHUNK_EVENTS && page.len() < CHUNK_EVENTS + batch_events_max,
+                    "{path}: a page of {} events",
+                    page.len()
+                );
+            }
+        };
+
+        // Replica path: a page holding only the last event, read from the start.
+        let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel(1000);
+        let mut after = 0;
+        assert!(
+            replicas
+                .contiguous(0, last_event, &mut after, &pages_tx)
+                .await
+                .unwrap()
+        );
+        assert_eq!(after, last);
+        drop(pages_tx);
+        let mut pages = Vec::new();
+        while let Some(page) = pages_rx.recv().await {
+            pages.push(page);
+        }
+        check(pages, "replicas");
+
+        // NATS path: the whole stream missing.
+        let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel(1000);
+        let (mut at, mut after) = (0, 0);
+        let mut outbox = projector::source::Outbox::new(&pages_tx, 0, 0);
+        let filled = replicas.backfill_any(&mut at, &mut after, last + 1, &mut outbox);
+        assert!(filled.await.unwrap());
+        assert_eq!(after, last);
+        assert!(outbox.send().await);
+        drop(pages_tx);
+        let mut pages = Vec::new();
+        while let Some(page) = pages_rx.recv().await {
+            pages.push(page);
+        }
+        check(pages, "nats");
+    });
+    node.stop().unwrap();
+}
+
 /// The NATS side of a test: a subject prefix and a stream of its own (deleted when dropped),
 /// and the logs of the publisher and projectors it starts.
 struct Nats {
@@ -697,7 +758,7 @@ fn nats_setup(label: &str) -> (tempfile::TempDir, ChildNode, String, PgDatabase,
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async { client(&node).create_accounts(&accounts()).await.unwrap() });
     let pg = PgDatabase::new(label);
-    let nats = Nats::new(&pg.name, dir.path());
+    let nats = Nats::new(pg.name(), dir.path());
     (dir, node, key, pg, nats)
 }
 

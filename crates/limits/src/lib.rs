@@ -494,8 +494,21 @@ pub const CDC_MESSAGE_BYTES_MAX: usize = EVENT_JSON_BYTES_MAX + 256;
 // The projector (`fincore project`): change events into SQL read models.
 
 /// Event pages read ahead of the database writer, per group (each at most
-/// `EVENTS_PAGE_EVENTS_MAX` events); a full queue stops reading until the writer catches up.
+/// `PROJECTOR_PAGE_EVENTS_MAX` events); a full queue stops reading until the writer catches up.
 pub const PROJECTOR_PAGES_QUEUED_MAX: usize = 8;
+
+/// Events of whole batches a back-fill gathers before passing them on to the writer. A gap
+/// (messages deleted from a JetStream stream, a purged stream, an offset far behind) may span
+/// millions of events, decided by the network, not by us: read whole, it would be held in
+/// memory at once and written in one transaction. Read this many at a time (then on to the
+/// next batch marker), it costs what a transaction does: one is written while the next is read.
+pub const PROJECTOR_BACKFILL_CHUNK_EVENTS: usize = PROJECTOR_TRANSACTION_EVENTS_MAX;
+
+/// Most events one page to the writer holds: a page read (`EVENTS_PAGE_EVENTS_MAX`), or a
+/// back-filled chunk with the events of the page around it (a chunk is passed on at the first
+/// batch marker past `PROJECTOR_BACKFILL_CHUNK_EVENTS`, or past the longest batch without one).
+pub const PROJECTOR_PAGE_EVENTS_MAX: usize =
+    PROJECTOR_BACKFILL_CHUNK_EVENTS + PROJECTOR_BATCH_EVENTS_MAX + EVENTS_PAGE_EVENTS_MAX;
 
 /// Events of whole batches written in one database transaction (with their offset). A batch
 /// is never split: one larger than this is written alone.
@@ -676,5 +689,10 @@ const _: () = assert!(
         <= PROJECTOR_SQLITE_VARIABLES_MAX
 );
 const _: () = assert!(PROJECTOR_TRANSACTION_EVENTS_MAX >= EVENTS_PAGE_EVENTS_MAX);
+// A back-filled chunk is written about as one transaction, never many chunks in one.
+const _: () = assert!(
+    PROJECTOR_BACKFILL_CHUNK_EVENTS >= EVENTS_PAGE_EVENTS_MAX
+        && PROJECTOR_BACKFILL_CHUNK_EVENTS <= PROJECTOR_TRANSACTION_EVENTS_MAX
+);
 const _: () = assert!(PROJECTOR_PAGES_QUEUED_MAX >= 1 && PROJECTOR_GROUPS_MAX >= 1);
 const _: () = assert!(PROJECTOR_VERIFY_IDS_PER_LOOKUP_MAX <= LOOKUP_IDS_MAX);

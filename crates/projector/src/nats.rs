@@ -30,7 +30,7 @@ use ledger::Event;
 use limits::{EVENTS_PAGE_EVENTS_MAX, PROJECTOR_RETRY_BACKOFF_MS_MAX};
 use tokio::sync::mpsc;
 
-use crate::source::{Replicas, SourceError};
+use crate::source::{Outbox, Replicas, SourceError};
 
 /// The first wait before asking NATS again.
 const RETRY_BACKOFF_MS_INITIAL: u64 = 100;
@@ -196,8 +196,7 @@ impl GroupStream {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let events = self.contiguous(at, items, after).await?;
-            if !events.is_empty() && pages.send(events).await.is_err() {
+            if !self.contiguous(at, items, after, pages).await? {
                 return Ok(true);
             }
         }
@@ -222,16 +221,34 @@ impl GroupStream {
         }
     }
 
-    /// The events of `items` that follow `after`, gaps back-filled; `after` moves to the last.
-    /// On an error `after` is left where it was: none of these events is passed on.
+    /// Passes on to `pages` the events of `items` that follow `after`, gaps back-filled in
+    /// chunks of whole batches; `after` moves to the last. Answers `false` when the writer is
+    /// gone. On an error `after` is left at the last event sent: nothing after it is passed on.
     async fn contiguous(
         &self,
         at: &mut usize,
         items: Vec<Item>,
         after: &mut u64,
-    ) -> Result<Vec<Event>, SourceError> {
-        let start = *after;
-        let mut out = Vec::with_capacity(items.len());
+        pages: &mpsc::Sender<Vec<Event>>,
+    ) -> Result<bool, SourceError> {
+        let mut outbox = Outbox::new(pages, *after, items.len());
+        match self.contiguous_into(at, items, after, &mut outbox).await {
+            Ok(true) => Ok(outbox.send().await),
+            Ok(false) => Ok(false),
+            Err(error) => {
+                *after = outbox.sent_seq();
+                Err(error)
+            }
+        }
+    }
+
+    async fn contiguous_into(
+        &self,
+        at: &mut usize,
+        items: Vec<Item>,
+        after: &mut u64,
+        outbox: &mut Outbox<'_>,
+    ) -> Result<bool, SourceError> {
         for item in items {
             let (seq, event) = match item {
                 Ok(event) => (event.seq, Some(event)),
@@ -244,23 +261,29 @@ impl GroupStream {
             let until = if event.is_some() { seq } else { seq + 1 };
             if until > *after + 1 {
                 let first_seq = *after + 1;
-                let filled = self.replicas.backfill_any(at, after, until, &mut out).await;
-                if let Err(error) = filled {
-                    *after = start;
-                    return Err(error);
+                let filled = self.replicas.backfill_any(at, after, until, outbox).await;
+                // What was sent of the gap is written even if the rest fails: count it.
+                let last_seq = match &filled {
+                    Ok(true) => until - 1,
+                    Ok(false) | Err(_) => outbox.sent_seq(),
+                };
+                if last_seq >= first_seq {
+                    let count = last_seq + 1 - first_seq;
+                    let backfilled_total =
+                        self.backfilled_total.fetch_add(count, Ordering::Relaxed) + count;
+                    tracing::warn!(group = %self.group(), stream = %self.stream, first_seq, last_seq,
+                        backfilled_total, "events missing from the stream back-filled from the replicas");
                 }
-                let count = until - first_seq;
-                let backfilled_total =
-                    self.backfilled_total.fetch_add(count, Ordering::Relaxed) + count;
-                tracing::warn!(group = %self.group(), stream = %self.stream, first_seq, last_seq = until - 1,
-                    backfilled_total, "events missing from the stream back-filled from the replicas");
+                if !filled? {
+                    return Ok(false);
+                }
             }
             if let Some(event) = event {
                 debug_assert_eq!(event.seq, *after + 1);
                 *after = event.seq;
-                out.push(event);
+                outbox.events().push(event);
             }
         }
-        Ok(out)
+        Ok(true)
     }
 }

@@ -9,8 +9,11 @@
 use std::time::Duration;
 
 use client::{Client, ClientError, GroupSpec, RetryPolicy};
-use ledger::Event;
-use limits::{EVENTS_PAGE_EVENTS_MAX, PROJECTOR_RETRY_BACKOFF_MS_MAX};
+use ledger::{Event, EventKind};
+use limits::{
+    EVENTS_PAGE_EVENTS_MAX, PROJECTOR_BACKFILL_CHUNK_EVENTS, PROJECTOR_BATCH_EVENTS_MAX,
+    PROJECTOR_PAGE_EVENTS_MAX, PROJECTOR_RETRY_BACKOFF_MS_MAX,
+};
 use tokio::sync::mpsc;
 
 /// Why a group's events could not be read.
@@ -52,6 +55,68 @@ pub struct Replicas {
     group: String,
     urls: Vec<String>,
     clients: Vec<Client>,
+    /// Events of whole batches a back-fill gathers before passing them on
+    /// (`PROJECTOR_BACKFILL_CHUNK_EVENTS` unless a test makes it small).
+    backfill_chunk_events: usize,
+}
+
+/// How reading a gap, or part of it, stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filled {
+    /// The gap is filled: `after` is the event before `until`.
+    Gap,
+    /// A chunk is full: pass it on, then go on from `after`.
+    Chunk,
+}
+
+/// What a reader passes on to the writer: events gathered, then sent as one page on the
+/// bounded queue; and the last event sent (what the writer will have), where reading must
+/// start again after an error.
+pub struct Outbox<'a> {
+    pages: &'a mpsc::Sender<Vec<Event>>,
+    events: Vec<Event>,
+    sent_seq: u64,
+}
+
+impl<'a> Outbox<'a> {
+    /// An empty outbox onto `pages`, everything up to `after` taken as sent.
+    pub fn new(pages: &'a mpsc::Sender<Vec<Event>>, after: u64, capacity: usize) -> Outbox<'a> {
+        Outbox {
+            pages,
+            events: Vec::with_capacity(capacity),
+            sent_seq: after,
+        }
+    }
+
+    /// The events gathered and not yet sent.
+    pub fn events(&mut self) -> &mut Vec<Event> {
+        &mut self.events
+    }
+
+    /// The last event sent (or the `after` the outbox started from).
+    pub fn sent_seq(&self) -> u64 {
+        self.sent_seq
+    }
+
+    /// Sends what is gathered, if anything, as one page (waiting while the queue is full).
+    /// Answers `false` when the writer is gone.
+    pub async fn send(&mut self) -> bool {
+        let Some(last_seq) = self.events.last().map(|e| e.seq) else {
+            return true;
+        };
+        debug_assert!(last_seq > self.sent_seq);
+        debug_assert!(self.events.len() <= PROJECTOR_PAGE_EVENTS_MAX);
+        if self
+            .pages
+            .send(std::mem::take(&mut self.events))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.sent_seq = last_seq;
+        true
+    }
 }
 
 impl Replicas {
@@ -79,7 +144,16 @@ impl Replicas {
             group: group.name.clone(),
             urls: group.replicas.clone(),
             clients,
+            backfill_chunk_events: PROJECTOR_BACKFILL_CHUNK_EVENTS,
         })
+    }
+
+    /// The same replicas, passing back-filled events on in chunks of `events` or more (whole
+    /// batches) rather than `PROJECTOR_BACKFILL_CHUNK_EVENTS`: tests make it small.
+    pub fn with_backfill_chunk_events(mut self, events: usize) -> Replicas {
+        assert!(events >= 1, "a back-fill chunk holds an event at least");
+        self.backfill_chunk_events = events;
+        self
     }
 
     pub fn group(&self) -> &str {
@@ -106,31 +180,36 @@ impl Replicas {
         }
     }
 
-    /// Keeps what of `events` follows `after`: drops events already seen; back-fills a gap
-    /// from replica `at` with `read_events`. Answers the contiguous events; `after` moves to
-    /// the last. On an error `after` is left where it was: none of these events is passed on,
-    /// so the next read must start there again.
+    /// Passes on to `outbox` what of `events` follows `after`: drops events already seen;
+    /// back-fills a gap from replica `at` with `read_events`, in chunks of whole batches (see
+    /// [`Replicas::backfill_chunk`]). Answers `false` when the writer is gone; `after` moves to
+    /// the last event passed on. On an error `after` is left at the last event sent (what was
+    /// sent will be written; nothing after it is passed on), so the next read starts there.
     pub async fn contiguous(
         &self,
         at: usize,
         events: Vec<Event>,
         after: &mut u64,
-    ) -> Result<Vec<Event>, SourceError> {
-        let start = *after;
-        let kept = self.contiguous_from(at, events, after).await;
-        if kept.is_err() {
-            *after = start;
+        pages: &mpsc::Sender<Vec<Event>>,
+    ) -> Result<bool, SourceError> {
+        let mut outbox = Outbox::new(pages, *after, events.len());
+        match self.contiguous_into(at, events, after, &mut outbox).await {
+            Ok(true) => Ok(outbox.send().await),
+            Ok(false) => Ok(false),
+            Err(error) => {
+                *after = outbox.sent_seq();
+                Err(error)
+            }
         }
-        kept
     }
 
-    async fn contiguous_from(
+    async fn contiguous_into(
         &self,
         at: usize,
         events: Vec<Event>,
         after: &mut u64,
-    ) -> Result<Vec<Event>, SourceError> {
-        let mut out = Vec::with_capacity(events.len());
+        outbox: &mut Outbox<'_>,
+    ) -> Result<bool, SourceError> {
         for event in events {
             if event.seq <= *after {
                 continue;
@@ -138,22 +217,42 @@ impl Replicas {
             if event.seq > *after + 1 {
                 tracing::warn!(group = %self.group, after = *after, seq = event.seq,
                     "a gap in the events: back-filling from the events API");
-                self.backfill(at, after, event.seq, &mut out).await?;
+                loop {
+                    match self
+                        .backfill_chunk(at, after, event.seq, outbox.events())
+                        .await?
+                    {
+                        Filled::Gap => break,
+                        Filled::Chunk if outbox.send().await => {}
+                        Filled::Chunk => return Ok(false),
+                    }
+                }
             }
-            out.push(event);
             *after = event.seq;
+            outbox.events().push(event);
         }
-        Ok(out)
+        Ok(true)
     }
 
-    /// Reads events `after + 1 .. until` from replica `at` into `out`.
-    async fn backfill(
+    /// Whether `out`, its last event a batch marker or not (`at_marker`), is a chunk to pass
+    /// on: `backfill_chunk_events` or more ending at a marker, or so many more without one that
+    /// no batch can be that long (the writer refuses it as a broken stream).
+    fn chunk_full(&self, out: &[Event], at_marker: bool) -> bool {
+        out.len() >= self.backfill_chunk_events
+            && (at_marker || out.len() >= self.backfill_chunk_events + PROJECTOR_BATCH_EVENTS_MAX)
+    }
+
+    /// Reads events `after + 1 .. until` from replica `at` into `out`, up to the end of the
+    /// gap ([`Filled::Gap`]) or of a chunk ([`Filled::Chunk`]: `out` holds
+    /// `backfill_chunk_events` or more, ending with a batch marker): the caller passes `out` on
+    /// and calls again from the new `after`, so a gap of any length is held a chunk at a time.
+    async fn backfill_chunk(
         &self,
         at: usize,
         after: &mut u64,
         until: u64,
         out: &mut Vec<Event>,
-    ) -> Result<(), SourceError> {
+    ) -> Result<Filled, SourceError> {
         while *after + 1 < until {
             let limit = (until - *after - 1).min(EVENTS_PAGE_EVENTS_MAX as u64) as u32;
             let page = self.clients[at]
@@ -174,28 +273,54 @@ impl Replicas {
                     break;
                 }
                 *after = event.seq;
+                let at_marker = event.kind == EventKind::Batch;
                 out.push(event);
+                if self.chunk_full(out, at_marker) {
+                    return Ok(Filled::Chunk);
+                }
             }
         }
-        Ok(())
+        debug_assert_eq!(*after + 1, until);
+        Ok(Filled::Gap)
     }
 
-    /// Reads events `after + 1 .. until` into `out` from the first replica that has them,
-    /// trying each once from `*at` (left at the one that answered). Fails with the last error,
-    /// or [`SourceError::Gone`] when every replica answered "gone"; `after` and `out` keep
-    /// what was read.
+    /// Reads events `after + 1 .. until` into `outbox` from the first replica that has them,
+    /// trying each once from `*at` (left at the one that answered), passing on each chunk as
+    /// it fills (see [`Replicas::backfill_chunk`]). Answers `false` when the writer is gone.
+    /// Fails with the last error, or [`SourceError::Gone`] when every replica answered "gone";
+    /// `after` and `outbox` keep what was read.
     pub async fn backfill_any(
         &self,
         at: &mut usize,
         after: &mut u64,
         until: u64,
+        outbox: &mut Outbox<'_>,
+    ) -> Result<bool, SourceError> {
+        loop {
+            match self
+                .backfill_any_chunk(at, after, until, outbox.events())
+                .await?
+            {
+                Filled::Gap => return Ok(true),
+                Filled::Chunk if outbox.send().await => {}
+                Filled::Chunk => return Ok(false),
+            }
+        }
+    }
+
+    /// One chunk of [`Replicas::backfill_any`]: from the first replica that has it.
+    async fn backfill_any_chunk(
+        &self,
+        at: &mut usize,
+        after: &mut u64,
+        until: u64,
         out: &mut Vec<Event>,
-    ) -> Result<(), SourceError> {
+    ) -> Result<Filled, SourceError> {
         let mut gone: Vec<Option<u64>> = vec![None; self.len()];
         let mut last = None;
         for _ in 0..self.len() {
-            match self.backfill(*at, after, until, out).await {
-                Ok(()) => return Ok(()),
+            match self.backfill_chunk(*at, after, until, out).await {
+                Ok(filled) => return Ok(filled),
                 Err(
                     error @ SourceError::Client {
                         source: ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_),
@@ -304,8 +429,7 @@ impl Replicas {
                 Ok(None) => return Ok(false),
                 Err(error) => return Err(self.error(at, error)),
             };
-            let events = self.contiguous(at, page.events, after).await?;
-            if !events.is_empty() && pages.send(events).await.is_err() {
+            if !self.contiguous(at, page.events, after, pages).await? {
                 return Ok(true);
             }
         }

@@ -7,6 +7,7 @@
 //! - [`http`]: a blocking HTTP/1.1 client, one request per connection, and a node's status.
 //! - [`keys`]: the admin API key every node this process starts accepts.
 //! - [`certs`]: the peer certificates of the groups this process starts (mutual TLS).
+//! - [`postgres`]: a PostgreSQL database of one's own, dropped with its handle.
 //! - [`free_addrs`]: distinct free loopback addresses; [`account`], [`transfer`]: the tests'
 //!   usual account and transfer.
 //! - [`bank_checker`]: the chaos bank test's history types and checker.
@@ -23,6 +24,7 @@ pub mod group;
 pub mod http;
 pub mod keys;
 pub mod node;
+pub mod postgres;
 pub mod proxy;
 
 use std::net::TcpListener;

@@ -126,8 +126,8 @@ struct Samples {
 pub(super) struct Consumers {
     publisher: Child,
     projector: Child,
-    database: String,
-    admin_url: String,
+    /// The run's database: held only to be dropped (after the consumers stop) with this.
+    _database: testkit::postgres::PgDatabase,
     stream: String,
     nats: String,
     origin: Instant,
@@ -136,17 +136,6 @@ pub(super) struct Consumers {
     /// Set to make the sampler end at once.
     stop: Arc<AtomicBool>,
     sampler: Option<std::thread::JoinHandle<anyhow::Result<Samples>>>,
-}
-
-/// The URL of database `name` on the server of `url`.
-fn database_url(url: &str, name: &str) -> anyhow::Result<String> {
-    let (server, _) = url
-        .rsplit_once('/')
-        .filter(|(server, _)| server.contains("://"))
-        .context(format!(
-            "--postgres {url}: expected postgres://USER@HOST:PORT/DATABASE"
-        ))?;
-    Ok(format!("{server}/{name}"))
 }
 
 fn block_on<T>(work: impl Future<Output = T>) -> anyhow::Result<T> {
@@ -167,19 +156,12 @@ impl Consumers {
         api_key: Option<&str>,
         dir: &Path,
     ) -> anyhow::Result<Consumers> {
-        let database = format!("fincore_bench_{}", plan.label);
-        let url = database_url(&plan.postgres, &database)?;
-        block_on(async {
-            let mut admin = PgConnection::connect(&plan.postgres)
-                .await
-                .with_context(|| format!("connecting to --postgres {}", plan.postgres))?;
-            let create = format!("CREATE DATABASE {database}");
-            sqlx::query(sqlx::AssertSqlSafe(create))
-                .execute(&mut admin)
-                .await
-                .with_context(|| format!("creating database {database}"))?;
-            anyhow::Ok(())
-        })??;
+        let name = format!("fincore_bench_{}", plan.label);
+        let database =
+            testkit::postgres::PgDatabase::create(&plan.postgres, &name).with_context(|| {
+                format!("making the run's database on --postgres {}", plan.postgres)
+            })?;
+        let url = database.url().to_string();
         let prefix = format!("fincore-bench-{}", plan.label);
         let stream = format!("{prefix}-{GROUP}-events");
         let group = format!("{GROUP}={}", grpc_urls.join(","));
@@ -228,8 +210,7 @@ impl Consumers {
         Ok(Consumers {
             publisher,
             projector,
-            database,
-            admin_url: plan.postgres.clone(),
+            _database: database,
             stream,
             nats: plan.nats.clone(),
             origin,
@@ -329,19 +310,9 @@ impl Drop for Consumers {
                 .status();
             let _ = child.wait();
         }
-        let (admin, database, nats, stream) = (
-            self.admin_url.clone(),
-            self.database.clone(),
-            self.nats.clone(),
-            self.stream.clone(),
-        );
+        let (nats, stream) = (self.nats.clone(), self.stream.clone());
+        // The database goes after this, with the field.
         let _ = block_on(async move {
-            if let Ok(mut admin) = PgConnection::connect(&admin).await {
-                let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
-                let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                    .execute(&mut admin)
-                    .await;
-            }
             if let Ok(client) = async_nats::connect(&nats).await {
                 let _ = async_nats::jetstream::new(client)
                     .delete_stream(&stream)
@@ -473,14 +444,5 @@ mod tests {
         assert_eq!(s.peak_per_second(), 300.0);
         let s = series(&[(0, 0), (500, 100), (1000, 1000), (1500, 1100), (3000, 1200)]);
         assert_eq!(s.peak_per_second(), 1000.0);
-    }
-
-    #[test]
-    fn the_run_database_lives_on_the_given_server() {
-        assert_eq!(
-            database_url("postgres://postgres@127.0.0.1:5432/test", "x").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert!(database_url("nonsense", "x").is_err());
     }
 }

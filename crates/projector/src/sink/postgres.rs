@@ -629,53 +629,27 @@ mod tests {
     use crate::model::{Changes, TransferRow, TransferState};
     use crate::sink::{Sink, SinkError, Target};
 
-    const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
     const GROUP: &str = "g";
 
-    /// A database of its own, dropped when the test ends (even a failed one).
+    /// A database of its own, dropped when the test ends (even a failed one), and a runtime
+    /// to reach it.
     struct Database {
-        name: String,
+        database: testkit::postgres::PgDatabase,
         runtime: tokio::runtime::Runtime,
     }
 
     impl Database {
         fn new(label: &str) -> Database {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos();
-            let name = format!("projector_{label}_{}_{nanos}", std::process::id());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(ADMIN_URL)
-                    .await
-                    .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services starts it)");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-            });
-            Database { name, runtime }
+            let database = testkit::postgres::PgDatabase::unique(&format!("projector_{label}"));
+            Database { database, runtime }
         }
 
         fn url(&self) -> String {
-            format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-        }
-    }
-
-    impl Drop for Database {
-        fn drop(&mut self) {
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-            self.runtime.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
+            self.database.url().to_string()
         }
     }
 
