@@ -8,8 +8,8 @@
 //! - [`keys`]: the admin API key every node this process starts accepts.
 //! - [`certs`]: the peer certificates of the groups this process starts (mutual TLS).
 //! - [`postgres`]: a PostgreSQL database of one's own, dropped with its handle.
-//! - [`free_addrs`]: distinct free loopback addresses; [`account`], [`transfer`]: the tests'
-//!   usual account and transfer.
+//! - [`ports`]: distinct free loopback addresses below the ephemeral range ([`free_addrs`]).
+//! - [`account`], [`transfer`]: the tests' usual account and transfer.
 //! - [`bank_checker`]: the chaos bank test's history types and checker.
 //!
 //! This crate owns no product logic and must not grow any: it talks to the binary only through
@@ -24,10 +24,12 @@ pub mod group;
 pub mod http;
 pub mod keys;
 pub mod node;
+pub mod ports;
 pub mod postgres;
 pub mod proxy;
 
-use std::net::TcpListener;
+pub use ports::free_addrs;
+
 use std::path::PathBuf;
 
 /// What went wrong driving a node or talking to it.
@@ -123,25 +125,6 @@ pub fn account(id: u128) -> ledger::Account {
     }
 }
 
-/// `count` distinct free loopback addresses (`127.0.0.1:PORT`). The listeners are all held open
-/// until every port is chosen, so the kernel cannot hand out the same port twice; they are
-/// closed on return, and a node started soon after can bind them.
-pub fn free_addrs(count: usize) -> Result<Vec<String>, KitError> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(KitError::io("binding a free loopback port"))?;
-    listeners
-        .iter()
-        .map(|listener| {
-            listener
-                .local_addr()
-                .map(|addr| addr.to_string())
-                .map_err(KitError::io("reading a listener's address"))
-        })
-        .collect()
-}
-
 /// A byte count from a process's `/proc/PID/status` line `key` (such as `VmRSS` or `VmHWM`);
 /// `pid` may be `self`. 0 if the process or the line is gone (Linux only).
 pub fn proc_status_bytes(pid: &str, key: &str) -> u64 {
@@ -159,14 +142,6 @@ pub fn proc_status_bytes(pid: &str, key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_addrs_are_distinct_loopback_addresses() {
-        let addrs = free_addrs(16).unwrap();
-        let distinct: std::collections::BTreeSet<&String> = addrs.iter().collect();
-        assert_eq!(distinct.len(), 16);
-        assert!(addrs.iter().all(|a| a.starts_with("127.0.0.1:")));
-    }
 
     #[test]
     fn this_process_has_a_resident_size_and_a_missing_key_reads_as_zero() {
