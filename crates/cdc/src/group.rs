@@ -39,7 +39,7 @@ pub async fn run(
                 tracing::warn!(group = %target.group, stream = %target.stream, "{reason}; reading the stream's tail again");
             }
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 

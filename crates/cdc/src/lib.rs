@@ -33,6 +33,7 @@ pub use client::GroupSpec;
 pub use config::{Config, Naming, STREAM_TEMPLATE_DEFAULT, SUBJECT_PREFIX_DEFAULT};
 pub use error::CdcError;
 pub use message::{MessageError, decode, encode, message_id, seq_of};
+pub use source::Backoff;
 
 /// A connection to the NATS server at `url`, as `name`; reconnects on its own with a bounded
 /// backoff (also used by `fincore project --nats`).

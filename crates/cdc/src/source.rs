@@ -55,29 +55,43 @@ pub fn replicas(group: &GroupSpec, api_key: Option<&str>) -> Result<Vec<Replica>
         .collect()
 }
 
-/// Bounded exponential backoff between tries.
+/// Bounded exponential backoff between tries: each wait twice the last, from `initial` up to
+/// `max`, back to `initial` on `reset` (after progress). The publisher's waits by default; the
+/// projector gives its own bounds.
 #[derive(Debug)]
 pub struct Backoff {
+    initial_ms: u64,
+    max_ms: u64,
     next_ms: u64,
 }
 
 impl Backoff {
+    /// The publisher's bounds (`CDC_RETRY_BACKOFF_MS_INITIAL` to `CDC_RETRY_BACKOFF_MS_MAX`).
     pub fn new() -> Backoff {
+        Backoff::between(CDC_RETRY_BACKOFF_MS_INITIAL, CDC_RETRY_BACKOFF_MS_MAX)
+    }
+
+    pub fn between(initial_ms: u64, max_ms: u64) -> Backoff {
+        assert!(
+            1 <= initial_ms && initial_ms <= max_ms,
+            "a backoff from {initial_ms} ms to {max_ms} ms"
+        );
         Backoff {
-            next_ms: CDC_RETRY_BACKOFF_MS_INITIAL,
+            initial_ms,
+            max_ms,
+            next_ms: initial_ms,
         }
     }
 
-    /// The wait before the next try; each one twice the last, up to the maximum.
-    pub fn next(&mut self) -> Duration {
+    /// The wait before the next try.
+    pub fn next_wait(&mut self) -> Duration {
         let wait = self.next_ms;
-        self.next_ms = (self.next_ms * 2).min(CDC_RETRY_BACKOFF_MS_MAX);
-        debug_assert!(wait <= CDC_RETRY_BACKOFF_MS_MAX);
+        self.next_ms = (self.next_ms * 2).min(self.max_ms);
         Duration::from_millis(wait)
     }
 
     pub fn reset(&mut self) {
-        self.next_ms = CDC_RETRY_BACKOFF_MS_INITIAL;
+        self.next_ms = self.initial_ms;
     }
 }
 
@@ -200,7 +214,7 @@ pub async fn feed(group: String, replicas: &[Replica], mut after: u64, pages: mp
         }
         at += 1;
         tokio::select! {
-            () = tokio::time::sleep(backoff.next()) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
             () = pages.closed() => return,
         }
     }
@@ -298,14 +312,16 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_its_maximum_and_resets() {
         let mut backoff = Backoff::new();
-        let waits: Vec<u64> = (0..10).map(|_| backoff.next().as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..10)
+            .map(|_| backoff.next_wait().as_millis() as u64)
+            .collect();
         assert_eq!(waits[0], CDC_RETRY_BACKOFF_MS_INITIAL);
         assert_eq!(waits[1], 2 * CDC_RETRY_BACKOFF_MS_INITIAL);
         assert!(waits.iter().all(|w| *w <= CDC_RETRY_BACKOFF_MS_MAX));
         assert_eq!(*waits.last().unwrap(), CDC_RETRY_BACKOFF_MS_MAX);
         backoff.reset();
         assert_eq!(
-            backoff.next().as_millis() as u64,
+            backoff.next_wait().as_millis() as u64,
             CDC_RETRY_BACKOFF_MS_INITIAL
         );
     }

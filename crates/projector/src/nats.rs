@@ -27,13 +27,10 @@ use async_nats::jetstream::{ErrorCode, Message};
 use cdc::Naming;
 use futures::StreamExt;
 use ledger::Event;
-use limits::{EVENTS_PAGE_EVENTS_MAX, PROJECTOR_RETRY_BACKOFF_MS_MAX};
+use limits::EVENTS_PAGE_EVENTS_MAX;
 use tokio::sync::mpsc;
 
-use crate::source::{Outbox, Replicas, SourceError};
-
-/// The first wait before asking NATS again.
-const RETRY_BACKOFF_MS_INITIAL: u64 = 100;
+use crate::source::{Outbox, Replicas, SourceError, backoff};
 
 /// Where the groups' streams are: the NATS server and the publisher's naming.
 #[derive(Debug, Clone)]
@@ -112,7 +109,7 @@ impl GroupStream {
         mut after: u64,
         pages: mpsc::Sender<Vec<Event>>,
     ) -> Result<(), SourceError> {
-        let mut backoff_ms = RETRY_BACKOFF_MS_INITIAL;
+        let mut backoff = backoff();
         let mut at = 0;
         loop {
             let from = after;
@@ -133,10 +130,9 @@ impl GroupStream {
                 }
             }
             if after > from {
-                backoff_ms = RETRY_BACKOFF_MS_INITIAL;
+                backoff.reset();
             }
-            tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-            backoff_ms = (backoff_ms * 2).min(PROJECTOR_RETRY_BACKOFF_MS_MAX);
+            tokio::time::sleep(backoff.next_wait()).await;
             if pages.is_closed() {
                 return Ok(());
             }
@@ -232,14 +228,8 @@ impl GroupStream {
         pages: &mpsc::Sender<Vec<Event>>,
     ) -> Result<bool, SourceError> {
         let mut outbox = Outbox::new(pages, *after, items.len());
-        match self.contiguous_into(at, items, after, &mut outbox).await {
-            Ok(true) => Ok(outbox.send().await),
-            Ok(false) => Ok(false),
-            Err(error) => {
-                *after = outbox.sent_seq();
-                Err(error)
-            }
-        }
+        let gathered = self.contiguous_into(at, items, after, &mut outbox).await;
+        outbox.finish(gathered, after).await
     }
 
     async fn contiguous_into(

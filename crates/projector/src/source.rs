@@ -117,7 +117,34 @@ impl<'a> Outbox<'a> {
         self.sent_seq = last_seq;
         true
     }
+
+    /// Ends a pass that gathered into this outbox: on success sends what is left (`false`
+    /// when the writer is gone); on an error leaves `after` at the last event sent (what was
+    /// sent will be written, nothing after it was passed on), so the next read starts there.
+    pub async fn finish(
+        mut self,
+        gathered: Result<bool, SourceError>,
+        after: &mut u64,
+    ) -> Result<bool, SourceError> {
+        match gathered {
+            Ok(true) => Ok(self.send().await),
+            Ok(false) => Ok(false),
+            Err(error) => {
+                *after = self.sent_seq;
+                Err(error)
+            }
+        }
+    }
 }
+
+/// The projector's bounded exponential backoff between tries (from
+/// [`RETRY_BACKOFF_MS_INITIAL`] up to `PROJECTOR_RETRY_BACKOFF_MS_MAX`).
+pub fn backoff() -> cdc::Backoff {
+    cdc::Backoff::between(RETRY_BACKOFF_MS_INITIAL, PROJECTOR_RETRY_BACKOFF_MS_MAX)
+}
+
+/// The first wait before asking a replica or NATS again.
+const RETRY_BACKOFF_MS_INITIAL: u64 = 100;
 
 impl Replicas {
     /// Clients of every replica of `group` (they connect lazily; call inside a Tokio runtime).
@@ -193,14 +220,8 @@ impl Replicas {
         pages: &mpsc::Sender<Vec<Event>>,
     ) -> Result<bool, SourceError> {
         let mut outbox = Outbox::new(pages, *after, events.len());
-        match self.contiguous_into(at, events, after, &mut outbox).await {
-            Ok(true) => Ok(outbox.send().await),
-            Ok(false) => Ok(false),
-            Err(error) => {
-                *after = outbox.sent_seq();
-                Err(error)
-            }
-        }
+        let gathered = self.contiguous_into(at, events, after, &mut outbox).await;
+        outbox.finish(gathered, after).await
     }
 
     async fn contiguous_into(
@@ -364,7 +385,7 @@ impl Replicas {
         pages: mpsc::Sender<Vec<Event>>,
     ) -> Result<(), SourceError> {
         let mut at = 0;
-        let mut backoff_ms = 100;
+        let mut backoff = backoff();
         let mut gone: Vec<Option<u64>> = vec![None; self.len()];
         loop {
             let from = after;
@@ -372,6 +393,7 @@ impl Replicas {
             if after > from {
                 // "Gone" was said of an earlier position: it no longer tells about this one.
                 gone.fill(None);
+                backoff.reset();
             }
             match followed {
                 Ok(true) => return Ok(()),
@@ -402,8 +424,7 @@ impl Replicas {
             }
             at = (at + 1) % self.len();
             if at == 0 {
-                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                backoff_ms = (backoff_ms * 2).min(PROJECTOR_RETRY_BACKOFF_MS_MAX);
+                tokio::time::sleep(backoff.next_wait()).await;
             }
             if pages.is_closed() {
                 return Ok(());

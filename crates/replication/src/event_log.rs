@@ -416,12 +416,21 @@ impl Writer {
             .back()
             .map(|s| (s.first, s.count));
         let file = match newest {
-            Some((first, count)) if count < EVENT_LOG_SEGMENT_EVENTS => Some(
-                OpenOptions::new()
+            Some((first, count)) => {
+                let file = OpenOptions::new()
                     .append(true)
-                    .open(segment_path(&shared.dir, first))?,
-            ),
-            _ => None,
+                    .open(segment_path(&shared.dir, first))?;
+                if count < EVENT_LOG_SEGMENT_EVENTS {
+                    Some(file)
+                } else {
+                    // Filled by an earlier process that stopped before starting the next
+                    // segment, perhaps before its last bytes were durable: only the newest
+                    // segment may be torn (see `recover`), so this one is made durable now.
+                    file.sync_data()?;
+                    None
+                }
+            }
+            None => None,
         };
         Ok(Writer {
             shared,
