@@ -315,13 +315,15 @@ fn scan_newest(path: &Path, first: u64) -> io::Result<Segment> {
 fn encode_record(event: &Event, out: &mut Vec<u8>) {
     let mut body = [0u8; EVENT_ENCODED_BYTES];
     event.encode(&mut body);
-    let mut record = [0u8; EVENT_LOG_RECORD_BYTES_MAX];
+    // A word of slack: each word is stored whole (one fixed-size store, not a copy of a
+    // varying length) and the position moves by the bytes it keeps.
+    let mut record = [0u8; EVENT_LOG_RECORD_BYTES_MAX + 8];
     let mut at = LENGTH_BYTES + LENGTHS_BYTES;
     for (i, word) in body.chunks_exact(8).enumerate() {
-        let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        let kept = 8 - (value.leading_zeros() / 8) as usize;
+        let word: [u8; 8] = word.try_into().expect("8 bytes");
+        let kept = 8 - (u64::from_le_bytes(word).leading_zeros() / 8) as usize;
         record[LENGTH_BYTES + i / 2] |= (kept as u8) << ((i % 2) * 4);
-        record[at..at + kept].copy_from_slice(&word[..kept]);
+        record[at..at + 8].copy_from_slice(&word);
         at += kept;
     }
     let length = (at - LENGTH_BYTES) as u16;
