@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// change membership). Refused unless every listener is on loopback.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Stop, as on SIGTERM, once the process PID is no longer this one's parent: how `fincore
+    /// dev` leaves no node behind when it is killed with -9 (it cannot stop them itself then).
+    #[arg(long, value_name = "PID", hide = true)]
+    parent_pid: Option<u32>,
     /// Serve the client listeners (--grpc and --http) over TLS with this certificate (PEM: the
     /// node's certificate, then any intermediates; it must name the host clients dial). Give
     /// every replica of the group one, so that clients sent to the leader reach it alike.
@@ -335,6 +339,33 @@ pub(crate) fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
     }
 }
 
+/// How often a node started with `--parent-pid` checks that its parent is still there.
+const PARENT_CHECK_MS: u64 = 500;
+
+/// `stop`, or also, with `parent_pid`, the moment the process stops being this one's parent
+/// (it exited and this one was re-parented).
+async fn stop_or_orphaned(stop: impl Future<Output = ()>, parent_pid: Option<u32>) {
+    let Some(parent) = parent_pid else {
+        return stop.await;
+    };
+    let orphaned = async move {
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(PARENT_CHECK_MS));
+        loop {
+            check.tick().await;
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!(
+                    "fincore: the process that started this node (pid {parent}) is gone; stopping"
+                );
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        () = orphaned => {}
+    }
+}
+
 /// Which group this node serves, or what it waits for.
 fn group_line(node: &Node) -> String {
     let id = node.replica().id();
@@ -355,13 +386,14 @@ fn group_line(node: &Node) -> String {
 
 fn run_node(
     (config, capacity_line): (NodeConfig, String),
+    parent_pid: Option<u32>,
     banner: impl FnOnce(&Node) -> Option<crate::read_model::Running>,
 ) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
     let data_dir = config.data_dir.clone();
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
-        let stop = stop_signal()?;
+        let stop = stop_or_orphaned(stop_signal()?, parent_pid);
         let auth_line = match &config.auth {
             Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
             Auth::Keys(store) => {
@@ -470,7 +502,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.peers = args.peers.clone().unwrap_or_default();
     config.entry = args.membership.entry();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
-    run_node((config, capacity_line), |_| None)
+    run_node((config, capacity_line), args.parent_pid, |_| None)
 }
 
 fn holds_replica(dir: &std::path::Path) -> anyhow::Result<bool> {
@@ -653,6 +685,7 @@ fn spawn_group(
             .arg(files.keys)
             .args(files.capacity)
             .args(dev_membership_args(new_group, *id))
+            .args(["--parent-pid", &std::process::id().to_string()])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -910,7 +943,7 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     }
     config.peer_security = PeerSecurity::Tls { certificates };
     let read_model = crate::read_model::target(args.read_model.as_deref(), &data_dir);
-    run_node((config, capacity_line), move |node| {
+    run_node((config, capacity_line), None, move |node| {
         let http = node.http_addr();
         let (applied, _) = node.replica().applied();
         let running = read_model.as_ref().map(|target| {

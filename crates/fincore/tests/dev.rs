@@ -1,6 +1,7 @@
 //! `fincore dev`'s read model: the change events projected into `DIR/read.db` (SQLite) while
 //! the ledger runs — one node and groups behind a gateway — resumed across runs without
-//! applying anything twice, and none at all with `--read-model off`.
+//! applying anything twice, and none at all with `--read-model off`; and `dev --groups` killed
+//! with -9 leaves no node running.
 
 mod support;
 
@@ -228,4 +229,65 @@ fn dev_with_groups_projects_every_group_into_one_read_db() {
         "one offset per group, named by the group's id"
     );
     dev.stop();
+}
+
+/// The live (not zombie) processes whose parent is `pid` and whose command line holds `word`
+/// (Linux `/proc`).
+fn children_of(pid: u32, word: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid …": the command name may hold spaces and parentheses.
+            let Some((_, after)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = after.split_whitespace();
+            let state = fields.next();
+            let parent = fields.next().and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            state != Some("Z")
+                && parent == Some(pid)
+                && String::from_utf8_lossy(&cmdline).contains(word)
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn dev_with_groups_killed_with_9_leaves_no_node_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fincore-data");
+    let (args, _) = support::dev_groups_args(2, &data);
+    let mut dev = DevRun::start(&args);
+    dev.line_with("Ctrl-C stops the gateway");
+    let nodes = children_of(dev.pid(), "serve");
+    assert_eq!(nodes.len(), 2, "one node per group: {nodes:?}");
+    dev.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.iter().any(|&node| alive(node)) {
+        assert!(
+            Instant::now() < deadline,
+            "nodes {:?} still run 30 s after fincore dev was killed",
+            nodes.iter().filter(|&&n| alive(n)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

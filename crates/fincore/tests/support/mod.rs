@@ -308,6 +308,16 @@ impl DevRun {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills `fincore dev` with SIGKILL (it can stop nothing itself) and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 impl Drop for DevRun {
