@@ -231,44 +231,33 @@ fn dev_with_groups_projects_every_group_into_one_read_db() {
     dev.stop();
 }
 
-/// The live (not zombie) processes whose parent is `pid` and whose command line holds `word`
-/// (Linux `/proc`).
+/// A process's state letter and parent pid from `/proc/PID/stat` (`None`: it is gone).
+fn state_and_parent(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …": the command name may hold spaces and parentheses.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.to_string();
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: u32) -> bool {
+    state_and_parent(pid).is_some_and(|(state, _)| state != "Z")
+}
+
+/// The live processes whose parent is `pid` and whose command line holds `word` (Linux).
 fn children_of(pid: u32, word: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-                return false;
-            };
-            // "pid (comm) state ppid …": the command name may hold spaces and parentheses.
-            let Some((_, after)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = after.split_whitespace();
-            let state = fields.next();
-            let parent = fields.next().and_then(|p| p.parse::<u32>().ok());
+        .filter(|&child| {
             let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
-            state != Some("Z")
-                && parent == Some(pid)
+            alive(child)
+                && state_and_parent(child).is_some_and(|(_, parent)| parent == pid)
                 && String::from_utf8_lossy(&cmdline).contains(word)
         })
         .collect()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z")
-        })
-        .unwrap_or(false)
 }
 
 #[test]

@@ -139,7 +139,7 @@ impl<'a> Outbox<'a> {
 
 /// The projector's bounded exponential backoff between tries (from
 /// [`RETRY_BACKOFF_MS_INITIAL`] up to `PROJECTOR_RETRY_BACKOFF_MS_MAX`).
-pub fn backoff() -> cdc::Backoff {
+pub(crate) fn backoff() -> cdc::Backoff {
     cdc::Backoff::between(RETRY_BACKOFF_MS_INITIAL, PROJECTOR_RETRY_BACKOFF_MS_MAX)
 }
 
