@@ -16,7 +16,7 @@ pub mod map;
 pub mod placement;
 pub mod route;
 
-pub use map::{ClusterMap, GroupId, MapError, Member, Members, NodeId, Refusal};
+pub use map::{ClusterMap, GroupId, MapError, Member, Members, NodeId, Refusal, SuccessorError};
 pub use placement::{
     ID_TIMESTAMP_MS_MAX, MintError, SLOTS, Slot, id_in_slot, mint_in_slot, mint_near, slot_of,
 };

@@ -77,6 +77,17 @@ pub struct Member {
 /// A group's members by node id.
 pub type Members = BTreeMap<NodeId, Member>;
 
+/// Why a map may not replace the one in use ([`ClusterMap::check_successor`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SuccessorError {
+    #[error("its epoch {new} is not newer than the epoch {current} in use")]
+    NotNewer { current: u64, new: u64 },
+    #[error(
+        "it moves slot {slot} to another group; moving slots needs their accounts moved too, which is not built yet"
+    )]
+    MovesSlots { slot: u32 },
+}
+
 /// What was wrong with a map or a change to it, and where: `field` is a path into the JSON
 /// form by list position (`groups[2].members[0].grpc`, `slots[5].first`), into a map built in
 /// code by id (`groups[<group id>].members[<node id>].grpc`, `slots[<slot>]`), or the argument
@@ -246,6 +257,23 @@ impl ClusterMap {
         Slot::all()
             .filter(|&slot| self.group_of_slot(slot) == group)
             .collect()
+    }
+
+    /// Whether `next` may replace this map today: its epoch is newer, and every slot stays
+    /// with the group that owns it here (members, addresses and groups without slots may
+    /// change; moving a slot needs its accounts moved, which is not built yet). The one rule
+    /// the meta group applies to a proposed map and a gateway to a map it is given.
+    pub fn check_successor(&self, next: &ClusterMap) -> Result<(), SuccessorError> {
+        if next.epoch <= self.epoch {
+            return Err(SuccessorError::NotNewer {
+                current: self.epoch,
+                new: next.epoch,
+            });
+        }
+        match Slot::all().find(|&slot| next.group_of_slot(slot) != self.group_of_slot(slot)) {
+            Some(slot) => Err(SuccessorError::MovesSlots { slot: slot.index() }),
+            None => Ok(()),
+        }
     }
 
     /// The next map, in which `to` owns `slots` (the step of a future split or merge).

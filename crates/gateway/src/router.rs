@@ -52,15 +52,7 @@ struct Routing {
 }
 
 /// Why a new map was not taken; the gateway keeps routing by the one it has.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReloadError {
-    #[error("its epoch {new} is not newer than the epoch {current} in use")]
-    NotNewer { current: u64, new: u64 },
-    #[error(
-        "it moves slot {slot} to another group; moving slots needs their accounts moved too, which is not built yet"
-    )]
-    MovesSlots { slot: u32 },
-}
+pub type ReloadError = cluster::SuccessorError;
 
 /// The client API over the groups of one cluster map (replaced whole by [`Gateway::reload`]).
 pub struct Gateway {
@@ -150,18 +142,7 @@ impl Gateway {
     /// every slot where it is (members, addresses and new groups without slots may change).
     pub fn reload(&self, map: ClusterMap, groups: Groups) -> Result<u64, ReloadError> {
         let mut routing = self.routing.write().expect("never poisoned");
-        let current = &routing.map;
-        if map.epoch() <= current.epoch() {
-            return Err(ReloadError::NotNewer {
-                current: current.epoch(),
-                new: map.epoch(),
-            });
-        }
-        if let Some(slot) = cluster::Slot::all()
-            .find(|&slot| map.group_of_slot(slot) != current.group_of_slot(slot))
-        {
-            return Err(ReloadError::MovesSlots { slot: slot.index() });
-        }
+        routing.map.check_successor(&map)?;
         let epoch = map.epoch();
         *routing = Arc::new(Routing { map, groups });
         Ok(epoch)

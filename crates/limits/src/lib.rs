@@ -171,6 +171,11 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64
     + LEDGER_TRANSFERS_MAX * 12
     + LEDGER_TRANSFERS_MAX * 16;
 
+/// Largest snapshot of a small replicated state held whole in memory (`replication::
+/// small_state`: the meta group's cluster map): read, checked and decoded in one piece, so a
+/// peer offering a longer one is refused before a byte is written.
+pub const SMALL_STATE_SNAPSHOT_BYTES_MAX: u64 = 32 << 20;
+
 /// Records (transfers or expiry events) one step of a snapshot build writes while it holds the
 /// ledger's read lock: about 8 MiB, a few milliseconds, after which batches waiting to apply go
 /// first.

@@ -1,4 +1,5 @@
-//! Replication: the ledger as a Raft state machine, with the journal as the Raft log.
+//! Replication: the ledger (or a small state held in memory) as a Raft state machine, with the
+//! journal as the Raft log.
 //!
 //! Owns the one place where openraft (pinned to an exact version) meets fincore: the type
 //! configuration, the log storage on top of `journal` (one Raft entry = one journal record =
@@ -15,11 +16,13 @@ pub mod dev_certs;
 mod digest_gate;
 pub mod event_log;
 mod log_store;
+mod machine;
 pub mod membership;
 mod network;
 pub mod peer_tls;
 mod raft_config;
 mod replica;
+mod small_state;
 mod snapshot;
 mod state_machine;
 mod storage_options;
@@ -29,8 +32,10 @@ mod verify;
 pub use digest_gate::DigestBusy;
 pub use journal::{GroupCommitStats, SyncObserver};
 pub use log_store::clamp_range;
+pub use machine::ReplicaMachine;
 pub use network::RaftTransportService;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
+pub use small_state::{SmallState, SmallStateMachine};
 pub use state_machine::{SNAPSHOT_INSTALLED_FROM_PEER, SharedState};
 pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};
 pub use verify::{VerifyReport, verify};

@@ -32,6 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::machine::ReplicaMachine;
 use crate::peer_tls::PeerTls;
 use crate::proto::{
     self, raft_transport_client::RaftTransportClient, raft_transport_server::RaftTransport,
@@ -40,8 +41,9 @@ use crate::snapshot::{SnapshotData, SnapshotOffer, snapshot_timeout};
 use crate::state_machine::LedgerStateMachine;
 use crate::types::{NodeId, PeerNode, TypeConfig};
 
-/// The Raft instance of a replica (crate-private: nothing outside names an openraft type).
-pub(crate) type Raft = openraft::Raft<TypeConfig, LedgerStateMachine<TypeConfig>>;
+/// The Raft instance of a replica running machine `M` (crate-private: nothing outside names an
+/// openraft type).
+pub(crate) type Raft<M = LedgerStateMachine<TypeConfig>> = openraft::Raft<TypeConfig, M>;
 
 /// Largest transport message (a full AppendEntries; snapshots travel in chunks).
 use limits::PEER_MESSAGE_BYTES_MAX as MESSAGE_BYTES_MAX;
@@ -288,9 +290,9 @@ impl RaftNetworkV2<TypeConfig> for TransportClient {
 }
 
 /// The receiving side: checks who sends each peer RPC, then hands it to the local Raft.
-pub struct RaftTransportService {
-    raft: Raft,
-    machine: LedgerStateMachine<TypeConfig>,
+pub struct RaftTransportService<M: ReplicaMachine = LedgerStateMachine<TypeConfig>> {
+    raft: Raft<M>,
+    machine: M,
     /// This node's identity and the group's authority; `None`: plaintext (`--insecure-peers`),
     /// where only the membership check below stands between the port and Raft.
     tls: Option<PeerTls>,
@@ -298,12 +300,12 @@ pub struct RaftTransportService {
     receptions: Arc<tokio::sync::Semaphore>,
 }
 
-impl RaftTransportService {
+impl<M: ReplicaMachine> RaftTransportService<M> {
     pub(crate) fn new(
-        raft: Raft,
-        machine: LedgerStateMachine<TypeConfig>,
+        raft: Raft<M>,
+        machine: M,
         tls: Option<PeerTls>,
-    ) -> proto::raft_transport_server::RaftTransportServer<RaftTransportService> {
+    ) -> proto::raft_transport_server::RaftTransportServer<RaftTransportService<M>> {
         proto::raft_transport_server::RaftTransportServer::new(RaftTransportService {
             raft,
             machine,
@@ -359,7 +361,7 @@ fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Answer {
 }
 
 #[tonic::async_trait]
-impl RaftTransport for RaftTransportService {
+impl<M: ReplicaMachine> RaftTransport for RaftTransportService<M> {
     async fn append_entries(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
         self.admit(&request, &rpc.vote)?;
@@ -432,8 +434,8 @@ impl RaftTransport for RaftTransportService {
 /// file is written, then read back and checked, on a blocking thread fed through a bounded
 /// queue, which holds `permit` until it is done (even if the caller stopped waiting) and then
 /// hands it back with the checked snapshot.
-async fn receive_snapshot(
-    machine: &LedgerStateMachine<TypeConfig>,
+async fn receive_snapshot<M: ReplicaMachine>(
+    machine: &M,
     offer: &SnapshotOffer,
     mut messages: tonic::Streaming<proto::RaftMessage>,
     permit: tokio::sync::OwnedSemaphorePermit,

@@ -1,6 +1,6 @@
-//! One replica of a Raft group: its log, its ledger and its Raft instance. The transport
-//! service it returns is mounted by whoever owns the peer listener (the node's, separate from
-//! its client listeners).
+//! One replica of a Raft group: its log, its state machine (the ledger, unless told otherwise:
+//! see [`crate::machine`]) and its Raft instance. The transport service it returns is mounted
+//! by whoever owns the peer listener (the node's, separate from its client listeners).
 //!
 //! Owns the only handle on the openraft instance. Its public methods speak fincore's types
 //! (`Role`, `ReplicaStatus`, members as `PeerNode`s, `WriteError`); none may return or take an
@@ -18,12 +18,13 @@ use openraft::raft::ReadPolicy;
 
 use crate::digest_gate::{DigestBusy, DigestGate};
 use crate::log_store::LogStore;
+use crate::machine::ReplicaMachine;
 use crate::network::{Raft, RaftTransportService, TransportFactory};
 use crate::proto::raft_transport_server::RaftTransportServer;
 use crate::raft_config::{RaftTiming, raft_config};
 use crate::state_machine::{LedgerStateMachine, SharedState};
 use crate::storage_options::StorageOptions;
-use crate::types::{NodeId, PeerNode, SealedBatch, TypeConfig};
+use crate::types::{BatchOutcome, NodeId, PeerNode, SealedBatch, TypeConfig};
 
 /// Timing of a replica group, and a hook for metrics.
 #[derive(Clone)]
@@ -161,11 +162,11 @@ pub struct ReplicaStatus {
     pub state_digest: Option<String>,
 }
 
-/// A running replica.
-pub struct Replica {
+/// A running replica of a group whose state machine is `M` (the ledger's by default).
+pub struct Replica<M: ReplicaMachine = LedgerStateMachine<TypeConfig>> {
     id: NodeId,
-    raft: Raft,
-    machine: LedgerStateMachine<TypeConfig>,
+    raft: Raft<M>,
+    machine: M,
     journal_stats: Arc<journal::GroupCommitStats>,
     digests: DigestGate,
     peer_tls: Option<crate::peer_tls::PeerTls>,
@@ -201,15 +202,31 @@ where
 }
 
 impl Replica {
-    /// Opens replica `id` with its data in `dir` (its log, its newest snapshot).
+    /// Opens ledger replica `id` with its data in `dir` (its log, its newest snapshot).
     pub async fn open(id: NodeId, dir: &Path, config: &ReplicaConfig) -> io::Result<Replica> {
+        Replica::open_with(id, dir, config, |dir, storage| {
+            LedgerStateMachine::open_keeping_events(dir, storage, config.events)
+        })
+        .await
+    }
+}
+
+impl<M: ReplicaMachine> Replica<M> {
+    /// Opens replica `id` with its data in `dir` (its log, and the state machine
+    /// `open_machine` makes from the directory and the storage options).
+    pub async fn open_with(
+        id: NodeId,
+        dir: &Path,
+        config: &ReplicaConfig,
+        open_machine: impl FnOnce(&Path, &StorageOptions) -> io::Result<M>,
+    ) -> io::Result<Replica<M>> {
         let storage = StorageOptions {
             sync_observer: config.sync_observer.clone(),
             ..StorageOptions::default()
         };
         let log = LogStore::<TypeConfig>::open(dir, &storage)?;
         let journal_stats = log.journal_stats();
-        let machine = LedgerStateMachine::open_keeping_events(dir, &storage, config.events)?;
+        let machine = open_machine(dir, &storage)?;
         let raft_config = raft_config(
             "fincore",
             &RaftTiming {
@@ -244,12 +261,18 @@ impl Replica {
 
     /// The service peers send this replica's Raft RPCs to; mount it on the node's peer
     /// listener, with [`Replica::peer_tls`]'s server configuration when there is one.
-    pub fn transport_service(&self) -> RaftTransportServer<RaftTransportService> {
+    pub fn transport_service(&self) -> RaftTransportServer<RaftTransportService<M>> {
         RaftTransportService::new(
             self.raft.clone(),
             self.machine.clone(),
             self.peer_tls.clone(),
         )
+    }
+
+    /// The state machine this replica applies its log to (read it for queries; only Raft
+    /// writes it).
+    pub fn machine(&self) -> &M {
+        &self.machine
     }
 
     /// The identity this replica proves to its peers (`None`: plaintext peers).
@@ -261,35 +284,9 @@ impl Replica {
         self.id
     }
 
-    /// This replica's change events (`None` when `ReplicaConfig::events` is off).
-    pub fn events(&self) -> Option<crate::event_log::EventReader> {
-        self.machine.events()
-    }
-
-    /// The ledger state (for reads).
-    pub fn state(&self) -> &SharedState {
-        self.machine.state()
-    }
-
     /// The counters of this replica's journal writer (groups synced, records, sync time).
     pub fn journal_stats(&self) -> &journal::GroupCommitStats {
         &self.journal_stats
-    }
-
-    /// The last applied index and the state digest there: one pass over the state at a time,
-    /// remembered until the next apply. Blocks; async callers use [`Replica::state_digest`].
-    pub fn applied(&self) -> (u64, StateDigest) {
-        self.digests
-            .get(|| self.machine.applied_index(), || self.machine.applied())
-    }
-
-    /// [`Replica::applied`] off the async runtime, refused when
-    /// `limits::STATUS_DIGEST_CALLERS_MAX` callers already wait.
-    pub async fn state_digest(&self) -> Result<(u64, StateDigest), DigestBusy> {
-        let (indexed, computed) = (self.machine.clone(), self.machine.clone());
-        self.digests
-            .get_off_runtime(move || indexed.applied_index(), move || computed.applied())
-            .await
     }
 
     /// True once the group was initialized (by this or another replica).
@@ -323,24 +320,18 @@ impl Replica {
         self.raft.metrics().borrow_watched().running_state.is_ok()
     }
 
-    /// A one-line view of this replica for operators: role, term, leader, applied index, and
-    /// with `with_digest` the state digest there (which costs a pass over the whole state).
-    pub fn status(&self, with_digest: bool) -> ReplicaStatus {
+    /// A one-line view of this replica for operators: role, term, leader, applied index (no
+    /// state digest: [`Replica::status`] adds the ledger's).
+    pub fn raft_status(&self) -> ReplicaStatus {
         let metrics = self.raft.metrics().borrow_watched().clone();
-        let (applied_index, digest) = if with_digest {
-            let (index, digest) = self.applied();
-            (index, Some(digest.to_string()))
-        } else {
-            (self.machine.applied_index(), None)
-        };
         ReplicaStatus {
             id: self.id,
             role: Role::from_server_state(metrics.state),
             term: metrics.current_term,
             leader: metrics.current_leader,
             last_log_index: metrics.last_log_index,
-            applied_index,
-            state_digest: digest,
+            applied_index: self.machine.applied_index(),
+            state_digest: None,
         }
     }
 
@@ -413,17 +404,12 @@ impl Replica {
             .collect()
     }
 
-    /// Seals a batch with the leader's clock and commits it through the group: one log entry,
-    /// one replication round, one fsync per replica. Answers the batch's results once a
-    /// majority stored it and this replica applied it.
-    pub async fn write(&self, body: BatchBody) -> Result<BatchResults, WriteError> {
-        let batch = Batch {
-            timestamp: now_ns(),
-            body,
-        };
-        let sealed = SealedBatch(batch.encode().into());
-        match self.raft.client_write(sealed).await {
-            Ok(response) => Ok(response.data.to_results()),
+    /// Commits `entry` through the group: one log entry, one replication round, one fsync per
+    /// replica. Answers what applying it answered once a majority stored it and this replica
+    /// applied it.
+    pub async fn write_entry(&self, entry: SealedBatch) -> Result<BatchOutcome, WriteError> {
+        match self.raft.client_write(entry).await {
+            Ok(response) => Ok(response.data),
             Err(error) => {
                 let leader = leader_of(&error);
                 match error.api_error() {
@@ -512,6 +498,61 @@ impl Replica {
         if !matches!(stopped, Ok(true)) {
             tracing::warn!("a snapshot build was still running when the replica stopped");
         }
+    }
+}
+
+/// What only a ledger replica has: its state, change events, digests and batches.
+impl Replica {
+    /// This replica's change events (`None` when `ReplicaConfig::events` is off).
+    pub fn events(&self) -> Option<crate::event_log::EventReader> {
+        self.machine.events()
+    }
+
+    /// The ledger state (for reads).
+    pub fn state(&self) -> &SharedState {
+        self.machine.state()
+    }
+
+    /// The last applied index and the state digest there: one pass over the state at a time,
+    /// remembered until the next apply. Blocks; async callers use [`Replica::state_digest`].
+    pub fn applied(&self) -> (u64, StateDigest) {
+        self.digests
+            .get(|| self.machine.applied_index(), || self.machine.applied())
+    }
+
+    /// [`Replica::applied`] off the async runtime, refused when
+    /// `limits::STATUS_DIGEST_CALLERS_MAX` callers already wait.
+    pub async fn state_digest(&self) -> Result<(u64, StateDigest), DigestBusy> {
+        let (indexed, computed) = (self.machine.clone(), self.machine.clone());
+        self.digests
+            .get_off_runtime(move || indexed.applied_index(), move || computed.applied())
+            .await
+    }
+
+    /// A one-line view of this replica for operators: role, term, leader, applied index, and
+    /// with `with_digest` the state digest there (which costs a pass over the whole state).
+    pub fn status(&self, with_digest: bool) -> ReplicaStatus {
+        let mut status = self.raft_status();
+        if with_digest {
+            let (index, digest) = self.applied();
+            status.applied_index = index;
+            status.state_digest = Some(digest.to_string());
+        }
+        status
+    }
+
+    /// Seals a batch with the leader's clock and commits it through the group: one log entry,
+    /// one replication round, one fsync per replica. Answers the batch's results once a
+    /// majority stored it and this replica applied it.
+    pub async fn write(&self, body: BatchBody) -> Result<BatchResults, WriteError> {
+        let batch = Batch {
+            timestamp: now_ns(),
+            body,
+        };
+        let sealed = SealedBatch(batch.encode().into());
+        self.write_entry(sealed)
+            .await
+            .map(|outcome| outcome.to_results())
     }
 }
 

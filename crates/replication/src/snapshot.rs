@@ -27,6 +27,7 @@ use std::time::Duration;
 use journal::storage::{OpenMode, Storage, StorageFile};
 use ledger::{SnapshotWriter, StateDigest, StateMachine};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::state_machine::SnapshotMeta;
 use crate::types::StdLeaderId;
@@ -196,6 +197,21 @@ impl SnapshotData {
         let digest = StateMachine::check_snapshot_structure(&mut self.chunks(), self.len_bytes)
             .map_err(invalid)?;
         self.check_digest(digest)
+    }
+
+    /// The bytes of a small state's snapshot, read whole (at most `max_bytes`) and checked
+    /// against the digest in the header.
+    pub(crate) fn read_whole(&self, max_bytes: u64) -> io::Result<Vec<u8>> {
+        if self.len_bytes > max_bytes {
+            return Err(invalid(format!(
+                "a snapshot of {} bytes exceeds the {max_bytes} this state may take",
+                self.len_bytes
+            )));
+        }
+        let mut bytes = Vec::with_capacity(self.len_bytes as usize);
+        self.chunks().read_to_end(&mut bytes)?;
+        self.check_digest(StateDigest(sha2::Sha256::digest(&bytes).into()))?;
+        Ok(bytes)
     }
 
     fn check_digest(&self, digest: StateDigest) -> io::Result<()> {
@@ -392,9 +408,29 @@ pub(crate) fn assemble_snapshot_file(
     Ok(temp)
 }
 
+/// Makes a snapshot file of a small state's `bytes` (held whole in memory) at `meta`: header
+/// with their SHA-256, then the bytes, synced. The file is temporary until the caller keeps it.
+pub(crate) fn write_snapshot_bytes(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+) -> io::Result<TempFile> {
+    let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    let (temp, mut file) = TempFile::create(storage, dir, "build")?;
+    file.append(&[&encode_header(meta, digest)?, bytes])?;
+    file.sync()?;
+    Ok(temp)
+}
+
+/// How a state machine checks a snapshot received from a peer whole (its bytes' structure and
+/// digest) before Raft may install it, without building a second state in memory.
+pub type SnapshotCheck = fn(&SnapshotData) -> io::Result<()>;
+
 /// A snapshot arriving from a peer, written to a temporary file of its own as it comes.
 pub struct SnapshotReceiver {
     storage: Arc<dyn Storage>,
+    check: SnapshotCheck,
     temp: TempFile,
     file: Box<dyn StorageFile>,
     data_offset: u64,
@@ -404,11 +440,13 @@ pub struct SnapshotReceiver {
 }
 
 impl SnapshotReceiver {
-    /// Starts receiving the snapshot `offer` declares into a new temporary file in `dir`.
+    /// Starts receiving the snapshot `offer` declares into a new temporary file in `dir`;
+    /// [`SnapshotReceiver::finish`] checks it with `check`.
     pub(crate) fn start(
         storage: &Arc<dyn Storage>,
         dir: &Path,
         offer: &SnapshotOffer,
+        check: SnapshotCheck,
     ) -> io::Result<SnapshotReceiver> {
         if offer.len_bytes > limits::SNAPSHOT_BYTES_MAX {
             return Err(invalid(format!(
@@ -422,6 +460,7 @@ impl SnapshotReceiver {
         file.append(&[&header])?;
         Ok(SnapshotReceiver {
             storage: Arc::clone(storage),
+            check,
             temp,
             file,
             data_offset: header.len() as u64,
@@ -451,10 +490,10 @@ impl SnapshotReceiver {
         Ok(())
     }
 
-    /// Checks the whole snapshot (its length, every count against the bytes that hold it, its
-    /// structure, its digest) without decoding it, replacing nothing. Refused, its file is
-    /// removed. What only the decoded ledger shows (ids that appear twice, balances) is checked
-    /// when it is installed.
+    /// Checks the whole snapshot (its length, then the state machine's check: for a ledger,
+    /// every count against the bytes that hold it, its structure, its digest) without decoding
+    /// it, replacing nothing. Refused, its file is removed. What only the decoded ledger shows
+    /// (ids that appear twice, balances) is checked when it is installed.
     pub fn finish(mut self) -> io::Result<SnapshotData> {
         if self.received_bytes != self.len_bytes {
             return Err(invalid(format!(
@@ -471,7 +510,7 @@ impl SnapshotReceiver {
             digest: self.digest,
             received: None,
         };
-        data.check_structure()?;
+        (self.check)(&data)?;
         data.received = Some(self.temp);
         Ok(data)
     }
@@ -596,6 +635,7 @@ pub(crate) mod tests {
             &storage(),
             receiver_dir.path(),
             &offer(meta_at(7), sent.len_bytes(), sent.digest()),
+            SnapshotData::check_structure,
         )
         .unwrap();
         let mut chunks = sent.chunks();
@@ -641,6 +681,7 @@ pub(crate) mod tests {
             &storage(),
             dir.path(),
             &offer(meta_at(9), forged.len() as u64, [7; 32]),
+            SnapshotData::check_structure,
         )
         .unwrap();
         receiver.write(&forged).unwrap();
@@ -663,6 +704,7 @@ pub(crate) mod tests {
             &storage(),
             dir.path(),
             &offer(meta_at(9), bytes.len() as u64, [7; 32]),
+            SnapshotData::check_structure,
         )
         .unwrap();
         receiver.write(&bytes).unwrap();
@@ -675,14 +717,23 @@ pub(crate) mod tests {
     fn a_sender_that_breaks_its_offer_is_refused_at_the_first_offending_byte() {
         let dir = tempfile::tempdir().unwrap();
         let too_long = offer(meta_at(1), limits::SNAPSHOT_BYTES_MAX + 1, [0; 32]);
-        let error = SnapshotReceiver::start(&storage(), dir.path(), &too_long)
-            .err()
-            .expect("refused");
+        let error = SnapshotReceiver::start(
+            &storage(),
+            dir.path(),
+            &too_long,
+            SnapshotData::check_structure,
+        )
+        .err()
+        .expect("refused");
         assert!(error.to_string().contains("len_bytes"), "{error}");
 
-        let mut receiver =
-            SnapshotReceiver::start(&storage(), dir.path(), &offer(meta_at(1), 10, [0; 32]))
-                .unwrap();
+        let mut receiver = SnapshotReceiver::start(
+            &storage(),
+            dir.path(),
+            &offer(meta_at(1), 10, [0; 32]),
+            SnapshotData::check_structure,
+        )
+        .unwrap();
         let error = receiver.write(&[0; 11]).expect_err("refused");
         assert!(
             error.to_string().contains("more than the len_bytes 10"),

@@ -28,11 +28,11 @@ use crate::snapshot::{
 use crate::storage_options::{PlantedBug, StorageOptions};
 use crate::types::{BatchOutcome, LedgerConfig, NodeId, PeerNode, StdLeaderId};
 
-type CommittedLeaderId = <StdLeaderId as openraft::vote::RaftLeaderId>::Committed;
-type LogId = openraft::LogId<CommittedLeaderId>;
+pub(crate) type CommittedLeaderId = <StdLeaderId as openraft::vote::RaftLeaderId>::Committed;
+pub(crate) type LogId = openraft::LogId<CommittedLeaderId>;
 pub(crate) type SnapshotMeta = openraft::SnapshotMeta<CommittedLeaderId, NodeId, PeerNode>;
-type StoredMembership = openraft::StoredMembership<CommittedLeaderId, NodeId, PeerNode>;
-type SnapshotOf = openraft::Snapshot<CommittedLeaderId, NodeId, PeerNode, SnapshotData>;
+pub(crate) type StoredMembership = openraft::StoredMembership<CommittedLeaderId, NodeId, PeerNode>;
+pub(crate) type SnapshotOf = openraft::Snapshot<CommittedLeaderId, NodeId, PeerNode, SnapshotData>;
 
 /// The ledger state, shared with whoever serves reads.
 pub type SharedState = Arc<RwLock<StateMachine>>;
@@ -121,17 +121,17 @@ impl<C: LedgerConfig> Clone for LedgerStateMachine<C> {
 /// removed), and [`LedgerStateMachine::stop_builds`] returns once none runs: nothing writes in
 /// the replica's directory after it stopped (a new replica may open it at once).
 #[derive(Default)]
-struct Builds {
+pub(crate) struct Builds {
     /// (stopped, builds running)
     state: Mutex<(bool, usize)>,
     none_running: std::sync::Condvar,
 }
 
 /// A build in progress; counted in [`Builds`] until dropped.
-struct RunningBuild<'a>(&'a Builds);
+pub(crate) struct RunningBuild<'a>(&'a Builds);
 
 impl Builds {
-    fn begin(&self) -> io::Result<RunningBuild<'_>> {
+    pub(crate) fn begin(&self) -> io::Result<RunningBuild<'_>> {
         let mut state = self.state.lock().expect("never poisoned");
         if state.0 {
             return Err(stopped());
@@ -140,8 +140,20 @@ impl Builds {
         Ok(RunningBuild(self))
     }
 
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.state.lock().expect("never poisoned").0
+    }
+
+    /// Stops building for good; waits (blocking, at most `patience`) until no build runs.
+    /// Answers whether none does.
+    pub(crate) fn stop(&self, patience: std::time::Duration) -> bool {
+        let mut state = self.state.lock().expect("never poisoned");
+        state.0 = true;
+        let (state, _) = self
+            .none_running
+            .wait_timeout_while(state, patience, |state| state.1 > 0)
+            .expect("never poisoned");
+        state.1 == 0
     }
 }
 
@@ -155,7 +167,7 @@ impl Drop for RunningBuild<'_> {
     }
 }
 
-fn stopped() -> io::Error {
+pub(crate) fn stopped() -> io::Error {
     io::Error::other("the replica stopped: snapshot build abandoned")
 }
 
@@ -267,7 +279,12 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
     /// Starts receiving the snapshot a peer offers, into a temporary file of its own (see
     /// [`SnapshotReceiver`]). Nothing is replaced until the finished snapshot is installed.
     pub fn receive_snapshot(&self, offer: &SnapshotOffer) -> io::Result<SnapshotReceiver> {
-        SnapshotReceiver::start(&self.options.storage, self.dir(), offer)
+        SnapshotReceiver::start(
+            &self.options.storage,
+            self.dir(),
+            offer,
+            SnapshotData::check_structure,
+        )
     }
 
     /// Makes `temp` (a complete, synced snapshot file at `meta`) the snapshot file, if it is
@@ -408,14 +425,7 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
     /// their next step without publishing; waits (blocking, at most `patience`) until none runs.
     /// Answers whether none does.
     pub(crate) fn stop_builds(&self, patience: std::time::Duration) -> bool {
-        let mut state = self.builds.state.lock().expect("never poisoned");
-        state.0 = true;
-        let (state, _) = self
-            .builds
-            .none_running
-            .wait_timeout_while(state, patience, |state| state.1 > 0)
-            .expect("never poisoned");
-        state.1 == 0
+        self.builds.stop(patience)
     }
 }
 
@@ -477,6 +487,20 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
             );
         }
         Ok(())
+    }
+}
+
+impl crate::machine::ReplicaMachine for LedgerStateMachine<crate::types::TypeConfig> {
+    fn receive_snapshot(&self, offer: &SnapshotOffer) -> io::Result<SnapshotReceiver> {
+        LedgerStateMachine::receive_snapshot(self, offer)
+    }
+
+    fn applied_index(&self) -> u64 {
+        LedgerStateMachine::applied_index(self)
+    }
+
+    fn stop_builds(&self, patience: std::time::Duration) -> bool {
+        LedgerStateMachine::stop_builds(self, patience)
     }
 }
 

@@ -1,0 +1,146 @@
+//! One replica of the meta group, as a process runs it: open it on its data directory, change
+//! the map through the leader, read the map as applied here, and watch for new maps.
+//!
+//! Must not decide what a valid change is (`state.rs` does, when the entry is applied).
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use cluster::{ClusterMap, SuccessorError};
+use replication::{
+    NodeId, PeerNode, Replica, ReplicaConfig, SealedBatch, SmallStateMachine, WriteError,
+};
+
+use crate::state::{MapChange, MetaCommand, MetaState};
+
+/// A replica of the meta group (the replication layer's view: membership, status, transport).
+pub type MetaReplica = Replica<SmallStateMachine<MetaState>>;
+
+/// Why a change to the map was not made, or its outcome is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error(
+        "the map in use has epoch {current}, not the epoch {expected} this change was made from: read the map again and redo the change"
+    )]
+    EpochMismatch { expected: u64, current: u64 },
+    #[error("the map was refused: {0}")]
+    Refused(SuccessorError),
+    #[error("the change takes {bytes} bytes, more than one meta group entry may ({max})")]
+    TooLarge { bytes: usize, max: usize },
+    #[error(transparent)]
+    Replication(#[from] WriteError),
+    #[error("the meta group answered an outcome this build does not read")]
+    UnreadableOutcome,
+}
+
+/// A running replica of the meta group.
+pub struct MetaGroup {
+    replica: MetaReplica,
+}
+
+impl MetaGroup {
+    /// Opens meta replica `id` with its data in `dir`.
+    pub async fn open(id: NodeId, dir: &Path, config: &ReplicaConfig) -> io::Result<MetaGroup> {
+        let replica = Replica::open_with(id, dir, config, SmallStateMachine::open).await?;
+        Ok(MetaGroup { replica })
+    }
+
+    /// The replication layer's replica: membership, status, its transport service, shutdown.
+    pub fn replica(&self) -> &MetaReplica {
+        &self.replica
+    }
+
+    /// The map as this replica has applied it (a follower's may be behind the leader's; see
+    /// [`MetaGroup::map_linearizable`]).
+    pub fn map(&self) -> Option<ClusterMap> {
+        self.replica.machine().read(|state| state.map().cloned())
+    }
+
+    /// The map as of now (only the leader answers: a read index, so no newer map was
+    /// committed before the call that this answer misses).
+    pub async fn map_linearizable(&self) -> Result<Option<ClusterMap>, MetaError> {
+        self.replica.linearizable().await?;
+        Ok(self.map())
+    }
+
+    /// Makes `map` the cluster map if the map in use has epoch `expected_epoch` (0: none
+    /// yet) and `map` may succeed it; answers the map now in use. Only the leader takes
+    /// changes. A [`WriteError::Unknown`] outcome is settled by reading the map: the change
+    /// is in it or was not made.
+    pub async fn set_map(
+        &self,
+        expected_epoch: u64,
+        map: ClusterMap,
+    ) -> Result<ClusterMap, MetaError> {
+        let entry = MetaCommand::SetMap {
+            expected_epoch,
+            map: map.clone(),
+        }
+        .encode();
+        if entry.len() > limits::BATCH_BYTES_MAX {
+            return Err(MetaError::TooLarge {
+                bytes: entry.len(),
+                max: limits::BATCH_BYTES_MAX,
+            });
+        }
+        let outcome = self.replica.write_entry(SealedBatch(entry.into())).await?;
+        match MapChange::from_outcome(&outcome).ok_or(MetaError::UnreadableOutcome)? {
+            MapChange::Applied { .. } => Ok(map),
+            MapChange::EpochMismatch { expected, current } => {
+                Err(MetaError::EpochMismatch { expected, current })
+            }
+            MapChange::Refused(refused) => Err(MetaError::Refused(refused)),
+            MapChange::Malformed => Err(MetaError::UnreadableOutcome),
+        }
+    }
+
+    /// The leader this replica knows of, with how to reach it.
+    pub fn leader(&self) -> Option<(NodeId, PeerNode)> {
+        self.replica.leader()
+    }
+
+    /// Tells of each new map this replica applies, starting with the one it holds now.
+    pub fn watch(&self) -> MapWatch {
+        MapWatch {
+            machine: self.replica.machine().clone(),
+            applied: self.replica.machine().watch_applied(),
+            seen_epoch: None,
+        }
+    }
+
+    /// Stops the replica (see `Replica::shutdown`).
+    pub async fn shutdown(&self) {
+        self.replica.shutdown().await;
+    }
+
+    /// Waits until this replica has applied at least `index` (bounded by `timeout`).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        self.replica.wait_applied(index, timeout).await
+    }
+}
+
+/// New maps as a replica applies them: each epoch once, in order; an epoch superseded before
+/// the watcher looked is skipped (a watcher wants the map in use, not every step).
+pub struct MapWatch {
+    machine: SmallStateMachine<MetaState>,
+    applied: tokio::sync::watch::Receiver<u64>,
+    seen_epoch: Option<u64>,
+}
+
+impl MapWatch {
+    /// The next map newer than the last one this watch gave (the first call: the map held
+    /// now, if any); `None` once the replica has stopped.
+    pub async fn next(&mut self) -> Option<ClusterMap> {
+        loop {
+            let map = self.machine.read(|state| state.map().cloned());
+            if let Some(map) = map
+                && self.seen_epoch.is_none_or(|seen| map.epoch() > seen)
+            {
+                self.seen_epoch = Some(map.epoch());
+                return Some(map);
+            }
+            self.applied.changed().await.ok()?;
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The meta group's replicated state (the cluster map, or none before the first) and the one
+//! command that changes it.
+//!
+//! A change is a whole new map proposed with the epoch of the map it replaces
+//! (compare-and-set): two operators editing at once cannot both win, and the loser is told
+//! the epoch in use. The new map must be a successor of the one in use
+//! (`ClusterMap::check_successor`: a newer epoch, no slot moved). Each rule is checked when
+//! the entry is applied, on every replica alike, so what the log holds decides; a refused
+//! command changes nothing.
+//!
+//! Commands and the state are JSON with a version: readable in a log dump, and the map's own
+//! `Deserialize` checks it whole, so no replica ever holds an invalid map.
+
+use std::io;
+
+use cluster::{ClusterMap, SuccessorError};
+use replication::{BatchOutcome, SmallState};
+use serde::{Deserialize, Serialize};
+
+/// The version of the state's encoding (in every snapshot).
+const STATE_VERSION: u32 = 1;
+
+/// A change to the meta group's state, as its log entry holds it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MetaCommand {
+    /// Makes `map` the cluster map, if the map in use has epoch `expected_epoch` (0: there is
+    /// no map yet) and `map` may succeed it.
+    SetMap {
+        expected_epoch: u64,
+        map: ClusterMap,
+    },
+}
+
+impl MetaCommand {
+    /// The bytes of the log entry.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a command holds only strings and numbers")
+    }
+}
+
+/// What applying a [`MetaCommand::SetMap`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapChange {
+    /// The map is now the proposed one.
+    Applied { epoch: u64 },
+    /// The map in use is not the one the change was made from.
+    EpochMismatch { expected: u64, current: u64 },
+    /// The proposed map may not succeed the one in use.
+    Refused(SuccessorError),
+    /// The entry was not a command this build reads (nothing changed).
+    Malformed,
+}
+
+/// Codes of a [`MapChange`] in the outcome the replication layer carries back to the
+/// proposer: `codes` = [kind, detail], `timestamps` = [epoch in use after the entry].
+mod code {
+    pub const APPLIED: u32 = 0;
+    pub const EPOCH_MISMATCH: u32 = 1;
+    pub const NOT_NEWER: u32 = 2;
+    pub const MOVES_SLOTS: u32 = 3;
+    pub const MALFORMED: u32 = 4;
+}
+
+impl MapChange {
+    /// The change as the replication layer's outcome (see [`code`]).
+    fn to_outcome(&self, epoch_in_use: u64) -> BatchOutcome {
+        let (kind, detail, epoch) = match self {
+            MapChange::Applied { epoch } => (code::APPLIED, 0, *epoch),
+            MapChange::EpochMismatch { expected, current } => {
+                // The expected epoch travels in `detail` when it fits (it always does for a
+                // real map: epochs are counted from 1 by single bumps).
+                (
+                    code::EPOCH_MISMATCH,
+                    u32::try_from(*expected).unwrap_or(u32::MAX),
+                    *current,
+                )
+            }
+            MapChange::Refused(SuccessorError::NotNewer { new, .. }) => (
+                code::NOT_NEWER,
+                u32::try_from(*new).unwrap_or(u32::MAX),
+                epoch_in_use,
+            ),
+            MapChange::Refused(SuccessorError::MovesSlots { slot }) => {
+                (code::MOVES_SLOTS, *slot, epoch_in_use)
+            }
+            MapChange::Malformed => (code::MALFORMED, 0, epoch_in_use),
+        };
+        BatchOutcome {
+            accounts: false,
+            saga: false,
+            codes: vec![kind, detail],
+            timestamps: vec![epoch],
+        }
+    }
+
+    /// The change an outcome of this build's [`MetaState::apply`] describes.
+    pub(crate) fn from_outcome(outcome: &BatchOutcome) -> Option<MapChange> {
+        let (&[kind, detail], &[epoch]) = (outcome.codes.as_slice(), outcome.timestamps.as_slice())
+        else {
+            return None;
+        };
+        Some(match kind {
+            code::APPLIED => MapChange::Applied { epoch },
+            code::EPOCH_MISMATCH => MapChange::EpochMismatch {
+                expected: u64::from(detail),
+                current: epoch,
+            },
+            code::NOT_NEWER => MapChange::Refused(SuccessorError::NotNewer {
+                current: epoch,
+                new: u64::from(detail),
+            }),
+            code::MOVES_SLOTS => MapChange::Refused(SuccessorError::MovesSlots { slot: detail }),
+            code::MALFORMED => MapChange::Malformed,
+            _ => return None,
+        })
+    }
+}
+
+/// The meta group's state: the cluster map in use, if one was set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaState {
+    map: Option<ClusterMap>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateJson {
+    version: u32,
+    map: Option<ClusterMap>,
+}
+
+impl MetaState {
+    /// The cluster map in use (`None` until the first is set).
+    pub fn map(&self) -> Option<&ClusterMap> {
+        self.map.as_ref()
+    }
+
+    /// The epoch of the map in use (0: none yet).
+    pub fn epoch(&self) -> u64 {
+        self.map.as_ref().map_or(0, ClusterMap::epoch)
+    }
+
+    /// Applies `command`: the rules every replica checks alike.
+    pub fn change(&mut self, command: MetaCommand) -> MapChange {
+        match command {
+            MetaCommand::SetMap {
+                expected_epoch,
+                map,
+            } => {
+                if expected_epoch != self.epoch() {
+                    return MapChange::EpochMismatch {
+                        expected: expected_epoch,
+                        current: self.epoch(),
+                    };
+                }
+                if let Some(current) = &self.map
+                    && let Err(refused) = current.check_successor(&map)
+                {
+                    return MapChange::Refused(refused);
+                }
+                let epoch = map.epoch();
+                self.map = Some(map);
+                MapChange::Applied { epoch }
+            }
+        }
+    }
+}
+
+impl SmallState for MetaState {
+    fn apply(&mut self, entry: &[u8]) -> BatchOutcome {
+        let change = match serde_json::from_slice::<MetaCommand>(entry) {
+            Ok(command) => self.change(command),
+            Err(_) => MapChange::Malformed,
+        };
+        change.to_outcome(self.epoch())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&StateJson {
+            version: STATE_VERSION,
+            map: self.map.clone(),
+        })
+        .expect("the state holds only strings and numbers")
+    }
+
+    fn decode(bytes: &[u8]) -> io::Result<MetaState> {
+        let state: StateJson = serde_json::from_slice(bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a meta group state: {e}"),
+            )
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "meta group state version {} is not the version {STATE_VERSION} this build reads",
+                    state.version
+                ),
+            ));
+        }
+        Ok(MetaState { map: state.map })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use cluster::{GroupId, Member, Members, Slot};
+
+    use super::*;
+
+    pub(crate) fn members(port: u16) -> Members {
+        BTreeMap::from([(
+            1,
+            Member {
+                grpc: format!("http://127.0.0.1:{port}"),
+                http: format!("http://127.0.0.1:{}", port + 1),
+                peer: format!("127.0.0.1:{}", port + 2),
+            },
+        )])
+    }
+
+    /// A first map of two groups.
+    pub(crate) fn two_groups() -> ClusterMap {
+        ClusterMap::new(BTreeMap::from([
+            (GroupId::from_u128(1), members(20000)),
+            (GroupId::from_u128(2), members(20010)),
+        ]))
+        .unwrap()
+    }
+
+    fn set(state: &mut MetaState, expected_epoch: u64, map: &ClusterMap) -> BatchOutcome {
+        let entry = MetaCommand::SetMap {
+            expected_epoch,
+            map: map.clone(),
+        }
+        .encode();
+        state.apply(&entry)
+    }
+
+    fn change(outcome: &BatchOutcome) -> MapChange {
+        MapChange::from_outcome(outcome).expect("an outcome of this build")
+    }
+
+    #[test]
+    fn a_map_is_set_only_from_the_epoch_in_use_and_only_to_a_successor() {
+        let mut state = MetaState::default();
+        let first = two_groups();
+        // Proposed as if a map were in use: refused, nothing set.
+        let outcome = set(&mut state, 1, &first);
+        assert_eq!(
+            change(&outcome),
+            MapChange::EpochMismatch {
+                expected: 1,
+                current: 0
+            }
+        );
+        assert_eq!(state.map(), None);
+        assert_eq!(
+            change(&set(&mut state, 0, &first)),
+            MapChange::Applied { epoch: 1 }
+        );
+        assert_eq!(state.map(), Some(&first));
+
+        // A second proposal made from "no map": the loser of a race, told the epoch in use.
+        let renamed = first
+            .set_members(GroupId::from_u128(2), members(20020))
+            .unwrap();
+        assert_eq!(
+            change(&set(&mut state, 0, &renamed)),
+            MapChange::EpochMismatch {
+                expected: 0,
+                current: 1
+            }
+        );
+        // The same epoch again is not a successor.
+        assert_eq!(
+            change(&set(&mut state, 1, &first)),
+            MapChange::Refused(SuccessorError::NotNewer { current: 1, new: 1 })
+        );
+        // Moving a slot is refused naming it.
+        let slot = Slot::new(0).unwrap();
+        let moved = first.move_slots(&[slot], GroupId::from_u128(2)).unwrap();
+        assert_eq!(
+            change(&set(&mut state, 1, &moved)),
+            MapChange::Refused(SuccessorError::MovesSlots { slot: 0 })
+        );
+        assert_eq!(state.map(), Some(&first));
+        // New members: taken, epoch bumped.
+        assert_eq!(
+            change(&set(&mut state, 1, &renamed)),
+            MapChange::Applied { epoch: 2 }
+        );
+        assert_eq!(state.epoch(), 2);
+    }
+
+    #[test]
+    fn an_entry_that_is_not_a_command_changes_nothing() {
+        let mut state = MetaState::default();
+        set(&mut state, 0, &two_groups());
+        for entry in [
+            &b""[..],
+            b"{}",
+            b"{\"command\":\"drop_everything\"}",
+            b"{\"command\":\"set_map\",\"expected_epoch\":1}",
+            // A map that is not valid (no groups) is refused by the map's own checks.
+            b"{\"command\":\"set_map\",\"expected_epoch\":1,\"map\":{\"epoch\":2,\"groups\":[],\"slots\":[]}}",
+        ] {
+            let before = state.clone();
+            assert_eq!(change(&state.apply(entry)), MapChange::Malformed);
+            assert_eq!(state, before);
+        }
+    }
+
+    #[test]
+    fn the_state_round_trips_and_anything_else_is_refused() {
+        let mut state = MetaState::default();
+        assert_eq!(MetaState::decode(&state.encode()).unwrap(), state);
+        set(&mut state, 0, &two_groups());
+        assert_eq!(MetaState::decode(&state.encode()).unwrap(), state);
+        let other_version = String::from_utf8(state.encode())
+            .unwrap()
+            .replace("\"version\":1", "\"version\":2");
+        let error = MetaState::decode(other_version.as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("version 2"), "{error}");
+        for garbage in [&b""[..], b"null", b"{\"map\":null}", b"\x00\x01"] {
+            assert!(MetaState::decode(garbage).is_err());
+        }
+    }
+
+    #[test]
+    fn outcomes_of_another_shape_are_not_read_as_changes() {
+        assert_eq!(MapChange::from_outcome(&BatchOutcome::default()), None);
+        let mut outcome = MapChange::Malformed.to_outcome(3);
+        outcome.codes[0] = 99;
+        assert_eq!(MapChange::from_outcome(&outcome), None);
+    }
+}
