@@ -176,6 +176,14 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64
 /// peer offering a longer one is refused before a byte is written.
 pub const SMALL_STATE_SNAPSHOT_BYTES_MAX: u64 = 32 << 20;
 
+/// Open `WatchMap` streams one meta replica serves at once (each gateway and node holds one;
+/// one more is refused RESOURCE_EXHAUSTED, so a flood of watchers cannot grow its memory).
+pub const META_WATCHERS_MAX: usize = 1024;
+
+/// Largest request the meta group's gRPC service decodes: a `SetMap` whose map fills one log
+/// entry, plus room for the rest of the message.
+pub const META_REQUEST_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
+
 /// Records (transfers or expiry events) one step of a snapshot build writes while it holds the
 /// ledger's read lock: about 8 MiB, a few milliseconds, after which batches waiting to apply go
 /// first.

@@ -9,7 +9,7 @@
 //! is chosen by the matched route's template, never the raw path; an unlisted route needs
 //! `admin`; a path that matches no route is a 404 for anyone.
 //!
-//! gRPC (the `fincore.v1.Ledger`, `Events` and `Sagas` services; the replica transport on the
+//! gRPC (the `fincore.v1.Ledger`, `Events`, `Sagas` and `Meta` services; the replica transport on the
 //! same port is not a client API): `authorization: Bearer …` metadata; UNAUTHENTICATED or
 //! PERMISSION_DENIED.
 //! [`GrpcAccess`] wraps the service and refuses from the headers, before the body is decoded;
@@ -152,6 +152,9 @@ pub fn grpc_role(path: &str) -> Role {
         | "LookupOutcomes"
         | "GetAccountTransfers"
         | "GetAccountBalances" => Role::Read,
+        // The meta group's map: read and watched by gateways and nodes, changed by operators.
+        "GetMap" | "WatchMap" => Role::Read,
+        "SetMap" => Role::Admin,
         _ => Role::Admin,
     }
 }
@@ -382,6 +385,13 @@ mod tests {
             ("DropEverything", Role::Admin),
         ] {
             assert_eq!(grpc_role(&format!("/fincore.v1.Ledger/{method}")), role);
+        }
+        for (method, role) in [
+            ("GetMap", Role::Read),
+            ("WatchMap", Role::Read),
+            ("SetMap", Role::Admin),
+        ] {
+            assert_eq!(grpc_role(&format!("/fincore.v1.Meta/{method}")), role);
         }
     }
 

@@ -56,7 +56,7 @@ pub const LEADER_GRPC_KEY: &str = "fincore-leader-grpc";
 /// Metadata key naming the limit a refused request would have passed (`transfers_max`, ...).
 pub const LIMIT_KEY: &str = "fincore-limit";
 
-fn status(error: PipelineError) -> Status {
+pub(crate) fn status(error: PipelineError) -> Status {
     match &error {
         PipelineError::Busy => Status::resource_exhausted(error.to_string()),
         PipelineError::Unavailable(_) => Status::unavailable(error.to_string()),

@@ -19,6 +19,7 @@ pub mod front;
 mod grpc;
 mod http;
 pub mod ledger_api;
+pub mod meta_service;
 mod minting;
 mod node;
 mod openapi;

@@ -1,0 +1,504 @@
+//! The meta group's client API over gRPC (`fincore.v1.Meta`): the cluster map read as of now
+//! (leader only: a read index), watched (any replica; each new map pushed as the replica
+//! applies it) and changed (compare-and-set on the epoch; leader only).
+//!
+//! Serve it behind [`crate::access::GrpcAccess`] (read: `GetMap`, `WatchMap`; admin:
+//! `SetMap`). Owns the wire mapping and the watchers' limits; must not decide what a valid
+//! change is (the `meta` crate does, when the change is applied).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use api::proto::{self, meta_server::Meta};
+use cluster::ClusterMap;
+use futures::Stream;
+use meta::{MetaError, MetaGroup};
+use telemetry::{ErrorKind, Metrics};
+use tokio::sync::{Semaphore, watch};
+use tonic::{Request, Response, Status};
+
+use crate::pipeline::PipelineError;
+
+/// A map as the wire carries it (no map: epoch 0, empty text).
+fn map_message(map: Option<&ClusterMap>) -> proto::ClusterMapMessage {
+    proto::ClusterMapMessage {
+        epoch: map.map_or(0, ClusterMap::epoch),
+        map_json: map.map(ClusterMap::to_json).unwrap_or_default(),
+    }
+}
+
+/// The gRPC answer to a refused or failed call, and its kind for the metrics.
+fn refusal(error: MetaError) -> (Status, ErrorKind) {
+    match error {
+        MetaError::Replication(write) => {
+            let error = PipelineError::from(write);
+            let kind = error.kind();
+            (crate::grpc::status(error), kind)
+        }
+        MetaError::EpochMismatch { .. } => (Status::aborted(error.to_string()), ErrorKind::Invalid),
+        MetaError::Refused(_) => (
+            Status::failed_precondition(format!("map_json: {error}")),
+            ErrorKind::Invalid,
+        ),
+        MetaError::TooLarge { .. } => (
+            Status::invalid_argument(format!("map_json: {error}")),
+            ErrorKind::Invalid,
+        ),
+        MetaError::UnreadableOutcome => {
+            (Status::internal(error.to_string()), ErrorKind::Unavailable)
+        }
+    }
+}
+
+/// `fincore.v1.Meta` over one meta replica.
+#[derive(Clone)]
+pub struct MetaService {
+    group: Arc<MetaGroup>,
+    metrics: Arc<Metrics>,
+    /// Watch streams open now (at most `watchers_max`: `META_WATCHERS_MAX`).
+    watchers: Arc<Semaphore>,
+    watchers_max: usize,
+    /// True once the replica is stopping: open watches end at once.
+    stopped: watch::Receiver<bool>,
+}
+
+impl MetaService {
+    pub fn new(
+        group: Arc<MetaGroup>,
+        metrics: Arc<Metrics>,
+        stopped: watch::Receiver<bool>,
+    ) -> proto::meta_server::MetaServer<MetaService> {
+        MetaService::with_watchers_max(group, metrics, stopped, limits::META_WATCHERS_MAX)
+    }
+
+    fn with_watchers_max(
+        group: Arc<MetaGroup>,
+        metrics: Arc<Metrics>,
+        stopped: watch::Receiver<bool>,
+        watchers_max: usize,
+    ) -> proto::meta_server::MetaServer<MetaService> {
+        proto::meta_server::MetaServer::new(MetaService {
+            group,
+            metrics,
+            watchers: Arc::new(Semaphore::new(watchers_max)),
+            watchers_max,
+            stopped,
+        })
+        .max_decoding_message_size(limits::META_REQUEST_BYTES_MAX)
+    }
+
+    fn observed<T>(
+        &self,
+        operation: &'static str,
+        started: Instant,
+        outcome: Result<T, MetaError>,
+    ) -> Result<Response<T>, Status> {
+        let (outcome, kind) = match outcome {
+            Ok(answer) => (Ok(Response::new(answer)), None),
+            Err(error) => {
+                let (status, kind) = refusal(error);
+                (Err(status), Some(kind))
+            }
+        };
+        self.metrics
+            .request("grpc", operation, started.elapsed(), kind);
+        outcome
+    }
+}
+
+type MapStream = Pin<Box<dyn Stream<Item = Result<proto::ClusterMapMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn get_map(
+        &self,
+        _request: Request<proto::GetMapRequest>,
+    ) -> Result<Response<proto::ClusterMapMessage>, Status> {
+        let started = Instant::now();
+        let outcome = self.group.map_linearizable().await;
+        self.observed(
+            "get_map",
+            started,
+            outcome.map(|map| map_message(map.as_ref())),
+        )
+    }
+
+    type WatchMapStream = MapStream;
+
+    async fn watch_map(
+        &self,
+        request: Request<proto::WatchMapRequest>,
+    ) -> Result<Response<MapStream>, Status> {
+        let started = Instant::now();
+        let after_epoch = request.get_ref().after_epoch;
+        let Ok(permit) = Arc::clone(&self.watchers).try_acquire_owned() else {
+            self.metrics.request(
+                "grpc",
+                "watch_map",
+                started.elapsed(),
+                Some(ErrorKind::Busy),
+            );
+            return Err(Status::resource_exhausted(format!(
+                "{} watchers are open on this replica (META_WATCHERS_MAX); retry later or watch another replica",
+                self.watchers_max
+            )));
+        };
+        // Pulled by the watcher: a slow one holds back nothing but itself, and when it
+        // catches up it is told the newest map only (`MapWatch` skips superseded epochs).
+        let state = (self.group.watch(), self.stopped.clone(), Some(permit));
+        let stream = futures::stream::unfold(
+            state,
+            move |(mut watch, mut stopped, permit)| async move {
+                // `permit` is dropped with the stream, or here once it has ended.
+                permit.as_ref()?;
+                loop {
+                    let next = tokio::select! {
+                        map = watch.next() => map,
+                        _ = stopped.wait_for(|stopped| *stopped) => None,
+                    };
+                    let Some(map) = next else {
+                        let ended = Status::unavailable(
+                            "the meta replica is stopping: watch again, from the last epoch received",
+                        );
+                        return Some((Err(ended), (watch, stopped, None)));
+                    };
+                    if map.epoch() > after_epoch {
+                        return Some((Ok(map_message(Some(&map))), (watch, stopped, permit)));
+                    }
+                }
+            },
+        );
+        self.metrics
+            .request("grpc", "watch_map", started.elapsed(), None);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn set_map(
+        &self,
+        request: Request<proto::SetMapRequest>,
+    ) -> Result<Response<proto::ClusterMapMessage>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let map = match ClusterMap::from_json(request.map_json.as_bytes()) {
+            Ok(map) => map,
+            Err(error) => {
+                self.metrics.request(
+                    "grpc",
+                    "set_map",
+                    started.elapsed(),
+                    Some(ErrorKind::Invalid),
+                );
+                return Err(Status::invalid_argument(format!("map_json: {error}")));
+            }
+        };
+        let outcome = self.group.set_map(request.expected_epoch, map).await;
+        self.observed(
+            "set_map",
+            started,
+            outcome.map(|map| map_message(Some(&map))),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use api::proto::meta_client::MetaClient;
+    use cluster::{GroupId, Member, Members, Slot};
+    use futures::StreamExt;
+    use replication::{PeerNode, ReplicaConfig};
+    use tonic::transport::Channel;
+
+    use super::*;
+    use crate::access::{Access, GrpcAccess};
+    use crate::auth::{Auth, KeyStore, KeysFile, Role};
+
+    fn members(port: u16) -> Members {
+        BTreeMap::from([(
+            1,
+            Member {
+                grpc: format!("http://127.0.0.1:{port}"),
+                http: format!("http://127.0.0.1:{}", port + 1),
+                peer: format!("127.0.0.1:{}", port + 2),
+            },
+        )])
+    }
+
+    fn first_map() -> ClusterMap {
+        ClusterMap::new(BTreeMap::from([
+            (GroupId::from_u128(1), members(20000)),
+            (GroupId::from_u128(2), members(20010)),
+        ]))
+        .unwrap()
+    }
+
+    /// A meta group of one, served behind keys on a loopback socket; the read and admin keys.
+    struct Served {
+        channel: Channel,
+        read: String,
+        admin: String,
+        stop: watch::Sender<bool>,
+        group: Arc<MetaGroup>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn serve(watchers_max: usize) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ReplicaConfig {
+            events: false,
+            ..ReplicaConfig::default()
+        };
+        let group = Arc::new(
+            MetaGroup::open(1, &dir.path().join("meta"), &config)
+                .await
+                .unwrap(),
+        );
+        group
+            .replica()
+            .initialize(&BTreeMap::from([(1, PeerNode::default())]))
+            .await
+            .unwrap();
+        let keys_path = dir.path().join("keys.json");
+        let mut keys = KeysFile::load_or_new(&keys_path).unwrap();
+        let (_, read) = keys.create(Role::Read, Some("reader")).unwrap();
+        let (_, admin) = keys.create(Role::Admin, Some("operator")).unwrap();
+        keys.save().unwrap();
+        let auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path).unwrap()));
+        let metrics = Metrics::new();
+        let (stop, stopped) = watch::channel(false);
+        let service = MetaService::with_watchers_max(
+            Arc::clone(&group),
+            Arc::clone(&metrics),
+            stopped,
+            watchers_max,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let access = Access { auth, metrics };
+        let service = GrpcAccess::new(service, access, None);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Served {
+            channel,
+            read,
+            admin,
+            stop,
+            group,
+            _dir: dir,
+        }
+    }
+
+    fn with_key<T>(message: T, key: &str) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    }
+
+    fn set(expected_epoch: u64, map: &ClusterMap, key: &str) -> Request<proto::SetMapRequest> {
+        with_key(
+            proto::SetMapRequest {
+                expected_epoch,
+                map_json: map.to_json(),
+            },
+            key,
+        )
+    }
+
+    async fn next_epoch(
+        stream: &mut tonic::Streaming<proto::ClusterMapMessage>,
+    ) -> Result<u64, Status> {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a map within 10 s")
+            .expect("the stream goes on")?;
+        let map = ClusterMap::from_json(message.map_json.as_bytes()).unwrap();
+        assert_eq!(map.epoch(), message.epoch);
+        Ok(message.epoch)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_map_is_set_by_admins_only_read_and_pushed_to_watchers_until_the_replica_stops() {
+        let served = serve(limits::META_WATCHERS_MAX).await;
+        let mut client = MetaClient::new(served.channel.clone());
+        // Wait (bounded) for the one replica to lead.
+        let mut map = None;
+        for _ in 0..200 {
+            match client
+                .get_map(with_key(proto::GetMapRequest {}, &served.read))
+                .await
+            {
+                Ok(answer) => {
+                    map = Some(answer.into_inner());
+                    break;
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(25)).await
+                }
+                Err(status) => panic!("{status}"),
+            }
+        }
+        assert_eq!(
+            map.expect("a leader within 5 s"),
+            proto::ClusterMapMessage::default()
+        );
+
+        // Keys: none, or a read key changing the map, are refused before anything is read.
+        let first = first_map();
+        let mut bare = proto::SetMapRequest {
+            expected_epoch: 0,
+            map_json: first.to_json(),
+        };
+        let refused = client
+            .set_map(Request::new(bare.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let refused = client
+            .set_map(set(0, &first, &served.read))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let refused = client
+            .watch_map(Request::new(proto::WatchMapRequest { after_epoch: 0 }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+        // A watcher opened before any map is told of each one.
+        let mut watch = client
+            .watch_map(with_key(
+                proto::WatchMapRequest { after_epoch: 0 },
+                &served.read,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+
+        // Text that is not a map is refused naming the field.
+        bare.map_json = "{\"epoch\":1}".into();
+        let refused = client
+            .set_map(with_key(bare, &served.admin))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("map_json: "),
+            "{}",
+            refused.message()
+        );
+
+        let answer = client.set_map(set(0, &first, &served.admin)).await.unwrap();
+        assert_eq!(answer.into_inner().epoch, 1);
+        assert_eq!(next_epoch(&mut watch).await.unwrap(), 1);
+
+        // The loser of a race, and a map that moves a slot.
+        let second = first
+            .set_members(GroupId::from_u128(2), members(20020))
+            .unwrap();
+        let refused = client
+            .set_map(set(0, &second, &served.admin))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Aborted);
+        assert!(
+            refused.message().contains("epoch 1"),
+            "{}",
+            refused.message()
+        );
+        let moved = first
+            .move_slots(&[Slot::new(9).unwrap()], GroupId::from_u128(2))
+            .unwrap();
+        let refused = client
+            .set_map(set(1, &moved, &served.admin))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("slot 9"),
+            "{}",
+            refused.message()
+        );
+
+        client
+            .set_map(set(1, &second, &served.admin))
+            .await
+            .unwrap();
+        assert_eq!(next_epoch(&mut watch).await.unwrap(), 2);
+        let now = client
+            .get_map(with_key(proto::GetMapRequest {}, &served.read))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            ClusterMap::from_json(now.map_json.as_bytes()).unwrap(),
+            second
+        );
+
+        // A watcher that asks only for newer maps than it has is not told of epoch 2 again.
+        let mut later = client
+            .watch_map(with_key(
+                proto::WatchMapRequest { after_epoch: 2 },
+                &served.read,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let third = second
+            .add_group(GroupId::from_u128(3), members(20030))
+            .unwrap();
+        client.set_map(set(2, &third, &served.admin)).await.unwrap();
+        assert_eq!(next_epoch(&mut later).await.unwrap(), 3);
+        assert_eq!(next_epoch(&mut watch).await.unwrap(), 3);
+
+        // The replica stops: open watches end, UNAVAILABLE, at once.
+        served.stop.send_replace(true);
+        let ended = next_epoch(&mut watch).await.unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::Unavailable);
+        served.group.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchers_past_the_limit_are_refused_and_a_closed_watch_frees_its_place() {
+        let served = serve(2).await;
+        let mut client = MetaClient::new(served.channel.clone());
+        let watch = || with_key(proto::WatchMapRequest { after_epoch: 0 }, &served.read);
+        let first = client.watch_map(watch()).await.unwrap().into_inner();
+        let _second = client.watch_map(watch()).await.unwrap().into_inner();
+        let refused = client.watch_map(watch()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("META_WATCHERS_MAX"),
+            "{}",
+            refused.message()
+        );
+        drop(first);
+        let mut admitted = false;
+        for _ in 0..200 {
+            match client.watch_map(watch()).await {
+                Ok(_) => {
+                    admitted = true;
+                    break;
+                }
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(25)).await
+                }
+                Err(status) => panic!("{status}"),
+            }
+        }
+        assert!(admitted, "the closed watch's place was never freed");
+        served.group.shutdown().await;
+    }
+}
