@@ -26,15 +26,18 @@
 //! strangers' events, so they may not carry the `linked` flag.
 
 mod group_spec;
+mod meta;
 
 pub use group_spec::{GroupSpec, GroupSpecError};
+pub use meta::ClusterMapWatch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::convert;
 use api::proto::{
-    self, events_client::EventsClient, ledger_client::LedgerClient, sagas_client::SagasClient,
+    self, events_client::EventsClient, ledger_client::LedgerClient, meta_client::MetaClient,
+    sagas_client::SagasClient,
 };
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, CreateAccountResult,
@@ -213,6 +216,7 @@ struct Stubs {
     ledger: Ledger,
     sagas: SagasClient<InterceptedService<Channel, Bearer>>,
     events: EventsClient<InterceptedService<Channel, Bearer>>,
+    meta: MetaClient<InterceptedService<Channel, Bearer>>,
 }
 
 /// How every node of the group is reached.
@@ -259,7 +263,12 @@ fn ledger_client(addr: &str, dial: &Dial) -> Result<Stubs, ClientError> {
         // per 64 KiB.
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
-        .connect_timeout(Duration::from_secs(2));
+        .connect_timeout(Duration::from_secs(2))
+        // A server that vanished without closing (a partition, a host gone) is noticed by a
+        // ping, even on a connection that only holds a watch or subscription open.
+        .http2_keep_alive_interval(Duration::from_secs(limits::GRPC_KEEPALIVE_SECONDS))
+        .keep_alive_timeout(Duration::from_secs(limits::GRPC_KEEPALIVE_SECONDS))
+        .keep_alive_while_idle(true);
     let channel = endpoint.connect_lazy();
     Ok(Stubs {
         ledger: LedgerClient::with_interceptor(channel.clone(), dial.credentials.clone())
@@ -268,7 +277,10 @@ fn ledger_client(addr: &str, dial: &Dial) -> Result<Stubs, ClientError> {
         sagas: SagasClient::with_interceptor(channel.clone(), dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
-        events: EventsClient::with_interceptor(channel, dial.credentials.clone())
+        events: EventsClient::with_interceptor(channel.clone(), dial.credentials.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+        meta: MetaClient::with_interceptor(channel, dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
     })

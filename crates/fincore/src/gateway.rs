@@ -11,16 +11,27 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cluster::ClusterMap;
-use gateway::{Gateway, GroupAccess, Groups};
+use gateway::{Gateway, GroupAccess, Groups, map_feed};
 use server::client_tls::{self, ClientTls, ClientTlsFiles};
 use server::{Auth, ClientServers, ClientServing};
 
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
     /// The cluster map (JSON, as `docs/placement.md` describes): the ledger groups, their
-    /// members' addresses and which group owns each slot.
-    #[arg(long, value_name = "FILE")]
-    map: PathBuf,
+    /// members' addresses and which group owns each slot. Reread on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "meta",
+        conflicts_with = "meta"
+    )]
+    map: Option<PathBuf>,
+    /// Take the cluster map from the meta group at these replicas' gRPC addresses
+    /// (`HOST:PORT`, comma-separated; dialled with --group-key-file and the --group-tls-*
+    /// settings), and route by each newer map it pushes. Waits at start (at most 60 s) until
+    /// the meta group holds a map.
+    #[arg(long, value_name = "ADDRS", value_delimiter = ',')]
+    meta: Option<Vec<String>>,
     /// gRPC listen address (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     grpc: SocketAddr,
@@ -88,7 +99,6 @@ pub fn read_map(path: &std::path::Path) -> anyhow::Result<ClusterMap> {
 
 pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
-    let map = read_map(&args.map)?;
     let api_key = match &args.group_key_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -147,6 +157,21 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         if let Auth::Keys(store) = &serving.auth {
             crate::keys::reload_on_sighup(Arc::clone(store));
         }
+        let (map, meta) = match (&args.map, &args.meta) {
+            (Some(path), _) => (read_map(path)?, None),
+            (None, Some(addrs)) => {
+                let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+                let meta = map_feed::meta_client(&addrs, &access)
+                    .context("--meta: dialling the meta group")?;
+                let patience =
+                    std::time::Duration::from_secs(limits::GATEWAY_META_FIRST_MAP_SECONDS_MAX);
+                let map = map_feed::first_map(&meta, patience)
+                    .await
+                    .context("--meta: reading the cluster map from the meta group")?;
+                (map, Some(meta))
+            }
+            (None, None) => unreachable!("clap requires --map or --meta"),
+        };
         let groups = Groups::connect(&map, &access).context("connecting to the groups")?;
         let epoch = map.epoch();
         let group_count = map.groups().len();
@@ -154,18 +179,35 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
             Gateway::new(map, groups)
                 .with_saga_deadline(std::time::Duration::from_millis(args.saga_deadline_ms)),
         );
-        reload_map_on_sighup(Arc::clone(&gateway), args.map.clone(), access);
+        let feed = match (meta, &args.map) {
+            (Some(meta), _) => Some(map_feed::follow(Arc::clone(&gateway), meta, access)),
+            (None, Some(path)) => {
+                reload_map_on_sighup(Arc::clone(&gateway), path.clone(), access);
+                None
+            }
+            (None, None) => None,
+        };
         let resolver =
             gateway.start_resolver(std::time::Duration::from_secs(args.saga_open_seconds));
         let servers = ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
             .await
             .context("starting the gateway's listeners")?;
         announce(&servers, serving.tls.is_some());
-        println!("fincore: gateway over {group_count} groups (cluster map epoch {epoch})");
+        let source = if args.meta.is_some() {
+            "from the meta group, followed as it changes"
+        } else {
+            "from --map, reread on SIGHUP"
+        };
+        println!(
+            "fincore: gateway over {group_count} groups (cluster map epoch {epoch}, {source})"
+        );
         std::io::stdout().flush().ok();
         stop.await;
         println!("fincore: stopping (finishing requests in progress)");
         drop(resolver);
+        if let Some(feed) = feed {
+            feed.abort();
+        }
         servers.shutdown().await;
         println!("fincore: stopped cleanly");
         Ok(ExitCode::SUCCESS)

@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// what a client may do. Needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Run a replica of the meta group (it keeps the cluster map: groups, members, the slot
+    /// table; served as `fincore.v1.Meta` on --grpc) instead of a ledger replica. --http is
+    /// not served; every other flag means what it means for a ledger replica.
+    #[arg(long)]
+    meta: bool,
 }
 
 /// How a start of `serve` enters its group. Without either flag the data directory must
@@ -384,6 +389,74 @@ fn group_line(node: &Node) -> String {
     }
 }
 
+/// The line that tells how a node authenticates its clients (and starts reloading the keys on
+/// SIGHUP).
+fn auth_line(auth: &Auth) -> String {
+    match auth {
+        Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
+        Auth::Keys(store) => {
+            crate::keys::reload_on_sighup(Arc::clone(store));
+            format!(
+                "fincore: authentication on: {} API keys from {} (reloaded on SIGHUP)",
+                store.len(),
+                store.path().display()
+            )
+        }
+    }
+}
+
+/// Runs a meta replica (`serve --meta`) until SIGTERM, SIGINT or the parent's end.
+fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging();
+    let data_dir = config.data_dir.clone();
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
+        let stop = stop_or_orphaned(stop_signal()?, parent_pid);
+        let auth_line = auth_line(&config.auth);
+        let client_tls = config.client_tls.is_some();
+        let peer_tls = !matches!(config.peer_security, PeerSecurity::Insecure);
+        let node_id = config.node_id;
+        let node = server::MetaNode::start(config)
+            .await
+            .with_context(|| format!("starting the meta replica on {}", data_dir.display()))?;
+        println!(
+            "fincore: gRPC listening on {} ({})",
+            node.grpc_addr(),
+            if client_tls { "TLS" } else { "plaintext" }
+        );
+        println!(
+            "fincore: peers listening on {} ({})",
+            node.peer_addr(),
+            if peer_tls {
+                "mutual TLS"
+            } else {
+                "plaintext: --insecure-peers"
+            }
+        );
+        println!("{auth_line}");
+        let group = node
+            .group_id()
+            .map_or("(unknown)".to_string(), ToString::to_string);
+        if node.awaiting_admission() {
+            println!(
+                "fincore: meta node {node_id} waiting to join meta group {group}: add it from the group's leader"
+            );
+        } else {
+            println!("fincore: meta node {node_id} of meta group {group}");
+        }
+        std::io::stdout().flush().ok();
+        stop.await;
+        println!("fincore: stopping (finishing requests in progress)");
+        node.shutdown().await;
+        println!("fincore: stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(
+        limits::SERVER_RUNTIME_STOP_SECONDS_MAX,
+    ));
+    result
+}
+
 fn run_node(
     (config, capacity_line): (NodeConfig, String),
     parent_pid: Option<u32>,
@@ -394,17 +467,7 @@ fn run_node(
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
         let stop = stop_or_orphaned(stop_signal()?, parent_pid);
-        let auth_line = match &config.auth {
-            Auth::Open => "fincore: authentication off (--insecure-no-auth)".to_string(),
-            Auth::Keys(store) => {
-                crate::keys::reload_on_sighup(Arc::clone(store));
-                format!(
-                    "fincore: authentication on: {} API keys from {} (reloaded on SIGHUP)",
-                    store.len(),
-                    store.path().display()
-                )
-            }
-        };
+        let auth_line = auth_line(&config.auth);
         let client_ca_line = config
             .client_tls
             .as_ref()
@@ -502,6 +565,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     config.peers = args.peers.clone().unwrap_or_default();
     config.entry = args.membership.entry();
     config.replica.peer_routes = args.peer_routes.clone().unwrap_or_default();
+    if args.meta {
+        return run_meta_node(config, args.parent_pid);
+    }
     run_node((config, capacity_line), args.parent_pid, |_| None)
 }
 

@@ -36,6 +36,45 @@ pub struct GroupAccess {
     pub tls_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+impl GroupAccess {
+    /// A client of the servers at `addrs` (`HOST:PORT` each; dialled `https://` when TLS is
+    /// set up), with this access's key, TLS and identity, naming `group` on every call if
+    /// given: how a gateway reaches a ledger group, and the meta group.
+    pub fn client(
+        &self,
+        addrs: &[&str],
+        policy: RetryPolicy,
+        group: Option<String>,
+    ) -> Result<Client, ClientError> {
+        let scheme = if self.tls_ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let addrs: Vec<String> = addrs
+            .iter()
+            .map(|addr| format!("{scheme}://{addr}"))
+            .collect();
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let mut builder = Client::builder(&addrs)
+            .retry_policy(policy)
+            .api_key_opt(self.api_key.clone());
+        if let Some(group) = group {
+            builder = builder.group(group);
+        }
+        if let Some(pem) = &self.tls_ca_pem {
+            builder = builder.tls_ca_pem(pem.clone());
+        }
+        if let Some(domain) = &self.tls_domain {
+            builder = builder.tls_domain(domain.clone());
+        }
+        if let Some((certificate, key)) = &self.tls_identity_pem {
+            builder = builder.tls_identity_pem(certificate.clone(), key.clone());
+        }
+        builder.connect()
+    }
+}
+
 /// Why the groups could not be connected.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupsError {
@@ -65,11 +104,6 @@ impl Groups {
     /// Makes a client for every group in `map`, dialling its members' gRPC addresses, and its
     /// writers. Must run inside a Tokio runtime (clients and writers start tasks).
     pub fn connect(map: &ClusterMap, access: &GroupAccess) -> Result<Groups, GroupsError> {
-        let scheme = if access.tls_ca_pem.is_some() {
-            "https"
-        } else {
-            "http"
-        };
         let policy = RetryPolicy {
             elapsed_max: Duration::from_secs(GROUP_CALL_SECONDS_MAX),
             attempt_timeout: Duration::from_secs(GROUP_CALL_SECONDS_MAX / 2),
@@ -77,26 +111,12 @@ impl Groups {
         };
         let mut groups = BTreeMap::new();
         for (&group, members) in map.groups() {
-            let addrs: Vec<String> = members
+            let addrs: Vec<&str> = members
                 .values()
-                .map(|member| format!("{scheme}://{}", member.grpc))
+                .map(|member| member.grpc.as_str())
                 .collect();
-            let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-            let mut builder = Client::builder(&addrs)
-                .retry_policy(policy.clone())
-                .api_key_opt(access.api_key.clone())
-                .group(group.to_string());
-            if let Some(pem) = &access.tls_ca_pem {
-                builder = builder.tls_ca_pem(pem.clone());
-            }
-            if let Some(domain) = &access.tls_domain {
-                builder = builder.tls_domain(domain.clone());
-            }
-            if let Some((certificate, key)) = &access.tls_identity_pem {
-                builder = builder.tls_identity_pem(certificate.clone(), key.clone());
-            }
-            let client = builder
-                .connect()
+            let client = access
+                .client(&addrs, policy.clone(), Some(group.to_string()))
                 .map_err(|source| GroupsError::Connect { group, source })?;
             let connection = Group {
                 accounts: GroupWriter::start(client.clone(), |client, events| {

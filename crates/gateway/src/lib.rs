@@ -24,6 +24,7 @@
 mod coalesce;
 mod events;
 mod groups;
+pub mod map_feed;
 mod router;
 pub mod saga;
 

@@ -180,6 +180,13 @@ pub const SMALL_STATE_SNAPSHOT_BYTES_MAX: u64 = 32 << 20;
 /// one more is refused RESOURCE_EXHAUSTED, so a flood of watchers cannot grow its memory).
 pub const META_WATCHERS_MAX: usize = 1024;
 
+/// Longest wait before a gateway watches the meta group's cluster map again after the watch
+/// broke (the waits double from 50 ms up to this).
+pub const GATEWAY_MAP_WATCH_RETRY_MS_MAX: u64 = 2_000;
+
+/// How long a gateway started with `--meta` waits at start for the meta group to hold a map.
+pub const GATEWAY_META_FIRST_MAP_SECONDS_MAX: u64 = 60;
+
 /// Largest request the meta group's gRPC service decodes: a `SetMap` whose map fills one log
 /// entry, plus room for the rest of the message.
 pub const META_REQUEST_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;

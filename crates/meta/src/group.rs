@@ -105,6 +105,7 @@ impl MetaGroup {
         MapWatch {
             machine: self.replica.machine().clone(),
             applied: self.replica.machine().watch_applied(),
+            stopped: self.replica.machine().watch_stopped(),
             seen_epoch: None,
         }
     }
@@ -125,6 +126,7 @@ impl MetaGroup {
 pub struct MapWatch {
     machine: SmallStateMachine<MetaState>,
     applied: tokio::sync::watch::Receiver<u64>,
+    stopped: tokio::sync::watch::Receiver<bool>,
     seen_epoch: Option<u64>,
 }
 
@@ -133,14 +135,24 @@ impl MapWatch {
     /// now, if any); `None` once the replica has stopped.
     pub async fn next(&mut self) -> Option<ClusterMap> {
         loop {
-            let map = self.machine.read(|state| state.map().cloned());
-            if let Some(map) = map
-                && self.seen_epoch.is_none_or(|seen| map.epoch() > seen)
-            {
+            if *self.stopped.borrow() {
+                return None;
+            }
+            // The epoch is compared before the map is copied: a watcher copies only a new map.
+            let seen = self.seen_epoch;
+            let map = self.machine.read(|state| {
+                let map = state.map()?;
+                seen.is_none_or(|seen| map.epoch() > seen)
+                    .then(|| map.clone())
+            });
+            if let Some(map) = map {
                 self.seen_epoch = Some(map.epoch());
                 return Some(map);
             }
-            self.applied.changed().await.ok()?;
+            tokio::select! {
+                changed = self.applied.changed() => changed.ok()?,
+                _ = self.stopped.changed() => {}
+            }
         }
     }
 }

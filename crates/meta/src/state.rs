@@ -53,7 +53,8 @@ pub enum MapChange {
 }
 
 /// Codes of a [`MapChange`] in the outcome the replication layer carries back to the
-/// proposer: `codes` = [kind, detail], `timestamps` = [epoch in use after the entry].
+/// proposer: `codes` = [kind, slot moved], `timestamps` = [epoch in use after the entry, the
+/// other epoch the change names (expected, or proposed)].
 mod code {
     pub const APPLIED: u32 = 0;
     pub const EPOCH_MISMATCH: u32 = 1;
@@ -65,52 +66,41 @@ mod code {
 impl MapChange {
     /// The change as the replication layer's outcome (see [`code`]).
     fn to_outcome(&self, epoch_in_use: u64) -> BatchOutcome {
-        let (kind, detail, epoch) = match self {
+        let (kind, slot, named_epoch) = match self {
             MapChange::Applied { epoch } => (code::APPLIED, 0, *epoch),
-            MapChange::EpochMismatch { expected, current } => {
-                // The expected epoch travels in `detail` when it fits (it always does for a
-                // real map: epochs are counted from 1 by single bumps).
-                (
-                    code::EPOCH_MISMATCH,
-                    u32::try_from(*expected).unwrap_or(u32::MAX),
-                    *current,
-                )
-            }
-            MapChange::Refused(SuccessorError::NotNewer { new, .. }) => (
-                code::NOT_NEWER,
-                u32::try_from(*new).unwrap_or(u32::MAX),
-                epoch_in_use,
-            ),
+            MapChange::EpochMismatch { expected, .. } => (code::EPOCH_MISMATCH, 0, *expected),
+            MapChange::Refused(SuccessorError::NotNewer { new, .. }) => (code::NOT_NEWER, 0, *new),
             MapChange::Refused(SuccessorError::MovesSlots { slot }) => {
-                (code::MOVES_SLOTS, *slot, epoch_in_use)
+                (code::MOVES_SLOTS, *slot, 0)
             }
-            MapChange::Malformed => (code::MALFORMED, 0, epoch_in_use),
+            MapChange::Malformed => (code::MALFORMED, 0, 0),
         };
         BatchOutcome {
             accounts: false,
             saga: false,
-            codes: vec![kind, detail],
-            timestamps: vec![epoch],
+            codes: vec![kind, slot],
+            timestamps: vec![epoch_in_use, named_epoch],
         }
     }
 
     /// The change an outcome of this build's [`MetaState::apply`] describes.
     pub(crate) fn from_outcome(outcome: &BatchOutcome) -> Option<MapChange> {
-        let (&[kind, detail], &[epoch]) = (outcome.codes.as_slice(), outcome.timestamps.as_slice())
+        let (&[kind, slot], &[in_use, named]) =
+            (outcome.codes.as_slice(), outcome.timestamps.as_slice())
         else {
             return None;
         };
         Some(match kind {
-            code::APPLIED => MapChange::Applied { epoch },
+            code::APPLIED => MapChange::Applied { epoch: named },
             code::EPOCH_MISMATCH => MapChange::EpochMismatch {
-                expected: u64::from(detail),
-                current: epoch,
+                expected: named,
+                current: in_use,
             },
             code::NOT_NEWER => MapChange::Refused(SuccessorError::NotNewer {
-                current: epoch,
-                new: u64::from(detail),
+                current: in_use,
+                new: named,
             }),
-            code::MOVES_SLOTS => MapChange::Refused(SuccessorError::MovesSlots { slot: detail }),
+            code::MOVES_SLOTS => MapChange::Refused(SuccessorError::MovesSlots { slot }),
             code::MALFORMED => MapChange::Malformed,
             _ => return None,
         })
@@ -328,6 +318,36 @@ pub(crate) mod tests {
         assert!(error.to_string().contains("version 2"), "{error}");
         for garbage in [&b""[..], b"null", b"{\"map\":null}", b"\x00\x01"] {
             assert!(MetaState::decode(garbage).is_err());
+        }
+    }
+
+    #[test]
+    fn every_change_round_trips_through_the_outcome_with_epochs_of_any_size() {
+        let big = u64::MAX - 1;
+        for (change, in_use) in [
+            (MapChange::Applied { epoch: big }, big),
+            (
+                MapChange::EpochMismatch {
+                    expected: big,
+                    current: 1 << 40,
+                },
+                1 << 40,
+            ),
+            (
+                MapChange::Refused(SuccessorError::NotNewer {
+                    current: big,
+                    new: 1 << 33,
+                }),
+                big,
+            ),
+            (
+                MapChange::Refused(SuccessorError::MovesSlots { slot: 4095 }),
+                7,
+            ),
+            (MapChange::Malformed, 7),
+        ] {
+            let outcome = change.to_outcome(in_use);
+            assert_eq!(MapChange::from_outcome(&outcome), Some(change));
         }
     }
 

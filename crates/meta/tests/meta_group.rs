@@ -269,7 +269,12 @@ async fn the_map_is_changed_by_compare_and_set_pushed_to_watchers_and_survives_f
         "the new member was caught up by the leader's snapshot"
     );
 
+    // A replica that stops ends its watches.
+    let mut watch = newcomer.group.watch();
+    assert_eq!(watch.next().await, Some(latest));
     newcomer.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+    assert_eq!(ended, Ok(None), "the watch ends when its replica stops");
     for replica in replicas.into_iter().flatten() {
         replica.stop().await;
     }

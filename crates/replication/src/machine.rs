@@ -27,7 +27,8 @@ pub trait ReplicaMachine:
     /// The last applied log index (0 before the first).
     fn applied_index(&self) -> u64;
 
-    /// Stops snapshot building for good (a replica that stopped) and waits, blocking, at most
-    /// `patience` for builds in progress to give up. Answers whether none runs.
+    /// Called once the replica has stopped: stops snapshot building for good (and tells the
+    /// machine's watchers, if it has any) and waits, blocking, at most `patience` for builds in
+    /// progress to give up. Answers whether none runs.
     fn stop_builds(&self, patience: Duration) -> bool;
 }

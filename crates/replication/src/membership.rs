@@ -23,6 +23,7 @@ use journal::storage::{RealStorage, Storage, read_file, write_atomically};
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::{self, DataDirError, FormatMarker};
+use crate::machine::ReplicaMachine;
 use crate::replica::{Replica, WriteError};
 use crate::types::{NodeId, PeerNode};
 
@@ -102,7 +103,10 @@ pub struct Prepared {
 impl Prepared {
     /// Completes a pending bootstrap: initializes the group with its initial members if the
     /// replica has neither a log nor a vote yet. Answers whether it did.
-    pub async fn finish_bootstrap(&self, replica: &Replica) -> Result<bool, WriteError> {
+    pub async fn finish_bootstrap<M: ReplicaMachine>(
+        &self,
+        replica: &Replica<M>,
+    ) -> Result<bool, WriteError> {
         match &self.bootstrap {
             Some(members) if !replica.is_initialized().await => {
                 replica.initialize(members).await?;

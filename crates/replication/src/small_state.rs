@@ -65,6 +65,8 @@ pub struct SmallStateMachine<S: SmallState, C: LedgerConfig = TypeConfig> {
     builds: Arc<Builds>,
     /// The applied index, for watchers (moves after the state has).
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// True once the replica stopped (`stop_builds`): watchers end.
+    stopped: Arc<tokio::sync::watch::Sender<bool>>,
     storage: Arc<dyn Storage>,
     snapshot_path: PathBuf,
     _config: std::marker::PhantomData<C>,
@@ -77,6 +79,7 @@ impl<S: SmallState, C: LedgerConfig> Clone for SmallStateMachine<S, C> {
             inner: Arc::clone(&self.inner),
             builds: Arc::clone(&self.builds),
             applied: Arc::clone(&self.applied),
+            stopped: Arc::clone(&self.stopped),
             storage: Arc::clone(&self.storage),
             snapshot_path: self.snapshot_path.clone(),
             _config: std::marker::PhantomData,
@@ -124,6 +127,7 @@ impl<S: SmallState, C: LedgerConfig> SmallStateMachine<S, C> {
             inner: Arc::new(Mutex::new(inner)),
             builds: Arc::new(Builds::default()),
             applied: Arc::new(tokio::sync::watch::channel(applied_index).0),
+            stopped: Arc::new(tokio::sync::watch::channel(false).0),
             storage: Arc::clone(&options.storage),
             snapshot_path,
             _config: std::marker::PhantomData,
@@ -138,6 +142,11 @@ impl<S: SmallState, C: LedgerConfig> SmallStateMachine<S, C> {
     /// The applied index now and each time it moves (after the state has moved with it).
     pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Turns true once the replica has stopped (a watcher's cue to end).
+    pub fn watch_stopped(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopped.subscribe()
     }
 
     /// The last applied log index (0 before the first).
@@ -240,6 +249,7 @@ impl<S: SmallState, C: LedgerConfig> SmallStateMachine<S, C> {
             self.publish(&mut inner, meta, temp)?;
             inner.installed_from_peer += 1;
         }
+        // (Counted even if a newer snapshot file was already kept: the state was installed.)
         *state = decoded;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
@@ -348,6 +358,7 @@ impl<S: SmallState> ReplicaMachine for SmallStateMachine<S, TypeConfig> {
     }
 
     fn stop_builds(&self, patience: std::time::Duration) -> bool {
+        self.stopped.send_replace(true);
         self.builds.stop(patience)
     }
 }

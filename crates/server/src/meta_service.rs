@@ -36,7 +36,12 @@ fn refusal(error: MetaError) -> (Status, ErrorKind) {
             let kind = error.kind();
             (crate::grpc::status(error), kind)
         }
-        MetaError::EpochMismatch { .. } => (Status::aborted(error.to_string()), ErrorKind::Invalid),
+        // Not ABORTED, which clients retry: the same change stays refused until it is redone
+        // from the map in use.
+        MetaError::EpochMismatch { .. } => (
+            Status::failed_precondition(error.to_string()),
+            ErrorKind::Invalid,
+        ),
         MetaError::Refused(_) => (
             Status::failed_precondition(format!("map_json: {error}")),
             ErrorKind::Invalid,
@@ -412,7 +417,7 @@ mod tests {
             .set_map(set(0, &second, &served.admin))
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::Aborted);
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
         assert!(
             refused.message().contains("epoch 1"),
             "{}",

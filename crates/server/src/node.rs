@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use replication::membership::{self, Entry, GroupId, MembershipError};
 use replication::peer_tls::{CertificateFiles, PeerTls, PeerTlsError};
-use replication::{NodeId, PeerNode, Replica, ReplicaConfig};
+use replication::{NodeId, PeerNode, Replica, ReplicaConfig, ReplicaMachine};
 use telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -207,33 +207,7 @@ impl Node {
         } else {
             config.peers.clone()
         };
-        // The certificates are checked before the directory is touched; a new group takes its
-        // id from them.
-        let peer_tls = match &config.peer_security {
-            PeerSecurity::Insecure => None,
-            PeerSecurity::Tls { certificates } => Some(PeerTls::load(
-                config.node_id,
-                &CertificateFiles::in_dir(certificates, config.node_id),
-            )?),
-        };
-        let entry = entry_for_certificates(&config.entry, peer_tls.as_ref())?;
-        let prepared = membership::prepare(&config.data_dir, config.node_id, &entry, &peers)?;
-        if let Some(tls) = &peer_tls {
-            match &prepared.group {
-                Some(group) if group.as_str() == tls.group() => {}
-                Some(group) => {
-                    return Err(NodeError::PeerTlsOtherGroup {
-                        named: tls.group().to_string(),
-                        group: group.to_string(),
-                    });
-                }
-                None => {
-                    return Err(NodeError::PeerTlsWithoutGroup {
-                        dir: config.data_dir.clone(),
-                    });
-                }
-            }
-        }
+        let (peer_tls, prepared) = enter_group(&config, &peers)?;
 
         let metrics = Metrics::new();
         let sync_metrics = Arc::clone(&metrics);
@@ -278,28 +252,7 @@ impl Node {
         )?;
         servers.push(peers_server);
 
-        let bootstrapped = match prepared.finish_bootstrap(&replica).await {
-            Ok(done) => done,
-            Err(error) => {
-                tracing::warn!(%error, "initializing the new group failed");
-                false
-            }
-        };
-        if bootstrapped {
-            tracing::info!(group = ?prepared.group, members = ?prepared.bootstrap, "created a new group");
-        }
-        let awaiting_admission = !replica.is_initialized().await;
-        // A group of one elects itself at once; wait for that so the first request succeeds.
-        let alone = match &prepared.bootstrap {
-            Some(members) if bootstrapped => members.len() == 1,
-            _ => replica.members().len() == 1,
-        };
-        if alone {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while replica.leader().is_none() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        let awaiting_admission = settle_membership(&prepared, &replica).await;
         Ok(Node {
             grpc_addr,
             http_addr,
@@ -369,6 +322,74 @@ impl Node {
     }
 }
 
+/// Checks this start against the peer certificates and the data directory (see
+/// `replication::membership`) before the replica opens it: answers the node's peer identity
+/// (none with [`PeerSecurity::Insecure`]) and how it enters its group. A new group takes its
+/// id from the certificates; a certificate of another group is refused.
+pub(crate) fn enter_group(
+    config: &NodeConfig,
+    peers: &BTreeMap<NodeId, PeerNode>,
+) -> Result<(Option<PeerTls>, membership::Prepared), NodeError> {
+    let peer_tls = match &config.peer_security {
+        PeerSecurity::Insecure => None,
+        PeerSecurity::Tls { certificates } => Some(PeerTls::load(
+            config.node_id,
+            &CertificateFiles::in_dir(certificates, config.node_id),
+        )?),
+    };
+    let entry = entry_for_certificates(&config.entry, peer_tls.as_ref())?;
+    let prepared = membership::prepare(&config.data_dir, config.node_id, &entry, peers)?;
+    if let Some(tls) = &peer_tls {
+        match &prepared.group {
+            Some(group) if group.as_str() == tls.group() => {}
+            Some(group) => {
+                return Err(NodeError::PeerTlsOtherGroup {
+                    named: tls.group().to_string(),
+                    group: group.to_string(),
+                });
+            }
+            None => {
+                return Err(NodeError::PeerTlsWithoutGroup {
+                    dir: config.data_dir.clone(),
+                });
+            }
+        }
+    }
+    Ok((peer_tls, prepared))
+}
+
+/// Completes a pending bootstrap, and for a group of one waits (at most 10 s) until it has
+/// elected itself, so the first request succeeds. Answers whether the replica is a new member
+/// still waiting to be added (neither log nor votes, and not creating a group).
+pub(crate) async fn settle_membership<M: ReplicaMachine>(
+    prepared: &membership::Prepared,
+    replica: &Replica<M>,
+) -> bool {
+    let bootstrapped = match prepared.finish_bootstrap(replica).await {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::warn!(%error, "initializing the new group failed");
+            false
+        }
+    };
+    if bootstrapped {
+        tracing::info!(group = ?prepared.group, members = ?prepared.bootstrap, "created a new group");
+    }
+    let awaiting_admission = !replica.is_initialized().await;
+    // A group of one elects itself at once; wait for that so the first request succeeds.
+    let alone = match &prepared.bootstrap {
+        Some(members) if bootstrapped => members.len() == 1,
+        _ => replica.members().len() == 1,
+    };
+    if alone {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while replica.leader().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    awaiting_admission
+}
+
 /// Waits for stopped servers to finish their connections, for at most
 /// `HTTP_SHUTDOWN_GRACE_SECONDS` in all, then aborts those still running.
 pub(crate) async fn stop_servers(servers: Vec<JoinHandle<()>>) {
@@ -390,9 +411,9 @@ pub(crate) async fn stop_servers(servers: Vec<JoinHandle<()>>) {
 /// `tls` (the handshake refuses a peer without a certificate from the group's authority, or one
 /// slower than `limits::PEER_TLS_HANDSHAKE_SECONDS_MAX`), at most
 /// `limits::PEER_CONNECTIONS_MAX` connections.
-fn serve_peers(
+pub(crate) fn serve_peers<M: ReplicaMachine>(
     listener: TcpListener,
-    replica: &Replica,
+    replica: &Replica<M>,
     tls: Option<PeerTls>,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

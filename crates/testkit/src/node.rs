@@ -94,6 +94,18 @@ impl ChildNode {
         ChildNode::spawn(command, data_dir, log, log_path, true)
     }
 
+    /// [`ChildNode::start`] of a meta replica (`serve --meta`, added to `args`), which serves
+    /// no HTTP: `http_addr` stays empty.
+    pub fn start_meta<S: AsRef<OsStr>>(
+        exe: &Path,
+        data_dir: &Path,
+        args: &[S],
+    ) -> Result<ChildNode, KitError> {
+        let (mut command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
+        command.arg("--meta");
+        ChildNode::spawn_announcing(command, data_dir, (log, log_path), true, false)
+    }
+
     /// [`ChildNode::start`], logging what `filter` selects (`RUST_LOG` syntax, such as
     /// `server=debug`) to its log: for tests that look for a debug line.
     pub fn start_logging<S: AsRef<OsStr>>(
@@ -162,10 +174,30 @@ impl ChildNode {
         map: &Path,
         args: &[S],
     ) -> Result<ChildNode, KitError> {
+        ChildNode::start_gateway_from(exe, dir, [OsStr::new("--map"), map.as_os_str()], args)
+    }
+
+    /// [`ChildNode::start_gateway`] taking its map from the meta group at `meta` (`--meta
+    /// HOST:PORT,…`) instead of a file.
+    pub fn start_gateway_on_meta<S: AsRef<OsStr>>(
+        exe: &Path,
+        dir: &Path,
+        meta: &str,
+        args: &[S],
+    ) -> Result<ChildNode, KitError> {
+        ChildNode::start_gateway_from(exe, dir, [OsStr::new("--meta"), OsStr::new(meta)], args)
+    }
+
+    fn start_gateway_from<S: AsRef<OsStr>>(
+        exe: &Path,
+        dir: &Path,
+        source: [&OsStr; 2],
+        args: &[S],
+    ) -> Result<ChildNode, KitError> {
         let (log, log_path) = dir_and_log(dir)?;
         let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
         let mut command = Command::new(exe);
-        command.arg("gateway").arg("--map").arg(map);
+        command.arg("gateway").args(source);
         if !given("--keys") && !given("--insecure-no-auth") {
             let keys = crate::keys::keys_file_for(exe, dir)?;
             let token = crate::keys::token().unwrap_or_default();
@@ -185,11 +217,22 @@ impl ChildNode {
     /// Spawns `command` with stdout piped and stderr to `log`, and reads what it announces:
     /// its gRPC and HTTP addresses, and its peer address if `peer` (a node).
     fn spawn(
-        mut command: Command,
+        command: Command,
         data_dir: &Path,
         log: std::fs::File,
         log_path: PathBuf,
         peer: bool,
+    ) -> Result<ChildNode, KitError> {
+        ChildNode::spawn_announcing(command, data_dir, (log, log_path), peer, true)
+    }
+
+    /// [`ChildNode::spawn`], waiting for an HTTP address only if `http`.
+    fn spawn_announcing(
+        mut command: Command,
+        data_dir: &Path,
+        (log, log_path): (std::fs::File, PathBuf),
+        peer: bool,
+        http: bool,
     ) -> Result<ChildNode, KitError> {
         let mut child = command
             .stdin(Stdio::null())
@@ -202,7 +245,8 @@ impl ChildNode {
             )))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut grpc_addr, mut http_addr) = (None, None);
+        let mut grpc_addr = None;
+        let mut http_addr = (!http).then(String::new);
         let mut peer_addr = (!peer).then(String::new);
         let mut client_tls = false;
         while grpc_addr.is_none() || http_addr.is_none() || peer_addr.is_none() {
