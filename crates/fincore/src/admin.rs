@@ -1,8 +1,9 @@
 //! `fincore admin`: operator commands against a running group over its HTTP API.
 //!
 //! Membership changes go to any node; one that is not the leader redirects (307) and the
-//! command follows the redirect once. `cluster` reads a cluster map and asks every member of
-//! every group for its own status.
+//! command follows the redirect once. `cluster` reads the cluster map (from the meta group or a
+//! file) and asks every member of every group for its own status; `set-map` changes the meta
+//! group's map under its epoch compare-and-set.
 
 use std::process::ExitCode;
 
@@ -52,10 +53,34 @@ pub enum AdminCommand {
     /// Show the cluster: the map's epoch, each group's slots and members, and each member's
     /// role, term and applied index as it reports them (`unreachable` when it does not answer).
     Cluster {
-        /// The cluster map the gateways route by (`dev --groups` keeps it in
-        /// DIR/cluster-map.json).
+        /// Read the cluster map from the meta group at these replicas' gRPC addresses
+        /// (`HOST:PORT`, comma-separated; `dev --groups` prints them).
+        #[arg(
+            long,
+            value_name = "ADDRS",
+            value_delimiter = ',',
+            required_unless_present = "map",
+            conflicts_with = "map"
+        )]
+        meta: Option<Vec<String>>,
+        /// Read the cluster map from this file instead (as `fincore gateway --map` takes it).
+        #[arg(long, value_name = "FILE")]
+        map: Option<std::path::PathBuf>,
+    },
+    /// Make the map in FILE the meta group's cluster map, if the map in use has the epoch
+    /// before FILE's (or --expected-epoch) and FILE's map may succeed it: a newer epoch, no slot
+    /// moved. Gateways following the meta group route by it within moments.
+    SetMap {
+        /// The meta group's replicas' gRPC addresses (`HOST:PORT`, comma-separated).
+        #[arg(long, value_name = "ADDRS", value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        /// The new map (JSON, as `docs/placement.md` describes).
         #[arg(long, value_name = "FILE")]
         map: std::path::PathBuf,
+        /// The epoch the change is based on (default: FILE's epoch − 1); refused, naming the
+        /// epoch in use, if the map changed since.
+        #[arg(long, value_name = "EPOCH")]
+        expected_epoch: Option<u64>,
     },
 }
 
@@ -81,11 +106,71 @@ fn slot_ranges(slots: &[cluster::Slot]) -> String {
         .join(", ")
 }
 
-/// Prints the map and every member's own report of its role (over its HTTP API).
-fn show_cluster(target: &Target<'_>, map_path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let map = crate::gateway::read_map(map_path)?;
+/// The meta group at `addrs`, dialled with the admin key (and `--tls-ca`'s authority). Call it
+/// on a runtime.
+fn meta_client(args: &AdminArgs, addrs: &[String]) -> anyhow::Result<client::Client> {
+    let tls_ca_pem = match &args.tls_ca {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let access = gateway::GroupAccess {
+        api_key: args.api_key.clone(),
+        tls_ca_pem,
+        ..Default::default()
+    };
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    gateway::map_feed::meta_client(&addrs, &access).context("--meta: dialling the meta group")
+}
+
+/// Answers `call`'s result on a runtime of its own (admin commands are otherwise blocking).
+fn on_runtime<T>(call: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    crate::serve::runtime()?.block_on(call)
+}
+
+/// The map the meta group holds now.
+fn map_of_meta(args: &AdminArgs, addrs: &[String]) -> anyhow::Result<cluster::ClusterMap> {
+    on_runtime(async move {
+        meta_client(args, addrs)?
+            .cluster_map()
+            .await
+            .context("reading the meta group's cluster map")?
+            .context("the meta group holds no cluster map yet (set one with `admin set-map`)")
+    })
+}
+
+/// `admin set-map`: the change, and the map in use after it.
+fn set_map(
+    args: &AdminArgs,
+    addrs: &[String],
+    path: &std::path::Path,
+    expected_epoch: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let map = crate::gateway::read_map(path)?;
+    let expected = expected_epoch.unwrap_or(map.epoch().saturating_sub(1));
+    let now = on_runtime(async move {
+        meta_client(args, addrs)?
+            .set_cluster_map(expected, &map)
+            .await
+            .with_context(|| format!("setting the map of {}", path.display()))
+    })?;
     println!(
-        "cluster map epoch {}: {} groups over {} slots",
+        "the meta group's cluster map is now epoch {}: {} groups",
+        now.epoch(),
+        now.groups().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the map and every member's own report of its role (over its HTTP API).
+fn show_cluster(
+    target: &Target<'_>,
+    map: &cluster::ClusterMap,
+    source: &str,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "cluster map epoch {} ({source}): {} groups over {} slots",
         map.epoch(),
         map.groups().len(),
         cluster::SLOTS
@@ -252,6 +337,24 @@ pub fn run(args: &AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCommand::Status { addr } => {
             to_leader(target, addr, "GET", "/v1/status?digest=true", None)
         }
-        AdminCommand::Cluster { map } => show_cluster(target, map),
+        AdminCommand::Cluster {
+            meta: Some(addrs), ..
+        } => show_cluster(target, &map_of_meta(args, addrs)?, "from the meta group"),
+        AdminCommand::Cluster {
+            map: Some(path), ..
+        } => show_cluster(
+            target,
+            &crate::gateway::read_map(path)?,
+            &path.display().to_string(),
+        ),
+        AdminCommand::Cluster {
+            meta: None,
+            map: None,
+        } => unreachable!("clap requires --meta or --map"),
+        AdminCommand::SetMap {
+            meta,
+            map,
+            expected_epoch,
+        } => set_map(args, meta, map, *expected_epoch),
     }
 }

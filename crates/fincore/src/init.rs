@@ -65,8 +65,14 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     let entry = Entry::Bootstrap {
         group: args.group.clone(),
     };
-    let prepared = membership::prepare(&args.data_dir, args.node_id, &entry, &members)
-        .with_context(|| format!("fincore init --data-dir {}", args.data_dir.display()))?;
+    let prepared = membership::prepare(
+        &args.data_dir,
+        args.node_id,
+        &entry,
+        &members,
+        replication::data_dir::LEDGER_MACHINE,
+    )
+    .with_context(|| format!("fincore init --data-dir {}", args.data_dir.display()))?;
     let group = prepared
         .group
         .expect("a directory made by a bootstrap records its group");

@@ -9,6 +9,7 @@ mod bench;
 mod cdc;
 mod certs;
 mod chaos;
+mod dev;
 mod gateway;
 mod init;
 mod keys;
@@ -46,7 +47,7 @@ enum Command {
     /// many as you like).
     Gateway(gateway::GatewayArgs),
     /// Run a single-node ledger (or a local group) for development (data in ./fincore-data).
-    Dev(serve::DevArgs),
+    Dev(dev::DevArgs),
     /// Check a node's data directory: its format marker, every checksum and the whole hash
     /// chain of its log; replay it and compare with its snapshot.
     Verify(verify::VerifyArgs),
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => serve::serve(&args),
         Command::Init(args) => init::run(&args),
-        Command::Dev(args) => serve::dev(&args),
+        Command::Dev(args) => dev::dev(&args),
         Command::Gateway(args) => gateway::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Admin(command) => admin::run(&command),

@@ -1,5 +1,5 @@
-//! `fincore serve` and `fincore dev`: run one node (a replica of its group) until Ctrl-C or
-//! SIGTERM, then stop cleanly. How a start enters its group (`--bootstrap`, `--join`, or a
+//! `fincore serve`: run one node (a replica of its group, or with `--meta` of the meta group)
+//! until Ctrl-C or SIGTERM, then stop cleanly. How a start enters its group (`--bootstrap`, `--join`, or a
 //! restart on the node's own data) is checked by `replication::membership`.
 
 use std::io::Write;
@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 
 use replication::PeerNode;
 use replication::data_dir::DEV_PEER_CERTIFICATES_DIR;
-use replication::membership::{self, Entry, GroupId};
-use replication::peer_tls;
-use server::auth::KeyStore;
+use replication::membership::{Entry, GroupId};
 use server::client_tls::{ClientTls, ClientTlsFiles};
 use server::{Auth, Node, NodeConfig, PeerSecurity};
 
@@ -177,54 +175,29 @@ pub(crate) fn parse_peers(text: &str) -> Result<BTreeMap<u64, PeerNode>, String>
 }
 
 #[derive(Debug, clap::Args)]
-pub struct DevArgs {
-    /// Data directory (created if absent; with --replicas, node i uses DIR/node-i).
-    #[arg(long, value_name = "DIR", default_value = "fincore-data")]
-    data_dir: PathBuf,
-    /// Run a local replica group of this many nodes (1, 3 or 5), as child processes on
-    /// consecutive ports from --grpc, --http and --peer, with mutual TLS between them
-    /// (development certificates made on the first run in DIR/peer-tls).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
-    replicas: u64,
-    /// Run this many ledger groups (each of --replicas nodes) behind a gateway: the gateway
-    /// listens on --grpc and --http; group g's node i listens 100 × g + i − 1 ports above
-    /// --grpc, --http and --peer. Data in DIR/group-g/node-i, the cluster map in
-    /// DIR/cluster-map.json.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=limits::LOCAL_GROUPS_MAX))]
-    groups: u64,
-    /// Where the change events are projected as SQL tables while `dev` runs
-    /// (`docs/projector.md`): a SQLite file (default DIR/read.db), a PostgreSQL URL
-    /// (`postgres://USER@HOST:PORT/DATABASE`), or `off`.
-    #[arg(long, value_name = "FILE|URL|off")]
-    read_model: Option<String>,
-    #[command(flatten)]
-    listen: ListenArgs,
-}
-
-#[derive(Debug, clap::Args)]
 pub struct ListenArgs {
     /// gRPC listen address (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
-    grpc: SocketAddr,
+    pub(crate) grpc: SocketAddr,
     /// HTTP/JSON listen address (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7780")]
-    http: SocketAddr,
+    pub(crate) http: SocketAddr,
     /// Peer listen address: where the group's other replicas send Raft messages (port 0: any
     /// free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7790")]
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// Requests that may queue for the node's pipeline before new ones are answered "busy".
     #[arg(
         long,
         default_value_t = limits::SERVER_QUEUE_REQUESTS_DEFAULT as u64,
         value_parser = clap::value_parser!(u64).range(1..=limits::SERVER_QUEUE_REQUESTS_MAX as u64)
     )]
-    queue_depth: u64,
+    pub(crate) queue_depth: u64,
     /// Write a snapshot (and purge the log behind it) every this many batches (0: never).
     #[arg(long, default_value_t = limits::RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT)]
-    checkpoint_interval: u64,
+    pub(crate) checkpoint_interval: u64,
     #[command(flatten)]
-    capacity: CapacityArgs,
+    pub(crate) capacity: CapacityArgs,
 }
 
 /// The ledger's declared capacity. A write that could pass it is refused before it is
@@ -241,16 +214,6 @@ pub struct CapacityArgs {
     /// (printed at start). Give every replica of a group the same value.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=limits::LEDGER_TRANSFERS_MAX))]
     transfers_max: Option<u64>,
-}
-
-/// The capacity as `serve` arguments, for the children of `dev --replicas`.
-fn capacity_args(capacity: ledger::Capacity) -> [String; 4] {
-    [
-        "--accounts-max".to_string(),
-        capacity.accounts_max.to_string(),
-        "--transfers-max".to_string(),
-        capacity.transfers_max.to_string(),
-    ]
 }
 
 /// Bytes of memory available now (Linux: `MemAvailable` in `/proc/meminfo`, else `MemTotal`).
@@ -271,7 +234,7 @@ fn memory_available_bytes() -> Option<u64> {
 /// (`limits::LEDGER_MEMORY_PERCENT_DEFAULT` of it, split by
 /// `limits::LEDGER_ACCOUNTS_MEMORY_PERCENT_DEFAULT`) shared by `nodes` nodes on this machine,
 /// and a line saying where each came from.
-fn capacity(args: CapacityArgs, nodes: u64) -> (ledger::Capacity, String) {
+pub(crate) fn capacity(args: CapacityArgs, nodes: u64) -> (ledger::Capacity, String) {
     let memory = memory_available_bytes().map(|bytes| bytes / nodes.max(1));
     let derived = match memory {
         Some(bytes) => ledger::Capacity::for_memory(
@@ -298,7 +261,7 @@ fn capacity(args: CapacityArgs, nodes: u64) -> (ledger::Capacity, String) {
     (capacity, line)
 }
 
-fn config(data_dir: PathBuf, listen: &ListenArgs) -> (NodeConfig, String) {
+pub(crate) fn config(data_dir: PathBuf, listen: &ListenArgs) -> (NodeConfig, String) {
     let (capacity, capacity_line) = capacity(listen.capacity, 1);
     let mut config = NodeConfig {
         queue_depth: listen.queue_depth as usize,
@@ -457,7 +420,7 @@ fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<
     result
 }
 
-fn run_node(
+pub(crate) fn run_node(
     (config, capacity_line): (NodeConfig, String),
     parent_pid: Option<u32>,
     banner: impl FnOnce(&Node) -> Option<crate::read_model::Running>,
@@ -569,482 +532,4 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         return run_meta_node(config, args.parent_pid);
     }
     run_node((config, capacity_line), args.parent_pid, |_| None)
-}
-
-fn holds_replica(dir: &std::path::Path) -> anyhow::Result<bool> {
-    membership::holds_replica(dir).with_context(|| format!("reading {}", dir.display()))
-}
-
-/// The group id recorded in a replica's directory (`None`: made before group ids existed).
-fn group_of_dir(dir: &std::path::Path) -> anyhow::Result<Option<String>> {
-    let marker = replication::data_dir::read_marker(&journal::storage::RealStorage, dir)
-        .with_context(|| format!("reading {}", dir.display()))?;
-    Ok(marker.and_then(|marker| marker.group))
-}
-
-/// The membership flags of node `id` of a `dev` group: for a new group, node 1 bootstraps it
-/// and the others join it; none when the group exists.
-fn dev_membership_args(new_group: Option<&GroupId>, id: u64) -> Vec<String> {
-    match new_group {
-        None => Vec::new(),
-        Some(group) if id == 1 => vec!["--bootstrap".into(), "--group".into(), group.to_string()],
-        Some(group) => vec!["--join".into(), group.to_string()],
-    }
-}
-
-/// `fincore dev --replicas N`: N `fincore serve` children forming one group on this machine.
-fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
-    if args.replicas.is_multiple_of(2) {
-        anyhow::bail!(
-            "--replicas {}: a replica group needs an odd number of nodes (1, 3 or 5)",
-            args.replicas
-        );
-    }
-    let shifted = |addr: SocketAddr, by: u64| SocketAddr::new(addr.ip(), addr.port() + by as u16);
-    let nodes: Vec<DevNode> = (0..args.replicas)
-        .map(|i| {
-            (
-                i + 1,
-                shifted(args.listen.grpc, i),
-                shifted(args.listen.http, i),
-                shifted(args.listen.peer, i),
-            )
-        })
-        .collect();
-    let exe = std::env::current_exe().context("finding the fincore executable")?;
-    let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
-    let runtime = runtime()?;
-    let stop = {
-        let _entered = runtime.enter();
-        stop_signal()?
-    };
-    // The first run creates a new group (node 1 bootstraps it, the others join it as its
-    // initial members); later runs reuse the data and pass no membership flag.
-    let first_dir = args.data_dir.join("node-1");
-    let new_group = if holds_replica(&first_dir)? {
-        None
-    } else {
-        Some(GroupId::generate().context("choosing a group id")?)
-    };
-    let certificates = args.data_dir.join(DEV_PEER_CERTIFICATES_DIR);
-    if let Some(group) = &new_group {
-        let ids: Vec<u64> = nodes.iter().map(|(id, ..)| *id).collect();
-        dev_certificates(&certificates, group, &ids)?;
-    }
-    // Derived once for the group, so every replica gets the same capacity and they share the
-    // machine's memory.
-    let (capacity, capacity_line) = capacity(args.listen.capacity, args.replicas);
-    let capacity_args = capacity_args(capacity);
-    let children = spawn_group(
-        &exe,
-        &args.data_dir,
-        &nodes,
-        &GroupFiles {
-            certificates: &certificates,
-            keys: &keys_path,
-            capacity: &capacity_args,
-        },
-        new_group.as_ref(),
-    )?;
-    println!(
-        "fincore dev: a {}-node replica group, data under {} ({})",
-        args.replicas,
-        args.data_dir.display(),
-        match &new_group {
-            Some(group) => format!("new group {group}"),
-            None => "reusing its data".to_string(),
-        }
-    );
-    println!("  {}", capacity_line.trim_start_matches("fincore: "));
-    for (id, grpc, http, peer) in &nodes {
-        println!(
-            "  node {id}: gRPC {grpc}  HTTP http://{http}  peers {peer}  (status: http://{http}/v1/status)"
-        );
-    }
-    let read_model = crate::read_model::target(args.read_model.as_deref(), &args.data_dir);
-    let running = match &read_model {
-        Some(target) => {
-            let group = match &new_group {
-                Some(group) => Some(group.to_string()),
-                None => group_of_dir(&first_dir)?,
-            };
-            let grpc: Vec<String> = nodes.iter().map(|(_, grpc, ..)| grpc.to_string()).collect();
-            let _entered = runtime.enter();
-            Some(crate::read_model::start(
-                target.clone(),
-                vec![crate::read_model::group(group.as_deref(), &grpc)],
-                token.clone(),
-            ))
-        }
-        None => None,
-    };
-    println!("  {}", crate::read_model::describe(read_model.as_ref()));
-    println!(
-        "  replicas talk mutual TLS with development certificates in {}",
-        certificates.display()
-    );
-    println!(
-        "  writes go to the leader; other nodes answer with a redirect to it (HTTP 307) or a leader hint (gRPC)."
-    );
-    println!(
-        "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
-        args.data_dir.join(crate::keys::DEV_KEY_FILE).display()
-    );
-    println!("  Ctrl-C stops every node cleanly.");
-    std::io::stdout().flush().ok();
-    runtime.block_on(async {
-        stop.await;
-        if let Some(running) = running {
-            running.stop().await;
-        }
-    });
-    stop_children(children);
-    println!("fincore dev: stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One `dev` node: its id and its gRPC, HTTP and peer addresses.
-type DevNode = (u64, SocketAddr, SocketAddr, SocketAddr);
-
-/// What every node of a `dev` group is started with.
-struct GroupFiles<'a> {
-    certificates: &'a std::path::Path,
-    keys: &'a std::path::Path,
-    capacity: &'a [String],
-}
-
-/// Starts `fincore serve` children for the `nodes` of one group, node i in `dir/node-i`; for
-/// a new group, node 1 bootstraps it and the others join.
-fn spawn_group(
-    exe: &std::path::Path,
-    dir: &std::path::Path,
-    nodes: &[DevNode],
-    files: &GroupFiles<'_>,
-    new_group: Option<&GroupId>,
-) -> anyhow::Result<Vec<std::process::Child>> {
-    let peers = nodes
-        .iter()
-        .map(|(id, grpc, http, peer)| format!("{id}={grpc}/{http}/{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut children = Vec::new();
-    for (id, grpc, http, peer) in nodes {
-        let child = std::process::Command::new(exe)
-            .args([
-                "serve",
-                "--node-id",
-                &id.to_string(),
-                "--peers",
-                &peers,
-                "--grpc",
-                &grpc.to_string(),
-                "--http",
-                &http.to_string(),
-                "--peer",
-                &peer.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(dir.join(format!("node-{id}")))
-            .arg("--peer-certs")
-            .arg(files.certificates)
-            .arg("--keys")
-            .arg(files.keys)
-            .args(files.capacity)
-            .args(dev_membership_args(new_group, *id))
-            .args(["--parent-pid", &std::process::id().to_string()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
-        children.push(child);
-    }
-    Ok(children)
-}
-
-/// Stops `dev`'s children: SIGTERM to each, then waits for all.
-fn stop_children(children: Vec<std::process::Child>) {
-    for child in &children {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-    }
-    for mut child in children {
-        let _ = child.wait();
-    }
-}
-
-/// Makes `dev`'s development certificate authority for `group` and certificates for `nodes`
-/// in `dir` (valid `DEV_CERTIFICATE_DAYS`), replacing what an earlier, interrupted first run
-/// left there.
-fn dev_certificates(dir: &std::path::Path, group: &GroupId, nodes: &[u64]) -> anyhow::Result<()> {
-    /// How long `dev`'s certificates are valid (a development group lives that long).
-    const DEV_CERTIFICATE_DAYS: u32 = 3650;
-    match std::fs::remove_dir_all(dir) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            return Err(error).with_context(|| format!("removing {}", dir.display()));
-        }
-        _ => {}
-    }
-    peer_tls::issue_development_certificates(dir, group.as_str(), nodes, DEV_CERTIFICATE_DAYS)
-        .with_context(|| format!("making development peer certificates in {}", dir.display()))
-}
-
-/// The cluster map of `dev --groups`, beside the groups' directories.
-const DEV_CLUSTER_MAP_FILE: &str = "cluster-map.json";
-
-/// `fincore dev --groups N`: N groups of `--replicas` `fincore serve` children and a gateway
-/// in this process on `--grpc` and `--http`.
-fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
-    if args.replicas.is_multiple_of(2) {
-        anyhow::bail!(
-            "--replicas {}: a replica group needs an odd number of nodes (1, 3 or 5)",
-            args.replicas
-        );
-    }
-    let listen = &args.listen;
-    if listen.grpc.port() == 0 || listen.http.port() == 0 || listen.peer.port() == 0 {
-        anyhow::bail!(
-            "--groups needs fixed ports (the groups' nodes listen above --grpc, --http and --peer), not port 0"
-        );
-    }
-    let shifted = |addr: SocketAddr, by: u64| -> anyhow::Result<SocketAddr> {
-        let port = u16::try_from(u64::from(addr.port()) + by)
-            .ok()
-            .context(format!(
-                "port {} + {by} is past 65535: give lower ports",
-                addr.port()
-            ))?;
-        Ok(SocketAddr::new(addr.ip(), port))
-    };
-    let groups: Vec<Vec<DevNode>> = (1..=args.groups)
-        .map(|g| {
-            (0..args.replicas)
-                .map(|i| {
-                    let by = 100 * g + i;
-                    Ok((
-                        i + 1,
-                        shifted(listen.grpc, by)?,
-                        shifted(listen.http, by)?,
-                        shifted(listen.peer, by)?,
-                    ))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let exe = std::env::current_exe().context("finding the fincore executable")?;
-    let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
-    let group_dir = |g: usize| args.data_dir.join(format!("group-{}", g + 1));
-    let map_path = args.data_dir.join(DEV_CLUSTER_MAP_FILE);
-    let existing = (0..groups.len())
-        .map(|g| holds_replica(&group_dir(g).join("node-1")))
-        .collect::<anyhow::Result<Vec<bool>>>()?;
-    // The first run plans the groups and writes the map before any node starts, so that a
-    // run cut short is resumed by the next one; later runs keep the map.
-    let (map, new_groups) = if existing.iter().all(|&held| !held) && !map_path.exists() {
-        let ids = (0..groups.len())
-            .map(|_| GroupId::generate().context("choosing a group id"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut members = BTreeMap::new();
-        for (id, nodes) in ids.iter().zip(&groups) {
-            let group: cluster::GroupId = id
-                .as_str()
-                .parse()
-                .map_err(|reason| anyhow::anyhow!("group id {id}: {reason}"))?;
-            let nodes = nodes
-                .iter()
-                .map(|(node, grpc, http, peer)| {
-                    let member = cluster::Member {
-                        grpc: grpc.to_string(),
-                        http: http.to_string(),
-                        peer: peer.to_string(),
-                    };
-                    (*node, member)
-                })
-                .collect();
-            members.insert(group, nodes);
-        }
-        let map = cluster::ClusterMap::new(members).context("planning the cluster map")?;
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("creating {}", args.data_dir.display()))?;
-        journal::storage::write_atomically(
-            &journal::storage::RealStorage,
-            &map_path,
-            map.to_json().as_bytes(),
-        )
-        .with_context(|| format!("writing {}", map_path.display()))?;
-        for (g, id) in ids.iter().enumerate() {
-            let ids: Vec<u64> = groups[g].iter().map(|(node, ..)| *node).collect();
-            dev_certificates(&group_dir(g).join(DEV_PEER_CERTIFICATES_DIR), id, &ids)?;
-        }
-        (map, ids.into_iter().map(Some).collect::<Vec<_>>())
-    } else {
-        let map = crate::gateway::read_map(&map_path).with_context(|| {
-            format!(
-                "{} holds groups but no readable cluster map: it was not made by `dev --groups`",
-                args.data_dir.display()
-            )
-        })?;
-        if map.groups().len() != groups.len() || existing.iter().any(|&held| !held) {
-            anyhow::bail!(
-                "{} holds a cluster of {} groups: run `dev --groups {}` there, or use another --data-dir",
-                args.data_dir.display(),
-                map.groups().len(),
-                map.groups().len()
-            );
-        }
-        (map, vec![None; groups.len()])
-    };
-    let (capacity, capacity_line) = capacity(listen.capacity, args.groups * args.replicas);
-    let capacity_args = capacity_args(capacity);
-    let runtime = runtime()?;
-    let stop = {
-        let _entered = runtime.enter();
-        stop_signal()?
-    };
-    let mut children = Vec::new();
-    for (g, nodes) in groups.iter().enumerate() {
-        let certificates = group_dir(g).join(DEV_PEER_CERTIFICATES_DIR);
-        let files = GroupFiles {
-            certificates: &certificates,
-            keys: &keys_path,
-            capacity: &capacity_args,
-        };
-        match spawn_group(&exe, &group_dir(g), nodes, &files, new_groups[g].as_ref()) {
-            Ok(started) => children.extend(started),
-            Err(error) => {
-                stop_children(children);
-                return Err(error);
-            }
-        }
-    }
-    let auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
-    let serving = server::ClientServing {
-        grpc_addr: listen.grpc,
-        http_addr: listen.http,
-        auth,
-        tls: None,
-    };
-    let access = gateway::GroupAccess {
-        api_key: Some(token.clone()),
-        ..Default::default()
-    };
-    let served = runtime.block_on(async {
-        let connected =
-            gateway::Groups::connect(&map, &access).context("connecting to the groups")?;
-        let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));
-        let resolver = gateway.start_resolver(gateway::Resolver::open_max_default());
-        let servers = server::ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
-            .await
-            .context("starting the gateway")?;
-        crate::gateway::announce(&servers, false);
-        println!(
-            "fincore dev: {} ledger groups of {} replicas behind a gateway, data under {}",
-            args.groups,
-            args.replicas,
-            args.data_dir.display()
-        );
-        println!("  {}", capacity_line.trim_start_matches("fincore: "));
-        for (group, members) in map.groups() {
-            let slots = map.slots_of(*group).len();
-            let nodes: Vec<String> = members
-                .iter()
-                .map(|(id, member)| format!("node {id} gRPC {} HTTP http://{}", member.grpc, member.http))
-                .collect();
-            println!("  group {group}: {slots} slots; {}", nodes.join("; "));
-        }
-        println!(
-            "  accounts live in the group of their id's slot; a transfer whose id and accounts live in one group is one Raft entry, others run as sagas across groups (docs/placement.md, docs/gateway.md)"
-        );
-        let read_model = crate::read_model::target(args.read_model.as_deref(), &args.data_dir);
-        let running = read_model.as_ref().map(|target| {
-            let groups = map
-                .groups()
-                .iter()
-                .map(|(group, members)| {
-                    let grpc: Vec<String> =
-                        members.values().map(|member| member.grpc.clone()).collect();
-                    crate::read_model::group(Some(&group.to_string()), &grpc)
-                })
-                .collect();
-            crate::read_model::start(target.clone(), groups, token.clone())
-        });
-        println!("  {}", crate::read_model::describe(read_model.as_ref()));
-        println!(
-            "  API key (role admin, kept in {}): send -H 'Authorization: Bearer {token}'",
-            args.data_dir.join(crate::keys::DEV_KEY_FILE).display()
-        );
-        println!("  Ctrl-C stops the gateway and every node cleanly.");
-        std::io::stdout().flush().ok();
-        stop.await;
-        if let Some(running) = running {
-            running.stop().await;
-        }
-        drop(resolver);
-        servers.shutdown().await;
-        anyhow::Ok(())
-    });
-    stop_children(children);
-    println!("fincore dev: stopped");
-    served.map(|()| ExitCode::SUCCESS)
-}
-
-pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
-    if args.groups > 1 {
-        return dev_groups(args);
-    }
-    if args.replicas > 1 {
-        return dev_group(args);
-    }
-    let data_dir = args.data_dir.clone();
-    let (keys_path, token) = crate::keys::dev_key(&data_dir)?;
-    let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
-    config.auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
-    let certificates = data_dir.join(DEV_PEER_CERTIFICATES_DIR);
-    // The first run creates a group of one (with its certificates, so that replicas added
-    // later talk TLS too); later runs reuse it.
-    if !holds_replica(&data_dir)? {
-        let group = GroupId::generate().context("choosing a group id")?;
-        dev_certificates(&certificates, &group, &[config.node_id])?;
-        config.entry = Entry::Bootstrap { group: Some(group) };
-    }
-    config.peer_security = PeerSecurity::Tls { certificates };
-    let read_model = crate::read_model::target(args.read_model.as_deref(), &data_dir);
-    run_node((config, capacity_line), None, move |node| {
-        let http = node.http_addr();
-        let (applied, _) = node.replica().applied();
-        let running = read_model.as_ref().map(|target| {
-            let group = node.group().map(|group| group.as_str().to_string());
-            crate::read_model::start(
-                target.clone(),
-                vec![crate::read_model::group(
-                    group.as_deref(),
-                    &[node.grpc_addr().to_string()],
-                )],
-                token.clone(),
-            )
-        });
-        println!();
-        println!(
-            "fincore dev: a single-node ledger with its data in {}",
-            data_dir.display()
-        );
-        println!("  recovered up to log index {applied}");
-        println!(
-            "  API key (role admin, kept in {}): {token}",
-            data_dir.join(crate::keys::DEV_KEY_FILE).display()
-        );
-        println!("  try:");
-        let auth = format!("-H 'Authorization: Bearer {token}'");
-        println!(
-            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#
-        );
-        println!(
-            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
-        );
-        println!("    curl -s {auth} http://{http}/v1/accounts/2");
-        println!("  {}", crate::read_model::describe(read_model.as_ref()));
-        println!("  API: http://{http}/openapi.json   metrics: http://{http}/metrics");
-        println!("  Ctrl-C stops the node cleanly.");
-        running
-    })
 }

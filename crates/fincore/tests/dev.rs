@@ -1,7 +1,7 @@
 //! `fincore dev`'s read model: the change events projected into `DIR/read.db` (SQLite) while
 //! the ledger runs — one node and groups behind a gateway — resumed across runs without
 //! applying anything twice, and none at all with `--read-model off`; and `dev --groups` killed
-//! with -9 leaves no node running.
+//! with -9 leaves no node (meta replicas included) running.
 
 mod support;
 
@@ -268,7 +268,12 @@ fn dev_with_groups_killed_with_9_leaves_no_node_running() {
     let mut dev = DevRun::start(&args);
     dev.line_with("Ctrl-C stops the gateway");
     let nodes = children_of(dev.pid(), "serve");
-    assert_eq!(nodes.len(), 2, "one node per group: {nodes:?}");
+    let meta = children_of(dev.pid(), "--meta");
+    assert_eq!(
+        (nodes.len(), meta.len()),
+        (3, 1),
+        "one node per group and one meta replica: {nodes:?}"
+    );
     dev.kill9();
     let deadline = Instant::now() + Duration::from_secs(30);
     while nodes.iter().any(|&node| alive(node)) {

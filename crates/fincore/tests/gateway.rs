@@ -316,6 +316,16 @@ fn fincore_dev_with_groups_serves_the_gateway_first_and_keeps_the_cluster_across
         dev.line_with("fincore: HTTP listening on "),
         format!("fincore: HTTP listening on http://{}", addrs[1])
     );
+    assert!(
+        dev.line_with("  meta group ")
+            .starts_with("  meta group (cluster map epoch 1, pushed to the gateway): node 1 gRPC ")
+    );
+    let meta = dev
+        .line_with("cluster --meta ")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
     dev.line_with("Ctrl-C stops the gateway");
     let map =
         cluster::ClusterMap::from_json(&std::fs::read(data.join("cluster-map.json")).unwrap())
@@ -343,24 +353,57 @@ fn fincore_dev_with_groups_serves_the_gateway_first_and_keeps_the_cluster_across
     // The groups may still be electing: the gateway retries for the caller.
     let answer = as_dev("POST", "/v1/accounts", &Value::from(accounts).to_string());
     assert_eq!(results(&answer), vec!["created"; 20]);
-    // `admin cluster` shows the map and each group's leader as its members report it.
-    let shown = std::process::Command::new(fincore_exe())
-        .args(["admin", "cluster", "--map"])
-        .arg(data.join("cluster-map.json"))
-        .env("FINCORE_API_KEY", key.trim())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&shown.stdout);
-    assert!(shown.status.success(), "{text}");
+    // `admin cluster` shows the meta group's map and each group's leader as its members
+    // report it; `admin set-map` changes the map under the epoch compare-and-set.
+    let admin = |args: &[&str]| {
+        let output = std::process::Command::new(fincore_exe())
+            .arg("admin")
+            .args(args)
+            .env("FINCORE_API_KEY", key.trim())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let (shown, text) = admin(&["cluster", "--meta", &meta]);
+    assert!(shown, "{text}");
     assert!(
-        text.starts_with("cluster map epoch 1: 2 groups over 4096 slots"),
+        text.starts_with("cluster map epoch 1 (from the meta group): 2 groups over 4096 slots"),
         "{text}"
     );
     assert_eq!(text.matches(": leader, term ").count(), 2, "{text}");
     assert!(text.contains(": 2048 slots (0-2047)"), "{text}");
+    let mut next: Value = serde_json::from_str(&map.to_json()).unwrap();
+    next["epoch"] = Value::from(2);
+    let next_file = dir.path().join("map-2.json");
+    std::fs::write(&next_file, next.to_string()).unwrap();
+    let next_file = next_file.to_str().unwrap();
+    let (set, text) = admin(&["set-map", "--meta", &meta, "--map", next_file]);
+    assert!(set, "{text}");
+    assert!(
+        text.contains("cluster map is now epoch 2: 2 groups"),
+        "{text}"
+    );
+    // The same change again is based on an epoch no longer in use: refused, naming it.
+    let (set, text) = admin(&["set-map", "--meta", &meta, "--map", next_file]);
+    assert!(!set && text.contains("epoch 2"), "{text}");
+    let (shown, text) = admin(&["cluster", "--meta", &meta]);
+    assert!(
+        shown && text.starts_with("cluster map epoch 2 (from the meta group)"),
+        "{text}"
+    );
     dev.stop();
 
+    // The next run routes by the map the meta group holds, not the one it planned.
     let mut dev = DevRun::start(&args);
+    assert!(
+        dev.line_with("  meta group ")
+            .starts_with("  meta group (cluster map epoch 2, pushed to the gateway)")
+    );
     dev.line_with("Ctrl-C stops the gateway");
     for id in ids {
         assert_eq!(as_dev("GET", &format!("/v1/accounts/{id}"), "").status, 200);

@@ -302,3 +302,71 @@ async fn a_gateway_started_on_the_meta_group_routes_by_each_map_it_pushes() {
     }
     groups.stop().unwrap();
 }
+
+/// A data directory serves the state machine it was made for: `serve --meta` refuses a ledger
+/// replica's directory and `serve` (and `verify`) a meta replica's, naming both machines and
+/// writing nothing, so neither appends entries the other would misread.
+#[test]
+fn a_meta_replica_and_a_ledger_replica_refuse_each_others_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger_dir, meta_dir) = (dir.path().join("ledger"), dir.path().join("meta"));
+    let serve = |data: &std::path::Path, meta: bool| {
+        let mut command = std::process::Command::new(fincore_exe());
+        command
+            .args(["serve", "--insecure-no-auth", "--insecure-peers"])
+            .args(testkit::group::FREE_PORTS_ARGS)
+            .arg("--data-dir")
+            .arg(data)
+            .args(testkit::group::single_node_args(data));
+        if meta {
+            command.arg("--meta");
+        }
+        command
+    };
+    let refused = |mut command: std::process::Command, data: &std::path::Path| {
+        let before = std::fs::read(data.join("fincore-format.json")).unwrap();
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "{output:?}");
+        assert_eq!(
+            std::fs::read(data.join("fincore-format.json")).unwrap(),
+            before
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+
+    // A group of one on `data`, started and stopped cleanly: a replica's directory.
+    let first_start = |data: &std::path::Path| {
+        let mut args: Vec<String> = testkit::group::FREE_PORTS_ARGS.map(String::from).to_vec();
+        args.push("--insecure-no-auth".into());
+        args.extend(testkit::group::single_node_args(data));
+        args
+    };
+    let node = ChildNode::start(fincore_exe(), &ledger_dir, &first_start(&ledger_dir))
+        .unwrap_or_else(|error| panic!("{error}"));
+    node.stop().unwrap();
+    let text = refused(serve(&ledger_dir, true), &ledger_dir);
+    assert!(
+        text.contains("holds a ledger replica") && text.contains("runs a meta replica"),
+        "{text}"
+    );
+
+    let node = ChildNode::start_meta(fincore_exe(), &meta_dir, &first_start(&meta_dir))
+        .unwrap_or_else(|error| panic!("{error}"));
+    node.stop().unwrap();
+    let text = refused(serve(&meta_dir, false), &meta_dir);
+    assert!(
+        text.contains("holds a meta replica") && text.contains("runs a ledger replica"),
+        "{text}"
+    );
+    let mut verify = std::process::Command::new(fincore_exe());
+    verify.args(["verify", "--data-dir"]).arg(&meta_dir);
+    let text = refused(verify, &meta_dir);
+    assert!(
+        text.contains("holds a meta replica") && text.contains("verify reads ledger replicas"),
+        "{text}"
+    );
+}

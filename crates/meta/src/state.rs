@@ -158,6 +158,8 @@ impl MetaState {
 }
 
 impl SmallState for MetaState {
+    const KIND: &'static str = "meta";
+
     fn apply(&mut self, entry: &[u8]) -> BatchOutcome {
         let change = match serde_json::from_slice::<MetaCommand>(entry) {
             Ok(command) => self.change(command),

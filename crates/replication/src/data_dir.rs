@@ -43,15 +43,24 @@ pub const FORMAT_VERSION: u32 = 2;
 /// its group, start a new member on an empty directory with `--join`, add it).
 pub const FORMAT_VERSION_OLDEST: u32 = 2;
 
+/// The state machine of a ledger group's replica ([`crate::state_machine`]): what a marker
+/// without a `machine` field names, since directories from before the field held only ledgers.
+pub const LEDGER_MACHINE: &str = "ledger";
+
 /// The marker's contents (also what a person sees with `cat`).
 ///
 /// `group` and `node` say whose directory this is (see [`crate::membership`]): written when a
 /// node is created with `--bootstrap`/`init` or `--join`, absent in directories made before
-/// group ids existed.
+/// group ids existed. `machine` says which state machine the log feeds
+/// ([`crate::ReplicaMachine::KIND`]): a replica refuses a directory of another machine, whose
+/// entries it would misread or append to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FormatMarker {
     pub format: String,
     pub version: u32,
+    /// The state machine (absent: [`LEDGER_MACHINE`], in directories made before the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
     /// The id of the replica group this directory's replica belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -61,23 +70,42 @@ pub struct FormatMarker {
 }
 
 impl FormatMarker {
-    /// The marker this fincore writes into a directory nobody claimed yet.
-    pub fn current() -> FormatMarker {
+    /// The marker this fincore writes into a directory nobody claimed yet, for a replica of
+    /// `machine`.
+    pub fn current(machine: &str) -> FormatMarker {
         FormatMarker {
             format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION,
+            machine: Some(machine.to_string()),
             group: None,
             node: None,
         }
     }
 
-    /// The marker of node `node` of group `group`.
-    pub fn of_member(group: &str, node: u64) -> FormatMarker {
+    /// The marker of node `node` of group `group`, a replica of `machine`.
+    pub fn of_member(group: &str, node: u64, machine: &str) -> FormatMarker {
         FormatMarker {
             group: Some(group.to_string()),
             node: Some(node),
-            ..FormatMarker::current()
+            ..FormatMarker::current(machine)
         }
+    }
+
+    /// The state machine this directory's log feeds.
+    pub fn machine(&self) -> &str {
+        self.machine.as_deref().unwrap_or(LEDGER_MACHINE)
+    }
+
+    /// Checks that this marker, read from `dir`, is of a replica of `wanted`.
+    pub fn check_machine(&self, dir: &Path, wanted: &str) -> Result<(), DataDirError> {
+        if self.machine() == wanted {
+            return Ok(());
+        }
+        Err(DataDirError::OtherMachine {
+            path: dir.join(FORMAT_FILE),
+            found: self.machine().to_string(),
+            wanted: wanted.to_string(),
+        })
     }
 }
 
@@ -128,6 +156,15 @@ pub enum DataDirError {
          no raft-meta.json), a format this fincore no longer reads; start from an empty directory"
     )]
     EngineFormat { dir: PathBuf },
+    #[error(
+        "{path} says this directory holds a {found} replica; this start runs a {wanted} replica \
+         and may not open it (use a directory of its own)"
+    )]
+    OtherMachine {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -175,7 +212,7 @@ pub fn read_marker(
         serde_json::from_slice(&bytes).map_err(|error| DataDirError::Unreadable {
             path: path.clone(),
             reason: error.to_string(),
-            expected: marker_json(&FormatMarker::current()),
+            expected: marker_json(&FormatMarker::current(LEDGER_MACHINE)),
         })?;
     if marker.format != FORMAT_NAME || marker.version == 0 {
         return Err(DataDirError::UnknownFormat {
@@ -204,10 +241,12 @@ pub fn check(storage: &dyn Storage, dir: &Path) -> Result<FormatMarker, DataDirE
     read_marker(storage, dir)?.ok_or_else(|| DataDirError::NoMarker { dir: dir.into() })
 }
 
-/// Prepares `dir` (which must exist) for a replica to open: checks its marker, or writes one
-/// into a new directory. Raft files an older fincore left without a marker are refused.
-pub fn open(storage: &dyn Storage, dir: &Path) -> Result<Opened, DataDirError> {
-    if read_marker(storage, dir)?.is_some() {
+/// Prepares `dir` (which must exist) for a replica of `machine` to open: checks its marker
+/// (which must name `machine`), or writes one into a new directory. Raft files an older fincore
+/// left without a marker are refused.
+pub fn open(storage: &dyn Storage, dir: &Path, machine: &str) -> Result<Opened, DataDirError> {
+    if let Some(marker) = read_marker(storage, dir)? {
+        marker.check_machine(dir, machine)?;
         return Ok(Opened::Marked);
     }
     let names = storage.list(dir).map_err(|source| DataDirError::Io {
@@ -222,7 +261,7 @@ pub fn open(storage: &dyn Storage, dir: &Path) -> Result<Opened, DataDirError> {
     if has(ENGINE_CHECKPOINTS_DIR) {
         return Err(DataDirError::EngineFormat { dir: dir.into() });
     }
-    write_marker(storage, dir, &FormatMarker::current())?;
+    write_marker(storage, dir, &FormatMarker::current(machine))?;
     Ok(Opened::Created)
 }
 
@@ -263,13 +302,65 @@ mod tests {
             check(&RealStorage, dir.path()),
             Err(DataDirError::NoMarker { .. })
         ));
-        assert_eq!(open(&RealStorage, dir.path()).unwrap(), Opened::Created);
+        assert_eq!(
+            open(&RealStorage, dir.path(), LEDGER_MACHINE).unwrap(),
+            Opened::Created
+        );
         let text = std::fs::read_to_string(dir.path().join(FORMAT_FILE)).unwrap();
-        assert_eq!(text, "{\"format\":\"fincore-replica\",\"version\":2}\n");
-        assert_eq!(open(&RealStorage, dir.path()).unwrap(), Opened::Marked);
+        assert_eq!(
+            text,
+            "{\"format\":\"fincore-replica\",\"version\":2,\"machine\":\"ledger\"}\n"
+        );
+        assert_eq!(
+            open(&RealStorage, dir.path(), LEDGER_MACHINE).unwrap(),
+            Opened::Marked
+        );
         assert_eq!(
             check(&RealStorage, dir.path()).unwrap(),
-            FormatMarker::current()
+            FormatMarker::current(LEDGER_MACHINE)
+        );
+    }
+
+    #[test]
+    fn a_directory_of_another_machine_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            open(&RealStorage, dir.path(), "meta").unwrap(),
+            Opened::Created
+        );
+        let marker = std::fs::read(dir.path().join(FORMAT_FILE)).unwrap();
+        let message = open(&RealStorage, dir.path(), LEDGER_MACHINE)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("holds a meta replica")
+                && message.contains("runs a ledger replica")
+                && message.contains(FORMAT_FILE),
+            "{message}"
+        );
+        assert_eq!(std::fs::read(dir.path().join(FORMAT_FILE)).unwrap(), marker);
+        assert_eq!(
+            open(&RealStorage, dir.path(), "meta").unwrap(),
+            Opened::Marked
+        );
+
+        // A marker from before the field names a ledger replica.
+        write(
+            dir.path(),
+            FORMAT_FILE,
+            b"{\"format\":\"fincore-replica\",\"version\":2}",
+        );
+        assert_eq!(
+            check(&RealStorage, dir.path()).unwrap().machine(),
+            LEDGER_MACHINE
+        );
+        let message = open(&RealStorage, dir.path(), "meta")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("holds a ledger replica"), "{message}");
+        assert_eq!(
+            open(&RealStorage, dir.path(), LEDGER_MACHINE).unwrap(),
+            Opened::Marked
         );
     }
 
@@ -278,7 +369,9 @@ mod tests {
         for file in REPLICA_FILES {
             let dir = tempfile::tempdir().unwrap();
             write(dir.path(), file, b"{}");
-            let message = open(&RealStorage, dir.path()).unwrap_err().to_string();
+            let message = open(&RealStorage, dir.path(), LEDGER_MACHINE)
+                .unwrap_err()
+                .to_string();
             assert!(
                 message.contains("older than the format marker"),
                 "{message}"
@@ -312,7 +405,7 @@ mod tests {
         for (contents, expected) in cases {
             write(dir.path(), FORMAT_FILE, contents);
             for error in [
-                open(&RealStorage, dir.path()).unwrap_err(),
+                open(&RealStorage, dir.path(), LEDGER_MACHINE).unwrap_err(),
                 check(&RealStorage, dir.path()).unwrap_err(),
             ] {
                 let message = error.to_string();
@@ -332,7 +425,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("journal")).unwrap();
         std::fs::create_dir(dir.path().join(ENGINE_CHECKPOINTS_DIR)).unwrap();
-        let message = open(&RealStorage, dir.path()).unwrap_err().to_string();
+        let message = open(&RealStorage, dir.path(), LEDGER_MACHINE)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("embedded-engine"), "{message}");
         assert!(!dir.path().join(FORMAT_FILE).exists());
     }
@@ -371,7 +466,7 @@ mod tests {
         let replica = replica_with_accounts(dir.path(), 10).await;
         assert_eq!(
             check(&RealStorage, dir.path()).unwrap(),
-            FormatMarker::current()
+            FormatMarker::current(LEDGER_MACHINE)
         );
         let (index, digest) = replica.applied();
         replica.shutdown().await;

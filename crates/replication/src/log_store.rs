@@ -131,13 +131,14 @@ impl<C: LedgerConfig> LogStore<C> {
         Arc::clone(self.committer.stats())
     }
 
-    /// Opens the log in `dir` (journal in `dir/journal`, votes in `dir/raft-meta.json`),
-    /// recovering it like any journal. Call it on the Raft runtime: it starts the flusher task
-    /// (and, on simulated storage, the journal writer task) there.
-    pub fn open(dir: &Path, options: &StorageOptions) -> io::Result<LogStore<C>> {
+    /// Opens the log in `dir` (journal in `dir/journal`, votes in `dir/raft-meta.json`) of a
+    /// replica of `machine` (refusing a directory of another), recovering it like any journal.
+    /// Call it on the Raft runtime: it starts the flusher task (and, on simulated storage, the
+    /// journal writer task) there.
+    pub fn open(dir: &Path, options: &StorageOptions, machine: &str) -> io::Result<LogStore<C>> {
         let storage = options.storage.as_ref();
         storage.create_dir_all(dir)?;
-        crate::data_dir::open(storage, dir)?;
+        crate::data_dir::open(storage, dir, machine)?;
         let meta_path = dir.join("raft-meta.json");
         let meta: Meta = match read_file(storage, &meta_path)? {
             Some(bytes) => serde_json::from_slice(&bytes)

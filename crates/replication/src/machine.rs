@@ -19,6 +19,10 @@ use crate::types::TypeConfig;
 pub trait ReplicaMachine:
     RaftStateMachine<TypeConfig, SnapshotData = SnapshotData> + Clone + Send + Sync + 'static
 {
+    /// The machine's name in the data directory's marker (`data_dir::FormatMarker::machine`):
+    /// a replica of one machine refuses a directory of another.
+    const KIND: &'static str;
+
     /// Starts receiving the snapshot a peer offers, into a temporary file of its own that
     /// [`SnapshotReceiver::finish`] checks whole with this machine's rules. Nothing is replaced
     /// until Raft installs the finished snapshot.

@@ -258,11 +258,15 @@ pub fn prepare(
     node: NodeId,
     entry: &Entry,
     members: &BTreeMap<NodeId, PeerNode>,
+    machine: &str,
 ) -> Result<Prepared, MembershipError> {
     let storage = &RealStorage;
     match data_dir::read_marker(storage, dir)? {
-        Some(marker) => prepare_marked(storage, dir, node, entry, marker),
-        None if is_empty(storage, dir)? => create(storage, dir, node, entry, members),
+        Some(marker) => {
+            marker.check_machine(dir, machine)?;
+            prepare_marked(storage, dir, node, entry, marker)
+        }
+        None if is_empty(storage, dir)? => create(storage, dir, node, entry, members, machine),
         None if !holds_unmarked_replica(storage, dir)? => Err(MembershipError::NotADataDir {
             dir: dir.into(),
             flag: match entry {
@@ -367,6 +371,7 @@ fn create(
     node: NodeId,
     entry: &Entry,
     members: &BTreeMap<NodeId, PeerNode>,
+    machine: &str,
 ) -> Result<Prepared, MembershipError> {
     let (group, bootstrap) = match entry {
         Entry::Resume => return Err(MembershipError::Empty { dir: dir.into() }),
@@ -393,7 +398,11 @@ fn create(
         write_atomically(storage, &path, (json + "\n").as_bytes())
             .map_err(io_error("writing", &path))?;
     }
-    data_dir::write_marker(storage, dir, &FormatMarker::of_member(group.as_str(), node))?;
+    data_dir::write_marker(
+        storage,
+        dir,
+        &FormatMarker::of_member(group.as_str(), node, machine),
+    )?;
     Ok(Prepared {
         group: Some(group),
         bootstrap,
@@ -428,6 +437,7 @@ mod tests {
     use journal::storage::RealStorage;
 
     use super::*;
+    use crate::data_dir::LEDGER_MACHINE;
 
     fn members(ids: &[NodeId]) -> BTreeMap<NodeId, PeerNode> {
         ids.iter()
@@ -490,7 +500,7 @@ mod tests {
     fn an_empty_directory_without_bootstrap_or_join_is_refused_and_left_empty() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let error = prepare(&data, 1, &Entry::Resume, &members(&[1])).unwrap_err();
+        let error = prepare(&data, 1, &Entry::Resume, &members(&[1]), LEDGER_MACHINE).unwrap_err();
         assert!(!data.exists(), "a refused start creates nothing");
         let message = error.to_string();
         assert!(matches!(error, MembershipError::Empty { .. }), "{message}");
@@ -503,15 +513,19 @@ mod tests {
     fn bootstrap_writes_the_group_and_members_once_and_a_restart_needs_no_flag() {
         let dir = tempfile::tempdir().unwrap();
         let entry = Entry::Bootstrap { group: None };
-        let created = prepare(dir.path(), 2, &entry, &members(&[1, 2, 3])).unwrap();
+        let created = prepare(dir.path(), 2, &entry, &members(&[1, 2, 3]), LEDGER_MACHINE).unwrap();
         assert!(created.created);
         assert_eq!(created.bootstrap, Some(members(&[1, 2, 3])));
         assert_eq!(files(dir.path()), [BOOTSTRAP_FILE, data_dir::FORMAT_FILE]);
         let marker = data_dir::check(&RealStorage, dir.path()).unwrap();
         let id = created.group.clone().unwrap();
-        assert_eq!(marker, FormatMarker::of_member(id.as_str(), 2));
+        assert_eq!(
+            marker,
+            FormatMarker::of_member(id.as_str(), 2, LEDGER_MACHINE)
+        );
 
-        let resumed = prepare(dir.path(), 2, &Entry::Resume, &members(&[])).unwrap();
+        let resumed =
+            prepare(dir.path(), 2, &Entry::Resume, &members(&[]), LEDGER_MACHINE).unwrap();
         assert_eq!(
             resumed,
             Prepared {
@@ -522,7 +536,7 @@ mod tests {
 
         // A second bootstrap is refused, names the group, and changes nothing.
         let before = std::fs::read(dir.path().join(data_dir::FORMAT_FILE)).unwrap();
-        let message = prepare(dir.path(), 2, &entry, &members(&[2]))
+        let message = prepare(dir.path(), 2, &entry, &members(&[2]), LEDGER_MACHINE)
             .unwrap_err()
             .to_string();
         assert!(message.contains("a group is created once"), "{message}");
@@ -540,17 +554,18 @@ mod tests {
         let join = |group: &GroupId| Entry::Join {
             group: group.clone(),
         };
-        let created = prepare(dir.path(), 4, &join(&mine), &members(&[])).unwrap();
+        let created = prepare(dir.path(), 4, &join(&mine), &members(&[]), LEDGER_MACHINE).unwrap();
         assert_eq!(created.group, Some(mine.clone()));
         assert_eq!(created.bootstrap, None);
         assert_eq!(files(dir.path()), [data_dir::FORMAT_FILE]);
         assert!(
-            !prepare(dir.path(), 4, &join(&mine), &members(&[]))
+            !prepare(dir.path(), 4, &join(&mine), &members(&[]), LEDGER_MACHINE)
                 .unwrap()
                 .created
         );
 
-        let error = prepare(dir.path(), 4, &join(&other), &members(&[])).unwrap_err();
+        let error =
+            prepare(dir.path(), 4, &join(&other), &members(&[]), LEDGER_MACHINE).unwrap_err();
         let message = error.to_string();
         assert!(
             matches!(error, MembershipError::OtherGroup { .. }),
@@ -566,6 +581,7 @@ mod tests {
             4,
             &Entry::Bootstrap { group: None },
             &members(&[4]),
+            LEDGER_MACHINE,
         )
         .unwrap_err()
         .to_string();
@@ -579,8 +595,8 @@ mod tests {
     fn a_directory_serves_only_the_node_id_it_was_made_for() {
         let dir = tempfile::tempdir().unwrap();
         let entry = Entry::Join { group: group("c3") };
-        prepare(dir.path(), 2, &entry, &members(&[])).unwrap();
-        let message = prepare(dir.path(), 3, &Entry::Resume, &members(&[]))
+        prepare(dir.path(), 2, &entry, &members(&[]), LEDGER_MACHINE).unwrap();
+        let message = prepare(dir.path(), 3, &Entry::Resume, &members(&[]), LEDGER_MACHINE)
             .unwrap_err()
             .to_string();
         assert!(
@@ -590,17 +606,49 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_serves_only_the_machine_it_was_made_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = Entry::Join { group: group("e5") };
+        prepare(dir.path(), 2, &entry, &members(&[]), "meta").unwrap();
+        let before = std::fs::read(dir.path().join(data_dir::FORMAT_FILE)).unwrap();
+        for entry in [Entry::Resume, entry] {
+            let message = prepare(dir.path(), 2, &entry, &members(&[]), LEDGER_MACHINE)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("holds a meta replica") && message.contains("ledger"),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join(data_dir::FORMAT_FILE)).unwrap(),
+            before
+        );
+        assert!(
+            !prepare(dir.path(), 2, &Entry::Resume, &members(&[]), "meta")
+                .unwrap()
+                .created
+        );
+    }
+
+    #[test]
     fn a_directory_from_before_group_ids_resumes_claimed_by_its_node_but_cannot_join() {
         let dir = tempfile::tempdir().unwrap();
-        data_dir::write_marker(&RealStorage, dir.path(), &FormatMarker::current()).unwrap();
-        let resumed = prepare(dir.path(), 5, &Entry::Resume, &members(&[])).unwrap();
+        data_dir::write_marker(
+            &RealStorage,
+            dir.path(),
+            &FormatMarker::current(LEDGER_MACHINE),
+        )
+        .unwrap();
+        let resumed =
+            prepare(dir.path(), 5, &Entry::Resume, &members(&[]), LEDGER_MACHINE).unwrap();
         assert_eq!(resumed.group, None);
         assert_eq!(
             data_dir::check(&RealStorage, dir.path()).unwrap().node,
             Some(5)
         );
         let entry = Entry::Join { group: group("d4") };
-        let message = prepare(dir.path(), 5, &entry, &members(&[]))
+        let message = prepare(dir.path(), 5, &entry, &members(&[]), LEDGER_MACHINE)
             .unwrap_err()
             .to_string();
         assert!(message.contains("names no group"), "{message}");
@@ -619,7 +667,7 @@ mod tests {
             ),
             (Entry::Join { group: group("e5") }, "--join needs an empty"),
         ] {
-            let message = prepare(dir.path(), 1, &entry, &members(&[1]))
+            let message = prepare(dir.path(), 1, &entry, &members(&[1]), LEDGER_MACHINE)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -640,12 +688,13 @@ mod tests {
             (Entry::Bootstrap { group: None }, "--bootstrap"),
             (Entry::Join { group: group("e5") }, "--join"),
         ] {
-            let message = prepare(dir.path(), 1, &entry, &members(&[1]))
+            let message = prepare(dir.path(), 1, &entry, &members(&[1]), LEDGER_MACHINE)
                 .unwrap_err()
                 .to_string();
             assert!(message.contains(&format!("without {flag}")), "{message}");
         }
-        let resumed = prepare(dir.path(), 1, &Entry::Resume, &members(&[])).unwrap();
+        let resumed =
+            prepare(dir.path(), 1, &Entry::Resume, &members(&[]), LEDGER_MACHINE).unwrap();
         assert_eq!(resumed.group, None);
         assert_eq!(files(dir.path()), ["raft-meta.json"]);
     }
@@ -654,7 +703,7 @@ mod tests {
     fn a_bootstrap_must_list_this_node_among_the_initial_members() {
         let dir = tempfile::tempdir().unwrap();
         let entry = Entry::Bootstrap { group: None };
-        let error = prepare(dir.path(), 9, &entry, &members(&[1, 2])).unwrap_err();
+        let error = prepare(dir.path(), 9, &entry, &members(&[1, 2]), LEDGER_MACHINE).unwrap_err();
         assert!(matches!(error, MembershipError::NotAMember { node: 9 }));
         assert!(files(dir.path()).is_empty());
     }

@@ -224,7 +224,7 @@ impl<M: ReplicaMachine> Replica<M> {
             sync_observer: config.sync_observer.clone(),
             ..StorageOptions::default()
         };
-        let log = LogStore::<TypeConfig>::open(dir, &storage)?;
+        let log = LogStore::<TypeConfig>::open(dir, &storage, M::KIND)?;
         let journal_stats = log.journal_stats();
         let machine = open_machine(dir, &storage)?;
         let raft_config = raft_config(

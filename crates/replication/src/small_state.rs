@@ -36,6 +36,9 @@ use crate::types::{BatchOutcome, LedgerConfig, TypeConfig};
 
 /// A state small enough to hold whole in memory and to snapshot in one piece.
 pub trait SmallState: Default + Send + Sync + 'static {
+    /// The state's name in its data directory's marker ([`ReplicaMachine::KIND`]).
+    const KIND: &'static str;
+
     /// Applies one committed entry's bytes (as its leader proposed them). Must be deterministic:
     /// every replica applies the same bytes in the same order and must reach the same state. A
     /// command the state refuses changes nothing; the outcome says why, in its codes.
@@ -342,6 +345,8 @@ impl<S: SmallState, C: LedgerConfig> RaftStateMachine<C> for SmallStateMachine<S
 }
 
 impl<S: SmallState> ReplicaMachine for SmallStateMachine<S, TypeConfig> {
+    const KIND: &'static str = S::KIND;
+
     fn receive_snapshot(&self, offer: &SnapshotOffer) -> io::Result<SnapshotReceiver> {
         if offer.len_bytes > limits::SMALL_STATE_SNAPSHOT_BYTES_MAX {
             return Err(invalid(format!(
@@ -376,6 +381,8 @@ mod tests {
     struct Log(Vec<u8>);
 
     impl SmallState for Log {
+        const KIND: &'static str = "test-log";
+
         fn apply(&mut self, entry: &[u8]) -> BatchOutcome {
             self.0.extend_from_slice(entry);
             BatchOutcome::default()

@@ -491,6 +491,8 @@ impl<C: LedgerConfig> LedgerStateMachine<C> {
 }
 
 impl crate::machine::ReplicaMachine for LedgerStateMachine<crate::types::TypeConfig> {
+    const KIND: &'static str = crate::data_dir::LEDGER_MACHINE;
+
     fn receive_snapshot(&self, offer: &SnapshotOffer) -> io::Result<SnapshotReceiver> {
         LedgerStateMachine::receive_snapshot(self, offer)
     }

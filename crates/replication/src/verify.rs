@@ -38,11 +38,14 @@ pub struct VerifyReport {
     pub torn_tail_bytes: u64,
 }
 
-/// Verifies the replica data directory `dir`: first its format marker (a directory without
-/// one is refused, not guessed at), then everything else.
+/// Verifies the ledger replica data directory `dir`: first its format marker (a directory
+/// without one, or of another machine, is refused, not guessed at), then everything else.
 pub fn verify(dir: &Path) -> Result<VerifyReport, String> {
     let format =
         crate::data_dir::check(&journal::storage::RealStorage, dir).map_err(|e| e.to_string())?;
+    format
+        .check_machine(dir, crate::data_dir::LEDGER_MACHINE)
+        .map_err(|e| format!("{e}; verify reads ledger replicas"))?;
     let (journal, recovery) = Journal::open(
         dir.join("journal"),
         JournalOptions {

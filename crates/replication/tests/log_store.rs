@@ -7,6 +7,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::testing::log_id;
 use replication::SealedBatch;
+use replication::data_dir::LEDGER_MACHINE;
 use replication::openraft_side::{LogStore, StorageOptions, TypeConfig};
 
 type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
@@ -14,7 +15,9 @@ type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 #[tokio::test]
 async fn a_burst_of_appends_larger_than_the_cache_reads_back_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::<TypeConfig>::open(dir.path(), &StorageOptions::default()).unwrap();
+    let mut log =
+        LogStore::<TypeConfig>::open(dir.path(), &StorageOptions::default(), LEDGER_MACHINE)
+            .unwrap();
     // 600 entries of 256 KiB in one append (a catching-up follower receives such bursts): the
     // cache holds 256, and the writer thread is still writing the first ones when the call
     // returns.
@@ -35,7 +38,9 @@ async fn reads_of_old_entries_stay_whole_while_new_appends_churn_the_cache() {
     let entry =
         move |i| Entry::new_normal(log_id::<TypeConfig>(1, 1, i), SealedBatch(body.clone()));
     {
-        let mut log = LogStore::<TypeConfig>::open(dir.path(), &StorageOptions::default()).unwrap();
+        let mut log =
+            LogStore::<TypeConfig>::open(dir.path(), &StorageOptions::default(), LEDGER_MACHINE)
+                .unwrap();
         log.append((0..3000).map(entry.clone()), IOFlushed::noop())
             .await
             .unwrap();
@@ -46,7 +51,9 @@ async fn reads_of_old_entries_stay_whole_while_new_appends_churn_the_cache() {
     }
     // Reopened (as after a restart): the cache holds the newest 256, the rest is read back from
     // the journal, slowly, while a leader's appends evict cached entries.
-    let mut log = LogStore::<TypeConfig>::open(dir.path(), &StorageOptions::default()).unwrap();
+    let mut log =
+        LogStore::<TypeConfig>::open(dir.path(), &StorageOptions::default(), LEDGER_MACHINE)
+            .unwrap();
     let mut appender = log.clone();
     let appends = tokio::spawn(async move {
         for i in 3000..3600 {

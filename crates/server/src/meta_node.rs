@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meta::MetaGroup;
+use meta::{MetaGroup, MetaState};
 use replication::membership::GroupId;
-use replication::{PeerNode, ReplicaConfig};
+use replication::{PeerNode, ReplicaConfig, SmallState};
 use telemetry::Metrics;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -57,7 +57,7 @@ impl MetaNode {
         } else {
             config.peers.clone()
         };
-        let (peer_tls, prepared) = enter_group(&config, &peers)?;
+        let (peer_tls, prepared) = enter_group(&config, &peers, <MetaState as SmallState>::KIND)?;
         let metrics = Metrics::new();
         let sync_metrics = Arc::clone(&metrics);
         let replica_config = ReplicaConfig {

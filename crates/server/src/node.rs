@@ -207,7 +207,8 @@ impl Node {
         } else {
             config.peers.clone()
         };
-        let (peer_tls, prepared) = enter_group(&config, &peers)?;
+        let (peer_tls, prepared) =
+            enter_group(&config, &peers, replication::data_dir::LEDGER_MACHINE)?;
 
         let metrics = Metrics::new();
         let sync_metrics = Arc::clone(&metrics);
@@ -325,10 +326,12 @@ impl Node {
 /// Checks this start against the peer certificates and the data directory (see
 /// `replication::membership`) before the replica opens it: answers the node's peer identity
 /// (none with [`PeerSecurity::Insecure`]) and how it enters its group. A new group takes its
-/// id from the certificates; a certificate of another group is refused.
+/// id from the certificates; a certificate of another group is refused, and so is a directory
+/// of another `machine` (`ReplicaMachine::KIND`).
 pub(crate) fn enter_group(
     config: &NodeConfig,
     peers: &BTreeMap<NodeId, PeerNode>,
+    machine: &str,
 ) -> Result<(Option<PeerTls>, membership::Prepared), NodeError> {
     let peer_tls = match &config.peer_security {
         PeerSecurity::Insecure => None,
@@ -338,7 +341,7 @@ pub(crate) fn enter_group(
         )?),
     };
     let entry = entry_for_certificates(&config.entry, peer_tls.as_ref())?;
-    let prepared = membership::prepare(&config.data_dir, config.node_id, &entry, peers)?;
+    let prepared = membership::prepare(&config.data_dir, config.node_id, &entry, peers, machine)?;
     if let Some(tls) = &peer_tls {
         match &prepared.group {
             Some(group) if group.as_str() == tls.group() => {}

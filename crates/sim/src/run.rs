@@ -190,8 +190,9 @@ impl Group {
     async fn start(&self, id: NodeId) {
         let options = self.storage_options(id);
         let dir = std::path::Path::new(DATA_DIR);
-        let opened = LogStore::<SimConfig>::open(dir, &options)
-            .and_then(|log| SimMachine::open(dir, &options).map(|machine| (log, machine)));
+        let opened =
+            LogStore::<SimConfig>::open(dir, &options, replication::data_dir::LEDGER_MACHINE)
+                .and_then(|log| SimMachine::open(dir, &options).map(|machine| (log, machine)));
         let (log, machine) = match opened {
             Ok(opened) => opened,
             Err(error) => return self.refuse(id, &error.to_string()),

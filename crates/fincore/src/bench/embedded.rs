@@ -149,7 +149,13 @@ async fn open_leader(dir: &Path, config: &ReplicaConfig) -> anyhow::Result<Repli
     } else {
         membership::Entry::Bootstrap { group: None }
     };
-    let prepared = membership::prepare(dir, NODE_ID, &entry, &members)?;
+    let prepared = membership::prepare(
+        dir,
+        NODE_ID,
+        &entry,
+        &members,
+        replication::data_dir::LEDGER_MACHINE,
+    )?;
     let replica = Replica::open(NODE_ID, dir, config)
         .await
         .with_context(|| format!("opening the replica in {}", dir.display()))?;
