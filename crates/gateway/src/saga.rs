@@ -129,6 +129,13 @@ pub trait SagaGroups: Sync {
         older_than: Duration,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<(Transfer, RemoteSides)>, PipelineError>>;
+    /// The ledger of account `id` in `group` (`None`: not there). An account's ledger never
+    /// changes, so any replica's answer will do.
+    fn account_ledger(
+        &self,
+        group: GroupId,
+        id: u128,
+    ) -> BoxFuture<'_, Result<Option<u32>, PipelineError>>;
 }
 
 impl SagaGroups for Groups {
@@ -158,6 +165,22 @@ impl SagaGroups for Groups {
                 .open_saga_copies(older_than, limit)
                 .await
                 .map_err(|error| group_failed(group, error))
+        })
+    }
+
+    fn account_ledger(
+        &self,
+        group: GroupId,
+        id: u128,
+    ) -> BoxFuture<'_, Result<Option<u32>, PipelineError>> {
+        Box::pin(async move {
+            let found = self
+                .group(group)?
+                .client
+                .lookup_accounts(&[id])
+                .await
+                .map_err(|error| group_failed(group, error))?;
+            Ok(found.first().map(|account| account.ledger))
         })
     }
 }
@@ -307,7 +330,7 @@ pub async fn run_telling_reserved<G: SagaGroups + ?Sized>(
     }
 
     // The answers one group would give.
-    Ok(sagas
+    let mut answers: Vec<EventResult<R>> = sagas
         .iter()
         .enumerate()
         .map(|(at, saga)| {
@@ -334,7 +357,48 @@ pub async fn run_telling_reserved<G: SagaGroups + ?Sized>(
                 timestamp: home.timestamp,
             }
         })
-        .collect())
+        .collect();
+    for (at, saga) in sagas.iter().enumerate() {
+        if ledgers_both_differ(saga, &reservations[at]) {
+            answers[at].result = ledger_mismatch(groups, saga).await?;
+        }
+    }
+    Ok(answers)
+}
+
+/// Whether the debit's and the credit's groups (two groups) both refused `saga` because their
+/// account's ledger is not the transfer's. Each compares its own account with the transfer
+/// (the other side is its clearing balance, of the transfer's ledger), so both answer
+/// `accounts_must_have_the_same_ledger`; one group, comparing the two accounts first, answers
+/// that only if they differ from each other too.
+fn ledgers_both_differ(saga: &Saga, reservations: &BTreeMap<GroupId, EventResult<R>>) -> bool {
+    let refused_by = |group: GroupId| {
+        reservations
+            .get(&group)
+            .is_some_and(|r| r.result == R::AccountsMustHaveTheSameLedger)
+    };
+    saga.debit != saga.credit && refused_by(saga.debit) && refused_by(saga.credit)
+}
+
+/// The code one group gives a transfer whose two accounts' ledgers both differ from its own:
+/// `transfer_must_have_the_same_ledger_as_accounts` if the accounts share a ledger, else
+/// `accounts_must_have_the_same_ledger`. Asks both accounts' groups (a failure's path only).
+async fn ledger_mismatch<G: SagaGroups + ?Sized>(
+    groups: &G,
+    saga: &Saga,
+) -> Result<R, PipelineError> {
+    let t = &saga.transfer;
+    let (debit, credit) = futures::future::try_join(
+        groups.account_ledger(saga.debit, t.debit_account_id),
+        groups.account_ledger(saga.credit, t.credit_account_id),
+    )
+    .await?;
+    Ok(match (debit, credit) {
+        (Some(debit), Some(credit)) if debit == credit => {
+            R::TransferMustHaveTheSameLedgerAsAccounts
+        }
+        _ => R::AccountsMustHaveTheSameLedger,
+    })
 }
 
 /// Finishes the sagas left open, by any gateway, longer than an age (by default

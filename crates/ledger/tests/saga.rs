@@ -255,6 +255,38 @@ fn a_refused_reservation_cancels_the_saga_releasing_every_hold_and_burning_the_i
     );
 }
 
+/// A clearing balance sums every saga of its ledger in its group, so it may near the edge of
+/// u128 where no account has: a reservation answers its accounts' own limits first, as one
+/// group would, and refuses the clearing balance's overflow only after them.
+#[test]
+fn an_account_overflow_answers_before_the_clearing_balances_overflow() {
+    let big = u128::MAX - 10;
+    // Group B holds accounts 2 and 3; 1 lives elsewhere (every debit here is remote).
+    let mut b = Group::new(vec![account(2, AF::empty()), account(3, AF::empty())]);
+    // Two sagas from remote account 1 take the clearing balance's debits to the edge, and
+    // account 2's credits with the first.
+    for (id, credit, amount) in [(10, 2, big), (11, 3, 5)] {
+        let t = transfer(id, 1, credit, amount);
+        assert_eq!(b.step(reserve(t, RemoteSides::DEBIT)), TR::Created);
+        assert_eq!(b.step(SagaStep::confirm(id)), TR::Created);
+    }
+    assert_eq!(b.account(2).credits_posted, big);
+    // Account 2's credits would overflow, and so would the clearing balance's debits: one group
+    // (holding account 1, whose debits are far from the edge) answers the account's overflow.
+    let t = transfer(12, 1, 2, 20);
+    assert_eq!(
+        b.step(reserve(t, RemoteSides::DEBIT)),
+        TR::OverflowsCreditsPosted
+    );
+    // Account 3 has room: only the clearing balance refuses, with the overflow it would be.
+    let t = transfer(13, 1, 3, 20);
+    assert_eq!(
+        b.step(reserve(t, RemoteSides::DEBIT)),
+        TR::OverflowsDebitsPosted
+    );
+    b.assert_books_balance(&[2, 3]);
+}
+
 #[test]
 fn steps_are_idempotent_final_and_checked() {
     let (mut a, _b, _h) = three_groups();

@@ -507,4 +507,14 @@ impl SagaGroups for SimGroups {
             world.groups[&group].state.open_saga_copies(before, limit)
         }))
     }
+
+    fn account_ledger(
+        &self,
+        group: GroupId,
+        id: u128,
+    ) -> BoxFuture<'_, Result<Option<u32>, PipelineError>> {
+        Box::pin(self.call(group, move |world| {
+            world.groups[&group].state.account(id).map(|a| a.ledger)
+        }))
+    }
 }
