@@ -32,10 +32,11 @@ pub struct DevArgs {
     /// (development certificates made on the first run in DIR/peer-tls).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
     replicas: u64,
-    /// Run this many ledger groups (each of --replicas nodes) behind a gateway: the gateway
-    /// listens on --grpc and --http; group g's node i listens 100 × g + i − 1 ports above
-    /// --grpc, --http and --peer. Data in DIR/group-g/node-i, the cluster map in
-    /// DIR/cluster-map.json.
+    /// Run this many ledger groups (each of --replicas nodes) and a meta group (as many) behind
+    /// a gateway: the gateway listens on --grpc and --http; group g's node i listens 100 × g +
+    /// i − 1 ports above --grpc, --http and --peer, the meta group's node i 50 + i − 1 above
+    /// --grpc and --peer. Data in DIR/group-g/node-i and DIR/meta/node-i, the map planned on
+    /// the first run in DIR/cluster-map.json.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=limits::LOCAL_GROUPS_MAX))]
     groups: u64,
     /// Where the change events are projected as SQL tables while `dev` runs
@@ -283,9 +284,79 @@ fn dev_certificates(dir: &std::path::Path, group: &GroupId, nodes: &[u64]) -> an
 /// what the meta group is given when it holds no map yet.
 const DEV_CLUSTER_MAP_FILE: &str = "cluster-map.json";
 
-/// How far above --grpc, --http and --peer the meta group's node i listens (+ i − 1): below
-/// the first ledger group's 100, above any --replicas.
-const DEV_META_PORT_OFFSET: u64 = 90;
+/// How far above --grpc and --peer the meta group's node i listens (+ i − 1): below the first
+/// ledger group's 100, and clear of the ports a group's nodes take for the usual spacings of the
+/// three flags (7700/7780/7790: groups at 00–04, 80–84 and 90–94 past each hundred, meta at
+/// 50–54 and 40–44; or 10 apart: groups at 00–04, 10–14, 20–24, meta at 50–54 and 70–74).
+const DEV_META_PORT_OFFSET: u64 = 50;
+
+/// Where `dev --groups` listens: the meta group's nodes and each ledger group's, above the
+/// gateway's `--grpc` and `--http` (see `DevArgs::groups`). Refused, naming the port, if two
+/// listeners would share a port or a port passes 65535.
+fn dev_groups_layout(
+    listen: &ListenArgs,
+    groups: u64,
+    replicas: u64,
+) -> anyhow::Result<(Vec<DevNode>, Vec<Vec<DevNode>>)> {
+    let shifted = |addr: SocketAddr, by: u64| -> anyhow::Result<SocketAddr> {
+        let port = u16::try_from(u64::from(addr.port()) + by)
+            .ok()
+            .context(format!(
+                "port {} + {by} is past 65535: give lower ports",
+                addr.port()
+            ))?;
+        Ok(SocketAddr::new(addr.ip(), port))
+    };
+    let nodes = |offset: u64| -> anyhow::Result<Vec<DevNode>> {
+        (0..replicas)
+            .map(|i| {
+                let by = offset + i;
+                Ok((
+                    i + 1,
+                    shifted(listen.grpc, by)?,
+                    shifted(listen.http, by)?,
+                    shifted(listen.peer, by)?,
+                ))
+            })
+            .collect()
+    };
+    let meta = nodes(DEV_META_PORT_OFFSET)?;
+    let ledger = (1..=groups)
+        .map(|g| nodes(100 * g))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // What binds: the gateway's two listeners, a meta replica's gRPC and peer listeners (it
+    // serves no HTTP), a ledger replica's three.
+    let mut bound = vec![
+        ("the gateway's --grpc", listen.grpc),
+        ("the gateway's --http", listen.http),
+    ];
+    bound.extend(meta.iter().flat_map(|&(_, grpc, _, peer)| {
+        [
+            ("a meta replica's gRPC", grpc),
+            ("a meta replica's peers", peer),
+        ]
+    }));
+    bound.extend(ledger.iter().flatten().flat_map(|&(_, grpc, http, peer)| {
+        [
+            ("a ledger replica's gRPC", grpc),
+            ("a ledger replica's HTTP", http),
+            ("a ledger replica's peers", peer),
+        ]
+    }));
+    let mut taken = BTreeMap::new();
+    for (what, addr) in bound {
+        if let Some(other) = taken.insert(addr.port(), what) {
+            anyhow::bail!(
+                "--grpc {}, --http {}, --peer {}: {what} and {other} would both listen on port {}; give ports further apart (the defaults work)",
+                listen.grpc,
+                listen.http,
+                listen.peer,
+                addr.port()
+            );
+        }
+    }
+    Ok((meta, ledger))
+}
 
 /// The cluster map the meta group holds; on the first run (it holds none), `planned`, set there
 /// first. Waits for the meta group to elect a leader, at most
@@ -342,41 +413,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             "--groups needs fixed ports (the groups' nodes listen above --grpc, --http and --peer), not port 0"
         );
     }
-    let shifted = |addr: SocketAddr, by: u64| -> anyhow::Result<SocketAddr> {
-        let port = u16::try_from(u64::from(addr.port()) + by)
-            .ok()
-            .context(format!(
-                "port {} + {by} is past 65535: give lower ports",
-                addr.port()
-            ))?;
-        Ok(SocketAddr::new(addr.ip(), port))
-    };
-    let groups: Vec<Vec<DevNode>> = (1..=args.groups)
-        .map(|g| {
-            (0..args.replicas)
-                .map(|i| {
-                    let by = 100 * g + i;
-                    Ok((
-                        i + 1,
-                        shifted(listen.grpc, by)?,
-                        shifted(listen.http, by)?,
-                        shifted(listen.peer, by)?,
-                    ))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let meta_nodes: Vec<DevNode> = (0..args.replicas)
-        .map(|i| {
-            let by = DEV_META_PORT_OFFSET + i;
-            Ok((
-                i + 1,
-                shifted(listen.grpc, by)?,
-                shifted(listen.http, by)?,
-                shifted(listen.peer, by)?,
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let (meta_nodes, groups) = dev_groups_layout(listen, args.groups, args.replicas)?;
     let exe = std::env::current_exe().context("finding the fincore executable")?;
     let (keys_path, token) = crate::keys::dev_key(&args.data_dir)?;
     let group_dir = |g: usize| args.data_dir.join(format!("group-{}", g + 1));
@@ -635,4 +672,56 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
         println!("  Ctrl-C stops the node cleanly.");
         running
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(grpc: u16, http: u16, peer: u16) -> ListenArgs {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        ListenArgs {
+            grpc: addr(grpc),
+            http: addr(http),
+            peer: addr(peer),
+            queue_depth: 1,
+            checkpoint_interval: 0,
+            capacity: crate::serve::CapacityArgs {
+                accounts_max: None,
+                transfers_max: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_usual_spacings_give_every_listener_a_port_of_its_own() {
+        // The defaults, and ports 10 apart (what scripts/api-contract picks).
+        for (grpc, http, peer) in [(7700, 7780, 7790), (20000, 20010, 20020)] {
+            for replicas in [1, 3, 5] {
+                for groups in 1..=limits::LOCAL_GROUPS_MAX {
+                    let listen = listen(grpc, http, peer);
+                    if let Err(error) = dev_groups_layout(&listen, groups, replicas) {
+                        panic!("{groups} groups of {replicas}: {error:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ports_that_would_collide_are_refused_naming_both_listeners() {
+        // The meta group's peers 50 above --peer land on group 1's gRPC 100 above --grpc.
+        let error = dev_groups_layout(&listen(7700, 7780, 7750), 2, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("a ledger replica's gRPC and a meta replica's peers")
+                && error.contains("port 7800"),
+            "{error}"
+        );
+        let error = dev_groups_layout(&listen(65_500, 7780, 7790), 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("past 65535"), "{error}");
+    }
 }

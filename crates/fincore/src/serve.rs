@@ -208,12 +208,12 @@ pub struct CapacityArgs {
     /// available at start planned for accounts (printed at start). Give every replica of a
     /// group the same value.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=limits::LEDGER_ACCOUNTS_MAX))]
-    accounts_max: Option<u64>,
+    pub(crate) accounts_max: Option<u64>,
     /// Most transfers (plus transfer ids burnt by transient failures) the ledger may hold.
     /// Default: what fits in the share of the memory available at start planned for transfers
     /// (printed at start). Give every replica of a group the same value.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=limits::LEDGER_TRANSFERS_MAX))]
-    transfers_max: Option<u64>,
+    pub(crate) transfers_max: Option<u64>,
 }
 
 /// Bytes of memory available now (Linux: `MemAvailable` in `/proc/meminfo`, else `MemTotal`).
