@@ -539,6 +539,24 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         let meta = gateway::map_feed::meta_client(&addrs, &access)
             .context("dialling the meta group")?;
         let map = map_from_meta(&meta, &map).await?;
+        // A meta group left from another cluster (its groups' directories since removed)
+        // would route every call to groups that are not these.
+        for (g, new_group) in new_groups.iter().enumerate() {
+            let id = match new_group {
+                Some(id) => Some(id.to_string()),
+                None => group_of_dir(&group_dir(g).join("node-1"))?,
+            };
+            if let Some(id) = id
+                && !map.groups().keys().any(|group| group.to_string() == id)
+            {
+                anyhow::bail!(
+                    "the meta group in {} holds a cluster map (epoch {}) without group {id} of {}: it belongs to another cluster; remove it, or use another --data-dir",
+                    meta_dir.display(),
+                    map.epoch(),
+                    group_dir(g).display()
+                );
+            }
+        }
         let connected =
             gateway::Groups::connect(&map, &access).context("connecting to the groups")?;
         let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));

@@ -129,13 +129,13 @@ pub trait SagaGroups: Sync {
         older_than: Duration,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<(Transfer, RemoteSides)>, PipelineError>>;
-    /// The ledger of account `id` in `group` (`None`: not there). An account's ledger never
+    /// The ledgers of the accounts of `ids` that `group` holds. An account's ledger never
     /// changes, so any replica's answer will do.
-    fn account_ledger(
+    fn account_ledgers(
         &self,
         group: GroupId,
-        id: u128,
-    ) -> BoxFuture<'_, Result<Option<u32>, PipelineError>>;
+        ids: Vec<u128>,
+    ) -> BoxFuture<'_, Result<BTreeMap<u128, u32>, PipelineError>>;
 }
 
 impl SagaGroups for Groups {
@@ -168,19 +168,19 @@ impl SagaGroups for Groups {
         })
     }
 
-    fn account_ledger(
+    fn account_ledgers(
         &self,
         group: GroupId,
-        id: u128,
-    ) -> BoxFuture<'_, Result<Option<u32>, PipelineError>> {
+        ids: Vec<u128>,
+    ) -> BoxFuture<'_, Result<BTreeMap<u128, u32>, PipelineError>> {
         Box::pin(async move {
             let found = self
                 .group(group)?
                 .client
-                .lookup_accounts(&[id])
+                .lookup_accounts(&ids)
                 .await
                 .map_err(|error| group_failed(group, error))?;
-            Ok(found.first().map(|account| account.ledger))
+            Ok(found.iter().map(|a| (a.id, a.ledger)).collect())
         })
     }
 }
@@ -204,10 +204,45 @@ async fn send_steps<G: SagaGroups + ?Sized>(
     try_join_all(calls).await
 }
 
-/// The failure one group would report among several groups' failures: the first in the
-/// ledger's order of precedence.
+/// The first failure in the ledger's order of precedence.
 fn first_failure(failures: impl Iterator<Item = R>) -> Option<R> {
     failures.min_by_key(|code| R::ALL.iter().position(|c| c == code))
+}
+
+/// The failure one group would report among the groups' refusals of `saga`: the first in the
+/// ledger's order of precedence, but an overflow of a clearing balance only if nothing else
+/// failed (one group has no clearing balance; each group checks its own last).
+fn one_groups_failure(saga: &Saga, reservations: &BTreeMap<GroupId, EventResult<R>>) -> Option<R> {
+    let remote: BTreeMap<GroupId, RemoteSides> = saga.involved().into_iter().collect();
+    let (mut accounts, mut clearing) = (Vec::new(), Vec::new());
+    for (group, reservation) in reservations {
+        let code = reservation.result;
+        if reserved(code) {
+            continue;
+        }
+        if clearing_overflow(code, remote.get(group).copied().unwrap_or_default()) {
+            clearing.push(code);
+        } else {
+            accounts.push(code);
+        }
+    }
+    first_failure(accounts.into_iter()).or_else(|| first_failure(clearing.into_iter()))
+}
+
+/// Whether `code`, from a group to which `remote` sides of the transfer are remote, is an
+/// overflow of its clearing balance: an overflow of a remote side (a reservation checks its
+/// local accounts' overflows first, with the remote side empty, so it never reports the local
+/// side's overflow from the clearing check).
+fn clearing_overflow(code: R, remote: RemoteSides) -> bool {
+    match code {
+        R::OverflowsDebitsPending | R::OverflowsDebitsPosted | R::OverflowsDebits => {
+            remote.contains(RemoteSides::DEBIT)
+        }
+        R::OverflowsCreditsPending | R::OverflowsCreditsPosted | R::OverflowsCredits => {
+            remote.contains(RemoteSides::CREDIT)
+        }
+        _ => false,
+    }
 }
 
 fn reserved(result: R) -> bool {
@@ -343,14 +378,9 @@ pub async fn run_telling_reserved<G: SagaGroups + ?Sized>(
             let result = match decision {
                 Decision::Confirmed if home.result == R::Created => R::Created,
                 Decision::Confirmed => R::Exists,
-                Decision::Cancelled => first_failure(
-                    reservations[at]
-                        .values()
-                        .map(|r| r.result)
-                        .filter(|&r| !reserved(r)),
-                )
-                // Reserved everywhere yet cancelled: a resolver aborted the saga first.
-                .unwrap_or(R::IdAlreadyFailed),
+                Decision::Cancelled => one_groups_failure(saga, &reservations[at])
+                    // Reserved everywhere yet cancelled: a resolver aborted the saga first.
+                    .unwrap_or(R::IdAlreadyFailed),
             };
             EventResult {
                 result,
@@ -358,12 +388,65 @@ pub async fn run_telling_reserved<G: SagaGroups + ?Sized>(
             }
         })
         .collect();
-    for (at, saga) in sagas.iter().enumerate() {
-        if ledgers_both_differ(saga, &reservations[at]) {
-            answers[at].result = ledger_mismatch(groups, saga).await?;
+    let mismatched: Vec<usize> = (0..sagas.len())
+        .filter(|&at| {
+            answers[at].result == R::AccountsMustHaveTheSameLedger
+                && ledgers_both_differ(&sagas[at], &reservations[at])
+        })
+        .collect();
+    if !mismatched.is_empty() {
+        let ledgers = account_ledgers(groups, sagas, &mismatched).await;
+        for at in mismatched {
+            let t = &sagas[at].transfer;
+            let (debit, credit) = (
+                ledgers.get(&t.debit_account_id),
+                ledgers.get(&t.credit_account_id),
+            );
+            if let (Some(debit), Some(credit)) = (debit, credit)
+                && debit == credit
+            {
+                answers[at].result = R::TransferMustHaveTheSameLedgerAsAccounts;
+            }
         }
     }
     Ok(answers)
+}
+
+/// The ledgers of the debit and credit accounts of `sagas[at]` for each of `ats`, asked of
+/// their groups (one call per group, all at once). A group that does not answer is left out
+/// (its sagas keep `accounts_must_have_the_same_ledger`): the sagas have ended, so this must
+/// not fail the batch.
+async fn account_ledgers<G: SagaGroups + ?Sized>(
+    groups: &G,
+    sagas: &[Saga],
+    ats: &[usize],
+) -> BTreeMap<u128, u32> {
+    let mut ids: BTreeMap<GroupId, Vec<u128>> = BTreeMap::new();
+    for &at in ats {
+        let saga = &sagas[at];
+        ids.entry(saga.debit)
+            .or_default()
+            .push(saga.transfer.debit_account_id);
+        ids.entry(saga.credit)
+            .or_default()
+            .push(saga.transfer.credit_account_id);
+    }
+    let asked = ids.into_iter().map(|(group, mut ids)| async move {
+        ids.sort_unstable();
+        ids.dedup();
+        match groups.account_ledgers(group, ids).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%group, %error, "cannot tell two ledger failures apart");
+                BTreeMap::new()
+            }
+        }
+    });
+    futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Whether the debit's and the credit's groups (two groups) both refused `saga` because their
@@ -378,27 +461,6 @@ fn ledgers_both_differ(saga: &Saga, reservations: &BTreeMap<GroupId, EventResult
             .is_some_and(|r| r.result == R::AccountsMustHaveTheSameLedger)
     };
     saga.debit != saga.credit && refused_by(saga.debit) && refused_by(saga.credit)
-}
-
-/// The code one group gives a transfer whose two accounts' ledgers both differ from its own:
-/// `transfer_must_have_the_same_ledger_as_accounts` if the accounts share a ledger, else
-/// `accounts_must_have_the_same_ledger`. Asks both accounts' groups (a failure's path only).
-async fn ledger_mismatch<G: SagaGroups + ?Sized>(
-    groups: &G,
-    saga: &Saga,
-) -> Result<R, PipelineError> {
-    let t = &saga.transfer;
-    let (debit, credit) = futures::future::try_join(
-        groups.account_ledger(saga.debit, t.debit_account_id),
-        groups.account_ledger(saga.credit, t.credit_account_id),
-    )
-    .await?;
-    Ok(match (debit, credit) {
-        (Some(debit), Some(credit)) if debit == credit => {
-            R::TransferMustHaveTheSameLedgerAsAccounts
-        }
-        _ => R::AccountsMustHaveTheSameLedger,
-    })
 }
 
 /// Finishes the sagas left open, by any gateway, longer than an age (by default
@@ -488,4 +550,73 @@ impl Routed for SagaStep {
     const IMPORTED_EVENT_NOT_EXPECTED: R = R::ImportedEventNotExpected;
     const LINKED_EVENT_FAILED: R = R::LinkedEventFailed;
     const LINKED_EVENT_CHAIN_OPEN: R = R::LinkedEventChainOpen;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A saga homed in group 3 from an account of group 1 to an account of group 2.
+    fn three_group_saga() -> Saga {
+        Saga {
+            transfer: Transfer::default(),
+            home: GroupId::from_u128(3),
+            debit: GroupId::from_u128(1),
+            credit: GroupId::from_u128(2),
+        }
+    }
+
+    fn refusals(codes: [(u128, R); 3]) -> BTreeMap<GroupId, EventResult<R>> {
+        codes
+            .into_iter()
+            .map(|(group, result)| {
+                let answer = EventResult {
+                    result,
+                    timestamp: 0,
+                };
+                (GroupId::from_u128(group), answer)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_clearing_balances_overflow_answers_only_when_no_account_refused() {
+        let saga = three_group_saga();
+        // Group 1 holds the debit account: its credit side is its clearing balance.
+        let answer = |codes| one_groups_failure(&saga, &refusals(codes));
+        assert_eq!(
+            answer([
+                (1, R::OverflowsCreditsPosted),
+                (2, R::ExceedsDebits),
+                (3, R::Created)
+            ]),
+            Some(R::ExceedsDebits)
+        );
+        // The debit account's own overflow ranks as one group ranks it.
+        assert_eq!(
+            answer([
+                (1, R::OverflowsDebitsPosted),
+                (2, R::ExceedsDebits),
+                (3, R::Created)
+            ]),
+            Some(R::OverflowsDebitsPosted)
+        );
+        // The home holds neither account: any overflow there is its clearing balance's.
+        assert_eq!(
+            answer([
+                (1, R::Created),
+                (2, R::CapacityReached),
+                (3, R::OverflowsDebits)
+            ]),
+            Some(R::CapacityReached)
+        );
+        assert_eq!(
+            answer([(1, R::Created), (2, R::Created), (3, R::OverflowsDebits)]),
+            Some(R::OverflowsDebits)
+        );
+        assert_eq!(
+            answer([(1, R::Created), (2, R::Created), (3, R::Created)]),
+            None
+        );
+    }
 }

@@ -355,7 +355,8 @@ impl StateMachine {
         }
         let amount = t.amount;
         // The accounts' own checks first, in one group's order, as if the remote side were a
-        // fresh account: a group holding both accounts would check just these.
+        // fresh account: a group holding both accounts would check just these, as a plain
+        // transfer's (not pending: the total checked bounds the pending booked here too).
         let account_only = |side: Side, account: &Account| match side {
             Side::Local(_) => *account,
             Side::Clearing => Account {
@@ -367,7 +368,7 @@ impl StateMachine {
             &account_only(dr_side, &dr),
             &account_only(cr_side, &cr),
             amount,
-            true,
+            false,
         )?;
         if dr.debits_exceed_credits(amount) {
             return Err(R::ExceedsCredits);

@@ -287,6 +287,32 @@ fn an_account_overflow_answers_before_the_clearing_balances_overflow() {
     b.assert_books_balance(&[2, 3]);
 }
 
+/// A plain transfer's overflow codes, not a pending one's: a reservation books pending, but
+/// answers what one group answers the plain transfer it carries.
+#[test]
+fn a_reservation_answers_a_plain_transfers_overflow_codes() {
+    let mut a = Group::new(vec![account(1, AF::empty()), account(2, AF::empty())]);
+    let hold = Transfer {
+        flags: TF::PENDING,
+        ..transfer(1, 1, 2, u128::MAX - 5)
+    };
+    assert_eq!(a.transfers(vec![hold]), vec![TR::Created]);
+    // One group holding both sides answers the total's overflow...
+    let mut one = Group::new(vec![
+        account(1, AF::empty()),
+        account(2, AF::empty()),
+        account(3, AF::empty()),
+    ]);
+    assert_eq!(one.transfers(vec![hold]), vec![TR::Created]);
+    assert_eq!(
+        one.transfers(vec![transfer(2, 1, 3, 10)]),
+        vec![TR::OverflowsDebits]
+    );
+    // ... and so does a reservation of the same transfer with its credit elsewhere.
+    let t = transfer(2, 1, 3, 10);
+    assert_eq!(a.step(reserve(t, RemoteSides::CREDIT)), TR::OverflowsDebits);
+}
+
 #[test]
 fn steps_are_idempotent_final_and_checked() {
     let (mut a, _b, _h) = three_groups();

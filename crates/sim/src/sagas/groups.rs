@@ -508,13 +508,16 @@ impl SagaGroups for SimGroups {
         }))
     }
 
-    fn account_ledger(
+    fn account_ledgers(
         &self,
         group: GroupId,
-        id: u128,
-    ) -> BoxFuture<'_, Result<Option<u32>, PipelineError>> {
+        ids: Vec<u128>,
+    ) -> BoxFuture<'_, Result<std::collections::BTreeMap<u128, u32>, PipelineError>> {
         Box::pin(self.call(group, move |world| {
-            world.groups[&group].state.account(id).map(|a| a.ledger)
+            let state = &world.groups[&group].state;
+            ids.iter()
+                .filter_map(|&id| state.account(id).map(|a| (id, a.ledger)))
+                .collect::<std::collections::BTreeMap<u128, u32>>()
         }))
     }
 }
