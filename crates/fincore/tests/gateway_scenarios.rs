@@ -333,9 +333,6 @@ struct Ids {
     spread: Option<Vec<Slot>>,
 }
 
-/// The highest small ledger number a scenario names (beside 0 and `u32::MAX`, kept).
-const SCENARIO_LEDGER_MAX: u32 = 3;
-
 /// How far from an account's a transfer's id is placed in [`Ids::spread`].
 const SPREAD_TRANSFER_OFFSET: u128 = 2;
 
@@ -365,26 +362,11 @@ impl Ids {
         self.id_in(small, SPREAD_TRANSFER_OFFSET)
     }
 
-    /// With `spread`, each scenario's ledgers 1 to 3 are ledgers of its own: a group's clearing
-    /// balance of a ledger sums every saga of that ledger there, and the scenarios that take an
-    /// account to the edge of `u128` would otherwise find it taken there by the scenarios
-    /// before (see `docs/gateway.md`, "Clearing balances").
-    fn ledger(&self, ledger: u32) -> u32 {
-        match &self.spread {
-            Some(_) if (1..=SCENARIO_LEDGER_MAX).contains(&ledger) => {
-                let scenario = u32::try_from(self.scenario).expect("a few hundred scenarios");
-                ledger + scenario * SCENARIO_LEDGER_MAX
-            }
-            _ => ledger,
-        }
-    }
-
     fn body(&self, body: &BatchBody) -> BatchBody {
         map_events(
             body,
             |a| Account {
                 id: self.account(a.id),
-                ledger: self.ledger(a.ledger),
                 ..a
             },
             |t| Transfer {
@@ -392,7 +374,6 @@ impl Ids {
                 debit_account_id: self.account(t.debit_account_id),
                 credit_account_id: self.account(t.credit_account_id),
                 pending_id: self.transfer(t.pending_id),
-                ledger: self.ledger(t.ledger),
                 ..t
             },
         )

@@ -209,40 +209,16 @@ fn first_failure(failures: impl Iterator<Item = R>) -> Option<R> {
     failures.min_by_key(|code| R::ALL.iter().position(|c| c == code))
 }
 
-/// The failure one group would report among the groups' refusals of `saga`: the first in the
-/// ledger's order of precedence, but an overflow of a clearing balance only if nothing else
-/// failed (one group has no clearing balance; each group checks its own last).
-fn one_groups_failure(saga: &Saga, reservations: &BTreeMap<GroupId, EventResult<R>>) -> Option<R> {
-    let remote: BTreeMap<GroupId, RemoteSides> = saga.involved().into_iter().collect();
-    let (mut accounts, mut clearing) = (Vec::new(), Vec::new());
-    for (group, reservation) in reservations {
-        let code = reservation.result;
-        if reserved(code) {
-            continue;
-        }
-        if clearing_overflow(code, remote.get(group).copied().unwrap_or_default()) {
-            clearing.push(code);
-        } else {
-            accounts.push(code);
-        }
-    }
-    first_failure(accounts.into_iter()).or_else(|| first_failure(clearing.into_iter()))
-}
-
-/// Whether `code`, from a group to which `remote` sides of the transfer are remote, is an
-/// overflow of its clearing balance: an overflow of a remote side (a reservation checks its
-/// local accounts' overflows first, with the remote side empty, so it never reports the local
-/// side's overflow from the clearing check).
-fn clearing_overflow(code: R, remote: RemoteSides) -> bool {
-    match code {
-        R::OverflowsDebitsPending | R::OverflowsDebitsPosted | R::OverflowsDebits => {
-            remote.contains(RemoteSides::DEBIT)
-        }
-        R::OverflowsCreditsPending | R::OverflowsCreditsPosted | R::OverflowsCredits => {
-            remote.contains(RemoteSides::CREDIT)
-        }
-        _ => false,
-    }
+/// The failure one group would report among the groups' refusals: the first in the ledger's
+/// order of precedence. (Each group checks what it holds as one group checks it; a clearing
+/// balance never refuses.)
+fn one_groups_failure(reservations: &BTreeMap<GroupId, EventResult<R>>) -> Option<R> {
+    first_failure(
+        reservations
+            .values()
+            .map(|reservation| reservation.result)
+            .filter(|&code| !reserved(code)),
+    )
 }
 
 fn reserved(result: R) -> bool {
@@ -378,7 +354,7 @@ pub async fn run_telling_reserved<G: SagaGroups + ?Sized>(
             let result = match decision {
                 Decision::Confirmed if home.result == R::Created => R::Created,
                 Decision::Confirmed => R::Exists,
-                Decision::Cancelled => one_groups_failure(saga, &reservations[at])
+                Decision::Cancelled => one_groups_failure(&reservations[at])
                     // Reserved everywhere yet cancelled: a resolver aborted the saga first.
                     .unwrap_or(R::IdAlreadyFailed),
             };
@@ -556,16 +532,6 @@ impl Routed for SagaStep {
 mod tests {
     use super::*;
 
-    /// A saga homed in group 3 from an account of group 1 to an account of group 2.
-    fn three_group_saga() -> Saga {
-        Saga {
-            transfer: Transfer::default(),
-            home: GroupId::from_u128(3),
-            debit: GroupId::from_u128(1),
-            credit: GroupId::from_u128(2),
-        }
-    }
-
     fn refusals(codes: [(u128, R); 3]) -> BTreeMap<GroupId, EventResult<R>> {
         codes
             .into_iter()
@@ -580,42 +546,26 @@ mod tests {
     }
 
     #[test]
-    fn a_clearing_balances_overflow_answers_only_when_no_account_refused() {
-        let saga = three_group_saga();
-        // Group 1 holds the debit account: its credit side is its clearing balance.
-        let answer = |codes| one_groups_failure(&saga, &refusals(codes));
+    fn the_groups_refusals_answer_the_first_in_precedence() {
+        let answer = |codes| one_groups_failure(&refusals(codes));
         assert_eq!(
             answer([
                 (1, R::OverflowsCreditsPosted),
                 (2, R::ExceedsDebits),
                 (3, R::Created)
             ]),
+            Some(R::OverflowsCreditsPosted)
+        );
+        assert_eq!(
+            answer([
+                (1, R::Exists),
+                (2, R::ExceedsDebits),
+                (3, R::CapacityReached)
+            ]),
             Some(R::ExceedsDebits)
         );
-        // The debit account's own overflow ranks as one group ranks it.
         assert_eq!(
-            answer([
-                (1, R::OverflowsDebitsPosted),
-                (2, R::ExceedsDebits),
-                (3, R::Created)
-            ]),
-            Some(R::OverflowsDebitsPosted)
-        );
-        // The home holds neither account: any overflow there is its clearing balance's.
-        assert_eq!(
-            answer([
-                (1, R::Created),
-                (2, R::CapacityReached),
-                (3, R::OverflowsDebits)
-            ]),
-            Some(R::CapacityReached)
-        );
-        assert_eq!(
-            answer([(1, R::Created), (2, R::Created), (3, R::OverflowsDebits)]),
-            Some(R::OverflowsDebits)
-        );
-        assert_eq!(
-            answer([(1, R::Created), (2, R::Created), (3, R::Created)]),
+            answer([(1, R::Created), (2, R::Created), (3, R::Exists)]),
             None
         );
     }

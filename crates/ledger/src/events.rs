@@ -106,7 +106,8 @@ impl EventKind {
 pub struct TransferChange {
     pub transfer: Transfer,
     /// For saga events, the sides booked against the clearing balance (whose balances are
-    /// then the clearing balance of the transfer's ledger); empty otherwise.
+    /// then the clearing balance of the transfer's ledger, modulo `2^128`: see
+    /// [`crate::WideBalances`]); empty otherwise.
     pub remote: RemoteSides,
     pub debit: Balances,
     pub credit: Balances,
@@ -350,7 +351,7 @@ impl StateMachine {
                 EventSide::Clearing => self
                     .clearing
                     .get(&transfer.ledger)
-                    .copied()
+                    .map(|clearing| clearing.low_bits())
                     .unwrap_or_default(),
             }
         };

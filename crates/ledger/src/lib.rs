@@ -23,6 +23,7 @@ mod saga;
 mod snapshot;
 mod state;
 mod types;
+mod wide;
 
 #[cfg(feature = "test-scenarios")]
 pub mod scenarios;
@@ -43,6 +44,7 @@ pub use saga::{ClearingBalance, RemoteSides, SagaAction, SagaCopy, SagaState, Sa
 pub use snapshot::{SnapshotError, SnapshotWriter, StateDigest};
 pub use state::{BatchResults, StateMachine};
 pub use types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
+pub use wide::{Wide, WideBalances};
 
 /// Largest timestamp fincore assigns or accepts (`2^63 - 1` nanoseconds since the epoch).
 pub const TIMESTAMP_MAX: u64 = (1 << 63) - 1;

@@ -10,7 +10,9 @@
 //! The steps, each one event of a [`crate::BatchBody::SagaSteps`] batch:
 //! - **reserve**: create the copy *open*, its amount pending on both sides. Checked as one group
 //!   checks a transfer, but only against what lives here (the local accounts' existence,
-//!   ledger, closed flag, limits; overflow of every side). Answers like `create_transfers`:
+//!   ledger, closed flag, limits; overflow of the local accounts — the remote side is checked
+//!   in its own group, and the clearing balance, kept in 256 bits, never refuses: see
+//!   `crate::wide`). Answers like `create_transfers`:
 //!   `created`, `exists` (a retry with the same fields and sides), `exists_with_different_*`,
 //!   `id_already_failed` for a cancelled copy, or the failure. A transient failure (an account
 //!   not found, a limit, a closed account) burns the id in this group, as a transfer's does, so
@@ -36,12 +38,13 @@
 use bitflags::bitflags;
 
 use crate::events::{EventKind, EventSide};
-use crate::history::{Balance, CONFIRM_BIT, EXPIRY_BIT};
+use crate::history::{CONFIRM_BIT, EXPIRY_BIT};
 use crate::results::CreateTransferResult;
 use crate::state::{
     Outcome, StateMachine, Undo, check_overflows, check_transfer_fields, check_transfer_id,
 };
 use crate::types::{Account, Transfer, TransferFlags, TransferPendingStatus};
+use crate::wide::{Wide, WideBalances};
 
 bitflags! {
     /// Which of a transfer's accounts live in another group (booked against clearing here).
@@ -160,14 +163,27 @@ pub struct SagaCopy {
     pub state: SagaState,
 }
 
-/// A group's clearing balance of one ledger: what its copies booked for remote accounts.
+/// A group's clearing balance of one ledger: what its copies booked for remote accounts, in
+/// 256 bits (a sum over every account, which `u128` could not always hold: see `wide`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ClearingBalance {
     pub ledger: u32,
-    pub debits_pending: u128,
-    pub debits_posted: u128,
-    pub credits_pending: u128,
-    pub credits_posted: u128,
+    pub debits_pending: Wide,
+    pub debits_posted: Wide,
+    pub credits_pending: Wide,
+    pub credits_posted: Wide,
+}
+
+impl ClearingBalance {
+    /// The four sums, to add up with others.
+    pub fn sums(&self) -> WideBalances {
+        WideBalances {
+            debits_pending: self.debits_pending,
+            debits_posted: self.debits_posted,
+            credits_pending: self.credits_pending,
+            credits_posted: self.credits_posted,
+        }
+    }
 }
 
 /// One side of a copy: an account of this group (its slot index) or the clearing balance.
@@ -175,6 +191,14 @@ pub struct ClearingBalance {
 enum Side {
     Local(u32),
     Clearing,
+}
+
+/// What a step does to the amount on one side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    Hold,
+    Post,
+    Release,
 }
 
 impl Side {
@@ -249,38 +273,57 @@ impl StateMachine {
         }
     }
 
-    /// The account behind a side, as checks see it: for clearing, an account of the
-    /// transfer's ledger without limits or flags holding the clearing balance.
+    /// The account behind a side, as checks see it: for clearing, a fresh account of the
+    /// transfer's ledger (no balances, limits or flags): the remote account is checked in its
+    /// own group, and the clearing balance itself never refuses (see `wide`).
     fn side_account(&self, side: Side, ledger: u32) -> Account {
         match side {
             Side::Local(index) => self.accounts[index as usize].account,
-            Side::Clearing => {
-                let b = self.clearing.get(&ledger).copied().unwrap_or_default();
-                Account {
-                    ledger,
-                    debits_pending: b.debits_pending,
-                    debits_posted: b.debits_posted,
-                    credits_pending: b.credits_pending,
-                    credits_posted: b.credits_posted,
-                    ..Default::default()
-                }
-            }
+            Side::Clearing => Account {
+                ledger,
+                ..Default::default()
+            },
         }
     }
 
-    /// Changes the balance behind a side.
-    fn change_side(&mut self, side: Side, ledger: u32, change: impl FnOnce(&mut Balance)) {
+    /// Moves `amount` on one side of a copy (`debit`: its debits, else its credits): into
+    /// pending (`Hold`), from pending to posted (`Post`) or out of pending (`Release`). The
+    /// checks before a hold keep an account's fields in range; a clearing balance is 256 bits.
+    fn move_side(&mut self, side: Side, ledger: u32, debit: bool, amount: u128, how: Move) {
         match side {
             Side::Local(index) => {
                 let account = &mut self.accounts[index as usize].account;
-                let mut balance = Balance::of(account);
-                change(&mut balance);
-                account.debits_pending = balance.debits_pending;
-                account.debits_posted = balance.debits_posted;
-                account.credits_pending = balance.credits_pending;
-                account.credits_posted = balance.credits_posted;
+                let (pending, posted) = if debit {
+                    (&mut account.debits_pending, &mut account.debits_posted)
+                } else {
+                    (&mut account.credits_pending, &mut account.credits_posted)
+                };
+                match how {
+                    Move::Hold => *pending += amount,
+                    Move::Post => {
+                        *pending -= amount;
+                        *posted += amount;
+                    }
+                    Move::Release => *pending -= amount,
+                }
             }
-            Side::Clearing => change(self.clearing.entry(ledger).or_default()),
+            Side::Clearing => {
+                let balance = self.clearing.entry(ledger).or_default();
+                let (pending, posted) = if debit {
+                    (&mut balance.debits_pending, &mut balance.debits_posted)
+                } else {
+                    (&mut balance.credits_pending, &mut balance.credits_posted)
+                };
+                let amount = Wide::from(amount);
+                match how {
+                    Move::Hold => *pending = pending.plus(amount),
+                    Move::Post => {
+                        *pending = pending.minus(amount);
+                        *posted = posted.plus(amount);
+                    }
+                    Move::Release => *pending = pending.minus(amount),
+                }
+            }
         }
     }
 
@@ -354,22 +397,10 @@ impl StateMachine {
             return Err(R::CreditAccountAlreadyClosed);
         }
         let amount = t.amount;
-        // The accounts' own checks first, in one group's order, as if the remote side were a
-        // fresh account: a group holding both accounts would check just these, as a plain
-        // transfer's (not pending: the total checked bounds the pending booked here too).
-        let account_only = |side: Side, account: &Account| match side {
-            Side::Local(_) => *account,
-            Side::Clearing => Account {
-                ledger: account.ledger,
-                ..Default::default()
-            },
-        };
-        check_overflows(
-            &account_only(dr_side, &dr),
-            &account_only(cr_side, &cr),
-            amount,
-            false,
-        )?;
+        // The checks one group makes of a plain transfer (not pending: the total checked bounds
+        // the pending booked here too), the remote side being a fresh account: its own group
+        // checks its balances.
+        check_overflows(&dr, &cr, amount, false)?;
         if dr.debits_exceed_credits(amount) {
             return Err(R::ExceedsCredits);
         }
@@ -379,17 +410,10 @@ impl StateMachine {
         if self.transfers_full() {
             return Err(R::CapacityReached);
         }
-        // Then the clearing balance, which sums every saga of this ledger here and so may
-        // reach the edge of u128 where no account has: refused with the overflow it would be,
-        // after every check one group makes (a divergence documented in docs/gateway.md). Both
-        // sides of a copy are booked against the same clearing balance when both are remote;
-        // the checks then see it once per side, which is what it must hold.
-        check_overflows(&dr, &cr, amount, true)?;
-
         // From here on the reservation succeeds.
         self.note_sides(dr_side, cr_side, t.ledger);
-        self.change_side(dr_side, t.ledger, |b| b.debits_pending += amount);
-        self.change_side(cr_side, t.ledger, |b| b.credits_pending += amount);
+        self.move_side(dr_side, t.ledger, true, amount, Move::Hold);
+        self.move_side(cr_side, t.ledger, false, amount, Move::Hold);
         let local = |side: Side| match side {
             Side::Local(index) => Some(index),
             Side::Clearing => None,
@@ -451,18 +475,9 @@ impl StateMachine {
         // A settlement is never rolled back: it carries no `linked` flag, so it can end a
         // chain but never sit inside one (see `CreateEvent::linked` for `SagaStep`).
         let amount = p.amount;
-        self.change_side(dr_side, p.ledger, |b| {
-            b.debits_pending -= amount;
-            if confirm {
-                b.debits_posted += amount;
-            }
-        });
-        self.change_side(cr_side, p.ledger, |b| {
-            b.credits_pending -= amount;
-            if confirm {
-                b.credits_posted += amount;
-            }
-        });
+        let how = if confirm { Move::Post } else { Move::Release };
+        self.move_side(dr_side, p.ledger, true, amount, how);
+        self.move_side(cr_side, p.ledger, false, amount, how);
         self.saga_copies.insert(
             index,
             SagaCopy {

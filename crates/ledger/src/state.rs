@@ -22,6 +22,7 @@ use crate::history::{Balance, EXPIRY_BIT};
 use crate::results::{CreateAccountResult, CreateTransferResult, EventResult};
 use crate::saga::{RemoteSides, SagaAction, SagaCopy, SagaState, SagaStep};
 use crate::types::{Account, AccountFlags, Transfer, TransferFlags, TransferPendingStatus};
+use crate::wide::WideBalances;
 
 /// The results of one applied batch, one per event, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub(crate) enum Undo {
     /// A clearing balance changed (`None`: the ledger had none yet).
     ClearingChanged {
         ledger: u32,
-        before: Option<Balance>,
+        before: Option<WideBalances>,
     },
 }
 
@@ -94,7 +95,7 @@ pub struct StateMachine {
     /// Every expiry that happened: (timestamp, transfer index), in timestamp order.
     pub(crate) expiry_events: Vec<(u64, u32)>,
     /// Clearing balances by ledger: what saga copies booked for accounts of other groups.
-    pub(crate) clearing: BTreeMap<u32, Balance>,
+    pub(crate) clearing: BTreeMap<u32, WideBalances>,
     /// Transfers that are saga copies, by transfer index (see the `saga` module).
     pub(crate) saga_copies: BTreeMap<u32, SagaCopy>,
     /// The indexes of the copies still open (derived from `saga_copies`).

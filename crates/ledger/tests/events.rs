@@ -208,12 +208,19 @@ impl Replay {
                 // Both sides first: when both are remote, they are one clearing balance.
                 let remote_debit = change.remote.contains(RemoteSides::DEBIT);
                 let remote_credit = change.remote.contains(RemoteSides::CREDIT);
+                // Modulo 2^128, as events carry a clearing balance (an account's never wraps).
                 let debit = self.side(remote_debit, t.debit_account_id, t.ledger);
-                debit.debits_pending = debit.debits_pending + pending_add - pending_sub;
-                debit.debits_posted += posted;
+                debit.debits_pending = debit
+                    .debits_pending
+                    .wrapping_add(pending_add)
+                    .wrapping_sub(pending_sub);
+                debit.debits_posted = debit.debits_posted.wrapping_add(posted);
                 let credit = self.side(remote_credit, t.credit_account_id, t.ledger);
-                credit.credits_pending = credit.credits_pending + pending_add - pending_sub;
-                credit.credits_posted += posted;
+                credit.credits_pending = credit
+                    .credits_pending
+                    .wrapping_add(pending_add)
+                    .wrapping_sub(pending_sub);
+                credit.credits_posted = credit.credits_posted.wrapping_add(posted);
                 let debit = *self.side(remote_debit, t.debit_account_id, t.ledger);
                 assert_eq!(debit, change.debit, "debit side after {event:?}");
                 let credit = *self.side(remote_credit, t.credit_account_id, t.ledger);
@@ -294,10 +301,11 @@ proptest! {
         prop_assert_eq!(replay.accounts.len(), state.accounts_count());
         for clearing in state.clearing_balances() {
             let replayed = replay.clearing.get(&clearing.ledger).copied().unwrap_or_default();
-            prop_assert_eq!(replayed.debits_pending, clearing.debits_pending);
-            prop_assert_eq!(replayed.debits_posted, clearing.debits_posted);
-            prop_assert_eq!(replayed.credits_pending, clearing.credits_pending);
-            prop_assert_eq!(replayed.credits_posted, clearing.credits_posted);
+            // An event carries a clearing balance's low 128 bits (its value modulo 2^128).
+            prop_assert_eq!(replayed.debits_pending, clearing.debits_pending.low);
+            prop_assert_eq!(replayed.debits_posted, clearing.debits_posted.low);
+            prop_assert_eq!(replayed.credits_pending, clearing.credits_pending.low);
+            prop_assert_eq!(replayed.credits_posted, clearing.credits_posted.low);
         }
 
         // Recording off: the same state and numbering, nothing recorded.
@@ -386,4 +394,54 @@ fn a_failed_linked_chain_leaves_no_event_and_no_gap() {
         (marker.first_seq, marker.events_count, marker.log_index),
         (4, 1, 2)
     );
+}
+
+/// A clearing balance past `2^128` (two sagas of `2^127` between accounts of other groups) is
+/// carried by events modulo `2^128`, and the next saga's events go on from there.
+#[test]
+fn events_carry_a_clearing_balance_past_u128_modulo_2_128() {
+    let mut state = StateMachine::default();
+    state.set_events(true);
+    let half = 1u128 << 127;
+    let copy = |id, amount| Transfer {
+        id,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount,
+        ledger: 1,
+        code: 1,
+        ..Default::default()
+    };
+    // This group is only the home: both accounts live elsewhere.
+    let both = RemoteSides::DEBIT | RemoteSides::CREDIT;
+    state.apply(&Batch {
+        timestamp: T0,
+        body: BatchBody::SagaSteps(vec![
+            SagaStep::reserve(copy(10, half), both),
+            SagaStep::reserve(copy(11, half), both),
+            SagaStep::reserve(copy(12, 3), both),
+        ]),
+    });
+    let events = state.take_events(1);
+    let sides: Vec<Balances> = events
+        .iter()
+        .filter_map(|e| match e.body {
+            EventBody::Transfer(change) => {
+                assert_eq!(change.remote, both);
+                assert_eq!(change.debit, change.credit, "one clearing balance");
+                Some(change.debit)
+            }
+            _ => None,
+        })
+        .collect();
+    let pending = |debits_pending| Balances {
+        debits_pending,
+        credits_pending: debits_pending,
+        ..Default::default()
+    };
+    // After 2^127, 2^128 (≡ 0) and 2^128 + 3 (≡ 3) are held.
+    assert_eq!(sides, [pending(half), pending(0), pending(3)]);
+    let clearing = state.clearing_balances()[0];
+    assert_eq!(clearing.debits_pending, ledger::Wide { high: 1, low: 3 });
+    assert_eq!(clearing.debits_pending, clearing.credits_pending);
 }

@@ -6,9 +6,9 @@
 //! result one group would give the same transfer.
 
 use ledger::{
-    Account, AccountFilter, AccountFilterFlags, AccountFlags as AF, Batch, BatchBody, BatchResults,
-    CreateTransferResult as TR, RemoteSides, SagaAction, SagaState, SagaStep, StateMachine,
-    Transfer, TransferFlags as TF,
+    Account, AccountFilter, AccountFilterFlags, AccountFlags as AF, Balances, Batch, BatchBody,
+    BatchResults, CreateTransferResult as TR, RemoteSides, SagaAction, SagaState, SagaStep,
+    StateMachine, Transfer, TransferFlags as TF, Wide, WideBalances,
 };
 use proptest::prelude::*;
 
@@ -86,36 +86,45 @@ impl Group {
         *self.state.account(id).expect("account exists")
     }
 
-    /// Per ledger, accounts plus clearing: debits equal credits, pending and posted alike.
+    /// Per ledger, accounts plus clearing: debits equal credits, pending and posted alike
+    /// (summed in 256 bits, as a clearing balance is kept).
     fn assert_books_balance(&self, accounts: &[u128]) {
-        let (mut dp, mut dpo, mut cp, mut cpo) = (0u128, 0u128, 0u128, 0u128);
+        let mut sums = WideBalances::default();
         for &id in accounts {
             if let Some(a) = self.state.account(id) {
-                dp += a.debits_pending;
-                dpo += a.debits_posted;
-                cp += a.credits_pending;
-                cpo += a.credits_posted;
+                sums = sums.plus(Balances::of(a).into());
             }
         }
         for c in self.state.clearing_balances() {
             assert_eq!(c.ledger, 1);
-            dp += c.debits_pending;
-            dpo += c.debits_posted;
-            cp += c.credits_pending;
-            cpo += c.credits_posted;
+            sums = sums.plus(c.sums());
         }
-        assert_eq!(dp, cp, "pending debits and credits differ");
-        assert_eq!(dpo, cpo, "posted debits and credits differ");
+        assert_eq!(
+            sums.debits_pending, sums.credits_pending,
+            "pending debits and credits differ"
+        );
+        assert_eq!(
+            sums.debits_posted, sums.credits_posted,
+            "posted debits and credits differ"
+        );
     }
 
-    /// Clearing's net position (debits − credits, pending and posted) as a signed sum.
+    /// Clearing's net position (debits − credits, pending and posted) as a signed sum (the
+    /// tests that use it book far less than `2^127`).
     fn clearing_net(&self) -> i128 {
+        let signed = |value: Wide| -> i128 {
+            value
+                .to_u128()
+                .and_then(|v| i128::try_from(v).ok())
+                .expect("these tests book small amounts")
+        };
         self.state
             .clearing_balances()
             .iter()
             .map(|c| {
-                (c.debits_pending + c.debits_posted) as i128
-                    - (c.credits_pending + c.credits_posted) as i128
+                signed(c.debits_pending) + signed(c.debits_posted)
+                    - signed(c.credits_pending)
+                    - signed(c.credits_posted)
             })
             .sum()
     }
@@ -255,36 +264,52 @@ fn a_refused_reservation_cancels_the_saga_releasing_every_hold_and_burning_the_i
     );
 }
 
-/// A clearing balance sums every saga of its ledger in its group, so it may near the edge of
-/// u128 where no account has: a reservation answers its accounts' own limits first, as one
-/// group would, and refuses the clearing balance's overflow only after them.
+/// A clearing balance sums every saga of its ledger in its group, over every account, so it
+/// passes `u128` where no account does: two transfers of `2^127` from two accounts fill a
+/// `u128` sum. It is kept in 256 bits, so the sagas after them still answer as one group
+/// would (it once refused every later saga of the ledger: a denial of service any writer could
+/// cause). An account's own overflow still answers as one group's.
 #[test]
-fn an_account_overflow_answers_before_the_clearing_balances_overflow() {
-    let big = u128::MAX - 10;
-    // Group B holds accounts 2 and 3; 1 lives elsewhere (every debit here is remote).
-    let mut b = Group::new(vec![account(2, AF::empty()), account(3, AF::empty())]);
-    // Two sagas from remote account 1 take the clearing balance's debits to the edge, and
-    // account 2's credits with the first.
-    for (id, credit, amount) in [(10, 2, big), (11, 3, 5)] {
-        let t = transfer(id, 1, credit, amount);
+fn a_clearing_balance_past_u128_refuses_nothing_and_still_balances() {
+    let half = 1u128 << 127;
+    // Group B holds accounts 2, 3 and 4; 1 and 5 live elsewhere (remote debits here).
+    let mut b = Group::new(vec![
+        account(2, AF::empty()),
+        account(3, AF::empty()),
+        account(4, AF::empty()),
+    ]);
+    for (id, debit, credit) in [(10, 1, 2), (11, 5, 3)] {
+        let t = transfer(id, debit, credit, half);
         assert_eq!(b.step(reserve(t, RemoteSides::DEBIT)), TR::Created);
+        b.assert_books_balance(&[2, 3, 4]);
         assert_eq!(b.step(SagaStep::confirm(id)), TR::Created);
     }
-    assert_eq!(b.account(2).credits_posted, big);
-    // Account 2's credits would overflow, and so would the clearing balance's debits: one group
-    // (holding account 1, whose debits are far from the edge) answers the account's overflow.
-    let t = transfer(12, 1, 2, 20);
+    let clearing = b.state.clearing_balances()[0];
+    assert_eq!(clearing.debits_posted, Wide { high: 1, low: 0 });
+    assert_eq!(
+        clearing.debits_posted.to_string(),
+        "340282366920938463463374607431768211456"
+    );
+    // The next saga of the ledger is created, held, confirmed and cancelled as usual.
+    let t = transfer(12, 1, 4, 20);
+    assert_eq!(b.step(reserve(t, RemoteSides::DEBIT)), TR::Created);
+    assert_eq!(b.step(SagaStep::confirm(12)), TR::Created);
+    let t = transfer(13, 5, 4, 7);
+    assert_eq!(b.step(reserve(t, RemoteSides::DEBIT)), TR::Created);
+    assert_eq!(b.step(SagaStep::cancel(13)), TR::Created);
+    assert_eq!(b.account(4).credits_posted, 20);
+    assert_eq!(b.account(4).credits_pending, 0);
+    let clearing = b.state.clearing_balances()[0];
+    assert_eq!(clearing.debits_posted, Wide { high: 1, low: 20 });
+    assert_eq!(clearing.debits_pending, Wide::ZERO);
+    b.assert_books_balance(&[2, 3, 4]);
+    // Account 2's credits would overflow: answered as one group holding account 1 answers.
+    let t = transfer(14, 1, 2, half);
     assert_eq!(
         b.step(reserve(t, RemoteSides::DEBIT)),
         TR::OverflowsCreditsPosted
     );
-    // Account 3 has room: only the clearing balance refuses, with the overflow it would be.
-    let t = transfer(13, 1, 3, 20);
-    assert_eq!(
-        b.step(reserve(t, RemoteSides::DEBIT)),
-        TR::OverflowsDebitsPosted
-    );
-    b.assert_books_balance(&[2, 3]);
+    b.assert_books_balance(&[2, 3, 4]);
 }
 
 /// A plain transfer's overflow codes, not a pending one's: a reservation books pending, but

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use gateway::saga::Saga;
 use ledger::{
     Account, AccountFlags, Batch, BatchBody, BatchResults, CreateTransferResult as R, SagaState,
-    StateMachine, Transfer,
+    StateMachine, Transfer, Wide, WideBalances,
 };
 
 use super::groups::{EPOCH_NS, World};
@@ -48,7 +48,7 @@ pub fn check_end(world: &mut World, answers: &[Answer], ids: &BTreeSet<u128>) {
 
 fn check_no_open_copy_and_clearing(world: &World, found: &mut Vec<String>) {
     // Per ledger, over every group: debits pending, debits posted, credits pending, posted.
-    let mut clearing: BTreeMap<u32, [u128; 4]> = BTreeMap::new();
+    let mut clearing: BTreeMap<u32, WideBalances> = BTreeMap::new();
     for (group, g) in &world.groups {
         let open = g.state.open_saga_copies(u64::MAX, 4);
         if !open.is_empty() {
@@ -58,15 +58,18 @@ fn check_no_open_copy_and_clearing(world: &World, found: &mut Vec<String>) {
             ));
         }
         for c in g.state.clearing_balances() {
-            let sum = clearing.entry(c.ledger).or_default();
-            sum[0] += c.debits_pending;
-            sum[1] += c.debits_posted;
-            sum[2] += c.credits_pending;
-            sum[3] += c.credits_posted;
+            let sums = clearing.entry(c.ledger).or_default();
+            *sums = sums.plus(c.sums());
         }
     }
-    for (ledger, [dp, dpo, cp, cpo]) in clearing {
-        if dp != 0 || cp != 0 || dpo != cpo {
+    for (ledger, sums) in clearing {
+        let WideBalances {
+            debits_pending: dp,
+            debits_posted: dpo,
+            credits_pending: cp,
+            credits_posted: cpo,
+        } = sums;
+        if dp != Wide::ZERO || cp != Wide::ZERO || dpo != cpo {
             found.push(format!(
                 "ledger {ledger}: clearing does not net to zero over the groups (debits pending \
                  {dp} posted {dpo}, credits pending {cp} posted {cpo})"

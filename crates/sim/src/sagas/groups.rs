@@ -14,8 +14,8 @@ use cluster::{ClusterMap, GroupId};
 use futures::future::BoxFuture;
 use gateway::saga::SagaGroups;
 use ledger::{
-    AccountFlags, Batch, BatchBody, BatchResults, CreateTransferResult as R, EventResult,
-    RemoteSides, SagaAction, SagaState, SagaStep, StateMachine, Transfer,
+    AccountFlags, Balances, Batch, BatchBody, BatchResults, CreateTransferResult as R, EventResult,
+    RemoteSides, SagaAction, SagaState, SagaStep, StateMachine, Transfer, WideBalances,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -346,14 +346,11 @@ impl World {
         let mut found = Vec::new();
         let g = &self.groups[&group];
         // Per ledger: debits pending, debits posted, credits pending, credits posted.
-        let mut books: BTreeMap<u32, [u128; 4]> = BTreeMap::new();
+        let mut books: BTreeMap<u32, WideBalances> = BTreeMap::new();
         for &id in &g.accounts {
             let a = g.state.account(id).expect("created accounts exist");
             let b = books.entry(a.ledger).or_default();
-            b[0] += a.debits_pending;
-            b[1] += a.debits_posted;
-            b[2] += a.credits_pending;
-            b[3] += a.credits_posted;
+            *b = b.plus(Balances::of(a).into());
             if a.flags
                 .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
                 && a.debits_pending + a.debits_posted > a.credits_posted
@@ -373,16 +370,14 @@ impl World {
         }
         for c in g.state.clearing_balances() {
             let b = books.entry(c.ledger).or_default();
-            b[0] += c.debits_pending;
-            b[1] += c.debits_posted;
-            b[2] += c.credits_pending;
-            b[3] += c.credits_posted;
+            *b = b.plus(c.sums());
         }
-        for (ledger, [dp, dpo, cp, cpo]) in books {
-            if dp != cp || dpo != cpo {
+        for (ledger, b) in books {
+            if b.debits_pending != b.credits_pending || b.debits_posted != b.credits_posted {
                 found.push(format!(
-                    "group {group} ledger {ledger}: books do not balance (debits pending {dp} \
-                     posted {dpo}, credits pending {cp} posted {cpo})"
+                    "group {group} ledger {ledger}: books do not balance (debits pending {} \
+                     posted {}, credits pending {} posted {})",
+                    b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted
                 ));
             }
         }
