@@ -3,8 +3,10 @@
 //!
 //! Must not decide what a valid change is (`state.rs` does, when the entry is applied).
 
+use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
 use cluster::{ClusterMap, SuccessorError};
@@ -106,6 +108,7 @@ impl MetaGroup {
             machine: self.replica.machine().clone(),
             applied: self.replica.machine().watch_applied(),
             stopped: self.replica.machine().watch_stopped(),
+            raft_stopped: Some(self.replica.stopped_running()),
             seen_epoch: None,
         }
     }
@@ -127,12 +130,15 @@ pub struct MapWatch {
     machine: SmallStateMachine<MetaState>,
     applied: tokio::sync::watch::Receiver<u64>,
     stopped: tokio::sync::watch::Receiver<bool>,
+    /// Resolves when Raft stops running here (`None` once it has): a replica that failed
+    /// applies no newer map, so its watchers must go elsewhere.
+    raft_stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     seen_epoch: Option<u64>,
 }
 
 impl MapWatch {
     /// The next map newer than the last one this watch gave (the first call: the map held
-    /// now, if any); `None` once the replica has stopped.
+    /// now, if any); `None` once the replica has stopped or its Raft has failed.
     pub async fn next(&mut self) -> Option<ClusterMap> {
         loop {
             if *self.stopped.borrow() {
@@ -149,9 +155,18 @@ impl MapWatch {
                 self.seen_epoch = Some(map.epoch());
                 return Some(map);
             }
-            tokio::select! {
-                changed = self.applied.changed() => changed.ok()?,
-                _ = self.stopped.changed() => {}
+            let raft_stopped = self.raft_stopped.as_mut()?;
+            let failed = tokio::select! {
+                changed = self.applied.changed() => {
+                    changed.ok()?;
+                    false
+                }
+                _ = self.stopped.changed() => false,
+                () = raft_stopped => true,
+            };
+            if failed {
+                self.raft_stopped = None;
+                return None;
             }
         }
     }

@@ -279,3 +279,42 @@ async fn the_map_is_changed_by_compare_and_set_pushed_to_watchers_and_survives_f
         replica.stop().await;
     }
 }
+
+/// A watch ends when its replica's Raft stops (a fatal error, or the replica shut down), so a
+/// gateway watching it moves to another replica instead of waiting on one that applies no
+/// newer map; until then it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_when_its_replicas_raft_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = testkit::ports::free_addrs(1).unwrap().remove(0);
+    let replica = start(1, dir.path(), &addr).await;
+    replica
+        .group
+        .replica()
+        .initialize(&BTreeMap::from([(1, peer(&addr))]))
+        .await
+        .unwrap();
+    leader_of(&[&replica]).await;
+    let map = ClusterMap::new(BTreeMap::from([(GroupId::from_u128(1), members(20100))])).unwrap();
+    set_map(&replica, 0, &map).await.unwrap();
+    let mut watch = replica.group.watch();
+    assert_eq!(watch.next().await, Some(map));
+
+    let raft_stopped = replica.group.replica().stopped_running();
+    let raft_stopped = tokio::spawn(raft_stopped);
+    let waiting = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+    assert!(waiting.is_err(), "no newer map: the watch waits");
+    assert!(!raft_stopped.is_finished(), "Raft runs");
+
+    let Running { group, server } = replica;
+    group.replica().shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), raft_stopped)
+        .await
+        .expect("the replica's Raft stopped within 5 s")
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch ends within 5 s");
+    assert_eq!(ended, None);
+    server.abort();
+}

@@ -320,6 +320,20 @@ impl<M: ReplicaMachine> Replica<M> {
         self.raft.metrics().borrow_watched().running_state.is_ok()
     }
 
+    /// Resolves once Raft has stopped running here (a fatal error, such as a failed fsync, or
+    /// the replica shut down): what a long-lived watcher of this replica waits on besides its
+    /// data, so that it moves to another replica instead of waiting on a dead one.
+    pub fn stopped_running(&self) -> futures::future::BoxFuture<'static, ()> {
+        let mut metrics = self.raft.metrics();
+        Box::pin(async move {
+            while metrics.borrow_watched().running_state.is_ok() {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
     /// A one-line view of this replica for operators: role, term, leader, applied index (no
     /// state digest: [`Replica::status`] adds the ledger's).
     pub fn raft_status(&self) -> ReplicaStatus {

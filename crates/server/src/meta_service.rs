@@ -164,7 +164,7 @@ impl Meta for MetaService {
                     };
                     let Some(map) = next else {
                         let ended = Status::unavailable(
-                            "the meta replica is stopping: watch again, from the last epoch received",
+                            "the meta replica is stopping or its Raft has failed: watch again (another replica), from the last epoch received",
                         );
                         return Some((Err(ended), (watch, stopped, None)));
                     };
