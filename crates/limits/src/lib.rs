@@ -180,6 +180,11 @@ pub const SMALL_STATE_SNAPSHOT_BYTES_MAX: u64 = 32 << 20;
 /// one more is refused RESOURCE_EXHAUSTED, so a flood of watchers cannot grow its memory).
 pub const META_WATCHERS_MAX: usize = 1024;
 
+/// Open `WatchMap` streams one API key with the `read` or `write` role may hold on one meta
+/// replica, so that such a key cannot take every watcher from the gateways and nodes (which
+/// watch with `admin` keys, bounded only by [`META_WATCHERS_MAX`]).
+pub const META_WATCHERS_PER_KEY_MAX: usize = 64;
+
 /// Longest wait before a gateway watches the meta group's cluster map again after the watch
 /// broke (the waits double from 50 ms up to this).
 pub const GATEWAY_MAP_WATCH_RETRY_MS_MAX: u64 = 2_000;

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use telemetry::Metrics;
 
-use crate::auth::{Auth, AuthError, Role};
+use crate::auth::{Auth, AuthError, Caller, Role};
 
 /// The role a request to the HTTP route `route` (the router's template, such as
 /// `/v1/accounts/{id}`, never the raw path, so no spelling of a path can pick another rule)
@@ -110,7 +110,7 @@ impl Access {
         call: &str,
         authorization: Option<&[u8]>,
         needed: Role,
-    ) -> Result<(), AuthError> {
+    ) -> Result<Option<Caller>, AuthError> {
         self.auth.check(authorization, needed).inspect_err(|error| {
             self.metrics.auth_refused(protocol, error.label());
             tracing::debug!(%error, protocol, call, "refused a client call");
@@ -246,12 +246,17 @@ where
         let presented = request.headers().get("authorization");
         let presented = presented.map(|v| v.as_bytes());
         match self.access.check("grpc", path, presented, grpc_role(path)) {
-            Ok(()) => match request
+            Ok(caller) => match request
                 .headers()
                 .get(GROUP_KEY)
                 .and_then(|named| self.other_group(named.as_bytes()))
             {
-                None => Box::pin(self.inner.call(request)),
+                None => {
+                    if let Some(caller) = caller {
+                        request.extensions_mut().insert(caller);
+                    }
+                    Box::pin(self.inner.call(request))
+                }
                 Some(refusal) => Box::pin(std::future::ready(Ok(
                     tonic::Status::failed_precondition(refusal).into_http(),
                 ))),

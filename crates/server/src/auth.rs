@@ -315,6 +315,14 @@ struct Principal {
     role: Role,
 }
 
+/// The key a request was authorized with (its name in the keys file and its role), put into
+/// the request's extensions for the handlers that keep limits per caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key: String,
+    pub role: Role,
+}
+
 /// The keys a running node accepts, reloadable from its file (`SIGHUP` in `fincore serve`).
 #[derive(Debug)]
 pub struct KeyStore {
@@ -425,10 +433,15 @@ pub enum Auth {
 
 impl Auth {
     /// The verdict on a request that presented `authorization` (the raw header or metadata
-    /// value, if any) for a call that needs `needed`.
-    pub fn check(&self, authorization: Option<&[u8]>, needed: Role) -> Result<(), AuthError> {
+    /// value, if any) for a call that needs `needed`: the caller's key, or `None` when every
+    /// caller is let in ([`Auth::Open`]).
+    pub fn check(
+        &self,
+        authorization: Option<&[u8]>,
+        needed: Role,
+    ) -> Result<Option<Caller>, AuthError> {
         let Auth::Keys(store) = self else {
-            return Ok(());
+            return Ok(None);
         };
         let value = authorization.ok_or(AuthError::Missing)?;
         let value = std::str::from_utf8(value)
@@ -454,7 +467,10 @@ impl Auth {
                 needed,
             });
         }
-        Ok(())
+        Ok(Some(Caller {
+            key: principal.name,
+            role: principal.role,
+        }))
     }
 }
 

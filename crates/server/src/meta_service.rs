@@ -6,8 +6,9 @@
 //! `SetMap`). Owns the wire mapping and the watchers' limits; must not decide what a valid
 //! change is (the `meta` crate does, when the change is applied).
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use api::proto::{self, meta_server::Meta};
@@ -18,6 +19,7 @@ use telemetry::{ErrorKind, Metrics};
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, Role};
 use crate::pipeline::PipelineError;
 
 /// A map as the wire carries it (no map: epoch 0, empty text).
@@ -66,6 +68,27 @@ pub struct MetaService {
     watchers_max: usize,
     /// True once the replica is stopping: open watches end at once.
     stopped: watch::Receiver<bool>,
+    /// Watch streams open now per key below `admin` (at most `per_key_max` each).
+    per_key: Arc<Mutex<HashMap<String, usize>>>,
+    per_key_max: usize,
+}
+
+/// One watch counted against its key; uncounted when dropped (with its stream).
+struct KeyWatch {
+    per_key: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        let mut per_key = self.per_key.lock().expect("never poisoned");
+        if let Some(count) = per_key.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                per_key.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl MetaService {
@@ -74,14 +97,19 @@ impl MetaService {
         metrics: Arc<Metrics>,
         stopped: watch::Receiver<bool>,
     ) -> proto::meta_server::MetaServer<MetaService> {
-        MetaService::with_watchers_max(group, metrics, stopped, limits::META_WATCHERS_MAX)
+        MetaService::with_watchers_max(
+            group,
+            metrics,
+            stopped,
+            (limits::META_WATCHERS_MAX, limits::META_WATCHERS_PER_KEY_MAX),
+        )
     }
 
     fn with_watchers_max(
         group: Arc<MetaGroup>,
         metrics: Arc<Metrics>,
         stopped: watch::Receiver<bool>,
-        watchers_max: usize,
+        (watchers_max, per_key_max): (usize, usize),
     ) -> proto::meta_server::MetaServer<MetaService> {
         proto::meta_server::MetaServer::new(MetaService {
             group,
@@ -89,8 +117,28 @@ impl MetaService {
             watchers: Arc::new(Semaphore::new(watchers_max)),
             watchers_max,
             stopped,
+            per_key: Arc::default(),
+            per_key_max,
         })
         .max_decoding_message_size(limits::META_REQUEST_BYTES_MAX)
+    }
+
+    /// Counts a watch against `caller`'s key if the key is below `admin`; `None` when the key
+    /// already holds `per_key_max` of them.
+    fn count_watch(&self, caller: Option<&Caller>) -> Option<Option<KeyWatch>> {
+        let Some(caller) = caller.filter(|caller| caller.role < Role::Admin) else {
+            return Some(None);
+        };
+        let mut per_key = self.per_key.lock().expect("never poisoned");
+        let count = per_key.entry(caller.key.clone()).or_default();
+        if *count >= self.per_key_max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(KeyWatch {
+            per_key: Arc::clone(&self.per_key),
+            key: caller.key.clone(),
+        }))
     }
 
     fn observed<T>(
@@ -137,25 +185,39 @@ impl Meta for MetaService {
     ) -> Result<Response<MapStream>, Status> {
         let started = Instant::now();
         let after_epoch = request.get_ref().after_epoch;
+        let caller = request.extensions().get::<Caller>();
+        let busy = |message: String| {
+            let kind = Some(ErrorKind::Busy);
+            self.metrics
+                .request("grpc", "watch_map", started.elapsed(), kind);
+            Err(Status::resource_exhausted(message))
+        };
+        let Some(key_watch) = self.count_watch(caller) else {
+            return busy(format!(
+                "API key {:?} holds {} watches on this replica (META_WATCHERS_PER_KEY_MAX for \
+                 keys below admin); close one, or watch with a key of your own",
+                caller.map_or("", |caller| caller.key.as_str()),
+                self.per_key_max
+            ));
+        };
         let Ok(permit) = Arc::clone(&self.watchers).try_acquire_owned() else {
-            self.metrics.request(
-                "grpc",
-                "watch_map",
-                started.elapsed(),
-                Some(ErrorKind::Busy),
-            );
-            return Err(Status::resource_exhausted(format!(
+            return busy(format!(
                 "{} watchers are open on this replica (META_WATCHERS_MAX); retry later or watch another replica",
                 self.watchers_max
-            )));
+            ));
         };
         // Pulled by the watcher: a slow one holds back nothing but itself, and when it
         // catches up it is told the newest map only (`MapWatch` skips superseded epochs).
-        let state = (self.group.watch(), self.stopped.clone(), Some(permit));
+        let state = (
+            self.group.watch(),
+            self.stopped.clone(),
+            Some((permit, key_watch)),
+        );
         let stream = futures::stream::unfold(
             state,
             move |(mut watch, mut stopped, permit)| async move {
-                // `permit` is dropped with the stream, or here once it has ended.
+                // `permit` (with the key's count) is dropped with the stream, or here once it
+                // has ended.
                 permit.as_ref()?;
                 loop {
                     let next = tokio::select! {
@@ -240,17 +302,20 @@ mod tests {
         .unwrap()
     }
 
-    /// A meta group of one, served behind keys on a loopback socket; the read and admin keys.
+    /// A meta group of one, served behind keys on a loopback socket; two read keys and an
+    /// admin key.
     struct Served {
         channel: Channel,
         read: String,
+        read_2: String,
         admin: String,
         stop: watch::Sender<bool>,
         group: Arc<MetaGroup>,
         _dir: tempfile::TempDir,
     }
 
-    async fn serve(watchers_max: usize) -> Served {
+    /// `watchers_max`: in all, and per key below admin.
+    async fn serve(watchers_max: (usize, usize)) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let config = ReplicaConfig {
             events: false,
@@ -269,6 +334,7 @@ mod tests {
         let keys_path = dir.path().join("keys.json");
         let mut keys = KeysFile::load_or_new(&keys_path).unwrap();
         let (_, read) = keys.create(Role::Read, Some("reader")).unwrap();
+        let (_, read_2) = keys.create(Role::Read, Some("reader-2")).unwrap();
         let (_, admin) = keys.create(Role::Admin, Some("operator")).unwrap();
         keys.save().unwrap();
         let auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path).unwrap()));
@@ -297,6 +363,7 @@ mod tests {
         Served {
             channel,
             read,
+            read_2,
             admin,
             stop,
             group,
@@ -336,7 +403,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_map_is_set_by_admins_only_read_and_pushed_to_watchers_until_the_replica_stops() {
-        let served = serve(limits::META_WATCHERS_MAX).await;
+        let served = serve((limits::META_WATCHERS_MAX, limits::META_WATCHERS_PER_KEY_MAX)).await;
         let mut client = MetaClient::new(served.channel.clone());
         // Wait (bounded) for the one replica to lead.
         let mut map = None;
@@ -475,9 +542,25 @@ mod tests {
         served.group.shutdown().await;
     }
 
+    /// Opens a watch with `key`, retrying (bounded) while a closed one's place is not yet
+    /// given back (the server sees the close a moment later).
+    async fn watch_once_freed(client: &mut MetaClient<Channel>, key: &str) {
+        for _ in 0..200 {
+            let request = with_key(proto::WatchMapRequest { after_epoch: 0 }, key);
+            match client.watch_map(request).await {
+                Ok(_) => return,
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(25)).await
+                }
+                Err(status) => panic!("{status}"),
+            }
+        }
+        panic!("the closed watch's place was never freed");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watchers_past_the_limit_are_refused_and_a_closed_watch_frees_its_place() {
-        let served = serve(2).await;
+        let served = serve((2, 64)).await;
         let mut client = MetaClient::new(served.channel.clone());
         let watch = || with_key(proto::WatchMapRequest { after_epoch: 0 }, &served.read);
         let first = client.watch_map(watch()).await.unwrap().into_inner();
@@ -490,20 +573,39 @@ mod tests {
             refused.message()
         );
         drop(first);
-        let mut admitted = false;
-        for _ in 0..200 {
-            match client.watch_map(watch()).await {
-                Ok(_) => {
-                    admitted = true;
-                    break;
-                }
-                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                    tokio::time::sleep(Duration::from_millis(25)).await
-                }
-                Err(status) => panic!("{status}"),
-            }
+        watch_once_freed(&mut client, &served.read).await;
+        served.group.shutdown().await;
+    }
+
+    /// A key below admin holds at most its share of the watches, so a read key cannot take
+    /// them all from the gateways; other keys, and admin keys beyond the share, still watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_key_holds_at_most_its_share_of_the_watches() {
+        let served = serve((6, 2)).await;
+        let mut client = MetaClient::new(served.channel.clone());
+        let watch = |key: &str| with_key(proto::WatchMapRequest { after_epoch: 0 }, key);
+        let first = client.watch_map(watch(&served.read)).await.unwrap();
+        let _second = client.watch_map(watch(&served.read)).await.unwrap();
+        let refused = client.watch_map(watch(&served.read)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("META_WATCHERS_PER_KEY_MAX")
+                && refused.message().contains("\"reader\""),
+            "{}",
+            refused.message()
+        );
+        // Another read key has a share of its own; an admin key is bounded by the total only.
+        let _other = client.watch_map(watch(&served.read_2)).await.unwrap();
+        let mut admin = Vec::new();
+        for _ in 0..3 {
+            admin.push(client.watch_map(watch(&served.admin)).await.unwrap());
         }
-        assert!(admitted, "the closed watch's place was never freed");
+        // The total (6) is reached now: even the admin key waits for a place.
+        let full = client.watch_map(watch(&served.admin)).await.unwrap_err();
+        assert!(full.message().contains("META_WATCHERS_MAX"), "{full}");
+        // Closing one of the reader's watches gives its key (and the total) a place back.
+        drop(first);
+        watch_once_freed(&mut client, &served.read).await;
         served.group.shutdown().await;
     }
 }
