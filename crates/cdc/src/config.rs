@@ -27,6 +27,7 @@ pub const STREAM_TEMPLATE_DEFAULT: &str = "{prefix}-{group}-events";
 pub struct Config {
     /// The NATS server(s), `nats://HOST:PORT`.
     pub nats_url: String,
+    pub nats_credentials: crate::NatsCredentials,
     pub groups: Vec<GroupSpec>,
     /// Sent to every replica; role `read` suffices.
     pub api_key: Option<String>,
@@ -150,6 +151,7 @@ mod tests {
     fn config(groups: &[&str]) -> Config {
         Config {
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_credentials: crate::NatsCredentials::None,
             groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
             api_key: None,
             naming: Naming::default(),

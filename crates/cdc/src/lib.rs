@@ -35,10 +35,46 @@ pub use error::CdcError;
 pub use message::{MessageError, decode, encode, message_id, seq_of};
 pub use source::Backoff;
 
-/// A connection to the NATS server at `url`, as `name`; reconnects on its own with a bounded
-/// backoff (also used by `fincore project --nats`).
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, CdcError> {
-    async_nats::ConnectOptions::new()
+/// How a client proves itself to the NATS server, so that the server's permissions can let
+/// only the publisher publish events and readers only read them (`docs/events.md`).
+#[derive(Clone, Default)]
+pub enum NatsCredentials {
+    /// None: a server that lets anyone in (development).
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    /// Never shows a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsCredentials::None => write!(f, "None"),
+            NatsCredentials::UserPassword { user, .. } => write!(f, "UserPassword({user:?}, …)"),
+            NatsCredentials::Token(_) => write!(f, "Token(…)"),
+        }
+    }
+}
+
+/// A connection to the NATS server at `url`, as `name`, with `credentials`; reconnects on its
+/// own with a bounded backoff (also used by `fincore project --nats`).
+pub async fn connect(
+    url: &str,
+    name: &str,
+    credentials: &NatsCredentials,
+) -> Result<async_nats::Client, CdcError> {
+    let options = match credentials.clone() {
+        NatsCredentials::None => async_nats::ConnectOptions::new(),
+        NatsCredentials::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        NatsCredentials::Token(token) => async_nats::ConnectOptions::with_token(token),
+    };
+    options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(limits::CDC_NATS_REQUEST_SECONDS_MAX))
@@ -68,7 +104,7 @@ pub async fn run(config: Config) -> CdcError {
         url: config.nats_url.clone(),
         reason,
     };
-    let client = match connect(&config.nats_url, "fincore-cdc").await {
+    let client = match connect(&config.nats_url, "fincore-cdc", &config.nats_credentials).await {
         Ok(client) => client,
         Err(error) => return error,
     };

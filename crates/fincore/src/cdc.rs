@@ -2,11 +2,12 @@
 //! SIGTERM (the `cdc` crate does the work; `docs/events.md`, "Publishing to NATS"). This module
 //! reads the flags and turns a group's fatal error into the exit status.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use cdc::{Config, GroupSpec, Naming};
+use cdc::{Config, GroupSpec, Naming, NatsCredentials};
 use limits::{
     CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT, CDC_DUPLICATE_WINDOW_SECONDS_MAX,
     CDC_PUBLISHES_IN_FLIGHT_DEFAULT, CDC_PUBLISHES_IN_FLIGHT_MAX,
@@ -32,6 +33,8 @@ pub struct CdcArgs {
     api_key: Option<String>,
     #[command(flatten)]
     naming: NamingArgs,
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
     /// The duplicate window of a stream this publisher creates.
     #[arg(long, value_name = "SECONDS", default_value_t = CDC_DUPLICATE_WINDOW_SECONDS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(1..=CDC_DUPLICATE_WINDOW_SECONDS_MAX))]
@@ -55,6 +58,60 @@ pub struct NamingArgs {
     stream_template: String,
 }
 
+/// How `fincore cdc` and `fincore project --nats` log in to NATS (secrets from files, never
+/// from the command line, where other users of the machine can read them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsAuthArgs {
+    /// Log in to NATS as this user (with --nats-password-file).
+    #[arg(long, value_name = "USER", requires = "nats_password_file")]
+    nats_user: Option<String>,
+    /// The file holding the NATS user's password (its first line).
+    #[arg(long, value_name = "FILE", requires = "nats_user")]
+    nats_password_file: Option<PathBuf>,
+    /// Log in to NATS with the token in this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "nats_user")]
+    nats_token_file: Option<PathBuf>,
+}
+
+impl NatsAuthArgs {
+    /// The credentials the flags name, their files read; an error names the flag and the file.
+    pub fn credentials(&self) -> anyhow::Result<NatsCredentials> {
+        let secret = |flag: &str, path: &Path| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+            let line = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(
+                !line.is_empty(),
+                "{flag} {}: the file is empty (its first line must hold the secret)",
+                path.display()
+            );
+            Ok(line)
+        };
+        Ok(
+            match (
+                &self.nats_user,
+                &self.nats_password_file,
+                &self.nats_token_file,
+            ) {
+                (Some(user), Some(password), None) => {
+                    anyhow::ensure!(!user.is_empty(), "--nats-user: must not be empty");
+                    NatsCredentials::UserPassword {
+                        user: user.clone(),
+                        password: secret("--nats-password-file", password)?,
+                    }
+                }
+                (None, None, Some(token)) => {
+                    NatsCredentials::Token(secret("--nats-token-file", token)?)
+                }
+                (None, None, None) => NatsCredentials::None,
+                _ => anyhow::bail!(
+                    "--nats-user needs --nats-password-file, and neither goes with --nats-token-file"
+                ),
+            },
+        )
+    }
+}
+
 impl NamingArgs {
     pub fn naming(&self) -> Naming {
         Naming {
@@ -68,6 +125,7 @@ pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
     let config = Config {
         nats_url: args.nats.clone(),
+        nats_credentials: args.nats_auth.credentials()?,
         groups: args.groups.clone(),
         api_key: args.api_key.clone().filter(|key| !key.is_empty()),
         naming: args.naming.naming(),

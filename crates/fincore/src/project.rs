@@ -11,7 +11,8 @@ use anyhow::Context;
 use client::GroupSpec;
 use projector::{NatsSource, Options, Target, Verdict};
 
-use crate::cdc::NamingArgs;
+use crate::cdc::{NamingArgs, NatsAuthArgs};
+use cdc::NatsCredentials;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("database").required(true).args(["postgres", "sqlite"])))]
@@ -28,6 +29,9 @@ pub struct ProjectArgs {
     /// With --nats: where the streams are (the same flags and defaults as `fincore cdc`).
     #[command(flatten)]
     naming: NamingArgs,
+    /// With --nats: how to log in to NATS (the same flags as `fincore cdc`).
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
     /// An API key with the role `read` (or above), from `fincore keys create --role read`.
     #[arg(
         long,
@@ -66,10 +70,17 @@ pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
         target,
         groups: args.groups.clone(),
         api_key: args.api_key.clone(),
-        nats: args.nats.as_ref().map(|url| NatsSource {
-            url: url.clone(),
-            naming: args.naming.naming(),
-        }),
+        nats: match (&args.nats, args.nats_auth.credentials()?) {
+            (Some(url), credentials) => Some(NatsSource {
+                url: url.clone(),
+                credentials,
+                naming: args.naming.naming(),
+            }),
+            (None, NatsCredentials::None) => None,
+            (None, _) => {
+                anyhow::bail!("--nats-user and --nats-token-file log in to NATS: they need --nats")
+            }
+        },
     };
     telemetry::init_logging();
     let runtime = crate::serve::runtime()?;

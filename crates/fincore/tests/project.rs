@@ -905,3 +905,228 @@ fn a_publisher_and_a_projector_from_jetstream_killed_at_random_moments_under_loa
     eprintln!("caught up in {caught_up:?} after the last kills, then {text}");
     node.stop().unwrap();
 }
+
+/// The users of [`LockedNats`]: `publisher`, which may publish anything, and `reader`, which
+/// may only ask JetStream's API and receive replies; each with a password.
+const NATS_USERS: &str = r#"
+  users = [
+    { user: "publisher", password: "publisher-secret" }
+    { user: "reader", password: "reader-secret",
+       permissions: { publish: ["$JS.API.>"], subscribe: ["_INBOX.>"] } }
+  ]"#;
+
+/// A NATS server of this test's own (on a free port, JetStream in its directory) that lets in
+/// only who its `authorization` block says. Killed when dropped.
+struct LockedNats {
+    child: Child,
+    url: String,
+    /// The password files: `publisher.pass`, `reader.pass`.
+    dir: tempfile::TempDir,
+}
+
+impl LockedNats {
+    fn start(authorization: &str) -> LockedNats {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = testkit::ports::free_addrs(1).unwrap().remove(0);
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        let conf = format!(
+            r#"
+listen: "{host}:{port}"
+jetstream {{ store_dir: "{store}" }}
+authorization {{ {authorization} }}
+"#,
+            store = dir.path().join("js").display()
+        );
+        std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+        std::fs::write(dir.path().join("publisher.pass"), "publisher-secret\n").unwrap();
+        std::fs::write(dir.path().join("reader.pass"), "reader-secret\n").unwrap();
+        std::fs::write(dir.path().join("token"), "the-token\n").unwrap();
+        let child = Command::new("/usr/sbin/nats-server")
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (scripts/services installs it)");
+        eventually_within(
+            "the test's NATS server listens",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(&addr).is_ok(),
+        );
+        LockedNats {
+            child,
+            url: format!("nats://{addr}"),
+            dir,
+        }
+    }
+
+    fn password_file(&self, user: &str) -> String {
+        self.dir
+            .path()
+            .join(format!("{user}.pass"))
+            .display()
+            .to_string()
+    }
+
+    /// The login flags of `user`.
+    fn login(&self, user: &str) -> Vec<String> {
+        vec![
+            "--nats".into(),
+            self.url.clone(),
+            "--nats-user".into(),
+            user.into(),
+            "--nats-password-file".into(),
+            self.password_file(user),
+        ]
+    }
+}
+
+/// `fincore cdc` publishing `node`'s events under the prefix `locked`, logging in with `login`.
+fn locked_publisher(node: &ChildNode, key: &str, login: &[String]) -> Projector {
+    let child = Command::new(fincore_exe())
+        .arg("cdc")
+        .args(login)
+        .args(["--group", &format!("g1={}", node.grpc_url())])
+        .args(["--subject-prefix", "locked"])
+        .env("FINCORE_API_KEY", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Projector(child)
+}
+
+impl Drop for LockedNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With NATS permissions locking the event subjects to the publisher (`docs/events.md`,
+/// "Publishing to NATS"), `fincore cdc` and `fincore project --nats` each log in with their own
+/// user; the projector's user cannot forge an event (the server refuses its publish and the
+/// stream is unchanged); no login, or a password file that is empty, is refused naming why;
+/// and the read model ends equal to the ledger.
+#[test]
+fn with_nats_users_only_the_publisher_can_publish_events_and_the_projector_reads_with_its_own() {
+    let nats = LockedNats::start(NATS_USERS);
+    let dir = tempfile::tempdir().unwrap();
+    let (node, key) = node_with_read_key(dir.path());
+    every_kind(&node);
+    let last = node_last_seq(&node);
+    let group = format!("g1={}", node.grpc_url());
+    let prefix = ["--subject-prefix", "locked"];
+
+    // Bad input: an empty password file is refused before anything connects.
+    let empty = dir.path().join("empty.pass");
+    std::fs::write(&empty, "\n").unwrap();
+    let (ok, text) = support::fincore(&[
+        "cdc",
+        "--nats",
+        &nats.url,
+        "--nats-user",
+        "publisher",
+        "--nats-password-file",
+        empty.to_str().unwrap(),
+        "--group",
+        &group,
+    ]);
+    assert!(
+        !ok && text.contains("--nats-password-file") && text.contains("empty"),
+        "{text}"
+    );
+
+    let _publisher = locked_publisher(&node, &key, &nats.login("publisher"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let as_user = |user: Option<&str>| {
+        runtime.block_on(async {
+            let options = match user {
+                Some(user) => async_nats::ConnectOptions::with_user_and_password(
+                    user.into(),
+                    format!("{user}-secret"),
+                ),
+                None => async_nats::ConnectOptions::new(),
+            };
+            options
+                .connect(&nats.url)
+                .await
+                .map(async_nats::jetstream::new)
+        })
+    };
+    assert!(
+        as_user(None).is_err(),
+        "the server lets no one in without a login"
+    );
+    let reader = as_user(Some("reader")).unwrap();
+    let stream_last = || {
+        runtime.block_on(async {
+            match reader.get_stream("locked-g1-events").await {
+                Ok(stream) => stream.cached_info().state.last_sequence,
+                Err(_) => 0,
+            }
+        })
+    };
+    eventually("the publisher fills the stream", || stream_last() >= last);
+
+    // The reader forges the next event: the server refuses the publish, nothing is added.
+    let forged = runtime.block_on(async {
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(bytes::Bytes::from_static(b"{}"))
+            .message_id(format!("g1:{}", last + 1))
+            .expected_last_sequence(last);
+        match reader.send_publish("locked.g1.events", publish).await {
+            Ok(ack) => match tokio::time::timeout(Duration::from_secs(10), ack).await {
+                Ok(Ok(ack)) => Ok(ack.sequence),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("no acknowledgement within 10 s".to_string()),
+            },
+            Err(error) => Err(error.to_string()),
+        }
+    });
+    assert!(
+        forged.is_err(),
+        "the reader's publish was acknowledged: {forged:?}"
+    );
+    assert_eq!(stream_last(), last, "the forged message reached the stream");
+
+    // The projector reads the stream as the reader, and ends equal to the ledger.
+    let file = dir.path().join("read.db");
+    let sqlite_args = ["--sqlite", file.to_str().unwrap()];
+    let mut nats_args = nats.login("reader");
+    nats_args.extend(prefix.map(String::from));
+    let nats_args: Vec<&str> = nats_args.iter().map(String::as_str).collect();
+    let projector = spawn_projector(&node, &key, &sqlite_args, &nats_args, Stdio::null());
+    let (ok, text) = verify(&node, &key, &sqlite_args, 30);
+    assert!(ok, "{text}");
+    assert_eq!(sqlite_states(&file), expected_states());
+    drop(projector);
+}
+
+/// A NATS server that lets in only the holder of a token: `fincore cdc --nats-token-file`
+/// publishes every event; without the token nothing connects.
+#[test]
+fn with_a_nats_token_the_publisher_publishes_every_event() {
+    let nats = LockedNats::start(r#"token: "the-token""#);
+    let dir = tempfile::tempdir().unwrap();
+    let (node, key) = node_with_read_key(dir.path());
+    every_kind(&node);
+    let last = node_last_seq(&node);
+    let token_file = nats.dir.path().join("token").display().to_string();
+    let login = ["--nats", &nats.url, "--nats-token-file", &token_file].map(String::from);
+    let _publisher = locked_publisher(&node, &key, &login);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let connect =
+        |options: async_nats::ConnectOptions| runtime.block_on(options.connect(&nats.url));
+    assert!(connect(async_nats::ConnectOptions::new()).is_err());
+    let client = connect(async_nats::ConnectOptions::with_token("the-token".into())).unwrap();
+    // A JetStream context spawns a task: made inside the runtime.
+    let js = runtime.block_on(async { async_nats::jetstream::new(client) });
+    eventually("the publisher fills the stream", || {
+        runtime.block_on(async {
+            js.get_stream("locked-g1-events")
+                .await
+                .is_ok_and(|s| s.cached_info().state.last_sequence >= last)
+        })
+    });
+}

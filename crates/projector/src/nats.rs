@@ -36,13 +36,14 @@ use crate::source::{Outbox, Replicas, SourceError, backoff};
 #[derive(Debug, Clone)]
 pub struct NatsSource {
     pub url: String,
+    pub credentials: cdc::NatsCredentials,
     pub naming: Naming,
 }
 
 impl NatsSource {
     /// A JetStream context on the server (it reconnects on its own).
     pub async fn connect(&self) -> Result<Context, SourceError> {
-        let client = cdc::connect(&self.url, "fincore-project")
+        let client = cdc::connect(&self.url, "fincore-project", &self.credentials)
             .await
             .map_err(|e| SourceError::Nats {
                 group: "*".into(),
