@@ -33,7 +33,9 @@ fn swarm(first_seed: u64, seeds: u64, bug: Option<Bug>) -> sim::SwarmReport {
         &SwarmOptions {
             first_seed,
             seeds_max: seeds,
-            time_max: Duration::from_secs(120),
+            // Seeds are bounded by count; the time bound only stops a run gone wrong, below
+            // nextest's 300 s (an unoptimised build on a loaded machine needs over 120 s).
+            time_max: Duration::from_secs(240),
             ticks: 1500,
             replicas: None,
             threads: 2,
