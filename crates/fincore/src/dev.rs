@@ -324,15 +324,16 @@ fn dev_groups_layout(
     let ledger = (1..=groups)
         .map(|g| nodes(100 * g))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // What binds: the gateway's two listeners, a meta replica's gRPC and peer listeners (it
-    // serves no HTTP), a ledger replica's three.
+    // What binds: the gateway's two listeners, a replica's three (a meta replica's HTTP serves
+    // health and metrics only).
     let mut bound = vec![
         ("the gateway's --grpc", listen.grpc),
         ("the gateway's --http", listen.http),
     ];
-    bound.extend(meta.iter().flat_map(|&(_, grpc, _, peer)| {
+    bound.extend(meta.iter().flat_map(|&(_, grpc, http, peer)| {
         [
             ("a meta replica's gRPC", grpc),
+            ("a meta replica's HTTP", http),
             ("a meta replica's peers", peer),
         ]
     }));

@@ -387,6 +387,12 @@ fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<
             node.grpc_addr(),
             if client_tls { "TLS" } else { "plaintext" }
         );
+        // Health and metrics only (`server::meta_http`).
+        println!(
+            "fincore: HTTP listening on {}://{}",
+            if client_tls { "https" } else { "http" },
+            node.http_addr()
+        );
         println!(
             "fincore: peers listening on {} ({})",
             node.peer_addr(),

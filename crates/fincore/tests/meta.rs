@@ -159,6 +159,24 @@ async fn a_meta_group_of_three_processes_keeps_and_pushes_the_map_through_a_lead
         first
     );
 
+    // Each replica's HTTP listener serves health and metrics to anyone, and nothing else.
+    let http = group.nodes[leader].as_ref().unwrap().http_addr.clone();
+    let health = support::get(&http, "/healthz");
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
+    let metrics = support::get(&http, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .contains(r#"fincore_requests_total{operation="set_map",protocol="grpc"} 1"#),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(support::get(&http, "/v1/accounts/1").status, 404);
+
     // The leader is killed; the others elect a new one, which takes the next change; the
     // follower's watcher is told of it (if the follower was the one to lead, it still is).
     let killed = group.nodes[leader].take().unwrap();

@@ -201,6 +201,33 @@ pub struct HttpServing {
     pub tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
 }
 
+/// Serves `router` on `listener` with a client listener's limits (over `tls` if given) until
+/// `stopped` turns true: the HTTP listener of a node, a gateway and a meta replica.
+pub fn spawn_client_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<&crate::client_tls::ClientTls>,
+    mut stopped: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let serving = HttpServing {
+        max: limits::CONNECTIONS_PER_LISTENER_MAX,
+        header_read: Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
+        grace: Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS),
+        tls: tls.map(|tls| {
+            (
+                tls.http_acceptor(),
+                Duration::from_secs(limits::CLIENT_TLS_HANDSHAKE_SECONDS_MAX),
+            )
+        }),
+    };
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        serve_http(listener, router, serving, signal).await;
+    })
+}
+
 /// Serves `router` over HTTP/1.1 (over TLS when configured) on `listener` until `stop`
 /// resolves, within `serving`'s limits. On stop, connections finish the request in progress
 /// and close.

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use api::proto::events_server::EventsServer;
 use api::proto::ledger_server::LedgerServer;
@@ -131,24 +130,7 @@ fn serve_client_api(
         http::Scheme::Http
     };
     let router = http::router(ledger, events, replica, auth.clone(), scheme);
-    let serving = connections::HttpServing {
-        max: limits::CONNECTIONS_PER_LISTENER_MAX,
-        header_read: Duration::from_secs(limits::HTTP_HEADER_READ_SECONDS_MAX),
-        grace: Duration::from_secs(limits::HTTP_SHUTDOWN_GRACE_SECONDS),
-        tls: tls.map(|tls| {
-            (
-                tls.http_acceptor(),
-                Duration::from_secs(limits::CLIENT_TLS_HANDSHAKE_SECONDS_MAX),
-            )
-        }),
-    };
-    let mut http_stop = stopped.clone();
-    let http = tokio::spawn(async move {
-        let signal = async move {
-            let _ = http_stop.wait_for(|stop| *stop).await;
-        };
-        connections::serve_http(http_listener, router, serving, signal).await;
-    });
+    let http = connections::spawn_client_http(http_listener, router, tls, stopped.clone());
     Ok(vec![grpc, http])
 }
 

@@ -19,6 +19,7 @@ pub mod front;
 mod grpc;
 mod http;
 pub mod ledger_api;
+mod meta_http;
 mod meta_node;
 pub mod meta_service;
 mod minting;

@@ -3,8 +3,9 @@
 //! transport on the peer listener, under the same keys, client TLS, peer TLS and membership
 //! rules as a ledger node ([`crate::node`]); started and stopped as one.
 //!
-//! Owns the wiring only. No HTTP listener yet (a meta replica's status and metrics are not
-//! served over HTTP); must not hold the map's rules (the `meta` crate does).
+//! Its HTTP listener serves only health and metrics ([`crate::meta_http`]).
+//!
+//! Owns the wiring only; must not hold the map's rules (the `meta` crate does).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use crate::node::{
 /// A running meta replica.
 pub struct MetaNode {
     grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
     peer_addr: SocketAddr,
     group: Arc<MetaGroup>,
     group_id: Option<GroupId>,
@@ -39,18 +41,23 @@ pub struct MetaNode {
 
 impl MetaNode {
     /// Checks this start against the peer certificates and the directory, opens the meta
-    /// replica, serves, and completes a pending bootstrap. `config`'s HTTP address, queue depth
-    /// and capacity are not used.
+    /// replica, serves, and completes a pending bootstrap. `config`'s queue depth and capacity
+    /// are not used.
     pub async fn start(config: NodeConfig) -> Result<MetaNode, NodeError> {
         let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+        let http_listener = bind("HTTP", config.http_addr).await?;
         let peer_listener = bind("peers", config.peer_addr).await?;
-        let (grpc_addr, peer_addr) = (local_addr(&grpc_listener), local_addr(&peer_listener));
+        let (grpc_addr, http_addr, peer_addr) = (
+            local_addr(&grpc_listener),
+            local_addr(&http_listener),
+            local_addr(&peer_listener),
+        );
         let peers = if config.peers.is_empty() {
             BTreeMap::from([(
                 config.node_id,
                 PeerNode {
                     grpc: grpc_addr.to_string(),
-                    http: String::new(),
+                    http: http_addr.to_string(),
                     peer: peer_addr.to_string(),
                 },
             )])
@@ -83,6 +90,7 @@ impl MetaNode {
             auth: config.auth.clone(),
             metrics: Arc::clone(&metrics),
         };
+        let router = crate::meta_http::router(Arc::clone(&group), Arc::clone(&metrics));
         let service = GrpcAccess::new(
             MetaService::new(Arc::clone(&group), metrics, stopped.clone()),
             access,
@@ -111,20 +119,33 @@ impl MetaNode {
             }
         });
 
+        let http = connections::spawn_client_http(
+            http_listener,
+            router,
+            config.client_tls.as_ref(),
+            stopped.clone(),
+        );
+
         let awaiting_admission = settle_membership(&prepared, group.replica()).await;
         Ok(MetaNode {
             grpc_addr,
+            http_addr,
             peer_addr,
             group,
             group_id: prepared.group,
             awaiting_admission,
             stop,
-            servers: vec![peers_server, grpc],
+            servers: vec![peers_server, grpc, http],
         })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where health and metrics are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// Where the group's other replicas reach this one's transport.

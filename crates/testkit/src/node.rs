@@ -94,8 +94,8 @@ impl ChildNode {
         ChildNode::spawn(command, data_dir, log, log_path, true)
     }
 
-    /// [`ChildNode::start`] of a meta replica (`serve --meta`, added to `args`), which serves
-    /// no HTTP: `http_addr` stays empty.
+    /// [`ChildNode::start`] of a meta replica (`serve --meta`, added to `args`); its HTTP
+    /// listener serves health and metrics only.
     pub fn start_meta<S: AsRef<OsStr>>(
         exe: &Path,
         data_dir: &Path,
@@ -103,7 +103,7 @@ impl ChildNode {
     ) -> Result<ChildNode, KitError> {
         let (mut command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
         command.arg("--meta");
-        ChildNode::spawn_announcing(command, data_dir, (log, log_path), true, false)
+        ChildNode::spawn(command, data_dir, log, log_path, true)
     }
 
     /// [`ChildNode::start`], logging what `filter` selects (`RUST_LOG` syntax, such as
@@ -217,22 +217,11 @@ impl ChildNode {
     /// Spawns `command` with stdout piped and stderr to `log`, and reads what it announces:
     /// its gRPC and HTTP addresses, and its peer address if `peer` (a node).
     fn spawn(
-        command: Command,
+        mut command: Command,
         data_dir: &Path,
         log: std::fs::File,
         log_path: PathBuf,
         peer: bool,
-    ) -> Result<ChildNode, KitError> {
-        ChildNode::spawn_announcing(command, data_dir, (log, log_path), peer, true)
-    }
-
-    /// [`ChildNode::spawn`], waiting for an HTTP address only if `http`.
-    fn spawn_announcing(
-        mut command: Command,
-        data_dir: &Path,
-        (log, log_path): (std::fs::File, PathBuf),
-        peer: bool,
-        http: bool,
     ) -> Result<ChildNode, KitError> {
         let mut child = command
             .stdin(Stdio::null())
@@ -246,7 +235,7 @@ impl ChildNode {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let mut grpc_addr = None;
-        let mut http_addr = (!http).then(String::new);
+        let mut http_addr = None;
         let mut peer_addr = (!peer).then(String::new);
         let mut client_tls = false;
         while grpc_addr.is_none() || http_addr.is_none() || peer_addr.is_none() {
