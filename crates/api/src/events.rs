@@ -75,7 +75,8 @@ pub struct EventSideJson {
     #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::U128))]
     pub credits_posted: u128,
     /// The account lives in another group: the balances are this group's clearing balance of
-    /// the transfer's ledger (saga events only).
+    /// the transfer's ledger (saga events only), each modulo 2^128 (a clearing balance sums a
+    /// ledger's sagas over every account and may pass it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clearing: bool,
 }

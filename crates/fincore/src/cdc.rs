@@ -79,7 +79,8 @@ impl NatsAuthArgs {
         let secret = |flag: &str, path: &Path| -> anyhow::Result<String> {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
-            let line = text.lines().next().unwrap_or("").trim().to_string();
+            // The first line as written (spaces are part of a secret), without its ending.
+            let line = text.lines().next().unwrap_or("").to_string();
             anyhow::ensure!(
                 !line.is_empty(),
                 "{flag} {}: the file is empty (its first line must hold the secret)",

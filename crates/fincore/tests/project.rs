@@ -907,12 +907,15 @@ fn a_publisher_and_a_projector_from_jetstream_killed_at_random_moments_under_loa
 }
 
 /// The users of [`LockedNats`]: `publisher`, which may publish anything, and `reader`, which
-/// may only ask JetStream's API and receive replies; each with a password.
+/// may only read streams and make consumers of them (as `docs/events.md` advises) and receive
+/// replies; each with a password.
 const NATS_USERS: &str = r#"
   users = [
     { user: "publisher", password: "publisher-secret" }
     { user: "reader", password: "reader-secret",
-       permissions: { publish: ["$JS.API.>"], subscribe: ["_INBOX.>"] } }
+       permissions: {
+         publish: ["$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.CONSUMER.>"],
+         subscribe: ["_INBOX.>"] } }
   ]"#;
 
 /// A NATS server of this test's own (on a free port, JetStream in its directory) that lets in
@@ -1089,6 +1092,18 @@ fn with_nats_users_only_the_publisher_can_publish_events_and_the_projector_reads
         "the reader's publish was acknowledged: {forged:?}"
     );
     assert_eq!(stream_last(), last, "the forged message reached the stream");
+    // Nor may it purge the stream (which would make every projector back-fill from the nodes).
+    let purged = runtime.block_on(async {
+        let stream = reader.get_stream("locked-g1-events").await.unwrap();
+        // Refused: the server drops it, so no answer comes (bounded wait).
+        tokio::time::timeout(Duration::from_secs(3), stream.purge()).await
+    });
+    assert!(!matches!(purged, Ok(Ok(_))), "the reader purged the stream");
+    let stream_messages = runtime.block_on(async {
+        let mut stream = reader.get_stream("locked-g1-events").await.unwrap();
+        stream.info().await.unwrap().state.messages
+    });
+    assert_eq!(stream_messages, last, "the stream lost messages");
 
     // The projector reads the stream as the reader, and ends equal to the ledger.
     let file = dir.path().join("read.db");

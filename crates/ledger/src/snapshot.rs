@@ -360,7 +360,12 @@ impl StateMachine {
                     // A saga copy's remote side: booked against the clearing balance.
                     let (add, sub) = self.entry_side_delta(entry, debit);
                     let clearing = self.clearing.entry(transfer.ledger).or_default();
-                    *clearing = clearing.step(add, sub);
+                    *clearing =
+                        clearing
+                            .checked_step(add, sub)
+                            .ok_or(SnapshotError::Inconsistent(
+                                "a saga copy releases more than was booked",
+                            ))?;
                     continue;
                 };
                 let slot_index =

@@ -32,25 +32,35 @@ impl Wide {
     /// `self + other`. Panics past `2^256`, which no ledger can reach (see the module header).
     #[must_use]
     pub fn plus(self, other: Wide) -> Wide {
-        let (low, carry) = self.low.overflowing_add(other.low);
-        let high = self
-            .high
-            .checked_add(other.high)
-            .and_then(|high| high.checked_add(u128::from(carry)))
-            .expect("a clearing sum stays below 2^256");
-        Wide { high, low }
+        self.checked_plus(other)
+            .expect("a clearing sum stays below 2^256")
     }
 
     /// `self - other`. Panics below zero: a clearing balance releases only what it booked.
     #[must_use]
     pub fn minus(self, other: Wide) -> Wide {
+        self.checked_minus(other)
+            .expect("a clearing balance releases only what it booked")
+    }
+
+    /// `self + other`, or `None` past `2^256`.
+    pub fn checked_plus(self, other: Wide) -> Option<Wide> {
+        let (low, carry) = self.low.overflowing_add(other.low);
+        let high = self
+            .high
+            .checked_add(other.high)?
+            .checked_add(u128::from(carry))?;
+        Some(Wide { high, low })
+    }
+
+    /// `self - other`, or `None` below zero.
+    pub fn checked_minus(self, other: Wide) -> Option<Wide> {
         let (low, borrow) = self.low.overflowing_sub(other.low);
         let high = self
             .high
-            .checked_sub(other.high)
-            .and_then(|high| high.checked_sub(u128::from(borrow)))
-            .expect("a clearing balance releases only what it booked");
-        Wide { high, low }
+            .checked_sub(other.high)?
+            .checked_sub(u128::from(borrow))?;
+        Some(Wide { high, low })
     }
 
     /// The value if it fits in 128 bits.
@@ -127,20 +137,23 @@ impl WideBalances {
         }
     }
 
-    /// `self + add - sub`, field by field (a change as `history` derives it from an entry).
-    #[must_use]
-    pub(crate) fn step(self, add: Balances, sub: Balances) -> WideBalances {
-        let field = |value: Wide, add: u128, sub: u128| value.plus(add.into()).minus(sub.into());
-        WideBalances {
-            debits_pending: field(self.debits_pending, add.debits_pending, sub.debits_pending),
-            debits_posted: field(self.debits_posted, add.debits_posted, sub.debits_posted),
+    /// `self + add - sub`, field by field (a change as `history` derives it from an entry), or
+    /// `None` if a field would go below zero: what only a damaged or forged snapshot can hold
+    /// (a release of more than was booked), which its reader refuses.
+    pub(crate) fn checked_step(self, add: Balances, sub: Balances) -> Option<WideBalances> {
+        let field = |value: Wide, add: u128, sub: u128| {
+            value.checked_plus(add.into())?.checked_minus(sub.into())
+        };
+        Some(WideBalances {
+            debits_pending: field(self.debits_pending, add.debits_pending, sub.debits_pending)?,
+            debits_posted: field(self.debits_posted, add.debits_posted, sub.debits_posted)?,
             credits_pending: field(
                 self.credits_pending,
                 add.credits_pending,
                 sub.credits_pending,
-            ),
-            credits_posted: field(self.credits_posted, add.credits_posted, sub.credits_posted),
-        }
+            )?,
+            credits_posted: field(self.credits_posted, add.credits_posted, sub.credits_posted)?,
+        })
     }
 
     /// The low 128 bits of each sum: what a change event carries for a clearing side (its
@@ -215,9 +228,15 @@ mod tests {
             debits_pending: 2,
             ..Default::default()
         };
-        let after = start.step(add, sub);
+        let after = start.checked_step(add, sub).unwrap();
         assert_eq!(after.debits_pending, Wide { high: 1, low: 2 });
         assert_eq!(after.credits_posted, Wide::from(7));
         assert_eq!(after.low_bits().debits_pending, 2);
+        // Releasing more than was booked: refused, not wrapped.
+        let too_much = Balances {
+            credits_pending: 1,
+            ..Default::default()
+        };
+        assert_eq!(after.checked_step(Balances::default(), too_much), None);
     }
 }

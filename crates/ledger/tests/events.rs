@@ -208,19 +208,27 @@ impl Replay {
                 // Both sides first: when both are remote, they are one clearing balance.
                 let remote_debit = change.remote.contains(RemoteSides::DEBIT);
                 let remote_credit = change.remote.contains(RemoteSides::CREDIT);
-                // Modulo 2^128, as events carry a clearing balance (an account's never wraps).
+                // A clearing side modulo 2^128, as events carry it; an account's must never
+                // wrap (checked arithmetic panics if it would).
+                let step = |value: u128, add: u128, sub: u128, clearing: bool| {
+                    if clearing {
+                        value.wrapping_add(add).wrapping_sub(sub)
+                    } else {
+                        value + add - sub
+                    }
+                };
                 let debit = self.side(remote_debit, t.debit_account_id, t.ledger);
-                debit.debits_pending = debit
-                    .debits_pending
-                    .wrapping_add(pending_add)
-                    .wrapping_sub(pending_sub);
-                debit.debits_posted = debit.debits_posted.wrapping_add(posted);
+                debit.debits_pending =
+                    step(debit.debits_pending, pending_add, pending_sub, remote_debit);
+                debit.debits_posted = step(debit.debits_posted, posted, 0, remote_debit);
                 let credit = self.side(remote_credit, t.credit_account_id, t.ledger);
-                credit.credits_pending = credit
-                    .credits_pending
-                    .wrapping_add(pending_add)
-                    .wrapping_sub(pending_sub);
-                credit.credits_posted = credit.credits_posted.wrapping_add(posted);
+                credit.credits_pending = step(
+                    credit.credits_pending,
+                    pending_add,
+                    pending_sub,
+                    remote_credit,
+                );
+                credit.credits_posted = step(credit.credits_posted, posted, 0, remote_credit);
                 let debit = *self.side(remote_debit, t.debit_account_id, t.ledger);
                 assert_eq!(debit, change.debit, "debit side after {event:?}");
                 let credit = *self.side(remote_credit, t.credit_account_id, t.ledger);

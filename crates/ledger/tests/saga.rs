@@ -310,6 +310,48 @@ fn a_clearing_balance_past_u128_refuses_nothing_and_still_balances() {
         TR::OverflowsCreditsPosted
     );
     b.assert_books_balance(&[2, 3, 4]);
+
+    // A failed chain whose first reservation held 2^127 more leaves the wide sum as it was.
+    let before = b.state.clearing_balances();
+    let held = Transfer {
+        flags: TF::LINKED,
+        ..transfer(15, 1, 4, half)
+    };
+    let results = b.steps(vec![
+        reserve(held, RemoteSides::DEBIT),
+        reserve(transfer(16, 1, 9, 1), RemoteSides::DEBIT), // 9 is no account here
+    ]);
+    assert_eq!(results, [TR::LinkedEventFailed, TR::CreditAccountNotFound]);
+    assert_eq!(b.state.clearing_balances(), before);
+
+    // A snapshot carries the sum past 2^128 (rebuilt from the copies) and both go on alike.
+    let held = transfer(17, 1, 4, half);
+    assert_eq!(b.step(reserve(held, RemoteSides::DEBIT)), TR::Created);
+    let mut bytes = Vec::new();
+    let digest = b.state.write_snapshot(&mut bytes).unwrap();
+    let (mut restored, read_digest) =
+        StateMachine::read_snapshot(&mut &bytes[..], bytes.len() as u64).unwrap();
+    assert_eq!(read_digest, digest);
+    assert_eq!(restored.clearing_balances(), b.state.clearing_balances());
+    assert_eq!(
+        restored.clearing_balances()[0].debits_pending,
+        Wide::from(half)
+    );
+    assert_eq!(b.step(SagaStep::confirm(17)), TR::Created);
+    let confirm = Batch {
+        timestamp: b.clock,
+        body: BatchBody::SagaSteps(vec![SagaStep::confirm(17)]),
+    };
+    restored.apply(&confirm);
+    assert_eq!(restored.digest(), b.state.digest());
+    assert_eq!(restored.clearing_balances(), b.state.clearing_balances());
+    assert_eq!(
+        restored.clearing_balances()[0].debits_posted,
+        Wide {
+            high: 1,
+            low: 20 + half
+        }
+    );
 }
 
 /// A plain transfer's overflow codes, not a pending one's: a reservation books pending, but

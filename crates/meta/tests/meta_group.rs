@@ -306,8 +306,9 @@ async fn a_watch_ends_when_its_replicas_raft_stops() {
     assert!(waiting.is_err(), "no newer map: the watch waits");
     assert!(!raft_stopped.is_finished(), "Raft runs");
 
+    // Raft fails alone (the machine is not told it stops, as after a failed fsync).
     let Running { group, server } = replica;
-    group.replica().shutdown().await;
+    group.replica().fail_raft_for_tests().await;
     tokio::time::timeout(Duration::from_secs(5), raft_stopped)
         .await
         .expect("the replica's Raft stopped within 5 s")
@@ -316,5 +317,10 @@ async fn a_watch_ends_when_its_replicas_raft_stops() {
         .await
         .expect("the watch ends within 5 s");
     assert_eq!(ended, None);
+    assert!(
+        !*group.replica().machine().watch_stopped().borrow(),
+        "the machine was not told: the watch ended on Raft's failure"
+    );
+    group.shutdown().await;
     server.abort();
 }

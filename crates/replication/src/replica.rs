@@ -334,6 +334,13 @@ impl<M: ReplicaMachine> Replica<M> {
         })
     }
 
+    /// Fault injection: stops Raft alone, leaving the state machine untold, as a fatal Raft
+    /// error (a failed fsync) does. Only tests call it.
+    #[doc(hidden)]
+    pub async fn fail_raft_for_tests(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+
     /// A one-line view of this replica for operators: role, term, leader, applied index (no
     /// state digest: [`Replica::status`] adds the ledger's).
     pub fn raft_status(&self) -> ReplicaStatus {
