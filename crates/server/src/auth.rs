@@ -308,15 +308,9 @@ impl KeysFile {
     }
 }
 
-/// The key a request presented, once recognised.
-#[derive(Debug, Clone)]
-struct Principal {
-    name: String,
-    role: Role,
-}
-
-/// The key a request was authorized with (its name in the keys file and its role), put into
-/// the request's extensions for the handlers that keep limits per caller.
+/// The key a request presented, once recognised (its name in the keys file and its role); an
+/// authorized request's is put into the request's extensions for the handlers that keep limits
+/// per caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub key: String,
@@ -327,10 +321,10 @@ pub struct Caller {
 #[derive(Debug)]
 pub struct KeyStore {
     path: PathBuf,
-    by_digest: RwLock<Arc<HashMap<[u8; 32], Principal>>>,
+    by_digest: RwLock<Arc<HashMap<[u8; 32], Caller>>>,
 }
 
-fn index(file: &KeysFile) -> HashMap<[u8; 32], Principal> {
+fn index(file: &KeysFile) -> HashMap<[u8; 32], Caller> {
     file.keys
         .iter()
         .map(|key| {
@@ -339,11 +333,11 @@ fn index(file: &KeysFile) -> HashMap<[u8; 32], Principal> {
                 *byte = u8::from_str_radix(&key.sha256[2 * at..2 * at + 2], 16)
                     .expect("checked on load");
             }
-            let principal = Principal {
-                name: key.name.clone(),
+            let caller = Caller {
+                key: key.name.clone(),
                 role: key.role,
             };
-            (digest, principal)
+            (digest, caller)
         })
         .collect()
 }
@@ -380,7 +374,7 @@ impl KeyStore {
         Ok(count)
     }
 
-    fn find(&self, token: &str) -> Option<Principal> {
+    fn find(&self, token: &str) -> Option<Caller> {
         let keys = Arc::clone(&self.by_digest.read().expect("never poisoned"));
         keys.get(&digest(token.as_bytes())).cloned()
     }
@@ -459,18 +453,15 @@ impl Auth {
                 "an API key starts with `fincore_` (made by `fincore keys create`)",
             ));
         }
-        let principal = store.find(token).ok_or(AuthError::UnknownKey)?;
-        if principal.role < needed {
+        let caller = store.find(token).ok_or(AuthError::UnknownKey)?;
+        if caller.role < needed {
             return Err(AuthError::Forbidden {
-                key: principal.name,
-                role: principal.role,
+                key: caller.key,
+                role: caller.role,
                 needed,
             });
         }
-        Ok(Some(Caller {
-            key: principal.name,
-            role: principal.role,
-        }))
+        Ok(Some(caller))
     }
 }
 
