@@ -566,7 +566,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         let servers = server::ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
             .await
             .context("starting the gateway")?;
-        crate::gateway::announce(&servers, false);
+        crate::serve::announce_client_listeners(servers.grpc_addr(), servers.http_addr(), false);
         println!(
             "fincore dev: {} ledger groups of {} replicas behind a gateway, data under {}",
             args.groups,

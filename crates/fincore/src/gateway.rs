@@ -192,7 +192,11 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         let servers = ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
             .await
             .context("starting the gateway's listeners")?;
-        announce(&servers, serving.tls.is_some());
+        crate::serve::announce_client_listeners(
+            servers.grpc_addr(),
+            servers.http_addr(),
+            serving.tls.is_some(),
+        );
         let source = if args.meta.is_some() {
             "from the meta group, followed as it changes"
         } else {
@@ -234,21 +238,4 @@ fn reload_map_on_sighup(gateway: Arc<Gateway>, path: PathBuf, access: GroupAcces
             ),
         }
     });
-}
-
-/// The machine-readable lines a node prints first, for the gateway's listeners.
-pub fn announce(servers: &ClientServers, tls: bool) {
-    let (grpc_security, scheme) = if tls {
-        ("TLS", "https")
-    } else {
-        ("plaintext", "http")
-    };
-    println!(
-        "fincore: gRPC listening on {} ({grpc_security})",
-        servers.grpc_addr()
-    );
-    println!(
-        "fincore: HTTP listening on {scheme}://{}",
-        servers.http_addr()
-    );
 }

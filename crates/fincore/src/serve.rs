@@ -368,6 +368,32 @@ fn auth_line(auth: &Auth) -> String {
     }
 }
 
+/// The machine-readable lines a node, a meta replica and a gateway print first (tests and
+/// scripts wait for them): where its gRPC and HTTP listeners are.
+pub(crate) fn announce_client_listeners(
+    grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    tls: bool,
+) {
+    let (grpc_security, scheme) = if tls {
+        ("TLS", "https")
+    } else {
+        ("plaintext", "http")
+    };
+    println!("fincore: gRPC listening on {grpc} ({grpc_security})");
+    println!("fincore: HTTP listening on {scheme}://{http}");
+}
+
+/// The machine-readable line of a replica's peer listener.
+fn announce_peers(peer: std::net::SocketAddr, mutual_tls: bool) {
+    let security = if mutual_tls {
+        "mutual TLS"
+    } else {
+        "plaintext: --insecure-peers"
+    };
+    println!("fincore: peers listening on {peer} ({security})");
+}
+
 /// Runs a meta replica (`serve --meta`) until SIGTERM, SIGINT or the parent's end.
 fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
@@ -382,26 +408,9 @@ fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<
         let node = server::MetaNode::start(config)
             .await
             .with_context(|| format!("starting the meta replica on {}", data_dir.display()))?;
-        println!(
-            "fincore: gRPC listening on {} ({})",
-            node.grpc_addr(),
-            if client_tls { "TLS" } else { "plaintext" }
-        );
-        // Health and metrics only (`server::meta_http`).
-        println!(
-            "fincore: HTTP listening on {}://{}",
-            if client_tls { "https" } else { "http" },
-            node.http_addr()
-        );
-        println!(
-            "fincore: peers listening on {} ({})",
-            node.peer_addr(),
-            if peer_tls {
-                "mutual TLS"
-            } else {
-                "plaintext: --insecure-peers"
-            }
-        );
+        // Its HTTP listener serves health and metrics only (`server::meta_http`).
+        announce_client_listeners(node.grpc_addr(), node.http_addr(), client_tls);
+        announce_peers(node.peer_addr(), peer_tls);
         println!("{auth_line}");
         let group = node
             .group_id()
@@ -451,25 +460,8 @@ pub(crate) fn run_node(
             .await
             .with_context(|| format!("starting the node on {}", data_dir.display()))?;
         // Machine-readable lines first (tests and scripts wait for them), then the banner.
-        let (grpc_security, scheme) = if node.client_tls() {
-            ("TLS", "https")
-        } else {
-            ("plaintext", "http")
-        };
-        println!(
-            "fincore: gRPC listening on {} ({grpc_security})",
-            node.grpc_addr()
-        );
-        println!("fincore: HTTP listening on {scheme}://{}", node.http_addr());
-        println!(
-            "fincore: peers listening on {} ({})",
-            node.peer_addr(),
-            if node.peer_tls() {
-                "mutual TLS"
-            } else {
-                "plaintext: --insecure-peers"
-            }
-        );
+        announce_client_listeners(node.grpc_addr(), node.http_addr(), node.client_tls());
+        announce_peers(node.peer_addr(), node.peer_tls());
         println!("{capacity_line}");
         println!("{auth_line}");
         if let Some(line) = client_ca_line {
