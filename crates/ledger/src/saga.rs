@@ -168,22 +168,7 @@ pub struct SagaCopy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ClearingBalance {
     pub ledger: u32,
-    pub debits_pending: Wide,
-    pub debits_posted: Wide,
-    pub credits_pending: Wide,
-    pub credits_posted: Wide,
-}
-
-impl ClearingBalance {
-    /// The four sums, to add up with others.
-    pub fn sums(&self) -> WideBalances {
-        WideBalances {
-            debits_pending: self.debits_pending,
-            debits_posted: self.debits_posted,
-            credits_pending: self.credits_pending,
-            credits_posted: self.credits_posted,
-        }
-    }
+    pub sums: WideBalances,
 }
 
 /// One side of a copy: an account of this group (its slot index) or the clearing balance.
@@ -216,13 +201,7 @@ impl StateMachine {
     pub fn clearing_balances(&self) -> Vec<ClearingBalance> {
         self.clearing
             .iter()
-            .map(|(&ledger, b)| ClearingBalance {
-                ledger,
-                debits_pending: b.debits_pending,
-                debits_posted: b.debits_posted,
-                credits_pending: b.credits_pending,
-                credits_posted: b.credits_posted,
-            })
+            .map(|(&ledger, &sums)| ClearingBalance { ledger, sums })
             .collect()
     }
 

@@ -22,13 +22,6 @@ pub struct Wide {
 impl Wide {
     pub const ZERO: Wide = Wide { high: 0, low: 0 };
 
-    pub const fn from_u128(value: u128) -> Wide {
-        Wide {
-            high: 0,
-            low: value,
-        }
-    }
-
     /// `self + other`. Panics past `2^256`, which no ledger can reach (see the module header).
     #[must_use]
     pub fn plus(self, other: Wide) -> Wide {
@@ -101,7 +94,10 @@ impl std::fmt::Display for Wide {
 
 impl From<u128> for Wide {
     fn from(value: u128) -> Wide {
-        Wide::from_u128(value)
+        Wide {
+            high: 0,
+            low: value,
+        }
     }
 }
 

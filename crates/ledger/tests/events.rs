@@ -310,10 +310,10 @@ proptest! {
         for clearing in state.clearing_balances() {
             let replayed = replay.clearing.get(&clearing.ledger).copied().unwrap_or_default();
             // An event carries a clearing balance's low 128 bits (its value modulo 2^128).
-            prop_assert_eq!(replayed.debits_pending, clearing.debits_pending.low);
-            prop_assert_eq!(replayed.debits_posted, clearing.debits_posted.low);
-            prop_assert_eq!(replayed.credits_pending, clearing.credits_pending.low);
-            prop_assert_eq!(replayed.credits_posted, clearing.credits_posted.low);
+            prop_assert_eq!(replayed.debits_pending, clearing.sums.debits_pending.low);
+            prop_assert_eq!(replayed.debits_posted, clearing.sums.debits_posted.low);
+            prop_assert_eq!(replayed.credits_pending, clearing.sums.credits_pending.low);
+            prop_assert_eq!(replayed.credits_posted, clearing.sums.credits_posted.low);
         }
 
         // Recording off: the same state and numbering, nothing recorded.
@@ -450,6 +450,9 @@ fn events_carry_a_clearing_balance_past_u128_modulo_2_128() {
     // After 2^127, 2^128 (≡ 0) and 2^128 + 3 (≡ 3) are held.
     assert_eq!(sides, [pending(half), pending(0), pending(3)]);
     let clearing = state.clearing_balances()[0];
-    assert_eq!(clearing.debits_pending, ledger::Wide { high: 1, low: 3 });
-    assert_eq!(clearing.debits_pending, clearing.credits_pending);
+    assert_eq!(
+        clearing.sums.debits_pending,
+        ledger::Wide { high: 1, low: 3 }
+    );
+    assert_eq!(clearing.sums.debits_pending, clearing.sums.credits_pending);
 }

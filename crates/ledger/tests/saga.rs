@@ -97,7 +97,7 @@ impl Group {
         }
         for c in self.state.clearing_balances() {
             assert_eq!(c.ledger, 1);
-            sums = sums.plus(c.sums());
+            sums = sums.plus(c.sums);
         }
         assert_eq!(
             sums.debits_pending, sums.credits_pending,
@@ -122,9 +122,9 @@ impl Group {
             .clearing_balances()
             .iter()
             .map(|c| {
-                signed(c.debits_pending) + signed(c.debits_posted)
-                    - signed(c.credits_pending)
-                    - signed(c.credits_posted)
+                signed(c.sums.debits_pending) + signed(c.sums.debits_posted)
+                    - signed(c.sums.credits_pending)
+                    - signed(c.sums.credits_posted)
             })
             .sum()
     }
@@ -285,9 +285,9 @@ fn a_clearing_balance_past_u128_refuses_nothing_and_still_balances() {
         assert_eq!(b.step(SagaStep::confirm(id)), TR::Created);
     }
     let clearing = b.state.clearing_balances()[0];
-    assert_eq!(clearing.debits_posted, Wide { high: 1, low: 0 });
+    assert_eq!(clearing.sums.debits_posted, Wide { high: 1, low: 0 });
     assert_eq!(
-        clearing.debits_posted.to_string(),
+        clearing.sums.debits_posted.to_string(),
         "340282366920938463463374607431768211456"
     );
     // The next saga of the ledger is created, held, confirmed and cancelled as usual.
@@ -300,8 +300,8 @@ fn a_clearing_balance_past_u128_refuses_nothing_and_still_balances() {
     assert_eq!(b.account(4).credits_posted, 20);
     assert_eq!(b.account(4).credits_pending, 0);
     let clearing = b.state.clearing_balances()[0];
-    assert_eq!(clearing.debits_posted, Wide { high: 1, low: 20 });
-    assert_eq!(clearing.debits_pending, Wide::ZERO);
+    assert_eq!(clearing.sums.debits_posted, Wide { high: 1, low: 20 });
+    assert_eq!(clearing.sums.debits_pending, Wide::ZERO);
     b.assert_books_balance(&[2, 3, 4]);
     // Account 2's credits would overflow: answered as one group holding account 1 answers.
     let t = transfer(14, 1, 2, half);
@@ -334,7 +334,7 @@ fn a_clearing_balance_past_u128_refuses_nothing_and_still_balances() {
     assert_eq!(read_digest, digest);
     assert_eq!(restored.clearing_balances(), b.state.clearing_balances());
     assert_eq!(
-        restored.clearing_balances()[0].debits_pending,
+        restored.clearing_balances()[0].sums.debits_pending,
         Wide::from(half)
     );
     assert_eq!(b.step(SagaStep::confirm(17)), TR::Created);
@@ -346,7 +346,7 @@ fn a_clearing_balance_past_u128_refuses_nothing_and_still_balances() {
     assert_eq!(restored.digest(), b.state.digest());
     assert_eq!(restored.clearing_balances(), b.state.clearing_balances());
     assert_eq!(
-        restored.clearing_balances()[0].debits_posted,
+        restored.clearing_balances()[0].sums.debits_posted,
         Wide {
             high: 1,
             low: 20 + half

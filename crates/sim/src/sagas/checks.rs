@@ -59,7 +59,7 @@ fn check_no_open_copy_and_clearing(world: &World, found: &mut Vec<String>) {
         }
         for c in g.state.clearing_balances() {
             let sums = clearing.entry(c.ledger).or_default();
-            *sums = sums.plus(c.sums());
+            *sums = sums.plus(c.sums);
         }
     }
     for (ledger, sums) in clearing {

@@ -370,7 +370,7 @@ impl World {
         }
         for c in g.state.clearing_balances() {
             let b = books.entry(c.ledger).or_default();
-            *b = b.plus(c.sums());
+            *b = b.plus(c.sums);
         }
         for (ledger, b) in books {
             if b.debits_pending != b.credits_pending || b.debits_posted != b.credits_posted {
