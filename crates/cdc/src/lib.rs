@@ -27,6 +27,7 @@ mod stream;
 
 use std::time::Duration;
 
+use async_nats::ConnectErrorKind;
 use async_nats::jetstream::context::ContextBuilder;
 
 pub use client::GroupSpec;
@@ -49,6 +50,33 @@ pub enum NatsCredentials {
     Token(String),
 }
 
+impl NatsCredentials {
+    /// The flag that gave these credentials (or would have).
+    fn flag(&self) -> &'static str {
+        match self {
+            NatsCredentials::None => "--nats-user",
+            NatsCredentials::UserPassword { .. } => "--nats-password-file",
+            NatsCredentials::Token(_) => "--nats-token-file",
+        }
+    }
+
+    /// What to check when the server refuses these credentials.
+    fn advice(&self) -> String {
+        match self {
+            NatsCredentials::None => "the server requires a login: give --nats-user with \
+                 --nats-password-file, or --nats-token-file"
+                .to_string(),
+            NatsCredentials::UserPassword { user, .. } => format!(
+                "check that the server has the user {user:?} and that the password file holds \
+                 its password"
+            ),
+            NatsCredentials::Token(_) => {
+                "check that the token file holds the server's token".to_string()
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for NatsCredentials {
     /// Never shows a secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,13 +88,39 @@ impl std::fmt::Debug for NatsCredentials {
     }
 }
 
-/// A connection to the NATS server at `url`, as `name`, with `credentials`; reconnects on its
-/// own with a bounded backoff (also used by `fincore project --nats`).
+/// A connection to the NATS server at `url`, as `name`, with `credentials` (also used by
+/// `fincore project --nats`). Waits for a server that cannot be reached yet, trying again with
+/// a bounded backoff; a server that refuses the login ends the wait at once with
+/// [`CdcError::Invalid`] naming the login flag, since trying again cannot fix it. Once
+/// connected, the client reconnects on its own.
 pub async fn connect(
     url: &str,
     name: &str,
     credentials: &NatsCredentials,
 ) -> Result<async_nats::Client, CdcError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match connect_options(name, credentials).connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(error) if login_refused(&error) => {
+                return Err(CdcError::Invalid {
+                    field: credentials.flag().to_string(),
+                    reason: format!(
+                        "NATS at {url} refused the login ({error}): {}",
+                        credentials.advice()
+                    ),
+                });
+            }
+            Err(error) => {
+                let wait = backoff.next_wait();
+                tracing::warn!("NATS at {url}: {error}; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn connect_options(name: &str, credentials: &NatsCredentials) -> async_nats::ConnectOptions {
     let options = match credentials.clone() {
         NatsCredentials::None => async_nats::ConnectOptions::new(),
         NatsCredentials::UserPassword { user, password } => {
@@ -76,7 +130,6 @@ pub async fn connect(
     };
     options
         .name(name)
-        .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(limits::CDC_NATS_REQUEST_SECONDS_MAX))
         .reconnect_delay_callback(|attempts| {
             let shift = attempts.min(16) as u32;
@@ -85,12 +138,14 @@ pub async fn connect(
                     .min(limits::CDC_RETRY_BACKOFF_MS_MAX),
             )
         })
-        .connect(url)
-        .await
-        .map_err(|error| CdcError::Nats {
-            url: url.to_string(),
-            reason: error.to_string(),
-        })
+}
+
+/// Whether the server turned the login down (as opposed to not answering).
+fn login_refused(error: &async_nats::ConnectError) -> bool {
+    matches!(
+        error.kind(),
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+    )
 }
 
 /// Publishes every group's events until one group must stop (its error is returned). Runs

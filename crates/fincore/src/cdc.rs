@@ -77,8 +77,9 @@ impl NatsAuthArgs {
     /// The credentials the flags name, their files read; an error names the flag and the file.
     pub fn credentials(&self) -> anyhow::Result<NatsCredentials> {
         let secret = |flag: &str, path: &Path| -> anyhow::Result<String> {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+            let bytes = replication::secret_file::read(path).with_context(|| flag.to_string())?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("{flag} {}: not UTF-8 text", path.display()))?;
             // The first line as written (spaces are part of a secret), without its ending.
             let line = text.lines().next().unwrap_or("").to_string();
             anyhow::ensure!(

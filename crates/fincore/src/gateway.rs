@@ -101,8 +101,10 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
     let api_key = match &args.group_key_file {
         Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --group-key-file {}", path.display()))?
+            String::from_utf8(replication::secret_file::read(path).context("--group-key-file")?)
+                .map_err(|_| {
+                    anyhow::anyhow!("--group-key-file {}: not UTF-8 text", path.display())
+                })?
                 .trim()
                 .to_string(),
         ),

@@ -7,7 +7,6 @@
 //! `--insecure-no-auth` loopback rule, `dev`'s development key, reloading on SIGHUP); the file
 //! itself is `server::auth`'s.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,13 +154,7 @@ pub fn dev_key(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     let name = (!keys.keys().iter().any(|k| k.name == "dev")).then_some("dev");
     let (_, token) = keys.create(Role::Admin, name)?;
     keys.save()?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(&token_path)
-        .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
+    replication::secret_file::write(&token_path, format!("{token}\n").as_bytes())
         .with_context(|| format!("writing {}", token_path.display()))?;
     Ok((keys_path, token))
 }

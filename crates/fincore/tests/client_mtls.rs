@@ -147,9 +147,13 @@ fn a_node_demanding_client_certificates_serves_only_clients_holding_one_from_its
         ] {
             let refused = client(identity).lookup_accounts(&[1]).await;
             match refused {
-                Err(ClientError::GaveUp { last, .. }) => {
-                    assert!(last.contains("fatal alert"), "{who}: {last}")
-                }
+                // The server's TLS alert, or (when the client writes before reading it, as
+                // it may on a loaded machine) the connection it closed: a transport failure.
+                Err(ClientError::GaveUp { last, .. }) => assert!(
+                    (last.contains("fatal alert") || last.contains("transport error"))
+                        && !last.contains("Unauthenticated"),
+                    "{who}: {last}"
+                ),
                 other => panic!("{who} over gRPC: {other:?}"),
             }
         }

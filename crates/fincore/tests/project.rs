@@ -941,9 +941,13 @@ authorization {{ {authorization} }}
             store = dir.path().join("js").display()
         );
         std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
-        std::fs::write(dir.path().join("publisher.pass"), "publisher-secret\n").unwrap();
-        std::fs::write(dir.path().join("reader.pass"), "reader-secret\n").unwrap();
-        std::fs::write(dir.path().join("token"), "the-token\n").unwrap();
+        for (name, secret) in [
+            ("publisher.pass", "publisher-secret\n"),
+            ("reader.pass", "reader-secret\n"),
+            ("token", "the-token\n"),
+        ] {
+            replication::secret_file::write(&dir.path().join(name), secret.as_bytes()).unwrap();
+        }
         let child = Command::new("/usr/sbin/nats-server")
             .arg("-c")
             .arg(dir.path().join("nats.conf"))
@@ -984,6 +988,34 @@ authorization {{ {authorization} }}
     }
 }
 
+/// `fincore ARGS…` (with the read key `key`) run to its end: whether it succeeded and its
+/// output; `None` if it still ran after `bound` (then it is killed).
+fn fincore_within(args: &[&str], key: &str, bound: Duration) -> Option<(bool, String)> {
+    let mut child = Command::new(fincore_exe())
+        .args(args)
+        .env("FINCORE_API_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some((output.status.success(), text))
+}
+
 /// `fincore cdc` publishing `node`'s events under the prefix `locked`, logging in with `login`.
 fn locked_publisher(node: &ChildNode, key: &str, login: &[String]) -> Projector {
     let child = Command::new(fincore_exe())
@@ -1009,8 +1041,9 @@ impl Drop for LockedNats {
 /// With NATS permissions locking the event subjects to the publisher (`docs/events.md`,
 /// "Publishing to NATS"), `fincore cdc` and `fincore project --nats` each log in with their own
 /// user; the projector's user cannot forge an event (the server refuses its publish and the
-/// stream is unchanged); no login, or a password file that is empty, is refused naming why;
-/// and the read model ends equal to the ledger.
+/// stream is unchanged); a password file that is empty or open to every user is refused before
+/// connecting, and a wrong password or no login is refused by the server, each ending the
+/// process at once naming the flag; and the read model ends equal to the ledger.
 #[test]
 fn with_nats_users_only_the_publisher_can_publish_events_and_the_projector_reads_with_its_own() {
     let nats = LockedNats::start(NATS_USERS);
@@ -1021,24 +1054,73 @@ fn with_nats_users_only_the_publisher_can_publish_events_and_the_projector_reads
     let group = format!("g1={}", node.grpc_url());
     let prefix = ["--subject-prefix", "locked"];
 
-    // Bad input: an empty password file is refused before anything connects.
+    // Bad input, refused before anything connects: an empty password file, and one every
+    // user of the machine may read (naming the fix).
     let empty = dir.path().join("empty.pass");
-    std::fs::write(&empty, "\n").unwrap();
-    let (ok, text) = support::fincore(&[
-        "cdc",
+    replication::secret_file::write(&empty, b"\n").unwrap();
+    let open = dir.path().join("open.pass");
+    std::fs::write(&open, "publisher-secret\n").unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    for (file, why) in [(&empty, "empty"), (&open, "chmod o-rwx")] {
+        let (ok, text) = support::fincore(&[
+            "cdc",
+            "--nats",
+            &nats.url,
+            "--nats-user",
+            "publisher",
+            "--nats-password-file",
+            file.to_str().unwrap(),
+            "--group",
+            &group,
+        ]);
+        assert!(
+            !ok && text.contains("--nats-password-file") && text.contains(why),
+            "{text}"
+        );
+    }
+
+    // A wrong password, or no login at all, is refused by the server: the publisher and the
+    // projector stop at once naming the flag, instead of trying again for ever.
+    let wrong = dir.path().join("wrong.pass");
+    replication::secret_file::write(&wrong, b"not-the-password\n").unwrap();
+    let wrong_login = [
         "--nats",
         &nats.url,
         "--nats-user",
         "publisher",
         "--nats-password-file",
-        empty.to_str().unwrap(),
+        wrong.to_str().unwrap(),
+    ];
+    let no_login = ["--nats", nats.url.as_str()];
+    let sqlite_file = dir.path().join("refused.db");
+    let project = [
+        "project",
+        "--sqlite",
+        sqlite_file.to_str().unwrap(),
         "--group",
         &group,
-    ]);
-    assert!(
-        !ok && text.contains("--nats-password-file") && text.contains("empty"),
-        "{text}"
-    );
+    ];
+    for (command, login, flag) in [
+        (
+            &["cdc", "--group", &group][..],
+            &wrong_login[..],
+            "--nats-password-file",
+        ),
+        (
+            &["cdc", "--group", &group][..],
+            &no_login[..],
+            "--nats-user",
+        ),
+        (&project[..], &wrong_login[..], "--nats-password-file"),
+    ] {
+        let args: Vec<&str> = command.iter().chain(login).copied().collect();
+        let (ok, text) = fincore_within(&args, &key, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("fincore {args:?} still runs after 30 s"));
+        assert!(
+            !ok && text.contains(flag) && text.contains("refused the login"),
+            "fincore {args:?}: {text}"
+        );
+    }
 
     let _publisher = locked_publisher(&node, &key, &nats.login("publisher"));
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -484,6 +484,10 @@ pub const CDC_GROUP_REPLICAS_MAX: usize = 7;
 /// Bytes of a group's name: one token of the NATS subject and part of the stream's name.
 pub const CDC_GROUP_NAME_BYTES_MAX: usize = 64;
 
+/// Bytes of a file holding a secret (a private key, a password, a token): far above any real
+/// one, so that a wrong path (a log, a device) is refused instead of read whole.
+pub const SECRET_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
 /// Publishes of one group awaiting the broker's acknowledgement, by default (`--in-flight`).
 pub const CDC_PUBLISHES_IN_FLIGHT_DEFAULT: usize = 4096;
 

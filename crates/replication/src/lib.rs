@@ -22,6 +22,7 @@ mod network;
 pub mod peer_tls;
 mod raft_config;
 mod replica;
+pub mod secret_file;
 mod small_state;
 mod snapshot;
 mod state_machine;

@@ -38,6 +38,8 @@ pub enum PeerTlsError {
     BadFile { path: PathBuf, reason: String },
     #[error(transparent)]
     Issue(#[from] crate::dev_certs::DevCertificateError),
+    #[error(transparent)]
+    Secret(#[from] crate::secret_file::SecretFileError),
     #[error("the peer presented no client certificate")]
     NoCertificate,
     #[error("the peer's certificate does not name node {claimed} of group {group}")]
@@ -115,7 +117,7 @@ impl PeerTls {
         let ca = read(&files.ca)?;
         first_certificate(&files.ca, &ca)?;
         let certificate = read(&files.certificate)?;
-        let key = read(&files.key)?;
+        let key = crate::secret_file::read(&files.key)?;
         let leaf = first_certificate(&files.certificate, &certificate)?;
         let group = named_group(&leaf, node).map_err(|reason| PeerTlsError::BadFile {
             path: files.certificate.clone(),

@@ -32,6 +32,8 @@ pub enum ClientTlsError {
     },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Secret(#[from] replication::secret_file::SecretFileError),
     #[error("the key {key} does not go with the certificate {certificate}: {reason}")]
     Mismatch {
         certificate: PathBuf,
@@ -118,7 +120,7 @@ struct Pair {
 /// one certificate and a key.
 fn read_pair(certificate: &Path, key: &Path) -> Result<Pair, ClientTlsError> {
     let certificate_pem = read(certificate)?;
-    let key_pem = read(key)?;
+    let key_pem = replication::secret_file::read(key)?;
     let chain = certificates(certificate, &certificate_pem)?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|error| bad(key, format!("no PEM private key: {error}")))?;
@@ -280,8 +282,21 @@ mod tests {
             client_ca: None,
         };
         std::fs::write(&files.certificate, certificate.pem()).unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        replication::secret_file::write(&files.key, key.serialize_pem().as_bytes()).unwrap();
         files
+    }
+
+    #[test]
+    fn a_key_every_user_may_read_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "a");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = ClientTls::load(files.clone()).unwrap_err().to_string();
+        assert!(
+            error.contains(&files.key.display().to_string()) && error.contains("chmod o-rwx"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl ChildNode {
             let keys = crate::keys::keys_file_for(exe, dir)?;
             let token = crate::keys::token().unwrap_or_default();
             let token_path = dir.join("group-key");
-            std::fs::write(&token_path, format!("{token}\n"))
+            replication::secret_file::write(&token_path, format!("{token}\n").as_bytes())
                 .map_err(KitError::io(format!("writing {}", token_path.display())))?;
             command
                 .arg("--keys")
