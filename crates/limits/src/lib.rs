@@ -185,6 +185,11 @@ pub const META_WATCHERS_MAX: usize = 1024;
 /// watch with `admin` keys, bounded only by [`META_WATCHERS_MAX`]).
 pub const META_WATCHERS_PER_KEY_MAX: usize = 64;
 
+/// Open `WatchMap` streams all keys below `admin` together may hold on one meta replica: the
+/// rest of [`META_WATCHERS_MAX`] stays for the gateways and nodes, however many read keys there
+/// are.
+pub const META_WATCHERS_BELOW_ADMIN_MAX: usize = 768;
+
 /// Longest wait before a gateway watches the meta group's cluster map again after the watch
 /// broke (the waits double from 50 ms up to this).
 pub const GATEWAY_MAP_WATCH_RETRY_MS_MAX: u64 = 2_000;
@@ -725,3 +730,6 @@ const _: () = assert!(
 );
 const _: () = assert!(PROJECTOR_PAGES_QUEUED_MAX >= 1 && PROJECTOR_GROUPS_MAX >= 1);
 const _: () = assert!(PROJECTOR_VERIFY_IDS_PER_LOOKUP_MAX <= LOOKUP_IDS_MAX);
+// Keys below admin leave room for the gateways and nodes, and one such key for the others.
+const _: () = assert!(META_WATCHERS_PER_KEY_MAX < META_WATCHERS_BELOW_ADMIN_MAX);
+const _: () = assert!(META_WATCHERS_BELOW_ADMIN_MAX < META_WATCHERS_MAX);

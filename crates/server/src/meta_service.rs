@@ -16,7 +16,7 @@ use cluster::ClusterMap;
 use futures::Stream;
 use meta::{MetaError, MetaGroup};
 use telemetry::{ErrorKind, Metrics};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Role};
@@ -63,20 +63,41 @@ fn refusal(error: MetaError) -> (Status, ErrorKind) {
 pub struct MetaService {
     group: Arc<MetaGroup>,
     metrics: Arc<Metrics>,
-    /// Watch streams open now (at most `watchers_max`: `META_WATCHERS_MAX`).
+    /// Watch streams open now (at most `limits.total`: `META_WATCHERS_MAX`).
     watchers: Arc<Semaphore>,
-    watchers_max: usize,
     /// True once the replica is stopping: open watches end at once.
     stopped: watch::Receiver<bool>,
-    /// Watch streams open now per key below `admin` (at most `per_key_max` each).
+    /// Watch streams open now of all keys below `admin` together (at most
+    /// `limits.below_admin`), so that the rest stays for the gateways and nodes.
+    below_admin: Arc<Semaphore>,
+    /// Watch streams open now per key below `admin` (at most `limits.per_key` each).
     per_key: Arc<Mutex<HashMap<String, usize>>>,
-    per_key_max: usize,
+    limits: WatcherLimits,
 }
 
-/// One watch counted against its key; uncounted when dropped (with its stream).
+/// How many `WatchMap` streams a replica serves: in all, of every key below `admin` together,
+/// and of one such key.
+#[derive(Debug, Clone, Copy)]
+struct WatcherLimits {
+    total: usize,
+    below_admin: usize,
+    per_key: usize,
+}
+
+impl WatcherLimits {
+    const DEFAULT: WatcherLimits = WatcherLimits {
+        total: limits::META_WATCHERS_MAX,
+        below_admin: limits::META_WATCHERS_BELOW_ADMIN_MAX,
+        per_key: limits::META_WATCHERS_PER_KEY_MAX,
+    };
+}
+
+/// One watch counted against its key and the keys below admin; uncounted when dropped (with
+/// its stream).
 struct KeyWatch {
     per_key: Arc<Mutex<HashMap<String, usize>>>,
     key: String,
+    _below_admin: OwnedSemaphorePermit,
 }
 
 impl Drop for KeyWatch {
@@ -97,47 +118,56 @@ impl MetaService {
         metrics: Arc<Metrics>,
         stopped: watch::Receiver<bool>,
     ) -> proto::meta_server::MetaServer<MetaService> {
-        MetaService::with_watchers_max(
-            group,
-            metrics,
-            stopped,
-            (limits::META_WATCHERS_MAX, limits::META_WATCHERS_PER_KEY_MAX),
-        )
+        MetaService::with_watcher_limits(group, metrics, stopped, WatcherLimits::DEFAULT)
     }
 
-    fn with_watchers_max(
+    fn with_watcher_limits(
         group: Arc<MetaGroup>,
         metrics: Arc<Metrics>,
         stopped: watch::Receiver<bool>,
-        (watchers_max, per_key_max): (usize, usize),
+        limits: WatcherLimits,
     ) -> proto::meta_server::MetaServer<MetaService> {
         proto::meta_server::MetaServer::new(MetaService {
             group,
             metrics,
-            watchers: Arc::new(Semaphore::new(watchers_max)),
-            watchers_max,
+            watchers: Arc::new(Semaphore::new(limits.total)),
             stopped,
+            below_admin: Arc::new(Semaphore::new(limits.below_admin)),
             per_key: Arc::default(),
-            per_key_max,
+            limits,
         })
         .max_decoding_message_size(limits::META_REQUEST_BYTES_MAX)
     }
 
-    /// Counts a watch against `caller`'s key if the key is below `admin`; `None` when the key
-    /// already holds `per_key_max` of them.
-    fn count_watch(&self, caller: Option<&Caller>) -> Option<Option<KeyWatch>> {
+    /// Counts a watch against `caller`'s key and the keys below admin if the key is below
+    /// `admin` (`Ok(None)` for an admin key); the refusal's message when the key or the keys
+    /// below admin already hold their most.
+    fn count_watch(&self, caller: Option<&Caller>) -> Result<Option<KeyWatch>, String> {
         let Some(caller) = caller.filter(|caller| caller.role < Role::Admin) else {
-            return Some(None);
+            return Ok(None);
         };
         let mut per_key = self.per_key.lock().expect("never poisoned");
         let count = per_key.entry(caller.key.clone()).or_default();
-        if *count >= self.per_key_max {
-            return None;
+        if *count >= self.limits.per_key {
+            return Err(format!(
+                "API key {:?} holds {} watches on this replica (META_WATCHERS_PER_KEY_MAX for \
+                 keys below admin); close one, or watch with a key of your own",
+                caller.key, self.limits.per_key
+            ));
         }
+        let Ok(below_admin) = Arc::clone(&self.below_admin).try_acquire_owned() else {
+            return Err(format!(
+                "keys below admin hold {} watches on this replica \
+                 (META_WATCHERS_BELOW_ADMIN_MAX; the rest is kept for gateways and nodes); \
+                 retry later or watch another replica",
+                self.limits.below_admin
+            ));
+        };
         *count += 1;
-        Some(Some(KeyWatch {
+        Ok(Some(KeyWatch {
             per_key: Arc::clone(&self.per_key),
             key: caller.key.clone(),
+            _below_admin: below_admin,
         }))
     }
 
@@ -192,18 +222,14 @@ impl Meta for MetaService {
                 .request("grpc", "watch_map", started.elapsed(), kind);
             Err(Status::resource_exhausted(message))
         };
-        let Some(key_watch) = self.count_watch(caller) else {
-            return busy(format!(
-                "API key {:?} holds {} watches on this replica (META_WATCHERS_PER_KEY_MAX for \
-                 keys below admin); close one, or watch with a key of your own",
-                caller.map_or("", |caller| caller.key.as_str()),
-                self.per_key_max
-            ));
+        let key_watch = match self.count_watch(caller) {
+            Ok(key_watch) => key_watch,
+            Err(message) => return busy(message),
         };
         let Ok(permit) = Arc::clone(&self.watchers).try_acquire_owned() else {
             return busy(format!(
                 "{} watchers are open on this replica (META_WATCHERS_MAX); retry later or watch another replica",
-                self.watchers_max
+                self.limits.total
             ));
         };
         // Pulled by the watcher: a slow one holds back nothing but itself, and when it
@@ -314,8 +340,7 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
-    /// `watchers_max`: in all, and per key below admin.
-    async fn serve(watchers_max: (usize, usize)) -> Served {
+    async fn serve(limits: WatcherLimits) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let config = ReplicaConfig {
             events: false,
@@ -340,11 +365,11 @@ mod tests {
         let auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path).unwrap()));
         let metrics = Metrics::new();
         let (stop, stopped) = watch::channel(false);
-        let service = MetaService::with_watchers_max(
+        let service = MetaService::with_watcher_limits(
             Arc::clone(&group),
             Arc::clone(&metrics),
             stopped,
-            watchers_max,
+            limits,
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -403,7 +428,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_map_is_set_by_admins_only_read_and_pushed_to_watchers_until_the_replica_stops() {
-        let served = serve((limits::META_WATCHERS_MAX, limits::META_WATCHERS_PER_KEY_MAX)).await;
+        let served = serve(WatcherLimits::DEFAULT).await;
         let mut client = MetaClient::new(served.channel.clone());
         // Wait (bounded) for the one replica to lead.
         let mut map = None;
@@ -560,7 +585,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watchers_past_the_limit_are_refused_and_a_closed_watch_frees_its_place() {
-        let served = serve((2, 64)).await;
+        let served = serve(WatcherLimits {
+            total: 2,
+            below_admin: 64,
+            per_key: 64,
+        })
+        .await;
         let mut client = MetaClient::new(served.channel.clone());
         let watch = || with_key(proto::WatchMapRequest { after_epoch: 0 }, &served.read);
         let first = client.watch_map(watch()).await.unwrap().into_inner();
@@ -577,11 +607,17 @@ mod tests {
         served.group.shutdown().await;
     }
 
-    /// A key below admin holds at most its share of the watches, so a read key cannot take
-    /// them all from the gateways; other keys, and admin keys beyond the share, still watch.
+    /// A key below admin holds at most its share of the watches, and all such keys together
+    /// at most theirs, so read keys cannot take them all from the gateways; admin keys beyond
+    /// those shares still watch.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_read_key_holds_at_most_its_share_of_the_watches() {
-        let served = serve((6, 2)).await;
+    async fn read_keys_hold_at_most_their_share_of_the_watches() {
+        let served = serve(WatcherLimits {
+            total: 6,
+            below_admin: 3,
+            per_key: 2,
+        })
+        .await;
         let mut client = MetaClient::new(served.channel.clone());
         let watch = |key: &str| with_key(proto::WatchMapRequest { after_epoch: 0 }, key);
         let first = client.watch_map(watch(&served.read)).await.unwrap();
@@ -594,8 +630,15 @@ mod tests {
             "{}",
             refused.message()
         );
-        // Another read key has a share of its own; an admin key is bounded by the total only.
+        // Another read key has a share of its own, within the share of all keys below admin.
         let _other = client.watch_map(watch(&served.read_2)).await.unwrap();
+        let together = client.watch_map(watch(&served.read_2)).await.unwrap_err();
+        assert_eq!(together.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            together.message().contains("META_WATCHERS_BELOW_ADMIN_MAX"),
+            "{together}"
+        );
+        // An admin key is bounded by the total only.
         let mut admin = Vec::new();
         for _ in 0..3 {
             admin.push(client.watch_map(watch(&served.admin)).await.unwrap());
