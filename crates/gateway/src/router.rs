@@ -68,7 +68,7 @@ impl Gateway {
     pub fn new(map: ClusterMap, groups: Groups) -> Gateway {
         Gateway {
             routing: std::sync::RwLock::new(Arc::new(Routing { map, groups })),
-            metrics: Metrics::new(),
+            metrics: Metrics::for_service(telemetry::Service::Gateway),
             saga_deadline: Duration::from_millis(GATEWAY_SAGA_DEADLINE_MS_DEFAULT),
             detached: Arc::new(Semaphore::new(GATEWAY_SAGAS_DETACHED_MAX)),
         }

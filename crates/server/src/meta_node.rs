@@ -65,7 +65,7 @@ impl MetaNode {
             config.peers.clone()
         };
         let (peer_tls, prepared) = enter_group(&config, &peers, <MetaState as SmallState>::KIND)?;
-        let metrics = Metrics::new();
+        let metrics = Metrics::for_service(telemetry::Service::MetaReplica);
         let sync_metrics = Arc::clone(&metrics);
         let replica_config = ReplicaConfig {
             sync_observer: Some(Arc::new(move |elapsed, records| {

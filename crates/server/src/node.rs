@@ -210,7 +210,7 @@ impl Node {
         let (peer_tls, prepared) =
             enter_group(&config, &peers, replication::data_dir::LEDGER_MACHINE)?;
 
-        let metrics = Metrics::new();
+        let metrics = Metrics::for_service(telemetry::Service::LedgerNode);
         let sync_metrics = Arc::clone(&metrics);
         let replica_config = ReplicaConfig {
             sync_observer: Some(Arc::new(move |elapsed, records| {

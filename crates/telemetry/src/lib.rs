@@ -1,7 +1,8 @@
 //! Telemetry: the metrics a node exports and the process's log setup.
 //!
 //! Owns metric names, labels and buckets (one [`Metrics`] per node, no global registry, so
-//! several nodes can live in one test process) and their text exposition for `GET /metrics`.
+//! several nodes can live in one test process; each [`Service`] exports only the families it
+//! records) and their text exposition for `GET /metrics`.
 //! Per operation it exports a request counter, an error counter by kind and a latency
 //! histogram, from which qps, p99 and error rate follow; plus queue depths, batch sizes and
 //! journal sync latency. Error labels come from [`ErrorKind`], a closed set, never from
@@ -117,8 +118,47 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Which process a [`Metrics`] describes: each exports only the families it records, so that
+/// an operator reading one sees nothing that can never move there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// A ledger replica (`fincore serve`): requests, its pipeline's queue and batches, and its
+    /// journal.
+    LedgerNode,
+    /// A gateway: requests and the sagas it carries.
+    Gateway,
+    /// A meta replica: requests and its journal.
+    MetaReplica,
+    /// Every family (tests, and processes that are several of the above).
+    All,
+}
+
+impl Service {
+    fn records_batches(self) -> bool {
+        matches!(self, Service::LedgerNode | Service::All)
+    }
+
+    fn records_journal(self) -> bool {
+        matches!(
+            self,
+            Service::LedgerNode | Service::MetaReplica | Service::All
+        )
+    }
+
+    fn records_sagas(self) -> bool {
+        matches!(self, Service::Gateway | Service::All)
+    }
+}
+
 impl Metrics {
+    /// Every family registered ([`Service::All`]).
     pub fn new() -> Arc<Metrics> {
+        Metrics::for_service(Service::All)
+    }
+
+    /// The families `service` records; the others are kept, unregistered, so that recording
+    /// into them is harmless and never shown.
+    pub fn for_service(service: Service) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("fincore");
         let requests = Family::<OperationLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
@@ -133,16 +173,6 @@ impl Metrics {
         let journal_records = Counter::default();
         let sagas = Family::<SagaLabels, Counter>::default();
         let sagas_answered_pending = Counter::default();
-        registry.register(
-            "sagas_answered_pending",
-            "Cross-group transfers answered outcome_pending: their saga had not ended by the gateway's deadline (it goes on, and is counted in sagas when it ends)",
-            sagas_answered_pending.clone(),
-        );
-        registry.register(
-            "sagas",
-            "Cross-group transfers carried by saga to an end, by outcome (confirmed, cancelled, diverged: a copy settled against its home's decision, which must never happen)",
-            sagas.clone(),
-        );
         registry.register(
             "requests",
             "Requests received, by operation and protocol",
@@ -163,27 +193,43 @@ impl Metrics {
             "Time from receiving a request to answering it",
             latency.clone(),
         );
-        registry.register(
-            "queue_depth",
-            "Requests or batches waiting in a pipeline queue",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "batch_events",
-            "Events per sealed batch",
-            batch_events.clone(),
-        );
-        registry.register("batches", "Batches sealed and applied", batches.clone());
-        registry.register(
-            "journal_sync_seconds",
-            "Duration of each journal fdatasync (one per group)",
-            journal_sync_seconds.clone(),
-        );
-        registry.register(
-            "journal_records",
-            "Journal records made durable",
-            journal_records.clone(),
-        );
+        if service.records_batches() {
+            registry.register(
+                "queue_depth",
+                "Requests or batches waiting in a pipeline queue",
+                queue_depth.clone(),
+            );
+            registry.register(
+                "batch_events",
+                "Events per sealed batch",
+                batch_events.clone(),
+            );
+            registry.register("batches", "Batches sealed and applied", batches.clone());
+        }
+        if service.records_journal() {
+            registry.register(
+                "journal_sync_seconds",
+                "Duration of each journal fdatasync (one per group)",
+                journal_sync_seconds.clone(),
+            );
+            registry.register(
+                "journal_records",
+                "Journal records made durable",
+                journal_records.clone(),
+            );
+        }
+        if service.records_sagas() {
+            registry.register(
+                "sagas",
+                "Cross-group transfers carried by saga to an end, by outcome (confirmed, cancelled, diverged: a copy settled against its home's decision, which must never happen)",
+                sagas.clone(),
+            );
+            registry.register(
+                "sagas_answered_pending",
+                "Cross-group transfers answered outcome_pending: their saga had not ended by the gateway's deadline (it goes on, and is counted in sagas when it ends)",
+                sagas_answered_pending.clone(),
+            );
+        }
         Arc::new(Metrics {
             registry,
             requests,
@@ -312,6 +358,54 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn each_service_exports_only_the_families_it_records() {
+        // A family is rendered once it has a sample: record one into every family.
+        let families = |service| {
+            let metrics = Metrics::for_service(service);
+            metrics.request("grpc", "get_map", Duration::ZERO, Some(ErrorKind::Busy));
+            metrics.auth_refused("grpc", "missing");
+            metrics.queue_depth("pipeline", 1);
+            metrics.batch(3);
+            metrics.journal_sync(Duration::from_micros(10), 1);
+            metrics.saga("confirmed");
+            metrics.sagas_answered_pending(1);
+            let text = metrics.render();
+            let mut names: Vec<String> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("# HELP fincore_"))
+                .map(|rest| rest.split(' ').next().unwrap().to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        let common = [
+            "auth_refusals",
+            "request_duration_seconds",
+            "request_errors",
+            "requests",
+        ];
+        let with = |extra: &[&str]| {
+            let mut names: Vec<String> =
+                common.iter().chain(extra).map(|s| s.to_string()).collect();
+            names.sort();
+            names
+        };
+        let batches = ["batch_events", "batches", "queue_depth"];
+        let journal = ["journal_records", "journal_sync_seconds"];
+        let sagas = ["sagas", "sagas_answered_pending"];
+        assert_eq!(
+            families(Service::LedgerNode),
+            with(&[&batches[..], &journal[..]].concat())
+        );
+        assert_eq!(families(Service::MetaReplica), with(&journal));
+        assert_eq!(families(Service::Gateway), with(&sagas));
+        assert_eq!(
+            families(Service::All),
+            with(&[&batches[..], &journal[..], &sagas[..]].concat())
+        );
     }
 
     #[test]
