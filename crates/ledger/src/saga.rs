@@ -186,6 +186,47 @@ enum Move {
     Release,
 }
 
+/// A balance field a step moves an amount on: an account's (`u128`, kept in range by the checks
+/// before a hold) or a clearing balance's (`Wide`, which never overflows).
+trait BalanceField: Copy {
+    fn plus(self, amount: Self) -> Self;
+    fn minus(self, amount: Self) -> Self;
+}
+
+impl BalanceField for u128 {
+    fn plus(self, amount: u128) -> u128 {
+        self + amount
+    }
+
+    fn minus(self, amount: u128) -> u128 {
+        self - amount
+    }
+}
+
+impl BalanceField for Wide {
+    fn plus(self, amount: Wide) -> Wide {
+        Wide::plus(self, amount)
+    }
+
+    fn minus(self, amount: Wide) -> Wide {
+        Wide::minus(self, amount)
+    }
+}
+
+impl Move {
+    /// Moves `amount` on one side's pending and posted fields.
+    fn apply<T: BalanceField>(self, pending: &mut T, posted: &mut T, amount: T) {
+        match self {
+            Move::Hold => *pending = pending.plus(amount),
+            Move::Post => {
+                *pending = pending.minus(amount);
+                *posted = posted.plus(amount);
+            }
+            Move::Release => *pending = pending.minus(amount),
+        }
+    }
+}
+
 impl Side {
     /// The side as a change event names it.
     fn event_side(self) -> EventSide {
@@ -277,14 +318,7 @@ impl StateMachine {
                 } else {
                     (&mut account.credits_pending, &mut account.credits_posted)
                 };
-                match how {
-                    Move::Hold => *pending += amount,
-                    Move::Post => {
-                        *pending -= amount;
-                        *posted += amount;
-                    }
-                    Move::Release => *pending -= amount,
-                }
+                how.apply(pending, posted, amount);
             }
             Side::Clearing => {
                 let balance = self.clearing.entry(ledger).or_default();
@@ -293,15 +327,7 @@ impl StateMachine {
                 } else {
                     (&mut balance.credits_pending, &mut balance.credits_posted)
                 };
-                let amount = Wide::from(amount);
-                match how {
-                    Move::Hold => *pending = pending.plus(amount),
-                    Move::Post => {
-                        *pending = pending.minus(amount);
-                        *posted = posted.plus(amount);
-                    }
-                    Move::Release => *pending = pending.minus(amount),
-                }
+                how.apply(pending, posted, Wide::from(amount));
             }
         }
     }
