@@ -90,9 +90,10 @@ impl std::fmt::Debug for NatsCredentials {
 
 /// A connection to the NATS server at `url`, as `name`, with `credentials` (also used by
 /// `fincore project --nats`). Waits for a server that cannot be reached yet, trying again with
-/// a bounded backoff; a server that refuses the login ends the wait at once with
-/// [`CdcError::Invalid`] naming the login flag, since trying again cannot fix it. Once
-/// connected, the client reconnects on its own.
+/// a bounded backoff; a URL that does not parse, or a server that refuses the login, ends the
+/// wait at once with [`CdcError::Invalid`] naming the flag, since trying again cannot fix it.
+/// Once connected, the client reconnects on its own (and retries a login refused then: the
+/// server's users may be changing).
 pub async fn connect(
     url: &str,
     name: &str,
@@ -102,6 +103,12 @@ pub async fn connect(
     loop {
         match connect_options(name, credentials).connect(url).await {
             Ok(client) => return Ok(client),
+            Err(error) if error.kind() == ConnectErrorKind::ServerParse => {
+                return Err(CdcError::Invalid {
+                    field: "--nats".to_string(),
+                    reason: format!("{url:?} is not a NATS server URL ({error})"),
+                });
+            }
             Err(error) if login_refused(&error) => {
                 return Err(CdcError::Invalid {
                     field: credentials.flag().to_string(),
@@ -159,6 +166,14 @@ pub async fn run(config: Config) -> CdcError {
         url: config.nats_url.clone(),
         reason,
     };
+    // The replicas' clients first: a wrong `--group` is told at once, even while NATS is down.
+    let mut sources = Vec::with_capacity(config.groups.len());
+    for spec in &config.groups {
+        match source::replicas(spec, config.api_key.as_deref()) {
+            Ok(replicas) => sources.push((spec, replicas)),
+            Err(error) => return error,
+        }
+    }
     let client = match connect(&config.nats_url, "fincore-cdc", &config.nats_credentials).await {
         Ok(client) => client,
         Err(error) => return error,
@@ -172,11 +187,7 @@ pub async fn run(config: Config) -> CdcError {
         .max_ack_inflight(2 * config.in_flight_max * config.groups.len())
         .build(client);
     let mut groups = tokio::task::JoinSet::new();
-    for spec in &config.groups {
-        let replicas = match source::replicas(spec, config.api_key.as_deref()) {
-            Ok(replicas) => replicas,
-            Err(error) => return error,
-        };
+    for (spec, replicas) in sources {
         let target = stream::Target {
             group: spec.name.clone(),
             subject: config.naming.subject(&spec.name),

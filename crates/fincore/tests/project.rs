@@ -989,13 +989,15 @@ authorization {{ {authorization} }}
 }
 
 /// `fincore ARGS…` (with the read key `key`) run to its end: whether it succeeded and its
-/// output; `None` if it still ran after `bound` (then it is killed).
+/// output; `None` if it still ran after `bound` (then it is killed). The output goes to a file,
+/// so that a talkative process never blocks on a full pipe.
 fn fincore_within(args: &[&str], key: &str, bound: Duration) -> Option<(bool, String)> {
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(fincore_exe())
         .args(args)
         .env("FINCORE_API_KEY", key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + bound;
@@ -1007,13 +1009,9 @@ fn fincore_within(args: &[&str], key: &str, bound: Duration) -> Option<(bool, St
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some((output.status.success(), text))
+    let status = child.wait().unwrap();
+    let text = String::from_utf8_lossy(&std::fs::read(log.path()).unwrap()).into_owned();
+    Some((status.success(), text))
 }
 
 /// `fincore cdc` publishing `node`'s events under the prefix `locked`, logging in with `login`.
@@ -1100,24 +1098,25 @@ fn with_nats_users_only_the_publisher_can_publish_events_and_the_projector_reads
         "--group",
         &group,
     ];
-    for (command, login, flag) in [
+    let bad_url = ["--nats", "nats://[not-a-host"];
+    let cdc = ["cdc", "--group", &group];
+    let refused = "refused the login";
+    for (command, login, flag, why) in [
+        (&cdc[..], &wrong_login[..], "--nats-password-file", refused),
+        (&cdc[..], &no_login[..], "--nats-user", refused),
         (
-            &["cdc", "--group", &group][..],
+            &project[..],
             &wrong_login[..],
             "--nats-password-file",
+            refused,
         ),
-        (
-            &["cdc", "--group", &group][..],
-            &no_login[..],
-            "--nats-user",
-        ),
-        (&project[..], &wrong_login[..], "--nats-password-file"),
+        (&cdc[..], &bad_url[..], "--nats", "not a NATS server URL"),
     ] {
         let args: Vec<&str> = command.iter().chain(login).copied().collect();
         let (ok, text) = fincore_within(&args, &key, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("fincore {args:?} still runs after 30 s"));
         assert!(
-            !ok && text.contains(flag) && text.contains("refused the login"),
+            !ok && text.contains(flag) && text.contains(why),
             "fincore {args:?}: {text}"
         );
     }

@@ -28,6 +28,8 @@ pub enum DevCertificateError {
     BadFile { path: PathBuf, reason: String },
     #[error("issuing a certificate failed: {0}")]
     Issue(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secret_file::SecretFileError),
 }
 
 fn issue(error: rcgen::Error) -> DevCertificateError {
@@ -90,12 +92,17 @@ impl Authority {
         validity(&mut params, days);
         let certificate_path = dir.join(format!("{stem}.pem"));
         let key_path = dir.join(format!("{stem}.key"));
-        let key = match std::fs::read_to_string(&key_path) {
-            Ok(pem) => KeyPair::from_pem(&pem).map_err(|error| DevCertificateError::BadFile {
-                path: key_path.clone(),
-                reason: error.to_string(),
-            })?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        let key = match crate::secret_file::read(&key_path) {
+            Ok(pem) => String::from_utf8(pem)
+                .map_err(|error| error.to_string())
+                .and_then(|pem| KeyPair::from_pem(&pem).map_err(|error| error.to_string()))
+                .map_err(|reason| DevCertificateError::BadFile {
+                    path: key_path.clone(),
+                    reason,
+                })?,
+            Err(crate::secret_file::SecretFileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 let key = KeyPair::generate().map_err(issue)?;
                 let certificate = params.self_signed(&key).map_err(issue)?;
                 write_private(&key_path, key.serialize_pem().as_bytes())?;
@@ -103,7 +110,7 @@ impl Authority {
                     .map_err(io(&certificate_path))?;
                 key
             }
-            Err(error) => return Err(io(&key_path)(error)),
+            Err(error) => return Err(error.into()),
         };
         Ok(Authority {
             issuer: Issuer::new(params, key),
@@ -145,17 +152,7 @@ impl Authority {
 
 /// Writes `bytes` to a new file at `path` readable and writable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevCertificateError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    file.write_all(bytes).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    crate::secret_file::write(path, bytes).map_err(io(path))
 }
 
 #[cfg(test)]

@@ -58,19 +58,21 @@ pub fn read(path: &Path) -> Result<Vec<u8>, SecretFileError> {
     Ok(bytes)
 }
 
-/// Writes `bytes` as a new secret file at `path`, readable by its owner only (tests and tools
-/// that hand a secret to a child process).
+/// Writes `bytes` as a new secret file at `path`, readable by its owner only, and makes it
+/// durable. What was at `path` is removed first, so the secret never lands in an older file's
+/// mode nor through a symbolic link left there.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)?;
-    // An existing file keeps its mode through open: set it.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
     file.sync_all()
 }

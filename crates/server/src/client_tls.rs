@@ -328,7 +328,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = write_pair(dir.path(), "a");
         let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "not a certificate").unwrap();
+        // Owner-only, so that as a key it is refused for its text, not its mode.
+        replication::secret_file::write(&junk, b"not a certificate").unwrap();
         let no_certificate = ClientTls::load(ClientTlsFiles {
             certificate: junk.clone(),
             key: good.key.clone(),

@@ -459,7 +459,7 @@ mod tests {
         let (client, client_key) = leaf("gateway-1", ExtendedKeyUsagePurpose::ClientAuth);
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
-            std::fs::write(&path, text).unwrap();
+            replication::secret_file::write(&path, text.as_bytes()).unwrap();
             path
         };
         let files = crate::client_tls::ClientTlsFiles {

@@ -147,8 +147,7 @@ impl MetaService {
             return Ok(None);
         };
         let mut per_key = self.per_key.lock().expect("never poisoned");
-        let count = per_key.entry(caller.key.clone()).or_default();
-        if *count >= self.limits.per_key {
+        if per_key.get(&caller.key).copied().unwrap_or(0) >= self.limits.per_key {
             return Err(format!(
                 "API key {:?} holds {} watches on this replica (META_WATCHERS_PER_KEY_MAX for \
                  keys below admin); close one, or watch with a key of your own",
@@ -163,7 +162,8 @@ impl MetaService {
                 self.limits.below_admin
             ));
         };
-        *count += 1;
+        // Counted only now: a refused key leaves no entry behind.
+        *per_key.entry(caller.key.clone()).or_default() += 1;
         Ok(Some(KeyWatch {
             per_key: Arc::clone(&self.per_key),
             key: caller.key.clone(),
