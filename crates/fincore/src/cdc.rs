@@ -77,9 +77,8 @@ impl NatsAuthArgs {
     /// The credentials the flags name, their files read; an error names the flag and the file.
     pub fn credentials(&self) -> anyhow::Result<NatsCredentials> {
         let secret = |flag: &str, path: &Path| -> anyhow::Result<String> {
-            let bytes = replication::secret_file::read(path).with_context(|| flag.to_string())?;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| anyhow::anyhow!("{flag} {}: not UTF-8 text", path.display()))?;
+            let text =
+                replication::secret_file::read_text(path).with_context(|| flag.to_string())?;
             // The first line as written (spaces are part of a secret), without its ending.
             let line = text.lines().next().unwrap_or("").to_string();
             anyhow::ensure!(

@@ -101,10 +101,8 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging();
     let api_key = match &args.group_key_file {
         Some(path) => Some(
-            String::from_utf8(replication::secret_file::read(path).context("--group-key-file")?)
-                .map_err(|_| {
-                    anyhow::anyhow!("--group-key-file {}: not UTF-8 text", path.display())
-                })?
+            replication::secret_file::read_text(path)
+                .context("--group-key-file")?
                 .trim()
                 .to_string(),
         ),

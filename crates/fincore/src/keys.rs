@@ -146,8 +146,7 @@ pub fn dev_key(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     let keys_path = dir.join(KEYS_FILE);
     let token_path = dir.join(DEV_KEY_FILE);
     let mut keys = KeysFile::load_or_new(&keys_path)?;
-    if let Ok(token) = replication::secret_file::read(&token_path)
-        && let Ok(token) = String::from_utf8(token)
+    if let Ok(token) = replication::secret_file::read_text(&token_path)
         && keys.holds(token.trim())
     {
         return Ok((keys_path, token.trim().to_string()));

@@ -92,14 +92,11 @@ impl Authority {
         validity(&mut params, days);
         let certificate_path = dir.join(format!("{stem}.pem"));
         let key_path = dir.join(format!("{stem}.key"));
-        let key = match crate::secret_file::read(&key_path) {
-            Ok(pem) => String::from_utf8(pem)
-                .map_err(|error| error.to_string())
-                .and_then(|pem| KeyPair::from_pem(&pem).map_err(|error| error.to_string()))
-                .map_err(|reason| DevCertificateError::BadFile {
-                    path: key_path.clone(),
-                    reason,
-                })?,
+        let key = match crate::secret_file::read_text(&key_path) {
+            Ok(pem) => KeyPair::from_pem(&pem).map_err(|error| DevCertificateError::BadFile {
+                path: key_path.clone(),
+                reason: error.to_string(),
+            })?,
             Err(crate::secret_file::SecretFileError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {

@@ -30,6 +30,8 @@ pub enum SecretFileError {
     OpenToOthers { path: PathBuf, mode: u32 },
     #[error("{path}: larger than {SECRET_FILE_BYTES_MAX} bytes, which no secret is")]
     TooLarge { path: PathBuf },
+    #[error("{path}: not UTF-8 text")]
+    NotText { path: PathBuf },
 }
 
 /// The bytes of the secret file at `path`, if no one but its owner and group may use it.
@@ -56,6 +58,13 @@ pub fn read(path: &Path) -> Result<Vec<u8>, SecretFileError> {
         });
     }
     Ok(bytes)
+}
+
+/// The secret file at `path` as text, under the same rule as [`read`].
+pub fn read_text(path: &Path) -> Result<String, SecretFileError> {
+    String::from_utf8(read(path)?).map_err(|_| SecretFileError::NotText {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Writes `bytes` as a new secret file at `path`, readable by its owner only, and makes it
@@ -122,6 +131,12 @@ mod tests {
         assert!(matches!(
             read(&large),
             Err(SecretFileError::TooLarge { .. })
+        ));
+        let binary = dir.path().join("binary");
+        write(&binary, &[0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            read_text(&binary),
+            Err(SecretFileError::NotText { .. })
         ));
     }
 
