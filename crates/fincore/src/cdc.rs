@@ -123,7 +123,7 @@ impl NamingArgs {
 }
 
 pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging();
+    let _logs = telemetry::init_logging();
     let config = Config {
         nats_url: args.nats.clone(),
         nats_credentials: args.nats_auth.credentials()?,

@@ -98,7 +98,7 @@ pub fn read_map(path: &std::path::Path) -> anyhow::Result<ClusterMap> {
 }
 
 pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging();
+    let _logs = telemetry::init_logging();
     let api_key = match &args.group_key_file {
         Some(path) => Some(
             replication::secret_file::read_text(path)
@@ -219,7 +219,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Rereads the map file on every SIGHUP and routes by it if [`Gateway::reload`] takes it
-/// (newer epoch, no slot moved); says on stderr what it did either way.
+/// (newer epoch, no slot moved); logs what it did either way.
 fn reload_map_on_sighup(gateway: Arc<Gateway>, path: PathBuf, access: GroupAccess) {
     crate::keys::on_sighup("the cluster map is", move || {
         let reloaded = read_map(&path).and_then(|map| {
@@ -227,12 +227,12 @@ fn reload_map_on_sighup(gateway: Arc<Gateway>, path: PathBuf, access: GroupAcces
             Ok(gateway.reload(map, groups)?)
         });
         match reloaded {
-            Ok(epoch) => eprintln!(
-                "fincore: routing by cluster map epoch {epoch} from {}",
+            Ok(epoch) => tracing::info!(
+                "routing by cluster map epoch {epoch} from {}",
                 path.display()
             ),
-            Err(error) => eprintln!(
-                "fincore: kept cluster map epoch {}: {}: {error:#}",
+            Err(error) => tracing::error!(
+                "kept cluster map epoch {}: {}: {error:#}",
                 gateway.map().epoch(),
                 path.display()
             ),

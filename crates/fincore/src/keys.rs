@@ -116,8 +116,8 @@ pub fn open_on_loopback(listeners: &[(&str, SocketAddr)]) -> anyhow::Result<Auth
             "--insecure-no-auth is refused: {flag} {addr} is not a loopback address, and without authentication anyone who reaches it could write and change membership. Listen on 127.0.0.1 or ::1, or create a key with `fincore keys create --role admin --data-dir DIR` and drop --insecure-no-auth"
         );
     }
-    eprintln!(
-        "fincore: WARNING: --insecure-no-auth: the client APIs are open to every local process (loopback only)"
+    tracing::warn!(
+        "--insecure-no-auth: the client APIs are open to every local process (loopback only)"
     );
     Ok(Auth::Open)
 }
@@ -131,8 +131,8 @@ pub fn serve_auth(path: &Path) -> anyhow::Result<Auth> {
         other => other.into(),
     })?;
     if store.is_empty() {
-        eprintln!(
-            "fincore: WARNING: {} holds no keys: every client call will be refused until one is created (then SIGHUP)",
+        tracing::warn!(
+            "{} holds no keys: every client call will be refused until one is created (then SIGHUP)",
             path.display()
         );
     }

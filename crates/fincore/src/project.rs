@@ -82,7 +82,7 @@ pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
             }
         },
     };
-    telemetry::init_logging();
+    let _logs = telemetry::init_logging();
     let runtime = crate::serve::runtime()?;
     runtime.block_on(async move {
         if args.verify {

@@ -94,8 +94,8 @@ pub fn start(target: Target, groups: Vec<GroupSpec>, api_key: String) -> Running
     };
     Running(tokio::spawn(async move {
         if let Err(error) = projector::project(&options, false).await {
-            eprintln!(
-                "fincore dev: the read model stopped: {error}; the ledger runs on (the next start resumes projecting)"
+            tracing::error!(
+                "the read model stopped: {error}; the ledger runs on (the next start resumes projecting)"
             );
         }
     }))

@@ -321,8 +321,8 @@ async fn stop_or_orphaned(stop: impl Future<Output = ()>, parent_pid: Option<u32
         loop {
             check.tick().await;
             if std::os::unix::process::parent_id() != parent {
-                eprintln!(
-                    "fincore: the process that started this node (pid {parent}) is gone; stopping"
+                tracing::warn!(
+                    "the process that started this node (pid {parent}) is gone; stopping"
                 );
                 return;
             }
@@ -396,7 +396,7 @@ fn announce_peers(peer: std::net::SocketAddr, mutual_tls: bool) {
 
 /// Runs a meta replica (`serve --meta`) until SIGTERM, SIGINT or the parent's end.
 fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging();
+    let _logs = telemetry::init_logging();
     let data_dir = config.data_dir.clone();
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
@@ -440,7 +440,7 @@ pub(crate) fn run_node(
     parent_pid: Option<u32>,
     banner: impl FnOnce(&Node) -> Option<crate::read_model::Running>,
 ) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging();
+    let _logs = telemetry::init_logging();
     let data_dir = config.data_dir.clone();
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
@@ -488,6 +488,8 @@ pub(crate) fn run_node(
 }
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    // Before the checks below, so that their warnings are log lines (JSON when asked).
+    let _logs = telemetry::init_logging();
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
     let listeners = [
         ("--grpc", args.listen.grpc),
@@ -495,8 +497,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ("--peer", args.listen.peer),
     ];
     config.peer_security = if args.insecure_peers {
-        eprintln!(
-            "fincore: WARNING: --insecure-peers: replicas talk plaintext; anyone who reaches --peer {} can speak for a member of the group",
+        tracing::warn!(
+            "--insecure-peers: replicas talk plaintext; anyone who reaches --peer {} can speak for a member of the group",
             args.listen.peer
         );
         PeerSecurity::Insecure

@@ -328,7 +328,11 @@ fn serve_refuses_insecure_no_auth_off_loopback_and_a_missing_keys_file() {
     assert_eq!(answer.status, 200, "{answer:?}");
     node.stop().unwrap();
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
-    assert!(log.contains("WARNING: --insecure-no-auth"), "{log}");
+    assert!(
+        log.lines().any(|line| line.contains("WARN")
+            && line.contains("--insecure-no-auth: the client APIs are open")),
+        "{log}"
+    );
 }
 
 /// Runs `fincore dev` on `data` (free ports) until it printed its example commands; returns the

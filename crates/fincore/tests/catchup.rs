@@ -70,6 +70,12 @@ fn a_wiped_follower_replaced_by_a_new_member_catches_up_from_a_snapshot_under_lo
             && catch_up["snapshots_installed"].as_u64().unwrap() >= 1,
         "{catch_up}"
     );
+    // ... and the metrics saw the snapshot leave the leader and land on the new member.
+    assert!(
+        catch_up["leader_snapshots_sent"].as_u64().unwrap() >= 1
+            && catch_up["new_member_snapshots_installed"].as_u64().unwrap() >= 1,
+        "{catch_up}"
+    );
     assert!(
         catch_up["catch_up_ms"].as_f64().unwrap() > 0.0,
         "{catch_up}"

@@ -834,6 +834,36 @@ fn a_saga_left_open_by_a_dead_gateway_is_finished_by_another_gateways_resolver()
     let lookup = json!({"ids": [t5.to_string(), t6.to_string()]});
     let answer = post_json(http, "/v1/transfers/outcomes", &lookup.to_string());
     assert_eq!(outcomes(&answer), ["failed", "created"]);
+    // The gateway's metrics: both sagas ended (one each way), none carried now, and a later
+    // resolver round finds no stale copy left in any group.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = get(http, "/metrics").body;
+        let value = |series: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .map(|value| value.trim().parse::<f64>().unwrap())
+        };
+        let stale: Vec<Option<f64>> = g
+            .iter()
+            .map(|group| value(&format!(r#"fincore_saga_copies_stale{{group="{group}"}}"#)))
+            .collect();
+        if stale.iter().all(|copies| *copies == Some(0.0)) {
+            assert_eq!(value("fincore_sagas_in_flight"), Some(0.0), "{metrics}");
+            assert!(
+                value(r#"fincore_sagas_total{outcome="confirmed"}"#) >= Some(1.0)
+                    && value(r#"fincore_sagas_total{outcome="cancelled"}"#) >= Some(1.0),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stale copies still counted: {stale:?}\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn outcomes(answer: &support::Answer) -> Vec<String> {

@@ -204,6 +204,27 @@ async fn send_steps<G: SagaGroups + ?Sized>(
     try_join_all(calls).await
 }
 
+/// Counts sagas in `fincore_sagas_in_flight` while alive, however their run ends (an answer,
+/// an error, or the caller going away).
+struct InFlight<'a> {
+    metrics: &'a Metrics,
+    count: i64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics, count: usize) -> InFlight<'a> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        metrics.sagas_in_flight_add(count);
+        InFlight { metrics, count }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.sagas_in_flight_add(-self.count);
+    }
+}
+
 /// The first failure in the ledger's order of precedence.
 fn first_failure(failures: impl Iterator<Item = R>) -> Option<R> {
     failures.min_by_key(|code| R::ALL.iter().position(|c| c == code))
@@ -246,6 +267,7 @@ pub async fn run_telling_reserved<G: SagaGroups + ?Sized>(
     metrics: &Metrics,
     on_reserved: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<Vec<EventResult<R>>, PipelineError> {
+    let _carrying = InFlight::new(metrics, sagas.len());
     // 1. Reserve everywhere.
     let mut reserves: StepsByGroup = BTreeMap::new();
     for (at, saga) in sagas.iter().enumerate() {
@@ -490,6 +512,7 @@ pub async fn resolve_once<G: SagaGroups + ?Sized>(
         let copies = groups
             .open_copies(group, open_max, GATEWAY_SAGA_RESOLVE_COPIES_MAX)
             .await?;
+        metrics.saga_copies_stale(group.to_string(), copies.len());
         for (copy, _) in copies {
             // The caller's transfer, as every copy keeps it (the group stamped its own copy).
             let transfer = Transfer {

@@ -489,6 +489,12 @@ pub const CDC_GROUP_REPLICAS_MAX: usize = 7;
 /// Bytes of a group's name: one token of the NATS subject and part of the stream's name.
 pub const CDC_GROUP_NAME_BYTES_MAX: usize = 64;
 
+/// Log lines waiting for the thread that writes them to stderr. When the queue is full (a
+/// slow disk, a pipe nobody reads) new lines are dropped and counted
+/// (`fincore_log_lines_dropped_total`) instead of stalling the thread that logs. About 16 MiB
+/// of 256-byte lines.
+pub const LOG_LINES_QUEUED_MAX: usize = 65_536;
+
 /// Bytes of a file holding a secret (a private key, a password, a token): far above any real
 /// one, so that a wrong path (a log, a device) is refused instead of read whole.
 pub const SECRET_FILE_BYTES_MAX: u64 = 1024 * 1024;

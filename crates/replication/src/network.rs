@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -62,6 +63,24 @@ fn decode<T: DeserializeOwned>(message: &proto::RaftMessage) -> Result<T, tonic:
         .map_err(|e| tonic::Status::invalid_argument(format!("decoding: {e}")))
 }
 
+/// Snapshots a replica streamed to peers that took them, and received and installed, since it
+/// started (what `fincore_raft_snapshots_*_total` export).
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotCounts {
+    sent: AtomicU64,
+    installed: AtomicU64,
+}
+
+impl SnapshotCounts {
+    /// (sent, installed).
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.installed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Makes a transport client for each peer. A route given for a peer (this node's own view of
 /// how to reach it, e.g. through a local proxy) wins over the peer address in the membership.
 #[derive(Clone, Default)]
@@ -69,6 +88,7 @@ pub struct TransportFactory {
     pub routes: std::collections::BTreeMap<NodeId, String>,
     /// This node's identity and the group's authority; `None`: plaintext (`--insecure-peers`).
     pub tls: Option<PeerTls>,
+    pub(crate) snapshots: Arc<SnapshotCounts>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for TransportFactory {
@@ -85,6 +105,7 @@ impl RaftNetworkFactory<TypeConfig> for TransportFactory {
             target,
             tls: self.tls.clone(),
             client: None,
+            snapshots: Arc::clone(&self.snapshots),
         }
     }
 }
@@ -95,6 +116,7 @@ pub struct TransportClient {
     target: NodeId,
     tls: Option<PeerTls>,
     client: Option<RaftTransportClient<Channel>>,
+    snapshots: Arc<SnapshotCounts>,
 }
 
 fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -274,7 +296,9 @@ impl RaftNetworkV2<TypeConfig> for TransportClient {
             closed = &mut cancel => return Err(StreamingError::Closed(closed)),
             answer = tokio::time::timeout(timeout, client.install_snapshot(messages)) => answer,
         };
-        Ok(self.answer(answer, timeout)?)
+        let response = self.answer(answer, timeout)?;
+        self.snapshots.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(response)
     }
 
     async fn transfer_leader(
@@ -298,6 +322,7 @@ pub struct RaftTransportService<M: ReplicaMachine = LedgerStateMachine<TypeConfi
     tls: Option<PeerTls>,
     /// Snapshot receptions running (each ends with a checked snapshot file for Raft to install).
     receptions: Arc<tokio::sync::Semaphore>,
+    snapshots: Arc<SnapshotCounts>,
 }
 
 impl<M: ReplicaMachine> RaftTransportService<M> {
@@ -305,11 +330,13 @@ impl<M: ReplicaMachine> RaftTransportService<M> {
         raft: Raft<M>,
         machine: M,
         tls: Option<PeerTls>,
+        snapshots: Arc<SnapshotCounts>,
     ) -> proto::raft_transport_server::RaftTransportServer<RaftTransportService<M>> {
         proto::raft_transport_server::RaftTransportServer::new(RaftTransportService {
             raft,
             machine,
             tls,
+            snapshots,
             receptions: Arc::new(tokio::sync::Semaphore::new(
                 limits::PEER_SNAPSHOT_RECEPTIONS_MAX,
             )),
@@ -420,7 +447,16 @@ impl<M: ReplicaMachine> RaftTransport for RaftTransportService<M> {
             meta: offer.meta,
             snapshot: received,
         };
-        answer(self.raft.install_full_snapshot(offer.vote, snapshot).await)
+        let vote = offer.vote;
+        let installed = self.raft.install_full_snapshot(offer.vote, snapshot).await;
+        // A replica that holds a newer vote answers with it and installs nothing.
+        if installed
+            .as_ref()
+            .is_ok_and(|response| response.vote == vote)
+        {
+            self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
+        }
+        answer(installed)
     }
 
     async fn transfer_leader(&self, request: tonic::Request<proto::RaftMessage>) -> Answer {

@@ -19,7 +19,7 @@ use openraft::raft::ReadPolicy;
 use crate::digest_gate::{DigestBusy, DigestGate};
 use crate::log_store::LogStore;
 use crate::machine::ReplicaMachine;
-use crate::network::{Raft, RaftTransportService, TransportFactory};
+use crate::network::{Raft, RaftTransportService, SnapshotCounts, TransportFactory};
 use crate::proto::raft_transport_server::RaftTransportServer;
 use crate::raft_config::{RaftTiming, raft_config};
 use crate::state_machine::{LedgerStateMachine, SharedState};
@@ -170,6 +170,7 @@ pub struct Replica<M: ReplicaMachine = LedgerStateMachine<TypeConfig>> {
     journal_stats: Arc<journal::GroupCommitStats>,
     digests: DigestGate,
     peer_tls: Option<crate::peer_tls::PeerTls>,
+    snapshots: Arc<SnapshotCounts>,
 }
 
 fn now_ns() -> u64 {
@@ -198,6 +199,50 @@ where
         }
     } else {
         WriteError::Failed(error.to_string())
+    }
+}
+
+/// What [`Replica::raft_sample`] reports, from openraft's metrics.
+fn raft_sample(
+    id: NodeId,
+    metrics: &openraft::RaftMetrics<TypeConfig>,
+    snapshots: &SnapshotCounts,
+) -> telemetry::RaftSample {
+    let index = |log_id: &Option<openraft::type_config::alias::LogIdOf<TypeConfig>>| {
+        log_id.as_ref().map_or(0, |log_id| log_id.index)
+    };
+    let last_log_index = metrics.last_log_index.unwrap_or(0);
+    let followers = metrics
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(follower, _)| **follower != id)
+        .map(|(&follower, matched)| {
+            let since_ack = metrics
+                .heartbeat
+                .as_ref()
+                .and_then(|acks| acks.get(&follower).cloned().flatten())
+                .map(|acked| openraft::Instant::elapsed(&acked.into_inner()));
+            telemetry::FollowerSample {
+                id: follower,
+                lag_entries: last_log_index.saturating_sub(index(matched)),
+                since_ack,
+            }
+        })
+        .collect();
+    let (snapshots_sent, snapshots_installed) = snapshots.get();
+    telemetry::RaftSample {
+        term: metrics.current_term,
+        role: Role::from_server_state(metrics.state).as_str(),
+        leader: metrics.current_leader,
+        last_log_index,
+        committed_index: index(&metrics.local_committed),
+        applied_index: index(&metrics.last_applied),
+        snapshot_index: index(&metrics.snapshot),
+        purged_index: index(&metrics.purged),
+        followers,
+        snapshots_sent,
+        snapshots_installed,
     }
 }
 
@@ -237,12 +282,14 @@ impl<M: ReplicaMachine> Replica<M> {
                 entries_kept_behind_snapshot: limits::RAFT_LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES,
             },
         )?;
+        let snapshots = Arc::new(SnapshotCounts::default());
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
             TransportFactory {
                 routes: config.peer_routes.clone(),
                 tls: config.peer_tls.clone(),
+                snapshots: Arc::clone(&snapshots),
             },
             log,
             machine.clone(),
@@ -256,6 +303,7 @@ impl<M: ReplicaMachine> Replica<M> {
             journal_stats,
             digests: DigestGate::new(limits::STATUS_DIGEST_CALLERS_MAX),
             peer_tls: config.peer_tls.clone(),
+            snapshots,
         })
     }
 
@@ -266,6 +314,7 @@ impl<M: ReplicaMachine> Replica<M> {
             self.raft.clone(),
             self.machine.clone(),
             self.peer_tls.clone(),
+            Arc::clone(&self.snapshots),
         )
     }
 
@@ -339,6 +388,57 @@ impl<M: ReplicaMachine> Replica<M> {
     #[doc(hidden)]
     pub async fn fail_raft_for_tests(&self) {
         let _ = self.raft.shutdown().await;
+    }
+
+    /// This replica's Raft state for its metrics: term, role, leader, log indexes, snapshots
+    /// sent and installed, and on a leader how far behind each follower is.
+    pub fn raft_sample(&self) -> telemetry::RaftSample {
+        raft_sample(
+            self.id,
+            &self.raft.metrics().borrow_watched(),
+            &self.snapshots,
+        )
+    }
+
+    /// Keeps `metrics`' Raft families current: records a sample at every change of Raft's state
+    /// (so that no leader change goes uncounted) and every second (so that a follower's time
+    /// since its last acknowledgement ages), and logs each new leader (openraft's own lines are
+    /// off by default). Ends when Raft stops for good.
+    pub fn export_raft_metrics(
+        &self,
+        metrics: Arc<telemetry::Metrics>,
+    ) -> tokio::task::JoinHandle<()> {
+        let id = self.id;
+        let mut watched = self.raft.metrics();
+        let snapshots = Arc::clone(&self.snapshots);
+        tokio::spawn(async move {
+            let mut leader_seen = None;
+            loop {
+                let sample = raft_sample(id, &watched.borrow_watched(), &snapshots);
+                metrics.raft(&sample);
+                let leader = sample.leader.map(|leader| (leader, sample.term));
+                if leader.is_some() && leader != leader_seen {
+                    leader_seen = leader;
+                    if sample.leader == Some(id) {
+                        tracing::info!(term = sample.term, "this replica leads its group");
+                    } else {
+                        tracing::info!(
+                            leader = sample.leader,
+                            term = sample.term,
+                            "following a new leader"
+                        );
+                    }
+                }
+                tokio::select! {
+                    changed = watched.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
     }
 
     /// A one-line view of this replica for operators: role, term, leader, applied index (no

@@ -989,13 +989,29 @@ async fn remove_replica(State(pipeline): State<Pipeline>, Path(id): Path<String>
     .await
 }
 
-/// Metrics (OpenMetrics text)
+/// Metrics (Prometheus text, or OpenMetrics when asked for)
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", responses((status = 200,
-    description = "The node's metrics.", body = String, content_type = telemetry::METRICS_CONTENT_TYPE)))]
-async fn metrics(State(ledger): State<Ledger>) -> Response {
+    description = "The node's metrics: OpenMetrics text when the `Accept` header asks for \
+        `application/openmetrics-text` (as Prometheus does), Prometheus' text format 0.0.4 \
+        otherwise.",
+    content(
+        (String = telemetry::PROMETHEUS_TEXT_CONTENT_TYPE),
+        (String = telemetry::METRICS_CONTENT_TYPE)
+    ))))]
+async fn metrics(State(ledger): State<Ledger>, headers: HeaderMap) -> Response {
+    metrics_response(ledger.metrics(), &headers)
+}
+
+/// `metrics` as text in the format the `Accept` header asks for: OpenMetrics for a scraper
+/// that asks for it (Prometheus does), else Prometheus' text format (`curl`, `promtool`).
+pub(crate) fn metrics_response(metrics: &telemetry::Metrics, headers: &HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let exposition = telemetry::Exposition::negotiate(accept);
     (
-        [(header::CONTENT_TYPE, telemetry::METRICS_CONTENT_TYPE)],
-        ledger.metrics().render(),
+        [(header::CONTENT_TYPE, exposition.content_type())],
+        metrics.render_as(exposition),
     )
         .into_response()
 }

@@ -1,7 +1,7 @@
 //! A meta replica's HTTP listener: what operators and probes ask of any process, and nothing
 //! else — `GET /healthz` (200 while its Raft runs; 503 naming the failure once a fatal error,
-//! such as a failed fsync, stopped it) and `GET /metrics` (OpenMetrics text: the meta API's
-//! calls, refusals and the journal's syncs). Open to every caller, as on a ledger node: they
+//! such as a failed fsync, stopped it) and `GET /metrics` (Prometheus or OpenMetrics text: the
+//! meta API's calls, refusals, the journal's syncs and the replica's Raft state). Open to every caller, as on a ledger node: they
 //! show no data of the map.
 //!
 //! Owns the two routes. Must not serve the map (that is `fincore.v1.Meta` over gRPC, behind
@@ -13,7 +13,7 @@ use api::json::{HealthJson, HealthStatusJson};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meta::MetaGroup;
@@ -48,10 +48,6 @@ async fn healthz(State(meta): State<MetaHttp>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn metrics_text(State(meta): State<MetaHttp>) -> Response {
-    (
-        [(header::CONTENT_TYPE, telemetry::METRICS_CONTENT_TYPE)],
-        meta.metrics.render(),
-    )
-        .into_response()
+async fn metrics_text(State(meta): State<MetaHttp>, headers: HeaderMap) -> Response {
+    crate::http::metrics_response(&meta.metrics, &headers)
 }

@@ -83,6 +83,8 @@ impl MetaNode {
             })?;
         let group = Arc::new(group);
         tracing::info!(data_dir = %config.data_dir.display(), node_id = config.node_id, "meta replica opened");
+        // Ends by itself when Raft stops.
+        group.replica().export_raft_metrics(Arc::clone(&metrics));
         let (stop, stopped) = watch::channel(false);
         let peers_server = serve_peers(peer_listener, group.replica(), peer_tls, stopped.clone());
 

@@ -227,6 +227,8 @@ impl Node {
             })?;
         let replica = Arc::new(replica);
         tracing::info!(data_dir = %config.data_dir.display(), node_id = config.node_id, members = peers.len(), "replica opened");
+        // Ends by itself when Raft stops.
+        replica.export_raft_metrics(Arc::clone(&metrics));
         let (pipeline, task) = Pipeline::start(
             Arc::clone(&replica),
             config.queue_depth,

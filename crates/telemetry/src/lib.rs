@@ -5,10 +5,14 @@
 //! records) and their text exposition for `GET /metrics`.
 //! Per operation it exports a request counter, an error counter by kind and a latency
 //! histogram, from which qps, p99 and error rate follow; plus queue depths, batch sizes and
-//! journal sync latency. Error labels come from [`ErrorKind`], a closed set, never from
-//! error text. Must not know about the ledger's types.
+//! journal sync latency; and for a replica its Raft state (term, role, leader changes, log
+//! indexes, per-follower replication lag, snapshots sent and installed) from a [`RaftSample`].
+//! Error labels come from [`ErrorKind`], a closed set, never from error text. The text is
+//! OpenMetrics when the scraper asks for it and Prometheus' text format 0.0.4 otherwise
+//! ([`Exposition`]). Must not know about the ledger's types nor about openraft's.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +24,108 @@ use prometheus_client::registry::Registry;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of Prometheus' text format, what [`Exposition::PrometheusText`] renders.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Which text format `/metrics` answers in: OpenMetrics to a scraper that asks for it (as
+/// Prometheus does), Prometheus' older text format to everyone else (`curl`, `promtool check
+/// metrics`, which reads only that one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    OpenMetrics,
+    PrometheusText,
+}
+
+impl Exposition {
+    /// The format asked for by an HTTP `Accept` header.
+    pub fn negotiate(accept: Option<&str>) -> Exposition {
+        if accept.is_some_and(|accept| accept.contains("application/openmetrics-text")) {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::PrometheusText
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => METRICS_CONTENT_TYPE,
+            Exposition::PrometheusText => PROMETHEUS_TEXT_CONTENT_TYPE,
+        }
+    }
+}
+
+/// OpenMetrics text as Prometheus' text format 0.0.4: a counter's `HELP` and `TYPE` name its
+/// `_total` sample (OpenMetrics names the family without the suffix), and the `UNIT` and
+/// `EOF` lines, which the older format lacks, go. Nothing here emits exemplars or `_created`
+/// samples, the only other differences.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match described {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// The Raft roles [`RaftSample::role`] may name: the values of `fincore_raft_role`'s `role`
+/// label, each present (1 for the current role, 0 for the others).
+pub const RAFT_ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
+
+/// A replica's Raft state at one moment, as [`Metrics::raft`] exports it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RaftSample {
+    pub term: u64,
+    /// One of [`RAFT_ROLES`].
+    pub role: &'static str,
+    /// The leader this replica knows of.
+    pub leader: Option<u64>,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    /// Only on a leader: every other member's replication state.
+    pub followers: Vec<FollowerSample>,
+    /// Snapshots this replica sent to peers, and received and installed, since it started.
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+}
+
+/// How far one follower is behind its leader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowerSample {
+    pub id: u64,
+    /// Entries the leader holds that the follower has not acknowledged.
+    pub lag_entries: u64,
+    /// Time since the follower last acknowledged anything (entries or a heartbeat); `None` if
+    /// it never has since this replica became leader.
+    pub since_ack: Option<Duration>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
@@ -86,6 +192,180 @@ fn latency_histogram() -> Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowerLabels {
+    follower: String,
+}
+
+/// The Raft families of a replica's metrics.
+struct RaftMetrics {
+    term: Gauge,
+    role: Family<RoleLabels, Gauge>,
+    leader_changes: Counter,
+    last_log_index: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    snapshot_index: Gauge,
+    purged_index: Gauge,
+    lag_entries: Family<FollowerLabels, Gauge>,
+    lag_seconds: Family<FollowerLabels, Gauge<f64, AtomicU64>>,
+    snapshots_sent: Counter,
+    snapshots_installed: Counter,
+    /// The leader (and its term) of the previous sample, to count changes; and the snapshot
+    /// counts already added. One lock, so that two samplers never count one change twice.
+    seen: Mutex<RaftSeen>,
+}
+
+#[derive(Default)]
+struct RaftSeen {
+    leader: Option<(u64, u64)>,
+    snapshots_sent: u64,
+    snapshots_installed: u64,
+}
+
+impl RaftMetrics {
+    fn new() -> RaftMetrics {
+        RaftMetrics {
+            term: Gauge::default(),
+            role: Family::default(),
+            leader_changes: Counter::default(),
+            last_log_index: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            purged_index: Gauge::default(),
+            lag_entries: Family::default(),
+            lag_seconds: Family::default(),
+            snapshots_sent: Counter::default(),
+            snapshots_installed: Counter::default(),
+            seen: Mutex::new(RaftSeen::default()),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let gauges: [(&str, &str, &Gauge); 6] = [
+            ("raft_term", "The Raft term this replica is in", &self.term),
+            (
+                "raft_last_log_index",
+                "Index of the last entry in this replica's Raft log",
+                &self.last_log_index,
+            ),
+            (
+                "raft_commit_index",
+                "Index of the last entry this replica knows to be committed (held by a quorum)",
+                &self.commit_index,
+            ),
+            (
+                "raft_applied_index",
+                "Index of the last entry applied to this replica's state machine",
+                &self.applied_index,
+            ),
+            (
+                "raft_snapshot_index",
+                "Index of the last entry this replica's newest snapshot covers",
+                &self.snapshot_index,
+            ),
+            (
+                "raft_purged_index",
+                "Index of the last entry purged from this replica's log (covered by a snapshot)",
+                &self.purged_index,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "raft_role",
+            "1 for this replica's Raft role (leader, follower, candidate, learner, shutdown), 0 for the others",
+            self.role.clone(),
+        );
+        registry.register(
+            "raft_leader_changes",
+            "Leaders this replica has seen take over (another leader, or a new term), its first included",
+            self.leader_changes.clone(),
+        );
+        registry.register(
+            "raft_replication_lag_entries",
+            "On the leader: entries of its log each follower has not acknowledged",
+            self.lag_entries.clone(),
+        );
+        registry.register(
+            "raft_replication_lag_seconds",
+            "On the leader: time since each follower last acknowledged (entries or a heartbeat)",
+            self.lag_seconds.clone(),
+        );
+        registry.register(
+            "raft_snapshots_sent",
+            "Snapshots this replica streamed to a peer that installed it",
+            self.snapshots_sent.clone(),
+        );
+        registry.register(
+            "raft_snapshots_installed",
+            "Snapshots this replica received from its leader and installed",
+            self.snapshots_installed.clone(),
+        );
+    }
+
+    fn record(&self, sample: &RaftSample) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.term.set(as_gauge(sample.term));
+        for role in RAFT_ROLES {
+            self.role
+                .get_or_create(&RoleLabels { role })
+                .set(i64::from(role == sample.role));
+        }
+        let leader = sample.leader.map(|leader| (leader, sample.term));
+        if leader.is_some() && leader != seen.leader {
+            seen.leader = leader;
+            self.leader_changes.inc();
+        }
+        self.last_log_index.set(as_gauge(sample.last_log_index));
+        self.commit_index.set(as_gauge(sample.committed_index));
+        self.applied_index.set(as_gauge(sample.applied_index));
+        self.snapshot_index.set(as_gauge(sample.snapshot_index));
+        self.purged_index.set(as_gauge(sample.purged_index));
+        // A follower's series exist only while this replica leads it.
+        self.lag_entries.clear();
+        self.lag_seconds.clear();
+        for follower in &sample.followers {
+            let labels = FollowerLabels {
+                follower: follower.id.to_string(),
+            };
+            self.lag_entries
+                .get_or_create(&labels)
+                .set(as_gauge(follower.lag_entries));
+            if let Some(since_ack) = follower.since_ack {
+                self.lag_seconds
+                    .get_or_create(&labels)
+                    .set(since_ack.as_secs_f64());
+            }
+        }
+        self.snapshots_sent
+            .inc_by(sample.snapshots_sent.saturating_sub(seen.snapshots_sent));
+        seen.snapshots_sent = seen.snapshots_sent.max(sample.snapshots_sent);
+        self.snapshots_installed.inc_by(
+            sample
+                .snapshots_installed
+                .saturating_sub(seen.snapshots_installed),
+        );
+        seen.snapshots_installed = seen.snapshots_installed.max(sample.snapshots_installed);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SagaLabels {
     outcome: &'static str,
 }
@@ -110,6 +390,12 @@ pub struct Metrics {
     journal_records: Counter,
     sagas: Family<SagaLabels, Counter>,
     sagas_answered_pending: Counter,
+    sagas_in_flight: Gauge,
+    saga_copies_stale: Family<GroupLabels, Gauge>,
+    raft: RaftMetrics,
+    /// Log lines dropped, brought up to [`log_lines_dropped`] at each render (under the lock,
+    /// so two renders never add one drop twice).
+    log_lines_dropped: Mutex<Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,6 +431,10 @@ impl Service {
         )
     }
 
+    fn records_raft(self) -> bool {
+        self.records_journal()
+    }
+
     fn records_sagas(self) -> bool {
         matches!(self, Service::Gateway | Service::All)
     }
@@ -173,6 +463,15 @@ impl Metrics {
         let journal_records = Counter::default();
         let sagas = Family::<SagaLabels, Counter>::default();
         let sagas_answered_pending = Counter::default();
+        let sagas_in_flight = Gauge::default();
+        let saga_copies_stale = Family::<GroupLabels, Gauge>::default();
+        let raft = RaftMetrics::new();
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full (a slow or blocked stderr): logging never waits",
+            log_lines_dropped.clone(),
+        );
         registry.register(
             "requests",
             "Requests received, by operation and protocol",
@@ -218,6 +517,9 @@ impl Metrics {
                 journal_records.clone(),
             );
         }
+        if service.records_raft() {
+            raft.register(&mut registry);
+        }
         if service.records_sagas() {
             registry.register(
                 "sagas",
@@ -228,6 +530,16 @@ impl Metrics {
                 "sagas_answered_pending",
                 "Cross-group transfers answered outcome_pending: their saga had not ended by the gateway's deadline (it goes on, and is counted in sagas when it ends)",
                 sagas_answered_pending.clone(),
+            );
+            registry.register(
+                "sagas_in_flight",
+                "Cross-group transfers this gateway is carrying now (callers' and its resolver's)",
+                sagas_in_flight.clone(),
+            );
+            registry.register(
+                "saga_copies_stale",
+                "Saga copies open past the resolver's bound in each group at its last round (capped at one round's worth): sagas whose gateway died or whose groups were unreachable",
+                saga_copies_stale.clone(),
             );
         }
         Arc::new(Metrics {
@@ -243,6 +555,10 @@ impl Metrics {
             journal_records,
             sagas,
             sagas_answered_pending,
+            sagas_in_flight,
+            saga_copies_stale,
+            raft,
+            log_lines_dropped: Mutex::new(log_lines_dropped),
         })
     }
 
@@ -303,30 +619,119 @@ impl Metrics {
         self.sagas.get_or_create(&SagaLabels { outcome }).inc();
     }
 
+    /// `count` more (or, negative, fewer) cross-group transfers being carried now.
+    pub fn sagas_in_flight_add(&self, count: i64) {
+        self.sagas_in_flight.inc_by(count);
+    }
+
+    /// The copies open past the resolver's bound that `group` holds, as its last round found.
+    pub fn saga_copies_stale(&self, group: String, copies: usize) {
+        self.saga_copies_stale
+            .get_or_create(&GroupLabels { group })
+            .set(i64::try_from(copies).unwrap_or(i64::MAX));
+    }
+
     /// Counts `count` cross-group transfers answered `outcome_pending`.
     pub fn sagas_answered_pending(&self, count: usize) {
         self.sagas_answered_pending.inc_by(count as u64);
     }
 
-    /// The text exposition of every metric.
+    /// Records a replica's Raft state: its gauges, and a leader change when the sample names
+    /// a leader (or a term) other than the previous sample's.
+    pub fn raft(&self, sample: &RaftSample) {
+        self.raft.record(sample);
+    }
+
+    /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
+        {
+            let counter = self
+                .log_lines_dropped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            counter.inc_by(log_lines_dropped().saturating_sub(counter.get()));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// Every metric in the format `exposition` names.
+    pub fn render_as(&self, exposition: Exposition) -> String {
+        match exposition {
+            Exposition::OpenMetrics => self.render(),
+            Exposition::PrometheusText => to_prometheus_text(&self.render()),
+        }
+    }
 }
 
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`). Safe to call twice.
-pub fn init_logging() {
+/// The filter when `RUST_LOG` is not set: fincore's own lines at `info`, openraft's only when
+/// they report an error (its `info` lines dump internal state at every election).
+pub const LOG_FILTER_DEFAULT: &str = "info,openraft=error";
+
+/// How log lines look: `FINCORE_LOG_FORMAT=json` gives one JSON object per line (timestamp,
+/// level, target, fields, the spans'); anything else, human-readable lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl LogFormat {
+    /// The format `FINCORE_LOG_FORMAT` names (human unless it says `json`).
+    pub fn from_env() -> LogFormat {
+        match std::env::var("FINCORE_LOG_FORMAT") {
+            Ok(format) if format.eq_ignore_ascii_case("json") => LogFormat::Json,
+            _ => LogFormat::Human,
+        }
+    }
+}
+
+/// The dropped-lines count of this process's log writer, once [`init_logging`] set it up.
+static LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped so far because the writer's queue was full (0 before [`init_logging`]).
+pub fn log_lines_dropped() -> u64 {
+    LOG_DROPS
+        .get()
+        .map_or(0, |drops| drops.dropped_lines() as u64)
+}
+
+/// Keeps the log writer running; dropping it writes out the lines still queued. Hold it until
+/// the process ends.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default [`LOG_FILTER_DEFAULT`]), in the
+/// [`LogFormat`] `FINCORE_LOG_FORMAT` names. Lines go through a queue of
+/// `limits::LOG_LINES_QUEUED_MAX` to a writer thread: logging never waits on stderr, and when
+/// the queue is full the line is dropped and counted (`fincore_log_lines_dropped_total`). Safe
+/// to call twice (the second call changes nothing).
+pub fn init_logging() -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_FILTER_DEFAULT));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(limits::LOG_LINES_QUEUED_MAX)
+        .thread_name("fincore-log")
+        .finish(std::io::stderr());
+    let drops = writer.error_counter();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(writer);
+    let installed = match LogFormat::from_env() {
+        LogFormat::Human => builder.with_ansi(ansi).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+    if installed.is_err() {
+        // Logging was set up already: this writer is not used.
+        return LogGuard(None);
+    }
+    let _ = LOG_DROPS.set(drops);
+    LogGuard(Some(guard))
 }
 
 #[cfg(test)]
@@ -372,6 +777,9 @@ mod tests {
             metrics.journal_sync(Duration::from_micros(10), 1);
             metrics.saga("confirmed");
             metrics.sagas_answered_pending(1);
+            metrics.sagas_in_flight_add(1);
+            metrics.saga_copies_stale("g1".into(), 2);
+            metrics.raft(&leader_sample());
             let text = metrics.render();
             let mut names: Vec<String> = text
                 .lines()
@@ -383,6 +791,7 @@ mod tests {
         };
         let common = [
             "auth_refusals",
+            "log_lines_dropped",
             "request_duration_seconds",
             "request_errors",
             "requests",
@@ -395,16 +804,38 @@ mod tests {
         };
         let batches = ["batch_events", "batches", "queue_depth"];
         let journal = ["journal_records", "journal_sync_seconds"];
-        let sagas = ["sagas", "sagas_answered_pending"];
+        let sagas = [
+            "saga_copies_stale",
+            "sagas",
+            "sagas_answered_pending",
+            "sagas_in_flight",
+        ];
+        let raft = [
+            "raft_applied_index",
+            "raft_commit_index",
+            "raft_last_log_index",
+            "raft_leader_changes",
+            "raft_purged_index",
+            "raft_replication_lag_entries",
+            "raft_replication_lag_seconds",
+            "raft_role",
+            "raft_snapshot_index",
+            "raft_snapshots_installed",
+            "raft_snapshots_sent",
+            "raft_term",
+        ];
         assert_eq!(
             families(Service::LedgerNode),
-            with(&[&batches[..], &journal[..]].concat())
+            with(&[&batches[..], &journal[..], &raft[..]].concat())
         );
-        assert_eq!(families(Service::MetaReplica), with(&journal));
+        assert_eq!(
+            families(Service::MetaReplica),
+            with(&[&journal[..], &raft[..]].concat())
+        );
         assert_eq!(families(Service::Gateway), with(&sagas));
         assert_eq!(
             families(Service::All),
-            with(&[&batches[..], &journal[..], &sagas[..]].concat())
+            with(&[&batches[..], &journal[..], &sagas[..], &raft[..]].concat())
         );
     }
 
@@ -420,6 +851,130 @@ mod tests {
             .unwrap_or_else(|| panic!("the error counter is not described in\n{text}"));
         for kind in ErrorKind::ALL {
             assert!(help.contains(kind.label()), "{help} lacks {kind:?}");
+        }
+    }
+
+    fn leader_sample() -> RaftSample {
+        RaftSample {
+            term: 3,
+            role: "leader",
+            leader: Some(1),
+            last_log_index: 120,
+            committed_index: 118,
+            applied_index: 117,
+            snapshot_index: 100,
+            purged_index: 90,
+            followers: vec![
+                FollowerSample {
+                    id: 2,
+                    lag_entries: 2,
+                    since_ack: Some(Duration::from_millis(40)),
+                },
+                FollowerSample {
+                    id: 3,
+                    lag_entries: 120,
+                    since_ack: None,
+                },
+            ],
+            snapshots_sent: 2,
+            snapshots_installed: 0,
+        }
+    }
+
+    #[test]
+    fn raft_samples_set_gauges_count_leader_changes_and_drop_followers_no_longer_led() {
+        let metrics = Metrics::for_service(Service::LedgerNode);
+        metrics.raft(&leader_sample());
+        // The same leader and term again is no change; the snapshot count is a total.
+        metrics.raft(&leader_sample());
+        let text = metrics.render();
+        for expected in [
+            "fincore_raft_term 3",
+            r#"fincore_raft_role{role="leader"} 1"#,
+            r#"fincore_raft_role{role="follower"} 0"#,
+            "fincore_raft_leader_changes_total 1",
+            "fincore_raft_last_log_index 120",
+            "fincore_raft_commit_index 118",
+            "fincore_raft_applied_index 117",
+            "fincore_raft_snapshot_index 100",
+            "fincore_raft_purged_index 90",
+            r#"fincore_raft_replication_lag_entries{follower="2"} 2"#,
+            r#"fincore_raft_replication_lag_entries{follower="3"} 120"#,
+            r#"fincore_raft_replication_lag_seconds{follower="2"} 0.04"#,
+            "fincore_raft_snapshots_sent_total 2",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        // Follower 3 never acknowledged: no age is made up for it.
+        assert!(!text.contains(r#"lag_seconds{follower="3"}"#), "{text}");
+
+        // Deposed in a new term: follower series go, the new leader is one more change.
+        metrics.raft(&RaftSample {
+            term: 4,
+            role: "follower",
+            leader: Some(2),
+            followers: Vec::new(),
+            snapshots_sent: 3,
+            ..leader_sample()
+        });
+        let text = metrics.render();
+        for expected in [
+            r#"fincore_raft_role{role="leader"} 0"#,
+            r#"fincore_raft_role{role="follower"} 1"#,
+            "fincore_raft_leader_changes_total 2",
+            "fincore_raft_snapshots_sent_total 3",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("lag_entries{"), "{text}");
+        // No leader known (an election) is not a change.
+        metrics.raft(&RaftSample {
+            term: 5,
+            role: "candidate",
+            leader: None,
+            ..RaftSample::default()
+        });
+        assert!(
+            metrics
+                .render()
+                .contains("fincore_raft_leader_changes_total 2")
+        );
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_total_sample_and_drops_what_it_lacks() {
+        let metrics = Metrics::for_service(Service::LedgerNode);
+        metrics.request("grpc", "create_transfers", Duration::from_millis(3), None);
+        metrics.journal_sync(Duration::from_micros(700), 2);
+        let text = metrics.render_as(Exposition::PrometheusText);
+        for expected in [
+            "# HELP fincore_requests_total Requests received",
+            "# TYPE fincore_requests_total counter",
+            r#"fincore_requests_total{operation="create_transfers",protocol="grpc"} 1"#,
+            "# TYPE fincore_journal_sync_seconds histogram",
+            "fincore_journal_sync_seconds_count 1",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("# UNIT"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(text.ends_with('\n'));
+        assert_eq!(
+            metrics.render_as(Exposition::OpenMetrics),
+            metrics.render(),
+            "OpenMetrics is rendered as is"
+        );
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        let prometheus_scrape = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Exposition::negotiate(Some(prometheus_scrape)),
+            Exposition::OpenMetrics
+        );
+        for accept in [None, Some("*/*"), Some("text/plain")] {
+            assert_eq!(Exposition::negotiate(accept), Exposition::PrometheusText);
         }
     }
 }

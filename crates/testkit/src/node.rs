@@ -91,7 +91,7 @@ impl ChildNode {
         args: &[S],
     ) -> Result<ChildNode, KitError> {
         let (command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
-        ChildNode::spawn(command, data_dir, log, log_path, true)
+        ChildNode::spawn(command, data_dir, log.into(), log_path, true)
     }
 
     /// [`ChildNode::start`] of a meta replica (`serve --meta`, added to `args`); its HTTP
@@ -103,7 +103,7 @@ impl ChildNode {
     ) -> Result<ChildNode, KitError> {
         let (mut command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
         command.arg("--meta");
-        ChildNode::spawn(command, data_dir, log, log_path, true)
+        ChildNode::spawn(command, data_dir, log.into(), log_path, true)
     }
 
     /// [`ChildNode::start`], logging what `filter` selects (`RUST_LOG` syntax, such as
@@ -127,7 +127,21 @@ impl ChildNode {
     ) -> Result<ChildNode, KitError> {
         let (mut command, log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
         command.envs(env.iter().copied());
-        ChildNode::spawn(command, data_dir, log, log_path, true)
+        ChildNode::spawn(command, data_dir, log.into(), log_path, true)
+    }
+
+    /// [`ChildNode::start_with_env`] with the node's stderr going to `stderr` instead of its log
+    /// file (which stays empty): a pipe nobody reads plays a log disk that stalls.
+    pub fn start_with_stderr<S: AsRef<OsStr>>(
+        exe: &Path,
+        data_dir: &Path,
+        args: &[S],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Result<ChildNode, KitError> {
+        let (mut command, _log, log_path) = ChildNode::serve_command(exe, data_dir, args)?;
+        command.envs(env.iter().copied());
+        ChildNode::spawn(command, data_dir, stderr, log_path, true)
     }
 
     /// The `serve` command [`ChildNode::start`] runs, and its log file.
@@ -150,6 +164,11 @@ impl ChildNode {
             &["--peer", "127.0.0.1:0"]
         };
         let mut command = Command::new(exe);
+        // A node logs what its test asks for (`start_logging`, `start_with_env`), whatever the
+        // shell running the tests has set.
+        command
+            .env_remove("RUST_LOG")
+            .env_remove("FINCORE_LOG_FORMAT");
         command
             .arg("serve")
             .arg("--data-dir")
@@ -211,7 +230,7 @@ impl ChildNode {
                 .arg(token_path);
         }
         command.args(args);
-        ChildNode::spawn(command, dir, log, log_path, false)
+        ChildNode::spawn(command, dir, log.into(), log_path, false)
     }
 
     /// Spawns `command` with stdout piped and stderr to `log`, and reads what it announces:
@@ -219,14 +238,14 @@ impl ChildNode {
     fn spawn(
         mut command: Command,
         data_dir: &Path,
-        log: std::fs::File,
+        stderr: Stdio,
         log_path: PathBuf,
         peer: bool,
     ) -> Result<ChildNode, KitError> {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(stderr)
             .spawn()
             .map_err(KitError::io(format!(
                 "starting {:?}",

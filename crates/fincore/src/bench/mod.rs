@@ -745,8 +745,13 @@ fn print_catch_up(c: &CatchUpReport) {
         c.new_member_id
     );
     println!(
-        "  catch-up      {:.0} ms from the add to applying the leader's index ({} at the add); add-replica answered after {:.0} ms; {} snapshot(s) installed from a peer",
-        c.catch_up_ms, c.leader_applied_index_at_add, c.add_replica_ms, c.snapshots_installed
+        "  catch-up      {:.0} ms from the add to applying the leader's index ({} at the add); add-replica answered after {:.0} ms; {} snapshot(s) installed from a peer (metrics: leader sent {}, new member installed {})",
+        c.catch_up_ms,
+        c.leader_applied_index_at_add,
+        c.add_replica_ms,
+        c.snapshots_installed,
+        c.leader_snapshots_sent,
+        c.new_member_snapshots_installed
     );
     let peaks: Vec<String> = c
         .nodes_peak_rss

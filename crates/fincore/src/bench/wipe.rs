@@ -63,6 +63,8 @@ pub(super) struct Wiped {
     leader_applied_index_at_add: u64,
     catch_up_ms: f64,
     add_replica_ms: f64,
+    leader_http: String,
+    new_member_http: String,
 }
 
 /// One node's peak resident set size over the whole run (Linux `VmHWM`).
@@ -96,6 +98,11 @@ pub struct CatchUpReport {
     pub add_replica_ms: f64,
     /// Snapshots from a peer the new member installed (counted in its log).
     pub snapshots_installed: u64,
+    /// At the end of the run: snapshots the leader had sent to peers that took them, and the
+    /// new member had installed, as their `/metrics` count them
+    /// (`fincore_raft_snapshots_sent_total`, `_installed_total`).
+    pub leader_snapshots_sent: u64,
+    pub new_member_snapshots_installed: u64,
     pub caught_up_from_snapshot: bool,
     pub nodes_peak_rss: Vec<NodePeakRss>,
 }
@@ -221,7 +228,27 @@ fn wipe_and_replace(
         leader_applied_index_at_add,
         catch_up_ms: catch_up?.as_secs_f64() * 1e3,
         add_replica_ms: add_took.as_secs_f64() * 1e3,
+        leader_http: leader_http.clone(),
+        new_member_http: http_addrs[new].clone(),
     })
+}
+
+/// The value of the counter `name` (no labels) in the `/metrics` of the node at `http`; 0 if it
+/// has no sample yet.
+fn counter(http: &str, name: &str) -> anyhow::Result<u64> {
+    let answer = request_as(None, http, "GET", "/metrics", None, "")?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "GET /metrics on {http}: {}",
+        answer.status
+    );
+    let value = answer
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(Ok(0), |value| value.trim().parse::<u64>())
+        .with_context(|| format!("{name} on {http}"))?;
+    Ok(value)
 }
 
 /// Waits (bounded) until the node at `member_http` has applied the index the leader had
@@ -317,6 +344,11 @@ impl Wiped {
             catch_up_ms: self.catch_up_ms,
             add_replica_ms: self.add_replica_ms,
             snapshots_installed,
+            leader_snapshots_sent: counter(&self.leader_http, "fincore_raft_snapshots_sent_total")?,
+            new_member_snapshots_installed: counter(
+                &self.new_member_http,
+                "fincore_raft_snapshots_installed_total",
+            )?,
             caught_up_from_snapshot: snapshots_installed > 0,
             nodes_peak_rss,
         })
