@@ -7,6 +7,7 @@
 //! [`json`]. Must not contain server logic, nor depend on `replication` (clients use this crate
 //! and must not pull in the consensus library).
 
+pub mod client_report;
 pub mod convert;
 pub mod events;
 pub mod json;

@@ -34,11 +34,11 @@ pub use meta::ClusterMapWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::convert;
 use api::proto::{
     self, events_client::EventsClient, ledger_client::LedgerClient, meta_client::MetaClient,
     sagas_client::SagasClient,
 };
+use api::{client_report, convert};
 use ledger::{
     Account, AccountBalance, AccountFilter, BATCH_EVENTS_MAX, CreateAccountResult,
     CreateTransferResult, Event, EventResult, RemoteSides, SagaStep, Transfer, TransferFlags,
@@ -188,6 +188,65 @@ pub struct Client {
 struct Bearer {
     authorization: Option<MetadataValue<Ascii>>,
     group: Option<MetadataValue<Ascii>>,
+    /// What this client saw of its earlier attempts, sent on its next calls.
+    reports: Arc<Reports>,
+}
+
+/// The reports of earlier attempts waiting for a call to carry them (`api::client_report`):
+/// at most `CLIENT_REPORTS_QUEUED_MAX`, the oldest dropped first; each call takes up to
+/// `CLIENT_REPORTS_PER_CALL_MAX`.
+#[derive(Default)]
+struct Reports(std::sync::Mutex<std::collections::VecDeque<client_report::Report>>);
+
+impl Reports {
+    fn record(&self, operation: &'static str, outcome: client_report::Outcome, elapsed: Duration) {
+        let Some(report) = client_report::Report::new(operation, outcome, elapsed) else {
+            debug_assert!(false, "{operation} is not a reported operation");
+            return;
+        };
+        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= limits::CLIENT_REPORTS_QUEUED_MAX {
+            queue.pop_front();
+        }
+        queue.push_back(report);
+    }
+
+    /// The metadata value carrying the oldest waiting reports, if any.
+    fn take(&self) -> Option<MetadataValue<Ascii>> {
+        let taken: Vec<client_report::Report> = {
+            let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let count = queue.len().min(limits::CLIENT_REPORTS_PER_CALL_MAX);
+            queue.drain(..count).collect()
+        };
+        if taken.is_empty() {
+            return None;
+        }
+        client_report::encode(&taken).parse().ok()
+    }
+}
+
+/// How an attempt ended, for the reports: what the client saw, whether or not the node did.
+fn attempt_outcome(error: Option<&Status>) -> client_report::Outcome {
+    use client_report::Outcome;
+    let Some(status) = error else {
+        return Outcome::Ok;
+    };
+    if status.metadata().get(LEADER_GRPC_KEY).is_some() {
+        return Outcome::NotLeader;
+    }
+    match status.code() {
+        Code::DeadlineExceeded => Outcome::Timeout,
+        Code::Unavailable => Outcome::Unavailable,
+        Code::ResourceExhausted => Outcome::Busy,
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::OutOfRange
+        | Code::FailedPrecondition
+        | Code::Unauthenticated
+        | Code::PermissionDenied => Outcome::Refused,
+        _ => Outcome::Other,
+    }
 }
 
 /// Metadata key naming the group a client means to reach; a node of another group refuses.
@@ -202,6 +261,11 @@ impl Interceptor for Bearer {
         }
         if let Some(group) = &self.group {
             request.metadata_mut().insert(GROUP_KEY, group.clone());
+        }
+        if let Some(reports) = self.reports.take() {
+            request
+                .metadata_mut()
+                .insert(client_report::HEADER, reports);
         }
         Ok(request)
     }
@@ -430,6 +494,7 @@ impl ClientBuilder {
         let credentials = Bearer {
             authorization,
             group,
+            reports: Arc::default(),
         };
         let tls = match (self.tls_ca_pem, self.tls_domain, self.tls_identity_pem) {
             (None, Some(_), _) => {
@@ -472,6 +537,7 @@ impl Client {
             credentials: Bearer {
                 authorization: None,
                 group: None,
+                reports: Arc::default(),
             },
             tls: None,
         };
@@ -513,8 +579,10 @@ impl Client {
         Ok(client)
     }
 
-    /// Runs `call` until it succeeds, fails for good, or the retry policy runs out.
-    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    /// Runs `call` (the client's `operation`, one of `api::client_report::OPERATIONS`) until it
+    /// succeeds, fails for good, or the retry policy runs out; each attempt's outcome and
+    /// latency is reported on a later call.
+    async fn retrying<T, F, Fut>(&self, operation: &'static str, call: F) -> Result<T, ClientError>
     where
         F: Fn(Stubs) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -526,11 +594,17 @@ impl Client {
         loop {
             attempts += 1;
             let current = self.inner.read().expect("never poisoned").clone();
+            let attempted = Instant::now();
             let outcome =
                 match tokio::time::timeout(self.policy.attempt_timeout, call(current)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(Status::deadline_exceeded("attempt timed out")),
                 };
+            self.dial.credentials.reports.record(
+                operation,
+                attempt_outcome(outcome.as_ref().err()),
+                attempted.elapsed(),
+            );
             let status = match outcome {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if !transient(&status) => return Err(permanent(&status)),
@@ -588,6 +662,7 @@ impl Client {
         accounts: &[Account],
     ) -> Result<Vec<EventResult<CreateAccountResult>>, ClientError> {
         self.create_in_batches(
+            "create_accounts",
             accounts,
             |chunk| proto::CreateAccountsRequest {
                 accounts: vec![],
@@ -606,6 +681,7 @@ impl Client {
         transfers: &[Transfer],
     ) -> Result<Vec<EventResult<CreateTransferResult>>, ClientError> {
         self.create_in_batches(
+            "create_transfers",
             transfers,
             |chunk| proto::CreateTransfersRequest {
                 transfers: vec![],
@@ -621,6 +697,7 @@ impl Client {
     /// `send` with retries): one result per event, in order.
     async fn create_in_batches<E, Req, R, F, Fut>(
         &self,
+        operation: &'static str,
         events: &[E],
         request: impl Fn(&[E]) -> Req,
         send: F,
@@ -634,7 +711,9 @@ impl Client {
         let mut out = Vec::with_capacity(events.len());
         for chunk in events.chunks(BATCH_EVENTS_MAX) {
             let request = request(chunk);
-            let response = self.retrying(|inner| send(inner, request.clone())).await?;
+            let response = self
+                .retrying(operation, |inner| send(inner, request.clone()))
+                .await?;
             out.extend(decode_results(&response, chunk.len(), from_code)?);
         }
         Ok(out)
@@ -667,7 +746,7 @@ impl Client {
                 .map(|id| convert::u128_to(*id).expect("some"))
                 .collect(),
         };
-        let response = self.retrying(|mut inner| {
+        let response = self.retrying("lookup_accounts", |mut inner| {
             let request = request.clone();
             async move { inner.ledger.lookup_accounts(request).await }
         });
@@ -690,7 +769,7 @@ impl Client {
                 .collect(),
         };
         let response = self
-            .retrying(|mut inner| {
+            .retrying("lookup_transfers", |mut inner| {
                 let request = request.clone();
                 async move { inner.ledger.lookup_transfers(request).await }
             })
@@ -714,7 +793,7 @@ impl Client {
             wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
         };
         let response = self
-            .retrying(|mut inner| {
+            .retrying("lookup_outcomes", |mut inner| {
                 let request = request.clone();
                 async move { inner.ledger.lookup_outcomes(request).await }
             })
@@ -744,7 +823,9 @@ impl Client {
     ) -> Result<Vec<Transfer>, ClientError> {
         let request = convert::filter_to(filter);
         let response = self
-            .retrying(|mut inner| async move { inner.ledger.get_account_transfers(request).await })
+            .retrying("get_account_transfers", |mut inner| async move {
+                inner.ledger.get_account_transfers(request).await
+            })
             .await?;
         transfers_from(&response.transfers)
     }
@@ -755,7 +836,9 @@ impl Client {
     ) -> Result<Vec<AccountBalance>, ClientError> {
         let request = convert::filter_to(filter);
         let response = self
-            .retrying(|mut inner| async move { inner.ledger.get_account_balances(request).await })
+            .retrying("get_account_balances", |mut inner| async move {
+                inner.ledger.get_account_balances(request).await
+            })
             .await?;
         Ok(response
             .balances
@@ -771,6 +854,7 @@ impl Client {
         steps: &[SagaStep],
     ) -> Result<Vec<EventResult<CreateTransferResult>>, ClientError> {
         self.create_in_batches(
+            "saga_steps",
             steps,
             |chunk| proto::SagaStepsRequest {
                 steps: chunk.iter().map(convert::saga_step_to).collect(),
@@ -793,7 +877,9 @@ impl Client {
             limit,
         };
         let response = self
-            .retrying(|mut inner| async move { inner.sagas.open_copies(request).await })
+            .retrying("open_saga_copies", |mut inner| async move {
+                inner.sagas.open_copies(request).await
+            })
             .await?;
         response
             .copies
@@ -810,7 +896,9 @@ impl Client {
     pub async fn read_events(&self, after: u64, limit: u32) -> Result<EventsPage, ClientError> {
         let request = proto::ReadEventsRequest { after, limit };
         let page = self
-            .retrying(|mut inner| async move { inner.events.read(request).await })
+            .retrying("read_events", |mut inner| async move {
+                inner.events.read(request).await
+            })
             .await?;
         events_page_from(page)
     }
@@ -819,7 +907,9 @@ impl Client {
     pub async fn subscribe_events(&self, after: u64) -> Result<EventSubscription, ClientError> {
         let request = proto::SubscribeRequest { after };
         let stream = self
-            .retrying(|mut inner| async move { inner.events.subscribe(request).await })
+            .retrying("subscribe_events", |mut inner| async move {
+                inner.events.subscribe(request).await
+            })
             .await?;
         Ok(EventSubscription { stream, after })
     }

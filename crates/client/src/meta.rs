@@ -32,7 +32,9 @@ impl Client {
     /// The cluster map as of now (the meta group's leader answers; `None`: none set yet).
     pub async fn cluster_map(&self) -> Result<Option<ClusterMap>, ClientError> {
         let message = self
-            .retrying(|mut inner| async move { inner.meta.get_map(proto::GetMapRequest {}).await })
+            .retrying("get_map", |mut inner| async move {
+                inner.meta.get_map(proto::GetMapRequest {}).await
+            })
             .await?;
         map_from(&message)
     }
@@ -52,7 +54,7 @@ impl Client {
             map_json: map.to_json(),
         };
         let message = self
-            .retrying(|mut inner| {
+            .retrying("set_map", |mut inner| {
                 let request = request.clone();
                 async move { inner.meta.set_map(request).await }
             })
@@ -69,7 +71,7 @@ impl Client {
         after_epoch: u64,
     ) -> Result<ClusterMapWatch, ClientError> {
         let stream = self
-            .retrying(|mut inner| async move {
+            .retrying("watch_map", |mut inner| async move {
                 inner
                     .meta
                     .watch_map(proto::WatchMapRequest { after_epoch })

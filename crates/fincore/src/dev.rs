@@ -633,6 +633,8 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    // For every mode: the parent's own lines (its gateway, its read model) are log lines too.
+    let _logs = telemetry::init_logging();
     if args.groups > 1 {
         return dev_groups(args);
     }

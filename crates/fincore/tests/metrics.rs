@@ -239,9 +239,22 @@ fn a_group_of_three_exports_its_raft_state_and_shows_a_killed_leader_replaced() 
         sample(&text, "fincore_raft_leader_changes_total").unwrap() >= 2.0,
         "the first leader and this one:\n{text}"
     );
+    // The killed replica is still a member: the new leader counts its lag, and has no
+    // acknowledgement of it (it never answered this leader) or an old one.
     let (_, text) = wait_for_member(&groups, "the killed leader's silence", |i, text| {
-        i == new_leader && sample(text, &lag_seconds(leader)).is_none_or(|age| age >= 1.0)
+        i == new_leader
+            && sample(text, &lag_entries(leader)).is_some()
+            && sample(text, &lag_seconds(leader)).is_none_or(|age| age >= 1.0)
     });
+    let survivor = followers
+        .iter()
+        .copied()
+        .find(|&f| f != new_leader)
+        .expect("three members");
+    assert!(
+        sample(&text, &lag_seconds(survivor)).is_some_and(|age| age < 5.0),
+        "the surviving follower acknowledges the new leader:\n{text}"
+    );
     run_promtool(&["check", "metrics"], Some(&text));
     groups.stop().unwrap();
 }
@@ -279,4 +292,53 @@ fn the_rules_file_passes_promtool_and_its_unit_tests() {
     let tests = dir.join("fincore-rules.test.yml");
     run_promtool(&["check", "rules", rules.to_str().unwrap()], None);
     run_promtool(&["test", "rules", tests.to_str().unwrap()], None);
+}
+
+#[test]
+fn failures_a_client_saw_but_the_node_never_did_are_counted_from_the_clients_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = support::start_node(&dir.path().join("node"));
+    // The client tries an address where nothing listens first: that attempt never reaches a
+    // node. It then goes on to the node, and reports both attempts on its next calls.
+    let nowhere = format!("http://{}", testkit::free_addrs(1).unwrap()[0]);
+    let live = format!("http://{}", node.grpc_addr);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client =
+            support::connect_any(&[&nowhere, &live], client::RetryPolicy::default()).unwrap();
+        let created = client
+            .create_accounts(&[testkit::account(1), testkit::account(2)])
+            .await
+            .unwrap();
+        assert_eq!(created[0].result, ledger::CreateAccountResult::Created);
+        let found = client.lookup_accounts(&[1, 2]).await.unwrap();
+        assert_eq!(found.len(), 2);
+    });
+    let text = metrics_text(&node);
+    let observed = |operation: &str, outcome: &str| {
+        sample(
+            &text,
+            &format!(
+                r#"fincore_client_observed_requests_total{{operation="{operation}",outcome="{outcome}"}}"#
+            ),
+        )
+    };
+    assert_eq!(
+        observed("create_accounts", "unavailable"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(observed("create_accounts", "ok"), Some(1.0), "{text}");
+    assert!(
+        !text.contains(r#"kind="unavailable""#),
+        "the node itself answered nothing unavailable:\n{text}"
+    );
+    assert!(
+        text.contains(
+            r#"fincore_client_observed_duration_seconds_count{operation="create_accounts",outcome="ok"} 1"#
+        ),
+        "{text}"
+    );
+    run_promtool(&["check", "metrics"], Some(&text));
+    node.stop().unwrap();
 }

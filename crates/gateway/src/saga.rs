@@ -508,11 +508,22 @@ pub async fn resolve_once<G: SagaGroups + ?Sized>(
     metrics: &Metrics,
 ) -> Result<usize, PipelineError> {
     let mut stale: BTreeMap<u128, Saga> = BTreeMap::new();
+    let mut unanswered = None;
     for &group in map.groups().keys() {
-        let copies = groups
+        // A group that does not answer leaves the others' stale sagas to be driven all the
+        // same (those involving it fail their steps and wait for the next round).
+        let copies = match groups
             .open_copies(group, open_max, GATEWAY_SAGA_RESOLVE_COPIES_MAX)
-            .await?;
-        metrics.saga_copies_stale(group.to_string(), copies.len());
+            .await
+        {
+            Ok(copies) => copies,
+            Err(error) => {
+                metrics.saga_copies_stale(group.to_string(), None);
+                unanswered.get_or_insert(error);
+                continue;
+            }
+        };
+        metrics.saga_copies_stale(group.to_string(), Some(copies.len()));
         for (copy, _) in copies {
             // The caller's transfer, as every copy keeps it (the group stamped its own copy).
             let transfer = Transfer {
@@ -531,7 +542,10 @@ pub async fn resolve_once<G: SagaGroups + ?Sized>(
     if !sagas.is_empty() {
         tracing::info!(sagas = sagas.len(), "resolved stale sagas");
     }
-    Ok(sagas.len())
+    match unanswered {
+        Some(error) => Err(error),
+        None => Ok(sagas.len()),
+    }
 }
 
 impl Routed for SagaStep {

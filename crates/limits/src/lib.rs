@@ -489,6 +489,17 @@ pub const CDC_GROUP_REPLICAS_MAX: usize = 7;
 /// Bytes of a group's name: one token of the NATS subject and part of the stream's name.
 pub const CDC_GROUP_NAME_BYTES_MAX: usize = 64;
 
+/// Reports of earlier calls a client piggy-backs on one call (`api::client_report`): a
+/// server reads at most this many, a client sends at most this many.
+pub const CLIENT_REPORTS_PER_CALL_MAX: usize = 8;
+
+/// Reports a client keeps waiting for its next call; when full, the oldest is dropped.
+pub const CLIENT_REPORTS_QUEUED_MAX: usize = 64;
+
+/// Bytes of a client-report header a server reads; a longer one is refused whole (a full
+/// call's worth is under 400 bytes).
+pub const CLIENT_REPORT_BYTES_MAX: usize = 1024;
+
 /// Log lines waiting for the thread that writes them to stderr. When the queue is full (a
 /// slow disk, a pipe nobody reads) new lines are dropped and counted
 /// (`fincore_log_lines_dropped_total`) instead of stalling the thread that logs. About 16 MiB

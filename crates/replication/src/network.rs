@@ -296,8 +296,11 @@ impl RaftNetworkV2<TypeConfig> for TransportClient {
             closed = &mut cancel => return Err(StreamingError::Closed(closed)),
             answer = tokio::time::timeout(timeout, client.install_snapshot(messages)) => answer,
         };
-        let response = self.answer(answer, timeout)?;
-        self.snapshots.sent.fetch_add(1, Ordering::Relaxed);
+        let response: SnapshotResponse<TypeConfig> = self.answer(answer, timeout)?;
+        // A peer holding a newer vote answers with it and takes nothing.
+        if response.vote == vote {
+            self.snapshots.sent.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(response)
     }
 

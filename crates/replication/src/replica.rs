@@ -212,9 +212,12 @@ fn raft_sample(
         log_id.as_ref().map_or(0, |log_id| log_id.index)
     };
     let last_log_index = metrics.last_log_index.unwrap_or(0);
+    // Only a leader has followers: the last metrics of a stopped leader still hold them.
+    let leading = metrics.state == openraft::ServerState::Leader;
     let followers = metrics
         .replication
         .iter()
+        .filter(|_| leading)
         .flatten()
         .filter(|(follower, _)| **follower != id)
         .map(|(&follower, matched)| {

@@ -13,7 +13,8 @@
 //! same port is not a client API): `authorization: Bearer …` metadata; UNAUTHENTICATED or
 //! PERMISSION_DENIED.
 //! [`GrpcAccess`] wraps the service and refuses from the headers, before the body is decoded;
-//! it also puts the connection's client identity (mutual TLS) on the request for the handlers.
+//! it also puts the connection's client identity (mutual TLS) on the request for the handlers,
+//! and counts what an admitted caller reports of its earlier calls (`api::client_report`).
 //!
 //! Owns this policy and these answers; the keys and the verdict are in [`crate::auth`].
 
@@ -252,6 +253,19 @@ where
                 .and_then(|named| self.other_group(named.as_bytes()))
             {
                 None => {
+                    // Only a caller let in may say what it saw; the labels come from closed
+                    // sets (`api::client_report`), never from the header's text.
+                    if let Some(value) = request.headers().get(api::client_report::HEADER) {
+                        let (reports, malformed) = api::client_report::decode(value.as_bytes());
+                        for report in reports {
+                            self.access.metrics.client_observed(
+                                report.operation,
+                                report.outcome.as_str(),
+                                report.elapsed,
+                            );
+                        }
+                        self.access.metrics.client_reports_malformed(malformed);
+                    }
                     if let Some(caller) = caller {
                         request.extensions_mut().insert(caller);
                     }

@@ -40,7 +40,11 @@ pub enum Exposition {
 impl Exposition {
     /// The format asked for by an HTTP `Accept` header.
     pub fn negotiate(accept: Option<&str>) -> Exposition {
-        if accept.is_some_and(|accept| accept.contains("application/openmetrics-text")) {
+        if accept.is_some_and(|accept| {
+            accept
+                .to_ascii_lowercase()
+                .contains("application/openmetrics-text")
+        }) {
             Exposition::OpenMetrics
         } else {
             Exposition::PrometheusText
@@ -300,21 +304,24 @@ impl RaftMetrics {
         );
         registry.register(
             "raft_snapshots_sent",
-            "Snapshots this replica streamed to a peer that installed it",
+            "Snapshots this replica streamed to a peer that accepted them (its vote current)",
             self.snapshots_sent.clone(),
         );
         registry.register(
             "raft_snapshots_installed",
-            "Snapshots this replica received from its leader and installed",
+            "Snapshots this replica received whole from its leader and handed to Raft under the leader's vote (Raft skips one it no longer needs)",
             self.snapshots_installed.clone(),
         );
     }
 
-    fn record(&self, sample: &RaftSample) {
-        let mut seen = self
-            .seen
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, RaftSeen> {
+        self.seen
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record(&self, sample: &RaftSample) {
+        let mut seen = self.lock_seen();
         let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.term.set(as_gauge(sample.term));
         for role in RAFT_ROLES {
@@ -361,9 +368,18 @@ impl RaftMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientObservedLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     group: String,
 }
+
+/// The values of `fincore_sagas_total`'s `outcome` label.
+pub const SAGA_OUTCOMES: [&str; 3] = ["confirmed", "cancelled", "diverged"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SagaLabels {
@@ -392,6 +408,9 @@ pub struct Metrics {
     sagas_answered_pending: Counter,
     sagas_in_flight: Gauge,
     saga_copies_stale: Family<GroupLabels, Gauge>,
+    client_observed: Family<ClientObservedLabels, Counter>,
+    client_observed_latency: Family<ClientObservedLabels, Histogram, fn() -> Histogram>,
+    client_reports_malformed: Counter,
     raft: RaftMetrics,
     /// Log lines dropped, brought up to [`log_lines_dropped`] at each render (under the lock,
     /// so two renders never add one drop twice).
@@ -465,6 +484,27 @@ impl Metrics {
         let sagas_answered_pending = Counter::default();
         let sagas_in_flight = Gauge::default();
         let saga_copies_stale = Family::<GroupLabels, Gauge>::default();
+        let client_observed = Family::<ClientObservedLabels, Counter>::default();
+        let client_observed_latency =
+            Family::<ClientObservedLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let client_reports_malformed = Counter::default();
+        registry.register(
+            "client_observed_requests",
+            "Calls as the clients saw them, reported on their later calls: by operation and outcome (ok, refused, busy, unavailable, timeout, not_leader, other), failures that never reached a server included",
+            client_observed.clone(),
+        );
+        registry.register(
+            "client_observed_duration_seconds",
+            "Latency of calls as the clients measured them (each attempt), by operation and outcome",
+            client_observed_latency.clone(),
+        );
+        registry.register(
+            "client_reports_malformed",
+            "Client reports of earlier calls that were not well formed (ignored)",
+            client_reports_malformed.clone(),
+        );
         let raft = RaftMetrics::new();
         let log_lines_dropped = Counter::default();
         registry.register(
@@ -521,6 +561,11 @@ impl Metrics {
             raft.register(&mut registry);
         }
         if service.records_sagas() {
+            // Every outcome shows from the start, at 0: an alert on the first `diverged`
+            // needs the series before it.
+            for outcome in SAGA_OUTCOMES {
+                let _ = sagas.get_or_create(&SagaLabels { outcome });
+            }
             registry.register(
                 "sagas",
                 "Cross-group transfers carried by saga to an end, by outcome (confirmed, cancelled, diverged: a copy settled against its home's decision, which must never happen)",
@@ -557,6 +602,9 @@ impl Metrics {
             sagas_answered_pending,
             sagas_in_flight,
             saga_copies_stale,
+            client_observed,
+            client_observed_latency,
+            client_reports_malformed,
             raft,
             log_lines_dropped: Mutex::new(log_lines_dropped),
         })
@@ -619,16 +667,45 @@ impl Metrics {
         self.sagas.get_or_create(&SagaLabels { outcome }).inc();
     }
 
+    /// Counts one call as a client saw it (reported on a later call): `operation` and
+    /// `outcome` are fixed labels (`api::client_report`), never text from the request.
+    pub fn client_observed(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        let labels = ClientObservedLabels { operation, outcome };
+        self.client_observed.get_or_create(&labels).inc();
+        self.client_observed_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts `count` client reports that were not well formed.
+    pub fn client_reports_malformed(&self, count: usize) {
+        self.client_reports_malformed.inc_by(count as u64);
+    }
+
     /// `count` more (or, negative, fewer) cross-group transfers being carried now.
     pub fn sagas_in_flight_add(&self, count: i64) {
         self.sagas_in_flight.inc_by(count);
     }
 
-    /// The copies open past the resolver's bound that `group` holds, as its last round found.
-    pub fn saga_copies_stale(&self, group: String, copies: usize) {
-        self.saga_copies_stale
-            .get_or_create(&GroupLabels { group })
-            .set(i64::try_from(copies).unwrap_or(i64::MAX));
+    /// The copies open past the resolver's bound that `group` holds, as its last round found
+    /// (`None`: the group did not answer, so its count is unknown and its series goes).
+    pub fn saga_copies_stale(&self, group: String, copies: Option<usize>) {
+        let labels = GroupLabels { group };
+        match copies {
+            Some(copies) => {
+                self.saga_copies_stale
+                    .get_or_create(&labels)
+                    .set(i64::try_from(copies).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.saga_copies_stale.remove(&labels);
+            }
+        }
     }
 
     /// Counts `count` cross-group transfers answered `outcome_pending`.
@@ -651,6 +728,8 @@ impl Metrics {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             counter.inc_by(log_lines_dropped().saturating_sub(counter.get()));
         }
+        // A Raft sample rebuilds the follower series: never render half of one.
+        let _raft = self.raft.lock_seen();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -772,13 +851,14 @@ mod tests {
             let metrics = Metrics::for_service(service);
             metrics.request("grpc", "get_map", Duration::ZERO, Some(ErrorKind::Busy));
             metrics.auth_refused("grpc", "missing");
+            metrics.client_observed("read_events", "timeout", Duration::from_secs(5));
             metrics.queue_depth("pipeline", 1);
             metrics.batch(3);
             metrics.journal_sync(Duration::from_micros(10), 1);
             metrics.saga("confirmed");
             metrics.sagas_answered_pending(1);
             metrics.sagas_in_flight_add(1);
-            metrics.saga_copies_stale("g1".into(), 2);
+            metrics.saga_copies_stale("g1".into(), Some(2));
             metrics.raft(&leader_sample());
             let text = metrics.render();
             let mut names: Vec<String> = text
@@ -791,6 +871,9 @@ mod tests {
         };
         let common = [
             "auth_refusals",
+            "client_observed_duration_seconds",
+            "client_observed_requests",
+            "client_reports_malformed",
             "log_lines_dropped",
             "request_duration_seconds",
             "request_errors",
