@@ -211,18 +211,36 @@ impl Reports {
         queue.push_back(report);
     }
 
-    /// The metadata value carrying the oldest waiting reports, if any.
-    fn take(&self) -> Option<MetadataValue<Ascii>> {
-        let taken: Vec<client_report::Report> = {
-            let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let count = queue.len().min(limits::CLIENT_REPORTS_PER_CALL_MAX);
-            queue.drain(..count).collect()
-        };
-        if taken.is_empty() {
-            return None;
-        }
-        client_report::encode(&taken).parse().ok()
+    /// The oldest waiting reports, a call's worth, taken off the queue.
+    fn take(&self) -> Vec<client_report::Report> {
+        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = queue.len().min(limits::CLIENT_REPORTS_PER_CALL_MAX);
+        queue.drain(..count).collect()
     }
+
+    /// Puts `taken` back at the front of the queue (their call never reached a node), as far
+    /// as the queue has room.
+    fn put_back(&self, taken: Vec<client_report::Report>) {
+        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for report in taken.into_iter().rev() {
+            if queue.len() >= limits::CLIENT_REPORTS_QUEUED_MAX {
+                break;
+            }
+            queue.push_front(report);
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The reports the current attempt carries: set by `retrying` around the attempt, taken by
+    /// the interceptor into the attempt's request.
+    static ATTEMPT_REPORTS: std::cell::Cell<Option<MetadataValue<Ascii>>>;
+}
+
+/// Whether `status` was made by the client's transport (no connection, a reset), not sent by
+/// a node: the request, and the reports it carried, never reached one.
+fn never_reached_a_node(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 /// How an attempt ended, for the reports: what the client saw, whether or not the node did.
@@ -262,7 +280,11 @@ impl Interceptor for Bearer {
         if let Some(group) = &self.group {
             request.metadata_mut().insert(GROUP_KEY, group.clone());
         }
-        if let Some(reports) = self.reports.take() {
+        let reports = ATTEMPT_REPORTS
+            .try_with(std::cell::Cell::take)
+            .ok()
+            .flatten();
+        if let Some(reports) = reports {
             request
                 .metadata_mut()
                 .insert(client_report::HEADER, reports);
@@ -594,13 +616,21 @@ impl Client {
         loop {
             attempts += 1;
             let current = self.inner.read().expect("never poisoned").clone();
+            let reports = &self.dial.credentials.reports;
+            let carried = reports.take();
+            let header = (!carried.is_empty())
+                .then(|| client_report::encode(&carried).parse().ok())
+                .flatten();
             let attempted = Instant::now();
-            let outcome =
-                match tokio::time::timeout(self.policy.attempt_timeout, call(current)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(Status::deadline_exceeded("attempt timed out")),
-                };
-            self.dial.credentials.reports.record(
+            let attempt = ATTEMPT_REPORTS.scope(std::cell::Cell::new(header), call(current));
+            let outcome = match tokio::time::timeout(self.policy.attempt_timeout, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Status::deadline_exceeded("attempt timed out")),
+            };
+            if outcome.as_ref().err().is_some_and(never_reached_a_node) {
+                reports.put_back(carried);
+            }
+            reports.record(
                 operation,
                 attempt_outcome(outcome.as_ref().err()),
                 attempted.elapsed(),

@@ -509,9 +509,10 @@ pub async fn resolve_once<G: SagaGroups + ?Sized>(
 ) -> Result<usize, PipelineError> {
     let mut stale: BTreeMap<u128, Saga> = BTreeMap::new();
     let mut unanswered = None;
+    let mut silent: std::collections::BTreeSet<GroupId> = std::collections::BTreeSet::new();
     for &group in map.groups().keys() {
         // A group that does not answer leaves the others' stale sagas to be driven all the
-        // same (those involving it fail their steps and wait for the next round).
+        // same; those involving it wait for a round where it answers.
         let copies = match groups
             .open_copies(group, open_max, GATEWAY_SAGA_RESOLVE_COPIES_MAX)
             .await
@@ -520,6 +521,7 @@ pub async fn resolve_once<G: SagaGroups + ?Sized>(
             Err(error) => {
                 metrics.saga_copies_stale(group.to_string(), None);
                 unanswered.get_or_insert(error);
+                silent.insert(group);
                 continue;
             }
         };
@@ -535,16 +537,30 @@ pub async fn resolve_once<G: SagaGroups + ?Sized>(
                 .or_insert_with(|| Saga::new(map, transfer));
         }
     }
-    let sagas: Vec<Saga> = stale.into_values().collect();
+    let sagas: Vec<Saga> = stale
+        .into_values()
+        .filter(|saga| {
+            [saga.home, saga.debit, saga.credit]
+                .iter()
+                .all(|group| !silent.contains(group))
+        })
+        .collect();
+    let mut driven = 0;
     for chunk in sagas.chunks(GATEWAY_SAGA_RESOLVE_COPIES_MAX) {
-        run(groups, chunk, Want::Cancel, metrics).await?;
+        // A chunk that fails (a group stopped answering) leaves the next chunks to be tried.
+        match run(groups, chunk, Want::Cancel, metrics).await {
+            Ok(_) => driven += chunk.len(),
+            Err(error) => {
+                unanswered.get_or_insert(error);
+            }
+        }
     }
-    if !sagas.is_empty() {
-        tracing::info!(sagas = sagas.len(), "resolved stale sagas");
+    if driven > 0 {
+        tracing::info!(sagas = driven, "resolved stale sagas");
     }
     match unanswered {
         Some(error) => Err(error),
-        None => Ok(sagas.len()),
+        None => Ok(driven),
     }
 }
 
