@@ -15,6 +15,10 @@
 //!   [`ClientBuilder::tls_identity_pem`] presents a client certificate to nodes that require one
 //!   (`serve --tls-client-ca`).
 //!
+//! - Traced: each call carries the W3C `traceparent` of the caller's current OpenTelemetry span
+//!   (a `tracing` span, with `tracing-opentelemetry`), so the servers' spans join the caller's
+//!   trace (`docs/observability.md`).
+//!
 //! - Change events: [`Client::read_events`] reads a page of a replica's event stream and
 //!   [`Client::subscribe_events`] follows it (`docs/events.md`); every replica serves the same
 //!   events under the same sequence numbers, so either may be asked.
@@ -289,8 +293,32 @@ impl Interceptor for Bearer {
                 .metadata_mut()
                 .insert(client_report::HEADER, reports);
         }
+        if let Some(traceparent) = current_traceparent().and_then(|value| value.parse().ok()) {
+            request.metadata_mut().insert(TRACEPARENT_KEY, traceparent);
+        }
         Ok(request)
     }
+}
+
+/// Metadata key of the W3C trace context (<https://www.w3.org/TR/trace-context/>).
+const TRACEPARENT_KEY: &str = "traceparent";
+
+/// The W3C `traceparent` of the caller's current OpenTelemetry span (with
+/// `tracing-opentelemetry`, the current `tracing` span's), so a node continues the caller's
+/// trace; none outside a trace.
+fn current_traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    })
 }
 
 type Ledger = LedgerClient<InterceptedService<Channel, Bearer>>;

@@ -261,6 +261,7 @@ fn request(
         path,
         content_type: Some("application/json"),
         body: body.unwrap_or(""),
+        headers: &[],
     };
     let answer = testkit::http::request_over(&target.transport, target.api_key, addr, &request)?;
     let location = answer.header("location").map(String::from);

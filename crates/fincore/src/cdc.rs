@@ -123,7 +123,7 @@ impl NamingArgs {
 }
 
 pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
-    let _logs = telemetry::init_logging();
+    let _logs = telemetry::init_logging(&telemetry::trace::TraceOptions::off("fincore-cdc"))?;
     let config = Config {
         nats_url: args.nats.clone(),
         nats_credentials: args.nats_auth.credentials()?,

@@ -46,6 +46,8 @@ pub struct DevArgs {
     read_model: Option<String>,
     #[command(flatten)]
     listen: ListenArgs,
+    #[command(flatten)]
+    traces: crate::trace_args::TraceArgs,
 }
 
 /// The capacity as `serve` arguments, for the children of `dev --replicas`.
@@ -131,6 +133,7 @@ fn dev_group(args: &DevArgs) -> anyhow::Result<ExitCode> {
             keys: &keys_path,
             capacity: &capacity_args,
             meta: false,
+            traces: &args.traces.child_args(),
         },
         new_group.as_ref(),
     )?;
@@ -201,6 +204,8 @@ struct GroupFiles<'a> {
     capacity: &'a [String],
     /// Replicas of the meta group (`serve --meta`) rather than of a ledger group.
     meta: bool,
+    /// The trace export flags (`TraceArgs::child_args`).
+    traces: &'a [String],
 }
 
 /// Starts `fincore serve` children for the `nodes` of one group, node i in `dir/node-i`; for
@@ -241,6 +246,7 @@ fn spawn_group(
             .arg(files.keys)
             .args(files.capacity)
             .args(files.meta.then_some("--meta"))
+            .args(files.traces)
             .args(dev_membership_args(new_group, *id))
             .args(["--parent-pid", &std::process::id().to_string()])
             .stdin(std::process::Stdio::null())
@@ -497,11 +503,13 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         stop_signal()?
     };
     let meta_certificates = meta_dir.join(DEV_PEER_CERTIFICATES_DIR);
+    let trace_args = args.traces.child_args();
     let meta_files = GroupFiles {
         certificates: &meta_certificates,
         keys: &keys_path,
         capacity: &[],
         meta: true,
+        traces: &trace_args,
     };
     let mut children = spawn_group(&exe, &meta_dir, &meta_nodes, &meta_files, new_meta.as_ref())?;
     for (g, nodes) in groups.iter().enumerate() {
@@ -511,6 +519,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             keys: &keys_path,
             capacity: &capacity_args,
             meta: false,
+            traces: &trace_args,
         };
         match spawn_group(&exe, &group_dir(g), nodes, &files, new_groups[g].as_ref()) {
             Ok(started) => children.extend(started),
@@ -634,7 +643,14 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
 
 pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     // For every mode: the parent's own lines (its gateway, its read model) are log lines too.
-    let _logs = telemetry::init_logging();
+    // The parent is the gateway of `--groups` and the node of a group of one; of `--replicas`
+    // it only supervises the children (which export their own spans).
+    let traces = match (args.groups, args.replicas) {
+        (1, 1) => args.traces.options("fincore-node"),
+        (1, _) => telemetry::trace::TraceOptions::off("fincore-dev"),
+        _ => args.traces.options("fincore-gateway"),
+    };
+    let _logs = telemetry::init_logging(&traces)?;
     if args.groups > 1 {
         return dev_groups(args);
     }

@@ -89,6 +89,8 @@ pub struct GatewayArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    traces: crate::trace_args::TraceArgs,
 }
 
 /// Reads a cluster map file, refusing one that is not a valid map (the error names the field).
@@ -98,7 +100,7 @@ pub fn read_map(path: &std::path::Path) -> anyhow::Result<ClusterMap> {
 }
 
 pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
-    let _logs = telemetry::init_logging();
+    let _logs = telemetry::init_logging(&args.traces.options("fincore-gateway"))?;
     let api_key = match &args.group_key_file {
         Some(path) => Some(
             replication::secret_file::read_text(path)

@@ -18,6 +18,7 @@ mod project;
 mod read_model;
 mod serve;
 mod sim;
+mod trace_args;
 mod verify;
 
 use std::process::ExitCode;

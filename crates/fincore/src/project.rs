@@ -82,7 +82,7 @@ pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
             }
         },
     };
-    let _logs = telemetry::init_logging();
+    let _logs = telemetry::init_logging(&telemetry::trace::TraceOptions::off("fincore-projector"))?;
     let runtime = crate::serve::runtime()?;
     runtime.block_on(async move {
         if args.verify {

@@ -16,6 +16,7 @@ use replication::data_dir::DEV_PEER_CERTIFICATES_DIR;
 use replication::membership::{Entry, GroupId};
 use server::client_tls::{ClientTls, ClientTlsFiles};
 use server::{Auth, Node, NodeConfig, PeerSecurity};
+use telemetry::trace::TraceOptions;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -79,6 +80,8 @@ pub struct ServeArgs {
     /// not served; every other flag means what it means for a ledger replica.
     #[arg(long)]
     meta: bool,
+    #[command(flatten)]
+    traces: crate::trace_args::TraceArgs,
 }
 
 /// How a start of `serve` enters its group. Without either flag the data directory must
@@ -396,7 +399,9 @@ fn announce_peers(peer: std::net::SocketAddr, mutual_tls: bool) {
 
 /// Runs a meta replica (`serve --meta`) until SIGTERM, SIGINT or the parent's end.
 fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<ExitCode> {
-    let _logs = telemetry::init_logging();
+    // Set up already by `serve` or `dev`, which are the only callers: this changes nothing
+    // then, and keeps these functions whole on their own.
+    let _logs = telemetry::init_logging(&TraceOptions::off("fincore-node"))?;
     let data_dir = config.data_dir.clone();
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
@@ -440,7 +445,9 @@ pub(crate) fn run_node(
     parent_pid: Option<u32>,
     banner: impl FnOnce(&Node) -> Option<crate::read_model::Running>,
 ) -> anyhow::Result<ExitCode> {
-    let _logs = telemetry::init_logging();
+    // Set up already by `serve` or `dev`, which are the only callers: this changes nothing
+    // then, and keeps these functions whole on their own.
+    let _logs = telemetry::init_logging(&TraceOptions::off("fincore-node"))?;
     let data_dir = config.data_dir.clone();
     let runtime = runtime()?;
     let result = runtime.block_on(async move {
@@ -489,7 +496,12 @@ pub(crate) fn run_node(
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     // Before the checks below, so that their warnings are log lines (JSON when asked).
-    let _logs = telemetry::init_logging();
+    let service = if args.meta {
+        "fincore-meta"
+    } else {
+        "fincore-node"
+    };
+    let _logs = telemetry::init_logging(&args.traces.options(service))?;
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
     let listeners = [
         ("--grpc", args.listen.grpc),

@@ -3,7 +3,9 @@
 //! [`GroupWriter`] holds a bounded queue of parts (full: `Busy`) and a task that takes a part,
 //! waits for one of `GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX` call slots (the wait is what lets parts
 //! pile up), adds the parts queued meanwhile that [`joins`] allows, makes one call and gives
-//! each part its own slice of the results (or the call's error).
+//! each part its own slice of the results (or the call's error). The call runs in a span that
+//! continues the first sampled part's caller's trace and links the others'
+//! (`telemetry::trace::call_span`).
 //!
 //! Owns only that. A part never changes another part's results: parts join only as the node's
 //! pipeline lets requests join (no part after one leaving a linked chain open; only parts
@@ -18,6 +20,7 @@ use ledger::{BATCH_EVENTS_MAX, EventResult};
 use limits::{GATEWAY_GROUP_CALLS_IN_FLIGHT_MAX, GATEWAY_GROUP_QUEUE_PARTS_MAX};
 use server::PipelineError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::router::Routed;
 
@@ -28,10 +31,12 @@ pub(crate) type ClientResults<R> = Result<Vec<EventResult<R>>, ClientError>;
 pub(crate) type Send<E> =
     fn(Client, Vec<E>) -> BoxFuture<'static, ClientResults<<E as Routed>::Result>>;
 
-/// One caller's part waiting to be sent, with where its results go.
+/// One caller's part waiting to be sent, with where its results go and the caller's span (the
+/// call that carries it joins the caller's trace).
 struct Queued<E: Routed> {
     events: Vec<E>,
     respond: oneshot::Sender<ClientResults<E::Result>>,
+    span: tracing::Span,
 }
 
 /// Sends one kind of event to one group, coalescing callers' parts.
@@ -45,9 +50,9 @@ where
     E::Result: std::marker::Send + Clone + 'static,
 {
     /// Starts the writer's task (inside a Tokio runtime); it ends when the writer is dropped.
-    pub(crate) fn start(client: Client, send: Send<E>) -> GroupWriter<E> {
+    pub(crate) fn start(group: Arc<str>, client: Client, send: Send<E>) -> GroupWriter<E> {
         let (sender, receiver) = mpsc::channel(GATEWAY_GROUP_QUEUE_PARTS_MAX);
-        tokio::spawn(batcher(client, send, receiver));
+        tokio::spawn(batcher(group, client, send, receiver));
         GroupWriter { sender }
     }
 
@@ -59,7 +64,11 @@ where
     ) -> Result<ClientResults<E::Result>, PipelineError> {
         let (respond, answer) = oneshot::channel();
         self.sender
-            .try_send(Queued { events, respond })
+            .try_send(Queued {
+                events,
+                respond,
+                span: tracing::Span::current(),
+            })
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => PipelineError::Busy,
                 mpsc::error::TrySendError::Closed(_) => {
@@ -83,8 +92,12 @@ fn joins<E: Routed>(parts: &[Queued<E>], next: &Queued<E>) -> bool {
     !leaves_chain_open && parts.first().map(imported) == Some(imported(next))
 }
 
-async fn batcher<E>(client: Client, send: Send<E>, mut receiver: mpsc::Receiver<Queued<E>>)
-where
+async fn batcher<E>(
+    group: Arc<str>,
+    client: Client,
+    send: Send<E>,
+    mut receiver: mpsc::Receiver<Queued<E>>,
+) where
     E: Routed + std::marker::Send + 'static,
     E::Result: std::marker::Send + Clone + 'static,
 {
@@ -120,18 +133,21 @@ where
             }
         }
         let client = client.clone();
+        let callers: Vec<&tracing::Span> = parts.iter().map(|part| &part.span).collect();
+        let span = telemetry::trace::call_span("gateway.group_call", &group, total, &callers);
         tokio::spawn(async move {
             let mut events = Vec::with_capacity(total);
             let mut answers = Vec::with_capacity(parts.len());
             for Queued {
                 events: mut more,
                 respond,
+                span: _,
             } in parts
             {
                 answers.push((more.len(), respond));
                 events.append(&mut more);
             }
-            match send(client, events).await {
+            match send(client, events).instrument(span).await {
                 Ok(results) if results.len() == total => {
                     let mut results = results.into_iter();
                     for (len, respond) in answers {
@@ -175,6 +191,7 @@ mod tests {
         Queued {
             events,
             respond: oneshot::channel().0,
+            span: tracing::Span::none(),
         }
     }
 

@@ -118,14 +118,15 @@ impl Groups {
             let client = access
                 .client(&addrs, policy.clone(), Some(group.to_string()))
                 .map_err(|source| GroupsError::Connect { group, source })?;
+            let name: std::sync::Arc<str> = group.to_string().into();
             let connection = Group {
-                accounts: GroupWriter::start(client.clone(), |client, events| {
+                accounts: GroupWriter::start(name.clone(), client.clone(), |client, events| {
                     Box::pin(async move { client.create_accounts(&events).await })
                 }),
-                transfers: GroupWriter::start(client.clone(), |client, events| {
+                transfers: GroupWriter::start(name.clone(), client.clone(), |client, events| {
                     Box::pin(async move { client.create_transfers(&events).await })
                 }),
-                sagas: GroupWriter::start(client.clone(), |client, steps| {
+                sagas: GroupWriter::start(name, client.clone(), |client, steps| {
                     Box::pin(async move { client.saga_steps(&steps).await })
                 }),
                 client,

@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use cluster::route::{self, Accounts, Merger, Split};
 use cluster::{ClusterMap, GroupId};
@@ -94,11 +95,21 @@ impl Gateway {
         let count = sagas.len();
         let metrics = Arc::clone(&self.metrics);
         let (reserved_tx, reserved_rx) = tokio::sync::oneshot::channel();
-        let mut run = tokio::spawn(async move {
-            let want = Want::ConfirmIfReserved;
-            saga::run_telling_reserved(&routing.groups, &sagas, want, &metrics, Some(reserved_tx))
+        // In the caller's span: the saga's calls to the groups join the caller's trace.
+        let mut run = tokio::spawn(
+            async move {
+                let want = Want::ConfirmIfReserved;
+                saga::run_telling_reserved(
+                    &routing.groups,
+                    &sagas,
+                    want,
+                    &metrics,
+                    Some(reserved_tx),
+                )
                 .await
-        });
+            }
+            .in_current_span(),
+        );
         let deadline = tokio::time::sleep(self.saga_deadline);
         let reserved_past_deadline = async move {
             let reserved = reserved_rx.await.is_ok();
@@ -115,7 +126,7 @@ impl Gateway {
                             tracing::warn!(%error, "a saga answered outcome_pending stopped short; a resolver finishes it");
                         }
                         drop(permit);
-                    });
+                    }.in_current_span());
                     self.metrics.sagas_answered_pending(count);
                     let pending = EventResult {
                         result: CreateTransferResult::OutcomePending,

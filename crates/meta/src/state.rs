@@ -80,6 +80,7 @@ impl MapChange {
             saga: false,
             codes: vec![kind, slot],
             timestamps: vec![epoch_in_use, named_epoch],
+            applied: Default::default(),
         }
     }
 

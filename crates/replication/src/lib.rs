@@ -35,10 +35,10 @@ pub use journal::{GroupCommitStats, SyncObserver};
 pub use log_store::clamp_range;
 pub use machine::ReplicaMachine;
 pub use network::RaftTransportService;
-pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError};
+pub use replica::{Replica, ReplicaConfig, ReplicaStatus, Role, WriteError, Written};
 pub use small_state::{SmallState, SmallStateMachine};
 pub use state_machine::{SNAPSHOT_INSTALLED_FROM_PEER, SharedState};
-pub use types::{BatchOutcome, NodeId, PeerNode, SealedBatch};
+pub use types::{ApplyTiming, BatchOutcome, NodeId, PeerNode, SealedBatch};
 pub use verify::{VerifyReport, verify};
 
 /// openraft's side of a replica, public for the deterministic simulator (`sim`), which drives

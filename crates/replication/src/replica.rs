@@ -532,8 +532,13 @@ impl<M: ReplicaMachine> Replica<M> {
     /// replica. Answers what applying it answered once a majority stored it and this replica
     /// applied it.
     pub async fn write_entry(&self, entry: SealedBatch) -> Result<BatchOutcome, WriteError> {
+        self.write_entry_at(entry).await.map(|(_, outcome)| outcome)
+    }
+
+    /// [`Replica::write_entry`], answering also the entry's log index.
+    async fn write_entry_at(&self, entry: SealedBatch) -> Result<(u64, BatchOutcome), WriteError> {
         match self.raft.client_write(entry).await {
-            Ok(response) => Ok(response.data),
+            Ok(response) => Ok((response.log_id.index(), response.data)),
             Err(error) => {
                 let leader = leader_of(&error);
                 match error.api_error() {
@@ -669,15 +674,31 @@ impl Replica {
     /// one replication round, one fsync per replica. Answers the batch's results once a
     /// majority stored it and this replica applied it.
     pub async fn write(&self, body: BatchBody) -> Result<BatchResults, WriteError> {
+        self.write_traced(body).await.map(|written| written.results)
+    }
+
+    /// [`Replica::write`], answering also where and when the batch was applied (for traces).
+    pub async fn write_traced(&self, body: BatchBody) -> Result<Written, WriteError> {
         let batch = Batch {
             timestamp: now_ns(),
             body,
         };
         let sealed = SealedBatch(batch.encode().into());
-        self.write_entry(sealed)
-            .await
-            .map(|outcome| outcome.to_results())
+        let (log_index, outcome) = self.write_entry_at(sealed).await?;
+        Ok(Written {
+            results: outcome.to_results(),
+            log_index,
+            applied: outcome.applied,
+        })
     }
+}
+
+/// A committed and applied batch: its results, its log index, and when this replica applied it.
+#[derive(Debug)]
+pub struct Written {
+    pub results: BatchResults,
+    pub log_index: u64,
+    pub applied: crate::ApplyTiming,
 }
 
 #[cfg(test)]

@@ -523,8 +523,15 @@ impl<C: LedgerConfig> RaftStateMachine<C> for LedgerStateMachine<C> {
             let outcome = match &entry.payload {
                 // The position moves inside, under the state's lock.
                 EntryPayload::Normal(sealed) => {
-                    self.apply_batch(entry.log_id, &sealed.0, responder.is_some())
-                        .await?
+                    let started = std::time::Instant::now();
+                    let mut outcome = self
+                        .apply_batch(entry.log_id, &sealed.0, responder.is_some())
+                        .await?;
+                    if responder.is_some() {
+                        outcome.applied =
+                            crate::ApplyTiming(Some((started, std::time::Instant::now())));
+                    }
+                    outcome
                 }
                 EntryPayload::Membership(membership) => {
                     let mut inner = self.inner.lock().expect("never poisoned");

@@ -37,7 +37,32 @@ pub struct BatchOutcome {
     pub saga: bool,
     pub codes: Vec<u32>,
     pub timestamps: Vec<u64>,
+    /// When this replica applied the entry, for the trace of the write waiting on it.
+    #[serde(skip)]
+    pub applied: ApplyTiming,
 }
+
+/// When a replica started and finished applying an entry: set on the leader for an entry a
+/// write waits on (its trace's apply stage). Not part of what the outcome says: never sent,
+/// and equal to every other (two replicas' outcomes of one entry compare equal).
+#[derive(Clone, Copy, Default)]
+pub struct ApplyTiming(pub Option<(std::time::Instant, std::time::Instant)>);
+
+/// Shown without the instants, so that an outcome prints the same in every run (the
+/// simulator's reports are replayed by seed).
+impl fmt::Debug for ApplyTiming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApplyTiming(..)")
+    }
+}
+
+impl PartialEq for ApplyTiming {
+    fn eq(&self, _: &ApplyTiming) -> bool {
+        true
+    }
+}
+
+impl Eq for ApplyTiming {}
 
 impl BatchOutcome {
     pub fn from_results(results: &BatchResults) -> BatchOutcome {
@@ -47,18 +72,21 @@ impl BatchOutcome {
                 saga: false,
                 codes: r.iter().map(|r| r.result.code()).collect(),
                 timestamps: r.iter().map(|r| r.timestamp).collect(),
+                applied: ApplyTiming::default(),
             },
             BatchResults::CreateTransfers(r) => BatchOutcome {
                 accounts: false,
                 saga: false,
                 codes: r.iter().map(|r| r.result.code()).collect(),
                 timestamps: r.iter().map(|r| r.timestamp).collect(),
+                applied: ApplyTiming::default(),
             },
             BatchResults::SagaSteps(r) => BatchOutcome {
                 accounts: false,
                 saga: true,
                 codes: r.iter().map(|r| r.result.code()).collect(),
                 timestamps: r.iter().map(|r| r.timestamp).collect(),
+                applied: ApplyTiming::default(),
             },
         }
     }

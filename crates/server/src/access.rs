@@ -14,7 +14,9 @@
 //! PERMISSION_DENIED.
 //! [`GrpcAccess`] wraps the service and refuses from the headers, before the body is decoded;
 //! it also puts the connection's client identity (mutual TLS) on the request for the handlers,
-//! and counts what an admitted caller reports of its earlier calls (`api::client_report`).
+//! counts what an admitted caller reports of its earlier calls (`api::client_report`), and runs
+//! an admitted call inside its trace span (`telemetry::trace::server_span`, following the
+//! caller's W3C `traceparent`).
 //!
 //! Owns this policy and these answers; the keys and the verdict are in [`crate::auth`].
 
@@ -35,6 +37,7 @@ use tonic::server::NamedService;
 use std::sync::Arc;
 
 use telemetry::Metrics;
+use tracing::Instrument;
 
 use crate::auth::{Auth, AuthError, Caller, Role};
 
@@ -133,6 +136,15 @@ pub async fn http_layer(State(access): State<Access>, request: Request, next: Ne
         if let Err(error) = access.check("http", route, presented, needed) {
             return http_refusal(&error);
         }
+        // Probes and scrapes (the open routes) are not traced.
+        let headers = request.headers();
+        let span = telemetry::trace::server_span(
+            "http",
+            &format!("{} {route}", request.method()),
+            None,
+            |name| headers.get(name).and_then(|value| value.to_str().ok()),
+        );
+        return next.run(request).instrument(span).await;
     }
     next.run(request).await
 }
@@ -266,10 +278,21 @@ where
                         }
                         self.access.metrics.client_reports_malformed(malformed);
                     }
+                    let headers = request.headers();
+                    let group = match &self.groups {
+                        Groups::Serves(group) => group.as_deref(),
+                        Groups::NamedByCall => headers.get(GROUP_KEY).and_then(|v| v.to_str().ok()),
+                    };
+                    let span = telemetry::trace::server_span(
+                        "grpc",
+                        path.trim_start_matches('/'),
+                        group,
+                        |name| headers.get(name).and_then(|value| value.to_str().ok()),
+                    );
                     if let Some(caller) = caller {
                         request.extensions_mut().insert(caller);
                     }
-                    Box::pin(self.inner.call(request))
+                    Box::pin(self.inner.call(request).instrument(span))
                 }
                 Some(refusal) => Box::pin(std::future::ready(Ok(
                     tonic::Status::failed_precondition(refusal).into_http(),

@@ -17,13 +17,16 @@
 //! Each operation is its own method with its own result type, and a queued write carries the
 //! channel for exactly its own results, so no caller ever handles an answer of the wrong kind.
 //!
+//! Each write records when its batch was proposed, applied and answered; a request whose trace
+//! is sampled exports those stages as its own child spans (`telemetry::trace`).
+//!
 //! Stopping is bounded ([`PipelineTask::stop`]): the writes in flight get a while to commit,
 //! then Raft stops, which answers those that could not (a leader cut off from its followers)
 //! `Unavailable` with their outcome unknown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ledger::{
     Account, AccountBalance, AccountFilter, AccountFlags, BATCH_EVENTS_MAX, BatchBody,
@@ -113,7 +116,76 @@ pub type CreateResults<R> = Result<Vec<EventResult<R>>, PipelineError>;
 /// One create request waiting to be batched, with the channel its own results go back on.
 struct Pending<E: Event> {
     events: Vec<E>,
-    respond: oneshot::Sender<CreateResults<E::Result>>,
+    respond: oneshot::Sender<Answer<E::Result>>,
+}
+
+/// What a queued write is answered: its results and, once its batch committed, the batch's
+/// stages for the request's trace.
+struct Answer<R> {
+    results: CreateResults<R>,
+    batch: Option<BatchTrace>,
+}
+
+impl<R> Answer<R> {
+    fn refused(error: PipelineError) -> Answer<R> {
+        Answer {
+            results: Err(error),
+            batch: None,
+        }
+    }
+}
+
+/// When one batch passed each stage, shared by the requests it served; each sampled request
+/// exports its own copy as child spans (`telemetry::trace::record_stages`).
+#[derive(Debug, Clone, Copy)]
+struct BatchTrace {
+    /// Handed to Raft.
+    proposed: Instant,
+    /// Applied on this replica (start, end), after a majority stored it.
+    applied: Option<(Instant, Instant)>,
+    /// Raft answered the write.
+    committed: Instant,
+    log_index: u64,
+    events: usize,
+    requests: usize,
+}
+
+impl BatchTrace {
+    /// Exports the stages of a request queued at `queued` and answered now.
+    fn record(&self, queued: Instant) {
+        use telemetry::trace::Stage;
+        let applied = self.applied.unwrap_or((self.committed, self.committed));
+        let stages = [
+            Stage {
+                name: "ledger.queue",
+                start: queued,
+                end: self.proposed,
+            },
+            Stage {
+                name: "ledger.replicate",
+                start: self.proposed,
+                end: applied.0,
+            },
+            Stage {
+                name: "ledger.apply",
+                start: applied.0,
+                end: applied.1,
+            },
+            Stage {
+                name: "ledger.reply",
+                start: applied.1,
+                end: Instant::now(),
+            },
+        ];
+        telemetry::trace::record_stages(
+            &stages,
+            &[
+                ("log_index", self.log_index as i64),
+                ("batch_events", self.events as i64),
+                ("batch_requests", self.requests as i64),
+            ],
+        );
+    }
 }
 
 /// What the request queue holds: create requests of either kind.
@@ -464,6 +536,7 @@ impl Pipeline {
 
     async fn write<E: Event>(&self, events: Vec<E>) -> CreateResults<E::Result> {
         self.refuse_if_failed()?;
+        let queued = Instant::now();
         let (respond, answer) = oneshot::channel();
         match self.sender.try_send(E::queued(Pending { events, respond })) {
             Ok(()) => {}
@@ -476,9 +549,13 @@ impl Pipeline {
             "requests",
             self.sender.max_capacity() - self.sender.capacity(),
         );
-        answer
-            .await
-            .unwrap_or_else(|_| Err(PipelineError::Unavailable("it is shutting down".into())))
+        let answer = answer.await.unwrap_or_else(|_| {
+            Answer::refused(PipelineError::Unavailable("it is shutting down".into()))
+        });
+        if let Some(batch) = answer.batch {
+            batch.record(queued);
+        }
+        answer.results
     }
 
     /// Runs `query` on a linearizable state: after this replica confirmed it leads and applied
@@ -577,7 +654,7 @@ impl Coalesced {
     fn refuse(self, error: &PipelineError) {
         fn refuse_all<E: Event>(members: Vec<Pending<E>>, error: &PipelineError) {
             for pending in members {
-                let _ = pending.respond.send(Err(error.clone()));
+                let _ = pending.respond.send(Answer::refused(error.clone()));
             }
         }
         match self {
@@ -642,7 +719,7 @@ fn admit<E: Event>(
             Err(error) => {
                 let _ = pending
                     .respond
-                    .send(Err(PipelineError::CapacityReached(error)));
+                    .send(Answer::refused(PipelineError::CapacityReached(error)));
             }
         }
     }
@@ -756,11 +833,23 @@ async fn commit<E: Event>(
         events.append(&mut more);
     }
     debug_assert_eq!(events.len(), events_count);
-    match replica.write(E::body(events)).await {
-        Ok(results) => {
-            let mut results = E::results(results).into_iter();
+    let proposed = Instant::now();
+    match replica.write_traced(E::body(events)).await {
+        Ok(written) => {
+            let batch = BatchTrace {
+                proposed,
+                applied: written.applied.0,
+                committed: Instant::now(),
+                log_index: written.log_index,
+                events: events_count,
+                requests: answers.len(),
+            };
+            let mut results = E::results(written.results).into_iter();
             for (len, respond) in answers {
-                let _ = respond.send(Ok(results.by_ref().take(len).collect()));
+                let _ = respond.send(Answer {
+                    results: Ok(results.by_ref().take(len).collect()),
+                    batch: Some(batch),
+                });
             }
         }
         Err(_) if stopping.load(Ordering::Acquire) => {
@@ -768,13 +857,13 @@ async fn commit<E: Event>(
                 "it stopped before the batch committed; the batch's outcome is unknown".into(),
             );
             for (_, respond) in answers {
-                let _ = respond.send(Err(error.clone()));
+                let _ = respond.send(Answer::refused(error.clone()));
             }
         }
         Err(error) => {
             let error = PipelineError::from(error);
             for (_, respond) in answers {
-                let _ = respond.send(Err(error.clone()));
+                let _ = respond.send(Answer::refused(error.clone()));
             }
         }
     }

@@ -83,6 +83,7 @@ impl Oracle {
                     saga: false,
                     codes: results.iter().map(|(r, _)| r.code()).collect(),
                     timestamps: results.iter().map(|(_, t)| *t).collect(),
+                    applied: Default::default(),
                 }
             }
             BatchBody::CreateTransfers(events) => {
@@ -92,6 +93,7 @@ impl Oracle {
                     saga: false,
                     codes: results.iter().map(|(r, _)| r.code()).collect(),
                     timestamps: results.iter().map(|(_, t)| *t).collect(),
+                    applied: Default::default(),
                 }
             }
             BatchBody::SagaSteps(_) => {

@@ -22,6 +22,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod logs;
+pub mod trace;
+
+pub use logs::{LOG_FILTER_DEFAULT, LogFormat, LogGuard, init_logging, log_lines_dropped};
+
 /// The content type of [`Metrics::render`]'s output.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -743,74 +748,6 @@ impl Metrics {
             Exposition::PrometheusText => to_prometheus_text(&self.render()),
         }
     }
-}
-
-/// The filter when `RUST_LOG` is not set: fincore's own lines at `info`, openraft's only when
-/// they report an error (its `info` lines dump internal state at every election).
-pub const LOG_FILTER_DEFAULT: &str = "info,openraft=error";
-
-/// How log lines look: `FINCORE_LOG_FORMAT=json` gives one JSON object per line (timestamp,
-/// level, target, fields, the spans'); anything else, human-readable lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-impl LogFormat {
-    /// The format `FINCORE_LOG_FORMAT` names (human unless it says `json`).
-    pub fn from_env() -> LogFormat {
-        match std::env::var("FINCORE_LOG_FORMAT") {
-            Ok(format) if format.eq_ignore_ascii_case("json") => LogFormat::Json,
-            _ => LogFormat::Human,
-        }
-    }
-}
-
-/// The dropped-lines count of this process's log writer, once [`init_logging`] set it up.
-static LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
-
-/// Log lines dropped so far because the writer's queue was full (0 before [`init_logging`]).
-pub fn log_lines_dropped() -> u64 {
-    LOG_DROPS
-        .get()
-        .map_or(0, |drops| drops.dropped_lines() as u64)
-}
-
-/// Keeps the log writer running; dropping it writes out the lines still queued. Hold it until
-/// the process ends.
-#[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
-
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default [`LOG_FILTER_DEFAULT`]), in the
-/// [`LogFormat`] `FINCORE_LOG_FORMAT` names. Lines go through a queue of
-/// `limits::LOG_LINES_QUEUED_MAX` to a writer thread: logging never waits on stderr, and when
-/// the queue is full the line is dropped and counted (`fincore_log_lines_dropped_total`). Safe
-/// to call twice (the second call changes nothing).
-pub fn init_logging() -> LogGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_FILTER_DEFAULT));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(limits::LOG_LINES_QUEUED_MAX)
-        .thread_name("fincore-log")
-        .finish(std::io::stderr());
-    let drops = writer.error_counter();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let installed = match LogFormat::from_env() {
-        LogFormat::Human => builder.with_ansi(ansi).try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
-    };
-    if installed.is_err() {
-        // Logging was set up already: this writer is not used.
-        return LogGuard(None);
-    }
-    let _ = LOG_DROPS.set(drops);
-    LogGuard(Some(guard))
 }
 
 #[cfg(test)]

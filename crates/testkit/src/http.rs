@@ -175,6 +175,7 @@ pub fn request_as(
         path,
         content_type,
         body,
+        headers: &[],
     };
     request_over(&process_transport(), api_key, addr, &request)
 }
@@ -185,6 +186,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub content_type: Option<&'a str>,
     pub body: &'a str,
+    /// More headers, as (name, value).
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 /// A byte stream to a node: TCP, or TLS over TCP.
@@ -204,6 +207,7 @@ pub fn request_over(
         path,
         content_type,
         body,
+        headers,
     } = *request;
     let tcp = TcpStream::connect(addr).map_err(KitError::io(format!("connecting to {addr}")))?;
     tcp.set_read_timeout(Some(Duration::from_secs(ANSWER_SECONDS_MAX)))
@@ -236,6 +240,9 @@ pub fn request_over(
     }
     if let Some(key) = api_key {
         head.push_str(&format!("Authorization: Bearer {key}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     let sent = stream

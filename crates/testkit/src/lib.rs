@@ -8,6 +8,7 @@
 //! - [`keys`]: the admin API key every node this process starts accepts.
 //! - [`certs`]: the peer certificates of the groups this process starts (mutual TLS).
 //! - [`postgres`]: a PostgreSQL database of one's own, dropped with its handle.
+//! - [`otlp`]: a loopback OTLP/gRPC receiver keeping the spans the processes export.
 //! - [`ports`]: distinct free loopback addresses below the ephemeral range ([`free_addrs`]).
 //! - [`account`], [`transfer`]: the tests' usual account and transfer.
 //! - [`bank_checker`]: the chaos bank test's history types and checker.
@@ -24,6 +25,7 @@ pub mod group;
 pub mod http;
 pub mod keys;
 pub mod node;
+pub mod otlp;
 pub mod ports;
 pub mod postgres;
 pub mod proxy;

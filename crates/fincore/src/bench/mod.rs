@@ -13,6 +13,7 @@ mod cdc;
 mod embedded;
 mod groups;
 mod network;
+mod traces;
 mod wipe;
 mod workload;
 
@@ -158,6 +159,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "TRANSFERS_PER_SECOND", conflicts_with_all = ["embedded", "groups"],
           value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// Network mode: measure what traces cost, in this many rounds of three runs of a group
+    /// started here: no trace export, export of 1 % of requests, and of all of them, each to
+    /// an OTLP/gRPC receiver in this process (`serve --otlp --trace-sampling`). Reports the
+    /// medians, their ratios to no export, and the spans each run exported.
+    #[arg(long, value_name = "ROUNDS", value_parser = clap::value_parser!(u64).range(1..=100),
+          conflicts_with_all = ["embedded", "addr", "kill_leader_at", "wipe_follower_at", "vs_single", "vs_insecure", "groups", "cdc", "data_dir"])]
+    vs_tracing: Option<u64>,
+    /// Set by `--vs-tracing` for its runs with export: the collector and the sampling ratio.
+    #[arg(skip)]
+    traces: Option<(String, f64)>,
     /// Set by `--cdc` for its runs without events: the nodes start with `FINCORE_EVENTS=off`.
     #[arg(skip)]
     events_off: bool,
@@ -656,6 +667,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.cdc {
         return compare_cdc(args);
+    }
+    if let Some(rounds) = args.vs_tracing {
+        return traces::compare(args, rounds);
     }
     let (mode, measured) = if args.embedded {
         ("embedded", embedded::run(args)?)

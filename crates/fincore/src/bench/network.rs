@@ -93,6 +93,8 @@ pub(super) struct NodeSetup {
     /// `--client-tls`: the client listeners' certificate and key, and the authority's
     /// certificate (PEM) the clients trust.
     pub client_tls: Option<(PathBuf, PathBuf, Vec<u8>)>,
+    /// `--vs-tracing`'s runs with export: the collector's URL and the sampling ratio.
+    pub traces: Option<(String, f64)>,
 }
 
 impl NodeSetup {
@@ -127,6 +129,7 @@ impl NodeSetup {
             events_off: args.events_off,
             open: args.open,
             client_tls,
+            traces: args.traces.clone(),
         })
     }
 
@@ -143,6 +146,14 @@ impl NodeSetup {
         let mut args = Vec::new();
         if self.open {
             args.extend(OPEN_ARGS.map(String::from));
+        }
+        if let Some((collector, sampling)) = &self.traces {
+            args.extend([
+                "--otlp".to_string(),
+                collector.clone(),
+                "--trace-sampling".to_string(),
+                sampling.to_string(),
+            ]);
         }
         if let Some((certificate, key, _)) = &self.client_tls {
             args.extend([

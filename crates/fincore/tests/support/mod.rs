@@ -134,6 +134,7 @@ pub fn request_over(
         path,
         content_type: Some("application/json"),
         body,
+        headers: &[],
     };
     testkit::http::request_over(transport, key, addr, &request)
 }
