@@ -839,12 +839,7 @@ fn a_saga_left_open_by_a_dead_gateway_is_finished_by_another_gateways_resolver()
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let metrics = get(http, "/metrics").body;
-        let value = |series: &str| {
-            metrics
-                .lines()
-                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-                .map(|value| value.trim().parse::<f64>().unwrap())
-        };
+        let value = |series: &str| testkit::http::metric_value(&metrics, series);
         let stale: Vec<Option<f64>> = g
             .iter()
             .map(|group| value(&format!(r#"fincore_saga_copies_stale{{group="{group}"}}"#)))

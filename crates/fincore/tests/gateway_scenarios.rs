@@ -132,23 +132,16 @@ fn plain_transfer_scenarios_with_accounts_and_ids_in_different_groups_get_the_st
     );
     // The transfers that passed the checks ran as sagas, every one confirmed or cancelled.
     let metrics = testkit::http::get(&gateway_node.http_addr, "/metrics").unwrap();
-    let confirmed = metrics
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix("fincore_sagas_total{outcome=\"confirmed\"} "))
-        .map(|count| count.trim().parse::<u64>().unwrap());
+    let count = |series| testkit::http::metric_value(&metrics.body, series);
+    let confirmed = count(r#"fincore_sagas_total{outcome="confirmed"}"#);
     assert!(
-        confirmed.is_some_and(|count| count > 0),
+        confirmed.is_some_and(|count| count > 0.0),
         "no confirmed saga: {}",
         metrics.body
     );
     // Every outcome is exported from the start; a diverged saga must never be counted.
-    let diverged = metrics
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix("fincore_sagas_total{outcome=\"diverged\"} "))
-        .map(|count| count.trim().parse::<u64>().unwrap());
-    assert_eq!(diverged, Some(0), "{}", metrics.body);
+    let diverged = count(r#"fincore_sagas_total{outcome="diverged"}"#);
+    assert_eq!(diverged, Some(0.0), "{}", metrics.body);
     gateway_node.stop().unwrap();
     groups.stop().unwrap();
 }

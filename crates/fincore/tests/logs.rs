@@ -25,12 +25,8 @@ fn single_node_args(data: &std::path::Path) -> Vec<String> {
 
 fn dropped_lines(node: &ChildNode) -> u64 {
     let metrics = testkit::http::get(&node.http_addr, "/metrics").unwrap();
-    metrics
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix("fincore_log_lines_dropped_total "))
-        .map(|value| value.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no dropped-lines counter in\n{}", metrics.body))
+    testkit::http::metric_value(&metrics.body, "fincore_log_lines_dropped_total")
+        .unwrap_or_else(|| panic!("no dropped-lines counter in\n{}", metrics.body)) as u64
 }
 
 #[test]

@@ -70,13 +70,6 @@ fn metrics_text(node: &ChildNode) -> String {
     answer.body
 }
 
-/// The value of the sample `series` (name and labels exactly as rendered).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|value| value.trim().parse().unwrap())
-}
-
 /// `GET /metrics` asking for OpenMetrics, as Prometheus asks: (content type, body).
 fn openmetrics(addr: &str) -> (String, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -156,28 +149,31 @@ fn a_group_of_three_exports_its_raft_state_and_shows_a_killed_leader_replaced() 
     // The leader: both followers' lag, each of them acknowledging.
     let (leader, text) = wait_for_member(&groups, "a leader with two acknowledging followers", {
         |i, text| {
-            sample(text, LEADER) == Some(1.0)
-                && (0..3)
-                    .filter(|&f| f != i)
-                    .all(|f| sample(text, &lag_seconds(f)).is_some_and(|age| age < 5.0))
+            testkit::http::metric_value(text, LEADER) == Some(1.0)
+                && (0..3).filter(|&f| f != i).all(|f| {
+                    testkit::http::metric_value(text, &lag_seconds(f)).is_some_and(|age| age < 5.0)
+                })
         }
     });
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let term = sample(&text, "fincore_raft_term").unwrap();
+    let term = testkit::http::metric_value(&text, "fincore_raft_term").unwrap();
     assert!(term >= 1.0, "{text}");
     assert!(
-        sample(&text, "fincore_raft_commit_index").unwrap() >= 1.0,
+        testkit::http::metric_value(&text, "fincore_raft_commit_index").unwrap() >= 1.0,
         "{text}"
     );
     assert!(
-        sample(&text, "fincore_raft_leader_changes_total").unwrap() >= 1.0,
+        testkit::http::metric_value(&text, "fincore_raft_leader_changes_total").unwrap() >= 1.0,
         "{text}"
     );
     for &f in &followers {
-        assert!(sample(&text, &lag_entries(f)).is_some(), "{text}");
+        assert!(
+            testkit::http::metric_value(&text, &lag_entries(f)).is_some(),
+            "{text}"
+        );
     }
     assert!(
-        sample(&text, &lag_entries(leader)).is_none(),
+        testkit::http::metric_value(&text, &lag_entries(leader)).is_none(),
         "no lag of the leader to itself:\n{text}"
     );
     run_promtool(&["check", "metrics"], Some(&text));
@@ -185,7 +181,7 @@ fn a_group_of_three_exports_its_raft_state_and_shows_a_killed_leader_replaced() 
     // A follower: its role, the leader's term, and no follower series of its own.
     let follower_text = metrics_text(groups.node(0, followers[0]).unwrap());
     assert_eq!(
-        sample(&follower_text, FOLLOWER),
+        testkit::http::metric_value(&follower_text, FOLLOWER),
         Some(1.0),
         "{follower_text}"
     );
@@ -231,12 +227,12 @@ fn a_group_of_three_exports_its_raft_state_and_shows_a_killed_leader_replaced() 
     // the old leader's acknowledgements stop.
     groups.kill9(0, leader);
     let (new_leader, text) = wait_for_member(&groups, "a new leader", |_, text| {
-        sample(text, LEADER) == Some(1.0)
-            && sample(text, "fincore_raft_term").is_some_and(|t| t > term)
+        testkit::http::metric_value(text, LEADER) == Some(1.0)
+            && testkit::http::metric_value(text, "fincore_raft_term").is_some_and(|t| t > term)
     });
     assert_ne!(new_leader, leader);
     assert!(
-        sample(&text, "fincore_raft_leader_changes_total").unwrap() >= 2.0,
+        testkit::http::metric_value(&text, "fincore_raft_leader_changes_total").unwrap() >= 2.0,
         "the first leader and this one:\n{text}"
     );
     // The killed replica is still a member: the new leader counts its lag, and has no
@@ -249,9 +245,10 @@ fn a_group_of_three_exports_its_raft_state_and_shows_a_killed_leader_replaced() 
         .expect("three members");
     let (_, text) = wait_for_member(&groups, "the killed leader's silence", |i, text| {
         i == new_leader
-            && sample(text, &lag_entries(leader)).is_some()
-            && sample(text, &lag_seconds(leader)).is_none_or(|age| age >= 1.0)
-            && sample(text, &lag_seconds(survivor)).is_some_and(|age| age < 5.0)
+            && testkit::http::metric_value(text, &lag_entries(leader)).is_some()
+            && testkit::http::metric_value(text, &lag_seconds(leader)).is_none_or(|age| age >= 1.0)
+            && testkit::http::metric_value(text, &lag_seconds(survivor))
+                .is_some_and(|age| age < 5.0)
     });
     run_promtool(&["check", "metrics"], Some(&text));
     groups.stop().unwrap();
@@ -268,13 +265,16 @@ fn a_meta_replica_exports_its_raft_state_in_text_promtool_accepts() {
     let deadline = Instant::now() + ELECTION_WAIT;
     let text = loop {
         let text = metrics_text(&node);
-        if sample(&text, LEADER) == Some(1.0) {
+        if testkit::http::metric_value(&text, LEADER) == Some(1.0) {
             break text;
         }
         assert!(Instant::now() < deadline, "no leader:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(sample(&text, "fincore_raft_term").unwrap() >= 1.0, "{text}");
+    assert!(
+        testkit::http::metric_value(&text, "fincore_raft_term").unwrap() >= 1.0,
+        "{text}"
+    );
     run_promtool(&["check", "metrics"], Some(&text));
     node.stop().unwrap();
 }
@@ -322,7 +322,7 @@ fn failures_a_client_saw_but_the_node_never_did_are_counted_from_the_clients_rep
     });
     let text = metrics_text(&node);
     let observed = |operation: &str, outcome: &str| {
-        sample(
+        testkit::http::metric_value(
             &text,
             &format!(
                 r#"fincore_client_observed_requests_total{{operation="{operation}",outcome="{outcome}"}}"#

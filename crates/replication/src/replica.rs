@@ -202,7 +202,8 @@ where
     }
 }
 
-/// What [`Replica::raft_sample`] reports, from openraft's metrics.
+/// This replica's Raft state for its metrics (term, role, leader, log indexes, snapshots sent and
+/// installed, and on a leader how far behind each follower is), from openraft's metrics.
 fn raft_sample(
     id: NodeId,
     metrics: &openraft::RaftMetrics<TypeConfig>,
@@ -393,16 +394,6 @@ impl<M: ReplicaMachine> Replica<M> {
         let _ = self.raft.shutdown().await;
     }
 
-    /// This replica's Raft state for its metrics: term, role, leader, log indexes, snapshots
-    /// sent and installed, and on a leader how far behind each follower is.
-    pub fn raft_sample(&self) -> telemetry::RaftSample {
-        raft_sample(
-            self.id,
-            &self.raft.metrics().borrow_watched(),
-            &self.snapshots,
-        )
-    }
-
     /// Keeps `metrics`' Raft families current: records a sample at every change of Raft's state
     /// (so that no leader change goes uncounted) and every second (so that a follower's time
     /// since its last acknowledgement ages), and logs each new leader (openraft's own lines are
@@ -415,13 +406,9 @@ impl<M: ReplicaMachine> Replica<M> {
         let mut watched = self.raft.metrics();
         let snapshots = Arc::clone(&self.snapshots);
         tokio::spawn(async move {
-            let mut leader_seen = None;
             loop {
                 let sample = raft_sample(id, &watched.borrow_watched(), &snapshots);
-                metrics.raft(&sample);
-                let leader = sample.leader.map(|leader| (leader, sample.term));
-                if leader.is_some() && leader != leader_seen {
-                    leader_seen = leader;
+                if metrics.raft(&sample) {
                     if sample.leader == Some(id) {
                         tracing::info!(term = sample.term, "this replica leads its group");
                     } else {
@@ -722,5 +709,7 @@ mod tests {
             words,
             ["leader", "follower", "candidate", "learner", "shutdown"]
         );
+        // The metrics export one `role` series per word: the same words.
+        assert_eq!(words, telemetry::RAFT_ROLES);
     }
 }

@@ -325,7 +325,8 @@ impl RaftMetrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn record(&self, sample: &RaftSample) {
+    /// Records `sample`; true when it names a leader (or a term) the previous sample did not.
+    fn record(&self, sample: &RaftSample) -> bool {
         let mut seen = self.lock_seen();
         let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.term.set(as_gauge(sample.term));
@@ -335,7 +336,8 @@ impl RaftMetrics {
                 .set(i64::from(role == sample.role));
         }
         let leader = sample.leader.map(|leader| (leader, sample.term));
-        if leader.is_some() && leader != seen.leader {
+        let new_leader = leader.is_some() && leader != seen.leader;
+        if new_leader {
             seen.leader = leader;
             self.leader_changes.inc();
         }
@@ -369,6 +371,7 @@ impl RaftMetrics {
                 .saturating_sub(seen.snapshots_installed),
         );
         seen.snapshots_installed = seen.snapshots_installed.max(sample.snapshots_installed);
+        new_leader
     }
 }
 
@@ -719,9 +722,10 @@ impl Metrics {
     }
 
     /// Records a replica's Raft state: its gauges, and a leader change when the sample names
-    /// a leader (or a term) other than the previous sample's.
-    pub fn raft(&self, sample: &RaftSample) {
-        self.raft.record(sample);
+    /// a leader (or a term) other than the previous sample's; answers whether it did (the
+    /// caller logs the new leader).
+    pub fn raft(&self, sample: &RaftSample) -> bool {
+        self.raft.record(sample)
     }
 
     /// The OpenMetrics text of every metric.
@@ -904,9 +908,12 @@ mod tests {
     #[test]
     fn raft_samples_set_gauges_count_leader_changes_and_drop_followers_no_longer_led() {
         let metrics = Metrics::for_service(Service::LedgerNode);
-        metrics.raft(&leader_sample());
+        assert!(
+            metrics.raft(&leader_sample()),
+            "the first leader seen is new"
+        );
         // The same leader and term again is no change; the snapshot count is a total.
-        metrics.raft(&leader_sample());
+        assert!(!metrics.raft(&leader_sample()));
         let text = metrics.render();
         for expected in [
             "fincore_raft_term 3",
@@ -929,14 +936,14 @@ mod tests {
         assert!(!text.contains(r#"lag_seconds{follower="3"}"#), "{text}");
 
         // Deposed in a new term: follower series go, the new leader is one more change.
-        metrics.raft(&RaftSample {
+        assert!(metrics.raft(&RaftSample {
             term: 4,
             role: "follower",
             leader: Some(2),
             followers: Vec::new(),
             snapshots_sent: 3,
             ..leader_sample()
-        });
+        }));
         let text = metrics.render();
         for expected in [
             r#"fincore_raft_role{role="leader"} 0"#,
@@ -948,12 +955,12 @@ mod tests {
         }
         assert!(!text.contains("lag_entries{"), "{text}");
         // No leader known (an election) is not a change.
-        metrics.raft(&RaftSample {
+        assert!(!metrics.raft(&RaftSample {
             term: 5,
             role: "candidate",
             leader: None,
             ..RaftSample::default()
-        });
+        }));
         assert!(
             metrics
                 .render()

@@ -315,6 +315,15 @@ fn dechunk(mut body: &str) -> Option<String> {
     }
 }
 
+/// The value of the series `series` (its name and labels exactly as exposed, such as
+/// `fincore_sagas_total{outcome="confirmed"}`) in the text of a `/metrics` answer; `None` when
+/// absent or not a number.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 pub fn get(addr: &str, path: &str) -> Result<Answer, KitError> {
     request(addr, "GET", path, None, "")
 }

@@ -242,13 +242,7 @@ fn counter(http: &str, name: &str) -> anyhow::Result<u64> {
         "GET /metrics on {http}: {}",
         answer.status
     );
-    let value = answer
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(Ok(0), |value| value.trim().parse::<u64>())
-        .with_context(|| format!("{name} on {http}"))?;
-    Ok(value)
+    Ok(testkit::http::metric_value(&answer.body, name).map_or(0, |value| value as u64))
 }
 
 /// Waits (bounded) until the node at `member_http` has applied the index the leader had
