@@ -95,7 +95,10 @@ impl Gateway {
         let count = sagas.len();
         let metrics = Arc::clone(&self.metrics);
         let (reserved_tx, reserved_rx) = tokio::sync::oneshot::channel();
-        // In the caller's span: the saga's calls to the groups join the caller's trace.
+        // In a span of the caller's trace (its own, so that the request's span ends with the
+        // answer even when the saga goes on): the saga's calls to the groups join the trace.
+        let saga_span =
+            tracing::info_span!(target: telemetry::trace::TARGET, "gateway.saga", sagas = count);
         let mut run = tokio::spawn(
             async move {
                 let want = Want::ConfirmIfReserved;
@@ -108,7 +111,7 @@ impl Gateway {
                 )
                 .await
             }
-            .in_current_span(),
+            .instrument(saga_span.clone()),
         );
         let deadline = tokio::time::sleep(self.saga_deadline);
         let reserved_past_deadline = async move {
@@ -126,7 +129,7 @@ impl Gateway {
                             tracing::warn!(%error, "a saga answered outcome_pending stopped short; a resolver finishes it");
                         }
                         drop(permit);
-                    }.in_current_span());
+                    }.instrument(saga_span));
                     self.metrics.sagas_answered_pending(count);
                     let pending = EventResult {
                         result: CreateTransferResult::OutcomePending,

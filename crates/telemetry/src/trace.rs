@@ -179,8 +179,9 @@ impl Drop for Export {
         if let Err(error) = self.provider.shutdown() {
             eprintln!("fincore: the last spans were not exported: {error}");
         }
+        // The provider's shutdown already waited for the last export.
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(EXPORT_TIMEOUT);
+            runtime.shutdown_timeout(Duration::from_millis(100));
         }
     }
 }
@@ -416,18 +417,24 @@ mod tests {
         assert!(!line.contains("trace_id"), "{line}");
     }
 
-    #[test]
-    fn a_call_for_several_callers_continues_the_first_sampled_trace_and_links_the_others() {
+    /// Runs `test` with spans made as an export would make them (nothing sent): roots sampled
+    /// as `root` decides, a caller's decision followed.
+    fn with_spans(root: Sampler, test: impl FnOnce()) {
         use tracing_subscriber::layer::SubscriberExt;
-        // Roots unsampled, parents followed: only the callers decide.
         let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .with_sampler(Sampler::ParentBased(Box::new(root)))
             .build();
         let tracer = provider.tracer("test");
         Export::installed(tracer.clone());
         let subscriber =
             tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, test);
+    }
+
+    #[test]
+    fn a_call_for_several_callers_continues_the_first_sampled_trace_and_links_the_others() {
+        // Roots unsampled, parents followed: only the callers decide.
+        with_spans(Sampler::AlwaysOff, || {
             let caller = |traceparent: &'static str| {
                 server_span("http", "POST /v1/transfers", None, move |name| {
                     (name == TRACEPARENT).then_some(traceparent)
@@ -450,6 +457,7 @@ mod tests {
                 call.trace_id().to_string(),
                 "cccccccccccccccccccccccccccccccc"
             );
+            // An unsampled caller is never sampled, even where roots would be (below).
             // Nobody sampled: the first caller's (unsampled) trace.
             let call = call_span("gateway.group_call", "g1", 2, &[&unsampled, &without]);
             let call = context(&call);
@@ -458,6 +466,26 @@ mod tests {
                 call.trace_id().to_string(),
                 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
             );
+        });
+    }
+
+    #[test]
+    fn a_callers_sampling_decision_is_followed_both_ways() {
+        // Every root sampled: an unsampled caller must still not be.
+        with_spans(Sampler::AlwaysOn, || {
+            let sampled = |traceparent: Option<&'static str>| {
+                let span = server_span("grpc", "fincore.v1.Ledger/CreateTransfers", None, |name| {
+                    traceparent.filter(|_| name == TRACEPARENT)
+                });
+                span.context().span().span_context().is_sampled()
+            };
+            assert!(!sampled(Some(
+                "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-00"
+            )));
+            assert!(sampled(Some(
+                "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01"
+            )));
+            assert!(sampled(None), "a root, at ratio 1");
         });
     }
 }

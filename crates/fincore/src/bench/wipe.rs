@@ -242,7 +242,18 @@ fn counter(http: &str, name: &str) -> anyhow::Result<u64> {
         "GET /metrics on {http}: {}",
         answer.status
     );
-    Ok(testkit::http::metric_value(&answer.body, name).map_or(0, |value| value as u64))
+    match testkit::http::metric_value(&answer.body, name) {
+        Some(value) => Ok(value as u64),
+        None if answer
+            .body
+            .lines()
+            .any(|line| line.starts_with(&format!("{name} "))) =>
+        {
+            anyhow::bail!("{name} on {http} is not a number")
+        }
+        // Not exported yet: nothing counted.
+        None => Ok(0),
+    }
 }
 
 /// Waits (bounded) until the node at `member_http` has applied the index the leader had
