@@ -17,7 +17,7 @@ use std::time::Duration;
 pub const HEADER: &str = "fincore-client-report";
 
 /// The operations a report may name: the client's calls.
-pub const OPERATIONS: [&str; 14] = [
+pub const OPERATIONS: [&str; 15] = [
     "create_accounts",
     "create_transfers",
     "lookup_accounts",
@@ -32,6 +32,7 @@ pub const OPERATIONS: [&str; 14] = [
     "get_map",
     "set_map",
     "watch_map",
+    "replica_status",
 ];
 
 /// The longest latency a report may state (an hour); a longer one is malformed.

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use api::proto::{
     self, events_client::EventsClient, ledger_client::LedgerClient, meta_client::MetaClient,
-    sagas_client::SagasClient,
+    replica_client::ReplicaClient, sagas_client::SagasClient,
 };
 use api::{client_report, convert};
 use ledger::{
@@ -331,6 +331,7 @@ struct Stubs {
     sagas: SagasClient<InterceptedService<Channel, Bearer>>,
     events: EventsClient<InterceptedService<Channel, Bearer>>,
     meta: MetaClient<InterceptedService<Channel, Bearer>>,
+    replica: ReplicaClient<InterceptedService<Channel, Bearer>>,
 }
 
 /// How every node of the group is reached.
@@ -394,9 +395,10 @@ fn ledger_client(addr: &str, dial: &Dial) -> Result<Stubs, ClientError> {
         events: EventsClient::with_interceptor(channel.clone(), dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
-        meta: MetaClient::with_interceptor(channel, dial.credentials.clone())
+        meta: MetaClient::with_interceptor(channel.clone(), dial.credentials.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
+        replica: ReplicaClient::with_interceptor(channel, dial.credentials.clone()),
     })
 }
 
@@ -947,6 +949,16 @@ impl Client {
                 convert::saga_copy_from(copy, at).map_err(|e| ClientError::Protocol(e.to_string()))
             })
             .collect()
+    }
+
+    /// The own view of the replica this client talks to (any replica answers, leader or not;
+    /// give a client of one address to ask a given one): its role, term, leader, log indexes,
+    /// followers' lag when it leads, and its process's traffic totals.
+    pub async fn replica_status(&self) -> Result<proto::ReplicaStatusReply, ClientError> {
+        self.retrying("replica_status", |mut inner| async move {
+            inner.replica.status(proto::ReplicaStatusRequest {}).await
+        })
+        .await
     }
 
     /// At most `limit` (1 ..= 4,096) change events after `after`, from the replica this client

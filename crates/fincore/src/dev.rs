@@ -572,7 +572,12 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));
         let feed = gateway::map_feed::follow(Arc::clone(&gateway), meta, access.clone());
         let resolver = gateway.start_resolver(gateway::Resolver::open_max_default());
-        let servers = server::ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
+        let servers = server::ClientServers::start(
+            &serving,
+            Arc::clone(&gateway) as _,
+            Arc::clone(&gateway) as _,
+            gateway,
+        )
             .await
             .context("starting the gateway")?;
         crate::serve::announce_client_listeners(servers.grpc_addr(), servers.http_addr(), false);

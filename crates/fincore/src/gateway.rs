@@ -191,9 +191,14 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         };
         let resolver =
             gateway.start_resolver(std::time::Duration::from_secs(args.saga_open_seconds));
-        let servers = ClientServers::start(&serving, Arc::clone(&gateway) as _, gateway)
-            .await
-            .context("starting the gateway's listeners")?;
+        let servers = ClientServers::start(
+            &serving,
+            Arc::clone(&gateway) as _,
+            Arc::clone(&gateway) as _,
+            gateway,
+        )
+        .await
+        .context("starting the gateway's listeners")?;
         crate::serve::announce_client_listeners(
             servers.grpc_addr(),
             servers.http_addr(),

@@ -86,13 +86,22 @@ pub enum GroupsError {
     },
 }
 
-/// One group's connection: its client (reads go straight through it) and a writer per event
-/// kind (writes coalesce there across callers).
+/// One group's connection: its client (reads go straight through it), a writer per event
+/// kind (writes coalesce there across callers), and a client of each member alone (what the
+/// console asks for each replica's own status).
 pub(crate) struct Group {
     pub(crate) client: Client,
+    pub(crate) members: Vec<MemberClient>,
     pub(crate) accounts: GroupWriter<Account>,
     pub(crate) transfers: GroupWriter<Transfer>,
     pub(crate) sagas: GroupWriter<SagaStep>,
+}
+
+/// One member of a group, reached alone: no leader following, one attempt.
+pub(crate) struct MemberClient {
+    pub(crate) id: u64,
+    pub(crate) address: String,
+    pub(crate) client: Client,
 }
 
 /// One connection per group of the map.
@@ -109,8 +118,31 @@ impl Groups {
             attempt_timeout: Duration::from_secs(GROUP_CALL_SECONDS_MAX / 2),
             ..RetryPolicy::default()
         };
+        let status_timeout = Duration::from_millis(limits::CONSOLE_REPLICA_STATUS_TIMEOUT_MS);
+        let status_policy = RetryPolicy {
+            attempts_max: 1,
+            elapsed_max: status_timeout,
+            attempt_timeout: status_timeout,
+            ..RetryPolicy::default()
+        };
         let mut groups = BTreeMap::new();
         for (&group, members) in map.groups() {
+            let member_clients = members
+                .iter()
+                .map(|(&id, member)| {
+                    let client = access.client(
+                        &[member.grpc.as_str()],
+                        status_policy.clone(),
+                        Some(group.to_string()),
+                    )?;
+                    Ok(MemberClient {
+                        id,
+                        address: member.grpc.clone(),
+                        client,
+                    })
+                })
+                .collect::<Result<Vec<_>, ClientError>>()
+                .map_err(|source| GroupsError::Connect { group, source })?;
             let addrs: Vec<&str> = members
                 .values()
                 .map(|member| member.grpc.as_str())
@@ -130,10 +162,16 @@ impl Groups {
                     Box::pin(async move { client.saga_steps(&steps).await })
                 }),
                 client,
+                members: member_clients,
             };
             groups.insert(group, connection);
         }
         Ok(Groups { groups })
+    }
+
+    /// Every group with its members' own clients, in group order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&GroupId, &Group)> {
+        self.groups.iter()
     }
 
     /// The client of `group` (for reads).

@@ -747,6 +747,45 @@ fn query_invalid(
     invalid(field, reason)
 }
 
+/// The gateway's console: every replica of every group asked for its own status at once
+/// (each within `CONSOLE_REPLICA_STATUS_TIMEOUT_MS`), and the gateway's own traffic and sagas.
+impl server::console::Source for Gateway {
+    fn service(&self) -> &'static str {
+        "gateway"
+    }
+
+    fn front(&self) -> server::console::FrontReading {
+        server::console::FrontReading {
+            traffic: self.metrics.traffic(),
+            sagas_in_flight: Some(self.metrics.sagas_in_flight()),
+        }
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Vec<server::console::GroupReading>> {
+        let routing = self.routing();
+        Box::pin(async move {
+            let groups = routing.groups.iter().map(|(group, connection)| async move {
+                let replicas = connection.members.iter().map(|member| async move {
+                    server::console::ReplicaReading {
+                        id: member.id,
+                        address: member.address.clone(),
+                        status: member
+                            .client
+                            .replica_status()
+                            .await
+                            .map_err(|error| error.to_string()),
+                    }
+                });
+                server::console::GroupReading {
+                    id: group.to_string(),
+                    replicas: futures::future::join_all(replicas).await,
+                }
+            });
+            futures::future::join_all(groups).await
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -268,6 +268,11 @@ impl StateMachine {
             .collect()
     }
 
+    /// How many saga copies are open (reserved, not yet settled by a post or a void).
+    pub fn open_saga_copies_count(&self) -> usize {
+        self.saga_open.len()
+    }
+
     /// Whether the transfer at `index` is a copy that queries must not show yet (or ever).
     pub(crate) fn hidden_copy(&self, index: u32) -> bool {
         !self.saga_copies.is_empty()

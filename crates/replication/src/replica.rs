@@ -431,6 +431,15 @@ impl<M: ReplicaMachine> Replica<M> {
         })
     }
 
+    /// This replica's Raft state now, as its metrics record it (a console's view of it).
+    pub fn raft_sample(&self) -> telemetry::RaftSample {
+        raft_sample(
+            self.id,
+            &self.raft.metrics().borrow_watched(),
+            &self.snapshots,
+        )
+    }
+
     /// A one-line view of this replica for operators: role, term, leader, applied index (no
     /// state digest: [`Replica::status`] adds the ledger's).
     pub fn raft_status(&self) -> ReplicaStatus {

@@ -1,7 +1,8 @@
 //! Which call needs which role, and how each protocol refuses one that lacks it.
 //!
-//! HTTP: `/healthz`, `/metrics`, `/openapi.json` and `/v1/status` without the digest stay open
-//! (load-balancer probes, scrapers and leader discovery show no ledger data); every other
+//! HTTP: `/healthz`, `/metrics`, `/openapi.json`, `/v1/status` without the digest and the live
+//! console (`/console…`) stay open (load-balancer probes, scrapers, leader discovery and the
+//! operators' view show no ledger data); every other
 //! `/v1/…` route needs a key: `read` for lookups, outcomes, history and balances (lookup POSTs included),
 //! `write` for `POST /v1/accounts` and `POST /v1/transfers`, `admin` for `/v1/admin/…` and
 //! `/v1/status?digest=…`. A refusal is 401 with `WWW-Authenticate: Bearer` (no key, a malformed
@@ -48,6 +49,7 @@ use crate::auth::{Auth, AuthError, Caller, Role};
 pub fn http_role(method: &Method, route: &str, digest: bool) -> Option<Role> {
     match route {
         "/healthz" | "/metrics" | "/openapi.json" => None,
+        path if crate::console::PATHS.contains(&path) => None,
         "/v1/status" => digest.then_some(Role::Admin),
         "/v1/accounts" | "/v1/transfers" if method == Method::POST => Some(Role::Write),
         "/v1/accounts/lookup"
@@ -167,6 +169,8 @@ pub fn grpc_role(path: &str) -> Role {
         | "GetAccountBalances" => Role::Read,
         // The meta group's map: read and watched by gateways and nodes, changed by operators.
         "GetMap" | "WatchMap" => Role::Read,
+        // A replica's own view of its group (the `Replica` service), what consoles poll.
+        "Status" => Role::Read,
         "SetMap" => Role::Admin,
         _ => Role::Admin,
     }
@@ -319,6 +323,9 @@ mod tests {
         let cases = [
             (Method::GET, "/healthz", false, None),
             (Method::GET, "/metrics", false, None),
+            (Method::GET, "/console", false, None),
+            (Method::GET, "/console/events", false, None),
+            (Method::GET, "/console/state", false, None),
             (Method::GET, "/openapi.json", false, None),
             (Method::GET, "/v1/status", false, None),
             (Method::GET, "/v1/status", true, Some(Role::Admin)),
@@ -435,6 +442,7 @@ mod tests {
         ] {
             assert_eq!(grpc_role(&format!("/fincore.v1.Meta/{method}")), role);
         }
+        assert_eq!(grpc_role("/fincore.v1.Replica/Status"), Role::Read);
     }
 
     #[test]

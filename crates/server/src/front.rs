@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use api::proto::events_server::EventsServer;
 use api::proto::ledger_server::LedgerServer;
+use api::proto::replica_server::ReplicaServer;
 use api::proto::sagas_server::SagasServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,8 +20,9 @@ use crate::access::{Access, GrpcAccess};
 use crate::auth::Auth;
 use crate::client_tls::ClientTls;
 use crate::connections;
+use crate::console::{self, Console};
 use crate::events::{EventsService, ReplicaEvents, SharedEvents};
-use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService, SagasService};
+use crate::grpc::{GRPC_MESSAGE_BYTES_MAX, LedgerService, ReplicaService, SagasService};
 use crate::http;
 use crate::ledger_api::Ledger;
 use crate::node::NodeError;
@@ -53,27 +55,47 @@ pub(crate) fn serve(
         stopped.clone(),
     ));
     let listeners = (grpc_listener, http_listener);
-    serve_client_api(listeners, ledger, events, Some(replica), auth, tls, stopped)
+    serve_client_api(
+        listeners,
+        ledger,
+        events,
+        Behind::Replica(replica.0, replica.1),
+        auth,
+        tls,
+        stopped,
+    )
+}
+
+/// What the client API is served in front of: a node's replica (its pipeline and its group's
+/// id), or a gateway (what its console shows).
+enum Behind {
+    Replica(Pipeline, Option<String>),
+    Gateway(Arc<dyn console::Source>),
 }
 
 /// Serves the client API of `ledger` and `events` on the two listeners until `stopped` turns
-/// true: gRPC and HTTP behind `auth`, over `tls` if given; with `replica` (a node: its pipeline
-/// and its group's id) its own HTTP routes and the gateways' `Sagas` gRPC service too, and gRPC
-/// calls naming another group refused. Without (a gateway), the `Events` service reads the
-/// group a call names itself. Returns the two server tasks.
+/// true: gRPC and HTTP behind `auth`, over `tls` if given, and the live console; behind a
+/// replica (a node: its pipeline and its group's id) its own HTTP routes and the `Sagas` and
+/// `Replica` gRPC services too, and gRPC calls naming another group refused. Behind a gateway,
+/// the `Events` service reads the group a call names itself. Returns the two server tasks.
 fn serve_client_api(
     (grpc_listener, http_listener): (TcpListener, TcpListener),
     ledger: Ledger,
     events: SharedEvents,
-    replica: Option<(Pipeline, Option<String>)>,
+    behind: Behind,
     auth: &Auth,
     tls: Option<&ClientTls>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, NodeError> {
-    let (replica, group) = match replica {
-        Some((pipeline, group)) => (Some(pipeline), group),
-        None => (None, None),
+    // A node's console reads its own replica; a gateway's, what the gateway gives.
+    let (replica, group, console_source) = match behind {
+        Behind::Replica(pipeline, group) => {
+            let source = Arc::new(console::NodeSource::new(pipeline.clone(), group.clone()));
+            (Some(pipeline), group, source as Arc<dyn console::Source>)
+        }
+        Behind::Gateway(source) => (None, None, source),
     };
+    let console = Console::start(console_source, stopped.clone());
     let service = LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -86,6 +108,13 @@ fn serve_client_api(
             SagasServer::new(SagasService::new(pipeline))
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            access.clone(),
+            group.clone(),
+        )
+    });
+    let replica_status = replica.clone().map(|pipeline| {
+        GrpcAccess::new(
+            ReplicaServer::new(ReplicaService::new(pipeline)),
             access.clone(),
             group.clone(),
         )
@@ -119,6 +148,7 @@ fn serve_client_api(
         let server = crate::node::with_grpc_limits(grpc_builder)
             .add_service(service)
             .add_optional_service(sagas)
+            .add_optional_service(replica_status)
             .add_service(events_service);
         if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
             tracing::error!(%error, "the gRPC server stopped");
@@ -129,7 +159,7 @@ fn serve_client_api(
     } else {
         http::Scheme::Http
     };
-    let router = http::router(ledger, events, replica, auth.clone(), scheme);
+    let router = http::router(ledger, events, replica, console, auth.clone(), scheme);
     let http = connections::spawn_client_http(http_listener, router, tls, stopped.clone());
     Ok(vec![grpc, http])
 }
@@ -153,11 +183,13 @@ pub struct ClientServers {
 }
 
 impl ClientServers {
-    /// Binds both listeners and serves the client API of `ledger` and `events` on them.
+    /// Binds both listeners and serves the client API of `ledger` and `events` on them, and
+    /// the live console over `console`.
     pub async fn start(
         serving: &ClientServing,
         ledger: Ledger,
         events: SharedEvents,
+        console: Arc<dyn console::Source>,
     ) -> Result<ClientServers, NodeError> {
         let grpc_listener = bind("gRPC", serving.grpc_addr).await?;
         let http_listener = bind("HTTP", serving.http_addr).await?;
@@ -169,7 +201,7 @@ impl ClientServers {
             (grpc_listener, http_listener),
             ledger,
             events,
-            None,
+            Behind::Gateway(console),
             &serving.auth,
             serving.tls.as_ref(),
             &stopped,

@@ -259,3 +259,70 @@ impl proto::sagas_server::Sagas for SagasService {
         .await
     }
 }
+
+/// The `fincore.v1.Replica` service a node serves (read role): this replica's own view of its
+/// group and its process's traffic totals, for consoles. Answered from memory, never waiting
+/// for the state's lock nor for the leader; not counted in the request metrics (a console's
+/// polling is not traffic). A gateway does not serve it.
+pub struct ReplicaService {
+    pipeline: crate::pipeline::Pipeline,
+}
+
+impl ReplicaService {
+    pub fn new(pipeline: crate::pipeline::Pipeline) -> ReplicaService {
+        ReplicaService { pipeline }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::replica_server::Replica for ReplicaService {
+    async fn status(
+        &self,
+        _request: Request<proto::ReplicaStatusRequest>,
+    ) -> Result<Response<proto::ReplicaStatusReply>, Status> {
+        Ok(Response::new(replica_status(&self.pipeline)))
+    }
+}
+
+/// This replica's own view of its group and its process's traffic totals (the `Replica`
+/// service's answer, and a node's console's reading of itself).
+pub(crate) fn replica_status(pipeline: &crate::pipeline::Pipeline) -> proto::ReplicaStatusReply {
+    let replica = pipeline.replica();
+    let sample = replica.raft_sample();
+    let open_saga_copies = replica
+        .state()
+        .try_read()
+        .ok()
+        .map(|state| state.open_saga_copies_count() as u64);
+    let traffic = pipeline.metrics().traffic();
+    proto::ReplicaStatusReply {
+        id: replica.id(),
+        role: sample.role.to_string(),
+        term: sample.term,
+        leader: sample.leader,
+        last_log_index: sample.last_log_index,
+        committed_index: sample.committed_index,
+        applied_index: sample.applied_index,
+        snapshot_index: sample.snapshot_index,
+        followers: sample
+            .followers
+            .iter()
+            .map(|follower| proto::FollowerLag {
+                id: follower.id,
+                lag_entries: follower.lag_entries,
+                since_ack_ms: follower
+                    .since_ack
+                    .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect(),
+        snapshots_sent: sample.snapshots_sent,
+        snapshots_installed: sample.snapshots_installed,
+        traffic: Some(proto::TrafficTotals {
+            requests: traffic.requests,
+            errors: traffic.errors,
+            events: traffic.events,
+            latency_buckets: traffic.latency_buckets,
+        }),
+        open_saga_copies,
+    }
+}

@@ -386,6 +386,7 @@ pub fn router(
     ledger: Ledger,
     events: SharedEvents,
     replica: Option<Pipeline>,
+    console: crate::console::Console,
     auth: crate::auth::Auth,
     scheme: Scheme,
 ) -> Router {
@@ -403,6 +404,7 @@ pub fn router(
         }
         None => Document(crate::openapi::gateway_document_json()),
     };
+    routes = routes.merge(console.routes());
     routes
         .layer(axum::Extension(document))
         .route_layer(axum::middleware::from_fn_with_state(

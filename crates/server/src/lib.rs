@@ -14,6 +14,7 @@ mod admission;
 pub mod auth;
 pub mod client_tls;
 pub mod connections;
+pub mod console;
 pub mod events;
 pub mod front;
 mod grpc;

@@ -24,8 +24,10 @@ use prometheus_client::registry::Registry;
 
 mod logs;
 pub mod trace;
+mod traffic;
 
 pub use logs::{LOG_FILTER_DEFAULT, LogFormat, LogGuard, init_logging, log_lines_dropped};
+pub use traffic::{LATENCY_BUCKETS_COUNT, TrafficRates, TrafficTotals, latency_bucket_bound};
 
 /// The content type of [`Metrics::render`]'s output.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -420,6 +422,7 @@ pub struct Metrics {
     client_observed_latency: Family<ClientObservedLabels, Histogram, fn() -> Histogram>,
     client_reports_malformed: Counter,
     raft: RaftMetrics,
+    traffic: traffic::Traffic,
     /// Log lines dropped, brought up to [`log_lines_dropped`] at each render (under the lock,
     /// so two renders never add one drop twice).
     log_lines_dropped: Mutex<Counter>,
@@ -614,6 +617,7 @@ impl Metrics {
             client_observed_latency,
             client_reports_malformed,
             raft,
+            traffic: traffic::Traffic::default(),
             log_lines_dropped: Mutex::new(log_lines_dropped),
         })
     }
@@ -638,6 +642,7 @@ impl Metrics {
             operation,
             protocol,
         };
+        self.traffic.request(elapsed, error.is_some());
         self.requests.get_or_create(&labels).inc();
         self.latency
             .get_or_create(&labels)
@@ -662,6 +667,7 @@ impl Metrics {
     pub fn batch(&self, events: usize) {
         self.batches.inc();
         self.batch_events.observe(events as f64);
+        self.traffic.events(events);
     }
 
     pub fn journal_sync(&self, elapsed: Duration, records: u64) {
@@ -726,6 +732,16 @@ impl Metrics {
     /// caller logs the new leader).
     pub fn raft(&self, sample: &RaftSample) -> bool {
         self.raft.record(sample)
+    }
+
+    /// Cross-group transfers this gateway carries now (the `sagas_in_flight` gauge).
+    pub fn sagas_in_flight(&self) -> i64 {
+        self.sagas_in_flight.get()
+    }
+
+    /// The running totals the live console reads twice to show rates and p99.
+    pub fn traffic(&self) -> TrafficTotals {
+        self.traffic.totals()
     }
 
     /// The OpenMetrics text of every metric.

@@ -9,6 +9,7 @@
 //! - [`certs`]: the peer certificates of the groups this process starts (mutual TLS).
 //! - [`postgres`]: a PostgreSQL database of one's own, dropped with its handle.
 //! - [`otlp`]: a loopback OTLP/gRPC receiver keeping the spans the processes export.
+//! - `browser` (feature `browser`, tests only): a headless Chromium driven over DevTools.
 //! - [`ports`]: distinct free loopback addresses below the ephemeral range ([`free_addrs`]).
 //! - [`account`], [`transfer`]: the tests' usual account and transfer.
 //! - [`bank_checker`]: the chaos bank test's history types and checker.
@@ -19,6 +20,8 @@
 //! pass `env!("CARGO_BIN_EXE_fincore")`, the binary itself `std::env::current_exe()`).
 
 pub mod bank_checker;
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod certs;
 pub mod cluster;
 pub mod group;
