@@ -81,6 +81,32 @@ async fn traffic(gateway: String, key: String) {
     }
 }
 
+/// The `--grpc`, `--http` and `--peer` bases of `dev --groups 4 --replicas 3`, each port it
+/// derives from them free now: group g's node i at 100 · g + i − 1 above each, the meta group's
+/// at 50 + i − 1 (so the bases sit 10 apart).
+fn dev_bases() -> Vec<String> {
+    let offsets: Vec<u16> = (0..3)
+        .chain(50..53)
+        .chain((1..=4).flat_map(|g| 100 * g..100 * g + 3))
+        .collect();
+    for _ in 0..50 {
+        let addr = &testkit::free_addrs(1).unwrap()[0];
+        let base: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let ports: Vec<u16> = (0..3)
+            .flat_map(|b| offsets.iter().map(move |offset| base + 10 * b + offset))
+            .collect();
+        if ports
+            .iter()
+            .all(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        {
+            return (0..3)
+                .map(|b| format!("127.0.0.1:{}", base + 10 * b))
+                .collect();
+        }
+    }
+    panic!("no free range of ports for fincore dev --groups 4 --replicas 3");
+}
+
 /// Every group card with its leader, once the stream is live and all 4 have one.
 const ALL_GROUPS_LED: &str = r#"(() => {
   // Until the page has loaded there is no body.
@@ -94,13 +120,8 @@ const ALL_GROUPS_LED: &str = r#"(() => {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_every_group_live_and_a_new_leader_within_two_seconds_of_a_kill() {
     let data = tempfile::tempdir().unwrap();
-    let (mut args, addrs) = support::dev_groups_args(4, data.path());
-    // Groups of 3 put a meta replica 50 + i − 1 ports above each base: space the bases apart.
-    let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    let base = port(&addrs[0]);
-    let addrs: Vec<String> = (0..3)
-        .map(|i| format!("127.0.0.1:{}", base + 10 * i))
-        .collect();
+    let (mut args, _) = support::dev_groups_args(4, data.path());
+    let addrs = dev_bases();
     for (flag, addr) in ["--grpc", "--http", "--peer"].iter().zip(&addrs) {
         let at = args.iter().position(|arg| arg == flag).unwrap();
         args[at + 1] = addr.clone();
@@ -137,11 +158,13 @@ async fn the_console_shows_every_group_live_and_a_new_leader_within_two_seconds_
         "[...document.querySelectorAll('.group')].some((card) => Number(card.dataset.eventsPerSecond) > 0) || null",
     )
     .await;
-    let followers = browser
-        .evaluate("document.querySelectorAll('.replica[data-role=\"follower\"]').length")
-        .await
-        .unwrap();
-    assert_eq!(followers, 8, "4 groups of a leader and 2 followers");
+    wait_for(
+        &mut browser,
+        Duration::from_secs(10),
+        "4 groups of a leader and 2 followers",
+        "document.querySelectorAll('.replica[data-role=\"follower\"]').length === 8 || null",
+    )
+    .await;
 
     // Drill down into the group: its replicas' table and the leader's followers.
     let card = format!("document.querySelector('.group[data-group=\"{group}\"]')");
@@ -237,6 +260,21 @@ fn open_stream(addr: &str) -> (std::net::TcpStream, String) {
     (socket, String::from_utf8(head).unwrap())
 }
 
+/// The next `data:` line of a stream, as JSON.
+fn read_event(socket: &mut std::net::TcpStream) -> Value {
+    use std::io::BufRead as _;
+    let mut lines = std::io::BufReader::new(socket);
+    for _ in 0..1_000 {
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        // Chunked framing puts size lines between the event's lines: skip all but data.
+        if let Some(json) = line.strip_prefix("data:") {
+            return serde_json::from_str(json.trim()).expect("an event is a view");
+        }
+    }
+    panic!("no event in a thousand lines");
+}
+
 #[test]
 fn a_nodes_console_is_open_shows_its_own_replica_and_bounds_its_streams() {
     let data = tempfile::tempdir().unwrap();
@@ -256,6 +294,29 @@ fn a_nodes_console_is_open_shows_its_own_replica_and_bounds_its_streams() {
     assert_eq!(group["leader"], 1);
     assert_eq!(group["replicas"][0]["role"], "leader");
     assert_eq!(group["replicas"][0]["address"], node.grpc_addr.as_str());
+
+    // A stream's events are the views.
+    let (mut socket, _) = open_stream(&node.http_addr);
+    let event = read_event(&mut socket);
+    assert_eq!(event["service"], "node");
+    assert_eq!(event["groups"][0]["leader"], 1);
+    drop(socket);
+
+    // The console's gRPC source needs a key, like every gRPC call.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refused = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut replica = api::proto::replica_client::ReplicaClient::new(channel);
+        replica
+            .status(api::proto::ReplicaStatusRequest {})
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     // Every stream is bounded: past the limit, busy, and a freed one is taken again.
     let mut streams: Vec<_> = (0..limits::CONSOLE_STREAMS_MAX)

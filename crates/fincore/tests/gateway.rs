@@ -791,6 +791,23 @@ fn a_saga_left_open_by_a_dead_gateway_is_finished_by_another_gateways_resolver()
         let held = ga.lookup_accounts(&[a[0]]).await.unwrap();
         assert_eq!(held[0].debits_pending, 11);
     });
+    // The debit's group holds both copies open, and says so (sampled every second).
+    let group_a = local.node(0, 0).unwrap().http_addr.clone();
+    let copies_open = |expected: f64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let metrics = get(&group_a, "/metrics").body;
+            if testkit::http::metric_value(&metrics, "fincore_saga_copies_open") == Some(expected) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fincore_saga_copies_open never showed {expected}: {metrics}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    copies_open(2.0);
 
     // Another gateway, aborting sagas open for over a second, finishes both.
     let gateway = ChildNode::start_gateway(
@@ -822,6 +839,7 @@ fn a_saga_left_open_by_a_dead_gateway_is_finished_by_another_gateways_resolver()
     assert_eq!(balances(http, a[0]), ("6".into(), "0".into()));
     assert_eq!(balances(http, b[0]), ("0".into(), "6".into()));
     assert_settled_and_balanced(http, &[a[0], b[0], h[0]]);
+    copies_open(0.0);
     assert_eq!(get(http, &format!("/v1/transfers/{t6}")).status, 200);
     assert_eq!(get(http, &format!("/v1/transfers/{t5}")).status, 404);
     let retry = json!([transfer(t5, a[0], b[0], 5)]);

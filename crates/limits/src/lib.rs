@@ -383,24 +383,28 @@ pub const SERVER_RUNTIME_STOP_SECONDS_MAX: u64 = 30;
 /// that pauses apply) and remembered until the next apply.
 pub const STATUS_DIGEST_CALLERS_MAX: usize = 4;
 
-/// How often the live console (`/console`) samples the system while someone watches it: twice
-/// a second, so a new leader shows within a second of the election.
-pub const CONSOLE_SAMPLE_INTERVAL_MS: u64 = 500;
+/// How often the live console (`/console`) samples the system while someone watches it: four
+/// times a second, so a new leader shows within half a second of its election.
+pub const CONSOLE_SAMPLE_INTERVAL_MS: u64 = 250;
 
-/// How long one sample may take (a replica that does not answer within it shows as
-/// unreachable in that sample).
+/// How long a replica may take to give its status (one that does not answer within it shows
+/// as unreachable in that sample; the next sample starts at once if this one ran over).
 pub const CONSOLE_REPLICA_STATUS_TIMEOUT_MS: u64 = 400;
 
-/// How many points each live sparkline keeps (a minute at the sample interval).
+/// How many points each live sparkline keeps (half a minute at the sample interval).
 pub const CONSOLE_HISTORY_POINTS: usize = 120;
 
 /// How many `/console/events` streams one listener serves at once; more are refused busy.
 pub const CONSOLE_STREAMS_MAX: usize = 32;
 
+/// How long one `/console/events` stream lasts; then it ends and the page's EventSource opens
+/// another (so idle sockets cannot hold every stream for ever).
+pub const CONSOLE_STREAM_SECONDS_MAX: u64 = 300;
+
 /// How long the console goes on sampling after its last reader left or asked (`/console/state`).
 pub const CONSOLE_IDLE_SECONDS: u64 = 10;
 
-const _: () = assert!(CONSOLE_REPLICA_STATUS_TIMEOUT_MS < CONSOLE_SAMPLE_INTERVAL_MS);
+const _: () = assert!(CONSOLE_SAMPLE_INTERVAL_MS * 4 <= 1_000);
 
 // ---------------------------------------------------------------------------------------------
 // The Rust client.

@@ -154,8 +154,9 @@ pub async fn http_layer(State(access): State<Access>, request: Request, next: Ne
 /// The role a gRPC method (`/fincore.v1.Ledger/NAME`) needs. A method not listed here (one
 /// added later and forgotten) needs `admin`, so a new write can never slip through as a read.
 pub fn grpc_role(path: &str) -> Role {
-    // The change events are reads, whatever their methods are called.
-    if path.starts_with("/fincore.v1.Events/") {
+    // The change events are reads, whatever their methods are called; so is a replica's own
+    // status (what consoles poll: the figures an open `/metrics` shows too).
+    if path.starts_with("/fincore.v1.Events/") || path == "/fincore.v1.Replica/Status" {
         return Role::Read;
     }
     match path.rsplit('/').next().unwrap_or("") {
@@ -169,8 +170,6 @@ pub fn grpc_role(path: &str) -> Role {
         | "GetAccountBalances" => Role::Read,
         // The meta group's map: read and watched by gateways and nodes, changed by operators.
         "GetMap" | "WatchMap" => Role::Read,
-        // A replica's own view of its group (the `Replica` service), what consoles poll.
-        "Status" => Role::Read,
         "SetMap" => Role::Admin,
         _ => Role::Admin,
     }
@@ -443,6 +442,8 @@ mod tests {
             assert_eq!(grpc_role(&format!("/fincore.v1.Meta/{method}")), role);
         }
         assert_eq!(grpc_role("/fincore.v1.Replica/Status"), Role::Read);
+        // Only that one: a `Status` of another service is not read by its name alone.
+        assert_eq!(grpc_role("/fincore.v1.Meta/Status"), Role::Admin);
     }
 
     #[test]

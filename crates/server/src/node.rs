@@ -229,6 +229,10 @@ impl Node {
         tracing::info!(data_dir = %config.data_dir.display(), node_id = config.node_id, members = peers.len(), "replica opened");
         // Ends by itself when Raft stops.
         replica.export_raft_metrics(Arc::clone(&metrics));
+        tokio::spawn(export_saga_copies(
+            Arc::clone(&replica),
+            Arc::clone(&metrics),
+        ));
         let (pipeline, task) = Pipeline::start(
             Arc::clone(&replica),
             config.queue_depth,
@@ -459,4 +463,20 @@ pub(crate) fn with_grpc_limits(builder: tonic::transport::Server) -> tonic::tran
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .tcp_keepalive(Some(keepalive))
+}
+
+/// Keeps `fincore_saga_copies_open` current, once a second, until Raft stops. A second when
+/// the state is busy applying is skipped rather than waited for.
+async fn export_saga_copies(replica: Arc<Replica>, metrics: Arc<telemetry::Metrics>) {
+    let mut stopped = replica.stopped_running();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(state) = replica.state().try_read() {
+            metrics.saga_copies_open(state.open_saga_copies_count());
+        }
+    }
 }

@@ -687,7 +687,8 @@ impl Coalesced {
         }
     }
 
-    async fn commit(self, replica: &Replica, events_count: usize, stopping: &AtomicBool) {
+    /// Whether the batch committed.
+    async fn commit(self, replica: &Replica, events_count: usize, stopping: &AtomicBool) -> bool {
         match self {
             Coalesced::Accounts(members) => commit(replica, members, events_count, stopping).await,
             Coalesced::Transfers(members) => commit(replica, members, events_count, stopping).await,
@@ -796,8 +797,11 @@ async fn batcher(
         };
         metrics.batch(total);
         let (replica, stopping) = (Arc::clone(&replica), Arc::clone(&stopping));
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            batch.commit(&replica, total, &stopping).await;
+            if batch.commit(&replica, total, &stopping).await {
+                metrics.events_committed(total);
+            }
             // Applied here (or failed): the ledger's own counts now include what it added.
             drop(reservation);
             drop(permit);
@@ -821,7 +825,7 @@ async fn commit<E: Event>(
     members: Vec<Pending<E>>,
     events_count: usize,
     stopping: &AtomicBool,
-) {
+) -> bool {
     let mut events = Vec::with_capacity(events_count);
     let mut answers = Vec::with_capacity(members.len());
     for Pending {
@@ -851,6 +855,7 @@ async fn commit<E: Event>(
                     batch: Some(batch),
                 });
             }
+            true
         }
         Err(_) if stopping.load(Ordering::Acquire) => {
             let error = PipelineError::Unavailable(
@@ -859,12 +864,14 @@ async fn commit<E: Event>(
             for (_, respond) in answers {
                 let _ = respond.send(Answer::refused(error.clone()));
             }
+            false
         }
         Err(error) => {
             let error = PipelineError::from(error);
             for (_, respond) in answers {
                 let _ = respond.send(Answer::refused(error.clone()));
             }
+            false
         }
     }
 }

@@ -10,9 +10,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::trace::{Export, TraceOptions, TraceSetupError};
 
-/// The request spans' target at `info` (`crate::trace::TARGET`).
-const TRACE_SPANS_DIRECTIVE: &str = "fincore::trace=info";
-
 /// The filter when `RUST_LOG` is not set: fincore's own lines at `info`, openraft's only when
 /// they report an error (its `info` lines dump internal state at every election).
 pub const LOG_FILTER_DEFAULT: &str = "info,openraft=error";
@@ -66,7 +63,11 @@ pub fn init_logging(traces: &TraceOptions) -> Result<LogGuard, TraceSetupError> 
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_FILTER_DEFAULT))
         // Whatever `RUST_LOG` says, the request spans reach the log layer, so that the lines
         // it lets through name their `trace_id` (a span alone prints nothing).
-        .add_directive(TRACE_SPANS_DIRECTIVE.parse().expect("a valid directive"));
+        .add_directive(
+            format!("{}=info", crate::trace::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)

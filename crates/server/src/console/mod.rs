@@ -1,15 +1,18 @@
 //! The live console: `GET /console` (a page built into the binary, with its script and style),
 //! `GET /console/state` (the latest [`view::View`] as JSON) and `GET /console/events` (each new
-//! view as a server-sent event, twice a second while someone reads).
+//! view as a server-sent event, four times a second while someone reads).
 //!
 //! Owns the sampling loop (one per listener set, however many people watch: readers share its
 //! latest view through a watch channel) and the routes. What is sampled comes from a
 //! [`Source`]: a node reads its own replica ([`NodeSource`]); a gateway polls every replica of
 //! every group (the `gateway` crate). Sampling runs only while a stream is open or for
 //! `CONSOLE_IDLE_SECONDS` after the last `/console/state`, so an unwatched console costs
-//! nothing. Like `/metrics` and `/v1/status`, the routes are open (operational figures, no
-//! account data); every stream is bounded in number. Must not render anything from the data
-//! server-side: the page builds its DOM from the JSON with text nodes only.
+//! nothing, and however many read it, there is one sample per interval (a gateway's costs four
+//! Status calls per replica per second at most). Like `/metrics` and `/v1/status`, the routes
+//! are open: the figures are of the same kind (traffic totals, Raft positions, members'
+//! addresses; no account data). Streams are bounded in number (`CONSOLE_STREAMS_MAX`) and in
+//! time (`CONSOLE_STREAM_SECONDS_MAX`). Must not render anything from the data server-side:
+//! the page builds its DOM from the JSON with text nodes only.
 
 pub mod view;
 
@@ -139,26 +142,31 @@ async fn sample(
         if *stopped.borrow() {
             return;
         }
+        // A stop sender gone (its owner dropped) is a stop too, never a signal to spin on.
         if !console.watched() {
             // Woken by a new reader, or at the interval to notice a stop.
             tokio::select! {
                 () = console.wanted.notified() => {}
-                _ = stopped.changed() => {}
+                changed = stopped.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(interval) => {}
             }
             continue;
         }
         let started = Instant::now();
+        // Each reading stamped with when it was taken: the groups' fan-out takes up to
+        // `CONSOLE_REPLICA_STATUS_TIMEOUT_MS`, which must not skew the front's rates.
+        let front = (source.front(), started);
         let groups = source.groups().await;
+        let groups = (groups, Instant::now());
         let sampled_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
-        let view = builder.next(source.front(), groups, started, sampled_at_ms);
+        let view = builder.next(front, groups, sampled_at_ms);
         let json = serde_json::to_string(&view).expect("a view always serializes");
         sender.send_replace(json.into());
         tokio::select! {
             () = tokio::time::sleep_until((started + interval).into()) => {}
-            _ = stopped.changed() => {}
+            changed = stopped.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -196,13 +204,14 @@ async fn style() -> Response {
 async fn state(State(console): State<Console>) -> Response {
     let asked = (console.epoch.elapsed().as_millis() as u64).max(1);
     let previous = console.asked_at_ms.swap(asked, Ordering::Relaxed);
-    console.wanted.notify_one();
     let mut latest = console.latest.clone();
     let stale = previous == 0
         || asked.saturating_sub(previous) >= limits::CONSOLE_IDLE_SECONDS * 1_000
         || latest.borrow().is_empty();
+    // Seen before the sampler is woken, so that the sample it takes now counts as new.
+    latest.mark_unchanged();
+    console.wanted.notify_one();
     if stale {
-        latest.mark_unchanged();
         let wait = Duration::from_millis(2 * limits::CONSOLE_SAMPLE_INTERVAL_MS);
         let _ = tokio::time::timeout(wait, latest.changed()).await;
     }
@@ -240,17 +249,24 @@ async fn events(State(console): State<Console>) -> Response {
     let mut latest = console.latest.clone();
     latest.mark_changed();
     console.wanted.notify_one();
-    let stream = futures::stream::unfold((latest, permit), |(mut latest, permit)| async move {
-        loop {
-            // Ends when the sampler stops (the listener is shutting down).
-            latest.changed().await.ok()?;
-            let json = latest.borrow_and_update().clone();
-            if !json.is_empty() {
-                let event = Event::default().data(&*json);
-                return Some((Ok::<_, Infallible>(event), (latest, permit)));
+    let ends =
+        tokio::time::Instant::now() + Duration::from_secs(limits::CONSOLE_STREAM_SECONDS_MAX);
+    let stream =
+        futures::stream::unfold((latest, permit), move |(mut latest, permit)| async move {
+            loop {
+                // Ends when the sampler stops (the listener is shutting down), or at its time
+                // (the page's EventSource opens another).
+                tokio::time::timeout_at(ends, latest.changed())
+                    .await
+                    .ok()?
+                    .ok()?;
+                let json = latest.borrow_and_update().clone();
+                if !json.is_empty() {
+                    let event = Event::default().data(&*json);
+                    return Some((Ok::<_, Infallible>(event), (latest, permit)));
+                }
             }
-        }
-    });
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -2,7 +2,7 @@
 //! the readings of a [`super::Source`] and the previous ones (rates and p99 are the difference
 //! between two readings; sparklines are the last `CONSOLE_HISTORY_POINTS` of them).
 //!
-//! Owns the view's shape (documented in `docs/observability.md`, read by `console.js` and by
+//! Owns the view's shape (documented in `docs/observability.md`, read by `app.js` and by
 //! tests) and the arithmetic from readings to it. Must not do I/O.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -66,7 +66,8 @@ pub struct GroupView {
     /// during an election or when no replica answered.
     pub leader: Option<u64>,
     pub term: Option<u64>,
-    /// Events committed per second over the last interval (all replicas' processes).
+    /// Events committed per second over the last interval (each replica's process counts the
+    /// batches it committed as leader).
     pub events_per_second: f64,
     pub requests_per_second: f64,
     pub p99_ms: Option<f64>,
@@ -105,6 +106,12 @@ pub struct FollowerView {
     pub since_ack_ms: Option<u64>,
 }
 
+/// Whether a previous reading is recent enough to take a rate from: a reading from before a
+/// spell unreachable (or unwatched) would average over it.
+fn recent(elapsed: Duration) -> bool {
+    elapsed <= Duration::from_millis(3 * limits::CONSOLE_SAMPLE_INTERVAL_MS)
+}
+
 fn p99_ms(rates: &TrafficRates) -> Option<f64> {
     rates.p99.map(|p99| p99.as_secs_f64() * 1_000.0)
 }
@@ -140,17 +147,19 @@ impl ViewBuilder {
         }
     }
 
-    /// The view of readings taken at `now` (`sampled_at_ms` by the wall clock).
+    /// The view of the front's and the groups' readings, each with when it was taken
+    /// (`sampled_at_ms` by the wall clock).
     pub fn next(
         &mut self,
-        front: FrontReading,
-        groups: Vec<GroupReading>,
-        now: Instant,
+        (front, front_at): (FrontReading, Instant),
+        (groups, groups_at): (Vec<GroupReading>, Instant),
         sampled_at_ms: u64,
     ) -> View {
-        let front_rates = match self.front_before.replace((front.traffic.clone(), now)) {
-            Some((before, then)) => front.traffic.rates_since(&before, now - then),
-            None => TrafficRates::default(),
+        let front_rates = match self.front_before.replace((front.traffic.clone(), front_at)) {
+            Some((before, then)) if recent(front_at - then) => {
+                front.traffic.rates_since(&before, front_at - then)
+            }
+            _ => TrafficRates::default(),
         };
         self.front_history
             .push(&front_rates, front_rates.requests_per_second);
@@ -174,7 +183,7 @@ impl ViewBuilder {
             .retain(|(group, _), _| present.contains(group));
         let groups = groups
             .into_iter()
-            .map(|group| self.group_view(group, now))
+            .map(|group| self.group_view(group, groups_at))
             .collect();
         View {
             service: self.service,
@@ -186,21 +195,27 @@ impl ViewBuilder {
     }
 
     fn group_view(&mut self, group: GroupReading, now: Instant) -> GroupView {
-        let mut delta = TrafficTotals::default();
-        let mut elapsed = Duration::ZERO;
+        // Each replica's rates over its own window (one back from a spell unreachable has a
+        // longer one, or none), summed; the p99 over all their requests together.
+        let mut rates = TrafficRates::default();
+        let mut latency = TrafficTotals::default();
         for replica in &group.replicas {
             let Some(totals) = replica.status.as_ref().ok().and_then(totals_of) else {
                 continue;
             };
             let key = (group.id.clone(), replica.id);
             if let Some((before, then)) = self.replicas_before.insert(key, (totals.clone(), now))
-                && let Some(replica_delta) = totals.delta_since(&before)
+                && recent(now - then)
+                && let Some(delta) = totals.delta_since(&before)
             {
-                delta.add(&replica_delta);
-                elapsed = elapsed.max(now - then);
+                let replica_rates = delta.rates_over(now - then);
+                rates.requests_per_second += replica_rates.requests_per_second;
+                rates.errors_per_second += replica_rates.errors_per_second;
+                rates.events_per_second += replica_rates.events_per_second;
+                latency.add(&delta);
             }
         }
-        let rates = delta.rates_over(elapsed);
+        rates.p99 = latency.rates_over(Duration::from_secs(1)).p99;
         let history = self.group_history.entry(group.id.clone()).or_default();
         history.push(&rates, rates.events_per_second);
         let answered = || group.replicas.iter().filter_map(|r| r.status.as_ref().ok());
@@ -313,12 +328,14 @@ mod tests {
         let mut builder = ViewBuilder::new("gateway");
         let start = Instant::now();
         let first = builder.next(
-            front(0),
-            vec![group(vec![
-                (1, Ok(status(1, "leader", 4, 100, 1_000))),
-                (2, Ok(status(2, "follower", 4, 0, 0))),
-            ])],
-            start,
+            (front(0), start),
+            (
+                vec![group(vec![
+                    (1, Ok(status(1, "leader", 4, 100, 1_000))),
+                    (2, Ok(status(2, "follower", 4, 0, 0))),
+                ])],
+                start,
+            ),
             1,
         );
         assert_eq!(first.groups[0].leader, Some(1));
@@ -327,12 +344,14 @@ mod tests {
             "one reading gives no rate"
         );
         let second = builder.next(
-            front(50),
-            vec![group(vec![
-                (1, Ok(status(1, "leader", 4, 300, 3_000))),
-                (2, Err("unreachable".into())),
-            ])],
-            start + Duration::from_millis(500),
+            (front(50), start + Duration::from_millis(500)),
+            (
+                vec![group(vec![
+                    (1, Ok(status(1, "leader", 4, 300, 3_000))),
+                    (2, Err("unreachable".into())),
+                ])],
+                start + Duration::from_millis(500),
+            ),
             2,
         );
         let shown = &second.groups[0];
@@ -348,15 +367,39 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_back_from_a_long_absence_does_not_dilute_the_groups_rate() {
+        let mut builder = ViewBuilder::new("gateway");
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let sample = |builder: &mut ViewBuilder, ms: u64, follower: Option<u64>, events: u64| {
+            let mut replicas = vec![(1, Ok(status(1, "leader", 4, 0, events)))];
+            if let Some(follower_events) = follower {
+                replicas.push((2, Ok(status(2, "follower", 4, 0, follower_events))));
+            }
+            builder.next((front(0), at(ms)), (vec![group(replicas)], at(ms)), ms)
+        };
+        sample(&mut builder, 0, Some(0), 0);
+        // The follower is away for 5 s; the leader commits 1,000 events a second throughout.
+        for second in 1..=10 {
+            sample(&mut builder, 500 * second, None, 500 * second);
+        }
+        let back = sample(&mut builder, 5_500, Some(0), 5_500);
+        assert_eq!(back.groups[0].events_per_second, 1_000.0);
+    }
+
+    #[test]
     fn a_deposed_leader_at_an_older_term_is_not_shown_as_leader() {
         let mut builder = ViewBuilder::new("gateway");
+        let now = Instant::now();
         let view = builder.next(
-            front(0),
-            vec![group(vec![
-                (1, Ok(status(1, "leader", 4, 0, 0))),
-                (2, Ok(status(2, "candidate", 5, 0, 0))),
-            ])],
-            Instant::now(),
+            (front(0), now),
+            (
+                vec![group(vec![
+                    (1, Ok(status(1, "leader", 4, 0, 0))),
+                    (2, Ok(status(2, "candidate", 5, 0, 0))),
+                ])],
+                now,
+            ),
             1,
         );
         assert_eq!(view.groups[0].leader, None);
@@ -369,10 +412,10 @@ mod tests {
         let start = Instant::now();
         let mut view = None;
         for i in 0..(limits::CONSOLE_HISTORY_POINTS as u64 + 10) {
+            let at = start + Duration::from_millis(500 * i);
             view = Some(builder.next(
-                front(i),
-                vec![group(vec![(1, Ok(status(1, "leader", 1, i, i)))])],
-                start + Duration::from_millis(500 * i),
+                (front(i), at),
+                (vec![group(vec![(1, Ok(status(1, "leader", 1, i, i)))])], at),
                 i,
             ));
         }
