@@ -11,6 +11,9 @@
 //! - **Fast.** Publishes are pipelined (`--in-flight` awaiting acknowledgement, awaited in
 //!   order) while the next pages are read from a replica.
 //! - **Loud about loss.** Events no replica has any more stop the group, naming the seqs.
+//! - **Measured.** Each group's last acknowledged event, its replicas' newest (read every
+//!   second by `source::watch_head`), the lag between them and publish latency are counted in
+//!   a `telemetry::Metrics` (`fincore_cdc_*`; `fincore cdc --metrics ADDR` serves them).
 //!
 //! Modules: `config` (flags checked), `message` (an event as a message), `stream` (setup and
 //! tail), `source` (the replicas), `publisher` (the pipeline), `group` (the loop), `error`.
@@ -155,10 +158,10 @@ fn login_refused(error: &async_nats::ConnectError) -> bool {
     )
 }
 
-/// Publishes every group's events until one group must stop (its error is returned). Runs
-/// forever otherwise: stop it by dropping the future (nothing is lost: a restart resumes
-/// from the streams).
-pub async fn run(config: Config) -> CdcError {
+/// Publishes every group's events until one group must stop (its error is returned), counting
+/// each group's progress and lag in `metrics`. Runs forever otherwise: stop it by dropping the
+/// future (nothing is lost: a restart resumes from the streams).
+pub async fn run(config: Config, metrics: std::sync::Arc<telemetry::Metrics>) -> CdcError {
     if let Err(error) = config.check() {
         return error;
     }
@@ -168,9 +171,21 @@ pub async fn run(config: Config) -> CdcError {
     };
     // The replicas' clients first: a wrong `--group` is told at once, even while NATS is down.
     let mut sources = Vec::with_capacity(config.groups.len());
+    // Each group's head is read by clients of its own, beside the publishing.
+    let mut heads = tokio::task::JoinSet::new();
     for spec in &config.groups {
         match source::replicas(spec, config.api_key.as_deref()) {
             Ok(replicas) => sources.push((spec, replicas)),
+            Err(error) => return error,
+        }
+        match source::replicas(spec, config.api_key.as_deref()) {
+            Ok(replicas) => {
+                heads.spawn(source::watch_head(
+                    spec.name.clone(),
+                    replicas,
+                    std::sync::Arc::clone(&metrics),
+                ));
+            }
             Err(error) => return error,
         }
     }
@@ -193,6 +208,7 @@ pub async fn run(config: Config) -> CdcError {
             subject: config.naming.subject(&spec.name),
             stream: config.naming.stream_name(&spec.name),
             duplicate_window: config.duplicate_window,
+            metrics: std::sync::Arc::clone(&metrics),
         };
         groups.spawn(group::run(
             context.clone(),

@@ -26,6 +26,7 @@ type Ack = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>
 /// A publish awaiting its acknowledgement.
 struct InFlight {
     seq: u64,
+    sent: Instant,
     ack: Ack,
 }
 
@@ -73,6 +74,7 @@ pub async fn run(
             {
                 Ok(ack) => in_flight.push_back(InFlight {
                     seq: event.seq,
+                    sent: Instant::now(),
                     ack: Box::pin(ack.into_future()),
                 }),
                 Err(error) => return failed(event.seq, &error),
@@ -81,10 +83,12 @@ pub async fn run(
         }
         tokio::select! {
             acked = front(&mut in_flight) => {
-                let seq = in_flight.pop_front().expect("an ack came from the front").seq;
+                let InFlight { seq, sent, .. } =
+                    in_flight.pop_front().expect("an ack came from the front");
                 if let Err(stop) = check(target, seq, acked, progress) {
                     return stop;
                 }
+                target.metrics.cdc_published(&target.group, seq, 1, sent.elapsed());
                 log_progress(target, progress, &mut logged);
             }
             page = pages.recv(), if waiting.is_empty() => match page {

@@ -281,6 +281,25 @@ pub fn ended_unexpectedly() -> Stop {
     Stop::Resync(Resync::Source("the replicas' reader stopped".into()))
 }
 
+/// Reads the group's newest event every second, from the first of `replicas` that answers,
+/// into `metrics` (the publisher's lag is that less what it published). Runs until dropped.
+pub async fn watch_head(
+    group: String,
+    replicas: Vec<Replica>,
+    metrics: std::sync::Arc<telemetry::Metrics>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for replica in &replicas {
+            if let Ok(page) = replica.client.read_events(u64::MAX, 1).await {
+                metrics.cdc_source(&group, page.last_seq);
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

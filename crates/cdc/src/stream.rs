@@ -25,6 +25,8 @@ pub struct Target {
     pub stream: String,
     /// Of a stream created here.
     pub duplicate_window: Duration,
+    /// Where the group's progress is counted (`fincore_cdc_*`).
+    pub metrics: std::sync::Arc<telemetry::Metrics>,
 }
 
 impl Target {

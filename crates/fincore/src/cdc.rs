@@ -43,6 +43,10 @@ pub struct CdcArgs {
     #[arg(long, value_name = "N", default_value_t = CDC_PUBLISHES_IN_FLIGHT_DEFAULT as u64,
         value_parser = clap::value_parser!(u64).range(1..=CDC_PUBLISHES_IN_FLIGHT_MAX as u64))]
     in_flight: u64,
+    /// Serve GET /metrics (each group's published sequence, its replicas' newest, the lag
+    /// between them, publish latency) on this address, open like every process's /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Where each group's events are in NATS: the same flags for the publisher and for
@@ -134,10 +138,12 @@ pub fn run(args: &CdcArgs) -> anyhow::Result<ExitCode> {
         in_flight_max: usize::try_from(args.in_flight).context("--in-flight")?,
     };
     let runtime = crate::serve::runtime()?;
+    let metrics = telemetry::Metrics::for_service(telemetry::Service::Publisher);
     runtime.block_on(async move {
         let stop = crate::serve::stop_signal()?;
+        let _listener = crate::serve::metrics_listener(args.metrics, &metrics).await?;
         tokio::select! {
-            error = cdc::run(config) => Err(anyhow::Error::new(error)),
+            error = cdc::run(config, metrics) => Err(anyhow::Error::new(error)),
             () = stop => {
                 // Nothing to save: a restart resumes from what the streams hold.
                 tracing::info!("stopped");

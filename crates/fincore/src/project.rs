@@ -53,6 +53,10 @@ pub struct ProjectArgs {
     /// up with every group's last event; exit 0 when equal, 1 naming the first difference.
     #[arg(long)]
     verify: bool,
+    /// Serve GET /metrics (each group's projected sequence, its replicas' newest, the lag
+    /// between them, transaction latency) on this address, open like every process's /metrics.
+    #[arg(long, value_name = "ADDR", conflicts_with = "verify")]
+    metrics: Option<std::net::SocketAddr>,
     /// How long --verify waits for the read model to catch up.
     #[arg(long, value_name = "SECONDS", requires = "verify",
         default_value_t = limits::PROJECTOR_VERIFY_WAIT_SECONDS_DEFAULT,
@@ -81,6 +85,7 @@ pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--nats-user and --nats-token-file log in to NATS: they need --nats")
             }
         },
+        metrics: telemetry::Metrics::for_service(telemetry::Service::Projector),
     };
     let _logs = telemetry::init_logging(&telemetry::trace::TraceOptions::off("fincore-projector"))?;
     let runtime = crate::serve::runtime()?;
@@ -110,6 +115,7 @@ pub fn run(args: &ProjectArgs) -> anyhow::Result<ExitCode> {
             });
         }
         let stop = crate::serve::stop_signal()?;
+        let _listener = crate::serve::metrics_listener(args.metrics, &options.metrics).await?;
         println!("fincore: projecting {} group(s)", options.groups.len());
         tokio::select! {
             outcome = projector::project(&options, args.rebuild) => {

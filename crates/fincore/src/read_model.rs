@@ -91,6 +91,8 @@ pub fn start(target: Target, groups: Vec<GroupSpec>, api_key: String) -> Running
         groups,
         api_key: Some(api_key),
         nats: None,
+        // Counted, not served: `dev`'s listeners serve its node's metrics.
+        metrics: telemetry::Metrics::for_service(telemetry::Service::Projector),
     };
     Running(tokio::spawn(async move {
         if let Err(error) = projector::project(&options, false).await {

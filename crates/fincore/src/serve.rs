@@ -545,3 +545,20 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     run_node((config, capacity_line), args.parent_pid, |_| None)
 }
+
+/// With `--metrics ADDR`, serves `metrics` there until the listener is dropped, and says where
+/// (`fincore: metrics on http://ADDR/metrics`, what tests wait for).
+pub async fn metrics_listener(
+    addr: Option<std::net::SocketAddr>,
+    metrics: &std::sync::Arc<telemetry::Metrics>,
+) -> anyhow::Result<Option<server::metrics_http::MetricsListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener =
+        server::metrics_http::MetricsListener::start(addr, std::sync::Arc::clone(metrics))
+            .await
+            .context("--metrics")?;
+    println!("fincore: metrics on http://{}/metrics", listener.addr());
+    Ok(Some(listener))
+}

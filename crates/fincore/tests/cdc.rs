@@ -344,7 +344,8 @@ fn every_event_is_published_once_in_order_with_the_nodes_json_and_its_id() {
         Duration::ZERO,
         &AtomicBool::new(false),
     );
-    let publisher = setup.publisher("once", 64, &[]);
+    let metrics_addr = testkit::free_addrs(1).unwrap().remove(0);
+    let publisher = setup.publisher("once", 64, &["--metrics", &metrics_addr]);
     let last = setup.wait_caught_up(&["once"]);
     // More events while it runs: followed live.
     let url = format!("http://{}", setup.grpc_addrs[0]);
@@ -357,6 +358,31 @@ fn every_event_is_published_once_in_order_with_the_nodes_json_and_its_id() {
     });
     let last_live = setup.wait_caught_up(&["once"]);
     assert!(last_live > last);
+    // Its metrics say as much: published up to the node's last event, no lag (the head is
+    // read every second), every event counted; and the text passes promtool.
+    let series = |name: &str| format!("{name}{{group=\"{GROUP}\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = support::get(&metrics_addr, "/metrics").body;
+        let value = |name: &str| testkit::http::metric_value(&text, &series(name));
+        if value("fincore_cdc_seq") == Some(last_live as f64)
+            && value("fincore_cdc_source_seq") == Some(last_live as f64)
+            && value("fincore_cdc_lag_events") == Some(0.0)
+        {
+            assert_eq!(
+                value("fincore_cdc_events_total"),
+                Some(last_live as f64),
+                "{text}"
+            );
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publisher's metrics never caught up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    support::run_promtool(&["check", "metrics"], Some(&text));
     std::thread::sleep(Duration::from_millis(300)); // nothing more is published
     kill9(publisher);
     setup.check_stream_equals_node(last_live);

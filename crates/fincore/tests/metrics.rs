@@ -11,53 +11,13 @@ mod support;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{ChildNode, fincore_exe};
+use support::{ChildNode, fincore_exe, run_promtool};
 use testkit::cluster::LocalGroups;
 
 /// The longest a group of three takes to elect a leader here, or to replace a killed one.
 const ELECTION_WAIT: Duration = Duration::from_secs(30);
-
-fn promtool() -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("promtool"))
-            .find(|path| path.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "promtool is not installed: scripts/services installs it (Debian's prometheus package)"
-        )
-    })
-}
-
-/// Runs promtool with `args` (and `stdin`), and fails the test with its output unless it
-/// succeeds.
-fn run_promtool(args: &[&str], stdin: Option<&str>) {
-    let mut child = Command::new(promtool())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool starts");
-    let mut input = child.stdin.take().expect("piped");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("promtool reads its input");
-    drop(input);
-    let output = child.wait_with_output().expect("promtool ends");
-    assert!(
-        output.status.success(),
-        "promtool {args:?} failed ({}):\n{}{}\n--- input ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        stdin.unwrap_or("")
-    );
-}
 
 fn metrics_text(node: &ChildNode) -> String {
     let answer = testkit::http::get(&node.http_addr, "/metrics").unwrap();

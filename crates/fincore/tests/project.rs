@@ -320,10 +320,35 @@ fn every_kind_of_transfer_shows_with_its_final_state_in_sqlite_and_postgres_and_
     let file = dir.path().join("read.db");
     let file_arg = file.to_str().unwrap();
     let sqlite_args = ["--sqlite", file_arg];
-    let projector = start_projector(&node, &key, &sqlite_args, &[]);
+    let metrics_addr = testkit::free_addrs(1).unwrap().remove(0);
+    let projector = start_projector(&node, &key, &sqlite_args, &["--metrics", &metrics_addr]);
     let (ok, text) = verify(&node, &key, &sqlite_args, 30);
     assert!(ok, "{text}");
     assert!(text.contains("6 accounts, 8 transfers"), "{text}");
+    // Its metrics: projected up to the node's last event, no lag, and promtool reads them.
+    let page = testkit::http::request_as(
+        Some(&key),
+        &node.http_addr,
+        "GET",
+        "/v1/events?after=0&limit=1",
+        None,
+        "",
+    )
+    .unwrap()
+    .json()
+    .unwrap();
+    let last_seq = page["last_seq"].as_u64().unwrap() as f64;
+    let mut text = String::new();
+    eventually("the projector's metrics to catch up", || {
+        text = support::get(&metrics_addr, "/metrics").body;
+        let value =
+            |name: &str| testkit::http::metric_value(&text, &format!("{name}{{group=\"g1\"}}"));
+        value("fincore_projection_seq") == Some(last_seq)
+            && value("fincore_projection_source_seq") == Some(last_seq)
+            && value("fincore_projection_lag_events") == Some(0.0)
+            && value("fincore_projection_events_total") == Some(last_seq)
+    });
+    support::run_promtool(&["check", "metrics"], Some(&text));
     assert_eq!(sqlite_states(&file), expected_states());
     let (history, user_data): (i64, String) = sqlite(&file, async |conn| {
         let history =

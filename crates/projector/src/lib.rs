@@ -5,8 +5,9 @@
 //! `transfers`, `account_balances`, `projection_offsets`): whole batches, one transaction with
 //! the group's offset, so nothing is written twice or half; resumable from the stored offset
 //! after any crash; gaps (and malformed messages) back-filled from the replicas' events API;
-//! `--verify` compares the read model with the ledger. It must not write to the ledger nor to
-//! NATS, and it reads the nodes only through `client`.
+//! `--verify` compares the read model with the ledger. Each group's progress and lag are
+//! counted in `Options::metrics` (`fincore_projection_*`). It must not write to the ledger nor
+//! to NATS, and it reads the nodes only through `client`.
 //!
 //! - `model`: events → rows (pure).
 //! - `sink`: the databases (schema, transactional writes, reads for the check).
@@ -67,6 +68,8 @@ pub struct Options {
     pub api_key: Option<String>,
     /// Read each group's events from its JetStream stream rather than from its replicas.
     pub nats: Option<NatsSource>,
+    /// Where each group's progress and lag are counted (`fincore_projection_*`).
+    pub metrics: Arc<telemetry::Metrics>,
 }
 
 impl Options {
@@ -115,22 +118,41 @@ pub async fn project(options: &Options, rebuild: bool) -> Result<(), ProjectErro
         None => None,
     };
     let mut tasks = tokio::task::JoinSet::new();
+    // Ended (aborted) with this future.
+    let mut heads = tokio::task::JoinSet::new();
     for group in replicas {
         let target = options.target.clone();
         let group = Arc::new(group);
+        heads.spawn(watch_head(Arc::clone(&group), Arc::clone(&options.metrics)));
+        let metrics = Arc::clone(&options.metrics);
         let reader = match (&options.nats, &jetstream) {
             (Some(nats), Some(context)) => {
                 run::Reader::Nats(Arc::new(GroupStream::new(nats, context.clone(), group)))
             }
             _ => run::Reader::Replicas(group),
         };
-        tasks.spawn(async move { run::project_group(&target, reader).await });
+        tasks.spawn(async move { run::project_group(&target, reader, &metrics).await });
     }
     let first = tasks.join_next().await.expect("at least one group");
     tasks.abort_all();
     match first {
         Ok(outcome) => outcome,
         Err(error) => Err(ProjectError::Task(error.to_string())),
+    }
+}
+
+/// Reads `group`'s newest event every second, from the first replica that answers, into
+/// `metrics` (the projector's lag is that less what it projected). Runs until dropped.
+async fn watch_head(group: Arc<Replicas>, metrics: Arc<telemetry::Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for at in 0..group.len() {
+            if let Ok(seq) = group.last_seq(at).await {
+                metrics.projection_source(group.group(), seq);
+                break;
+            }
+        }
     }
 }
 

@@ -46,7 +46,11 @@ impl Reader {
 
 /// Projects the group `reader` reads into `target` until the source fails for good or the
 /// database refuses a write; never returns `Ok` (the stream has no end).
-pub async fn project_group(target: &Target, reader: Reader) -> Result<(), ProjectError> {
+pub async fn project_group(
+    target: &Target,
+    reader: Reader,
+    metrics: &telemetry::Metrics,
+) -> Result<(), ProjectError> {
     let group = reader.group().to_string();
     let mut sink = Sink::open(target, false).await?;
     let offset = sink.offset(&group).await?;
@@ -79,6 +83,7 @@ pub async fn project_group(target: &Target, reader: Reader) -> Result<(), Projec
             if let Err(error) = sink.apply(&group, &changes).await {
                 break Some(error.into());
             }
+            metrics.projected(&group, changes.last_seq, whole as u64, started.elapsed());
             tracing::debug!(%group, last_seq = changes.last_seq, events = whole,
                 elapsed_ms = started.elapsed().as_millis() as u64, "written");
             buffered.drain(..whole);

@@ -23,6 +23,7 @@ pub mod ledger_api;
 mod meta_http;
 mod meta_node;
 pub mod meta_service;
+pub mod metrics_http;
 mod minting;
 mod node;
 mod openapi;

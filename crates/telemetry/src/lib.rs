@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod follow;
 mod logs;
 pub mod trace;
 mod traffic;
@@ -424,6 +425,8 @@ pub struct Metrics {
     client_reports_malformed: Counter,
     raft: RaftMetrics,
     traffic: traffic::Traffic,
+    cdc: follow::Follow,
+    projection: follow::Follow,
     /// Log lines dropped, brought up to [`log_lines_dropped`] at each render (under the lock,
     /// so two renders never add one drop twice).
     log_lines_dropped: Mutex<Counter>,
@@ -446,11 +449,19 @@ pub enum Service {
     Gateway,
     /// A meta replica: requests and its journal.
     MetaReplica,
+    /// The change-event publisher (`fincore cdc`): its progress per group, no requests.
+    Publisher,
+    /// The read-model projector (`fincore project`): its progress per group, no requests.
+    Projector,
     /// Every family (tests, and processes that are several of the above).
     All,
 }
 
 impl Service {
+    fn serves_requests(self) -> bool {
+        !matches!(self, Service::Publisher | Service::Projector)
+    }
+
     fn records_batches(self) -> bool {
         matches!(self, Service::LedgerNode | Service::All)
     }
@@ -503,21 +514,6 @@ impl Metrics {
                 latency_histogram,
             );
         let client_reports_malformed = Counter::default();
-        registry.register(
-            "client_observed_requests",
-            "Calls as the clients saw them, reported on their later calls: by operation and outcome (ok, refused, busy, unavailable, timeout, not_leader, other), failures that never reached a server included",
-            client_observed.clone(),
-        );
-        registry.register(
-            "client_observed_duration_seconds",
-            "Latency of calls as the clients measured them (each attempt), by operation and outcome",
-            client_observed_latency.clone(),
-        );
-        registry.register(
-            "client_reports_malformed",
-            "Client reports of earlier calls that were not well formed (ignored)",
-            client_reports_malformed.clone(),
-        );
         let raft = RaftMetrics::new();
         let log_lines_dropped = Counter::default();
         registry.register(
@@ -525,26 +521,43 @@ impl Metrics {
             "Log lines dropped because the log writer's queue was full (a slow or blocked stderr): logging never waits",
             log_lines_dropped.clone(),
         );
-        registry.register(
-            "requests",
-            "Requests received, by operation and protocol",
-            requests.clone(),
-        );
-        registry.register(
-            "request_errors",
-            "Requests answered with an error, by operation, protocol and kind (invalid, not_found, busy, unavailable, not_leader, capacity)",
-            errors.clone(),
-        );
-        registry.register(
-            "auth_refusals",
-            "Client calls refused before reaching an operation, by protocol and reason (missing, malformed, unknown_key, forbidden)",
-            auth_refusals.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from receiving a request to answering it",
-            latency.clone(),
-        );
+        if service.serves_requests() {
+            registry.register(
+                "client_observed_requests",
+                "Calls as the clients saw them, reported on their later calls: by operation and outcome (ok, refused, busy, unavailable, timeout, not_leader, other), failures that never reached a server included",
+                client_observed.clone(),
+            );
+            registry.register(
+                "client_observed_duration_seconds",
+                "Latency of calls as the clients measured them (each attempt), by operation and outcome",
+                client_observed_latency.clone(),
+            );
+            registry.register(
+                "client_reports_malformed",
+                "Client reports of earlier calls that were not well formed (ignored)",
+                client_reports_malformed.clone(),
+            );
+            registry.register(
+                "requests",
+                "Requests received, by operation and protocol",
+                requests.clone(),
+            );
+            registry.register(
+                "request_errors",
+                "Requests answered with an error, by operation, protocol and kind (invalid, not_found, busy, unavailable, not_leader, capacity)",
+                errors.clone(),
+            );
+            registry.register(
+                "auth_refusals",
+                "Client calls refused before reaching an operation, by protocol and reason (missing, malformed, unknown_key, forbidden)",
+                auth_refusals.clone(),
+            );
+            registry.register(
+                "request_duration_seconds",
+                "Time from receiving a request to answering it",
+                latency.clone(),
+            );
+        }
         if service.records_batches() {
             registry.register(
                 "queue_depth",
@@ -577,6 +590,14 @@ impl Metrics {
         }
         if service.records_raft() {
             raft.register(&mut registry);
+        }
+        let cdc = follow::Follow::new();
+        let projection = follow::Follow::new();
+        if matches!(service, Service::Publisher | Service::All) {
+            cdc.register(&mut registry, "cdc", "published to NATS and acknowledged");
+        }
+        if matches!(service, Service::Projector | Service::All) {
+            projection.register(&mut registry, "projection", "projected and committed");
         }
         if service.records_sagas() {
             // Every outcome shows from the start, at 0: an alert on the first `diverged`
@@ -626,6 +647,8 @@ impl Metrics {
             client_reports_malformed,
             raft,
             traffic: traffic::Traffic::default(),
+            cdc,
+            projection,
             log_lines_dropped: Mutex::new(log_lines_dropped),
         })
     }
@@ -750,6 +773,28 @@ impl Metrics {
         self.raft.record(sample)
     }
 
+    /// `group`'s events up to `seq` published and acknowledged (`events` of them in a write
+    /// that took `took`).
+    pub fn cdc_published(&self, group: &str, seq: u64, events: u64, took: Duration) {
+        self.cdc.done(group, seq, events, took);
+    }
+
+    /// The newest event `group`'s replicas report, as the publisher last read it.
+    pub fn cdc_source(&self, group: &str, seq: u64) {
+        self.cdc.source(group, seq);
+    }
+
+    /// `group`'s events up to `seq` projected and committed (`events` of them in a
+    /// transaction that took `took`).
+    pub fn projected(&self, group: &str, seq: u64, events: u64, took: Duration) {
+        self.projection.done(group, seq, events, took);
+    }
+
+    /// The newest event `group`'s replicas report, as the projector last read it.
+    pub fn projection_source(&self, group: &str, seq: u64) {
+        self.projection.source(group, seq);
+    }
+
     /// Cross-group transfers this gateway carries now (the `sagas_in_flight` gauge).
     pub fn sagas_in_flight(&self) -> i64 {
         self.sagas_in_flight.get()
@@ -833,6 +878,8 @@ mod tests {
             metrics.sagas_in_flight_add(1);
             metrics.saga_copies_stale("g1".into(), Some(2));
             metrics.raft(&leader_sample());
+            metrics.cdc_published("g1", 5, 5, Duration::from_millis(1));
+            metrics.projected("g1", 5, 5, Duration::from_millis(1));
             let text = metrics.render();
             let mut names: Vec<String> = text
                 .lines()
@@ -889,10 +936,58 @@ mod tests {
             with(&[&journal[..], &raft[..]].concat())
         );
         assert_eq!(families(Service::Gateway), with(&sagas));
+        let follow = |prefix: &str| {
+            [
+                "events",
+                "lag_events",
+                "seq",
+                "source_seq",
+                "write_duration_seconds",
+            ]
+            .map(|name| format!("{prefix}_{name}"))
+        };
+        let (cdc, projection) = (follow("cdc"), follow("projection"));
+        let only = |names: &[String]| {
+            let mut names: Vec<String> = names
+                .iter()
+                .cloned()
+                .chain(["log_lines_dropped".to_string()])
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(families(Service::Publisher), only(&cdc));
+        assert_eq!(families(Service::Projector), only(&projection));
+        let every: Vec<&str> = [&batches[..], &journal[..], &sagas[..], &raft[..]]
+            .concat()
+            .into_iter()
+            .chain(cdc.iter().map(String::as_str))
+            .chain(projection.iter().map(String::as_str))
+            .collect();
+        assert_eq!(families(Service::All), with(&every));
+    }
+
+    #[test]
+    fn a_followers_lag_is_the_sources_head_less_what_it_did_and_never_negative() {
+        let metrics = Metrics::for_service(Service::Projector);
+        let value = |series: &str| {
+            let text = metrics.render();
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+        };
+        let lag = r#"fincore_projection_lag_events{group="g1"}"#;
+        metrics.projection_source("g1", 120);
+        assert_eq!(value(lag), Some(120.0));
+        metrics.projected("g1", 100, 100, Duration::from_millis(3));
+        assert_eq!(value(lag), Some(20.0));
         assert_eq!(
-            families(Service::All),
-            with(&[&batches[..], &journal[..], &sagas[..], &raft[..]].concat())
+            value(r#"fincore_projection_events_total{group="g1"}"#),
+            Some(100.0)
         );
+        // Done past the head last read (read before those events existed): caught up.
+        metrics.projected("g1", 130, 30, Duration::from_millis(3));
+        assert_eq!(value(lag), Some(0.0));
+        assert_eq!(value(r#"fincore_projection_seq{group="g1"}"#), Some(130.0));
     }
 
     #[test]

@@ -327,3 +327,42 @@ impl Drop for DevRun {
         let _ = self.child.wait();
     }
 }
+
+/// promtool, from Debian's `prometheus` package (which `scripts/services` installs).
+pub fn promtool() -> std::path::PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("promtool"))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "promtool is not installed: scripts/services installs it (Debian's prometheus package)"
+        )
+    })
+}
+
+/// Runs promtool with `args` (and `stdin`), and fails the test with its output unless it
+/// succeeds.
+pub fn run_promtool(args: &[&str], stdin: Option<&str>) {
+    let mut child = std::process::Command::new(promtool())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool starts");
+    let mut input = child.stdin.take().expect("piped");
+    std::io::Write::write_all(&mut input, stdin.unwrap_or("").as_bytes())
+        .expect("promtool reads its input");
+    drop(input);
+    let output = child.wait_with_output().expect("promtool ends");
+    assert!(
+        output.status.success(),
+        "promtool {args:?} failed ({}):\n{}{}\n--- input ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        stdin.unwrap_or("")
+    );
+}
