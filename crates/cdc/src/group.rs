@@ -66,6 +66,8 @@ async fn once(
             return (stop, false);
         }
     };
+    // The stream holds every event up to its tail, whoever published them.
+    target.progress.at(tail);
     tracing::info!(group = %target.group, stream = %target.stream, subject = %target.subject, "publishing the events after seq {tail}");
     let (pages, mut received) = mpsc::channel(CDC_SOURCE_PAGES_QUEUED_MAX);
     let feeder = tokio::spawn({

@@ -180,11 +180,7 @@ pub async fn run(config: Config, metrics: std::sync::Arc<telemetry::Metrics>) ->
         }
         match source::replicas(spec, config.api_key.as_deref()) {
             Ok(replicas) => {
-                heads.spawn(source::watch_head(
-                    spec.name.clone(),
-                    replicas,
-                    std::sync::Arc::clone(&metrics),
-                ));
+                heads.spawn(source::watch_head(replicas, metrics.cdc_group(&spec.name)));
             }
             Err(error) => return error,
         }
@@ -208,7 +204,7 @@ pub async fn run(config: Config, metrics: std::sync::Arc<telemetry::Metrics>) ->
             subject: config.naming.subject(&spec.name),
             stream: config.naming.stream_name(&spec.name),
             duplicate_window: config.duplicate_window,
-            metrics: std::sync::Arc::clone(&metrics),
+            progress: metrics.cdc_group(&spec.name),
         };
         groups.spawn(group::run(
             context.clone(),

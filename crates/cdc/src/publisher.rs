@@ -88,7 +88,7 @@ pub async fn run(
                 if let Err(stop) = check(target, seq, acked, progress) {
                     return stop;
                 }
-                target.metrics.cdc_published(&target.group, seq, 1, sent.elapsed());
+                target.progress.done(seq, 1, sent.elapsed());
                 log_progress(target, progress, &mut logged);
             }
             page = pages.recv(), if waiting.is_empty() => match page {

@@ -281,21 +281,24 @@ pub fn ended_unexpectedly() -> Stop {
     Stop::Resync(Resync::Source("the replicas' reader stopped".into()))
 }
 
-/// Reads the group's newest event every second, from the first of `replicas` that answers,
-/// into `metrics` (the publisher's lag is that less what it published). Runs until dropped.
-pub async fn watch_head(
-    group: String,
-    replicas: Vec<Replica>,
-    metrics: std::sync::Arc<telemetry::Metrics>,
-) {
+/// Reads the group's newest event every second, the highest any of `replicas` reports (a
+/// lagging follower must not hide the lag), into `progress`: the publisher's lag is that less
+/// what it published. Runs until dropped.
+pub async fn watch_head(replicas: Vec<Replica>, progress: telemetry::FollowGroup) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for replica in &replicas {
-            if let Ok(page) = replica.client.read_events(u64::MAX, 1).await {
-                metrics.cdc_source(&group, page.last_seq);
-                break;
-            }
+        let heads = replicas
+            .iter()
+            .map(|replica| replica.client.read_events(u64::MAX, 1));
+        let newest = futures::future::join_all(heads)
+            .await
+            .into_iter()
+            .filter_map(|page| page.ok().map(|page| page.last_seq))
+            .max();
+        if let Some(seq) = newest {
+            progress.source(seq);
         }
     }
 }

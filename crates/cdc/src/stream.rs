@@ -26,7 +26,7 @@ pub struct Target {
     /// Of a stream created here.
     pub duplicate_window: Duration,
     /// Where the group's progress is counted (`fincore_cdc_*`).
-    pub metrics: std::sync::Arc<telemetry::Metrics>,
+    pub progress: telemetry::FollowGroup,
 }
 
 impl Target {

@@ -386,6 +386,30 @@ fn every_event_is_published_once_in_order_with_the_nodes_json_and_its_id() {
     std::thread::sleep(Duration::from_millis(300)); // nothing more is published
     kill9(publisher);
     setup.check_stream_equals_node(last_live);
+    // Restarted with nothing new to publish, it resumes from the stream's tail: caught up, with
+    // no lag and nothing published by itself.
+    let metrics_addr = testkit::free_addrs(1).unwrap().remove(0);
+    let again = setup.publisher("once", 64, &["--metrics", &metrics_addr]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = testkit::http::get(&metrics_addr, "/metrics")
+            .map(|answer| answer.body)
+            .unwrap_or_default();
+        let value = |name: &str| testkit::http::metric_value(&text, &series(name));
+        if value("fincore_cdc_seq") == Some(last_live as f64)
+            && value("fincore_cdc_source_seq") == Some(last_live as f64)
+        {
+            assert_eq!(value("fincore_cdc_lag_events"), Some(0.0), "{text}");
+            assert_eq!(value("fincore_cdc_events_total"), Some(0.0), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a restarted publisher never showed where it resumed:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill9(again);
     eprintln!("{last_live} events published once each, in order");
 }
 

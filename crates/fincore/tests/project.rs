@@ -349,6 +349,21 @@ fn every_kind_of_transfer_shows_with_its_final_state_in_sqlite_and_postgres_and_
             && value("fincore_projection_events_total") == Some(last_seq)
     });
     support::run_promtool(&["check", "metrics"], Some(&text));
+    // Restarted with nothing new to project, it resumes from its offset: caught up, no lag.
+    drop(projector);
+    let metrics_addr = testkit::free_addrs(1).unwrap().remove(0);
+    let projector = start_projector(&node, &key, &sqlite_args, &["--metrics", &metrics_addr]);
+    eventually("a restarted projector to show where it resumed", || {
+        text = testkit::http::get(&metrics_addr, "/metrics")
+            .map(|answer| answer.body)
+            .unwrap_or_default();
+        let value =
+            |name: &str| testkit::http::metric_value(&text, &format!("{name}{{group=\"g1\"}}"));
+        value("fincore_projection_seq") == Some(last_seq)
+            && value("fincore_projection_source_seq") == Some(last_seq)
+            && value("fincore_projection_lag_events") == Some(0.0)
+            && value("fincore_projection_events_total") == Some(0.0)
+    });
     assert_eq!(sqlite_states(&file), expected_states());
     let (history, user_data): (i64, String) = sqlite(&file, async |conn| {
         let history =

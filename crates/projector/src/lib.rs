@@ -123,15 +123,15 @@ pub async fn project(options: &Options, rebuild: bool) -> Result<(), ProjectErro
     for group in replicas {
         let target = options.target.clone();
         let group = Arc::new(group);
-        heads.spawn(watch_head(Arc::clone(&group), Arc::clone(&options.metrics)));
-        let metrics = Arc::clone(&options.metrics);
+        let progress = options.metrics.projection_group(group.group());
+        heads.spawn(watch_head(Arc::clone(&group), progress.clone()));
         let reader = match (&options.nats, &jetstream) {
             (Some(nats), Some(context)) => {
                 run::Reader::Nats(Arc::new(GroupStream::new(nats, context.clone(), group)))
             }
             _ => run::Reader::Replicas(group),
         };
-        tasks.spawn(async move { run::project_group(&target, reader, &metrics).await });
+        tasks.spawn(async move { run::project_group(&target, reader, &progress).await });
     }
     let first = tasks.join_next().await.expect("at least one group");
     tasks.abort_all();
@@ -141,17 +141,22 @@ pub async fn project(options: &Options, rebuild: bool) -> Result<(), ProjectErro
     }
 }
 
-/// Reads `group`'s newest event every second, from the first replica that answers, into
-/// `metrics` (the projector's lag is that less what it projected). Runs until dropped.
-async fn watch_head(group: Arc<Replicas>, metrics: Arc<telemetry::Metrics>) {
+/// Reads `group`'s newest event every second, the highest any replica reports (a lagging
+/// follower must not hide the lag), into `progress`: the projector's lag is that less what it
+/// projected. Runs until dropped.
+async fn watch_head(group: Arc<Replicas>, progress: telemetry::FollowGroup) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for at in 0..group.len() {
-            if let Ok(seq) = group.last_seq(at).await {
-                metrics.projection_source(group.group(), seq);
-                break;
-            }
+        let heads = (0..group.len()).map(|at| group.last_seq(at));
+        let newest = futures::future::join_all(heads)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .max();
+        if let Some(seq) = newest {
+            progress.source(seq);
         }
     }
 }

@@ -49,11 +49,13 @@ impl Reader {
 pub async fn project_group(
     target: &Target,
     reader: Reader,
-    metrics: &telemetry::Metrics,
+    progress: &telemetry::FollowGroup,
 ) -> Result<(), ProjectError> {
     let group = reader.group().to_string();
     let mut sink = Sink::open(target, false).await?;
     let offset = sink.offset(&group).await?;
+    // The read model holds every event up to its offset, whichever run projected them.
+    progress.at(offset);
     let mut history = sink.history_accounts().await?;
     tracing::info!(%group, offset, "projecting from the stored offset");
     let (pages_tx, mut pages) = mpsc::channel::<Vec<Event>>(PROJECTOR_PAGES_QUEUED_MAX);
@@ -83,7 +85,7 @@ pub async fn project_group(
             if let Err(error) = sink.apply(&group, &changes).await {
                 break Some(error.into());
             }
-            metrics.projected(&group, changes.last_seq, whole as u64, started.elapsed());
+            progress.done(changes.last_seq, whole as u64, started.elapsed());
             tracing::debug!(%group, last_seq = changes.last_seq, events = whole,
                 elapsed_ms = started.elapsed().as_millis() as u64, "written");
             buffered.drain(..whole);

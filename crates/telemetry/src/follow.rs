@@ -4,9 +4,14 @@
 //! projected and committed with its offset), the newest event the group's replicas report, the
 //! lag between them in events, events done, and how long each write took.
 //!
-//! Owns these families and their arithmetic (the lag never goes negative: a head read before
-//! the events it covers were done reads as caught up). Must not know NATS nor SQL.
+//! Owns these families and their arithmetic: the lag exists only once both ends are known (a
+//! process that has not yet read where it resumes shows none rather than the whole stream), is
+//! computed under one lock from the two values (never from a half-updated pair), and never goes
+//! negative (a head read before the events it covers were done reads as caught up). A group's
+//! series are looked up once ([`FollowGroup`]), not per event. Must not know NATS nor SQL.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -25,10 +30,36 @@ pub(crate) struct Follow {
     lag_events: Family<GroupLabels, Gauge>,
     events: Family<GroupLabels, Counter>,
     write_seconds: Histogram,
+    groups: Mutex<BTreeMap<String, FollowGroup>>,
+}
+
+/// Both ends as last known (`None`: not yet).
+#[derive(Debug, Default)]
+struct Ends {
+    done: Option<u64>,
+    source: Option<u64>,
+}
+
+/// One group's series, shared by every handle of that group.
+#[derive(Debug, Clone)]
+pub struct FollowGroup {
+    ends: Arc<Mutex<Ends>>,
+    done_seq: Gauge,
+    source_seq: Gauge,
+    lag_events: Gauge,
+    events: Counter,
+    write_seconds: Histogram,
 }
 
 fn gauge_value(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Each write's duration: 100 µs to ~100 s (a projector's transaction may take seconds).
+fn write_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_1, 2.0, 21,
+    ))
 }
 
 impl Follow {
@@ -38,7 +69,8 @@ impl Follow {
             source_seq: Family::default(),
             lag_events: Family::default(),
             events: Family::default(),
-            write_seconds: crate::latency_histogram(),
+            write_seconds: write_histogram(),
+            groups: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -52,7 +84,7 @@ impl Follow {
         );
         registry.register(
             "source_seq",
-            "The newest event the group's replicas report (read every second)",
+            "The newest event any of the group's replicas reports (read every second)",
             self.source_seq.clone(),
         );
         registry.register(
@@ -62,7 +94,7 @@ impl Follow {
         );
         registry.register(
             "events",
-            format!("Events {done}, by group"),
+            format!("Events {done} by this process, by group"),
             self.events.clone(),
         );
         registry.register(
@@ -72,29 +104,58 @@ impl Follow {
         );
     }
 
-    pub(crate) fn done(&self, group: &str, seq: u64, events: u64, took: Duration) {
-        let labels = GroupLabels {
-            group: group.to_string(),
-        };
-        self.done_seq.get_or_create(&labels).set(gauge_value(seq));
-        self.events.get_or_create(&labels).inc_by(events);
+    /// `group`'s series (made on first use).
+    pub(crate) fn group(&self, group: &str) -> FollowGroup {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .entry(group.to_string())
+            .or_insert_with(|| {
+                let labels = GroupLabels {
+                    group: group.to_string(),
+                };
+                FollowGroup {
+                    ends: Arc::default(),
+                    done_seq: self.done_seq.get_or_create(&labels).clone(),
+                    source_seq: self.source_seq.get_or_create(&labels).clone(),
+                    lag_events: self.lag_events.get_or_create(&labels).clone(),
+                    events: self.events.get_or_create(&labels).clone(),
+                    write_seconds: self.write_seconds.clone(),
+                }
+            })
+            .clone()
+    }
+}
+
+impl FollowGroup {
+    /// Where the process (re)starts: events up to `seq` are done already (not by this write).
+    pub fn at(&self, seq: u64) {
+        self.update(|ends| ends.done = Some(seq));
+    }
+
+    /// Events up to `seq` done, `events` of them by a write that took `took`.
+    pub fn done(&self, seq: u64, events: u64, took: Duration) {
+        self.events.inc_by(events);
         self.write_seconds.observe(took.as_secs_f64());
-        self.update_lag(&labels);
+        self.update(|ends| ends.done = Some(seq));
     }
 
-    pub(crate) fn source(&self, group: &str, seq: u64) {
-        let labels = GroupLabels {
-            group: group.to_string(),
-        };
-        self.source_seq.get_or_create(&labels).set(gauge_value(seq));
-        self.update_lag(&labels);
+    /// The newest event the group's replicas report.
+    pub fn source(&self, seq: u64) {
+        self.update(|ends| ends.source = Some(seq));
     }
 
-    fn update_lag(&self, labels: &GroupLabels) {
-        let done = self.done_seq.get_or_create(labels).get();
-        let source = self.source_seq.get_or_create(labels).get();
-        self.lag_events
-            .get_or_create(labels)
-            .set(source.saturating_sub(done).max(0));
+    fn update(&self, change: impl FnOnce(&mut Ends)) {
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut ends);
+        if let Some(done) = ends.done {
+            self.done_seq.set(gauge_value(done));
+        }
+        if let Some(source) = ends.source {
+            self.source_seq.set(gauge_value(source));
+        }
+        if let (Some(done), Some(source)) = (ends.done, ends.source) {
+            self.lag_events
+                .set(gauge_value(source.saturating_sub(done)));
+        }
     }
 }

@@ -27,6 +27,7 @@ mod logs;
 pub mod trace;
 mod traffic;
 
+pub use follow::FollowGroup;
 pub use logs::{LOG_FILTER_DEFAULT, LogFormat, LogGuard, init_logging, log_lines_dropped};
 pub use traffic::{LATENCY_BUCKETS_COUNT, TrafficRates, TrafficTotals, latency_bucket_bound};
 
@@ -773,26 +774,14 @@ impl Metrics {
         self.raft.record(sample)
     }
 
-    /// `group`'s events up to `seq` published and acknowledged (`events` of them in a write
-    /// that took `took`).
-    pub fn cdc_published(&self, group: &str, seq: u64, events: u64, took: Duration) {
-        self.cdc.done(group, seq, events, took);
+    /// `group`'s publisher series (`fincore_cdc_*`), looked up once.
+    pub fn cdc_group(&self, group: &str) -> FollowGroup {
+        self.cdc.group(group)
     }
 
-    /// The newest event `group`'s replicas report, as the publisher last read it.
-    pub fn cdc_source(&self, group: &str, seq: u64) {
-        self.cdc.source(group, seq);
-    }
-
-    /// `group`'s events up to `seq` projected and committed (`events` of them in a
-    /// transaction that took `took`).
-    pub fn projected(&self, group: &str, seq: u64, events: u64, took: Duration) {
-        self.projection.done(group, seq, events, took);
-    }
-
-    /// The newest event `group`'s replicas report, as the projector last read it.
-    pub fn projection_source(&self, group: &str, seq: u64) {
-        self.projection.source(group, seq);
+    /// `group`'s projector series (`fincore_projection_*`), looked up once.
+    pub fn projection_group(&self, group: &str) -> FollowGroup {
+        self.projection.group(group)
     }
 
     /// Cross-group transfers this gateway carries now (the `sagas_in_flight` gauge).
@@ -878,8 +867,10 @@ mod tests {
             metrics.sagas_in_flight_add(1);
             metrics.saga_copies_stale("g1".into(), Some(2));
             metrics.raft(&leader_sample());
-            metrics.cdc_published("g1", 5, 5, Duration::from_millis(1));
-            metrics.projected("g1", 5, 5, Duration::from_millis(1));
+            metrics.cdc_group("g1").done(5, 5, Duration::from_millis(1));
+            metrics
+                .projection_group("g1")
+                .done(5, 5, Duration::from_millis(1));
             let text = metrics.render();
             let mut names: Vec<String> = text
                 .lines()
@@ -968,7 +959,7 @@ mod tests {
     }
 
     #[test]
-    fn a_followers_lag_is_the_sources_head_less_what_it_did_and_never_negative() {
+    fn a_followers_lag_is_the_sources_head_less_what_it_did_once_both_are_known() {
         let metrics = Metrics::for_service(Service::Projector);
         let value = |series: &str| {
             let text = metrics.render();
@@ -976,16 +967,25 @@ mod tests {
                 .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
         };
         let lag = r#"fincore_projection_lag_events{group="g1"}"#;
-        metrics.projection_source("g1", 120);
-        assert_eq!(value(lag), Some(120.0));
-        metrics.projected("g1", 100, 100, Duration::from_millis(3));
+        let group = metrics.projection_group("g1");
+        // The head alone: where the projector stands is not known yet, so no lag is claimed.
+        group.source(120);
+        assert_eq!(value(lag), Some(0.0));
+        // Resumed at 100 (done before this process): 20 behind, none counted as its own.
+        metrics.projection_group("g1").at(100);
         assert_eq!(value(lag), Some(20.0));
         assert_eq!(
             value(r#"fincore_projection_events_total{group="g1"}"#),
-            Some(100.0)
+            Some(0.0)
+        );
+        group.done(110, 10, Duration::from_millis(3));
+        assert_eq!(value(lag), Some(10.0));
+        assert_eq!(
+            value(r#"fincore_projection_events_total{group="g1"}"#),
+            Some(10.0)
         );
         // Done past the head last read (read before those events existed): caught up.
-        metrics.projected("g1", 130, 30, Duration::from_millis(3));
+        group.done(130, 20, Duration::from_millis(3));
         assert_eq!(value(lag), Some(0.0));
         assert_eq!(value(r#"fincore_projection_seq{group="g1"}"#), Some(130.0));
     }
