@@ -19,10 +19,9 @@ use crate::stream::{self, Target};
 pub async fn run(
     context: Context,
     target: Target,
-    replicas: Vec<Replica>,
+    replicas: std::sync::Arc<Vec<Replica>>,
     in_flight_max: usize,
 ) -> CdcError {
-    let replicas = std::sync::Arc::new(replicas);
     let mut backoff = Backoff::new();
     let mut stream = None;
     loop {

@@ -171,17 +171,9 @@ pub async fn run(config: Config, metrics: std::sync::Arc<telemetry::Metrics>) ->
     };
     // The replicas' clients first: a wrong `--group` is told at once, even while NATS is down.
     let mut sources = Vec::with_capacity(config.groups.len());
-    // Each group's head is read by clients of its own, beside the publishing.
-    let mut heads = tokio::task::JoinSet::new();
     for spec in &config.groups {
         match source::replicas(spec, config.api_key.as_deref()) {
-            Ok(replicas) => sources.push((spec, replicas)),
-            Err(error) => return error,
-        }
-        match source::replicas(spec, config.api_key.as_deref()) {
-            Ok(replicas) => {
-                heads.spawn(source::watch_head(replicas, metrics.cdc_group(&spec.name)));
-            }
+            Ok(replicas) => sources.push((spec, std::sync::Arc::new(replicas))),
             Err(error) => return error,
         }
     }
@@ -198,13 +190,21 @@ pub async fn run(config: Config, metrics: std::sync::Arc<telemetry::Metrics>) ->
         .max_ack_inflight(2 * config.in_flight_max * config.groups.len())
         .build(client);
     let mut groups = tokio::task::JoinSet::new();
+    // Each group's head is read beside the publishing, through the same replicas' clients;
+    // ended (aborted) with this future.
+    let mut heads = tokio::task::JoinSet::new();
     for (spec, replicas) in sources {
+        let progress = metrics.cdc_group(&spec.name);
+        heads.spawn(source::watch_head(
+            std::sync::Arc::clone(&replicas),
+            progress.clone(),
+        ));
         let target = stream::Target {
             group: spec.name.clone(),
             subject: config.naming.subject(&spec.name),
             stream: config.naming.stream_name(&spec.name),
             duplicate_window: config.duplicate_window,
-            progress: metrics.cdc_group(&spec.name),
+            progress,
         };
         groups.spawn(group::run(
             context.clone(),

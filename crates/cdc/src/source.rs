@@ -7,6 +7,7 @@
 //! answered so, the group stops with [`CdcError::EventsGone`] naming the seqs lost: never a
 //! silent skip. Owns the replicas' clients; must not publish.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use client::{Client, ClientError, GroupSpec, RetryPolicy};
@@ -281,23 +282,14 @@ pub fn ended_unexpectedly() -> Stop {
     Stop::Resync(Resync::Source("the replicas' reader stopped".into()))
 }
 
-/// Reads the group's newest event every second, the highest any of `replicas` reports (a
-/// lagging follower must not hide the lag), into `progress`: the publisher's lag is that less
-/// what it published. Runs until dropped.
-pub async fn watch_head(replicas: Vec<Replica>, progress: telemetry::FollowGroup) {
+/// Reads the group's newest event every second (`client::newest_event_seq` over `replicas`)
+/// into `progress`: the publisher's lag is that less what it published. Runs until dropped.
+pub async fn watch_head(replicas: Arc<Vec<Replica>>, progress: telemetry::FollowGroup) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let heads = replicas
-            .iter()
-            .map(|replica| replica.client.read_events(u64::MAX, 1));
-        let newest = futures::future::join_all(heads)
-            .await
-            .into_iter()
-            .filter_map(|page| page.ok().map(|page| page.last_seq))
-            .max();
-        if let Some(seq) = newest {
+        if let Some(seq) = client::newest_event_seq(replicas.iter().map(|r| &r.client)).await {
             progress.source(seq);
         }
     }

@@ -988,6 +988,20 @@ impl Client {
 /// Metadata key of an OUT_OF_RANGE events answer: the first event the replica has.
 pub const FIRST_SEQ_KEY: &str = "fincore-first-seq";
 
+/// The newest event any of `clients` (a group's replicas) has: all asked at once, the highest
+/// `last_seq` of those that answer (a lagging follower must not hide what the group holds);
+/// `None` when none answers.
+pub async fn newest_event_seq<'a>(clients: impl IntoIterator<Item = &'a Client>) -> Option<u64> {
+    let asked = clients
+        .into_iter()
+        .map(|client| client.read_events(u64::MAX, 1));
+    futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .filter_map(|page| page.ok().map(|page| page.last_seq))
+        .max()
+}
+
 /// A page of change events, with the first and last events the replica has
 /// (`first_seq = last_seq + 1`: none yet).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -141,21 +141,15 @@ pub async fn project(options: &Options, rebuild: bool) -> Result<(), ProjectErro
     }
 }
 
-/// Reads `group`'s newest event every second, the highest any replica reports (a lagging
-/// follower must not hide the lag), into `progress`: the projector's lag is that less what it
-/// projected. Runs until dropped.
+/// Reads `group`'s newest event every second (`client::newest_event_seq` over its replicas)
+/// into `progress`: the projector's lag is that less what it projected. Runs until dropped.
 async fn watch_head(group: Arc<Replicas>, progress: telemetry::FollowGroup) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let heads = (0..group.len()).map(|at| group.last_seq(at));
-        let newest = futures::future::join_all(heads)
-            .await
-            .into_iter()
-            .filter_map(Result::ok)
-            .max();
-        if let Some(seq) = newest {
+        let clients = (0..group.len()).map(|at| group.client(at).1);
+        if let Some(seq) = client::newest_event_seq(clients).await {
             progress.source(seq);
         }
     }
