@@ -144,6 +144,20 @@ const LEADER_GRPC_KEY: &str = "fincore-leader-grpc";
 /// Metadata key of a refusal that names the limit the request would have passed.
 const LIMIT_KEY: &str = "fincore-limit";
 
+/// Metadata key by which a server's flow control says how long to wait before retrying, in ms.
+const RETRY_AFTER_MS_KEY: &str = "retry-after-ms";
+
+/// How long a refusal asks the caller to wait before retrying (zero if it does not say; at
+/// most a minute, whatever it says).
+fn retry_after(status: &Status) -> Duration {
+    status
+        .metadata()
+        .get(RETRY_AFTER_MS_KEY)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.min(60_000)))
+}
+
 /// What a failure that retrying cannot fix means to the caller.
 fn permanent(status: &Status) -> ClientError {
     let limit = status
@@ -703,7 +717,9 @@ impl Client {
                 }
             }
             let elapsed = started.elapsed();
-            if attempts >= self.policy.attempts_max || elapsed + backoff > self.policy.elapsed_max {
+            // A server's flow control says when a retry may pass: wait at least that long.
+            let wait = backoff.max(retry_after(&status));
+            if attempts >= self.policy.attempts_max || elapsed + wait > self.policy.elapsed_max {
                 return Err(ClientError::GaveUp {
                     attempts,
                     elapsed,
@@ -711,7 +727,7 @@ impl Client {
                 });
             }
             tracing::debug!(attempts, code = ?status.code(), "retrying with the same events");
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(self.policy.backoff_max);
         }
     }

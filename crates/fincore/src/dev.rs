@@ -534,6 +534,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         grpc_addr: listen.grpc,
         http_addr: listen.http,
         auth,
+        flow: crate::flow_rules::gate(listen.flow_rules.as_deref())?,
         tls: None,
     };
     let access = gateway::GroupAccess {
@@ -588,6 +589,8 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.display()
         );
         println!("  {}", capacity_line.trim_start_matches("fincore: "));
+        let flow_line = crate::flow_rules::line_and_reload(&serving.flow, listen.flow_rules.clone());
+        println!("  {}", flow_line.trim_start_matches("fincore: "));
         println!(
             "  meta group (cluster map epoch {}, pushed to the gateway): {}",
             map.epoch(),
@@ -665,6 +668,7 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone();
     let (keys_path, token) = crate::keys::dev_key(&data_dir)?;
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
+    config.flow = crate::flow_rules::gate(args.listen.flow_rules.as_deref())?;
     config.auth = Auth::Keys(Arc::new(KeyStore::open(&keys_path)?));
     let certificates = data_dir.join(DEV_PEER_CERTIFICATES_DIR);
     // The first run creates a group of one (with its certificates, so that replicas added
@@ -676,7 +680,8 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     }
     config.peer_security = PeerSecurity::Tls { certificates };
     let read_model = crate::read_model::target(args.read_model.as_deref(), &data_dir);
-    run_node((config, capacity_line), None, move |node| {
+    let flow_rules = args.listen.flow_rules.clone();
+    run_node((config, capacity_line), flow_rules, None, move |node| {
         let http = node.http_addr();
         let (applied, _) = node.replica().applied();
         let running = read_model.as_ref().map(|target| {
@@ -728,6 +733,7 @@ mod tests {
             peer: addr(peer),
             queue_depth: 1,
             checkpoint_interval: 0,
+            flow_rules: None,
             capacity: crate::serve::CapacityArgs {
                 accounts_max: None,
                 transfers_max: None,

@@ -89,6 +89,11 @@ pub struct GatewayArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Flow control's rules (JSON; `docs/flow-control.md`): rate limits per API and per
+    /// caller, pools per request kind, read-only and disabled-API switches. Read at start and
+    /// again on SIGHUP. Default: pools of 1,024 requests per kind, no limits.
+    #[arg(long, value_name = "FILE")]
+    flow_rules: Option<std::path::PathBuf>,
     #[command(flatten)]
     traces: crate::trace_args::TraceArgs,
 }
@@ -151,6 +156,7 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         grpc_addr: args.grpc,
         http_addr: args.http,
         auth,
+        flow: crate::flow_rules::gate(args.flow_rules.as_deref())?,
         tls,
     };
     let runtime = crate::serve::runtime()?;
@@ -211,6 +217,10 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         };
         println!(
             "fincore: gateway over {group_count} groups (cluster map epoch {epoch}, {source})"
+        );
+        println!(
+            "{}",
+            crate::flow_rules::line_and_reload(&serving.flow, args.flow_rules.clone())
         );
         std::io::stdout().flush().ok();
         stop.await;

@@ -10,6 +10,7 @@ mod cdc;
 mod certs;
 mod chaos;
 mod dev;
+mod flow_rules;
 mod gateway;
 mod init;
 mod keys;

@@ -196,6 +196,11 @@ pub struct ListenArgs {
         value_parser = clap::value_parser!(u64).range(1..=limits::SERVER_QUEUE_REQUESTS_MAX as u64)
     )]
     pub(crate) queue_depth: u64,
+    /// Flow control's rules (JSON: rate limits per API and per caller, pools per request kind,
+    /// read-only and disabled-API switches; `docs/flow-control.md`). Read at start and again
+    /// on SIGHUP. Default: pools of 1,024 requests per kind, no limits.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) flow_rules: Option<PathBuf>,
     /// Write a snapshot (and purge the log behind it) every this many batches (0: never).
     #[arg(long, default_value_t = limits::RAFT_SNAPSHOT_INTERVAL_ENTRIES_DEFAULT)]
     pub(crate) checkpoint_interval: u64,
@@ -442,6 +447,7 @@ fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<
 
 pub(crate) fn run_node(
     (config, capacity_line): (NodeConfig, String),
+    flow_rules: Option<PathBuf>,
     parent_pid: Option<u32>,
     banner: impl FnOnce(&Node) -> Option<crate::read_model::Running>,
 ) -> anyhow::Result<ExitCode> {
@@ -453,6 +459,7 @@ pub(crate) fn run_node(
     let result = runtime.block_on(async move {
         let stop = stop_or_orphaned(stop_signal()?, parent_pid);
         let auth_line = auth_line(&config.auth);
+        let flow_line = crate::flow_rules::line_and_reload(&config.flow, flow_rules);
         let client_ca_line = config
             .client_tls
             .as_ref()
@@ -471,6 +478,7 @@ pub(crate) fn run_node(
         announce_peers(node.peer_addr(), node.peer_tls());
         println!("{capacity_line}");
         println!("{auth_line}");
+        println!("{flow_line}");
         if let Some(line) = client_ca_line {
             println!("{line}");
         }
@@ -503,6 +511,12 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let _logs = telemetry::init_logging(&args.traces.options(service))?;
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
+    if args.meta && args.listen.flow_rules.is_some() {
+        anyhow::bail!(
+            "--flow-rules: a meta replica serves no client API to limit; give the rules to the ledger nodes and gateways"
+        );
+    }
+    config.flow = crate::flow_rules::gate(args.listen.flow_rules.as_deref())?;
     let listeners = [
         ("--grpc", args.listen.grpc),
         ("--http", args.listen.http),
@@ -543,7 +557,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if args.meta {
         return run_meta_node(config, args.parent_pid);
     }
-    run_node((config, capacity_line), args.parent_pid, |_| None)
+    let flow_rules = args.listen.flow_rules.clone();
+    run_node((config, capacity_line), flow_rules, args.parent_pid, |_| {
+        None
+    })
 }
 
 /// With `--metrics ADDR`, serves `metrics` there until the listener is dropped, and says where

@@ -617,6 +617,50 @@ pub const PROJECTOR_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
 pub const PROJECTOR_VERIFY_WAIT_SECONDS_DEFAULT: u64 = 60;
 
 // ---------------------------------------------------------------------------------------------
+// Flow control (`flow`: rate limits, per-kind pools, switches in front of the client API).
+
+/// Requests of one kind (writes, reads, admin) a front end serves at once unless its rules say
+/// otherwise; beyond it requests queue. Far above what the pipeline needs to fill its batches
+/// (the benchmark keeps a few dozen in flight), so the default only stops a flood.
+pub const FLOW_IN_FLIGHT_DEFAULT: u32 = 1024;
+
+/// Requests of one kind that may wait for a place in its pool, by default.
+pub const FLOW_QUEUE_DEFAULT: u32 = 4096;
+
+/// How long a request waits for a place in its pool, by default, before it is refused.
+pub const FLOW_WAIT_MS_DEFAULT: u32 = 1_000;
+
+/// Largest value any rule may give a pool's size or queue.
+pub const FLOW_POOL_SIZE_MAX: u32 = 65_536;
+
+/// Longest wait a rule may allow (for a pool or a rate limit): past it a request is refused.
+pub const FLOW_WAIT_MS_MAX: u32 = 10_000;
+
+/// Most rate-limit rules in one set.
+pub const FLOW_LIMIT_RULES_MAX: usize = 1_024;
+
+/// Highest rate a rule may set, in requests per second.
+pub const FLOW_RATE_PER_SECOND_MAX: u32 = 10_000_000;
+
+/// Largest burst a rule may allow (requests admitted at once above the rate).
+pub const FLOW_BURST_MAX: u32 = 1_000_000;
+
+/// Longest warm-up a rule may set, and the largest cold factor (the rate while cold is the
+/// rate divided by it).
+pub const FLOW_WARM_UP_SECONDS_MAX: u32 = 3_600;
+pub const FLOW_COLD_FACTOR_MAX: u32 = 100;
+
+/// Callers a per-caller rule (`"caller": "*"`) tracks one by one; callers beyond it share one
+/// limiter (callers are API keys, so a keys file this large is already unusual).
+pub const FLOW_CALLERS_TRACKED_MAX: usize = 10_000;
+
+/// Longest caller name or API name a rule may hold.
+pub const FLOW_NAME_BYTES_MAX: usize = 128;
+
+/// Largest rules file read.
+pub const FLOW_RULES_FILE_BYTES_MAX: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
 // A full batch fits one journal record (inside the Raft entry that carries it).
@@ -773,3 +817,11 @@ const _: () = assert!(PROJECTOR_VERIFY_IDS_PER_LOOKUP_MAX <= LOOKUP_IDS_MAX);
 // Keys below admin leave room for the gateways and nodes, and one such key for the others.
 const _: () = assert!(META_WATCHERS_PER_KEY_MAX < META_WATCHERS_BELOW_ADMIN_MAX);
 const _: () = assert!(META_WATCHERS_BELOW_ADMIN_MAX < META_WATCHERS_MAX);
+// Flow control: defaults within the maxima, a default wait a caller's deadline outlives.
+const _: () = assert!(
+    FLOW_IN_FLIGHT_DEFAULT >= 1
+        && FLOW_IN_FLIGHT_DEFAULT <= FLOW_POOL_SIZE_MAX
+        && FLOW_QUEUE_DEFAULT <= FLOW_POOL_SIZE_MAX
+        && FLOW_WAIT_MS_DEFAULT <= FLOW_WAIT_MS_MAX
+        && (FLOW_WAIT_MS_MAX as u64) < HTTP_REQUEST_SECONDS_MAX * 1_000
+);

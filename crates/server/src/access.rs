@@ -40,7 +40,10 @@ use std::sync::Arc;
 use telemetry::Metrics;
 use tracing::Instrument;
 
+use flow::FlowService;
+
 use crate::auth::{Auth, AuthError, Caller, Role};
+use crate::flow_front::GrpcFlow;
 
 /// The role a request to the HTTP route `route` (the router's template, such as
 /// `/v1/accounts/{id}`, never the raw path, so no spelling of a path can pick another rule)
@@ -67,7 +70,7 @@ pub fn http_role(method: &Method, route: &str, digest: bool) -> Option<Role> {
 
 /// Whether a query asks for the state digest, decoded exactly as the handler decodes it (so
 /// `dig%65st=true` counts); a query that does not decode counts as asking.
-fn asks_for_digest(uri: &http::Uri) -> bool {
+pub(crate) fn asks_for_digest(uri: &http::Uri) -> bool {
     match axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri) {
         Ok(query) => query
             .get("digest")
@@ -100,11 +103,13 @@ pub fn http_refusal(error: &AuthError) -> Response {
     response
 }
 
-/// Who may call, and where refusals are counted.
+/// Who may call, how much (flow control, after the key is checked), and where refusals are
+/// counted.
 #[derive(Clone)]
 pub struct Access {
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
+    pub flow: Arc<flow::Gate>,
 }
 
 impl Access {
@@ -135,9 +140,10 @@ pub async fn http_layer(State(access): State<Access>, request: Request, next: Ne
     if let Some(needed) = http_role(request.method(), route, asks_for_digest(uri)) {
         let presented = request.headers().get(header::AUTHORIZATION);
         let presented = presented.map(HeaderValue::as_bytes);
-        if let Err(error) = access.check("http", route, presented, needed) {
-            return http_refusal(&error);
-        }
+        let caller = match access.check("http", route, presented, needed) {
+            Ok(caller) => caller,
+            Err(error) => return http_refusal(&error),
+        };
         // Probes and scrapes (the open routes) are not traced.
         let headers = request.headers();
         let span = telemetry::trace::server_span(
@@ -146,6 +152,11 @@ pub async fn http_layer(State(access): State<Access>, request: Request, next: Ne
             None,
             |name| headers.get(name).and_then(|value| value.to_str().ok()),
         );
+        let mut request = request;
+        if let Some(caller) = caller {
+            // Flow control (the next layer) limits by it.
+            request.extensions_mut().insert(caller);
+        }
         return next.run(request).instrument(span).await;
     }
     next.run(request).await
@@ -180,13 +191,14 @@ pub fn grpc_role(path: &str) -> Role {
 /// serving accounts the caller's map places elsewhere.
 pub const GROUP_KEY: &str = "fincore-group";
 
-/// A gRPC service behind the role check. It refuses from the request's headers alone, before
-/// the body is read or decoded, so a caller without a key cannot make the node decode a
-/// message. A call naming a group ([`GROUP_KEY`]) is served only if it is this server's group,
-/// unless the service picks the group from the call itself (a gateway's `Events`).
+/// A gRPC service behind the role check and then flow control (`crate::flow_front`). It refuses
+/// from the request's headers alone, before the body is read or decoded, so a caller without a
+/// key cannot make the node decode a message. A call naming a group ([`GROUP_KEY`]) is served
+/// only if it is this server's group, unless the service picks the group from the call itself
+/// (a gateway's `Events`).
 #[derive(Clone)]
 pub struct GrpcAccess<S> {
-    inner: S,
+    inner: FlowService<S, GrpcFlow>,
     access: Access,
     groups: Groups,
 }
@@ -204,7 +216,7 @@ enum Groups {
 impl<S> GrpcAccess<S> {
     pub fn new(inner: S, access: Access, group: Option<String>) -> GrpcAccess<S> {
         GrpcAccess {
-            inner,
+            inner: Self::flow(inner, &access),
             access,
             groups: Groups::Serves(group.map(Arc::from)),
         }
@@ -214,10 +226,17 @@ impl<S> GrpcAccess<S> {
     /// gateway's change events): the role is checked here, the group there.
     pub fn naming_groups_itself(inner: S, access: Access) -> GrpcAccess<S> {
         GrpcAccess {
-            inner,
+            inner: Self::flow(inner, &access),
             access,
             groups: Groups::NamedByCall,
         }
+    }
+
+    fn flow(inner: S, access: &Access) -> FlowService<S, GrpcFlow> {
+        let classify = GrpcFlow {
+            metrics: Arc::clone(&access.metrics),
+        };
+        FlowService::new(inner, Arc::clone(&access.flow), classify)
     }
 
     /// Why a call naming `named` must not be served here, if it must not.
@@ -244,9 +263,10 @@ type GrpcResponse = http::Response<tonic::body::Body>;
 
 impl<S, B> Service<http::Request<B>> for GrpcAccess<S>
 where
-    S: Service<http::Request<B>, Response = GrpcResponse>,
+    S: Service<http::Request<B>, Response = GrpcResponse> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = GrpcResponse;
     type Error = S::Error;

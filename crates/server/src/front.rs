@@ -42,7 +42,7 @@ pub(crate) fn serve(
     http_listener: TcpListener,
     ledger: Ledger,
     replica: (Pipeline, Option<String>),
-    auth: &Auth,
+    (auth, flow): (&Auth, &Arc<flow::Gate>),
     tls: Option<&ClientTls>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, NodeError> {
@@ -60,7 +60,7 @@ pub(crate) fn serve(
         ledger,
         events,
         Behind::Replica(replica.0, replica.1),
-        auth,
+        (auth, flow),
         tls,
         stopped,
     )
@@ -83,7 +83,7 @@ fn serve_client_api(
     ledger: Ledger,
     events: SharedEvents,
     behind: Behind,
-    auth: &Auth,
+    (auth, flow): (&Auth, &Arc<flow::Gate>),
     tls: Option<&ClientTls>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, NodeError> {
@@ -102,6 +102,7 @@ fn serve_client_api(
     let access = Access {
         auth: auth.clone(),
         metrics: Arc::clone(ledger.metrics()),
+        flow: Arc::clone(flow),
     };
     let sagas = replica.clone().map(|pipeline| {
         GrpcAccess::new(
@@ -129,7 +130,7 @@ fn serve_client_api(
     } else {
         GrpcAccess::naming_groups_itself(events_server, access.clone())
     };
-    let service = GrpcAccess::new(service, access, group);
+    let service = GrpcAccess::new(service, access.clone(), group);
     let mut grpc_stop = stopped.clone();
     let incoming = connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
     let mut grpc_builder = tonic::transport::Server::builder();
@@ -159,7 +160,7 @@ fn serve_client_api(
     } else {
         http::Scheme::Http
     };
-    let router = http::router(ledger, events, replica, console, auth.clone(), scheme);
+    let router = http::router(ledger, events, replica, console, access, scheme);
     let http = connections::spawn_client_http(http_listener, router, tls, stopped.clone());
     Ok(vec![grpc, http])
 }
@@ -171,6 +172,8 @@ pub struct ClientServing {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub auth: Auth,
+    /// Flow control in front of the client API (rules replaceable while it runs).
+    pub flow: Arc<flow::Gate>,
     pub tls: Option<ClientTls>,
 }
 
@@ -202,7 +205,7 @@ impl ClientServers {
             ledger,
             events,
             Behind::Gateway(console),
-            &serving.auth,
+            (&serving.auth, &serving.flow),
             serving.tls.as_ref(),
             &stopped,
         )?;

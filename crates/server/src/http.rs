@@ -387,13 +387,15 @@ pub fn router(
     events: SharedEvents,
     replica: Option<Pipeline>,
     console: crate::console::Console,
-    auth: crate::auth::Auth,
+    access: crate::access::Access,
     scheme: Scheme,
 ) -> Router {
-    let access = crate::access::Access {
-        auth,
-        metrics: std::sync::Arc::clone(ledger.metrics()),
-    };
+    let flow = flow::FlowLayer::new(
+        std::sync::Arc::clone(&access.flow),
+        crate::flow_front::HttpFlow {
+            metrics: std::sync::Arc::clone(&access.metrics),
+        },
+    );
     let (routes, _) = ledger_routes().split_for_parts();
     let mut routes = routes.with_state(ClientApi { ledger, events });
     let document = match replica {
@@ -407,6 +409,8 @@ pub fn router(
     routes = routes.merge(console.routes());
     routes
         .layer(axum::Extension(document))
+        // Route layers run outermost last: the key is checked, then flow control.
+        .route_layer(flow)
         .route_layer(axum::middleware::from_fn_with_state(
             access,
             crate::access::http_layer,

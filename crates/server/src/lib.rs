@@ -16,6 +16,7 @@ pub mod client_tls;
 pub mod connections;
 pub mod console;
 pub mod events;
+pub mod flow_front;
 pub mod front;
 mod grpc;
 mod http;

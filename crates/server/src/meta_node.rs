@@ -91,6 +91,9 @@ impl MetaNode {
         let access = Access {
             auth: config.auth.clone(),
             metrics: Arc::clone(&metrics),
+            // The meta group's own calls: default pools, no rules (it serves gateways and
+            // operators, not client traffic).
+            flow: Arc::new(flow::Gate::new(flow::Rules::default())),
         };
         let router = crate::meta_http::router(Arc::clone(&group), Arc::clone(&metrics));
         let service = GrpcAccess::new(

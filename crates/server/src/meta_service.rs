@@ -373,7 +373,11 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let access = Access { auth, metrics };
+        let access = Access {
+            auth,
+            metrics,
+            flow: Arc::new(flow::Gate::new(flow::Rules::default())),
+        };
         let service = GrpcAccess::new(service, access, None);
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -59,6 +59,9 @@ pub struct NodeConfig {
     /// replica of a group should agree: a node names its leader's addresses to clients with
     /// its own scheme.
     pub client_tls: Option<ClientTls>,
+    /// Flow control in front of the client API: default pools and no limits unless rules
+    /// are given (`fincore serve --flow-rules`); replaceable while the node runs.
+    pub flow: Arc<flow::Gate>,
 }
 
 // `replica.peer_routes` overrides how this node reaches peers (e.g. through local proxies),
@@ -98,6 +101,7 @@ impl NodeConfig {
             replica: ReplicaConfig::default(),
             auth: Auth::Open,
             client_tls: None,
+            flow: Arc::new(flow::Gate::new(flow::Rules::default())),
         }
     }
 }
@@ -253,7 +257,7 @@ impl Node {
                 pipeline.clone(),
                 prepared.group.as_ref().map(ToString::to_string),
             ),
-            &config.auth,
+            (&config.auth, &config.flow),
             config.client_tls.as_ref(),
             &stopped,
         )?;

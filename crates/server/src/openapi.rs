@@ -4,9 +4,10 @@
 //! is served undocumented), the bodies' schemas from `api::json` and `api::schema`, and who may
 //! call from [`crate::access::http_role`].
 //!
-//! Owns what every route shares (the bearer scheme; 401 and 403 wherever a role is needed; the
-//! 503 of the request deadline, the busy queue and an unavailable replica) and the named answers
-//! that handlers list (`BadInput`, `BodyTooLarge`, …). Must not route or handle requests.
+//! Owns what every route shares (the bearer scheme; 401, 403 and flow control's 429 wherever a
+//! role is needed; the 503 of the request deadline, the busy queue and an unavailable replica)
+//! and the named answers that handlers list (`BadInput`, `BodyTooLarge`, …). Must not route or
+//! handle requests.
 
 use std::sync::OnceLock;
 
@@ -160,6 +161,7 @@ fn complete(path: &str, method: &Method, operation: &mut Operation) {
     if always.or(with_digest).is_some() {
         responses.insert("401".into(), reference::<Unauthorized>());
         responses.insert("403".into(), reference::<Forbidden>());
+        responses.insert("429".into(), reference::<Limited>());
     }
     match responses.get_mut("503") {
         // The route's own 503 (`/healthz`: the node failed) beside the shared one.
@@ -215,6 +217,7 @@ fn with_named_answers(mut document: OpenApi) -> OpenApi {
         CapacityReached::response(),
         Unauthorized::response(),
         Forbidden::response(),
+        Limited::response(),
         Unavailable::response(),
     ] {
         components.responses.insert(name.into(), response);
@@ -402,6 +405,22 @@ named_answer!(
 );
 
 named_answer!(
+    /// 429: refused by flow control; retryable.
+    Limited,
+    error_answer(
+        "Refused by flow control (`docs/flow-control.md`): over a rate limit, the caller's \
+         share of its pool or the pool's queue taken, read-only mode, or the API switched off; \
+         the error names the API, the reason and the rule. Nothing changed. Retryable \
+         (`retryable`: true) after `Retry-After` seconds."
+    )
+    .header(
+        "Retry-After",
+        text_header("Whole seconds to wait before sending the same request again (at least 1).")
+    )
+    .build()
+);
+
+named_answer!(
     /// 503: busy, unavailable or over the deadline; retryable.
     Unavailable,
     error_answer(&format!(
@@ -455,7 +474,7 @@ mod tests {
         let document: serde_json::Value = serde_json::from_str(document_json()).unwrap();
         let create = &document["paths"]["/v1/transfers"]["post"];
         assert_eq!(create["security"], serde_json::json!([{ BEARER: [] }]));
-        for status in ["401", "403", "503"] {
+        for status in ["401", "403", "429", "503"] {
             assert!(
                 create["responses"][status].is_object(),
                 "{status}: {create}"

@@ -404,12 +404,19 @@ struct RefusalLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    api: &'static str,
+    reason: &'static str,
+}
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Registry,
     requests: Family<OperationLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     auth_refusals: Family<RefusalLabels, Counter>,
+    flow_refusals: Family<FlowLabels, Counter>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     queue_depth: Family<QueueLabels, Gauge>,
     batch_events: Histogram,
@@ -496,6 +503,7 @@ impl Metrics {
         let requests = Family::<OperationLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let auth_refusals = Family::<RefusalLabels, Counter>::default();
+        let flow_refusals = Family::<FlowLabels, Counter>::default();
         let latency = Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
@@ -552,6 +560,11 @@ impl Metrics {
                 "auth_refusals",
                 "Client calls refused before reaching an operation, by protocol and reason (missing, malformed, unknown_key, forbidden)",
                 auth_refusals.clone(),
+            );
+            registry.register(
+                "flow_refusals",
+                "Client calls refused by flow control before reaching an operation, by API and reason (read_only, disabled, rate, caller_share, queue_full, queue_timeout)",
+                flow_refusals.clone(),
             );
             registry.register(
                 "request_duration_seconds",
@@ -632,6 +645,7 @@ impl Metrics {
             requests,
             errors,
             auth_refusals,
+            flow_refusals,
             latency,
             queue_depth,
             batch_events,
@@ -659,6 +673,14 @@ impl Metrics {
     pub fn auth_refused(&self, protocol: &'static str, reason: &'static str) {
         self.auth_refusals
             .get_or_create(&RefusalLabels { protocol, reason })
+            .inc();
+    }
+
+    /// Counts one client call refused by flow control; both labels come from closed sets
+    /// (`flow::Api`, `flow::Reason`).
+    pub fn flow_refused(&self, api: &'static str, reason: &'static str) {
+        self.flow_refusals
+            .get_or_create(&FlowLabels { api, reason })
             .inc();
     }
 

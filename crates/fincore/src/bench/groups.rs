@@ -103,10 +103,35 @@ struct GroupsReport {
     gateway_vs_direct_ratio: Option<f64>,
 }
 
-/// `bench --groups GROUPS`: the gateway run, then with `--vs-direct` the direct one.
+/// The rules of `--vs-flow`'s runs with flow control: every caller and every write API under a
+/// rate limit, writes in a pool with a per-caller share, history queries limited per caller —
+/// what an operator would set — with rates far above what this workload offers, so that every
+/// call is decided and none refused.
+pub const FLOW_RULES_BENCH: &str = r#"{
+  "pools": { "write": { "max_in_flight": 1024, "per_caller_max_in_flight": 512 } },
+  "limits": [
+    { "caller": "*", "rate_per_second": 10000000, "burst": 100000 },
+    { "api": "create_transfers", "rate_per_second": 10000000, "burst": 100000 },
+    { "api": "create_accounts", "caller": "*", "rate_per_second": 1000000, "burst": 10000 },
+    { "api": "get_account_transfers", "caller": "*", "rate_per_second": 100 }
+  ]
+}"#;
+
+/// `bench --groups GROUPS`: the gateway run, then with `--vs-direct` the direct one; with
+/// `--vs-flow`, rounds without and with flow control's rules.
 pub fn run(args: &BenchArgs, groups: u64) -> anyhow::Result<ExitCode> {
     assert!((1..=GROUPS_LOCAL_MAX).contains(&groups));
     let (dir, temp) = data_dir(&args.data_dir)?;
+    if let Some(rounds) = args.vs_flow {
+        let outcome = compare_flow(args, groups, rounds, &dir);
+        if let (Err(_), Some(temp)) = (&outcome, temp) {
+            eprintln!(
+                "fincore bench: the run failed; its data directories and logs are kept in {}",
+                temp.keep().display()
+            );
+        }
+        return outcome;
+    }
     let outcome = run_in(args, groups, &dir);
     // A failed run's data directories and logs (`…/node-I.log`, `gateway.log`) are what a
     // post-mortem needs.
@@ -154,6 +179,7 @@ fn run_in(args: &BenchArgs, groups: u64, dir: &Path) -> anyhow::Result<GroupsRep
         &dir.join("gateway-run"),
         None,
         id_millis,
+        None,
     )?;
     let direct = match args.vs_direct {
         true => Some(
@@ -164,6 +190,7 @@ fn run_in(args: &BenchArgs, groups: u64, dir: &Path) -> anyhow::Result<GroupsRep
                 &dir.join("direct-run"),
                 Some(placement),
                 id_millis,
+                None,
             )?
             .0,
         ),
@@ -182,7 +209,8 @@ fn run_in(args: &BenchArgs, groups: u64, dir: &Path) -> anyhow::Result<GroupsRep
 
 /// One run on `groups` fresh groups under `dir`. The transfers are drawn under `placement`
 /// (the gateway run's, so that a direct run sends the same transfers) or, if `None`, under
-/// the map of the groups started here; returns the placement used.
+/// the map of the groups started here; returns the placement used. `flow_rules`: a rules file
+/// for the gateway (`--flow-rules`).
 fn run_one(
     args: &BenchArgs,
     target: Target,
@@ -190,6 +218,7 @@ fn run_one(
     dir: &Path,
     placement: Option<Arc<Placement>>,
     id_millis: u64,
+    flow_rules: Option<&Path>,
 ) -> anyhow::Result<(GroupRun, Arc<Placement>)> {
     let exe = std::env::current_exe().context("finding the fincore executable")?;
     let extra = [
@@ -210,12 +239,17 @@ fn run_one(
         Some(placement) => placement,
         None => Arc::new(Placement::new(&local.map, args.accounts)?),
     };
+    let mut gateway_args: Vec<std::ffi::OsString> = GATEWAY_ARGS.iter().map(Into::into).collect();
+    if let Some(rules) = flow_rules {
+        gateway_args.push("--flow-rules".into());
+        gateway_args.push(rules.into());
+    }
     let gateway = match target {
         Target::Gateway => Some(ChildNode::start_gateway(
             &exe,
             &dir.join("gateway"),
             &local.map_path,
-            &GATEWAY_ARGS,
+            &gateway_args,
         )?),
         Target::Direct => None,
     };
@@ -324,6 +358,114 @@ fn run_one(
         gateway_peak_rss_bytes,
     };
     Ok((run, placement))
+}
+
+/// `--vs-flow ROUNDS`: rounds of a gateway run without rules and one with
+/// [`FLOW_RULES_BENCH`] (their order alternating between rounds, against drift), each on fresh
+/// groups; the medians and the median of the rounds' paired ratios.
+fn compare_flow(
+    args: &BenchArgs,
+    groups: u64,
+    rounds: u64,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let rules = dir.join("flow-rules.json");
+    std::fs::write(&rules, FLOW_RULES_BENCH).context("writing the bench's flow rules")?;
+    let id_millis = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut p99_off, mut p99_on) = (Vec::new(), Vec::new());
+    let mut placement = None;
+    let mut failed = false;
+    for round in 0..rounds {
+        let mut pair = [0.0f64; 2];
+        let order: [bool; 2] = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_rules in order {
+            let name = format!(
+                "round-{round}-{}",
+                if with_rules { "rules" } else { "none" }
+            );
+            let (run, used) = run_one(
+                args,
+                Target::Gateway,
+                groups,
+                &dir.join(name),
+                placement.clone(),
+                id_millis + round * 2 + u64::from(with_rules),
+                with_rules.then_some(rules.as_path()),
+            )?;
+            placement = Some(used);
+            failed |= run.run.transfers_failed > 0 || !run.conservation.holds;
+            let rate = run.run.transfers_per_second;
+            println!(
+                "  round {round} {:<10} {rate:>10.0} transfers/s, batch p99 {:.2} ms{}",
+                if with_rules { "rules" } else { "no rules" },
+                run.run.batch_latency_ms.p99,
+                if run.conservation.holds {
+                    ""
+                } else {
+                    ", conservation BROKEN"
+                }
+            );
+            if with_rules {
+                on.push(rate);
+                p99_on.push(run.run.batch_latency_ms.p99);
+                pair[1] = rate;
+            } else {
+                off.push(rate);
+                p99_off.push(run.run.batch_latency_ms.p99);
+                pair[0] = rate;
+            }
+        }
+        ratios.push(pair[1] / pair[0]);
+    }
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let spread = |values: &[f64]| {
+        let low = values.iter().copied().fold(f64::MAX, f64::min);
+        let high = values.iter().copied().fold(0.0, f64::max);
+        format!("{low:.0}–{high:.0}")
+    };
+    println!(
+        "fincore bench --vs-flow: {rounds} round(s) through one gateway over {groups} group(s), {} transfers each, batch {}, {} client(s)",
+        args.transfers, args.batch, args.clients
+    );
+    println!(
+        "  no rules      median {:.0} transfers/s (runs {}), batch p99 median {:.2} ms",
+        median(&off),
+        spread(&off),
+        median(&p99_off)
+    );
+    println!(
+        "  rules         median {:.0} transfers/s (runs {}), batch p99 median {:.2} ms",
+        median(&on),
+        spread(&on),
+        median(&p99_on)
+    );
+    println!(
+        "  with rules / without: median of the rounds' ratios {:.3} (ratios {})",
+        median(&ratios),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A client of `addrs` with the test kit's key (the groups and the gateway accept it).

@@ -124,6 +124,13 @@ pub struct BenchArgs {
     /// report the gateway's throughput as a ratio of the direct one.
     #[arg(long, requires = "groups")]
     vs_direct: bool,
+    /// With --groups: measure what flow control costs through the gateway, in this many
+    /// rounds of two runs on fresh groups: the gateway without rules (its default pools), and
+    /// with a rule set that limits every caller and API but admits the whole workload
+    /// (`groups::FLOW_RULES_BENCH`). Reports the medians and the median of the rounds' ratios.
+    #[arg(long, value_name = "ROUNDS", requires = "groups", conflicts_with = "vs_direct",
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    vs_flow: Option<u64>,
     /// Network mode: measure the change-event path, in rounds of three runs of a group started
     /// here: events off (`FINCORE_EVENTS=off`), events on with no consumer, and events on with
     /// `fincore cdc` publishing to NATS JetStream and `fincore project` projecting into

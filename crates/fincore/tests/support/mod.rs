@@ -51,8 +51,13 @@ pub fn start_node(data_dir: &Path) -> ChildNode {
 
 /// `fincore keys create --role ROLE --keys FILE`: the token it printed.
 pub fn create_key(keys: &Path, role: &str) -> String {
+    create_named_key(keys, role, role)
+}
+
+/// `fincore keys create --role ROLE --name NAME --keys FILE`: the token it printed.
+pub fn create_named_key(keys: &Path, name: &str, role: &str) -> String {
     let output = std::process::Command::new(fincore_exe())
-        .args(["keys", "create", "--role", role, "--name", role, "--keys"])
+        .args(["keys", "create", "--role", role, "--name", name, "--keys"])
         .arg(keys)
         .output()
         .unwrap();

@@ -1,0 +1,448 @@
+//! Flow control through the real binaries (`docs/flow-control.md`): a caller flooding a node at
+//! ten times its rate limit gets its limit and its refusals, and another caller's latency stays
+//! within a stated bound of what it was alone; rules change at run time (SIGHUP) and switches
+//! refuse what they name, answering retryable with the reason; a bad rules file stops a start
+//! and is refused by a reload, naming the field; a gateway applies the same rules.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use api::{convert, proto};
+use ledger::Transfer;
+use support::{ChildNode, fincore_exe};
+use testkit::http::request_as;
+use testkit::node::Signal;
+
+/// The flooder's limit, in `create_transfers` calls per second, and how hard it floods.
+const FLOOD_LIMIT_PER_SECOND: u64 = 10;
+const FLOOD_TIMES_LIMIT: u64 = 10;
+/// Transfers per flood call: full batches, so that the flood, unlimited, would take the whole
+/// node (ten times the limit is about 800,000 transfers/s, this machine's ceiling).
+const FLOOD_BATCH: u128 = 8189;
+/// How long the calm caller is measured alone, then beside the flood.
+const PHASE: Duration = Duration::from_secs(4);
+/// The calm caller sends one transfer every this long.
+const CALM_INTERVAL: Duration = Duration::from_millis(10);
+/// The bound: beside the flood, the calm caller's p99 is at most this many times its p99 alone
+/// plus `CALM_P99_SLACK` (fsyncs and a flood batch ahead of it in the pipeline are its cost).
+const CALM_P99_FACTOR: u32 = 3;
+const CALM_P99_SLACK: Duration = Duration::from_millis(30);
+
+/// A node on free ports over `data` with the keys file `keys` and the rules file `rules`.
+fn start_with_rules(
+    data: &std::path::Path,
+    keys: &std::path::Path,
+    rules: &std::path::Path,
+) -> ChildNode {
+    support::start_node_on(
+        data,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[
+            "--keys",
+            keys.to_str().unwrap(),
+            "--flow-rules",
+            rules.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Sends one caller's key with every call.
+#[derive(Clone)]
+struct Key(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Key {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Keyed = proto::ledger_client::LedgerClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Key>,
+>;
+
+/// A raw gRPC client (no retries) sending `token`, on a connection of its own.
+async fn keyed(url: &str, token: &str) -> Keyed {
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let key = Key(format!("Bearer {token}").parse().unwrap());
+    proto::ledger_client::LedgerClient::with_interceptor(channel, key)
+        .max_encoding_message_size(16 << 20)
+        .max_decoding_message_size(16 << 20)
+}
+
+fn transfers(first_id: u128, count: u128) -> proto::CreateTransfersRequest {
+    let batch: Vec<Transfer> = (first_id..first_id + count)
+        .map(|id| testkit::transfer(id, 1, 2, 1))
+        .collect();
+    proto::CreateTransfersRequest {
+        transfers: vec![],
+        packed: convert::pack_transfers(&batch).into(),
+    }
+}
+
+/// The calm caller: one transfer every `CALM_INTERVAL` for `PHASE`; its latencies, sorted.
+async fn calm_latencies(client: &mut Keyed, first_id: u128) -> Vec<Duration> {
+    let mut tick = tokio::time::interval(CALM_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut id = first_id;
+    while started.elapsed() < PHASE {
+        tick.tick().await;
+        let sent = Instant::now();
+        let answer = client.create_transfers(transfers(id, 1)).await;
+        let results = answer
+            .expect("the calm caller is never refused")
+            .into_inner();
+        assert!(results.results.iter().all(|&code| code == 0), "{results:?}");
+        latencies.push(sent.elapsed());
+        id += 1;
+    }
+    latencies.sort();
+    latencies
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+#[derive(Default)]
+struct FloodCounts {
+    admitted: AtomicU64,
+    refused: AtomicU64,
+    refused_without_hint: AtomicU64,
+}
+
+#[test]
+fn a_caller_flooding_at_ten_times_its_limit_gets_its_limit_and_leaves_the_others_their_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let keys = dir.path().join("keys.json");
+    let flood_token = support::create_named_key(&keys, "flood", "write");
+    let calm_token = support::create_named_key(&keys, "calm", "write");
+    let rules = dir.path().join("flow.json");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"{{"limits":[{{"api":"create_transfers","caller":"flood","rate_per_second":{FLOOD_LIMIT_PER_SECOND},"burst":2}}],
+               "pools":{{"write":{{"per_caller_max_in_flight":8}}}}}}"#
+        ),
+    )
+    .unwrap();
+    let node = start_with_rules(&data, &keys, &rules);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = node.grpc_url();
+    let counts = Arc::new(FloodCounts::default());
+    let (alone, beside) = runtime.block_on(async {
+        let mut calm = keyed(&url, &calm_token).await;
+        let accounts = support::ledger_accounts(2);
+        let created = calm
+            .create_accounts(proto::CreateAccountsRequest {
+                accounts: vec![],
+                packed: convert::pack_accounts(&accounts).into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(created.results.iter().all(|&code| code == 0));
+        // Warm the connection and the node, then measure the calm caller alone.
+        let _ = calm.create_transfers(transfers(1 << 40, 1)).await.unwrap();
+        let alone = calm_latencies(&mut calm, 1 << 41).await;
+
+        // The flood: ten times the limit, open loop (a call every 10 ms whether or not the
+        // earlier ones were answered), full batches, from a connection of its own.
+        let flood = keyed(&url, &flood_token).await;
+        let flooding = {
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                let period =
+                    Duration::from_secs(1) / (FLOOD_LIMIT_PER_SECOND * FLOOD_TIMES_LIMIT) as u32;
+                let mut tick = tokio::time::interval(period);
+                let started = Instant::now();
+                let mut calls = Vec::new();
+                let mut call = 0u128;
+                while started.elapsed() < PHASE {
+                    tick.tick().await;
+                    let mut flood = flood.clone();
+                    let counts = Arc::clone(&counts);
+                    let request = transfers(1 + call * FLOOD_BATCH, FLOOD_BATCH);
+                    call += 1;
+                    calls.push(tokio::spawn(async move {
+                        match flood.create_transfers(request).await {
+                            Ok(_) => counts.admitted.fetch_add(1, Ordering::Relaxed),
+                            Err(status) => {
+                                assert_eq!(
+                                    status.code(),
+                                    tonic::Code::ResourceExhausted,
+                                    "{status:?}"
+                                );
+                                if status.metadata().get("retry-after-ms").is_none() {
+                                    counts.refused_without_hint.fetch_add(1, Ordering::Relaxed);
+                                }
+                                counts.refused.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }));
+                }
+                for call in calls {
+                    call.await.unwrap();
+                }
+            })
+        };
+        let beside = calm_latencies(&mut calm, 1 << 42).await;
+        flooding.await.unwrap();
+        (alone, beside)
+    });
+    let admitted = counts.admitted.load(Ordering::Relaxed);
+    let refused = counts.refused.load(Ordering::Relaxed);
+    let offered = admitted + refused;
+    let seconds = PHASE.as_secs();
+    eprintln!(
+        "calm p99 alone {:?} (p50 {:?}, {} calls), beside the flood {:?} (p50 {:?}); flood offered {offered}, admitted {admitted}, refused {refused}",
+        p99(&alone),
+        alone[alone.len() / 2],
+        alone.len(),
+        p99(&beside),
+        beside[beside.len() / 2]
+    );
+    // The flood was ten times the limit, and got the limit (and its burst), not more.
+    assert!(
+        offered >= FLOOD_LIMIT_PER_SECOND * FLOOD_TIMES_LIMIT * seconds * 8 / 10,
+        "{offered}"
+    );
+    assert!(
+        admitted <= FLOOD_LIMIT_PER_SECOND * seconds + 2 + 1,
+        "{admitted}"
+    );
+    assert!(
+        admitted >= FLOOD_LIMIT_PER_SECOND * seconds * 7 / 10,
+        "{admitted}"
+    );
+    assert_eq!(counts.refused_without_hint.load(Ordering::Relaxed), 0);
+    // The calm caller's p99 beside the flood is within the bound of its p99 alone.
+    let bound = p99(&alone) * CALM_P99_FACTOR + CALM_P99_SLACK;
+    assert!(
+        p99(&beside) <= bound,
+        "calm p99 beside the flood {:?} > bound {bound:?} (alone {:?})",
+        p99(&beside),
+        p99(&alone)
+    );
+    // Every refusal was counted, by API and reason.
+    let metrics = request_as(None, &node.http_addr, "GET", "/metrics", None, "").unwrap();
+    let counted = testkit::http::metric_value(
+        &metrics.body,
+        r#"fincore_flow_refusals_total{api="create_transfers",reason="rate"}"#,
+    );
+    assert_eq!(counted, Some(refused as f64), "{}", metrics.body);
+}
+
+/// Polls `check` every 50 ms for at most 5 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn transfer_json(id: u128) -> String {
+    format!(
+        r#"[{{"id":"{id}","debit_account_id":"1","credit_account_id":"2","amount":"1","ledger":1,"code":1}}]"#
+    )
+}
+
+#[test]
+fn switches_and_limits_change_at_run_time_and_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let keys = dir.path().join("keys.json");
+    let token = support::create_named_key(&keys, "writer", "write");
+    let rules = dir.path().join("flow.json");
+
+    // A bad file stops the start, naming the field.
+    std::fs::write(&rules, r#"{"limits":[{"rate_per_second":0}]}"#).unwrap();
+    let refused = std::process::Command::new(fincore_exe())
+        .args([
+            "serve",
+            "--bootstrap",
+            "--insecure-peers",
+            "--grpc",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--peer",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--keys")
+        .arg(&keys)
+        .arg("--flow-rules")
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("--flow-rules") && stderr.contains("limits[0].rate_per_second"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "a refused start writes nothing");
+
+    std::fs::write(&rules, "{}").unwrap();
+    let node = start_with_rules(&data, &keys, &rules);
+    let http = node.http_addr.clone();
+    let call = |method: &str, path: &str, body: &str| {
+        let content = (!body.is_empty()).then_some("application/json");
+        request_as(Some(&token), &http, method, path, content, body).unwrap()
+    };
+    let accounts = r#"[{"id":"1","ledger":1,"code":1},{"id":"2","ledger":1,"code":1}]"#;
+    assert_eq!(call("POST", "/v1/accounts", accounts).status, 200);
+    assert_eq!(call("POST", "/v1/transfers", &transfer_json(1)).status, 200);
+
+    // Read-only and history off, at run time.
+    std::fs::write(
+        &rules,
+        r#"{"switches":{"read_only":true,"disabled_apis":["get_account_transfers","get_account_balances"]}}"#,
+    )
+    .unwrap();
+    node.signal(Signal::Hup).unwrap();
+    eventually("read-only mode", || {
+        call("POST", "/v1/transfers", &transfer_json(2)).status == 429
+    });
+    let refusal = call("POST", "/v1/transfers", &transfer_json(2));
+    assert!(
+        refusal.head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        refusal.head
+    );
+    let body = refusal.json().unwrap();
+    assert_eq!(body["retryable"], true);
+    assert!(
+        body["error"].as_str().unwrap().contains("read-only"),
+        "{body}"
+    );
+    let history = call("GET", "/v1/accounts/1/transfers", "");
+    assert_eq!(history.status, 429, "{}", history.body);
+    assert!(
+        history
+            .body
+            .contains("get_account_transfers is switched off"),
+        "{}",
+        history.body
+    );
+    // Lookups go on.
+    assert_eq!(call("GET", "/v1/accounts/1", "").status, 200);
+
+    // A bad file on reload: refused, the rules in use stay, the log names the field.
+    std::fs::write(&rules, r#"{"switches":{"disabled_apis":["drop_tables"]}}"#).unwrap();
+    node.signal(Signal::Hup).unwrap();
+    eventually("the refused reload is logged", || {
+        std::fs::read_to_string(&node.log_path)
+            .unwrap_or_default()
+            .contains("switches.disabled_apis[0]")
+    });
+    assert_eq!(call("POST", "/v1/transfers", &transfer_json(2)).status, 429);
+
+    // A rate limit instead: one transfer call a second, the rest refused with a hint.
+    std::fs::write(
+        &rules,
+        r#"{"limits":[{"api":"create_transfers","rate_per_second":1}]}"#,
+    )
+    .unwrap();
+    node.signal(Signal::Hup).unwrap();
+    eventually("writes again", || {
+        call("POST", "/v1/transfers", &transfer_json(2)).status == 200
+    });
+    let over = call("POST", "/v1/transfers", &transfer_json(3));
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert!(over.body.contains("over the rate limit"), "{}", over.body);
+    assert_eq!(call("GET", "/v1/accounts/1/transfers", "").status, 200);
+    // The refused transfer changed nothing: it is not there.
+    let lookup = call("POST", "/v1/transfers/lookup", r#"{"ids":["3"]}"#);
+    assert_eq!(
+        lookup.json().unwrap()["transfers"],
+        serde_json::json!([]),
+        "{}",
+        lookup.body
+    );
+}
+
+#[test]
+fn a_gateway_applies_its_rules_to_its_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = testkit::cluster::LocalGroups::start(fincore_exe(), dir.path(), 2, 1, &[])
+        .unwrap_or_else(|error| panic!("{error}"));
+    let rules = dir.path().join("flow.json");
+    std::fs::write(
+        &rules,
+        r#"{"switches":{"disabled_apis":["lookup_accounts"]},
+            "limits":[{"api":"create_accounts","rate_per_second":1}]}"#,
+    )
+    .unwrap();
+    let gateway = ChildNode::start_gateway(
+        fincore_exe(),
+        &dir.path().join("gateway"),
+        &local.map_path,
+        &[
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--flow-rules",
+            rules.to_str().unwrap(),
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let http = &gateway.http_addr;
+    let accounts = |id: u128| format!(r#"[{{"id":"{id}","ledger":1,"code":1}}]"#);
+    assert_eq!(
+        support::post_json(http, "/v1/accounts", &accounts(1)).status,
+        200
+    );
+    let over = support::post_json(http, "/v1/accounts", &accounts(2));
+    assert_eq!(over.status, 429, "{}", over.body);
+    let lookup = support::get(http, "/v1/accounts/1");
+    assert_eq!(lookup.status, 429, "{}", lookup.body);
+    assert!(
+        lookup.body.contains("lookup_accounts is switched off"),
+        "{}",
+        lookup.body
+    );
+    // Over gRPC too: RESOURCE_EXHAUSTED with the hint.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(gateway.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut raw = support::raw_ledger(channel);
+        let status = raw
+            .lookup_accounts(proto::LookupRequest {
+                ids: vec![convert::u128_to(1).unwrap()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.metadata().get("retry-after-ms").is_some());
+    });
+}

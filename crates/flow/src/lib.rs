@@ -1,0 +1,22 @@
+//! Flow control in front of the client API: rate limits per API and per caller (GCRA with an
+//! optional warm-up), bounded pools per request kind with a bounded queue and a per-caller
+//! share, and switches (read-only, APIs turned off), all read from one set of [`Rules`] that
+//! can be replaced while requests run. [`FlowLayer`] puts it in front of any `http` service
+//! (the node's and the gateway's gRPC services and HTTP routes).
+//!
+//! Owns the decisions and their state. It must not know how a caller authenticated or what a
+//! request does: the front end says which [`Api`] a request calls and who the caller is, and
+//! answers a [`Rejection`] in its own protocol. Every rejection is cheap (no I/O, a few locks)
+//! and carries its reason and when to retry.
+
+mod api;
+mod gate;
+mod layer;
+mod pool;
+mod rate;
+mod rules;
+
+pub use api::{Api, Kind};
+pub use gate::{Gate, Permit, Reason, Rejection};
+pub use layer::{Classify, FlowLayer, FlowService};
+pub use rules::{PoolRule, Pools, RateRule, Rules, RulesError, Switches};
