@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::{Api, Kind};
 use crate::pool::{Full, Pool, PoolPlace};
-use crate::rate::{RateLimiter, Verdict};
+use crate::rate::{Grant, RateLimiter, Verdict};
 use crate::rules::{RateRule, Rules, Scope};
 
 /// Why a call was refused: a closed set (metrics label with it).
@@ -211,6 +211,19 @@ pub struct Gate {
     compiled: RwLock<Arc<Compiled>>,
 }
 
+/// The slots a call's rate rules granted it, given back when dropped unless the call was
+/// admitted: a call refused later (by another rule or its pool) or abandoned while it waited
+/// uses up no rate.
+struct Taken(Vec<(Arc<RateLimiter>, Grant)>);
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        for (limiter, grant) in self.0.drain(..) {
+            limiter.give_back(grant);
+        }
+    }
+}
+
 /// The name of an anonymous caller (a server running without keys).
 const ANONYMOUS: &str = "";
 
@@ -274,25 +287,27 @@ impl Gate {
         }
         let caller: Arc<str> = Arc::from(caller.unwrap_or(ANONYMOUS));
         let mut wait = Duration::ZERO;
+        let mut taken = Taken(Vec::new());
         if !compiled.limits.is_empty() {
             let now = self.now();
-            let mut taken: Vec<Arc<RateLimiter>> = Vec::new();
             for (i, rule) in compiled.limits.iter().enumerate() {
                 if !rule.applies(api, &caller) {
                     continue;
                 }
                 let limiter = rule.limiter(&caller);
-                match limiter.check(now) {
-                    Verdict::Now => {}
-                    Verdict::After(after) => wait = wait.max(after),
-                    Verdict::Refused { retry_after } => {
-                        for limiter in &taken {
-                            limiter.give_back();
-                        }
+                match limiter.check_granting(now) {
+                    (Verdict::Refused { retry_after }, _) => {
                         return Err(refuse(Reason::Rate, retry_after, format!("limits[{i}]")));
                     }
+                    (verdict, grant) => {
+                        if let Verdict::After(after) = verdict {
+                            wait = wait.max(after);
+                        }
+                        if let Some(grant) = grant {
+                            taken.0.push((limiter, grant));
+                        }
+                    }
                 }
-                taken.push(limiter);
             }
         }
         if !wait.is_zero() {
@@ -301,7 +316,11 @@ impl Gate {
         let kind = api.kind();
         let pool = &compiled.pools[kind.index()];
         match pool.enter(&caller).await {
-            Ok(place) => Ok(Permit { _place: place }),
+            Ok(place) => {
+                // Admitted: the slots stay spent.
+                taken.0.clear();
+                Ok(Permit { _place: place })
+            }
             Err(full) => {
                 let reason = match full {
                     Full::CallerShare => Reason::CallerShare,
@@ -396,6 +415,33 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refused.rule, "limits[1]");
+        // Its own rule relaxed (limits[0] unchanged keeps its state): the per-caller rule's
+        // burst of two is all there, since the refused call gave its slot back.
+        gate.set_rules(rules(
+            r#"{"limits":[
+                {"api":"create_transfers","caller":"*","rate_per_second":1,"burst":2},
+                {"caller":"batch-job","rate_per_second":1000,"burst":10}
+            ]}"#,
+        ));
+        assert!(passes(&gate, Api::CreateTransfers, "batch-job").await);
+        assert!(passes(&gate, Api::CreateTransfers, "batch-job").await);
+    }
+
+    #[tokio::test]
+    async fn a_call_its_pool_refuses_gives_its_rate_back() {
+        let gate = Gate::new(rules(
+            r#"{"limits":[{"api":"lookup_accounts","caller":"*","rate_per_second":1}],
+                "pools":{"read":{"max_in_flight":1,"max_queue":0}}}"#,
+        ));
+        let reading = gate.admit(Api::LookupAccounts, Some("a")).await.unwrap();
+        let refused = gate
+            .admit(Api::LookupAccounts, Some("b"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason, Reason::QueueFull);
+        drop(reading);
+        // b's one call a second was not spent by the refusal.
+        assert!(passes(&gate, Api::LookupAccounts, "b").await);
     }
 
     #[tokio::test]

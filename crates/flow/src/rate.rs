@@ -35,6 +35,16 @@ pub(crate) enum Verdict {
     Refused { retry_after: Duration },
 }
 
+/// What an admission changed in a limiter, so that it can be undone exactly
+/// ([`RateLimiter::give_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    interval: u64,
+    tat_before: u64,
+    heat_before: u64,
+    tat_set: u64,
+}
+
 #[derive(Debug)]
 struct State {
     tat: u64,
@@ -79,7 +89,13 @@ impl RateLimiter {
     /// Decides one request arriving at `now` (ns from the caller's origin; never before an
     /// earlier call's `now` by more than the caller's clock allows: a stale `now` only makes
     /// the limiter stricter).
+    #[cfg(test)]
     pub(crate) fn check(&self, now: u64) -> Verdict {
+        self.check_granting(now).0
+    }
+
+    /// [`RateLimiter::check`], with what an admission changed (`None` for a refusal).
+    pub(crate) fn check_granting(&self, now: u64) -> (Verdict, Option<Grant>) {
         let mut state = self.state.lock().expect("never poisoned");
         let tat = state.tat.max(now);
         let idle = now.saturating_sub(state.tat);
@@ -89,25 +105,37 @@ impl RateLimiter {
         let allowed_at = tat.saturating_sub(tolerance);
         let wait = allowed_at.saturating_sub(now);
         if wait > self.max_wait {
-            return Verdict::Refused {
-                retry_after: Duration::from_nanos(wait),
-            };
+            let retry_after = Duration::from_nanos(wait);
+            return (Verdict::Refused { retry_after }, None);
         }
-        state.tat = tat + interval;
+        let grant = Grant {
+            interval,
+            tat_before: state.tat,
+            heat_before: state.heat,
+            tat_set: tat + interval,
+        };
+        state.tat = grant.tat_set;
         state.heat = (heat + interval).min(self.warm_up);
-        if wait == 0 {
+        let verdict = if wait == 0 {
             Verdict::Now
         } else {
             Verdict::After(Duration::from_nanos(wait))
-        }
+        };
+        (verdict, Some(grant))
     }
 
-    /// Gives back the slot of a request admitted by this limiter but refused by another of the
-    /// same call, so that refused calls do not use up a caller's rate.
-    pub(crate) fn give_back(&self) {
+    /// Gives back the slot of a request this limiter admitted but that was refused later (by
+    /// another rule or its pool) or abandoned, so that refused calls neither use up a rate nor
+    /// warm a limiter: exactly as before it if no call came since, else by the interval it took.
+    pub(crate) fn give_back(&self, grant: Grant) {
         let mut state = self.state.lock().expect("never poisoned");
-        let interval = self.interval_at(state.heat);
-        state.tat = state.tat.saturating_sub(interval);
+        if state.tat == grant.tat_set {
+            state.tat = grant.tat_before;
+            state.heat = grant.heat_before;
+        } else {
+            state.tat = state.tat.saturating_sub(grant.interval);
+            state.heat = state.heat.saturating_sub(grant.interval);
+        }
     }
 }
 
@@ -188,10 +216,26 @@ mod tests {
     fn given_back_slots_are_taken_again() {
         let limiter = RateLimiter::new(&rule(10, 1));
         let now = NANOS_PER_SECOND;
-        assert_eq!(limiter.check(now), Verdict::Now);
+        let (verdict, grant) = limiter.check_granting(now);
+        assert_eq!(verdict, Verdict::Now);
         assert!(matches!(limiter.check(now), Verdict::Refused { .. }));
-        limiter.give_back();
+        limiter.give_back(grant.unwrap());
         assert_eq!(limiter.check(now), Verdict::Now);
+    }
+
+    #[test]
+    fn a_given_back_slot_leaves_a_cold_limiter_as_it_was() {
+        // Cold: one call takes 100 intervals; giving it back must not leave them taken.
+        let mut cold = rule(1, 1);
+        cold.warm_up_seconds = 1;
+        cold.cold_factor = 100;
+        let limiter = RateLimiter::new(&cold);
+        let now = 1_000 * NANOS_PER_SECOND;
+        let (verdict, grant) = limiter.check_granting(now);
+        assert_eq!(verdict, Verdict::Now);
+        limiter.give_back(grant.unwrap());
+        let state = limiter.state.lock().unwrap();
+        assert_eq!((state.tat, state.heat), (0, 0));
     }
 
     #[test]
