@@ -17,7 +17,7 @@ use std::time::Duration;
 pub const HEADER: &str = "fincore-client-report";
 
 /// The operations a report may name: the client's calls.
-pub const OPERATIONS: [&str; 15] = [
+pub const OPERATIONS: [&str; 19] = [
     "create_accounts",
     "create_transfers",
     "lookup_accounts",
@@ -33,6 +33,10 @@ pub const OPERATIONS: [&str; 15] = [
     "set_map",
     "watch_map",
     "replica_status",
+    "get_config",
+    "watch_config",
+    "config_history",
+    "change_config",
 ];
 
 /// The longest latency a report may state (an hour); a longer one is malformed.

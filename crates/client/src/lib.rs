@@ -33,7 +33,7 @@ mod group_spec;
 mod meta;
 
 pub use group_spec::{GroupSpec, GroupSpecError};
-pub use meta::ClusterMapWatch;
+pub use meta::{ClusterMapWatch, ConfigRequest, ConfigWatch};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -120,3 +120,121 @@ impl ClusterMapWatch {
         self.epoch
     }
 }
+
+/// A change to the config center (`fincore.v1.Meta`'s config calls), as
+/// [`Client::change_config`] sends it.
+#[derive(Debug, Clone)]
+pub enum ConfigRequest {
+    Set(proto::SetConfigRequest),
+    Rollback(proto::RollbackConfigRequest),
+    Gray(proto::GrayConfigRequest),
+    Promote(proto::PromoteConfigRequest),
+    Abandon(proto::AbandonConfigRequest),
+}
+
+impl Client {
+    /// The config center as of now (the meta group's leader answers), or one key of it: its
+    /// revision and its JSON text (`meta::ConfigView`, as `docs/config-center.md` shows).
+    pub async fn config(&self, key: Option<&str>) -> Result<(u64, String), ClientError> {
+        let request = proto::GetConfigRequest {
+            key: key.unwrap_or_default().to_owned(),
+        };
+        let message = self
+            .retrying("get_config", |mut inner| {
+                let request = request.clone();
+                async move { inner.meta.get_config(request).await }
+            })
+            .await?;
+        Ok((message.revision, message.config_json))
+    }
+
+    /// `key`'s audit history as JSON text (`meta::HistoryView`).
+    pub async fn config_history(&self, key: &str) -> Result<String, ClientError> {
+        let request = proto::ConfigHistoryRequest {
+            key: key.to_owned(),
+        };
+        let message = self
+            .retrying("config_history", |mut inner| {
+                let request = request.clone();
+                async move { inner.meta.config_history(request).await }
+            })
+            .await?;
+        Ok(message.history_json)
+    }
+
+    /// Makes a change to the config center, answering the revision it made and the key's
+    /// version after it. Retried like a write: after an error, read the key's history to see
+    /// whether the change was made (a promote or abandon made twice is refused the second
+    /// time; a set or rollback made twice adds a version with the same value).
+    pub async fn change_config(&self, change: ConfigRequest) -> Result<(u64, u64), ClientError> {
+        let message = self
+            .retrying("change_config", |mut inner| {
+                let change = change.clone();
+                async move {
+                    match change {
+                        ConfigRequest::Set(request) => inner.meta.set_config(request).await,
+                        ConfigRequest::Rollback(request) => {
+                            inner.meta.rollback_config(request).await
+                        }
+                        ConfigRequest::Gray(request) => inner.meta.gray_config(request).await,
+                        ConfigRequest::Promote(request) => inner.meta.promote_config(request).await,
+                        ConfigRequest::Abandon(request) => inner.meta.abandon_config(request).await,
+                    }
+                }
+            })
+            .await?;
+        Ok((message.revision, message.version))
+    }
+
+    /// Watches the config center on one meta replica (any): as held now if newer than
+    /// `after_revision` (0: as held now, whatever it is), then each newer revision.
+    pub async fn watch_config(&self, after_revision: u64) -> Result<ConfigWatch, ClientError> {
+        let stream = self
+            .retrying("watch_config", |mut inner| async move {
+                inner
+                    .meta
+                    .watch_config(proto::WatchConfigRequest { after_revision })
+                    .await
+            })
+            .await?;
+        Ok(ConfigWatch {
+            stream,
+            revision: after_revision,
+        })
+    }
+}
+
+/// New revisions of the config center from one meta replica, each newer than the last.
+pub struct ConfigWatch {
+    stream: Streaming<proto::ConfigSnapshot>,
+    revision: u64,
+}
+
+impl ConfigWatch {
+    /// The next revision and its JSON text; `Ok(None)` once the replica ended the watch, an
+    /// error if it broke (either way, watch again from [`ConfigWatch::revision`]).
+    pub async fn next(&mut self) -> Result<Option<(u64, String)>, ClientError> {
+        let Some(message) =
+            self.stream.message().await.map_err(|status| {
+                ClientError::Protocol(format!("the config watch broke: {status}"))
+            })?
+        else {
+            return Ok(None);
+        };
+        if message.revision < self.revision
+            || (message.revision == self.revision && self.revision != 0)
+        {
+            return Err(ClientError::Protocol(format!(
+                "the meta group pushed config revision {} after revision {}",
+                message.revision, self.revision
+            )));
+        }
+        self.revision = message.revision;
+        Ok(Some((message.revision, message.config_json)))
+    }
+
+    /// The revision of the last config this watch gave (or the one it was opened after).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+}

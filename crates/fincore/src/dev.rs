@@ -571,6 +571,8 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         let connected =
             gateway::Groups::connect(&map, &access).context("connecting to the groups")?;
         let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));
+        let metrics = Arc::clone(server::LedgerApi::metrics(gateway.as_ref()));
+        let config_meta = meta.clone();
         let feed = gateway::map_feed::follow(Arc::clone(&gateway), meta, access.clone());
         let resolver = gateway.start_resolver(gateway::Resolver::open_max_default());
         let servers = server::ClientServers::start(
@@ -589,8 +591,18 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.display()
         );
         println!("  {}", capacity_line.trim_start_matches("fincore: "));
-        let flow_line = crate::flow_rules::line_and_reload(&serving.flow, listen.flow_rules.clone());
+        let (flow_line, flow_source) =
+            crate::flow_rules::line_and_reload(&serving.flow, listen.flow_rules.clone());
         println!("  {}", flow_line.trim_start_matches("fincore: "));
+        // The gateway takes the config center's flow.rules (`fincore config set flow.rules`).
+        let identity = crate::config_feed::Identity {
+            name: "dev-gateway".into(),
+            labels: Default::default(),
+        };
+        let config_feed = crate::config_feed::follow(config_meta, identity, flow_source, metrics);
+        println!(
+            "  config center: the gateway (named dev-gateway) takes flow.rules from the meta group (fincore config set flow.rules …)"
+        );
         println!(
             "  meta group (cluster map epoch {}, pushed to the gateway): {}",
             map.epoch(),
@@ -640,6 +652,7 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             running.stop().await;
         }
         feed.abort();
+        config_feed.abort();
         drop(resolver);
         servers.shutdown().await;
         anyhow::Ok(())

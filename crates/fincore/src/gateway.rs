@@ -94,6 +94,9 @@ pub struct GatewayArgs {
     /// again on SIGHUP. Default: pools of 1,024 requests per kind, no limits.
     #[arg(long, value_name = "FILE")]
     flow_rules: Option<std::path::PathBuf>,
+    /// With --meta: who this gateway is to the config center's gray releases.
+    #[command(flatten)]
+    identity: crate::config_feed::IdentityArgs,
     #[command(flatten)]
     traces: crate::trace_args::TraceArgs,
 }
@@ -187,6 +190,8 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
             Gateway::new(map, groups)
                 .with_saga_deadline(std::time::Duration::from_millis(args.saga_deadline_ms)),
         );
+        let metrics = Arc::clone(server::LedgerApi::metrics(gateway.as_ref()));
+        let config_meta = meta.clone();
         let feed = match (meta, &args.map) {
             (Some(meta), _) => Some(map_feed::follow(Arc::clone(&gateway), meta, access)),
             (None, Some(path)) => {
@@ -218,14 +223,29 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         println!(
             "fincore: gateway over {group_count} groups (cluster map epoch {epoch}, {source})"
         );
-        println!(
-            "{}",
-            crate::flow_rules::line_and_reload(&serving.flow, args.flow_rules.clone())
-        );
+        let (flow_line, flow_source) =
+            crate::flow_rules::line_and_reload(&serving.flow, args.flow_rules.clone());
+        println!("{flow_line}");
+        let config_feed = match config_meta {
+            Some(meta) => {
+                let identity = args
+                    .identity
+                    .identity(&servers.grpc_addr().to_string())?;
+                println!(
+                    "fincore: config center: flow.rules taken from the meta group as {} (labels {:?}), over --flow-rules while it holds them",
+                    identity.name, identity.labels
+                );
+                Some(crate::config_feed::follow(meta, identity, flow_source, metrics))
+            }
+            None => None,
+        };
         std::io::stdout().flush().ok();
         stop.await;
         println!("fincore: stopping (finishing requests in progress)");
         drop(resolver);
+        if let Some(config_feed) = config_feed {
+            config_feed.abort();
+        }
         if let Some(feed) = feed {
             feed.abort();
         }

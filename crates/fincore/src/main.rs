@@ -9,6 +9,8 @@ mod bench;
 mod cdc;
 mod certs;
 mod chaos;
+mod config_cli;
+mod config_feed;
 mod dev;
 mod flow_rules;
 mod gateway;
@@ -55,6 +57,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Operate a running group: add or remove replicas, show status (needs an admin key).
     Admin(admin::AdminArgs),
+    /// Read and change the config center the meta group keeps: get, set, history, rollback,
+    /// gray (stage a value for some processes), promote, abandon.
+    Config(config_cli::ConfigArgs),
     /// Create, list and revoke the API keys a node accepts.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args),
         Command::Admin(command) => admin::run(&command),
         Command::Keys(command) => keys::run(&command),
+        Command::Config(args) => config_cli::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Chaos(args) => chaos::run(&args),
@@ -99,5 +105,17 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags are well formed (clap checks them only when a command is
+    /// parsed, so a mistake would otherwise show only when someone runs it).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -459,7 +459,7 @@ pub(crate) fn run_node(
     let result = runtime.block_on(async move {
         let stop = stop_or_orphaned(stop_signal()?, parent_pid);
         let auth_line = auth_line(&config.auth);
-        let flow_line = crate::flow_rules::line_and_reload(&config.flow, flow_rules);
+        let (flow_line, _) = crate::flow_rules::line_and_reload(&config.flow, flow_rules);
         let client_ca_line = config
             .client_tls
             .as_ref()

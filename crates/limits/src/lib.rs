@@ -176,7 +176,8 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64
 /// peer offering a longer one is refused before a byte is written.
 pub const SMALL_STATE_SNAPSHOT_BYTES_MAX: u64 = 32 << 20;
 
-/// Open `WatchMap` streams one meta replica serves at once (each gateway and node holds one;
+/// Open watch streams (`WatchMap` and `WatchConfig` together) one meta replica serves at once
+/// (each gateway and node holds one of each;
 /// one more is refused RESOURCE_EXHAUSTED, so a flood of watchers cannot grow its memory).
 pub const META_WATCHERS_MAX: usize = 1024;
 
@@ -196,6 +197,33 @@ pub const GATEWAY_MAP_WATCH_RETRY_MS_MAX: u64 = 2_000;
 
 /// How long a gateway started with `--meta` waits at start for the meta group to hold a map.
 pub const GATEWAY_META_FIRST_MAP_SECONDS_MAX: u64 = 60;
+
+/// Keys the config center holds (`meta::config`); a new key past this is refused.
+pub const CONFIG_KEYS_MAX: usize = 64;
+
+/// Largest value of one config key (UTF-8 text, bytes).
+pub const CONFIG_VALUE_BYTES_MAX: usize = 32 * 1024;
+
+/// Bytes of one key name, node name or label (name or value) in the config center.
+pub const CONFIG_NAME_BYTES_MAX: usize = 128;
+
+/// Node names (and labels) one gray release may name.
+pub const CONFIG_GRAY_NODES_MAX: usize = 256;
+
+/// Changes one key's audit history keeps (the oldest are dropped first; a rollback reaches
+/// only versions still in it).
+pub const CONFIG_HISTORY_ENTRIES_MAX: usize = 32;
+
+/// Bytes of old and new values one key's audit history keeps (the newest change is always kept).
+pub const CONFIG_HISTORY_BYTES_MAX: usize = 64 * 1024;
+
+// The config center fits the meta group's snapshot even with every value at its largest and
+// JSON doubling each byte (values hold no control characters but tab and newlines), leaving
+// half for the cluster map.
+const _: () = assert!(
+    2 * CONFIG_KEYS_MAX * (CONFIG_HISTORY_BYTES_MAX + 2 * CONFIG_VALUE_BYTES_MAX)
+        <= SMALL_STATE_SNAPSHOT_BYTES_MAX as usize / 2
+);
 
 /// Largest request the meta group's gRPC service decodes: a `SetMap` whose map fills one log
 /// entry, plus room for the rest of the message.

@@ -14,6 +14,7 @@ use replication::{
     NodeId, PeerNode, Replica, ReplicaConfig, SealedBatch, SmallStateMachine, WriteError,
 };
 
+use crate::config::{ConfigChange, ConfigCommand, ConfigRefusal, ConfigStore};
 use crate::state::{MapChange, MetaCommand, MetaState};
 
 /// A replica of the meta group (the replication layer's view: membership, status, transport).
@@ -34,6 +35,8 @@ pub enum MetaError {
     Replication(#[from] WriteError),
     #[error("the meta group answered an outcome this build does not read")]
     UnreadableOutcome,
+    #[error("{0}")]
+    Config(ConfigRefusal),
 }
 
 /// A running replica of the meta group.
@@ -97,6 +100,58 @@ impl MetaGroup {
         }
     }
 
+    /// The config center as this replica has applied it (see [`MetaGroup::map`]).
+    pub fn config(&self) -> ConfigStore {
+        self.replica.machine().read(|state| state.config().clone())
+    }
+
+    /// Reads the config center with `read`, as this replica has applied it (no copy).
+    pub fn read_config<T>(&self, read: impl FnOnce(&ConfigStore) -> T) -> T {
+        self.replica.machine().read(|state| read(state.config()))
+    }
+
+    /// The config center as of now (leader only; see [`MetaGroup::map_linearizable`]).
+    pub async fn config_linearizable(&self) -> Result<ConfigStore, MetaError> {
+        self.replica.linearizable().await?;
+        Ok(self.config())
+    }
+
+    /// Makes a change to the config center (leader only): answers the revision it made and the
+    /// key's version after it. Checked before it is written (a bad key, value or target is
+    /// refused naming the field, and nothing is written) and again when applied. A
+    /// [`WriteError::Unknown`] outcome is settled by reading the key's history.
+    pub async fn change_config(&self, change: ConfigCommand) -> Result<(u64, u64), MetaError> {
+        change.check().map_err(MetaError::Config)?;
+        let command = MetaCommand::Config { change };
+        let entry = command.encode();
+        if entry.len() > limits::BATCH_BYTES_MAX {
+            return Err(MetaError::TooLarge {
+                bytes: entry.len(),
+                max: limits::BATCH_BYTES_MAX,
+            });
+        }
+        let MetaCommand::Config { change } = command else {
+            unreachable!("made above");
+        };
+        let outcome = self.replica.write_entry(SealedBatch(entry.into())).await?;
+        match ConfigChange::from_outcome(&outcome, &change).ok_or(MetaError::UnreadableOutcome)? {
+            ConfigChange::Applied { revision, version } => Ok((revision, version)),
+            ConfigChange::Refused(refusal) => Err(MetaError::Config(refusal)),
+        }
+    }
+
+    /// Tells of each new revision of the config center this replica applies, starting with
+    /// the one it holds now.
+    pub fn watch_config(&self) -> ConfigWatch {
+        ConfigWatch {
+            machine: self.replica.machine().clone(),
+            applied: self.replica.machine().watch_applied(),
+            stopped: self.replica.machine().watch_stopped(),
+            raft_stopped: Some(self.replica.stopped_running()),
+            seen_revision: None,
+        }
+    }
+
     /// The leader this replica knows of, with how to reach it.
     pub fn leader(&self) -> Option<(NodeId, PeerNode)> {
         self.replica.leader()
@@ -154,6 +209,52 @@ impl MapWatch {
             if let Some(map) = map {
                 self.seen_epoch = Some(map.epoch());
                 return Some(map);
+            }
+            let raft_stopped = self.raft_stopped.as_mut()?;
+            let failed = tokio::select! {
+                changed = self.applied.changed() => {
+                    changed.ok()?;
+                    false
+                }
+                _ = self.stopped.changed() => false,
+                () = raft_stopped => true,
+            };
+            if failed {
+                self.raft_stopped = None;
+                return None;
+            }
+        }
+    }
+}
+
+/// New revisions of the config center as a replica applies them, in order; a revision
+/// superseded before the watcher looked is skipped (the watcher gets the newest whole).
+pub struct ConfigWatch {
+    machine: SmallStateMachine<MetaState>,
+    applied: tokio::sync::watch::Receiver<u64>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    raft_stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    seen_revision: Option<u64>,
+}
+
+impl ConfigWatch {
+    /// The config center at its next revision newer than the last this watch gave (the first
+    /// call: as held now, revision 0 if nothing was ever set); `None` once the replica has
+    /// stopped or its Raft has failed.
+    pub async fn next(&mut self) -> Option<ConfigStore> {
+        loop {
+            if *self.stopped.borrow() {
+                return None;
+            }
+            let seen = self.seen_revision;
+            let config = self.machine.read(|state| {
+                let config = state.config();
+                seen.is_none_or(|seen| config.revision() > seen)
+                    .then(|| config.clone())
+            });
+            if let Some(config) = config {
+                self.seen_revision = Some(config.revision());
+                return Some(config);
             }
             let raft_stopped = self.raft_stopped.as_mut()?;
             let failed = tokio::select! {

@@ -1,5 +1,5 @@
-//! The meta group's replicated state (the cluster map, or none before the first) and the one
-//! command that changes it.
+//! The meta group's replicated state — the cluster map (or none before the first) and the
+//! config center's keys (`config.rs`) — and the commands that change it.
 //!
 //! A change is a whole new map proposed with the epoch of the map it replaces
 //! (compare-and-set): two operators editing at once cannot both win, and the loser is told
@@ -17,8 +17,11 @@ use cluster::{ClusterMap, SuccessorError};
 use replication::{BatchOutcome, SmallState};
 use serde::{Deserialize, Serialize};
 
-/// The version of the state's encoding (in every snapshot).
-const STATE_VERSION: u32 = 1;
+use crate::config::{ConfigCommand, ConfigStore};
+
+/// The version of the state's encoding (in every snapshot). Version 1 (before the config
+/// center) is still read: it holds no keys.
+const STATE_VERSION: u32 = 2;
 
 /// A change to the meta group's state, as its log entry holds it (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +33,8 @@ pub enum MetaCommand {
         expected_epoch: u64,
         map: ClusterMap,
     },
+    /// Changes the config center (see [`ConfigCommand`]).
+    Config { change: ConfigCommand },
 }
 
 impl MetaCommand {
@@ -108,10 +113,11 @@ impl MapChange {
     }
 }
 
-/// The meta group's state: the cluster map in use, if one was set.
+/// The meta group's state: the cluster map in use, if one was set, and the config center.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetaState {
     map: Option<ClusterMap>,
+    config: ConfigStore,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,6 +125,8 @@ pub struct MetaState {
 struct StateJson {
     version: u32,
     map: Option<ClusterMap>,
+    #[serde(default)]
+    config: ConfigStore,
 }
 
 impl MetaState {
@@ -132,29 +140,27 @@ impl MetaState {
         self.map.as_ref().map_or(0, ClusterMap::epoch)
     }
 
-    /// Applies `command`: the rules every replica checks alike.
-    pub fn change(&mut self, command: MetaCommand) -> MapChange {
-        match command {
-            MetaCommand::SetMap {
-                expected_epoch,
-                map,
-            } => {
-                if expected_epoch != self.epoch() {
-                    return MapChange::EpochMismatch {
-                        expected: expected_epoch,
-                        current: self.epoch(),
-                    };
-                }
-                if let Some(current) = &self.map
-                    && let Err(refused) = current.check_successor(&map)
-                {
-                    return MapChange::Refused(refused);
-                }
-                let epoch = map.epoch();
-                self.map = Some(map);
-                MapChange::Applied { epoch }
-            }
+    /// The config center's keys.
+    pub fn config(&self) -> &ConfigStore {
+        &self.config
+    }
+
+    /// Applies a change to the map: the rules every replica checks alike.
+    pub fn change_map(&mut self, expected_epoch: u64, map: ClusterMap) -> MapChange {
+        if expected_epoch != self.epoch() {
+            return MapChange::EpochMismatch {
+                expected: expected_epoch,
+                current: self.epoch(),
+            };
         }
+        if let Some(current) = &self.map
+            && let Err(refused) = current.check_successor(&map)
+        {
+            return MapChange::Refused(refused);
+        }
+        let epoch = map.epoch();
+        self.map = Some(map);
+        MapChange::Applied { epoch }
     }
 }
 
@@ -162,17 +168,28 @@ impl SmallState for MetaState {
     const KIND: &'static str = "meta";
 
     fn apply(&mut self, entry: &[u8]) -> BatchOutcome {
-        let change = match serde_json::from_slice::<MetaCommand>(entry) {
-            Ok(command) => self.change(command),
-            Err(_) => MapChange::Malformed,
-        };
-        change.to_outcome(self.epoch())
+        match serde_json::from_slice::<MetaCommand>(entry) {
+            Ok(MetaCommand::SetMap {
+                expected_epoch,
+                map,
+            }) => self
+                .change_map(expected_epoch, map)
+                .to_outcome(self.epoch()),
+            Ok(MetaCommand::Config { change }) => {
+                let change = self.config.apply(change);
+                change.to_outcome(self.config.revision())
+            }
+            // Read by a map proposer as a malformed map change, by a config proposer as a
+            // malformed config change.
+            Err(_) => MapChange::Malformed.to_outcome(self.epoch()),
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(&StateJson {
             version: STATE_VERSION,
             map: self.map.clone(),
+            config: self.config.clone(),
         })
         .expect("the state holds only strings and numbers")
     }
@@ -184,7 +201,7 @@ impl SmallState for MetaState {
                 format!("not a meta group state: {e}"),
             )
         })?;
-        if state.version != STATE_VERSION {
+        if state.version != STATE_VERSION && state.version != 1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -193,7 +210,10 @@ impl SmallState for MetaState {
                 ),
             ));
         }
-        Ok(MetaState { map: state.map })
+        Ok(MetaState {
+            map: state.map,
+            config: state.config,
+        })
     }
 }
 
@@ -316,9 +336,9 @@ pub(crate) mod tests {
         assert_eq!(MetaState::decode(&state.encode()).unwrap(), state);
         let other_version = String::from_utf8(state.encode())
             .unwrap()
-            .replace("\"version\":1", "\"version\":2");
+            .replace("\"version\":2", "\"version\":3");
         let error = MetaState::decode(other_version.as_bytes()).unwrap_err();
-        assert!(error.to_string().contains("version 2"), "{error}");
+        assert!(error.to_string().contains("version 3"), "{error}");
         for garbage in [&b""[..], b"null", b"{\"map\":null}", b"\x00\x01"] {
             assert!(MetaState::decode(garbage).is_err());
         }

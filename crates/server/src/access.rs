@@ -64,6 +64,10 @@ pub fn http_role(method: &Method, route: &str, digest: bool) -> Option<Role> {
         | "/v1/accounts/{id}/balances"
         | "/v1/ids"
         | "/v1/events" => Some(Role::Read),
+        // A meta replica's config center: read by anyone with a key, changed by `admin`.
+        "/v1/config" | "/v1/config/{key}" | "/v1/config/{key}/history" if method == Method::GET => {
+            Some(Role::Read)
+        }
         _ => Some(Role::Admin),
     }
 }
@@ -181,6 +185,8 @@ pub fn grpc_role(path: &str) -> Role {
         | "GetAccountBalances" => Role::Read,
         // The meta group's map: read and watched by gateways and nodes, changed by operators.
         "GetMap" | "WatchMap" => Role::Read,
+        // The config center: read and watched by gateways and nodes, changed by operators.
+        "GetConfig" | "WatchConfig" | "ConfigHistory" => Role::Read,
         "SetMap" => Role::Admin,
         _ => Role::Admin,
     }

@@ -13,6 +13,7 @@ mod access;
 mod admission;
 pub mod auth;
 pub mod client_tls;
+pub mod config_keys;
 pub mod connections;
 pub mod console;
 pub mod events;

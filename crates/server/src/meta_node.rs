@@ -95,7 +95,12 @@ impl MetaNode {
             // operators, not client traffic).
             flow: Arc::new(flow::Gate::new(flow::Rules::default())),
         };
-        let router = crate::meta_http::router(Arc::clone(&group), Arc::clone(&metrics));
+        let router = crate::meta_http::router(
+            Arc::clone(&group),
+            Arc::clone(&metrics),
+            access.clone(),
+            stopped.clone(),
+        );
         let service = GrpcAccess::new(
             MetaService::new(Arc::clone(&group), metrics, stopped.clone()),
             access,

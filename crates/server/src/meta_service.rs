@@ -1,10 +1,13 @@
 //! The meta group's client API over gRPC (`fincore.v1.Meta`): the cluster map read as of now
 //! (leader only: a read index), watched (any replica; each new map pushed as the replica
-//! applies it) and changed (compare-and-set on the epoch; leader only).
+//! applies it) and changed (compare-and-set on the epoch; leader only); and the config center
+//! read, watched the same way, and changed (set, rollback, gray release, promote, abandon),
+//! each change stamped with the caller's key name and the time.
 //!
-//! Serve it behind [`crate::access::GrpcAccess`] (read: `GetMap`, `WatchMap`; admin:
-//! `SetMap`). Owns the wire mapping and the watchers' limits; must not decide what a valid
-//! change is (the `meta` crate does, when the change is applied).
+//! Serve it behind [`crate::access::GrpcAccess`] (read: `GetMap`, `WatchMap`, `GetConfig`,
+//! `WatchConfig`, `ConfigHistory`; admin: the changes). Owns the wire mapping and the
+//! watchers' limits; must not decide what a valid change is (the `meta` crate does, when the
+//! change is applied; `config_keys` checks the values of keys fincore takes itself).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,7 +17,7 @@ use std::time::Instant;
 use api::proto::{self, meta_server::Meta};
 use cluster::ClusterMap;
 use futures::Stream;
-use meta::{MetaError, MetaGroup};
+use meta::{ConfigCommand, ConfigRefusal, GrayTarget, MetaError, MetaGroup};
 use telemetry::{ErrorKind, Metrics};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tonic::{Request, Response, Status};
@@ -55,7 +58,65 @@ fn refusal(error: MetaError) -> (Status, ErrorKind) {
         MetaError::UnreadableOutcome => {
             (Status::internal(error.to_string()), ErrorKind::Unavailable)
         }
+        MetaError::Config(refusal) => {
+            let message = refusal.to_string();
+            let status = match refusal {
+                ConfigRefusal::NoSuchKey => Status::not_found(message),
+                ConfigRefusal::VersionMismatch { .. }
+                | ConfigRefusal::VersionGone { .. }
+                | ConfigRefusal::GrayPending
+                | ConfigRefusal::NoGray
+                | ConfigRefusal::TooManyKeys => Status::failed_precondition(message),
+                ConfigRefusal::BadKey(_)
+                | ConfigRefusal::ValueTooLarge { .. }
+                | ConfigRefusal::ControlCharacter { .. }
+                | ConfigRefusal::BadTarget(_)
+                | ConfigRefusal::BadValue(_)
+                | ConfigRefusal::Malformed => Status::invalid_argument(message),
+            };
+            (status, ErrorKind::Invalid)
+        }
     }
+}
+
+/// Who asked for a change, as the audit history keeps it: the API key's name (`anonymous`
+/// on a replica serving without keys).
+fn changed_by<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_owned(), |caller| caller.key.clone())
+}
+
+/// Now, as the audit history stamps it (Unix milliseconds).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// A value for `key` fincore's own processes would refuse, refused before it is written.
+fn check_value(key: &str, value: &str) -> Result<(), MetaError> {
+    crate::config_keys::check(key, value)
+        .map_err(|message| MetaError::Config(ConfigRefusal::BadValue(message)))
+}
+
+fn target_from(target: Option<proto::ConfigTarget>) -> Result<GrayTarget, MetaError> {
+    let target = target.unwrap_or_default();
+    let percent = u8::try_from(target.percent)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| {
+            MetaError::Config(ConfigRefusal::BadTarget(format!(
+                "target.percent: {} is not within 0 to 100",
+                target.percent
+            )))
+        })?;
+    Ok(GrayTarget {
+        nodes: target.nodes,
+        labels: target.labels.into_iter().collect(),
+        percent,
+    })
 }
 
 /// `fincore.v1.Meta` over one meta replica.
@@ -119,6 +180,25 @@ impl MetaService {
         stopped: watch::Receiver<bool>,
     ) -> proto::meta_server::MetaServer<MetaService> {
         MetaService::with_watcher_limits(group, metrics, stopped, WatcherLimits::DEFAULT)
+    }
+
+    /// The service itself, for the HTTP listener's config routes (`meta_http`), which call
+    /// its methods with the caller the key check found.
+    pub(crate) fn unwrapped(
+        group: Arc<MetaGroup>,
+        metrics: Arc<Metrics>,
+        stopped: watch::Receiver<bool>,
+    ) -> MetaService {
+        let limits = WatcherLimits::DEFAULT;
+        MetaService {
+            group,
+            metrics,
+            watchers: Arc::new(Semaphore::new(limits.total)),
+            stopped,
+            below_admin: Arc::new(Semaphore::new(limits.below_admin)),
+            per_key: Arc::default(),
+            limits,
+        }
     }
 
     fn with_watcher_limits(
@@ -191,6 +271,50 @@ impl MetaService {
 }
 
 type MapStream = Pin<Box<dyn Stream<Item = Result<proto::ClusterMapMessage, Status>> + Send>>;
+type ConfigStream = Pin<Box<dyn Stream<Item = Result<proto::ConfigSnapshot, Status>> + Send>>;
+
+impl MetaService {
+    /// Takes a watch stream's permits for `caller` (the refusal, counted, if they are held).
+    fn watch_permits(
+        &self,
+        operation: &'static str,
+        started: Instant,
+        caller: Option<&Caller>,
+    ) -> Result<(OwnedSemaphorePermit, Option<KeyWatch>), Status> {
+        let busy = |message: String| {
+            let kind = Some(ErrorKind::Busy);
+            self.metrics
+                .request("grpc", operation, started.elapsed(), kind);
+            Status::resource_exhausted(message)
+        };
+        let key_watch = self.count_watch(caller).map_err(busy)?;
+        let permit = Arc::clone(&self.watchers).try_acquire_owned().map_err(|_| {
+            busy(format!(
+                "{} watchers are open on this replica (META_WATCHERS_MAX, maps and config together); retry later or watch another replica",
+                self.limits.total
+            ))
+        })?;
+        Ok((permit, key_watch))
+    }
+
+    /// Makes a config change, answering the revision and the key's version.
+    async fn change_config(
+        &self,
+        operation: &'static str,
+        started: Instant,
+        change: Result<ConfigCommand, MetaError>,
+    ) -> Result<Response<proto::ConfigChanged>, Status> {
+        let outcome = match change {
+            Ok(change) => self.group.change_config(change).await,
+            Err(error) => Err(error),
+        };
+        self.observed(
+            operation,
+            started,
+            outcome.map(|(revision, version)| proto::ConfigChanged { revision, version }),
+        )
+    }
+}
 
 #[tonic::async_trait]
 impl Meta for MetaService {
@@ -216,22 +340,7 @@ impl Meta for MetaService {
         let started = Instant::now();
         let after_epoch = request.get_ref().after_epoch;
         let caller = request.extensions().get::<Caller>();
-        let busy = |message: String| {
-            let kind = Some(ErrorKind::Busy);
-            self.metrics
-                .request("grpc", "watch_map", started.elapsed(), kind);
-            Err(Status::resource_exhausted(message))
-        };
-        let key_watch = match self.count_watch(caller) {
-            Ok(key_watch) => key_watch,
-            Err(message) => return busy(message),
-        };
-        let Ok(permit) = Arc::clone(&self.watchers).try_acquire_owned() else {
-            return busy(format!(
-                "{} watchers are open on this replica (META_WATCHERS_MAX); retry later or watch another replica",
-                self.limits.total
-            ));
-        };
+        let (permit, key_watch) = self.watch_permits("watch_map", started, caller)?;
         // Pulled by the watcher: a slow one holds back nothing but itself, and when it
         // catches up it is told the newest map only (`MapWatch` skips superseded epochs).
         let state = (
@@ -291,6 +400,170 @@ impl Meta for MetaService {
             started,
             outcome.map(|map| map_message(Some(&map))),
         )
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<proto::GetConfigRequest>,
+    ) -> Result<Response<proto::ConfigSnapshot>, Status> {
+        let started = Instant::now();
+        let key = request.into_inner().key;
+        let outcome = self.group.config_linearizable().await.map(|config| {
+            let view = config.view((!key.is_empty()).then_some(key.as_str()));
+            proto::ConfigSnapshot {
+                revision: view.revision,
+                config_json: view.to_json(),
+            }
+        });
+        self.observed("get_config", started, outcome)
+    }
+
+    type WatchConfigStream = ConfigStream;
+
+    async fn watch_config(
+        &self,
+        request: Request<proto::WatchConfigRequest>,
+    ) -> Result<Response<ConfigStream>, Status> {
+        let started = Instant::now();
+        let after_revision = request.get_ref().after_revision;
+        let caller = request.extensions().get::<Caller>();
+        let (permit, key_watch) = self.watch_permits("watch_config", started, caller)?;
+        // As for maps: pulled by the watcher, which is told the newest revision whole.
+        let state = (
+            self.group.watch_config(),
+            self.stopped.clone(),
+            Some((permit, key_watch)),
+        );
+        let stream = futures::stream::unfold(
+            state,
+            move |(mut watch, mut stopped, permit)| async move {
+                permit.as_ref()?;
+                loop {
+                    let next = tokio::select! {
+                        config = watch.next() => config,
+                        _ = stopped.wait_for(|stopped| *stopped) => None,
+                    };
+                    let Some(config) = next else {
+                        let ended = Status::unavailable(
+                            "the meta replica is stopping or its Raft has failed: watch again (another replica), from the last revision received",
+                        );
+                        return Some((Err(ended), (watch, stopped, None)));
+                    };
+                    if config.revision() > after_revision || after_revision == 0 {
+                        let view = config.view(None);
+                        let message = proto::ConfigSnapshot {
+                            revision: view.revision,
+                            config_json: view.to_json(),
+                        };
+                        return Some((Ok(message), (watch, stopped, permit)));
+                    }
+                }
+            },
+        );
+        self.metrics
+            .request("grpc", "watch_config", started.elapsed(), None);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn config_history(
+        &self,
+        request: Request<proto::ConfigHistoryRequest>,
+    ) -> Result<Response<proto::ConfigHistoryMessage>, Status> {
+        let started = Instant::now();
+        let key = request.into_inner().key;
+        let outcome = self.group.config_linearizable().await.and_then(|config| {
+            let history = config
+                .history(&key)
+                .ok_or(MetaError::Config(ConfigRefusal::NoSuchKey))?;
+            Ok(proto::ConfigHistoryMessage {
+                history_json: serde_json::to_string(&history)
+                    .expect("a history holds only strings and numbers"),
+            })
+        });
+        self.observed("config_history", started, outcome)
+    }
+
+    async fn set_config(
+        &self,
+        request: Request<proto::SetConfigRequest>,
+    ) -> Result<Response<proto::ConfigChanged>, Status> {
+        let started = Instant::now();
+        let by = changed_by(&request);
+        let request = request.into_inner();
+        let change = check_value(&request.key, &request.value).map(|()| ConfigCommand::Set {
+            key: request.key,
+            value: request.value,
+            expected_version: request.expected_version,
+            by,
+            at_ms: now_ms(),
+        });
+        self.change_config("set_config", started, change).await
+    }
+
+    async fn rollback_config(
+        &self,
+        request: Request<proto::RollbackConfigRequest>,
+    ) -> Result<Response<proto::ConfigChanged>, Status> {
+        let started = Instant::now();
+        let by = changed_by(&request);
+        let request = request.into_inner();
+        let change = ConfigCommand::Rollback {
+            key: request.key,
+            version: request.version,
+            by,
+            at_ms: now_ms(),
+        };
+        self.change_config("rollback_config", started, Ok(change))
+            .await
+    }
+
+    async fn gray_config(
+        &self,
+        request: Request<proto::GrayConfigRequest>,
+    ) -> Result<Response<proto::ConfigChanged>, Status> {
+        let started = Instant::now();
+        let by = changed_by(&request);
+        let request = request.into_inner();
+        let change = check_value(&request.key, &request.value).and_then(|()| {
+            Ok(ConfigCommand::Gray {
+                target: target_from(request.target)?,
+                key: request.key,
+                value: request.value,
+                by,
+                at_ms: now_ms(),
+            })
+        });
+        self.change_config("gray_config", started, change).await
+    }
+
+    async fn promote_config(
+        &self,
+        request: Request<proto::PromoteConfigRequest>,
+    ) -> Result<Response<proto::ConfigChanged>, Status> {
+        let started = Instant::now();
+        let by = changed_by(&request);
+        let change = ConfigCommand::Promote {
+            key: request.into_inner().key,
+            by,
+            at_ms: now_ms(),
+        };
+        self.change_config("promote_config", started, Ok(change))
+            .await
+    }
+
+    async fn abandon_config(
+        &self,
+        request: Request<proto::AbandonConfigRequest>,
+    ) -> Result<Response<proto::ConfigChanged>, Status> {
+        let started = Instant::now();
+        let by = changed_by(&request);
+        let change = ConfigCommand::Abandon {
+            key: request.into_inner().key,
+            by,
+            at_ms: now_ms(),
+        };
+        self.change_config("abandon_config", started, Ok(change))
+            .await
     }
 }
 

@@ -410,6 +410,11 @@ struct FlowLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfigKeyLabels {
+    key: String,
+}
+
 /// All metrics of one node.
 pub struct Metrics {
     registry: Registry,
@@ -417,6 +422,9 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     auth_refusals: Family<RefusalLabels, Counter>,
     flow_refusals: Family<FlowLabels, Counter>,
+    config_revision: Gauge,
+    config_key_version: Family<ConfigKeyLabels, Gauge>,
+    config_key_gray: Family<ConfigKeyLabels, Gauge>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     queue_depth: Family<QueueLabels, Gauge>,
     batch_events: Histogram,
@@ -504,6 +512,9 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let auth_refusals = Family::<RefusalLabels, Counter>::default();
         let flow_refusals = Family::<FlowLabels, Counter>::default();
+        let config_revision = Gauge::default();
+        let config_key_version = Family::<ConfigKeyLabels, Gauge>::default();
+        let config_key_gray = Family::<ConfigKeyLabels, Gauge>::default();
         let latency = Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
@@ -565,6 +576,21 @@ impl Metrics {
                 "flow_refusals",
                 "Client calls refused by flow control before reaching an operation, by API and reason (read_only, disabled, rate, caller_share, queue_full, queue_timeout)",
                 flow_refusals.clone(),
+            );
+            registry.register(
+                "config_revision",
+                "The config center's revision this process has taken (0: it watches none, or none was set)",
+                config_revision.clone(),
+            );
+            registry.register(
+                "config_key_version",
+                "The config center's version of a key this process applies (0: the key is not set there; the local file or default applies)",
+                config_key_version.clone(),
+            );
+            registry.register(
+                "config_key_gray",
+                "1 while this process applies a gray release of the key (a value staged for a subset), else 0",
+                config_key_gray.clone(),
             );
             registry.register(
                 "request_duration_seconds",
@@ -646,6 +672,9 @@ impl Metrics {
             errors,
             auth_refusals,
             flow_refusals,
+            config_revision,
+            config_key_version,
+            config_key_gray,
             latency,
             queue_depth,
             batch_events,
@@ -682,6 +711,21 @@ impl Metrics {
         self.flow_refusals
             .get_or_create(&FlowLabels { api, reason })
             .inc();
+    }
+
+    /// Says which config revision this process has taken, and which version of `key` it
+    /// applies (0: not set there) and whether from a gray release.
+    pub fn config_taken(&self, revision: u64, key: &str, version: u64, gray: bool) {
+        self.config_revision.set(revision as i64);
+        let labels = ConfigKeyLabels {
+            key: key.to_owned(),
+        };
+        self.config_key_version
+            .get_or_create(&labels)
+            .set(version as i64);
+        self.config_key_gray
+            .get_or_create(&labels)
+            .set(i64::from(gray));
     }
 
     /// Counts one request and its latency; `error` is the kind of error it was answered with.
