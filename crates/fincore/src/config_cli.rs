@@ -251,10 +251,13 @@ fn print_history(history: &HistoryView) {
                 )
             })
             .unwrap_or_default();
+        let action = serde_json::to_value(change.action)
+            .ok()
+            .and_then(|name| name.as_str().map(str::to_owned))
+            .unwrap_or_default();
         println!(
-            "revision {} · {:?}{restored}{target} → version {} · by {} · {}",
+            "revision {} · {action}{restored}{target} → version {} · by {} · {}",
             change.revision,
-            change.action,
             change.version,
             change.by,
             when(change.at_ms)

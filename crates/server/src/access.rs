@@ -384,6 +384,33 @@ mod tests {
                 Some(Role::Admin),
             ),
             (Method::PUT, "/v1/accounts", false, Some(Role::Admin)),
+            (Method::GET, "/v1/config", false, Some(Role::Read)),
+            (Method::GET, "/v1/config/{key}", false, Some(Role::Read)),
+            (
+                Method::GET,
+                "/v1/config/{key}/history",
+                false,
+                Some(Role::Read),
+            ),
+            (Method::PUT, "/v1/config/{key}", false, Some(Role::Admin)),
+            (
+                Method::POST,
+                "/v1/config/{key}/rollback",
+                false,
+                Some(Role::Admin),
+            ),
+            (
+                Method::POST,
+                "/v1/config/{key}/gray",
+                false,
+                Some(Role::Admin),
+            ),
+            (
+                Method::POST,
+                "/v1/config/{key}/promote",
+                false,
+                Some(Role::Admin),
+            ),
             (
                 Method::GET,
                 "/v1/a-route-added-later",
@@ -464,6 +491,14 @@ mod tests {
             ("GetMap", Role::Read),
             ("WatchMap", Role::Read),
             ("SetMap", Role::Admin),
+            ("GetConfig", Role::Read),
+            ("WatchConfig", Role::Read),
+            ("ConfigHistory", Role::Read),
+            ("SetConfig", Role::Admin),
+            ("RollbackConfig", Role::Admin),
+            ("GrayConfig", Role::Admin),
+            ("PromoteConfig", Role::Admin),
+            ("AbandonConfig", Role::Admin),
         ] {
             assert_eq!(grpc_role(&format!("/fincore.v1.Meta/{method}")), role);
         }

@@ -703,6 +703,164 @@ mod tests {
         Ok(message.epoch)
     }
 
+    async fn next_config(stream: &mut tonic::Streaming<proto::ConfigSnapshot>) -> meta::ConfigView {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a config within 10 s")
+            .expect("the stream goes on")
+            .unwrap();
+        let view = meta::ConfigView::from_json(&message.config_json).unwrap();
+        assert_eq!(view.revision, message.revision);
+        view
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn config_is_changed_by_admins_only_audited_by_key_checked_and_pushed() {
+        let served = serve(WatcherLimits::DEFAULT).await;
+        let mut client = MetaClient::new(served.channel.clone());
+        let mut watch = None;
+        for _ in 0..200 {
+            let request = with_key(
+                proto::WatchConfigRequest { after_revision: 0 },
+                &served.read,
+            );
+            match client.watch_config(request).await {
+                Ok(stream) => {
+                    watch = Some(stream.into_inner());
+                    break;
+                }
+                Err(status) => panic!("{status}"),
+            }
+        }
+        let mut watch = watch.unwrap();
+        assert_eq!(next_config(&mut watch).await, meta::ConfigView::default());
+        // Wait (bounded) for the one replica to lead.
+        for _ in 0..200 {
+            let request = with_key(proto::GetConfigRequest::default(), &served.read);
+            if client.get_config(request).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let set = |value: &str, key: &str| {
+            with_key(
+                proto::SetConfigRequest {
+                    key: crate::config_keys::FLOW_RULES.into(),
+                    value: value.into(),
+                    expected_version: None,
+                },
+                key,
+            )
+        };
+        // A read key may not change it; nor may a caller without a key.
+        let refused = client
+            .set_config(set("{}", &served.read))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let refused = client
+            .set_config(Request::new(set("{}", &served.read).into_inner()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        // Rules fincore would refuse are refused before anything is written, naming the field.
+        let refused = client
+            .set_config(set(r#"{"limits":[{"rate_per_second":0}]}"#, &served.admin))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused
+                .message()
+                .starts_with("value: flow.rules: limits[0].rate_per_second"),
+            "{}",
+            refused.message()
+        );
+        // An admin's change is pushed to the watcher and audited under the key's name.
+        let changed = client
+            .set_config(set(r#"{"switches":{"read_only":true}}"#, &served.admin))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((changed.revision, changed.version), (1, 1));
+        let view = next_config(&mut watch).await;
+        assert_eq!(view.revision, 1);
+        assert_eq!(
+            view.keys[crate::config_keys::FLOW_RULES].value,
+            r#"{"switches":{"read_only":true}}"#
+        );
+        let gray = with_key(
+            proto::GrayConfigRequest {
+                key: crate::config_keys::FLOW_RULES.into(),
+                value: "{}".into(),
+                target: Some(proto::ConfigTarget {
+                    nodes: vec!["gw-1".into()],
+                    labels: Default::default(),
+                    percent: 0,
+                }),
+            },
+            &served.admin,
+        );
+        assert_eq!(
+            client
+                .gray_config(gray)
+                .await
+                .unwrap()
+                .into_inner()
+                .revision,
+            2
+        );
+        let view = next_config(&mut watch).await;
+        let entry = &view.keys[crate::config_keys::FLOW_RULES];
+        let none = Default::default();
+        assert_eq!(entry.value_for("flow.rules", "gw-1", &none), ("{}", true));
+        assert_eq!(
+            entry.value_for("flow.rules", "gw-2", &none).0,
+            r#"{"switches":{"read_only":true}}"#
+        );
+        // A plain set while a gray release is staged is refused (FAILED_PRECONDITION).
+        let refused = client
+            .set_config(set("{}", &served.admin))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        let history = client
+            .config_history(with_key(
+                proto::ConfigHistoryRequest {
+                    key: crate::config_keys::FLOW_RULES.into(),
+                },
+                &served.read,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let history: meta::HistoryView = serde_json::from_str(&history.history_json).unwrap();
+        let audit: Vec<_> = history
+            .changes
+            .iter()
+            .map(|change| (change.revision, change.by.as_str(), change.action))
+            .collect();
+        assert_eq!(
+            audit,
+            [
+                (1, "operator", meta::config::Action::Set),
+                (2, "operator", meta::config::Action::Gray)
+            ]
+        );
+        let missing = client
+            .config_history(with_key(
+                proto::ConfigHistoryRequest {
+                    key: "nothing".into(),
+                },
+                &served.read,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        served.stop.send(true).unwrap();
+        served.group.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_map_is_set_by_admins_only_read_and_pushed_to_watchers_until_the_replica_stops() {
         let served = serve(WatcherLimits::DEFAULT).await;
