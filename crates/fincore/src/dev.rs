@@ -570,7 +570,9 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
         }
         let connected =
             gateway::Groups::connect(&map, &access).context("connecting to the groups")?;
-        let gateway = Arc::new(gateway::Gateway::new(map.clone(), connected));
+        let gateway = Arc::new(
+            gateway::Gateway::new(map.clone(), connected).with_flow(Arc::clone(&serving.flow)),
+        );
         let metrics = Arc::clone(server::LedgerApi::metrics(gateway.as_ref()));
         let config_meta = meta.clone();
         let feed = gateway::map_feed::follow(Arc::clone(&gateway), meta, access.clone());

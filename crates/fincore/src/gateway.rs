@@ -188,7 +188,8 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         let group_count = map.groups().len();
         let gateway = Arc::new(
             Gateway::new(map, groups)
-                .with_saga_deadline(std::time::Duration::from_millis(args.saga_deadline_ms)),
+                .with_saga_deadline(std::time::Duration::from_millis(args.saga_deadline_ms))
+                .with_flow(Arc::clone(&serving.flow)),
         );
         let metrics = Arc::clone(server::LedgerApi::metrics(gateway.as_ref()));
         let config_meta = meta.clone();

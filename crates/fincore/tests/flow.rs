@@ -391,27 +391,12 @@ fn a_gateway_applies_its_rules_to_its_callers() {
     let dir = tempfile::tempdir().unwrap();
     let local = testkit::cluster::LocalGroups::start(fincore_exe(), dir.path(), 2, 1, &[])
         .unwrap_or_else(|error| panic!("{error}"));
-    let rules = dir.path().join("flow.json");
-    std::fs::write(
-        &rules,
+    let gateway = support::gateway::start_with_rules(
+        dir.path(),
+        &local,
         r#"{"switches":{"disabled_apis":["lookup_accounts"]},
             "limits":[{"api":"create_accounts","rate_per_second":1}]}"#,
-    )
-    .unwrap();
-    let gateway = ChildNode::start_gateway(
-        fincore_exe(),
-        &dir.path().join("gateway"),
-        &local.map_path,
-        &[
-            "--grpc",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--flow-rules",
-            rules.to_str().unwrap(),
-        ],
-    )
-    .unwrap_or_else(|error| panic!("{error}"));
+    );
     let http = &gateway.http_addr;
     let accounts = |id: u128| format!(r#"[{{"id":"{id}","ledger":1,"code":1}}]"#);
     assert_eq!(

@@ -243,6 +243,11 @@ impl Gate {
         *compiled = Arc::new(next);
     }
 
+    /// The circuit breaker rule in use (`None`: no breakers).
+    pub fn breaker(&self) -> Option<crate::BreakerRule> {
+        self.compiled.read().expect("never poisoned").rules.breaker
+    }
+
     /// The rules in use.
     pub fn rules(&self) -> Rules {
         self.current().rules.clone()

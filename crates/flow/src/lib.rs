@@ -2,7 +2,8 @@
 //! optional warm-up), bounded pools per request kind with a bounded queue and a per-caller
 //! share, and switches (read-only, APIs turned off), all read from one set of [`Rules`] that
 //! can be replaced while requests run. [`FlowLayer`] puts it in front of any `http` service
-//! (the node's and the gateway's gRPC services and HTTP routes).
+//! (the node's and the gateway's gRPC services and HTTP routes). A [`Breaker`] keeps the
+//! circuit-breaker state of one callee (a gateway's group) under the rules' `breaker`.
 //!
 //! Owns the decisions and their state. It must not know how a caller authenticated or what a
 //! request does: the front end says which [`Api`] a request calls and who the caller is, and
@@ -10,6 +11,7 @@
 //! and carries its reason and when to retry.
 
 mod api;
+mod breaker;
 mod gate;
 mod layer;
 mod pool;
@@ -17,6 +19,7 @@ mod rate;
 mod rules;
 
 pub use api::{Api, Kind};
+pub use breaker::{Admission, Breaker, BreakerState, CallOutcome, Open};
 pub use gate::{Gate, Permit, Reason, Rejection};
 pub use layer::{Classify, FlowLayer, FlowService};
-pub use rules::{PoolRule, Pools, RateRule, Rules, RulesError, Switches};
+pub use rules::{BreakerRule, PoolRule, Pools, RateRule, Rules, RulesError, Switches};

@@ -10,7 +10,8 @@
 //!     { "api": "get_account_transfers", "rate_per_second": 50, "max_wait_ms": 200 },
 //!     { "caller": "reports", "rate_per_second": 10, "warm_up_seconds": 30, "cold_factor": 3 }
 //!   ],
-//!   "switches": { "read_only": false, "disabled_apis": ["get_account_balances"] }
+//!   "switches": { "read_only": false, "disabled_apis": ["get_account_balances"] },
+//!   "breaker": { "error_ratio_percent": 50, "slow_ratio_percent": 50, "slow_call_ms": 500 }
 //! }
 //! ```
 //!
@@ -31,6 +32,106 @@ pub struct Rules {
     pub limits: Vec<RateRule>,
     #[serde(default)]
     pub switches: Switches,
+    /// A gateway's circuit breaker on each group it calls (`breaker.rs`); left out, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerRule>,
+}
+
+/// When a gateway stops calling a group for a while (opens its breaker), and how it tries
+/// again. Counted per group over the last `window_seconds`: it opens once at least
+/// `min_calls` calls were made and failed calls (the group did not answer) reach
+/// `error_ratio_percent` of them, or calls still unanswered after `slow_call_ms` reach
+/// `slow_ratio_percent`; or, whatever the count, once `error_count` calls failed. Open, it
+/// refuses calls to the group at once for `open_ms`, then lets `half_open_probes` calls
+/// through: all answered in time closes it, one failing or slow opens it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_ratio_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_ratio_percent: Option<u32>,
+    #[serde(default = "slow_call_ms_default")]
+    pub slow_call_ms: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_count: Option<u32>,
+    #[serde(default = "min_calls_default")]
+    pub min_calls: u32,
+    #[serde(default = "window_seconds_default")]
+    pub window_seconds: u32,
+    #[serde(default = "open_ms_default")]
+    pub open_ms: u32,
+    #[serde(default = "half_open_probes_default")]
+    pub half_open_probes: u32,
+}
+
+fn slow_call_ms_default() -> u32 {
+    1_000
+}
+
+fn min_calls_default() -> u32 {
+    10
+}
+
+fn window_seconds_default() -> u32 {
+    10
+}
+
+fn open_ms_default() -> u32 {
+    5_000
+}
+
+fn half_open_probes_default() -> u32 {
+    3
+}
+
+impl BreakerRule {
+    fn check(&self) -> Result<(), RulesError> {
+        let at = |name: &str| format!("breaker.{name}");
+        if self.error_ratio_percent.is_none()
+            && self.slow_ratio_percent.is_none()
+            && self.error_count.is_none()
+        {
+            return Err(refuse(
+                "breaker",
+                "opens on nothing: give error_ratio_percent, slow_ratio_percent or error_count",
+            ));
+        }
+        if let Some(percent) = self.error_ratio_percent {
+            within(at("error_ratio_percent"), percent, 1, 100)?;
+        }
+        if let Some(percent) = self.slow_ratio_percent {
+            within(at("slow_ratio_percent"), percent, 1, 100)?;
+        }
+        if let Some(count) = self.error_count {
+            within(at("error_count"), count, 1, limits::FLOW_BREAKER_CALLS_MAX)?;
+        }
+        within(
+            at("slow_call_ms"),
+            self.slow_call_ms,
+            1,
+            limits::FLOW_BREAKER_MS_MAX,
+        )?;
+        within(
+            at("min_calls"),
+            self.min_calls,
+            1,
+            limits::FLOW_BREAKER_CALLS_MAX,
+        )?;
+        within(
+            at("window_seconds"),
+            self.window_seconds,
+            1,
+            limits::FLOW_BREAKER_WINDOW_SECONDS_MAX,
+        )?;
+        within(at("open_ms"), self.open_ms, 1, limits::FLOW_BREAKER_MS_MAX)?;
+        within(
+            at("half_open_probes"),
+            self.half_open_probes,
+            1,
+            limits::FLOW_BREAKER_CALLS_MAX,
+        )
+    }
 }
 
 /// One pool per kind of request.
@@ -342,6 +443,9 @@ impl Rules {
         for (i, name) in self.switches.disabled_apis.iter().enumerate() {
             known_api(format!("switches.disabled_apis[{i}]"), name)?;
         }
+        if let Some(breaker) = &self.breaker {
+            breaker.check()?;
+        }
         Ok(())
     }
 
@@ -379,9 +483,20 @@ mod tests {
             { "api": "get_account_transfers", "rate_per_second": 50, "max_wait_ms": 200 },
             { "caller": "reports", "rate_per_second": 10, "warm_up_seconds": 30, "cold_factor": 3 }
           ],
-          "switches": { "read_only": false, "disabled_apis": ["get_account_balances"] }
+          "switches": { "read_only": false, "disabled_apis": ["get_account_balances"] },
+          "breaker": { "error_ratio_percent": 50, "slow_ratio_percent": 50, "slow_call_ms": 500 }
         }"#;
         let rules = Rules::from_json(text).unwrap();
+        let breaker = rules.breaker.unwrap();
+        assert_eq!(
+            (
+                breaker.slow_call_ms,
+                breaker.min_calls,
+                breaker.open_ms,
+                breaker.error_count
+            ),
+            (500, 10, 5_000, None)
+        );
         assert_eq!(rules.pools.write.caller_share(), 128);
         assert_eq!(rules.pools.read, PoolRule::default());
         assert_eq!(rules.limits[0].scope(), Scope::EachCaller);
@@ -435,6 +550,15 @@ mod tests {
                 "limits[0].rate",
             ),
             (r#"{"pool":{}}"#, "pool"),
+            (r#"{"breaker":{}}"#, "breaker"),
+            (
+                r#"{"breaker":{"error_ratio_percent":101}}"#,
+                "breaker.error_ratio_percent",
+            ),
+            (
+                r#"{"breaker":{"error_count":3,"open_ms":0}}"#,
+                "breaker.open_ms",
+            ),
         ] {
             let error = Rules::from_json(text).unwrap_err();
             assert_eq!(error.field, field, "{text}: {error}");

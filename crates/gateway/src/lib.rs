@@ -17,10 +17,14 @@
 //! carried by a saga over copies in every group involved, decided in its home group; a
 //! [`Resolver`] finishes sagas whose gateway died.
 //!
+//! Circuit breakers (`breakers`): under the flow rules' `breaker`, a group that fails or
+//! stalls is not called for a while, so its callers are answered at once and the other
+//! groups' traffic is unaffected.
+//!
 //! Not yet here (issue 12 continues): linked, two-phase, balancing, closing and imported
-//! transfers across groups are refused whole, naming the event; the map is read at start, not
-//! pushed by a meta group.
+//! transfers across groups are refused whole, naming the event.
 
+mod breakers;
 mod coalesce;
 mod events;
 mod groups;

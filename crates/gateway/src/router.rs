@@ -63,16 +63,28 @@ pub struct Gateway {
     saga_deadline: Duration,
     /// Permits for the sagas finished in the background.
     detached: Arc<Semaphore>,
+    /// Circuit breakers on the calls to each group (none until `with_flow`).
+    breakers: crate::breakers::Breakers,
 }
 
 impl Gateway {
     pub fn new(map: ClusterMap, groups: Groups) -> Gateway {
+        let metrics = Metrics::for_service(telemetry::Service::Gateway);
         Gateway {
             routing: std::sync::RwLock::new(Arc::new(Routing { map, groups })),
-            metrics: Metrics::for_service(telemetry::Service::Gateway),
+            breakers: crate::breakers::Breakers::new(None, Arc::clone(&metrics)),
+            metrics,
             saga_deadline: Duration::from_millis(GATEWAY_SAGA_DEADLINE_MS_DEFAULT),
             detached: Arc::new(Semaphore::new(GATEWAY_SAGAS_DETACHED_MAX)),
         }
+    }
+
+    /// Guards the calls to each group with a circuit breaker under the `breaker` rule of
+    /// `gate`'s rules in use (the same gate the gateway's own listeners apply), changed with
+    /// them at run time.
+    pub fn with_flow(mut self, gate: Arc<flow::Gate>) -> Gateway {
+        self.breakers = crate::breakers::Breakers::new(Some(gate), Arc::clone(&self.metrics));
+        self
     }
 
     /// Answers `outcome_pending` for cross-group transfers whose sagas have not ended within
@@ -191,12 +203,13 @@ impl Gateway {
             let group = part.group;
             let connection = routing.groups.group(group);
             indexes.push(part.indexes);
-            calls.push(async move {
+            let call = async move {
                 E::writer(connection?)
                     .write(part.events)
                     .await?
                     .map_err(|error| group_failed(group, error))
-            });
+            };
+            calls.push(self.breakers.guard(group, call));
         }
         let answers = try_join_all(calls).await?;
         for (indexes, results) in indexes.iter().zip(answers) {
@@ -265,7 +278,9 @@ impl Gateway {
                 .groups
                 .client(group)
                 .map(|client| lookup(client, part.events));
-            async move { call?.await.map_err(|error| group_failed(group, error)) }
+            self.breakers.guard(group, async move {
+                call?.await.map_err(|error| group_failed(group, error))
+            })
         });
         let found: HashMap<u128, T> = try_join_all(calls)
             .await?
@@ -711,10 +726,13 @@ impl LedgerApi for Gateway {
         Box::pin(async move {
             filter.validate().map_err(query_invalid)?;
             let (group, client) = self.client_of(filter.account_id)?;
-            client
-                .get_account_transfers(&filter)
-                .await
-                .map_err(|error| group_failed(group, error))
+            let call = async move {
+                client
+                    .get_account_transfers(&filter)
+                    .await
+                    .map_err(|error| group_failed(group, error))
+            };
+            self.breakers.guard(group, call).await
         })
     }
 
@@ -725,10 +743,13 @@ impl LedgerApi for Gateway {
         Box::pin(async move {
             filter.validate().map_err(query_invalid)?;
             let (group, client) = self.client_of(filter.account_id)?;
-            client
-                .get_account_balances(&filter)
-                .await
-                .map_err(|error| group_failed(group, error))
+            let call = async move {
+                client
+                    .get_account_balances(&filter)
+                    .await
+                    .map_err(|error| group_failed(group, error))
+            };
+            self.breakers.guard(group, call).await
         })
     }
 

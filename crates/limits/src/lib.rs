@@ -688,6 +688,16 @@ pub const FLOW_NAME_BYTES_MAX: usize = 128;
 /// Largest rules file read.
 pub const FLOW_RULES_FILE_BYTES_MAX: u64 = 1 << 20;
 
+/// Largest call count a circuit breaker rule may name (`min_calls`, `error_count`,
+/// `half_open_probes`).
+pub const FLOW_BREAKER_CALLS_MAX: u32 = 1_000_000;
+
+/// Longest time a circuit breaker rule may name (`slow_call_ms`, `open_ms`): 10 minutes.
+pub const FLOW_BREAKER_MS_MAX: u32 = 600_000;
+
+/// Longest window a circuit breaker counts calls over (one bucket per second).
+pub const FLOW_BREAKER_WINDOW_SECONDS_MAX: u32 = 600;
+
 // ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 

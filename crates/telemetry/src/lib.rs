@@ -422,6 +422,8 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     auth_refusals: Family<RefusalLabels, Counter>,
     flow_refusals: Family<FlowLabels, Counter>,
+    breaker_state: Family<GroupLabels, Gauge>,
+    breaker_refusals: Family<GroupLabels, Counter>,
     config_revision: Gauge,
     config_key_version: Family<ConfigKeyLabels, Gauge>,
     config_key_gray: Family<ConfigKeyLabels, Gauge>,
@@ -496,6 +498,11 @@ impl Service {
     fn records_sagas(self) -> bool {
         matches!(self, Service::Gateway | Service::All)
     }
+
+    /// Circuit breakers on groups and the config center's values: a gateway's.
+    fn records_gateway_control(self) -> bool {
+        matches!(self, Service::Gateway | Service::All)
+    }
 }
 
 impl Metrics {
@@ -513,6 +520,8 @@ impl Metrics {
         let auth_refusals = Family::<RefusalLabels, Counter>::default();
         let flow_refusals = Family::<FlowLabels, Counter>::default();
         let config_revision = Gauge::default();
+        let breaker_state = Family::<GroupLabels, Gauge>::default();
+        let breaker_refusals = Family::<GroupLabels, Counter>::default();
         let config_key_version = Family::<ConfigKeyLabels, Gauge>::default();
         let config_key_gray = Family::<ConfigKeyLabels, Gauge>::default();
         let latency = Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -578,6 +587,23 @@ impl Metrics {
                 flow_refusals.clone(),
             );
             registry.register(
+                "request_duration_seconds",
+                "Time from receiving a request to answering it",
+                latency.clone(),
+            );
+        }
+        if service.records_gateway_control() {
+            registry.register(
+                "breaker_state",
+                "A gateway's circuit breaker on a group: 0 closed, 1 open (calls refused at once), 2 half-open (probes let through)",
+                breaker_state.clone(),
+            );
+            registry.register(
+                "breaker_refusals",
+                "Calls a gateway refused at once because its circuit breaker on the group was open",
+                breaker_refusals.clone(),
+            );
+            registry.register(
                 "config_revision",
                 "The config center's revision this process has taken (0: it watches none, or none was set)",
                 config_revision.clone(),
@@ -591,11 +617,6 @@ impl Metrics {
                 "config_key_gray",
                 "1 while this process applies a gray release of the key (a value staged for a subset), else 0",
                 config_key_gray.clone(),
-            );
-            registry.register(
-                "request_duration_seconds",
-                "Time from receiving a request to answering it",
-                latency.clone(),
             );
         }
         if service.records_batches() {
@@ -672,6 +693,8 @@ impl Metrics {
             errors,
             auth_refusals,
             flow_refusals,
+            breaker_state,
+            breaker_refusals,
             config_revision,
             config_key_version,
             config_key_gray,
@@ -710,6 +733,24 @@ impl Metrics {
     pub fn flow_refused(&self, api: &'static str, reason: &'static str) {
         self.flow_refusals
             .get_or_create(&FlowLabels { api, reason })
+            .inc();
+    }
+
+    /// Sets the state gauge of the circuit breaker on `group` (0 closed, 1 open, 2 half-open).
+    pub fn breaker_state(&self, group: &str, state: i64) {
+        self.breaker_state
+            .get_or_create(&GroupLabels {
+                group: group.to_owned(),
+            })
+            .set(state);
+    }
+
+    /// Counts a call refused by the open breaker on `group`.
+    pub fn breaker_refused(&self, group: &str) {
+        self.breaker_refusals
+            .get_or_create(&GroupLabels {
+                group: group.to_owned(),
+            })
             .inc();
     }
 
@@ -932,6 +973,9 @@ mod tests {
             metrics.sagas_answered_pending(1);
             metrics.sagas_in_flight_add(1);
             metrics.saga_copies_stale("g1".into(), Some(2));
+            metrics.breaker_state("g1", 1);
+            metrics.breaker_refused("g1");
+            metrics.config_taken(1, "flow.rules", 1, false);
             metrics.raft(&leader_sample());
             metrics.cdc_group("g1").done(5, 5, Duration::from_millis(1));
             metrics
@@ -992,7 +1036,17 @@ mod tests {
             families(Service::MetaReplica),
             with(&[&journal[..], &raft[..]].concat())
         );
-        assert_eq!(families(Service::Gateway), with(&sagas));
+        let control = [
+            "breaker_refusals",
+            "breaker_state",
+            "config_key_gray",
+            "config_key_version",
+            "config_revision",
+        ];
+        assert_eq!(
+            families(Service::Gateway),
+            with(&[&sagas[..], &control[..]].concat())
+        );
         let follow = |prefix: &str| {
             [
                 "events",
@@ -1015,12 +1069,18 @@ mod tests {
         };
         assert_eq!(families(Service::Publisher), only(&cdc));
         assert_eq!(families(Service::Projector), only(&projection));
-        let every: Vec<&str> = [&batches[..], &journal[..], &sagas[..], &raft[..]]
-            .concat()
-            .into_iter()
-            .chain(cdc.iter().map(String::as_str))
-            .chain(projection.iter().map(String::as_str))
-            .collect();
+        let every: Vec<&str> = [
+            &batches[..],
+            &journal[..],
+            &sagas[..],
+            &control[..],
+            &raft[..],
+        ]
+        .concat()
+        .into_iter()
+        .chain(cdc.iter().map(String::as_str))
+        .chain(projection.iter().map(String::as_str))
+        .collect();
         assert_eq!(families(Service::All), with(&every));
     }
 

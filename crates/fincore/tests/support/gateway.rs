@@ -22,6 +22,27 @@ pub fn start_in(dir: &Path, groups: usize, replicas: usize) -> (LocalGroups, Chi
     (local, gateway)
 }
 
+/// A gateway over `local` (on free ports, under `dir/gateway`) applying the flow rules
+/// `rules` (JSON, written to `dir/rules.json`).
+pub fn start_with_rules(dir: &Path, local: &LocalGroups, rules: &str) -> ChildNode {
+    let path = dir.join("rules.json");
+    std::fs::write(&path, rules).unwrap();
+    ChildNode::start_gateway(
+        fincore_exe(),
+        &dir.join("gateway"),
+        &local.map_path,
+        &[
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--flow-rules",
+            path.to_str().unwrap(),
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"))
+}
+
 /// The first `count` ids from 1 up that live in `group` under `map`.
 pub fn ids_in(map: &ClusterMap, group: GroupId, count: usize) -> Vec<u128> {
     (1u128..)
