@@ -163,10 +163,26 @@ impl Client {
     }
 
     /// Makes a change to the config center, answering the revision it made and the key's
-    /// version after it. Retried like a write: after an error, read the key's history to see
-    /// whether the change was made (a promote or abandon made twice is refused the second
-    /// time; a set or rollback made twice adds a version with the same value).
-    pub async fn change_config(&self, change: ConfigRequest) -> Result<(u64, u64), ClientError> {
+    /// version after it. Retried like a write, safely: the change carries a request id (a
+    /// random one unless the request names its own), and the meta group answers a retry of a
+    /// change it already made with that change instead of making it again.
+    pub async fn change_config(
+        &self,
+        mut change: ConfigRequest,
+    ) -> Result<(u64, u64), ClientError> {
+        let request_id = match &mut change {
+            ConfigRequest::Set(request) => &mut request.request_id,
+            ConfigRequest::Rollback(request) => &mut request.request_id,
+            ConfigRequest::Gray(request) => &mut request.request_id,
+            ConfigRequest::Promote(request) => &mut request.request_id,
+            ConfigRequest::Abandon(request) => &mut request.request_id,
+        };
+        if request_id.is_empty() {
+            let mut random = [0u8; 16];
+            getrandom::fill(&mut random)
+                .map_err(|error| ClientError::Protocol(format!("no random request id: {error}")))?;
+            *request_id = random.iter().map(|byte| format!("{byte:02x}")).collect();
+        }
         let message = self
             .retrying("change_config", |mut inner| {
                 let change = change.clone();

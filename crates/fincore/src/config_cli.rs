@@ -154,11 +154,13 @@ pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
                 key: key.clone(),
                 value: value.text()?,
                 expected_version: *expected_version,
+                ..Default::default()
             }),
             ConfigCommand::Rollback { key, version } => {
                 ConfigRequest::Rollback(proto::RollbackConfigRequest {
                     key: key.clone(),
                     version: *version,
+                    ..Default::default()
                 })
             }
             ConfigCommand::Gray {
@@ -185,13 +187,20 @@ pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
                         labels,
                         percent: *percent,
                     }),
+                    ..Default::default()
                 })
             }
             ConfigCommand::Promote { key } => {
-                ConfigRequest::Promote(proto::PromoteConfigRequest { key: key.clone() })
+                ConfigRequest::Promote(proto::PromoteConfigRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })
             }
             ConfigCommand::Abandon { key } => {
-                ConfigRequest::Abandon(proto::AbandonConfigRequest { key: key.clone() })
+                ConfigRequest::Abandon(proto::AbandonConfigRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })
             }
         };
         let (revision, version) = meta

@@ -601,7 +601,16 @@ fn dev_groups(args: &DevArgs) -> anyhow::Result<ExitCode> {
             name: "dev-gateway".into(),
             labels: Default::default(),
         };
-        let config_feed = crate::config_feed::follow(config_meta, identity, flow_source, metrics);
+        let patience =
+            std::time::Duration::from_secs(limits::GATEWAY_META_FIRST_CONFIG_SECONDS_MAX);
+        let watcher = crate::config_feed::Watcher {
+            identity,
+            key: server::config_keys::FLOW_RULES,
+            flow: flow_source,
+            metrics,
+        };
+        let revision = crate::config_feed::take_first(&config_meta, &watcher, patience).await;
+        let config_feed = crate::config_feed::follow(config_meta, watcher, revision);
         println!(
             "  config center: the gateway (named dev-gateway) takes flow.rules from the meta group (fincore config set flow.rules …)"
         );
@@ -696,44 +705,49 @@ pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     config.peer_security = PeerSecurity::Tls { certificates };
     let read_model = crate::read_model::target(args.read_model.as_deref(), &data_dir);
     let flow_rules = args.listen.flow_rules.clone();
-    run_node((config, capacity_line), flow_rules, None, move |node| {
-        let http = node.http_addr();
-        let (applied, _) = node.replica().applied();
-        let running = read_model.as_ref().map(|target| {
-            let group = node.group().map(|group| group.as_str().to_string());
-            crate::read_model::start(
-                target.clone(),
-                vec![crate::read_model::group(
-                    group.as_deref(),
-                    &[node.grpc_addr().to_string()],
-                )],
-                token.clone(),
-            )
-        });
-        println!();
-        println!(
-            "fincore dev: a single-node ledger with its data in {}",
-            data_dir.display()
-        );
-        println!("  recovered up to log index {applied}");
-        println!(
-            "  API key (role admin, kept in {}): {token}",
-            data_dir.join(crate::keys::DEV_KEY_FILE).display()
-        );
-        println!("  try:");
-        let auth = format!("-H 'Authorization: Bearer {token}'");
-        println!(
-            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#
-        );
-        println!(
-            r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
-        );
-        println!("    curl -s {auth} http://{http}/v1/accounts/2");
-        println!("  {}", crate::read_model::describe(read_model.as_ref()));
-        println!("  API: http://{http}/openapi.json   metrics: http://{http}/metrics");
-        println!("  Ctrl-C stops the node cleanly.");
-        running
-    })
+    run_node(
+        (config, capacity_line),
+        (flow_rules, None),
+        None,
+        move |node| {
+            let http = node.http_addr();
+            let (applied, _) = node.replica().applied();
+            let running = read_model.as_ref().map(|target| {
+                let group = node.group().map(|group| group.as_str().to_string());
+                crate::read_model::start(
+                    target.clone(),
+                    vec![crate::read_model::group(
+                        group.as_deref(),
+                        &[node.grpc_addr().to_string()],
+                    )],
+                    token.clone(),
+                )
+            });
+            println!();
+            println!(
+                "fincore dev: a single-node ledger with its data in {}",
+                data_dir.display()
+            );
+            println!("  recovered up to log index {applied}");
+            println!(
+                "  API key (role admin, kept in {}): {token}",
+                data_dir.join(crate::keys::DEV_KEY_FILE).display()
+            );
+            println!("  try:");
+            let auth = format!("-H 'Authorization: Bearer {token}'");
+            println!(
+                r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/accounts -d '[{{"id":"1","ledger":1,"code":1}},{{"id":"2","ledger":1,"code":1}}]'"#
+            );
+            println!(
+                r#"    curl -s {auth} -H 'Content-Type: application/json' http://{http}/v1/transfers -d '[{{"id":"1","debit_account_id":"1","credit_account_id":"2","amount":"100","ledger":1,"code":1}}]'"#
+            );
+            println!("    curl -s {auth} http://{http}/v1/accounts/2");
+            println!("  {}", crate::read_model::describe(read_model.as_ref()));
+            println!("  API: http://{http}/openapi.json   metrics: http://{http}/metrics");
+            println!("  Ctrl-C stops the node cleanly.");
+            running
+        },
+    )
 }
 
 #[cfg(test)]

@@ -211,6 +211,31 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .context("starting the gateway's listeners")?;
+        let (flow_line, flow_source) =
+            crate::flow_rules::line_and_reload(&serving.flow, args.flow_rules.clone());
+        // With a meta group, the config center's rules are taken before the listeners are
+        // announced, and followed from there.
+        let config_feed = match config_meta {
+            Some(meta) => {
+                let identity = args.identity.identity(servers.grpc_addr())?;
+                let patience =
+                    std::time::Duration::from_secs(limits::GATEWAY_META_FIRST_CONFIG_SECONDS_MAX);
+                let line = format!(
+                    "fincore: config center: flow.rules taken from the meta group as {} (labels {:?}), over --flow-rules while it holds them",
+                    identity.name, identity.labels
+                );
+                let watcher = crate::config_feed::Watcher {
+                    identity,
+                    key: server::config_keys::FLOW_RULES,
+                    flow: Arc::clone(&flow_source),
+                    metrics,
+                };
+                let revision = crate::config_feed::take_first(&meta, &watcher, patience).await;
+                let feed = crate::config_feed::follow(meta, watcher, revision);
+                Some((feed, line))
+            }
+            None => None,
+        };
         crate::serve::announce_client_listeners(
             servers.grpc_addr(),
             servers.http_addr(),
@@ -224,22 +249,11 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         println!(
             "fincore: gateway over {group_count} groups (cluster map epoch {epoch}, {source})"
         );
-        let (flow_line, flow_source) =
-            crate::flow_rules::line_and_reload(&serving.flow, args.flow_rules.clone());
         println!("{flow_line}");
-        let config_feed = match config_meta {
-            Some(meta) => {
-                let identity = args
-                    .identity
-                    .identity(&servers.grpc_addr().to_string())?;
-                println!(
-                    "fincore: config center: flow.rules taken from the meta group as {} (labels {:?}), over --flow-rules while it holds them",
-                    identity.name, identity.labels
-                );
-                Some(crate::config_feed::follow(meta, identity, flow_source, metrics))
-            }
-            None => None,
-        };
+        let config_feed = config_feed.map(|(feed, line)| {
+            println!("{line}");
+            feed
+        });
         std::io::stdout().flush().ok();
         stop.await;
         println!("fincore: stopping (finishing requests in progress)");

@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// not served; every other flag means what it means for a ledger replica.
     #[arg(long)]
     meta: bool,
+    /// A ledger node taking its flow rules from the config center.
+    #[command(flatten)]
+    config_feed: crate::config_feed::NodeFeedArgs,
     #[command(flatten)]
     traces: crate::trace_args::TraceArgs,
 }
@@ -445,9 +448,20 @@ fn run_meta_node(config: NodeConfig, parent_pid: Option<u32>) -> anyhow::Result<
     result
 }
 
+/// Where a node's flow rules come from: its `--flow-rules` file, and the config center it
+/// watches (the meta replicas' addresses, how to reach them, who the node is).
+pub(crate) type FlowSources = (
+    Option<PathBuf>,
+    Option<(
+        Vec<String>,
+        gateway::GroupAccess,
+        crate::config_feed::IdentityArgs,
+    )>,
+);
+
 pub(crate) fn run_node(
     (config, capacity_line): (NodeConfig, String),
-    flow_rules: Option<PathBuf>,
+    (flow_rules, config_meta): FlowSources,
     parent_pid: Option<u32>,
     banner: impl FnOnce(&Node) -> Option<crate::read_model::Running>,
 ) -> anyhow::Result<ExitCode> {
@@ -459,7 +473,8 @@ pub(crate) fn run_node(
     let result = runtime.block_on(async move {
         let stop = stop_or_orphaned(stop_signal()?, parent_pid);
         let auth_line = auth_line(&config.auth);
-        let (flow_line, _) = crate::flow_rules::line_and_reload(&config.flow, flow_rules);
+        let (flow_line, flow_source) =
+            crate::flow_rules::line_and_reload(&config.flow, flow_rules);
         let client_ca_line = config
             .client_tls
             .as_ref()
@@ -473,12 +488,39 @@ pub(crate) fn run_node(
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node on {}", data_dir.display()))?;
+        // With a config center, its rules are taken before the listeners are announced.
+        let config_feed = match config_meta {
+            Some((addrs, access, identity)) => {
+                let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+                let meta = gateway::map_feed::meta_client(&addrs, &access)
+                    .context("--config-meta: dialling the meta group")?;
+                let watcher = crate::config_feed::Watcher {
+                    identity: identity.identity(node.grpc_addr())?,
+                    key: server::config_keys::FLOW_NODE_RULES,
+                    flow: flow_source,
+                    metrics: Arc::clone(node.metrics()),
+                };
+                let patience =
+                    std::time::Duration::from_secs(limits::GATEWAY_META_FIRST_CONFIG_SECONDS_MAX);
+                let revision = crate::config_feed::take_first(&meta, &watcher, patience).await;
+                let line = format!(
+                    "fincore: config center: flow.node.rules taken from the meta group as {} (labels {:?}), over --flow-rules while it holds them",
+                    watcher.identity.name, watcher.identity.labels
+                );
+                Some((crate::config_feed::follow(meta, watcher, revision), line))
+            }
+            None => None,
+        };
         // Machine-readable lines first (tests and scripts wait for them), then the banner.
         announce_client_listeners(node.grpc_addr(), node.http_addr(), node.client_tls());
         announce_peers(node.peer_addr(), node.peer_tls());
         println!("{capacity_line}");
         println!("{auth_line}");
         println!("{flow_line}");
+        let config_feed = config_feed.map(|(feed, line)| {
+            println!("{line}");
+            feed
+        });
         if let Some(line) = client_ca_line {
             println!("{line}");
         }
@@ -487,6 +529,9 @@ pub(crate) fn run_node(
         std::io::stdout().flush().ok();
         stop.await;
         println!("fincore: stopping (finishing requests in progress)");
+        if let Some(config_feed) = config_feed {
+            config_feed.abort();
+        }
         if let Some(read_model) = read_model {
             read_model.stop().await;
         }
@@ -511,6 +556,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let _logs = telemetry::init_logging(&args.traces.options(service))?;
     let (mut config, capacity_line) = config(args.data_dir.clone(), &args.listen);
+    if args.meta && args.config_feed.config_meta.is_some() {
+        anyhow::bail!(
+            "--config-meta: a meta replica serves no client API to limit; give it to the ledger nodes"
+        );
+    }
     if args.meta && args.listen.flow_rules.is_some() {
         anyhow::bail!(
             "--flow-rules: a meta replica serves no client API to limit; give the rules to the ledger nodes and gateways"
@@ -558,9 +608,16 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         return run_meta_node(config, args.parent_pid);
     }
     let flow_rules = args.listen.flow_rules.clone();
-    run_node((config, capacity_line), flow_rules, args.parent_pid, |_| {
-        None
-    })
+    let config_meta = args
+        .config_feed
+        .access()?
+        .map(|(addrs, access)| (addrs, access, args.config_feed.identity.clone()));
+    run_node(
+        (config, capacity_line),
+        (flow_rules, config_meta),
+        args.parent_pid,
+        |_| None,
+    )
 }
 
 /// With `--metrics ADDR`, serves `metrics` there until the listener is dropped, and says where

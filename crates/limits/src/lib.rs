@@ -195,6 +195,10 @@ pub const META_WATCHERS_BELOW_ADMIN_MAX: usize = 768;
 /// broke (the waits double from 50 ms up to this).
 pub const GATEWAY_MAP_WATCH_RETRY_MS_MAX: u64 = 2_000;
 
+/// How long a gateway started with `--meta` waits at start for the config center's values
+/// before it serves on its `--flow-rules` (it takes them once the meta group answers).
+pub const GATEWAY_META_FIRST_CONFIG_SECONDS_MAX: u64 = 10;
+
 /// How long a gateway started with `--meta` waits at start for the meta group to hold a map.
 pub const GATEWAY_META_FIRST_MAP_SECONDS_MAX: u64 = 60;
 
@@ -207,22 +211,40 @@ pub const CONFIG_VALUE_BYTES_MAX: usize = 32 * 1024;
 /// Bytes of one key name, node name or label (name or value) in the config center.
 pub const CONFIG_NAME_BYTES_MAX: usize = 128;
 
-/// Node names (and labels) one gray release may name.
-pub const CONFIG_GRAY_NODES_MAX: usize = 256;
+/// Node names one gray release may name.
+pub const CONFIG_GRAY_NODES_MAX: usize = 128;
+
+/// Labels one gray release may name.
+pub const CONFIG_GRAY_LABELS_MAX: usize = 16;
 
 /// Changes one key's audit history keeps (the oldest are dropped first; a rollback reaches
 /// only versions still in it).
 pub const CONFIG_HISTORY_ENTRIES_MAX: usize = 32;
 
-/// Bytes of old and new values one key's audit history keeps (the newest change is always kept).
-pub const CONFIG_HISTORY_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of old and new values and targets one key's audit history keeps (the newest change
+/// is always kept, whatever its size).
+pub const CONFIG_HISTORY_BYTES_MAX: usize = 32 * 1024;
 
-// The config center fits the meta group's snapshot even with every value at its largest and
-// JSON doubling each byte (values hold no control characters but tab and newlines), leaving
-// half for the cluster map.
+/// Bytes of one gray release's target at its largest (names and labels).
+const CONFIG_TARGET_BYTES_MAX: usize = CONFIG_GRAY_NODES_MAX * CONFIG_NAME_BYTES_MAX
+    + CONFIG_GRAY_LABELS_MAX * 2 * CONFIG_NAME_BYTES_MAX;
+
+/// Bytes one key takes at most, before JSON escaping: its value, a staged release (value and
+/// target), its history (the bound, or one change of two values and a target past it) and,
+/// per history entry, the rest (who, request id, numbers, field names).
+pub const CONFIG_KEY_BYTES_MAX: usize = 2 * CONFIG_VALUE_BYTES_MAX
+    + CONFIG_TARGET_BYTES_MAX
+    + CONFIG_HISTORY_BYTES_MAX
+    + 2 * CONFIG_VALUE_BYTES_MAX
+    + CONFIG_TARGET_BYTES_MAX
+    + CONFIG_HISTORY_ENTRIES_MAX * (2 * CONFIG_NAME_BYTES_MAX + 256);
+
+// The config center fits the meta group's snapshot with every key at its largest and JSON
+// doubling each byte (values, names and labels hold no control characters but tab and
+// newlines, which escape to two bytes), beside the largest cluster map (one log entry).
 const _: () = assert!(
-    2 * CONFIG_KEYS_MAX * (CONFIG_HISTORY_BYTES_MAX + 2 * CONFIG_VALUE_BYTES_MAX)
-        <= SMALL_STATE_SNAPSHOT_BYTES_MAX as usize / 2
+    2 * CONFIG_KEYS_MAX * CONFIG_KEY_BYTES_MAX + BATCH_BYTES_MAX
+        <= SMALL_STATE_SNAPSHOT_BYTES_MAX as usize
 );
 
 /// Largest request the meta group's gRPC service decodes: a `SetMap` whose map fills one log

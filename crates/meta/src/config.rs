@@ -56,6 +56,13 @@ impl ConfigCommand {
         if let Some(why) = name_invalid(self.key()) {
             return Err(ConfigRefusal::BadKey(why));
         }
+        let by = self.by();
+        if by.len() > limits::CONFIG_NAME_BYTES_MAX || by.chars().any(char::is_control) {
+            return Err(ConfigRefusal::BadValue(format!(
+                "by: {by:?} is not a key name of at most {} bytes without control characters",
+                limits::CONFIG_NAME_BYTES_MAX
+            )));
+        }
         match self {
             ConfigCommand::Set { value, .. } => check_value(value),
             ConfigCommand::Gray { value, target, .. } => {
@@ -65,6 +72,17 @@ impl ConfigCommand {
                     .map_or(Ok(()), |why| Err(ConfigRefusal::BadTarget(why)))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Who asked for the command.
+    pub fn by(&self) -> &str {
+        match self {
+            ConfigCommand::Set { by, .. }
+            | ConfigCommand::Rollback { by, .. }
+            | ConfigCommand::Gray { by, .. }
+            | ConfigCommand::Promote { by, .. }
+            | ConfigCommand::Abandon { by, .. } => by,
         }
     }
 
@@ -96,6 +114,16 @@ pub struct GrayTarget {
 }
 
 impl GrayTarget {
+    /// The bytes of its names and labels.
+    pub fn bytes(&self) -> usize {
+        self.nodes.iter().map(String::len).sum::<usize>()
+            + self
+                .labels
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+
     /// Why this target cannot be used, naming the field; `None` if it can.
     pub fn invalid(&self) -> Option<String> {
         if self.nodes.is_empty() && self.labels.is_empty() && self.percent == 0 {
@@ -116,11 +144,11 @@ impl GrayTarget {
                 limits::CONFIG_GRAY_NODES_MAX
             ));
         }
-        if self.labels.len() > limits::CONFIG_GRAY_NODES_MAX {
+        if self.labels.len() > limits::CONFIG_GRAY_LABELS_MAX {
             return Some(format!(
-                "target.labels: {} labels, more than {} (CONFIG_GRAY_NODES_MAX)",
+                "target.labels: {} labels, more than {} (CONFIG_GRAY_LABELS_MAX)",
                 self.labels.len(),
-                limits::CONFIG_GRAY_NODES_MAX
+                limits::CONFIG_GRAY_LABELS_MAX
             ));
         }
         let names = self
@@ -165,7 +193,7 @@ pub fn percent_bucket(key: &str, node: &str) -> u32 {
 }
 
 /// Why `name` cannot be a key, a node name or a label: `None` if it can (1 to 128 of
-/// `a-z A-Z 0-9 . _ - : /`).
+/// `a-z A-Z 0-9 . _ - : / [ ]`: an IPv6 address and port is a name).
 pub fn name_invalid(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > limits::CONFIG_NAME_BYTES_MAX {
         return Some(format!(
@@ -174,10 +202,10 @@ pub fn name_invalid(name: &str) -> Option<String> {
         ));
     }
     name.bytes()
-        .find(|byte| !(byte.is_ascii_alphanumeric() || b"._-:/".contains(byte)))
+        .find(|byte| !(byte.is_ascii_alphanumeric() || b"._-:/[]".contains(byte)))
         .map(|byte| {
             format!(
-                "{name:?} holds {:?}: use only letters, digits and . _ - : /",
+                "{name:?} holds {:?}: use only letters, digits and . _ - : / [ ]",
                 char::from(byte)
             )
         })
@@ -215,11 +243,18 @@ pub struct Change {
     pub new: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<GrayTarget>,
+    /// The id the proposer gave the request (a retry of it is answered with this change
+    /// instead of being applied again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl Change {
+    /// The bytes the history's bound counts: the values and the target.
     fn bytes(&self) -> usize {
-        self.old.as_ref().map_or(0, String::len) + self.new.as_ref().map_or(0, String::len)
+        self.old.as_ref().map_or(0, String::len)
+            + self.new.as_ref().map_or(0, String::len)
+            + self.target.as_ref().map_or(0, GrayTarget::bytes)
     }
 }
 
@@ -534,9 +569,25 @@ impl ConfigStore {
         })
     }
 
-    /// Checks and applies `command`; a refused command changes nothing.
-    pub fn apply(&mut self, command: ConfigCommand) -> ConfigChange {
-        match self.try_apply(command) {
+    /// Checks and applies `command`, made for the proposer's request `request` (if it names
+    /// one: a request the key's history already holds is answered with the change it made, and
+    /// nothing more is applied); a refused command changes nothing.
+    pub fn apply(&mut self, command: ConfigCommand, request: Option<&str>) -> ConfigChange {
+        if let Some(request) = request
+            && request.len() <= limits::CONFIG_NAME_BYTES_MAX
+            && let Some(made) = self.keys.get(command.key()).and_then(|entry| {
+                entry
+                    .history
+                    .iter()
+                    .find(|change| change.request.as_deref() == Some(request))
+            })
+        {
+            return ConfigChange::Applied {
+                revision: made.revision,
+                version: made.version,
+            };
+        }
+        match self.try_apply(command, request) {
             Ok(version) => ConfigChange::Applied {
                 revision: self.revision,
                 version,
@@ -545,8 +596,21 @@ impl ConfigStore {
         }
     }
 
-    fn try_apply(&mut self, command: ConfigCommand) -> Result<u64, ConfigRefusal> {
+    fn try_apply(
+        &mut self,
+        command: ConfigCommand,
+        request: Option<&str>,
+    ) -> Result<u64, ConfigRefusal> {
         command.check()?;
+        if request.is_some_and(|request| {
+            request.len() > limits::CONFIG_NAME_BYTES_MAX || request.chars().any(char::is_control)
+        }) {
+            return Err(ConfigRefusal::BadValue(format!(
+                "request_id: at most {} bytes without control characters",
+                limits::CONFIG_NAME_BYTES_MAX
+            )));
+        }
+        let request = request.map(str::to_owned);
         let revision = self.revision + 1;
         match command {
             ConfigCommand::Set {
@@ -593,6 +657,7 @@ impl ConfigStore {
                     old,
                     new: Some(value),
                     target: None,
+                    request: request.clone(),
                 });
                 self.revision = revision;
                 Ok(entry.version)
@@ -627,6 +692,7 @@ impl ConfigStore {
                     old: Some(old),
                     new: Some(value),
                     target: None,
+                    request: request.clone(),
                 });
                 self.revision = revision;
                 Ok(entry.version)
@@ -655,6 +721,7 @@ impl ConfigStore {
                     old: replaced,
                     new: Some(value),
                     target: Some(target),
+                    request: request.clone(),
                 });
                 self.revision = revision;
                 Ok(entry.version)
@@ -675,6 +742,7 @@ impl ConfigStore {
                     old: Some(old),
                     new: Some(gray.value),
                     target: Some(gray.target),
+                    request: request.clone(),
                 });
                 self.revision = revision;
                 Ok(entry.version)
@@ -692,6 +760,7 @@ impl ConfigStore {
                     old: Some(gray.value),
                     new: None,
                     target: Some(gray.target),
+                    request: request.clone(),
                 });
                 self.revision = revision;
                 Ok(entry.version)
@@ -748,18 +817,18 @@ mod tests {
     fn sets_bump_the_version_and_the_revision_and_are_audited() {
         let mut store = ConfigStore::default();
         assert_eq!(
-            applied(store.apply(set("flow.rules", "a", Some(0)))),
+            applied(store.apply(set("flow.rules", "a", Some(0)), None)),
             (1, 1)
         );
-        assert_eq!(applied(store.apply(set("other", "x", None))), (2, 1));
+        assert_eq!(applied(store.apply(set("other", "x", None), None)), (2, 1));
         assert_eq!(
-            applied(store.apply(set("flow.rules", "b", Some(1)))),
+            applied(store.apply(set("flow.rules", "b", Some(1)), None)),
             (3, 2)
         );
         // The loser of a race is told the version in use; nothing changes.
         let before = store.clone();
         assert_eq!(
-            refused(store.apply(set("flow.rules", "c", Some(1)))),
+            refused(store.apply(set("flow.rules", "c", Some(1)), None)),
             ConfigRefusal::VersionMismatch {
                 expected: 1,
                 current: 2
@@ -781,7 +850,7 @@ mod tests {
     fn a_rollback_restores_an_old_value_as_a_new_version() {
         let mut store = ConfigStore::default();
         for value in ["v1", "v2", "v3"] {
-            applied(store.apply(set("k", value, None)));
+            applied(store.apply(set("k", value, None), None));
         }
         let rollback = |version| ConfigCommand::Rollback {
             key: "k".into(),
@@ -789,7 +858,7 @@ mod tests {
             by: "operator".into(),
             at_ms: 2_000,
         };
-        assert_eq!(applied(store.apply(rollback(1))), (4, 4));
+        assert_eq!(applied(store.apply(rollback(1), None)), (4, 4));
         let entry = store.get("k").unwrap();
         assert_eq!(entry.value, "v1");
         let last = entry.history.back().unwrap();
@@ -798,7 +867,7 @@ mod tests {
             (Action::Rollback, Some(1), Some("v3"))
         );
         assert_eq!(
-            refused(store.apply(rollback(9))),
+            refused(store.apply(rollback(9), None)),
             ConfigRefusal::VersionGone {
                 version: 9,
                 current: 4
@@ -810,13 +879,16 @@ mod tests {
             by: "operator".into(),
             at_ms: 0,
         };
-        assert_eq!(refused(store.apply(missing)), ConfigRefusal::NoSuchKey);
+        assert_eq!(
+            refused(store.apply(missing, None)),
+            ConfigRefusal::NoSuchKey
+        );
     }
 
     #[test]
     fn a_gray_release_reaches_only_its_target_until_promoted_or_abandoned() {
         let mut store = ConfigStore::default();
-        applied(store.apply(set("k", "old", None)));
+        applied(store.apply(set("k", "old", None), None));
         let gray = ConfigCommand::Gray {
             key: "k".into(),
             value: "new".into(),
@@ -828,7 +900,7 @@ mod tests {
             by: "operator".into(),
             at_ms: 3_000,
         };
-        assert_eq!(applied(store.apply(gray.clone())), (2, 1));
+        assert_eq!(applied(store.apply(gray.clone(), None)), (2, 1));
         let none = BTreeMap::new();
         let zone_a = BTreeMap::from([("zone".to_string(), "a".to_string())]);
         let zone_b = BTreeMap::from([("zone".to_string(), "b".to_string())]);
@@ -839,7 +911,7 @@ mod tests {
         assert_eq!(entry.value_for("k", "gw-3", &none), "old");
         // No plain set or rollback while it is staged.
         assert_eq!(
-            refused(store.apply(set("k", "other", None))),
+            refused(store.apply(set("k", "other", None), None)),
             ConfigRefusal::GrayPending
         );
         let abandon = ConfigCommand::Abandon {
@@ -847,16 +919,16 @@ mod tests {
             by: "operator".into(),
             at_ms: 4_000,
         };
-        applied(store.apply(abandon.clone()));
+        applied(store.apply(abandon.clone(), None));
         assert_eq!(store.get("k").unwrap().value_for("k", "gw-1", &none), "old");
-        assert_eq!(refused(store.apply(abandon)), ConfigRefusal::NoGray);
-        applied(store.apply(gray));
+        assert_eq!(refused(store.apply(abandon, None)), ConfigRefusal::NoGray);
+        applied(store.apply(gray, None));
         let promote = ConfigCommand::Promote {
             key: "k".into(),
             by: "operator".into(),
             at_ms: 5_000,
         };
-        assert_eq!(applied(store.apply(promote)), (5, 2));
+        assert_eq!(applied(store.apply(promote, None)), (5, 2));
         let entry = store.get("k").unwrap();
         assert_eq!((entry.value.as_str(), entry.gray.as_ref()), ("new", None));
         assert_eq!(entry.value_for("k", "gw-3", &none), "new");
@@ -914,14 +986,14 @@ mod tests {
         let mut store = ConfigStore::default();
         for key in ["", "has space", "ünïcode", &"k".repeat(129)] {
             assert!(matches!(
-                refused(store.apply(set(key, "v", None))),
+                refused(store.apply(set(key, "v", None), None)),
                 ConfigRefusal::BadKey(_)
             ));
         }
         let big = "x".repeat(limits::CONFIG_VALUE_BYTES_MAX + 1);
-        let refusal = refused(store.apply(set("k", &big, None)));
+        let refusal = refused(store.apply(set("k", &big, None), None));
         assert!(refusal.to_string().starts_with("value:"), "{refusal}");
-        applied(store.apply(set("k", "v", None)));
+        applied(store.apply(set("k", "v", None), None));
         for (target, field) in [
             (GrayTarget::default(), "target:"),
             (
@@ -946,7 +1018,7 @@ mod tests {
                 by: "operator".into(),
                 at_ms: 0,
             };
-            let refusal = refused(store.apply(gray));
+            let refusal = refused(store.apply(gray, None));
             assert!(refusal.to_string().starts_with(field), "{refusal}");
         }
         assert_eq!(store.revision(), 1);
@@ -956,27 +1028,132 @@ mod tests {
     fn keys_and_history_stay_within_their_bounds() {
         let mut store = ConfigStore::default();
         for i in 0..limits::CONFIG_KEYS_MAX {
-            applied(store.apply(set(&format!("key-{i}"), "v", None)));
+            applied(store.apply(set(&format!("key-{i}"), "v", None), None));
         }
         assert_eq!(
-            refused(store.apply(set("one-more", "v", None))),
+            refused(store.apply(set("one-more", "v", None), None)),
             ConfigRefusal::TooManyKeys
         );
         // An existing key still changes.
-        applied(store.apply(set("key-0", "w", None)));
+        applied(store.apply(set("key-0", "w", None), None));
         for i in 0..limits::CONFIG_HISTORY_ENTRIES_MAX * 2 {
-            applied(store.apply(set("key-1", &i.to_string(), None)));
+            applied(store.apply(set("key-1", &i.to_string(), None), None));
         }
         let entry = store.get("key-1").unwrap();
         assert_eq!(entry.history.len(), limits::CONFIG_HISTORY_ENTRIES_MAX);
         // Big values: the history keeps within its bytes (and always the newest change).
         let big = "x".repeat(limits::CONFIG_VALUE_BYTES_MAX);
         for _ in 0..8 {
-            applied(store.apply(set("key-2", &big, None)));
+            applied(store.apply(set("key-2", &big, None), None));
         }
         let entry = store.get("key-2").unwrap();
         let bytes: usize = entry.history.iter().map(Change::bytes).sum();
-        assert!(bytes <= limits::CONFIG_HISTORY_BYTES_MAX, "{bytes}");
-        assert_eq!(entry.history.back().unwrap().version, 9);
+        let newest = entry.history.back().unwrap();
+        assert!(
+            bytes <= limits::CONFIG_HISTORY_BYTES_MAX.max(newest.bytes()),
+            "{bytes}"
+        );
+        assert_eq!(newest.version, 9);
+        // A change bigger than the bound alone: only it is kept.
+        assert_eq!(entry.history.len(), 1);
+    }
+
+    #[test]
+    fn the_store_at_its_largest_fits_a_snapshot_beside_the_largest_map() {
+        let mut store = ConfigStore::default();
+        let name = |i: usize, c: char| format!("{i}-{}", c.to_string().repeat(120));
+        // Values of quotes: every byte doubles in JSON.
+        let big = "\"".repeat(limits::CONFIG_VALUE_BYTES_MAX);
+        let target = GrayTarget {
+            nodes: (0..limits::CONFIG_GRAY_NODES_MAX)
+                .map(|i| name(i, 'n'))
+                .collect(),
+            labels: (0..limits::CONFIG_GRAY_LABELS_MAX)
+                .map(|i| (name(i, 'l'), name(i, 'v')))
+                .collect(),
+            percent: 1,
+        };
+        assert!(target.invalid().is_none());
+        let by = "b".repeat(limits::CONFIG_NAME_BYTES_MAX);
+        for k in 0..limits::CONFIG_KEYS_MAX {
+            let key = name(k, 'k');
+            let mut request = 0;
+            let mut apply = |store: &mut ConfigStore, command| {
+                request += 1;
+                let id = format!("{request:0128}");
+                assert!(matches!(
+                    store.apply(command, Some(&id)),
+                    ConfigChange::Applied { .. }
+                ));
+            };
+            for _ in 0..limits::CONFIG_HISTORY_ENTRIES_MAX {
+                let set = ConfigCommand::Set {
+                    key: key.clone(),
+                    value: "\"".repeat(200),
+                    expected_version: None,
+                    by: by.clone(),
+                    at_ms: u64::MAX,
+                };
+                apply(&mut store, set);
+            }
+            let set = ConfigCommand::Set {
+                key: key.clone(),
+                value: big.clone(),
+                expected_version: None,
+                by: by.clone(),
+                at_ms: u64::MAX,
+            };
+            apply(&mut store, set);
+            for _ in 0..2 {
+                let gray = ConfigCommand::Gray {
+                    key: key.clone(),
+                    value: big.clone(),
+                    target: target.clone(),
+                    by: by.clone(),
+                    at_ms: u64::MAX,
+                };
+                apply(&mut store, gray);
+            }
+        }
+        let bytes = serde_json::to_vec(&store).unwrap().len();
+        let room = limits::SMALL_STATE_SNAPSHOT_BYTES_MAX as usize - limits::BATCH_BYTES_MAX;
+        assert!(bytes <= room, "{bytes} > {room}");
+        eprintln!("the config center at its largest: {} MiB", bytes >> 20);
+    }
+
+    #[test]
+    fn a_retried_request_is_answered_as_made_and_not_applied_twice() {
+        let mut store = ConfigStore::default();
+        let promote = ConfigCommand::Promote {
+            key: "k".into(),
+            by: "operator".into(),
+            at_ms: 0,
+        };
+        applied(store.apply(set("k", "v1", None), Some("req-1")));
+        let gray = ConfigCommand::Gray {
+            key: "k".into(),
+            value: "v2".into(),
+            target: GrayTarget {
+                percent: 5,
+                ..GrayTarget::default()
+            },
+            by: "operator".into(),
+            at_ms: 0,
+        };
+        applied(store.apply(gray, Some("req-2")));
+        assert_eq!(applied(store.apply(promote.clone(), Some("req-3"))), (3, 2));
+        // The promote's retry: answered as made (not refused for the missing release).
+        assert_eq!(applied(store.apply(promote, Some("req-3"))), (3, 2));
+        // A set's retry adds no version.
+        assert_eq!(
+            applied(store.apply(set("k", "v1", None), Some("req-1"))),
+            (1, 1)
+        );
+        assert_eq!(store.get("k").unwrap().version, 2);
+        assert_eq!(store.revision(), 3);
+        // A request id too long is refused, naming it.
+        let long = "r".repeat(limits::CONFIG_NAME_BYTES_MAX + 1);
+        let refusal = refused(store.apply(set("k", "v3", None), Some(&long)));
+        assert!(refusal.to_string().starts_with("request_id:"), "{refusal}");
     }
 }

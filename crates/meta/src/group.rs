@@ -118,11 +118,16 @@ impl MetaGroup {
 
     /// Makes a change to the config center (leader only): answers the revision it made and the
     /// key's version after it. Checked before it is written (a bad key, value or target is
-    /// refused naming the field, and nothing is written) and again when applied. A
-    /// [`WriteError::Unknown`] outcome is settled by reading the key's history.
-    pub async fn change_config(&self, change: ConfigCommand) -> Result<(u64, u64), MetaError> {
+    /// refused naming the field, and nothing is written) and again when applied. `request`
+    /// names the caller's request: sent again after an unknown outcome, a change already made
+    /// is answered as it was made, not made twice.
+    pub async fn change_config(
+        &self,
+        change: ConfigCommand,
+        request: Option<String>,
+    ) -> Result<(u64, u64), MetaError> {
         change.check().map_err(MetaError::Config)?;
-        let command = MetaCommand::Config { change };
+        let command = MetaCommand::Config { change, request };
         let entry = command.encode();
         if entry.len() > limits::BATCH_BYTES_MAX {
             return Err(MetaError::TooLarge {
@@ -130,7 +135,7 @@ impl MetaGroup {
                 max: limits::BATCH_BYTES_MAX,
             });
         }
-        let MetaCommand::Config { change } = command else {
+        let MetaCommand::Config { change, .. } = command else {
             unreachable!("made above");
         };
         let outcome = self.replica.write_entry(SealedBatch(entry.into())).await?;

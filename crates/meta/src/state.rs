@@ -33,8 +33,13 @@ pub enum MetaCommand {
         expected_epoch: u64,
         map: ClusterMap,
     },
-    /// Changes the config center (see [`ConfigCommand`]).
-    Config { change: ConfigCommand },
+    /// Changes the config center (see [`ConfigCommand`]), for the proposer's request
+    /// `request` (a retry of a request already applied is answered, not applied again).
+    Config {
+        change: ConfigCommand,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
 }
 
 impl MetaCommand {
@@ -175,8 +180,8 @@ impl SmallState for MetaState {
             }) => self
                 .change_map(expected_epoch, map)
                 .to_outcome(self.epoch()),
-            Ok(MetaCommand::Config { change }) => {
-                let change = self.config.apply(change);
+            Ok(MetaCommand::Config { change, request }) => {
+                let change = self.config.apply(change, request.as_deref());
                 change.to_outcome(self.config.revision())
             }
             // Read by a map proposer as a malformed map change, by a config proposer as a

@@ -198,6 +198,9 @@ struct SetBody {
     value: String,
     #[serde(default)]
     expected_version: Option<u64>,
+    /// The caller's id for the request: sent again, a change already made is not made twice.
+    #[serde(default)]
+    request_id: String,
 }
 
 async fn set_key(
@@ -214,6 +217,7 @@ async fn set_key(
         key,
         value: body.value,
         expected_version: body.expected_version,
+        request_id: body.request_id,
     };
     changed(meta.service.set_config(request(message, caller)).await)
 }
@@ -223,6 +227,8 @@ async fn set_key(
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
     version: u64,
+    #[serde(default)]
+    request_id: String,
 }
 
 async fn rollback(
@@ -238,6 +244,7 @@ async fn rollback(
     let message = proto::RollbackConfigRequest {
         key,
         version: body.version,
+        request_id: body.request_id,
     };
     changed(meta.service.rollback_config(request(message, caller)).await)
 }
@@ -248,6 +255,8 @@ async fn rollback(
 struct GrayBody {
     value: String,
     target: TargetBody,
+    #[serde(default)]
+    request_id: String,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +288,7 @@ async fn gray(
             labels: body.target.labels.into_iter().collect(),
             percent: body.target.percent,
         }),
+        request_id: body.request_id,
     };
     changed(meta.service.gray_config(request(message, caller)).await)
 }
@@ -288,7 +298,10 @@ async fn promote(
     Path(key): Path<String>,
     caller: Option<Extension<Caller>>,
 ) -> Response {
-    let message = proto::PromoteConfigRequest { key };
+    let message = proto::PromoteConfigRequest {
+        key,
+        ..Default::default()
+    };
     changed(meta.service.promote_config(request(message, caller)).await)
 }
 
@@ -297,7 +310,10 @@ async fn abandon(
     Path(key): Path<String>,
     caller: Option<Extension<Caller>>,
 ) -> Response {
-    let message = proto::AbandonConfigRequest { key };
+    let message = proto::AbandonConfigRequest {
+        key,
+        ..Default::default()
+    };
     changed(meta.service.abandon_config(request(message, caller)).await)
 }
 

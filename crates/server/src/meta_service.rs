@@ -82,10 +82,20 @@ fn refusal(error: MetaError) -> (Status, ErrorKind) {
 /// Who asked for a change, as the audit history keeps it: the API key's name (`anonymous`
 /// on a replica serving without keys).
 fn changed_by<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Caller>()
-        .map_or_else(|| "anonymous".to_owned(), |caller| caller.key.clone())
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        return "anonymous".to_owned();
+    };
+    // Within what the history keeps of a name (`CONFIG_NAME_BYTES_MAX`), control characters
+    // shown as `?`.
+    let mut by = String::new();
+    for c in caller.key.chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if by.len() + c.len_utf8() > limits::CONFIG_NAME_BYTES_MAX {
+            break;
+        }
+        by.push(c);
+    }
+    by
 }
 
 /// Now, as the audit history stamps it (Unix milliseconds).
@@ -297,15 +307,18 @@ impl MetaService {
         Ok((permit, key_watch))
     }
 
-    /// Makes a config change, answering the revision and the key's version.
+    /// Makes a config change for the caller's request `request_id` (empty: none), answering
+    /// the revision and the key's version.
     async fn change_config(
         &self,
         operation: &'static str,
         started: Instant,
         change: Result<ConfigCommand, MetaError>,
+        request_id: String,
     ) -> Result<Response<proto::ConfigChanged>, Status> {
+        let request = (!request_id.is_empty()).then_some(request_id);
         let outcome = match change {
-            Ok(change) => self.group.change_config(change).await,
+            Ok(change) => self.group.change_config(change, request).await,
             Err(error) => Err(error),
         };
         self.observed(
@@ -497,7 +510,8 @@ impl Meta for MetaService {
             by,
             at_ms: now_ms(),
         });
-        self.change_config("set_config", started, change).await
+        self.change_config("set_config", started, change, request.request_id)
+            .await
     }
 
     async fn rollback_config(
@@ -513,7 +527,7 @@ impl Meta for MetaService {
             by,
             at_ms: now_ms(),
         };
-        self.change_config("rollback_config", started, Ok(change))
+        self.change_config("rollback_config", started, Ok(change), request.request_id)
             .await
     }
 
@@ -524,6 +538,7 @@ impl Meta for MetaService {
         let started = Instant::now();
         let by = changed_by(&request);
         let request = request.into_inner();
+        let request_id = request.request_id;
         let change = check_value(&request.key, &request.value).and_then(|()| {
             Ok(ConfigCommand::Gray {
                 target: target_from(request.target)?,
@@ -533,7 +548,8 @@ impl Meta for MetaService {
                 at_ms: now_ms(),
             })
         });
-        self.change_config("gray_config", started, change).await
+        self.change_config("gray_config", started, change, request_id)
+            .await
     }
 
     async fn promote_config(
@@ -542,12 +558,13 @@ impl Meta for MetaService {
     ) -> Result<Response<proto::ConfigChanged>, Status> {
         let started = Instant::now();
         let by = changed_by(&request);
+        let request = request.into_inner();
         let change = ConfigCommand::Promote {
-            key: request.into_inner().key,
+            key: request.key,
             by,
             at_ms: now_ms(),
         };
-        self.change_config("promote_config", started, Ok(change))
+        self.change_config("promote_config", started, Ok(change), request.request_id)
             .await
     }
 
@@ -557,12 +574,13 @@ impl Meta for MetaService {
     ) -> Result<Response<proto::ConfigChanged>, Status> {
         let started = Instant::now();
         let by = changed_by(&request);
+        let request = request.into_inner();
         let change = ConfigCommand::Abandon {
-            key: request.into_inner().key,
+            key: request.key,
             by,
             at_ms: now_ms(),
         };
-        self.change_config("abandon_config", started, Ok(change))
+        self.change_config("abandon_config", started, Ok(change), request.request_id)
             .await
     }
 }
@@ -726,19 +744,23 @@ mod tests {
         let mut watch = client.watch_config(request).await.unwrap().into_inner();
         assert_eq!(next_config(&mut watch).await, meta::ConfigView::default());
         // Wait (bounded) for the one replica to lead.
+        let mut led = false;
         for _ in 0..200 {
             let request = with_key(proto::GetConfigRequest::default(), &served.read);
             if client.get_config(request).await.is_ok() {
+                led = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        assert!(led, "the replica did not lead within 5 s");
         let set = |value: &str, key: &str| {
             with_key(
                 proto::SetConfigRequest {
                     key: crate::config_keys::FLOW_RULES.into(),
                     value: value.into(),
                     expected_version: None,
+                    request_id: String::new(),
                 },
                 key,
             )
@@ -789,6 +811,7 @@ mod tests {
                     labels: Default::default(),
                     percent: 0,
                 }),
+                request_id: String::new(),
             },
             &served.admin,
         );

@@ -293,6 +293,11 @@ impl Node {
         self.grpc_addr
     }
 
+    /// The node's metrics (what its `/metrics` shows).
+    pub fn metrics(&self) -> &Arc<telemetry::Metrics> {
+        crate::LedgerApi::metrics(&self.pipeline)
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }

@@ -499,9 +499,14 @@ impl Service {
         matches!(self, Service::Gateway | Service::All)
     }
 
-    /// Circuit breakers on groups and the config center's values: a gateway's.
-    fn records_gateway_control(self) -> bool {
+    /// Circuit breakers on groups: a gateway's.
+    fn records_breakers(self) -> bool {
         matches!(self, Service::Gateway | Service::All)
+    }
+
+    /// The config center's values a process takes: a gateway's and a ledger node's.
+    fn records_config(self) -> bool {
+        matches!(self, Service::Gateway | Service::LedgerNode | Service::All)
     }
 }
 
@@ -592,7 +597,7 @@ impl Metrics {
                 latency.clone(),
             );
         }
-        if service.records_gateway_control() {
+        if service.records_breakers() {
             registry.register(
                 "breaker_state",
                 "A gateway's circuit breaker on a group: 0 closed, 1 open (calls refused at once), 2 half-open (probes let through)",
@@ -603,6 +608,8 @@ impl Metrics {
                 "Calls a gateway refused at once because its circuit breaker on the group was open",
                 breaker_refusals.clone(),
             );
+        }
+        if service.records_config() {
             registry.register(
                 "config_revision",
                 "The config center's revision this process has taken (0: it watches none, or none was set)",
@@ -1028,9 +1035,10 @@ mod tests {
             "raft_snapshots_sent",
             "raft_term",
         ];
+        let config = ["config_key_gray", "config_key_version", "config_revision"];
         assert_eq!(
             families(Service::LedgerNode),
-            with(&[&batches[..], &journal[..], &raft[..]].concat())
+            with(&[&batches[..], &journal[..], &raft[..], &config[..]].concat())
         );
         assert_eq!(
             families(Service::MetaReplica),
