@@ -431,3 +431,78 @@ fn a_gateway_applies_its_rules_to_its_callers() {
         assert!(status.metadata().get("retry-after-ms").is_some());
     });
 }
+
+/// A hot account: at most 1 transfer a second (burst 5) may name account 1. Its sixth
+/// transfer at once is refused 429 naming it (nothing applied: the transfer does not exist),
+/// while transfers between other accounts go on; a batch naming it more often than its burst
+/// is refused as invalid; after the wait it was told, it passes.
+#[test]
+fn a_hot_account_gets_its_limit_and_the_other_accounts_are_not_held_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let keys = dir.path().join("keys.json");
+    let token = support::create_named_key(&keys, "writer", "write");
+    let rules = dir.path().join("flow.json");
+    std::fs::write(
+        &rules,
+        r#"{"hot_accounts":{"rate_per_second":1,"burst":5}}"#,
+    )
+    .unwrap();
+    let node = start_with_rules(&data, &keys, &rules);
+    let http = node.http_addr.clone();
+    let call = |path: &str, body: &str| {
+        request_as(
+            Some(&token),
+            &http,
+            "POST",
+            path,
+            Some("application/json"),
+            body,
+        )
+        .unwrap()
+    };
+    let accounts: Vec<String> = (1..=10)
+        .map(|id| format!(r#"{{"id":"{id}","ledger":1,"code":1}}"#))
+        .collect();
+    let created = call("/v1/accounts", &format!("[{}]", accounts.join(",")));
+    assert_eq!(created.status, 200, "{}", created.body);
+    let transfer = |id: u64, debit: u64, credit: u64| {
+        format!(
+            r#"{{"id":"{id}","debit_account_id":"{debit}","credit_account_id":"{credit}","amount":"1","ledger":1,"code":1}}"#
+        )
+    };
+    // Account 1 pays five others: its burst (each other account is named once).
+    for id in 1..=5 {
+        let answer = call("/v1/transfers", &format!("[{}]", transfer(id, 1, id + 1)));
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let refused = call("/v1/transfers", &format!("[{}]", transfer(6, 1, 7)));
+    // (Six calls within a second: no place has come back yet.)
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("account 1"), "{}", refused.body);
+    assert!(refused.head.to_ascii_lowercase().contains("retry-after: 1"));
+    let looked = call("/v1/transfers/lookup", r#"{"ids":["6"]}"#);
+    assert_eq!(looked.json().unwrap()["transfers"], serde_json::json!([]));
+    // Account 1's limit holds nothing else back (8 and 9 are named four times each).
+    for id in 7..=10 {
+        let answer = call("/v1/transfers", &format!("[{}]", transfer(id, 8, 9)));
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // More transfers naming account 1 in one batch than its burst: invalid, never retryable.
+    let six: Vec<String> = (100..106).map(|id| transfer(id, 1, 10)).collect();
+    let invalid = call("/v1/transfers", &format!("[{}]", six.join(",")));
+    assert_eq!(invalid.status, 400, "{}", invalid.body);
+    assert_eq!(invalid.json().unwrap()["field"], "transfers");
+    // After the wait it was told (at most a second), account 1 takes a transfer again.
+    eventually("account 1 to have room again", || {
+        call("/v1/transfers", &format!("[{}]", transfer(6, 1, 7))).status == 200
+    });
+    let metrics = support::get(&http, "/metrics").body;
+    assert!(
+        metrics.contains(
+            r#"fincore_flow_refusals_total{api="create_transfers",reason="hot_account"}"#
+        ),
+        "{metrics}"
+    );
+    node.stop().unwrap();
+}

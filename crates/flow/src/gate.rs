@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::api::{Api, Kind};
+use crate::hot::{HotAccounts, HotRefusal};
 use crate::pool::{Full, Pool, PoolPlace};
 use crate::rate::{Grant, RateLimiter, Verdict};
 use crate::rules::{RateRule, Rules, Scope};
@@ -145,6 +146,7 @@ struct Compiled {
     limits: Vec<CompiledRule>,
     pools: [Arc<Pool>; 3],
     disabled: [bool; Api::ALL.len()],
+    hot: Option<Arc<HotAccounts>>,
 }
 
 impl Compiled {
@@ -189,6 +191,12 @@ impl Compiled {
                 _ => Pool::new(rule),
             }
         });
+        let hot = rules.hot_accounts.map(|rule| match before {
+            Some(before) if before.rules.hot_accounts == Some(rule) => {
+                before.hot.clone().expect("compiled with its rule")
+            }
+            _ => Arc::new(HotAccounts::new(&rule)),
+        });
         let mut disabled = [false; Api::ALL.len()];
         for name in &rules.switches.disabled_apis {
             if let Some(api) = Api::from_name(name) {
@@ -196,6 +204,7 @@ impl Compiled {
             }
         }
         Compiled {
+            hot,
             rules,
             limits,
             pools,
@@ -241,6 +250,25 @@ impl Gate {
         let mut compiled = self.compiled.write().expect("never poisoned");
         let next = Compiled::new(rules, Some(&compiled));
         *compiled = Arc::new(next);
+    }
+
+    /// Admits a batch of transfers naming each account of `counts` that many times (as debit
+    /// or credit) under the hot-account limit in use (none: admitted), or refuses it whole.
+    pub fn admit_accounts(&self, counts: &HashMap<u128, u64>) -> Result<(), HotRefusal> {
+        let Some(hot) = self.current().hot.clone() else {
+            return Ok(());
+        };
+        hot.admit(counts, self.now())
+    }
+
+    /// Whether a hot-account limit is in use (callers then count the accounts a batch names).
+    pub fn limits_accounts(&self) -> bool {
+        self.compiled
+            .read()
+            .expect("never poisoned")
+            .rules
+            .hot_accounts
+            .is_some()
     }
 
     /// The circuit breaker rule in use (`None`: no breakers).

@@ -3,7 +3,8 @@
 //! share, and switches (read-only, APIs turned off), all read from one set of [`Rules`] that
 //! can be replaced while requests run. [`FlowLayer`] puts it in front of any `http` service
 //! (the node's and the gateway's gRPC services and HTTP routes). A [`Breaker`] keeps the
-//! circuit-breaker state of one callee (a gateway's group) under the rules' `breaker`.
+//! circuit-breaker state of one callee (a gateway's group) under the rules' `breaker`;
+//! [`Gate::admit_accounts`] limits the transfers naming any one account (`hot_accounts`).
 //!
 //! Owns the decisions and their state. It must not know how a caller authenticated or what a
 //! request does: the front end says which [`Api`] a request calls and who the caller is, and
@@ -13,6 +14,7 @@
 mod api;
 mod breaker;
 mod gate;
+mod hot;
 mod layer;
 mod pool;
 mod rate;
@@ -21,5 +23,8 @@ mod rules;
 pub use api::{Api, Kind};
 pub use breaker::{Admission, Breaker, BreakerState, CallOutcome, Open};
 pub use gate::{Gate, Permit, Reason, Rejection};
+pub use hot::HotRefusal;
 pub use layer::{Classify, FlowLayer, FlowService};
-pub use rules::{BreakerRule, PoolRule, Pools, RateRule, Rules, RulesError, Switches};
+pub use rules::{
+    BreakerRule, HotAccountRule, PoolRule, Pools, RateRule, Rules, RulesError, Switches,
+};

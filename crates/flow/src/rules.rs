@@ -35,6 +35,23 @@ pub struct Rules {
     /// A gateway's circuit breaker on each group it calls (`breaker.rs`); left out, none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerRule>,
+    /// A limit on the transfers naming any one account (`hot.rs`); left out, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_accounts: Option<HotAccountRule>,
+}
+
+/// At most `rate_per_second` transfers a second, after `burst` at once, may name any one
+/// account (as debit or credit); a batch that would pass it for some account is refused whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotAccountRule {
+    pub rate_per_second: u32,
+    #[serde(default = "hot_burst_default")]
+    pub burst: u32,
+}
+
+fn hot_burst_default() -> u32 {
+    limits::BATCH_EVENTS_MAX as u32
 }
 
 /// When a gateway stops calling a group for a while (opens its breaker), and how it tries
@@ -446,6 +463,20 @@ impl Rules {
         if let Some(breaker) = &self.breaker {
             breaker.check()?;
         }
+        if let Some(hot) = &self.hot_accounts {
+            within(
+                "hot_accounts.rate_per_second".into(),
+                hot.rate_per_second,
+                1,
+                limits::FLOW_RATE_PER_SECOND_MAX,
+            )?;
+            within(
+                "hot_accounts.burst".into(),
+                hot.burst,
+                1,
+                limits::FLOW_BURST_MAX,
+            )?;
+        }
         Ok(())
     }
 
@@ -551,6 +582,10 @@ mod tests {
             ),
             (r#"{"pool":{}}"#, "pool"),
             (r#"{"breaker":{}}"#, "breaker"),
+            (
+                r#"{"hot_accounts":{"rate_per_second":0}}"#,
+                "hot_accounts.rate_per_second",
+            ),
             (
                 r#"{"breaker":{"error_ratio_percent":101}}"#,
                 "breaker.error_ratio_percent",

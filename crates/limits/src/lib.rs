@@ -710,6 +710,10 @@ pub const FLOW_NAME_BYTES_MAX: usize = 128;
 /// Largest rules file read.
 pub const FLOW_RULES_FILE_BYTES_MAX: u64 = 1 << 20;
 
+/// Accounts a hot-account limit tracks at once (those whose time has passed are forgotten first;
+/// past it, new accounts go untracked until room is made).
+pub const FLOW_HOT_ACCOUNTS_TRACKED_MAX: usize = 100_000;
+
 /// Largest call count a circuit breaker rule may name (`min_calls`, `error_count`,
 /// `half_open_probes`).
 pub const FLOW_BREAKER_CALLS_MAX: u32 = 1_000_000;

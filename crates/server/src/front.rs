@@ -96,6 +96,8 @@ fn serve_client_api(
         Behind::Gateway(source) => (None, None, source),
     };
     let console = Console::start(console_source, stopped.clone());
+    // Hot-account limits need a batch's accounts: checked here, behind flow control's layer.
+    let ledger = crate::hot_accounts::HotLimited::wrap(ledger, Arc::clone(flow));
     let service = LedgerServer::new(LedgerService::new(Arc::clone(&ledger)))
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);

@@ -59,6 +59,16 @@ pub const LIMIT_KEY: &str = "fincore-limit";
 pub(crate) fn status(error: PipelineError) -> Status {
     match &error {
         PipelineError::Busy => Status::resource_exhausted(error.to_string()),
+        PipelineError::Limited { retry_after, .. } => {
+            let mut status = Status::resource_exhausted(error.to_string());
+            let millis = u64::try_from(retry_after.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            status
+                .metadata_mut()
+                .insert(crate::flow_front::RETRY_AFTER_MS_KEY, millis.into());
+            status
+        }
         PipelineError::Unavailable(_) => Status::unavailable(error.to_string()),
         PipelineError::Invalid { .. } => Status::invalid_argument(error.to_string()),
         // Not `resource_exhausted`, which clients retry (it means "busy" here): nothing will

@@ -59,6 +59,8 @@ pub struct ApiError {
     /// What the metrics count it as.
     kind: ErrorKind,
     body: Box<ErrorJson>,
+    /// The `Retry-After` of a 429 (whole seconds).
+    retry_after_seconds: Option<u64>,
 }
 
 impl ApiError {
@@ -76,6 +78,7 @@ impl ApiError {
             status,
             kind: ErrorKind::Invalid,
             body: Box::new(body),
+            retry_after_seconds: None,
         }
     }
 
@@ -120,6 +123,12 @@ impl From<PipelineError> for ApiError {
                 answer.body.leader_http = Some(node.http);
                 answer
             }
+            PipelineError::Limited { retry_after, .. } => {
+                let mut answer = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message, None);
+                answer.body.retryable = true;
+                answer.retry_after_seconds = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+                answer
+            }
             PipelineError::Busy
             | PipelineError::Unavailable(_)
             | PipelineError::NotLeader { .. } => {
@@ -142,11 +151,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry = self.body.retryable && self.status == StatusCode::SERVICE_UNAVAILABLE;
         let leader_http = self.body.leader_http.clone();
+        let retry_after_seconds = self.retry_after_seconds;
         let mut response = (self.status, Json(*self.body)).into_response();
         if retry {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if let Some(seconds) = retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         if let Some(leader_http) = leader_http {
             response.extensions_mut().insert(LeaderHttp(leader_http));

@@ -20,6 +20,7 @@ pub mod events;
 pub mod flow_front;
 pub mod front;
 mod grpc;
+pub mod hot_accounts;
 mod http;
 pub mod ledger_api;
 mod meta_http;

@@ -65,6 +65,13 @@ pub enum PipelineError {
         field: &'static str,
         message: String,
     },
+    /// Flow control refused the request after reading it (a hot account over its limit):
+    /// nothing was applied; the same request may be sent again after `retry_after`.
+    #[error("{message}")]
+    Limited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
 }
 
 fn leader_text(leader: &Option<(NodeId, PeerNode)>) -> String {
@@ -78,7 +85,7 @@ impl PipelineError {
     /// What the metrics count it as.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            PipelineError::Busy => ErrorKind::Busy,
+            PipelineError::Busy | PipelineError::Limited { .. } => ErrorKind::Busy,
             PipelineError::Unavailable(_) => ErrorKind::Unavailable,
             PipelineError::Invalid { .. } => ErrorKind::Invalid,
             PipelineError::NotLeader { .. } => ErrorKind::NotLeader,
