@@ -27,13 +27,13 @@ pub enum CallOutcome {
     Uncounted,
 }
 
-/// How a call was let through.
+/// How a call was let through: as a probe of a half-open breaker or not, and in which of the
+/// breaker's generations (each transition starts a new one; a call's outcome counts only in
+/// the generation that let it through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// The breaker is closed.
-    Closed,
-    /// A probe of a half-open breaker.
-    Probe,
+pub struct Admission {
+    pub probe: bool,
+    generation: u64,
 }
 
 /// The breaker's state, as metrics show it.
@@ -81,6 +81,8 @@ struct Bucket {
 #[derive(Debug)]
 struct State {
     phase: Phase,
+    /// Bumped at every transition.
+    generation: u64,
     /// Buckets of the last `window_seconds` (oldest first).
     window: VecDeque<Bucket>,
 }
@@ -99,6 +101,7 @@ impl Breaker {
             started: now,
             state: Mutex::new(State {
                 phase: Phase::Closed,
+                generation: 0,
                 window: VecDeque::new(),
             }),
         }
@@ -110,6 +113,15 @@ impl Breaker {
             Phase::Closed => BreakerState::Closed,
             Phase::Open { until } if now < until => BreakerState::Open,
             Phase::Open { .. } | Phase::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// How long the breaker stays open from `now` (`None`: not open), without letting a call
+    /// through.
+    pub fn open_for(&self, now: Instant) -> Option<Duration> {
+        match self.state.lock().expect("never poisoned").phase {
+            Phase::Open { until } if now < until => Some(until - now),
+            _ => None,
         }
     }
 
@@ -126,12 +138,20 @@ impl Breaker {
                 admitted: 0,
                 answered: 0,
             };
+            state.generation += 1;
         }
+        let generation = state.generation;
         match &mut state.phase {
-            Phase::Closed => Ok(Admission::Closed),
+            Phase::Closed => Ok(Admission {
+                probe: false,
+                generation,
+            }),
             Phase::HalfOpen { admitted, .. } if *admitted < rule.half_open_probes => {
                 *admitted += 1;
-                Ok(Admission::Probe)
+                Ok(Admission {
+                    probe: true,
+                    generation,
+                })
             }
             // The probes are out: the next chance is when one comes back.
             Phase::HalfOpen { .. } => Err(Open {
@@ -152,9 +172,12 @@ impl Breaker {
         now: Instant,
     ) -> Option<BreakerState> {
         let mut state = self.state.lock().expect("never poisoned");
+        if admission.generation != state.generation {
+            return None;
+        }
         let open_until = now + Duration::from_millis(u64::from(rule.open_ms));
-        match (&mut state.phase, admission) {
-            (Phase::Closed, Admission::Closed) => {
+        match (&mut state.phase, admission.probe) {
+            (Phase::Closed, false) => {
                 if outcome == CallOutcome::Uncounted {
                     return None;
                 }
@@ -185,16 +208,18 @@ impl Breaker {
                 bucket.slow += u32::from(outcome == CallOutcome::Slow);
                 if trips(rule, &state.window) {
                     state.phase = Phase::Open { until: open_until };
+                    state.generation += 1;
                     state.window.clear();
                     return Some(BreakerState::Open);
                 }
                 None
             }
-            (Phase::HalfOpen { admitted, answered }, Admission::Probe) => match outcome {
+            (Phase::HalfOpen { admitted, answered }, true) => match outcome {
                 CallOutcome::Answered => {
                     *answered += 1;
                     if *answered >= rule.half_open_probes {
                         state.phase = Phase::Closed;
+                        state.generation += 1;
                         state.window.clear();
                         return Some(BreakerState::Closed);
                     }
@@ -207,6 +232,7 @@ impl Breaker {
                 }
                 CallOutcome::Failed | CallOutcome::Slow => {
                     state.phase = Phase::Open { until: open_until };
+                    state.generation += 1;
                     Some(BreakerState::Open)
                 }
             },
@@ -309,6 +335,7 @@ mod tests {
         let rule = rule();
         let t0 = Instant::now();
         let breaker = Breaker::new(t0);
+        let before_opening = breaker.admit(&rule, t0).unwrap();
         let mut opened = None;
         for _ in 0..4 {
             opened = opened.or(call(&breaker, &rule, CallOutcome::Slow, t0));
@@ -319,13 +346,18 @@ mod tests {
         // Two probes go through; a third waits for them.
         let first = breaker.admit(&rule, after).unwrap();
         let second = breaker.admit(&rule, after).unwrap();
-        assert_eq!((first, second), (Admission::Probe, Admission::Probe));
+        assert!(first.probe && second.probe);
         assert!(breaker.admit(&rule, after).is_err());
         // A call let through before it opened comes back: it does not count.
         assert_eq!(
-            breaker.record(&rule, Admission::Closed, CallOutcome::Answered, after),
+            breaker.record(&rule, before_opening, CallOutcome::Answered, after),
             None
         );
+        assert_eq!(
+            breaker.record(&rule, before_opening, CallOutcome::Uncounted, after),
+            None
+        );
+        assert!(breaker.admit(&rule, after).is_err(), "no extra probe place");
         assert_eq!(
             breaker.record(&rule, first, CallOutcome::Answered, after),
             None
@@ -334,7 +366,7 @@ mod tests {
             breaker.record(&rule, second, CallOutcome::Answered, after),
             Some(BreakerState::Closed)
         );
-        assert_eq!(breaker.admit(&rule, after), Ok(Admission::Closed));
+        assert!(!breaker.admit(&rule, after).unwrap().probe);
     }
 
     #[test]

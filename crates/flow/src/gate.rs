@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::api::{Api, Kind};
-use crate::hot::{HotAccounts, HotRefusal};
+use crate::hot::{AccountCounts, HotAccounts, HotRefusal};
 use crate::pool::{Full, Pool, PoolPlace};
 use crate::rate::{Grant, RateLimiter, Verdict};
 use crate::rules::{RateRule, Rules, Scope};
@@ -254,7 +254,7 @@ impl Gate {
 
     /// Admits a batch of transfers naming each account of `counts` that many times (as debit
     /// or credit) under the hot-account limit in use (none: admitted), or refuses it whole.
-    pub fn admit_accounts(&self, counts: &HashMap<u128, u64>) -> Result<(), HotRefusal> {
+    pub fn admit_accounts(&self, counts: &AccountCounts) -> Result<(), HotRefusal> {
         let Some(hot) = self.current().hot.clone() else {
             return Ok(());
         };

@@ -23,7 +23,7 @@ mod rules;
 pub use api::{Api, Kind};
 pub use breaker::{Admission, Breaker, BreakerState, CallOutcome, Open};
 pub use gate::{Gate, Permit, Reason, Rejection};
-pub use hot::HotRefusal;
+pub use hot::{AccountCounts, HotRefusal};
 pub use layer::{Classify, FlowLayer, FlowService};
 pub use rules::{
     BreakerRule, HotAccountRule, PoolRule, Pools, RateRule, Rules, RulesError, Switches,

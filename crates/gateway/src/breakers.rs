@@ -65,6 +65,23 @@ impl Breakers {
         }
     }
 
+    /// The refusal a call to `group` would get now because its breaker is open, without
+    /// letting one through: checked for every part of a write before any part is sent, so
+    /// that an open breaker on one group refuses the whole write instead of leaving it half
+    /// sent.
+    pub(crate) fn refusal(&self, group: GroupId) -> Option<PipelineError> {
+        self.gate.as_ref().and_then(|gate| gate.breaker())?;
+        let breaker = self
+            .by_group
+            .lock()
+            .expect("never poisoned")
+            .get(&group)
+            .cloned()?;
+        let open_for = breaker.open_for(Instant::now())?;
+        self.metrics.breaker_refused(&group.to_string());
+        Some(open_refusal(group, open_for))
+    }
+
     /// Makes `call` to `group` through its breaker (straight through when no rule is set).
     pub(crate) async fn guard<T>(
         &self,
@@ -79,13 +96,10 @@ impl Breakers {
             Ok(admission) => admission,
             Err(open) => {
                 self.metrics.breaker_refused(&group.to_string());
-                return Err(PipelineError::Unavailable(format!(
-                    "group {group} is not called for now: its circuit breaker is open (it failed or was slow); retry after {} ms",
-                    open.retry_after.as_millis().max(1)
-                )));
+                return Err(open_refusal(group, open.retry_after));
             }
         };
-        if admission == Admission::Probe {
+        if admission.probe {
             self.metrics
                 .breaker_state(&group.to_string(), BreakerState::HalfOpen.gauge());
         }
@@ -114,6 +128,13 @@ impl Breakers {
         });
         result
     }
+}
+
+fn open_refusal(group: GroupId, retry_after: Duration) -> PipelineError {
+    PipelineError::Unavailable(format!(
+        "group {group} is not called for now: its circuit breaker is open (it failed or was slow); retry after {} ms",
+        retry_after.as_millis().max(1)
+    ))
 }
 
 /// A call's outcome, recorded once; a call dropped before it ended (its caller went away)

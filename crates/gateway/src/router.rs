@@ -197,6 +197,13 @@ impl Gateway {
         // Cheap (each part's first events), and needed whenever a part may not start with
         // the caller's first event: several parts, or sagas taken out of the batch.
         answer_leading_mismatches(&mut split, batch_imported, merger)?;
+        if let Some(refusal) = split
+            .parts
+            .iter()
+            .find_map(|part| self.breakers.refusal(part.group))
+        {
+            return Err(refusal);
+        }
         let mut indexes = Vec::with_capacity(split.parts.len());
         let mut calls = Vec::with_capacity(split.parts.len());
         for part in split.parts {

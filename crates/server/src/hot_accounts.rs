@@ -10,7 +10,6 @@
 //!
 //! Owns only that check; every other call goes straight through. Must not change a result.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -38,7 +37,8 @@ impl HotLimited {
         if !self.gate.limits_accounts() {
             return Ok(());
         }
-        let mut counts: HashMap<u128, u64> = HashMap::with_capacity(transfers.len() * 2);
+        let mut counts =
+            flow::AccountCounts::with_capacity_and_hasher(transfers.len() * 2, Default::default());
         for transfer in transfers {
             for account in [transfer.debit_account_id, transfer.credit_account_id] {
                 // Zero (a post or void names its accounts through `pending_id`) is no account.

@@ -104,9 +104,10 @@ struct GroupsReport {
 }
 
 /// The rules of `--vs-flow`'s runs with flow control: every caller and every write API under a
-/// rate limit, writes in a pool with a per-caller share, history queries limited per caller —
-/// what an operator would set — with rates far above what this workload offers, so that every
-/// call is decided and none refused.
+/// rate limit, writes in a pool with a per-caller share, history queries limited per caller,
+/// every account under a hot-account limit, a circuit breaker on each group — what an operator
+/// would set — with rates far above what this workload offers, so that every call and every
+/// account is decided and none refused.
 pub const FLOW_RULES_BENCH: &str = r#"{
   "pools": { "write": { "max_in_flight": 1024, "per_caller_max_in_flight": 512 } },
   "limits": [
@@ -114,7 +115,9 @@ pub const FLOW_RULES_BENCH: &str = r#"{
     { "api": "create_transfers", "rate_per_second": 10000000, "burst": 100000 },
     { "api": "create_accounts", "caller": "*", "rate_per_second": 1000000, "burst": 10000 },
     { "api": "get_account_transfers", "caller": "*", "rate_per_second": 100 }
-  ]
+  ],
+  "hot_accounts": { "rate_per_second": 10000000, "burst": 1000000 },
+  "breaker": { "error_ratio_percent": 50, "slow_ratio_percent": 90, "slow_call_ms": 5000, "min_calls": 100 }
 }"#;
 
 /// `bench --groups GROUPS`: the gateway run, then with `--vs-direct` the direct one; with
@@ -359,6 +362,7 @@ fn run_one(
     };
     Ok((run, placement))
 }
+
 
 /// `--vs-flow ROUNDS`: rounds of a gateway run without rules and one with
 /// [`FLOW_RULES_BENCH`] (their order alternating between rounds, against drift), each on fresh
@@ -691,5 +695,15 @@ fn print_run(g: &GroupRun) {
         println!(
             "  leadership    {changes} term change(s) over all groups during the measured phase"
         );
+    }
+}
+
+#[cfg(test)]
+mod flow_rules_tests {
+    #[test]
+    fn the_bench_rules_are_valid_and_decide_every_kind() {
+        let rules = flow::Rules::from_json(super::FLOW_RULES_BENCH).unwrap();
+        assert!(rules.breaker.is_some() && rules.hot_accounts.is_some());
+        assert_eq!(rules.limits.len(), 4);
     }
 }
