@@ -363,7 +363,6 @@ fn run_one(
     Ok((run, placement))
 }
 
-
 /// `--vs-flow ROUNDS`: rounds of a gateway run without rules and one with
 /// [`FLOW_RULES_BENCH`] (their order alternating between rounds, against drift), each on fresh
 /// groups; the medians and the median of the rounds' paired ratios.
