@@ -149,10 +149,7 @@ impl MetaGroup {
     /// the one it holds now.
     pub fn watch_config(&self) -> ConfigWatch {
         ConfigWatch {
-            machine: self.replica.machine().clone(),
-            applied: self.replica.machine().watch_applied(),
-            stopped: self.replica.machine().watch_stopped(),
-            raft_stopped: Some(self.replica.stopped_running()),
+            state: StateWatch::new(&self.replica),
             seen_revision: None,
         }
     }
@@ -165,10 +162,7 @@ impl MetaGroup {
     /// Tells of each new map this replica applies, starting with the one it holds now.
     pub fn watch(&self) -> MapWatch {
         MapWatch {
-            machine: self.replica.machine().clone(),
-            applied: self.replica.machine().watch_applied(),
-            stopped: self.replica.machine().watch_stopped(),
-            raft_stopped: Some(self.replica.stopped_running()),
+            state: StateWatch::new(&self.replica),
             seen_epoch: None,
         }
     }
@@ -184,36 +178,36 @@ impl MetaGroup {
     }
 }
 
-/// New maps as a replica applies them: each epoch once, in order; an epoch superseded before
-/// the watcher looked is skipped (a watcher wants the map in use, not every step).
-pub struct MapWatch {
+/// What the meta group's watches share: the replica's applied state, and when to stop looking.
+struct StateWatch {
     machine: SmallStateMachine<MetaState>,
     applied: tokio::sync::watch::Receiver<u64>,
     stopped: tokio::sync::watch::Receiver<bool>,
     /// Resolves when Raft stops running here (`None` once it has): a replica that failed
-    /// applies no newer map, so its watchers must go elsewhere.
+    /// applies nothing newer, so its watchers must go elsewhere.
     raft_stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    seen_epoch: Option<u64>,
 }
 
-impl MapWatch {
-    /// The next map newer than the last one this watch gave (the first call: the map held
-    /// now, if any); `None` once the replica has stopped or its Raft has failed.
-    pub async fn next(&mut self) -> Option<ClusterMap> {
+impl StateWatch {
+    fn new(replica: &MetaReplica) -> StateWatch {
+        StateWatch {
+            machine: replica.machine().clone(),
+            applied: replica.machine().watch_applied(),
+            stopped: replica.machine().watch_stopped(),
+            raft_stopped: Some(replica.stopped_running()),
+        }
+    }
+
+    /// What `newer` finds in the state applied here, waiting for each newly applied entry
+    /// until it finds something; `None` once the replica has stopped or its Raft has failed.
+    /// `newer` must copy only what is new: it runs under the state's lock.
+    async fn next<T>(&mut self, newer: impl Fn(&MetaState) -> Option<T>) -> Option<T> {
         loop {
             if *self.stopped.borrow() {
                 return None;
             }
-            // The epoch is compared before the map is copied: a watcher copies only a new map.
-            let seen = self.seen_epoch;
-            let map = self.machine.read(|state| {
-                let map = state.map()?;
-                seen.is_none_or(|seen| map.epoch() > seen)
-                    .then(|| map.clone())
-            });
-            if let Some(map) = map {
-                self.seen_epoch = Some(map.epoch());
-                return Some(map);
+            if let Some(found) = self.machine.read(&newer) {
+                return Some(found);
             }
             let raft_stopped = self.raft_stopped.as_mut()?;
             let failed = tokio::select! {
@@ -232,13 +226,36 @@ impl MapWatch {
     }
 }
 
+/// New maps as a replica applies them: each epoch once, in order; an epoch superseded before
+/// the watcher looked is skipped (a watcher wants the map in use, not every step).
+pub struct MapWatch {
+    state: StateWatch,
+    seen_epoch: Option<u64>,
+}
+
+impl MapWatch {
+    /// The next map newer than the last one this watch gave (the first call: the map held
+    /// now, if any); `None` once the replica has stopped or its Raft has failed.
+    pub async fn next(&mut self) -> Option<ClusterMap> {
+        let seen = self.seen_epoch;
+        // The epoch is compared before the map is copied: a watcher copies only a new map.
+        let map = self
+            .state
+            .next(|state| {
+                let map = state.map()?;
+                seen.is_none_or(|seen| map.epoch() > seen)
+                    .then(|| map.clone())
+            })
+            .await?;
+        self.seen_epoch = Some(map.epoch());
+        Some(map)
+    }
+}
+
 /// New revisions of the config center as a replica applies them, in order; a revision
 /// superseded before the watcher looked is skipped (the watcher gets the newest whole).
 pub struct ConfigWatch {
-    machine: SmallStateMachine<MetaState>,
-    applied: tokio::sync::watch::Receiver<u64>,
-    stopped: tokio::sync::watch::Receiver<bool>,
-    raft_stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    state: StateWatch,
     seen_revision: Option<u64>,
 }
 
@@ -247,33 +264,16 @@ impl ConfigWatch {
     /// call: as held now, revision 0 if nothing was ever set); `None` once the replica has
     /// stopped or its Raft has failed.
     pub async fn next(&mut self) -> Option<ConfigStore> {
-        loop {
-            if *self.stopped.borrow() {
-                return None;
-            }
-            let seen = self.seen_revision;
-            let config = self.machine.read(|state| {
+        let seen = self.seen_revision;
+        let config = self
+            .state
+            .next(|state| {
                 let config = state.config();
                 seen.is_none_or(|seen| config.revision() > seen)
                     .then(|| config.clone())
-            });
-            if let Some(config) = config {
-                self.seen_revision = Some(config.revision());
-                return Some(config);
-            }
-            let raft_stopped = self.raft_stopped.as_mut()?;
-            let failed = tokio::select! {
-                changed = self.applied.changed() => {
-                    changed.ok()?;
-                    false
-                }
-                _ = self.stopped.changed() => false,
-                () = raft_stopped => true,
-            };
-            if failed {
-                self.raft_stopped = None;
-                return None;
-            }
-        }
+            })
+            .await?;
+        self.seen_revision = Some(config.revision());
+        Some(config)
     }
 }
