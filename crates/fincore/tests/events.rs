@@ -468,11 +468,20 @@ fn a_node_with_an_open_subscription_stops_at_once_and_tells_the_subscriber_where
         .block_on(async { support::connect(&node.grpc_url(), RetryPolicy::default()) })
         .unwrap();
     // Some events, then a subscriber that has read them all and waits for more.
+    // (The events log is written behind the apply: an acknowledged write's events are
+    // readable a moment later, not at once.)
     let last = runtime.block_on(async {
         client.create_accounts(&ledger_accounts(3)).await.unwrap();
-        client.read_events(0, 100).await.unwrap().last_seq
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let last = client.read_events(0, 100).await.unwrap().last_seq;
+            if last > 0 || Instant::now() > deadline {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     });
-    assert!(last > 0);
+    assert!(last > 0, "the account events never became readable");
     let ended = runtime.spawn(async move {
         let mut subscription = client.subscribe_events(0).await.unwrap();
         loop {

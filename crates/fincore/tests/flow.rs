@@ -50,6 +50,19 @@ fn start_with_rules(
     )
 }
 
+/// A node in `dir` with the rules `rules` and one key, named `writer`, of role write; the node
+/// and the key.
+fn writer_node(dir: &std::path::Path, rules: &str) -> (ChildNode, String) {
+    let keys = dir.join("keys.json");
+    let token = support::create_named_key(&keys, "writer", "write");
+    let rules_file = dir.join("flow.json");
+    std::fs::write(&rules_file, rules).unwrap();
+    (
+        start_with_rules(&dir.join("node"), &keys, &rules_file),
+        token,
+    )
+}
+
 /// Sends one caller's key with every call.
 #[derive(Clone)]
 struct Key(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -126,6 +139,80 @@ struct FloodCounts {
     refused_without_hint: AtomicU64,
 }
 
+/// An open-loop flood from `client` for `length`: a full batch every `period` whether or not
+/// the earlier ones were answered, each with ids of its own; counted in `counts`, refusals
+/// checked to name `refused_as`. The admitted calls' latencies, sorted.
+async fn flood(
+    client: Keyed,
+    period: Duration,
+    length: Duration,
+    counts: Arc<FloodCounts>,
+    refused_as: &'static str,
+) -> Vec<Duration> {
+    let mut tick = tokio::time::interval(period);
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    let mut call = 0u128;
+    while started.elapsed() < length {
+        tick.tick().await;
+        let (client, counts) = (client.clone(), Arc::clone(&counts));
+        let request = transfers(1 + call * FLOOD_BATCH, FLOOD_BATCH);
+        call += 1;
+        calls.push(tokio::spawn(async move {
+            flood_call(client, request, &counts, refused_as).await
+        }));
+    }
+    let mut latencies = Vec::new();
+    for call in calls {
+        latencies.extend(call.await.unwrap());
+    }
+    latencies.sort();
+    latencies
+}
+
+/// A raw client with `token` on a connection of its own, and accounts 1 and 2 created.
+async fn with_two_accounts(url: &str, token: &str) -> Keyed {
+    let mut client = keyed(url, token).await;
+    let accounts = support::ledger_accounts(2);
+    let created = client
+        .create_accounts(proto::CreateAccountsRequest {
+            accounts: vec![],
+            packed: convert::pack_accounts(&accounts).into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.results.iter().all(|&code| code == 0));
+    client
+}
+
+/// One flood call: admitted (every transfer created), its latency; or refused
+/// `RESOURCE_EXHAUSTED` with `refused_as` in its message (the reason and rule), counted.
+async fn flood_call(
+    mut client: Keyed,
+    request: proto::CreateTransfersRequest,
+    counts: &FloodCounts,
+    refused_as: &str,
+) -> Option<Duration> {
+    let sent = Instant::now();
+    match client.create_transfers(request).await {
+        Ok(answer) => {
+            assert!(answer.into_inner().results.iter().all(|&code| code == 0));
+            counts.admitted.fetch_add(1, Ordering::Relaxed);
+            Some(sent.elapsed())
+        }
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains(refused_as), "{status:?}");
+            if status.metadata().get("retry-after-ms").is_none() {
+                counts.refused_without_hint.fetch_add(1, Ordering::Relaxed);
+            }
+            counts.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 #[test]
 fn a_caller_flooding_at_ten_times_its_limit_gets_its_limit_and_leaves_the_others_their_latency() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,61 +237,22 @@ fn a_caller_flooding_at_ten_times_its_limit_gets_its_limit_and_leaves_the_others
     let url = node.grpc_url();
     let counts = Arc::new(FloodCounts::default());
     let (alone, beside) = runtime.block_on(async {
-        let mut calm = keyed(&url, &calm_token).await;
-        let accounts = support::ledger_accounts(2);
-        let created = calm
-            .create_accounts(proto::CreateAccountsRequest {
-                accounts: vec![],
-                packed: convert::pack_accounts(&accounts).into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(created.results.iter().all(|&code| code == 0));
+        let mut calm = with_two_accounts(&url, &calm_token).await;
         // Warm the connection and the node, then measure the calm caller alone.
         let _ = calm.create_transfers(transfers(1 << 40, 1)).await.unwrap();
         let alone = calm_latencies(&mut calm, 1 << 41).await;
 
         // The flood: ten times the limit, open loop (a call every 10 ms whether or not the
         // earlier ones were answered), full batches, from a connection of its own.
-        let flood = keyed(&url, &flood_token).await;
-        let flooding = {
-            let counts = Arc::clone(&counts);
-            tokio::spawn(async move {
-                let period =
-                    Duration::from_secs(1) / (FLOOD_LIMIT_PER_SECOND * FLOOD_TIMES_LIMIT) as u32;
-                let mut tick = tokio::time::interval(period);
-                let started = Instant::now();
-                let mut calls = Vec::new();
-                let mut call = 0u128;
-                while started.elapsed() < PHASE {
-                    tick.tick().await;
-                    let mut flood = flood.clone();
-                    let counts = Arc::clone(&counts);
-                    let request = transfers(1 + call * FLOOD_BATCH, FLOOD_BATCH);
-                    call += 1;
-                    calls.push(tokio::spawn(async move {
-                        match flood.create_transfers(request).await {
-                            Ok(_) => counts.admitted.fetch_add(1, Ordering::Relaxed),
-                            Err(status) => {
-                                assert_eq!(
-                                    status.code(),
-                                    tonic::Code::ResourceExhausted,
-                                    "{status:?}"
-                                );
-                                if status.metadata().get("retry-after-ms").is_none() {
-                                    counts.refused_without_hint.fetch_add(1, Ordering::Relaxed);
-                                }
-                                counts.refused.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }));
-                }
-                for call in calls {
-                    call.await.unwrap();
-                }
-            })
-        };
+        let flood_client = keyed(&url, &flood_token).await;
+        let period = Duration::from_secs(1) / (FLOOD_LIMIT_PER_SECOND * FLOOD_TIMES_LIMIT) as u32;
+        let flooding = tokio::spawn(flood(
+            flood_client,
+            period,
+            PHASE,
+            Arc::clone(&counts),
+            "(rate, rule limits[0])",
+        ));
         let beside = calm_latencies(&mut calm, 1 << 42).await;
         flooding.await.unwrap();
         (alone, beside)
@@ -439,16 +487,10 @@ fn a_gateway_applies_its_rules_to_its_callers() {
 #[test]
 fn a_hot_account_gets_its_limit_and_the_other_accounts_are_not_held_back() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("node");
-    let keys = dir.path().join("keys.json");
-    let token = support::create_named_key(&keys, "writer", "write");
-    let rules = dir.path().join("flow.json");
-    std::fs::write(
-        &rules,
+    let (node, token) = writer_node(
+        dir.path(),
         r#"{"hot_accounts":{"rate_per_second":1,"burst":5}}"#,
-    )
-    .unwrap();
-    let node = start_with_rules(&data, &keys, &rules);
+    );
     let http = node.http_addr.clone();
     let call = |path: &str, body: &str| {
         request_as(
@@ -501,6 +543,122 @@ fn a_hot_account_gets_its_limit_and_the_other_accounts_are_not_held_back() {
         metrics.contains(
             r#"fincore_flow_refusals_total{api="create_transfers",reason="hot_account"}"#
         ),
+        "{metrics}"
+    );
+    node.stop().unwrap();
+}
+
+/// How long the adaptive test's light phase and its flood last, and the flood's pace (full
+/// batches, open loop: well past what the node serves in any build).
+const ADAPTIVE_LIGHT: Duration = Duration::from_millis(1_000);
+const ADAPTIVE_FLOOD: Duration = Duration::from_millis(2_500);
+const ADAPTIVE_FLOOD_PERIOD: Duration = Duration::from_millis(4);
+
+/// Adaptive protection on a node's write pool (`latency_ms` 20): one caller alone, one call at
+/// a time, is never refused; a flood of full batches far past what the node serves makes its
+/// calls slow, and the node then refuses what it cannot serve at once (`overload`, retryable,
+/// with when to retry) instead of queueing it; refused calls change nothing (the balances
+/// count exactly the admitted transfers); once the flood ends, calls are admitted again, and
+/// every refusal was counted.
+#[test]
+fn an_overloaded_node_sheds_what_it_cannot_serve_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, token) = writer_node(
+        dir.path(),
+        r#"{"pools":{"write":{"adaptive":{"latency_ms":20,"min_in_flight":2}}}}"#,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = node.grpc_url();
+    let counts = Arc::new(FloodCounts::default());
+    let (light_calls, flood_transfers, latencies) = runtime.block_on(async {
+        let mut client = with_two_accounts(&url, &token).await;
+        // Alone, one call at a time: never more in the pool than its floor, never refused.
+        let started = Instant::now();
+        let mut light_calls = 0u128;
+        while started.elapsed() < ADAPTIVE_LIGHT {
+            let answer = client
+                .create_transfers(transfers((1 << 40) + light_calls, 1))
+                .await
+                .expect("a lone caller is never refused");
+            assert!(answer.into_inner().results.iter().all(|&code| code == 0));
+            light_calls += 1;
+        }
+        // The flood: a full batch every few milliseconds.
+        let refused_as = "(overload, rule pools.write.adaptive)";
+        let latencies = flood(
+            client,
+            ADAPTIVE_FLOOD_PERIOD,
+            ADAPTIVE_FLOOD,
+            Arc::clone(&counts),
+            refused_as,
+        )
+        .await;
+        let flood_transfers = u128::from(counts.admitted.load(Ordering::Relaxed)) * FLOOD_BATCH;
+        (light_calls, flood_transfers, latencies)
+    });
+    let admitted = counts.admitted.load(Ordering::Relaxed);
+    let refused = counts.refused.load(Ordering::Relaxed);
+    if !latencies.is_empty() {
+        eprintln!(
+            "light calls {light_calls}; flood admitted {admitted} (p50 {:?}, p99 {:?}), refused {refused}",
+            latencies[latencies.len() / 2],
+            p99(&latencies)
+        );
+    }
+    assert!(
+        refused > 0,
+        "the flood was never shed ({admitted} admitted)"
+    );
+    assert!(admitted > 0, "the flood was shut out ({refused} refused)");
+    assert_eq!(counts.refused_without_hint.load(Ordering::Relaxed), 0);
+    // Refused calls changed nothing: account 1 paid exactly the admitted transfers.
+    let http = node.http_addr.clone();
+    let account = request_as(Some(&token), &http, "GET", "/v1/accounts/1", None, "").unwrap();
+    assert_eq!(account.status, 200, "{}", account.body);
+    assert_eq!(
+        account.json().unwrap()["debits_posted"],
+        (light_calls + flood_transfers).to_string()
+    );
+    // The flood over and its calls ended, once its slow calls are out of the recent past (the
+    // last 100–200 ms), a few calls at once are all admitted again.
+    std::thread::sleep(Duration::from_millis(300));
+    let transfer = |id: u128| {
+        format!(
+            r#"[{{"id":"{id}","debit_account_id":"1","credit_account_id":"2","amount":"1","ledger":1,"code":1}}]"#
+        )
+    };
+    std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..4u128)
+            .map(|i| {
+                let (http, token, body) = (&http, &token, transfer((1 << 50) + i));
+                scope.spawn(move || {
+                    request_as(
+                        Some(token),
+                        http,
+                        "POST",
+                        "/v1/transfers",
+                        Some("application/json"),
+                        &body,
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        for call in calls {
+            let answer = call.join().unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        }
+    });
+    let metrics = support::get(&http, "/metrics").body;
+    assert_eq!(
+        testkit::http::metric_value(
+            &metrics,
+            r#"fincore_flow_refusals_total{api="create_transfers",reason="overload"}"#,
+        ),
+        Some(refused as f64),
         "{metrics}"
     );
     node.stop().unwrap();

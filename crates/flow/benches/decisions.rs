@@ -1,8 +1,9 @@
 //! What one flow-control decision costs (`Gate::admit` and dropping its permit): the issue's
 //! goal is under 1 µs a decision at 1,000,000 decisions/s. Measured on 1 and on 2 threads at
-//! once (this machine's cores), for four rule sets: none but the default pools; a per-caller
-//! rate limit and a per-API one that admit everything; the same with 64 callers; and a limit
-//! that refuses every call (the cost of a rejection). Median of several runs.
+//! once (this machine's cores), for five rule sets: none but the default pools; a per-caller
+//! rate limit and a per-API one that admit everything; the same with 64 callers; adaptive
+//! protection on the pool, never overloaded (the cost of timing every call); and a limit that
+//! refuses every call (the cost of a rejection). Median of several runs.
 //!
 //! `cargo bench --profile ci -p flow --bench decisions -- [--decisions 2000000] [--runs 5]`.
 //!
@@ -20,7 +21,7 @@ struct Case {
     admitted: bool,
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
     Case {
         name: "default pools, no limits",
         rules: "{}",
@@ -39,6 +40,12 @@ const CASES: [Case; 4] = [
         rules: r#"{"limits":[{"caller":"*","rate_per_second":10000000,"burst":1000000},
                               {"api":"create_transfers","rate_per_second":10000000,"burst":1000000}]}"#,
         callers: 64,
+        admitted: true,
+    },
+    Case {
+        name: "adaptive protection on the pool, admitting",
+        rules: r#"{"pools":{"write":{"adaptive":{"latency_ms":1000}}}}"#,
+        callers: 1,
         admitted: true,
     },
     Case {

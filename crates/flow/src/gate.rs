@@ -34,16 +34,19 @@ pub enum Reason {
     QueueFull,
     /// It waited the pool's longest wait without a place.
     QueueTimeout,
+    /// The pool's calls are slow and it holds what it can serve (adaptive protection).
+    Overload,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::ReadOnly,
         Reason::Disabled,
         Reason::Rate,
         Reason::CallerShare,
         Reason::QueueFull,
         Reason::QueueTimeout,
+        Reason::Overload,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Reason {
             Reason::CallerShare => "caller_share",
             Reason::QueueFull => "queue_full",
             Reason::QueueTimeout => "queue_timeout",
+            Reason::Overload => "overload",
         }
     }
 }
@@ -79,6 +83,9 @@ impl fmt::Display for Rejection {
             }
             Reason::QueueFull => "too many requests are waiting".to_string(),
             Reason::QueueTimeout => "no place was free within the longest wait".to_string(),
+            Reason::Overload => {
+                "the service is overloaded (its calls take longer than the rule allows)".to_string()
+            }
         };
         write!(
             f,
@@ -355,17 +362,18 @@ impl Gate {
                 Ok(Permit { _place: place })
             }
             Err(full) => {
-                let reason = match full {
-                    Full::CallerShare => Reason::CallerShare,
-                    Full::Queue => Reason::QueueFull,
-                    Full::Waited => Reason::QueueTimeout,
-                };
                 // A place frees when a request ends: a short wait, not a long one.
-                let retry_after = Duration::from_millis(10);
+                let place_frees = Duration::from_millis(10);
+                let (reason, retry_after, rule) = match full {
+                    Full::CallerShare => (Reason::CallerShare, place_frees, ""),
+                    Full::Queue => (Reason::QueueFull, place_frees, ""),
+                    Full::Waited => (Reason::QueueTimeout, place_frees, ""),
+                    Full::Overloaded(after) => (Reason::Overload, after, ".adaptive"),
+                };
                 Err(refuse(
                     reason,
                     retry_after,
-                    format!("pools.{}", kind.name()),
+                    format!("pools.{}{rule}", kind.name()),
                 ))
             }
         }
@@ -493,6 +501,38 @@ mod tests {
             r#"{"limits":[{"api":"lookup_accounts","rate_per_second":2}]}"#,
         ));
         assert!(passes(&gate, Api::LookupAccounts, "k").await);
+    }
+
+    #[tokio::test]
+    async fn a_pool_whose_calls_grow_old_sheds_what_it_cannot_serve() {
+        let gate = Gate::new(rules(
+            r#"{"pools":{"write":{"adaptive":{"latency_ms":100,"min_in_flight":2}}}}"#,
+        ));
+        let first = gate.admit(Api::CreateTransfers, Some("a")).await.unwrap();
+        let second = gate.admit(Api::CreateTransfers, Some("b")).await.unwrap();
+        // Young calls: nothing is slow, so the pool takes all it holds.
+        let third = gate.admit(Api::CreateTransfers, Some("c")).await.unwrap();
+        drop(third);
+        std::thread::sleep(Duration::from_millis(150));
+        // Two calls 150 ms old and nothing completed that slowly: only the floor of two.
+        let refused = gate
+            .admit(Api::CreateTransfers, Some("c"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.reason, refused.rule.as_str()),
+            (Reason::Overload, "pools.write.adaptive")
+        );
+        assert!(
+            refused.retry_after >= Duration::from_millis(150),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("overloaded"), "{refused}");
+        // Reads have a pool of their own, without the rule.
+        assert!(passes(&gate, Api::LookupAccounts, "c").await);
+        // The old calls end: the pool holds nothing, so the next call gets in.
+        drop((first, second));
+        assert!(passes(&gate, Api::CreateTransfers, "c").await);
     }
 
     #[tokio::test]

@@ -1,17 +1,20 @@
 //! One pool per request kind: at most `max_in_flight` requests served at once, at most
 //! `max_queue` waiting (each at most `max_wait_ms`), and no caller holding more than its share,
 //! waiting or served. A request past its caller's share or a full queue is refused at once;
-//! one that waited its longest is refused then.
+//! one that waited its longest is refused then. Under adaptive protection (`adaptive`), a
+//! request the pool's measured capacity cannot take while its calls are slow is refused before
+//! it queues, and every served request's time is counted for it.
 //!
 //! Owns the pool's permits and its per-caller counts. It must not know what a request is.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::adaptive::Adaptive;
 use crate::rules::PoolRule;
 
 /// Why a pool refused a request.
@@ -23,6 +26,9 @@ pub(crate) enum Full {
     Queue,
     /// It waited `max_wait_ms` without a place.
     Waited,
+    /// Its calls are slow and it holds what it can serve (adaptive protection); try again
+    /// after this.
+    Overloaded(Duration),
 }
 
 #[derive(Debug)]
@@ -33,6 +39,7 @@ pub(crate) struct Pool {
     /// Requests per caller in the pool (waiting or served); a caller with none has no entry,
     /// so the map holds at most `max_in_flight + max_queue` callers.
     callers: Mutex<HashMap<Arc<str>, u32>>,
+    adaptive: Option<Adaptive>,
 }
 
 /// A place in a pool, given back when dropped.
@@ -41,6 +48,8 @@ pub(crate) struct PoolPlace {
     pool: Arc<Pool>,
     /// The caller whose share it holds (`None` when callers have no share of their own).
     caller: Option<Arc<str>>,
+    /// When adaptive protection counted it as served.
+    served_from: Option<u64>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -68,6 +77,9 @@ impl Pool {
             permits: Arc::new(Semaphore::new(rule.max_in_flight as usize)),
             waiting: AtomicU32::new(0),
             callers: Mutex::new(HashMap::new()),
+            adaptive: rule
+                .adaptive
+                .map(|adaptive| Adaptive::new(adaptive, Instant::now())),
         })
     }
 
@@ -115,6 +127,12 @@ impl Pool {
     /// A place for `caller`'s request, waiting for one if the pool is full and the rule allows.
     pub(crate) async fn enter(self: &Arc<Self>, caller: &Arc<str>) -> Result<PoolPlace, Full> {
         let mut share = self.take_share(caller)?;
+        if let Some(adaptive) = &self.adaptive {
+            let in_pool = self.in_flight() + self.waiting.load(Ordering::Acquire);
+            adaptive
+                .check(in_pool, self.rule.max_in_flight, Instant::now())
+                .map_err(Full::Overloaded)?;
+        }
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -135,6 +153,10 @@ impl Pool {
         Ok(PoolPlace {
             pool: Arc::clone(self),
             caller: share.caller.clone(),
+            served_from: self
+                .adaptive
+                .as_ref()
+                .map(|adaptive| adaptive.started(Instant::now())),
             _permit: permit,
         })
     }
@@ -151,6 +173,9 @@ impl Drop for Waiting<'_> {
 
 impl Drop for PoolPlace {
     fn drop(&mut self) {
+        if let (Some(adaptive), Some(from)) = (&self.pool.adaptive, self.served_from) {
+            adaptive.finished(from, Instant::now());
+        }
         if let Some(caller) = &self.caller {
             self.pool.release_share(caller);
         }
@@ -167,6 +192,7 @@ mod tests {
             per_caller_max_in_flight: share,
             max_queue,
             max_wait_ms,
+            adaptive: None,
         })
     }
 

@@ -4,7 +4,8 @@
 //!
 //! ```json
 //! {
-//!   "pools": { "write": { "max_in_flight": 512, "per_caller_max_in_flight": 128 } },
+//!   "pools": { "write": { "max_in_flight": 512, "per_caller_max_in_flight": 128,
+//!                         "adaptive": { "latency_ms": 50 } } },
 //!   "limits": [
 //!     { "api": "create_transfers", "caller": "*", "rate_per_second": 200, "burst": 20 },
 //!     { "api": "get_account_transfers", "rate_per_second": 50, "max_wait_ms": 200 },
@@ -193,6 +194,25 @@ pub struct PoolRule {
     /// pool is full).
     #[serde(default = "wait_default")]
     pub max_wait_ms: u32,
+    /// Adaptive protection (`adaptive.rs`); left out, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveRule>,
+}
+
+/// While a pool's calls take longer than `latency_ms` (the mean of those just completed, or the
+/// mean age of those being served), it admits only as many calls, served and waiting, as it
+/// served at once in the last second without queueing (its most calls a second times their
+/// shortest mean time), and at least `min_in_flight`; the rest are refused at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveRule {
+    pub latency_ms: u32,
+    #[serde(default = "adaptive_min_in_flight_default")]
+    pub min_in_flight: u32,
+}
+
+fn adaptive_min_in_flight_default() -> u32 {
+    limits::FLOW_ADAPTIVE_MIN_IN_FLIGHT_DEFAULT
 }
 
 fn in_flight_default() -> u32 {
@@ -214,6 +234,7 @@ impl Default for PoolRule {
             per_caller_max_in_flight: 0,
             max_queue: queue_default(),
             max_wait_ms: wait_default(),
+            adaptive: None,
         }
     }
 }
@@ -404,6 +425,20 @@ impl Rules {
                 0,
                 limits::FLOW_WAIT_MS_MAX,
             )?;
+            if let Some(adaptive) = pool.adaptive {
+                within(
+                    at("adaptive.latency_ms"),
+                    adaptive.latency_ms,
+                    1,
+                    limits::FLOW_ADAPTIVE_LATENCY_MS_MAX,
+                )?;
+                within(
+                    at("adaptive.min_in_flight"),
+                    adaptive.min_in_flight,
+                    1,
+                    limits::FLOW_POOL_SIZE_MAX,
+                )?;
+            }
         }
         if self.limits.len() > limits::FLOW_LIMIT_RULES_MAX {
             return Err(refuse(
@@ -508,7 +543,8 @@ mod tests {
     #[test]
     fn the_documented_example_reads_and_round_trips() {
         let text = r#"{
-          "pools": { "write": { "max_in_flight": 512, "per_caller_max_in_flight": 128 } },
+          "pools": { "write": { "max_in_flight": 512, "per_caller_max_in_flight": 128,
+                                "adaptive": { "latency_ms": 50 } } },
           "limits": [
             { "api": "create_transfers", "caller": "*", "rate_per_second": 200, "burst": 20 },
             { "api": "get_account_transfers", "rate_per_second": 50, "max_wait_ms": 200 },
@@ -529,6 +565,13 @@ mod tests {
             (500, 10, 5_000, None)
         );
         assert_eq!(rules.pools.write.caller_share(), 128);
+        assert_eq!(
+            rules.pools.write.adaptive,
+            Some(AdaptiveRule {
+                latency_ms: 50,
+                min_in_flight: limits::FLOW_ADAPTIVE_MIN_IN_FLIGHT_DEFAULT
+            })
+        );
         assert_eq!(rules.pools.read, PoolRule::default());
         assert_eq!(rules.limits[0].scope(), Scope::EachCaller);
         assert_eq!(rules.limits[1].scope(), Scope::Everyone);
@@ -571,6 +614,14 @@ mod tests {
             (
                 r#"{"pools":{"admin":{"max_wait_ms":99999}}}"#,
                 "pools.admin.max_wait_ms",
+            ),
+            (
+                r#"{"pools":{"write":{"adaptive":{"latency_ms":0}}}}"#,
+                "pools.write.adaptive.latency_ms",
+            ),
+            (
+                r#"{"pools":{"write":{"adaptive":{"min_in_flight":4}}}}"#,
+                "pools.write.adaptive",
             ),
             (
                 r#"{"switches":{"disabled_apis":["nope"]}}"#,

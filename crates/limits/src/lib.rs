@@ -724,6 +724,13 @@ pub const FLOW_BREAKER_MS_MAX: u32 = 600_000;
 /// Longest window a circuit breaker counts calls over (one bucket per second).
 pub const FLOW_BREAKER_WINDOW_SECONDS_MAX: u32 = 600;
 
+/// Calls a pool under adaptive protection always admits, however little it served lately
+/// (`pools.*.adaptive.min_in_flight` left out), so that it never shuts out everyone.
+pub const FLOW_ADAPTIVE_MIN_IN_FLIGHT_DEFAULT: u32 = 8;
+
+/// Longest latency target adaptive protection may name (`pools.*.adaptive.latency_ms`): 1 minute.
+pub const FLOW_ADAPTIVE_LATENCY_MS_MAX: u32 = 60_000;
+
 // ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
