@@ -10,11 +10,13 @@
 //! once: the mean time of the calls completed in the last 100–200 ms, and the mean age of the
 //! calls being served now (a stalled service completes nothing, but its calls grow old).
 //!
-//! Owns the measurements (100-ms buckets over one second) and the decision, with the time
+//! Owns the measurements (100-ms buckets over one second, kept in atomics so that two cores
+//! deciding at once do not queue on a lock: a call completing at the very moment its bucket
+//! turns over may go uncounted, which an estimate can afford) and the decision, with the time
 //! given by the caller so that every case is tested without a clock. It must not know what a
 //! call is, nor hold its place (see `pool`).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::rules::AdaptiveRule;
@@ -23,77 +25,35 @@ use crate::rules::AdaptiveRule;
 const BUCKET_MICROS: u64 = 100_000;
 /// Buckets in the window (one second).
 const BUCKETS: u64 = 10;
+/// The unit of the start times summed for the mean age (0.1 ms: a sum over a full pool,
+/// `FLOW_POOL_SIZE_MAX` calls, stays within 64 bits for decades of a pool's life).
+const AGE_UNIT_MICROS: u64 = 100;
+/// Attempts at reading the served calls and their starts as of one moment.
+const AGE_READS: usize = 4;
 /// The shortest and longest wait a refusal asks for.
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Calls completed within one bucket's span.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct Bucket {
     /// The span it counts (its start over `BUCKET_MICROS`); a bucket of an older span is empty.
-    tick: u64,
-    completed: u64,
+    tick: AtomicU64,
+    completed: AtomicU64,
     /// The time its calls took together, in microseconds.
+    total_micros: AtomicU64,
+}
+
+/// What a bucket held for one span.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    completed: u64,
     total_micros: u64,
 }
 
-impl Bucket {
-    fn mean_micros(&self) -> Option<u64> {
-        self.total_micros.checked_div(self.completed)
-    }
-}
-
-#[derive(Debug)]
-struct State {
-    /// Indexed by tick modulo `BUCKETS`.
-    buckets: [Bucket; BUCKETS as usize],
-    /// Calls being served now, and the sum of their start times (microseconds from `origin`).
-    serving: u64,
-    started_total: u128,
-}
-
-impl State {
-    /// The bucket of `tick` if it holds that span's calls.
-    fn bucket(&self, tick: u64) -> Option<&Bucket> {
-        let bucket = &self.buckets[(tick % BUCKETS) as usize];
-        (bucket.tick == tick && bucket.completed > 0).then_some(bucket)
-    }
-
-    /// The window's buckets that hold calls (the current span's and the nine before it).
-    fn window(&self, tick: u64) -> impl Iterator<Item = &Bucket> {
-        (tick.saturating_sub(BUCKETS - 1)..=tick).filter_map(|t| self.bucket(t))
-    }
-
-    /// The mean time of the calls completed in this span and the one before it.
-    fn recent_micros(&self, tick: u64) -> u64 {
-        let (completed, total) = [tick.checked_sub(1), Some(tick)]
-            .into_iter()
-            .flatten()
-            .filter_map(|t| self.bucket(t))
-            .fold((0, 0), |(c, t), b| (c + b.completed, t + b.total_micros));
-        total.checked_div(completed).unwrap_or(0)
-    }
-
-    /// The mean age of the calls served now.
-    fn age_micros(&self, now: u64) -> u64 {
-        if self.serving == 0 {
-            return 0;
-        }
-        let mean_start = self.started_total / u128::from(self.serving);
-        now.saturating_sub(u64::try_from(mean_start).unwrap_or(u64::MAX))
-    }
-
-    /// How many calls the pool holds without queueing, as the last second showed it (0: it
-    /// completed nothing in that second).
-    fn capacity(&self, tick: u64) -> u64 {
-        let most = self.window(tick).map(|b| b.completed).max().unwrap_or(0);
-        let shortest = self
-            .window(tick)
-            .filter_map(Bucket::mean_micros)
-            .min()
-            .unwrap_or(0);
-        // calls per second × seconds a call takes = most × (1 s / bucket) × shortest / 1 s.
-        (most.saturating_mul(shortest)).div_ceil(BUCKET_MICROS)
+impl Span {
+    fn mean_micros(&self) -> u64 {
+        self.total_micros / self.completed
     }
 }
 
@@ -102,7 +62,14 @@ impl State {
 pub(crate) struct Adaptive {
     rule: AdaptiveRule,
     origin: Instant,
-    state: Mutex<State>,
+    /// Indexed by tick modulo `BUCKETS`.
+    buckets: [Bucket; BUCKETS as usize],
+    /// Calls being served now, and the sum of their starts (in `AGE_UNIT_MICROS` from
+    /// `origin`). A start adds to the sum, then counts the call; a completion uncounts it, then
+    /// takes from the sum: read between two such steps, the mean start is too late, so the age
+    /// read is too young, never too old.
+    serving: AtomicU64,
+    started_total: AtomicU64,
 }
 
 impl Adaptive {
@@ -110,16 +77,79 @@ impl Adaptive {
         Adaptive {
             rule,
             origin: now,
-            state: Mutex::new(State {
-                buckets: [Bucket::default(); BUCKETS as usize],
-                serving: 0,
-                started_total: 0,
-            }),
+            buckets: Default::default(),
+            serving: AtomicU64::new(0),
+            started_total: AtomicU64::new(0),
         }
     }
 
     fn micros(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// What the bucket of `tick` holds for that span (`None`: nothing).
+    fn span(&self, tick: u64) -> Option<Span> {
+        let bucket = &self.buckets[(tick % BUCKETS) as usize];
+        if bucket.tick.load(Ordering::Acquire) != tick {
+            return None;
+        }
+        let completed = bucket.completed.load(Ordering::Relaxed);
+        (completed > 0).then(|| Span {
+            completed,
+            total_micros: bucket.total_micros.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The window's spans that hold calls (the current one and the nine before it).
+    fn window(&self, tick: u64) -> impl Iterator<Item = Span> + '_ {
+        (tick.saturating_sub(BUCKETS - 1)..=tick).filter_map(|t| self.span(t))
+    }
+
+    /// The mean time of the calls completed in this span and the one before it.
+    fn recent_micros(&self, tick: u64) -> u64 {
+        let (completed, total) = [tick.checked_sub(1), Some(tick)]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.span(t))
+            .fold((0, 0), |(c, t), span| {
+                (c + span.completed, t + span.total_micros)
+            });
+        total.checked_div(completed).unwrap_or(0)
+    }
+
+    /// The mean age of the calls served now (0: none, or no reading as of one moment: the sum
+    /// and the count are read twice, and must not have moved between).
+    fn age_micros(&self, now: u64) -> u64 {
+        for _ in 0..AGE_READS {
+            let total = self.started_total.load(Ordering::Acquire);
+            let serving = self.serving.load(Ordering::Acquire);
+            if serving == 0 {
+                return 0;
+            }
+            if self.started_total.load(Ordering::Acquire) == total
+                && self.serving.load(Ordering::Acquire) == serving
+            {
+                return now.saturating_sub(total / serving * AGE_UNIT_MICROS);
+            }
+        }
+        0
+    }
+
+    /// How many calls the pool holds without queueing, as the last second showed it (0: it
+    /// completed nothing in that second).
+    fn capacity_at(&self, tick: u64) -> u64 {
+        let most = self
+            .window(tick)
+            .map(|span| span.completed)
+            .max()
+            .unwrap_or(0);
+        let shortest = self
+            .window(tick)
+            .map(|span| span.mean_micros())
+            .min()
+            .unwrap_or(0);
+        // calls per second × seconds a call takes = most × (1 s / bucket) × shortest / 1 s.
+        most.saturating_mul(shortest).div_ceil(BUCKET_MICROS)
     }
 
     /// Whether one more call may enter a pool that holds `in_pool` calls (served and waiting)
@@ -133,13 +163,12 @@ impl Adaptive {
     ) -> Result<(), Duration> {
         let now = self.micros(now);
         let tick = now / BUCKET_MICROS;
-        let state = self.state.lock().expect("never poisoned");
-        let latency = state.recent_micros(tick).max(state.age_micros(now));
+        let latency = self.recent_micros(tick).max(self.age_micros(now));
         if latency <= u64::from(self.rule.latency_ms) * 1_000 {
             return Ok(());
         }
         let floor = u64::from(self.rule.min_in_flight.min(max_in_flight));
-        if u64::from(in_pool) < state.capacity(tick).max(floor) {
+        if u64::from(in_pool) < self.capacity_at(tick).max(floor) {
             return Ok(());
         }
         Err(Duration::from_micros(latency).clamp(RETRY_MIN, RETRY_MAX))
@@ -148,9 +177,9 @@ impl Adaptive {
     /// Counts a call as served from `now`; the stamp to give [`Adaptive::finished`].
     pub(crate) fn started(&self, now: Instant) -> u64 {
         let now = self.micros(now);
-        let mut state = self.state.lock().expect("never poisoned");
-        state.serving += 1;
-        state.started_total += u128::from(now);
+        self.started_total
+            .fetch_add(now / AGE_UNIT_MICROS, Ordering::AcqRel);
+        self.serving.fetch_add(1, Ordering::AcqRel);
         now
     }
 
@@ -158,28 +187,31 @@ impl Adaptive {
     pub(crate) fn finished(&self, started: u64, now: Instant) {
         let now = self.micros(now);
         let tick = now / BUCKET_MICROS;
-        let mut state = self.state.lock().expect("never poisoned");
-        state.serving -= 1;
-        state.started_total -= u128::from(started);
-        let bucket = &mut state.buckets[(tick % BUCKETS) as usize];
-        if bucket.tick != tick {
-            *bucket = Bucket {
-                tick,
-                ..Bucket::default()
-            };
+        let bucket = &self.buckets[(tick % BUCKETS) as usize];
+        let seen = bucket.tick.load(Ordering::Acquire);
+        if seen != tick
+            && bucket
+                .tick
+                .compare_exchange(seen, tick, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            bucket.completed.store(0, Ordering::Relaxed);
+            bucket.total_micros.store(0, Ordering::Relaxed);
         }
-        bucket.completed += 1;
-        bucket.total_micros = bucket
+        bucket
             .total_micros
-            .saturating_add(now.saturating_sub(started));
+            .fetch_add(now.saturating_sub(started), Ordering::Relaxed);
+        bucket.completed.fetch_add(1, Ordering::Release);
+        self.serving.fetch_sub(1, Ordering::AcqRel);
+        self.started_total
+            .fetch_sub(started / AGE_UNIT_MICROS, Ordering::AcqRel);
     }
 
     /// The capacity the pool would hold to now if it were overloaded (0: nothing completed in
     /// the last second, so only `min_in_flight`).
     #[cfg(test)]
     fn capacity(&self, now: Instant) -> u64 {
-        let tick = self.micros(now) / BUCKET_MICROS;
-        self.state.lock().expect("never poisoned").capacity(tick)
+        self.capacity_at(self.micros(now) / BUCKET_MICROS)
     }
 }
 

@@ -504,7 +504,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pool_whose_calls_grow_old_sheds_what_it_cannot_serve() {
+    async fn a_stalled_pool_sheds_what_it_cannot_serve() {
         let gate = Gate::new(rules(
             r#"{"pools":{"write":{"adaptive":{"latency_ms":100,"min_in_flight":2}}}}"#,
         ));

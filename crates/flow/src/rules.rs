@@ -200,9 +200,10 @@ pub struct PoolRule {
 }
 
 /// While a pool's calls take longer than `latency_ms` (the mean of those just completed, or the
-/// mean age of those being served), it admits only as many calls, served and waiting, as it
-/// served at once in the last second without queueing (its most calls a second times their
-/// shortest mean time), and at least `min_in_flight`; the rest are refused at once.
+/// mean age of those served now), it admits only as many calls, served
+/// and waiting, as it served at once in the last second without queueing (its most calls a
+/// second times their shortest mean time), and at least `min_in_flight`; the rest are refused
+/// at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveRule {
