@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::adaptive::Treatment;
+
 /// The pool a call runs in: writes, reads and administration never wait behind each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -111,6 +113,17 @@ impl Api {
     /// pass, so an operator can still repair a group.
     pub fn starts_a_write(self) -> bool {
         matches!(self, Api::CreateAccounts | Api::CreateTransfers)
+    }
+
+    /// How adaptive protection meets its calls: saga steps settle what was admitted before
+    /// (never shed, as read-only mode lets them through); a lookup of outcomes may wait for
+    /// them by design (`wait_ms`), which says nothing of how the service does.
+    pub(crate) fn adaptive_treatment(self) -> Treatment {
+        match self {
+            Api::SagaSteps => Treatment::TimedOnly,
+            Api::LookupOutcomes => Treatment::Untimed,
+            _ => Treatment::Shed,
+        }
     }
 
     pub(crate) fn index(self) -> usize {

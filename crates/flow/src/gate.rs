@@ -195,7 +195,8 @@ impl Compiled {
                 Some(before) if before.pools[kind.index()].rule() == rule => {
                     Arc::clone(&before.pools[kind.index()])
                 }
-                _ => Pool::new(rule),
+                Some(before) => Pool::new(rule, Some(&before.pools[kind.index()])),
+                None => Pool::new(rule, None),
             }
         });
         let hot = rules.hot_accounts.map(|rule| match before {
@@ -355,7 +356,7 @@ impl Gate {
         }
         let kind = api.kind();
         let pool = &compiled.pools[kind.index()];
-        match pool.enter(&caller).await {
+        match pool.enter(&caller, api.adaptive_treatment()).await {
             Ok(place) => {
                 // Admitted: the slots stay spent.
                 taken.0.clear();
@@ -504,17 +505,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stalled_pool_sheds_what_it_cannot_serve() {
-        let gate = Gate::new(rules(
-            r#"{"pools":{"write":{"adaptive":{"latency_ms":100,"min_in_flight":2}}}}"#,
-        ));
+    async fn a_stalled_pool_sheds_what_it_cannot_serve_even_across_a_rule_change() {
+        let rule = |latency_ms: u32| {
+            rules(&format!(
+                r#"{{"pools":{{"write":{{"adaptive":{{"latency_ms":{latency_ms},"min_in_flight":2}}}}}}}}"#
+            ))
+        };
+        let gate = Gate::new(rule(300));
         let first = gate.admit(Api::CreateTransfers, Some("a")).await.unwrap();
         let second = gate.admit(Api::CreateTransfers, Some("b")).await.unwrap();
         // Young calls: nothing is slow, so the pool takes all it holds.
         let third = gate.admit(Api::CreateTransfers, Some("c")).await.unwrap();
         drop(third);
-        std::thread::sleep(Duration::from_millis(150));
-        // Two calls 150 ms old and nothing completed that slowly: only the floor of two.
+        std::thread::sleep(Duration::from_millis(400));
+        // Two calls 400 ms old and nothing completed that slowly: only the floor of two.
         let refused = gate
             .admit(Api::CreateTransfers, Some("c"))
             .await
@@ -524,11 +528,22 @@ mod tests {
             (Reason::Overload, "pools.write.adaptive")
         );
         assert!(
-            refused.retry_after >= Duration::from_millis(150),
+            refused.retry_after >= Duration::from_millis(400),
             "{refused}"
         );
         assert!(refused.to_string().contains("overloaded"), "{refused}");
-        // Reads have a pool of their own, without the rule.
+        // A changed rule replaces the pool, not what it knows: the old calls still count.
+        gate.set_rules(rule(350));
+        assert_eq!(
+            gate.admit(Api::CreateTransfers, Some("c"))
+                .await
+                .unwrap_err()
+                .reason,
+            Reason::Overload
+        );
+        // Saga steps settle what was admitted before: never shed. Reads have a pool of their
+        // own, without the rule.
+        assert!(passes(&gate, Api::SagaSteps, "c").await);
         assert!(passes(&gate, Api::LookupAccounts, "c").await);
         // The old calls end: the pool holds nothing, so the next call gets in.
         drop((first, second));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::adaptive::Adaptive;
+use crate::adaptive::{Adaptive, Measures, Treatment};
 use crate::rules::PoolRule;
 
 /// Why a pool refused a request.
@@ -71,7 +71,16 @@ impl Drop for Share<'_> {
 }
 
 impl Pool {
-    pub(crate) fn new(rule: PoolRule) -> Arc<Pool> {
+    /// A pool under `rule`; with adaptive protection, over the measures of `before` (the pool
+    /// it replaces) if it had them, so that a rule changed mid-overload neither forgets what
+    /// the calls took nor the calls still served in the old pool.
+    pub(crate) fn new(rule: PoolRule, before: Option<&Pool>) -> Arc<Pool> {
+        let measures = || {
+            before
+                .and_then(|pool| pool.adaptive.as_ref())
+                .map(|adaptive| Arc::clone(adaptive.measures()))
+                .unwrap_or_else(|| Arc::new(Measures::new(Instant::now())))
+        };
         Arc::new(Pool {
             rule,
             permits: Arc::new(Semaphore::new(rule.max_in_flight as usize)),
@@ -79,7 +88,7 @@ impl Pool {
             callers: Mutex::new(HashMap::new()),
             adaptive: rule
                 .adaptive
-                .map(|adaptive| Adaptive::new(adaptive, Instant::now())),
+                .map(|adaptive| Adaptive::new(adaptive, measures())),
         })
     }
 
@@ -124,17 +133,30 @@ impl Pool {
         }
     }
 
-    /// A place for `caller`'s request, waiting for one if the pool is full and the rule allows.
-    pub(crate) async fn enter(self: &Arc<Self>, caller: &Arc<str>) -> Result<PoolPlace, Full> {
+    /// A place for `caller`'s request, waiting for one if the pool is full and the rule allows;
+    /// `treatment` says how adaptive protection (if the rule has it) meets the request.
+    pub(crate) async fn enter(
+        self: &Arc<Self>,
+        caller: &Arc<str>,
+        treatment: Treatment,
+    ) -> Result<PoolPlace, Full> {
         let mut share = self.take_share(caller)?;
+        let adaptive = self
+            .adaptive
+            .as_ref()
+            .filter(|_| treatment != Treatment::Untimed);
         // Read once for a call served at once (the clock is a good part of what it costs).
         let mut now = None;
-        if let Some(adaptive) = &self.adaptive {
-            let in_pool = self.in_flight() + self.waiting.load(Ordering::Acquire);
+        if let Some(adaptive) = adaptive {
             let checked = *now.insert(Instant::now());
-            adaptive
-                .check(in_pool, self.rule.max_in_flight, checked)
-                .map_err(Full::Overloaded)?;
+            if treatment == Treatment::Shed {
+                // Served counts the calls of a pool this one replaced, still running.
+                let in_pool =
+                    adaptive.measures().serving() + u64::from(self.waiting.load(Ordering::Acquire));
+                adaptive
+                    .check(in_pool, self.rule.max_in_flight, checked)
+                    .map_err(Full::Overloaded)?;
+            }
         }
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
@@ -157,10 +179,11 @@ impl Pool {
         Ok(PoolPlace {
             pool: Arc::clone(self),
             caller: share.caller.clone(),
-            served_from: self
-                .adaptive
-                .as_ref()
-                .map(|adaptive| adaptive.started(now.unwrap_or_else(Instant::now))),
+            served_from: adaptive.map(|adaptive| {
+                adaptive
+                    .measures()
+                    .started(now.unwrap_or_else(Instant::now))
+            }),
             _permit: permit,
         })
     }
@@ -178,7 +201,7 @@ impl Drop for Waiting<'_> {
 impl Drop for PoolPlace {
     fn drop(&mut self) {
         if let (Some(adaptive), Some(from)) = (&self.pool.adaptive, self.served_from) {
-            adaptive.finished(from, Instant::now());
+            adaptive.measures().finished(from, Instant::now());
         }
         if let Some(caller) = &self.caller {
             self.pool.release_share(caller);
@@ -191,26 +214,32 @@ mod tests {
     use super::*;
 
     fn pool(max_in_flight: u32, share: u32, max_queue: u32, max_wait_ms: u32) -> Arc<Pool> {
-        Pool::new(PoolRule {
-            max_in_flight,
-            per_caller_max_in_flight: share,
-            max_queue,
-            max_wait_ms,
-            adaptive: None,
-        })
+        Pool::new(
+            PoolRule {
+                max_in_flight,
+                per_caller_max_in_flight: share,
+                max_queue,
+                max_wait_ms,
+                adaptive: None,
+            },
+            None,
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_caller_past_its_share_is_refused_while_others_still_get_in() {
         let pool = pool(4, 2, 0, 0);
         let (flooder, calm): (Arc<str>, Arc<str>) = ("flooder".into(), "calm".into());
-        let first = pool.enter(&flooder).await.unwrap();
-        let _second = pool.enter(&flooder).await.unwrap();
-        assert_eq!(pool.enter(&flooder).await.unwrap_err(), Full::CallerShare);
-        let _calm = pool.enter(&calm).await.unwrap();
+        let first = pool.enter(&flooder, Treatment::Shed).await.unwrap();
+        let _second = pool.enter(&flooder, Treatment::Shed).await.unwrap();
+        assert_eq!(
+            pool.enter(&flooder, Treatment::Shed).await.unwrap_err(),
+            Full::CallerShare
+        );
+        let _calm = pool.enter(&calm, Treatment::Shed).await.unwrap();
         assert_eq!(pool.in_flight(), 3);
         drop(first);
-        let _again = pool.enter(&flooder).await.unwrap();
+        let _again = pool.enter(&flooder, Treatment::Shed).await.unwrap();
         assert_eq!(pool.callers.lock().unwrap()[&flooder], 2);
     }
 
@@ -218,11 +247,11 @@ mod tests {
     async fn a_full_pool_queues_up_to_its_bound_and_its_wait() {
         let pool = pool(1, 0, 1, 100);
         let caller: Arc<str> = "c".into();
-        let served = pool.enter(&caller).await.unwrap();
+        let served = pool.enter(&caller, Treatment::Shed).await.unwrap();
         // One may wait; it gets the place when the first leaves.
         let waiter = {
             let (pool, caller) = (Arc::clone(&pool), Arc::clone(&caller));
-            tokio::spawn(async move { pool.enter(&caller).await.map(|_| ()) })
+            tokio::spawn(async move { pool.enter(&caller, Treatment::Shed).await.map(|_| ()) })
         };
         for _ in 0..100 {
             if pool.waiting.load(Ordering::Acquire) == 1 {
@@ -233,13 +262,19 @@ mod tests {
         assert_eq!(pool.waiting.load(Ordering::Acquire), 1);
         // A second would be past the queue's bound.
         let other: Arc<str> = "other".into();
-        assert_eq!(pool.enter(&other).await.unwrap_err(), Full::Queue);
+        assert_eq!(
+            pool.enter(&other, Treatment::Shed).await.unwrap_err(),
+            Full::Queue
+        );
         drop(served);
         waiter.await.unwrap().unwrap();
         // Now one holds the place for good: a waiter gives up after 100 ms.
-        let _held = pool.enter(&caller).await.unwrap();
+        let _held = pool.enter(&caller, Treatment::Shed).await.unwrap();
         let started = tokio::time::Instant::now();
-        assert_eq!(pool.enter(&caller).await.unwrap_err(), Full::Waited);
+        assert_eq!(
+            pool.enter(&caller, Treatment::Shed).await.unwrap_err(),
+            Full::Waited
+        );
         assert_eq!(started.elapsed(), Duration::from_millis(100));
         assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
         // Without shares, no caller is counted.

@@ -588,7 +588,7 @@ impl Metrics {
             );
             registry.register(
                 "flow_refusals",
-                "Client calls refused by flow control before reaching an operation, by API and reason (read_only, disabled, rate, caller_share, queue_full, queue_timeout, hot_account)",
+                "Client calls refused by flow control before reaching an operation, by API and reason (read_only, disabled, rate, caller_share, queue_full, queue_timeout, overload, hot_account)",
                 flow_refusals.clone(),
             );
             registry.register(
