@@ -195,8 +195,7 @@ impl Compiled {
                 Some(before) if before.pools[kind.index()].rule() == rule => {
                     Arc::clone(&before.pools[kind.index()])
                 }
-                Some(before) => Pool::new(rule, Some(&before.pools[kind.index()])),
-                None => Pool::new(rule, None),
+                _ => Pool::new(rule, before.map(|before| &*before.pools[kind.index()])),
             }
         });
         let hot = rules.hot_accounts.map(|rule| match before {
