@@ -19,6 +19,7 @@ mod keys;
 mod nodes;
 mod project;
 mod read_model;
+mod registry_cli;
 mod serve;
 mod sim;
 mod trace_args;
@@ -78,6 +79,9 @@ enum Command {
     /// Project groups' change events into SQL read models (PostgreSQL or SQLite); --verify
     /// compares a read model with the ledger.
     Project(project::ProjectArgs),
+    /// The service registry: run one (`serve`), publish a record, subscribe to a key's set
+    /// (pushed at every change), drain a host.
+    Registry(registry_cli::RegistryArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Certs(args) => certs::run(&args),
         Command::Cdc(args) => cdc::run(&args),
         Command::Project(args) => project::run(&args),
+        Command::Registry(args) => registry_cli::run(&args),
     };
     match outcome {
         Ok(code) => code,

@@ -732,6 +732,68 @@ pub const FLOW_ADAPTIVE_MIN_IN_FLIGHT_DEFAULT: u32 = 8;
 pub const FLOW_ADAPTIVE_LATENCY_MS_MAX: u32 = 60_000;
 
 // ---------------------------------------------------------------------------------------------
+// Service registry (`registry`, docs/registry.md).
+
+/// Longest part of a registry data key (instance id, group, data id), a zone, a client id, a
+/// registration id or a subscription id.
+pub const REGISTRY_NAME_BYTES_MAX: usize = 128;
+
+/// Longest address a publisher may publish.
+pub const REGISTRY_ADDRESS_BYTES_MAX: usize = 256;
+
+/// Most attributes one published record may carry.
+pub const REGISTRY_ATTRIBUTES_MAX: usize = 32;
+
+/// Longest attribute key or value.
+pub const REGISTRY_ATTRIBUTE_BYTES_MAX: usize = 256;
+
+/// Largest client message a registry decodes (a registration at its limits is about 17 KiB).
+pub const REGISTRY_CLIENT_MESSAGE_BYTES_MAX: usize = 64 << 10;
+
+/// Most publishers one data key may hold (the seed's largest application has 8,000 instances
+/// per data id): bounds one push, and what one key's change costs.
+pub const REGISTRY_PUBLISHERS_PER_KEY_MAX: usize = 20_000;
+
+/// Most registrations one stream may hold (a benchmark multiplexes many publishers on one).
+pub const REGISTRY_REGISTRATIONS_PER_STREAM_MAX: usize = 1_000_000;
+
+/// Most subscriptions one stream may hold.
+pub const REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX: usize = 100_000;
+
+/// Most data keys one registry holds (a key stays, with its version, once its last publisher
+/// leaves, so that a subscriber sees versions only grow).
+pub const REGISTRY_KEYS_MAX: usize = 1_000_000;
+
+/// Most publishers one registry holds.
+pub const REGISTRY_PUBLISHERS_MAX: usize = 20_000_000;
+
+/// Most client streams one registry serves at once (one more is refused RESOURCE_EXHAUSTED).
+pub const REGISTRY_STREAMS_MAX: usize = 10_000;
+
+/// Largest push payload uncompressed: a full key of publishers at their limits would be more,
+/// so a record is refused when its key's set would pass this (a client decompresses no more).
+pub const REGISTRY_PUSH_PLAIN_BYTES_MAX: usize = 24 << 20;
+
+/// Largest server message a registry client decodes (a push, compressed or not).
+pub const REGISTRY_SERVER_MESSAGE_BYTES_MAX: usize = REGISTRY_PUSH_PLAIN_BYTES_MAX + (1 << 20);
+
+/// Messages queued toward one client stream (answers and pushes); pushes beyond it wait as
+/// marks, one per subscription, that always send the newest version.
+pub const REGISTRY_STREAM_QUEUE_MESSAGES: usize = 256;
+
+/// A push not acknowledged within this long is sent again.
+pub const REGISTRY_PUSH_ACK_MS_MAX: u64 = 2_000;
+
+/// Times one version of a push is sent again before it is left to the next reconciliation.
+pub const REGISTRY_PUSH_RETRIES_MAX: u32 = 3;
+
+/// How often every subscription's acknowledged version is compared with its key's version.
+pub const REGISTRY_RECONCILE_SECONDS_DEFAULT: u64 = 10;
+
+/// Payload bytes (plain and compressed) the registry keeps cached before it drops them all.
+pub const REGISTRY_PAYLOAD_CACHE_BYTES_MAX: usize = 1 << 30;
+
+// ---------------------------------------------------------------------------------------------
 // How the limits relate. Each fails the build if a change to one limit breaks another.
 
 // A full batch fits one journal record (inside the Raft entry that carries it).
@@ -898,3 +960,14 @@ const _: () = assert!(
         && FLOW_ADAPTIVE_MIN_IN_FLIGHT_DEFAULT >= 1
         && FLOW_ADAPTIVE_MIN_IN_FLIGHT_DEFAULT <= FLOW_POOL_SIZE_MAX
 );
+// Registry: a record at its limits fits a client message, a full key fits a push, and a client
+// decodes any push.
+const _: () = assert!(
+    REGISTRY_ADDRESS_BYTES_MAX
+        + REGISTRY_ATTRIBUTES_MAX * 2 * REGISTRY_ATTRIBUTE_BYTES_MAX
+        + 8 * REGISTRY_NAME_BYTES_MAX
+        + 1024
+        <= REGISTRY_CLIENT_MESSAGE_BYTES_MAX
+);
+const _: () = assert!(REGISTRY_SERVER_MESSAGE_BYTES_MAX > REGISTRY_PUSH_PLAIN_BYTES_MAX);
+const _: () = assert!(REGISTRY_PUSH_RETRIES_MAX >= 1 && REGISTRY_STREAM_QUEUE_MESSAGES >= 2);

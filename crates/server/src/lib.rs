@@ -31,6 +31,7 @@ mod minting;
 mod node;
 mod openapi;
 mod pipeline;
+pub mod registry_node;
 
 pub use auth::{Auth, Role};
 pub use front::{ClientServers, ClientServing};

@@ -1,0 +1,332 @@
+//! `fincore registry`: run a service registry (`serve`), publish a record and hold it while
+//! the command runs (`publish`), print a key's pushed sets (`subscribe`), drain a host
+//! (`drain-host`). docs/registry.md describes the registry.
+//!
+//! Owns the command line and how pushes are printed; the registry and its client are the
+//! `registry` crate's, the listener `server::registry_node`'s.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use registry::client::{ClientConfig, RegistryClient};
+use registry::proto;
+use server::auth::Auth;
+use server::registry_node::RegistryNode;
+
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    #[command(subcommand)]
+    command: RegistryCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RegistryCommand {
+    /// Run a registry: every role (session, data, meta) in this one process.
+    Serve(ServeArgs),
+    /// Publish a record under a data key and keep it published until stopped (Ctrl-C).
+    Publish(PublishArgs),
+    /// Subscribe to a data key and print each set pushed, as one JSON line.
+    Subscribe(SubscribeArgs),
+    /// Remove every record published from one IP address (role admin).
+    DrainHost(DrainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// gRPC address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7800")]
+    listen: SocketAddr,
+    /// The API keys file callers are checked against (made by `fincore keys create`): `read`
+    /// to subscribe, `write` to publish, `admin` to drain a host. Read again on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "insecure_no_auth"
+    )]
+    keys: Option<PathBuf>,
+    /// Serve without authentication. Refused unless --listen is a loopback address.
+    #[arg(long, conflicts_with = "keys")]
+    insecure_no_auth: bool,
+    /// Shards of the registry's data (slots).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    slots: u16,
+    /// Seconds between reconciliations (each subscription's acknowledged version compared with
+    /// its key's).
+    #[arg(long, value_name = "SECONDS", default_value_t = limits::REGISTRY_RECONCILE_SECONDS_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    reconcile_seconds: u64,
+    /// Fault injection for tests: drop one push in N on purpose (0: none).
+    #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
+    drop_pushes_one_in: u32,
+}
+
+/// Where a client finds the registry and who it is.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// Registry addresses (`HOST:PORT`, comma-separated), tried in turn.
+    #[arg(
+        long,
+        value_name = "ADDRS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7800"
+    )]
+    registry: Vec<String>,
+    /// An API key (`read` to subscribe, `write` to publish, `admin` to drain).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "FINCORE_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// This client's zone.
+    #[arg(long, value_name = "ZONE", default_value = "default")]
+    zone: String,
+    /// This client's id (default: `cli-` and the process id).
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+}
+
+impl ClientArgs {
+    fn start(&self) -> anyhow::Result<RegistryClient> {
+        let config = ClientConfig {
+            endpoints: self.registry.clone(),
+            api_key: self.api_key.clone(),
+            client_id: self
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("cli-{}", std::process::id())),
+            zone: self.zone.clone(),
+        };
+        RegistryClient::start(config).map_err(|refusal| anyhow::anyhow!("--{refusal}"))
+    }
+}
+
+/// A data key on the command line.
+#[derive(Debug, clap::Args)]
+struct KeyArgs {
+    /// The data id (for example the service's name).
+    #[arg(long, value_name = "ID")]
+    data_id: String,
+    /// The tenant.
+    #[arg(long, value_name = "ID", default_value = "default")]
+    instance_id: String,
+    #[arg(long, value_name = "GROUP", default_value = "default")]
+    group: String,
+}
+
+impl KeyArgs {
+    fn key(&self) -> proto::DataKey {
+        proto::DataKey {
+            instance_id: self.instance_id.clone(),
+            group: self.group.clone(),
+            data_id: self.data_id.clone(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The address published (for example `10.0.0.7:8080`).
+    #[arg(long, value_name = "ADDRESS")]
+    address: String,
+    /// An attribute, `KEY=VALUE` (repeat for more).
+    #[arg(long = "attribute", value_name = "KEY=VALUE")]
+    attributes: Vec<String>,
+    /// The registration's id (default: the address).
+    #[arg(long, value_name = "ID")]
+    registration_id: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SubscribeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// See only publishers in this client's zone (`zone`), or all (`global`).
+    #[arg(long, value_name = "SCOPE", default_value = "global", value_parser = ["zone", "global"])]
+    scope: String,
+    /// Stop after this many pushes (default: run until stopped).
+    #[arg(long, value_name = "N")]
+    pushes: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DrainArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The host whose records are removed.
+    #[arg(long, value_name = "IP")]
+    ip: String,
+}
+
+pub fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        RegistryCommand::Serve(args) => serve(args),
+        RegistryCommand::Publish(args) => publish(args),
+        RegistryCommand::Subscribe(args) => subscribe(args),
+        RegistryCommand::DrainHost(args) => drain(args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let _logs = telemetry::init_logging(&telemetry::trace::TraceOptions::off("fincore-registry"))?;
+    let auth = if args.insecure_no_auth {
+        crate::keys::open_on_loopback(&[("--listen", args.listen)])?
+    } else {
+        crate::keys::serve_auth(args.keys.as_deref().expect("clap requires --keys"))?
+    };
+    let settings = registry::Settings {
+        slots: usize::from(args.slots),
+        reconcile: Duration::from_secs(args.reconcile_seconds),
+        drop_pushes_one_in: args.drop_pushes_one_in,
+    };
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        let stop = crate::serve::stop_signal()?;
+        if let Auth::Keys(store) = &auth {
+            crate::keys::reload_on_sighup(Arc::clone(store));
+        }
+        let security = match &auth {
+            Auth::Open => "no authentication",
+            Auth::Keys(_) => "API keys",
+        };
+        let node = RegistryNode::start(args.listen, auth, settings)
+            .await
+            .with_context(|| format!("listening on --listen {}", args.listen))?;
+        println!(
+            "fincore: registry listening on {} ({security})",
+            node.grpc_addr()
+        );
+        stop.await;
+        node.stop().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn parse_attributes(attributes: &[String]) -> anyhow::Result<Vec<proto::Attribute>> {
+    attributes
+        .iter()
+        .map(|text| {
+            let (key, value) = text
+                .split_once('=')
+                .with_context(|| format!("--attribute {text:?}: expected KEY=VALUE"))?;
+            Ok(proto::Attribute {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
+    let record = proto::Record {
+        address: args.address.clone(),
+        attributes: parse_attributes(&args.attributes)?,
+    };
+    let registration_id = args.registration_id.clone().unwrap_or_else(|| {
+        args.address.replace(
+            |c: char| !c.is_ascii_alphanumeric() && !"-_.:@/".contains(c),
+            "_",
+        )
+    });
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        let stop = crate::serve::stop_signal()?;
+        let client = args.client.start()?;
+        client
+            .register(&registration_id, args.key.key(), record)
+            .await
+            .context("publishing")?;
+        println!(
+            "fincore: published {} under {}/{}/{} as {registration_id}; Ctrl-C withdraws it",
+            args.address, args.key.instance_id, args.key.group, args.key.data_id
+        );
+        stop.await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn subscribe(args: &SubscribeArgs) -> anyhow::Result<ExitCode> {
+    let scope = if args.scope == "zone" {
+        proto::Scope::Zone
+    } else {
+        proto::Scope::Global
+    };
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        let client = args.client.start()?;
+        let mut sets = client
+            .subscribe("cli", args.key.key(), scope)
+            .await
+            .context("subscribing")?;
+        let mut printed = 0;
+        while args.pushes.is_none_or(|pushes| printed < pushes) {
+            if sets.changed().await.is_err() {
+                anyhow::bail!("the registry client stopped");
+            }
+            let Some(set) = sets.borrow_and_update().clone() else {
+                continue;
+            };
+            println!("{}", set_json(&set));
+            printed += 1;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// One pushed set as a JSON line: `{"version":V,"records":[{"address":…,"zone":…,…}]}`.
+fn set_json(set: &registry::client::PushedSet) -> String {
+    let records: Vec<serde_json::Value> = set
+        .records
+        .iter()
+        .map(|published| {
+            let record = published.record.clone().unwrap_or_default();
+            let attributes: serde_json::Map<String, serde_json::Value> = record
+                .attributes
+                .into_iter()
+                .map(|attribute| (attribute.key, attribute.value.into()))
+                .collect();
+            serde_json::json!({
+                "address": record.address,
+                "attributes": attributes,
+                "zone": published.zone,
+                "client_id": published.client_id,
+                "registration_id": published.registration_id,
+            })
+        })
+        .collect();
+    serde_json::json!({"version": set.version, "records": records}).to_string()
+}
+
+fn drain(args: &DrainArgs) -> anyhow::Result<ExitCode> {
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        let client = args.client.start()?;
+        let removed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match client.drain_host(&args.ip).await {
+                    Err(registry::client::ClientError::NotConnected) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .context("no registry answered within 30 s")??;
+        println!(
+            "fincore: removed {removed} records published from {}",
+            args.ip
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}

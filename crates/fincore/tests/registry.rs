@@ -1,0 +1,517 @@
+//! The service registry over real sockets: publishers and subscribers through the Rust client
+//! against `server::registry_node` (in this process), and `fincore registry` as a child process
+//! killed and started again. Checks what a subscriber sees (every change pushed, zones, a
+//! publisher's end), who may do what, hostile streams, and convergence after restarts and
+//! dropped pushes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use registry::client::{ClientConfig, ClientError, PushedSet, RegistryClient};
+use registry::proto;
+use server::auth::{Auth, KeyStore, KeysFile, Role};
+use server::registry_node::RegistryNode;
+use tokio::sync::watch;
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn key(data_id: &str) -> proto::DataKey {
+    proto::DataKey {
+        instance_id: "tenant-a".into(),
+        group: "payments".into(),
+        data_id: data_id.into(),
+    }
+}
+
+fn record(address: &str) -> proto::Record {
+    proto::Record {
+        address: address.into(),
+        attributes: vec![
+            proto::Attribute {
+                key: "protocol".into(),
+                value: "grpc".into(),
+            },
+            proto::Attribute {
+                key: "weight".into(),
+                value: "100".into(),
+            },
+        ],
+    }
+}
+
+fn client(addr: SocketAddr, id: &str, zone: &str, api_key: Option<&str>) -> RegistryClient {
+    RegistryClient::start(ClientConfig {
+        endpoints: vec![addr.to_string()],
+        api_key: api_key.map(str::to_owned),
+        client_id: id.into(),
+        zone: zone.into(),
+    })
+    .expect("a valid config")
+}
+
+fn addresses(set: &PushedSet) -> Vec<String> {
+    let mut addresses: Vec<String> = set
+        .records
+        .iter()
+        .map(|published| published.record.as_ref().expect("a record").address.clone())
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+/// Waits (at most `SETTLE`) until the newest set pushed has exactly `wanted` addresses.
+async fn converges(sets: &mut watch::Receiver<Option<Arc<PushedSet>>>, wanted: &[&str]) -> u64 {
+    let mut wanted: Vec<String> = wanted.iter().map(|a| (*a).to_owned()).collect();
+    wanted.sort();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(set) = sets.borrow_and_update().clone()
+            && addresses(&set) == wanted
+        {
+            return set.version;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let seen = sets.borrow().as_ref().map(|set| addresses(set));
+        match tokio::time::timeout(left, sets.changed()).await {
+            Ok(Ok(())) => {}
+            _ => panic!("no push of {wanted:?} within {SETTLE:?}; the last was {seen:?}"),
+        }
+    }
+}
+
+/// A gRPC client of the registry's protocol with no help from the Rust client.
+async fn raw_client(
+    addr: SocketAddr,
+) -> proto::registry_client::RegistryClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    proto::registry_client::RegistryClient::new(channel)
+}
+
+async fn open_node() -> RegistryNode {
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    RegistryNode::start(listen, Auth::Open, registry::Settings::default())
+        .await
+        .expect("a registry")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_every_change_and_a_publishers_end() {
+    let node = open_node().await;
+    let addr = node.grpc_addr();
+    let publisher = client(addr, "pub-1", "zone-a", None);
+    let other = client(addr, "pub-2", "zone-a", None);
+    let subscriber = client(addr, "sub-1", "zone-a", None);
+
+    let mut sets = subscriber
+        .subscribe("s", key("pay.api"), proto::Scope::Global)
+        .await
+        .unwrap();
+    publisher
+        .register("r1", key("pay.api"), record("10.0.0.1:8080"))
+        .await
+        .unwrap();
+    publisher
+        .register("r2", key("pay.api"), record("10.0.0.2:8080"))
+        .await
+        .unwrap();
+    other
+        .register("r1", key("pay.api"), record("10.0.0.3:8080"))
+        .await
+        .unwrap();
+    let first = converges(
+        &mut sets,
+        &["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"],
+    )
+    .await;
+
+    // A registration replaced keeps one record; versions only grow.
+    publisher
+        .register("r2", key("pay.api"), record("10.0.0.9:8080"))
+        .await
+        .unwrap();
+    let second = converges(
+        &mut sets,
+        &["10.0.0.1:8080", "10.0.0.3:8080", "10.0.0.9:8080"],
+    )
+    .await;
+    assert!(second > first);
+    // Moved to another key: gone from this one.
+    publisher
+        .register("r1", key("other.api"), record("10.0.0.1:8080"))
+        .await
+        .unwrap();
+    converges(&mut sets, &["10.0.0.3:8080", "10.0.0.9:8080"]).await;
+    publisher.unregister("r2").await.unwrap();
+    converges(&mut sets, &["10.0.0.3:8080"]).await;
+
+    // A process that ends takes its records with it.
+    drop(other);
+    converges(&mut sets, &[]).await;
+    let set = sets.borrow().clone().unwrap();
+    assert!(set.records.is_empty());
+
+    // Another subscriber of the same key gets the current set at once.
+    let late = client(addr, "sub-2", "zone-b", None);
+    let mut late_sets = late
+        .subscribe("s", key("other.api"), proto::Scope::Global)
+        .await
+        .unwrap();
+    converges(&mut late_sets, &["10.0.0.1:8080"]).await;
+    let stats = &node.registry().stats;
+    assert!(stats.pushes.load(Ordering::Relaxed) >= 6);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_scope_sees_its_zone_and_big_sets_go_compressed() {
+    let node = open_node().await;
+    let addr = node.grpc_addr();
+    let east = client(addr, "pub-east", "east", None);
+    let west = client(addr, "pub-west", "west", None);
+    let local = client(addr, "sub-east", "east", None);
+    let mut zone_sets = local
+        .subscribe("mine", key("svc"), proto::Scope::Zone)
+        .await
+        .unwrap();
+    let mut global_sets = local
+        .subscribe("all", key("svc"), proto::Scope::Global)
+        .await
+        .unwrap();
+    let mut everything = Vec::new();
+    for n in 0..300 {
+        let address = format!("10.{}.{}.{}:8080", n % 2, n / 250, n % 250);
+        let publisher = if n % 2 == 0 { &east } else { &west };
+        publisher
+            .register(&format!("r{n}"), key("svc"), record(&address))
+            .await
+            .unwrap();
+        everything.push(address);
+    }
+    let east_only: Vec<&str> = everything.iter().step_by(2).map(String::as_str).collect();
+    let all: Vec<&str> = everything.iter().map(String::as_str).collect();
+    converges(&mut zone_sets, &east_only).await;
+    converges(&mut global_sets, &all).await;
+    let stats = &node.registry().stats;
+    let plain = stats.push_plain_bytes.load(Ordering::Relaxed);
+    let sent = stats.push_sent_bytes.load(Ordering::Relaxed);
+    assert!(
+        sent * 4 < plain,
+        "pushes went compressed: {sent} bytes for {plain}"
+    );
+    node.stop().await;
+}
+
+fn keys_with_roles(dir: &std::path::Path) -> (Auth, String, String, String) {
+    let path = dir.join("keys.json");
+    let mut file = KeysFile::load_or_new(&path).unwrap();
+    let (_, read) = file.create(Role::Read, Some("reader")).unwrap();
+    let (_, write) = file.create(Role::Write, Some("writer")).unwrap();
+    let (_, admin) = file.create(Role::Admin, Some("operator")).unwrap();
+    file.save().unwrap();
+    let store = KeyStore::open(&path).unwrap();
+    (Auth::Keys(Arc::new(store)), read, write, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_decide_who_subscribes_publishes_and_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auth, read, write, admin) = keys_with_roles(dir.path());
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let node = RegistryNode::start(listen, auth, registry::Settings::default())
+        .await
+        .unwrap();
+    let addr = node.grpc_addr();
+
+    // No key, or a made-up one: the stream is refused before it carries anything.
+    for api_key in [
+        None,
+        Some("fincore_0000000000000000000000000000000000000000000000000000000000000000"),
+    ] {
+        let mut grpc = raw_client(addr).await;
+        let hello = proto::ClientMessage {
+            request_id: 0,
+            body: Some(proto::client_message::Body::Hello(proto::Hello {
+                client_id: "x".into(),
+                zone: "z".into(),
+                accept: vec![],
+            })),
+        };
+        let mut request = tonic::Request::new(futures::stream::iter(vec![hello]));
+        if let Some(api_key) = api_key {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {api_key}").parse().unwrap(),
+            );
+        }
+        let status = grpc.session(request).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    }
+
+    let reader = client(addr, "reader", "z", Some(&read));
+    let mut sets = reader
+        .subscribe("s", key("svc"), proto::Scope::Global)
+        .await
+        .unwrap();
+    let refused = reader.register("r", key("svc"), record("10.0.0.1:1")).await;
+    let Err(ClientError::Refused(refusal)) = refused else {
+        panic!("a read key published: {refused:?}");
+    };
+    assert_eq!(refusal.field, "register");
+    assert!(refusal.reason.contains("role write"), "{refusal}");
+
+    let writer = client(addr, "writer", "z", Some(&write));
+    writer
+        .register("r", key("svc"), record("10.0.0.1:1"))
+        .await
+        .unwrap();
+    converges(&mut sets, &["10.0.0.1:1"]).await;
+    let refused = writer.drain_host("127.0.0.1").await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused(r)) if r.field == "drain_host"),
+        "{refused:?}"
+    );
+
+    // An admin drains the host every test client runs on: its records go, and its streams may
+    // publish nothing more; a new stream may.
+    let operator = client(addr, "operator", "z", Some(&admin));
+    assert_eq!(operator.drain_host("127.0.0.1").await.unwrap(), 1);
+    converges(&mut sets, &[]).await;
+    let refused = writer
+        .register("r2", key("svc"), record("10.0.0.2:1"))
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused(r)) if r.reason.contains("drained")),
+        "{refused:?}"
+    );
+    let refused = operator.drain_host("not-an-ip").await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused(r)) if r.field == "drain_host.ip"),
+        "{refused:?}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_naming_the_field_and_change_nothing() {
+    let node = open_node().await;
+    let addr = node.grpc_addr();
+    let publisher = client(addr, "pub", "z", None);
+    let subscriber = client(addr, "sub", "z", None);
+    let mut sets = subscriber
+        .subscribe("s", key("svc"), proto::Scope::Global)
+        .await
+        .unwrap();
+    publisher
+        .register("good", key("svc"), record("10.0.0.1:1"))
+        .await
+        .unwrap();
+    converges(&mut sets, &["10.0.0.1:1"]).await;
+
+    let mut bad_key = key("svc");
+    bad_key.data_id = "has space".into();
+    let mut too_many = record("10.0.0.2:1");
+    too_many.attributes = (0..33)
+        .map(|n| proto::Attribute {
+            key: format!("k{n}"),
+            value: "v".into(),
+        })
+        .collect();
+    let cases = [
+        (
+            "bad key",
+            key("svc"),
+            record("10.0.0.2:1"),
+            "x y",
+            "register.registration_id",
+        ),
+        (
+            "bad data id",
+            bad_key,
+            record("10.0.0.2:1"),
+            "r",
+            "register.key.data_id",
+        ),
+        (
+            "no address",
+            key("svc"),
+            record(""),
+            "r",
+            "register.record.address",
+        ),
+        (
+            "attributes",
+            key("svc"),
+            too_many,
+            "r",
+            "register.record.attributes",
+        ),
+        (
+            "long address",
+            key("svc"),
+            record(&"1".repeat(257)),
+            "r",
+            "register.record.address",
+        ),
+    ];
+    for (what, key, record, registration_id, field) in cases {
+        let refused = publisher.register(registration_id, key, record).await;
+        match refused {
+            Err(ClientError::Refused(refusal)) => {
+                assert_eq!(refusal.field, field, "{what}: {refusal}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let refused = subscriber
+        .subscribe("s2", key("svc"), proto::Scope::Unspecified)
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused(r)) if r.field == "subscribe.scope"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        node.registry().store().publishers(),
+        1,
+        "nothing stored by a refusal"
+    );
+    // The set is still the good one, at the same version.
+    let version = sets.borrow().as_ref().unwrap().version;
+    assert_eq!(
+        node.registry()
+            .store()
+            .version(&registry::DataKey::new("tenant-a", "payments", "svc")),
+        version
+    );
+
+    // A raw stream whose first message is not a hello is refused; so is one too large.
+    let mut grpc = raw_client(addr).await;
+    let not_hello = proto::ClientMessage {
+        request_id: 0,
+        body: Some(proto::client_message::Body::Unregister(proto::Unregister {
+            registration_id: "x".into(),
+        })),
+    };
+    let status = grpc
+        .session(futures::stream::iter(vec![not_hello]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(status.message().starts_with("hello:"), "{status}");
+    let huge = proto::ClientMessage {
+        request_id: 0,
+        body: Some(proto::client_message::Body::Hello(proto::Hello {
+            client_id: "x".repeat(100_000),
+            zone: "z".into(),
+            accept: vec![],
+        })),
+    };
+    let status = grpc
+        .session(futures::stream::iter(vec![huge]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status}");
+    assert_eq!(
+        node.registry().sessions(),
+        2,
+        "only the two clients' streams are open"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_pushes_are_repaired_by_retries_and_reconciliation() {
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let settings = registry::Settings {
+        drop_pushes_one_in: 2,
+        reconcile: Duration::from_secs(1),
+        ..registry::Settings::default()
+    };
+    let node = RegistryNode::start(listen, Auth::Open, settings)
+        .await
+        .unwrap();
+    let addr = node.grpc_addr();
+    let publisher = client(addr, "pub", "z", None);
+    let subscribers: Vec<RegistryClient> = (0..4)
+        .map(|n| client(addr, &format!("sub-{n}"), "z", None))
+        .collect();
+    let mut sets = Vec::new();
+    for subscriber in &subscribers {
+        sets.push(
+            subscriber
+                .subscribe("s", key("svc"), proto::Scope::Global)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut wanted = Vec::new();
+    for n in 0..20 {
+        let address = format!("10.0.0.{n}:80");
+        publisher
+            .register(&format!("r{n}"), key("svc"), record(&address))
+            .await
+            .unwrap();
+        wanted.push(address);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    for sets in &mut sets {
+        converges(sets, &wanted).await;
+    }
+    let stats = &node.registry().stats;
+    assert!(stats.pushes_dropped.load(Ordering::Relaxed) > 0);
+    assert!(
+        stats.push_retries.load(Ordering::Relaxed) + stats.reconciled.load(Ordering::Relaxed) > 0,
+        "the repair came from a retry or a reconciliation"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnect_and_register_again_after_a_registry_restart() {
+    let node = open_node().await;
+    let addr = node.grpc_addr();
+    let publisher = client(addr, "pub", "z", None);
+    let subscriber = client(addr, "sub", "z", None);
+    let mut sets = subscriber
+        .subscribe("s", key("svc"), proto::Scope::Global)
+        .await
+        .unwrap();
+    publisher
+        .register("a", key("svc"), record("10.0.0.1:80"))
+        .await
+        .unwrap();
+    publisher
+        .register("b", key("svc"), record("10.0.0.2:80"))
+        .await
+        .unwrap();
+    let before = converges(&mut sets, &["10.0.0.1:80", "10.0.0.2:80"]).await;
+
+    node.stop().await;
+    // A registry started empty on the same address: the clients find it and replay.
+    let node = RegistryNode::start(addr, Auth::Open, registry::Settings::default())
+        .await
+        .expect("the same port again");
+    let mut connected = publisher.connected();
+    tokio::time::timeout(SETTLE, connected.wait_for(|up| *up))
+        .await
+        .unwrap()
+        .unwrap();
+    // A change made while reconnecting is not overtaken by the replay of its older copy.
+    publisher
+        .register("b", key("svc"), record("10.0.0.3:80"))
+        .await
+        .unwrap();
+    let after = converges(&mut sets, &["10.0.0.1:80", "10.0.0.3:80"]).await;
+    assert!(
+        after > before,
+        "versions grow across a restart: {before} then {after}"
+    );
+    assert_eq!(node.registry().store().publishers(), 2);
+    node.stop().await;
+}

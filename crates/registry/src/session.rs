@@ -1,0 +1,799 @@
+//! The session layer: the client streams, what each registered and subscribes to, and the
+//! pushes that follow each change.
+//!
+//! A change reaches subscribers in three steps, none with a fixed delay:
+//! 1. the store gathers changed keys into one set (a key changed many times is in it once);
+//! 2. one notifier drains that set whenever it is not empty and, per key, marks each
+//!    subscription to it in its stream's set of marks (a subscription marked twice is marked
+//!    once);
+//! 3. each stream's pusher takes its marks and sends each subscription its key's set as of
+//!    *now* — the newest version, so a push that waited is replaced by a newer one, never sent
+//!    after it. Under load the sets fill while the workers are busy and each pass carries more:
+//!    batching grows with load instead of waiting.
+//!
+//! A push the client does not acknowledge within `REGISTRY_PUSH_ACK_MS_MAX` is sent again, at
+//! most `REGISTRY_PUSH_RETRIES_MAX` times; every `reconcile` interval each subscription's
+//! acknowledged version is compared with its key's and marked again when they differ, so a
+//! subscriber that missed a push converges by itself.
+//!
+//! Owns the streams' bookkeeping and the push path. Must not decide what a valid name or record
+//! is (`names`), nor hold what is published (`store`), nor read the wire (`service`).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use limits::{
+    REGISTRY_PUSH_ACK_MS_MAX, REGISTRY_PUSH_RETRIES_MAX, REGISTRY_REGISTRATIONS_PER_STREAM_MAX,
+    REGISTRY_STREAMS_MAX, REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX,
+};
+use prost::Message;
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::Status;
+
+use crate::names::{self, DataKey, Interner, Refusal};
+use crate::proto::{self, client_message::Body, server_message};
+use crate::store::{Published, PublisherId, Store};
+
+/// What the caller of a stream may do, from its API key (the embedding server decides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rights {
+    /// The key's name, for logs; `None` on an open (unauthenticated) registry.
+    pub caller: Option<String>,
+    /// May register records (role `write`).
+    pub publish: bool,
+    /// May drain a host (role `admin`).
+    pub admin: bool,
+}
+
+impl Rights {
+    /// Everything: a registry that authenticates nobody.
+    pub fn open() -> Rights {
+        Rights {
+            caller: None,
+            publish: true,
+            admin: true,
+        }
+    }
+}
+
+/// How a registry runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Shards of the store (the data layer's slot count).
+    pub slots: usize,
+    /// How often every subscription is compared with its key's version.
+    pub reconcile: Duration,
+    /// Fault injection: drop one push in this many (0: none), to show reconciliation repairs.
+    pub drop_pushes_one_in: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            slots: 256,
+            reconcile: Duration::from_secs(limits::REGISTRY_RECONCILE_SECONDS_DEFAULT),
+            drop_pushes_one_in: 0,
+        }
+    }
+}
+
+/// Counters since the registry started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub pushes: AtomicU64,
+    /// Payload bytes the pushes sent would have taken uncompressed.
+    pub push_plain_bytes: AtomicU64,
+    /// Payload bytes the pushes sent took.
+    pub push_sent_bytes: AtomicU64,
+    /// Pushes sent again for want of an acknowledgement.
+    pub push_retries: AtomicU64,
+    /// Pushes dropped on purpose (fault injection).
+    pub pushes_dropped: AtomicU64,
+    /// Subscriptions found behind their key by a reconciliation.
+    pub reconciled: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    key: DataKey,
+    /// Only publishers of this zone (`None`: all).
+    zone: Option<Arc<str>>,
+    acked: u64,
+    pushed: u64,
+    pushed_at: Option<Instant>,
+    retries: u32,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    registrations: HashMap<Box<str>, DataKey>,
+    subscriptions: HashMap<Arc<str>, Subscription>,
+    /// Subscriptions pushed and not yet acknowledged.
+    unacked: HashSet<Arc<str>>,
+    /// A host drain removed this stream's records: it may register nothing more.
+    drained: bool,
+}
+
+type Outbound = mpsc::Sender<Result<proto::ServerMessage, Status>>;
+
+/// One client stream.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    client_id: Arc<str>,
+    zone: Arc<str>,
+    host: IpAddr,
+    zstd: bool,
+    rights: Rights,
+    state: Mutex<SessionState>,
+    marked: Mutex<HashSet<Arc<str>>>,
+    wake: Notify,
+    closed: AtomicBool,
+    out: Outbound,
+}
+
+impl Session {
+    fn mark(&self, subscription: Arc<str>) {
+        self.marked
+            .lock()
+            .expect("never poisoned")
+            .insert(subscription);
+        self.wake.notify_one();
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().expect("never poisoned")
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+type Subscribers = HashMap<DataKey, HashMap<(u64, Arc<str>), Weak<Session>>>;
+
+/// A whole registry in one process: the store and the sessions over it.
+#[derive(Debug)]
+pub struct Registry {
+    store: Store,
+    interner: Interner,
+    settings: Settings,
+    sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    by_host: Mutex<HashMap<IpAddr, HashSet<u64>>>,
+    /// Who subscribes to each key, sharded as the store is.
+    subscribers: Box<[Mutex<Subscribers>]>,
+    next_session: AtomicU64,
+    open_sessions: AtomicUsize,
+    pushes_seen: AtomicU32,
+    /// True once the registry ends every stream (its server is stopping).
+    ending: watch::Sender<bool>,
+    pub stats: Stats,
+}
+
+/// An answer saying yes.
+fn ok(request_id: u64) -> proto::Answer {
+    proto::Answer {
+        request_id,
+        ok: true,
+        ..proto::Answer::default()
+    }
+}
+
+fn refused(request_id: u64, refusal: Refusal) -> proto::Answer {
+    proto::Answer {
+        request_id,
+        ok: false,
+        field: refusal.field,
+        error: refusal.reason,
+        removed: 0,
+    }
+}
+
+impl Registry {
+    pub fn new(settings: Settings) -> Arc<Registry> {
+        Arc::new(Registry {
+            store: Store::new(settings.slots),
+            interner: Interner::default(),
+            subscribers: (0..settings.slots).map(|_| Mutex::default()).collect(),
+            settings,
+            sessions: Mutex::default(),
+            by_host: Mutex::default(),
+            next_session: AtomicU64::new(1),
+            open_sessions: AtomicUsize::new(0),
+            pushes_seen: AtomicU32::new(0),
+            ending: watch::Sender::new(false),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Client streams open now.
+    pub fn sessions(&self) -> usize {
+        self.open_sessions.load(Ordering::Relaxed)
+    }
+
+    /// Ends every stream now and any opened later (the server is stopping): their clients
+    /// connect again, elsewhere or to the next server here.
+    pub fn end_streams(&self) {
+        self.ending.send_replace(true);
+    }
+
+    /// Whether [`Registry::end_streams`] was called.
+    pub fn is_ending(&self) -> bool {
+        *self.ending.borrow()
+    }
+
+    /// Resolves once [`Registry::end_streams`] was called.
+    pub async fn ended(&self) {
+        let _ = self.ending.subscribe().wait_for(|ending| *ending).await;
+    }
+
+    /// Starts the notifier and the reconciler; they run until the registry is dropped.
+    pub fn spawn_workers(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(notify_loop(weak.clone()));
+        tokio::spawn(reconcile_loop(weak));
+    }
+
+    /// Opens a stream that said `hello` from `host`; its pushes go to `out`.
+    pub fn open(
+        self: &Arc<Self>,
+        hello: &proto::Hello,
+        host: IpAddr,
+        rights: Rights,
+        out: Outbound,
+    ) -> Result<Arc<Session>, Refusal> {
+        let client_id = self
+            .interner
+            .get(names::name("hello.client_id", &hello.client_id)?);
+        let zone = self.interner.get(names::name("hello.zone", &hello.zone)?);
+        let open = self.open_sessions.fetch_add(1, Ordering::Relaxed);
+        if open >= REGISTRY_STREAMS_MAX {
+            self.open_sessions.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::new(
+                "stream",
+                format!("this registry serves {REGISTRY_STREAMS_MAX} streams already"),
+            ));
+        }
+        let host = host.to_canonical();
+        let session = Arc::new(Session {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            client_id,
+            zone,
+            host,
+            zstd: hello.accept.contains(&(proto::Encoding::Zstd as i32)),
+            rights,
+            state: Mutex::default(),
+            marked: Mutex::default(),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            out,
+        });
+        self.sessions
+            .lock()
+            .expect("never poisoned")
+            .insert(session.id, Arc::clone(&session));
+        self.by_host
+            .lock()
+            .expect("never poisoned")
+            .entry(host)
+            .or_default()
+            .insert(session.id);
+        tracing::debug!(stream = session.id, client = %session.client_id, %host, "registry stream opened");
+        Ok(session)
+    }
+
+    /// Ends a stream: its records are removed and its subscriptions forgotten.
+    pub fn close(&self, session: &Arc<Session>) {
+        if session.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        session.wake.notify_one();
+        let state = std::mem::take(&mut *session.state());
+        for (registration_id, key) in state.registrations {
+            self.unpublish(session, &key, registration_id);
+        }
+        for (subscription_id, subscription) in state.subscriptions {
+            self.unindex(session.id, &subscription.key, subscription_id);
+        }
+        self.sessions
+            .lock()
+            .expect("never poisoned")
+            .remove(&session.id);
+        let mut by_host = self.by_host.lock().expect("never poisoned");
+        if let Some(ids) = by_host.get_mut(&session.host) {
+            ids.remove(&session.id);
+            if ids.is_empty() {
+                by_host.remove(&session.host);
+            }
+        }
+        drop(by_host);
+        self.open_sessions.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(stream = session.id, "registry stream closed");
+    }
+
+    fn unpublish(&self, session: &Session, key: &DataKey, registration_id: Box<str>) -> bool {
+        let id = PublisherId {
+            client_id: Arc::clone(&session.client_id),
+            registration_id,
+        };
+        self.store.remove(key, &id, session.id)
+    }
+
+    fn shard(&self, key: &DataKey) -> std::sync::MutexGuard<'_, Subscribers> {
+        self.subscribers[key.slot(self.subscribers.len())]
+            .lock()
+            .expect("never poisoned")
+    }
+
+    fn unindex(&self, session: u64, key: &DataKey, subscription_id: Arc<str>) {
+        let mut shard = self.shard(key);
+        if let Some(subscribers) = shard.get_mut(key) {
+            subscribers.remove(&(session, subscription_id));
+            if subscribers.is_empty() {
+                shard.remove(key);
+            }
+        }
+    }
+
+    /// Serves one request of `session`'s; `None` for those answered by nothing (acks).
+    pub fn handle(
+        &self,
+        session: &Arc<Session>,
+        message: proto::ClientMessage,
+    ) -> Option<proto::Answer> {
+        let request_id = message.request_id;
+        let outcome = match message.body {
+            None => Err(Refusal::new("body", "is missing")),
+            Some(Body::Hello(_)) => Err(Refusal::new(
+                "hello",
+                "comes once, as the stream's first message",
+            )),
+            Some(Body::Register(register)) => self.register(session, register),
+            Some(Body::Unregister(unregister)) => self.unregister(session, &unregister),
+            Some(Body::Subscribe(subscribe)) => self.subscribe(session, subscribe),
+            Some(Body::Unsubscribe(unsubscribe)) => self.unsubscribe(session, &unsubscribe),
+            Some(Body::Ack(ack)) => {
+                self.ack(session, &ack);
+                return None;
+            }
+            Some(Body::DrainHost(drain)) => {
+                return Some(match self.drain(session, &drain) {
+                    Ok(removed) => proto::Answer {
+                        removed,
+                        ..ok(request_id)
+                    },
+                    Err(refusal) => refused(request_id, refusal),
+                });
+            }
+        };
+        Some(match outcome {
+            Ok(()) => ok(request_id),
+            Err(refusal) => refused(request_id, refusal),
+        })
+    }
+
+    fn register(&self, session: &Arc<Session>, register: proto::Register) -> Result<(), Refusal> {
+        if !session.rights.publish {
+            return Err(Refusal::new(
+                "register",
+                "this API key may not publish (it needs the role write)",
+            ));
+        }
+        let registration_id = names::name("register.registration_id", &register.registration_id)?;
+        let key = names::data_key("register.key", register.key.as_ref(), &self.interner)?;
+        names::record("register.record", register.record.as_ref())?;
+        let encoded = proto::PublishedRecord {
+            client_id: session.client_id.to_string(),
+            registration_id: registration_id.to_owned(),
+            zone: session.zone.to_string(),
+            record: register.record,
+        }
+        .encode_to_vec();
+        // Held across the store's change, so a host drain never misses a record being added.
+        let mut state = session.state();
+        if state.drained {
+            return Err(Refusal::new(
+                "register",
+                format!(
+                    "host {} was drained: this stream may register nothing more",
+                    session.host
+                ),
+            ));
+        }
+        let earlier = state.registrations.get(registration_id).cloned();
+        if earlier.is_none() && state.registrations.len() >= REGISTRY_REGISTRATIONS_PER_STREAM_MAX {
+            return Err(Refusal::new(
+                "register",
+                format!(
+                    "this stream holds {REGISTRY_REGISTRATIONS_PER_STREAM_MAX} registrations already"
+                ),
+            ));
+        }
+        let id = PublisherId {
+            client_id: Arc::clone(&session.client_id),
+            registration_id: registration_id.into(),
+        };
+        let published = Published {
+            zone: Arc::clone(&session.zone),
+            stream: session.id,
+            encoded: encoded.into(),
+        };
+        self.store
+            .put(&key, id, published)
+            .map_err(|error| Refusal::new("register.key", error.to_string()))?;
+        if let Some(earlier) = earlier.filter(|earlier| *earlier != key) {
+            self.unpublish(session, &earlier, registration_id.into());
+        }
+        state.registrations.insert(registration_id.into(), key);
+        Ok(())
+    }
+
+    fn unregister(&self, session: &Session, unregister: &proto::Unregister) -> Result<(), Refusal> {
+        let registration_id =
+            names::name("unregister.registration_id", &unregister.registration_id)?;
+        let mut state = session.state();
+        let key = state.registrations.remove(registration_id).ok_or_else(|| {
+            Refusal::new(
+                "unregister.registration_id",
+                "this stream registered nothing under it",
+            )
+        })?;
+        self.unpublish(session, &key, registration_id.into());
+        Ok(())
+    }
+
+    fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        subscribe: proto::Subscribe,
+    ) -> Result<(), Refusal> {
+        let subscription_id = self.interner.get(names::name(
+            "subscribe.subscription_id",
+            &subscribe.subscription_id,
+        )?);
+        let key = names::data_key("subscribe.key", subscribe.key.as_ref(), &self.interner)?;
+        let zone = match proto::Scope::try_from(subscribe.scope) {
+            Ok(proto::Scope::Zone) => Some(Arc::clone(&session.zone)),
+            Ok(proto::Scope::Global) => None,
+            _ => {
+                return Err(Refusal::new(
+                    "subscribe.scope",
+                    "must be SCOPE_ZONE or SCOPE_GLOBAL",
+                ));
+            }
+        };
+        let mut state = session.state();
+        let earlier = state
+            .subscriptions
+            .get(&subscription_id)
+            .map(|s| s.key.clone());
+        if earlier.is_none() && state.subscriptions.len() >= REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX {
+            return Err(Refusal::new(
+                "subscribe",
+                format!(
+                    "this stream holds {REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX} subscriptions already"
+                ),
+            ));
+        }
+        if let Some(earlier) = earlier.filter(|earlier| *earlier != key) {
+            self.unindex(session.id, &earlier, Arc::clone(&subscription_id));
+        }
+        state.subscriptions.insert(
+            Arc::clone(&subscription_id),
+            Subscription {
+                key: key.clone(),
+                zone,
+                acked: subscribe.known_version,
+                pushed: subscribe.known_version,
+                pushed_at: None,
+                retries: 0,
+            },
+        );
+        state.unacked.remove(&subscription_id);
+        drop(state);
+        self.shard(&key).entry(key).or_default().insert(
+            (session.id, Arc::clone(&subscription_id)),
+            Arc::downgrade(session),
+        );
+        session.mark(subscription_id);
+        Ok(())
+    }
+
+    fn unsubscribe(
+        &self,
+        session: &Session,
+        unsubscribe: &proto::Unsubscribe,
+    ) -> Result<(), Refusal> {
+        let field = "unsubscribe.subscription_id";
+        let subscription_id = names::name(field, &unsubscribe.subscription_id)?;
+        let mut state = session.state();
+        let (subscription_id, subscription) = state
+            .subscriptions
+            .remove_entry(subscription_id)
+            .ok_or_else(|| Refusal::new(field, "this stream has no such subscription"))?;
+        state.unacked.remove(&subscription_id);
+        drop(state);
+        self.unindex(session.id, &subscription.key, subscription_id);
+        Ok(())
+    }
+
+    fn ack(&self, session: &Session, ack: &proto::PushAck) {
+        let mut state = session.state();
+        let SessionState {
+            subscriptions,
+            unacked,
+            ..
+        } = &mut *state;
+        if let Some(subscription) = subscriptions.get_mut(ack.subscription_id.as_str()) {
+            subscription.acked = ack.version;
+            if subscription.acked == subscription.pushed {
+                unacked.remove(ack.subscription_id.as_str());
+            }
+        }
+    }
+
+    /// Removes every record published by streams from `drain.ip`; those streams may register
+    /// nothing more. How many records were removed.
+    fn drain(&self, session: &Session, drain: &proto::DrainHost) -> Result<u64, Refusal> {
+        if !session.rights.admin {
+            return Err(Refusal::new(
+                "drain_host",
+                "this API key may not drain hosts (it needs the role admin)",
+            ));
+        }
+        let host: IpAddr = drain
+            .ip
+            .parse()
+            .map_err(|_| Refusal::new("drain_host.ip", "is not an IP address"))?;
+        let host = host.to_canonical();
+        let ids: Vec<u64> = self
+            .by_host
+            .lock()
+            .expect("never poisoned")
+            .get(&host)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        let drained: Vec<Arc<Session>> = {
+            let sessions = self.sessions.lock().expect("never poisoned");
+            ids.iter()
+                .filter_map(|id| sessions.get(id).cloned())
+                .collect()
+        };
+        let mut removed = 0;
+        for session in drained {
+            let registrations = {
+                let mut state = session.state();
+                state.drained = true;
+                std::mem::take(&mut state.registrations)
+            };
+            for (registration_id, key) in registrations {
+                removed += u64::from(self.unpublish(&session, &key, registration_id));
+            }
+        }
+        tracing::info!(%host, removed, "drained a host's records");
+        Ok(removed)
+    }
+
+    /// Sends `session` its marked subscriptions' sets until the stream ends.
+    pub async fn push_loop(self: Arc<Self>, session: Arc<Session>) {
+        loop {
+            tokio::select! {
+                () = session.wake.notified() => {}
+                () = session.out.closed() => return,
+                () = self.ended() => return,
+            }
+            loop {
+                if session.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let marked: Vec<Arc<str>> = session
+                    .marked
+                    .lock()
+                    .expect("never poisoned")
+                    .drain()
+                    .collect();
+                if marked.is_empty() {
+                    break;
+                }
+                for subscription_id in marked {
+                    if !self.push(&session, subscription_id).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one subscription its key's set as of now, unless the client holds it already;
+    /// false when the stream is gone.
+    async fn push(&self, session: &Session, subscription_id: Arc<str>) -> bool {
+        let (key, zone, acked) = {
+            let state = session.state();
+            let Some(subscription) = state.subscriptions.get(&subscription_id) else {
+                return true;
+            };
+            (
+                subscription.key.clone(),
+                subscription.zone.clone(),
+                subscription.acked,
+            )
+        };
+        let Some(payload) = self.store.payload(&key, zone.as_ref()) else {
+            return true;
+        };
+        if payload.version == acked {
+            return true;
+        }
+        let (encoding, bytes) = match session.zstd.then(|| payload.zstd(&self.store)).flatten() {
+            Some(compressed) => (proto::Encoding::Zstd, compressed.clone()),
+            None => (proto::Encoding::Plain, payload.plain.clone()),
+        };
+        {
+            let mut state = session.state();
+            let SessionState {
+                subscriptions,
+                unacked,
+                ..
+            } = &mut *state;
+            let Some(subscription) = subscriptions.get_mut(&subscription_id) else {
+                return true;
+            };
+            if subscription.pushed != payload.version {
+                subscription.retries = 0;
+            }
+            subscription.pushed = payload.version;
+            subscription.pushed_at = Some(Instant::now());
+            unacked.insert(Arc::clone(&subscription_id));
+        }
+        let one_in = self.settings.drop_pushes_one_in;
+        if one_in > 0 && self.pushes_seen.fetch_add(1, Ordering::Relaxed).is_multiple_of(one_in) {
+            self.stats.pushes_dropped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let sent = bytes.len() as u64;
+        let push = proto::ServerMessage {
+            body: Some(server_message::Body::Push(proto::Push {
+                subscription_id: subscription_id.to_string(),
+                key: Some(key.to_proto()),
+                version: payload.version,
+                encoding: encoding as i32,
+                payload: bytes,
+                record_count: payload.records,
+                plain_bytes: payload.plain.len() as u64,
+            })),
+        };
+        if session.out.send(Ok(push)).await.is_err() {
+            return false;
+        }
+        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .push_plain_bytes
+            .fetch_add(payload.plain.len() as u64, Ordering::Relaxed);
+        self.stats
+            .push_sent_bytes
+            .fetch_add(sent, Ordering::Relaxed);
+        true
+    }
+
+    /// Marks every subscription to each changed key.
+    fn notify(&self, changed: HashSet<DataKey>) {
+        for key in changed {
+            let shard = self.shard(&key);
+            let Some(subscribers) = shard.get(&key) else {
+                continue;
+            };
+            for ((_, subscription_id), session) in subscribers {
+                if let Some(session) = session.upgrade() {
+                    session.mark(Arc::clone(subscription_id));
+                }
+            }
+        }
+    }
+
+    fn open_sessions_now(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .lock()
+            .expect("never poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Sends again the pushes left unacknowledged too long (each version at most
+    /// `REGISTRY_PUSH_RETRIES_MAX` times).
+    fn retry_unacked(&self) {
+        let deadline = Duration::from_millis(REGISTRY_PUSH_ACK_MS_MAX);
+        for session in self.open_sessions_now() {
+            let mut again = Vec::new();
+            {
+                let mut state = session.state();
+                let SessionState {
+                    subscriptions,
+                    unacked,
+                    ..
+                } = &mut *state;
+                for id in unacked.iter() {
+                    let Some(subscription) = subscriptions.get_mut(id) else {
+                        continue;
+                    };
+                    let late = subscription
+                        .pushed_at
+                        .is_some_and(|at| at.elapsed() >= deadline);
+                    if late && subscription.retries < REGISTRY_PUSH_RETRIES_MAX {
+                        subscription.retries += 1;
+                        subscription.pushed_at = Some(Instant::now());
+                        again.push(Arc::clone(id));
+                    }
+                }
+            }
+            self.stats
+                .push_retries
+                .fetch_add(again.len() as u64, Ordering::Relaxed);
+            for id in again {
+                session.mark(id);
+            }
+        }
+    }
+
+    /// Compares every subscription's acknowledged version with its key's; marks those behind.
+    fn reconcile(&self) {
+        for session in self.open_sessions_now() {
+            let subscriptions: Vec<(Arc<str>, DataKey, u64)> = session
+                .state()
+                .subscriptions
+                .iter()
+                .map(|(id, s)| (Arc::clone(id), s.key.clone(), s.acked))
+                .collect();
+            for (id, key, acked) in subscriptions {
+                let version = self.store.version(&key);
+                if version != 0 && version != acked {
+                    if let Some(subscription) = session.state().subscriptions.get_mut(&id) {
+                        subscription.retries = 0;
+                    }
+                    self.stats.reconciled.fetch_add(1, Ordering::Relaxed);
+                    session.mark(id);
+                }
+            }
+        }
+        self.interner.sweep();
+    }
+}
+
+async fn notify_loop(registry: Weak<Registry>) {
+    loop {
+        let Some(strong) = registry.upgrade() else {
+            return;
+        };
+        let changed = strong.store.take_changed();
+        if !changed.is_empty() {
+            strong.notify(changed);
+            continue;
+        }
+        let store_changes = async { strong.store.changes().await };
+        // Woken by a change, or now and then to notice the registry is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(1), store_changes).await;
+    }
+}
+
+async fn reconcile_loop(registry: Weak<Registry>) {
+    let tick = Duration::from_millis(REGISTRY_PUSH_ACK_MS_MAX / 4);
+    let mut last_reconcile = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        registry.retry_unacked();
+        if last_reconcile.elapsed() >= registry.settings.reconcile {
+            last_reconcile = Instant::now();
+            registry.reconcile();
+        }
+    }
+}
