@@ -37,9 +37,12 @@ enum RegistryCommand {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// gRPC address to listen on.
+    /// gRPC address to listen on (the registry's protocol).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7800")]
     listen: SocketAddr,
+    /// HTTP address to listen on (`/metrics`, `/healthz`; open, as every process's are).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7880")]
+    http: SocketAddr,
     /// The API keys file callers are checked against (made by `fincore keys create`): `read`
     /// to subscribe, `write` to publish, `admin` to drain a host. Read again on SIGHUP.
     #[arg(
@@ -85,7 +88,7 @@ struct ClientArgs {
     /// This client's zone.
     #[arg(long, value_name = "ZONE", default_value = "default")]
     zone: String,
-    /// This client's id (default: `cli-` and the process id).
+    /// This client's id (default: `cli-`, the process id and a random suffix).
     #[arg(long, value_name = "ID")]
     client_id: Option<String>,
 }
@@ -95,10 +98,9 @@ impl ClientArgs {
         let config = ClientConfig {
             endpoints: self.registry.clone(),
             api_key: self.api_key.clone(),
-            client_id: self
-                .client_id
-                .clone()
-                .unwrap_or_else(|| format!("cli-{}", std::process::id())),
+            client_id: self.client_id.clone().unwrap_or_else(|| {
+                format!("cli-{}-{:08x}", std::process::id(), rand::random::<u32>())
+            }),
             zone: self.zone.clone(),
         };
         RegistryClient::start(config).map_err(|refusal| anyhow::anyhow!("--{refusal}"))
@@ -166,6 +168,9 @@ struct DrainArgs {
     /// The host whose records are removed.
     #[arg(long, value_name = "IP")]
     ip: String,
+    /// How long the host's registrations are refused after (0: the registry's default, 300).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    hold_seconds: u64,
 }
 
 pub fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
@@ -180,7 +185,7 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let _logs = telemetry::init_logging(&telemetry::trace::TraceOptions::off("fincore-registry"))?;
     let auth = if args.insecure_no_auth {
-        crate::keys::open_on_loopback(&[("--listen", args.listen)])?
+        crate::keys::open_on_loopback(&[("--listen", args.listen), ("--http", args.http)])?
     } else {
         crate::keys::serve_auth(args.keys.as_deref().expect("clap requires --keys"))?
     };
@@ -199,13 +204,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             Auth::Open => "no authentication",
             Auth::Keys(_) => "API keys",
         };
-        let node = RegistryNode::start(args.listen, auth, settings)
-            .await
-            .with_context(|| format!("listening on --listen {}", args.listen))?;
+        let node = RegistryNode::start(args.listen, args.http, auth, settings).await?;
         println!(
-            "fincore: registry listening on {} ({security})",
+            "fincore: gRPC listening on {} (registry, {security})",
             node.grpc_addr()
         );
+        println!("fincore: HTTP listening on http://{}", node.http_addr());
         stop.await;
         node.stop().await;
         Ok(ExitCode::SUCCESS)
@@ -313,7 +317,7 @@ fn drain(args: &DrainArgs) -> anyhow::Result<ExitCode> {
         let client = args.client.start()?;
         let removed = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
-                match client.drain_host(&args.ip).await {
+                match client.drain_host(&args.ip, args.hold_seconds).await {
                     Err(registry::client::ClientError::NotConnected) => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }

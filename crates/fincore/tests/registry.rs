@@ -95,7 +95,7 @@ async fn raw_client(
 
 async fn open_node() -> RegistryNode {
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    RegistryNode::start(listen, Auth::Open, registry::Settings::default())
+    RegistryNode::start(listen, listen, Auth::Open, registry::Settings::default())
         .await
         .expect("a registry")
 }
@@ -223,7 +223,7 @@ async fn keys_decide_who_subscribes_publishes_and_drains() {
     let dir = tempfile::tempdir().unwrap();
     let (auth, read, write, admin) = keys_with_roles(dir.path());
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let node = RegistryNode::start(listen, auth, registry::Settings::default())
+    let node = RegistryNode::start(listen, listen, auth, registry::Settings::default())
         .await
         .unwrap();
     let addr = node.grpc_addr();
@@ -253,6 +253,19 @@ async fn keys_decide_who_subscribes_publishes_and_drains() {
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
     }
 
+    // The Rust client with a wrong key tells its caller why, instead of waiting forever.
+    let stranger = client(addr, "stranger", "z", Some("fincore_not-a-key"));
+    let refused = tokio::time::timeout(
+        SETTLE,
+        stranger.register("r", key("svc"), record("10.0.0.9:1")),
+    )
+    .await
+    .expect("answered");
+    assert!(
+        matches!(&refused, Err(ClientError::StreamRefused(why)) if why.contains("unknown API key")),
+        "{refused:?}"
+    );
+
     let reader = client(addr, "reader", "z", Some(&read));
     let mut sets = reader
         .subscribe("s", key("svc"), proto::Scope::Global)
@@ -271,7 +284,7 @@ async fn keys_decide_who_subscribes_publishes_and_drains() {
         .await
         .unwrap();
     converges(&mut sets, &["10.0.0.1:1"]).await;
-    let refused = writer.drain_host("127.0.0.1").await;
+    let refused = writer.drain_host("127.0.0.1", 0).await;
     assert!(
         matches!(&refused, Err(ClientError::Refused(r)) if r.field == "drain_host"),
         "{refused:?}"
@@ -280,7 +293,7 @@ async fn keys_decide_who_subscribes_publishes_and_drains() {
     // An admin drains the host every test client runs on: its records go, and its streams may
     // publish nothing more; a new stream may.
     let operator = client(addr, "operator", "z", Some(&admin));
-    assert_eq!(operator.drain_host("127.0.0.1").await.unwrap(), 1);
+    assert_eq!(operator.drain_host("127.0.0.1", 0).await.unwrap(), 1);
     converges(&mut sets, &[]).await;
     let refused = writer
         .register("r2", key("svc"), record("10.0.0.2:1"))
@@ -289,7 +302,7 @@ async fn keys_decide_who_subscribes_publishes_and_drains() {
         matches!(&refused, Err(ClientError::Refused(r)) if r.reason.contains("drained")),
         "{refused:?}"
     );
-    let refused = operator.drain_host("not-an-ip").await;
+    let refused = operator.drain_host("not-an-ip", 0).await;
     assert!(
         matches!(&refused, Err(ClientError::Refused(r)) if r.field == "drain_host.ip"),
         "{refused:?}"
@@ -432,7 +445,7 @@ async fn dropped_pushes_are_repaired_by_retries_and_reconciliation() {
         reconcile: Duration::from_secs(1),
         ..registry::Settings::default()
     };
-    let node = RegistryNode::start(listen, Auth::Open, settings)
+    let node = RegistryNode::start(listen, listen, Auth::Open, settings)
         .await
         .unwrap();
     let addr = node.grpc_addr();
@@ -493,19 +506,38 @@ async fn clients_reconnect_and_register_again_after_a_registry_restart() {
     let before = converges(&mut sets, &["10.0.0.1:80", "10.0.0.2:80"]).await;
 
     node.stop().await;
+    // Changed while no registry runs: the change waits, is never overtaken by the replay of its
+    // older copy, and its caller is answered once a registry is back.
+    let publisher = Arc::new(publisher);
+    let changing = Arc::clone(&publisher);
+    let change = tokio::spawn(async move {
+        changing
+            .register("b", key("svc"), record("10.0.0.3:80"))
+            .await
+    });
+    let withdrawn = Arc::clone(&publisher);
+    let withdraw = tokio::spawn(async move {
+        withdrawn
+            .register("c", key("svc"), record("10.0.0.4:80"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher.unregister("c").await.unwrap();
+    assert_eq!(withdraw.await.unwrap(), Err(ClientError::Withdrawn));
+    assert!(!change.is_finished(), "answered with no registry running");
     // A registry started empty on the same address: the clients find it and replay.
-    let node = RegistryNode::start(addr, Auth::Open, registry::Settings::default())
-        .await
-        .expect("the same port again");
-    let mut connected = publisher.connected();
-    tokio::time::timeout(SETTLE, connected.wait_for(|up| *up))
+    let node = RegistryNode::start(
+        addr,
+        "127.0.0.1:0".parse().unwrap(),
+        Auth::Open,
+        registry::Settings::default(),
+    )
+    .await
+    .expect("the same port again");
+    tokio::time::timeout(SETTLE, change)
         .await
         .unwrap()
-        .unwrap();
-    // A change made while reconnecting is not overtaken by the replay of its older copy.
-    publisher
-        .register("b", key("svc"), record("10.0.0.3:80"))
-        .await
+        .unwrap()
         .unwrap();
     let after = converges(&mut sets, &["10.0.0.1:80", "10.0.0.3:80"]).await;
     assert!(
@@ -514,4 +546,142 @@ async fn clients_reconnect_and_register_again_after_a_registry_restart() {
     );
     assert_eq!(node.registry().store().publishers(), 2);
     node.stop().await;
+}
+
+/// A `fincore registry subscribe` child and the sets it prints, one JSON line each.
+struct CliSubscriber {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CliSubscriber {
+    fn start(registry: &str, token: &str) -> CliSubscriber {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
+            .args([
+                "registry",
+                "subscribe",
+                "--registry",
+                registry,
+                "--data-id",
+                "pay.api",
+            ])
+            .env("FINCORE_API_KEY", token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        CliSubscriber { child, lines }
+    }
+
+    /// Waits (at most `SETTLE`) for a printed set with exactly these addresses.
+    fn sees(&self, wanted: &[&str]) {
+        let deadline = Instant::now() + SETTLE;
+        let mut last = String::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            let set: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let mut addresses: Vec<&str> = set["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|record| record["address"].as_str().unwrap())
+                .collect();
+            addresses.sort();
+            if addresses == wanted {
+                return;
+            }
+            last = line;
+        }
+        panic!("the CLI printed no set of {wanted:?} within {SETTLE:?}; the last: {last}");
+    }
+}
+
+impl Drop for CliSubscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli_publisher(registry: &str, token: &str, address: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
+        .args([
+            "registry",
+            "publish",
+            "--registry",
+            registry,
+            "--data-id",
+            "pay.api",
+        ])
+        .args(["--address", address, "--attribute", "weight=100"])
+        .env("FINCORE_API_KEY", token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn the_cli_publishes_and_subscribes_across_a_kill_9_of_the_registry() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_fincore"));
+    let dir = tempfile::tempdir().unwrap();
+    let registry_dir = dir.path().join("registry");
+    let listen = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let node = testkit::node::ChildNode::start_registry(exe, &registry_dir, &listen).unwrap();
+    let token = testkit::keys::token().expect("the kit's key").to_owned();
+    let addr = node.grpc_addr.clone();
+
+    let subscriber = CliSubscriber::start(&addr, &token);
+    let mut first = cli_publisher(&addr, &token, "10.0.0.1:8080");
+    let mut second = cli_publisher(&addr, &token, "10.0.0.2:8080");
+    subscriber.sees(&["10.0.0.1:8080", "10.0.0.2:8080"]);
+    // kill -9 of a publisher: its stream ends, its record goes.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    subscriber.sees(&["10.0.0.2:8080"]);
+
+    // The registry's /metrics (sampled each second) counts what it holds and what it pushed.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let metrics = testkit::http::get(&node.http_addr, "/metrics")
+            .unwrap()
+            .body;
+        let pushed = metrics.lines().any(|line| {
+            line.starts_with("fincore_registry_pushes_total ") && !line.ends_with(" 0")
+        });
+        if metrics.contains("fincore_registry_publishers 1") && pushed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // kill -9 of the registry; one started empty on the same address is filled again by the
+    // clients' replay, and the subscriber sees the publisher that still runs.
+    node.kill9();
+    let listen = ["--listen", addr.as_str(), "--http", "127.0.0.1:0"];
+    let node = testkit::node::ChildNode::start_registry(exe, &registry_dir, &listen).unwrap();
+    let mut third = cli_publisher(&addr, &token, "10.0.0.3:8080");
+    subscriber.sees(&["10.0.0.2:8080", "10.0.0.3:8080"]);
+    for child in [&mut second, &mut third] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    subscriber.sees(&[]);
+    node.stop().unwrap();
 }

@@ -781,6 +781,16 @@ pub const REGISTRY_SERVER_MESSAGE_BYTES_MAX: usize = REGISTRY_PUSH_PLAIN_BYTES_M
 /// marks, one per subscription, that always send the newest version.
 pub const REGISTRY_STREAM_QUEUE_MESSAGES: usize = 256;
 
+/// Bytes of pushes queued toward one client stream and not yet taken by it: a client that
+/// reads slowly holds at most this much (a push larger than it waits for the whole budget).
+pub const REGISTRY_STREAM_QUEUE_BYTES_MAX: usize = 64 << 20;
+
+/// How long a drained host's registrations are refused when the drain names no time.
+pub const REGISTRY_DRAIN_HOLD_SECONDS_DEFAULT: u64 = 300;
+
+/// Longest time a drain may refuse a host's registrations.
+pub const REGISTRY_DRAIN_HOLD_SECONDS_MAX: u64 = 86_400;
+
 /// A push not acknowledged within this long is sent again.
 pub const REGISTRY_PUSH_ACK_MS_MAX: u64 = 2_000;
 
@@ -971,3 +981,7 @@ const _: () = assert!(
 );
 const _: () = assert!(REGISTRY_SERVER_MESSAGE_BYTES_MAX > REGISTRY_PUSH_PLAIN_BYTES_MAX);
 const _: () = assert!(REGISTRY_PUSH_RETRIES_MAX >= 1 && REGISTRY_STREAM_QUEUE_MESSAGES >= 2);
+const _: () = assert!(
+    REGISTRY_STREAM_QUEUE_BYTES_MAX <= u32::MAX as usize
+        && REGISTRY_DRAIN_HOLD_SECONDS_DEFAULT <= REGISTRY_DRAIN_HOLD_SECONDS_MAX
+);

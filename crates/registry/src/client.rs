@@ -3,8 +3,13 @@
 //! next address, waiting 100 ms doubling up to 5 s between tries) and sends all of it again,
 //! with each subscription's version, so nothing is pushed twice that it already holds.
 //!
-//! Everything the user asks goes through one ordered queue with the replay, so a registration
-//! changed during a reconnection is never overtaken by its older copy. Pushes are checked before
+//! What the user wants is kept by the client's task and changed there, in the order asked, and
+//! every request goes through one ordered queue with the replay, so a registration changed
+//! during a reconnection is never overtaken by its older copy. Each request's caller gets that
+//! request's own answer: a registration refused is forgotten only if it is still the newest for
+//! its id; a caller whose registration was withdrawn (or replaced) before any stream answered it
+//! is told so; a stream the registry refuses outright (an unknown key) fails every waiting
+//! caller with the reason instead of leaving them waiting. Pushes are checked before
 //! they are believed: a compressed one must decompress to exactly its stated size, at most
 //! `REGISTRY_PUSH_PLAIN_BYTES_MAX` (no decompression bomb), and name a subscription and key the
 //! client holds.
@@ -12,7 +17,7 @@
 //! Owns the client side of the protocol; must not cache anything a push did not send.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use limits::{REGISTRY_PUSH_PLAIN_BYTES_MAX, REGISTRY_SERVER_MESSAGE_BYTES_MAX};
@@ -46,6 +51,13 @@ pub enum ClientError {
     /// It needs a live stream and there is none now (only a host drain does).
     #[error("not connected to a registry")]
     NotConnected,
+    /// The registry refused the stream itself (an unknown key, a full registry): what was
+    /// asked is kept and sent again when a stream opens.
+    #[error("the registry refused the stream: {0}")]
+    StreamRefused(String),
+    /// Withdrawn (or replaced by a newer request for the same id) before a registry answered.
+    #[error("withdrawn before the registry answered")]
+    Withdrawn,
     /// The client's task has ended.
     #[error("the registry client has stopped")]
     Stopped,
@@ -60,30 +72,37 @@ pub struct PushedSet {
 
 type Reply = oneshot::Sender<Result<proto::Answer, ClientError>>;
 
+type SetSender = watch::Sender<Option<Arc<PushedSet>>>;
+
+/// What the user asked for: sent again on every new stream. Each entry carries the number of
+/// the request that made it (its generation).
+#[derive(Debug, Default)]
+struct Desired {
+    registrations: BTreeMap<String, (proto::DataKey, proto::Record, u64)>,
+    subscriptions: BTreeMap<String, Subscribed>,
+    requests: u64,
+}
+
 #[derive(Debug)]
 struct Subscribed {
     key: proto::DataKey,
     scope: proto::Scope,
-    set: watch::Sender<Option<Arc<PushedSet>>>,
+    set: SetSender,
+    generation: u64,
 }
 
-/// What the user asked for: sent again on every new stream.
-#[derive(Debug, Default)]
-struct Desired {
-    registrations: BTreeMap<String, (proto::DataKey, proto::Record)>,
-    subscriptions: BTreeMap<String, Subscribed>,
-}
-
+/// A request of the user's, applied to `Desired` by the task in the order asked.
 enum Command {
-    /// Send this (already in `Desired`, or a one-off); answer `reply` when the registry does.
-    Send(Body, Option<Reply>),
+    Register(proto::Register, Reply),
+    Unregister(proto::Unregister, Reply),
+    Subscribe(proto::Subscribe, SetSender, Reply),
+    DrainHost(proto::DrainHost, Reply),
 }
 
 /// A connection to a registry that keeps itself open; dropping it ends the stream (and the
 /// registry removes what it registered).
 #[derive(Debug)]
 pub struct RegistryClient {
-    desired: Arc<Mutex<Desired>>,
     commands: mpsc::Sender<Command>,
     connected: watch::Receiver<bool>,
 }
@@ -96,12 +115,10 @@ impl RegistryClient {
         if config.endpoints.is_empty() {
             return Err(Refusal::new("endpoints", "must name at least one registry"));
         }
-        let desired = Arc::new(Mutex::new(Desired::default()));
         let (commands, inbox) = mpsc::channel(1024);
         let (connected_tx, connected) = watch::channel(false);
-        tokio::spawn(run(config, Arc::clone(&desired), inbox, connected_tx));
+        tokio::spawn(run(config, inbox, connected_tx));
         Ok(RegistryClient {
-            desired,
             commands,
             connected,
         })
@@ -112,10 +129,13 @@ impl RegistryClient {
         self.connected.clone()
     }
 
-    async fn ask(&self, body: Body) -> Result<proto::Answer, ClientError> {
+    async fn ask(
+        &self,
+        command: impl FnOnce(Reply) -> Command,
+    ) -> Result<proto::Answer, ClientError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Send(body, Some(reply)))
+            .send(command(reply))
             .await
             .map_err(|_| ClientError::Stopped)?;
         // A reply dropped unanswered: its stream broke (or the task ended).
@@ -145,30 +165,24 @@ impl RegistryClient {
         key: proto::DataKey,
         record: proto::Record,
     ) -> Result<(), ClientError> {
-        self.desired
-            .lock()
-            .expect("never poisoned")
-            .registrations
-            .insert(registration_id.to_owned(), (key.clone(), record.clone()));
-        let body = Body::Register(proto::Register {
+        let register = proto::Register {
             registration_id: registration_id.to_owned(),
             key: Some(key),
             record: Some(record),
-        });
-        self.ask(body).await.map(drop)
+        };
+        self.ask(|reply| Command::Register(register, reply))
+            .await
+            .map(drop)
     }
 
     /// Withdraws a registration.
     pub async fn unregister(&self, registration_id: &str) -> Result<(), ClientError> {
-        self.desired
-            .lock()
-            .expect("never poisoned")
-            .registrations
-            .remove(registration_id);
-        let body = Body::Unregister(proto::Unregister {
+        let unregister = proto::Unregister {
             registration_id: registration_id.to_owned(),
-        });
-        self.ask(body).await.map(drop)
+        };
+        self.ask(|reply| Command::Unregister(unregister, reply))
+            .await
+            .map(drop)
     }
 
     /// Subscribes to `key`: the receiver holds the newest set pushed (`None` until the first
@@ -180,57 +194,178 @@ impl RegistryClient {
         scope: proto::Scope,
     ) -> Result<watch::Receiver<Option<Arc<PushedSet>>>, ClientError> {
         let (set, receiver) = watch::channel(None);
-        self.desired
-            .lock()
-            .expect("never poisoned")
-            .subscriptions
-            .insert(
-                subscription_id.to_owned(),
-                Subscribed {
-                    key: key.clone(),
-                    scope,
-                    set,
-                },
-            );
-        let body = Body::Subscribe(proto::Subscribe {
+        let subscribe = proto::Subscribe {
             subscription_id: subscription_id.to_owned(),
             key: Some(key),
             scope: scope as i32,
             known_version: 0,
-        });
-        self.ask(body).await.map(|_| receiver)
+        };
+        self.ask(|reply| Command::Subscribe(subscribe, set, reply))
+            .await
+            .map(|_| receiver)
     }
 
-    /// Removes every record published from `ip` (role admin); how many were removed.
-    pub async fn drain_host(&self, ip: &str) -> Result<u64, ClientError> {
-        let body = Body::DrainHost(proto::DrainHost { ip: ip.to_owned() });
-        self.ask(body).await.map(|answer| answer.removed)
+    /// Removes every record published from `ip` and refuses its registrations for
+    /// `hold_seconds` (0: the registry's default) (role admin); how many were removed. Needs a
+    /// live stream ([`ClientError::NotConnected`] without one).
+    pub async fn drain_host(&self, ip: &str, hold_seconds: u64) -> Result<u64, ClientError> {
+        let drain = proto::DrainHost {
+            ip: ip.to_owned(),
+            hold_seconds,
+        };
+        self.ask(|reply| Command::DrainHost(drain, reply))
+            .await
+            .map(|answer| answer.removed)
     }
 }
 
 /// What an answer on the current stream resolves.
 enum Purpose {
     Hello,
-    Register(String),
-    Subscribe(String),
-    /// A request whose answer is only for its asker (or for nobody: a replayed one).
+    /// A registration of this id at this generation (answers every waiter up to it).
+    Register(String, u64),
+    Subscribe(String, u64),
+    /// A request whose answer is only for its asker (or for nobody: an acknowledgement).
     Other(Option<Reply>),
 }
 
-/// Requests waiting for an answer that a new stream will bring (register and subscribe
-/// survive a reconnection; anything else fails with `NotConnected`).
+/// Callers waiting for a registration's or a subscription's answer, by id, with the generation
+/// each asked for. They survive a broken stream: the replay answers them.
 #[derive(Default)]
 struct Waiting {
-    registrations: HashMap<String, Vec<Reply>>,
-    subscriptions: HashMap<String, Vec<Reply>>,
+    registrations: HashMap<String, Vec<(u64, Reply)>>,
+    subscriptions: HashMap<String, Vec<(u64, Reply)>>,
+}
+
+impl Waiting {
+    /// Answers the callers of `id` up to `generation` (a newer one overtook the older).
+    fn answer(
+        waiting: &mut HashMap<String, Vec<(u64, Reply)>>,
+        id: &str,
+        generation: u64,
+        answer: &proto::Answer,
+    ) {
+        let Some(replies) = waiting.get_mut(id) else {
+            return;
+        };
+        let (done, left): (Vec<_>, Vec<_>) = std::mem::take(replies)
+            .into_iter()
+            .partition(|(asked, _)| *asked <= generation);
+        *replies = left;
+        if replies.is_empty() {
+            waiting.remove(id);
+        }
+        for (_, reply) in done {
+            let _ = reply.send(Ok(answer.clone()));
+        }
+    }
+
+    /// Fails the callers whose id is no longer wanted: no replay will answer them. (Callers of
+    /// an id replaced by a newer request are answered by the newer one's answer.)
+    fn withdraw(&mut self, desired: &Desired) {
+        self.registrations.retain(|id, replies| {
+            let wanted = desired.registrations.contains_key(id);
+            if !wanted {
+                for (_, reply) in replies.drain(..) {
+                    let _ = reply.send(Err(ClientError::Withdrawn));
+                }
+            }
+            wanted
+        });
+        self.subscriptions.retain(|id, replies| {
+            let wanted = desired.subscriptions.contains_key(id);
+            if !wanted {
+                for (_, reply) in replies.drain(..) {
+                    let _ = reply.send(Err(ClientError::Withdrawn));
+                }
+            }
+            wanted
+        });
+    }
+
+    /// Fails every waiting caller with `error` (they stay wanted, and are sent again).
+    fn fail_all(&mut self, error: &ClientError) {
+        let all = self.registrations.drain().chain(self.subscriptions.drain());
+        for (_, replies) in all {
+            for (_, reply) in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Applies `command` to what is wanted; what to send for it.
+fn apply(command: Command, desired: &mut Desired, waiting: &mut Waiting) -> (Body, Purpose) {
+    desired.requests += 1;
+    let generation = desired.requests;
+    match command {
+        Command::Register(register, reply) => {
+            let id = register.registration_id.clone();
+            let key = register.key.clone().unwrap_or_default();
+            let record = register.record.clone().unwrap_or_default();
+            desired
+                .registrations
+                .insert(id.clone(), (key, record, generation));
+            waiting
+                .registrations
+                .entry(id.clone())
+                .or_default()
+                .push((generation, reply));
+            (Body::Register(register), Purpose::Register(id, generation))
+        }
+        Command::Subscribe(subscribe, set, reply) => {
+            let id = subscribe.subscription_id.clone();
+            let subscribed = Subscribed {
+                key: subscribe.key.clone().unwrap_or_default(),
+                scope: proto::Scope::try_from(subscribe.scope).unwrap_or_default(),
+                set,
+                generation,
+            };
+            desired.subscriptions.insert(id.clone(), subscribed);
+            waiting
+                .subscriptions
+                .entry(id.clone())
+                .or_default()
+                .push((generation, reply));
+            (
+                Body::Subscribe(subscribe),
+                Purpose::Subscribe(id, generation),
+            )
+        }
+        Command::Unregister(unregister, reply) => {
+            desired.registrations.remove(&unregister.registration_id);
+            (Body::Unregister(unregister), Purpose::Other(Some(reply)))
+        }
+        Command::DrainHost(drain, reply) => (Body::DrainHost(drain), Purpose::Other(Some(reply))),
+    }
+}
+
+/// Applies a command asked while no stream is open: registrations and subscriptions wait for
+/// the replay; an unregistration is done at once (the stream's end removed the record); a drain
+/// fails.
+fn apply_offline(command: Command, desired: &mut Desired, waiting: &mut Waiting) {
+    match command {
+        Command::DrainHost(_, reply) => {
+            let _ = reply.send(Err(ClientError::NotConnected));
+        }
+        Command::Unregister(unregister, reply) => {
+            desired.registrations.remove(&unregister.registration_id);
+            let _ = reply.send(Ok(proto::Answer {
+                ok: true,
+                ..proto::Answer::default()
+            }));
+        }
+        command => drop(apply(command, desired, waiting)),
+    }
+    waiting.withdraw(desired);
 }
 
 async fn run(
     config: ClientConfig,
-    desired: Arc<Mutex<Desired>>,
     mut inbox: mpsc::Receiver<Command>,
     connected: watch::Sender<bool>,
 ) {
+    let mut desired = Desired::default();
     let mut waiting = Waiting::default();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -239,19 +374,23 @@ async fn run(
     let mut backoff = Duration::from_millis(100);
     for endpoint in config.endpoints.iter().cycle() {
         let started = Instant::now();
-        match serve_stream(
+        let ended = serve_stream(
             &config,
             endpoint,
-            &desired,
+            &mut desired,
             &mut inbox,
             &mut waiting,
             &connected,
         )
-        .await
-        {
-            Ok(()) => return,
-            Err(error) => {
-                let _ = connected.send(false);
+        .await;
+        let _ = connected.send(false);
+        match ended {
+            Ended::Dropped => return,
+            Ended::Refused(error) => {
+                tracing::warn!(endpoint, %error, "the registry refused the stream");
+                waiting.fail_all(&ClientError::StreamRefused(error));
+            }
+            Ended::Broke(error) => {
                 tracing::debug!(endpoint, %error, "registry stream ended; connecting again");
             }
         }
@@ -260,7 +399,6 @@ async fn run(
         }
         let pause = backoff.mul_f64(0.5 + jitter.random::<f64>() / 2.0);
         backoff = (backoff * 2).min(Duration::from_secs(5));
-        // Requests asked while no stream is open wait for the next one (or fail at once).
         let sleep = tokio::time::sleep(pause);
         tokio::pin!(sleep);
         loop {
@@ -268,39 +406,21 @@ async fn run(
                 () = &mut sleep => break,
                 command = inbox.recv() => match command {
                     None => return,
-                    Some(Command::Send(body, reply)) => hold(body, reply, &mut waiting),
+                    Some(command) => apply_offline(command, &mut desired, &mut waiting),
                 },
             }
         }
     }
 }
 
-/// Keeps a request asked while disconnected: a registration or subscription is answered by its
-/// replay on the next stream; anything else fails now.
-fn hold(body: Body, reply: Option<Reply>, waiting: &mut Waiting) {
-    let Some(reply) = reply else { return };
-    match body {
-        Body::Register(register) => waiting
-            .registrations
-            .entry(register.registration_id)
-            .or_default()
-            .push(reply),
-        Body::Subscribe(subscribe) => waiting
-            .subscriptions
-            .entry(subscribe.subscription_id)
-            .or_default()
-            .push(reply),
-        // The stream's end removed it already.
-        Body::Unregister(_) | Body::Unsubscribe(_) => {
-            let _ = reply.send(Ok(proto::Answer {
-                ok: true,
-                ..proto::Answer::default()
-            }));
-        }
-        _ => {
-            let _ = reply.send(Err(ClientError::NotConnected));
-        }
-    }
+/// How a stream ended.
+enum Ended {
+    /// The client was dropped.
+    Dropped,
+    /// The registry refused the stream itself (its key, its limits): said to waiting callers.
+    Refused(String),
+    /// It broke or never opened: connect again.
+    Broke(String),
 }
 
 /// What a stream is to send, in order, and what each request's answer will resolve.
@@ -325,28 +445,35 @@ impl Outbox {
     }
 }
 
-/// One stream: connect, greet, replay, then serve until it breaks (`Err`) or the client is
-/// dropped (`Ok`).
+/// One stream: connect, greet, replay what is wanted, then serve until it ends.
 async fn serve_stream(
     config: &ClientConfig,
     endpoint: &str,
-    desired: &Mutex<Desired>,
+    desired: &mut Desired,
     inbox: &mut mpsc::Receiver<Command>,
     waiting: &mut Waiting,
     connected: &watch::Sender<bool>,
-) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-        .map_err(|error| format!("bad endpoint: {error}"))?
+) -> Ended {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) {
+        Ok(endpoint) => endpoint,
+        Err(error) => return Ended::Refused(format!("bad endpoint {endpoint:?}: {error}")),
+    };
+    let channel = match endpoint
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
         .connect()
         .await
-        .map_err(|error| format!("connecting: {error}"))?;
+    {
+        Ok(channel) => channel,
+        Err(error) => return Ended::Broke(format!("connecting: {error}")),
+    };
     let mut grpc = proto::registry_client::RegistryClient::new(channel)
         .max_decoding_message_size(REGISTRY_SERVER_MESSAGE_BYTES_MAX);
 
+    // A caller whose request the last stream did not answer, and that was withdrawn since.
+    waiting.withdraw(desired);
     let mut outbox = Outbox::default();
     let hello = Body::Hello(proto::Hello {
         client_id: config.client_id.clone(),
@@ -354,96 +481,107 @@ async fn serve_stream(
         accept: vec![proto::Encoding::Zstd as i32, proto::Encoding::Plain as i32],
     });
     outbox.enqueue(hello, Purpose::Hello);
-    {
-        let desired = desired.lock().expect("never poisoned");
-        for (registration_id, (key, record)) in &desired.registrations {
-            let body = Body::Register(proto::Register {
-                registration_id: registration_id.clone(),
-                key: Some(key.clone()),
-                record: Some(record.clone()),
-            });
-            outbox.enqueue(body, Purpose::Register(registration_id.clone()));
-        }
-        for (subscription_id, subscribed) in &desired.subscriptions {
-            let body = Body::Subscribe(proto::Subscribe {
-                subscription_id: subscription_id.clone(),
-                key: Some(subscribed.key.clone()),
-                scope: subscribed.scope as i32,
-                known_version: subscribed
-                    .set
-                    .borrow()
-                    .as_ref()
-                    .map_or(0, |set| set.version),
-            });
-            outbox.enqueue(body, Purpose::Subscribe(subscription_id.clone()));
-        }
+    for (registration_id, (key, record, generation)) in &desired.registrations {
+        let body = Body::Register(proto::Register {
+            registration_id: registration_id.clone(),
+            key: Some(key.clone()),
+            record: Some(record.clone()),
+        });
+        outbox.enqueue(
+            body,
+            Purpose::Register(registration_id.clone(), *generation),
+        );
+    }
+    for (subscription_id, subscribed) in &desired.subscriptions {
+        let body = Body::Subscribe(proto::Subscribe {
+            subscription_id: subscription_id.clone(),
+            key: Some(subscribed.key.clone()),
+            scope: subscribed.scope as i32,
+            known_version: subscribed
+                .set
+                .borrow()
+                .as_ref()
+                .map_or(0, |set| set.version),
+        });
+        let purpose = Purpose::Subscribe(subscription_id.clone(), subscribed.generation);
+        outbox.enqueue(body, purpose);
     }
 
     let (outgoing, requests) = mpsc::channel::<proto::ClientMessage>(256);
     // The hello goes first: the registry answers the call only once it has it.
-    outgoing
-        .send(outbox.queue.pop_front().expect("the hello"))
-        .await
-        .map_err(|_| "closed".to_owned())?;
+    let hello = outbox.queue.pop_front().expect("the hello");
+    if outgoing.send(hello).await.is_err() {
+        return Ended::Broke("closed".to_owned());
+    }
     let requests = futures::stream::unfold(requests, |mut requests| async move {
         requests.recv().await.map(|message| (message, requests))
     });
     let mut request = tonic::Request::new(requests);
     if let Some(key) = &config.api_key {
-        let value = MetadataValue::try_from(format!("Bearer {key}"))
-            .map_err(|_| "the API key is not header text".to_owned())?;
+        let Ok(value) = MetadataValue::try_from(format!("Bearer {key}")) else {
+            return Ended::Refused("the API key is not header text".to_owned());
+        };
         request.metadata_mut().insert("authorization", value);
     }
-    let mut inbound = grpc
-        .session(request)
-        .await
-        .map_err(|status| format!("refused: {status}"))?
-        .into_inner();
+    let mut inbound = match grpc.session(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let refused = matches!(
+                status.code(),
+                tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::ResourceExhausted
+            );
+            let error = format!("{}: {}", status.code(), status.message());
+            return if refused {
+                Ended::Refused(error)
+            } else {
+                Ended::Broke(error)
+            };
+        }
+    };
 
     loop {
         tokio::select! {
             permit = outgoing.reserve(), if !outbox.queue.is_empty() => {
-                let permit = permit.map_err(|_| "the stream closed".to_owned())?;
+                let Ok(permit) = permit else {
+                    return Ended::Broke("the stream closed".to_owned());
+                };
                 permit.send(outbox.queue.pop_front().expect("not empty"));
             }
             command = inbox.recv() => match command {
-                None => return Ok(()),
-                Some(Command::Send(body, reply)) => {
-                    let purpose = match (&body, reply) {
-                        (Body::Register(register), Some(reply)) => {
-                            waiting.registrations.entry(register.registration_id.clone()).or_default().push(reply);
-                            Purpose::Register(register.registration_id.clone())
-                        }
-                        (Body::Subscribe(subscribe), Some(reply)) => {
-                            waiting.subscriptions.entry(subscribe.subscription_id.clone()).or_default().push(reply);
-                            Purpose::Subscribe(subscribe.subscription_id.clone())
-                        }
-                        (_, reply) => Purpose::Other(reply),
-                    };
+                None => return Ended::Dropped,
+                Some(command) => {
+                    let (body, purpose) = apply(command, desired, waiting);
                     outbox.enqueue(body, purpose);
                 }
             },
             message = inbound.message() => {
-                let message = message
-                    .map_err(|status| format!("broke: {status}"))?
-                    .ok_or_else(|| "the registry ended the stream".to_owned())?;
+                let message = match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return Ended::Broke("the registry ended the stream".to_owned()),
+                    Err(status) => return Ended::Broke(format!("broke: {status}")),
+                };
                 match message.body {
                     Some(server_message::Body::Answer(answer)) => {
                         let purpose = outbox.purposes.remove(&answer.request_id);
                         settle(purpose, answer, desired, waiting, connected);
                     }
-                    Some(server_message::Body::Push(push)) => {
-                        match accept_push(&push, desired) {
-                            Ok(version) => {
-                                let ack = Body::Ack(proto::PushAck {
-                                    subscription_id: push.subscription_id.clone(),
-                                    version,
-                                });
-                                outbox.enqueue(ack, Purpose::Other(None));
-                            }
-                            Err(error) => tracing::warn!(subscription = push.subscription_id, %error, "ignored a push"),
+                    Some(server_message::Body::Push(push)) => match accept_push(&push, desired) {
+                        Ok(version) => {
+                            let ack = Body::Ack(proto::PushAck {
+                                subscription_id: push.subscription_id.clone(),
+                                version,
+                            });
+                            outbox.enqueue(ack, Purpose::Other(None));
                         }
-                    }
+                        Err(error) => tracing::warn!(
+                            subscription = push.subscription_id,
+                            %error,
+                            "ignored a push"
+                        ),
+                    },
                     None => {}
                 }
             }
@@ -455,52 +593,50 @@ async fn serve_stream(
 fn settle(
     purpose: Option<Purpose>,
     answer: proto::Answer,
-    desired: &Mutex<Desired>,
+    desired: &mut Desired,
     waiting: &mut Waiting,
     connected: &watch::Sender<bool>,
 ) {
-    let tell = |replies: Option<Vec<Reply>>, answer: &proto::Answer| {
-        for reply in replies.into_iter().flatten() {
-            let _ = reply.send(Ok(answer.clone()));
-        }
-    };
     match purpose {
         None => {}
         Some(Purpose::Hello) => {
             let _ = connected.send(answer.ok);
         }
-        Some(Purpose::Register(id)) => {
-            if !answer.ok {
+        Some(Purpose::Register(id, generation)) => {
+            let newest = desired
+                .registrations
+                .get(&id)
+                .is_some_and(|(_, _, wanted)| *wanted == generation);
+            if !answer.ok && newest {
                 tracing::warn!(
                     registration = id,
                     field = answer.field,
                     error = answer.error,
                     "registration refused"
                 );
-                desired
-                    .lock()
-                    .expect("never poisoned")
-                    .registrations
-                    .remove(&id);
+                desired.registrations.remove(&id);
             }
-            tell(waiting.registrations.remove(&id), &answer);
+            Waiting::answer(&mut waiting.registrations, &id, generation, &answer);
         }
-        Some(Purpose::Subscribe(id)) => {
-            if !answer.ok {
-                desired
-                    .lock()
-                    .expect("never poisoned")
-                    .subscriptions
-                    .remove(&id);
+        Some(Purpose::Subscribe(id, generation)) => {
+            let newest = desired
+                .subscriptions
+                .get(&id)
+                .is_some_and(|subscribed| subscribed.generation == generation);
+            if !answer.ok && newest {
+                desired.subscriptions.remove(&id);
             }
-            tell(waiting.subscriptions.remove(&id), &answer);
+            Waiting::answer(&mut waiting.subscriptions, &id, generation, &answer);
         }
-        Some(Purpose::Other(reply)) => tell(reply.map(|reply| vec![reply]), &answer),
+        Some(Purpose::Other(Some(reply))) => {
+            let _ = reply.send(Ok(answer));
+        }
+        Some(Purpose::Other(None)) => {}
     }
 }
 
 /// Checks and applies a push; the version to acknowledge.
-fn accept_push(push: &proto::Push, desired: &Mutex<Desired>) -> Result<u64, String> {
+fn accept_push(push: &proto::Push, desired: &Desired) -> Result<u64, String> {
     let plain_bytes = usize::try_from(push.plain_bytes).unwrap_or(usize::MAX);
     if plain_bytes > REGISTRY_PUSH_PLAIN_BYTES_MAX {
         return Err(format!("plain_bytes {plain_bytes} is over the limit"));
@@ -523,7 +659,6 @@ fn accept_push(push: &proto::Push, desired: &Mutex<Desired>) -> Result<u64, Stri
     let records = proto::Records::decode(plain)
         .map_err(|error| format!("payload is not a Records message: {error}"))?
         .records;
-    let desired = desired.lock().expect("never poisoned");
     let subscribed = desired
         .subscriptions
         .get(&push.subscription_id)

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::{self, client_message::Body, server_message};
-use crate::session::{Registry, Rights, Session};
+use crate::session::{Outgoing, Registry, Rights, Session};
 
 /// How long a new stream has to send its `Hello`.
 pub const HELLO_SECONDS_MAX: u64 = 10;
@@ -47,10 +47,11 @@ impl RegistryService {
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<proto::ServerMessage, Status>> + Send>>;
 
-fn answer(answer: proto::Answer) -> Result<proto::ServerMessage, Status> {
-    Ok(proto::ServerMessage {
+fn answer(answer: proto::Answer) -> Outgoing {
+    let message = proto::ServerMessage {
         body: Some(server_message::Body::Answer(answer)),
-    })
+    };
+    (Ok(message), None)
 }
 
 #[tonic::async_trait]
@@ -110,8 +111,12 @@ impl proto::registry_server::Registry for RegistryService {
             inbound,
             out,
         ));
+        // A push's share of the byte budget returns once the stream has taken it.
         let outbound = futures::stream::unfold(outbound, |mut outbound| async move {
-            outbound.recv().await.map(|message| (message, outbound))
+            outbound
+                .recv()
+                .await
+                .map(|(message, _budget)| (message, outbound))
         });
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -122,7 +127,7 @@ async fn serve_requests(
     registry: Arc<Registry>,
     session: Arc<Session>,
     mut inbound: Streaming<proto::ClientMessage>,
-    out: mpsc::Sender<Result<proto::ServerMessage, Status>>,
+    out: mpsc::Sender<Outgoing>,
 ) {
     loop {
         let message = tokio::select! {

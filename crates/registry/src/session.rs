@@ -26,11 +26,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use limits::{
-    REGISTRY_PUSH_ACK_MS_MAX, REGISTRY_PUSH_RETRIES_MAX, REGISTRY_REGISTRATIONS_PER_STREAM_MAX,
-    REGISTRY_STREAMS_MAX, REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX,
+    REGISTRY_DRAIN_HOLD_SECONDS_DEFAULT, REGISTRY_DRAIN_HOLD_SECONDS_MAX, REGISTRY_PUSH_ACK_MS_MAX,
+    REGISTRY_PUSH_RETRIES_MAX, REGISTRY_REGISTRATIONS_PER_STREAM_MAX,
+    REGISTRY_STREAM_QUEUE_BYTES_MAX, REGISTRY_STREAMS_MAX, REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX,
 };
 use prost::Message;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::Status;
 
 use crate::names::{self, DataKey, Interner, Refusal};
@@ -105,6 +106,9 @@ struct Subscription {
     pushed: u64,
     pushed_at: Option<Instant>,
     retries: u32,
+    /// Which subscribe made it: a push built for an earlier one (another key or scope) is
+    /// not sent.
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -113,11 +117,25 @@ struct SessionState {
     subscriptions: HashMap<Arc<str>, Subscription>,
     /// Subscriptions pushed and not yet acknowledged.
     unacked: HashSet<Arc<str>>,
-    /// A host drain removed this stream's records: it may register nothing more.
-    drained: bool,
+    /// Subscribes served so far (each subscription's generation).
+    subscribes: u64,
 }
 
-type Outbound = mpsc::Sender<Result<proto::ServerMessage, Status>>;
+/// A message toward a client, holding its share of the stream's byte budget until the stream
+/// takes it.
+pub type Outgoing = (
+    Result<proto::ServerMessage, Status>,
+    Option<OwnedSemaphorePermit>,
+);
+
+type Outbound = mpsc::Sender<Outgoing>;
+
+/// An empty key nobody subscribes to is forgotten once it has not changed for this long.
+const EMPTY_KEY_QUIET: Duration = Duration::from_secs(60);
+
+/// Sets at most this large are compressed on the async worker itself; larger ones on a
+/// blocking thread.
+const COMPRESS_INLINE_BYTES_MAX: usize = 64 << 10;
 
 /// One client stream.
 #[derive(Debug)]
@@ -133,6 +151,8 @@ pub struct Session {
     wake: Notify,
     closed: AtomicBool,
     out: Outbound,
+    /// Bytes of pushes queued toward the client and not yet taken by its stream.
+    budget: Arc<Semaphore>,
 }
 
 impl Session {
@@ -163,6 +183,8 @@ pub struct Registry {
     settings: Settings,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
     by_host: Mutex<HashMap<IpAddr, HashSet<u64>>>,
+    /// Hosts drained, and until when they may register nothing.
+    drained: Mutex<HashMap<IpAddr, Instant>>,
     /// Who subscribes to each key, sharded as the store is.
     subscribers: Box<[Mutex<Subscribers>]>,
     next_session: AtomicU64,
@@ -201,6 +223,7 @@ impl Registry {
             settings,
             sessions: Mutex::default(),
             by_host: Mutex::default(),
+            drained: Mutex::default(),
             next_session: AtomicU64::new(1),
             open_sessions: AtomicUsize::new(0),
             pushes_seen: AtomicU32::new(0),
@@ -274,6 +297,7 @@ impl Registry {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             out,
+            budget: Arc::new(Semaphore::new(REGISTRY_STREAM_QUEUE_BYTES_MAX)),
         });
         self.sessions
             .lock()
@@ -398,12 +422,13 @@ impl Registry {
         .encode_to_vec();
         // Held across the store's change, so a host drain never misses a record being added.
         let mut state = session.state();
-        if state.drained {
+        if let Some(until) = self.drained_until(session.host) {
             return Err(Refusal::new(
                 "register",
                 format!(
-                    "host {} was drained: this stream may register nothing more",
-                    session.host
+                    "host {} was drained: it may register nothing for {} s more",
+                    session.host,
+                    until.saturating_duration_since(Instant::now()).as_secs() + 1
                 ),
             ));
         }
@@ -485,6 +510,8 @@ impl Registry {
         if let Some(earlier) = earlier.filter(|earlier| *earlier != key) {
             self.unindex(session.id, &earlier, Arc::clone(&subscription_id));
         }
+        state.subscribes += 1;
+        let generation = state.subscribes;
         state.subscriptions.insert(
             Arc::clone(&subscription_id),
             Subscription {
@@ -494,6 +521,7 @@ impl Registry {
                 pushed: subscribe.known_version,
                 pushed_at: None,
                 retries: 0,
+                generation,
             },
         );
         state.unacked.remove(&subscription_id);
@@ -539,8 +567,20 @@ impl Registry {
         }
     }
 
-    /// Removes every record published by streams from `drain.ip`; those streams may register
-    /// nothing more. How many records were removed.
+    /// Until when `host` may register nothing, if it was drained and that still holds.
+    fn drained_until(&self, host: IpAddr) -> Option<Instant> {
+        let mut drained = self.drained.lock().expect("never poisoned");
+        let until = *drained.get(&host)?;
+        if until <= Instant::now() {
+            drained.remove(&host);
+            return None;
+        }
+        Some(until)
+    }
+
+    /// Removes every record published by streams from `drain.ip`, and refuses registrations
+    /// from it for `hold_seconds` (so a client's reconnection does not undo the drain). How
+    /// many records were removed.
     fn drain(&self, session: &Session, drain: &proto::DrainHost) -> Result<u64, Refusal> {
         if !session.rights.admin {
             return Err(Refusal::new(
@@ -553,6 +593,22 @@ impl Registry {
             .parse()
             .map_err(|_| Refusal::new("drain_host.ip", "is not an IP address"))?;
         let host = host.to_canonical();
+        let hold = match drain.hold_seconds {
+            0 => REGISTRY_DRAIN_HOLD_SECONDS_DEFAULT,
+            hold if hold <= REGISTRY_DRAIN_HOLD_SECONDS_MAX => hold,
+            _ => {
+                return Err(Refusal::new(
+                    "drain_host.hold_seconds",
+                    format!("must be at most {REGISTRY_DRAIN_HOLD_SECONDS_MAX}"),
+                ));
+            }
+        };
+        // First refuse new registrations, then take what the host's streams hold (a register
+        // in progress holds its stream's state, so it is either refused or taken here).
+        self.drained
+            .lock()
+            .expect("never poisoned")
+            .insert(host, Instant::now() + Duration::from_secs(hold));
         let ids: Vec<u64> = self
             .by_host
             .lock()
@@ -568,16 +624,12 @@ impl Registry {
         };
         let mut removed = 0;
         for session in drained {
-            let registrations = {
-                let mut state = session.state();
-                state.drained = true;
-                std::mem::take(&mut state.registrations)
-            };
+            let registrations = { std::mem::take(&mut session.state().registrations) };
             for (registration_id, key) in registrations {
                 removed += u64::from(self.unpublish(&session, &key, registration_id));
             }
         }
-        tracing::info!(%host, removed, "drained a host's records");
+        tracing::info!(%host, removed, hold_seconds = hold, "drained a host's records");
         Ok(removed)
     }
 
@@ -612,9 +664,11 @@ impl Registry {
     }
 
     /// Sends one subscription its key's set as of now, unless the client holds it already;
-    /// false when the stream is gone.
-    async fn push(&self, session: &Session, subscription_id: Arc<str>) -> bool {
-        let (key, zone, acked) = {
+    /// false when the stream is gone. The push waits for room in the stream's byte budget
+    /// first, and a set that changed meanwhile is not sent (the subscription is marked again,
+    /// so its newest set goes instead).
+    async fn push(self: &Arc<Self>, session: &Session, subscription_id: Arc<str>) -> bool {
+        let (key, zone, acked, generation) = {
             let state = session.state();
             let Some(subscription) = state.subscriptions.get(&subscription_id) else {
                 return true;
@@ -623,6 +677,7 @@ impl Registry {
                 subscription.key.clone(),
                 subscription.zone.clone(),
                 subscription.acked,
+                subscription.generation,
             )
         };
         let Some(payload) = self.store.payload(&key, zone.as_ref()) else {
@@ -631,10 +686,34 @@ impl Registry {
         if payload.version == acked {
             return true;
         }
-        let (encoding, bytes) = match session.zstd.then(|| payload.zstd(&self.store)).flatten() {
-            Some(compressed) => (proto::Encoding::Zstd, compressed.clone()),
+        let compressed = if !session.zstd {
+            None
+        } else if payload.plain.len() <= COMPRESS_INLINE_BYTES_MAX {
+            payload.zstd().cloned()
+        } else {
+            // A large set compresses off the async workers (once: the others wait for it).
+            let payload = Arc::clone(&payload);
+            tokio::task::spawn_blocking(move || payload.zstd().cloned())
+                .await
+                .unwrap_or(None)
+        };
+        let (encoding, bytes) = match compressed {
+            Some(compressed) => (proto::Encoding::Zstd, compressed),
             None => (proto::Encoding::Plain, payload.plain.clone()),
         };
+        let budget = u32::try_from(bytes.len().clamp(1, REGISTRY_STREAM_QUEUE_BYTES_MAX))
+            .expect("the budget fits a u32");
+        let permit = tokio::select! {
+            permit = Arc::clone(&session.budget).acquire_many_owned(budget) => {
+                permit.expect("the budget is never closed")
+            }
+            () = session.out.closed() => return false,
+            () = self.ended() => return false,
+        };
+        if self.store.version(&key) != payload.version {
+            session.mark(subscription_id);
+            return true;
+        }
         {
             let mut state = session.state();
             let SessionState {
@@ -642,7 +721,10 @@ impl Registry {
                 unacked,
                 ..
             } = &mut *state;
-            let Some(subscription) = subscriptions.get_mut(&subscription_id) else {
+            let Some(subscription) = subscriptions
+                .get_mut(&subscription_id)
+                .filter(|subscription| subscription.generation == generation)
+            else {
                 return true;
             };
             if subscription.pushed != payload.version {
@@ -653,7 +735,12 @@ impl Registry {
             unacked.insert(Arc::clone(&subscription_id));
         }
         let one_in = self.settings.drop_pushes_one_in;
-        if one_in > 0 && self.pushes_seen.fetch_add(1, Ordering::Relaxed).is_multiple_of(one_in) {
+        if one_in > 0
+            && self
+                .pushes_seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(one_in)
+        {
             self.stats.pushes_dropped.fetch_add(1, Ordering::Relaxed);
             return true;
         }
@@ -669,7 +756,7 @@ impl Registry {
                 plain_bytes: payload.plain.len() as u64,
             })),
         };
-        if session.out.send(Ok(push)).await.is_err() {
+        if session.out.send((Ok(push), Some(permit))).await.is_err() {
             return false;
         }
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
@@ -762,6 +849,10 @@ impl Registry {
                 }
             }
         }
+        // Keys nobody publishes to nor subscribes to, quiet for a while, are forgotten (slot,
+        // then subscriber shard: the one place both are held, in that order).
+        self.store
+            .sweep_empty(EMPTY_KEY_QUIET, |key| self.shard(key).contains_key(key));
         self.interner.sweep();
     }
 }

@@ -59,6 +59,15 @@ pub enum StoreError {
     TooManyPublishers,
 }
 
+/// What the payload cache holds, counted by the payloads themselves: a payload adds its bytes
+/// when made (and its compressed form when kept) and takes them back when dropped, so the count
+/// is exact whoever drops it last (the cache, or a push still on its way).
+#[derive(Debug, Default)]
+struct CacheCounters {
+    bytes: AtomicUsize,
+    compressions: AtomicU64,
+}
+
 /// One key's set as pushed at one version, to one zone or to all.
 #[derive(Debug)]
 pub struct Payload {
@@ -69,20 +78,39 @@ pub struct Payload {
     zstd: OnceLock<Option<Bytes>>,
     /// When the key last changed (the change this payload carries).
     pub changed_at: Instant,
+    counters: Arc<CacheCounters>,
 }
 
 impl Payload {
-    /// The payload compressed, made by the first caller; `None` when compressing does not make
-    /// it smaller (then it goes plain).
-    pub fn zstd(&self, store: &Store) -> Option<&Bytes> {
+    /// The payload compressed, made by the first caller (the others wait for it); `None` when
+    /// compressing does not make it smaller (then it goes plain).
+    pub fn zstd(&self) -> Option<&Bytes> {
         self.zstd
             .get_or_init(|| {
                 let compressed = zstd::bulk::compress(&self.plain, ZSTD_LEVEL).ok()?;
-                store.compressions.fetch_add(1, Ordering::Relaxed);
-                store.note_cached(compressed.len());
-                (compressed.len() < self.plain.len()).then(|| Bytes::from(compressed))
+                self.counters.compressions.fetch_add(1, Ordering::Relaxed);
+                let kept = compressed.len() < self.plain.len();
+                if kept {
+                    self.counters
+                        .bytes
+                        .fetch_add(compressed.len(), Ordering::Relaxed);
+                }
+                kept.then(|| Bytes::from(compressed))
             })
             .as_ref()
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        let compressed = self
+            .zstd
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, Bytes::len);
+        self.counters
+            .bytes
+            .fetch_sub(self.plain.len() + compressed, Ordering::Relaxed);
     }
 }
 
@@ -153,8 +181,7 @@ pub struct Store {
     publishers: AtomicUsize,
     changed: Mutex<HashSet<DataKey>>,
     changes: Notify,
-    cached_bytes: AtomicUsize,
-    compressions: AtomicU64,
+    cache: Arc<CacheCounters>,
 }
 
 impl Store {
@@ -167,8 +194,7 @@ impl Store {
             publishers: AtomicUsize::new(0),
             changed: Mutex::default(),
             changes: Notify::new(),
-            cached_bytes: AtomicUsize::new(0),
-            compressions: AtomicU64::new(0),
+            cache: Arc::default(),
         }
     }
 
@@ -190,10 +216,16 @@ impl Store {
 
     /// Payloads compressed so far (each key, version and zone once, however many receive it).
     pub fn compressions(&self) -> u64 {
-        self.compressions.load(Ordering::Relaxed)
+        self.cache.compressions.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of payloads alive now (cached, or on their way to a client).
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.bytes.load(Ordering::Relaxed)
     }
 
     /// Stores `published` as `id`'s record under `key`, replacing `id`'s earlier one there.
+    /// Every limit is checked before anything changes.
     pub fn put(
         &self,
         key: &DataKey,
@@ -201,21 +233,18 @@ impl Store {
         published: Published,
     ) -> Result<(), StoreError> {
         let mut slot = self.slot(key);
-        let datum = match slot.datums.get_mut(key) {
-            Some(datum) => datum,
-            None => {
-                if self.keys.load(Ordering::Relaxed) >= REGISTRY_KEYS_MAX {
-                    return Err(StoreError::TooManyKeys);
-                }
-                self.keys.fetch_add(1, Ordering::Relaxed);
-                slot.datums.entry(key.clone()).or_insert_with(Datum::new)
-            }
+        let (replaced, held, plain_bytes) = match slot.datums.get(key) {
+            Some(datum) => (
+                datum.publishers.get(&id).map(|old| old.encoded.len()),
+                datum.publishers.len(),
+                datum.plain_bytes,
+            ),
+            None => (None, 0, 0),
         };
-        let replaced = datum.publishers.get(&id).map(|old| old.encoded.len());
-        let plain_bytes = datum.plain_bytes - replaced.map_or(0, framed_len)
-            + framed_len(published.encoded.len());
+        let plain_bytes =
+            plain_bytes - replaced.map_or(0, framed_len) + framed_len(published.encoded.len());
         if replaced.is_none() {
-            if datum.publishers.len() >= REGISTRY_PUBLISHERS_PER_KEY_MAX {
+            if held >= REGISTRY_PUBLISHERS_PER_KEY_MAX {
                 return Err(StoreError::KeyFull);
             }
             if self.publishers.load(Ordering::Relaxed) >= REGISTRY_PUBLISHERS_MAX {
@@ -225,15 +254,46 @@ impl Store {
         if plain_bytes > REGISTRY_PUSH_PLAIN_BYTES_MAX {
             return Err(StoreError::KeyTooLarge);
         }
+        if !slot.datums.contains_key(key) {
+            if self.keys.load(Ordering::Relaxed) >= REGISTRY_KEYS_MAX {
+                return Err(StoreError::TooManyKeys);
+            }
+            self.keys.fetch_add(1, Ordering::Relaxed);
+            slot.datums.insert(key.clone(), Datum::new());
+        }
         if replaced.is_none() {
             self.publishers.fetch_add(1, Ordering::Relaxed);
         }
+        let datum = slot.datums.get_mut(key).expect("present or just made");
         datum.publishers.insert(id, published);
         datum.plain_bytes = plain_bytes;
         self.bump(datum);
         drop(slot);
         self.note_changed(key);
         Ok(())
+    }
+
+    /// Forgets the keys that hold no publisher, changed longer than `quiet` ago, and that
+    /// `watched` says nobody subscribes to (a key created again later gets a newer version
+    /// all the same: versions come from one clock). How many were forgotten.
+    pub fn sweep_empty(
+        &self,
+        quiet: std::time::Duration,
+        watched: impl Fn(&DataKey) -> bool,
+    ) -> usize {
+        let mut forgotten = 0;
+        for slot in self.slots.iter() {
+            let mut slot = slot.lock().expect("never poisoned");
+            slot.datums.retain(|key, datum| {
+                let keep = !datum.publishers.is_empty()
+                    || datum.changed_at.elapsed() < quiet
+                    || watched(key);
+                forgotten += usize::from(!keep);
+                keep
+            });
+        }
+        self.keys.fetch_sub(forgotten, Ordering::Relaxed);
+        forgotten
     }
 
     /// Removes `id`'s record under `key` if stream `stream` registered it; true if it did.
@@ -261,9 +321,7 @@ impl Store {
     fn bump(&self, datum: &mut Datum) {
         datum.version = self.clock.next();
         datum.changed_at = Instant::now();
-        for (_, payload) in datum.payloads.drain(..) {
-            self.forget_cached(&payload);
-        }
+        datum.payloads.clear();
     }
 
     fn note_changed(&self, key: &DataKey) {
@@ -317,31 +375,17 @@ impl Store {
             plain: Bytes::from(plain),
             zstd: OnceLock::new(),
             changed_at: datum.changed_at,
+            counters: Arc::clone(&self.cache),
         });
-        self.note_cached(payload.plain.len());
+        self.cache
+            .bytes
+            .fetch_add(payload.plain.len(), Ordering::Relaxed);
         datum.payloads.push((zone.cloned(), Arc::clone(&payload)));
-        if self.cached_bytes.load(Ordering::Relaxed) > REGISTRY_PAYLOAD_CACHE_BYTES_MAX {
+        if self.cached_bytes() > REGISTRY_PAYLOAD_CACHE_BYTES_MAX {
             drop(slot);
             self.drop_cached();
         }
         Some(payload)
-    }
-
-    fn note_cached(&self, bytes: usize) {
-        self.cached_bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    fn forget_cached(&self, payload: &Payload) {
-        let compressed = payload
-            .zstd
-            .get()
-            .and_then(Option::as_ref)
-            .map_or(0, Bytes::len);
-        let _ = self
-            .cached_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bytes| {
-                Some(bytes.saturating_sub(payload.plain.len() + compressed))
-            });
     }
 
     /// Drops every cached payload (they are made again on demand): the cache's only bound.
@@ -349,9 +393,7 @@ impl Store {
         for slot in self.slots.iter() {
             let mut slot = slot.lock().expect("never poisoned");
             for datum in slot.datums.values_mut() {
-                for (_, payload) in datum.payloads.drain(..) {
-                    self.forget_cached(&payload);
-                }
+                datum.payloads.clear();
             }
         }
     }
@@ -473,20 +515,65 @@ mod tests {
                 .unwrap();
         }
         let payload = store.payload(&k, None).unwrap();
-        let compressed = payload.zstd(&store).expect("smaller compressed").clone();
+        let compressed = payload.zstd().expect("smaller compressed").clone();
         assert!(
             compressed.len() * 5 < payload.plain.len(),
             "{} of {}",
             compressed.len(),
             payload.plain.len()
         );
-        assert_eq!(payload.zstd(&store).unwrap(), &compressed);
+        assert_eq!(payload.zstd().unwrap(), &compressed);
         assert_eq!(store.compressions(), 1);
+        assert_eq!(store.cached_bytes(), payload.plain.len() + compressed.len());
         store
             .put(&k, id("c", "r0"), record("c", "r0", "z", "10.9.9.9:1"))
             .unwrap();
         let newer = store.payload(&k, None).unwrap();
         assert!(newer.version > payload.version && !Arc::ptr_eq(&newer, &payload));
+        // The old payload counts until its last holder (here: this test) drops it.
+        let both = newer.plain.len() + payload.plain.len() + compressed.len();
+        assert_eq!(store.cached_bytes(), both);
+        drop(payload);
+        assert_eq!(store.cached_bytes(), newer.plain.len());
+        // An empty set does not compress smaller: nothing kept, nothing counted.
+        let empty = key("empty");
+        store
+            .put(&empty, id("c", "x"), record("c", "x", "z", "a"))
+            .unwrap();
+        assert!(store.remove(&empty, &id("c", "x"), 1));
+        let nothing = store.payload(&empty, None).unwrap();
+        assert!(nothing.zstd().is_none());
+        assert_eq!(store.cached_bytes(), newer.plain.len());
+    }
+
+    #[test]
+    fn empty_quiet_unwatched_keys_are_forgotten_and_come_back_newer() {
+        let store = Store::new(4);
+        let (a, b) = (key("a"), key("b"));
+        store
+            .put(&a, id("c", "1"), record("c", "1", "z", "x"))
+            .unwrap();
+        store
+            .put(&b, id("c", "2"), record("c", "2", "z", "y"))
+            .unwrap();
+        assert!(store.remove(&a, &id("c", "1"), 1));
+        let before = store.version(&a);
+        assert_eq!(
+            store.sweep_empty(std::time::Duration::from_secs(60), |_| false),
+            0,
+            "not quiet yet"
+        );
+        assert_eq!(
+            store.sweep_empty(std::time::Duration::ZERO, |key| *key == a),
+            0,
+            "watched"
+        );
+        assert_eq!(store.sweep_empty(std::time::Duration::ZERO, |_| false), 1);
+        assert_eq!((store.keys(), store.version(&a)), (1, 0));
+        store
+            .put(&a, id("c", "1"), record("c", "1", "z", "x"))
+            .unwrap();
+        assert!(store.version(&a) > before);
     }
 
     #[test]
@@ -507,6 +594,15 @@ mod tests {
         let (at, error) = refused.expect("refused before the end");
         assert_eq!(error, StoreError::KeyTooLarge);
         assert_eq!(store.publishers(), at, "nothing stored by the refusal");
+        // A refused first record leaves no key behind.
+        let mut published = record("c", "r", "z", "a");
+        published.encoded = vec![7u8; REGISTRY_PUSH_PLAIN_BYTES_MAX].into();
+        let lone = key("lone");
+        assert_eq!(
+            store.put(&lone, id("c", "r"), published),
+            Err(StoreError::KeyTooLarge)
+        );
+        assert_eq!((store.keys(), store.version(&lone)), (1, 0));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A registry process (`fincore registry serve`): the service registry's gRPC service
 //! (`registry::RegistryService`) on its own listener, behind API keys, with the connection and
-//! HTTP/2 limits every fincore listener has.
+//! HTTP/2 limits every fincore listener has; `/metrics` (`fincore_registry_*`, sampled every
+//! second) and `/healthz` on an open HTTP listener.
 //!
 //! A stream needs the role `read`; what it may do beyond subscribing (register: `write`; drain a
 //! host: `admin`) is handed to the registry as `registry::Rights`, decided here from the key.
@@ -10,21 +11,54 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use registry::{Registry, RegistryService, Rights, Settings};
-use tokio::net::TcpListener;
+use std::sync::atomic::Ordering;
+
+use telemetry::{Metrics, RegistrySample};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::{Request, Status};
 
 use crate::auth::{Auth, Role};
 use crate::connections;
-use crate::node::with_grpc_limits;
+use crate::metrics_http::MetricsListener;
+use crate::node::{NodeError, with_grpc_limits};
 
 /// A running registry.
 pub struct RegistryNode {
     grpc_addr: SocketAddr,
     registry: Arc<Registry>,
+    metrics: MetricsListener,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
+}
+
+/// The registry's figures as telemetry takes them.
+fn sample(registry: &Registry) -> RegistrySample {
+    let stats = &registry.stats;
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    RegistrySample {
+        streams: registry.sessions() as u64,
+        keys: registry.store().keys() as u64,
+        publishers: registry.store().publishers() as u64,
+        pushes: count(&stats.pushes),
+        push_plain_bytes: count(&stats.push_plain_bytes),
+        push_sent_bytes: count(&stats.push_sent_bytes),
+        push_retries: count(&stats.push_retries),
+        reconciled: count(&stats.reconciled),
+        compressions: registry.store().compressions(),
+    }
+}
+
+/// Samples the registry into `metrics` every second while the registry lives.
+async fn export_metrics(registry: std::sync::Weak<Registry>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        metrics.registry_sample(&sample(&registry));
+    }
 }
 
 /// What a caller's key lets its stream do; refused without a key good for `read`.
@@ -46,16 +80,24 @@ fn rights(auth: &Auth, request: &Request<()>) -> Result<Rights, Status> {
 }
 
 impl RegistryNode {
-    /// Binds `listen` and serves a new, empty registry there.
+    /// Binds `listen` (gRPC) and `http` (`/metrics`, `/healthz`) and serves a new, empty
+    /// registry there.
     pub async fn start(
         listen: SocketAddr,
+        http: SocketAddr,
         auth: Auth,
         settings: Settings,
-    ) -> std::io::Result<RegistryNode> {
-        let listener = TcpListener::bind(listen).await?;
-        let grpc_addr = listener.local_addr()?;
+    ) -> Result<RegistryNode, NodeError> {
+        let listener = crate::front::bind("gRPC", listen).await?;
+        let grpc_addr = crate::front::local_addr(&listener);
         let registry = Registry::new(settings);
         registry.spawn_workers();
+        let metrics = Metrics::for_service(telemetry::Service::Registry);
+        tokio::spawn(export_metrics(
+            Arc::downgrade(&registry),
+            Arc::clone(&metrics),
+        ));
+        let metrics = MetricsListener::start(http, metrics).await?;
         let service = RegistryService::new(Arc::clone(&registry)).into_server();
         let service = tonic::service::interceptor::InterceptedService::new(
             service,
@@ -81,6 +123,7 @@ impl RegistryNode {
         Ok(RegistryNode {
             grpc_addr,
             registry,
+            metrics,
             stop,
             server,
         })
@@ -88,6 +131,11 @@ impl RegistryNode {
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where `/metrics` and `/healthz` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.metrics.addr()
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -102,5 +150,6 @@ impl RegistryNode {
         if tokio::time::timeout(grace, &mut self.server).await.is_err() {
             self.server.abort();
         }
+        self.metrics.stop().await;
     }
 }

@@ -24,11 +24,13 @@ use prometheus_client::registry::Registry;
 
 mod follow;
 mod logs;
+mod service_registry;
 pub mod trace;
 mod traffic;
 
 pub use follow::FollowGroup;
 pub use logs::{LOG_FILTER_DEFAULT, LogFormat, LogGuard, init_logging, log_lines_dropped};
+pub use service_registry::RegistrySample;
 pub use traffic::{LATENCY_BUCKETS_COUNT, TrafficRates, TrafficTotals, latency_bucket_bound};
 
 /// The content type of [`Metrics::render`]'s output.
@@ -432,6 +434,7 @@ pub struct Metrics {
     batch_events: Histogram,
     batches: Counter,
     saga_copies_open: Gauge,
+    service_registry: service_registry::RegistryFamilies,
     journal_sync_seconds: Histogram,
     journal_records: Counter,
     sagas: Family<SagaLabels, Counter>,
@@ -471,13 +474,18 @@ pub enum Service {
     Publisher,
     /// The read-model projector (`fincore project`): its progress per group, no requests.
     Projector,
+    /// The service registry (`fincore registry serve`): its streams, records and pushes.
+    Registry,
     /// Every family (tests, and processes that are several of the above).
     All,
 }
 
 impl Service {
     fn serves_requests(self) -> bool {
-        !matches!(self, Service::Publisher | Service::Projector)
+        !matches!(
+            self,
+            Service::Publisher | Service::Projector | Service::Registry
+        )
     }
 
     fn records_batches(self) -> bool {
@@ -667,6 +675,10 @@ impl Metrics {
         if matches!(service, Service::Projector | Service::All) {
             projection.register(&mut registry, "projection", "projected and committed");
         }
+        let service_registry = service_registry::RegistryFamilies::default();
+        if matches!(service, Service::Registry | Service::All) {
+            service_registry.register(&mut registry);
+        }
         if service.records_sagas() {
             // Every outcome shows from the start, at 0: an alert on the first `diverged`
             // needs the series before it.
@@ -710,6 +722,7 @@ impl Metrics {
             batch_events,
             batches,
             saga_copies_open,
+            service_registry,
             journal_sync_seconds,
             journal_records,
             sagas,
@@ -818,6 +831,11 @@ impl Metrics {
     /// Counts the events of a batch that committed (and applied), for the console's rates.
     pub fn events_committed(&self, events: usize) {
         self.traffic.events(events);
+    }
+
+    /// The service registry's figures as of now (gauges set, counters moved to the totals).
+    pub fn registry_sample(&self, sample: &RegistrySample) {
+        self.service_registry.sample(sample);
     }
 
     pub fn saga_copies_open(&self, count: usize) {
@@ -985,6 +1003,10 @@ mod tests {
             metrics.config_taken(1, "flow.rules", 1, false);
             metrics.raft(&leader_sample());
             metrics.cdc_group("g1").done(5, 5, Duration::from_millis(1));
+            metrics.registry_sample(&RegistrySample {
+                pushes: 3,
+                ..RegistrySample::default()
+            });
             metrics
                 .projection_group("g1")
                 .done(5, 5, Duration::from_millis(1));
@@ -1077,6 +1099,19 @@ mod tests {
         };
         assert_eq!(families(Service::Publisher), only(&cdc));
         assert_eq!(families(Service::Projector), only(&projection));
+        let registry: Vec<String> = [
+            "compressions",
+            "keys",
+            "publishers",
+            "push_bytes",
+            "push_retries",
+            "pushes",
+            "reconciled",
+            "streams",
+        ]
+        .map(|name| format!("registry_{name}"))
+        .to_vec();
+        assert_eq!(families(Service::Registry), only(&registry));
         let every: Vec<&str> = [
             &batches[..],
             &journal[..],
@@ -1088,6 +1123,7 @@ mod tests {
         .into_iter()
         .chain(cdc.iter().map(String::as_str))
         .chain(projection.iter().map(String::as_str))
+        .chain(registry.iter().map(String::as_str))
         .collect();
         assert_eq!(families(Service::All), with(&every));
     }

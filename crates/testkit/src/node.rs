@@ -183,6 +183,28 @@ impl ChildNode {
         Ok((command, log, log_path))
     }
 
+    /// Runs `exe registry serve ARGS…` and waits until it announced its two addresses (gRPC:
+    /// the registry's protocol; HTTP: `/metrics`). Unless `args` give `--keys` or
+    /// `--insecure-no-auth`, it checks callers against this process's admin key. Its stderr goes
+    /// to `DIR.log`.
+    pub fn start_registry<S: AsRef<OsStr>>(
+        exe: &Path,
+        dir: &Path,
+        args: &[S],
+    ) -> Result<ChildNode, KitError> {
+        let (log, log_path) = dir_and_log(dir)?;
+        let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
+        let mut command = Command::new(exe);
+        command.args(["registry", "serve"]);
+        if !given("--keys") && !given("--insecure-no-auth") {
+            command
+                .arg("--keys")
+                .arg(crate::keys::keys_file_for(exe, dir)?);
+        }
+        command.args(args);
+        ChildNode::spawn(command, dir, log.into(), log_path, false)
+    }
+
     /// Runs `exe gateway --map MAP ARGS…` and waits until it announced its two addresses
     /// (`peer_addr` stays empty). Unless `args` give `--keys` or `--insecure-no-auth`, it
     /// checks callers against this process's admin key and presents that key to the groups
