@@ -463,6 +463,9 @@ async fn serve_stream(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
+        // Pushes of large sets: windows the size the servers use, not HTTP/2's 64 KiB.
+        .initial_stream_window_size(Some(limits::HTTP2_STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(limits::HTTP2_CONNECTION_WINDOW_BYTES))
         .connect()
         .await
     {

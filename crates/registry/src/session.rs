@@ -798,6 +798,11 @@ impl Registry {
     fn retry_unacked(&self) {
         let deadline = Duration::from_millis(REGISTRY_PUSH_ACK_MS_MAX);
         for session in self.open_sessions_now() {
+            // Pushes still queued toward the client were not lost, only not yet read: their
+            // acknowledgements cannot have come. Sending more would only lengthen the queue.
+            if session.budget.available_permits() < REGISTRY_STREAM_QUEUE_BYTES_MAX {
+                continue;
+            }
             let mut again = Vec::new();
             {
                 let mut state = session.state();

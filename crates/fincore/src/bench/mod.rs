@@ -13,6 +13,7 @@ mod cdc;
 mod embedded;
 mod groups;
 mod network;
+mod registry;
 mod traces;
 mod wipe;
 mod workload;
@@ -27,8 +28,18 @@ use serde::Serialize;
 pub use wipe::CatchUpReport;
 pub use workload::{AccountDistribution, IdOrder};
 
+/// Benchmarks of other parts than the ledger.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchOther {
+    /// The service registry: publishers, subscribers, change→push latency, compression,
+    /// memory per publisher (docs/registry.md).
+    Registry(registry::RegistryBenchArgs),
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    other: Option<BenchOther>,
     /// Run a node's replica in this process (the files `serve` writes, real fsync, no network).
     #[arg(long)]
     embedded: bool,
@@ -662,6 +673,9 @@ fn report(args: &BenchArgs, mode: &'static str, measured: Measured) -> Report {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchOther::Registry(registry)) = &args.other {
+        return registry::run(registry);
+    }
     check_args(args)?;
     if let Some(rounds) = args.vs_single {
         return compare(args, rounds);
