@@ -245,11 +245,15 @@ fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::serve::runtime()?;
     runtime.block_on(async move {
         let stop = crate::serve::stop_signal()?;
+        tokio::pin!(stop);
         let client = args.client.start()?;
-        client
-            .register(&registration_id, args.key.key(), record)
-            .await
-            .context("publishing")?;
+        // Stopped while no registry answers: nothing was published, nothing to withdraw.
+        tokio::select! {
+            registered = client.register(&registration_id, args.key.key(), record) => {
+                registered.context("publishing")?;
+            }
+            () = &mut stop => return Ok(ExitCode::SUCCESS),
+        }
         println!(
             "fincore: published {} under {}/{}/{} as {registration_id}; Ctrl-C withdraws it",
             args.address, args.key.instance_id, args.key.group, args.key.data_id

@@ -284,6 +284,16 @@ async fn keys_decide_who_subscribes_publishes_and_drains() {
         .await
         .unwrap();
     converges(&mut sets, &["10.0.0.1:1"]).await;
+    // Another key using the same client id and registration id is another publisher: it
+    // neither replaces the writer's record nor, by ending, removes it.
+    let impostor = client(addr, "writer", "z", Some(&admin));
+    impostor
+        .register("r", key("svc"), record("10.0.0.5:1"))
+        .await
+        .unwrap();
+    converges(&mut sets, &["10.0.0.1:1", "10.0.0.5:1"]).await;
+    drop(impostor);
+    converges(&mut sets, &["10.0.0.1:1"]).await;
     let refused = writer.drain_host("127.0.0.1", 0).await;
     assert!(
         matches!(&refused, Err(ClientError::Refused(r)) if r.field == "drain_host"),
@@ -618,8 +628,24 @@ impl Drop for CliSubscriber {
     }
 }
 
-fn cli_publisher(registry: &str, token: &str, address: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
+/// A child process killed when dropped (a failing test leaves none behind).
+struct Killed(std::process::Child);
+
+impl Killed {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cli_publisher(registry: &str, token: &str, address: &str) -> Killed {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
         .args([
             "registry",
             "publish",
@@ -633,7 +659,8 @@ fn cli_publisher(registry: &str, token: &str, address: &str) -> std::process::Ch
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Killed(child)
 }
 
 #[test]
@@ -651,8 +678,7 @@ fn the_cli_publishes_and_subscribes_across_a_kill_9_of_the_registry() {
     let mut second = cli_publisher(&addr, &token, "10.0.0.2:8080");
     subscriber.sees(&["10.0.0.1:8080", "10.0.0.2:8080"]);
     // kill -9 of a publisher: its stream ends, its record goes.
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     subscriber.sees(&["10.0.0.2:8080"]);
 
     // The registry's /metrics (sampled each second) counts what it holds and what it pushed.
@@ -678,10 +704,8 @@ fn the_cli_publishes_and_subscribes_across_a_kill_9_of_the_registry() {
     let node = testkit::node::ChildNode::start_registry(exe, &registry_dir, &listen).unwrap();
     let mut third = cli_publisher(&addr, &token, "10.0.0.3:8080");
     subscriber.sees(&["10.0.0.2:8080", "10.0.0.3:8080"]);
-    for child in [&mut second, &mut third] {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    second.kill();
+    third.kill();
     subscriber.sees(&[]);
     node.stop().unwrap();
 }

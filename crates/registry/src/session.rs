@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,8 @@ pub struct Session {
     state: Mutex<SessionState>,
     marked: Mutex<HashSet<Arc<str>>>,
     wake: Notify,
-    closed: AtomicBool,
+    /// True once the stream ended (its pusher stops, even mid-wait for room).
+    closed: watch::Sender<bool>,
     out: Outbound,
     /// Bytes of pushes queued toward the client and not yet taken by its stream.
     budget: Arc<Semaphore>,
@@ -190,6 +191,7 @@ pub struct Registry {
     next_session: AtomicU64,
     open_sessions: AtomicUsize,
     pushes_seen: AtomicU32,
+    started: Instant,
     /// True once the registry ends every stream (its server is stopping).
     ending: watch::Sender<bool>,
     pub stats: Stats,
@@ -227,6 +229,7 @@ impl Registry {
             next_session: AtomicU64::new(1),
             open_sessions: AtomicUsize::new(0),
             pushes_seen: AtomicU32::new(0),
+            started: Instant::now(),
             ending: watch::Sender::new(false),
             stats: Stats::default(),
         })
@@ -245,6 +248,12 @@ impl Registry {
     /// connect again, elsewhere or to the next server here.
     pub fn end_streams(&self) {
         self.ending.send_replace(true);
+    }
+
+    /// Whether the registry has run long enough that an absent key is truly empty (its
+    /// publishers had time to re-register after a start).
+    fn past_restart_grace(&self) -> bool {
+        self.started.elapsed() >= EMPTY_KEY_QUIET
     }
 
     /// Whether [`Registry::end_streams`] was called.
@@ -272,9 +281,13 @@ impl Registry {
         rights: Rights,
         out: Outbound,
     ) -> Result<Arc<Session>, Refusal> {
-        let client_id = self
-            .interner
-            .get(names::name("hello.client_id", &hello.client_id)?);
+        let client_id = names::name("hello.client_id", &hello.client_id)?;
+        // Under a key, a client id is the key's own: another key's stream can neither replace
+        // nor, by ending, remove its records.
+        let client_id = match &rights.caller {
+            Some(caller) => self.interner.get(&format!("{caller}/{client_id}")),
+            None => self.interner.get(client_id),
+        };
         let zone = self.interner.get(names::name("hello.zone", &hello.zone)?);
         let open = self.open_sessions.fetch_add(1, Ordering::Relaxed);
         if open >= REGISTRY_STREAMS_MAX {
@@ -295,7 +308,7 @@ impl Registry {
             state: Mutex::default(),
             marked: Mutex::default(),
             wake: Notify::new(),
-            closed: AtomicBool::new(false),
+            closed: watch::Sender::new(false),
             out,
             budget: Arc::new(Semaphore::new(REGISTRY_STREAM_QUEUE_BYTES_MAX)),
         });
@@ -315,7 +328,7 @@ impl Registry {
 
     /// Ends a stream: its records are removed and its subscriptions forgotten.
     pub fn close(&self, session: &Arc<Session>) {
-        if session.closed.swap(true, Ordering::AcqRel) {
+        if session.closed.send_replace(true) {
             return;
         }
         session.wake.notify_one();
@@ -526,6 +539,13 @@ impl Registry {
         );
         state.unacked.remove(&subscription_id);
         drop(state);
+        if subscribe.known_version != 0 && self.past_restart_grace() {
+            // A client holding a set of a key forgotten since (empty and quiet) must learn it is
+            // empty: the key is made again, empty, at a newer version, and pushed. Not in the
+            // first minute after a start: then the key is absent because its publishers have
+            // not re-registered yet, and an empty push would empty every subscriber's set.
+            self.store.ensure(&key);
+        }
         self.shard(&key).entry(key).or_default().insert(
             (session.id, Arc::clone(&subscription_id)),
             Arc::downgrade(session),
@@ -642,7 +662,7 @@ impl Registry {
                 () = self.ended() => return,
             }
             loop {
-                if session.closed.load(Ordering::Acquire) {
+                if *session.closed.borrow() {
                     return;
                 }
                 let marked: Vec<Arc<str>> = session
@@ -688,6 +708,8 @@ impl Registry {
         }
         let compressed = if !session.zstd {
             None
+        } else if let Some(made) = payload.zstd_if_made() {
+            made
         } else if payload.plain.len() <= COMPRESS_INLINE_BYTES_MAX {
             payload.zstd().cloned()
         } else {
@@ -701,19 +723,23 @@ impl Registry {
             Some(compressed) => (proto::Encoding::Zstd, compressed),
             None => (proto::Encoding::Plain, payload.plain.clone()),
         };
+        // What the push needs of the payload, taken now: a push waiting for room must not keep
+        // the payload itself counted in the cache. (A set that changes while it waits is sent
+        // all the same: the change marked the subscription, so the newer set follows it.)
+        let (version, records, plain_bytes) =
+            (payload.version, payload.records, payload.plain.len() as u64);
+        drop(payload);
         let budget = u32::try_from(bytes.len().clamp(1, REGISTRY_STREAM_QUEUE_BYTES_MAX))
             .expect("the budget fits a u32");
+        let mut closed = session.closed.subscribe();
         let permit = tokio::select! {
             permit = Arc::clone(&session.budget).acquire_many_owned(budget) => {
                 permit.expect("the budget is never closed")
             }
             () = session.out.closed() => return false,
             () = self.ended() => return false,
+            _ = closed.wait_for(|closed| *closed) => return false,
         };
-        if self.store.version(&key) != payload.version {
-            session.mark(subscription_id);
-            return true;
-        }
         {
             let mut state = session.state();
             let SessionState {
@@ -727,10 +753,10 @@ impl Registry {
             else {
                 return true;
             };
-            if subscription.pushed != payload.version {
+            if subscription.pushed != version {
                 subscription.retries = 0;
             }
-            subscription.pushed = payload.version;
+            subscription.pushed = version;
             subscription.pushed_at = Some(Instant::now());
             unacked.insert(Arc::clone(&subscription_id));
         }
@@ -749,11 +775,11 @@ impl Registry {
             body: Some(server_message::Body::Push(proto::Push {
                 subscription_id: subscription_id.to_string(),
                 key: Some(key.to_proto()),
-                version: payload.version,
+                version,
                 encoding: encoding as i32,
                 payload: bytes,
-                record_count: payload.records,
-                plain_bytes: payload.plain.len() as u64,
+                record_count: records,
+                plain_bytes,
             })),
         };
         if session.out.send((Ok(push), Some(permit))).await.is_err() {
@@ -762,7 +788,7 @@ impl Registry {
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .push_plain_bytes
-            .fetch_add(payload.plain.len() as u64, Ordering::Relaxed);
+            .fetch_add(plain_bytes, Ordering::Relaxed);
         self.stats
             .push_sent_bytes
             .fetch_add(sent, Ordering::Relaxed);
@@ -844,7 +870,11 @@ impl Registry {
                 .map(|(id, s)| (Arc::clone(id), s.key.clone(), s.acked))
                 .collect();
             for (id, key, acked) in subscriptions {
-                let version = self.store.version(&key);
+                let mut version = self.store.version(&key);
+                if version == 0 && acked != 0 && self.past_restart_grace() {
+                    self.store.ensure(&key);
+                    version = self.store.version(&key);
+                }
                 if version != 0 && version != acked {
                     if let Some(subscription) = session.state().subscriptions.get_mut(&id) {
                         subscription.retries = 0;

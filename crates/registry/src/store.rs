@@ -101,6 +101,13 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// The compressed form if it was made already (`Some(None)`: made, and not smaller).
+    pub fn zstd_if_made(&self) -> Option<Option<Bytes>> {
+        self.zstd.get().cloned()
+    }
+}
+
 impl Drop for Payload {
     fn drop(&mut self) {
         let compressed = self
@@ -271,6 +278,20 @@ impl Store {
         drop(slot);
         self.note_changed(key);
         Ok(())
+    }
+
+    /// Makes `key` exist, empty at a new version, if it does not (nothing happens when the
+    /// registry holds `REGISTRY_KEYS_MAX` keys already).
+    pub fn ensure(&self, key: &DataKey) {
+        let mut slot = self.slot(key);
+        if slot.datums.contains_key(key) || self.keys.load(Ordering::Relaxed) >= REGISTRY_KEYS_MAX {
+            return;
+        }
+        self.keys.fetch_add(1, Ordering::Relaxed);
+        let datum = slot.datums.entry(key.clone()).or_insert_with(Datum::new);
+        self.bump(datum);
+        drop(slot);
+        self.note_changed(key);
     }
 
     /// Forgets the keys that hold no publisher, changed longer than `quiet` ago, and that
@@ -570,10 +591,22 @@ mod tests {
         );
         assert_eq!(store.sweep_empty(std::time::Duration::ZERO, |_| false), 1);
         assert_eq!((store.keys(), store.version(&a)), (1, 0));
+        // A subscriber still holding its old set has the key made again, empty and newer.
+        store.take_changed();
+        store.ensure(&a);
+        let empty = store.payload(&a, None).unwrap();
+        assert!(empty.version > before && empty.records == 0);
+        assert_eq!(store.take_changed().len(), 1, "and pushed");
+        store.ensure(&a);
+        assert_eq!(
+            store.version(&a),
+            empty.version,
+            "an existing key is left alone"
+        );
         store
             .put(&a, id("c", "1"), record("c", "1", "z", "x"))
             .unwrap();
-        assert!(store.version(&a) > before);
+        assert!(store.version(&a) > empty.version);
     }
 
     #[test]

@@ -339,6 +339,10 @@ async fn measure(args: &RegistryBenchArgs) -> anyhow::Result<Report> {
     let sample_every = args
         .sample_every
         .unwrap_or_else(|| (args.subscribers / 100).max(1));
+    // Subscription s watches data id s % data_ids: sampling every `sample_every`-th round of
+    // the data ids samples every data id alike.
+    let data_ids = args.data_ids;
+    let sampled = move |subscription: u64| (subscription / data_ids).is_multiple_of(sample_every);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut subscribers = Vec::new();
     for stream in 0..args.subscriber_streams {
@@ -352,7 +356,7 @@ async fn measure(args: &RegistryBenchArgs) -> anyhow::Result<Report> {
                 .subscription_id
                 .strip_prefix('s')
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| n % sample_every == 0);
+                .is_some_and(sampled);
             let mut seen = seen.lock().expect("never poisoned");
             seen.counts
                 .insert(push.subscription_id.clone(), push.record_count);
@@ -453,7 +457,7 @@ async fn measure(args: &RegistryBenchArgs) -> anyhow::Result<Report> {
     // change overtaken before it was pushed is seen through the newer set, with no sample).
     let sampled_per_key = |data_id: u64| {
         (0..args.subscribers)
-            .filter(|s| s % args.data_ids == data_id && s % sample_every == 0)
+            .filter(|s| s % args.data_ids == data_id && sampled(*s))
             .count() as u64
     };
     let expected: u64 = changed_keys
