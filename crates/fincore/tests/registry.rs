@@ -687,10 +687,9 @@ fn the_cli_publishes_and_subscribes_across_a_kill_9_of_the_registry() {
         let metrics = testkit::http::get(&node.http_addr, "/metrics")
             .unwrap()
             .body;
-        let pushed = metrics.lines().any(|line| {
-            line.starts_with("fincore_registry_pushes_total ") && !line.ends_with(" 0")
-        });
-        if metrics.contains("fincore_registry_publishers 1") && pushed {
+        let value = |series| testkit::http::metric_value(&metrics, series);
+        let pushed = value("fincore_registry_pushes_total").is_some_and(|pushes| pushes > 0.0);
+        if value("fincore_registry_publishers") == Some(1.0) && pushed {
             break;
         }
         assert!(Instant::now() < deadline, "{metrics}");

@@ -263,23 +263,27 @@ impl Waiting {
     /// Fails the callers whose id is no longer wanted: no replay will answer them. (Callers of
     /// an id replaced by a newer request are answered by the newer one's answer.)
     fn withdraw(&mut self, desired: &Desired) {
-        self.registrations.retain(|id, replies| {
-            let wanted = desired.registrations.contains_key(id);
-            if !wanted {
-                for (_, reply) in replies.drain(..) {
-                    let _ = reply.send(Err(ClientError::Withdrawn));
-                }
-            }
-            wanted
+        Waiting::withdraw_unwanted(&mut self.registrations, |id| {
+            desired.registrations.contains_key(id)
         });
-        self.subscriptions.retain(|id, replies| {
-            let wanted = desired.subscriptions.contains_key(id);
-            if !wanted {
-                for (_, reply) in replies.drain(..) {
-                    let _ = reply.send(Err(ClientError::Withdrawn));
-                }
+        Waiting::withdraw_unwanted(&mut self.subscriptions, |id| {
+            desired.subscriptions.contains_key(id)
+        });
+    }
+
+    /// Fails (`Withdrawn`) and forgets the callers of each id in `waiting` not `wanted`.
+    fn withdraw_unwanted(
+        waiting: &mut HashMap<String, Vec<(u64, Reply)>>,
+        wanted: impl Fn(&str) -> bool,
+    ) {
+        waiting.retain(|id, replies| {
+            if wanted(id) {
+                return true;
             }
-            wanted
+            for (_, reply) in replies.drain(..) {
+                let _ = reply.send(Err(ClientError::Withdrawn));
+            }
+            false
         });
     }
 

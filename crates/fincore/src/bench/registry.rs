@@ -189,11 +189,9 @@ fn cpu_seconds(pid: u32) -> f64 {
     super::groups::process_cpu_seconds(&pid.to_string())
 }
 
+/// A series' value in `/metrics` text (0 while it has no sample).
 fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map_or(0, |value| value as u64)
+    testkit::http::metric_value(metrics, series).map_or(0, |value| value as u64)
 }
 
 pub fn run(args: &RegistryBenchArgs) -> anyhow::Result<std::process::ExitCode> {
