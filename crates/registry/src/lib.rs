@@ -4,8 +4,9 @@
 //!
 //! Layers, as in SOFARegistry: [`store`] holds the data (sharded by slot: the data layer),
 //! [`session`] the client streams and the push path (the session layer), [`service`] the gRPC
-//! protocol, [`client`] the Rust client that reconnects and re-registers by itself. All run in
-//! one process for now.
+//! protocol, [`xds`] Envoy's aggregated discovery over the same sessions (the mesh feed),
+//! [`client`] the Rust client that reconnects and re-registers by itself. All run in one
+//! process for now.
 //!
 //! Must not know the ledger, nor authenticate (the embedding server checks API keys and says
 //! what a caller may do in [`Rights`]).
@@ -15,6 +16,7 @@ pub mod names;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod xds;
 
 /// The registry's protobuf protocol (`proto/fincore/registry/v1/registry.proto`).
 pub mod proto {
@@ -24,3 +26,4 @@ pub mod proto {
 pub use names::{DataKey, Refusal};
 pub use service::RegistryService;
 pub use session::{Registry, Rights, Settings};
+pub use xds::XdsService;

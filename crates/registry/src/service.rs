@@ -62,26 +62,9 @@ impl proto::registry_server::Registry for RegistryService {
         &self,
         request: Request<Streaming<proto::ClientMessage>>,
     ) -> Result<Response<Outbound>, Status> {
-        if self.registry.is_ending() {
-            return Err(Status::unavailable("this registry is stopping"));
-        }
-        let rights = request
-            .extensions()
-            .get::<Rights>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("this registry authenticated nobody"))?;
-        let host = request
-            .remote_addr()
-            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |address| address.ip());
-        let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(HELLO_SECONDS_MAX), inbound.message())
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "hello: the stream's first message must come within {HELLO_SECONDS_MAX} s"
-                ))
-            })??
-            .ok_or_else(|| Status::cancelled("the stream ended before its hello"))?;
+        let opening = Opening::take(&self.registry, request, "hello").await?;
+        let (rights, host, inbound, first) =
+            (opening.rights, opening.host, opening.inbound, opening.first);
         let Some(Body::Hello(hello)) = first.body else {
             return Err(Status::invalid_argument(
                 "hello: the stream's first message must be a Hello",
@@ -119,6 +102,54 @@ impl proto::registry_server::Registry for RegistryService {
                 .map(|(message, _budget)| (message, outbound))
         });
         Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// What a new stream brings before it is a session: the caller's rights (put in the request
+/// by the embedding server's interceptor), its address, and its first message.
+pub(crate) struct Opening<T> {
+    pub rights: Rights,
+    pub host: IpAddr,
+    pub inbound: Streaming<T>,
+    pub first: T,
+}
+
+impl<T> Opening<T> {
+    /// Takes a stream's opening: refused while the registry stops, without rights, or when the
+    /// first message (`first`, for errors) does not come within [`HELLO_SECONDS_MAX`].
+    pub(crate) async fn take(
+        registry: &Registry,
+        request: Request<Streaming<T>>,
+        first: &str,
+    ) -> Result<Opening<T>, Status> {
+        if registry.is_ending() {
+            return Err(Status::unavailable("this registry is stopping"));
+        }
+        let rights = request
+            .extensions()
+            .get::<Rights>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("this registry authenticated nobody"))?;
+        let host = request
+            .remote_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |address| address.ip());
+        let mut inbound = request.into_inner();
+        let message =
+            tokio::time::timeout(Duration::from_secs(HELLO_SECONDS_MAX), inbound.message())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "{first}: the stream's first message must come within \
+                         {HELLO_SECONDS_MAX} s"
+                    ))
+                })??
+                .ok_or_else(|| Status::cancelled(format!("the stream ended before its {first}")))?;
+        Ok(Opening {
+            rights,
+            host,
+            inbound,
+            first: message,
+        })
     }
 }
 

@@ -95,6 +95,12 @@ pub struct Stats {
     pub pushes_dropped: AtomicU64,
     /// Subscriptions found behind their key by a reconciliation.
     pub reconciled: AtomicU64,
+    /// xDS responses sent (`xds`).
+    pub xds_responses: AtomicU64,
+    /// xDS responses their clients refused (NACK).
+    pub xds_nacks: AtomicU64,
+    /// Records left out of xDS assignments: their address is no IP socket address.
+    pub xds_unroutable: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -237,6 +243,10 @@ impl Registry {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub(crate) fn interner(&self) -> &Interner {
+        &self.interner
     }
 
     /// Client streams open now.

@@ -1,5 +1,6 @@
 //! A registry process (`fincore registry serve`): the service registry's gRPC service
-//! (`registry::RegistryService`) on its own listener, behind API keys, with the connection and
+//! (`registry::RegistryService`) and its xDS endpoint (`registry::XdsService`, Envoy's aggregated
+//! discovery) on one listener, behind API keys, with the connection and
 //! HTTP/2 limits every fincore listener has; `/metrics` (`fincore_registry_*`, sampled every
 //! second) and `/healthz` on an open HTTP listener.
 //!
@@ -10,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use registry::{Registry, RegistryService, Rights, Settings};
+use registry::{Registry, RegistryService, Rights, Settings, XdsService};
 use std::sync::atomic::Ordering;
 
 use telemetry::{Metrics, RegistrySample};
@@ -46,6 +47,9 @@ fn sample(registry: &Registry) -> RegistrySample {
         push_retries: count(&stats.push_retries),
         reconciled: count(&stats.reconciled),
         compressions: registry.store().compressions(),
+        xds_responses: count(&stats.xds_responses),
+        xds_nacks: count(&stats.xds_nacks),
+        xds_unroutable: count(&stats.xds_unroutable),
     }
 }
 
@@ -98,16 +102,20 @@ impl RegistryNode {
             Arc::clone(&metrics),
         ));
         let metrics = MetricsListener::start(http, metrics).await?;
-        let service = RegistryService::new(Arc::clone(&registry)).into_server();
+        let interceptor = move |mut request: Request<()>| {
+            let rights = rights(&auth, &request).inspect_err(|status| {
+                tracing::debug!(%status, "refused a registry stream");
+            })?;
+            request.extensions_mut().insert(rights);
+            Ok(request)
+        };
         let service = tonic::service::interceptor::InterceptedService::new(
-            service,
-            move |mut request: Request<()>| {
-                let rights = rights(&auth, &request).inspect_err(|status| {
-                    tracing::debug!(%status, "refused a registry stream");
-                })?;
-                request.extensions_mut().insert(rights);
-                Ok(request)
-            },
+            RegistryService::new(Arc::clone(&registry)).into_server(),
+            interceptor.clone(),
+        );
+        let xds = tonic::service::interceptor::InterceptedService::new(
+            XdsService::new(Arc::clone(&registry)).into_server(),
+            interceptor,
         );
         let incoming = connections::grpc_incoming(listener, limits::CONNECTIONS_PER_LISTENER_MAX);
         let (stop, mut stopped) = watch::channel(false);
@@ -115,7 +123,9 @@ impl RegistryNode {
             let signal = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            let server = with_grpc_limits(tonic::transport::Server::builder()).add_service(service);
+            let server = with_grpc_limits(tonic::transport::Server::builder())
+                .add_service(service)
+                .add_service(xds);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
                 tracing::error!(%error, "the registry's gRPC server stopped");
             }

@@ -1,6 +1,7 @@
 //! The service registry's families (`fincore registry serve`, `fincore_registry_*`): streams,
 //! keys and publishers held, pushes sent and their bytes before and after compression, pushes
-//! sent again, subscriptions found behind by reconciliation, payloads compressed.
+//! sent again, subscriptions found behind by reconciliation, payloads compressed; the xDS
+//! endpoint's responses, refusals by its clients, and records it could not route.
 //!
 //! Owns these families and how a sample of the registry's own counters moves them (counters
 //! only ever move forward to the sampled total). Must not know the registry's types: a sample
@@ -24,6 +25,9 @@ pub struct RegistrySample {
     pub push_retries: u64,
     pub reconciled: u64,
     pub compressions: u64,
+    pub xds_responses: u64,
+    pub xds_nacks: u64,
+    pub xds_unroutable: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,6 +46,9 @@ pub(crate) struct RegistryFamilies {
     push_retries: Counter,
     reconciled: Counter,
     compressions: Counter,
+    xds_responses: Counter,
+    xds_nacks: Counter,
+    xds_unroutable: Counter,
 }
 
 fn gauge(value: u64) -> i64 {
@@ -87,6 +94,21 @@ impl RegistryFamilies {
             "Payloads compressed (each key, version and zone once)",
             self.compressions.clone(),
         );
+        registry.register(
+            "xds_responses",
+            "xDS discovery responses sent",
+            self.xds_responses.clone(),
+        );
+        registry.register(
+            "xds_nacks",
+            "xDS discovery responses refused by their clients (NACK)",
+            self.xds_nacks.clone(),
+        );
+        registry.register(
+            "xds_unroutable",
+            "Records left out of xDS assignments: their address is no IP socket address",
+            self.xds_unroutable.clone(),
+        );
     }
 
     pub(crate) fn sample(&self, sample: &RegistrySample) {
@@ -105,5 +127,8 @@ impl RegistryFamilies {
         advance(&self.push_retries, sample.push_retries);
         advance(&self.reconciled, sample.reconciled);
         advance(&self.compressions, sample.compressions);
+        advance(&self.xds_responses, sample.xds_responses);
+        advance(&self.xds_nacks, sample.xds_nacks);
+        advance(&self.xds_unroutable, sample.xds_unroutable);
     }
 }

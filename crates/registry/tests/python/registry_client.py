@@ -2,14 +2,19 @@
 language-neutral. Run by scripts/registry-python against a live `fincore registry serve`.
 
 One stream publishes two records, another subscribes (plain encoding: no zstd needed here) and
-must receive the set with both, then, once the publishing stream ends, the empty set. Exits
-non-zero naming what it did not see."""
+must receive the set with both, then, once the publishing stream ends, the empty set. Then the
+xDS endpoint, through Envoy's own protos (the xds-protos package): an aggregated discovery
+stream receives a ClusterLoadAssignment of what a stream publishes, ACKs it, and receives the
+next change. Exits non-zero naming what it did not see."""
 
 import queue
 import sys
 import threading
 
 import grpc
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 import registry_pb2 as pb
 import registry_pb2_grpc as rpc
@@ -100,7 +105,59 @@ def main():
     last = wait_for_set(subscriber, [])
     assert last > first, (first, last)
     subscriber.end()
+    xds(channel, stub)
     print("python registry client: ok")
+
+
+CLA = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+def endpoints(response):
+    """(zone, priority, sorted ip:port) per locality of the response's one assignment."""
+    assert response.type_url == CLA, response.type_url
+    assert len(response.resources) == 1, response
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    assert response.resources[0].Unpack(assignment)
+    assert assignment.cluster_name == "py|default|py.service", assignment.cluster_name
+    return [(locality.locality.zone, locality.priority,
+             sorted(f"{lb.endpoint.address.socket_address.address}:"
+                    f"{lb.endpoint.address.socket_address.port_value}"
+                    for lb in locality.lb_endpoints))
+            for locality in assignment.endpoints]
+
+
+def xds(channel, stub):
+    publisher = Stream(stub, "py-xds-publisher")
+    answer(publisher, 0)
+    record = pb.Record(address="10.9.1.1:7000")
+    publisher.send(request_id=1, register=pb.Register(registration_id="x1", key=KEY, record=record))
+    answer(publisher, 1)
+
+    requests = queue.Queue()
+    node = base_pb2.Node(id="py-envoy", locality=base_pb2.Locality(zone="zone-py"))
+    requests.put(discovery_pb2.DiscoveryRequest(
+        node=node, type_url=CLA, resource_names=["py|default|py.service"]))
+    responses = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+        iter(requests.get, None), timeout=DEADLINE_S)
+    first = next(responses)
+    seen = endpoints(first)
+    print(f"xDS version {first.version_info}: {seen}")
+    assert seen == [("zone-py", 0, ["10.9.1.1:7000"])], seen
+    requests.put(discovery_pb2.DiscoveryRequest(
+        type_url=CLA, resource_names=["py|default|py.service"],
+        version_info=first.version_info, response_nonce=first.nonce))
+
+    record = pb.Record(address="10.9.1.2:7000")
+    publisher.send(request_id=2, register=pb.Register(registration_id="x2", key=KEY, record=record))
+    answer(publisher, 2)
+    second = next(responses)
+    seen = endpoints(second)
+    print(f"xDS version {second.version_info}: {seen}")
+    assert seen == [("zone-py", 0, ["10.9.1.1:7000", "10.9.1.2:7000"])], seen
+    assert second.nonce != first.nonce, (first.nonce, second.nonce)
+    requests.put(None)
+    responses.cancel()
+    publisher.end()
 
 
 if __name__ == "__main__":
