@@ -7,7 +7,7 @@
 //! A broken watch (a meta replica stopped, a partition) is opened again, on any meta replica,
 //! after the last revision taken, with a doubling wait bounded by
 //! `GATEWAY_MAP_WATCH_RETRY_MS_MAX`. A value this process refuses is logged and the rules in
-//! use are kept. Must not change the config center (operators do, with `fincore config`).
+//! use are kept. The same watch feeds a registry's watchers (`registry_cli`). Must not change the config center (operators do, with `fincore config`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -120,9 +120,14 @@ pub(crate) struct Watcher {
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// What takes the config center's revisions.
+pub(crate) trait TakesConfig: Send + 'static {
+    fn take(&self, view: &ConfigView);
+}
+
 /// Takes each revision of the config center the meta group pushes after `after`, until the
 /// task is aborted.
-pub(crate) fn follow(meta: Client, watcher: Watcher, after: u64) -> JoinHandle<()> {
+pub(crate) fn follow(meta: Client, watcher: impl TakesConfig, after: u64) -> JoinHandle<()> {
     tokio::spawn(async move {
         let retry_max = Duration::from_millis(limits::GATEWAY_MAP_WATCH_RETRY_MS_MAX);
         let mut wait = Duration::from_millis(50);
@@ -160,7 +165,7 @@ pub(crate) fn follow(meta: Client, watcher: Watcher, after: u64) -> JoinHandle<(
     })
 }
 
-impl Watcher {
+impl TakesConfig for Watcher {
     /// Applies what `view` holds for this process.
     fn take(&self, view: &ConfigView) {
         let (key, identity) = (self.key, &self.identity);
@@ -214,31 +219,45 @@ pub(crate) struct NodeFeedArgs {
 impl NodeFeedArgs {
     /// How to reach the meta group, read from the files named (`None` without --config-meta).
     pub(crate) fn access(&self) -> anyhow::Result<Option<(Vec<String>, gateway::GroupAccess)>> {
-        use anyhow::Context;
-        let Some(addrs) = &self.config_meta else {
-            return Ok(None);
-        };
-        let api_key = match &self.config_key_file {
-            Some(path) => Some(
-                replication::secret_file::read_text(path)
-                    .context("--config-key-file")?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        let tls_ca_pem = match &self.config_tls_ca {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .with_context(|| format!("reading --config-tls-ca {}", path.display()))?,
-            ),
-            None => None,
-        };
-        let access = gateway::GroupAccess {
-            api_key,
-            tls_ca_pem,
-            ..Default::default()
-        };
-        Ok(Some((addrs.clone(), access)))
+        meta_access(
+            self.config_meta.as_deref(),
+            self.config_key_file.as_deref(),
+            self.config_tls_ca.as_deref(),
+        )
     }
+}
+
+/// How to reach the meta group at `addrs` (`None`: not asked to) with the API key in
+/// `key_file` and TLS trusting `tls_ca`, as the `--config-*` flags name them.
+pub(crate) fn meta_access(
+    addrs: Option<&[String]>,
+    key_file: Option<&std::path::Path>,
+    tls_ca: Option<&std::path::Path>,
+) -> anyhow::Result<Option<(Vec<String>, gateway::GroupAccess)>> {
+    use anyhow::Context;
+    let Some(addrs) = addrs else {
+        return Ok(None);
+    };
+    let api_key = match key_file {
+        Some(path) => Some(
+            replication::secret_file::read_text(path)
+                .context("--config-key-file")?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let tls_ca_pem = match tls_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --config-tls-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let access = gateway::GroupAccess {
+        api_key,
+        tls_ca_pem,
+        ..Default::default()
+    };
+    Ok(Some((addrs.to_vec(), access)))
 }

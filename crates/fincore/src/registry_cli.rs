@@ -1,5 +1,6 @@
-//! `fincore registry`: run a service registry (`serve`), publish a record and hold it while
-//! the command runs (`publish`), print a key's pushed sets (`subscribe`), drain a host
+//! `fincore registry`: run a service registry (`serve`, relaying the config center to watchers
+//! with `--config-meta`), publish a record and hold it while the command runs (`publish`),
+//! print a key's pushed sets (`subscribe`) or a config key's values (`watch`), drain a host
 //! (`drain-host`). docs/registry.md describes the registry.
 //!
 //! Owns the command line and how pushes are printed; the registry and its client are the
@@ -31,6 +32,8 @@ enum RegistryCommand {
     Publish(PublishArgs),
     /// Subscribe to a data key and print each set pushed, as one JSON line.
     Subscribe(SubscribeArgs),
+    /// Watch a config key through the registry and print each value pushed, as one JSON line.
+    Watch(WatchArgs),
     /// Remove every record published from one IP address (role admin).
     DrainHost(DrainArgs),
 }
@@ -64,6 +67,17 @@ struct ServeArgs {
     /// Fault injection for tests: drop one push in N on purpose (0: none).
     #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
     drop_pushes_one_in: u32,
+    /// Serve watchers: relay the config center of the meta group at these replicas' gRPC
+    /// addresses (`HOST:PORT`, comma-separated), each change pushed to the watchers of its key.
+    #[arg(long, value_name = "ADDRS", value_delimiter = ',')]
+    config_meta: Option<Vec<String>>,
+    /// The API key (a file of one line; role `read` is enough) the registry presents to the
+    /// meta group.
+    #[arg(long, value_name = "FILE", requires = "config_meta")]
+    config_key_file: Option<PathBuf>,
+    /// Dial the meta group over TLS, trusting this authority (PEM).
+    #[arg(long, value_name = "FILE", requires = "config_meta")]
+    config_tls_ca: Option<PathBuf>,
 }
 
 /// Where a client finds the registry and who it is.
@@ -162,6 +176,18 @@ struct SubscribeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The config key.
+    #[arg(long, value_name = "KEY")]
+    key: String,
+    /// Stop after this many values (default: run until stopped).
+    #[arg(long, value_name = "N")]
+    values: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
 struct DrainArgs {
     #[command(flatten)]
     client: ClientArgs,
@@ -178,6 +204,7 @@ pub fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
         RegistryCommand::Serve(args) => serve(args),
         RegistryCommand::Publish(args) => publish(args),
         RegistryCommand::Subscribe(args) => subscribe(args),
+        RegistryCommand::Watch(args) => watch(args),
         RegistryCommand::DrainHost(args) => drain(args),
     }
 }
@@ -193,7 +220,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         slots: usize::from(args.slots),
         reconcile: Duration::from_secs(args.reconcile_seconds),
         drop_pushes_one_in: args.drop_pushes_one_in,
+        relays_config: args.config_meta.is_some(),
     };
+    let config_meta = crate::config_feed::meta_access(
+        args.config_meta.as_deref(),
+        args.config_key_file.as_deref(),
+        args.config_tls_ca.as_deref(),
+    )?;
     let runtime = crate::serve::runtime()?;
     runtime.block_on(async move {
         let stop = crate::serve::stop_signal()?;
@@ -205,15 +238,68 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             Auth::Keys(_) => "API keys",
         };
         let node = RegistryNode::start(args.listen, args.http, auth, settings).await?;
+        let relay = match config_meta {
+            Some((addrs, access)) => {
+                let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+                let meta = gateway::map_feed::meta_client(&addrs, &access)
+                    .context("--config-meta: dialling the meta group")?;
+                let relay = RegistryRelay(Arc::clone(node.registry()));
+                Some(crate::config_feed::follow(meta, relay, 0))
+            }
+            None => None,
+        };
         println!(
             "fincore: gRPC listening on {} (registry, {security})",
             node.grpc_addr()
         );
         println!("fincore: HTTP listening on http://{}", node.http_addr());
         stop.await;
+        if let Some(relay) = relay {
+            relay.abort();
+        }
         node.stop().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The config center as a registry relays it: a gray release chooses a client by its client
+/// id and by its zone (as the label `zone`).
+#[derive(Debug)]
+struct RelayedConfig(meta::ConfigView);
+
+impl registry::ConfigValues for RelayedConfig {
+    fn revision(&self) -> u64 {
+        self.0.revision
+    }
+
+    fn value_for(&self, key: &str, client: &str, zone: &str) -> Option<registry::WatchedValue> {
+        let entry = self.0.keys.get(key)?;
+        let labels = std::collections::BTreeMap::from([("zone".to_owned(), zone.to_owned())]);
+        let (value, gray) = entry.value_for(key, client, &labels);
+        let made_at = match (&entry.gray, gray) {
+            (Some(staged), true) => staged.revision,
+            _ => entry.revision,
+        };
+        Some(registry::WatchedValue {
+            value: value.to_owned(),
+            version: entry.version,
+            gray,
+            made_at,
+        })
+    }
+}
+
+/// Hands each revision of the config center to the registry's watchers.
+struct RegistryRelay(Arc<registry::Registry>);
+
+impl crate::config_feed::TakesConfig for RegistryRelay {
+    fn take(&self, view: &meta::ConfigView) {
+        tracing::info!(
+            revision = view.revision,
+            "config taken: relayed to watchers"
+        );
+        self.0.relay_config(Arc::new(RelayedConfig(view.clone())));
+    }
 }
 
 fn parse_attributes(attributes: &[String]) -> anyhow::Result<Vec<proto::Attribute>> {
@@ -285,6 +371,34 @@ fn subscribe(args: &SubscribeArgs) -> anyhow::Result<ExitCode> {
                 continue;
             };
             println!("{}", set_json(&set));
+            printed += 1;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn watch(args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    let runtime = crate::serve::runtime()?;
+    runtime.block_on(async move {
+        let client = args.client.start()?;
+        let mut values = client.watch("cli", &args.key).await.context("watching")?;
+        let mut printed = 0;
+        while args.values.is_none_or(|values| printed < values) {
+            if values.changed().await.is_err() {
+                anyhow::bail!("the registry client stopped");
+            }
+            let Some(value) = values.borrow_and_update().clone() else {
+                continue;
+            };
+            let line = serde_json::json!({
+                "key": args.key,
+                "present": value.present,
+                "value": value.value,
+                "version": value.version,
+                "gray": value.gray,
+                "revision": value.revision,
+            });
+            println!("{line}");
             printed += 1;
         }
         Ok(ExitCode::SUCCESS)

@@ -760,6 +760,13 @@ pub const REGISTRY_REGISTRATIONS_PER_STREAM_MAX: usize = 1_000_000;
 /// Most subscriptions one stream may hold.
 pub const REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX: usize = 100_000;
 
+/// Largest xDS discovery request the registry reads (Envoy puts its node, 10-25 KB, in each
+/// request unless told otherwise, and every cluster name it wants).
+pub const REGISTRY_XDS_REQUEST_BYTES_MAX: usize = 4 << 20;
+
+/// Most config keys one registry stream may watch (the config center holds at most as many).
+pub const REGISTRY_WATCHES_PER_STREAM_MAX: usize = CONFIG_KEYS_MAX;
+
 /// Most data keys one registry holds (a key stays, with its version, once its last publisher
 /// leaves, so that a subscriber sees versions only grow).
 pub const REGISTRY_KEYS_MAX: usize = 1_000_000;

@@ -12,7 +12,8 @@
 //! caller with the reason instead of leaving them waiting. Pushes are checked before
 //! they are believed: a compressed one must decompress to exactly its stated size, at most
 //! `REGISTRY_PUSH_PLAIN_BYTES_MAX` (no decompression bomb), and name a subscription and key the
-//! client holds.
+//! client holds. Watches of config keys are kept and replayed the same way, each with the
+//! version of the value it holds.
 //!
 //! Owns the client side of the protocol; must not cache anything a push did not send.
 
@@ -70,9 +71,25 @@ pub struct PushedSet {
     pub records: Vec<proto::PublishedRecord>,
 }
 
+/// A watched config key's value as the registry pushed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedValue {
+    /// False when the key is not set (then `value` is empty and `version` 0).
+    pub present: bool,
+    pub value: String,
+    /// The version of the key's value in use.
+    pub version: u64,
+    /// True when `value` is a gray release staged for this client.
+    pub gray: bool,
+    /// The config center's revision it was read at.
+    pub revision: u64,
+}
+
 type Reply = oneshot::Sender<Result<proto::Answer, ClientError>>;
 
 type SetSender = watch::Sender<Option<Arc<PushedSet>>>;
+
+type ValueSender = watch::Sender<Option<Arc<PushedValue>>>;
 
 /// What the user asked for: sent again on every new stream. Each entry carries the number of
 /// the request that made it (its generation).
@@ -80,7 +97,15 @@ type SetSender = watch::Sender<Option<Arc<PushedSet>>>;
 struct Desired {
     registrations: BTreeMap<String, (proto::DataKey, proto::Record, u64)>,
     subscriptions: BTreeMap<String, Subscribed>,
+    watches: BTreeMap<String, Watching>,
     requests: u64,
+}
+
+#[derive(Debug)]
+struct Watching {
+    key: String,
+    value: ValueSender,
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -96,6 +121,7 @@ enum Command {
     Register(proto::Register, Reply),
     Unregister(proto::Unregister, Reply),
     Subscribe(proto::Subscribe, SetSender, Reply),
+    Watch(proto::Watch, ValueSender, Reply),
     DrainHost(proto::DrainHost, Reply),
 }
 
@@ -205,6 +231,24 @@ impl RegistryClient {
             .map(|_| receiver)
     }
 
+    /// Watches the config key `key` (relayed by the registry from its config center): the
+    /// receiver holds the newest value pushed (`None` until the first push).
+    pub async fn watch(
+        &self,
+        watch_id: &str,
+        key: &str,
+    ) -> Result<watch::Receiver<Option<Arc<PushedValue>>>, ClientError> {
+        let (value, receiver) = watch::channel(None);
+        let request = proto::Watch {
+            watch_id: watch_id.to_owned(),
+            key: key.to_owned(),
+            known_version: 0,
+        };
+        self.ask(|reply| Command::Watch(request, value, reply))
+            .await
+            .map(|_| receiver)
+    }
+
     /// Removes every record published from `ip` and refuses its registrations for
     /// `hold_seconds` (0: the registry's default) (role admin); how many were removed. Needs a
     /// live stream ([`ClientError::NotConnected`] without one).
@@ -225,6 +269,7 @@ enum Purpose {
     /// A registration of this id at this generation (answers every waiter up to it).
     Register(String, u64),
     Subscribe(String, u64),
+    Watch(String, u64),
     /// A request whose answer is only for its asker (or for nobody: an acknowledgement).
     Other(Option<Reply>),
 }
@@ -235,6 +280,7 @@ enum Purpose {
 struct Waiting {
     registrations: HashMap<String, Vec<(u64, Reply)>>,
     subscriptions: HashMap<String, Vec<(u64, Reply)>>,
+    watches: HashMap<String, Vec<(u64, Reply)>>,
 }
 
 impl Waiting {
@@ -269,6 +315,7 @@ impl Waiting {
         Waiting::withdraw_unwanted(&mut self.subscriptions, |id| {
             desired.subscriptions.contains_key(id)
         });
+        Waiting::withdraw_unwanted(&mut self.watches, |id| desired.watches.contains_key(id));
     }
 
     /// Fails (`Withdrawn`) and forgets the callers of each id in `waiting` not `wanted`.
@@ -289,7 +336,11 @@ impl Waiting {
 
     /// Fails every waiting caller with `error` (they stay wanted, and are sent again).
     fn fail_all(&mut self, error: &ClientError) {
-        let all = self.registrations.drain().chain(self.subscriptions.drain());
+        let all = self
+            .registrations
+            .drain()
+            .chain(self.subscriptions.drain())
+            .chain(self.watches.drain());
         for (_, replies) in all {
             for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
@@ -335,6 +386,21 @@ fn apply(command: Command, desired: &mut Desired, waiting: &mut Waiting) -> (Bod
                 Body::Subscribe(subscribe),
                 Purpose::Subscribe(id, generation),
             )
+        }
+        Command::Watch(request, value, reply) => {
+            let id = request.watch_id.clone();
+            let watching = Watching {
+                key: request.key.clone(),
+                value,
+                generation,
+            };
+            desired.watches.insert(id.clone(), watching);
+            waiting
+                .watches
+                .entry(id.clone())
+                .or_default()
+                .push((generation, reply));
+            (Body::Watch(request), Purpose::Watch(id, generation))
         }
         Command::Unregister(unregister, reply) => {
             desired.registrations.remove(&unregister.registration_id);
@@ -513,6 +579,19 @@ async fn serve_stream(
         let purpose = Purpose::Subscribe(subscription_id.clone(), subscribed.generation);
         outbox.enqueue(body, purpose);
     }
+    for (watch_id, watching) in &desired.watches {
+        let body = Body::Watch(proto::Watch {
+            watch_id: watch_id.clone(),
+            key: watching.key.clone(),
+            known_version: watching
+                .value
+                .borrow()
+                .as_ref()
+                .filter(|value| value.present && !value.gray)
+                .map_or(0, |value| value.version),
+        });
+        outbox.enqueue(body, Purpose::Watch(watch_id.clone(), watching.generation));
+    }
 
     let (outgoing, requests) = mpsc::channel::<proto::ClientMessage>(256);
     // The hello goes first: the registry answers the call only once it has it.
@@ -589,6 +668,11 @@ async fn serve_stream(
                             "ignored a push"
                         ),
                     },
+                    Some(server_message::Body::Value(value)) => {
+                        if let Err(error) = accept_value(value, desired) {
+                            tracing::warn!(%error, "ignored a config value");
+                        }
+                    }
                     None => {}
                 }
             }
@@ -635,6 +719,16 @@ fn settle(
             }
             Waiting::answer(&mut waiting.subscriptions, &id, generation, &answer);
         }
+        Some(Purpose::Watch(id, generation)) => {
+            let newest = desired
+                .watches
+                .get(&id)
+                .is_some_and(|watching| watching.generation == generation);
+            if !answer.ok && newest {
+                desired.watches.remove(&id);
+            }
+            Waiting::answer(&mut waiting.watches, &id, generation, &answer);
+        }
         Some(Purpose::Other(Some(reply))) => {
             let _ = reply.send(Ok(answer));
         }
@@ -678,4 +772,26 @@ fn accept_push(push: &proto::Push, desired: &Desired) -> Result<u64, String> {
         records,
     })));
     Ok(push.version)
+}
+
+/// Applies a pushed config value, if it is for a watch the client holds, of that key.
+fn accept_value(value: proto::Value, desired: &Desired) -> Result<(), String> {
+    let watching = desired
+        .watches
+        .get(&value.watch_id)
+        .ok_or_else(|| format!("no such watch {:?}", value.watch_id))?;
+    if value.key != watching.key {
+        return Err(format!(
+            "the value of {:?} came for the watch of {:?}",
+            value.key, watching.key
+        ));
+    }
+    watching.value.send_replace(Some(Arc::new(PushedValue {
+        present: value.present,
+        value: value.value,
+        version: value.version,
+        gray: value.gray,
+        revision: value.revision,
+    })));
+    Ok(())
 }

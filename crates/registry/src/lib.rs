@@ -5,6 +5,7 @@
 //! Layers, as in SOFARegistry: [`store`] holds the data (sharded by slot: the data layer),
 //! [`session`] the client streams and the push path (the session layer), [`service`] the gRPC
 //! protocol, [`xds`] Envoy's aggregated discovery over the same sessions (the mesh feed),
+//! [`relay`] the config-style values watchers receive (relayed from a config center),
 //! [`client`] the Rust client that reconnects and re-registers by itself. All run in one
 //! process for now.
 //!
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod names;
+pub mod relay;
 pub mod service;
 pub mod session;
 pub mod store;
@@ -24,6 +26,7 @@ pub mod proto {
 }
 
 pub use names::{DataKey, Refusal};
+pub use relay::{ConfigValues, WatchedValue};
 pub use service::RegistryService;
 pub use session::{Registry, Rights, Settings};
 pub use xds::XdsService;

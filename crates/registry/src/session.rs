@@ -16,12 +16,18 @@
 //! acknowledged version is compared with its key's and marked again when they differ, so a
 //! subscriber that missed a push converges by itself.
 //!
+//! Watches take the other path: each config revision the embedding process relays
+//! ([`Registry::relay_config`]) flags every stream that watches anything, and its pusher sends
+//! each watch its key's value for that client when it differs from the one last sent (values
+//! are small and few: at most `REGISTRY_WATCHES_PER_STREAM_MAX` per stream). They are not
+//! acknowledged: a client that reconnects watches again with the version it holds.
+//!
 //! Owns the streams' bookkeeping and the push path. Must not decide what a valid name or record
 //! is (`names`), nor hold what is published (`store`), nor read the wire (`service`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,6 +35,7 @@ use limits::{
     REGISTRY_DRAIN_HOLD_SECONDS_DEFAULT, REGISTRY_DRAIN_HOLD_SECONDS_MAX, REGISTRY_PUSH_ACK_MS_MAX,
     REGISTRY_PUSH_RETRIES_MAX, REGISTRY_REGISTRATIONS_PER_STREAM_MAX,
     REGISTRY_STREAM_QUEUE_BYTES_MAX, REGISTRY_STREAMS_MAX, REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX,
+    REGISTRY_WATCHES_PER_STREAM_MAX,
 };
 use prost::Message;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -36,6 +43,7 @@ use tonic::Status;
 
 use crate::names::{self, DataKey, Interner, Refusal};
 use crate::proto::{self, client_message::Body, server_message};
+use crate::relay::ConfigValues;
 use crate::store::{Published, PublisherId, Store};
 
 /// What the caller of a stream may do, from its API key (the embedding server decides).
@@ -69,6 +77,9 @@ pub struct Settings {
     pub reconcile: Duration,
     /// Fault injection: drop one push in this many (0: none), to show reconciliation repairs.
     pub drop_pushes_one_in: u32,
+    /// Whether watchers are served: the embedding process relays a config center
+    /// ([`Registry::relay_config`]); without one a `Watch` is refused.
+    pub relays_config: bool,
 }
 
 impl Default for Settings {
@@ -77,6 +88,7 @@ impl Default for Settings {
             slots: 256,
             reconcile: Duration::from_secs(limits::REGISTRY_RECONCILE_SECONDS_DEFAULT),
             drop_pushes_one_in: 0,
+            relays_config: false,
         }
     }
 }
@@ -95,6 +107,8 @@ pub struct Stats {
     pub pushes_dropped: AtomicU64,
     /// Subscriptions found behind their key by a reconciliation.
     pub reconciled: AtomicU64,
+    /// Config values pushed to watchers.
+    pub values_pushed: AtomicU64,
     /// xDS responses sent (`xds`).
     pub xds_responses: AtomicU64,
     /// xDS responses their clients refused (NACK).
@@ -117,8 +131,20 @@ struct Subscription {
     generation: u64,
 }
 
+/// One watch of a config key.
+#[derive(Debug)]
+struct Watched {
+    key: Arc<str>,
+    /// The version of the value in use the client said it holds (0: none).
+    known_version: u64,
+    /// What was last sent: `None` nothing yet; `Some(None)` that the key is not set;
+    /// `Some(Some(made_at))` that value.
+    sent: Option<Option<u64>>,
+}
+
 #[derive(Debug, Default)]
 struct SessionState {
+    watches: HashMap<Arc<str>, Watched>,
     registrations: HashMap<Box<str>, DataKey>,
     subscriptions: HashMap<Arc<str>, Subscription>,
     /// Subscriptions pushed and not yet acknowledged.
@@ -148,12 +174,16 @@ const COMPRESS_INLINE_BYTES_MAX: usize = 64 << 10;
 pub struct Session {
     id: u64,
     client_id: Arc<str>,
+    /// The client id as its Hello said it (gray releases choose by it).
+    name: Arc<str>,
     zone: Arc<str>,
     host: IpAddr,
     zstd: bool,
     rights: Rights,
     state: Mutex<SessionState>,
     marked: Mutex<HashSet<Arc<str>>>,
+    /// Set when the watched values may have changed (a new config revision, a new watch).
+    values_due: AtomicBool,
     wake: Notify,
     /// True once the stream ended (its pusher stops, even mid-wait for room).
     closed: watch::Sender<bool>,
@@ -192,6 +222,8 @@ pub struct Registry {
     by_host: Mutex<HashMap<IpAddr, HashSet<u64>>>,
     /// Hosts drained, and until when they may register nothing.
     drained: Mutex<HashMap<IpAddr, Instant>>,
+    /// The config center as last relayed (`None`: nothing yet).
+    config: Mutex<Option<Arc<dyn ConfigValues>>>,
     /// Who subscribes to each key, sharded as the store is.
     subscribers: Box<[Mutex<Subscribers>]>,
     next_session: AtomicU64,
@@ -232,6 +264,7 @@ impl Registry {
             sessions: Mutex::default(),
             by_host: Mutex::default(),
             drained: Mutex::default(),
+            config: Mutex::default(),
             next_session: AtomicU64::new(1),
             open_sessions: AtomicUsize::new(0),
             pushes_seen: AtomicU32::new(0),
@@ -262,8 +295,14 @@ impl Registry {
 
     /// Whether the registry has run long enough that an absent key is truly empty (its
     /// publishers had time to re-register after a start).
-    fn past_restart_grace(&self) -> bool {
+    pub(crate) fn past_restart_grace(&self) -> bool {
         self.started.elapsed() >= EMPTY_KEY_QUIET
+    }
+
+    /// When the first minute after the start ends: before, a key absent is not yet known to be
+    /// empty (see [`Registry::past_restart_grace`]).
+    pub(crate) fn restart_grace_ends(&self) -> Instant {
+        self.started + EMPTY_KEY_QUIET
     }
 
     /// Whether [`Registry::end_streams`] was called.
@@ -292,6 +331,7 @@ impl Registry {
         out: Outbound,
     ) -> Result<Arc<Session>, Refusal> {
         let client_id = names::name("hello.client_id", &hello.client_id)?;
+        let name = self.interner.get(client_id);
         // Under a key, a client id is the key's own: another key's stream can neither replace
         // nor, by ending, remove its records.
         let client_id = match &rights.caller {
@@ -311,12 +351,14 @@ impl Registry {
         let session = Arc::new(Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             client_id,
+            name,
             zone,
             host,
             zstd: hello.accept.contains(&(proto::Encoding::Zstd as i32)),
             rights,
             state: Mutex::default(),
             marked: Mutex::default(),
+            values_due: AtomicBool::new(false),
             wake: Notify::new(),
             closed: watch::Sender::new(false),
             out,
@@ -406,6 +448,8 @@ impl Registry {
             Some(Body::Unregister(unregister)) => self.unregister(session, &unregister),
             Some(Body::Subscribe(subscribe)) => self.subscribe(session, subscribe),
             Some(Body::Unsubscribe(unsubscribe)) => self.unsubscribe(session, &unsubscribe),
+            Some(Body::Watch(watch)) => self.watch(session, &watch),
+            Some(Body::Unwatch(unwatch)) => self.unwatch(session, &unwatch),
             Some(Body::Ack(ack)) => {
                 self.ack(session, &ack);
                 return None;
@@ -582,6 +626,112 @@ impl Registry {
         Ok(())
     }
 
+    fn watch(&self, session: &Session, watch: &proto::Watch) -> Result<(), Refusal> {
+        if !self.settings.relays_config {
+            return Err(Refusal::new(
+                "watch",
+                "this registry relays no config center (start it with --config-meta)",
+            ));
+        }
+        let watch_id = self
+            .interner
+            .get(names::name("watch.watch_id", &watch.watch_id)?);
+        let key = self.interner.get(names::name("watch.key", &watch.key)?);
+        let mut state = session.state();
+        if !state.watches.contains_key(&watch_id)
+            && state.watches.len() >= REGISTRY_WATCHES_PER_STREAM_MAX
+        {
+            return Err(Refusal::new(
+                "watch",
+                format!("this stream holds {REGISTRY_WATCHES_PER_STREAM_MAX} watches already"),
+            ));
+        }
+        state.watches.insert(
+            watch_id,
+            Watched {
+                key,
+                known_version: watch.known_version,
+                sent: None,
+            },
+        );
+        drop(state);
+        session.values_due.store(true, Ordering::Release);
+        session.wake.notify_one();
+        Ok(())
+    }
+
+    fn unwatch(&self, session: &Session, unwatch: &proto::Unwatch) -> Result<(), Refusal> {
+        let field = "unwatch.watch_id";
+        let watch_id = names::name(field, &unwatch.watch_id)?;
+        session
+            .state()
+            .watches
+            .remove(watch_id)
+            .map(|_| ())
+            .ok_or_else(|| Refusal::new(field, "this stream has no such watch"))
+    }
+
+    /// Takes the config center as of a new revision: every watcher whose value changed is
+    /// sent it (by its stream's pusher).
+    pub fn relay_config(&self, values: Arc<dyn ConfigValues>) {
+        *self.config.lock().expect("never poisoned") = Some(values);
+        for session in self.open_sessions_now() {
+            if !session.state().watches.is_empty() {
+                session.values_due.store(true, Ordering::Release);
+                session.wake.notify_one();
+            }
+        }
+    }
+
+    /// Sends each of `session`'s watches its value, when it differs from what was sent; false
+    /// when the stream is gone.
+    async fn push_values(&self, session: &Session) -> bool {
+        let Some(config) = self.config.lock().expect("never poisoned").clone() else {
+            return true;
+        };
+        let revision = config.revision();
+        let due: Vec<proto::ServerMessage> = {
+            let mut state = session.state();
+            let mut due = Vec::new();
+            for (watch_id, watched) in &mut state.watches {
+                let value = config.value_for(&watched.key, &session.name, &session.zone);
+                let made_at = value.as_ref().map(|value| value.made_at);
+                let known = watched.sent.is_none()
+                    && value
+                        .as_ref()
+                        .is_some_and(|value| !value.gray && value.version == watched.known_version);
+                if watched.sent == Some(made_at) || known {
+                    watched.sent = Some(made_at);
+                    continue;
+                }
+                watched.sent = Some(made_at);
+                let value = value.map_or_else(proto::Value::default, |value| proto::Value {
+                    present: true,
+                    value: value.value,
+                    version: value.version,
+                    gray: value.gray,
+                    ..proto::Value::default()
+                });
+                due.push(proto::ServerMessage {
+                    body: Some(server_message::Body::Value(proto::Value {
+                        watch_id: watch_id.to_string(),
+                        key: watched.key.to_string(),
+                        revision,
+                        ..value
+                    })),
+                });
+            }
+            due
+        };
+        for message in due {
+            if session.out.send((Ok(message), None)).await.is_err() {
+                return false;
+            }
+            self.stats.values_pushed.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
     fn ack(&self, session: &Session, ack: &proto::PushAck) {
         let mut state = session.state();
         let SessionState {
@@ -670,6 +820,10 @@ impl Registry {
                 () = session.wake.notified() => {}
                 () = session.out.closed() => return,
                 () = self.ended() => return,
+            }
+            if session.values_due.swap(false, Ordering::AcqRel) && !self.push_values(&session).await
+            {
+                return;
             }
             loop {
                 if *session.closed.borrow() {

@@ -42,11 +42,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::{Any, Struct, UInt32Value, Value, value};
 use futures::Stream;
 use limits::{
-    REGISTRY_CLIENT_MESSAGE_BYTES_MAX, REGISTRY_SERVER_MESSAGE_BYTES_MAX,
-    REGISTRY_STREAM_QUEUE_MESSAGES, REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX,
+    REGISTRY_SERVER_MESSAGE_BYTES_MAX, REGISTRY_STREAM_QUEUE_MESSAGES,
+    REGISTRY_SUBSCRIPTIONS_PER_STREAM_MAX, REGISTRY_XDS_REQUEST_BYTES_MAX,
 };
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::names::{self, DataKey, Refusal};
@@ -63,8 +63,9 @@ pub const CLUSTER_LOAD_ASSIGNMENT: &str =
 pub const WEIGHT_MAX: u32 = 100_000;
 
 /// A response carries changed resources up to about this many bytes; the rest follow in the
-/// next (each response carries at least one).
-const RESPONSE_BYTES_TARGET: usize = 4 << 20;
+/// next (each response carries at least one). gRPC's own xDS clients take at most 4 MiB per
+/// message by default.
+const RESPONSE_BYTES_TARGET: usize = 1 << 20;
 
 /// Responses queued toward one client (each up to about [`RESPONSE_BYTES_TARGET`]).
 const RESPONSES_QUEUED: usize = 2;
@@ -88,7 +89,7 @@ impl XdsService {
         self,
     ) -> aggregated_discovery_service_server::AggregatedDiscoveryServiceServer<XdsService> {
         aggregated_discovery_service_server::AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(REGISTRY_CLIENT_MESSAGE_BYTES_MAX)
+            .max_decoding_message_size(REGISTRY_XDS_REQUEST_BYTES_MAX)
             .max_encoding_message_size(REGISTRY_SERVER_MESSAGE_BYTES_MAX + RESPONSE_BYTES_TARGET)
     }
 }
@@ -133,6 +134,7 @@ impl aggregated_discovery_service_server::AggregatedDiscoveryService for XdsServ
             by_subscription: HashMap::new(),
             next_subscription: 0,
             ready: BTreeMap::new(),
+            empty_after_grace: BTreeSet::new(),
             refused: HashMap::new(),
             unreported: BTreeSet::new(),
             responses_sent: 0,
@@ -220,8 +222,14 @@ struct XdsStream {
     /// Resource names by the session's subscription id.
     by_subscription: HashMap<String, String>,
     next_subscription: u64,
-    /// Resources changed since they were last sent, in their newest form.
-    ready: BTreeMap<String, Any>,
+    /// Resources changed since they were last sent, in their newest form, each holding its
+    /// share of the stream's byte budget until it is sent (a client that does not read holds
+    /// the session's pushes back, as any subscriber does).
+    ready: BTreeMap<String, (Any, Option<OwnedSemaphorePermit>)>,
+    /// Requested keys nothing was published under, asked for in the registry's first minute:
+    /// sent empty only once it has passed (before, their publishers may not have registered
+    /// again after a restart, and an empty assignment would empty the sidecars).
+    empty_after_grace: BTreeSet<String>,
     /// Requested names that name no data key (or were refused), with the reason.
     refused: HashMap<String, String>,
     /// Refused names not yet reported.
@@ -239,9 +247,13 @@ impl XdsStream {
         out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) {
         let mut ending = self.request(first).err();
+        let grace_ends = tokio::time::Instant::from_std(self.registry.restart_grace_ends());
         while ending.is_none() {
             let pending = !self.ready.is_empty() || !self.unreported.is_empty();
             tokio::select! {
+                () = tokio::time::sleep_until(grace_ends), if !self.empty_after_grace.is_empty() => {
+                    self.send_empty_keys();
+                }
                 () = self.registry.ended() => {
                     ending = Some(Status::unavailable("this registry is stopping"));
                 }
@@ -258,7 +270,7 @@ impl XdsStream {
                     }
                 },
                 push = pushes.recv() => match push {
-                    Some((Ok(message), _budget)) => self.push(message),
+                    Some((Ok(message), budget)) => self.push(message, budget),
                     Some((Err(status), _)) => ending = Some(status),
                     None => break,
                 },
@@ -268,10 +280,24 @@ impl XdsStream {
                 },
             }
         }
-        if let Some(status) = ending {
-            let _ = out.send(Err(status)).await;
-        }
         self.registry.close(&self.session);
+        if let Some(status) = ending {
+            // A client that reads nothing more does not hold this task.
+            let _ = out.try_send(Err(status));
+        }
+    }
+
+    /// The keys still empty once the first minute has passed go out empty.
+    fn send_empty_keys(&mut self) {
+        for name in std::mem::take(&mut self.empty_after_grace) {
+            let Some(wanted) = self.wanted.get(&name) else {
+                continue;
+            };
+            if wanted.version == 0 && !self.ready.contains_key(&name) {
+                let empty = assignment(&name, &[], &self.node_zone, &self.registry);
+                self.ready.insert(name, (empty, None));
+            }
+        }
     }
 
     /// Takes one request: its nonce says whether it is current and whether it ACKs or NACKs the
@@ -289,7 +315,9 @@ impl XdsStream {
                 request.resource_names.len()
             )));
         }
-        if !request.response_nonce.is_empty() {
+        // Before its first response a stream has no nonce to be stale against (a client may
+        // carry one over from an earlier stream).
+        if !request.response_nonce.is_empty() && self.responses_sent > 0 {
             if request.response_nonce != self.last_nonce {
                 // Stale: the client has not seen the newest response yet, and will answer it.
                 return Ok(());
@@ -359,11 +387,14 @@ impl XdsStream {
         }
         if self.registry.store().version(&key_of(&self.registry, &key)) == 0 {
             // The session pushes nothing for a key nothing was ever published under; the
-            // client still learns that the cluster has no endpoints now.
-            self.ready.insert(
-                name.to_owned(),
-                assignment(name, &[], &self.node_zone, &self.registry),
-            );
+            // client still learns that the cluster has no endpoints now (after the first
+            // minute: before, the key's publishers may not be back yet).
+            if self.registry.past_restart_grace() {
+                let empty = assignment(name, &[], &self.node_zone, &self.registry);
+                self.ready.insert(name.to_owned(), (empty, None));
+            } else {
+                self.empty_after_grace.insert(name.to_owned());
+            }
         }
         self.by_subscription
             .insert(subscription_id.clone(), name.to_owned());
@@ -391,6 +422,7 @@ impl XdsStream {
         };
         self.by_subscription.remove(&subscription_id);
         self.ready.remove(name);
+        self.empty_after_grace.remove(name);
         let unsubscribe = proto::ClientMessage {
             request_id: 0,
             body: Some(Body::Unsubscribe(proto::Unsubscribe { subscription_id })),
@@ -398,8 +430,9 @@ impl XdsStream {
         self.registry.handle(&self.session, unsubscribe);
     }
 
-    /// Takes one of the session's pushes: the resource's newest assignment, ready to send.
-    fn push(&mut self, message: proto::ServerMessage) {
+    /// Takes one of the session's pushes: the resource's newest assignment, ready to send
+    /// (holding the push's share of the byte budget until then).
+    fn push(&mut self, message: proto::ServerMessage, budget: Option<OwnedSemaphorePermit>) {
         let Some(server_message::Body::Push(push)) = message.body else {
             return;
         };
@@ -421,7 +454,6 @@ impl XdsStream {
         if push.version <= wanted.version {
             return;
         }
-        wanted.version = push.version;
         let records = match proto::Records::decode(push.payload) {
             Ok(records) => records.records,
             Err(error) => {
@@ -429,8 +461,9 @@ impl XdsStream {
                 return;
             }
         };
+        wanted.version = push.version;
         let resource = assignment(&name, &records, &self.node_zone, &self.registry);
-        self.ready.insert(name, resource);
+        self.ready.insert(name, (resource, budget));
     }
 
     /// The next response: the ready resources (up to about [`RESPONSE_BYTES_TARGET`] bytes)
@@ -439,12 +472,14 @@ impl XdsStream {
         let mut resources = Vec::new();
         let mut bytes = 0;
         while let Some(entry) = self.ready.first_entry() {
-            let size = entry.get().value.len();
+            let size = entry.get().0.value.len();
             if !resources.is_empty() && bytes + size > RESPONSE_BYTES_TARGET {
                 break;
             }
             bytes += size;
-            resources.push(entry.remove());
+            // The budget's share goes back as the response is handed to the stream.
+            let (resource, _budget) = entry.remove();
+            resources.push(resource);
         }
         let resource_errors = std::mem::take(&mut self.unreported)
             .into_iter()
@@ -502,6 +537,7 @@ fn assignment(
     registry: &Registry,
 ) -> Any {
     let mut zones: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
     for published in records {
         let Some(record) = &published.record else {
             continue;
@@ -513,6 +549,11 @@ fn assignment(
                 .fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        // One endpoint per address (gRPC's xDS clients refuse an assignment naming one twice,
+        // as when a restarted publisher's old stream lingers): the first in publisher order.
+        if !seen.insert(socket) {
+            continue;
+        }
         zones
             .entry(published.zone.as_str())
             .or_default()
@@ -525,6 +566,14 @@ fn assignment(
             locality: Some(Locality {
                 zone: zone.to_owned(),
                 ..Locality::default()
+            }),
+            // Its endpoints' weights summed (gRPC's xDS clients skip a locality without one):
+            // at most 20,000 × WEIGHT_MAX, within a u32.
+            load_balancing_weight: Some(UInt32Value {
+                value: lb_endpoints
+                    .iter()
+                    .map(|lb| lb.load_balancing_weight.as_ref().map_or(1, |w| w.value))
+                    .fold(0u32, u32::saturating_add),
             }),
             lb_endpoints,
             priority: u32::from(own_zone_listed && zone != node_zone),
@@ -670,6 +719,8 @@ mod tests {
             ),
             published("b", "10.0.0.2:80", &[("weight", "0")]),
             published("b", "not an address", &[]),
+            // The same address again (a publisher's old registration lingering): once.
+            published("b", "tcp://10.0.0.2:80", &[]),
         ];
         let any = assignment("t|g|d", &records, "b", &registry);
         assert_eq!(any.type_url, CLUSTER_LOAD_ASSIGNMENT);
@@ -687,6 +738,13 @@ mod tests {
             })
             .collect();
         assert_eq!(zones, [("a", 1, 1), ("b", 0, 1)]);
+        // Locality weights are their endpoints' (1 when unset).
+        let weights: Vec<u32> = cla
+            .endpoints
+            .iter()
+            .map(|l| l.load_balancing_weight.as_ref().unwrap().value)
+            .collect();
+        assert_eq!(weights, [3, 1]);
         let first = &cla.endpoints[0].lb_endpoints[0];
         assert_eq!(first.load_balancing_weight.as_ref().unwrap().value, 3);
         assert_eq!(first.health_status, HealthStatus::Draining as i32);

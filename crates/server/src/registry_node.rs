@@ -50,6 +50,7 @@ fn sample(registry: &Registry) -> RegistrySample {
         xds_responses: count(&stats.xds_responses),
         xds_nacks: count(&stats.xds_nacks),
         xds_unroutable: count(&stats.xds_unroutable),
+        values_pushed: count(&stats.values_pushed),
     }
 }
 

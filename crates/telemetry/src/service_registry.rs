@@ -1,7 +1,8 @@
 //! The service registry's families (`fincore registry serve`, `fincore_registry_*`): streams,
 //! keys and publishers held, pushes sent and their bytes before and after compression, pushes
 //! sent again, subscriptions found behind by reconciliation, payloads compressed; the xDS
-//! endpoint's responses, refusals by its clients, and records it could not route.
+//! endpoint's responses, refusals by its clients, and records it could not route; config
+//! values pushed to watchers.
 //!
 //! Owns these families and how a sample of the registry's own counters moves them (counters
 //! only ever move forward to the sampled total). Must not know the registry's types: a sample
@@ -28,6 +29,7 @@ pub struct RegistrySample {
     pub xds_responses: u64,
     pub xds_nacks: u64,
     pub xds_unroutable: u64,
+    pub values_pushed: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +51,7 @@ pub(crate) struct RegistryFamilies {
     xds_responses: Counter,
     xds_nacks: Counter,
     xds_unroutable: Counter,
+    values_pushed: Counter,
 }
 
 fn gauge(value: u64) -> i64 {
@@ -109,6 +112,11 @@ impl RegistryFamilies {
             "Records left out of xDS assignments: their address is no IP socket address",
             self.xds_unroutable.clone(),
         );
+        registry.register(
+            "values_pushed",
+            "Config values pushed to watchers (relayed from the config center)",
+            self.values_pushed.clone(),
+        );
     }
 
     pub(crate) fn sample(&self, sample: &RegistrySample) {
@@ -130,5 +138,6 @@ impl RegistryFamilies {
         advance(&self.xds_responses, sample.xds_responses);
         advance(&self.xds_nacks, sample.xds_nacks);
         advance(&self.xds_unroutable, sample.xds_unroutable);
+        advance(&self.values_pushed, sample.values_pushed);
     }
 }
