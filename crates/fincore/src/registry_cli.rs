@@ -78,6 +78,20 @@ struct ServeArgs {
     /// Dial the meta group over TLS, trusting this authority (PEM).
     #[arg(long, value_name = "FILE", requires = "config_meta")]
     config_tls_ca: Option<PathBuf>,
+    /// With --config-meta (and required by it): the config keys watchers may watch, by prefix
+    /// (repeatable, for example `app.`): the registry's readers see those keys only.
+    #[arg(long = "watch-prefix", value_name = "PREFIX", requires = "config_meta")]
+    watch_prefixes: Vec<String>,
+    /// Serve gRPC over TLS with this certificate (PEM; the registry's first, then any
+    /// intermediates), for example `api.pem` from `fincore certs --api-names`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: demand of every client a certificate issued by this authority (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Where a client finds the registry and who it is.
@@ -105,6 +119,9 @@ struct ClientArgs {
     /// This client's id (default: `cli-`, the process id and a random suffix).
     #[arg(long, value_name = "ID")]
     client_id: Option<String>,
+    /// Dial the registry over TLS, trusting this authority (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -116,6 +133,13 @@ impl ClientArgs {
                 format!("cli-{}-{:08x}", std::process::id(), rand::random::<u32>())
             }),
             zone: self.zone.clone(),
+            tls_ca_pem: match &self.tls_ca {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("reading --tls-ca {}", path.display()))?,
+                ),
+                None => None,
+            },
         };
         RegistryClient::start(config).map_err(|refusal| anyhow::anyhow!("--{refusal}"))
     }
@@ -220,8 +244,24 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         slots: usize::from(args.slots),
         reconcile: Duration::from_secs(args.reconcile_seconds),
         drop_pushes_one_in: args.drop_pushes_one_in,
-        relays_config: args.config_meta.is_some(),
+        watch_prefixes: args.watch_prefixes.clone(),
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => Some(
+            server::client_tls::ClientTls::load(server::client_tls::ClientTlsFiles {
+                certificate: certificate.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            })
+            .context("--tls-cert")?,
+        ),
+        _ => None,
+    };
+    if args.config_meta.is_some() && args.watch_prefixes.is_empty() {
+        anyhow::bail!(
+            "--config-meta needs --watch-prefix: which config keys this registry's readers may watch"
+        );
+    }
     let config_meta = crate::config_feed::meta_access(
         args.config_meta.as_deref(),
         args.config_key_file.as_deref(),
@@ -233,11 +273,14 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         if let Auth::Keys(store) = &auth {
             crate::keys::reload_on_sighup(Arc::clone(store));
         }
-        let security = match &auth {
-            Auth::Open => "no authentication",
-            Auth::Keys(_) => "API keys",
+        let security = match (&auth, &args.tls_client_ca, &args.tls_cert) {
+            (Auth::Open, _, None) => "no authentication",
+            (Auth::Open, _, Some(_)) => "no authentication, TLS",
+            (Auth::Keys(_), None, None) => "API keys",
+            (Auth::Keys(_), None, Some(_)) => "API keys, TLS",
+            (Auth::Keys(_), Some(_), _) => "API keys, mutual TLS",
         };
-        let node = RegistryNode::start(args.listen, args.http, auth, settings).await?;
+        let node = RegistryNode::start(args.listen, args.http, auth, settings, tls).await?;
         let relay = match config_meta {
             Some((addrs, access)) => {
                 let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
@@ -274,18 +317,32 @@ impl registry::ConfigValues for RelayedConfig {
 
     fn value_for(&self, key: &str, client: &str, zone: &str) -> Option<registry::WatchedValue> {
         let entry = self.0.keys.get(key)?;
-        let labels = std::collections::BTreeMap::from([("zone".to_owned(), zone.to_owned())]);
-        let (value, gray) = entry.value_for(key, client, &labels);
-        let made_at = match (&entry.gray, gray) {
-            (Some(staged), true) => staged.revision,
-            _ => entry.revision,
-        };
+        let (value, gray) = entry.value_for(key, client, &zone_label(zone));
         Some(registry::WatchedValue {
             value: value.to_owned(),
             version: entry.version,
             gray,
-            made_at,
+            made_at: made_at(entry, gray),
         })
+    }
+
+    fn made_at(&self, key: &str, client: &str, zone: &str) -> Option<u64> {
+        let entry = self.0.keys.get(key)?;
+        let (_, gray) = entry.value_for(key, client, &zone_label(zone));
+        Some(made_at(entry, gray))
+    }
+}
+
+/// The labels a gray release chooses a registry client by: its zone.
+fn zone_label(zone: &str) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([("zone".to_owned(), zone.to_owned())])
+}
+
+/// The revision that made the value a client takes (the gray release's, or the value in use's).
+fn made_at(entry: &meta::config::KeyView, gray: bool) -> u64 {
+    match (&entry.gray, gray) {
+        (Some(staged), true) => staged.revision,
+        _ => entry.revision,
     }
 }
 

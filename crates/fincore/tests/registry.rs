@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use registry::client::{ClientConfig, ClientError, PushedSet, RegistryClient};
 use registry::proto;
 use server::auth::{Auth, KeyStore, KeysFile, Role};
@@ -47,6 +49,7 @@ fn client(addr: SocketAddr, id: &str, zone: &str, api_key: Option<&str>) -> Regi
         api_key: api_key.map(str::to_owned),
         client_id: id.into(),
         zone: zone.into(),
+        tls_ca_pem: None,
     })
     .expect("a valid config")
 }
@@ -94,10 +97,7 @@ async fn raw_client(
 }
 
 async fn open_node() -> RegistryNode {
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    RegistryNode::start(listen, listen, Auth::Open, registry::Settings::default())
-        .await
-        .expect("a registry")
+    support::registry::open_registry(registry::Settings::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +223,7 @@ async fn keys_decide_who_subscribes_publishes_and_drains() {
     let dir = tempfile::tempdir().unwrap();
     let (auth, read, write, admin) = keys_with_roles(dir.path());
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let node = RegistryNode::start(listen, listen, auth, registry::Settings::default())
+    let node = RegistryNode::start(listen, listen, auth, registry::Settings::default(), None)
         .await
         .unwrap();
     let addr = node.grpc_addr();
@@ -455,7 +455,7 @@ async fn dropped_pushes_are_repaired_by_retries_and_reconciliation() {
         reconcile: Duration::from_secs(1),
         ..registry::Settings::default()
     };
-    let node = RegistryNode::start(listen, listen, Auth::Open, settings)
+    let node = RegistryNode::start(listen, listen, Auth::Open, settings, None)
         .await
         .unwrap();
     let addr = node.grpc_addr();
@@ -541,6 +541,7 @@ async fn clients_reconnect_and_register_again_after_a_registry_restart() {
         "127.0.0.1:0".parse().unwrap(),
         Auth::Open,
         registry::Settings::default(),
+        None,
     )
     .await
     .expect("the same port again");
@@ -706,5 +707,80 @@ fn the_cli_publishes_and_subscribes_across_a_kill_9_of_the_registry() {
     second.kill();
     third.kill();
     subscriber.sees(&[]);
+    node.stop().unwrap();
+}
+
+/// Makes a development authority and a certificate for 127.0.0.1 in `dir`; the authority (PEM).
+fn api_certificates(dir: &std::path::Path) -> Vec<u8> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fincore"))
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(["--api-names", "127.0.0.1,localhost"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    std::fs::read(dir.join("api-ca.pem")).unwrap()
+}
+
+#[test]
+fn over_tls_the_registry_serves_clients_trusting_its_authority_and_no_others() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_fincore"));
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let ca = api_certificates(&tls);
+    let other_ca = api_certificates(&dir.path().join("other"));
+    let (cert, private_key) = (tls.join("api.pem"), tls.join("api.key"));
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        private_key.to_str().unwrap(),
+    ];
+    let node =
+        testkit::node::ChildNode::start_registry(exe, &dir.path().join("registry"), &args).unwrap();
+    let token = testkit::keys::token().expect("the kit's key");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let start = |ca: Option<Vec<u8>>, id: &str| {
+            RegistryClient::start(ClientConfig {
+                endpoints: vec![node.grpc_addr.clone()],
+                api_key: Some(token.to_owned()),
+                client_id: id.into(),
+                zone: "z".into(),
+                tls_ca_pem: ca,
+            })
+            .unwrap()
+        };
+        // Trusting the registry's authority: publish and subscribe as ever.
+        let trusting = start(Some(ca), "trusting");
+        trusting
+            .register("r", key("tls.api"), record("10.0.0.1:443"))
+            .await
+            .unwrap();
+        let mut sets = trusting
+            .subscribe("s", key("tls.api"), proto::Scope::Global)
+            .await
+            .unwrap();
+        converges(&mut sets, &["10.0.0.1:443"]).await;
+
+        // Plaintext, or trusting another authority: never connected, nothing registered.
+        let plaintext = start(None, "plaintext");
+        let stranger = start(Some(other_ca), "stranger");
+        for client in [&plaintext, &stranger] {
+            let attempt = client.register("x", key("tls.api"), record("10.6.6.6:1"));
+            assert!(
+                tokio::time::timeout(Duration::from_secs(2), attempt)
+                    .await
+                    .is_err(),
+                "registered without trusting the registry"
+            );
+            assert!(!*client.connected().borrow());
+        }
+        converges(&mut sets, &["10.0.0.1:443"]).await;
+    });
     node.stop().unwrap();
 }

@@ -2,16 +2,16 @@
 //! replica's config center (a child process), and a client's watch receives its key's value at
 //! once and at every change — a set, a gray release choosing the client's zone (and not
 //! another zone's client), its promotion; a key not set comes as absent. A registry relaying
-//! no config center refuses a watch naming the field.
+//! no config center refuses a watch, and one relaying refuses a bad key and a key outside its
+//! `--watch-prefix`es, naming the field.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use registry::client::{ClientConfig, ClientError, PushedValue, RegistryClient};
-use server::auth::Auth;
-use server::registry_node::RegistryNode;
 use testkit::group::GroupLayout;
 use testkit::node::ChildNode;
 use tokio::sync::watch;
@@ -43,6 +43,7 @@ fn client(addr: &str, id: &str, zone: &str) -> RegistryClient {
         api_key: testkit::keys::token().map(str::to_owned),
         client_id: id.into(),
         zone: zone.into(),
+        tls_ca_pem: None,
     })
     .unwrap()
 }
@@ -97,6 +98,8 @@ fn watchers_receive_the_config_centers_values_through_the_registry() {
         meta.as_str(),
         "--config-key-file",
         &key_file,
+        "--watch-prefix",
+        "app.",
     ];
     let registry_node = ChildNode::start_registry(
         exe(),
@@ -155,15 +158,13 @@ fn watchers_receive_the_config_centers_values_through_the_registry() {
 
 /// What a registry with `settings` answers a watch of `key`: a refusal, naming its field.
 async fn refusal_of_watch(settings: registry::Settings, key: &str) -> registry::Refusal {
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let node = RegistryNode::start(listen, listen, Auth::Open, settings)
-        .await
-        .unwrap();
+    let node = support::registry::open_registry(settings).await;
     let watcher = RegistryClient::start(ClientConfig {
         endpoints: vec![node.grpc_addr().to_string()],
         api_key: None,
         client_id: "w".into(),
         zone: "z".into(),
+        tls_ca_pem: None,
     })
     .unwrap();
     let refused = tokio::time::timeout(SETTLE, watcher.watch("w", key))
@@ -183,9 +184,13 @@ async fn a_registry_relaying_no_config_center_refuses_a_watch() {
     assert_eq!(refusal.field, "watch", "{refusal}");
     // One that relays refuses a bad key naming the field.
     let relaying = registry::Settings {
-        relays_config: true,
+        watch_prefixes: vec!["app.".into()],
         ..registry::Settings::default()
     };
-    let refusal = refusal_of_watch(relaying, "bad key").await;
+    let refusal = refusal_of_watch(relaying.clone(), "bad key").await;
     assert_eq!(refusal.field, "watch.key", "{refusal}");
+    // And a key outside its prefixes: the config center's other keys are not its readers'.
+    let refusal = refusal_of_watch(relaying, "flow.rules").await;
+    assert_eq!(refusal.field, "watch.key", "{refusal}");
+    assert!(refusal.reason.contains("app."), "{refusal}");
 }

@@ -3,6 +3,8 @@
 //! ACK and NACK by nonce, stale requests ignored, clusters dropped, names that name no key
 //! reported per resource; and refusals: no key, another resource type, no node, delta xDS.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -51,6 +53,7 @@ fn publisher(addr: SocketAddr, id: &str, zone: &str) -> RegistryClient {
         api_key: None,
         client_id: id.into(),
         zone: zone.into(),
+        tls_ca_pem: None,
     })
     .expect("a valid config")
 }
@@ -198,10 +201,7 @@ async fn until_cluster(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envoy_stream_gets_assignments_by_push_with_acks_and_nacks() {
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let node_ = RegistryNode::start(listen, listen, Auth::Open, registry::Settings::default())
-        .await
-        .unwrap();
+    let node_ = support::registry::open_registry(registry::Settings::default()).await;
     let addr = node_.grpc_addr();
     let in_a = publisher(addr, "pub-a", "zone-a");
     let in_b = publisher(addr, "pub-b", "zone-b");
@@ -382,7 +382,7 @@ async fn xds_streams_are_refused_without_a_key_for_other_types_and_without_a_nod
     file.save().unwrap();
     let auth = Auth::Keys(Arc::new(KeyStore::open(&path).unwrap()));
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let node_ = RegistryNode::start(listen, listen, auth, registry::Settings::default())
+    let node_ = RegistryNode::start(listen, listen, auth, registry::Settings::default(), None)
         .await
         .unwrap();
     let addr = node_.grpc_addr();

@@ -41,6 +41,8 @@ pub struct ClientConfig {
     /// This process's id: the same on every stream it opens.
     pub client_id: String,
     pub zone: String,
+    /// Dial over TLS, trusting this authority (PEM); `None`: plaintext.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 /// Why a request failed.
@@ -524,10 +526,24 @@ async fn serve_stream(
     waiting: &mut Waiting,
     connected: &watch::Sender<bool>,
 ) -> Ended {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) {
-        Ok(endpoint) => endpoint,
-        Err(error) => return Ended::Refused(format!("bad endpoint {endpoint:?}: {error}")),
+    let scheme = if config.tls_ca_pem.is_some() {
+        "https"
+    } else {
+        "http"
     };
+    let mut endpoint =
+        match tonic::transport::Endpoint::from_shared(format!("{scheme}://{endpoint}")) {
+            Ok(endpoint) => endpoint,
+            Err(error) => return Ended::Refused(format!("bad endpoint {endpoint:?}: {error}")),
+        };
+    if let Some(ca) = &config.tls_ca_pem {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        endpoint = match endpoint.tls_config(tls) {
+            Ok(endpoint) => endpoint,
+            Err(error) => return Ended::Refused(format!("TLS: {error}")),
+        };
+    }
     let channel = match endpoint
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -786,12 +802,23 @@ fn accept_value(value: proto::Value, desired: &Desired) -> Result<(), String> {
             value.key, watching.key
         ));
     }
-    watching.value.send_replace(Some(Arc::new(PushedValue {
+    let pushed = PushedValue {
         present: value.present,
         value: value.value,
         version: value.version,
         gray: value.gray,
         revision: value.revision,
-    })));
+    };
+    // The same value again (a watch replayed after a reconnection) wakes nobody.
+    watching.value.send_if_modified(|held| {
+        let same = held.as_deref().is_some_and(|held| {
+            (held.present, &held.value, held.version, held.gray)
+                == (pushed.present, &pushed.value, pushed.version, pushed.gray)
+        });
+        if !same {
+            *held = Some(Arc::new(pushed));
+        }
+        !same
+    });
     Ok(())
 }

@@ -128,6 +128,27 @@ pub fn name<'a>(field: &str, value: &'a str) -> Result<&'a str, Refusal> {
     Ok(value)
 }
 
+/// A config center key (as `docs/config-center.md` defines it): 1 to `REGISTRY_NAME_BYTES_MAX`
+/// bytes of ASCII letters, digits and `._-:/[]`.
+pub fn config_key<'a>(field: &str, value: &'a str) -> Result<&'a str, Refusal> {
+    if value.is_empty() || value.len() > REGISTRY_NAME_BYTES_MAX {
+        return Err(Refusal::new(
+            field,
+            format!("must be 1 to {REGISTRY_NAME_BYTES_MAX} bytes"),
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-:/[]".contains(*c)))
+    {
+        return Err(Refusal::new(
+            field,
+            format!("holds {bad:?}; a config key is ASCII letters, digits and ._-:/[]"),
+        ));
+    }
+    Ok(value)
+}
+
 /// Text of 0 to `max` bytes with no control characters.
 fn text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Refusal> {
     if value.len() > max {

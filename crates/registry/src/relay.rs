@@ -16,6 +16,10 @@ pub trait ConfigValues: Send + Sync + Debug {
     /// `key`'s value for the client named `client` in `zone` (a gray release staged for it
     /// when one chooses it, otherwise the value in use); `None` when the key is not set.
     fn value_for(&self, key: &str, client: &str, zone: &str) -> Option<WatchedValue>;
+
+    /// [`WatchedValue::made_at`] of that value, without copying it (the cheap test of whether
+    /// a watcher already holds it).
+    fn made_at(&self, key: &str, client: &str, zone: &str) -> Option<u64>;
 }
 
 /// A key's value for one client.

@@ -77,9 +77,10 @@ pub struct Settings {
     pub reconcile: Duration,
     /// Fault injection: drop one push in this many (0: none), to show reconciliation repairs.
     pub drop_pushes_one_in: u32,
-    /// Whether watchers are served: the embedding process relays a config center
-    /// ([`Registry::relay_config`]); without one a `Watch` is refused.
-    pub relays_config: bool,
+    /// The config keys watchers may watch, by prefix: the embedding process relays a config
+    /// center ([`Registry::relay_config`]) and only keys starting with one of these are served
+    /// (the registry's readers are not the config center's). Empty: `Watch` is refused.
+    pub watch_prefixes: Vec<String>,
 }
 
 impl Default for Settings {
@@ -88,7 +89,7 @@ impl Default for Settings {
             slots: 256,
             reconcile: Duration::from_secs(limits::REGISTRY_RECONCILE_SECONDS_DEFAULT),
             drop_pushes_one_in: 0,
-            relays_config: false,
+            watch_prefixes: Vec::new(),
         }
     }
 }
@@ -174,8 +175,6 @@ const COMPRESS_INLINE_BYTES_MAX: usize = 64 << 10;
 pub struct Session {
     id: u64,
     client_id: Arc<str>,
-    /// The client id as its Hello said it (gray releases choose by it).
-    name: Arc<str>,
     zone: Arc<str>,
     host: IpAddr,
     zstd: bool,
@@ -331,7 +330,6 @@ impl Registry {
         out: Outbound,
     ) -> Result<Arc<Session>, Refusal> {
         let client_id = names::name("hello.client_id", &hello.client_id)?;
-        let name = self.interner.get(client_id);
         // Under a key, a client id is the key's own: another key's stream can neither replace
         // nor, by ending, remove its records.
         let client_id = match &rights.caller {
@@ -351,7 +349,6 @@ impl Registry {
         let session = Arc::new(Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             client_id,
-            name,
             zone,
             host,
             zstd: hello.accept.contains(&(proto::Encoding::Zstd as i32)),
@@ -627,7 +624,8 @@ impl Registry {
     }
 
     fn watch(&self, session: &Session, watch: &proto::Watch) -> Result<(), Refusal> {
-        if !self.settings.relays_config {
+        let prefixes = &self.settings.watch_prefixes;
+        if prefixes.is_empty() {
             return Err(Refusal::new(
                 "watch",
                 "this registry relays no config center (start it with --config-meta)",
@@ -636,7 +634,17 @@ impl Registry {
         let watch_id = self
             .interner
             .get(names::name("watch.watch_id", &watch.watch_id)?);
-        let key = self.interner.get(names::name("watch.key", &watch.key)?);
+        let key = names::config_key("watch.key", &watch.key)?;
+        if !prefixes
+            .iter()
+            .any(|prefix| key.starts_with(prefix.as_str()))
+        {
+            return Err(Refusal::new(
+                "watch.key",
+                format!("this registry relays only keys starting with {prefixes:?}"),
+            ));
+        }
+        let key = self.interner.get(key);
         let mut state = session.state();
         if !state.watches.contains_key(&watch_id)
             && state.watches.len() >= REGISTRY_WATCHES_PER_STREAM_MAX
@@ -694,17 +702,21 @@ impl Registry {
             let mut state = session.state();
             let mut due = Vec::new();
             for (watch_id, watched) in &mut state.watches {
-                let value = config.value_for(&watched.key, &session.name, &session.zone);
-                let made_at = value.as_ref().map(|value| value.made_at);
+                let (client, zone) = (&*session.client_id, &*session.zone);
+                // The cheap test first: most watches hold their value already.
+                let made_at = config.made_at(&watched.key, client, zone);
+                if watched.sent == Some(made_at) {
+                    continue;
+                }
+                let value = config.value_for(&watched.key, client, zone);
                 let known = watched.sent.is_none()
                     && value
                         .as_ref()
                         .is_some_and(|value| !value.gray && value.version == watched.known_version);
-                if watched.sent == Some(made_at) || known {
-                    watched.sent = Some(made_at);
+                watched.sent = Some(made_at);
+                if known {
                     continue;
                 }
-                watched.sent = Some(made_at);
                 let value = value.map_or_else(proto::Value::default, |value| proto::Value {
                     present: true,
                     value: value.value,

@@ -135,15 +135,7 @@ fn serve_client_api(
     let service = GrpcAccess::new(service, access.clone(), group);
     let mut grpc_stop = stopped.clone();
     let incoming = connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
-    let mut grpc_builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        grpc_builder = grpc_builder
-            .tls_config(tls.grpc_config())
-            .map_err(|error| NodeError::ClientTls {
-                certificate: tls.certificate_path().to_path_buf(),
-                reason: error.to_string(),
-            })?;
-    }
+    let grpc_builder = crate::node::grpc_server(tls)?;
     let grpc = tokio::spawn(async move {
         let signal = async move {
             let _ = grpc_stop.wait_for(|stop| *stop).await;

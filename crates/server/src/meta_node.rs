@@ -108,16 +108,7 @@ impl MetaNode {
         );
         let incoming =
             connections::grpc_incoming(grpc_listener, limits::CONNECTIONS_PER_LISTENER_MAX);
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &config.client_tls {
-            builder =
-                builder
-                    .tls_config(tls.grpc_config())
-                    .map_err(|error| NodeError::ClientTls {
-                        certificate: tls.certificate_path().to_path_buf(),
-                        reason: error.to_string(),
-                    })?;
-        }
+        let builder = crate::node::grpc_server(config.client_tls.as_ref())?;
         let mut grpc_stop = stopped.clone();
         let grpc = tokio::spawn(async move {
             let signal = async move {

@@ -461,6 +461,21 @@ pub(crate) fn serve_peers<M: ReplicaMachine>(
     })
 }
 
+/// A gRPC server serving client TLS with `tls` when given (a certificate it cannot use is
+/// refused naming it).
+pub(crate) fn grpc_server(tls: Option<&ClientTls>) -> Result<tonic::transport::Server, NodeError> {
+    let builder = tonic::transport::Server::builder();
+    let Some(tls) = tls else {
+        return Ok(builder);
+    };
+    builder
+        .tls_config(tls.grpc_config())
+        .map_err(|error| NodeError::ClientTls {
+            certificate: tls.certificate_path().to_path_buf(),
+            reason: error.to_string(),
+        })
+}
+
 /// A gRPC server's HTTP/2 windows sized for whole batches (~1 MiB: default 64 KiB windows would
 /// stall them), its streams per connection capped, and keepalives that close dead connections.
 pub(crate) fn with_grpc_limits(builder: tonic::transport::Server) -> tonic::transport::Server {

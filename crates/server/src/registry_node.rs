@@ -1,6 +1,7 @@
 //! A registry process (`fincore registry serve`): the service registry's gRPC service
 //! (`registry::RegistryService`) and its xDS endpoint (`registry::XdsService`, Envoy's aggregated
-//! discovery) on one listener, behind API keys, with the connection and
+//! discovery) on one listener (TLS when given a certificate, mutual when given a client
+//! authority), behind API keys, with the connection and
 //! HTTP/2 limits every fincore listener has; `/metrics` (`fincore_registry_*`, sampled every
 //! second) and `/healthz` on an open HTTP listener.
 //!
@@ -20,9 +21,10 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Status};
 
 use crate::auth::{Auth, Role};
+use crate::client_tls::ClientTls;
 use crate::connections;
 use crate::metrics_http::MetricsListener;
-use crate::node::{NodeError, with_grpc_limits};
+use crate::node::{NodeError, grpc_server, with_grpc_limits};
 
 /// A running registry.
 pub struct RegistryNode {
@@ -85,13 +87,14 @@ fn rights(auth: &Auth, request: &Request<()>) -> Result<Rights, Status> {
 }
 
 impl RegistryNode {
-    /// Binds `listen` (gRPC) and `http` (`/metrics`, `/healthz`) and serves a new, empty
-    /// registry there.
+    /// Binds `listen` (gRPC, over TLS with `tls`) and `http` (`/metrics`, `/healthz`) and
+    /// serves a new, empty registry there.
     pub async fn start(
         listen: SocketAddr,
         http: SocketAddr,
         auth: Auth,
         settings: Settings,
+        tls: Option<ClientTls>,
     ) -> Result<RegistryNode, NodeError> {
         let listener = crate::front::bind("gRPC", listen).await?;
         let grpc_addr = crate::front::local_addr(&listener);
@@ -119,12 +122,13 @@ impl RegistryNode {
             interceptor,
         );
         let incoming = connections::grpc_incoming(listener, limits::CONNECTIONS_PER_LISTENER_MAX);
+        let builder = grpc_server(tls.as_ref())?;
         let (stop, mut stopped) = watch::channel(false);
         let server = tokio::spawn(async move {
             let signal = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            let server = with_grpc_limits(tonic::transport::Server::builder())
+            let server = with_grpc_limits(builder)
                 .add_service(service)
                 .add_service(xds);
             if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {

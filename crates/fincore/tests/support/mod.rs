@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod registry;
 
 use std::io::BufRead;
 use std::path::Path;
