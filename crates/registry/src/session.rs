@@ -12,8 +12,10 @@
 //!    batching grows with load instead of waiting.
 //!
 //! A push the client does not acknowledge within `REGISTRY_PUSH_ACK_MS_MAX` is sent again, at
-//! most `REGISTRY_PUSH_RETRIES_MAX` times; every `reconcile` interval each subscription's
-//! acknowledged version is compared with its key's and marked again when they differ, so a
+//! most `REGISTRY_PUSH_RETRIES_MAX` times, when the client acknowledged nothing else meanwhile
+//! (one still acknowledging is slow, and its acknowledgements come in order); every `reconcile`
+//! interval each subscription's acknowledged version is compared with its key's and marked
+//! again when they differ (unless that version was pushed within the interval), so a
 //! subscriber that missed a push converges by itself.
 //!
 //! Watches take the other path: each config revision the embedding process relays
@@ -152,6 +154,9 @@ struct SessionState {
     unacked: HashSet<Arc<str>>,
     /// Subscribes served so far (each subscription's generation).
     subscribes: u64,
+    /// When the client last acknowledged a push: a client acknowledging is alive and reads in
+    /// order, so its other acknowledgements are on their way, not lost.
+    last_ack: Option<Instant>,
 }
 
 /// A message toward a client, holding its share of the stream's byte budget until the stream
@@ -749,8 +754,10 @@ impl Registry {
         let SessionState {
             subscriptions,
             unacked,
+            last_ack,
             ..
         } = &mut *state;
+        *last_ack = Some(Instant::now());
         if let Some(subscription) = subscriptions.get_mut(ack.subscription_id.as_str()) {
             subscription.acked = ack.version;
             if subscription.acked == subscription.pushed {
@@ -1008,6 +1015,11 @@ impl Registry {
             let mut again = Vec::new();
             {
                 let mut state = session.state();
+                // A client still acknowledging (within the deadline) is slow, not deaf: the
+                // acknowledgements of what it has not answered yet are behind the others.
+                if state.last_ack.is_some_and(|at| at.elapsed() < deadline) {
+                    continue;
+                }
                 let SessionState {
                     subscriptions,
                     unacked,
@@ -1036,22 +1048,30 @@ impl Registry {
         }
     }
 
-    /// Compares every subscription's acknowledged version with its key's; marks those behind.
+    /// Compares every subscription's acknowledged version with its key's; marks those behind
+    /// (but not one whose newest version was pushed within the last interval: it is on its way).
     fn reconcile(&self) {
+        let interval = self.settings.reconcile;
         for session in self.open_sessions_now() {
-            let subscriptions: Vec<(Arc<str>, DataKey, u64)> = session
+            let subscriptions: Vec<(Arc<str>, DataKey, u64, Option<u64>)> = session
                 .state()
                 .subscriptions
                 .iter()
-                .map(|(id, s)| (Arc::clone(id), s.key.clone(), s.acked))
+                .map(|(id, s)| {
+                    let in_flight = s
+                        .pushed_at
+                        .filter(|at| at.elapsed() < interval)
+                        .map(|_| s.pushed);
+                    (Arc::clone(id), s.key.clone(), s.acked, in_flight)
+                })
                 .collect();
-            for (id, key, acked) in subscriptions {
+            for (id, key, acked, in_flight) in subscriptions {
                 let mut version = self.store.version(&key);
                 if version == 0 && acked != 0 && self.past_restart_grace() {
                     self.store.ensure(&key);
                     version = self.store.version(&key);
                 }
-                if version != 0 && version != acked {
+                if version != 0 && version != acked && in_flight != Some(version) {
                     if let Some(subscription) = session.state().subscriptions.get_mut(&id) {
                         subscription.retries = 0;
                     }

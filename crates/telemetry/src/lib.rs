@@ -1108,6 +1108,10 @@ mod tests {
             "pushes",
             "reconciled",
             "streams",
+            "values_pushed",
+            "xds_nacks",
+            "xds_responses",
+            "xds_unroutable",
         ]
         .map(|name| format!("registry_{name}"))
         .to_vec();

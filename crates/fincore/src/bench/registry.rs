@@ -355,10 +355,8 @@ async fn measure(args: &RegistryBenchArgs) -> anyhow::Result<Report> {
                 .strip_prefix('s')
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(sampled);
-            let mut seen = seen.lock().expect("never poisoned");
-            seen.counts
-                .insert(push.subscription_id.clone(), push.record_count);
-            if sampled {
+            // Decoded before the shared tally is locked: the streams' readers decode at once.
+            let records = sampled.then(|| {
                 let plain = match proto::Encoding::try_from(push.encoding) {
                     Ok(proto::Encoding::Zstd) => {
                         zstd::bulk::decompress(&push.payload, push.plain_bytes as usize)
@@ -367,9 +365,14 @@ async fn measure(args: &RegistryBenchArgs) -> anyhow::Result<Report> {
                     }
                     _ => push.payload.clone(),
                 };
-                let records = proto::Records::decode(plain)
+                proto::Records::decode(plain)
                     .map(|r| r.records)
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+            });
+            let mut seen = seen.lock().expect("never poisoned");
+            seen.counts
+                .insert(push.subscription_id.clone(), push.record_count);
+            if let Some(records) = records {
                 let newest_before = seen.newest.get(&push.subscription_id).copied().unwrap_or(0);
                 let mut newest = newest_before;
                 for published in &records {
