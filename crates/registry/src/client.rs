@@ -696,6 +696,27 @@ async fn serve_stream(
     }
 }
 
+/// Settles the answer to request `generation` for `id` of `wanted` (registrations,
+/// subscriptions or watches): refused while it is still the newest asked for `id`, it is
+/// forgotten (true); its callers, and those of older requests for `id`, are answered.
+fn settle_wanted<T>(
+    wanted: &mut BTreeMap<String, T>,
+    generation_of: impl Fn(&T) -> u64,
+    waiting: &mut HashMap<String, Vec<(u64, Reply)>>,
+    (id, generation): (&str, u64),
+    answer: &proto::Answer,
+) -> bool {
+    let newest = wanted
+        .get(id)
+        .is_some_and(|entry| generation_of(entry) == generation);
+    let forgotten = !answer.ok && newest;
+    if forgotten {
+        wanted.remove(id);
+    }
+    Waiting::answer(waiting, id, generation, answer);
+    forgotten
+}
+
 /// Resolves what an answer was for.
 fn settle(
     purpose: Option<Purpose>,
@@ -710,40 +731,39 @@ fn settle(
             let _ = connected.send(answer.ok);
         }
         Some(Purpose::Register(id, generation)) => {
-            let newest = desired
-                .registrations
-                .get(&id)
-                .is_some_and(|(_, _, wanted)| *wanted == generation);
-            if !answer.ok && newest {
+            let forgotten = settle_wanted(
+                &mut desired.registrations,
+                |(_, _, wanted)| *wanted,
+                &mut waiting.registrations,
+                (&id, generation),
+                &answer,
+            );
+            if forgotten {
                 tracing::warn!(
                     registration = id,
                     field = answer.field,
                     error = answer.error,
                     "registration refused"
                 );
-                desired.registrations.remove(&id);
             }
-            Waiting::answer(&mut waiting.registrations, &id, generation, &answer);
         }
         Some(Purpose::Subscribe(id, generation)) => {
-            let newest = desired
-                .subscriptions
-                .get(&id)
-                .is_some_and(|subscribed| subscribed.generation == generation);
-            if !answer.ok && newest {
-                desired.subscriptions.remove(&id);
-            }
-            Waiting::answer(&mut waiting.subscriptions, &id, generation, &answer);
+            settle_wanted(
+                &mut desired.subscriptions,
+                |subscribed| subscribed.generation,
+                &mut waiting.subscriptions,
+                (&id, generation),
+                &answer,
+            );
         }
         Some(Purpose::Watch(id, generation)) => {
-            let newest = desired
-                .watches
-                .get(&id)
-                .is_some_and(|watching| watching.generation == generation);
-            if !answer.ok && newest {
-                desired.watches.remove(&id);
-            }
-            Waiting::answer(&mut waiting.watches, &id, generation, &answer);
+            settle_wanted(
+                &mut desired.watches,
+                |watching| watching.generation,
+                &mut waiting.watches,
+                (&id, generation),
+                &answer,
+            );
         }
         Some(Purpose::Other(Some(reply))) => {
             let _ = reply.send(Ok(answer));

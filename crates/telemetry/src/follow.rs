@@ -51,10 +51,6 @@ pub struct FollowGroup {
     write_seconds: Histogram,
 }
 
-fn gauge_value(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
 /// Each write's duration: 100 µs to ~100 s (a projector's transaction may take seconds).
 fn write_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -148,14 +144,14 @@ impl FollowGroup {
         let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut ends);
         if let Some(done) = ends.done {
-            self.done_seq.set(gauge_value(done));
+            self.done_seq.set(crate::gauge(done));
         }
         if let Some(source) = ends.source {
-            self.source_seq.set(gauge_value(source));
+            self.source_seq.set(crate::gauge(source));
         }
         if let (Some(done), Some(source)) = (ends.done, ends.source) {
             self.lag_events
-                .set(gauge_value(source.saturating_sub(done)));
+                .set(crate::gauge(source.saturating_sub(done)));
         }
     }
 }

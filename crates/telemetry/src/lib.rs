@@ -31,6 +31,11 @@ mod traffic;
 pub use follow::FollowGroup;
 pub use logs::{LOG_FILTER_DEFAULT, LogFormat, LogGuard, init_logging, log_lines_dropped};
 pub use service_registry::RegistrySample;
+
+/// A count as a gauge's value (a count past `i64::MAX` shows as `i64::MAX`).
+pub(crate) fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
 pub use traffic::{LATENCY_BUCKETS_COUNT, TrafficRates, TrafficTotals, latency_bucket_bound};
 
 /// The content type of [`Metrics::render`]'s output.
@@ -334,8 +339,7 @@ impl RaftMetrics {
     /// Records `sample`; true when it names a leader (or a term) the previous sample did not.
     fn record(&self, sample: &RaftSample) -> bool {
         let mut seen = self.lock_seen();
-        let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        self.term.set(as_gauge(sample.term));
+        self.term.set(gauge(sample.term));
         for role in RAFT_ROLES {
             self.role
                 .get_or_create(&RoleLabels { role })
@@ -347,11 +351,11 @@ impl RaftMetrics {
             seen.leader = leader;
             self.leader_changes.inc();
         }
-        self.last_log_index.set(as_gauge(sample.last_log_index));
-        self.commit_index.set(as_gauge(sample.committed_index));
-        self.applied_index.set(as_gauge(sample.applied_index));
-        self.snapshot_index.set(as_gauge(sample.snapshot_index));
-        self.purged_index.set(as_gauge(sample.purged_index));
+        self.last_log_index.set(gauge(sample.last_log_index));
+        self.commit_index.set(gauge(sample.committed_index));
+        self.applied_index.set(gauge(sample.applied_index));
+        self.snapshot_index.set(gauge(sample.snapshot_index));
+        self.purged_index.set(gauge(sample.purged_index));
         // A follower's series exist only while this replica leads it.
         self.lag_entries.clear();
         self.lag_seconds.clear();
@@ -361,7 +365,7 @@ impl RaftMetrics {
             };
             self.lag_entries
                 .get_or_create(&labels)
-                .set(as_gauge(follower.lag_entries));
+                .set(gauge(follower.lag_entries));
             if let Some(since_ack) = follower.since_ack {
                 self.lag_seconds
                     .get_or_create(&labels)

@@ -54,10 +54,6 @@ pub(crate) struct RegistryFamilies {
     values_pushed: Counter,
 }
 
-fn gauge(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 /// Moves `counter` forward to `total` (never back).
 fn advance(counter: &Counter, total: u64) {
     let now = counter.get();
@@ -120,9 +116,9 @@ impl RegistryFamilies {
     }
 
     pub(crate) fn sample(&self, sample: &RegistrySample) {
-        self.streams.set(gauge(sample.streams));
-        self.keys.set(gauge(sample.keys));
-        self.publishers.set(gauge(sample.publishers));
+        self.streams.set(crate::gauge(sample.streams));
+        self.keys.set(crate::gauge(sample.keys));
+        self.publishers.set(crate::gauge(sample.publishers));
         advance(&self.pushes, sample.pushes);
         // One series at a time: a family's guard must be gone before the next lookup (a new
         // series takes the family's write lock).
